@@ -1,0 +1,34 @@
+"""The master's settings, the cluster-wide placement parameters among them."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from p2pcache.config import add_flag, parse_listen, size_arg
+
+__all__ = ["MasterConfig", "add_arguments"]
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    chunk_size: int = 8 << 20
+    replicas: int = 1
+    vnodes: int = 160
+    worker_ttl: float = 10.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "MasterConfig":
+        host, port = args.listen
+        return cls(host, port, args.chunk_size, args.replicas, args.vnodes, args.worker_ttl)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_flag(p, "--listen", "HOST:PORT to serve on", type=parse_listen, default="0.0.0.0:7070")
+    add_flag(p, "--chunk-size", "cluster-wide chunk size", type=size_arg, default="8MiB")
+    add_flag(p, "--replicas", "copies of each chunk in the cluster", type=int, default=1)
+    add_flag(p, "--vnodes", "virtual nodes per worker on the hash ring", type=int, default=160)
+    add_flag(p, "--worker-ttl", "seconds without a heartbeat before a worker is dropped",
+             type=float, default=10.0)

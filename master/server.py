@@ -1,0 +1,141 @@
+"""The master's HTTP server: every route in `routes()`, membership behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import fields
+
+import msgpack
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+
+from p2pcache.master_client import MSGPACK
+from p2pcache.metrics import metrics_handler
+from p2pcache.ring import WorkerInfo
+
+from .config import MasterConfig
+from .membership import Membership
+
+__all__ = ["Master"]
+
+log = logging.getLogger("p2pcache.master")
+MAX_WAIT = 60.0
+_WORKER_FIELDS = {f.name: f.type for f in fields(WorkerInfo)}
+
+
+class Master:
+    """Membership and placement; never on the data path."""
+
+    def __init__(self, config: MasterConfig, clock=time.monotonic) -> None:
+        self.config = config
+        self.membership = Membership(
+            chunk_size=config.chunk_size, replicas=config.replicas,
+            vnodes=config.vnodes, ttl=config.worker_ttl, clock=clock,
+        )
+        self.registry = CollectorRegistry()
+        self._epoch = Gauge("p2pcache_ring_epoch", "Ring epoch", registry=self.registry)
+        self._workers = Gauge("p2pcache_ring_workers", "Workers in the ring", registry=self.registry)
+        self._changed = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._expiry: asyncio.Task | None = None
+        self.url = ""
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/health", self.health),
+            web.get("/ring", self.ring),
+            web.post("/workers", self.heartbeat),
+            web.delete("/workers/{worker_id}", self.leave),
+            web.get("/metrics", metrics_handler(self.registry)),
+        ]
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes(self.routes())
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        host, port = site._server.sockets[0].getsockname()[:2]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.url = f"http://{shown}:{port}"
+        self._expiry = asyncio.create_task(self._expire_loop())
+        log.info("master %s listening on %s", self.membership.ring.master_id, self.url)
+
+    async def stop(self) -> None:
+        if self._expiry:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        self._changed.set()  # release long-polls
+        if self._runner:
+            await self._runner.cleanup()
+
+    def ready_line(self) -> str:
+        return f"p2pcache master ready url={self.url}"
+
+    def _notify(self) -> None:
+        ring = self.membership.ring
+        self._epoch.set(ring.epoch)
+        self._workers.set(len(ring.workers))
+        log.info("ring epoch %d: %s", ring.epoch, ", ".join(w.id for w in ring.workers) or "no workers")
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.05, self.config.worker_ttl / 4))
+            gone = self.membership.expire()
+            if gone:
+                log.warning("expired workers that stopped heartbeating: %s", ", ".join(gone))
+                self._notify()
+
+    async def health(self, request: web.Request) -> web.Response:
+        ring = self.membership.ring
+        return web.json_response({"status": "ok", "epoch": ring.epoch, "workers": len(ring.workers)})
+
+    async def ring(self, request: web.Request) -> web.Response:
+        """The ring; with `master_id`, `epoch` and `wait`, a long-poll until it differs."""
+        q = request.query
+        try:
+            wait = min(float(q.get("wait", 0)), MAX_WAIT)
+            known = (q.get("master_id"), int(q["epoch"])) if "epoch" in q else None
+        except ValueError:
+            raise web.HTTPBadRequest(text="epoch must be an integer and wait a number of seconds")
+        if known and wait > 0 and known == self.membership.ring.version:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+        ring = self.membership.ring
+        if q.get("format") == "json" or MSGPACK not in request.headers.get("Accept", MSGPACK):
+            return web.json_response(ring.to_dict(), dumps=lambda o: json.dumps(o, indent=2))
+        return web.Response(body=ring.encode(), content_type=MSGPACK)
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        worker = _parse_worker(await request.read(), request.content_type)
+        if self.membership.heartbeat(worker):
+            self._notify()
+        ring = self.membership.ring
+        reply = {"master_id": ring.master_id, "epoch": ring.epoch}
+        return web.Response(body=msgpack.packb(reply), content_type=MSGPACK)
+
+    async def leave(self, request: web.Request) -> web.Response:
+        if self.membership.leave(request.match_info["worker_id"]):
+            self._notify()
+        return web.Response(body=msgpack.packb({"epoch": self.membership.ring.epoch}),
+                            content_type=MSGPACK)
+
+
+def _parse_worker(body: bytes, content_type: str) -> WorkerInfo:
+    try:
+        data = json.loads(body) if content_type == "application/json" else msgpack.unpackb(body)
+        info = WorkerInfo(**{k: data[k] for k in _WORKER_FIELDS if k in data})
+    except Exception as exc:
+        raise web.HTTPBadRequest(text=f"invalid worker registration: {exc}") from None
+    if not (isinstance(info.id, str) and info.id and isinstance(info.url, str)
+            and info.url.startswith("http") and isinstance(info.weight, int) and info.weight > 0):
+        raise web.HTTPBadRequest(text="invalid worker registration: need id, http url, weight > 0")
+    return info

@@ -1,0 +1,7 @@
+"""`python -m p2pcache` is the `p2pcache` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

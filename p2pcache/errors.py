@@ -1,0 +1,104 @@
+"""Named domain errors, each with the HTTP status it maps to.
+
+P2PError
+├── BadRequest            400  input a user sent that cannot be served
+├── AccessDenied          403  bucket not in the allowlist, or S3 said 403
+├── NotFound              404  no such bucket or key
+├── RangeNotSatisfiable   416  carries the object size for `Content-Range: bytes */size`
+├── ObjectChanged         412→502  the object's ETag changed under a read
+├── OriginError           502  S3 answered, but with a failure
+├── Unavailable           503  something needed is not reachable or has no capacity
+│   ├── OriginUnavailable      S3 cannot be reached
+│   ├── PeerUnavailable        no owner of a chunk answered
+│   ├── NoRing                 the worker has not received a ring yet
+│   └── Busy                   a concurrency cap or the disk is full
+└── PeerError             (internal) one peer failed; the caller tries the next
+
+Foreign exceptions are converted where they enter (origin, peer client) with
+`raise ... from exc`, and mapped to HTTP in one place (worker/errors middleware).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "P2PError", "BadRequest", "AccessDenied", "NotFound", "RangeNotSatisfiable",
+    "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
+    "PeerUnavailable", "NoRing", "Busy", "PeerError",
+]
+
+
+class P2PError(Exception):
+    status = 500
+    code = "InternalError"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class BadRequest(P2PError):
+    """The request is malformed."""
+    status, code = 400, "InvalidRequest"
+
+
+class AccessDenied(P2PError):
+    """Access denied."""
+    status, code = 403, "AccessDenied"
+
+
+class NotFound(P2PError):
+    """The object does not exist."""
+    status, code = 404, "NoSuchKey"
+
+    def __init__(self, message: str = "", code: str = "NoSuchKey") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RangeNotSatisfiable(P2PError):
+    """The requested range is not satisfiable."""
+    status, code = 416, "InvalidRange"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"range not satisfiable for an object of {size} bytes")
+        self.size = size
+
+
+class ObjectChanged(P2PError):
+    """The object changed at the origin while it was being read."""
+    status, code = 502, "ObjectChanged"
+
+
+class OriginError(P2PError):
+    """The origin answered with an error."""
+    status, code = 502, "OriginError"
+
+
+class Unavailable(P2PError):
+    """A dependency is unavailable."""
+    status, code = 503, "ServiceUnavailable"
+
+
+class OriginUnavailable(Unavailable):
+    """The origin cannot be reached."""
+
+
+class PeerUnavailable(Unavailable):
+    """No owner of the chunk could be reached."""
+
+
+class NoRing(Unavailable):
+    """This worker has not received a ring from the master yet."""
+
+
+class Busy(Unavailable):
+    """Over capacity; retry later."""
+    code = "SlowDown"
+
+
+class PeerError(P2PError):
+    """A peer failed to serve a chunk."""
+    status, code = 502, "PeerError"

@@ -1,0 +1,132 @@
+"""`p2pcache local`: a master, N workers and (by default) an embedded S3 with demo data."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import add_flag, size_arg
+
+__all__ = ["add_arguments", "main", "DEMO_BUCKET", "DEMO_KEY"]
+
+DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
+READY_TIMEOUT = 30.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_flag(p, "--workers", "number of workers", type=int, default=3)
+    add_flag(p, "--s3-endpoint", "use this S3 endpoint instead of the embedded one", default="")
+    add_flag(p, "--host", "address to bind everything to", default="127.0.0.1")
+    add_flag(p, "--port", "master port; workers take the next ones (0: any free ports)",
+             type=int, default=7070)
+    add_flag(p, "--data-dir", "where the workers' caches go (default: a temp dir)", default="")
+    add_flag(p, "--chunk-size", "cluster-wide chunk size", default="8MiB")
+    add_flag(p, "--capacity", "cache capacity per worker", default="2GiB")
+    add_flag(p, "--demo-size", "size of the demo object", type=size_arg, default="64MiB")
+
+
+def main(args: argparse.Namespace) -> int:
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    with contextlib.ExitStack() as stack:
+        env = dict(os.environ)
+        endpoint = args.s3_endpoint
+        if not endpoint:
+            from .s3local import EmbeddedS3
+
+            s3 = stack.enter_context(EmbeddedS3(args.host, 0))
+            endpoint = s3.url
+            env |= {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
+                    "AWS_DEFAULT_REGION": "us-east-1"}
+            seed_demo(endpoint, args.demo_size)
+        data_dir = Path(args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pcache-")))
+        procs: list[subprocess.Popen] = []
+        stack.callback(_stop_all, procs)
+        port = args.port
+        master = _spawn(procs, env, "master", "--listen", f"{args.host}:{port}",
+                        "--chunk-size", args.chunk_size)
+        master_url = _wait_ready(master)
+        workers = []
+        for i in range(args.workers):
+            wport = port + 1 + i if port else 0
+            workers.append(_wait_ready(_spawn(
+                procs, env, "worker", "--master", master_url, "--listen", f"{args.host}:{wport}",
+                "--cache-dir", str(data_dir / f"worker-{i}"), "--id", f"worker-{i}",
+                "--capacity", args.capacity, "--s3-endpoint", endpoint, "--min-free", "0",
+                "--heartbeat-interval", "1")))
+        print(_banner(endpoint, master_url, workers), flush=True)
+        while not stopping:
+            if any(p.poll() is not None for p in procs):
+                print("a cluster process exited; stopping the rest", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.2)
+        print("stopping the local cluster", flush=True)
+    return 0
+
+
+def seed_demo(endpoint: str, size: int) -> None:
+    """A demo bucket with a safetensors-shaped object of `size` bytes."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="demo", aws_secret_access_key="demo")
+    s3.create_bucket(Bucket=DEMO_BUCKET)
+    header = b'{"__metadata__":{"format":"demo"}}'
+    body = len(header).to_bytes(8, "little") + header
+    body += random.Random(0).randbytes(max(0, size - len(body)))
+    s3.put_object(Bucket=DEMO_BUCKET, Key=DEMO_KEY, Body=body[:size])
+
+
+def _spawn(procs: list, env: dict, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "p2pcache", *args], env=env,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    procs.append(proc)
+    return proc
+
+
+def _wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT) -> str:
+    """The URL from the process's `... ready url=URL` line."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sel.select(timeout=0.2):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if " ready url=" in line:
+                return line.split(" ready url=")[1].split()[0]
+    raise RuntimeError(f"{proc.args[3]} did not become ready (exit code {proc.poll()})")
+
+
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    """Workers first, while the master is up to hear them leave; then the master."""
+    for batch in (procs[1:], procs[:1]):
+        for proc in batch:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in batch:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _banner(endpoint: str, master_url: str, workers: list[str]) -> str:
+    lines = ["p2pcache local cluster ready", f"  s3:      {endpoint}", f"  master:  {master_url}"]
+    lines += [f"  worker:  {url}" for url in workers]
+    lines += ["", "Read a byte range of the demo object through the cache:",
+              f"  curl -r 0-1048575 -o /tmp/part {workers[0]}/{DEMO_BUCKET}/{DEMO_KEY}" if workers else "",
+              "", "Press Ctrl-C to stop."]
+    return "\n".join(lines)

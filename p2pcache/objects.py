@@ -1,0 +1,65 @@
+"""An object's identity at the origin and the chunk ids derived from it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from .ranges import chunk_length
+
+__all__ = ["ObjectInfo", "ChunkId"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD on S3 said: the version (ETag) pins every chunk of a read."""
+
+    bucket: str
+    key: str
+    etag: str  # as S3 sends it, quotes included
+    size: int
+    last_modified: str = ""  # an HTTP date
+    content_type: str = "binary/octet-stream"
+
+    def chunk(self, index: int, chunk_size: int) -> "ChunkId":
+        return ChunkId(self.bucket, self.key, self.etag, self.size, chunk_size, index)
+
+
+@dataclass(frozen=True)
+class ChunkId:
+    """Chunk `index` of one version of one object, cut at `chunk_size`.
+
+    The chunk size is part of the id: after a cluster-wide chunk size change,
+    index 3 names different bytes, so it must be a different file and ring key.
+    """
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    chunk_size: int
+    index: int
+
+    @property
+    def start(self) -> int:
+        return self.index * self.chunk_size
+
+    @property
+    def length(self) -> int:
+        return chunk_length(self.index, self.size, self.chunk_size)
+
+    @property
+    def ring_key(self) -> str:
+        return f"{self.bucket}/{self.key}@{self.etag}#{self.chunk_size}:{self.index}"
+
+    @property
+    def name(self) -> str:
+        """The store's file name: `<version digest>-<index>-<length>`.
+
+        The length is in the name so that a restart can drop a file whose size
+        is wrong without knowing anything else about the object.
+        """
+        digest = hashlib.sha256(
+            f"{self.bucket}\0{self.key}\0{self.etag}\0{self.chunk_size}".encode()
+        ).hexdigest()[:40]
+        return f"{digest}-{self.index}-{self.length}"

@@ -1,0 +1,79 @@
+"""RFC 9110 single byte-range parsing and the range -> chunk arithmetic."""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator, NamedTuple
+
+from .errors import RangeNotSatisfiable
+
+__all__ = ["ByteRange", "parse_range", "chunk_count", "chunk_length", "chunk_spans"]
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class ByteRange(NamedTuple):
+    """Half-open `[start, stop)` within an object of `size` bytes."""
+
+    start: int
+    stop: int
+    size: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+    def content_range(self) -> str:
+        return f"bytes {self.start}-{self.stop - 1}/{self.size}"
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The range a `Range` header selects, or None to send the whole object.
+
+    As S3 does, a header that is syntactically invalid, not in bytes, or asks
+    for several ranges is ignored (None). A valid range that selects nothing
+    raises RangeNotSatisfiable; for an empty object every range does.
+    """
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip().replace(" ", ""))
+    if not match or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # suffix: the last n bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable(size)
+        return ByteRange(max(0, size - n), size, size)
+    start = int(first)
+    if last != "" and int(last) < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    stop = size if last == "" else min(int(last) + 1, size)
+    return ByteRange(start, stop, size)
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    return -(-size // chunk_size)
+
+
+def chunk_length(index: int, size: int, chunk_size: int) -> int:
+    """Bytes in chunk `index` of an object of `size` bytes (the last may be short)."""
+    return max(0, min(chunk_size, size - index * chunk_size))
+
+
+class ChunkSpan(NamedTuple):
+    index: int
+    offset: int  # within the chunk
+    length: int
+
+
+def chunk_spans(start: int, stop: int, chunk_size: int) -> Iterator[ChunkSpan]:
+    """The pieces of chunks that cover `[start, stop)`, in order."""
+    pos = start
+    while pos < stop:
+        index, offset = divmod(pos, chunk_size)
+        length = min(chunk_size - offset, stop - pos)
+        yield ChunkSpan(index, offset, length)
+        pos += length

@@ -1,0 +1,87 @@
+"""An embedded S3-compatible server (moto's) on loopback, counting what it serves.
+
+Used by `p2pcache local` when no endpoint is given, by the tests, and by the
+benchmarks. The count is taken at the S3 server, not by the cache's metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+__all__ = ["EmbeddedS3"]
+
+
+class _Counting:
+    """WSGI middleware: counts GET requests and the body bytes sent for them."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.get_requests = 0
+        self.get_bytes = 0
+
+    def __call__(self, environ, start_response):
+        body = self.app(environ, start_response)
+        is_object = "/" in environ.get("PATH_INFO", "").strip("/")  # path-style /bucket/key
+        if environ.get("REQUEST_METHOD") != "GET" or not is_object:
+            return body  # listings and other API calls are not object bytes
+        with self.lock:
+            self.get_requests += 1
+        return self._count(body)
+
+    def _count(self, body):
+        try:
+            for piece in body:
+                with self.lock:
+                    self.get_bytes += len(piece)
+                yield piece
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+
+class EmbeddedS3:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host, self._port = host, port
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    def start(self) -> "EmbeddedS3":
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+        self.counter = _Counting(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(self._host, self._port, self.counter, threaded=True,
+                                   request_handler=MotoRequestHandler)
+        host, port = self._server.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="embedded-s3")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread:
+            self._thread.join()
+
+    @property
+    def get_bytes(self) -> int:
+        return self.counter.get_bytes
+
+    @property
+    def get_requests(self) -> int:
+        return self.counter.get_requests
+
+    def __enter__(self) -> "EmbeddedS3":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,129 @@
+"""Fixtures that start real servers on loopback: an S3 (moto), a master, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import aiohttp
+import boto3
+import pytest
+
+from master.config import MasterConfig
+from master.server import Master
+from p2pcache.s3local import EmbeddedS3
+from worker.config import WorkerConfig
+from worker.server import Worker
+
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                  AWS_DEFAULT_REGION="us-east-1")
+for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+    os.environ.pop(var, None)
+
+CHUNK = 256 << 10
+
+
+async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
+    """Poll `predicate` (sync or async) until truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    with EmbeddedS3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3):
+    return boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3_client, request):
+    name = "b-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]") + f"-{os.getpid()}"
+    name = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name)[:60].strip("-")
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+class Cluster:
+    """A master and N workers in this process, on loopback, with port 0."""
+
+    def __init__(self, s3_url: str, root: Path, chunk_size: int, worker_ttl: float,
+                 heartbeat: float, **worker_options) -> None:
+        self.s3_url, self.root = s3_url, root
+        self.master = Master(MasterConfig(chunk_size=chunk_size, worker_ttl=worker_ttl))
+        self.heartbeat = heartbeat
+        self.worker_options = worker_options
+        self.workers: list[Worker] = []
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self, n: int) -> "Cluster":
+        self.session = aiohttp.ClientSession()
+        await self.master.start()
+        for _ in range(n):
+            await self.add_worker()
+        await self.wait_converged()
+        return self
+
+    async def add_worker(self, **options) -> Worker:
+        i = len(self.workers)
+        cfg = WorkerConfig(master_url=self.master.url, cache_dir=self.root / f"w{i}",
+                           worker_id=f"w{i}", s3_endpoint=self.s3_url, min_free=0,
+                           capacity=1 << 30, heartbeat_interval=self.heartbeat,
+                           **(self.worker_options | options))
+        worker = Worker(cfg)
+        await worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def live(self) -> list[Worker]:
+        return [w for w in self.workers if w.running]
+
+    async def wait_converged(self, timeout: float = 15.0) -> None:
+        """Until every live worker uses the master's current ring, which holds them all."""
+        def converged():
+            ring = self.master.membership.ring
+            ids = {w.id for w in ring.workers}
+            live = self.live()
+            return ids == {w.id for w in live} and all(
+                w.placement is not None and w.placement.ring.version == ring.version for w in live)
+        await wait_for(converged, timeout, what="the ring to converge")
+
+    async def stop(self) -> None:
+        for w in self.live():
+            await w.stop()
+        await self.master.stop()
+        await self.session.close()
+
+
+@pytest.fixture
+async def cluster_factory(s3, tmp_path):
+    clusters = []
+
+    async def make(n: int = 3, chunk_size: int = CHUNK, worker_ttl: float = 10.0,
+                   heartbeat: float = 0.5, **worker_options) -> Cluster:
+        cluster = Cluster(s3.url, tmp_path, chunk_size, worker_ttl, heartbeat, **worker_options)
+        clusters.append(cluster)
+        return await cluster.start(n)
+
+    yield make
+    for cluster in clusters:
+        await cluster.stop()
+
+
+@pytest.fixture
+async def cluster(cluster_factory):
+    return await cluster_factory(3)

@@ -1,0 +1,243 @@
+"""Where a chunk's bytes come from: local disk, the owner peer, or S3 (one fill).
+
+For each chunk of a read, in order, with `readahead` chunks opened ahead:
+local store -> owner over the peer API (failing over along the ring) -> fill
+here. A fill is one singleflight task per chunk, owned by this object, so a
+client hanging up never cancels it for the other readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections import deque
+from typing import AsyncIterator, Callable, Iterable, Protocol
+
+from p2pcache.errors import Busy, OriginError, PeerError, PeerUnavailable
+from p2pcache.objects import ChunkId, ObjectInfo
+from p2pcache.origin import S3Origin
+from p2pcache.ranges import chunk_spans
+from p2pcache.ring import Placement, WorkerInfo
+from p2pcache.singleflight import SingleFlight
+
+from .metrics import WorkerMetrics
+from .peer import PeerClient
+from .store import ChunkStore, read_pieces
+
+__all__ = ["Chunks", "read_order", "fill_source"]
+
+log = logging.getLogger("p2pcache.chunks")
+MAX_HOPS = 2  # a peer request may cause one more (a follower filling from its primary)
+
+
+def read_order(owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[WorkerInfo]:
+    """Whom to ask for a chunk, best first.
+
+    This worker first if it is an owner; otherwise the owners starting at a
+    per-reader offset (so a hot chunk's readers spread over its replicas),
+    then the successors. This worker comes last of all: if every owner is
+    unreachable, it fills the chunk itself rather than fail the read.
+    """
+    primary, rest = list(owners[:replicas]), list(owners[replicas:])
+    if any(w.id == me for w in primary):
+        return [w for w in primary if w.id == me] + [w for w in primary + rest if w.id != me]
+    k = zlib.crc32(me.encode()) % len(primary) if primary else 0
+    order = [w for w in primary[k:] + primary[:k] + rest if w.id != me]
+    return order + [WorkerInfo(me, "")]
+
+
+def fill_source(owners: tuple[WorkerInfo, ...], replicas: int, me: str, hop: int) -> WorkerInfo | None:
+    """The peer a fill here should copy from (a follower copies its primary), or None for S3."""
+    if not owners or owners[0].id == me or hop >= MAX_HOPS:
+        return None
+    return owners[0] if any(w.id == me for w in owners[1:replicas]) else None
+
+
+class Stream(Protocol):
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def close(self) -> None: ...
+
+
+class LocalStream:
+    """Bytes of a chunk on local disk, pinned against eviction until closed."""
+
+    peer = None
+
+    def __init__(self, store: ChunkStore, c: ChunkId, offset: int, length: int) -> None:
+        self._pin = store.pinned(c.name)
+        self._path = self._pin.__enter__()
+        self._offset, self._length = offset, length
+
+    @property
+    def present(self) -> bool:
+        return self._path is not None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async with contextlib.aclosing(read_pieces(self._path, self._offset, self._length)) as it:
+                async for piece in it:
+                    yield piece
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._pin is not None:
+            self._pin.__exit__(None, None, None)
+            self._pin = None
+
+
+class Chunks:
+    def __init__(self, *, me: str, store: ChunkStore, origin: S3Origin, peers: PeerClient,
+                 metrics: WorkerMetrics, placement: Callable[[], Placement],
+                 origin_concurrency: int = 16, readahead: int = 4) -> None:
+        self.me = me
+        self.store = store
+        self._origin = origin
+        self._peers = peers
+        self._m = metrics
+        self._placement = placement
+        self._readahead = max(1, readahead)
+        self._fills = SingleFlight()
+        self._origin_slots = asyncio.Semaphore(origin_concurrency)
+        self._origin_queued = 0
+        self._origin_queue_limit = origin_concurrency * 8
+
+    @property
+    def fills_in_flight(self) -> int:
+        return len(self._fills)
+
+    async def close(self) -> None:
+        await self._fills.close()
+
+    async def read(self, info: ObjectInfo, start: int, stop: int) -> AsyncIterator[bytes]:
+        """The bytes `[start, stop)` of one version of an object, chunk by chunk."""
+        chunk_size = self._placement().ring.chunk_size  # one chunk size for the whole read
+        spans = iter(chunk_spans(start, stop, chunk_size))
+        pending: deque[tuple[ChunkId, int, int, asyncio.Future]] = deque()
+
+        def launch() -> None:
+            span = next(spans, None)
+            if span is not None:
+                c = info.chunk(span.index, chunk_size)
+                task = asyncio.ensure_future(self.open(c, span.offset, span.length))
+                pending.append((c, span.offset, span.length, task))
+
+        for _ in range(self._readahead):
+            launch()
+        try:
+            while pending:
+                c, offset, length, task = pending.popleft()
+                stream = await task
+                launch()
+                async with contextlib.aclosing(self._pieces(c, offset, length, stream)) as it:
+                    async for piece in it:
+                        yield piece
+        finally:
+            for *_, task in pending:
+                task.cancel()
+                task.add_done_callback(_close_stream)
+
+    async def open(self, c: ChunkId, offset: int, length: int,
+                   exclude: Iterable[str] = ()) -> Stream:
+        """Open `length` bytes of chunk `c` from `offset`, wherever they are."""
+        local = self.local(c, offset, length)
+        if local is not None:
+            self._m.hits.inc()
+            return local
+        self._m.misses.inc()
+        placement = self._placement()
+        owners = placement.owners(c.ring_key)
+        errors = []
+        for worker in read_order(owners, placement.ring.replicas, self.me):
+            if worker.id in exclude:
+                continue
+            if worker.id == self.me:
+                if errors:
+                    log.warning("filling %s here: its owners failed: %s", c.ring_key, errors[-1])
+                source = fill_source(owners, placement.ring.replicas, self.me, 0)
+                return await self.open_local(c, offset, length, source, 0)
+            try:
+                return await self._peers.open(worker, c, offset, length)
+            except PeerError as exc:
+                self._m.peer_failures.inc()
+                errors.append(exc)
+        raise PeerUnavailable(f"no owner of {c.ring_key} answered: {errors[-1] if errors else 'none'}")
+
+    def local(self, c: ChunkId, offset: int, length: int) -> LocalStream | None:
+        stream = LocalStream(self.store, c, offset, length)
+        return stream if stream.present else None
+
+    async def open_local(self, c: ChunkId, offset: int, length: int,
+                         source: WorkerInfo | None, hop: int) -> LocalStream:
+        """Fill chunk `c` here if it is missing (one fill at a time), then open it."""
+        for _ in range(3):  # an eviction between fill and open is possible, though rare
+            stream = self.local(c, offset, length)
+            if stream is not None:
+                return stream
+            await self._fills.do(c.name, lambda: self._fill(c, source, hop))
+        raise Busy(f"chunk {c.ring_key} was evicted as soon as it was filled: cache too small")
+
+    async def _fill(self, c: ChunkId, source: WorkerInfo | None, hop: int) -> None:
+        if c.name in self.store:  # filled while this flight was being set up
+            return
+        self._m.fills_in_flight.inc()
+        try:
+            if source is not None:
+                try:
+                    stream = await self._peers.open(source, c, 0, c.length, hop + 1)
+                    return await self._write(c, stream, self._m.peer_bytes)
+                except PeerError as exc:
+                    self._m.peer_failures.inc()
+                    log.warning("primary %s failed for %s, filling from S3: %s", source.id, c.ring_key, exc)
+            await self._fill_from_origin(c)
+        finally:
+            self._m.fills_in_flight.dec()
+
+    async def _fill_from_origin(self, c: ChunkId) -> None:
+        if self._origin_slots.locked() and self._origin_queued >= self._origin_queue_limit:
+            raise Busy(f"{self._origin_queued} chunk fills already wait for the origin")
+        self._origin_queued += 1
+        try:
+            await self._origin_slots.acquire()
+        finally:
+            self._origin_queued -= 1
+        try:
+            self._m.origin_requests.inc()
+            body = self._origin.read_range(c.bucket, c.key, c.etag, c.start, c.start + c.length)
+            async with contextlib.aclosing(body):
+                await self._write(c, body, self._m.origin_bytes)
+        finally:
+            self._origin_slots.release()
+
+    async def _write(self, c: ChunkId, pieces: AsyncIterator[bytes], counter) -> None:
+        async with self.store.writing(c.name, c.length) as w:
+            async for piece in pieces:
+                if w.written + len(piece) > c.length:
+                    raise OriginError(f"origin sent more than the {c.length} bytes of {c.ring_key}")
+                await w.write(piece)
+                counter.inc(len(piece))
+            if w.written != c.length:
+                raise OriginError(f"origin sent {w.written} of {c.length} bytes of {c.ring_key}")
+
+    async def _pieces(self, c: ChunkId, offset: int, length: int, stream: Stream) -> AsyncIterator[bytes]:
+        """Stream a chunk; if a peer fails mid-chunk, resume from the next one."""
+        pos, end, failed = offset, offset + length, set()
+        while True:
+            try:
+                async with contextlib.aclosing(stream.__aiter__()) as it:
+                    async for piece in it:
+                        pos += len(piece)
+                        yield piece
+                return
+            except PeerError as exc:
+                self._m.peer_failures.inc()
+                failed.add(stream.peer.id)
+                log.warning("resuming %s at %d after: %s", c.ring_key, pos, exc)
+                stream = await self.open(c, pos, end - pos, exclude=failed)
+
+
+def _close_stream(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()

@@ -1,0 +1,66 @@
+"""The worker's settings and its command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pcache.config import add_flag, parse_listen, size_arg
+
+__all__ = ["WorkerConfig", "add_arguments"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    master_url: str
+    cache_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    capacity: int = 20 << 30
+    min_free: int = 1 << 30
+    s3_endpoint: str | None = None
+    advertise: str | None = None
+    worker_id: str | None = None
+    weight: int = 1
+    allowed_buckets: frozenset[str] = field(default_factory=frozenset)
+    heartbeat_interval: float = 2.0
+    drain_timeout: float = 20.0
+    origin_concurrency: int = 16
+    meta_ttl: float = 5.0
+    readahead: int = 4
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "WorkerConfig":
+        host, port = a.listen
+        buckets = frozenset(b.strip() for b in (a.allowed_buckets or "").split(",") if b.strip())
+        return cls(
+            master_url=a.master, cache_dir=Path(a.cache_dir), host=host, port=port,
+            capacity=a.capacity, min_free=a.min_free, s3_endpoint=a.s3_endpoint or None,
+            advertise=a.advertise or None, worker_id=a.id or None, weight=a.weight,
+            allowed_buckets=buckets, heartbeat_interval=a.heartbeat_interval,
+            drain_timeout=a.drain_timeout, origin_concurrency=a.origin_concurrency,
+            meta_ttl=a.meta_ttl, readahead=a.readahead,
+        )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_flag(p, "--master", "URL of the master", required=True)
+    add_flag(p, "--listen", "HOST:PORT to serve on", type=parse_listen, default="0.0.0.0:7071")
+    add_flag(p, "--cache-dir", "directory for cached chunks", required=True)
+    add_flag(p, "--capacity", "bytes of chunks to keep on disk", type=size_arg, default="20GiB")
+    add_flag(p, "--min-free", "free disk space to leave on the cache volume", type=size_arg,
+             default="1GiB")
+    add_flag(p, "--s3-endpoint", "S3-compatible endpoint URL (default: AWS S3)", default="")
+    add_flag(p, "--advertise", "URL peers and clients reach this worker at", default="")
+    add_flag(p, "--id", "stable worker id (default: kept in the cache dir)", default="")
+    add_flag(p, "--weight", "relative share of chunks this worker owns", type=int, default=1)
+    add_flag(p, "--allowed-buckets", "comma-separated buckets that may be read (default all)",
+             default="")
+    add_flag(p, "--heartbeat-interval", "seconds between heartbeats", type=float, default=2.0)
+    add_flag(p, "--drain-timeout", "seconds to finish in-flight reads on shutdown", type=float,
+             default=20.0)
+    add_flag(p, "--origin-concurrency", "concurrent chunk fills from S3", type=int, default=16)
+    add_flag(p, "--meta-ttl", "seconds an object's ETag and size are trusted", type=float,
+             default=5.0)
+    add_flag(p, "--readahead", "chunks prepared ahead of the one being sent", type=int, default=4)

@@ -1,0 +1,79 @@
+"""HTTP handlers: range reads of objects, and the peer chunk route."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+from xml.sax.saxutils import escape
+
+from p2pcache.errors import BadRequest, P2PError, RangeNotSatisfiable
+from p2pcache.objects import ObjectInfo
+from p2pcache.ranges import parse_range
+
+from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_from_params
+
+__all__ = ["REQUEST_ID", "object_headers", "error_response", "send_body", "parse_peer_request"]
+
+log = logging.getLogger("p2pcache.http")
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+def object_headers(info: ObjectInfo) -> dict[str, str]:
+    headers = {"ETag": info.etag, "Accept-Ranges": "bytes", "Content-Type": info.content_type}
+    if info.last_modified:
+        headers["Last-Modified"] = info.last_modified
+    return headers
+
+
+def error_response(request: web.Request, exc: P2PError) -> web.Response:
+    """S3's XML error form, plus the code and reason in headers for peers and HEAD."""
+    request_id = request.get(REQUEST_ID) or uuid.uuid4().hex[:16].upper()
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{exc.code}</Code><Message>{escape(exc.message)}</Message>"
+        f"<Resource>{escape(request.path)}</Resource><RequestId>{request_id}</RequestId></Error>\n"
+    )
+    headers = {ERROR_HEADER: exc.code, REASON_HEADER: exc.message.replace("\n", " ")[:500]}
+    if isinstance(exc, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{exc.size}"
+    return web.Response(status=exc.status, text=body, content_type="application/xml", headers=headers)
+
+
+async def send_body(request: web.Request, resp: web.StreamResponse, pieces, on_piece) -> bool:
+    """Send the body; False if it was cut short (the handler still returns `resp`).
+
+    The status line is gone, so a failure now (a peer dying with no one to
+    resume from, the object changing at the origin) can only close the
+    connection: the client sees fewer bytes than Content-Length, never wrong
+    bytes. A client that hangs up is not an error.
+    """
+    try:
+        async for piece in pieces:
+            await resp.write(piece)
+            on_piece(len(piece))
+        await resp.write_eof()
+        return True
+    except ConnectionError:
+        return False
+    except (P2PError, OSError) as exc:
+        log.warning("aborting %s %s after headers: %s", request.method, request.path, exc)
+        if request.transport is not None:
+            request.transport.close()
+        return False
+
+
+def parse_peer_request(request: web.Request):
+    """The chunk, byte range within it and hop count of a peer request; 400 if malformed."""
+    try:
+        c = chunk_from_params(request.query)
+        hop = int(request.headers.get(HOP_HEADER, "1"))
+    except (KeyError, ValueError) as exc:
+        raise BadRequest(f"malformed peer chunk request: {exc!r}") from None
+    rng = parse_range(request.headers.get("Range"), c.length)
+    if rng is None and "Range" in request.headers:
+        raise BadRequest(f"malformed Range {request.headers['Range']!r}")
+    start, stop = (rng.start, rng.stop) if rng else (0, c.length)
+    return c, start, stop - start, hop
+

@@ -1,0 +1,27 @@
+"""The worker's Prometheus metrics, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["WorkerMetrics"]
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("p2pcache_requests", "HTTP requests", ["method", "status"], registry=r)
+        self.bytes_served = Counter("p2pcache_bytes_served", "Object bytes sent to clients", registry=r)
+        self.chunk_bytes_served = Counter(
+            "p2pcache_peer_bytes_served", "Chunk bytes sent to peers", registry=r)
+        self.hits = Counter("p2pcache_cache_hits", "Chunk reads served from local disk", registry=r)
+        self.misses = Counter("p2pcache_cache_misses", "Chunk reads not on local disk", registry=r)
+        self.origin_bytes = Counter("p2pcache_origin_bytes", "Bytes read from S3", registry=r)
+        self.origin_requests = Counter("p2pcache_origin_requests", "Ranged GETs sent to S3", registry=r)
+        self.peer_bytes = Counter("p2pcache_peer_bytes", "Bytes fetched from peers", registry=r)
+        self.peer_failures = Counter("p2pcache_peer_failures", "Peer reads that failed over", registry=r)
+        self.aborted = Counter("p2pcache_responses_aborted", "Responses cut after headers", registry=r)
+        self.fills_in_flight = Gauge("p2pcache_fills_in_flight", "Chunk fills running", registry=r)
+        self.store_bytes = Gauge("p2pcache_store_bytes", "Bytes of chunks on disk", registry=r)
+        self.store_capacity = Gauge("p2pcache_store_capacity_bytes", "Store capacity", registry=r)
+        self.ring_epoch = Gauge("p2pcache_ring_epoch", "Epoch of the ring in use", registry=r)

@@ -1,0 +1,224 @@
+"""The worker: every route in `routes()`, errors mapped to HTTP in one middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from p2pcache.errors import AccessDenied, NoRing, ObjectChanged, P2PError
+from p2pcache.master_client import MasterClient
+from p2pcache.metrics import metrics_handler
+from p2pcache.origin import S3Origin
+from p2pcache.ranges import parse_range
+from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
+
+from .chunks import Chunks, fill_source
+from .config import WorkerConfig
+from .http import REQUEST_ID, error_response, object_headers, parse_peer_request, send_body
+from .membership import MembershipAgent
+from .metrics import WorkerMetrics
+from .objects import ObjectCache
+from .peer import PeerClient
+from .store import ChunkStore
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("p2pcache.worker")
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, clock=time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = WorkerMetrics()
+        self.placement: Placement | None = None
+        self.id = config.worker_id or ""
+        self.url = ""
+        self._stack = contextlib.AsyncExitStack()
+        self._runner: web.AppRunner | None = None
+        self.agent: MembershipAgent | None = None
+        self.running = False
+
+    def routes(self) -> list[web.RouteDef]:
+        # Bucket names cannot contain "_", so /_p2p/ never collides with a bucket.
+        return [
+            web.get("/_p2p/health", self.health),
+            web.get("/_p2p/ready", self.ready),
+            web.get("/_p2p/metrics", metrics_handler(self.metrics.registry)),
+            web.get("/_p2p/chunk", self.peer_chunk),
+            web.get("/{bucket}/{key:.+}", self.get_object),  # also answers HEAD
+        ]
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.id = self.id or await asyncio.to_thread(_stable_id, cfg.cache_dir)
+        self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free)
+        await self.store.load()
+        self.origin = await self._stack.enter_async_context(
+            S3Origin.connect(cfg.s3_endpoint, max_connections=cfg.origin_concurrency + 8))
+        session = await self._stack.enter_async_context(aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, force_close=False),
+            auto_decompress=False))
+        self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
+        self.chunks = Chunks(
+            me=self.id, store=self.store, origin=self.origin, peers=PeerClient(session),
+            metrics=self.metrics, placement=self._placement,
+            origin_concurrency=cfg.origin_concurrency, readahead=cfg.readahead)
+        self.metrics.store_bytes.set_function(lambda: self.store.used)
+        self.metrics.store_capacity.set(cfg.capacity)
+
+        app = web.Application(middlewares=[self._errors])
+        app.add_routes(self.routes())
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=cfg.drain_timeout)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True)
+        await site.start()
+        host, port = site._server.sockets[0].getsockname()[:2]
+        self.url = cfg.advertise or f"http://{_reachable(host)}:{port}"
+        me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
+        self.agent = MembershipAgent(MasterClient(session, cfg.master_url), me,
+                                     cfg.heartbeat_interval, self._on_ring)
+        self.agent.start()
+        self.running = True
+        log.info("worker %s serving on %s, master %s", self.id, self.url, cfg.master_url)
+
+    async def stop(self, leave: bool = True) -> None:
+        """Leave the ring, stop accepting, drain in-flight reads, then release everything.
+
+        `leave=False` stops like a crash would, without telling the master.
+        """
+        self.running = False
+        if self.agent:
+            await self.agent.stop(leave=leave)
+        if self._runner:
+            await self._runner.cleanup()
+        await self.chunks.close()
+        await self.objects.close()
+        await self._stack.aclose()
+
+    def ready_line(self) -> str:
+        return f"p2pcache worker ready url={self.url} id={self.id}"
+
+    def _on_ring(self, ring: RingSnapshot) -> None:
+        self.placement = Placement(ring)
+        self.metrics.ring_epoch.set(ring.epoch)
+        log.info("ring epoch %d from master %s: %d workers%s", ring.epoch, ring.master_id,
+                 len(self.placement.workers), "" if self.id in self.placement else " (not us)")
+
+    def _placement(self) -> Placement:
+        if self.placement is None:
+            raise NoRing("no ring from the master yet")
+        return self.placement
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
+        request[REQUEST_ID] = uuid.uuid4().hex[:16].upper()
+        try:
+            resp = await handler(request)
+        except P2PError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc)
+            resp = error_response(request, exc)
+        except web.HTTPException as exc:
+            resp = exc
+        except Exception:
+            log.exception("bug: unhandled error for %s %s", request.method, request.path)
+            resp = web.Response(status=500, text="internal error, see the worker's log\n")
+        if not resp.prepared:
+            resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+        self.metrics.requests.labels(request.method, str(resp.status)).inc()
+        return resp
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "id": self.id})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        joined = self.placement is not None and self.id in self.placement
+        epoch = self.placement.ring.epoch if self.placement else None
+        return web.json_response({"ready": joined, "id": self.id, "epoch": epoch},
+                                 status=200 if joined else 503)
+
+    async def get_object(self, request: web.Request) -> web.StreamResponse:
+        bucket, key = request.match_info["bucket"], request.match_info["key"]
+        if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:
+            raise AccessDenied(f"bucket {bucket!r} is not served by this cache")
+        for attempt in (1, 2):
+            info = await self.objects.get(bucket, key)
+            rng = parse_range(request.headers.get("Range"), info.size)
+            start, stop = (rng.start, rng.stop) if rng else (0, info.size)
+            resp = web.StreamResponse(status=206 if rng else 200, headers=object_headers(info))
+            resp.content_length = stop - start
+            if rng:
+                resp.headers["Content-Range"] = rng.content_range()
+            if request.method == "HEAD" or start == stop:
+                await resp.prepare(request)
+                return resp
+            pieces = self.chunks.read(info, start, stop)
+            try:
+                first = await anext(pieces)  # errors before the status line get a status
+            except ObjectChanged:
+                await pieces.aclose()
+                self.objects.invalidate(bucket, key)
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                await pieces.aclose()
+                raise
+            break
+        resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+        await resp.prepare(request)
+        served = self.metrics.bytes_served
+        try:
+            await resp.write(first)
+            served.inc(len(first))
+            if not await send_body(request, resp, pieces, served.inc):
+                self.metrics.aborted.inc()
+        except ConnectionError:
+            self.metrics.aborted.inc()
+        finally:
+            await pieces.aclose()
+        return resp
+
+    async def peer_chunk(self, request: web.Request) -> web.StreamResponse:
+        """Serve a piece of a chunk to a peer, filling it here first if needed."""
+        c, offset, length, hop = parse_peer_request(request)
+        stream = self.chunks.local(c, offset, length)
+        if stream is None:
+            placement = self.placement
+            source = None
+            if placement is not None:
+                source = fill_source(placement.owners(c.ring_key), placement.ring.replicas, self.id, hop)
+            stream = await self.chunks.open_local(c, offset, length, source, hop)
+        resp = web.StreamResponse(status=206)
+        resp.content_length = length
+        resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{c.length}"
+        await resp.prepare(request)
+        await send_body(request, resp, stream, self.metrics.chunk_bytes_served.inc)
+        return resp
+
+
+def _stable_id(cache_dir: Path) -> str:
+    """The worker's id, kept in the cache dir so a restart keeps its chunks' ownership."""
+    path = Path(cache_dir) / "worker-id"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    path.write_text(worker_id + "\n")
+    return worker_id
+
+
+def _reachable(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return socket.getfqdn()
+    return f"[{host}]" if ":" in host else host

@@ -95,18 +95,14 @@ def _spawn(procs: list, env: dict, *args: str) -> subprocess.Popen:
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT) -> str:
-    """The URL from the process's `... ready url=URL` line."""
+    """The URL from the process's `... ready url=URL` line (its only line on stdout)."""
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sel.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if " ready url=" in line:
-                return line.split(" ready url=")[1].split()[0]
-    raise RuntimeError(f"{proc.args[3]} did not become ready (exit code {proc.poll()})")
+    if sel.select(timeout=timeout):
+        line = proc.stdout.readline()
+        if " ready url=" in line:
+            return line.split(" ready url=")[1].split()[0]
+    raise RuntimeError(f"{' '.join(proc.args[3:5])} did not become ready (exit code {proc.poll()})")
 
 
 def _stop_all(procs: list[subprocess.Popen]) -> None:

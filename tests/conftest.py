@@ -10,6 +10,10 @@ from pathlib import Path
 import aiohttp
 import boto3
 import pytest
+from hypothesis import settings
+
+settings.register_profile("p2pcache", deadline=None)  # a noisy 2-core machine
+settings.load_profile("p2pcache")
 
 from master.config import MasterConfig
 from master.server import Master
@@ -80,10 +84,9 @@ class Cluster:
 
     async def add_worker(self, **options) -> Worker:
         i = len(self.workers)
-        cfg = WorkerConfig(master_url=self.master.url, cache_dir=self.root / f"w{i}",
-                           worker_id=f"w{i}", s3_endpoint=self.s3_url, min_free=0,
-                           capacity=1 << 30, heartbeat_interval=self.heartbeat,
-                           **(self.worker_options | options))
+        settings = dict(worker_id=f"w{i}", s3_endpoint=self.s3_url, min_free=0, capacity=1 << 30,
+                        heartbeat_interval=self.heartbeat) | self.worker_options | options
+        cfg = WorkerConfig(master_url=self.master.url, cache_dir=self.root / f"w{i}", **settings)
         worker = Worker(cfg)
         await worker.start()
         self.workers.append(worker)

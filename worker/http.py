@@ -41,27 +41,27 @@ def error_response(request: web.Request, exc: P2PError) -> web.Response:
     return web.Response(status=exc.status, text=body, content_type="application/xml", headers=headers)
 
 
-async def send_body(request: web.Request, resp: web.StreamResponse, pieces, on_piece) -> bool:
-    """Send the body; False if it was cut short (the handler still returns `resp`).
+async def send_body(request: web.Request, resp: web.StreamResponse, pieces, on_piece) -> Exception | None:
+    """Send the body; on failure return why it was cut short (the handler still returns `resp`).
 
     The status line is gone, so a failure now (a peer dying with no one to
     resume from, the object changing at the origin) can only close the
     connection: the client sees fewer bytes than Content-Length, never wrong
-    bytes. A client that hangs up is not an error.
+    bytes. A client that hangs up (ConnectionError) is not logged.
     """
     try:
         async for piece in pieces:
             await resp.write(piece)
             on_piece(len(piece))
         await resp.write_eof()
-        return True
-    except ConnectionError:
-        return False
+        return None
+    except ConnectionError as exc:
+        return exc
     except (P2PError, OSError) as exc:
         log.warning("aborting %s %s after headers: %s", request.method, request.path, exc)
         if request.transport is not None:
             request.transport.close()
-        return False
+        return exc
 
 
 def parse_peer_request(request: web.Request):

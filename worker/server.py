@@ -181,12 +181,15 @@ class Worker:
         try:
             await resp.write(first)
             served.inc(len(first))
-            if not await send_body(request, resp, pieces, served.inc):
-                self.metrics.aborted.inc()
-        except ConnectionError:
-            self.metrics.aborted.inc()
+            error = await send_body(request, resp, pieces, served.inc)
+        except ConnectionError as exc:
+            error = exc
         finally:
             await pieces.aclose()
+        if error is not None:
+            self.metrics.aborted.inc()
+        if isinstance(error, ObjectChanged):
+            self.objects.invalidate(bucket, key)
         return resp
 
     async def peer_chunk(self, request: web.Request) -> web.StreamResponse:
@@ -202,8 +205,11 @@ class Worker:
         resp = web.StreamResponse(status=206)
         resp.content_length = length
         resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{c.length}"
-        await resp.prepare(request)
-        await send_body(request, resp, stream, self.metrics.chunk_bytes_served.inc)
+        try:
+            await resp.prepare(request)
+            await send_body(request, resp, stream, self.metrics.chunk_bytes_served.inc)
+        finally:
+            stream.close()
         return resp
 
 

@@ -1,0 +1,68 @@
+"""`p2pcache local` end to end: starts, serves the demo object to curl, exits cleanly."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import boto3
+from p2pcache.local import DEMO_BUCKET, DEMO_KEY
+
+
+def read_banner(proc: subprocess.Popen, timeout: float = 60) -> dict[str, list[str]]:
+    """The URLs `p2pcache local` prints, by role (a thread reads, so no line is stuck in a buffer)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    urls: dict[str, list[str]] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            assert proc.poll() is None, f"p2pcache local exited early with {proc.poll()}"
+            continue
+        parts = line.split()
+        if len(parts) == 2 and parts[0].endswith(":"):
+            urls.setdefault(parts[0].rstrip(":"), []).append(parts[1])
+        if "Press Ctrl-C" in line:
+            return urls
+    raise AssertionError("no banner from p2pcache local")
+
+
+def port_open(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def test_local_cluster_serves_the_demo_object_to_curl_and_stops_on_ctrl_c(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pcache", "local", "--port", "0", "--workers", "2",
+         "--demo-size", "3MiB", "--chunk-size", "1MiB", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+    try:
+        urls = read_banner(proc)
+        assert len(urls["worker"]) == 2 and len(urls["master"]) == 1
+        s3 = boto3.client("s3", endpoint_url=urls["s3"][0], region_name="us-east-1",
+                          aws_access_key_id="demo", aws_secret_access_key="demo")
+        expected = s3.get_object(Bucket=DEMO_BUCKET, Key=DEMO_KEY, Range="bytes=1000-1500000")["Body"].read()
+        for worker in urls["worker"]:
+            out = tmp_path / "part"
+            subprocess.run(["curl", "-sf", "-r", "1000-1500000", "-o", str(out),
+                            f"{worker}/{DEMO_BUCKET}/{DEMO_KEY}"], check=True, timeout=60)
+            assert out.read_bytes() == expected
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        for url in urls["worker"] + urls["master"] + urls["s3"]:
+            assert not port_open(url), f"{url} still listening after exit"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

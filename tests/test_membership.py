@@ -1,0 +1,45 @@
+"""The master's membership state machine, driven by a fake clock."""
+
+from __future__ import annotations
+
+from master.membership import Membership
+from p2pcache.ring import WorkerInfo
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_register_heartbeat_expire_and_leave_bump_the_epoch_only_on_change():
+    clock = Clock()
+    m = Membership(chunk_size=1 << 20, ttl=10, clock=clock)
+    a, b = WorkerInfo("a", "http://a"), WorkerInfo("b", "http://b")
+    assert m.ring.epoch == 0
+    assert m.heartbeat(a) and m.heartbeat(b)
+    assert m.ring.epoch == 2 and [w.id for w in m.ring.workers] == ["a", "b"]
+    clock.now += 6
+    assert not m.heartbeat(a)  # a plain heartbeat changes nothing
+    assert m.ring.epoch == 2
+    clock.now += 6  # b last seen 12 s ago, a 6 s ago
+    assert m.expire() == ["b"]
+    assert m.ring.epoch == 3 and [w.id for w in m.ring.workers] == ["a"]
+    assert m.expire() == []
+    assert m.heartbeat(WorkerInfo("a", "http://a-moved"))  # a new URL is a change
+    assert m.ring.workers[0].url == "http://a-moved" and m.ring.epoch == 4
+    assert m.leave("a") and not m.leave("a")
+    assert m.ring.workers == () and m.ring.epoch == 5
+
+
+def test_placement_settings_travel_with_the_ring():
+    m = Membership(chunk_size=4 << 20, replicas=2, vnodes=100, master_id="m1")
+    m.heartbeat(WorkerInfo("a", "http://a"))
+    assert (m.ring.chunk_size, m.ring.replicas, m.ring.vnodes, m.ring.master_id) == (4 << 20, 2, 100, "m1")
+
+
+def test_a_new_master_names_its_ring_differently():
+    a, b = Membership(chunk_size=1), Membership(chunk_size=1)
+    assert a.ring.version != b.ring.version

@@ -1,0 +1,71 @@
+"""Membership in a live cluster: a dead worker leaves the ring, a new master is rejoined."""
+
+from __future__ import annotations
+
+import random
+
+import aiohttp
+
+from conftest import CHUNK, wait_for
+from master.config import MasterConfig
+from master.server import Master
+
+
+async def read(http, url):
+    async with http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.read()
+
+
+async def test_a_worker_that_stops_heartbeating_leaves_and_its_chunks_stay_readable(
+        cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(3, worker_ttl=1.5, heartbeat=0.3)
+    body = random.Random(3).randbytes(12 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    w0, w1, w2 = cluster.workers
+    epoch = cluster.master.membership.ring.epoch
+    async with aiohttp.ClientSession() as http:
+        assert await read(http, f"{w0.url}/{bucket}/m.bin") == body
+        await w2.stop(leave=False)  # a crash: no goodbye, no more heartbeats
+        # Before the master notices, readers fail over from the dead owner along the ring.
+        assert await read(http, f"{w1.url}/{bucket}/m.bin") == body
+        await wait_for(lambda: [w.id for w in cluster.master.membership.ring.workers] == ["w0", "w1"],
+                       what="the master to expire w2")
+        assert cluster.master.membership.ring.epoch > epoch
+        await cluster.wait_converged()
+        for w in (w0, w1):
+            assert await read(http, f"{w.url}/{bucket}/m.bin") == body
+
+
+async def test_reads_work_without_the_master_and_workers_rejoin_a_restarted_one(
+        cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(3, heartbeat=0.2)
+    old = cluster.master
+    body = random.Random(4).randbytes(6 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    port = int(old.url.rsplit(":", 1)[1])
+    await old.stop()
+    async with aiohttp.ClientSession() as http:
+        for w in cluster.workers:  # the master is never on the data path
+            assert await read(http, f"{w.url}/{bucket}/m.bin") == body
+        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK))
+        await cluster.master.start()
+        await wait_for(lambda: len(cluster.master.membership.ring.workers) == 3,
+                       what="the workers to re-register")
+        await cluster.wait_converged()
+        assert cluster.master.membership.ring.master_id != old.membership.ring.master_id
+        for w in cluster.workers:
+            async with http.get(f"{w.url}/_p2p/ready") as resp:
+                assert resp.status == 200
+            assert await read(http, f"{w.url}/{bucket}/m.bin") == body
+
+
+async def test_a_worker_is_ready_only_once_it_is_in_the_ring(cluster_factory):
+    cluster = await cluster_factory(1)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{cluster.workers[0].url}/_p2p/ready") as resp:
+            assert resp.status == 200 and (await resp.json())["ready"] is True
+        await cluster.workers[0].agent.stop(leave=True)
+        await wait_for(lambda: cluster.master.membership.ring.workers == (), what="the worker to leave")
+        async with http.get(f"{cluster.master.url}/ring?format=json") as resp:
+            assert (await resp.json())["workers"] == []

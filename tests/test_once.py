@@ -1,0 +1,64 @@
+"""Once cluster-wide: many cold readers on every worker, each chunk read from S3 once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import aiohttp
+
+from conftest import CHUNK
+
+
+async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    async with http.get(f"{url}/_p2p/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} missing at {url}")
+
+
+async def test_32_concurrent_cold_readers_fetch_each_chunk_from_s3_once(cluster, s3, s3_client, bucket):
+    size = 9 * CHUNK + 4321
+    body = random.Random(1).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="model.bin", Body=body)
+    before = s3.get_bytes
+
+    async def reader(i: int, http: aiohttp.ClientSession) -> None:
+        worker = cluster.workers[i % 3]
+        if i % 2:  # half read it whole, half in random ranges across chunk boundaries
+            async with http.get(f"{worker.url}/{bucket}/model.bin") as resp:
+                assert resp.status == 200 and await resp.read() == body
+            return
+        rnd = random.Random(i)
+        for _ in range(4):
+            a = rnd.randrange(size)
+            b = min(size - 1, a + rnd.randrange(3 * CHUNK))
+            async with http.get(f"{worker.url}/{bucket}/model.bin", headers={"Range": f"bytes={a}-{b}"}) as resp:
+                assert resp.status == 206 and await resp.read() == body[a:b + 1]
+
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(reader(i, http) for i in range(32)))
+        origin = [await metric(http, w.url, "p2pcache_origin_bytes_total") for w in cluster.workers]
+        peer = [await metric(http, w.url, "p2pcache_peer_bytes_total") for w in cluster.workers]
+
+    # Counted by the S3 server itself: every byte of the object once, never more.
+    assert s3.get_bytes - before == size
+    # And the workers agree: owners filled, each their share; nothing was copied between peers.
+    assert sum(origin) == size and all(o > 0 for o in origin)
+    assert sum(peer) == 0
+
+
+async def test_warm_reads_do_not_touch_s3(cluster, s3, s3_client, bucket):
+    body = random.Random(2).randbytes(3 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="warm.bin", Body=body)
+    async with aiohttp.ClientSession() as http:
+        url = f"{cluster.workers[0].url}/{bucket}/warm.bin"
+        async with http.get(url) as resp:
+            assert await resp.read() == body
+        before_bytes, before_requests = s3.get_bytes, s3.get_requests
+        for worker in cluster.workers:
+            for _ in range(3):
+                async with http.get(f"{worker.url}/{bucket}/warm.bin", headers={"Range": "bytes=1000-"}) as resp:
+                    assert await resp.read() == body[1000:]
+    assert (s3.get_bytes, s3.get_requests) == (before_bytes, before_requests)

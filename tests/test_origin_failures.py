@@ -1,0 +1,71 @@
+"""Origin failures become clear 5xx answers; a changed object is never mixed with the old."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import aiohttp
+import pytest
+
+from conftest import CHUNK
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_unreachable_origin_is_503_with_a_reason(cluster_factory, tmp_path):
+    cluster = await cluster_factory(1)
+    await cluster.add_worker(s3_endpoint=f"http://127.0.0.1:{closed_port()}")
+    await cluster.wait_converged()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{cluster.workers[1].url}/any-bucket/some/key") as resp:
+            assert resp.status == 503
+            assert "origin unreachable" in resp.headers["X-P2P-Reason"]
+            assert "<Code>ServiceUnavailable</Code>" in await resp.text()
+
+
+async def test_a_bucket_outside_the_allowlist_is_403(cluster_factory, bucket):
+    cluster = await cluster_factory(1, allowed_buckets=frozenset({"only-this-one"}))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{cluster.workers[0].url}/{bucket}/k") as resp:
+            assert resp.status == 403
+            assert "<Code>AccessDenied</Code>" in await resp.text()
+
+
+async def test_a_changed_object_is_re_resolved_before_the_response_starts(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(2, meta_ttl=3600)  # trust the cached ETag for the whole test
+    old, new = (random.Random(i).randbytes(4 * CHUNK) for i in (5, 6))
+    s3_client.put_object(Bucket=bucket, Key="o.bin", Body=old)
+    url = f"{cluster.workers[0].url}/{bucket}/o.bin"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Range": "bytes=0-9"}) as resp:
+            assert await resp.read() == old[:10]
+        s3_client.put_object(Bucket=bucket, Key="o.bin", Body=new)
+        new_etag = s3_client.head_object(Bucket=bucket, Key="o.bin")["ETag"]
+        # Chunk 2 is cold: S3 answers 412 to the old ETag, the worker re-HEADs and serves the new version.
+        async with http.get(url, headers={"Range": f"bytes={2 * CHUNK}-{3 * CHUNK - 1}"}) as resp:
+            assert resp.status == 206
+            assert resp.headers["ETag"] == new_etag
+            assert await resp.read() == new[2 * CHUNK:3 * CHUNK]
+
+
+async def test_an_object_changing_mid_response_aborts_it_rather_than_mix_versions(
+        cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, meta_ttl=3600, readahead=1)
+    old, new = (random.Random(i).randbytes(4 * CHUNK) for i in (7, 8))
+    s3_client.put_object(Bucket=bucket, Key="o.bin", Body=old)
+    url = f"{cluster.workers[0].url}/{bucket}/o.bin"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Range": f"bytes=0-{CHUNK - 1}"}) as resp:
+            assert await resp.read() == old[:CHUNK]  # chunk 0 of the old version is cached
+        s3_client.put_object(Bucket=bucket, Key="o.bin", Body=new)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with http.get(url) as resp:
+                assert resp.status == 200  # chunk 0 went out; chunk 1 hits 412 at S3
+                await resp.read()
+        async with http.get(url) as resp:  # the next read sees only the new version
+            assert await resp.read() == new

@@ -1,0 +1,93 @@
+"""Range parsing and chunk arithmetic: examples plus properties over all inputs."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import assume, given, strategies as st
+
+from p2pcache.errors import RangeNotSatisfiable
+from p2pcache.ranges import ByteRange, chunk_count, chunk_length, chunk_spans, parse_range
+
+sizes = st.integers(min_value=0, max_value=10**12)
+
+
+@pytest.mark.parametrize("header,size,expected", [
+    ("bytes=0-9", 100, (0, 10)),
+    ("bytes=90-", 100, (90, 100)),
+    ("bytes=-10", 100, (90, 100)),
+    ("bytes=-1000", 100, (0, 100)),
+    ("bytes=50-5000", 100, (50, 100)),
+    ("bytes=99-99", 100, (99, 100)),
+    (" bytes=0-0 ", 1, (0, 1)),
+])
+def test_valid_ranges(header, size, expected):
+    assert parse_range(header, size)[:2] == expected
+
+
+@pytest.mark.parametrize("header", [
+    None, "bytes=abc", "bytes=5-3", "bits=0-1", "bytes=0-1,3-4", "bytes=-", "bytes=", "0-10", "bytes=1-2-3",
+])
+def test_ignored_ranges_mean_the_whole_object(header):
+    assert parse_range(header, 100) is None
+
+
+@pytest.mark.parametrize("header,size", [
+    ("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-1", 0),
+])
+def test_unsatisfiable_ranges_carry_the_size(header, size):
+    with pytest.raises(RangeNotSatisfiable) as info:
+        parse_range(header, size)
+    assert info.value.size == size and info.value.status == 416
+
+
+@given(size=sizes, first=st.integers(0, 10**12 + 10), last=st.integers(0, 10**12 + 10))
+def test_int_range_is_clamped_or_unsatisfiable(size, first, last):
+    header = f"bytes={first}-{last}"
+    if last < first:
+        assert parse_range(header, size) is None
+    elif first >= size:
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(header, size)
+    else:
+        r = parse_range(header, size)
+        assert (r.start, r.stop) == (first, min(last + 1, size))
+        assert 0 < r.length <= size
+        assert r.content_range() == f"bytes {first}-{r.stop - 1}/{size}"
+
+
+@given(size=sizes, n=st.integers(0, 10**13))
+def test_suffix_range_is_the_tail(size, n):
+    header = f"bytes=-{n}"
+    if n == 0 or size == 0:
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(header, size)
+    else:
+        assert parse_range(header, size) == ByteRange(max(0, size - n), size, size)
+
+
+@given(size=st.integers(0, 10**10), chunk=st.integers(1, 2**30))
+def test_chunk_lengths_add_up_to_the_object(size, chunk):
+    n = chunk_count(size, chunk)
+    if n > 2000:
+        lengths = [chunk_length(i, size, chunk) for i in (0, n - 2, n - 1)]
+        assert lengths[0] == chunk and lengths[1] == chunk
+        assert (n - 1) * chunk + lengths[2] == size
+    else:
+        assert sum(chunk_length(i, size, chunk) for i in range(n)) == size
+    assert chunk_length(n, size, chunk) == 0
+    if n:
+        assert 0 < chunk_length(n - 1, size, chunk) <= chunk
+
+
+@given(start=st.integers(0, 10**9), length=st.integers(0, 10**7), chunk=st.integers(1, 2**24))
+def test_spans_tile_the_range_exactly(start, length, chunk):
+    assume(length // chunk < 5000)
+    stop = start + length
+    spans = list(chunk_spans(start, stop, chunk))
+    pos = start
+    for span in spans:
+        assert span.index * chunk + span.offset == pos  # contiguous, in order
+        assert 0 <= span.offset < chunk and 0 < span.length <= chunk - span.offset
+        pos += span.length
+    assert pos == stop
+    assert len(spans) == (0 if length == 0 else (stop - 1) // chunk - start // chunk + 1)

@@ -1,0 +1,83 @@
+"""Placement on the ring: deterministic, balanced, stable under membership change."""
+
+from __future__ import annotations
+
+import collections
+
+from hypothesis import given, strategies as st
+
+from p2pcache.objects import ObjectInfo
+from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
+from worker.chunks import fill_source, read_order
+
+
+def ring(n: int, epoch: int = 1, replicas: int = 1, **kw) -> RingSnapshot:
+    workers = tuple(WorkerInfo(f"w{i}", f"http://127.0.0.1:{9000 + i}") for i in range(n))
+    return RingSnapshot("m", epoch, 8 << 20, replicas, workers=workers, **kw)
+
+
+def keys(n: int = 4000) -> list[str]:
+    info = ObjectInfo("bucket", "model.safetensors", '"etag"', n * (8 << 20))
+    return [info.chunk(i, 8 << 20).ring_key for i in range(n)]
+
+
+def test_snapshot_round_trips_through_msgpack():
+    r = ring(3, epoch=7, replicas=2)
+    assert RingSnapshot.decode(r.encode()) == r
+
+
+def test_placement_is_the_same_for_every_party_with_the_same_snapshot():
+    a, b = Placement(ring(5)), Placement(RingSnapshot.decode(ring(5).encode()))
+    assert [a.owner(k).id for k in keys(500)] == [b.owner(k).id for k in keys(500)]
+
+
+def test_ownership_is_balanced_with_the_default_vnodes():
+    p = Placement(ring(8))
+    counts = collections.Counter(p.owner(k).id for k in keys())
+    assert len(counts) == 8
+    assert max(counts.values()) / (4000 / 8) < 1.25
+
+
+def test_adding_a_worker_moves_only_its_share():
+    before, after = Placement(ring(4)), Placement(ring(5))
+    moved = [k for k in keys() if before.owner(k).id != after.owner(k).id]
+    assert all(after.owner(k).id == "w4" for k in moved)
+    assert 0.1 < len(moved) / 4000 < 0.3
+
+
+def test_draining_workers_own_nothing():
+    r = ring(3)
+    r = r.with_workers(r.workers[:2] + (WorkerInfo("w2", "http://x", state=DRAINING),), 2)
+    p = Placement(r)
+    assert "w2" not in p
+    assert {p.owner(k).id for k in keys(300)} == {"w0", "w1"}
+
+
+def test_empty_ring_owns_nothing():
+    assert Placement(ring(0)).owners("k") == ()
+
+
+@given(n=st.integers(1, 6), replicas=st.integers(1, 3), me=st.integers(0, 7), key=st.text(max_size=20))
+def test_read_order_asks_owners_first_and_this_worker_last_unless_it_owns(n, replicas, me, key):
+    p = Placement(ring(n, replicas=replicas))
+    owners = p.owners(key)
+    me_id = f"w{me}"
+    order = read_order(owners, replicas, me_id)
+    ids = [w.id for w in order]
+    assert len(ids) == len(set(ids))
+    owning = {w.id for w in owners[:replicas]}
+    if me_id in owning:
+        assert ids[0] == me_id
+    else:
+        assert ids[-1] == me_id and set(ids[:len(owning)]) == owning
+    assert set(ids) == {w.id for w in owners} | {me_id}
+
+
+def test_fill_source_followers_copy_the_primary_and_hops_are_bounded():
+    owners = Placement(ring(4, replicas=2)).owners("some-key")
+    primary, follower, other = owners[0].id, owners[1].id, owners[2].id
+    assert fill_source(owners, 2, primary, 0) is None
+    assert fill_source(owners, 2, follower, 0).id == primary
+    assert fill_source(owners, 2, follower, 1).id == primary
+    assert fill_source(owners, 2, follower, 2) is None
+    assert fill_source(owners, 2, other, 0) is None

@@ -1,0 +1,120 @@
+"""The chunk store on a real directory: capacity, pins, crash leftovers, restart."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from p2pcache.errors import Busy
+from p2pcache.objects import ObjectInfo
+from worker.store import ChunkStore, read_pieces
+
+CHUNK = 1000
+
+
+def chunk(i: int, size: int = 100 * CHUNK):
+    return ObjectInfo("b", "k", '"e"', size).chunk(i, CHUNK)
+
+
+async def put(store: ChunkStore, c, fill: bytes | None = None) -> None:
+    async with store.writing(c.name, c.length) as w:
+        await w.write(fill or bytes([c.index % 256]) * c.length)
+
+
+def disk_bytes(root) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and f.name != "worker-id")
+
+
+async def test_capacity_is_respected_under_a_stream_of_new_chunks(tmp_path):
+    store = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    await store.load()
+    for i in range(50):
+        await put(store, chunk(i))
+        assert store.used <= store.capacity
+        assert disk_bytes(tmp_path) <= store.capacity
+    assert len(store) == 10
+    assert [chunk(i).name in store for i in range(40, 50)] == [True] * 10  # the newest survive
+
+
+async def test_recently_read_chunks_are_kept_and_pinned_ones_never_evicted(tmp_path):
+    store = ChunkStore(tmp_path, capacity=3 * CHUNK)
+    await store.load()
+    for i in range(3):
+        await put(store, chunk(i))
+    with store.pinned(chunk(0).name) as path:  # 0 is being read, 1 was just read
+        with store.pinned(chunk(1).name):
+            pass
+        await put(store, chunk(3))
+        assert chunk(2).name not in store  # the least recently used unpinned one went
+        assert chunk(0).name in store and path.exists()
+        with store.pinned(chunk(3).name), store.pinned(chunk(1).name):
+            with pytest.raises(Busy, match="every cached chunk is being read"):
+                await put(store, chunk(4))
+    assert store.used == 3 * CHUNK and store._reserved == 0
+
+
+async def test_a_failed_write_leaves_nothing_visible(tmp_path):
+    store = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    await store.load()
+    c = chunk(1)
+    with pytest.raises(RuntimeError):
+        async with store.writing(c.name, c.length) as w:
+            await w.write(b"x" * 10)
+            raise RuntimeError("origin died")
+    with pytest.raises(ValueError, match="wrote 10 of"):
+        async with store.writing(c.name, c.length) as w:
+            await w.write(b"x" * 10)
+    assert c.name not in store and store.used == 0 and store._reserved == 0
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_restart_rebuilds_the_index_and_drops_crash_leftovers(tmp_path):
+    store = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    await store.load()
+    for i in range(3):
+        await put(store, chunk(i))
+    # A crash mid-fill leaves a temp file; a torn or foreign file may sit among the chunks.
+    (tmp_path / "tmp" / f"{chunk(5).name}.abcd1234.part").write_bytes(b"half")
+    torn = store.path(chunk(6).name)
+    torn.parent.mkdir(parents=True, exist_ok=True)
+    torn.write_bytes(b"short")
+    (torn.parent / "junk.txt").write_text("not a chunk")
+
+    again = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    await again.load()
+    assert {chunk(i).name for i in range(3)} == set(again._chunks)
+    assert again.used == 3 * CHUNK
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not torn.exists() and not (torn.parent / "junk.txt").exists()
+    with again.pinned(chunk(2).name) as path:
+        data = b"".join([bytes(p) async for p in read_pieces(path, 0, CHUNK, piece=300)])
+    assert data == bytes([2]) * CHUNK
+
+
+async def test_a_smaller_capacity_on_restart_evicts_down_to_it(tmp_path):
+    store = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    await store.load()
+    for i in range(6):
+        await put(store, chunk(i))
+    smaller = ChunkStore(tmp_path, capacity=4 * CHUNK)
+    await smaller.load()
+    assert smaller.used <= 4 * CHUNK and disk_bytes(tmp_path) <= 4 * CHUNK
+
+
+async def test_the_free_space_floor_refuses_fills_it_cannot_make_room_for(tmp_path):
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    store = ChunkStore(tmp_path, capacity=10 * CHUNK, min_free=free + (1 << 40))
+    await store.load()
+    with pytest.raises(Busy, match="free-space floor"):
+        await put(store, chunk(0))
+    assert store._reserved == 0 and store.used == 0
+
+
+async def test_read_pieces_reads_any_window(tmp_path):
+    path = tmp_path / "f"
+    data = os.urandom(10_000)
+    path.write_bytes(data)
+    for offset, length, piece in [(0, 10_000, 4096), (123, 4000, 1000), (9_999, 1, 7), (50, 0, 10)]:
+        got = b"".join([bytes(p) async for p in read_pieces(path, offset, length, piece)])
+        assert got == data[offset:offset + length]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import add_flag, size_arg
 
-__all__ = ["add_arguments", "main", "DEMO_BUCKET", "DEMO_KEY"]
+__all__ = ["add_arguments", "main", "seed_demo", "spawn", "wait_ready", "stop_all", "DEMO_BUCKET", "DEMO_KEY"]
 
 DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
 READY_TIMEOUT = 30.0
@@ -51,15 +51,15 @@ def main(args: argparse.Namespace) -> int:
             seed_demo(endpoint, args.demo_size)
         data_dir = Path(args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pcache-")))
         procs: list[subprocess.Popen] = []
-        stack.callback(_stop_all, procs)
+        stack.callback(stop_all, procs)
         port = args.port
-        master = _spawn(procs, env, "master", "--listen", f"{args.host}:{port}",
+        master = spawn(procs, env, "master", "--listen", f"{args.host}:{port}",
                         "--chunk-size", args.chunk_size)
-        master_url = _wait_ready(master)
+        master_url = wait_ready(master)
         workers = []
         for i in range(args.workers):
             wport = port + 1 + i if port else 0
-            workers.append(_wait_ready(_spawn(
+            workers.append(wait_ready(spawn(
                 procs, env, "worker", "--master", master_url, "--listen", f"{args.host}:{wport}",
                 "--cache-dir", str(data_dir / f"worker-{i}"), "--id", f"worker-{i}",
                 "--capacity", args.capacity, "--s3-endpoint", endpoint, "--min-free", "0",
@@ -87,14 +87,14 @@ def seed_demo(endpoint: str, size: int) -> None:
     s3.put_object(Bucket=DEMO_BUCKET, Key=DEMO_KEY, Body=body[:size])
 
 
-def _spawn(procs: list, env: dict, *args: str) -> subprocess.Popen:
+def spawn(procs: list, env: dict, *args: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "p2pcache", *args], env=env,
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     procs.append(proc)
     return proc
 
 
-def _wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT) -> str:
+def wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT) -> str:
     """The URL from the process's `... ready url=URL` line (its only line on stdout)."""
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -105,7 +105,7 @@ def _wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT) -> str:
     raise RuntimeError(f"{' '.join(proc.args[3:5])} did not become ready (exit code {proc.poll()})")
 
 
-def _stop_all(procs: list[subprocess.Popen]) -> None:
+def stop_all(procs: list[subprocess.Popen]) -> None:
     """Workers first, while the master is up to hear them leave; then the master."""
     for batch in (procs[1:], procs[:1]):
         for proc in batch:

@@ -42,12 +42,12 @@ async def test_recently_read_chunks_are_kept_and_pinned_ones_never_evicted(tmp_p
     await store.load()
     for i in range(3):
         await put(store, chunk(i))
-    with store.pinned(chunk(0).name) as path:  # 0 is being read, 1 was just read
+    with store.pinned(chunk(0).name):  # 0 is being read, 1 was just read
         with store.pinned(chunk(1).name):
             pass
         await put(store, chunk(3))
         assert chunk(2).name not in store  # the least recently used unpinned one went
-        assert chunk(0).name in store and path.exists()
+        assert chunk(0).name in store and store.path(chunk(0).name).exists()
         with store.pinned(chunk(3).name), store.pinned(chunk(1).name):
             with pytest.raises(Busy, match="every cached chunk is being read"):
                 await put(store, chunk(4))
@@ -87,9 +87,11 @@ async def test_restart_rebuilds_the_index_and_drops_crash_leftovers(tmp_path):
     assert again.used == 3 * CHUNK
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not torn.exists() and not (torn.parent / "junk.txt").exists()
-    with again.pinned(chunk(2).name) as path:
-        data = b"".join([bytes(p) async for p in read_pieces(path, 0, CHUNK, piece=300)])
+    with again.pinned(chunk(2).name) as fd:
+        data = b"".join([bytes(p) async for p in read_pieces(fd, 0, CHUNK, piece=300)])
     assert data == bytes([2]) * CHUNK
+    assert await again.read(chunk(1).name, 10, 20) == bytes([1]) * 20
+    assert await again.read(chunk(9).name, 0, 1) is None
 
 
 async def test_a_smaller_capacity_on_restart_evicts_down_to_it(tmp_path):
@@ -115,6 +117,56 @@ async def test_read_pieces_reads_any_window(tmp_path):
     path = tmp_path / "f"
     data = os.urandom(10_000)
     path.write_bytes(data)
-    for offset, length, piece in [(0, 10_000, 4096), (123, 4000, 1000), (9_999, 1, 7), (50, 0, 10)]:
-        got = b"".join([bytes(p) async for p in read_pieces(path, offset, length, piece)])
-        assert got == data[offset:offset + length]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset, length, piece in [(0, 10_000, 4096), (123, 4000, 1000), (9_999, 1, 7), (50, 0, 10)]:
+            got = b"".join([bytes(p) async for p in read_pieces(fd, offset, length, piece)])
+            assert got == data[offset:offset + length]
+    finally:
+        os.close(fd)
+
+
+async def test_open_files_are_bounded_and_evicted_chunks_closed(tmp_path):
+    store = ChunkStore(tmp_path, capacity=6 * CHUNK, open_files=3)
+    await store.load()
+    for i in range(6):
+        await put(store, chunk(i))
+        assert await store.read(chunk(i).name, 0, 1) == bytes([i])
+        assert len(store._fds) <= 3
+    for i in range(6, 12):  # evicting chunks closes their files
+        await put(store, chunk(i))
+    assert set(store._fds) <= set(store._chunks)
+    store.close()
+    assert not store._fds
+
+
+async def test_cold_reads_go_to_the_executor_and_warm_ones_stay_on_the_loop(tmp_path):
+    import asyncio
+    import concurrent.futures
+
+    from worker.store import pread
+
+    class Counting(concurrent.futures.ThreadPoolExecutor):
+        calls = 0
+
+        def submit(self, *args, **kwargs):
+            Counting.calls += 1
+            return super().submit(*args, **kwargs)
+
+    asyncio.get_running_loop().set_default_executor(Counting(max_workers=2))
+    data = os.urandom(1 << 20)
+    path = tmp_path / "cold"
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # evict it from the page cache
+        assert await pread(fd, 0, len(data)) == data
+        cold_calls = Counting.calls
+        assert cold_calls >= 1  # the disk read did not block the loop
+        assert await pread(fd, 0, len(data)) == data  # now cached: served on the loop
+        assert Counting.calls == cold_calls
+    finally:
+        os.close(fd)

@@ -24,7 +24,7 @@ from p2pcache.singleflight import SingleFlight
 
 from .metrics import WorkerMetrics
 from .peer import PeerClient
-from .store import ChunkStore, read_pieces
+from .store import PIECE, ChunkStore, read_pieces
 
 __all__ = ["Chunks", "read_order", "fill_source"]
 
@@ -67,16 +67,16 @@ class LocalStream:
 
     def __init__(self, store: ChunkStore, c: ChunkId, offset: int, length: int) -> None:
         self._pin = store.pinned(c.name)
-        self._path = self._pin.__enter__()
+        self._fd = self._pin.__enter__()
         self._offset, self._length = offset, length
 
     @property
     def present(self) -> bool:
-        return self._path is not None
+        return self._fd is not None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async with contextlib.aclosing(read_pieces(self._path, self._offset, self._length)) as it:
+            async with contextlib.aclosing(read_pieces(self._fd, self._offset, self._length)) as it:
                 async for piece in it:
                     yield piece
         finally:
@@ -138,6 +138,17 @@ class Chunks:
             for *_, task in pending:
                 task.cancel()
                 task.add_done_callback(_close_stream)
+
+    async def read_small(self, info: ObjectInfo, start: int, stop: int) -> bytearray | None:
+        """The fast path: a range of at most PIECE bytes inside one local chunk, or None."""
+        chunk_size = self._placement().ring.chunk_size
+        index, offset = divmod(start, chunk_size)
+        if stop - start > PIECE or (stop - 1) // chunk_size != index:
+            return None
+        data = await self.store.read(info.chunk(index, chunk_size).name, offset, stop - start)
+        if data is not None:
+            self._m.hits.inc()
+        return data
 
     async def open(self, c: ChunkId, offset: int, length: int,
                    exclude: Iterable[str] = ()) -> Stream:

@@ -20,7 +20,7 @@ from typing import AsyncIterator, Iterator
 
 from p2pcache.errors import Busy
 
-__all__ = ["ChunkStore", "ChunkWriter", "read_pieces"]
+__all__ = ["ChunkStore", "ChunkWriter", "pread", "read_pieces", "PIECE"]
 
 log = logging.getLogger("p2pcache.store")
 _NAME = re.compile(r"[0-9a-f]{40}-(\d+)-(\d+)")
@@ -42,7 +42,7 @@ class ChunkWriter:
 
 
 class ChunkStore:
-    def __init__(self, root: Path, capacity: int, min_free: int = 0) -> None:
+    def __init__(self, root: Path, capacity: int, min_free: int = 0, open_files: int = 256) -> None:
         self.root = Path(root)
         self.capacity = capacity
         self.min_free = min_free
@@ -50,6 +50,11 @@ class ChunkStore:
         self._reserved = 0
         self._chunks: OrderedDict[str, int] = OrderedDict()  # name -> size, oldest first
         self._pins: dict[str, int] = {}
+        # Open files of recently read chunks: an open() per request costs more than
+        # the read itself. Only unpinned entries are closed, so a reader's fd stays valid.
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._open_files = open_files
+        self._dir = str(self.root / "chunks")
 
     def __contains__(self, name: str) -> bool:
         return name in self._chunks
@@ -58,7 +63,15 @@ class ChunkStore:
         return len(self._chunks)
 
     def path(self, name: str) -> Path:
-        return self.root / "chunks" / name[:2] / name
+        return Path(self._path(name))
+
+    def _path(self, name: str) -> str:
+        return f"{self._dir}/{name[:2]}/{name}"
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     async def load(self) -> None:
         """Rebuild the index from disk: drop temp files and anything malformed."""
@@ -75,19 +88,35 @@ class ChunkStore:
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
 
     @contextlib.contextmanager
-    def pinned(self, name: str) -> Iterator[Path | None]:
-        """The chunk's path, safe from eviction until the block ends; None if absent."""
+    def pinned(self, name: str) -> Iterator[int | None]:
+        """An open fd of the chunk, safe from eviction until the block ends; None if absent."""
         if name not in self._chunks:
             yield None
             return
         self._chunks.move_to_end(name)
         self._pins[name] = self._pins.get(name, 0) + 1
         try:
-            yield self.path(name)
+            yield self._fd(name)
         finally:
             self._pins[name] -= 1
             if not self._pins[name]:
                 del self._pins[name]
+
+    async def read(self, name: str, offset: int, length: int) -> bytearray | None:
+        """A small read in one go, or None if the chunk is not here."""
+        with self.pinned(name) as fd:
+            return None if fd is None else await pread(fd, offset, length)
+
+    def _fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is not None:
+            self._fds.move_to_end(name)
+            return fd
+        fd = self._fds[name] = os.open(self._path(name), os.O_RDONLY)
+        if len(self._fds) > self._open_files:
+            for old in [n for n in self._fds if n not in self._pins][: len(self._fds) - self._open_files]:
+                os.close(self._fds.pop(old))
+        return fd
 
     @contextlib.asynccontextmanager
     async def writing(self, name: str, size: int) -> AsyncIterator[ChunkWriter]:
@@ -140,35 +169,37 @@ class ChunkStore:
         return next((n for n in self._chunks if n not in self._pins), None)
 
     def _drop(self, name: str) -> Path:
+        """Forget an unpinned chunk; the caller unlinks the returned path."""
         self.used -= self._chunks.pop(name)
+        fd = self._fds.pop(name, None)
+        if fd is not None:
+            os.close(fd)
         return self.path(name)
 
 
-async def read_pieces(path: Path, offset: int, length: int, piece: int = PIECE) -> AsyncIterator[bytes]:
-    """Yield `length` bytes of the file from `offset`, in pieces.
-
-    Page-cached bytes are read on the loop with RWF_NOWAIT (no executor hop);
-    a read that would block on the disk goes to the executor instead.
-    """
-    fd = os.open(path, os.O_RDONLY)
+async def pread(fd: int, offset: int, n: int) -> bytearray:
+    """`n` bytes at `offset`: from the page cache on the loop (RWF_NOWAIT, no
+    executor hop); whatever would block on the disk is read in the executor."""
+    buf = bytearray(n)
     try:
-        end = offset + length
-        while offset < end:
-            n = min(piece, end - offset)
-            buf = bytearray(n)
-            try:
-                got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-            except BlockingIOError:
-                got = 0
-            if got < n:
-                view = memoryview(buf)[got:]
-                got += await _run(os.preadv, fd, [view], offset + got)
-            if got < n:
-                raise OSError(f"{path}: short read at {offset}")
-            offset += n
-            yield buf
-    finally:
-        os.close(fd)
+        got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        got = 0
+    while got < n:
+        more = await _run(os.preadv, fd, [memoryview(buf)[got:]], offset + got)
+        if not more:
+            raise OSError(f"short read at {offset + got} of fd {fd}")
+        got += more
+    return buf
+
+
+async def read_pieces(fd: int, offset: int, length: int, piece: int = PIECE) -> AsyncIterator[bytes]:
+    """Yield `length` bytes of an open file from `offset`, in pieces of at most `piece`."""
+    end = offset + length
+    while offset < end:
+        n = min(piece, end - offset)
+        yield await pread(fd, offset, n)
+        offset += n
 
 
 def _seal(file, tmp: Path, final: Path) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 import urllib.request
 from pathlib import Path
 
 import boto3
 
+from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
 from .harness import S3_ENV, cluster, median_run, nginx, require, wrk
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     require("nginx", "wrk")
-    data = random.Random(0).randbytes(args.size)
+    data = demo_bytes(args.size)
     results = {"size": args.size, "connections": args.connections, "rows": [],
                "nginx_workers": args.nginx_workers}
     with tempfile.TemporaryDirectory() as root, cluster(1) as c:

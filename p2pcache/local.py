@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import add_flag, size_arg
 
-__all__ = ["add_arguments", "main", "seed_demo", "spawn", "wait_ready", "stop_all", "DEMO_BUCKET", "DEMO_KEY"]
+__all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "stop_all", "DEMO_BUCKET", "DEMO_KEY"]
 
 DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
 READY_TIMEOUT = 30.0
@@ -83,8 +83,14 @@ def seed_demo(endpoint: str, size: int) -> None:
     s3.create_bucket(Bucket=DEMO_BUCKET)
     header = b'{"__metadata__":{"format":"demo"}}'
     body = len(header).to_bytes(8, "little") + header
-    body += random.Random(0).randbytes(max(0, size - len(body)))
+    body += demo_bytes(max(0, size - len(body)))
     s3.put_object(Bucket=DEMO_BUCKET, Key=DEMO_KEY, Body=body[:size])
+
+
+def demo_bytes(size: int, seed: int = 0) -> bytes:
+    """`size` deterministic pseudo-random bytes (randbytes alone overflows past 256 MiB)."""
+    rnd = random.Random(seed)
+    return b"".join(rnd.randbytes(min(16 << 20, size - pos)) for pos in range(0, size, 16 << 20))
 
 
 def spawn(procs: list, env: dict, *args: str) -> subprocess.Popen:

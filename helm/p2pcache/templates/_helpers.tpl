@@ -1,0 +1,94 @@
+{{- define "p2pcache.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Kept to 40 characters so "<fullname>-worker-headless" and pod names stay DNS labels. */}}
+{{- define "p2pcache.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "p2pcache.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "p2pcache.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector labels of one component: call with (dict "ctx" $ "component" "worker"). */}}
+{{- define "p2pcache.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "p2pcache.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "p2pcache.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "p2pcache.masterName" -}}{{ include "p2pcache.fullname" . }}-master{{- end }}
+{{- define "p2pcache.workerName" -}}{{ include "p2pcache.fullname" . }}-worker{{- end }}
+{{- define "p2pcache.headlessName" -}}{{ include "p2pcache.fullname" . }}-worker-headless{{- end }}
+
+{{- define "p2pcache.masterURL" -}}
+{{- printf "http://%s.%s.svc.%s:%d" (include "p2pcache.masterName" .) .Release.Namespace .Values.clusterDomain (int .Values.master.port) }}
+{{- end }}
+
+{{- define "p2pcache.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "p2pcache.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret holding AWS keys, or "" when none is used. */}}
+{{- define "p2pcache.s3SecretName" -}}
+{{- if .Values.s3.existingSecret }}
+{{- .Values.s3.existingSecret }}
+{{- else if .Values.s3.accessKeyId }}
+{{- include "p2pcache.fullname" . }}-s3
+{{- end }}
+{{- end }}
+
+{{/* A size in the CLI format ("20GiB", "500M", "1Gi", "4096") as a byte count. */}}
+{{- define "p2pcache.bytes" -}}
+{{- $units := dict "" 1 "K" 1000 "KB" 1000 "M" 1000000 "MB" 1000000 "G" 1000000000 "GB" 1000000000 "T" 1000000000000 "TB" 1000000000000 "Ki" 1024 "KiB" 1024 "Mi" 1048576 "MiB" 1048576 "Gi" 1073741824 "GiB" 1073741824 "Ti" 1099511627776 "TiB" 1099511627776 }}
+{{- $size := toString . }}
+{{- $unit := regexReplaceAll "^[0-9]+" $size "" }}
+{{- $number := trimSuffix $unit $size }}
+{{- if or (not (regexMatch "^[0-9]+$" $number)) (not (hasKey $units $unit)) }}
+{{- fail (printf "invalid size %q: use an integer with an optional unit, e.g. 20GiB, 500M or 4096" $size) }}
+{{- end }}
+{{- mul (atoi $number) (get $units $unit) }}
+{{- end }}
+
+{{/* Worker --capacity: cache.capacityPercent of cache.size, in bytes. */}}
+{{- define "p2pcache.capacityBytes" -}}
+{{- div (mul (include "p2pcache.bytes" .Values.cache.size) (int .Values.cache.capacityPercent)) 100 }}
+{{- end }}
+
+{{- define "p2pcache.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "p2pcache.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end }}

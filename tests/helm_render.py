@@ -1,0 +1,145 @@
+"""Render the Helm chart offline with Helm's own engine and read pods the way Kubernetes does."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+from helm_python import _native
+
+__all__ = [
+    "CHART",
+    "NAMESPACE",
+    "RELEASE",
+    "container_env",
+    "expand_vars",
+    "find",
+    "find_one",
+    "load_chart",
+    "manifests",
+    "pod_template",
+    "render",
+]
+
+CHART = Path(__file__).resolve().parent.parent / "helm" / "p2pcache"
+RELEASE = "p2pcache"
+NAMESPACE = "ml"
+
+
+def load_chart() -> helm.Chart:
+    return helm.Chart.load(CHART)
+
+
+def render(
+    chart: helm.Chart,
+    values: dict[str, Any] | None = None,
+    *,
+    api_versions: tuple[str, ...] = (),
+    kube_version: str | None = None,
+    name: str = RELEASE,
+) -> dict[str, str]:
+    """Template path -> rendered text, as `helm template --api-versions ...` would give.
+
+    `Chart.render` does not expose the engine's `api_versions`/`kube_version`/`strict`
+    options, but the C ABI under it does (it rejects unknown keys, so a rename fails loudly).
+    `strict` makes a reference to a missing value key an error instead of an empty string.
+    """
+    opts: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "strict": True,
+                            "is_install": True, "api_versions": list(api_versions)}
+    if kube_version:
+        opts["kube_version"] = kube_version
+    payload = None if values is None else json.dumps(values)
+    rendered = _native.call_string("helm_render", chart._raw(), payload, json.dumps(opts))
+    files: dict[str, str] = json.loads(rendered)
+    return files
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML loader that rejects duplicate keys, as the Kubernetes API's decoder does."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    keys = [loader.construct_object(key) for key, _ in node.value]
+    duplicates = {key for key in keys if keys.count(key) > 1}
+    if duplicates:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate keys {sorted(duplicates)}", node.start_mark
+        )
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def manifests(files: dict[str, str]) -> list[dict[str, Any]]:
+    """Every Kubernetes object of a render, in template order."""
+    objects = []
+    for path, text in files.items():
+        if path.endswith(".yaml"):
+            objects += [doc for doc in yaml.load_all(text, Loader=_StrictLoader) if doc]
+    return objects
+
+
+def find(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def find_one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = find(objects, kind)
+    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def pod_template(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return find_one(objects, kind)["spec"]["template"]
+
+
+_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand_vars(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: `$$` escapes, an undefined reference stays as written."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VAR.sub(replace, text)
+
+
+def container_env(
+    container: dict[str, Any],
+    objects: list[dict[str, Any]],
+    pod_name: str,
+    existing_secrets: dict[str, dict[str, str]] | None = None,
+) -> dict[str, str]:
+    """The container's environment as the kubelet builds it, resolving fieldRef and Secrets.
+
+    Secrets come from the render, or from `existing_secrets` (name -> plain key/values)
+    for the ones the cluster is assumed to hold already.
+    """
+    secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
+               for s in find(objects, "Secret")}
+    secrets.update(existing_secrets or {})
+    env: dict[str, str] = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = expand_vars(var["value"], env)
+            continue
+        source = var["valueFrom"]
+        if "fieldRef" in source:
+            field = source["fieldRef"]["fieldPath"]
+            assert field == "metadata.name", f"unsupported fieldRef {field}"
+            env[var["name"]] = pod_name
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[var["name"]] = secrets[ref["name"]][ref["key"]]
+        else:
+            raise AssertionError(f"unsupported env source {source}")
+    return env

@@ -1,0 +1,341 @@
+"""The Helm chart: lint, render variants, Kubernetes schemas, cross-references, values schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+
+from helm_render import (
+    CHART,
+    NAMESPACE,
+    container_env,
+    find,
+    find_one,
+    load_chart,
+    manifests,
+    pod_template,
+    render,
+)
+
+MONITORING = ("monitoring.coreos.com/v1",)
+CREDENTIALS = {"s3": {"accessKeyId": "AKIDEXAMPLE", "secretAccessKey": "secret"}}
+KUBE_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33"]
+CONTRACT_METRICS = {
+    "p2pcache_requests_total", "p2pcache_bytes_served_total", "p2pcache_cache_hits_total",
+    "p2pcache_cache_misses_total", "p2pcache_origin_bytes_total", "p2pcache_peer_bytes_total",
+    "p2pcache_fills_in_flight", "p2pcache_store_bytes", "p2pcache_store_capacity_bytes",
+    "p2pcache_ring_epoch", "p2pcache_ring_workers",
+}
+
+# name -> (values, API versions the cluster offers)
+VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "defaults": ({}, ()),
+    "emptyDir-credentials": ({**CREDENTIALS, "cache": {"mode": "emptyDir", "emptyDir": {"medium": "Memory"}}}, ()),
+    "hostPath": ({"cache": {"mode": "hostPath"}, "worker": {"podAntiAffinity": "required"}}, ()),
+    "volumeClaimTemplate": ({"cache": {"mode": "volumeClaimTemplate", "size": "500G",
+                                       "volumeClaimTemplate": {"storageClassName": "local-nvme"}}}, ()),
+    "hpa": ({"autoscaling": {"enabled": True}}, ()),
+    "servicemonitor-without-api": ({"metrics": {"serviceMonitor": {"enabled": True}}}, ()),
+    "servicemonitor": ({"metrics": {"serviceMonitor": {"enabled": True}}}, MONITORING),
+    "servicemonitor-off-with-api": ({}, MONITORING),
+    "existing-secret-s3-endpoint": ({"s3": {"existingSecret": "aws-keys", "endpoint": "http://minio.storage:9000",
+                                           "allowedBuckets": ["models", "datasets"]}}, ()),
+    "everything-off": ({"podDisruptionBudget": {"enabled": False}, "serviceAccount": {"create": False},
+                        "metrics": {"dashboard": {"enabled": False}}, "worker": {"podAntiAffinity": "none"}}, ()),
+}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    with load_chart() as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def rendered(chart):
+    return {name: manifests(render(chart, values, api_versions=apis))
+            for name, (values, apis) in VARIANTS.items()}
+
+
+def container(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    containers = pod_template(objects, kind)["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def flags(cont: dict[str, Any]) -> dict[str, str]:
+    """`--name=value` args as a dict; every rendered flag must use that one form."""
+    args = cont["args"]
+    assert all(re.fullmatch(r"--[a-z0-9-]+=.+", arg) for arg in args[1:]), args
+    return dict(arg[2:].split("=", 1) for arg in args[1:])
+
+
+def port_of(cont: dict[str, Any], port: int | str) -> int:
+    """Resolve a probe's or Service's target port (name or number) against a container."""
+    for declared in cont["ports"]:
+        if port in (declared["name"], declared["containerPort"]):
+            return declared["containerPort"]
+    raise AssertionError(f"port {port!r} is not declared by container {cont['name']}")
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lint_strict_is_clean(variant):
+    values, _ = VARIANTS[variant]
+    for kube_version in ("v1.29.0", "v1.33.0"):
+        report = helm.lint(CHART, values, strict=True, kube_version=kube_version)
+        assert report["errors"] == []
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_objects_validate_against_kubernetes_schemas(rendered, variant, kube_version):
+    objects = rendered[variant]
+    checked = 0
+    for obj in objects:
+        if obj["apiVersion"] == "monitoring.coreos.com/v1":
+            continue  # a CRD: not in the Kubernetes schemas; checked in test_servicemonitor
+        kubernetes_validate.validate(obj, kube_version, strict=True)
+        checked += 1
+    assert checked >= 5  # master, its Service, StatefulSet, two worker Services
+
+
+def test_variants_render_what_they_select(rendered):
+    kinds = {name: sorted(obj["kind"] for obj in objs) for name, objs in rendered.items()}
+    assert "HorizontalPodAutoscaler" not in kinds["defaults"]
+    assert "Secret" not in kinds["defaults"]
+    assert kinds["hpa"].count("HorizontalPodAutoscaler") == 1
+    assert kinds["servicemonitor"].count("ServiceMonitor") == 2
+    for name in ("defaults", "servicemonitor-without-api", "servicemonitor-off-with-api"):
+        assert "ServiceMonitor" not in kinds[name]
+    assert kinds["emptyDir-credentials"].count("Secret") == 1
+    for kind in ("PodDisruptionBudget", "ServiceAccount", "ConfigMap"):
+        assert kind not in kinds["everything-off"]
+    assert "replicas" in find_one(rendered["defaults"], "StatefulSet")["spec"]
+    assert "replicas" not in find_one(rendered["hpa"], "StatefulSet")["spec"]  # the HPA owns it
+
+
+def test_cache_volume_modes(rendered):
+    def volumes(name):
+        return {v["name"]: v for v in pod_template(rendered[name], "StatefulSet")["spec"]["volumes"]}
+
+    assert volumes("defaults")["cache"]["emptyDir"]["sizeLimit"] == str(20 * 2**30)
+    assert volumes("emptyDir-credentials")["cache"]["emptyDir"]["medium"] == "Memory"
+    assert volumes("hostPath")["cache"]["hostPath"]["path"] == "/mnt/nvme/p2pcache"
+    init = pod_template(rendered["hostPath"], "StatefulSet")["spec"]["initContainers"][0]
+    assert init["volumeMounts"][0]["subPathExpr"] == "$(POD_NAME)"
+    assert container(rendered["hostPath"], "StatefulSet")["volumeMounts"][0]["subPathExpr"] == "$(POD_NAME)"
+    sts = find_one(rendered["volumeClaimTemplate"], "StatefulSet")
+    assert "cache" not in volumes("volumeClaimTemplate")
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "cache"
+    assert claim["spec"]["storageClassName"] == "local-nvme"
+    assert claim["spec"]["resources"]["requests"]["storage"] == str(500 * 10**9)
+
+
+# What the Kubernetes schemas cannot check: names, selectors, ports and keys agree.
+
+USER_SECRET = {"aws-keys": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}}
+
+
+def listen_port(cont: dict[str, Any]) -> int:
+    return int(flags(cont)["listen"].rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_selectors_images_and_volumes_agree(rendered, variant):
+    objects = rendered[variant]
+    workloads = find(objects, "Deployment") + find(objects, "StatefulSet")
+    for workload in workloads:
+        template = workload["spec"]["template"]
+        assert selects(workload["spec"]["selector"]["matchLabels"], template["metadata"]["labels"])
+        volumes = {v["name"] for v in template["spec"].get("volumes", [])}
+        volumes |= {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
+        for cont in template["spec"]["containers"] + template["spec"].get("initContainers", []):
+            assert re.fullmatch(r"[^:\s]+:[^:\s]+", cont["image"]), cont["image"]
+            assert {m["name"] for m in cont.get("volumeMounts", [])} <= volumes
+    for service in find(objects, "Service"):
+        targets = [w for w in workloads
+                   if selects(service["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])]
+        assert len(targets) == 1, service["metadata"]["name"]
+        for port in service["spec"]["ports"]:
+            port_of(targets[0]["spec"]["template"]["spec"]["containers"][0], port["targetPort"])
+    sts_labels = pod_template(objects, "StatefulSet")["metadata"]["labels"]
+    for budget in find(objects, "PodDisruptionBudget"):
+        assert selects(budget["spec"]["selector"]["matchLabels"], sts_labels)
+    for hpa in find(objects, "HorizontalPodAutoscaler"):
+        target = {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                  "name": find_one(objects, "StatefulSet")["metadata"]["name"]}
+        assert hpa["spec"]["scaleTargetRef"] == target
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_ports_and_probes_agree(rendered, variant):
+    objects = rendered[variant]
+    master, worker = container(objects, "Deployment"), container(objects, "StatefulSet")
+    for cont in (master, worker):
+        assert [p["containerPort"] for p in cont["ports"]] == [listen_port(cont)]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert port_of(cont, cont[probe]["httpGet"]["port"]) == listen_port(cont)
+    assert master["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/_p2p/ready"
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/_p2p/health"
+    client = [s for s in find(objects, "Service") if s["metadata"]["labels"]["app.kubernetes.io/component"] == "client"]
+    assert len(client) == 1 and client[0]["spec"]["type"] == "ClusterIP"
+    (client_port,) = client[0]["spec"]["ports"]
+    assert client_port["port"] == 80 and port_of(worker, client_port["targetPort"]) == listen_port(worker)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_worker_names_itself_and_finds_the_master(rendered, variant):
+    objects = rendered[variant]
+    services = {s["metadata"]["name"]: s for s in find(objects, "Service")}
+    sts = find_one(objects, "StatefulSet")
+    master, worker = container(objects, "Deployment"), container(objects, "StatefulSet")
+    headless = services[sts["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert selects(headless["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
+    worker_flags = flags(worker)
+    assert worker_flags["id"] == "$(POD_NAME)"
+    assert worker_flags["advertise"] == (
+        f"http://$(POD_NAME).{headless['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{listen_port(worker)}")
+    assert container_env(worker, objects, "w-0", USER_SECRET)["POD_NAME"] == "w-0"
+    assert worker_flags["cache-dir"] == {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}["cache"]
+
+    master_url = urlsplit(worker_flags["master"])
+    master_service = services[master_url.hostname.split(".")[0]]
+    assert master_url.hostname == f"{master_service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    (master_port,) = master_service["spec"]["ports"]
+    assert master_url.port == master_port["port"]
+    assert port_of(master, master_port["targetPort"]) == listen_port(master)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_referenced_secrets_and_accounts_exist(rendered, variant):
+    objects = rendered[variant]
+    for var in container(objects, "StatefulSet")["env"]:
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["name"] not in USER_SECRET:
+            assert ref["key"] in find_one(objects, "Secret")["data"]
+    for kind in ("Deployment", "StatefulSet"):
+        account = pod_template(objects, kind)["spec"]["serviceAccountName"]
+        assert account == "default" or find_one(objects, "ServiceAccount")["metadata"]["name"] == account
+
+
+def test_s3_settings_reach_the_worker(rendered):
+    worker = container(rendered["existing-secret-s3-endpoint"], "StatefulSet")
+    assert flags(worker)["s3-endpoint"] == "http://minio.storage:9000"
+    assert flags(worker)["allowed-buckets"] == "models,datasets"
+    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in worker["env"] if "valueFrom" in v
+            and "secretKeyRef" in v["valueFrom"]}
+    assert refs == {key: {"name": "aws-keys", "key": key}
+                    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    objects = rendered["emptyDir-credentials"]
+    env = container_env(container(objects, "StatefulSet"), objects, "w-0")
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_REGION"]) == (
+        "AKIDEXAMPLE", "secret", "us-east-1")
+    for name in ("defaults", "emptyDir-credentials"):
+        assert "s3-endpoint" not in flags(container(rendered[name], "StatefulSet"))
+
+
+@pytest.mark.parametrize(("size", "percent", "capacity"), [
+    ("20GiB", 90, 19327352832), ("500G", 90, 450 * 10**9), ("1Ti", 50, 2**39),
+    ("4096", 100, 4096), ("750MB", 80, 600 * 10**6),
+])
+def test_capacity_is_a_share_of_the_volume(chart, size, percent, capacity):
+    objects = manifests(render(chart, {"cache": {"size": size, "capacityPercent": percent}}))
+    assert flags(container(objects, "StatefulSet"))["capacity"] == str(capacity)
+
+
+def test_grace_period_covers_prestop_and_drain(chart):
+    objects = manifests(render(chart, {"worker": {"drainTimeout": 45, "preStopSleep": 7}}))
+    pod = pod_template(objects, "StatefulSet")["spec"]
+    worker = pod["containers"][0]
+    assert worker["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
+    assert flags(worker)["drain-timeout"] == "45"
+    assert pod["terminationGracePeriodSeconds"] > 7 + 45
+
+
+def test_servicemonitor_scrapes_the_metrics_endpoints(rendered):
+    objects = rendered["servicemonitor"]
+    paths = {}
+    for monitor in find(objects, "ServiceMonitor"):
+        (endpoint,) = monitor["spec"]["endpoints"]
+        matched = [s for s in find(objects, "Service")
+                   if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+        assert len(matched) == 1, monitor["metadata"]["name"]
+        assert endpoint["port"] in {p["name"] for p in matched[0]["spec"]["ports"]}
+        paths[matched[0]["spec"].get("clusterIP") == "None"] = endpoint["path"]
+    assert paths == {True: "/_p2p/metrics", False: "/metrics"}  # headless -> every worker pod
+
+
+def test_dashboard_uses_the_contract_metric_names(rendered):
+    (config_map,) = [c for c in find(rendered["defaults"], "ConfigMap")
+                     if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    (document,) = config_map["data"].values()
+    dashboard = json.loads(document)
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"p2pcache_[a-z_]+", expr)}
+    assert used == CONTRACT_METRICS
+
+
+@pytest.mark.parametrize(("values", "where", "why"), [
+    ({"worker": {"replicas": -1}}, "/worker/replicas", "minimum: got -1, want 0"),
+    ({"autoscaling": {"maxReplicas": 0}}, "/autoscaling/maxReplicas", "minimum: got 0, want 1"),
+    ({"cache": {"size": "20 gigs"}}, "/cache/size", "'20 gigs' does not match pattern"),
+    ({"worker": {"minFree": "1.5GiB"}}, "/worker/minFree", "'1.5GiB' does not match pattern"),
+    ({"cache": {"mode": "nfs"}}, "/cache/mode",
+     "value must be one of 'emptyDir', 'hostPath', 'volumeClaimTemplate'"),
+    ({"cache": {"capacityPercent": 120}}, "/cache/capacityPercent", "maximum"),
+    ({"cache": {"sizee": "1GiB"}}, "/cache", "additional properties 'sizee' not allowed"),
+])
+def test_values_schema_rejects_bad_values(chart, values, where, why):
+    with pytest.raises(helm.HelmValuesError) as raised:
+        render(chart, values)
+    assert f"at '{where}': {why}" in str(raised.value)
+    report = helm.lint(CHART, values, strict=True)
+    assert any(where in error and why in error for error in report["errors"])
+
+
+def test_long_release_names_stay_dns_labels(chart):
+    name = "a-release-name-that-is-exactly-fifty-three-characters"
+    assert len(name) == 53  # Helm's maximum
+    objects = manifests(render(chart, name=name))
+    for obj in objects:
+        assert len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
+    sts = find_one(objects, "StatefulSet")
+    assert len(f"{sts['metadata']['name']}-9999") <= 63
+    assert len(f"{sts['metadata']['name']}-{'x' * 11}") <= 63  # controller-revision-hash label
+
+
+def test_notes_tell_how_to_read_and_scale(chart):
+    notes = render(chart)["p2pcache/templates/NOTES.txt"]
+    client = f"http://p2pcache.{NAMESPACE}.svc.cluster.local"
+    assert f"curl -r 0-1048575 -o part.bin {client}/my-bucket/" in notes
+    assert f'endpoint_url="{client}"' in notes
+    assert "kubectl -n ml scale statefulset p2pcache-worker --replicas=" in notes
+    hpa_notes = render(chart, {"autoscaling": {"enabled": True}})["p2pcache/templates/NOTES.txt"]
+    assert "get hpa p2pcache-worker" in hpa_notes
+
+
+def test_image_user_matches_the_pod_security_context(rendered):
+    dockerfile = (CHART.parent.parent / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    assert re.search(r'^ENTRYPOINT \["p2pcache"\]$', dockerfile, re.M)
+    (user,) = re.findall(r"^USER (\d+)", dockerfile, re.M)
+    for kind in ("Deployment", "StatefulSet"):
+        context = pod_template(rendered["defaults"], kind)["spec"]["securityContext"]
+        assert context["runAsNonRoot"] and context["runAsUser"] == int(user) != 0
+    ignored = Path(CHART.parent.parent / ".dockerignore").read_text().split()
+    assert {".git", ".venv"} <= set(ignored)

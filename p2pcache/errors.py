@@ -4,6 +4,8 @@ P2PError
 ├── BadRequest            400  input a user sent that cannot be served
 ├── AccessDenied          403  bucket not in the allowlist, or S3 said 403
 ├── NotFound              404  no such bucket or key
+├── ReadOnly              405  a write method: the cache is read-only
+├── PreconditionFailed    412  an If-Match / If-Unmodified-Since condition is false
 ├── RangeNotSatisfiable   416  carries the object size for `Content-Range: bytes */size`
 ├── ObjectChanged         412→502  the object's ETag changed under a read
 ├── OriginError           502  S3 answered, but with a failure
@@ -21,7 +23,8 @@ Foreign exceptions are converted where they enter (origin, peer client) with
 from __future__ import annotations
 
 __all__ = [
-    "P2PError", "BadRequest", "AccessDenied", "NotFound", "RangeNotSatisfiable",
+    "P2PError", "BadRequest", "AccessDenied", "NotFound", "ReadOnly", "PreconditionFailed",
+    "RangeNotSatisfiable",
     "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
     "PeerUnavailable", "NoRing", "Busy", "PeerError",
 ]
@@ -56,6 +59,16 @@ class NotFound(P2PError):
     def __init__(self, message: str = "", code: str = "NoSuchKey") -> None:
         super().__init__(message)
         self.code = code
+
+
+class ReadOnly(P2PError):
+    """p2pcache is a read-only cache."""
+    status, code = 405, "NotImplemented"
+
+
+class PreconditionFailed(P2PError):
+    """At least one of the preconditions you specified did not hold."""
+    status, code = 412, "PreconditionFailed"
 
 
 class RangeNotSatisfiable(P2PError):

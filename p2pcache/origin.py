@@ -79,10 +79,14 @@ class S3Origin:
             yield cls(client)
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
+        """The object's identity; NotFound says whether the bucket or the key is missing."""
         try:
             resp = await self._client.head_object(Bucket=bucket, Key=key)
         except Exception as exc:
-            raise convert_error(exc, bucket, key) from exc
+            error = convert_error(exc, bucket, key)
+            if isinstance(error, NotFound):
+                await self.head_bucket(bucket)  # a HEAD's 404 has no body to tell which
+            raise error from exc
         headers = resp["ResponseMetadata"]["HTTPHeaders"]
         return ObjectInfo(
             bucket=bucket,
@@ -92,6 +96,36 @@ class S3Origin:
             last_modified=headers.get("last-modified", ""),
             content_type=resp.get("ContentType") or "binary/octet-stream",
         )
+
+    async def head_bucket(self, bucket: str) -> None:
+        try:
+            await self._client.head_bucket(Bucket=bucket)
+        except Exception as exc:
+            error = convert_error(exc, bucket, "")
+            if isinstance(error, NotFound):
+                error = NotFound(f"no such bucket: {bucket}", code="NoSuchBucket")
+            raise error from exc
+
+    async def list_objects(self, bucket: str, v2: bool = True, **params) -> dict:
+        """One page of ListObjects(V2) with S3's parameter names; keys come back decoded."""
+        call = self._client.list_objects_v2 if v2 else self._client.list_objects
+        try:
+            resp = await call(Bucket=bucket, **{k: v for k, v in params.items() if v is not None})
+        except Exception as exc:
+            error = convert_error(exc, bucket, "")
+            if isinstance(error, NotFound):
+                error = NotFound(f"no such bucket: {bucket}", code="NoSuchBucket")
+            raise error from exc
+        resp.pop("ResponseMetadata", None)
+        return resp
+
+    async def list_buckets(self) -> dict:
+        try:
+            resp = await self._client.list_buckets()
+        except Exception as exc:
+            raise convert_error(exc, "", "") from exc
+        resp.pop("ResponseMetadata", None)
+        return resp
 
     async def read_range(
         self, bucket: str, key: str, etag: str, start: int, stop: int

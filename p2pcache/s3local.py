@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 __all__ = ["EmbeddedS3"]
 
 
 class _Counting:
-    """WSGI middleware: counts GET requests and the body bytes sent for them."""
+    """WSGI middleware: counts GET requests and the body bytes sent for them.
 
-    def __init__(self, app) -> None:
+    With `throttle` (bytes/s), object bytes leave at most that fast in total,
+    to stand in for a remote object store.
+    """
+
+    def __init__(self, app, throttle: float = 0) -> None:
         self.app = app
         self.lock = threading.Lock()
         self.get_requests = 0
         self.get_bytes = 0
+        self.throttle = throttle
+        self._free_at = time.monotonic()  # when the throttled link is next idle
 
     def __call__(self, environ, start_response):
         body = self.app(environ, start_response)
@@ -32,18 +39,31 @@ class _Counting:
 
     def _count(self, body):
         try:
-            for piece in body:
-                with self.lock:
-                    self.get_bytes += len(piece)
-                yield piece
+            for data in body:
+                for piece in _split(data, 256 << 10) if self.throttle else (data,):
+                    with self.lock:
+                        self.get_bytes += len(piece)
+                        if self.throttle:
+                            now = time.monotonic()
+                            self._free_at = max(self._free_at, now) + len(piece) / self.throttle
+                            wait = self._free_at - now
+                    if self.throttle and wait > 0:
+                        time.sleep(wait)  # a server thread of its own: this paces one response
+                    yield piece
         finally:
             if hasattr(body, "close"):
                 body.close()
 
 
+def _split(data: bytes, size: int):
+    view = memoryview(data)
+    for pos in range(0, len(view), size):
+        yield bytes(view[pos:pos + size])
+
+
 class EmbeddedS3:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._host, self._port = host, port
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, throttle: float = 0) -> None:
+        self._host, self._port, self._throttle = host, port, throttle
         self._server = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -55,7 +75,7 @@ class EmbeddedS3:
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-        self.counter = _Counting(DomainDispatcherApplication(create_backend_app))
+        self.counter = _Counting(DomainDispatcherApplication(create_backend_app), self._throttle)
         self._server = make_server(self._host, self._port, self.counter, threaded=True,
                                    request_handler=MotoRequestHandler)
         host, port = self._server.server_address[:2]

@@ -29,6 +29,7 @@ class WorkerConfig:
     origin_concurrency: int = 16
     meta_ttl: float = 5.0
     readahead: int = 4
+    egress_limit: int = 0  # bytes per second; 0 = unlimited
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "WorkerConfig":
@@ -40,7 +41,7 @@ class WorkerConfig:
             advertise=a.advertise or None, worker_id=a.id or None, weight=a.weight,
             allowed_buckets=buckets, heartbeat_interval=a.heartbeat_interval,
             drain_timeout=a.drain_timeout, origin_concurrency=a.origin_concurrency,
-            meta_ttl=a.meta_ttl, readahead=a.readahead,
+            meta_ttl=a.meta_ttl, readahead=a.readahead, egress_limit=a.egress_limit,
         )
 
 
@@ -64,3 +65,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--meta-ttl", "seconds an object's ETag and size are trusted", type=float,
              default=5.0)
     add_flag(p, "--readahead", "chunks prepared ahead of the one being sent", type=int, default=4)
+    add_flag(p, "--egress-limit", "bytes per second this worker sends, e.g. 1GB (0: no limit)",
+             type=size_arg, default="0")

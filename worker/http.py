@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import AsyncIterator
 
 from aiohttp import web
 from xml.sax.saxutils import escape
@@ -12,9 +13,10 @@ from p2pcache.errors import BadRequest, P2PError, RangeNotSatisfiable
 from p2pcache.objects import ObjectInfo
 from p2pcache.ranges import parse_range
 
+from .limits import TokenBucket
 from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_from_params
 
-__all__ = ["REQUEST_ID", "object_headers", "error_response", "send_body", "parse_peer_request"]
+__all__ = ["REQUEST_ID", "object_headers", "error_response", "send_body", "prepend", "parse_peer_request"]
 
 log = logging.getLogger("p2pcache.http")
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -41,7 +43,8 @@ def error_response(request: web.Request, exc: P2PError) -> web.Response:
     return web.Response(status=exc.status, text=body, content_type="application/xml", headers=headers)
 
 
-async def send_body(request: web.Request, resp: web.StreamResponse, pieces, on_piece) -> Exception | None:
+async def send_body(request: web.Request, resp: web.StreamResponse, pieces, on_piece,
+                    egress: TokenBucket | None = None) -> Exception | None:
     """Send the body; on failure return why it was cut short (the handler still returns `resp`).
 
     The status line is gone, so a failure now (a peer dying with no one to
@@ -51,6 +54,8 @@ async def send_body(request: web.Request, resp: web.StreamResponse, pieces, on_p
     """
     try:
         async for piece in pieces:
+            if egress is not None:
+                await egress.take(len(piece))
             await resp.write(piece)
             on_piece(len(piece))
         await resp.write_eof()
@@ -62,6 +67,12 @@ async def send_body(request: web.Request, resp: web.StreamResponse, pieces, on_p
         if request.transport is not None:
             request.transport.close()
         return exc
+
+
+async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for piece in rest:
+        yield piece
 
 
 def parse_peer_request(request: web.Request):

@@ -14,7 +14,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from p2pcache.errors import AccessDenied, NoRing, ObjectChanged, P2PError
+from p2pcache import conditions
+from p2pcache.errors import AccessDenied, NoRing, ObjectChanged, P2PError, PreconditionFailed, ReadOnly
 from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
 from p2pcache.origin import S3Origin
@@ -23,7 +24,11 @@ from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 
 from .chunks import Chunks, fill_source
 from .config import WorkerConfig
-from .http import REQUEST_ID, error_response, object_headers, parse_peer_request, send_body
+from .http import (
+    REQUEST_ID, error_response, object_headers, parse_peer_request, prepend, send_body,
+)
+from .limits import TokenBucket
+from .listing import Listings
 from .membership import MembershipAgent
 from .metrics import WorkerMetrics
 from .objects import ObjectCache
@@ -47,6 +52,7 @@ class Worker:
         self._runner: web.AppRunner | None = None
         self.agent: MembershipAgent | None = None
         self.running = False
+        self.egress = TokenBucket(config.egress_limit) if config.egress_limit else None
         self._rid_prefix, self._rids = uuid.uuid4().hex[:8].upper(), itertools.count()
 
     def routes(self) -> list[web.RouteDef]:
@@ -56,7 +62,11 @@ class Worker:
             web.get("/_p2p/ready", self.ready),
             web.get("/_p2p/metrics", metrics_handler(self.metrics.registry)),
             web.get("/_p2p/chunk", self.peer_chunk),
-            web.get("/{bucket}/{key:.+}", self.get_object),  # also answers HEAD
+            # The S3 read API, path-style. web.get also answers HEAD.
+            web.get("/", self.list_buckets),
+            web.get("/{bucket}", self.bucket),
+            web.get("/{bucket}/", self.bucket),
+            web.get("/{bucket}/{key:.+}", self.get_object),
         ]
 
     async def start(self) -> None:
@@ -70,6 +80,7 @@ class Worker:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, force_close=False),
             auto_decompress=False))
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
+        self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
         self.chunks = Chunks(
             me=self.id, store=self.store, origin=self.origin, peers=PeerClient(session),
             metrics=self.metrics, placement=self._placement,
@@ -105,6 +116,7 @@ class Worker:
             await self._runner.cleanup()
         await self.chunks.close()
         await self.objects.close()
+        await self.listings.close()
         self.store.close()
         await self._stack.aclose()
 
@@ -131,6 +143,8 @@ class Worker:
             if exc.status >= 500:
                 log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc)
             resp = error_response(request, exc)
+        except web.HTTPMethodNotAllowed:
+            resp = error_response(request, ReadOnly(f"p2pcache is a read-only cache: {request.method} is not supported"))
         except web.HTTPException as exc:
             resp = exc
         except Exception:
@@ -150,12 +164,35 @@ class Worker:
         return web.json_response({"ready": joined, "id": self.id, "epoch": epoch},
                                  status=200 if joined else 503)
 
-    async def get_object(self, request: web.Request) -> web.StreamResponse:
-        bucket, key = request.match_info["bucket"], request.match_info["key"]
+    def _check_bucket(self, bucket: str) -> None:
         if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:
             raise AccessDenied(f"bucket {bucket!r} is not served by this cache")
+
+    async def list_buckets(self, request: web.Request) -> web.Response:
+        return await self.listings.list_buckets(request)
+
+    async def bucket(self, request: web.Request) -> web.Response:
+        """ListObjects(V2) on GET, HeadBucket on HEAD."""
+        bucket = request.match_info["bucket"]
+        self._check_bucket(bucket)
+        if request.method == "HEAD":
+            await self.listings.head_bucket(bucket)
+            return web.Response()
+        return await self.listings.list_objects(request, bucket)
+
+    async def get_object(self, request: web.Request) -> web.StreamResponse:
+        bucket, key = request.match_info["bucket"], request.match_info["key"]
+        self._check_bucket(bucket)
         for attempt in (1, 2):
             info = await self.objects.get(bucket, key)
+            verdict = conditions.evaluate(request.headers, info.etag, info.last_modified)
+            if verdict == 412 and attempt == 1:  # the client may know a newer version than our cache
+                self.objects.invalidate(bucket, key)
+                continue
+            if verdict == 412:
+                raise PreconditionFailed()
+            if verdict == 304:
+                return web.Response(status=304, headers={"ETag": info.etag, "Last-Modified": info.last_modified})
             rng = parse_range(request.headers.get("Range"), info.size)
             start, stop = (rng.start, rng.stop) if rng else (0, info.size)
             status, headers = (206 if rng else 200), object_headers(info)
@@ -164,6 +201,8 @@ class Worker:
             if request.method != "HEAD" and start < stop:
                 small = await self.chunks.read_small(info, start, stop)
                 if small is not None:  # the common case for small reads: no stream, no tasks
+                    if self.egress is not None:
+                        await self.egress.take(len(small))
                     self.metrics.bytes_served.inc(len(small))
                     return web.Response(status=status, headers=headers, body=small)
             resp = web.StreamResponse(status=status, headers=headers)
@@ -186,13 +225,9 @@ class Worker:
             break
         resp.headers["x-amz-request-id"] = request[REQUEST_ID]
         await resp.prepare(request)
-        served = self.metrics.bytes_served
         try:
-            await resp.write(first)
-            served.inc(len(first))
-            error = await send_body(request, resp, pieces, served.inc)
-        except ConnectionError as exc:
-            error = exc
+            error = await send_body(request, resp, prepend(first, pieces),
+                                    self.metrics.bytes_served.inc, self.egress)
         finally:
             await pieces.aclose()
         if error is not None:
@@ -216,7 +251,7 @@ class Worker:
         resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{c.length}"
         try:
             await resp.prepare(request)
-            await send_body(request, resp, stream, self.metrics.chunk_bytes_served.inc)
+            await send_body(request, resp, stream, self.metrics.chunk_bytes_served.inc, self.egress)
         finally:
             stream.close()
         return resp

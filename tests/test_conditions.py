@@ -1,0 +1,41 @@
+"""Conditional request evaluation, S3's precedence rules included."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pcache.conditions import etag_matches, evaluate
+
+ETAG = '"abc"'
+LM = "Wed, 01 Jan 2025 12:00:00 GMT"
+BEFORE, AFTER = "Tue, 31 Dec 2024 12:00:00 GMT", "Thu, 02 Jan 2025 12:00:00 GMT"
+
+
+@pytest.mark.parametrize("headers,expected", [
+    ({}, None),
+    ({"If-Match": '"abc"'}, None),
+    ({"If-Match": "abc"}, None),
+    ({"If-Match": '"x", "abc"'}, None),
+    ({"If-Match": "*"}, None),
+    ({"If-Match": '"other"'}, 412),
+    ({"If-None-Match": '"abc"'}, 304),
+    ({"If-None-Match": '"other"'}, None),
+    ({"If-None-Match": "*"}, 304),
+    ({"If-Modified-Since": AFTER}, 304),
+    ({"If-Modified-Since": LM}, 304),
+    ({"If-Modified-Since": BEFORE}, None),
+    ({"If-Unmodified-Since": BEFORE}, 412),
+    ({"If-Unmodified-Since": AFTER}, None),
+    ({"If-Modified-Since": "not a date"}, None),
+    # S3: If-Match true wins over If-Unmodified-Since false ...
+    ({"If-Match": '"abc"', "If-Unmodified-Since": BEFORE}, None),
+    # ... and If-None-Match false wins over If-Modified-Since true.
+    ({"If-None-Match": '"other"', "If-Modified-Since": AFTER}, None),
+    ({"If-Match": '"other"', "If-None-Match": '"abc"'}, 412),
+])
+def test_evaluate(headers, expected):
+    assert evaluate(headers, ETAG, LM) == expected
+
+
+def test_weak_etags_compare_by_value():
+    assert etag_matches('W/"abc"', '"abc"') and not etag_matches('"ab"', '"abc"')

@@ -34,21 +34,20 @@ def evaluate(headers: Mapping[str, str], etag: str, last_modified: str) -> int |
     S3's precedence: a true If-Match overrides a false If-Unmodified-Since, and
     a false If-None-Match overrides a true If-Modified-Since.
     """
-    modified = _date(last_modified)
     if_match = headers.get("If-Match")
     if if_match is not None:
         if not etag_matches(if_match, etag):
             return 412
-    else:
-        since = _date(headers.get("If-Unmodified-Since"))
+    elif "If-Unmodified-Since" in headers:
+        since, modified = _date(headers["If-Unmodified-Since"]), _date(last_modified)
         if since and modified and modified > since:
             return 412
     if_none = headers.get("If-None-Match")
     if if_none is not None:
         if etag_matches(if_none, etag):
             return 304
-    else:
-        since = _date(headers.get("If-Modified-Since"))
+    elif "If-Modified-Since" in headers:
+        since, modified = _date(headers["If-Modified-Since"]), _date(last_modified)
         if since and modified and modified <= since:
             return 304
     return None

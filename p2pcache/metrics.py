@@ -10,7 +10,7 @@ __all__ = ["metrics_handler"]
 
 
 def metrics_handler(registry: CollectorRegistry):
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(request: web.BaseRequest) -> web.Response:
         resp = web.Response(body=generate_latest(registry))
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -59,7 +60,10 @@ class ChunkId:
         The length is in the name so that a restart can drop a file whose size
         is wrong without knowing anything else about the object.
         """
-        digest = hashlib.sha256(
-            f"{self.bucket}\0{self.key}\0{self.etag}\0{self.chunk_size}".encode()
-        ).hexdigest()[:40]
+        digest = _version_digest(self.bucket, self.key, self.etag, self.chunk_size)
         return f"{digest}-{self.index}-{self.length}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _version_digest(bucket: str, key: str, etag: str, chunk_size: int) -> str:
+    return hashlib.sha256(f"{bucket}\0{key}\0{etag}\0{chunk_size}".encode()).hexdigest()[:40]

@@ -29,7 +29,7 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
     return headers
 
 
-def error_response(request: web.Request, exc: P2PError) -> web.Response:
+def error_response(request: web.BaseRequest, exc: P2PError) -> web.Response:
     """S3's XML error form, plus the code and reason in headers for peers and HEAD."""
     request_id = request.get(REQUEST_ID) or uuid.uuid4().hex[:16].upper()
     body = (
@@ -43,7 +43,7 @@ def error_response(request: web.Request, exc: P2PError) -> web.Response:
     return web.Response(status=exc.status, text=body, content_type="application/xml", headers=headers)
 
 
-async def send_body(request: web.Request, resp: web.StreamResponse, pieces, on_piece,
+async def send_body(request: web.BaseRequest, resp: web.StreamResponse, pieces, on_piece,
                     egress: TokenBucket | None = None) -> Exception | None:
     """Send the body; on failure return why it was cut short (the handler still returns `resp`).
 
@@ -75,7 +75,7 @@ async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
         yield piece
 
 
-def parse_peer_request(request: web.Request):
+def parse_peer_request(request: web.BaseRequest):
     """The chunk, byte range within it and hop count of a peer request; 400 if malformed."""
     try:
         c = chunk_from_params(request.query)

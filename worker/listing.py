@@ -39,7 +39,7 @@ class Listings:
     async def close(self) -> None:
         await self._flights.close()
 
-    async def list_objects(self, request: web.Request, bucket: str) -> web.Response:
+    async def list_objects(self, request: web.BaseRequest, bucket: str) -> web.Response:
         q = request.query
         v2 = q.get("list-type") == "2"
         names = V2_PARAMS if v2 else V1_PARAMS
@@ -55,7 +55,7 @@ class Listings:
         encode = q.get("encoding-type") == "url"
         return _xml(_list_xml(result, bucket, v2, encode))
 
-    async def list_buckets(self, request: web.Request) -> web.Response:
+    async def list_buckets(self, request: web.BaseRequest) -> web.Response:
         result = await self._cached(("buckets",), self._origin.list_buckets)
         owner = result.get("Owner", {})
         buckets = "".join(

@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 __all__ = ["WorkerMetrics"]
 
+_METHODS = {"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"}
+
 
 class WorkerMetrics:
     def __init__(self) -> None:
@@ -25,3 +27,12 @@ class WorkerMetrics:
         self.store_bytes = Gauge("p2pcache_store_bytes", "Bytes of chunks on disk", registry=r)
         self.store_capacity = Gauge("p2pcache_store_capacity_bytes", "Store capacity", registry=r)
         self.ring_epoch = Gauge("p2pcache_ring_epoch", "Epoch of the ring in use", registry=r)
+        self._request_children: dict[tuple[str, int], object] = {}
+
+    def count_request(self, method: str, status: int) -> None:
+        """`requests.labels(...).inc()` without the label lookup on every request."""
+        child = self._request_children.get((method, status))
+        if child is None:
+            method = method if method in _METHODS else "OTHER"  # bounded label values
+            child = self._request_children[(method, status)] = self.requests.labels(method, str(status))
+        child.inc()

@@ -1,0 +1,382 @@
+"""The loader client: each chunk read straight from its owner, in parallel, failing over along the ring."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeVar
+
+import aiohttp
+
+from .errors import ObjectChanged, PeerError, PeerUnavailable
+from .fileobj import ObjectFile
+from .master_client import MasterClient
+from .objects import ObjectInfo
+from .ranges import chunk_spans
+from .ring import Placement, WorkerInfo
+from .ringview import RingView
+from .worker_client import WorkerClient
+
+__all__ = ["Client", "SyncClient"]
+
+log = logging.getLogger("p2pcache.client")
+T = TypeVar("T")
+SUSPECT_FOR = 5.0  # seconds a worker that failed is asked last
+META_ENTRIES = 1024
+
+
+class Client:
+    """An async context manager; `read`, `stream`, `download`, `open` and `stat` objects through the cache.
+
+    Memory is bounded by `concurrency` x the ring's chunk size per call (plus
+    the result, for `read`). Every call reads one version of the object: the
+    ETag it resolved first is sent as `If-Match` with every chunk request.
+    """
+
+    def __init__(self, master_url: str, *, concurrency: int = 16, chunk_timeout: float = 60.0,
+                 connect_timeout: float = 2.0, prefetch: int = 4, meta_ttl: float = 5.0,
+                 session: aiohttp.ClientSession | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.master_url = master_url
+        self._concurrency = max(1, concurrency)
+        self._timeouts = (connect_timeout, chunk_timeout)
+        self._prefetch = max(0, prefetch)
+        self._meta_ttl = meta_ttl
+        self._session, self._own_session = session, session is None
+        self._clock = clock
+        self._slots = asyncio.Semaphore(self._concurrency)
+        self._meta: OrderedDict[tuple[str, str], tuple[float, ObjectInfo]] = OrderedDict()
+        self._suspect: dict[str, float] = {}
+        self._spread = random.randrange(1 << 16)  # which replica this client asks first
+        self._ring: RingView | None = None
+        self.closed = False
+
+    async def start(self) -> "Client":
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._concurrency * 2),
+                auto_decompress=False)
+        self._workers = WorkerClient(self._session, *self._timeouts)
+        self._ring = RingView(MasterClient(self._session, self.master_url))
+        try:
+            await self._ring.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._ring is not None:
+            await self._ring.close()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> "Client":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    @property
+    def placement(self) -> Placement:
+        if self._ring is None:
+            raise ValueError("the client is not started: use `async with Client(...)`")
+        return self._ring.placement
+
+    @property
+    def chunk_size(self) -> int:
+        return self.placement.ring.chunk_size
+
+    async def stat(self, bucket: str, key: str) -> ObjectInfo:
+        """The object's identity (ETag, size), from a worker's HEAD; cached for `meta_ttl` seconds."""
+        return await self._object(bucket, key)
+
+    async def read(self, bucket: str, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes `[start, end)` of the object, `end` clamped to its size."""
+        info = await self._object(bucket, key)
+        try:
+            return await self.read_range(info, *_clamp(info, start, end))
+        except ObjectChanged as exc:  # nothing was returned yet: start over, once, on the new version
+            info = await self._reresolve(bucket, key, exc)
+        return await self.read_range(info, *_clamp(info, start, end))
+
+    async def stream(self, bucket: str, key: str, start: int = 0,
+                     end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes `[start, end)` in order, one chunk span at a time, `concurrency` spans in flight."""
+        info, sent = await self._object(bucket, key), False
+        for attempt in (1, 2):
+            a, b = _clamp(info, start, end)
+            size = self.chunk_size
+            try:
+                async with contextlib.aclosing(self._window(
+                        self._fetch(info, size, x, y) for x, y in _spans(a, b, size))) as pieces:
+                    async for piece in pieces:
+                        sent = True
+                        yield piece
+                return
+            except ObjectChanged as exc:
+                if sent or attempt == 2:
+                    raise
+                info = await self._reresolve(bucket, key, exc)
+
+    async def download(self, bucket: str, key: str, path: str | os.PathLike,
+                       progress: Callable[[int, int], None] | None = None, *,
+                       start: int = 0, end: int | None = None) -> ObjectInfo:
+        """Write the object (or `[start, end)`) to `path`: chunks at their offsets in a temp file, renamed in.
+
+        `progress(done, total)` is called as chunks land (from 0 again if the
+        object changed before the download was complete and it starts over).
+        """
+        info, loop = await self._object(bucket, key), asyncio.get_running_loop()
+        path = os.fspath(path)
+        head, name = os.path.split(path)
+        tmp = os.path.join(head, f".{name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            fd = await loop.run_in_executor(None, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:  # name the file the caller asked for, not our temp file
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        try:
+            try:
+                await self._write_at(fd, info, start, end, progress)
+            except ObjectChanged as exc:  # nothing is in place yet: start over, once
+                info = await self._reresolve(bucket, key, exc)
+                await loop.run_in_executor(None, os.ftruncate, fd, 0)
+                await self._write_at(fd, info, start, end, progress)
+            await loop.run_in_executor(None, os.fsync, fd)
+            os.close(fd)
+            fd = -1
+            await loop.run_in_executor(None, os.replace, tmp, path)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        return info
+
+    async def open(self, bucket: str, key: str) -> ObjectFile:
+        """A read-only, seekable file of one version of the object, for use from another thread."""
+        info = await self._object(bucket, key, fresh=True)
+        return ObjectFile(self, info, asyncio.get_running_loop(), self.chunk_size, self._prefetch)
+
+    async def read_range(self, info: ObjectInfo, start: int, stop: int) -> bytes:
+        """Bytes `[start, stop)` of exactly the version `info` names, else ObjectChanged."""
+        size = self.chunk_size
+        if start >= stop:
+            return b""
+        if start // size == (stop - 1) // size:  # one span: its body is the answer
+            return await self._fetch(info, size, start, stop)
+        buf = bytearray(stop - start)
+        view = memoryview(buf)
+        parts = (self._fetch(info, size, x, y, view[x - start:y - start]) for x, y in _spans(start, stop, size))
+        async with contextlib.aclosing(self._window(parts)) as it:
+            async for _ in it:
+                pass
+        return bytes(buf)
+
+    async def list(self, bucket: str, prefix: str = "", delimiter: str = "",
+                   max_pages: int | None = None) -> tuple[list[dict], list[str]]:
+        """The objects (and common prefixes) under `prefix`, from the workers' ListObjectsV2."""
+        objects, prefixes, token = [], [], None
+        for _ in itertools.count() if max_pages is None else range(max_pages):
+            page = await self._failover(f"{bucket}/{prefix}", f"listing s3://{bucket}/{prefix}",
+                                        lambda w: self._workers.list(w, bucket, prefix, delimiter, token))
+            objects += page.objects
+            prefixes += page.prefixes
+            if not (token := page.next_token):
+                break
+        return objects, prefixes
+
+    async def _object(self, bucket: str, key: str, fresh: bool = False) -> ObjectInfo:
+        entry = self._meta.get((bucket, key))
+        if entry is not None and not fresh and entry[0] > self._clock():
+            return entry[1]
+        info = await self._failover(f"{bucket}/{key}", f"HEAD s3://{bucket}/{key}",
+                                    lambda w: self._workers.head(w, bucket, key))
+        return self._remember(info)
+
+    async def _reresolve(self, bucket: str, key: str, changed: ObjectChanged) -> ObjectInfo:
+        """The new version, best asked of the worker that saw the change: its metadata is fresh."""
+        self._meta.pop((bucket, key), None)
+        worker = getattr(changed, "worker", None)
+        if worker is not None:
+            with contextlib.suppress(PeerError):
+                return self._remember(await self._workers.head(worker, bucket, key))
+        return await self._object(bucket, key, fresh=True)
+
+    def _remember(self, info: ObjectInfo) -> ObjectInfo:
+        self._meta[(info.bucket, info.key)] = (self._clock() + self._meta_ttl, info)
+        self._meta.move_to_end((info.bucket, info.key))
+        while len(self._meta) > META_ENTRIES:
+            self._meta.popitem(last=False)
+        return info
+
+    async def _write_at(self, fd: int, info: ObjectInfo, start: int, end: int | None,
+                        progress: Callable[[int, int], None] | None) -> None:
+        a, b = _clamp(info, start, end)
+        size, loop, done = self.chunk_size, asyncio.get_running_loop(), 0
+
+        async def one(x: int, y: int) -> int:
+            data = await self._fetch(info, size, x, y)
+            await loop.run_in_executor(None, _pwrite_all, fd, data, x - a)
+            return len(data)
+
+        if progress:
+            progress(0, b - a)
+        async with contextlib.aclosing(self._window(one(x, y) for x, y in _spans(a, b, size))) as it:
+            async for n in it:
+                done += n
+                if progress:
+                    progress(done, b - a)
+
+    async def _fetch(self, info: ObjectInfo, chunk_size: int, start: int, stop: int,
+                     into: memoryview | None = None) -> bytes | None:
+        """One span (within one chunk) from the chunk's owner, or the next worker that answers."""
+        ring_key = info.chunk(start // chunk_size, chunk_size).ring_key
+        async with self._slots:
+            return await self._failover(
+                ring_key, f"bytes {start}-{stop - 1} of s3://{info.bucket}/{info.key}",
+                lambda w: self._workers.get(w, info, start, stop, into))
+
+    async def _failover(self, ring_key: str, what: str, call: Callable[[WorkerInfo], Awaitable[T]]) -> T:
+        """`call` on the key's owners in ring order; then once more on a freshly fetched ring."""
+        if self.closed:
+            raise ValueError("the client is closed")
+        reasons: list[str] = []
+        placement = self.placement
+        for attempt in (1, 2):
+            for worker in self._order(placement, ring_key):
+                try:
+                    result = await call(worker)
+                except PeerError as exc:
+                    if self._suspect.get(worker.id, 0) <= self._clock():
+                        log.warning("%s: %s; trying the next worker", what, exc)
+                    self._suspect[worker.id] = self._clock() + SUSPECT_FOR
+                    reasons.append(str(exc))
+                    continue
+                self._suspect.pop(worker.id, None)
+                return result
+            if attempt == 1:
+                placement = await self._ring.refresh()
+        raise PeerUnavailable(f"{what}: no worker answered: {'; '.join(reasons) or 'the ring has no workers'}")
+
+    def _order(self, placement: Placement, ring_key: str) -> list[WorkerInfo]:
+        """The owners (from a per-client offset, to spread a hot chunk), then successors; failed ones last."""
+        owners = placement.owners(ring_key)
+        replicas = max(1, placement.ring.replicas)
+        primary, rest = list(owners[:replicas]), list(owners[replicas:])
+        k = self._spread % len(primary) if primary else 0
+        now = self._clock()
+        return sorted(primary[k:] + primary[:k] + rest, key=lambda w: self._suspect.get(w.id, 0) > now)
+
+    async def _window(self, coros: Iterable[Awaitable[T]]) -> AsyncIterator[T]:
+        """Results in order, with at most `concurrency` of them running; the rest cancelled on exit."""
+        pending: deque[asyncio.Future] = deque()
+        try:
+            for coro in coros:
+                pending.append(asyncio.ensure_future(coro))
+                if len(pending) >= self._concurrency:
+                    yield await pending.popleft()
+            while pending:
+                yield await pending.popleft()
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+class SyncClient:
+    """`Client`'s methods, blocking: the async client runs on an event loop in a thread of its own."""
+
+    def __init__(self, master_url: str, **options) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="p2pcache-client", daemon=True)
+        self._thread.start()
+        self._client = Client(master_url, **options)
+        self.closed = False
+        try:
+            self._call(self._client.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    def stat(self, bucket: str, key: str) -> ObjectInfo:
+        return self._call(self._client.stat(bucket, key))
+
+    def read(self, bucket: str, key: str, start: int = 0, end: int | None = None) -> bytes:
+        return self._call(self._client.read(bucket, key, start, end))
+
+    def download(self, bucket: str, key: str, path: str | os.PathLike,
+                 progress: Callable[[int, int], None] | None = None, **kwargs) -> ObjectInfo:
+        """As Client.download; `progress` is called on the client's thread."""
+        return self._call(self._client.download(bucket, key, path, progress, **kwargs))
+
+    def open(self, bucket: str, key: str) -> ObjectFile:
+        return self._call(self._client.open(bucket, key))
+
+    def list(self, bucket: str, prefix: str = "", delimiter: str = "") -> tuple[list[dict], list[str]]:
+        return self._call(self._client.list(bucket, prefix, delimiter))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._call(self._client.close())
+        finally:
+            self._stop_loop()
+
+    def __enter__(self) -> "SyncClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, coro: Awaitable[T]) -> T:
+        if threading.get_ident() == self._thread.ident:
+            coro.close()
+            raise RuntimeError("a SyncClient method was called from its own event loop: use the async Client")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt while waiting: stop the read too
+            raise
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+def _clamp(info: ObjectInfo, start: int, end: int | None) -> tuple[int, int]:
+    if start < 0 or (end is not None and end < 0):
+        raise ValueError(f"negative offsets are not supported: start={start} end={end}")
+    stop = info.size if end is None else min(end, info.size)
+    start = min(start, info.size)
+    return start, max(start, stop)
+
+
+def _spans(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    for span in chunk_spans(start, stop, chunk_size):
+        a = span.index * chunk_size + span.offset
+        yield a, a + span.length
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

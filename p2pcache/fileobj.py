@@ -1,0 +1,123 @@
+"""A read-only, seekable file of one object version, read chunk by chunk through an async client."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import OrderedDict
+from concurrent.futures import Future
+from typing import Protocol
+
+from .objects import ObjectInfo
+
+__all__ = ["ObjectFile"]
+
+
+class RangeReader(Protocol):
+    closed: bool
+
+    async def read_range(self, info: ObjectInfo, start: int, stop: int) -> bytes: ...
+
+
+class ObjectFile(io.RawIOBase):
+    """Reads whole chunks on the client's event loop (another thread) and keeps a few.
+
+    A read that continues the previous one, or spans several chunks, starts
+    fetching the next `prefetch` chunks too, so a sequential reader has that
+    many requests in flight. At most `prefetch + 2` chunks are held.
+    """
+
+    def __init__(self, client: RangeReader, info: ObjectInfo, loop: asyncio.AbstractEventLoop,
+                 chunk_size: int, prefetch: int = 4) -> None:
+        super().__init__()
+        self.info, self.size = info, info.size
+        self._client, self._loop = client, loop
+        self._chunk, self._prefetch = chunk_size, prefetch
+        self._chunks = -(-info.size // chunk_size)
+        self._fetches: OrderedDict[int, Future] = OrderedDict()
+        self._pos = 0
+        self._last_end = 0  # where the previous read stopped: a read from here is sequential
+
+    @property
+    def name(self) -> str:
+        return f"s3://{self.info.bucket}/{self.info.key}"
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._checkClosed()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence {whence}")
+        if base + offset < 0:
+            raise OSError(22, f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        self._checkClosed()
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self.size - self._pos))
+        ahead = self._prefetch if self._pos == self._last_end or n > self._chunk else 0
+        done = 0
+        while done < n:
+            index, offset = divmod(self._pos + done, self._chunk)
+            for i in range(index, min(index + 1 + ahead, self._chunks)):
+                self._start(i)
+            self._fetches.move_to_end(index)
+            try:
+                data = self._fetches[index].result()
+            except BaseException:
+                self._fetches.pop(index).cancel()  # a later read may try again
+                raise
+            take = min(len(data) - offset, n - done)
+            view[done:done + take] = memoryview(data)[offset:offset + take]
+            done += take
+            self._trim(range(index, index + 1 + ahead))
+        self._pos += n
+        self._last_end = self._pos
+        return n
+
+    def readall(self) -> bytes:
+        buf = bytearray(max(0, self.size - self._pos))
+        n = self.readinto(buf)
+        return bytes(buf[:n]) if n < len(buf) else bytes(buf)
+
+    def close(self) -> None:
+        for future in self._fetches.values():
+            future.cancel()
+        self._fetches.clear()
+        super().close()
+
+    def _start(self, index: int) -> None:
+        if index in self._fetches:
+            return
+        if self._client.closed:
+            raise ValueError(f"reading {self.name}: the client is closed")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:  # waiting here would block the loop that must do the reading
+            raise RuntimeError("an ObjectFile must be read from a thread other than its client's event loop "
+                               "(use asyncio.to_thread, or SyncClient)")
+        start = index * self._chunk
+        stop = min(self.size, start + self._chunk)
+        self._fetches[index] = asyncio.run_coroutine_threadsafe(
+            self._client.read_range(self.info, start, stop), self._loop)
+
+    def _trim(self, keep: range) -> None:
+        """Drop the least recently used chunks outside `keep` (the one being read and those ahead)."""
+        for index in list(self._fetches):
+            if len(self._fetches) <= self._prefetch + 2:
+                return
+            if index not in keep:
+                self._fetches.pop(index).cancel()

@@ -1,0 +1,172 @@
+"""The fsspec filesystem `p2pcache://bucket/key`, reading through `p2pcache.Client`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import weakref
+
+from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.spec import AbstractBufferedFile
+
+from .client import Client
+from .errors import NotFound, P2PError
+from .objects import ObjectInfo
+
+__all__ = ["P2PCacheFileSystem", "P2PCacheFile"]
+
+
+class P2PCacheFileSystem(AsyncFileSystem):
+    """Read-only; `master=` (or env P2PCACHE_MASTER) is the master's URL.
+
+    Paths are `bucket/key`. Objects are files; key prefixes ending in `/` are
+    directories, listed with the workers' ListObjectsV2.
+    """
+
+    protocol = "p2pcache"
+    root_marker = ""
+
+    def __init__(self, master: str | None = None, *, concurrency: int = 16, block_size: int | None = None,
+                 asynchronous: bool = False, loop=None, **storage_options) -> None:
+        super().__init__(asynchronous=asynchronous, loop=loop, **storage_options)
+        self.master = master or os.environ.get("P2PCACHE_MASTER", "")
+        if not self.master:
+            raise ValueError("p2pcache: give master='http://...' or set P2PCACHE_MASTER")
+        self.block_size = block_size  # default: the ring's chunk size
+        self._options = {"concurrency": concurrency}
+        self._client: Client | None = None
+        self._starting: asyncio.Future | None = None
+
+    async def _get_client(self) -> Client:
+        if self._client is None:
+            if self._starting is None:  # one start however many first callers
+                self._starting = asyncio.ensure_future(Client(self.master, **self._options).start())
+            try:
+                client = await asyncio.shield(self._starting)
+            except BaseException:
+                self._starting = None
+                raise
+            if self._client is None:
+                self._client = client
+                if not self.asynchronous:
+                    weakref.finalize(self, _close_client, self.loop, client)
+        return self._client
+
+    def _split(self, path: str) -> tuple[str, str]:
+        bucket, _, key = self._strip_protocol(path).partition("/")
+        return bucket, key
+
+    async def _info(self, path: str, **kwargs) -> dict:
+        bucket, key = self._split(path)
+        if not key:
+            return {"name": bucket, "size": 0, "type": "directory"}
+        client = await self._get_client()
+        try:
+            info = await client.stat(bucket, key)
+        except NotFound as exc:
+            if await self._is_prefix(client, bucket, key):
+                return {"name": f"{bucket}/{key.rstrip('/')}", "size": 0, "type": "directory"}
+            raise FileNotFoundError(path) from exc
+        return _file_entry(info)
+
+    async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs) -> bytes:
+        bucket, key = self._split(path)
+        client = await self._get_client()
+        try:
+            if (start or 0) < 0 or (end or 0) < 0:  # fsspec counts negative offsets from the end
+                size = (await client.stat(bucket, key)).size
+                start = max(0, size + start) if start and start < 0 else start
+                end = max(0, size + end) if end is not None and end < 0 else end
+            return await client.read(bucket, key, start or 0, end)
+        except NotFound as exc:
+            raise FileNotFoundError(path) from exc
+
+    async def _ls(self, path: str, detail: bool = True, **kwargs):
+        bucket, key = self._split(path)
+        if not bucket:
+            raise ValueError("p2pcache cannot list buckets: ls a bucket or a prefix")
+        client = await self._get_client()
+        prefix = key.rstrip("/") + "/" if key else ""
+        objects, prefixes = await self._list(client, bucket, prefix, "/")
+        entries = [_listed(bucket, o) for o in objects]
+        entries += [{"name": f"{bucket}/{p.rstrip('/')}", "size": 0, "type": "directory"} for p in prefixes]
+        if not entries and key:
+            entries = [await self._info(path)]  # a file lists as itself; a missing path raises
+            if entries[0]["type"] == "directory":
+                entries = []
+        entries.sort(key=lambda e: e["name"])
+        return entries if detail else [e["name"] for e in entries]
+
+    async def _find(self, path: str, maxdepth: int | None = None, withdirs: bool = False, **kwargs):
+        if maxdepth is not None or withdirs:
+            return await super()._find(path, maxdepth=maxdepth, withdirs=withdirs, **kwargs)
+        bucket, key = self._split(path)
+        client = await self._get_client()
+        prefix = key.rstrip("/") + "/" if key else ""
+        objects, _ = await self._list(client, bucket, prefix, "")
+        entries = {e["name"]: e for e in (_listed(bucket, o) for o in objects)}
+        if not entries and key and await self._isfile(path):
+            entries = {f"{bucket}/{key}": await self._info(path)}
+        names = sorted(entries)
+        return {n: entries[n] for n in names} if kwargs.get("detail") else names
+
+    def _open(self, path: str, mode: str = "rb", block_size: int | None = None, autocommit: bool = True,
+              cache_options: dict | None = None, cache_type: str = "readahead", **kwargs) -> "P2PCacheFile":
+        if mode != "rb":
+            raise NotImplementedError(f"p2pcache is read-only: cannot open {path} with mode {mode!r}")
+        info, chunk_size = sync(self.loop, self._pin, path)
+        return P2PCacheFile(self, path, info, block_size=block_size or self.block_size or chunk_size,
+                            cache_type=cache_type, cache_options=cache_options)
+
+    async def _pin(self, path: str) -> tuple[ObjectInfo, int]:
+        bucket, key = self._split(path)
+        client = await self._get_client()
+        try:
+            return await client.stat(bucket, key), client.chunk_size
+        except NotFound as exc:
+            raise FileNotFoundError(path) from exc
+
+    async def _read_pinned(self, info: ObjectInfo, start: int, end: int) -> bytes:
+        client = await self._get_client()
+        return await client.read_range(info, min(start, info.size), min(end, info.size))
+
+    async def _is_prefix(self, client: Client, bucket: str, key: str) -> bool:
+        try:
+            objects, prefixes = await client.list(bucket, key.rstrip("/") + "/", "/", max_pages=1)
+        except P2PError:
+            return False
+        return bool(objects or prefixes)
+
+    async def _list(self, client: Client, bucket: str, prefix: str, delimiter: str):
+        try:
+            return await client.list(bucket, prefix, delimiter)
+        except NotFound as exc:
+            raise FileNotFoundError(f"{bucket}/{prefix}") from exc
+
+
+class P2PCacheFile(AbstractBufferedFile):
+    """An fsspec file of one version of an object: every range is read with its ETag pinned."""
+
+    def __init__(self, fs: P2PCacheFileSystem, path: str, info: ObjectInfo, **kwargs) -> None:
+        self.object_info = info
+        super().__init__(fs, path, mode="rb", size=info.size, **kwargs)
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return sync(self.fs.loop, self.fs._read_pinned, self.object_info, start, end)
+
+
+def _file_entry(info: ObjectInfo) -> dict:
+    return {"name": f"{info.bucket}/{info.key}", "size": info.size, "type": "file", "ETag": info.etag,
+            "LastModified": info.last_modified, "ContentType": info.content_type}
+
+
+def _listed(bucket: str, o: dict) -> dict:
+    return {"name": f"{bucket}/{o['Key']}", "size": o["Size"], "type": "file", "ETag": o["ETag"],
+            "LastModified": o["LastModified"]}
+
+
+def _close_client(loop, client: Client) -> None:
+    if loop is not None and loop.is_running():
+        with contextlib.suppress(Exception):
+            sync(loop, client.close, timeout=1)

@@ -1,0 +1,138 @@
+"""`p2pcache get s3://bucket/key`: an object, or a byte range of it, through the cache to a file or stdout."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import sys
+import time
+from typing import AsyncIterator, Callable, TextIO
+
+import uvloop
+
+from .client import Client
+from .config import add_flag
+from .errors import (
+    AccessDenied, BadRequest, NotFound, ObjectChanged, P2PError, RangeNotSatisfiable,
+)
+from .ranges import parse_range
+from .sizes import format_size
+
+__all__ = ["add_arguments", "main", "parse_url", "Progress"]
+
+PROGRESS_MIN = 16 << 20  # smaller objects get no progress bar unless --progress asks
+_RANGE = re.compile(r"\d*-\d*")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="the object: s3://bucket/key")
+    p.add_argument("-o", "--output", default="-", help="file to write, replaced atomically (default: stdout)")
+    p.add_argument("--range", dest="byte_range", metavar="A-B", type=_range_arg,
+                   help="only bytes A to B inclusive (A- to the end, -N the last N)")
+    p.add_argument("--progress", action="store_true",
+                   help="show progress on stderr even when it is not a terminal")
+    add_flag(p, "--master", "URL of the master", required=True)
+    add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit code 0, or 1 with one line on stderr; never a traceback."""
+    try:
+        bucket, key = parse_url(args.url)
+        return uvloop.run(_get(args, bucket, key))
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): not an error worth a line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except (P2PError, OSError, ValueError) as exc:
+        print(f"p2pcache get: {_describe(exc, args)}", file=sys.stderr, flush=True)
+        return 1
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/key` (or `bucket/key`) -> (bucket, key)."""
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{url!r} names no object: use s3://bucket/key")
+    return bucket, key
+
+
+class Progress:
+    """`done / total (pct) rate` on one line, redrawn with `\\r` at most every `interval` seconds."""
+
+    def __init__(self, stream: TextIO, interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
+        self._stream, self._interval, self._clock = stream, interval, clock
+        self._start = self._last = clock()
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        if done < total and now - self._last < self._interval:
+            return
+        self._last = now
+        rate = done / max(now - self._start, 1e-3)
+        pct = 100 * done // total if total else 100
+        self._stream.write(f"\r{format_size(done)} / {format_size(total)} ({pct}%) {format_size(int(rate))}/s  ")
+        self._stream.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
+    async with Client(args.master, concurrency=args.concurrency) as client:
+        info = await client.stat(bucket, key)
+        start, stop = 0, info.size
+        if args.byte_range:
+            rng = parse_range(f"bytes={args.byte_range}", info.size)
+            if rng is None:
+                raise BadRequest(f"invalid range {args.byte_range!r}: use A-B with A <= B")
+            start, stop = rng.start, rng.stop
+        show = args.progress or (sys.stderr.isatty() and stop - start >= PROGRESS_MIN)
+        progress = Progress(sys.stderr) if show else None
+        if args.output == "-":
+            await _to_stdout(client.stream(bucket, key, start, stop), stop - start, progress)
+        else:
+            await client.download(bucket, key, args.output, progress, start=start, end=stop)
+        if progress:
+            progress.finish()
+    return 0
+
+
+async def _to_stdout(pieces: AsyncIterator[bytes], total: int, progress: Progress | None) -> None:
+    out, loop, done = sys.stdout.buffer, asyncio.get_running_loop(), 0
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            await loop.run_in_executor(None, out.write, piece)  # a slow pipe must not block the event loop
+            done += len(piece)
+            if progress:
+                progress(done, total)
+    await loop.run_in_executor(None, out.flush)
+
+
+def _range_arg(text: str) -> str:
+    if not _RANGE.fullmatch(text) or text == "-":
+        raise argparse.ArgumentTypeError(f"invalid range {text!r}: use A-B, A- or -N (bytes, inclusive)")
+    return text
+
+
+def _describe(exc: Exception, args: argparse.Namespace) -> str:
+    if isinstance(exc, NotFound):
+        bucket = args.url.removeprefix("s3://").partition("/")[0]
+        return f"no such bucket: {bucket}" if exc.code == "NoSuchBucket" else f"no such object: {args.url}"
+    if isinstance(exc, RangeNotSatisfiable):
+        return f"range {args.byte_range} is outside the object ({exc.size} bytes)"
+    if isinstance(exc, AccessDenied):
+        return f"access denied: {exc}"
+    if isinstance(exc, ObjectChanged):
+        return f"{args.url} changed while it was being read; try again"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return " ".join(str(exc).split()) or type(exc).__name__

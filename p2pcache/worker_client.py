@@ -1,0 +1,152 @@
+"""The worker's S3-style API as loaders see it: HEAD, ranged GET and listing, errors mapped."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from typing import NamedTuple
+from urllib.parse import quote
+
+import aiohttp
+import yarl
+
+from .errors import (
+    AccessDenied, BadRequest, NotFound, ObjectChanged, P2PError, PeerError, RangeNotSatisfiable,
+)
+from .objects import ObjectInfo
+from .ring import WorkerInfo
+
+__all__ = ["WorkerClient", "Listing", "ERROR_HEADER", "REASON_HEADER"]
+
+ERROR_HEADER = "X-P2P-Error"  # the error's code, on every error response of a worker
+REASON_HEADER = "X-P2P-Reason"  # its one-line message
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class Listing(NamedTuple):
+    objects: list[dict]  # {"Key", "Size", "ETag", "LastModified"}
+    prefixes: list[str]
+    next_token: str | None
+
+
+class WorkerClient:
+    """One request to one worker; a failure of that worker is PeerError, so the caller tries the next."""
+
+    def __init__(self, session: aiohttp.ClientSession, connect_timeout: float, read_timeout: float) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=read_timeout, sock_connect=connect_timeout)
+
+    async def head(self, worker: WorkerInfo, bucket: str, key: str) -> ObjectInfo:
+        try:
+            async with self._session.head(_url(worker, bucket, key), timeout=self._timeout,
+                                          allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise _error(worker, resp, f"s3://{bucket}/{key}")
+                h = resp.headers
+                return ObjectInfo(bucket, key, h["ETag"], int(h["Content-Length"]),
+                                  h.get("Last-Modified", ""), h.get("Content-Type", "binary/octet-stream"))
+        except _RETRYABLE as exc:
+            raise PeerError(f"{worker.id} at {worker.url}: {exc!r}") from exc
+        except (KeyError, ValueError) as exc:
+            raise PeerError(f"{worker.id} sent a HEAD answer without ETag/Content-Length: {exc!r}") from exc
+
+    async def get(self, worker: WorkerInfo, info: ObjectInfo, start: int, stop: int,
+                  into: memoryview | None = None) -> bytes | None:
+        """Bytes `[start, stop)` of exactly the version `info` names (into `into` if given)."""
+        what = f"s3://{info.bucket}/{info.key}"
+        headers = {"Range": f"bytes={start}-{stop - 1}", "If-Match": info.etag,
+                   "Accept-Encoding": "identity"}
+        try:
+            async with self._session.get(_url(worker, info.bucket, info.key), headers=headers,
+                                         timeout=self._timeout, allow_redirects=False) as resp:
+                if resp.status not in (200, 206):
+                    raise _error(worker, resp, what)
+                if resp.headers.get("ETag") != info.etag:  # a worker that ignores If-Match
+                    raise _changed(worker, f"{what} changed: ETag {resp.headers.get('ETag')} is not {info.etag}")
+                expected = f"bytes {start}-{stop - 1}/{info.size}"
+                if resp.status == 206 and resp.headers.get("Content-Range") != expected or (
+                        resp.status == 200 and (start, stop) != (0, info.size)):
+                    raise PeerError(f"{worker.id} answered {resp.status} "
+                                    f"{resp.headers.get('Content-Range')!r} for {expected!r}")
+                return await _body(resp, stop - start, into, worker)
+        except _RETRYABLE as exc:
+            raise PeerError(f"{worker.id} at {worker.url}: {exc!r}") from exc
+
+    async def list(self, worker: WorkerInfo, bucket: str, prefix: str, delimiter: str,
+                   token: str | None) -> Listing:
+        """One page of ListObjectsV2."""
+        params = {"list-type": "2", "prefix": prefix}
+        if delimiter:
+            params["delimiter"] = delimiter
+        if token:
+            params["continuation-token"] = token
+        url = yarl.URL(f"{worker.url}/{quote(bucket, safe='')}", encoded=True).with_query(params)
+        try:
+            async with self._session.get(url, timeout=self._timeout, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise _error(worker, resp, f"s3://{bucket}")
+                body = await resp.read()
+        except _RETRYABLE as exc:
+            raise PeerError(f"{worker.id} at {worker.url}: {exc!r}") from exc
+        try:
+            return _parse_listing(body)
+        except (ET.ParseError, ValueError, TypeError) as exc:
+            raise PeerError(f"{worker.id} sent a malformed listing: {exc!r}") from exc
+
+
+def _url(worker: WorkerInfo, bucket: str, key: str) -> yarl.URL:
+    return yarl.URL(f"{worker.url}/{quote(bucket, safe='')}/{quote(key, safe='/~')}", encoded=True)
+
+
+async def _body(resp: aiohttp.ClientResponse, length: int, into: memoryview | None,
+                worker: WorkerInfo) -> bytes | None:
+    if into is None:
+        data = await resp.read()
+        got = len(data)
+    else:
+        data, got = None, 0
+        async for piece in resp.content.iter_any():
+            if got + len(piece) > length:
+                break
+            into[got:got + len(piece)] = piece
+            got += len(piece)
+    if got != length:  # a worker that aborts after the status line sends fewer bytes
+        raise PeerError(f"{worker.id} sent {got} of {length} bytes")
+    return data
+
+
+def _error(worker: WorkerInfo, resp: aiohttp.ClientResponse, what: str) -> P2PError:
+    """The named error a worker's error response stands for; PeerError if another worker may do better."""
+    code = resp.headers.get(ERROR_HEADER, "")
+    reason = resp.headers.get(REASON_HEADER, "") or resp.reason or ""
+    if resp.status == 404:
+        return NotFound(f"{what}: {reason}", code=code or "NoSuchKey")
+    if resp.status == 412 or code in ("PreconditionFailed", "ObjectChanged"):
+        return _changed(worker, f"{what} changed at the origin during the read")
+    if resp.status == 403:
+        return AccessDenied(f"{what}: {reason}")
+    if resp.status == 416:
+        size = resp.headers.get("Content-Range", "").rpartition("/")[2]
+        return RangeNotSatisfiable(int(size) if size.isdigit() else 0)
+    if 400 <= resp.status < 500:
+        return BadRequest(f"{what}: {worker.id} answered {resp.status} {code}: {reason}")
+    return PeerError(f"{worker.id} answered {resp.status} {code}: {reason}".rstrip(": "))
+
+
+def _changed(worker: WorkerInfo, message: str) -> ObjectChanged:
+    exc = ObjectChanged(message)
+    exc.worker = worker  # it has just seen the new version: the place to ask for it
+    return exc
+
+
+def _parse_listing(body: bytes) -> Listing:
+    root = ET.fromstring(body)
+    objects = [{
+        "Key": c.findtext(f"{_NS}Key"), "Size": int(c.findtext(f"{_NS}Size") or 0),
+        "ETag": c.findtext(f"{_NS}ETag") or "", "LastModified": c.findtext(f"{_NS}LastModified") or "",
+    } for c in root.iter(f"{_NS}Contents")]
+    prefixes = [p.findtext(f"{_NS}Prefix") for p in root.iter(f"{_NS}CommonPrefixes")]
+    truncated = root.findtext(f"{_NS}IsTruncated") == "true"
+    token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
+    return Listing(objects, prefixes, token)

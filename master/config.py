@@ -18,11 +18,13 @@ class MasterConfig:
     replicas: int = 1
     vnodes: int = 160
     worker_ttl: float = 10.0
+    startup_grace: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "MasterConfig":
         host, port = args.listen
-        return cls(host, port, args.chunk_size, args.replicas, args.vnodes, args.worker_ttl)
+        return cls(host, port, args.chunk_size, args.replicas, args.vnodes, args.worker_ttl,
+                   args.startup_grace)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,3 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--vnodes", "virtual nodes per worker on the hash ring", type=int, default=160)
     add_flag(p, "--worker-ttl", "seconds without a heartbeat before a worker is dropped",
              type=float, default=10.0)
+    add_flag(p, "--startup-grace", "seconds after start to collect heartbeats before publishing "
+             "a ring, so a restarted master never hands out a ring missing live workers",
+             type=float, default=5.0)

@@ -32,6 +32,8 @@ class Master:
 
     def __init__(self, config: MasterConfig, clock=time.monotonic) -> None:
         self.config = config
+        self._clock = clock
+        self._publish_at = 0.0
         self.membership = Membership(
             chunk_size=config.chunk_size, replicas=config.replicas,
             vnodes=config.vnodes, ttl=config.worker_ttl, clock=clock,
@@ -63,6 +65,7 @@ class Master:
         host, port = site._server.sockets[0].getsockname()[:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"http://{shown}:{port}"
+        self._publish_at = self._clock() + self.config.startup_grace
         self._expiry = asyncio.create_task(self._expire_loop())
         log.info("master %s listening on %s", self.membership.ring.master_id, self.url)
 
@@ -100,6 +103,11 @@ class Master:
 
     async def ring(self, request: web.Request) -> web.Response:
         """The ring; with `master_id`, `epoch` and `wait`, a long-poll until it differs."""
+        if self._clock() < self._publish_at:
+            # A fresh master knows only the workers that heartbeat since it started;
+            # until all have had a chance to, readers keep the ring they have.
+            raise web.HTTPServiceUnavailable(text=f"master starting: collecting heartbeats "
+                                                  f"({len(self.membership.ring.workers)} workers so far)")
         q = request.query
         try:
             wait = min(float(q.get("wait", 0)), MAX_WAIT)

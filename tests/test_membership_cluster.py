@@ -48,11 +48,17 @@ async def test_reads_work_without_the_master_and_workers_rejoin_a_restarted_one(
     async with aiohttp.ClientSession() as http:
         for w in cluster.workers:  # the master is never on the data path
             assert await read(http, f"{w.url}/{bucket}/m.bin") == body
-        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK))
+        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=1.0))
         await cluster.master.start()
-        await wait_for(lambda: len(cluster.master.membership.ring.workers) == 3,
-                       what="the workers to re-register")
-        await cluster.wait_converged()
+        smallest = []  # the fewest workers any worker's ring held while the new master started
+
+        def rejoined():
+            smallest.append(min(len(w.placement.workers) for w in cluster.workers))
+            ring = cluster.master.membership.ring
+            return len(ring.workers) == 3 and all(w.placement.ring.version == ring.version
+                                                  for w in cluster.workers)
+        await wait_for(rejoined, what="the workers to rejoin the new master")
+        assert min(smallest) == 3  # the grace period kept a partial ring from being published
         assert cluster.master.membership.ring.master_id != old.membership.ring.master_id
         for w in cluster.workers:
             async with http.get(f"{w.url}/_p2p/ready") as resp:

@@ -18,8 +18,10 @@ from typing import Iterator
 from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
-__all__ = ["Cluster", "cluster", "nginx", "wrk", "median_run", "require"]
+__all__ = ["Cluster", "cluster", "nginx", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
+           "require", "clean_env", "s3_client", "metric", "peak_rss", "ROOT", "S3_ENV"]
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
 S3_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -34,43 +36,103 @@ class Cluster:
     def __init__(self, s3: EmbeddedS3, master: str, workers: list[str], procs: list) -> None:
         self.s3, self.master, self.workers, self.procs = s3, master, workers, procs
 
+    @property
+    def worker_procs(self) -> list[subprocess.Popen]:
+        """The workers' processes, in the order of `workers` (the master is `procs[0]`)."""
+        return self.procs[1:]
+
 
 @contextlib.contextmanager
 def cluster(workers: int, chunk_size: str = "8MiB", capacity: str = "4GiB",
-            worker_args: tuple[str, ...] = ()) -> Iterator[Cluster]:
-    """An embedded S3 and a master and workers as separate processes on loopback."""
-    env = dict(os.environ) | S3_ENV
-    with EmbeddedS3() as s3, tempfile.TemporaryDirectory(prefix="p2pcache-bench-") as tmp:
+            worker_args: tuple[str, ...] = (), s3: EmbeddedS3 | None = None,
+            s3_throttle: float = 0) -> Iterator[Cluster]:
+    """An embedded S3 and a master and workers as separate processes on loopback.
+
+    With `s3`, the workers use that server (kept running after the cluster stops), so
+    that several fresh, cold clusters can read the same seeded objects.
+    """
+    env = clean_env()
+    with contextlib.ExitStack() as stack:
+        if s3 is None:
+            s3 = stack.enter_context(EmbeddedS3(throttle=s3_throttle))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pcache-bench-"))
         procs: list = []
         try:
-            master = wait_ready(spawn(procs, env, "--log-level", "WARNING", "master",
-                                      "--listen", "127.0.0.1:0", "--chunk-size", chunk_size))
-            urls = [wait_ready(spawn(
+            # No start-up grace: the workers start now, and the ring is awaited below.
+            master = wait_ready(spawn(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
+                                      "--chunk-size", chunk_size, "--startup-grace", "0"))
+            started = [spawn(  # all at once: each one's start-up is mostly imports
                 procs, env, "--log-level", "WARNING", "worker", "--master", master,
                 "--listen", "127.0.0.1:0", "--cache-dir", f"{tmp}/w{i}", "--id", f"w{i}",
                 "--capacity", capacity, "--min-free", "0", "--s3-endpoint", s3.url,
-                "--heartbeat-interval", "1", *worker_args)) for i in range(workers)]
-            _wait_all_ready(urls)
+                "--heartbeat-interval", "1", *worker_args) for i in range(workers)]
+            urls = [wait_ready(proc) for proc in started]
+            _wait_converged(master, urls)
             yield Cluster(s3, master, urls, procs)
         finally:
             stop_all(procs)
 
 
-def _wait_all_ready(urls: list[str], timeout: float = 30) -> None:
+def clean_env() -> dict:
+    """This environment without what would change the cluster's behaviour behind the benchmark's
+    back (`P2PCACHE_*` flags such as an egress limit, an AWS profile or endpoint), plus S3_ENV."""
+    drop = ("P2PCACHE_", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)} | S3_ENV
+
+
+def s3_client(url: str):
+    """A boto3 client of the embedded S3, with the benchmarks' fake credentials."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+                        config=Config(max_pool_connections=64))
+
+
+def metric(worker_url: str, name: str) -> float:
+    """The sum of a worker's samples of Prometheus metric `name` (all label sets)."""
     import urllib.request
 
+    with urllib.request.urlopen(f"{worker_url}/_p2p/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident set size so far (Linux `VmHWM`), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def _wait_converged(master: str, urls: list[str], timeout: float = 30) -> None:
+    """Until the master's ring holds every worker and every worker uses that ring.
+
+    "Each worker is ready" is not enough: workers started together join one by one, and a
+    worker still on an older ring would place chunks differently (and fill them twice)."""
+    import urllib.request
+
+    def get(url: str) -> dict | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return json.load(resp)
+        except (OSError, ValueError):  # not up yet, or 503 before joining
+            return None
+
     deadline = time.monotonic() + timeout
-    for url in urls:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_p2p/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} never joined the ring")
-            time.sleep(0.1)
+    while True:
+        ring = get(f"{master}/ring?format=json") or {}
+        members = {w["url"] for w in ring.get("workers", ())}
+        if members >= set(urls) and all((get(f"{url}/_p2p/ready") or {}).get("epoch") == ring["epoch"]
+                                        for url in urls):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the workers never converged on one ring: {sorted(set(urls) - members)} missing")
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -126,21 +188,53 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 5) -> bool:
 def wrk(url: str, object_size: int, range_size: int, seconds: float = 5, connections: int = 8,
         threads: int = 1) -> dict:
     """Random aligned `range_size` reads of `url` for `seconds`; bytes/s, req/s, p50/p99."""
+    return wrk_result(start_wrk(url, range_size, seconds, connections, threads, object_size=object_size),
+                      seconds)
+
+
+def start_wrk(url: str, range_size: int, seconds: float, connections: int = 8, threads: int = 1,
+              object_size: int = 0, ranges_file: Path | None = None) -> subprocess.Popen:
+    """wrk in the background: ranges of `url` (one object of `object_size` bytes), or of the
+    `path start length` extents listed in `ranges_file` (any objects on `url`'s host)."""
     require("wrk")
     env = dict(os.environ, OBJ_SIZE=str(object_size), RANGE_LEN=str(range_size))
-    proc = subprocess.run(
-        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
-         "-s", str(WRK_SCRIPT), url], env=env, capture_output=True, text=True, timeout=seconds + 30)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("JSON ")), None)
+    if ranges_file is not None:
+        env["RANGES_FILE"] = str(ranges_file)
+    return subprocess.Popen(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+         "--timeout", "10s", "-s", str(WRK_SCRIPT), url],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wrk_result(proc: subprocess.Popen, seconds: float) -> dict:
+    """Wait for a `start_wrk` process (bounded) and parse its summary."""
+    try:
+        out, err = proc.communicate(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    line = next((l for l in out.splitlines() if l.startswith("JSON ")), None)
     if proc.returncode or line is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-500:]}")
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-500:]} {err[-500:]}")
     r = json.loads(line[5:])
     secs = r["duration_us"] / 1e6
     return {"req_s": r["requests"] / secs, "bytes_s": r["bytes"] / secs, "p50_ms": r["p50_us"] / 1e3,
             "p99_ms": r["p99_us"] / 1e3, "errors": r["errors"], "non2xx": r["non2xx"]}
 
 
+def wrk_parallel(jobs: list[dict], seconds: float) -> dict:
+    """Several `start_wrk(**job)` at once (one per server); their sum, and the worst p99."""
+    procs = [start_wrk(seconds=seconds, **job) for job in jobs]
+    runs = [wrk_result(p, seconds) for p in procs]
+    total = {k: sum(r[k] for r in runs) for k in ("req_s", "bytes_s", "errors", "non2xx")}
+    return total | {"p50_ms": max(r["p50_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
+                    "per_server_bytes_s": [r["bytes_s"] for r in runs]}
+
+
 def median_run(fn, repeats: int) -> dict:
     """Run `fn` `repeats` times; the median of each number (the machine is noisy)."""
     runs = [fn() for _ in range(repeats)]
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"runs": len(runs)}
+    out = {k: statistics.median(r[k] for r in runs) for k, v in runs[0].items() if isinstance(v, (int, float))}
+    out |= {k: [statistics.median(col) for col in zip(*(r[k] for r in runs))]  # lists: element by element
+            for k, v in runs[0].items() if isinstance(v, list)}
+    return out | {"runs": len(runs)}

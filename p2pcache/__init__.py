@@ -7,8 +7,12 @@ __all__ = ["Client", "SyncClient"]
 
 def __getattr__(name: str):
     # Lazy, so that `import p2pcache.ranges` (workers, the master) does not load the client.
-    if name in __all__:
-        from . import client
+    if name == "Client":
+        from .client import Client
 
-        return getattr(client, name)
+        return Client
+    if name == "SyncClient":
+        from .sync_client import SyncClient
+
+        return SyncClient
     raise AttributeError(f"module 'p2pcache' has no attribute {name!r}")

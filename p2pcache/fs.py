@@ -53,6 +53,15 @@ class P2PCacheFileSystem(AsyncFileSystem):
                     weakref.finalize(self, _close_client, self.loop, client)
         return self._client
 
+    async def _close(self) -> None:
+        """Stop the client (its ring long-poll, its connections); it starts again on next use."""
+        client, self._client, self._starting = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    def close(self) -> None:
+        sync(self.loop, self._close)
+
     def _split(self, path: str) -> tuple[str, str]:
         bucket, _, key = self._strip_protocol(path).partition("/")
         return bucket, key

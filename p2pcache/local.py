@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import add_flag, size_arg
 
-__all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "stop_all", "DEMO_BUCKET", "DEMO_KEY"]
+__all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "wait_joined", "stop_all", "DEMO_BUCKET", "DEMO_KEY"]
 
 DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
 READY_TIMEOUT = 30.0
@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         stack.callback(stop_all, procs)
         port = args.port
         master = spawn(procs, env, "master", "--listen", f"{args.host}:{port}",
-                        "--chunk-size", args.chunk_size)
+                       "--chunk-size", args.chunk_size, "--startup-grace", "0")
         master_url = wait_ready(master)
         workers = []
         for i in range(args.workers):
@@ -64,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
                 "--cache-dir", str(data_dir / f"worker-{i}"), "--id", f"worker-{i}",
                 "--capacity", args.capacity, "--s3-endpoint", endpoint, "--min-free", "0",
                 "--heartbeat-interval", "1")))
+        wait_joined(workers)
         print(_banner(endpoint, master_url, workers), flush=True)
         while not stopping:
             if any(p.poll() is not None for p in procs):
@@ -94,10 +95,22 @@ def demo_bytes(size: int, seed: int = 0) -> bytes:
 
 
 def spawn(procs: list, env: dict, *args: str) -> subprocess.Popen:
+    """Start `p2pcache ARGS`; it gets SIGTERM if this process dies, even by SIGKILL."""
     proc = subprocess.Popen([sys.executable, "-m", "p2pcache", *args], env=env,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     procs.append(proc)
     return proc
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux for SIGTERM when the parent exits (prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's signal handlers still stop the children
 
 
 def wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT) -> str:
@@ -109,6 +122,23 @@ def wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT) -> str:
         if " ready url=" in line:
             return line.split(" ready url=")[1].split()[0]
     raise RuntimeError(f"{' '.join(proc.args[3:5])} did not become ready (exit code {proc.poll()})")
+
+
+def wait_joined(urls: list[str], timeout: float = READY_TIMEOUT) -> None:
+    """Until every worker answers /_p2p/ready: it is in the ring and can place chunks."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    for url in urls:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_p2p/ready", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker {url} did not join the ring") from None
+                time.sleep(0.1)
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:

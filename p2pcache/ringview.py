@@ -8,7 +8,7 @@ import logging
 
 from .errors import Unavailable
 from .master_client import MasterClient
-from .ring import Placement
+from .ring import Placement, RingSnapshot
 
 __all__ = ["RingView"]
 
@@ -61,13 +61,26 @@ class RingView:
     async def _follow(self) -> None:
         while True:
             try:
-                self._set(await self._master.ring(self.placement.ring.version, wait=LONG_POLL))
+                if self._set(await self._master.ring(self.placement.ring.version, wait=LONG_POLL)):
+                    continue
             except Unavailable:
-                await asyncio.sleep(RETRY)
+                pass
+            await asyncio.sleep(RETRY)  # the master is away, or its ring was not taken
 
-    def _set(self, ring) -> None:
-        if self._placement is None or ring.version != self._placement.ring.version:
-            if ring.chunk_size <= 0:
-                raise Unavailable(f"the master's ring has chunk size {ring.chunk_size}")
-            self._placement = Placement(ring)
-            log.debug("ring epoch %d: %d workers", ring.epoch, len(self._placement.workers))
+    def _set(self, ring: RingSnapshot) -> bool:
+        """Take `ring` if it is new; False if it is refused."""
+        current = self._placement
+        if current is not None and ring.version == current.ring.version:
+            return True
+        if ring.chunk_size <= 0:
+            raise Unavailable(f"the master's ring has chunk size {ring.chunk_size}")
+        placement = Placement(ring)
+        if current is not None and current.workers and not placement.workers:
+            # A restarted master publishes no workers until they heartbeat again;
+            # the ones we know are likely still serving.
+            log.warning("keeping ring epoch %d: the master's ring %d has no workers",
+                        current.ring.epoch, ring.epoch)
+            return False
+        self._placement = placement
+        log.debug("ring epoch %d: %d workers", ring.epoch, len(placement.workers))
+        return True

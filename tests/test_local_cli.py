@@ -66,3 +66,22 @@ def test_local_cluster_serves_the_demo_object_to_curl_and_stops_on_ctrl_c(tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_cluster_dies_with_p2pcache_local_even_when_it_is_killed(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pcache", "local", "--port", "0", "--workers", "1",
+         "--demo-size", "1MiB", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+    try:
+        urls = read_banner(proc)
+        proc.kill()  # no chance to clean up: the children must notice on their own
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(port_open(u) for u in urls["worker"] + urls["master"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(port_open(u) for u in urls["worker"] + urls["master"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -41,9 +41,10 @@ async def test_32_concurrent_cold_readers_fetch_each_chunk_from_s3_once(cluster,
         await asyncio.gather(*(reader(i, http) for i in range(32)))
         origin = [await metric(http, w.url, "p2pcache_origin_bytes_total") for w in cluster.workers]
         peer = [await metric(http, w.url, "p2pcache_peer_bytes_total") for w in cluster.workers]
+        failures = [await metric(http, w.url, "p2pcache_peer_failures_total") for w in cluster.workers]
 
     # Counted by the S3 server itself: every byte of the object once, never more.
-    assert s3.get_bytes - before == size
+    assert s3.get_bytes - before == size, f"origin bytes {origin}, peer failures {failures}"
     # And the workers agree: owners filled, each their share; nothing was copied between peers.
     assert sum(origin) == size and all(o > 0 for o in origin)
     assert sum(peer) == 0

@@ -1,0 +1,192 @@
+"""The benchmark harness (`p2pcache bench`): every scenario on loopback, repeated, as a table, JSON and a PNG.
+
+    p2pcache bench [--scenarios all] [--repeats 3] [--json FILE] [--plot FILE] [--smoke] [sizes...]
+    python -m loadtests.bench ...                      # the same, from the checkout
+
+Scenarios: serving (one worker vs nginx), scaling (1..8 egress-capped workers), cold-start (a model
+through the cluster vs direct S3), amplification (S3 bytes per distinct byte), memory (worker peak
+RSS under 64 streams). Each result states the issue's target and whether it was met, PASS or MISS
+with the margin; a MISS is a finding, not a failure. `--smoke` runs tiny sizes for a few seconds.
+Sizes take `8MiB`, `1GiB`, `50MB`; unset flags take the preset (full or smoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+
+from p2pcache.sizes import parse_size
+
+from .harness import require
+from .plot import plot_scaling
+from .targets import format_check
+
+__all__ = ["add_arguments", "main", "run", "SCENARIOS", "FULL", "SMOKE"]
+
+# name -> module under loadtests/scenarios/, imported when run (`p2pcache` imports this module at start)
+SCENARIOS = {"serving": "serving", "scaling": "scaling", "cold-start": "cold_start",
+             "amplification": "amplification", "memory": "memory"}
+
+FULL = dict(
+    repeats=3, seconds=10, chunk_size="8MiB", timeout=1800,
+    serving_size="256MiB", serving_ranges="4MiB,64KiB", serving_connections=8,
+    scaling_workers="1,2,4,8", egress_limit="50MB", scaling_objects=16, scaling_object_size="64MiB",
+    scaling_range="1MiB", scaling_connections=8,
+    # Shards of 64 MiB, not the 2-5 GiB of real checkpoints: the embedded S3 (moto) answers a ranged
+    # GET by reading the whole object into memory, so big objects make S3 slow and memory-hungry.
+    cold_workers=4, model_size="4GiB", shard_size="64MiB", part_size="8MiB", cold_concurrency=32,
+    direct_concurrency=32, s3_throttle="0", routing="auto",
+    amp_workers=4, amp_objects=8, amp_object_size="64MiB", amp_readers=8, amp_concurrency=64,
+    mem_workers=2, mem_objects=32, mem_object_size="64MiB", mem_read_size="32MiB", mem_streams=64,
+)
+SMOKE = FULL | dict(
+    repeats=1, seconds=1, chunk_size="256KiB", timeout=60,
+    serving_size="8MiB",
+    scaling_workers="1,2", egress_limit="20MB", scaling_objects=4, scaling_object_size="1MiB",
+    scaling_range="64KiB", scaling_connections=4,
+    cold_workers=2, model_size="3MiB", shard_size="1MiB", part_size="256KiB", cold_concurrency=8,
+    direct_concurrency=8, s3_throttle="20MB",
+    amp_workers=2, amp_objects=2, amp_object_size="1MiB", amp_readers=4, amp_concurrency=16,
+    mem_objects=4, mem_object_size="2MiB", mem_read_size="128KiB",
+)
+_SIZES = {"chunk_size", "serving_size", "egress_limit", "scaling_object_size", "scaling_range", "model_size",
+          "shard_size", "part_size", "s3_throttle", "amp_object_size", "mem_object_size", "mem_read_size"}
+# which scenario a flag belongs to, by its first word or whole name (the others are common)
+_GROUPS = {"serving": "serving", "scaling": "scaling", "egress_limit": "scaling", "cold": "cold-start",
+           "model_size": "cold-start", "shard_size": "cold-start", "part_size": "cold-start",
+           "direct_concurrency": "cold-start", "s3_throttle": "cold-start", "routing": "cold-start",
+           "amp": "amplification", "mem": "memory"}
+_HELP = {
+    "repeats": "runs of each measurement; medians are reported", "seconds": "length of each wrk run",
+    "chunk_size": "the clusters' chunk size", "timeout": "seconds any one read pass may take",
+    "serving_size": "object served by the worker and nginx", "serving_ranges": "comma-separated range sizes",
+    "serving_connections": "wrk connections", "scaling_workers": "comma-separated cluster sizes",
+    "egress_limit": "each worker's --egress-limit in the scaling curve (bytes/s)",
+    "scaling_objects": "objects in the warm dataset", "scaling_object_size": "size of each",
+    "scaling_range": "wrk range size", "scaling_connections": "wrk connections per worker",
+    "cold_workers": "workers in the cold-start cluster", "model_size": "total size of the model's shards",
+    "shard_size": "size of a full shard", "part_size": "range size of both loaders",
+    "cold_concurrency": "concurrent ranges of the loader reading through the cluster",
+    "direct_concurrency": "threads of the direct S3 reader", "s3_throttle": "cap on S3's GET bytes/s (0: none)",
+    "routing": "cluster loader: auto, spread (over all workers), owner (ring-computed owners), client",
+    "amp_workers": "workers", "amp_objects": "objects (new ones each repeat)", "amp_object_size": "size of each",
+    "amp_readers": "readers covering the whole dataset each", "amp_concurrency": "concurrent ranges",
+    "mem_workers": "workers", "mem_objects": "objects", "mem_object_size": "size of each",
+    "mem_read_size": "size of each large read", "mem_streams": "concurrent streams, all on one worker",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description, p.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
+    p.add_argument("--scenarios", default="all", help=f"comma-separated, or all: {', '.join(SCENARIOS)}")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes and 1 s runs (what the tests use)")
+    p.add_argument("--json", help="write every result here")
+    p.add_argument("--plot", help="write the scaling curve here (PNG)")
+    groups: dict = {"": p}
+    for key, default in FULL.items():
+        name = _GROUPS.get(key.split("_")[0]) or _GROUPS.get(key, "")
+        if name not in groups:
+            groups[name] = p.add_argument_group(f"{name} scenario")
+        group = groups[name]
+        kind = int if isinstance(default, int) else str
+        group.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
+                           help=f"{_HELP[key]} (full {default}, smoke {SMOKE[key]})")
+
+
+def params(args: argparse.Namespace) -> SimpleNamespace:
+    chosen = (SMOKE if args.smoke else FULL) | {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
+    for key in _SIZES:
+        chosen[key] = parse_size(str(chosen[key]))
+    chosen["scaling_workers"] = [int(n) for n in str(chosen["scaling_workers"]).split(",")]
+    return SimpleNamespace(**chosen)
+
+
+def main(args: argparse.Namespace) -> int:
+    names = list(SCENARIOS) if args.scenarios == "all" else [s.strip() for s in args.scenarios.split(",")]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenarios {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    require("nginx", "wrk")
+    p = params(args)
+    report = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "smoke": args.smoke, "machine": machine(), "params": vars(p), "scenarios": {}}
+    failed = False
+    for name in names:
+        scenario = importlib.import_module(f".scenarios.{SCENARIOS[name]}", __package__)
+        print(f"\n== {name}: {scenario.TITLE}", flush=True)
+        started = time.monotonic()
+        try:
+            result = scenario.run(p)
+        except Exception as exc:  # the other scenarios still run; the error is in the report
+            traceback.print_exc()
+            result, failed = {"title": scenario.TITLE, "error": f"{type(exc).__name__}: {exc}", "checks": []}, True
+        else:
+            print(scenario.table(result))
+            print("\n".join(format_check(c) for c in result["checks"]), flush=True)
+        result["seconds_taken"] = time.monotonic() - started
+        report["scenarios"][name] = result
+    report["loadavg_end"] = os.getloadavg()
+    print(summary(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    if args.plot:
+        if "scaling" in report["scenarios"] and "points" in report["scenarios"]["scaling"]:
+            plot_scaling(report["scenarios"]["scaling"], args.plot)
+        else:
+            print("--plot: no scaling results to plot", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def summary(report: dict) -> str:
+    lines = ["", "== targets (PASS/MISS are findings, not failures)"]
+    for name, result in report["scenarios"].items():
+        if "error" in result:
+            lines.append(f"ERR   {name}: {result['error']}")
+        lines += [format_check(c) for c in result["checks"]]
+    m = report["machine"]
+    lines.append(f"machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']:.0f} GiB, {m['kernel']}, "
+                 f"load {m['loadavg_start'][0]:.2f} at start, {report['loadavg_end'][0]:.2f} at end")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem_kib = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines()
+                    if line.startswith("MemTotal:")), 0)
+    return {"cpus": os.cpu_count(), "cpu_model": cpu, "memory_gib": mem_kib / 2**20, "kernel": platform.release(),
+            "python": platform.python_version(), "nginx": _version(["nginx", "-v"]),
+            "wrk": _version(["wrk", "-v"]), "loadavg_start": os.getloadavg()}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _version(cmd: list[str]) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "unknown"
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench")
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,270 @@
+"""The loader client: reads go to each chunk's owner, survive a worker dying, and `p2pcache get`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import sys
+from collections import Counter
+
+import aiohttp
+import pytest
+
+from conftest import CHUNK, wait_for
+from master.config import MasterConfig
+from master.server import Master
+from p2pcache import Client, SyncClient
+from p2pcache.errors import NotFound, ObjectChanged
+
+
+async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    async with http.get(f"{url}/_p2p/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} missing at {url}")
+
+
+def put(s3_client, bucket: str, key: str, size: int, seed: int) -> bytes:
+    body = random.Random(seed).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    return body
+
+
+def owners_of(client: Client, info, chunks: range) -> list[str]:
+    return [client.placement.owners(info.chunk(i, CHUNK).ring_key)[0].id for i in chunks]
+
+
+async def test_each_chunk_is_requested_from_its_owner(cluster, s3_client, bucket):
+    size = 9 * CHUNK + 12345  # 10 chunks, the last one short
+    body = put(s3_client, bucket, "model.bin", size, seed=1)
+    async with Client(cluster.master.url) as client:
+        assert client.placement.ring.version == cluster.master.membership.ring.version
+        assert await client.read(bucket, "model.bin") == body
+        info = await client.stat(bucket, "model.bin")
+        owned = Counter()
+        for i, owner in enumerate(owners_of(client, info, range(10))):
+            owned[owner] += info.chunk(i, CHUNK).length
+    assert len(owned) >= 2 and sum(owned.values()) == size
+    async with aiohttp.ClientSession() as http:
+        for w in cluster.workers:  # each owner filled exactly its chunks; no worker asked a peer
+            assert await metric(http, w.url, "p2pcache_peer_bytes_total") == 0
+            assert await metric(http, w.url, "p2pcache_origin_bytes_total") == owned[w.id]
+
+
+async def test_ranges_are_clamped_and_split_at_chunk_boundaries(cluster, s3_client, bucket):
+    size = 3 * CHUNK + 10
+    body = put(s3_client, bucket, "r.bin", size, seed=2)
+    s3_client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    async with Client(cluster.master.url, concurrency=2) as client:
+        for start, end in [(0, 1), (CHUNK - 1, CHUNK + 1), (5, 3 * CHUNK + 5), (size - 3, None),
+                           (100, size + 1000), (size, None), (size + 5, size + 9), (7, 7)]:
+            assert await client.read(bucket, "r.bin", start, end) == body[start:end]
+        assert await client.read(bucket, "empty") == b""
+        assert (await client.stat(bucket, "r.bin")).size == size
+
+
+async def test_a_missing_object_or_bucket_is_not_found(cluster, bucket):
+    async with Client(cluster.master.url) as client:
+        with pytest.raises(NotFound) as exc:
+            await client.read(bucket, "no/such/key")
+        assert exc.value.code == "NoSuchKey"
+        with pytest.raises(NotFound) as exc:
+            await client.stat("no-such-bucket-p2p", "k")
+        assert exc.value.code == "NoSuchBucket"
+
+
+def busiest(cluster, owners: list[str]):
+    """The worker owning the most of `owners` (a third of them at least, by pigeonhole)."""
+    return max(cluster.workers, key=lambda w: owners.count(w.id))
+
+
+async def test_a_read_survives_a_worker_stopping_part_way(cluster, s3_client, bucket):
+    n = 24
+    body = put(s3_client, bucket, "big.bin", n * CHUNK, seed=3)
+    stopping: list[asyncio.Task] = []
+
+    def progress(done: int, total: int) -> None:  # stop a worker a third of the way through
+        if done >= total // 3 and not stopping:
+            stopping.append(asyncio.ensure_future(victim.stop(leave=False)))
+
+    async with Client(cluster.master.url, concurrency=1) as client:
+        info = await client.stat(bucket, "big.bin")
+        owners = owners_of(client, info, range(n))
+        victim = busiest(cluster, owners[n // 2:])  # it owns chunks still to come when it stops
+        out = cluster.root / "big.out"
+        await client.download(bucket, "big.bin", out, progress)
+        await stopping[0]
+    assert not victim.running and out.read_bytes() == body
+    async with aiohttp.ClientSession() as http:  # the victim's later chunks were filled by the others
+        live = [w for w in cluster.workers if w is not victim]
+        filled = sum([await metric(http, w.url, "p2pcache_origin_bytes_total") for w in live])
+    assert filled > sum(CHUNK for o in owners if o != victim.id)
+
+
+async def test_a_file_read_chunk_by_chunk_survives_a_worker_stopping(cluster, s3_client, bucket):
+    n = 16
+    body = put(s3_client, bucket, "seq.bin", n * CHUNK, seed=4)
+    async with Client(cluster.master.url, concurrency=1, prefetch=1) as client:
+        f = await client.open(bucket, "seq.bin")
+        victim = busiest(cluster, owners_of(client, f.info, range(5, n)))  # chunks read after it stops
+        head = [await asyncio.to_thread(f.read, CHUNK) for _ in range(4)]
+        await victim.stop(leave=False)
+        rest = await asyncio.to_thread(f.read)
+        f.close()
+    assert b"".join(head) + rest == body
+
+
+async def test_file_object_seeks_reads_and_eof(cluster, s3_client, bucket):
+    size = 5 * CHUNK + 777
+    body = put(s3_client, bucket, "f.bin", size, seed=5)
+
+    def scenario() -> None:  # synchronous code, as a loader would run it
+        with SyncClient(cluster.master.url, prefetch=2) as client:
+            with client.open(bucket, "f.bin") as f:
+                assert f.seekable() and f.readable() and not f.writable() and f.size == size
+                rnd = random.Random(6)
+                for _ in range(60):
+                    a, n = rnd.randrange(size + 10), rnd.randrange(2 * CHUNK)
+                    assert f.seek(a) == a
+                    assert f.read(n) == body[a:a + n]
+                    assert f.tell() == max(a, min(a + n, size))
+                f.seek(-5, io.SEEK_END)
+                assert f.read(100) == body[-5:] and f.read(1) == b"" and f.read() == b""
+                f.seek(size + 100)
+                assert f.read(10) == b""
+                f.seek(CHUNK - 2)
+                assert f.read() == body[CHUNK - 2:]
+            with io.BufferedReader(client.open(bucket, "f.bin"), buffer_size=64 << 10) as b:
+                assert b.read(10) == body[:10]
+                b.seek(CHUNK - 3)
+                assert b.read(6) == body[CHUNK - 3:CHUNK + 3]
+                assert b.readline() == body[CHUNK + 3:body.index(b"\n", CHUNK + 3) + 1]
+                b.seek(2 * CHUNK)
+                assert b.read() == body[2 * CHUNK:] and b.read() == b"" and b.tell() == size
+            assert client.read(bucket, "f.bin", 100, 200) == body[100:200]
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_a_file_read_on_its_clients_loop_raises_rather_than_deadlock(cluster, s3_client, bucket):
+    put(s3_client, bucket, "x.bin", 1000, seed=7)
+    async with Client(cluster.master.url) as client:
+        with await client.open(bucket, "x.bin") as f:
+            with pytest.raises(RuntimeError, match="thread other than"):
+                f.read(10)
+
+
+async def test_a_changed_object_is_never_mixed_with_the_old_one(cluster, s3_client, bucket):
+    old = put(s3_client, bucket, "v.bin", 4 * CHUNK, seed=8)
+    async with Client(cluster.master.url, prefetch=0) as client:
+        f = await client.open(bucket, "v.bin")
+        assert await asyncio.to_thread(f.read, 10) == old[:10]
+        assert await client.read(bucket, "v.bin", 0, 10) == old[:10]  # caches the old ETag
+        new = put(s3_client, bucket, "v.bin", 4 * CHUNK, seed=9)
+        f.seek(3 * CHUNK)  # a chunk no one has read: only the new version is at S3
+        with pytest.raises(ObjectChanged):
+            await asyncio.to_thread(f.read, 10)
+        # A plain read whose cached ETag went stale starts over on the new version.
+        assert await client.read(bucket, "v.bin", 2 * CHUNK, 4 * CHUNK) == new[2 * CHUNK:]
+        f.close()
+
+
+async def test_download_writes_an_identical_file_and_reports_progress(cluster, s3_client, bucket, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    size = 7 * CHUNK + 3
+    body = put(s3_client, bucket, "d.bin", size, seed=10)
+    seen: list[tuple[int, int]] = []
+    async with Client(cluster.master.url, concurrency=3) as client:
+        info = await client.download(bucket, "d.bin", out / "d.bin", lambda d, t: seen.append((d, t)))
+        await client.download(bucket, "d.bin", out / "part.bin", start=CHUNK - 1, end=3 * CHUNK + 1)
+        with pytest.raises(NotFound):
+            await client.download(bucket, "missing", out / "missing.bin")
+    assert (out / "d.bin").read_bytes() == body and info.size == size
+    assert (out / "part.bin").read_bytes() == body[CHUNK - 1:3 * CHUNK + 1]
+    assert seen[0] == (0, size) and seen[-1] == (size, size)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert sorted(p.name for p in out.iterdir()) == ["d.bin", "part.bin"]  # no temp files left
+
+
+async def p2pcache_get(*args: str) -> tuple[int, bytes, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "get", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out, err.decode()
+
+
+async def test_p2pcache_get_writes_the_object_or_a_range(cluster, s3_client, bucket, tmp_path):
+    size = 3 * CHUNK + 99
+    body = put(s3_client, bucket, "dir/g.bin", size, seed=11)
+    master = ["--master", cluster.master.url]
+    url = f"s3://{bucket}/dir/g.bin"
+
+    code, _, err = await p2pcache_get(url, "-o", str(tmp_path / "all"), *master)
+    assert (code, err) == (0, "") and (tmp_path / "all").read_bytes() == body
+    code, _, err = await p2pcache_get(url, "-o", str(tmp_path / "r"), "--range", f"10-{CHUNK + 5}", *master)
+    assert code == 0 and (tmp_path / "r").read_bytes() == body[10:CHUNK + 6]
+    code, out, err = await p2pcache_get(url, "--range", f"{CHUNK - 1}-", "--progress", *master)
+    assert code == 0 and out == body[CHUNK - 1:]
+    assert err.startswith("\r") and err.endswith("\n") and "(100%)" in err  # a progress line on stderr
+    code, out, _ = await p2pcache_get(url, "--range", "-5", *master)
+    assert code == 0 and out == body[-5:]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["s3://{bucket}/missing"], "no such object: s3://{bucket}/missing"),
+    (["s3://no-such-bucket-p2p/k"], "no such bucket: no-such-bucket-p2p"),
+    (["s3://{bucket}/g.bin", "--range", "999999-"], "range 999999- is outside the object (100 bytes)"),
+    (["s3://{bucket}/g.bin", "-o", "/nonexistent-dir/out"], "No such file or directory"),
+    (["{bucket}"], "names no object"),
+])
+async def test_p2pcache_get_fails_with_one_line_and_exit_code_1(cluster, s3_client, bucket, args, message):
+    put(s3_client, bucket, "g.bin", 100, seed=12)
+    code, out, err = await p2pcache_get(*[a.format(bucket=bucket) for a in args], "--master", cluster.master.url)
+    assert code == 1 and out == b""
+    assert err.count("\n") == 1 and err.startswith("p2pcache get: ") and "Traceback" not in err
+    assert message.format(bucket=bucket) in err
+
+
+async def test_p2pcache_get_without_a_reachable_master_fails_with_one_line(bucket):
+    code, _, err = await p2pcache_get(f"s3://{bucket}/k", "--master", "http://127.0.0.1:9")
+    assert code == 1 and err.count("\n") == 1 and "master at http://127.0.0.1:9 unreachable" in err
+
+
+async def test_many_concurrent_reads_share_one_client(cluster, s3_client, bucket):
+    size = 6 * CHUNK
+    body = put(s3_client, bucket, "c.bin", size, seed=13)
+    async with Client(cluster.master.url, concurrency=4) as client:
+        rnd = random.Random(14)
+        ranges = [(a, a + rnd.randrange(3 * CHUNK)) for a in (rnd.randrange(size) for _ in range(40))]
+        results = await asyncio.gather(*(client.read(bucket, "c.bin", a, b) for a, b in ranges))
+    assert results == [body[a:b] for a, b in ranges]
+    with pytest.raises(ValueError, match="closed"):
+        await client.read(bucket, "c.bin")
+
+
+async def test_keys_that_need_quoting_are_read_as_named(cluster, s3_client, bucket):
+    keys = ["dir/a b+c.bin", "dir/%41 literal percent.bin", "unicodé/ß/файл.bin", "q?x=1#frag.bin"]
+    bodies = {key: put(s3_client, bucket, key, CHUNK + 100 + i, seed=20 + i) for i, key in enumerate(keys)}
+    async with Client(cluster.master.url) as client:
+        for key, body in bodies.items():
+            assert await client.read(bucket, key) == body, key
+
+
+async def test_reads_go_on_without_the_master_and_the_client_follows_a_restarted_one(
+        cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(2, heartbeat=0.2)
+    body = put(s3_client, bucket, "m.bin", 3 * CHUNK, seed=30)
+    port = int(cluster.master.url.rsplit(":", 1)[1])
+    async with Client(cluster.master.url) as client:
+        old = client.placement.ring.master_id
+        await cluster.master.stop()
+        assert await client.read(bucket, "m.bin") == body  # the master is never on the data path
+        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=0.5))
+        await cluster.master.start()
+        await wait_for(lambda: client.placement.ring.master_id != old and len(client.placement.workers) == 2,
+                       what="the client to follow the restarted master")
+        assert await client.read(bucket, "m.bin", 5, 2 * CHUNK) == body[5:2 * CHUNK]

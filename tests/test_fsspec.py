@@ -1,0 +1,133 @@
+"""fsspec: `p2pcache://bucket/key` through the client, and fsspec's own HTTP filesystem on a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import fsspec
+import pytest
+
+from conftest import CHUNK
+from p2pcache.fs import P2PCacheFile, P2PCacheFileSystem
+
+
+@pytest.fixture(autouse=True)
+def close_filesystems():
+    """fsspec caches instances: stop their clients so none follows a master that is gone."""
+    yield
+    for fs in list(P2PCacheFileSystem._cache.values()):
+        fs.close()
+    P2PCacheFileSystem.clear_instance_cache()
+
+
+def put(s3_client, bucket: str, key: str, size: int, seed: int) -> bytes:
+    body = random.Random(seed).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    return body
+
+
+def random_reads(f, body: bytes, seed: int, count: int = 40) -> None:
+    rnd = random.Random(seed)
+    for _ in range(count):
+        a, n = rnd.randrange(len(body)), rnd.randrange(2 * CHUNK)
+        f.seek(a)
+        assert f.read(n) == body[a:a + n], (a, n)
+    f.seek(len(body) - 3)
+    assert f.read(10) == body[-3:] and f.read(10) == b""
+
+
+async def test_fsspec_open_reads_through_the_cache(cluster, s3_client, bucket):
+    body = put(s3_client, bucket, "dir/m.bin", 4 * CHUNK + 5, seed=1)
+    url = f"p2pcache://{bucket}/dir/m.bin"
+
+    def scenario() -> None:
+        with fsspec.open(url, "rb", master=cluster.master.url) as f:
+            assert isinstance(f, P2PCacheFile) and f.size == len(body)
+            random_reads(f, body, seed=2)
+        with fsspec.open(url, "rb", master=cluster.master.url, block_size=CHUNK // 3) as f:
+            assert f.read() == body
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_fsspec_filesystem_info_cat_file_and_random_seeks(cluster, s3_client, bucket):
+    body = put(s3_client, bucket, "m.bin", 3 * CHUNK + 17, seed=3)
+    path = f"{bucket}/m.bin"
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("p2pcache", master=cluster.master.url)
+        assert isinstance(fs, P2PCacheFileSystem)
+        info = fs.info(f"p2pcache://{path}")
+        assert info["size"] == fs.size(path) == len(body) and info["type"] == "file" and info["ETag"]
+        assert fs.cat_file(path, start=CHUNK - 3, end=CHUNK + 3) == body[CHUNK - 3:CHUNK + 3]
+        assert fs.cat_file(path, start=-10) == body[-10:]
+        assert fs.cat_file(path, start=5, end=-5) == body[5:-5]
+        assert fs.cat_file(path, start=2 * CHUNK) == body[2 * CHUNK:]
+        assert fs.cat(path) == body
+        assert fs.cat_ranges([path, path], [0, 3 * CHUNK], [7, 3 * CHUNK + 10]) == [body[:7], body[3 * CHUNK:][:10]]
+        with fs.open(path, block_size=CHUNK // 2) as f:
+            random_reads(f, body, seed=4)
+        assert fs.exists(path) and fs.isfile(path) and not fs.exists(f"{bucket}/nope")
+        with pytest.raises(FileNotFoundError):
+            fs.info(f"{bucket}/nope")
+        with pytest.raises(FileNotFoundError):
+            fs.cat_file(f"{bucket}/nope")
+        with pytest.raises(NotImplementedError, match="read-only"):
+            fs.open(path, "wb")
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_the_master_can_come_from_the_environment(cluster, s3_client, bucket, monkeypatch):
+    body = put(s3_client, bucket, "e.bin", 1000, seed=5)
+    monkeypatch.setenv("P2PCACHE_MASTER", cluster.master.url)
+
+    def scenario() -> bytes:
+        with fsspec.open(f"p2pcache://{bucket}/e.bin", "rb") as f:
+            return f.read()
+
+    assert await asyncio.to_thread(scenario) == body
+    monkeypatch.delenv("P2PCACHE_MASTER")
+    with pytest.raises(ValueError, match="P2PCACHE_MASTER"):
+        P2PCacheFileSystem(skip_instance_cache=True)
+
+
+async def test_fsspec_http_filesystem_reads_a_worker_with_random_seeks(cluster, s3_client, bucket):
+    body = put(s3_client, bucket, "h.bin", 3 * CHUNK + 1234, seed=6)
+    url = f"{cluster.workers[2].url}/{bucket}/h.bin"
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("http", skip_instance_cache=True)
+        assert fs.info(url)["size"] == len(body)
+        assert fs.cat_file(url, start=CHUNK - 1, end=2 * CHUNK + 1) == body[CHUNK - 1:2 * CHUNK + 1]
+        with fs.open(url, "rb", block_size=CHUNK // 2) as f:
+            assert f.size == len(body)
+            random_reads(f, body, seed=7)
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_ls_find_and_isdir_list_through_the_workers(cluster, s3_client, bucket):
+    for i, key in enumerate(["top.bin", "a/1.bin", "a/2.bin", "a/b/3.bin"]):
+        put(s3_client, bucket, key, 10 + i, seed=10 + i)
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("p2pcache", master=cluster.master.url)
+        top = fs.ls(bucket, detail=True)
+        assert [(e["name"], e["type"]) for e in top] == [
+            (f"{bucket}/a", "directory"), (f"{bucket}/top.bin", "file")]
+        assert fs.ls(f"{bucket}/a", detail=False) == [f"{bucket}/a/1.bin", f"{bucket}/a/2.bin", f"{bucket}/a/b"]
+        [entry] = fs.ls(f"p2pcache://{bucket}/a/b/")
+        assert (entry["name"], entry["size"], entry["type"]) == (f"{bucket}/a/b/3.bin", 13, "file")
+        assert entry["ETag"] == fs.info(f"{bucket}/a/b/3.bin")["ETag"]
+        assert fs.find(bucket) == sorted(f"{bucket}/{k}" for k in ["top.bin", "a/1.bin", "a/2.bin", "a/b/3.bin"])
+        assert fs.find(f"{bucket}/a", maxdepth=1) == [f"{bucket}/a/1.bin", f"{bucket}/a/2.bin"]
+        assert fs.glob(f"{bucket}/a/*.bin") == [f"{bucket}/a/1.bin", f"{bucket}/a/2.bin"]
+        assert fs.isdir(f"{bucket}/a") and fs.isdir(f"{bucket}/a/b") and not fs.isdir(f"{bucket}/top.bin")
+        assert fs.info(f"{bucket}/a")["type"] == "directory"
+        assert fs.ls(f"{bucket}/top.bin", detail=False) == [f"{bucket}/top.bin"]
+        with pytest.raises(FileNotFoundError):
+            fs.ls(f"{bucket}/nothing-here")
+
+    await asyncio.to_thread(scenario)

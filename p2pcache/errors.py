@@ -41,6 +41,11 @@ class P2PError(Exception):
     def message(self) -> str:
         return str(self)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the HTTP answer to this error carries."""
+        return {}
+
 
 class BadRequest(P2PError):
     """The request is malformed."""
@@ -70,6 +75,14 @@ class PreconditionFailed(P2PError):
     """At least one of the preconditions you specified did not hold."""
     status, code = 412, "PreconditionFailed"
 
+    def __init__(self, etag: str = "") -> None:
+        super().__init__()
+        self.etag = etag
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"ETag": self.etag} if self.etag else {}  # the version there is now
+
 
 class RangeNotSatisfiable(P2PError):
     """The requested range is not satisfiable."""
@@ -78,6 +91,10 @@ class RangeNotSatisfiable(P2PError):
     def __init__(self, size: int) -> None:
         super().__init__(f"range not satisfiable for an object of {size} bytes")
         self.size = size
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
 
 
 class ObjectChanged(P2PError):

@@ -69,3 +69,22 @@ async def test_an_object_changing_mid_response_aborts_it_rather_than_mix_version
                 await resp.read()
         async with http.get(url) as resp:  # the next read sees only the new version
             assert await resp.read() == new
+
+
+async def test_no_cache_revalidates_and_a_412_names_the_current_version(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, meta_ttl=3600)
+    s3_client.put_object(Bucket=bucket, Key="v.bin", Body=b"one")
+    url = f"{cluster.workers[0].url}/{bucket}/v.bin"
+    async with aiohttp.ClientSession() as http:
+        async with http.head(url) as resp:
+            old = resp.headers["ETag"]
+        s3_client.put_object(Bucket=bucket, Key="v.bin", Body=b"two!")
+        new = s3_client.head_object(Bucket=bucket, Key="v.bin")["ETag"]
+        async with http.head(url) as resp:
+            assert resp.headers["ETag"] == old  # trusted for meta_ttl
+        async with http.head(url, headers={"Cache-Control": "no-cache"}) as resp:
+            assert resp.headers["ETag"] == new and resp.headers["Content-Length"] == "4"
+        async with http.get(url, headers={"If-Match": old}) as resp:
+            assert resp.status == 412
+            assert resp.headers["ETag"] == new
+            assert "<Code>PreconditionFailed</Code>" in await resp.text()

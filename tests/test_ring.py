@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 from p2pcache.objects import ObjectInfo
 from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
-from worker.chunks import fill_source, read_order
+from worker.chunks import fill_source, prefer_healthy, read_order
 
 
 def ring(n: int, epoch: int = 1, replicas: int = 1, **kw) -> RingSnapshot:
@@ -81,3 +81,9 @@ def test_fill_source_followers_copy_the_primary_and_hops_are_bounded():
     assert fill_source(owners, 2, follower, 1).id == primary
     assert fill_source(owners, 2, follower, 2) is None
     assert fill_source(owners, 2, other, 0) is None
+
+
+def test_peers_that_just_failed_are_asked_last_in_the_same_relative_order():
+    order = [WorkerInfo(i, "") for i in ("a", "b", "c", "me")]
+    assert [w.id for w in prefer_healthy(order, {"a", "c"})] == ["b", "me", "a", "c"]
+    assert prefer_healthy(order, set()) == order

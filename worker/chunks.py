@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import zlib
 from collections import deque
 from typing import AsyncIterator, Callable, Iterable, Protocol
@@ -26,10 +27,11 @@ from .metrics import WorkerMetrics
 from .peer import PeerClient
 from .store import PIECE, ChunkStore, read_pieces
 
-__all__ = ["Chunks", "read_order", "fill_source"]
+__all__ = ["Chunks", "read_order", "prefer_healthy", "fill_source"]
 
 log = logging.getLogger("p2pcache.chunks")
 MAX_HOPS = 2  # a peer request may cause one more (a follower filling from its primary)
+PEER_DOWN_SECONDS = 5.0
 
 
 def read_order(owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[WorkerInfo]:
@@ -46,6 +48,11 @@ def read_order(owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[W
     k = zlib.crc32(me.encode()) % len(primary) if primary else 0
     order = [w for w in primary[k:] + primary[:k] + rest if w.id != me]
     return order + [WorkerInfo(me, "")]
+
+
+def prefer_healthy(order: list[WorkerInfo], down: set[str]) -> list[WorkerInfo]:
+    """The same order, with peers that just failed moved to the end."""
+    return [w for w in order if w.id not in down] + [w for w in order if w.id in down]
 
 
 def fill_source(owners: tuple[WorkerInfo, ...], replicas: int, me: str, hop: int) -> WorkerInfo | None:
@@ -91,8 +98,11 @@ class LocalStream:
 class Chunks:
     def __init__(self, *, me: str, store: ChunkStore, origin: S3Origin, peers: PeerClient,
                  metrics: WorkerMetrics, placement: Callable[[], Placement],
-                 origin_concurrency: int = 16, readahead: int = 4) -> None:
+                 origin_concurrency: int = 16, readahead: int = 4,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.me = me
+        self._clock = clock
+        self._down: dict[str, float] = {}  # peer id -> until when it is asked last
         self.store = store
         self._origin = origin
         self._peers = peers
@@ -161,7 +171,9 @@ class Chunks:
         placement = self._placement()
         owners = placement.owners(c.ring_key)
         errors = []
-        for worker in read_order(owners, placement.ring.replicas, self.me):
+        now = self._clock()
+        down = {w for w, until in self._down.items() if until > now}
+        for worker in prefer_healthy(read_order(owners, placement.ring.replicas, self.me), down):
             if worker.id in exclude:
                 continue
             if worker.id == self.me:
@@ -170,11 +182,20 @@ class Chunks:
                 source = fill_source(owners, placement.ring.replicas, self.me, 0)
                 return await self.open_local(c, offset, length, source, 0)
             try:
-                return await self._peers.open(worker, c, offset, length)
+                stream = await self._peers.open(worker, c, offset, length)
             except PeerError as exc:
-                self._m.peer_failures.inc()
+                self._peer_failed(worker.id)
                 errors.append(exc)
+                continue
+            self._down.pop(worker.id, None)
+            return stream
         raise PeerUnavailable(f"no owner of {c.ring_key} answered: {errors[-1] if errors else 'none'}")
+
+    def _peer_failed(self, peer_id: str) -> None:
+        """Ask this peer last for a while: until the master drops a dead worker from the
+        ring, every read of its chunks would otherwise wait on it first."""
+        self._m.peer_failures.inc()
+        self._down[peer_id] = self._clock() + PEER_DOWN_SECONDS
 
     def local(self, c: ChunkId, offset: int, length: int) -> LocalStream | None:
         stream = LocalStream(self.store, c, offset, length)
@@ -243,7 +264,7 @@ class Chunks:
                         yield piece
                 return
             except PeerError as exc:
-                self._m.peer_failures.inc()
+                self._peer_failed(stream.peer.id)
                 failed.add(stream.peer.id)
                 log.warning("resuming %s at %d after: %s", c.ring_key, pos, exc)
                 stream = await self.open(c, pos, end - pos, exclude=failed)

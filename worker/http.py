@@ -9,7 +9,7 @@ from typing import AsyncIterator
 from aiohttp import web
 from xml.sax.saxutils import escape
 
-from p2pcache.errors import BadRequest, P2PError, RangeNotSatisfiable
+from p2pcache.errors import BadRequest, P2PError
 from p2pcache.objects import ObjectInfo
 from p2pcache.ranges import parse_range
 
@@ -37,9 +37,7 @@ def error_response(request: web.BaseRequest, exc: P2PError) -> web.Response:
         f"<Error><Code>{exc.code}</Code><Message>{escape(exc.message)}</Message>"
         f"<Resource>{escape(request.path)}</Resource><RequestId>{request_id}</RequestId></Error>\n"
     )
-    headers = {ERROR_HEADER: exc.code, REASON_HEADER: exc.message.replace("\n", " ")[:500]}
-    if isinstance(exc, RangeNotSatisfiable):
-        headers["Content-Range"] = f"bytes */{exc.size}"
+    headers = {ERROR_HEADER: exc.code, REASON_HEADER: exc.message.replace("\n", " ")[:500], **exc.headers}
     return web.Response(status=exc.status, text=body, content_type="application/xml", headers=headers)
 
 

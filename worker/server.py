@@ -111,7 +111,7 @@ class Worker:
         self.chunks = Chunks(
             me=self.id, store=self.store, origin=self.origin, peers=PeerClient(session),
             metrics=self.metrics, placement=self._placement,
-            origin_concurrency=cfg.origin_concurrency, readahead=cfg.readahead)
+            origin_concurrency=cfg.origin_concurrency, readahead=cfg.readahead, clock=self.clock)
         self.metrics.store_bytes.set_function(lambda: self.store.used)
         self.metrics.store_capacity.set(cfg.capacity)
 
@@ -204,6 +204,8 @@ class Worker:
         return await self.listings.list_objects(request, bucket)
 
     async def get_object(self, request: web.BaseRequest, bucket: str, key: str) -> web.StreamResponse:
+        if "no-cache" in request.headers.get("Cache-Control", ""):
+            self.objects.invalidate(bucket, key)  # the client asks for the version S3 has now
         for attempt in (1, 2):
             info = await self.objects.get(bucket, key)
             verdict = conditions.evaluate(request.headers, info.etag, info.last_modified)
@@ -211,7 +213,7 @@ class Worker:
                 self.objects.invalidate(bucket, key)
                 continue
             if verdict == 412:
-                raise PreconditionFailed()
+                raise PreconditionFailed(info.etag)
             if verdict == 304:
                 return web.Response(status=304, headers={"ETag": info.etag, "Last-Modified": info.last_modified})
             rng = parse_range(request.headers.get("Range"), info.size)

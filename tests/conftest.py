@@ -43,6 +43,15 @@ async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, wha
         await asyncio.sleep(interval)
 
 
+async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    """One sample of a worker's Prometheus metric."""
+    async with http.get(f"{url}/_p2p/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} missing at {url}")
+
+
 @pytest.fixture(scope="session")
 def s3():
     with EmbeddedS3() as server:

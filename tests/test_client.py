@@ -11,19 +11,11 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from conftest import CHUNK, wait_for
+from conftest import CHUNK, metric, wait_for
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache import Client, SyncClient
 from p2pcache.errors import NotFound, ObjectChanged
-
-
-async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
-    async with http.get(f"{url}/_p2p/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} missing at {url}")
 
 
 def put(s3_client, bucket: str, key: str, size: int, seed: int) -> bytes:

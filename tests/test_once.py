@@ -7,15 +7,7 @@ import random
 
 import aiohttp
 
-from conftest import CHUNK
-
-
-async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
-    async with http.get(f"{url}/_p2p/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} missing at {url}")
+from conftest import CHUNK, metric
 
 
 async def test_32_concurrent_cold_readers_fetch_each_chunk_from_s3_once(cluster, s3, s3_client, bucket):

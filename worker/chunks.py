@@ -25,13 +25,14 @@ from p2pcache.singleflight import SingleFlight
 
 from .metrics import WorkerMetrics
 from .peer import PeerClient
-from .store import PIECE, ChunkStore, read_pieces
+from .store import ChunkStore, read_pieces
 
 __all__ = ["Chunks", "read_order", "prefer_healthy", "fill_source"]
 
 log = logging.getLogger("p2pcache.chunks")
 MAX_HOPS = 2  # a peer request may cause one more (a follower filling from its primary)
 PEER_DOWN_SECONDS = 5.0
+SMALL = 512 << 10  # ranges up to this are read in one go and sent as one Response
 
 
 def read_order(owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[WorkerInfo]:
@@ -150,10 +151,10 @@ class Chunks:
                 task.add_done_callback(_close_stream)
 
     async def read_small(self, info: ObjectInfo, start: int, stop: int) -> bytearray | None:
-        """The fast path: a range of at most PIECE bytes inside one local chunk, or None."""
+        """The fast path: a range of at most SMALL bytes inside one local chunk, or None."""
         chunk_size = self._placement().ring.chunk_size
         index, offset = divmod(start, chunk_size)
-        if stop - start > PIECE or (stop - 1) // chunk_size != index:
+        if stop - start > SMALL or (stop - 1) // chunk_size != index:
             return None
         data = await self.store.read(info.chunk(index, chunk_size).name, offset, stop - start)
         if data is not None:

@@ -17,7 +17,7 @@ CHUNK_PATH = "/_p2p/chunk"
 HOP_HEADER = "X-P2P-Hop"
 ERROR_HEADER = "X-P2P-Error"  # the error's code, set on every error response
 REASON_HEADER = "X-P2P-Reason"  # its one-line message
-PIECE = 1 << 20
+PIECE = 256 << 10
 
 
 def chunk_params(c: ChunkId) -> dict[str, str]:

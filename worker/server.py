@@ -170,6 +170,9 @@ class Worker:
             resp = error_response(request, exc)
         except web.HTTPException as exc:
             resp = exc
+        except ConnectionError:
+            # The client hung up before the status line went out: nobody to answer.
+            resp = web.Response(status=499)
         except Exception:
             log.exception("bug: unhandled error for %s %s", request.method, request.path)
             resp = web.Response(status=500, text="internal error, see the worker's log\n")

@@ -24,7 +24,7 @@ __all__ = ["ChunkStore", "ChunkWriter", "pread", "read_pieces", "PIECE"]
 
 log = logging.getLogger("p2pcache.store")
 _NAME = re.compile(r"[0-9a-f]{40}-(\d+)-(\d+)")
-PIECE = 1 << 20
+PIECE = 256 << 10  # per stream in flight: bounds memory under many readers (benchmarks: memory)
 
 
 async def _run(fn, *args):

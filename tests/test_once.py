@@ -7,7 +7,7 @@ import random
 
 import aiohttp
 
-from conftest import CHUNK, metric
+from conftest import CHUNK, metric, wait_for
 
 
 async def test_32_concurrent_cold_readers_fetch_each_chunk_from_s3_once(cluster, s3, s3_client, bucket):
@@ -40,6 +40,8 @@ async def test_32_concurrent_cold_readers_fetch_each_chunk_from_s3_once(cluster,
     # And the workers agree: owners filled, each their share; nothing was copied between peers.
     assert sum(origin) == size and all(o > 0 for o in origin)
     assert sum(peer) == 0
+    for w in cluster.workers:  # every reader's pins and streams were released
+        await wait_for(lambda: w.chunks._streams == 0 and not w.store._pins, what="streams to close")
 
 
 async def test_warm_reads_do_not_touch_s3(cluster, s3, s3_client, bucket):

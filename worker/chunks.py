@@ -33,6 +33,8 @@ log = logging.getLogger("p2pcache.chunks")
 MAX_HOPS = 2  # a peer request may cause one more (a follower filling from its primary)
 PEER_DOWN_SECONDS = 5.0
 SMALL = 512 << 10  # ranges up to this are read in one go and sent as one Response
+STREAM_BUDGET = 16 << 20  # bytes of read pieces in flight over all open local streams
+MIN_PIECE, MAX_PIECE = 64 << 10, 1 << 20
 
 
 def read_order(owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[WorkerInfo]:
@@ -73,10 +75,12 @@ class LocalStream:
 
     peer = None
 
-    def __init__(self, store: ChunkStore, c: ChunkId, offset: int, length: int) -> None:
+    def __init__(self, store: ChunkStore, c: ChunkId, offset: int, length: int,
+                 piece: int = 1 << 20, on_close: Callable[[], None] = lambda: None) -> None:
         self._pin = store.pinned(c.name)
         self._fd = self._pin.__enter__()
-        self._offset, self._length = offset, length
+        self._offset, self._length, self._piece = offset, length, piece
+        self._on_close = on_close
 
     @property
     def present(self) -> bool:
@@ -84,7 +88,8 @@ class LocalStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async with contextlib.aclosing(read_pieces(self._fd, self._offset, self._length)) as it:
+            async with contextlib.aclosing(read_pieces(self._fd, self._offset, self._length,
+                                                       self._piece)) as it:
                 async for piece in it:
                     yield piece
         finally:
@@ -94,6 +99,8 @@ class LocalStream:
         if self._pin is not None:
             self._pin.__exit__(None, None, None)
             self._pin = None
+            if self._fd is not None:
+                self._on_close()
 
 
 class Chunks:
@@ -104,6 +111,7 @@ class Chunks:
         self.me = me
         self._clock = clock
         self._down: dict[str, float] = {}  # peer id -> until when it is asked last
+        self._streams = 0  # local streams open
         self.store = store
         self._origin = origin
         self._peers = peers
@@ -199,8 +207,18 @@ class Chunks:
         self._down[peer_id] = self._clock() + PEER_DOWN_SECONDS
 
     def local(self, c: ChunkId, offset: int, length: int) -> LocalStream | None:
-        stream = LocalStream(self.store, c, offset, length)
-        return stream if stream.present else None
+        # Few streams read in big pieces (fewer syscalls); many share STREAM_BUDGET, so
+        # memory stays bounded however many readers there are.
+        piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
+        stream = LocalStream(self.store, c, offset, length, piece, self._stream_closed)
+        if not stream.present:
+            stream.close()
+            return None
+        self._streams += 1
+        return stream
+
+    def _stream_closed(self) -> None:
+        self._streams -= 1
 
     async def open_local(self, c: ChunkId, offset: int, length: int,
                          source: WorkerInfo | None, hop: int) -> LocalStream:

@@ -13,7 +13,7 @@ from typing import Callable
 
 from p2pcache.errors import Unavailable
 from p2pcache.master_client import MasterClient
-from p2pcache.ring import RingSnapshot, WorkerInfo
+from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 
 __all__ = ["MembershipAgent"]
 
@@ -23,7 +23,7 @@ LONG_POLL = 30.0
 
 class MembershipAgent:
     def __init__(self, master: MasterClient, me: WorkerInfo, interval: float,
-                 on_ring: Callable[[RingSnapshot], None]) -> None:
+                 on_ring: Callable[[Placement], None]) -> None:
         self._master = master
         self.me = me
         self._interval = interval
@@ -70,5 +70,8 @@ class MembershipAgent:
                 await asyncio.sleep(self._interval)
                 continue
             if self.ring is None or ring.version != self.ring.version:
+                # Building the hash ring is CPU work that grows with workers x vnodes
+                # (tens of ms for 64 workers): off the event loop.
+                placement = await asyncio.to_thread(Placement, ring)
                 self.ring = ring
-                self._on_ring(ring)
+                self._on_ring(placement)

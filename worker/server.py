@@ -29,7 +29,7 @@ from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
 from p2pcache.origin import S3Origin
 from p2pcache.ranges import parse_range
-from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
+from p2pcache.ring import Placement, WorkerInfo
 
 from .chunks import Chunks, fill_source
 from .config import WorkerConfig
@@ -149,8 +149,8 @@ class Worker:
     def ready_line(self) -> str:
         return f"p2pcache worker ready url={self.url} id={self.id}"
 
-    def _on_ring(self, ring: RingSnapshot) -> None:
-        self.placement = Placement(ring)
+    def _on_ring(self, placement: Placement) -> None:
+        self.placement, ring = placement, placement.ring
         self.metrics.ring_epoch.set(ring.epoch)
         log.info("ring epoch %d from master %s: %d workers%s", ring.epoch, ring.master_id,
                  len(self.placement.workers), "" if self.id in self.placement else " (not us)")

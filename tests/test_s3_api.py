@@ -105,6 +105,8 @@ async def test_s3_error_codes_through_the_cache(cluster_factory, data, bucket):
         assert code(cache.get_object, Bucket="not-allowed", Key="k") == ("AccessDenied", 403)
         assert code(cache.put_object, Bucket=bucket, Key="k", Body=b"x") == ("NotImplemented", 405)
         assert code(cache.delete_object, Bucket=bucket, Key="readme.txt") == ("NotImplemented", 405)
+        assert [b["Name"] for b in cache.list_buckets()["Buckets"]] == [bucket]  # only the allowed
+        assert code(cache.list_objects_v2, Bucket="not-allowed") == ("AccessDenied", 403)
         etag = cache.head_object(Bucket=bucket, Key="readme.txt")["ETag"]
         assert code(cache.get_object, Bucket=bucket, Key="readme.txt", IfMatch='"nope"') == ("PreconditionFailed", 412)
         assert code(cache.get_object, Bucket=bucket, Key="readme.txt", IfNoneMatch=etag) == ("304", 304)

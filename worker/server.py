@@ -197,7 +197,7 @@ class Worker:
             raise AccessDenied(f"bucket {bucket!r} is not served by this cache")
 
     async def list_buckets(self, request: web.BaseRequest) -> web.Response:
-        return await self.listings.list_buckets(request)
+        return await self.listings.list_buckets(request, self.config.allowed_buckets)
 
     async def bucket(self, request: web.BaseRequest, bucket: str) -> web.Response:
         """ListObjects(V2) on GET, HeadBucket on HEAD."""

@@ -75,9 +75,9 @@ class Cluster:
     """A master and N workers in this process, on loopback, with port 0."""
 
     def __init__(self, s3_url: str, root: Path, chunk_size: int, worker_ttl: float,
-                 heartbeat: float, **worker_options) -> None:
+                 heartbeat: float, replicas: int = 1, **worker_options) -> None:
         self.s3_url, self.root = s3_url, root
-        self.master = Master(MasterConfig(chunk_size=chunk_size, worker_ttl=worker_ttl))
+        self.master = Master(MasterConfig(chunk_size=chunk_size, worker_ttl=worker_ttl, replicas=replicas))
         self.heartbeat = heartbeat
         self.worker_options = worker_options
         self.workers: list[Worker] = []
@@ -126,8 +126,8 @@ async def cluster_factory(s3, tmp_path):
     clusters = []
 
     async def make(n: int = 3, chunk_size: int = CHUNK, worker_ttl: float = 10.0,
-                   heartbeat: float = 0.5, **worker_options) -> Cluster:
-        cluster = Cluster(s3.url, tmp_path, chunk_size, worker_ttl, heartbeat, **worker_options)
+                   heartbeat: float = 0.5, replicas: int = 1, **worker_options) -> Cluster:
+        cluster = Cluster(s3.url, tmp_path, chunk_size, worker_ttl, heartbeat, replicas, **worker_options)
         clusters.append(cluster)
         return await cluster.start(n)
 

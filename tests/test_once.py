@@ -57,3 +57,23 @@ async def test_warm_reads_do_not_touch_s3(cluster, s3, s3_client, bucket):
                 async with http.get(f"{worker.url}/{bucket}/warm.bin", headers={"Range": "bytes=1000-"}) as resp:
                     assert await resp.read() == body[1000:]
     assert (s3.get_bytes, s3.get_requests) == (before_bytes, before_requests)
+
+
+async def test_with_two_replicas_followers_copy_from_primaries_not_from_s3(cluster_factory, s3, s3_client, bucket):
+    cluster = await cluster_factory(3, replicas=2)
+    size = 12 * CHUNK
+    body = random.Random(9).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="r.bin", Body=body)
+    before = s3.get_bytes
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            await asyncio.gather(*(_read_all(http, f"{w.url}/{bucket}/r.bin", body) for w in cluster.workers))
+        peer = [await metric(http, w.url, "p2pcache_peer_bytes_total") for w in cluster.workers]
+    assert s3.get_bytes - before == size  # still once from S3
+    assert sum(peer) > 0  # followers filled from their primaries
+    assert sum(w.store.used for w in cluster.workers) > size  # and now hold second copies
+
+
+async def _read_all(http: aiohttp.ClientSession, url: str, body: bytes) -> None:
+    async with http.get(url) as resp:
+        assert resp.status == 200 and await resp.read() == body

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Awaitable, Callable, Protocol
+from typing import Callable, Protocol
 
 import uvloop
 

@@ -34,7 +34,7 @@ class RingSnapshot:
     epoch: int
     chunk_size: int
     replicas: int = 1
-    vnodes: int = 160
+    vnodes: int = 400
     workers: tuple[WorkerInfo, ...] = field(default_factory=tuple)
 
     @property

@@ -54,7 +54,7 @@ def cluster(workers: int, chunk_size: str = "8MiB", capacity: str = "4GiB",
     env = clean_env()
     with contextlib.ExitStack() as stack:
         if s3 is None:
-            s3 = stack.enter_context(EmbeddedS3(throttle=s3_throttle))
+            s3 = stack.enter_context(EmbeddedS3(throttle=s3_throttle, fast_ranges=True))
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pcache-bench-"))
         procs: list = []
         try:

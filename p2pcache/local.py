@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
         if not endpoint:
             from .s3local import EmbeddedS3
 
-            s3 = stack.enter_context(EmbeddedS3(args.host, 0))
+            s3 = stack.enter_context(EmbeddedS3(args.host, 0, fast_ranges=True))
             endpoint = s3.url
             env |= {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
                     "AWS_DEFAULT_REGION": "us-east-1"}

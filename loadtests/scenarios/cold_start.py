@@ -37,7 +37,7 @@ def run(p: SimpleNamespace) -> dict:
     parts = tile(files, p.part_size)
     route = routing(p.routing)
     runs = []
-    with EmbeddedS3(throttle=p.s3_throttle) as s3:
+    with EmbeddedS3(throttle=p.s3_throttle, fast_ranges=True) as s3:
         seed(s3_client(s3.url), files)
         for _ in range(p.repeats):
             direct = run_reader({"mode": "s3", "endpoint": s3.url, "files": files, "parts": parts,

@@ -29,7 +29,7 @@ def run(p: SimpleNamespace) -> dict:
     """
     files = dataset_files("scaling", "data", p.scaling_objects, p.scaling_object_size)
     points = []
-    with EmbeddedS3() as s3:
+    with EmbeddedS3(fast_ranges=True) as s3:
         seed(s3_client(s3.url), files)
         for n in p.scaling_workers:
             points.append(_measure(n, s3, files, p))

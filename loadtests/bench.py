@@ -44,7 +44,7 @@ FULL = dict(
     scaling_range="1MiB", scaling_connections=8,
     # Shards of 64 MiB, not the 2-5 GiB of real checkpoints: the embedded S3 (moto) answers a ranged
     # GET by reading the whole object into memory, so big objects make S3 slow and memory-hungry.
-    cold_workers=4, model_size="4GiB", shard_size="64MiB", part_size="8MiB", cold_concurrency=32,
+    cold_workers=4, model_size="4GiB", shard_size="2GiB", part_size="8MiB", cold_concurrency=32,
     direct_concurrency=32, s3_throttle="0", routing="auto",
     amp_workers=4, amp_objects=8, amp_object_size="64MiB", amp_readers=8, amp_concurrency=64,
     mem_workers=2, mem_objects=32, mem_object_size="64MiB", mem_read_size="32MiB", mem_streams=64,

@@ -25,6 +25,7 @@ class RingView:
         self._placement: Placement | None = None
         self._watch: asyncio.Task | None = None
         self._refreshing: asyncio.Task | None = None
+        self._taking = asyncio.Lock()
 
     @property
     def placement(self) -> Placement:
@@ -34,7 +35,7 @@ class RingView:
 
     async def start(self) -> None:
         """Fetch the ring (the master must be up for this one) and start following it."""
-        self._set(await self._master.ring())
+        await self._take(await self._master.ring())
         self._watch = asyncio.create_task(self._follow())
 
     async def close(self) -> None:
@@ -53,7 +54,7 @@ class RingView:
 
     async def _fetch(self) -> None:
         try:
-            self._set(await self._master.ring())
+            await self._take(await self._master.ring())
         except Unavailable as exc:
             log.warning("could not refresh the ring, keeping epoch %d: %s",
                         self.placement.ring.epoch, exc)
@@ -61,20 +62,25 @@ class RingView:
     async def _follow(self) -> None:
         while True:
             try:
-                if self._set(await self._master.ring(self.placement.ring.version, wait=LONG_POLL)):
+                if await self._take(await self._master.ring(self.placement.ring.version, wait=LONG_POLL)):
                     continue
             except Unavailable:
                 pass
             await asyncio.sleep(RETRY)  # the master is away, or its ring was not taken
 
-    def _set(self, ring: RingSnapshot) -> bool:
-        """Take `ring` if it is new; False if it is refused."""
+    async def _take(self, ring: RingSnapshot) -> bool:
+        """Take `ring` if it is new; False if it is refused. One at a time, in arrival order."""
+        async with self._taking:
+            return await self._set(ring)
+
+    async def _set(self, ring: RingSnapshot) -> bool:
         current = self._placement
         if current is not None and ring.version == current.ring.version:
             return True
         if ring.chunk_size <= 0:
             raise Unavailable(f"the master's ring has chunk size {ring.chunk_size}")
-        placement = Placement(ring)
+        # Building the hash ring grows with workers x vnodes: off the event loop.
+        placement = await asyncio.to_thread(Placement, ring)
         if current is not None and current.workers and not placement.workers:
             # A restarted master publishes no workers until they heartbeat again;
             # the ones we know are likely still serving.

@@ -40,6 +40,8 @@ def convert_error(exc: Exception, bucket: str, key: str) -> P2PError:
         if code in ("NoSuchBucket",):
             return NotFound(f"no such bucket: {bucket}", code="NoSuchBucket")
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            if not key:  # a bucket-level call: only the bucket can be missing
+                return NotFound(f"no such bucket: {bucket}", code="NoSuchBucket")
             return NotFound(f"no such object: {where}")
         if code in ("PreconditionFailed", "412") or status == 412:
             return ObjectChanged(f"{where} changed at the origin during the read")
@@ -101,10 +103,7 @@ class S3Origin:
         try:
             await self._client.head_bucket(Bucket=bucket)
         except Exception as exc:
-            error = convert_error(exc, bucket, "")
-            if isinstance(error, NotFound):
-                error = NotFound(f"no such bucket: {bucket}", code="NoSuchBucket")
-            raise error from exc
+            raise convert_error(exc, bucket, "") from exc
 
     async def list_objects(self, bucket: str, v2: bool = True, **params) -> dict:
         """One page of ListObjects(V2) with S3's parameter names; keys come back decoded."""
@@ -112,10 +111,7 @@ class S3Origin:
         try:
             resp = await call(Bucket=bucket, **{k: v for k, v in params.items() if v is not None})
         except Exception as exc:
-            error = convert_error(exc, bucket, "")
-            if isinstance(error, NotFound):
-                error = NotFound(f"no such bucket: {bucket}", code="NoSuchBucket")
-            raise error from exc
+            raise convert_error(exc, bucket, "") from exc
         resp.pop("ResponseMetadata", None)
         return resp
 

@@ -7,7 +7,6 @@ is S3's own form, so SDKs and s3fs parse it unchanged.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Callable
 from urllib.parse import quote_plus
@@ -17,7 +16,8 @@ from aiohttp import web
 
 from p2pcache.errors import BadRequest
 from p2pcache.origin import S3Origin
-from p2pcache.singleflight import SingleFlight
+
+from .ttlcache import TTLCache
 
 __all__ = ["Listings", "V2_PARAMS", "V1_PARAMS"]
 
@@ -32,12 +32,11 @@ _ENCODED = {"Key", "Prefix", "Delimiter", "StartAfter", "Marker", "NextMarker"}
 class Listings:
     def __init__(self, origin: S3Origin, ttl: float, clock: Callable[[], float] = time.monotonic,
                  max_entries: int = 1024) -> None:
-        self._origin, self._ttl, self._clock, self._max = origin, ttl, clock, max_entries
-        self._cache: OrderedDict[tuple, tuple[float, dict]] = OrderedDict()
-        self._flights = SingleFlight()
+        self._origin = origin
+        self._cache = TTLCache(ttl, clock, max_entries)
 
     async def close(self) -> None:
-        await self._flights.close()
+        await self._cache.close()
 
     async def list_objects(self, request: web.BaseRequest, bucket: str) -> web.Response:
         q = request.query
@@ -50,14 +49,14 @@ class Listings:
             params["MaxKeys"] = min(int(params["MaxKeys"]), 1000)
         if v2 and q.get("fetch-owner") == "true":
             params["FetchOwner"] = True
-        result = await self._cached(("list", v2, bucket, tuple(sorted(params.items()))),
+        result = await self._cache.get(("list", v2, bucket, tuple(sorted(params.items()))),
                                     lambda: self._origin.list_objects(bucket, v2, **params))
         encode = q.get("encoding-type") == "url"
         return _xml(_list_xml(result, bucket, v2, encode))
 
     async def list_buckets(self, request: web.BaseRequest, allowed: frozenset[str] = frozenset()) -> web.Response:
         """The origin's buckets; with an allowlist, only the buckets this cache serves."""
-        result = await self._cached(("buckets",), self._origin.list_buckets)
+        result = await self._cache.get(("buckets",), self._origin.list_buckets)
         owner = result.get("Owner", {})
         buckets = "".join(
             f"<Bucket><Name>{escape(b['Name'])}</Name>"
@@ -68,22 +67,7 @@ class Listings:
                     f"<Buckets>{buckets}</Buckets></ListAllMyBucketsResult>")
 
     async def head_bucket(self, bucket: str) -> None:
-        await self._cached(("bucket", bucket), lambda: self._head_bucket(bucket))
-
-    async def _head_bucket(self, bucket: str) -> dict:
-        await self._origin.head_bucket(bucket)
-        return {}
-
-    async def _cached(self, key: tuple, fetch) -> dict:
-        entry = self._cache.get(key)
-        if entry is not None and entry[0] > self._clock():
-            return entry[1]
-        result = await self._flights.do(key, fetch)
-        self._cache[key] = (self._clock() + self._ttl, result)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._max:
-            self._cache.popitem(last=False)
-        return result
+        await self._cache.get(("bucket", bucket), lambda: self._origin.head_bucket(bucket))
 
 
 def _xml(body: str) -> web.Response:

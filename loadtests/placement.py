@@ -25,7 +25,7 @@ class Owners:
     def owner(self, f: File, offset: int) -> str:
         index = offset // self.chunk_size
         chunk = ChunkId(f.bucket, f.key, self.etags[f], f.size, self.chunk_size, index)
-        return self.placement.owner(chunk.ring_key).url
+        return self.placement.owner(chunk).url
 
     def extents_by_owner(self, files: list[File]) -> dict[str, list[tuple[str, int, int]]]:
         """`url -> [(path, start, length)]`: the chunks each worker owns."""

@@ -16,7 +16,7 @@ class MasterConfig:
     port: int = 0
     chunk_size: int = 8 << 20
     replicas: int = 1
-    vnodes: int = 400
+    vnodes: int = 100
     worker_ttl: float = 10.0
     startup_grace: float = 0.0
 
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--listen", "HOST:PORT to serve on", type=parse_listen, default="0.0.0.0:7070")
     add_flag(p, "--chunk-size", "cluster-wide chunk size", type=size_arg, default="8MiB")
     add_flag(p, "--replicas", "copies of each chunk in the cluster", type=int, default=1)
-    add_flag(p, "--vnodes", "virtual nodes per worker on the hash ring", type=int, default=400)
+    add_flag(p, "--vnodes", "virtual nodes per worker on the hash ring", type=int, default=100)
     add_flag(p, "--worker-ttl", "seconds without a heartbeat before a worker is dropped",
              type=float, default=10.0)
     add_flag(p, "--startup-grace", "seconds after start to collect heartbeats before publishing "

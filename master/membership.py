@@ -20,7 +20,7 @@ class Membership:
         *,
         chunk_size: int,
         replicas: int = 1,
-        vnodes: int = 160,
+        vnodes: int = 100,
         ttl: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         master_id: str | None = None,

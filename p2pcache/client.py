@@ -18,7 +18,7 @@ import aiohttp
 from .errors import ObjectChanged, PeerError, PeerUnavailable
 from .fileobj import ObjectFile
 from .master_client import MasterClient
-from .objects import ObjectInfo
+from .objects import ChunkId, ObjectInfo
 from .ranges import chunk_spans
 from .ring import Placement, WorkerInfo
 from .ringview import RingView
@@ -239,20 +239,20 @@ class Client:
     async def _fetch(self, info: ObjectInfo, chunk_size: int, start: int, stop: int,
                      into: memoryview | None = None) -> bytes | None:
         """One span (within one chunk) from the chunk's owner, or the next worker that answers."""
-        ring_key = info.chunk(start // chunk_size, chunk_size).ring_key
+        chunk = info.chunk(start // chunk_size, chunk_size)
         async with self._slots:
             return await self._failover(
-                ring_key, f"bytes {start}-{stop - 1} of s3://{info.bucket}/{info.key}",
+                chunk, f"bytes {start}-{stop - 1} of s3://{info.bucket}/{info.key}",
                 lambda w: self._workers.get(w, info, start, stop, into))
 
-    async def _failover(self, ring_key: str, what: str, call: Callable[[WorkerInfo], Awaitable[T]]) -> T:
-        """`call` on the key's owners in ring order; then once more on a freshly fetched ring."""
+    async def _failover(self, chunk: ChunkId | str, what: str, call: Callable[[WorkerInfo], Awaitable[T]]) -> T:
+        """`call` on the chunk's owners in ring order; then once more on a freshly fetched ring."""
         if self.closed:
             raise ValueError("the client is closed")
         reasons: list[str] = []
         placement = self.placement
         for attempt in (1, 2):
-            for worker in self._order(placement, ring_key):
+            for worker in self._order(placement, chunk):
                 try:
                     result = await call(worker)
                 except PeerError as exc:
@@ -267,9 +267,9 @@ class Client:
                 placement = await self._ring.refresh()
         raise PeerUnavailable(f"{what}: no worker answered: {'; '.join(reasons) or 'the ring has no workers'}")
 
-    def _order(self, placement: Placement, ring_key: str) -> list[WorkerInfo]:
+    def _order(self, placement: Placement, chunk: ChunkId | str) -> list[WorkerInfo]:
         """The owners (from a per-client offset, to spread a hot chunk), then successors; failed ones last."""
-        owners = placement.owners(ring_key)
+        owners = placement.owners(chunk) if isinstance(chunk, ChunkId) else placement.near(chunk)
         replicas = max(1, placement.ring.replicas)
         primary, rest = list(owners[:replicas]), list(owners[replicas:])
         k = self._spread % len(primary) if primary else 0

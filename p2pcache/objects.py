@@ -6,7 +6,7 @@ import functools
 import hashlib
 from dataclasses import dataclass
 
-from .ranges import chunk_length
+from .ranges import chunk_count, chunk_length
 
 __all__ = ["ObjectInfo", "ChunkId"]
 
@@ -50,8 +50,18 @@ class ChunkId:
         return chunk_length(self.index, self.size, self.chunk_size)
 
     @property
+    def count(self) -> int:
+        """Chunks in the object."""
+        return max(1, chunk_count(self.size, self.chunk_size))
+
+    @property
+    def object_key(self) -> str:
+        """What placement hashes: one version of one object, cut at one chunk size."""
+        return f"{self.bucket}/{self.key}@{self.etag}#{self.chunk_size}"
+
+    @property
     def ring_key(self) -> str:
-        return f"{self.bucket}/{self.key}@{self.etag}#{self.chunk_size}:{self.index}"
+        return f"{self.object_key}:{self.index}"
 
     @property
     def name(self) -> str:

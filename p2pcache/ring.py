@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 
 import msgpack
-from uhashring import HashRing
 
-__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "UP", "DRAINING"]
+from .objects import ChunkId
+from .placement import HashPoints, assign
+
+__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "UP", "DRAINING", "HISTORY"]
 
 UP, DRAINING = "up", "draining"
+HISTORY = 3  # earlier memberships published with the ring, to find chunks whose owner changed
+OBJECTS = 512  # objects whose owner tables a placement keeps
 
 
 @dataclass(frozen=True)
@@ -27,15 +31,18 @@ class RingSnapshot:
     """Everything placement depends on, so no two parties can disagree on it.
 
     `(master_id, epoch)` names a snapshot: a restarted master has a new id, so
-    a reader never mistakes its epoch 1 for an old epoch 1.
+    a reader never mistakes its epoch 1 for an old epoch 1. `history` holds the
+    owning memberships before this one (newest first, `(id, weight)` pairs): a
+    new owner asks the chunk's earlier owners for it before going to S3.
     """
 
     master_id: str
     epoch: int
     chunk_size: int
     replicas: int = 1
-    vnodes: int = 400
+    vnodes: int = 100
     workers: tuple[WorkerInfo, ...] = field(default_factory=tuple)
+    history: tuple[tuple[tuple[str, int], ...], ...] = ()
 
     @property
     def version(self) -> tuple[str, int]:
@@ -47,7 +54,9 @@ class RingSnapshot:
     @classmethod
     def from_dict(cls, d: dict) -> "RingSnapshot":
         workers = tuple(WorkerInfo(**w) for w in d.get("workers", ()))
-        return cls(**{k: v for k, v in d.items() if k != "workers"}, workers=workers)
+        history = tuple(tuple((wid, weight) for wid, weight in h) for h in d.get("history", ()))
+        rest = {k: v for k, v in d.items() if k not in ("workers", "history")}
+        return cls(**rest, workers=workers, history=history)
 
     def encode(self) -> bytes:
         return msgpack.packb(self.to_dict())
@@ -57,35 +66,82 @@ class RingSnapshot:
         return cls.from_dict(msgpack.unpackb(data))
 
     def with_workers(self, workers: tuple[WorkerInfo, ...], epoch: int) -> "RingSnapshot":
-        return replace(self, workers=workers, epoch=epoch)
+        """The next snapshot; the owning membership before it goes into the history if it changed."""
+        before, after = self.owning(), _owning(workers)
+        history = self.history
+        if before and before != after:
+            history = ((before,) + history)[:HISTORY]
+        return replace(self, workers=workers, epoch=epoch, history=history)
+
+    def owning(self) -> tuple[tuple[str, int], ...]:
+        return _owning(self.workers)
+
+
+def _owning(workers: tuple[WorkerInfo, ...]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((w.id, w.weight) for w in workers if w.state == UP))
 
 
 class Placement:
-    """Who holds which chunk under one snapshot: `owners(key)` in ring order."""
+    """Who holds which chunk under one snapshot (see p2pcache/placement.py).
+
+    Built off the event loop (the ring of 1,000 workers takes ~0.1 s); an
+    object's owner table is computed on its first lookup (~2 ms for 590
+    chunks) and kept for the next OBJECTS objects.
+    """
 
     def __init__(self, ring: RingSnapshot) -> None:
         self.ring = ring
+        self.members = {w.id: w for w in ring.workers}  # owners and draining sources
         self.workers = {w.id: w for w in ring.workers if w.state == UP}
-        self._hash = HashRing(
-            nodes={
-                w.id: {"hostname": w.id, "weight": w.weight, "vnodes": ring.vnodes}
-                for w in self.workers.values()
-            }
-        ) if self.workers else None
-        # Per-instance, so a replaced placement is freed with its cache.
-        self.owners = functools.lru_cache(maxsize=8192)(self._owners)
+        self._memberships = [dict(ring.owning())] + [dict(h) for h in ring.history]
+        weights = {wid: weight for m in reversed(self._memberships) for wid, weight in m.items()}
+        # One ring for the current and the earlier memberships: a worker's points
+        # do not depend on the others, so each membership just skips non-members.
+        self._points = HashPoints(weights, ring.vnodes) if weights else None
+        self._tables: OrderedDict[tuple[int, str], list[tuple[str, ...]]] = OrderedDict()
 
     def __contains__(self, worker_id: str) -> bool:
         return worker_id in self.workers
 
-    def _owners(self, key: str) -> tuple[WorkerInfo, ...]:
-        """The key's `replicas` owners first, then two successors to fall back on."""
-        if self._hash is None:
-            return ()
-        count = min(len(self.workers), self.ring.replicas + 2)
-        ids = self._hash.range(key, count, unique=True)
-        return tuple(self.workers[node["nodename"]] for node in ids)
+    def owners(self, c: ChunkId) -> tuple[WorkerInfo, ...]:
+        """The chunk's `replicas` owners first, then successors to fall back on."""
+        return tuple(self.workers[wid] for wid in self._table(0, c)[c.index])
 
-    def owner(self, key: str) -> WorkerInfo | None:
-        owners = self.owners(key)
+    def near(self, key: str) -> tuple[WorkerInfo, ...]:
+        """Workers clockwise from `key`'s point, for requests any worker can answer (HEAD, lists)."""
+        if self._points is None or not self.workers:
+            return ()
+        return tuple(self.workers[wid] for wid in
+                     assign(self._points, self._memberships[0], key, 1, 1)[0])
+
+    def owner(self, c: ChunkId) -> WorkerInfo | None:
+        owners = self.owners(c)
         return owners[0] if owners else None
+
+    def previous_holders(self, c: ChunkId) -> list[WorkerInfo]:
+        """Workers still in the ring that owned (or were next in line for) `c` under an
+        earlier membership and do not own it now: where a new owner looks before S3."""
+        now = set(self._table(0, c)[c.index][:self.ring.replicas])
+        found: list[WorkerInfo] = []
+        for k in range(1, len(self._memberships)):
+            for wid in self._table(k, c)[c.index]:
+                member = self.members.get(wid)
+                if member is not None and wid not in now and member not in found:
+                    found.append(member)
+        return found
+
+    def _table(self, k: int, c: ChunkId) -> list[tuple[str, ...]]:
+        key = (k, c.object_key)
+        table = self._tables.get(key)
+        if table is None:
+            if self._points is None or not self._memberships[k]:
+                table = [()] * c.count
+            else:
+                table = assign(self._points, self._memberships[k], c.object_key, c.count,
+                               self.ring.replicas)
+            self._tables[key] = table
+            if len(self._tables) > OBJECTS * len(self._memberships):
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(key)
+        return table

@@ -25,7 +25,7 @@ def put(s3_client, bucket: str, key: str, size: int, seed: int) -> bytes:
 
 
 def owners_of(client: Client, info, chunks: range) -> list[str]:
-    return [client.placement.owners(info.chunk(i, CHUNK).ring_key)[0].id for i in chunks]
+    return [client.placement.owners(info.chunk(i, CHUNK))[0].id for i in chunks]
 
 
 async def test_each_chunk_is_requested_from_its_owner(cluster, s3_client, bucket):

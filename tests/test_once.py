@@ -45,7 +45,7 @@ async def test_32_concurrent_cold_readers_fetch_each_chunk_from_s3_once(cluster,
     owned = {w.id: 0 for w in cluster.workers}
     for i in range(chunk_count(size, CHUNK)):
         c = info.chunk(i, CHUNK)
-        owned[placement.owner(c.ring_key).id] += c.length
+        owned[placement.owner(c).id] += c.length
     assert origin == [owned[w.id] for w in cluster.workers]
     assert sum(peer) == 0
     for w in cluster.workers:  # every reader's pins and streams were released

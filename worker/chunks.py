@@ -178,7 +178,7 @@ class Chunks:
             return local
         self._m.misses.inc()
         placement = self._placement()
-        owners = placement.owners(c.ring_key)
+        owners = placement.owners(c)
         errors = []
         now = self._clock()
         down = {w for w, until in self._down.items() if until > now}

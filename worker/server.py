@@ -270,7 +270,7 @@ class Worker:
             placement = self.placement
             source = None
             if placement is not None:
-                source = fill_source(placement.owners(c.ring_key), placement.ring.replicas, self.id, hop)
+                source = fill_source(placement.owners(c), placement.ring.replicas, self.id, hop)
             stream = await self.chunks.open_local(c, offset, length, source, hop)
         resp = web.StreamResponse(status=206)
         resp.content_length = length

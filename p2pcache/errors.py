@@ -4,6 +4,8 @@ P2PError
 ├── BadRequest            400  input a user sent that cannot be served
 ├── AccessDenied          403  bucket not in the allowlist, or S3 said 403
 ├── NotFound              404  no such bucket or key
+├── NotCached             404  (internal) a peer asked for a chunk it only may have: it has not
+├── NotOwner              409  (internal) a handoff to a worker that does not own the chunk
 ├── ReadOnly              405  a write method: the cache is read-only
 ├── PreconditionFailed    412  an If-Match / If-Unmodified-Since condition is false
 ├── RangeNotSatisfiable   416  carries the object size for `Content-Range: bytes */size`
@@ -23,7 +25,8 @@ Foreign exceptions are converted where they enter (origin, peer client) with
 from __future__ import annotations
 
 __all__ = [
-    "P2PError", "BadRequest", "AccessDenied", "NotFound", "ReadOnly", "PreconditionFailed",
+    "P2PError", "BadRequest", "AccessDenied", "NotFound", "NotCached", "NotOwner", "ReadOnly",
+    "PreconditionFailed",
     "RangeNotSatisfiable",
     "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
     "PeerUnavailable", "NoRing", "Busy", "PeerError",
@@ -64,6 +67,16 @@ class NotFound(P2PError):
     def __init__(self, message: str = "", code: str = "NoSuchKey") -> None:
         super().__init__(message)
         self.code = code
+
+
+class NotCached(P2PError):
+    """This worker does not hold the chunk."""
+    status, code = 404, "NotCached"
+
+
+class NotOwner(P2PError):
+    """This worker does not own the chunk under its ring."""
+    status, code = 409, "NotOwner"
 
 
 class ReadOnly(P2PError):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+
+import msgpack
 
 from .ranges import chunk_count, chunk_length
 
@@ -48,6 +50,19 @@ class ChunkId:
     @property
     def length(self) -> int:
         return chunk_length(self.index, self.size, self.chunk_size)
+
+    def pack(self) -> bytes:
+        """What the store keeps with the chunk's bytes."""
+        return msgpack.packb(astuple(self))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "ChunkId":
+        """Raises ValueError (or a msgpack error, one) on anything that is not `pack`'s output."""
+        fields = msgpack.unpackb(data)
+        if not (isinstance(fields, list) and len(fields) == 6 and all(isinstance(f, str) for f in fields[:3])
+                and all(isinstance(f, int) for f in fields[3:])):
+            raise ValueError(f"not a chunk id: {fields!r:.100}")
+        return cls(*fields)
 
     @property
     def count(self) -> int:

@@ -119,14 +119,16 @@ class Placement:
         return owners[0] if owners else None
 
     def previous_holders(self, c: ChunkId) -> list[WorkerInfo]:
-        """Workers still in the ring that owned (or were next in line for) `c` under an
-        earlier membership and do not own it now: where a new owner looks before S3."""
-        now = set(self._table(0, c)[c.index][:self.ring.replicas])
+        """Workers still in the ring that may hold `c` although it has no copy where it
+        belongs now: its owners (and successors) under earlier memberships, then its other
+        owners now. Where a new owner looks before S3; empty for a ring that never changed."""
+        if len(self._memberships) == 1:
+            return []
         found: list[WorkerInfo] = []
-        for k in range(1, len(self._memberships)):
-            for wid in self._table(k, c)[c.index]:
+        for k in [*range(1, len(self._memberships)), 0]:
+            for wid in self._table(k, c)[c.index][:None if k else self.ring.replicas]:
                 member = self.members.get(wid)
-                if member is not None and wid not in now and member not in found:
+                if member is not None and member not in found:
                     found.append(member)
         return found
 

@@ -264,7 +264,7 @@ def test_grace_period_covers_prestop_and_drain(chart):
     worker = pod["containers"][0]
     assert worker["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
     assert flags(worker)["drain-timeout"] == "45"
-    assert pod["terminationGracePeriodSeconds"] > 7 + 45
+    assert pod["terminationGracePeriodSeconds"] > 7 + 2 * 45  # the handoff, then in-flight reads
 
 
 def test_servicemonitor_scrapes_the_metrics_endpoints(rendered):

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from p2pcache.errors import Busy
-from p2pcache.objects import ObjectInfo
+from p2pcache.objects import ChunkId, ObjectInfo
 from worker.store import ChunkStore, read_pieces
 
 CHUNK = 1000
@@ -18,8 +18,11 @@ def chunk(i: int, size: int = 100 * CHUNK):
 
 
 async def put(store: ChunkStore, c, fill: bytes | None = None) -> None:
-    async with store.writing(c.name, c.length) as w:
+    async with store.writing(c.name, c.length, c.pack()) as w:
         await w.write(fill or bytes([c.index % 256]) * c.length)
+
+
+SLOT = CHUNK + len(chunk(0).pack()) + 8  # a chunk's file: its bytes, its metadata, length and magic
 
 
 def disk_bytes(root) -> int:
@@ -27,7 +30,7 @@ def disk_bytes(root) -> int:
 
 
 async def test_capacity_is_respected_under_a_stream_of_new_chunks(tmp_path):
-    store = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()
     for i in range(50):
         await put(store, chunk(i))
@@ -38,7 +41,7 @@ async def test_capacity_is_respected_under_a_stream_of_new_chunks(tmp_path):
 
 
 async def test_recently_read_chunks_are_kept_and_pinned_ones_never_evicted(tmp_path):
-    store = ChunkStore(tmp_path, capacity=3 * CHUNK)
+    store = ChunkStore(tmp_path, capacity=3 * SLOT)
     await store.load()
     for i in range(3):
         await put(store, chunk(i))
@@ -51,11 +54,11 @@ async def test_recently_read_chunks_are_kept_and_pinned_ones_never_evicted(tmp_p
         with store.pinned(chunk(3).name), store.pinned(chunk(1).name):
             with pytest.raises(Busy, match="every cached chunk is being read"):
                 await put(store, chunk(4))
-    assert store.used == 3 * CHUNK and store._reserved == 0
+    assert store.used == 3 * SLOT and store._reserved == 0
 
 
 async def test_a_failed_write_leaves_nothing_visible(tmp_path):
-    store = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()
     c = chunk(1)
     with pytest.raises(RuntimeError):
@@ -70,7 +73,7 @@ async def test_a_failed_write_leaves_nothing_visible(tmp_path):
 
 
 async def test_restart_rebuilds_the_index_and_drops_crash_leftovers(tmp_path):
-    store = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()
     for i in range(3):
         await put(store, chunk(i))
@@ -81,10 +84,10 @@ async def test_restart_rebuilds_the_index_and_drops_crash_leftovers(tmp_path):
     torn.write_bytes(b"short")
     (torn.parent / "junk.txt").write_text("not a chunk")
 
-    again = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    again = ChunkStore(tmp_path, capacity=10 * SLOT)
     await again.load()
     assert {chunk(i).name for i in range(3)} == set(again._chunks)
-    assert again.used == 3 * CHUNK
+    assert again.used == 3 * SLOT
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not torn.exists() and not (torn.parent / "junk.txt").exists()
     with again.pinned(chunk(2).name) as fd:
@@ -92,21 +95,36 @@ async def test_restart_rebuilds_the_index_and_drops_crash_leftovers(tmp_path):
     assert data == bytes([2]) * CHUNK
     assert await again.read(chunk(1).name, 10, 20) == bytes([1]) * 20
     assert await again.read(chunk(9).name, 0, 1) is None
+    # Each chunk knows what it is, so the worker can compute who should hold it now.
+    meta = await again.metadata([chunk(i).name for i in (0, 2, 9)])
+    assert {ChunkId.unpack(m) for m in meta.values()} == {chunk(0), chunk(2)}
+
+
+async def test_a_file_whose_trailer_is_damaged_is_dropped_at_restart(tmp_path):
+    store = ChunkStore(tmp_path, capacity=10 * SLOT)
+    await store.load()
+    for i in range(2):
+        await put(store, chunk(i))
+    path = store.path(chunk(1).name)
+    path.write_bytes(path.read_bytes()[:-1] + b"X")  # the magic
+    again = ChunkStore(tmp_path, capacity=10 * SLOT)
+    await again.load()
+    assert set(again._chunks) == {chunk(0).name} and not path.exists()
 
 
 async def test_a_smaller_capacity_on_restart_evicts_down_to_it(tmp_path):
-    store = ChunkStore(tmp_path, capacity=10 * CHUNK)
+    store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()
     for i in range(6):
         await put(store, chunk(i))
-    smaller = ChunkStore(tmp_path, capacity=4 * CHUNK)
+    smaller = ChunkStore(tmp_path, capacity=4 * SLOT)
     await smaller.load()
-    assert smaller.used <= 4 * CHUNK and disk_bytes(tmp_path) <= 4 * CHUNK
+    assert smaller.used <= 4 * SLOT and disk_bytes(tmp_path) <= 4 * SLOT
 
 
 async def test_the_free_space_floor_refuses_fills_it_cannot_make_room_for(tmp_path):
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    store = ChunkStore(tmp_path, capacity=10 * CHUNK, min_free=free + (1 << 40))
+    store = ChunkStore(tmp_path, capacity=10 * SLOT, min_free=free + (1 << 40))
     await store.load()
     with pytest.raises(Busy, match="free-space floor"):
         await put(store, chunk(0))

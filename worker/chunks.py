@@ -16,7 +16,7 @@ import zlib
 from collections import deque
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
-from p2pcache.errors import Busy, OriginError, PeerError, PeerUnavailable
+from p2pcache.errors import Busy, NotCached, OriginError, PeerError, PeerUnavailable
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.origin import S3Origin
 from p2pcache.ranges import chunk_spans
@@ -35,6 +35,7 @@ PEER_DOWN_SECONDS = 5.0
 SMALL = 512 << 10  # ranges up to this are read in one go and sent as one Response
 STREAM_BUDGET = 16 << 20  # bytes of read pieces in flight over all open local streams
 MIN_PIECE, MAX_PIECE = 64 << 10, 1 << 20
+HOLDERS = 4  # earlier holders a fill asks (a 404 each when they lack it) before S3
 
 
 def read_order(owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[WorkerInfo]:
@@ -107,8 +108,10 @@ class Chunks:
     def __init__(self, *, me: str, store: ChunkStore, origin: S3Origin, peers: PeerClient,
                  metrics: WorkerMetrics, placement: Callable[[], Placement],
                  origin_concurrency: int = 16, readahead: int = 4,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_fill: Callable[[ChunkId], None] = lambda c: None) -> None:
         self.me = me
+        self._on_fill = on_fill
         self._clock = clock
         self._down: dict[str, float] = {}  # peer id -> until when it is asked last
         self._streams = 0  # local streams open
@@ -220,17 +223,28 @@ class Chunks:
     def _stream_closed(self) -> None:
         self._streams -= 1
 
-    async def open_local(self, c: ChunkId, offset: int, length: int,
-                         source: WorkerInfo | None, hop: int) -> LocalStream:
-        """Fill chunk `c` here if it is missing (one fill at a time), then open it."""
+    async def open_local(self, c: ChunkId, offset: int, length: int, source: WorkerInfo | None,
+                         hop: int, holder: str | None = None, origin: bool = True) -> LocalStream:
+        """Fill chunk `c` here if it is missing (one fill at a time), then open it.
+
+        A fill copies the chunk from `source` (a follower's primary), else from a worker
+        that held it under an earlier ring (`holder` first), else reads it from S3,
+        unless `origin` is False (a handoff), which raises NotCached instead.
+        """
         for _ in range(3):  # an eviction between fill and open is possible, though rare
             stream = self.local(c, offset, length)
             if stream is not None:
                 return stream
-            await self._fills.do(c.name, lambda: self._fill(c, source, hop))
+            try:
+                await self._fills.do(c.name, lambda: self._fill(c, source, hop, holder, origin))
+            except NotCached:
+                if not origin:
+                    raise
+                # We joined a handoff's flight, which does not read S3: fill again.
         raise Busy(f"chunk {c.ring_key} was evicted as soon as it was filled: cache too small")
 
-    async def _fill(self, c: ChunkId, source: WorkerInfo | None, hop: int) -> None:
+    async def _fill(self, c: ChunkId, source: WorkerInfo | None, hop: int, holder: str | None,
+                    origin: bool) -> None:
         if c.name in self.store:  # filled while this flight was being set up
             return
         self._m.fills_in_flight.inc()
@@ -242,9 +256,44 @@ class Chunks:
                 except PeerError as exc:
                     self._m.peer_failures.inc()
                     log.warning("primary %s failed for %s, filling from S3: %s", source.id, c.ring_key, exc)
+            if await self._from_holders(c, hop, holder):
+                return
+            if not origin:
+                raise NotCached(f"no earlier holder of {c.ring_key} has it")
             await self._fill_from_origin(c)
+            self._on_fill(c)
         finally:
             self._m.fills_in_flight.dec()
+
+    async def take(self, c: ChunkId, holder: str) -> bool:
+        """Copy `c` here from `holder` (or an earlier holder) if it is missing; True if copied."""
+        if c.name in self.store:
+            return False
+        (await self.open_local(c, 0, 0, None, 1, holder, origin=False)).close()
+        return True
+
+    def holders(self, c: ChunkId, first: str | None = None) -> list[WorkerInfo]:
+        """Workers that may hold `c` from before the last ring changes, `first` first; not us."""
+        placement = self._placement()
+        found = placement.previous_holders(c)
+        if first in placement.members:
+            found = [placement.members[first]] + [w for w in found if w.id != first]
+        return [w for w in found if w.id != self.me][:HOLDERS]
+
+    async def _from_holders(self, c: ChunkId, hop: int, first: str | None) -> bool:
+        """Copy `c` from a worker that held it under an earlier ring: never S3 while one has it."""
+        for worker in self.holders(c, first):
+            try:
+                stream = await self._peers.open(worker, c, 0, c.length, hop + 1, local=True)
+                await self._write(c, stream, self._m.handoff_bytes)
+            except NotCached:
+                continue
+            except PeerError as exc:
+                log.warning("earlier holder %s failed for %s: %s", worker.id, c.ring_key, exc)
+                continue
+            self._m.handoff_chunks.inc()
+            return True
+        return False
 
     async def _fill_from_origin(self, c: ChunkId) -> None:
         if self._origin_slots.locked() and self._origin_queued >= self._origin_queue_limit:
@@ -263,7 +312,7 @@ class Chunks:
             self._origin_slots.release()
 
     async def _write(self, c: ChunkId, pieces: AsyncIterator[bytes], counter) -> None:
-        async with self.store.writing(c.name, c.length) as w:
+        async with self.store.writing(c.name, c.length, c.pack()) as w:
             async for piece in pieces:
                 if w.written + len(piece) > c.length:
                     raise OriginError(f"origin sent more than the {c.length} bytes of {c.ring_key}")

@@ -30,6 +30,11 @@ class WorkerConfig:
     meta_ttl: float = 5.0
     readahead: int = 4
     egress_limit: int = 0  # bytes per second; 0 = unlimited
+    rebalance_rate: int = 0  # bytes per second; 0 = a quarter of the egress limit, or 256 MiB/s
+
+    def handoff_rate(self) -> float:
+        """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""
+        return self.rebalance_rate or (self.egress_limit / 4 if self.egress_limit else 256 << 20)
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "WorkerConfig":
@@ -42,6 +47,7 @@ class WorkerConfig:
             allowed_buckets=buckets, heartbeat_interval=a.heartbeat_interval,
             drain_timeout=a.drain_timeout, origin_concurrency=a.origin_concurrency,
             meta_ttl=a.meta_ttl, readahead=a.readahead, egress_limit=a.egress_limit,
+            rebalance_rate=a.rebalance_rate,
         )
 
 
@@ -59,11 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--allowed-buckets", "comma-separated buckets that may be read (default all)",
              default="")
     add_flag(p, "--heartbeat-interval", "seconds between heartbeats", type=float, default=2.0)
-    add_flag(p, "--drain-timeout", "seconds to finish in-flight reads on shutdown", type=float,
-             default=20.0)
+    add_flag(p, "--drain-timeout", "on SIGTERM, seconds to hand chunks to their new owners (and "
+             "again to finish in-flight reads)", type=float, default=20.0)
     add_flag(p, "--origin-concurrency", "concurrent chunk fills from S3", type=int, default=16)
     add_flag(p, "--meta-ttl", "seconds an object's ETag and size are trusted", type=float,
              default=5.0)
     add_flag(p, "--readahead", "chunks prepared ahead of the one being sent", type=int, default=4)
     add_flag(p, "--egress-limit", "bytes per second this worker sends, e.g. 1GB (0: no limit)",
              type=size_arg, default="0")
+    add_flag(p, "--rebalance-rate", "bytes per second of chunks handed to their new owners after a "
+             "ring change (0: a quarter of --egress-limit, or 256MiB)", type=size_arg, default="0")

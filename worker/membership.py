@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from typing import Callable
 
 from p2pcache.errors import Unavailable
 from p2pcache.master_client import MasterClient
-from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
+from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
 
 __all__ = ["MembershipAgent"]
 
@@ -46,6 +47,17 @@ class MembershipAgent:
                 log.info("left the ring")
             except Unavailable as exc:
                 log.warning("could not leave the ring (the master will expire us): %s", exc)
+
+    async def drain(self) -> bool:
+        """Tell the master we are draining (own nothing, still serve); False if it cannot be told."""
+        self.me = replace(self.me, state=DRAINING)  # later heartbeats say so too
+        try:
+            await self._master.heartbeat(self.me)
+        except Unavailable as exc:
+            log.warning("could not announce draining: %s", exc)
+            return False
+        log.info("draining: handing our chunks to their new owners")
+        return True
 
     async def _heartbeats(self) -> None:
         failing = False

@@ -27,6 +27,14 @@ class WorkerMetrics:
         self.store_bytes = Gauge("p2pcache_store_bytes", "Bytes of chunks on disk", registry=r)
         self.store_capacity = Gauge("p2pcache_store_capacity_bytes", "Store capacity", registry=r)
         self.ring_epoch = Gauge("p2pcache_ring_epoch", "Epoch of the ring in use", registry=r)
+        self.handoff_bytes = Counter(
+            "p2pcache_handoff_bytes", "Bytes of chunks copied from their earlier holders", registry=r)
+        self.handoff_chunks = Counter(
+            "p2pcache_handoff_chunks", "Chunks copied from their earlier holders", registry=r)
+        self.rebalance_backlog = Gauge(
+            "p2pcache_rebalance_backlog_chunks", "Chunks here still to hand to their owners", registry=r)
+        self.rebalance_sent = Counter(
+            "p2pcache_rebalance_chunks", "Chunks handed to their owners by the rebalancer", registry=r)
         self._request_children: dict[tuple[str, int], object] = {}
 
     def count_request(self, method: str, status: int) -> None:

@@ -7,13 +7,15 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from p2pcache.errors import Busy, NotFound, ObjectChanged, PeerError
+from p2pcache.errors import Busy, NotCached, NotFound, NotOwner, ObjectChanged, PeerError
 from p2pcache.objects import ChunkId
 from p2pcache.ring import WorkerInfo
 
-__all__ = ["PeerClient", "PeerStream", "CHUNK_PATH", "HOP_HEADER", "ERROR_HEADER", "REASON_HEADER", "chunk_params", "chunk_from_params"]
+__all__ = ["PeerClient", "PeerStream", "CHUNK_PATH", "TAKE_PATH", "HOP_HEADER", "ERROR_HEADER",
+           "REASON_HEADER", "chunk_params", "chunk_from_params"]
 
 CHUNK_PATH = "/_p2p/chunk"
+TAKE_PATH = "/_p2p/take"  # "you own this chunk now: copy it from me if you lack it"
 HOP_HEADER = "X-P2P-Hop"
 ERROR_HEADER = "X-P2P-Error"  # the error's code, set on every error response
 REASON_HEADER = "X-P2P-Reason"  # its one-line message
@@ -66,24 +68,56 @@ class PeerClient:
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
 
     async def open(self, peer: WorkerInfo, c: ChunkId, offset: int, length: int,
-                   hop: int = 1) -> PeerStream:
-        """Ask `peer` for `length` bytes of chunk `c` from `offset`; waits for its fill."""
+                   hop: int = 1, local: bool = False) -> PeerStream:
+        """Ask `peer` for `length` bytes of chunk `c` from `offset`; waits for its fill.
+
+        With `local`, only if the peer holds the chunk (NotCached otherwise): no fill, no S3.
+        """
         headers = {"Range": f"bytes={offset}-{offset + length - 1}", HOP_HEADER: str(hop)}
-        try:
-            resp = await self._session.get(peer.url + CHUNK_PATH, params=chunk_params(c),
-                                           headers=headers, timeout=self._timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise PeerError(f"peer {peer.id} at {peer.url} unreachable: {exc!r}") from exc
+        params = chunk_params(c) | ({"local": "1"} if local else {})
+        resp = await self._get(peer, CHUNK_PATH, params, headers)
         if resp.status in (200, 206):
             return PeerStream(peer, resp, length)
-        code = resp.headers.get(ERROR_HEADER, "")
-        reason = resp.headers.get(REASON_HEADER, "")
-        resp.release()
-        # Errors about the object itself pass through; a failing peer is failed over.
-        if code in ("NoSuchKey", "NoSuchBucket"):
-            raise NotFound(f"s3://{c.bucket}/{c.key} vanished at the origin", code=code)
-        if code == "ObjectChanged":
-            raise ObjectChanged(f"s3://{c.bucket}/{c.key} changed at the origin during the read")
-        if code == "SlowDown":
-            raise Busy(f"owner {peer.id} is over capacity: {reason}")
-        raise PeerError(f"peer {peer.id} answered {resp.status} {code}: {reason}")
+        raise _error(peer, c, resp)
+
+    async def take(self, peer: WorkerInfo, c: ChunkId, source: str) -> bool:
+        """Tell `peer`, an owner of `c`, to copy it from worker `source` if it lacks it.
+
+        True if it copied, False if it had it already; NotOwner if it does not own it
+        under its ring, NotCached if it could not get it from `source` or an earlier holder.
+        """
+        resp = await self._get(peer, TAKE_PATH, chunk_params(c) | {"from": source}, {})
+        if resp.status == 200:
+            try:
+                return (await resp.json())["copied"]
+            except (aiohttp.ClientError, ValueError, KeyError) as exc:
+                raise PeerError(f"peer {peer.id} answered a take with {exc!r}") from exc
+            finally:
+                resp.release()
+        raise _error(peer, c, resp)
+
+    async def _get(self, peer: WorkerInfo, path: str, params: dict, headers: dict) -> aiohttp.ClientResponse:
+        try:
+            return await self._session.get(peer.url + path, params=params, headers=headers,
+                                           timeout=self._timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise PeerError(f"peer {peer.id} at {peer.url} unreachable: {exc!r}") from exc
+
+
+def _error(peer: WorkerInfo, c: ChunkId, resp: aiohttp.ClientResponse) -> Exception:
+    """The named error for a peer's error response (the response is released)."""
+    code = resp.headers.get(ERROR_HEADER, "")
+    reason = resp.headers.get(REASON_HEADER, "")
+    resp.release()
+    # Errors about the object itself pass through; a failing peer is failed over.
+    if code == "NotCached":
+        return NotCached(f"peer {peer.id} does not hold {c.ring_key}: {reason}")
+    if code == "NotOwner":
+        return NotOwner(f"peer {peer.id} does not own {c.ring_key}: {reason}")
+    if code in ("NoSuchKey", "NoSuchBucket"):
+        return NotFound(f"s3://{c.bucket}/{c.key} vanished at the origin", code=code)
+    if code == "ObjectChanged":
+        return ObjectChanged(f"s3://{c.bucket}/{c.key} changed at the origin during the read")
+    if code == "SlowDown":
+        return Busy(f"owner {peer.id} is over capacity: {reason}")
+    return PeerError(f"peer {peer.id} answered {resp.status} {code}: {reason}")

@@ -23,13 +23,14 @@ from aiohttp import web
 
 from p2pcache import conditions
 from p2pcache.errors import (
-    AccessDenied, BadRequest, NoRing, ObjectChanged, P2PError, PreconditionFailed, ReadOnly,
+    AccessDenied, BadRequest, NoRing, NotCached, NotOwner, ObjectChanged, P2PError,
+    PreconditionFailed, ReadOnly,
 )
 from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
 from p2pcache.origin import S3Origin
 from p2pcache.ranges import parse_range
-from p2pcache.ring import Placement, WorkerInfo
+from p2pcache.ring import DRAINING, Placement, WorkerInfo
 
 from .chunks import Chunks, fill_source
 from .config import WorkerConfig
@@ -41,7 +42,8 @@ from .listing import Listings
 from .membership import MembershipAgent
 from .metrics import WorkerMetrics
 from .objects import ObjectCache
-from .peer import PeerClient
+from .peer import PeerClient, chunk_from_params
+from .rebalance import Rebalancer
 from .store import ChunkStore
 
 __all__ = ["Worker"]
@@ -62,6 +64,7 @@ class Worker:
         self._runner: web.ServerRunner | None = None
         self.agent: MembershipAgent | None = None
         self.running = False
+        self._ring_changed = asyncio.Event()
         self.egress = TokenBucket(config.egress_limit) if config.egress_limit else None
         self._rid_prefix, self._rids = uuid.uuid4().hex[:8].upper(), itertools.count()
 
@@ -72,6 +75,7 @@ class Worker:
             "/_p2p/ready": self.ready,
             "/_p2p/metrics": metrics_handler(self.metrics.registry),
             "/_p2p/chunk": self.peer_chunk,
+            "/_p2p/take": self.take,
         }
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -108,10 +112,14 @@ class Worker:
             auto_decompress=False))
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
         self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
+        peers = PeerClient(session)
+        self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
+                                     placement=self._placement, rate=cfg.handoff_rate())
         self.chunks = Chunks(
-            me=self.id, store=self.store, origin=self.origin, peers=PeerClient(session),
+            me=self.id, store=self.store, origin=self.origin, peers=peers,
             metrics=self.metrics, placement=self._placement,
-            origin_concurrency=cfg.origin_concurrency, readahead=cfg.readahead, clock=self.clock)
+            origin_concurrency=cfg.origin_concurrency, readahead=cfg.readahead, clock=self.clock,
+            on_fill=self.rebalancer.filled)
         self.metrics.store_bytes.set_function(lambda: self.store.used)
         self.metrics.store_capacity.set(cfg.capacity)
 
@@ -127,6 +135,7 @@ class Worker:
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url), me,
                                      cfg.heartbeat_interval, self._on_ring)
         self.agent.start()
+        self.rebalancer.start()
         self.running = True
         log.info("worker %s serving on %s, master %s", self.id, self.url, cfg.master_url)
 
@@ -136,8 +145,11 @@ class Worker:
         `leave=False` stops like a crash would, without telling the master.
         """
         self.running = False
+        if leave and self.agent and self.placement is not None:
+            await self._drain()
         if self.agent:
             await self.agent.stop(leave=leave)
+        await self.rebalancer.stop()
         if self._runner:
             await self._runner.cleanup()
         await self.chunks.close()
@@ -149,11 +161,39 @@ class Worker:
     def ready_line(self) -> str:
         return f"p2pcache worker ready url={self.url} id={self.id}"
 
+    async def _drain(self) -> None:
+        """Own nothing, stay a source, and hand every chunk to its owner, for up to --drain-timeout."""
+        deadline = self.clock() + self.config.drain_timeout
+        held = len(self.store)
+        self.rebalancer.draining = True
+        if not await self.agent.drain():
+            log.warning("could not tell the master we are draining: leaving without a handoff")
+            return
+        while not self._draining_in(self.placement):
+            self._ring_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ring_changed.wait(), max(0.0, deadline - self.clock()))
+            if self.clock() >= deadline:
+                log.warning("no ring with this worker draining within --drain-timeout: leaving")
+                return
+        start = self.clock()
+        done = await self.rebalancer.wait_idle(max(0.0, deadline - self.clock()))
+        log.info("drain: %s %d chunks to their owners in %.1f s%s", "handed" if done else "handing",
+                 held, self.clock() - start,
+                 "" if done else f"; {self.rebalancer.backlog} not handed over by --drain-timeout")
+
+    def _draining_in(self, placement: Placement | None) -> bool:
+        me = placement.members.get(self.id) if placement else None
+        return me is not None and me.state == DRAINING
+
     def _on_ring(self, placement: Placement) -> None:
         self.placement, ring = placement, placement.ring
         self.metrics.ring_epoch.set(ring.epoch)
-        log.info("ring epoch %d from master %s: %d workers%s", ring.epoch, ring.master_id,
-                 len(self.placement.workers), "" if self.id in self.placement else " (not us)")
+        log.info("ring epoch %d from master %s: %d owning workers, %d draining%s", ring.epoch,
+                 ring.master_id, len(placement.workers), len(placement.members) - len(placement.workers),
+                 "" if self.id in placement.members else " (not us)")
+        self.rebalancer.changed()
+        self._ring_changed.set()
 
     def _placement(self) -> Placement:
         if self.placement is None:
@@ -263,9 +303,11 @@ class Worker:
         return resp
 
     async def peer_chunk(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Serve a piece of a chunk to a peer, filling it here first if needed."""
+        """Serve a piece of a chunk to a peer, filling it here first if needed (not with `local=1`)."""
         c, offset, length, hop = parse_peer_request(request)
         stream = self.chunks.local(c, offset, length)
+        if stream is None and request.query.get("local") == "1":
+            raise NotCached(f"{c.ring_key} is not on {self.id}")
         if stream is None:
             placement = self.placement
             source = None
@@ -281,6 +323,18 @@ class Worker:
         finally:
             stream.close()
         return resp
+
+
+    async def take(self, request: web.BaseRequest) -> web.Response:
+        """A holder hands us a chunk we own: copy it from that holder (or an earlier one), never S3."""
+        try:
+            c, holder = chunk_from_params(request.query), request.query["from"]
+        except (KeyError, ValueError) as exc:
+            raise BadRequest(f"malformed take request: {exc!r}") from None
+        placement = self._placement()
+        if self.id not in {w.id for w in placement.owners(c)[:placement.ring.replicas]}:
+            raise NotOwner(f"{self.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
+        return web.json_response({"copied": await self.chunks.take(c, holder)})
 
 
 def _stable_id(cache_dir: Path) -> str:

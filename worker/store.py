@@ -3,6 +3,12 @@
 Invariants: a file under `chunks/` is always a complete, checked chunk (it is
 written under `tmp/`, fsynced and renamed in); `used + reserved <= capacity`
 at every await point; a chunk being read (pinned) is never evicted.
+
+A chunk file is the chunk's bytes, then a trailer: metadata (what the chunk
+is, so the worker can compute who should hold it), its length (4 bytes) and
+MAGIC. Data starts at offset 0, so reads need no offset arithmetic; the
+trailer is written with the data and renamed in with it, so the two never
+disagree.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -20,11 +27,13 @@ from typing import AsyncIterator, Iterator
 
 from p2pcache.errors import Busy
 
-__all__ = ["ChunkStore", "ChunkWriter", "pread", "read_pieces", "PIECE"]
+__all__ = ["ChunkStore", "ChunkWriter", "pread", "read_pieces", "PIECE", "MAGIC"]
 
 log = logging.getLogger("p2pcache.store")
 _NAME = re.compile(r"[0-9a-f]{40}-(\d+)-(\d+)")
 PIECE = 256 << 10  # per stream in flight: bounds memory under many readers (benchmarks: memory)
+MAGIC = b"P2PC"
+_FOOTER = struct.Struct(">I4s")  # metadata length, MAGIC
 
 
 async def _run(fn, *args):
@@ -61,6 +70,18 @@ class ChunkStore:
 
     def __len__(self) -> int:
         return len(self._chunks)
+
+    def names(self) -> list[str]:
+        return list(self._chunks)
+
+    async def metadata(self, names: list[str]) -> dict[str, bytes]:
+        """The metadata of the chunks `names` that are here and have it (one executor hop)."""
+        return await _run(_read_trailers, [(n, self._path(n)) for n in names if n in self._chunks])
+
+    def demote(self, name: str) -> None:
+        """Make `name` the next chunk to evict (it has been handed to its owner)."""
+        if name in self._chunks:
+            self._chunks.move_to_end(name, last=False)
 
     def path(self, name: str) -> Path:
         return Path(self._path(name))
@@ -119,9 +140,11 @@ class ChunkStore:
         return fd
 
     @contextlib.asynccontextmanager
-    async def writing(self, name: str, size: int) -> AsyncIterator[ChunkWriter]:
+    async def writing(self, name: str, size: int, meta: bytes = b"") -> AsyncIterator[ChunkWriter]:
         """Write a chunk: visible only if the block ends cleanly with `size` bytes written."""
-        await self._reserve(size)
+        trailer = meta + _FOOTER.pack(len(meta), MAGIC)
+        total = size + len(trailer)
+        await self._reserve(total)
         tmp = self.root / "tmp" / f"{name}.{uuid.uuid4().hex[:8]}.part"
         try:
             file = await _run(open, tmp, "wb")
@@ -130,16 +153,16 @@ class ChunkStore:
                 yield writer
                 if writer.written != size:
                     raise ValueError(f"chunk {name}: wrote {writer.written} of {size} bytes")
-                await _run(_seal, file, tmp, self.path(name))
+                await _run(_seal, file, trailer, tmp, self.path(name))
             finally:
                 await _run(file.close)
         except BaseException:
-            self._reserved -= size
+            self._reserved -= total
             await asyncio.shield(_run(_unlink_all, [tmp]))
             raise
-        self._reserved -= size
-        self._chunks[name] = size
-        self.used += size
+        self._reserved -= total
+        self._chunks[name] = total
+        self.used += total
 
     async def _reserve(self, size: int) -> None:
         if size > self.capacity:
@@ -202,7 +225,8 @@ async def read_pieces(fd: int, offset: int, length: int, piece: int = PIECE) -> 
         offset += n
 
 
-def _seal(file, tmp: Path, final: Path) -> None:
+def _seal(file, trailer: bytes, tmp: Path, final: Path) -> None:
+    file.write(trailer)
     file.flush()
     os.fsync(file.fileno())
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -224,9 +248,35 @@ def _scan(root: Path) -> tuple[list[tuple[float, str, int]], int]:
     for entry in (root / "chunks").glob("*/*"):
         match = _NAME.fullmatch(entry.name)
         st = entry.stat()
-        if match and entry.is_file() and st.st_size == int(match.group(2)) and entry.parent.name == entry.name[:2]:
+        if match and entry.is_file() and entry.parent.name == entry.name[:2] and \
+                _well_formed(entry, st.st_size, int(match.group(2))):
             found.append((st.st_mtime, entry.name, st.st_size))
         else:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             dropped += 1
     return found, dropped
+
+
+def _well_formed(path: Path, size: int, length: int) -> bool:
+    """The file holds `length` bytes of data and a whole trailer."""
+    if size < length + _FOOTER.size:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - _FOOTER.size)
+        meta_length, magic = _FOOTER.unpack(f.read(_FOOTER.size))
+    return magic == MAGIC and size == length + meta_length + _FOOTER.size
+
+
+def _read_trailers(paths: list[tuple[str, str]]) -> dict[str, bytes]:
+    found = {}
+    for name, path in paths:
+        try:
+            with open(path, "rb") as f:
+                f.seek(-_FOOTER.size, os.SEEK_END)
+                meta_length, magic = _FOOTER.unpack(f.read(_FOOTER.size))
+                if magic == MAGIC and meta_length:
+                    f.seek(-_FOOTER.size - meta_length, os.SEEK_END)
+                    found[name] = f.read(meta_length)
+        except OSError:  # evicted meanwhile
+            continue
+    return found

@@ -74,8 +74,8 @@ def _warm(c, files, p: SimpleNamespace) -> None:
     run_reader(plan)
     held = sum(metric(url, "p2pcache_store_bytes") for url in c.workers)
     want = sum(f.size for f in files)
-    if held != want:
-        raise RuntimeError(f"warm-up left {held:.0f} of {want} bytes on the workers")
+    if not want <= held < want * 1.01:  # store bytes count each chunk's small trailer too
+        raise RuntimeError(f"warm-up left {held:.0f} bytes for {want} bytes of data on the workers")
 
 
 def table(result: dict) -> str:

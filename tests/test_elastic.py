@@ -1,0 +1,134 @@
+"""Scaling a warm cluster: a join, a graceful leave and a crash, with S3 bytes counted at the S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import aiohttp
+
+from conftest import CHUNK, metric, wait_for
+from p2pcache import Client
+from p2pcache.objects import ObjectInfo
+
+OBJECTS = 4
+
+
+def dataset(s3_client, bucket: str, seed: int) -> dict[str, bytes]:
+    rnd = random.Random(seed)
+    data = {f"model-{i:05d}.safetensors": rnd.randbytes(9 * CHUNK + rnd.randrange(CHUNK)) for i in range(OBJECTS)}
+    for key, body in data.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    return data
+
+
+async def read_all(http: aiohttp.ClientSession, urls: list[str], bucket: str, data: dict[str, bytes]) -> None:
+    for url in urls:
+        for key, body in data.items():
+            async with http.get(f"{url}/{bucket}/{key}") as resp:
+                assert resp.status == 200 and await resp.read() == body, (url, key, resp.status)
+
+
+def chunks(s3_client, bucket: str, data: dict[str, bytes]):
+    for key, body in data.items():
+        info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], len(body))
+        yield from (info.chunk(i, CHUNK) for i in range(-(-len(body) // CHUNK)))
+
+
+async def total(http, workers, name: str) -> float:
+    return sum([await metric(http, w.url, name) for w in workers])
+
+
+async def test_a_new_worker_takes_its_chunks_from_their_holders_not_from_s3(cluster, s3, s3_client, bucket):
+    data = dataset(s3_client, bucket, 1)
+    size = sum(map(len, data.values()))
+    async with aiohttp.ClientSession() as http:
+        await read_all(http, [cluster.workers[0].url], bucket, data)
+        assert s3.get_bytes >= size
+        before_ring, s3_before = cluster.workers[0].placement, s3.get_bytes
+        await cluster.add_worker()
+        await cluster.wait_converged()
+        after_ring = cluster.workers[0].placement
+        # Read at once, before the rebalancer is done: a new owner asks the old one first.
+        await read_all(http, [w.url for w in cluster.workers], bucket, data)
+        assert s3.get_bytes == s3_before
+        for w in cluster.workers:
+            assert await w.rebalancer.wait_idle(15) and w.rebalancer.backlog == 0
+        moved = sum(c.length for c in chunks(s3_client, bucket, data)
+                    if before_ring.owner(c).id != after_ring.owner(c).id)
+        # Each chunk whose owner changed was copied once, from its holder; nothing else moved.
+        assert await total(http, cluster.workers, "p2pcache_handoff_bytes_total") == moved
+        assert 0.15 * size < moved <= 1.5 * size / 4  # close to the new worker's quarter
+        new = cluster.workers[3]
+        assert all(c.name in new.store for c in chunks(s3_client, bucket, data) if after_ring.owner(c).id == new.id)
+    assert s3.get_bytes == s3_before
+
+
+async def test_sigterm_hands_every_chunk_over_while_readers_keep_reading(cluster_factory, s3, s3_client, bucket):
+    cluster = await cluster_factory(3, drain_timeout=20.0)
+    data = dataset(s3_client, bucket, 2)
+    leaving, staying = cluster.workers[2], cluster.workers[:2]
+    async with aiohttp.ClientSession() as http, Client(cluster.master.url) as client:
+        await read_all(http, [staying[0].url], bucket, data)
+        s3_before, reads, stop = s3.get_bytes, [0], asyncio.Event()
+
+        async def reader(i: int) -> None:
+            rnd = random.Random(i)
+            while not stop.is_set():
+                key = rnd.choice(sorted(data))
+                a = rnd.randrange(len(data[key]))
+                b = min(len(data[key]), a + rnd.randrange(1, 3 * CHUNK))
+                if i == 0:  # owner-direct, as loaders do
+                    assert await client.read(bucket, key, a, b) == data[key][a:b]
+                else:
+                    url = f"{staying[i % 2].url}/{bucket}/{key}"
+                    async with http.get(url, headers={"Range": f"bytes={a}-{b - 1}"}) as resp:
+                        assert resp.status == 206 and await resp.read() == data[key][a:b]
+                reads[0] += 1
+
+        readers = [asyncio.create_task(reader(i)) for i in range(4)]
+        await wait_for(lambda: reads[0] >= 8, what="readers to start")
+        await leaving.stop()  # what SIGTERM does: drain, hand over, leave
+        await wait_for(lambda: [w.id for w in cluster.master.membership.ring.workers] == ["w0", "w1"],
+                       what="the drained worker to leave")
+        stop.set()
+        await asyncio.gather(*readers)  # any failed read raises here
+        assert reads[0] > 8
+        await cluster.wait_converged()
+        await read_all(http, [w.url for w in staying], bucket, data)
+    assert s3.get_bytes == s3_before
+
+
+async def test_a_crashed_worker_costs_what_it_owned_once(cluster_factory, s3, s3_client, bucket):
+    cluster = await cluster_factory(3, worker_ttl=1.5, heartbeat=0.3)
+    data = dataset(s3_client, bucket, 3)
+    async with aiohttp.ClientSession() as http:
+        await read_all(http, [cluster.workers[0].url], bucket, data)
+        victim, placement = cluster.workers[1], cluster.workers[0].placement
+        owned = sum(c.length for c in chunks(s3_client, bucket, data) if placement.owner(c).id == victim.id)
+        assert owned > 0
+        s3_before = s3.get_bytes
+        await victim.stop(leave=False)  # kill -9: no drain, no goodbye
+        await wait_for(lambda: victim.id not in {w.id for w in cluster.master.membership.ring.workers},
+                       what="the master to expire the crashed worker")
+        await cluster.wait_converged()
+        survivors = [w.url for w in cluster.live()]
+        await read_all(http, survivors, bucket, data)
+        await read_all(http, survivors, bucket, data)
+    assert s3.get_bytes - s3_before == owned
+
+
+async def test_with_two_replicas_a_crash_costs_nothing(cluster_factory, s3, s3_client, bucket):
+    cluster = await cluster_factory(3, replicas=2, worker_ttl=1.5, heartbeat=0.3)
+    data = dataset(s3_client, bucket, 4)
+    async with aiohttp.ClientSession() as http:
+        await read_all(http, [cluster.workers[0].url], bucket, data)
+        for w in cluster.workers:  # primaries copy what they fill to their followers
+            assert await w.rebalancer.wait_idle(15)
+        s3_before = s3.get_bytes
+        await cluster.workers[1].stop(leave=False)
+        await wait_for(lambda: len(cluster.master.membership.ring.workers) == 2, what="the expiry")
+        await cluster.wait_converged()
+        await read_all(http, [w.url for w in cluster.live()], bucket, data)
+    assert s3.get_bytes == s3_before
+

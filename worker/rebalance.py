@@ -1,0 +1,165 @@
+"""Hands the chunks held here to their owners after the ring changes, at a bounded rate.
+
+The holder pushes a name, the owner pulls the bytes: the owner's `take` route
+copies the chunk from us through its normal fill (one flight per chunk, shared
+with readers that miss it meanwhile), so a reader never waits on S3 for a
+chunk that is on its way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Callable, Iterable
+
+from p2pcache.errors import NotCached, NotOwner, P2PError
+from p2pcache.objects import ChunkId
+from p2pcache.ring import Placement, WorkerInfo
+
+from .limits import TokenBucket
+from .metrics import WorkerMetrics
+from .peer import PeerClient
+from .store import ChunkStore
+
+__all__ = ["Rebalancer", "plan"]
+
+log = logging.getLogger("p2pcache.rebalance")
+BATCH = 512  # chunk trailers read per executor hop
+RETRY, MAX_RETRY = 0.5, 30.0  # seconds before a pass with failures is planned again
+
+
+def plan(held: Iterable[ChunkId], placement: Placement, me: str) -> list[tuple[ChunkId, tuple[WorkerInfo, ...]]]:
+    """Who each chunk held here should go to: every owner if we are not one; the followers
+    if we are the primary (so that with replicas, losing a worker loses no chunk)."""
+    replicas = placement.ring.replicas
+    out = []
+    for c in held:
+        owners = placement.owners(c)[:replicas]
+        ids = [w.id for w in owners]
+        if me not in ids:
+            targets = owners
+        elif ids[0] == me:
+            targets = owners[1:]
+        else:
+            continue
+        if targets:
+            out.append((c, targets))
+    return out
+
+
+class Rebalancer:
+    def __init__(self, *, me: str, store: ChunkStore, peers: PeerClient, metrics: WorkerMetrics,
+                 placement: Callable[[], Placement], rate: float, concurrency: int = 4) -> None:
+        self._me, self._store, self._peers, self._m = me, store, peers, metrics
+        self._placement = placement
+        self._bucket = TokenBucket(rate, burst=16 << 20)
+        self._concurrency = concurrency
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._extra: list[ChunkId] = []  # filled here as primary since the last pass
+        self._full = False  # the ring changed since the last full pass
+        self._task: asyncio.Task | None = None
+        self.draining = False  # hand over as fast as the owners take it
+        self.backlog = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def changed(self) -> None:
+        """The ring changed: plan again from every chunk held here."""
+        self._full = True
+        self._idle.clear()
+        self._wake.set()
+
+    def filled(self, c: ChunkId) -> None:
+        """A chunk was just filled here as its primary: copy it to its followers."""
+        if self._placement().ring.replicas > 1:
+            self._extra.append(c)
+            self._idle.clear()
+            self._wake.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Until everything held here is with its owners (True) or `timeout` seconds pass."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return self._idle.is_set()
+
+    async def _run(self) -> None:
+        delay = RETRY
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            (full, self._full), (extra, self._extra) = (self._full, False), (self._extra, [])
+            placement = self._placement()
+            held = await self._held() if full else extra
+            todo = plan(held, placement, self._me)
+            if todo and full:
+                log.info("ring epoch %d: %d chunks (%d bytes) held here belong with other workers; "
+                         "handing them over", placement.ring.epoch, len(todo), sum(c.length for c, _ in todo))
+            failed = await self._hand_over(todo)
+            if failed and not self._wake.is_set():
+                self._set_backlog(failed)
+                await asyncio.sleep(delay)
+                delay = min(MAX_RETRY, delay * 2)
+                self._full = True
+                self._wake.set()
+                continue
+            delay = RETRY
+            if not self._wake.is_set():
+                self._set_backlog(0)
+                self._idle.set()
+
+    async def _held(self) -> list[ChunkId]:
+        names, held = self._store.names(), []
+        for i in range(0, len(names), BATCH):
+            for meta in (await self._store.metadata(names[i:i + BATCH])).values():
+                with contextlib.suppress(ValueError, TypeError):
+                    held.append(ChunkId.unpack(meta))
+        return held
+
+    async def _hand_over(self, todo: list[tuple[ChunkId, tuple[WorkerInfo, ...]]]) -> int:
+        """Hand each chunk to its targets; the number that failed. Stops early on a new ring."""
+        self._set_backlog(len(todo))
+        failed = 0
+        slots = asyncio.Semaphore(self._concurrency)
+
+        async def one(c: ChunkId, targets: tuple[WorkerInfo, ...]) -> None:
+            nonlocal failed
+            async with slots:
+                if self._wake.is_set():  # a newer ring: the next pass plans again
+                    return
+                if not await self._give(c, targets):
+                    failed += 1
+                self._set_backlog(self.backlog - 1)
+
+        await asyncio.gather(*(one(c, targets) for c, targets in todo))
+        return failed
+
+    async def _give(self, c: ChunkId, targets: tuple[WorkerInfo, ...]) -> bool:
+        ok = True
+        for target in targets:
+            if not self.draining:
+                await self._bucket.take(c.length)
+            try:
+                await self._peers.take(target, c, self._me)
+            except NotCached:  # evicted here meanwhile: nothing left to hand over
+                return True
+            except (NotOwner, P2PError) as exc:  # its ring differs from ours, or it failed
+                log.debug("handing %s to %s failed: %s", c.ring_key, target.id, exc)
+                ok = False
+        if ok:
+            self._m.rebalance_sent.inc()
+            if self._me not in {w.id for w in self._placement().owners(c)}:
+                self._store.demote(c.name)  # an extra copy now: the first to make room
+        return ok
+
+    def _set_backlog(self, n: int) -> None:
+        self.backlog = max(0, n)
+        self._m.rebalance_backlog.set(self.backlog)

@@ -1,12 +1,16 @@
-"""Conditional GET/HEAD (If-Match, If-None-Match, If-(Un)Modified-Since) as S3 decides them."""
+"""Conditional GET/HEAD (If-Match, If-None-Match, If-(Un)Modified-Since) as S3 decides them,
+and how fresh a reader wants the cache's answer (`Cache-Control`)."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Mapping
 
-__all__ = ["evaluate", "etag_matches"]
+__all__ = ["evaluate", "etag_matches", "max_age"]
+
+_MAX_AGE = re.compile(r"(?:^|[\s,])max-age\s*=\s*\"?(\d+)")
 
 
 def etag_matches(header: str, etag: str) -> bool:
@@ -51,3 +55,13 @@ def evaluate(headers: Mapping[str, str], etag: str, last_modified: str) -> int |
         if since and modified and modified <= since:
             return 304
     return None
+
+
+def max_age(headers: Mapping[str, str]) -> float | None:
+    """Seconds of staleness a request's `Cache-Control` accepts: 0 for `no-cache`, n for
+    `max-age=n`, None (the cache's own TTL) without either."""
+    value = headers.get("Cache-Control", "").lower()
+    if "no-cache" in value:
+        return 0.0
+    match = _MAX_AGE.search(value)
+    return float(match.group(1)) if match else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pcache.conditions import etag_matches, evaluate
+from p2pcache.conditions import etag_matches, evaluate, max_age
 
 ETAG = '"abc"'
 LM = "Wed, 01 Jan 2025 12:00:00 GMT"
@@ -39,3 +39,10 @@ def test_evaluate(headers, expected):
 
 def test_weak_etags_compare_by_value():
     assert etag_matches('W/"abc"', '"abc"') and not etag_matches('"ab"', '"abc"')
+
+
+def test_cache_control_says_how_old_an_answer_may_be():
+    assert max_age({}) is None
+    assert max_age({"Cache-Control": "no-cache"}) == 0
+    assert max_age({"Cache-Control": "public, max-age=3"}) == 3
+    assert max_age({"Cache-Control": "s-maxage=3, max-stale=9"}) is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from worker.ttlcache import TTLCache
 
 
@@ -38,3 +40,84 @@ async def test_the_oldest_entries_go_past_the_bound():
     for key in "abc":
         await cache.get(key, lambda key=key: asyncio.sleep(0, key))
     assert list(cache._entries) == ["b", "c"]
+
+
+class Gated:
+    """A fetch that waits for its gate; counts its calls and returns the call number."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.calls, self.gates, self.clock = 0, [], clock
+
+    async def __call__(self) -> int:
+        self.calls += 1
+        n, gate = self.calls, asyncio.Event()
+        self.gates.append(gate)
+        if self.clock is not None:
+            self.clock.now += 1  # time passes while S3 answers
+        await gate.wait()
+        return n
+
+
+async def until(predicate) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
+async def test_ttl_0_never_answers_from_a_fetch_started_before_the_caller_and_coalesces_the_rest():
+    clock = Clock()
+    fetch, cache = Gated(clock), TTLCache(ttl=0, clock=clock)
+    first = asyncio.ensure_future(cache.get("k", fetch))
+    await until(lambda: fetch.calls == 1)
+    later = [asyncio.ensure_future(cache.get("k", fetch)) for _ in range(5)]  # arrive during fetch 1
+    await asyncio.sleep(0)
+    assert fetch.calls == 1  # nobody started a second fetch alongside the first
+    clock.now += 1
+    fetch.gates[0].set()
+    assert await first == 1
+    await until(lambda: fetch.calls == 2)
+    fetch.gates[1].set()
+    assert await asyncio.wait_for(asyncio.gather(*later), 5) == [2] * 5  # one fetch for all who came during the first
+    assert fetch.calls == 2
+    third = asyncio.ensure_future(cache.get("k", fetch))  # nothing is reused with a TTL of 0
+    await until(lambda: fetch.calls == 3)
+    fetch.gates[2].set()
+    assert await asyncio.wait_for(third, 5) == 3
+    await cache.close()
+
+
+async def test_max_age_0_skips_a_fresh_entry_and_a_flight_older_than_the_caller():
+    clock = Clock()
+    fetch, cache = Gated(clock), TTLCache(ttl=60, clock=clock)
+    first = asyncio.ensure_future(cache.get("k", fetch))
+    await until(lambda: fetch.calls == 1)
+    fresh = asyncio.ensure_future(cache.get("k", fetch, max_age=0))  # no-cache: not this flight
+    joined = asyncio.ensure_future(cache.get("k", fetch))  # the TTL allows it
+    fetch.gates[0].set()
+    assert await first == await joined == 1
+    await until(lambda: fetch.calls == 2)
+    fetch.gates[1].set()
+    assert await asyncio.wait_for(fresh, 5) == 2
+    assert await cache.get("k", fetch) == 2  # the newest answer is the one kept
+    assert await cache.get("k", fetch, max_age=5) == 2  # it is 1 s old
+    await cache.close()
+
+
+async def test_an_invalidated_flight_is_not_stored_and_a_failed_one_is_not_kept():
+    fetch, cache = Gated(), TTLCache(ttl=60, clock=Clock())
+    first = asyncio.ensure_future(cache.get("k", fetch))
+    await until(lambda: fetch.calls == 1)
+    cache.invalidate("k")
+    fetch.gates[0].set()
+    assert await first == 1
+    assert cache.peek("k") is None
+
+    async def fail():
+        raise ValueError("origin down")
+
+    with pytest.raises(ValueError):
+        await cache.get("x", fail)
+    assert cache.peek("x") is None and await cache.get("x", lambda: asyncio.sleep(0, "ok")) == "ok"
+    await cache.close()

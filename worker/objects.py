@@ -1,4 +1,4 @@
-"""Object identities (ETag, size) from S3 HEADs, cached for a short TTL."""
+"""Object identities (ETag, size, stored headers) from S3 HEADs, cached for a short TTL."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ class ObjectCache:
         self._origin = origin
         self._cache = TTLCache(ttl, clock, max_entries)
 
-    async def get(self, bucket: str, key: str) -> ObjectInfo:
-        result = await self._cache.get((bucket, key), lambda: self._head(bucket, key))
+    async def get(self, bucket: str, key: str, max_age: float | None = None) -> ObjectInfo:
+        """The identity from a HEAD sent less than `min(ttl, max_age)` seconds ago (0: after this call)."""
+        result = await self._cache.get((bucket, key), lambda: self._head(bucket, key), max_age)
         if isinstance(result, NotFound):
             raise NotFound(str(result), code=result.code)
         return result

@@ -1,42 +1,86 @@
-"""A bounded cache of values fetched at most once per key per TTL."""
+"""A bounded cache of values fetched at most once per key per TTL, never older than a caller allows."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Hashable
 
-from p2pcache.singleflight import SingleFlight
-
 __all__ = ["TTLCache"]
+
+_MISSING = object()
 
 
 class TTLCache:
-    """`get(key, fetch)`: the cached value while fresh, else one `fetch()` shared by all
-    callers. The least recently stored entries go first past `max_entries`."""
+    """`get(key, fetch, max_age)`: a value whose fetch started less than `min(ttl, max_age)`
+    seconds ago, else one `fetch()` shared by all callers that can use it.
+
+    A value's age counts from when its fetch *started*: an answer from the origin
+    is at least that recent. A caller joins a fetch in flight only if it started
+    recently enough for it; with a TTL (or `max_age`) of 0 that means after the
+    caller arrived, so a reader never gets an answer to a question asked before
+    its request, and the callers arriving during one fetch share the next one.
+    Fetches run as tasks owned by the cache: a caller that is cancelled stops
+    waiting, the fetch goes on for the others. The least recently stored entries
+    go first past `max_entries`.
+    """
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic,
                  max_entries: int = 1024) -> None:
         self._ttl, self._clock, self._max = ttl, clock, max_entries
-        self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
-        self._flights = SingleFlight()
+        self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()  # (fetch start, value)
+        self._flights: dict[Hashable, tuple[float, asyncio.Task]] = {}
 
-    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[Any]]) -> Any:
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > self._clock():
-            return entry[1]
-        return await self._flights.do(key, lambda: self._fetch(key, fetch))
+    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[Any]],
+                  max_age: float | None = None) -> Any:
+        age = self._ttl if max_age is None else min(self._ttl, max_age)
+        oldest = self._clock() - age  # a value is fresh if its fetch started after this
+        while True:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > oldest:
+                return entry[1]
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._start(key, fetch)  # started after this caller arrived: always fresh
+                return await asyncio.shield(flight[1])
+            started, task = flight
+            if started > oldest:
+                return await asyncio.shield(task)
+            await asyncio.wait([task])  # asked too early for this caller: wait for the next one
+
+    def peek(self, key: Hashable, default: Any = None) -> Any:
+        """The stored value, however old, without fetching."""
+        entry = self._entries.get(key, _MISSING)
+        return default if entry is _MISSING else entry[1]
 
     def invalidate(self, key: Hashable) -> None:
+        """Forget the value; a fetch in flight is not stored when it lands."""
         self._entries.pop(key, None)
+        self._flights.pop(key, None)
 
     async def close(self) -> None:
-        await self._flights.close()
+        tasks = [task for _, task in self._flights.values()]
+        self._flights.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _fetch(self, key: Hashable, fetch: Callable[[], Awaitable[Any]]) -> Any:
-        value = await fetch()
-        self._entries[key] = (self._clock() + self._ttl, value)
+    def _start(self, key: Hashable, fetch: Callable[[], Awaitable[Any]]) -> tuple[float, asyncio.Task]:
+        flight = (self._clock(), asyncio.ensure_future(fetch()))
+        self._flights[key] = flight
+        flight[1].add_done_callback(lambda _: self._landed(key, flight))
+        return flight
+
+    def _landed(self, key: Hashable, flight: tuple[float, asyncio.Task]) -> None:
+        started, task = flight
+        error = None if task.cancelled() else task.exception()  # retrieved: waiters got it
+        if self._flights.get(key) is not flight:
+            return  # invalidated while in flight
+        del self._flights[key]
+        if task.cancelled() or error is not None:
+            return
+        self._entries[key] = (started, task.result())
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
-        return value

@@ -2,7 +2,11 @@
 
 P2PError
 ├── BadRequest            400  input a user sent that cannot be served
-├── AccessDenied          403  bucket not in the allowlist, or S3 said 403
+│   └── MalformedAuthorization  a signature that cannot be parsed (S3's code)
+├── AccessDenied          403  bucket not in the allowlist or the reader key's list, or S3 said 403
+│   ├── InvalidAccessKeyId     a signature by a key not in --client-keys
+│   ├── SignatureDoesNotMatch  a signature that does not verify
+│   └── RequestTimeTooSkewed   a signature dated outside S3's 15-minute window
 ├── NotFound              404  no such bucket or key
 ├── NotCached             404  (internal) a peer asked for a chunk it only may have: it has not
 ├── NotOwner              409  (internal) a handoff to a worker that does not own the chunk
@@ -25,7 +29,8 @@ Foreign exceptions are converted where they enter (origin, peer client) with
 from __future__ import annotations
 
 __all__ = [
-    "P2PError", "BadRequest", "AccessDenied", "NotFound", "NotCached", "NotOwner", "ReadOnly",
+    "P2PError", "BadRequest", "MalformedAuthorization", "AccessDenied", "InvalidAccessKeyId",
+    "SignatureDoesNotMatch", "RequestTimeTooSkewed", "NotFound", "NotCached", "NotOwner", "ReadOnly",
     "PreconditionFailed",
     "RangeNotSatisfiable",
     "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
@@ -55,9 +60,32 @@ class BadRequest(P2PError):
     status, code = 400, "InvalidRequest"
 
 
+class MalformedAuthorization(BadRequest):
+    """The request's signature cannot be parsed; `code` is S3's name for what is wrong."""
+
+    def __init__(self, message: str, code: str = "AuthorizationHeaderMalformed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class AccessDenied(P2PError):
-    """Access denied."""
+    """Access Denied"""
     status, code = 403, "AccessDenied"
+
+
+class InvalidAccessKeyId(AccessDenied):
+    """The AWS Access Key Id you provided does not exist in our records."""
+    code = "InvalidAccessKeyId"
+
+
+class SignatureDoesNotMatch(AccessDenied):
+    """The request signature we calculated does not match the signature you provided. Check your key and signing method."""
+    code = "SignatureDoesNotMatch"
+
+
+class RequestTimeTooSkewed(AccessDenied):
+    """The difference between the request time and the current time is too large."""
+    code = "RequestTimeTooSkewed"
 
 
 class NotFound(P2PError):

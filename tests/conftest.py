@@ -95,8 +95,9 @@ class Cluster:
         i = len(self.workers)
         settings = dict(worker_id=f"w{i}", s3_endpoint=self.s3_url, min_free=0, capacity=1 << 30,
                         heartbeat_interval=self.heartbeat) | self.worker_options | options
+        wall_clock = settings.pop("wall_clock", time.time)
         cfg = WorkerConfig(master_url=self.master.url, cache_dir=self.root / f"w{i}", **settings)
-        worker = Worker(cfg)
+        worker = Worker(cfg, wall_clock=wall_clock)
         await worker.start()
         self.workers.append(worker)
         return worker

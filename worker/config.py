@@ -8,6 +8,8 @@ from pathlib import Path
 
 from p2pcache.config import add_flag, parse_listen, size_arg
 
+from .readers import ClientKey, client_keys_arg
+
 __all__ = ["WorkerConfig", "add_arguments"]
 
 
@@ -35,6 +37,7 @@ class WorkerConfig:
     def handoff_rate(self) -> float:
         """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""
         return self.rebalance_rate or (self.egress_limit / 4 if self.egress_limit else 256 << 20)
+    client_keys: tuple[ClientKey, ...] = ()  # empty: readers are not checked
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "WorkerConfig":
@@ -48,6 +51,7 @@ class WorkerConfig:
             drain_timeout=a.drain_timeout, origin_concurrency=a.origin_concurrency,
             meta_ttl=a.meta_ttl, readahead=a.readahead, egress_limit=a.egress_limit,
             rebalance_rate=a.rebalance_rate,
+            client_keys=a.client_keys,
         )
 
 
@@ -75,3 +79,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              type=size_arg, default="0")
     add_flag(p, "--rebalance-rate", "bytes per second of chunks handed to their new owners after a "
              "ring change (0: a quarter of --egress-limit, or 256MiB)", type=size_arg, default="0")
+    add_flag(p, "--client-keys", "file of reader keys, `ACCESS_KEY_ID SECRET_ACCESS_KEY [bucket,...]` "
+             "per line: every S3 request must then be signed (SigV4) by one of them (default: not checked)",
+             type=client_keys_arg, default="")

@@ -54,14 +54,15 @@ class Listings:
         encode = q.get("encoding-type") == "url"
         return _xml(_list_xml(result, bucket, v2, encode))
 
-    async def list_buckets(self, request: web.BaseRequest, allowed: frozenset[str] = frozenset()) -> web.Response:
-        """The origin's buckets; with an allowlist, only the buckets this cache serves."""
+    async def list_buckets(self, request: web.BaseRequest,
+                           readable: Callable[[str], bool] = lambda bucket: True) -> web.Response:
+        """The origin's buckets that `readable` lets this request see."""
         result = await self._cache.get(("buckets",), self._origin.list_buckets)
         owner = result.get("Owner", {})
         buckets = "".join(
             f"<Bucket><Name>{escape(b['Name'])}</Name>"
             f"<CreationDate>{_iso(b.get('CreationDate'))}</CreationDate></Bucket>"
-            for b in result.get("Buckets", []) if not allowed or b["Name"] in allowed)
+            for b in result.get("Buckets", []) if readable(b["Name"]))
         return _xml(f'<ListAllMyBucketsResult xmlns="{NS}"><Owner><ID>{escape(owner.get("ID", ""))}</ID>'
                     f'<DisplayName>{escape(owner.get("DisplayName", ""))}</DisplayName></Owner>'
                     f"<Buckets>{buckets}</Buckets></ListAllMyBucketsResult>")

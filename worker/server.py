@@ -43,6 +43,7 @@ from .membership import MembershipAgent
 from .metrics import WorkerMetrics
 from .objects import ObjectCache
 from .peer import PeerClient, chunk_from_params
+from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
 from .store import ChunkStore
 
@@ -53,9 +54,10 @@ _BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")  # S3's bucket name characte
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, clock=time.monotonic) -> None:
+    def __init__(self, config: WorkerConfig, clock=time.monotonic, wall_clock=time.time) -> None:
         self.config = config
         self.clock = clock
+        self.readers = Readers(config.client_keys, wall_clock) if config.client_keys else None
         self.metrics = WorkerMetrics()
         self.placement: Placement | None = None
         self.id = config.worker_id or ""
@@ -88,11 +90,12 @@ class Worker:
             if method not in ("GET", "HEAD"):
                 raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
             return await handler(request)
+        bucket, _, key = path[1:].partition("/")
+        reader = self.readers.check(request, bucket) if self.readers else None
         if method not in ("GET", "HEAD"):
             raise ReadOnly(f"p2pcache is a read-only cache: {method} is not supported")
-        bucket, _, key = path[1:].partition("/")
         if not bucket:
-            return await self.list_buckets(request)
+            return await self.list_buckets(request, reader)
         if not _BUCKET.fullmatch(bucket):
             raise BadRequest(f"invalid bucket name {bucket!r}")
         self._check_bucket(bucket)
@@ -138,6 +141,8 @@ class Worker:
         self.rebalancer.start()
         self.running = True
         log.info("worker %s serving on %s, master %s", self.id, self.url, cfg.master_url)
+        if self.readers:
+            log.info("%d reader keys: every S3 request must be signed (SigV4) by one", len(self.readers.keys))
 
     async def stop(self, leave: bool = True) -> None:
         """Leave the ring, stop accepting, drain in-flight reads, then release everything.
@@ -236,8 +241,10 @@ class Worker:
         if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:
             raise AccessDenied(f"bucket {bucket!r} is not served by this cache")
 
-    async def list_buckets(self, request: web.BaseRequest) -> web.Response:
-        return await self.listings.list_buckets(request, self.config.allowed_buckets)
+    async def list_buckets(self, request: web.BaseRequest, reader: ClientKey | None = None) -> web.Response:
+        allowed = self.config.allowed_buckets
+        return await self.listings.list_buckets(
+            request, lambda b: (not allowed or b in allowed) and (reader is None or reader.may_read(b)))
 
     async def bucket(self, request: web.BaseRequest, bucket: str) -> web.Response:
         """ListObjects(V2) on GET, HeadBucket on HEAD."""

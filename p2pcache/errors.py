@@ -14,19 +14,27 @@ P2PError
 ├── PreconditionFailed    412  an If-Match / If-Unmodified-Since condition is false
 ├── RangeNotSatisfiable   416  carries the object size for `Content-Range: bytes */size`
 ├── ObjectChanged         412→502  the object's ETag changed under a read
-├── OriginError           502  S3 answered, but with a failure
+├── OriginError           502  S3 answered, but with a failure (5xx: transient; 403: not)
 ├── Unavailable           503  something needed is not reachable or has no capacity
-│   ├── OriginUnavailable      S3 cannot be reached
+│   ├── OriginUnavailable      S3 cannot be reached, or cut the connection (transient)
+│   │   ├── OriginTimeout      S3 sent nothing for the read timeout
+│   │   └── OriginThrottled    S3 answered 503 SlowDown
 │   ├── PeerUnavailable        no owner of a chunk answered
 │   ├── NoRing                 the worker has not received a ring yet
+│   ├── StoreError             the cache disk failed (reads go around it)
 │   └── Busy                   a concurrency cap or the disk is full
 └── PeerError             (internal) one peer failed; the caller tries the next
 
 Foreign exceptions are converted where they enter (origin, peer client) with
 `raise ... from exc`, and mapped to HTTP in one place (worker/errors middleware).
+An origin error names its cause (`X-P2P-Origin`), so a worker that asked the
+owner of a chunk passes S3's failure on instead of blaming the owner; an
+Unavailable may carry a `Retry-After`.
 """
 
 from __future__ import annotations
+
+import math
 
 __all__ = [
     "P2PError", "BadRequest", "MalformedAuthorization", "AccessDenied", "InvalidAccessKeyId",
@@ -34,8 +42,11 @@ __all__ = [
     "PreconditionFailed",
     "RangeNotSatisfiable",
     "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
-    "PeerUnavailable", "NoRing", "Busy", "PeerError",
+    "PeerUnavailable", "NoRing", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
+    "StoreError", "ORIGIN_HEADER", "origin_error",
 ]
+
+ORIGIN_HEADER = "X-P2P-Origin"  # on an error caused by S3: the cause (origin_error() reads it)
 
 
 class P2PError(Exception):
@@ -146,15 +157,60 @@ class ObjectChanged(P2PError):
 class OriginError(P2PError):
     """The origin answered with an error."""
     status, code = 502, "OriginError"
+    cause = "error"
+
+    def __init__(self, message: str = "", transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient  # worth another try (a 5xx), unlike a 403
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {ORIGIN_HEADER: self.cause}
 
 
 class Unavailable(P2PError):
     """A dependency is unavailable."""
     status, code = 503, "ServiceUnavailable"
 
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds before asking again is worth it
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
 
 class OriginUnavailable(Unavailable):
     """The origin cannot be reached."""
+    cause = "unreachable"
+    transient = True
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return super().headers | {ORIGIN_HEADER: self.cause}
+
+
+class OriginTimeout(OriginUnavailable):
+    """The origin sent nothing for the read timeout."""
+    cause = "timeout"
+
+
+class OriginThrottled(OriginUnavailable):
+    """The origin is throttling reads (503 SlowDown)."""
+    code, cause = "SlowDown", "throttled"
+
+
+class StoreError(Unavailable):
+    """The cache disk failed."""
+
+
+def origin_error(cause: str, message: str, retry_after: float | None = None) -> P2PError:
+    """The origin error an `X-P2P-Origin: cause` answer stands for (from another worker)."""
+    kinds = {c.cause: c for c in (OriginUnavailable, OriginTimeout, OriginThrottled)}
+    if cause in kinds:
+        return kinds[cause](message, retry_after=retry_after)
+    return OriginError(message)
 
 
 class PeerUnavailable(Unavailable):

@@ -1,37 +1,63 @@
-"""The S3 origin: HEAD for an object's identity, ranged GETs pinned to an ETag."""
+"""The S3 origin: HEAD for an object's identity, ranged GETs pinned to an ETag, faults ridden out.
+
+Every request passes the endpoint's circuit breaker (p2pcache.breaker) and a
+transient failure is retried by the policy in p2pcache.retry; a ranged GET
+cut short or stalled (nothing for `read_timeout` seconds: aiohttp's per-read
+socket timeout, which botocore's `read_timeout` sets and which also covers
+the body) resumes from the byte reached, with the same `If-Match`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import AsyncIterator
+import dataclasses
+import logging
+import random
+import time
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from .breaker import OPEN, Breaker
+from .conditions import etag_matches
 from .errors import (
-    Busy, NotFound, ObjectChanged, OriginError, OriginUnavailable, P2PError,
+    NotFound, ObjectChanged, OriginError, OriginThrottled, OriginTimeout, OriginUnavailable,
+    P2PError,
 )
 from .objects import ObjectInfo
+from .retry import RetryPolicy, is_transient
 
-__all__ = ["S3Origin"]
+__all__ = ["S3Origin", "OriginHooks", "convert_error"]
 
+log = logging.getLogger("p2pcache.origin")
 READ_SIZE = 1 << 20
+META_ATTEMPTS = 3  # a HEAD or a listing is on a reader's critical path: a few quick tries
 
+_TIMEOUTS = (
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectTimeoutError,
+    aiohttp.ServerTimeoutError,
+    TimeoutError,
+)
+_CUT = (
+    aiohttp.ClientPayloadError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+)
 _CONNECTION_ERRORS = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.ConnectTimeoutError,
-    botocore.exceptions.ReadTimeoutError,
     aiohttp.ClientError,
-    ConnectionError,
-    TimeoutError,
+    OSError,
 )
 
 
-def convert_error(exc: Exception, bucket: str, key: str) -> P2PError:
-    """One boundary where botocore's errors become ours."""
+def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | None = None) -> P2PError:
+    """One boundary where botocore's errors become ours, each naming its cause."""
     where = f"s3://{bucket}/{key}"
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
@@ -48,10 +74,16 @@ def convert_error(exc: Exception, bucket: str, key: str) -> P2PError:
         if status == 403 or code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return OriginError(f"origin denied access to {where}: {code or status}")
         if status == 503 or code in ("SlowDown", "ServiceUnavailable"):
-            return Busy(f"origin is throttling reads of {where}: {code or status}")
-        return OriginError(f"origin failed for {where}: {code or status} {error.get('Message', '')}".strip())
+            return OriginThrottled(f"origin throttling reads of {where}: {status} {code}".rstrip())
+        message = f"origin failed for {where}: {status} {code} {error.get('Message', '')}"
+        return OriginError(message.strip(), transient=status >= 500 or code == "RequestTimeout")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return OriginError("no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile")
+    if isinstance(exc, _TIMEOUTS):
+        quiet = f"nothing for {read_timeout:g} s" if read_timeout else "timed out"
+        return OriginTimeout(f"origin timeout for {where}: {quiet} ({type(exc).__name__})")
+    if isinstance(exc, _CUT):
+        return OriginUnavailable(f"origin cut the response for {where}: {exc}")
     if isinstance(exc, _CONNECTION_ERRORS):
         return OriginUnavailable(f"origin unreachable for {where}: {exc}")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
@@ -59,36 +91,55 @@ def convert_error(exc: Exception, bucket: str, key: str) -> P2PError:
     raise exc  # not an origin failure: a bug, let it show
 
 
-class S3Origin:
-    """A thin adapter over an aiobotocore S3 client."""
+@dataclasses.dataclass
+class OriginHooks:
+    """Callbacks for metrics: a request sent, a retry (by cause), the breaker's new state."""
 
-    def __init__(self, client) -> None:
+    request: Callable[[], None] = lambda: None
+    retry: Callable[[str], None] = lambda cause: None
+    breaker: Callable[[str], None] = lambda state: None
+
+
+class S3Origin:
+    """An aiobotocore S3 client behind one breaker (one endpoint) and one retry policy."""
+
+    def __init__(self, client, *, endpoint: str = "S3", read_timeout: float | None = None,
+                 policy: RetryPolicy = RetryPolicy(), breaker: Breaker | None = None,
+                 hooks: OriginHooks | None = None, rand: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
+        self.endpoint = endpoint
+        self._read_timeout = read_timeout
+        self.policy = policy
+        self._meta_policy = dataclasses.replace(policy, attempts=META_ATTEMPTS)
+        self.breaker = breaker or Breaker(clock=clock)
+        self._hooks = hooks or OriginHooks()
+        self._rand, self._clock = rand, clock
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(
-        cls, endpoint_url: str | None = None, max_connections: int = 64
-    ) -> AsyncIterator["S3Origin"]:
+    async def connect(cls, endpoint_url: str | None = None, max_connections: int = 64,
+                      read_timeout: float = 5.0, deadline: float = 30.0, breaker_threshold: int = 8,
+                      hooks: OriginHooks | None = None) -> AsyncIterator["S3Origin"]:
         config = AioConfig(
             max_pool_connections=max_connections,
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=10,
-            read_timeout=60,
+            retries={"total_max_attempts": 1, "mode": "standard"},  # retries are ours
+            connect_timeout=read_timeout,
+            read_timeout=read_timeout,
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
         async with get_session().create_client("s3", endpoint_url=endpoint_url, config=config) as client:
-            yield cls(client)
+            yield cls(client, endpoint=endpoint_url or "AWS S3", read_timeout=read_timeout,
+                      policy=RetryPolicy(deadline=deadline), breaker=Breaker(breaker_threshold),
+                      hooks=hooks)
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
         """The object's identity; NotFound says whether the bucket or the key is missing."""
         try:
-            resp = await self._client.head_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            error = convert_error(exc, bucket, key)
-            if isinstance(error, NotFound):
-                await self.head_bucket(bucket)  # a HEAD's 404 has no body to tell which
-            raise error from exc
+            resp = await self._call(lambda: self._client.head_object(Bucket=bucket, Key=key), bucket, key)
+        except NotFound:
+            await self.head_bucket(bucket)  # a HEAD's 404 has no body to tell which
+            raise
         headers = resp["ResponseMetadata"]["HTTPHeaders"]
         return ObjectInfo(
             bucket=bucket,
@@ -100,39 +151,123 @@ class S3Origin:
         )
 
     async def head_bucket(self, bucket: str) -> None:
-        try:
-            await self._client.head_bucket(Bucket=bucket)
-        except Exception as exc:
-            raise convert_error(exc, bucket, "") from exc
+        await self._call(lambda: self._client.head_bucket(Bucket=bucket), bucket, "")
 
     async def list_objects(self, bucket: str, v2: bool = True, **params) -> dict:
         """One page of ListObjects(V2) with S3's parameter names; keys come back decoded."""
         call = self._client.list_objects_v2 if v2 else self._client.list_objects
-        try:
-            resp = await call(Bucket=bucket, **{k: v for k, v in params.items() if v is not None})
-        except Exception as exc:
-            raise convert_error(exc, bucket, "") from exc
+        args = {k: v for k, v in params.items() if v is not None}
+        resp = await self._call(lambda: call(Bucket=bucket, **args), bucket, "")
         resp.pop("ResponseMetadata", None)
         return resp
 
     async def list_buckets(self) -> dict:
-        try:
-            resp = await self._client.list_buckets()
-        except Exception as exc:
-            raise convert_error(exc, "", "") from exc
+        resp = await self._call(self._client.list_buckets, "", "")
         resp.pop("ResponseMetadata", None)
         return resp
 
-    async def read_range(
-        self, bucket: str, key: str, etag: str, start: int, stop: int
-    ) -> AsyncIterator[bytes]:
-        """Yield the bytes `[start, stop)` of version `etag`, or raise ObjectChanged."""
+    async def read_range(self, bucket: str, key: str, etag: str, start: int, stop: int,
+                         keep_going: Callable[[], bool] = lambda: True) -> AsyncIterator[bytes]:
+        """Yield the bytes `[start, stop)` of version `etag`, or raise ObjectChanged.
+
+        A transient failure is retried from the byte reached while the policy
+        allows and `keep_going()` says someone still wants the bytes.
+        """
+        pos, tries, failures, began = start, 0, 0, self._clock()
+        while True:
+            ticket = self._admit()
+            tries += 1
+            reached, error, ok = pos, None, None
+            self._hooks.request()
+            try:
+                async with contextlib.aclosing(self._get(bucket, key, etag, pos, stop)) as body:
+                    async for piece in body:
+                        pos += len(piece)
+                        yield piece
+                if pos < stop:
+                    raise OriginUnavailable(f"origin cut the response for s3://{bucket}/{key} "
+                                            f"at byte {pos} of {start}-{stop - 1}")
+                ok = True
+            except P2PError as exc:
+                error, ok = exc, not is_transient(exc)
+            finally:
+                self._record(ticket, ok, error)
+            if error is None:
+                return
+            failures = 0 if pos > reached else failures + 1
+            delay = self.policy.next_delay(error, tries, failures, self._clock() - began, self._rand())
+            if delay is None or not keep_going():
+                raise error
+            self._hooks.retry(error.cause)
+            log.info("retrying s3://%s/%s from byte %d in %.2f s: %s", bucket, key, pos, delay, error)
+            await asyncio.sleep(delay)
+
+    async def _get(self, bucket: str, key: str, etag: str, start: int, stop: int) -> AsyncIterator[bytes]:
+        """One ranged GET, its failures converted; checks that S3 sent what was asked."""
+        where = f"s3://{bucket}/{key}"
         try:
             resp = await self._client.get_object(
-                Bucket=bucket, Key=key, IfMatch=etag, Range=f"bytes={start}-{stop - 1}"
-            )
+                Bucket=bucket, Key=key, IfMatch=etag, Range=f"bytes={start}-{stop - 1}")
             async with resp["Body"] as body:
-                while piece := await body.read(READ_SIZE):
+                got = resp.get("ETag")
+                if got and not etag_matches(got, etag):  # a server that ignores If-Match
+                    raise ObjectChanged(f"{where} changed at the origin: ETag {got}")
+                sent = resp.get("ContentRange")  # none: the whole object, from byte 0
+                if not (sent or "bytes 0-").startswith(f"bytes {start}-"):
+                    raise OriginError(f"origin answered {sent!r} to bytes={start}-{stop - 1} of {where}")
+                while piece := await body.read(min(READ_SIZE, stop - start)):
+                    start += len(piece)
                     yield piece
+        except P2PError:
+            raise
         except Exception as exc:
-            raise convert_error(exc, bucket, key) from exc
+            raise convert_error(exc, bucket, key, self._read_timeout) from exc
+
+    async def _call(self, call: Callable[[], Awaitable[dict]], bucket: str, key: str) -> dict:
+        """One metadata request, retried a few times if it fails transiently."""
+        tries, began = 0, self._clock()
+        while True:
+            ticket = self._admit()
+            tries += 1
+            error, ok, source = None, None, None
+            try:
+                result = await call()
+                ok = True
+                return result
+            except Exception as exc:
+                source, error = exc, convert_error(exc, bucket, key, self._read_timeout)
+                ok = not is_transient(error)
+            finally:
+                self._record(ticket, ok, error)
+            delay = self._meta_policy.next_delay(error, tries, tries, self._clock() - began, self._rand())
+            if delay is None:
+                raise error from source
+            self._hooks.retry(error.cause)
+            await asyncio.sleep(delay)
+
+    def _admit(self) -> int:
+        state = self.breaker.state
+        ticket = self.breaker.admit()
+        self._changed(state)
+        if ticket is not None:
+            return ticket
+        cause = self.breaker.cause
+        wait = self.breaker.retry_after()
+        kind = type(cause) if isinstance(cause, OriginUnavailable) else OriginUnavailable
+        raise kind(f"{cause}; {self.endpoint} is not asked again for {max(1, round(wait))} s "
+                   f"(circuit breaker)", retry_after=wait)
+
+    def _record(self, ticket: int, ok: bool | None, error: P2PError | None) -> None:
+        state = self.breaker.state
+        self.breaker.record(ticket, ok, error)
+        self._changed(state)
+
+    def _changed(self, before: str) -> None:
+        after = self.breaker.state
+        if after == before:
+            return
+        self._hooks.breaker(after)
+        if after == OPEN:
+            log.warning("origin %s: breaker open after repeated failures (%s)", self.endpoint, self.breaker.cause)
+        else:
+            log.info("origin %s: breaker %s", self.endpoint, after)

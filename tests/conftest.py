@@ -15,6 +15,7 @@ from hypothesis import settings
 settings.register_profile("p2pcache", deadline=None)  # a noisy 2-core machine
 settings.load_profile("p2pcache")
 
+from faultproxy import FaultProxy
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache.s3local import EmbeddedS3
@@ -61,6 +62,14 @@ def s3():
 @pytest.fixture(scope="session")
 def s3_client(s3):
     return boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1")
+
+
+@pytest.fixture
+async def fault_proxy(s3):
+    """A fault-injecting proxy in front of the S3 server (tests/faultproxy.py); no faults until set."""
+    proxy = await FaultProxy(s3.url).start()
+    yield proxy
+    await proxy.stop()
 
 
 @pytest.fixture

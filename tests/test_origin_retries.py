@@ -1,0 +1,129 @@
+"""S3Origin against a faulty S3: what is retried, resumed from where, and what never is."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from conftest import wait_for
+from p2pcache.errors import NotFound, ObjectChanged, OriginError, OriginThrottled, OriginUnavailable
+from p2pcache.origin import S3Origin
+
+SIZE = 3 << 20
+
+
+@pytest.fixture
+def obj(s3_client, bucket):
+    body = random.Random(3).randbytes(SIZE)
+    s3_client.put_object(Bucket=bucket, Key="o.bin", Body=body)
+    return bucket, "o.bin", s3_client.head_object(Bucket=bucket, Key="o.bin")["ETag"], body
+
+
+async def read(origin: S3Origin, obj, start: int = 0, stop: int = SIZE, **kw) -> bytes:
+    bucket, key, etag, _ = obj
+    return b"".join([p async for p in origin.read_range(bucket, key, etag, start, stop, **kw)])
+
+
+def starts(proxy) -> list[int]:
+    return [int(r.removeprefix("bytes=").split("-")[0]) for r in proxy.ranges]
+
+
+async def test_cut_bodies_resume_from_the_byte_reached_with_the_same_version(fault_proxy, obj):
+    fault_proxy.script = ["truncate", "truncate", "truncate"]
+    async with S3Origin.connect(fault_proxy.url) as origin:
+        assert await read(origin, obj, 1000) == obj[3][1000:]
+    assert fault_proxy.gets == 4
+    assert starts(fault_proxy)[0] == 1000
+    assert all(a < b for a, b in zip(starts(fault_proxy), starts(fault_proxy)[1:]))  # never from the start again
+    assert fault_proxy.body_bytes < 1.25 * (SIZE - 1000)
+
+
+async def test_a_stalled_body_is_abandoned_after_the_read_timeout_and_retried(fault_proxy, obj):
+    fault_proxy.script = ["stall"]
+    async with S3Origin.connect(fault_proxy.url, read_timeout=0.5) as origin:
+        began = time.monotonic()
+        assert await read(origin, obj) == obj[3]
+        took = time.monotonic() - began
+    assert fault_proxy.injected["stall"] == 1 and fault_proxy.gets == 2
+    assert 0.45 < fault_proxy.stall_waits[0] < 2.0  # abandoned at the timeout, not S3's 60 s
+    assert took < 5.0
+
+
+async def test_resets_throttling_and_5xx_are_retried(fault_proxy, obj):
+    fault_proxy.script = ["reset", "slowdown", "error", "reset"]
+    async with S3Origin.connect(fault_proxy.url) as origin:
+        assert await read(origin, obj, 0, 1 << 20) == obj[3][:1 << 20]
+    assert fault_proxy.gets == 5 and sum(fault_proxy.injected.values()) == 4
+
+
+async def test_a_changed_object_a_404_and_a_403_are_never_retried(fault_proxy, obj, s3_client):
+    bucket, key, etag, _ = obj
+    async with S3Origin.connect(fault_proxy.url) as origin:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"the next version")
+        with pytest.raises(ObjectChanged):
+            await read(origin, obj)
+        assert fault_proxy.gets == 1
+        with pytest.raises(NotFound):
+            await read(origin, (bucket, "missing", etag, b""))
+        assert fault_proxy.gets == 2
+        fault_proxy.script = ["denied"]
+        with pytest.raises(OriginError) as denied:
+            await read(origin, (bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], b""), 0, 4)
+        assert "AccessDenied" in str(denied.value) and fault_proxy.gets == 3
+
+
+async def test_a_resume_after_the_object_changed_fails_rather_than_mix_versions(fault_proxy, obj, s3_client):
+    bucket, key, etag, old = obj
+    fault_proxy.script = ["stall"]
+    got = bytearray()
+    async with S3Origin.connect(fault_proxy.url, read_timeout=1.0) as origin:
+        async def reading() -> None:
+            async for piece in origin.read_range(bucket, key, etag, 0, SIZE):
+                got.extend(piece)
+        task = asyncio.create_task(reading())
+        await wait_for(lambda: fault_proxy.stalling, what="the body to stall")
+        await asyncio.to_thread(s3_client.put_object, Bucket=bucket, Key=key, Body=b"x" * SIZE)
+        with pytest.raises(ObjectChanged):
+            await task
+    assert fault_proxy.gets == 2 and starts(fault_proxy)[1] == len(got)  # resumed where it was cut
+    assert bytes(got) == old[:len(got)]  # only bytes of the version the read began with
+
+
+async def test_retries_end_at_the_deadline_or_when_nobody_wants_the_bytes(fault_proxy, obj):
+    fault_proxy.mode = "error"
+    async with S3Origin.connect(fault_proxy.url, deadline=1.0, breaker_threshold=0) as origin:
+        began = time.monotonic()
+        with pytest.raises(OriginError, match="500 InternalError"):
+            await read(origin, obj)
+        assert time.monotonic() - began < 3.0
+        assert 3 <= fault_proxy.requests <= 1.0 / origin.policy.base * 2  # backed off, not hammered
+        before = fault_proxy.requests
+        with pytest.raises(OriginError):
+            await read(origin, obj, keep_going=lambda: False)
+        assert fault_proxy.requests == before + 1
+
+
+async def test_the_breaker_turns_a_persistent_outage_into_prompt_errors(fault_proxy, obj):
+    fault_proxy.mode = "slowdown"
+    async with S3Origin.connect(fault_proxy.url, breaker_threshold=3) as origin:
+        with pytest.raises(OriginThrottled):
+            await read(origin, obj)
+        assert fault_proxy.requests == 3
+        began = time.monotonic()
+        with pytest.raises(OriginThrottled) as refused:
+            await origin.head(obj[0], obj[1])
+        assert time.monotonic() - began < 0.5 and fault_proxy.requests == 3  # not sent at all
+        assert refused.value.retry_after > 0 and "Retry-After" in refused.value.headers
+        assert "SlowDown" in str(refused.value) and "circuit breaker" in str(refused.value)
+        fault_proxy.mode = None  # S3 is back: the first request after the cooldown probes it
+
+        async def recovered() -> bool:
+            try:
+                return (await origin.head(obj[0], obj[1])).etag == obj[2]
+            except OriginUnavailable:
+                return False
+        await wait_for(recovered, timeout=5.0, what="the breaker to close")
+        assert await read(origin, obj, 0, 10) == obj[3][:10]

@@ -1,7 +1,8 @@
 """Named domain errors, each with the HTTP status it maps to.
 
 P2PError
-├── BadRequest            400  input a user sent that cannot be served
+├── BadRequest            400  input a user sent that cannot be served (or S3 refused as such)
+│   ├── InvalidArgument        a query argument out of its range (max-keys, partNumber)
 │   └── MalformedAuthorization  a signature that cannot be parsed (S3's code)
 ├── AccessDenied          403  bucket not in the allowlist or the reader key's list, or S3 said 403
 │   ├── InvalidAccessKeyId     a signature by a key not in --client-keys
@@ -13,6 +14,7 @@ P2PError
 ├── ReadOnly              405  a write method: the cache is read-only
 ├── PreconditionFailed    412  an If-Match / If-Unmodified-Since condition is false
 ├── RangeNotSatisfiable   416  carries the object size for `Content-Range: bytes */size`
+├── InvalidPartNumber     416  partNumber beyond the object's parts
 ├── ObjectChanged         412→502  the object's ETag changed under a read
 ├── OriginError           502  S3 answered, but with a failure (5xx: transient; 403: not)
 ├── Unavailable           503  something needed is not reachable or has no capacity
@@ -37,10 +39,9 @@ from __future__ import annotations
 import math
 
 __all__ = [
-    "P2PError", "BadRequest", "MalformedAuthorization", "AccessDenied", "InvalidAccessKeyId",
-    "SignatureDoesNotMatch", "RequestTimeTooSkewed", "NotFound", "NotCached", "NotOwner", "ReadOnly",
-    "PreconditionFailed",
-    "RangeNotSatisfiable",
+    "P2PError", "BadRequest", "InvalidArgument", "MalformedAuthorization", "AccessDenied",
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed", "NotFound", "NotCached",
+    "NotOwner", "ReadOnly", "PreconditionFailed", "RangeNotSatisfiable", "InvalidPartNumber",
     "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
     "PeerUnavailable", "NoRing", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
     "StoreError", "ORIGIN_HEADER", "origin_error",
@@ -65,10 +66,31 @@ class P2PError(Exception):
         """Headers the HTTP answer to this error carries."""
         return {}
 
+    @property
+    def details(self) -> dict[str, str]:
+        """Extra elements of S3's XML error body (`ArgumentName`, ...)."""
+        return {}
+
 
 class BadRequest(P2PError):
     """The request is malformed."""
     status, code = 400, "InvalidRequest"
+
+    def __init__(self, message: str = "", code: str = "InvalidRequest") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidArgument(BadRequest):
+    """An argument of the request is invalid."""
+
+    def __init__(self, message: str, name: str, value: str) -> None:
+        super().__init__(message, code="InvalidArgument")
+        self.name, self.value = name, value
+
+    @property
+    def details(self) -> dict[str, str]:
+        return {"ArgumentName": self.name, "ArgumentValue": self.value}
 
 
 class MalformedAuthorization(BadRequest):
@@ -147,6 +169,19 @@ class RangeNotSatisfiable(P2PError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Content-Range": f"bytes */{self.size}"}
+
+
+class InvalidPartNumber(P2PError):
+    """The requested partnumber is not satisfiable"""
+    status, code = 416, "InvalidPartNumber"
+
+    def __init__(self, requested: int, count: int) -> None:
+        super().__init__()
+        self.requested, self.count = requested, count
+
+    @property
+    def details(self) -> dict[str, str]:
+        return {"PartNumberRequested": str(self.requested), "ActualPartCount": str(self.count)}
 
 
 class ObjectChanged(P2PError):

@@ -15,7 +15,11 @@ __all__ = ["ObjectInfo", "ChunkId"]
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """What a HEAD on S3 said: the version (ETag) pins every chunk of a read."""
+    """What a HEAD on S3 said: the version (ETag) pins every chunk of a read.
+
+    `headers` are the object's other stored headers (user metadata,
+    Cache-Control, ...), sent back with it; they are no part of a chunk's id.
+    """
 
     bucket: str
     key: str
@@ -23,6 +27,7 @@ class ObjectInfo:
     size: int
     last_modified: str = ""  # an HTTP date
     content_type: str = "binary/octet-stream"
+    headers: tuple[tuple[str, str], ...] = ()
 
     def chunk(self, index: int, chunk_size: int) -> "ChunkId":
         return ChunkId(self.bucket, self.key, self.etag, self.size, chunk_size, index)

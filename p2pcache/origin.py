@@ -14,8 +14,9 @@ import contextlib
 import dataclasses
 import logging
 import random
+import re
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
 import aiohttp
 import botocore.exceptions
@@ -25,17 +26,19 @@ from aiobotocore.session import get_session
 from .breaker import OPEN, Breaker
 from .conditions import etag_matches
 from .errors import (
-    NotFound, ObjectChanged, OriginError, OriginThrottled, OriginTimeout, OriginUnavailable,
-    P2PError,
+    Busy, InvalidPartNumber, NotFound, ObjectChanged, OriginError, OriginThrottled, OriginTimeout,
+    OriginUnavailable, P2PError,
 )
 from .objects import ObjectInfo
 from .retry import RetryPolicy, is_transient
+from .s3headers import stored_headers
 
-__all__ = ["S3Origin", "OriginHooks", "convert_error"]
+__all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error"]
 
 log = logging.getLogger("p2pcache.origin")
 READ_SIZE = 1 << 20
 META_ATTEMPTS = 3  # a HEAD or a listing is on a reader's critical path: a few quick tries
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 _TIMEOUTS = (
     botocore.exceptions.ReadTimeoutError,
@@ -89,6 +92,15 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return OriginError(f"origin failed for {where}: {exc}")
     raise exc  # not an origin failure: a bug, let it show
+
+
+class PartHead(NamedTuple):
+    """What a HEAD of one part said: its length, where it starts if S3 said so, how many parts."""
+
+    length: int
+    start: int | None  # from Content-Range; some servers send only the length
+    total: int | None  # the object's size, from Content-Range
+    count: int | None  # x-amz-mp-parts-count: None for an object not uploaded in parts
 
 
 @dataclasses.dataclass
@@ -148,7 +160,26 @@ class S3Origin:
             size=int(resp["ContentLength"]),
             last_modified=headers.get("last-modified", ""),
             content_type=resp.get("ContentType") or "binary/octet-stream",
+            headers=stored_headers(headers),
         )
+
+    async def head_part(self, bucket: str, key: str, part: int, etag: str | None) -> PartHead:
+        """HEAD ?partNumber=`part`, with `If-Match: etag` if given (412 -> ObjectChanged)."""
+        try:
+            resp = await self._client.head_object(Bucket=bucket, Key=key, PartNumber=part,
+                                                  **({"IfMatch": etag} if etag else {}))
+        except Exception as exc:
+            if isinstance(exc, botocore.exceptions.ClientError) and \
+                    exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+                raise InvalidPartNumber(part, 0) from exc
+            raise convert_error(exc, bucket, key) from exc
+        headers = resp["ResponseMetadata"]["HTTPHeaders"]
+        count = headers.get("x-amz-mp-parts-count")
+        match = _CONTENT_RANGE.fullmatch(headers.get("content-range", ""))
+        return PartHead(length=int(resp["ContentLength"]),
+                        start=int(match.group(1)) if match else None,
+                        total=int(match.group(3)) if match else None,
+                        count=int(count) if count and count.isdigit() else None)
 
     async def head_bucket(self, bucket: str) -> None:
         await self._call(lambda: self._client.head_bucket(Bucket=bucket), bucket, "")

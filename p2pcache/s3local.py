@@ -14,7 +14,7 @@ __all__ = ["EmbeddedS3"]
 
 
 class _Counting:
-    """WSGI middleware: counts GET requests and the body bytes sent for them.
+    """WSGI middleware: counts GET requests and the body bytes sent for them, and object HEADs.
 
     With `throttle` (bytes/s), object bytes leave at most that fast in total,
     to stand in for a remote object store.
@@ -26,6 +26,7 @@ class _Counting:
         self.lock = threading.Lock()
         self.get_requests = 0
         self.get_bytes = 0
+        self.head_requests = 0  # HEADs of objects (not buckets)
         self.fast_gets = 0  # ranged GETs answered without moto
         self.throttle = throttle
         self._free_at = time.monotonic()  # when the throttled link is next idle
@@ -36,6 +37,9 @@ class _Counting:
         if fast:
             with self.lock:
                 self.fast_gets += 1
+        if environ.get("REQUEST_METHOD") == "HEAD" and is_object:
+            with self.lock:
+                self.head_requests += 1
         body = fast(start_response) if fast else self.app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "GET" or not is_object:
             return body  # listings and other API calls are not object bytes
@@ -161,6 +165,10 @@ class EmbeddedS3:
     @property
     def get_requests(self) -> int:
         return self.counter.get_requests
+
+    @property
+    def head_requests(self) -> int:
+        return self.counter.head_requests
 
     def __enter__(self) -> "EmbeddedS3":
         return self.start()

@@ -101,12 +101,14 @@ class Cluster:
         return self
 
     async def add_worker(self, **options) -> Worker:
+        """A worker with the cluster's options and `options`; `clock=` is the worker's clock."""
         i = len(self.workers)
         settings = dict(worker_id=f"w{i}", s3_endpoint=self.s3_url, min_free=0, capacity=1 << 30,
                         heartbeat_interval=self.heartbeat) | self.worker_options | options
         wall_clock = settings.pop("wall_clock", time.time)
+        clock = settings.pop("clock", time.monotonic)
         cfg = WorkerConfig(master_url=self.master.url, cache_dir=self.root / f"w{i}", **settings)
-        worker = Worker(cfg, wall_clock=wall_clock)
+        worker = Worker(cfg, clock=clock, wall_clock=wall_clock)
         await worker.start()
         self.workers.append(worker)
         return worker

@@ -11,22 +11,43 @@ from xml.sax.saxutils import escape
 
 from p2pcache.errors import BadRequest, P2PError
 from p2pcache.objects import ObjectInfo
-from p2pcache.ranges import parse_range
+from p2pcache.ranges import ByteRange, parse_range
 
 from .limits import TokenBucket
 from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_from_params
 
-__all__ = ["REQUEST_ID", "object_headers", "error_response", "send_body", "prepend", "parse_peer_request"]
+__all__ = ["REQUEST_ID", "object_headers", "object_answer", "error_response", "send_body", "prepend", "parse_peer_request"]
 
 log = logging.getLogger("p2pcache.http")
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
-def object_headers(info: ObjectInfo) -> dict[str, str]:
+def object_headers(info: ObjectInfo, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """What S3 sends with the object: its stored headers, then the request's `response-*` overrides."""
     headers = {"ETag": info.etag, "Accept-Ranges": "bytes", "Content-Type": info.content_type}
     if info.last_modified:
         headers["Last-Modified"] = info.last_modified
+    headers.update(info.headers)
+    if overrides:
+        headers.update(overrides)
     return headers
+
+
+def object_answer(info: ObjectInfo, range_header: str | None, part, overrides: dict[str, str]
+                  ) -> tuple[int, dict[str, str], int, int]:
+    """Status, headers and bytes `[start, stop)` of a GET or HEAD: the part `part` (a PartSpan),
+    else the `Range`, else the whole object."""
+    headers = object_headers(info, overrides)
+    if part is not None:
+        if part.count is not None:
+            headers["x-amz-mp-parts-count"] = str(part.count)
+        rng = ByteRange(part.start, part.stop, info.size) if part.stop > part.start else None
+    else:
+        rng = parse_range(range_header, info.size)
+    if rng is None:
+        return 200, headers, 0, info.size
+    headers["Content-Range"] = rng.content_range()
+    return 206, headers, rng.start, rng.stop
 
 
 def error_response(request: web.BaseRequest, exc: P2PError) -> web.Response:
@@ -35,9 +56,10 @@ def error_response(request: web.BaseRequest, exc: P2PError) -> web.Response:
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{exc.code}</Code><Message>{escape(exc.message)}</Message>"
-        f"<Resource>{escape(request.path)}</Resource><RequestId>{request_id}</RequestId></Error>\n"
+        + "".join(f"<{k}>{escape(v)}</{k}>" for k, v in exc.details.items())
+        + f"<Resource>{escape(request.path)}</Resource><RequestId>{request_id}</RequestId></Error>\n"
     )
-    headers = {ERROR_HEADER: exc.code, REASON_HEADER: exc.message.replace("\n", " ")[:500], **exc.headers}
+    headers = {ERROR_HEADER: exc.code, REASON_HEADER: " ".join(exc.message.splitlines())[:500], **exc.headers}
     return web.Response(status=exc.status, text=body, content_type="application/xml", headers=headers)
 
 

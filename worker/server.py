@@ -31,17 +31,19 @@ from p2pcache.metrics import metrics_handler
 from p2pcache.origin import S3Origin
 from p2pcache.ranges import parse_range
 from p2pcache.ring import DRAINING, Placement, WorkerInfo
+from p2pcache.s3headers import response_overrides
 
 from .chunks import Chunks, fill_source
 from .config import WorkerConfig
 from .http import (
-    REQUEST_ID, error_response, object_headers, parse_peer_request, prepend, send_body,
+    REQUEST_ID, error_response, object_answer, parse_peer_request, prepend, send_body,
 )
 from .limits import TokenBucket
 from .listing import Listings
 from .membership import MembershipAgent
 from .metrics import WorkerMetrics
 from .objects import ObjectCache
+from .parts import Parts, parse_part_number
 from .peer import PeerClient, chunk_from_params
 from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
@@ -118,6 +120,7 @@ class Worker:
         peers = PeerClient(session)
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
                                      placement=self._placement, rate=cfg.handoff_rate())
+        self.parts = Parts(self.origin)
         self.chunks = Chunks(
             me=self.id, store=self.store, origin=self.origin, peers=peers,
             metrics=self.metrics, placement=self._placement,
@@ -160,6 +163,7 @@ class Worker:
         await self.chunks.close()
         await self.objects.close()
         await self.listings.close()
+        await self.parts.close()
         self.store.close()
         await self._stack.aclose()
 
@@ -254,23 +258,27 @@ class Worker:
         return await self.listings.list_objects(request, bucket)
 
     async def get_object(self, request: web.BaseRequest, bucket: str, key: str) -> web.StreamResponse:
-        if "no-cache" in request.headers.get("Cache-Control", ""):
-            self.objects.invalidate(bucket, key)  # the client asks for the version S3 has now
+        part = parse_part_number(request.query, "Range" in request.headers)
+        overrides = response_overrides(request.query, request.headers)
+        max_age = conditions.max_age(request.headers)  # no-cache: the version S3 has now
         for attempt in (1, 2):
-            info = await self.objects.get(bucket, key)
+            info = await self.objects.get(bucket, key, max_age)
             verdict = conditions.evaluate(request.headers, info.etag, info.last_modified)
             if verdict == 412 and attempt == 1:  # the client may know a newer version than our cache
-                self.objects.invalidate(bucket, key)
+                max_age = 0
                 continue
             if verdict == 412:
                 raise PreconditionFailed(info.etag)
             if verdict == 304:
                 return web.Response(status=304, headers={"ETag": info.etag, "Last-Modified": info.last_modified})
-            rng = parse_range(request.headers.get("Range"), info.size)
-            start, stop = (rng.start, rng.stop) if rng else (0, info.size)
-            status, headers = (206 if rng else 200), object_headers(info)
-            if rng:
-                headers["Content-Range"] = rng.content_range()
+            try:
+                span = None if part is None else await self.parts.span(info, part)
+            except ObjectChanged:
+                if attempt == 2:
+                    raise
+                max_age = 0
+                continue
+            status, headers, start, stop = object_answer(info, request.headers.get("Range"), span, overrides)
             if request.method != "HEAD" and start < stop:
                 small = await self.chunks.read_small(info, start, stop)
                 if small is not None:  # the common case for small reads: no stream, no tasks
@@ -288,9 +296,9 @@ class Worker:
                 first = await anext(pieces)  # errors before the status line get a status
             except ObjectChanged:
                 await pieces.aclose()
-                self.objects.invalidate(bucket, key)
                 if attempt == 2:
                     raise
+                max_age = 0
                 continue
             except BaseException:
                 await pieces.aclose()

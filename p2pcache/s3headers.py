@@ -1,0 +1,75 @@
+"""S3's object headers: which ones a cache keeps with an object, and the `response-*` overrides."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from .errors import BadRequest
+
+__all__ = ["stored_headers", "response_overrides", "is_signed", "OVERRIDES"]
+
+# Headers S3 stores with an object and sends on every GET and HEAD of it, by their
+# lower-case name -> the spelling we send. `x-amz-meta-*` (user metadata) too.
+_STORED = {
+    "cache-control": "Cache-Control",
+    "content-disposition": "Content-Disposition",
+    "content-encoding": "Content-Encoding",
+    "content-language": "Content-Language",
+    "expires": "Expires",
+    "x-amz-version-id": "x-amz-version-id",
+    "x-amz-storage-class": "x-amz-storage-class",
+    "x-amz-server-side-encryption": "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id": "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-bucket-key-enabled": "x-amz-server-side-encryption-bucket-key-enabled",
+    "x-amz-website-redirect-location": "x-amz-website-redirect-location",
+    "x-amz-missing-meta": "x-amz-missing-meta",
+    "x-amz-object-lock-mode": "x-amz-object-lock-mode",
+    "x-amz-object-lock-retain-until-date": "x-amz-object-lock-retain-until-date",
+    "x-amz-object-lock-legal-hold": "x-amz-object-lock-legal-hold",
+    "x-amz-replication-status": "x-amz-replication-status",
+    "x-amz-restore": "x-amz-restore",
+    "x-amz-expiration": "x-amz-expiration",
+}
+
+# GetObject's (and HeadObject's) query parameters that replace a header of the answer.
+OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+
+
+def stored_headers(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The headers of a HEAD answer that belong to the object, in the order S3 sent them.
+
+    Per-request headers (date, request ids, lengths, ranges) and the ones the
+    cache sets itself (ETag, Last-Modified, Content-Type) are left out, and so
+    are checksums: they describe the whole object, not a range of it.
+    """
+    out = []
+    for name, value in headers.items():
+        low = name.lower()
+        if low.startswith("x-amz-meta-"):
+            out.append((low, value))
+        elif low in _STORED:
+            out.append((_STORED[low], value))
+    return tuple(out)
+
+
+def is_signed(query: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+    """Whether the request carries a signature (header or presigned URL); the cache does not check it."""
+    return ("Authorization" in headers or "X-Amz-Signature" in query or "Signature" in query)
+
+
+def response_overrides(query: Mapping[str, str], headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers `response-*` parameters set, as S3 applies them: only on signed requests.
+
+    S3 refuses them on anonymous requests with 400 InvalidRequest; so does the cache.
+    """
+    overrides = {OVERRIDES[name]: query[name] for name in OVERRIDES if name in query}
+    if overrides and not is_signed(query, headers):
+        raise BadRequest("Request specific response headers cannot be used for anonymous GET requests.")
+    return overrides

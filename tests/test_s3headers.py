@@ -1,0 +1,34 @@
+"""Which object headers the cache keeps and replays, and S3's rules for `response-*` overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pcache.errors import BadRequest
+from p2pcache.s3headers import response_overrides, stored_headers
+
+
+def test_stored_headers_keep_the_objects_own_and_drop_per_request_ones():
+    head = {"server": "AmazonS3", "date": "x", "x-amz-request-id": "r", "x-amz-id-2": "i", "etag": '"e"',
+            "content-length": "5", "content-type": "text/plain", "last-modified": "y", "accept-ranges": "bytes",
+            "x-amz-meta-Model": "llama", "cache-control": "no-transform", "expires": "Wed, 21 Oct 2026 07:28:00 GMT",
+            "content-disposition": "inline", "content-language": "de", "content-encoding": "gzip",
+            "x-amz-version-id": "v1", "x-amz-storage-class": "GLACIER_IR", "x-amz-server-side-encryption": "aws:kms",
+            "x-amz-checksum-crc32": "AAAA", "x-amz-mp-parts-count": "3", "content-range": "bytes 0-4/5"}
+    assert stored_headers(head) == (
+        ("x-amz-meta-model", "llama"), ("Cache-Control", "no-transform"),
+        ("Expires", "Wed, 21 Oct 2026 07:28:00 GMT"), ("Content-Disposition", "inline"),
+        ("Content-Language", "de"), ("Content-Encoding", "gzip"), ("x-amz-version-id", "v1"),
+        ("x-amz-storage-class", "GLACIER_IR"), ("x-amz-server-side-encryption", "aws:kms"))
+
+
+def test_response_overrides_apply_to_signed_requests_only():
+    query = {"response-content-type": "text/plain", "response-expires": "never", "x-id": "GetObject"}
+    signed = {"Authorization": "AWS4-HMAC-SHA256 Credential=..."}
+    assert response_overrides(query, signed) == {"Content-Type": "text/plain", "Expires": "never"}
+    assert response_overrides(query | {"X-Amz-Signature": "abc"}, {}) == {"Content-Type": "text/plain",
+                                                                          "Expires": "never"}
+    assert response_overrides({"x-id": "GetObject"}, {}) == {}
+    with pytest.raises(BadRequest) as exc:
+        response_overrides(query, {})
+    assert (exc.value.status, exc.value.code) == (400, "InvalidRequest")

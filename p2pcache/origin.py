@@ -22,12 +22,13 @@ import aiohttp
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.handlers import set_list_objects_encoding_type_url
 
 from .breaker import OPEN, Breaker
 from .conditions import etag_matches
 from .errors import (
-    Busy, InvalidPartNumber, NotFound, ObjectChanged, OriginError, OriginThrottled, OriginTimeout,
-    OriginUnavailable, P2PError,
+    BadRequest, Busy, InvalidPartNumber, NotFound, ObjectChanged, OriginError, OriginThrottled,
+    OriginTimeout, OriginUnavailable, P2PError,
 )
 from .objects import ObjectInfo
 from .retry import RetryPolicy, is_transient
@@ -39,6 +40,10 @@ log = logging.getLogger("p2pcache.origin")
 READ_SIZE = 1 << 20
 META_ATTEMPTS = 3  # a HEAD or a listing is on a reader's critical path: a few quick tries
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+_LISTINGS = ("ListObjects", "ListObjectsV2")
+# A 400 with one of these codes is about the worker's own credentials, not the reader's request.
+_CREDENTIAL_CODES = {"ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed",
+                     "IncompleteSignature", "MissingSecurityHeader", "InvalidSecurity"}
 
 _TIMEOUTS = (
     botocore.exceptions.ReadTimeoutError,
@@ -94,6 +99,18 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
     raise exc  # not an origin failure: a bug, let it show
 
 
+def refused(exc: Exception) -> BadRequest | None:
+    """S3's own 400 for a request a reader shaped (a listing's arguments), to pass on as S3 said it."""
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return None
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 400 or code in _CREDENTIAL_CODES:
+        return None
+    return BadRequest(str(error.get("Message") or "Bad Request"), code=code if code and not code.isdigit()
+                      else "InvalidRequest")
+
+
 class PartHead(NamedTuple):
     """What a HEAD of one part said: its length, where it starts if S3 said so, how many parts."""
 
@@ -101,6 +118,13 @@ class PartHead(NamedTuple):
     start: int | None  # from Content-Range; some servers send only the length
     total: int | None  # the object's size, from Content-Range
     count: int | None  # x-amz-mp-parts-count: None for an object not uploaded in parts
+
+
+def _keep_listing_body(response_dict, customized_response_dict, **_) -> None:
+    """A listing is passed on as S3 wrote it: keep its bytes, let botocore parse only errors."""
+    if response_dict["status_code"] < 300:
+        customized_response_dict["RawBody"] = response_dict["body"]
+        response_dict["body"] = b""
 
 
 @dataclasses.dataclass
@@ -127,6 +151,10 @@ class S3Origin:
         self.breaker = breaker or Breaker(clock=clock)
         self._hooks = hooks or OriginHooks()
         self._rand, self._clock = rand, clock
+        events = client.meta.events
+        for op in _LISTINGS:  # ask S3 for exactly what the reader asked: no encoding-type unless it did
+            events.unregister(f"before-parameter-build.s3.{op}", set_list_objects_encoding_type_url)
+            events.register(f"before-parse.s3.{op}", _keep_listing_body)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -184,16 +212,18 @@ class S3Origin:
     async def head_bucket(self, bucket: str) -> None:
         await self._call(lambda: self._client.head_bucket(Bucket=bucket), bucket, "")
 
-    async def list_objects(self, bucket: str, v2: bool = True, **params) -> dict:
-        """One page of ListObjects(V2) with S3's parameter names; keys come back decoded."""
+    async def list_objects(self, bucket: str, v2: bool = True, **params) -> bytes:
+        """One page of ListObjects(V2) (botocore's parameter names), as the XML S3 sent.
+
+        S3's 400s (a bad continuation token, ...) come back as BadRequest with S3's code.
+        """
         call = self._client.list_objects_v2 if v2 else self._client.list_objects
         args = {k: v for k, v in params.items() if v is not None}
-        resp = await self._call(lambda: call(Bucket=bucket, **args), bucket, "")
-        resp.pop("ResponseMetadata", None)
-        return resp
+        resp = await self._call(lambda: call(Bucket=bucket, **args), bucket, "", refusable=True)
+        return resp["RawBody"]
 
     async def list_buckets(self) -> dict:
-        resp = await self._call(self._client.list_buckets, "", "")
+        resp = await self._call(self._client.list_buckets, "", "", refusable=True)
         resp.pop("ResponseMetadata", None)
         return resp
 
@@ -254,8 +284,10 @@ class S3Origin:
         except Exception as exc:
             raise convert_error(exc, bucket, key, self._read_timeout) from exc
 
-    async def _call(self, call: Callable[[], Awaitable[dict]], bucket: str, key: str) -> dict:
-        """One metadata request, retried a few times if it fails transiently."""
+    async def _call(self, call: Callable[[], Awaitable[dict]], bucket: str, key: str,
+                    refusable: bool = False) -> dict:
+        """One metadata request, retried a few times if it fails transiently; with `refusable`,
+        S3's own 400 for arguments a reader shaped is passed on as S3 said it."""
         tries, began = 0, self._clock()
         while True:
             ticket = self._admit()
@@ -266,7 +298,8 @@ class S3Origin:
                 ok = True
                 return result
             except Exception as exc:
-                source, error = exc, convert_error(exc, bucket, key, self._read_timeout)
+                source, error = exc, ((refusable and refused(exc))
+                                      or convert_error(exc, bucket, key, self._read_timeout))
                 ok = not is_transient(error)
             finally:
                 self._record(ticket, ok, error)

@@ -1,37 +1,45 @@
 """S3 listing on the worker: ListBuckets, ListObjects(V2), HeadBucket, from the origin.
 
-Listings are answered from the origin and cached for the metadata TTL; the XML
-is S3's own form, so SDKs and s3fs parse it unchanged.
+Listings are answered from the origin and cached for the metadata TTL. A
+ListObjects(V2) page is S3's own XML, byte for byte (the reader's arguments go
+to S3 as given, so encoding, echoes and continuation tokens are S3's); S3's
+400s pass through with S3's code. ListBuckets is paginated here, over the
+buckets this cache serves, so `max-buckets` works whatever the origin supports.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import time
 from datetime import datetime, timezone
-from typing import Callable
-from urllib.parse import quote_plus
+from typing import Callable, Mapping
 from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from p2pcache.errors import BadRequest
+from p2pcache.conditions import max_age
+from p2pcache.errors import InvalidArgument
 from p2pcache.origin import S3Origin
 
 from .ttlcache import TTLCache
 
-__all__ = ["Listings", "V2_PARAMS", "V1_PARAMS"]
+__all__ = ["Listings", "V2_PARAMS", "V1_PARAMS", "MAX_BUCKETS"]
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
-# query parameter -> (botocore parameter, result field it is echoed in)
+# query parameter -> botocore parameter
 V2_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "continuation-token": "ContinuationToken",
-             "start-after": "StartAfter", "max-keys": "MaxKeys"}
-V1_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "marker": "Marker", "max-keys": "MaxKeys"}
-_ENCODED = {"Key", "Prefix", "Delimiter", "StartAfter", "Marker", "NextMarker"}
+             "start-after": "StartAfter", "max-keys": "MaxKeys", "encoding-type": "EncodingType"}
+V1_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "marker": "Marker", "max-keys": "MaxKeys",
+             "encoding-type": "EncodingType"}
+MAX_BUCKETS = 10_000
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class Listings:
     def __init__(self, origin: S3Origin, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 max_entries: int = 1024) -> None:
+                 max_entries: int = 256) -> None:
         self._origin = origin
         self._cache = TTLCache(ttl, clock, max_entries)
 
@@ -41,34 +49,81 @@ class Listings:
     async def list_objects(self, request: web.BaseRequest, bucket: str) -> web.Response:
         q = request.query
         v2 = q.get("list-type") == "2"
-        names = V2_PARAMS if v2 else V1_PARAMS
-        params = {api: q[name] for name, api in names.items() if name in q}
+        params = {api: q[name] for name, api in (V2_PARAMS if v2 else V1_PARAMS).items() if name in q}
         if "MaxKeys" in params:
-            if not params["MaxKeys"].isdigit():
-                raise BadRequest("max-keys must be a non-negative integer")
-            params["MaxKeys"] = min(int(params["MaxKeys"]), 1000)
-        if v2 and q.get("fetch-owner") == "true":
-            params["FetchOwner"] = True
-        result = await self._cache.get(("list", v2, bucket, tuple(sorted(params.items()))),
-                                    lambda: self._origin.list_objects(bucket, v2, **params))
-        encode = q.get("encoding-type") == "url"
-        return _xml(_list_xml(result, bucket, v2, encode))
+            params["MaxKeys"] = _max_keys(params["MaxKeys"])
+        if v2 and "fetch-owner" in q:
+            params["FetchOwner"] = q["fetch-owner"] == "true"
+        body = await self._cache.get(("list", v2, bucket, tuple(sorted(params.items()))),
+                                     lambda: self._origin.list_objects(bucket, v2, **params),
+                                     max_age(request.headers))
+        return web.Response(body=body, content_type="application/xml")
 
     async def list_buckets(self, request: web.BaseRequest,
                            readable: Callable[[str], bool] = lambda bucket: True) -> web.Response:
-        """The origin's buckets that `readable` lets this request see."""
-        result = await self._cache.get(("buckets",), self._origin.list_buckets)
+        """The origin's buckets that `readable` lets this request see, a page at a time."""
+        q = request.query
+        limit = _max_buckets(q.get("max-buckets"))
+        after = _token_name(q["continuation-token"]) if "continuation-token" in q else None
+        prefix = q.get("prefix")
+        result = await self._cache.get(("buckets",), self._origin.list_buckets, max_age(request.headers))
+        buckets = [b for b in result.get("Buckets", []) if readable(b["Name"])
+                   and (not prefix or b["Name"].startswith(prefix))
+                   and (after is None or b["Name"] > after)]
+        buckets.sort(key=lambda b: b["Name"])
+        page, more = buckets[:limit], len(buckets) > limit
         owner = result.get("Owner", {})
-        buckets = "".join(
-            f"<Bucket><Name>{escape(b['Name'])}</Name>"
-            f"<CreationDate>{_iso(b.get('CreationDate'))}</CreationDate></Bucket>"
-            for b in result.get("Buckets", []) if readable(b["Name"]))
-        return _xml(f'<ListAllMyBucketsResult xmlns="{NS}"><Owner><ID>{escape(owner.get("ID", ""))}</ID>'
-                    f'<DisplayName>{escape(owner.get("DisplayName", ""))}</DisplayName></Owner>'
-                    f"<Buckets>{buckets}</Buckets></ListAllMyBucketsResult>")
+        xml = ["<Buckets>", *(_bucket_xml(b) for b in page), "</Buckets>",
+               f"<Owner><ID>{escape(owner.get('ID', ''))}</ID>"
+               f"<DisplayName>{escape(owner.get('DisplayName', ''))}</DisplayName></Owner>"]
+        if more:
+            xml.append(f"<ContinuationToken>{_token(page[-1]['Name'])}</ContinuationToken>")
+        if prefix is not None:
+            xml.append(f"<Prefix>{escape(prefix)}</Prefix>")
+        return _xml(f'<ListAllMyBucketsResult xmlns="{NS}">{"".join(xml)}</ListAllMyBucketsResult>')
 
-    async def head_bucket(self, bucket: str) -> None:
-        await self._cache.get(("bucket", bucket), lambda: self._origin.head_bucket(bucket))
+    async def head_bucket(self, request: web.BaseRequest, bucket: str) -> None:
+        await self._cache.get(("bucket", bucket), lambda: self._origin.head_bucket(bucket),
+                              max_age(request.headers))
+
+
+def _max_keys(raw: str) -> int:
+    """S3's checks of `max-keys`; a value above 1000 goes to S3, which answers 1000 at most."""
+    if not _INTEGER.fullmatch(raw):
+        raise InvalidArgument("Provided max-keys not an integer or within integer range", "max-keys", raw)
+    if not 0 <= int(raw) <= 2**31 - 1:
+        raise InvalidArgument("Argument maxKeys must be an integer between 0 and 2147483647", "maxKeys", raw)
+    return int(raw)
+
+
+def _max_buckets(raw: str | None) -> int:
+    if raw is None:
+        return MAX_BUCKETS
+    if not _INTEGER.fullmatch(raw) or not 1 <= int(raw) <= MAX_BUCKETS:
+        raise InvalidArgument(f"Argument max-buckets must be an integer between 1 and {MAX_BUCKETS}",
+                              "max-buckets", raw)
+    return int(raw)
+
+
+def _token(name: str) -> str:
+    """An opaque continuation token: the last bucket name of the page (names are ordered)."""
+    return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def _token_name(token: str) -> str:
+    try:
+        name = base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeError, ValueError):
+        name = ""
+    if not name:
+        raise InvalidArgument("The continuation token provided is incorrect", "continuation-token", token)
+    return name
+
+
+def _bucket_xml(b: Mapping) -> str:
+    region = f"<BucketRegion>{escape(b['BucketRegion'])}</BucketRegion>" if b.get("BucketRegion") else ""
+    return (f"<Bucket><Name>{escape(b['Name'])}</Name>"
+            f"<CreationDate>{_iso(b.get('CreationDate'))}</CreationDate>{region}</Bucket>")
 
 
 def _xml(body: str) -> web.Response:
@@ -81,36 +136,3 @@ def _iso(dt: datetime | None) -> str:
         return ""
     dt = dt.astimezone(timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def _el(name: str, value, encode: bool) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    else:
-        text = str(value)
-        if encode and name in _ENCODED:
-            text = quote_plus(text, safe="/")
-    return f"<{name}>{escape(text)}</{name}>"
-
-
-def _list_xml(r: dict, bucket: str, v2: bool, encode: bool) -> str:
-    head = [_el("Name", bucket, False), _el("Prefix", r.get("Prefix", ""), encode)]
-    fields = (("KeyCount", "MaxKeys", "Delimiter", "IsTruncated", "ContinuationToken",
-               "NextContinuationToken", "StartAfter") if v2
-              else ("Marker", "NextMarker", "MaxKeys", "Delimiter", "IsTruncated"))
-    head += [_el(f, r.get(f), encode) for f in fields]
-    if encode:
-        head.append("<EncodingType>url</EncodingType>")
-    contents = "".join(
-        "<Contents>" + _el("Key", o["Key"], encode) + f"<LastModified>{_iso(o.get('LastModified'))}</LastModified>"
-        + _el("ETag", o.get("ETag"), False) + _el("Size", o.get("Size"), False)
-        + _el("StorageClass", o.get("StorageClass", "STANDARD"), False)
-        + (f"<Owner>{_el('ID', o['Owner'].get('ID'), False)}{_el('DisplayName', o['Owner'].get('DisplayName'), False)}</Owner>"
-           if o.get("Owner") else "")
-        + "</Contents>"
-        for o in r.get("Contents", []))
-    prefixes = "".join(f"<CommonPrefixes>{_el('Prefix', p['Prefix'], encode)}</CommonPrefixes>"
-                       for p in r.get("CommonPrefixes", []))
-    return f'<ListBucketResult xmlns="{NS}">' + "".join(head) + contents + prefixes + "</ListBucketResult>"

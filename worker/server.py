@@ -253,7 +253,7 @@ class Worker:
     async def bucket(self, request: web.BaseRequest, bucket: str) -> web.Response:
         """ListObjects(V2) on GET, HeadBucket on HEAD."""
         if request.method == "HEAD":
-            await self.listings.head_bucket(bucket)
+            await self.listings.head_bucket(request, bucket)
             return web.Response()
         return await self.listings.list_objects(request, bucket)
 

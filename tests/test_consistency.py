@@ -1,0 +1,141 @@
+"""The consistency contract of the README: what a read through the cache may lag behind S3, and by how much."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from conftest import CHUNK
+
+TTL = 5.0  # the default --meta-ttl
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cache_client(url: str):
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                        config=Config(retries={"max_attempts": 1}))
+
+
+def read(c, bucket: str, key: str, **kw) -> tuple[bytes, str]:
+    resp = c.get_object(Bucket=bucket, Key=key, **kw)
+    return resp["Body"].read(), resp["ETag"]
+
+
+def status(fn, **kw) -> tuple[str, int]:
+    with pytest.raises(ClientError) as info:
+        fn(**kw)
+    return info.value.response["Error"]["Code"], info.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+async def test_with_meta_ttl_0_overwrites_and_deletes_show_at_once(cluster_factory, bucket, s3_client, s3):
+    cluster = await cluster_factory(2, meta_ttl=0)
+    cache = cache_client(cluster.workers[0].url)
+    v1, v2 = b"1" * (3 * CHUNK + 1), b"2" * (2 * CHUNK + 7)
+
+    def check():
+        s3_client.put_object(Bucket=bucket, Key="k", Body=v1)
+        assert read(cache, bucket, "k")[0] == v1
+        etag2 = s3_client.put_object(Bucket=bucket, Key="k", Body=v2)["ETag"]
+        assert read(cache, bucket, "k") == (v2, etag2)
+        assert cache.head_object(Bucket=bucket, Key="k")["ContentLength"] == len(v2)
+        assert [o["Key"] for o in cache.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+        s3_client.delete_object(Bucket=bucket, Key="k")
+        assert status(cache.get_object, Bucket=bucket, Key="k") == ("NoSuchKey", 404)
+        assert status(cache.head_object, Bucket=bucket, Key="k")[1] == 404
+        assert "Contents" not in cache.list_objects_v2(Bucket=bucket)
+        s3_client.put_object(Bucket=bucket, Key="k", Body=v1)  # back again, at once
+        assert read(cache, bucket, "k")[0] == v1
+        assert bucket in [b["Name"] for b in cache.list_buckets()["Buckets"]]
+        s3_client.delete_object(Bucket=bucket, Key="k")
+        s3_client.delete_bucket(Bucket=bucket)
+        assert bucket not in [b["Name"] for b in cache.list_buckets()["Buckets"]]
+        assert status(cache.get_object, Bucket=bucket, Key="k") == ("NoSuchBucket", 404)
+        s3_client.create_bucket(Bucket=bucket)
+
+    await asyncio.to_thread(check)
+
+
+async def test_with_meta_ttl_0_every_read_asks_s3_once(cluster_factory, bucket, s3_client, s3):
+    cluster = await cluster_factory(1, meta_ttl=0)
+    s3_client.put_object(Bucket=bucket, Key="k", Body=b"x" * 1000)
+    url = f"{cluster.workers[0].url}/{bucket}/k"
+    heads = s3.head_requests
+    async with aiohttp.ClientSession() as http:
+        for i in range(5):
+            async with http.get(url, headers={"Range": f"bytes={i}-{i + 9}"}) as resp:
+                assert resp.status == 206
+            async with http.head(url) as resp:
+                assert resp.status == 200
+    assert s3.head_requests - heads == 10
+
+
+async def test_default_ttl_serves_the_old_version_at_most_ttl_seconds(cluster_factory, bucket, s3_client, s3):
+    clock = Clock()
+    cluster = await cluster_factory(1, clock=clock)  # one worker: every chunk it read stays local
+    assert cluster.workers[0].config.meta_ttl == TTL
+    cache = cache_client(cluster.workers[0].url)
+    v1, v2 = b"1" * (2 * CHUNK), b"2" * (2 * CHUNK)
+
+    def check():
+        etag1 = s3_client.put_object(Bucket=bucket, Key="k", Body=v1)["ETag"]
+        heads = s3.head_requests
+        for _ in range(3):
+            assert read(cache, bucket, "k") == (v1, etag1)
+        assert s3.head_requests - heads == 1  # one HEAD per TTL
+        etag2 = s3_client.put_object(Bucket=bucket, Key="k", Body=v2)["ETag"]
+        clock.now += TTL - 0.1  # within the bound: the old version, whole, never a mix
+        assert read(cache, bucket, "k") == (v1, etag1)
+        assert cache.head_object(Bucket=bucket, Key="k")["ETag"] == etag1
+        clock.now += 0.1  # the bound: the version S3 has now
+        assert read(cache, bucket, "k") == (v2, etag2)
+
+        s3_client.delete_object(Bucket=bucket, Key="k")
+        clock.now += TTL - 0.1
+        assert read(cache, bucket, "k") == (v2, etag2)  # its chunks are still here
+        clock.now += 0.1
+        assert status(cache.get_object, Bucket=bucket, Key="k") == ("NoSuchKey", 404)
+
+    await asyncio.to_thread(check)
+
+
+async def test_a_reader_can_ask_for_the_newest_version(cluster_factory, bucket, s3_client):
+    clock = Clock()
+    cluster = await cluster_factory(1, clock=clock)
+    cache = cache_client(cluster.workers[0].url)
+    url = f"{cluster.workers[0].url}/{bucket}"
+
+    def overwrite(key: str) -> str:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"old")
+        assert read(cache, bucket, key)[0] == b"old"
+        return s3_client.put_object(Bucket=bucket, Key=key, Body=b"new!")["ETag"]
+
+    def check():
+        # If-Match with the new ETag: the cache looks again rather than answer 412.
+        etag = overwrite("a")
+        assert read(cache, bucket, "a", IfMatch=etag) == (b"new!", etag)
+        overwrite("b")
+        assert read(cache, bucket, "b")[0] == b"old"  # within the TTL, as documented
+        return overwrite("c")
+
+    etag_c = await asyncio.to_thread(check)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/b", headers={"Cache-Control": "no-cache"}) as resp:
+            assert await resp.read() == b"new!"
+        async with http.get(f"{url}/c", headers={"Cache-Control": "max-age=0"}) as resp:
+            assert (await resp.read(), resp.headers["ETag"]) == (b"new!", etag_c)
+        s3_client.delete_object(Bucket=bucket, Key="c")
+        async with http.head(f"{url}/c", headers={"Cache-Control": "no-cache"}) as resp:
+            assert resp.status == 404
+        async with http.get(url, params={"list-type": "2"}, headers={"Cache-Control": "no-cache"}) as resp:
+            assert "<Key>c</Key>" not in await resp.text()

@@ -1,4 +1,5 @@
-"""The S3 origin: HEAD for an object's identity, ranged GETs pinned to an ETag, faults ridden out.
+"""The S3 origin: HEADs of objects and parts, ranged GETs pinned to an ETag, listings as S3 sent
+them, faults ridden out.
 
 Every request passes the endpoint's circuit breaker (p2pcache.breaker) and a
 transient failure is retried by the policy in p2pcache.retry; a ranged GET

@@ -28,7 +28,7 @@ from botocore.handlers import set_list_objects_encoding_type_url
 from .breaker import OPEN, Breaker
 from .conditions import etag_matches
 from .errors import (
-    BadRequest, Busy, InvalidPartNumber, NotFound, ObjectChanged, OriginError, OriginThrottled,
+    BadRequest, InvalidPartNumber, NotFound, ObjectChanged, OriginError, OriginThrottled,
     OriginTimeout, OriginUnavailable, P2PError,
 )
 from .objects import ObjectInfo

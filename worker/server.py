@@ -29,7 +29,6 @@ from p2pcache.errors import (
 from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
 from p2pcache.origin import S3Origin
-from p2pcache.ranges import parse_range
 from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
 

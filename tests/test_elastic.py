@@ -58,7 +58,9 @@ async def test_a_new_worker_takes_its_chunks_from_their_holders_not_from_s3(clus
                     if before_ring.owner(c).id != after_ring.owner(c).id)
         # Each chunk whose owner changed was copied once, from its holder; nothing else moved.
         assert await total(http, cluster.workers, "p2pcache_handoff_bytes_total") == moved
-        assert 0.15 * size < moved <= 1.5 * size / 4  # close to the new worker's quarter
+        # Close to the new worker's quarter; with ~40 chunks, up to twice that (tests/test_placement.py
+        # holds the 1.5x bound on model-sized objects).
+        assert 0.15 * size < moved <= 2 * size / 4
         new = cluster.workers[3]
         assert all(c.name in new.store for c in chunks(s3_client, bucket, data) if after_ring.owner(c).id == new.id)
     assert s3.get_bytes == s3_before

@@ -149,8 +149,11 @@ class Rebalancer:
                 await self._bucket.take(c.length)
             try:
                 await self._peers.take(target, c, self._me)
-            except NotCached:  # evicted here meanwhile: nothing left to hand over
-                return True
+            except NotCached as exc:  # it could not copy the chunk from us
+                if c.name not in self._store:  # evicted here meanwhile: nothing left to hand over
+                    return True
+                log.debug("handing %s to %s failed: %s", c.ring_key, target.id, exc)
+                ok = False
             except (NotOwner, P2PError) as exc:  # its ring differs from ours, or it failed
                 log.debug("handing %s to %s failed: %s", c.ring_key, target.id, exc)
                 ok = False

@@ -3,9 +3,10 @@
     p2pcache bench [--scenarios all] [--repeats 3] [--json FILE] [--plot FILE] [--smoke] [sizes...]
     python -m loadtests.bench ...                      # the same, from the checkout
 
-Scenarios: serving (one worker vs nginx), scaling (1..8 egress-capped workers), cold-start (a model
-through the cluster vs direct S3), amplification (S3 bytes per distinct byte), memory (worker peak
-RSS under 64 streams). Each result states the issue's target and whether it was met, PASS or MISS
+Scenarios: serving (one worker vs nginx), scaling (whole-model reads on 1..8 egress-capped workers),
+cold-start (a model through the cluster vs direct S3), amplification (S3 bytes per distinct byte),
+memory (worker peak RSS under 64 streams), simulation (placement for 8..1,000 workers, computed;
+heartbeats one master answers). Each result states the issue's target and whether it was met, PASS or MISS
 with the margin; a MISS is a finding, not a failure. `--smoke` runs tiny sizes for a few seconds.
 Sizes take `8MiB`, `1GiB`, `50MB`; unset flags take the preset (full or smoke).
 """
@@ -35,45 +36,55 @@ __all__ = ["add_arguments", "main", "run", "SCENARIOS", "FULL", "SMOKE"]
 
 # name -> module under loadtests/scenarios/, imported when run (`p2pcache` imports this module at start)
 SCENARIOS = {"serving": "serving", "scaling": "scaling", "cold-start": "cold_start",
-             "amplification": "amplification", "memory": "memory"}
+             "amplification": "amplification", "memory": "memory", "simulation": "simulation"}
 
 FULL = dict(
     repeats=3, seconds=10, chunk_size="8MiB", timeout=1800,
     serving_size="256MiB", serving_ranges="4MiB,64KiB", serving_connections=8,
-    scaling_workers="1,2,4,8", egress_limit="50MB", scaling_objects=16, scaling_object_size="64MiB",
-    scaling_range="1MiB", scaling_connections=8,
+    # A model of 4 shards of 589 chunks, as 4 x 4.6 GiB in 8 MiB chunks, scaled down 32x in bytes by
+    # 256 KiB chunks: placement sees the same chunks per object, and a whole read takes seconds. The
+    # loaders and workers cost ~8 CPU-s per GB here: 8 x 25 MB/s keeps them under half the 2 cores.
+    scaling_workers="1,2,4,8", egress_limit="25MB", scaling_objects=4, scaling_object_size="147.25MiB",
+    scaling_chunk_size="256KiB", scaling_loaders=2, scaling_concurrency=16,
     # Shards of 64 MiB, not the 2-5 GiB of real checkpoints: the embedded S3 (moto) answers a ranged
     # GET by reading the whole object into memory, so big objects make S3 slow and memory-hungry.
     cold_workers=4, model_size="4GiB", shard_size="2GiB", part_size="8MiB", cold_concurrency=32,
     direct_concurrency=32, s3_throttle="0", routing="auto",
     amp_workers=4, amp_objects=8, amp_object_size="64MiB", amp_readers=8, amp_concurrency=64,
     mem_workers=2, mem_objects=32, mem_object_size="64MiB", mem_read_size="32MiB", mem_streams=64,
+    sim_workers="8,64,256,1000", sim_models="4,30", sim_shard_size="4.6GiB", sim_trials=20, sim_repeats=7,
+    heartbeat_workers=1000, heartbeat_seconds=10, heartbeat_connections=64,
 )
 SMOKE = FULL | dict(
     repeats=1, seconds=1, chunk_size="256KiB", timeout=60,
     serving_size="8MiB",
     scaling_workers="1,2", egress_limit="20MB", scaling_objects=4, scaling_object_size="1MiB",
-    scaling_range="64KiB", scaling_connections=4,
+    scaling_chunk_size="64KiB", scaling_loaders=2, scaling_concurrency=4,
     cold_workers=2, model_size="3MiB", shard_size="1MiB", part_size="256KiB", cold_concurrency=8,
     direct_concurrency=8, s3_throttle="20MB",
     amp_workers=2, amp_objects=2, amp_object_size="1MiB", amp_readers=4, amp_concurrency=16,
     mem_objects=4, mem_object_size="2MiB", mem_read_size="128KiB",
+    sim_workers="4,16", sim_models="2,6", sim_shard_size="4MiB", sim_trials=3, sim_repeats=3,
+    heartbeat_workers=50, heartbeat_seconds=1, heartbeat_connections=8,
 )
-_SIZES = {"chunk_size", "serving_size", "egress_limit", "scaling_object_size", "scaling_range", "model_size",
-          "shard_size", "part_size", "s3_throttle", "amp_object_size", "mem_object_size", "mem_read_size"}
+_SIZES = {"chunk_size", "serving_size", "egress_limit", "scaling_object_size", "scaling_chunk_size", "model_size",
+          "shard_size", "part_size", "s3_throttle", "amp_object_size", "mem_object_size", "mem_read_size",
+          "sim_shard_size"}
 # which scenario a flag belongs to, by its first word or whole name (the others are common)
 _GROUPS = {"serving": "serving", "scaling": "scaling", "egress_limit": "scaling", "cold": "cold-start",
            "model_size": "cold-start", "shard_size": "cold-start", "part_size": "cold-start",
            "direct_concurrency": "cold-start", "s3_throttle": "cold-start", "routing": "cold-start",
-           "amp": "amplification", "mem": "memory"}
+           "amp": "amplification", "mem": "memory", "sim": "simulation", "heartbeat": "simulation"}
 _HELP = {
     "repeats": "runs of each measurement; medians are reported", "seconds": "length of each wrk run",
     "chunk_size": "the clusters' chunk size", "timeout": "seconds any one read pass may take",
     "serving_size": "object served by the worker and nginx", "serving_ranges": "comma-separated range sizes",
     "serving_connections": "wrk connections", "scaling_workers": "comma-separated cluster sizes",
     "egress_limit": "each worker's --egress-limit in the scaling curve (bytes/s)",
-    "scaling_objects": "objects in the warm dataset", "scaling_object_size": "size of each",
-    "scaling_range": "wrk range size", "scaling_connections": "wrk connections per worker",
+    "scaling_objects": "shards of the warm model", "scaling_object_size": "size of each",
+    "scaling_chunk_size": "the scaling clusters' chunk size (each read is one chunk, from its owner)",
+    "scaling_loaders": "loader processes, each reading the whole model at once",
+    "scaling_concurrency": "chunks each loader reads at a time",
     "cold_workers": "workers in the cold-start cluster", "model_size": "total size of the model's shards",
     "shard_size": "size of a full shard", "part_size": "range size of both loaders",
     "cold_concurrency": "concurrent ranges of the loader reading through the cluster",
@@ -83,6 +94,10 @@ _HELP = {
     "amp_readers": "readers covering the whole dataset each", "amp_concurrency": "concurrent ranges",
     "mem_workers": "workers", "mem_objects": "objects", "mem_object_size": "size of each",
     "mem_read_size": "size of each large read", "mem_streams": "concurrent streams, all on one worker",
+    "sim_workers": "comma-separated cluster sizes", "sim_models": "comma-separated shard counts of the models",
+    "sim_shard_size": "size of each shard (cut at --chunk-size)", "sim_trials": "random clusters per join/leave",
+    "sim_repeats": "timings of each lookup and ring build", "heartbeat_workers": "workers registered at the master",
+    "heartbeat_seconds": "length of the wrk run", "heartbeat_connections": "wrk connections",
 }
 
 

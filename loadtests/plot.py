@@ -1,4 +1,4 @@
-"""The scaling curve as a PNG: aggregate bandwidth per cluster size against perfect scaling and the egress caps."""
+"""The scaling curve as a PNG: aggregate bandwidth per cluster size against perfect scaling, the placement's ceiling and the egress caps."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def plot_scaling(result: dict, path: str | Path) -> None:
     ax.plot(n, [k * params["egress_limit"] / 1e6 for k in n], ":", color="grey", label="sum of the egress caps")
     ax.plot(n, measured, "o-", color="tab:orange", label="measured aggregate")
     ax.plot(n, [k * single for k in n], "--", color="tab:blue", zorder=3, label="perfect scaling (N x one worker)")
+    ax.plot(n, [k * single * pt["placement_ceiling"] for k, pt in zip(n, points)], "-.", color="tab:green",
+            label="placement's ceiling (N x one worker x mean/busiest share)")
     for pt, y in zip(points, measured):
         ax.annotate(f"{pt['efficiency']:.2f}", (pt["workers"], y), textcoords="offset points", xytext=(0, -14),
                     ha="center", fontsize=8)
@@ -31,7 +33,8 @@ def plot_scaling(result: dict, path: str | Path) -> None:
     ax.set_xticks(n)
     ax.set_xlim(0.5, max(n) + 0.5)
     ax.set_ylim(bottom=0)
-    ax.set_title(f"p2pcache scaling, warm reads, --egress-limit {params['egress_limit'] / 1e6:g} MB/s per worker\n"
+    ax.set_title(f"p2pcache scaling: whole models read from the owners, {params['egress_limit'] / 1e6:g} MB/s "
+                 f"egress cap per worker\n"
                  f"(labels: efficiency, medians of {params['repeats']})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

@@ -1,14 +1,15 @@
 """Parallel ranged readers, run in their own process: a model loader's reads through the cluster or straight from S3.
 
-    python -m loadtests.readers < plan.json      # prints one JSON line: seconds, bytes, requests
+    python -m loadtests.readers < plan.json      # prints one JSON line: seconds, bytes, requests, ...
 
 A plan is `{"mode": "cluster" | "s3", "files": [[bucket, key, size], ...], "parts": [[file, start,
 length], ...], "concurrency": N, "timeout": seconds}` plus, for the cluster, `"urls"`, `"master"` and
 `"routing"` (`spread`: parts dealt over the workers in turn; `owner`: each part to its chunk's owner,
 computed from the ring; `client`: `p2pcache.Client.read`, the loader client) and, for S3,
-`"endpoint"`. Every part is checked for its status and length; any failure ends the run with an
-error. The reader runs in a process of its own so that it does not share a GIL with the embedded
-S3 server or the harness.
+`"endpoint"`; optionally `"start_at"`, a wall-clock time (`time.time()`) to wait for once set up,
+so that several readers start together. Every part is checked for its status and length; any
+failure ends the run with an error. The reader runs in a process of its own so that it does not
+share a GIL with the embedded S3 server or the harness.
 """
 
 from __future__ import annotations
@@ -69,17 +70,22 @@ async def _read_with_client(plan: dict, files: list[File]) -> int:
     return total
 
 
-async def _read_cluster(plan: dict, files: list[File]) -> int:
+def _owner_routes(plan: dict, files: list[File]) -> list[str]:
+    """The owner's URL for each part, computed from the master's ring (each part inside one chunk)."""
+    from .placement import Owners
+
+    owners = Owners(plan["master"], plan["urls"][0], files)
+    return [owners.owner(files[i], start) for i, start, _ in plan["parts"]]
+
+
+async def _read_cluster(plan: dict, files: list[File], routes: list[str] | None) -> int:
     import aiohttp
 
     if plan["routing"] == "client":
         return await _read_with_client(plan, files)
     urls = plan["urls"]
-    if plan["routing"] == "owner":
-        from .placement import Owners
-
-        owners = Owners(plan["master"], urls[0], files)
-        route = lambda n, f, start: owners.owner(f, start)  # noqa: E731
+    if routes is not None:
+        route = lambda n, f, start: routes[n]  # noqa: E731
     else:
         route = lambda n, f, start: urls[n % len(urls)]  # noqa: E731
     queue = list(enumerate(plan["parts"]))
@@ -145,7 +151,7 @@ def main() -> int:
     plan = json.load(sys.stdin)
     files = [File(*f) for f in plan["files"]]
     # Set up before the clock starts, as a running loader would be: the S3 client (boto3
-    # loads its service model), or the modules of the cluster readers.
+    # loads its service model), or the modules of the cluster readers and the owners.
     if plan["mode"] == "s3":
         client = _s3_client(plan)
         read = lambda: _read_s3(plan, files, client)  # noqa: E731
@@ -153,12 +159,16 @@ def main() -> int:
         uvloop = importlib.import_module("uvloop")
         for name in ("aiohttp", "p2pcache.client" if plan["routing"] == "client" else "p2pcache.ring"):
             importlib.import_module(name)
-        read = lambda: uvloop.run(_read_cluster(plan, files))  # noqa: E731
-    start = time.perf_counter()
+        routes = _owner_routes(plan, files) if plan["routing"] == "owner" else None
+        read = lambda: uvloop.run(_read_cluster(plan, files, routes))  # noqa: E731
+    if plan.get("start_at"):
+        time.sleep(max(0.0, plan["start_at"] - time.time()))
+    started_at, start = time.time(), time.perf_counter()
     total = read()
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "bytes": total, "requests": len(plan["parts"]),
-                      "bytes_s": total / seconds, "routing": plan.get("routing", "direct")}), flush=True)
+                      "bytes_s": total / seconds, "routing": plan.get("routing", "direct"),
+                      "started_at": started_at, "ended_at": started_at + seconds}), flush=True)
     return 0
 
 if __name__ == "__main__":

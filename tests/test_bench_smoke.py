@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"
-SCENARIOS = {"serving", "scaling", "cold-start", "amplification", "memory"}
+SCENARIOS = {"serving", "scaling", "cold-start", "amplification", "memory", "simulation"}
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +56,58 @@ def test_serving_compares_one_worker_with_nginx(smoke):
     assert names == ["worker/nginx throughput, warm 4 MiB ranges", "worker/nginx req/s, warm 64 KiB ranges"]
 
 
-def test_scaling_measures_every_cluster_size_and_plots_the_curve(smoke):
+def test_scaling_reads_whole_models_from_the_owners_and_plots_the_curve(smoke):
     report, out, _ = smoke
     result = report["scenarios"]["scaling"]
-    points = result["points"]
+    params, points = result["params"], result["points"]
     assert [p["workers"] for p in points] == [1, 2]
     for p in points:
-        assert p["bytes_s"] > 0 and p["efficiency"] > 0 and p["errors"] + p["non2xx"] == 0
-        assert len(p["per_server_bytes_s"]) == p["owning_workers"] == p["workers"]
+        assert p["bytes_s"] > 0 and p["efficiency"] > 0
+        assert sum(p["owned_bytes"]) == params["objects"] * params["object_size"]
+        # Owner-routed: each worker sent exactly its own chunks, once per loader, and nothing else.
+        assert sorted(p["per_worker_bytes"]) == sorted(params["loaders"] * b for b in p["owned_bytes"])
+        assert p["busiest_share"] >= 1 and p["placement_ceiling"] == pytest.approx(1 / p["busiest_share"])
         # Egress-capped: the aggregate cannot be far above the sum of the caps (burst aside).
-        assert p["bytes_s"] < 2 * p["workers"] * result["params"]["egress_limit"]
+        assert p["bytes_s"] < 2 * p["workers"] * params["egress_limit"]
     assert points[0]["efficiency"] == pytest.approx(1.0)
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulation_reports_every_size_within_the_placement_bounds(smoke):
+    result = smoke[0]["scenarios"]["simulation"]
+    _check_simulation(result, workers=[4, 16], models=["2 x 4MiB", "6 x 4MiB"])
+    assert "| 16 | 6 x 4MiB | 96 |" in smoke[2]
+
+
+def test_simulate_command_prints_the_tables_and_writes_json(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtests.simulate", "--workers", "3,5", "--models", "2", "--shard-size", "1MiB",
+         "--chunk-size", "64KiB", "--trials", "2", "--repeats", "2", "--heartbeat-workers", "10",
+         "--heartbeat-seconds", "1", "--heartbeat-connections", "4", "--json", str(tmp_path / "sim.json")],
+        cwd=LOCUSTFILE.parent.parent, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    result = json.loads((tmp_path / "sim.json").read_text())
+    _check_simulation(result, workers=[3, 5], models=["2 x 1MiB"])
+    for row in ("| 3 | 2 x 1MiB | 32 | 10.7 |", "| 5 | 2 x 1MiB | 32 | 6.4 |", "| 10 | "):
+        assert row in proc.stdout, row
+
+
+def _check_simulation(result: dict, workers: list[int], models: list[str]) -> None:
+    rows = result["placement"]
+    assert [(r["workers"], r["model"]) for r in rows] == [(n, m) for n in workers for m in models]
+    for r in rows:
+        assert r["object_max_over_mean"] <= r["object_bound"] + 1e-9  # ceil(1.05 x share), per object
+        assert 1 <= r["model_ideal"] <= r["model_max_over_mean"] <= r["object_bound"] + 1e-9
+        assert r["join_moved_over_ideal_max"] >= r["join_moved_over_ideal_median"] > 0
+        assert r["leave_moved_over_owned_max"] >= r["leave_moved_over_owned_median"] >= 1  # what it owned moves
+        assert 0 <= r["join_cascade_max"] < 1
+    assert [c["workers"] for c in result["costs"]] == workers
+    for c in result["costs"]:
+        assert c["ring_build_ms"] > 0 and c["first_lookup_us"] > c["cached_lookup_us"] > 0
+    hb = result["heartbeats"]
+    assert hb["heartbeats"] > hb["workers"] and hb["errors"] == 0 and hb["heartbeats_s"] > 0
+    assert hb["per_master_cpu_second"] > 0
+    assert 0 < hb["master_cpu"] < 1.5  # one process, one thread: a core at most (tick rounding aside)
 
 
 def test_cold_start_reads_the_model_from_s3_once(smoke):

@@ -52,7 +52,7 @@ FULL = dict(
     direct_concurrency=32, s3_throttle="0", routing="auto",
     amp_workers=4, amp_objects=8, amp_object_size="64MiB", amp_readers=8, amp_concurrency=64,
     mem_workers=2, mem_objects=32, mem_object_size="64MiB", mem_read_size="32MiB", mem_streams=64,
-    sim_workers="8,64,256,1000", sim_models="4,30", sim_shard_size="4.6GiB", sim_trials=20, sim_repeats=7,
+    sim_workers="8,64,256,1000", sim_models="4,30", sim_shard_size="4.6GiB", sim_trials=20, sim_repeats=15,
     heartbeat_workers=1000, heartbeat_seconds=10, heartbeat_connections=64,
 )
 SMOKE = FULL | dict(

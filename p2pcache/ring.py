@@ -107,6 +107,10 @@ class Placement:
         """The chunk's `replicas` owners first, then successors to fall back on."""
         return tuple(self.workers[wid] for wid in self._table(0, c)[c.index])
 
+    def owns(self, worker_id: str, c: ChunkId) -> bool:
+        """Whether `worker_id` is one of the chunk's `replicas` owners."""
+        return any(w.id == worker_id for w in self.owners(c)[:self.ring.replicas])
+
     def near(self, key: str) -> tuple[WorkerInfo, ...]:
         """Workers clockwise from `key`'s point, for requests any worker can answer (HEAD, lists)."""
         if self._points is None or not self.workers:

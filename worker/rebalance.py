@@ -159,7 +159,7 @@ class Rebalancer:
                 ok = False
         if ok:
             self._m.rebalance_sent.inc()
-            if self._me not in {w.id for w in self._placement().owners(c)}:
+            if not self._placement().owns(self._me, c):
                 self._store.demote(c.name)  # an extra copy now: the first to make room
         return ok
 

@@ -346,7 +346,7 @@ class Worker:
         except (KeyError, ValueError) as exc:
             raise BadRequest(f"malformed take request: {exc!r}") from None
         placement = self._placement()
-        if self.id not in {w.id for w in placement.owners(c)[:placement.ring.replicas]}:
+        if not placement.owns(self.id, c):
             raise NotOwner(f"{self.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
         return web.json_response({"copied": await self.chunks.take(c, holder)})
 

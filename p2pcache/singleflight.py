@@ -18,6 +18,7 @@ class SingleFlight:
 
     def __init__(self) -> None:
         self._flights: dict[Hashable, asyncio.Task] = {}
+        self._waiters: dict[Hashable, int] = {}
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -25,13 +26,23 @@ class SingleFlight:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._flights
 
+    def waiting(self, key: Hashable) -> int:
+        """Callers still waiting for `key`'s flight (none: nobody wants its result any more)."""
+        return self._waiters.get(key, 0)
+
     async def do(self, key: Hashable, fn: Callable[[], Awaitable[Any]]) -> Any:
         task = self._flights.get(key)
         if task is None:
             task = asyncio.ensure_future(fn())
             self._flights[key] = task
             task.add_done_callback(lambda t, key=key: self._done(key, t))
-        return await asyncio.shield(task)
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key]
 
     def _done(self, key: Hashable, task: asyncio.Task) -> None:
         if self._flights.get(key) is task:

@@ -11,7 +11,8 @@ import aiohttp
 import yarl
 
 from .errors import (
-    AccessDenied, BadRequest, NotFound, ObjectChanged, P2PError, PeerError, RangeNotSatisfiable,
+    ORIGIN_HEADER, AccessDenied, BadRequest, NotFound, ObjectChanged, P2PError, PeerError,
+    RangeNotSatisfiable, origin_error,
 )
 from .objects import ObjectInfo
 from .ring import WorkerInfo
@@ -131,6 +132,10 @@ def _error(worker: WorkerInfo, resp: aiohttp.ClientResponse, what: str) -> P2PEr
         return RangeNotSatisfiable(int(size) if size.isdigit() else 0)
     if 400 <= resp.status < 500:
         return BadRequest(f"{what}: {worker.id} answered {resp.status} {code}: {reason}")
+    if resp.headers.get(ORIGIN_HEADER):  # S3 failed at the chunk's owner: another worker would ask it again
+        retry_after = resp.headers.get("Retry-After", "")
+        return origin_error(resp.headers[ORIGIN_HEADER], f"{what}: {reason}",
+                            float(retry_after) if retry_after.isdigit() else None)
     return PeerError(f"{worker.id} answered {resp.status} {code}: {reason}".rstrip(": "))
 
 

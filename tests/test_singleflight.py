@@ -64,3 +64,21 @@ async def test_close_cancels_what_is_still_running():
     await group.close()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+async def test_the_call_can_see_whether_anyone_still_waits_for_it():
+    group, gate, seen = SingleFlight(), asyncio.Event(), []
+
+    async def work():
+        await gate.wait()
+        seen.append(group.waiting("k"))
+
+    waiters = [asyncio.create_task(group.do("k", work)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert group.waiting("k") == 3
+    for task in waiters:
+        task.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    gate.set()
+    await asyncio.sleep(0)
+    assert seen == [0] and group.waiting("k") == 0

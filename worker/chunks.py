@@ -3,7 +3,9 @@
 For each chunk of a read, in order, with `readahead` chunks opened ahead:
 local store -> owner over the peer API (failing over along the ring) -> fill
 here. A fill is one singleflight task per chunk, owned by this object, so a
-client hanging up never cancels it for the other readers.
+client hanging up never cancels it for the other readers; but once nobody
+waits for it, a failing fill is not retried. An origin failure at the owner
+reaches the reader as such: the owner is not blamed and S3 not asked twice.
 """
 
 from __future__ import annotations
@@ -304,8 +306,8 @@ class Chunks:
         finally:
             self._origin_queued -= 1
         try:
-            self._m.origin_requests.inc()
-            body = self._origin.read_range(c.bucket, c.key, c.etag, c.start, c.start + c.length)
+            body = self._origin.read_range(c.bucket, c.key, c.etag, c.start, c.start + c.length,
+                                           keep_going=lambda: self._fills.waiting(c.name) > 0)
             async with contextlib.aclosing(body):
                 await self._write(c, body, self._m.origin_bytes)
         finally:

@@ -38,6 +38,9 @@ class WorkerConfig:
         """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""
         return self.rebalance_rate or (self.egress_limit / 4 if self.egress_limit else 256 << 20)
     client_keys: tuple[ClientKey, ...] = ()  # empty: readers are not checked
+    origin_read_timeout: float = 5.0
+    origin_deadline: float = 30.0
+    origin_breaker: int = 8
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "WorkerConfig":
@@ -52,6 +55,8 @@ class WorkerConfig:
             meta_ttl=a.meta_ttl, readahead=a.readahead, egress_limit=a.egress_limit,
             rebalance_rate=a.rebalance_rate,
             client_keys=a.client_keys,
+            origin_read_timeout=a.origin_read_timeout, origin_deadline=a.origin_deadline,
+            origin_breaker=a.origin_breaker,
         )
 
 
@@ -82,3 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--client-keys", "file of reader keys, `ACCESS_KEY_ID SECRET_ACCESS_KEY [bucket,...]` "
              "per line: every S3 request must then be signed (SigV4) by one of them (default: not checked)",
              type=client_keys_arg, default="")
+    add_flag(p, "--origin-read-timeout", "seconds without a byte from S3 before a request is "
+             "abandoned and retried", type=float, default=5.0)
+    add_flag(p, "--origin-deadline", "seconds a chunk fill may spend retrying S3", type=float,
+             default=30.0)
+    add_flag(p, "--origin-breaker", "failed S3 requests in a row after which S3 is not asked for "
+             "a while (0: never)", type=int, default=8)

@@ -20,6 +20,10 @@ class WorkerMetrics:
         self.misses = Counter("p2pcache_cache_misses", "Chunk reads not on local disk", registry=r)
         self.origin_bytes = Counter("p2pcache_origin_bytes", "Bytes read from S3", registry=r)
         self.origin_requests = Counter("p2pcache_origin_requests", "Ranged GETs sent to S3", registry=r)
+        self.origin_retries = Counter(
+            "p2pcache_origin_retries", "S3 requests retried, by cause", ["cause"], registry=r)
+        self.origin_breaker_open = Gauge(
+            "p2pcache_origin_breaker_open", "1 while S3 is not asked (circuit breaker open)", registry=r)
         self.peer_bytes = Counter("p2pcache_peer_bytes", "Bytes fetched from peers", registry=r)
         self.peer_failures = Counter("p2pcache_peer_failures", "Peer reads that failed over", registry=r)
         self.aborted = Counter("p2pcache_responses_aborted", "Responses cut after headers", registry=r)

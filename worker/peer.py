@@ -7,7 +7,9 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from p2pcache.errors import Busy, NotCached, NotFound, NotOwner, ObjectChanged, PeerError
+from p2pcache.errors import (
+    ORIGIN_HEADER, Busy, NotCached, NotFound, NotOwner, ObjectChanged, PeerError, origin_error,
+)
 from p2pcache.objects import ChunkId
 from p2pcache.ring import WorkerInfo
 
@@ -108,8 +110,13 @@ def _error(peer: WorkerInfo, c: ChunkId, resp: aiohttp.ClientResponse) -> Except
     """The named error for a peer's error response (the response is released)."""
     code = resp.headers.get(ERROR_HEADER, "")
     reason = resp.headers.get(REASON_HEADER, "")
+    cause = resp.headers.get(ORIGIN_HEADER)
+    retry_after = resp.headers.get("Retry-After", "")
     resp.release()
-    # Errors about the object itself pass through; a failing peer is failed over.
+    # Errors about the object, or S3's failures at the owner, pass through: asking
+    # another worker (or S3 from here) would only repeat them. A failing peer is failed over.
+    if cause:
+        return origin_error(cause, reason, float(retry_after) if retry_after.isdigit() else None)
     if code == "NotCached":
         return NotCached(f"peer {peer.id} does not hold {c.ring_key}: {reason}")
     if code == "NotOwner":

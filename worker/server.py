@@ -22,13 +22,14 @@ import aiohttp
 from aiohttp import web
 
 from p2pcache import conditions
+from p2pcache.breaker import CLOSED, OPEN
 from p2pcache.errors import (
     AccessDenied, BadRequest, NoRing, NotCached, NotOwner, ObjectChanged, P2PError,
     PreconditionFailed, ReadOnly,
 )
 from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
-from p2pcache.origin import S3Origin
+from p2pcache.origin import OriginHooks, S3Origin
 from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
 
@@ -109,14 +110,20 @@ class Worker:
         self.id = self.id or await asyncio.to_thread(_stable_id, cfg.cache_dir)
         self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free)
         await self.store.load()
-        self.origin = await self._stack.enter_async_context(
-            S3Origin.connect(cfg.s3_endpoint, max_connections=cfg.origin_concurrency + 8))
+        m = self.metrics
+        hooks = OriginHooks(request=m.origin_requests.inc,
+                            retry=lambda cause: m.origin_retries.labels(cause).inc(),
+                            breaker=lambda state: m.origin_breaker_open.set(state == OPEN))
+        self.origin = await self._stack.enter_async_context(S3Origin.connect(
+            cfg.s3_endpoint, max_connections=cfg.origin_concurrency + 8,
+            read_timeout=cfg.origin_read_timeout, deadline=cfg.origin_deadline,
+            breaker_threshold=cfg.origin_breaker, hooks=hooks))
         session = await self._stack.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, force_close=False),
             auto_decompress=False))
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
         self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
-        peers = PeerClient(session)
+        peers = PeerClient(session, read_timeout=max(60.0, 2 * cfg.origin_deadline))
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
                                      placement=self._placement, rate=cfg.handoff_rate())
         self.parts = Parts(self.origin)
@@ -129,7 +136,9 @@ class Worker:
         self.metrics.store_capacity.set(cfg.capacity)
 
         self._internal = self.internal_routes()
-        server = web.Server(self._handle, access_log=None)
+        # A reader that hangs up cancels its handler, so fills it was waiting for
+        # know nobody wants them any more (they are not retried against a failing S3).
+        server = web.Server(self._handle, access_log=None, handler_cancellation=True)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=cfg.drain_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True)
@@ -237,8 +246,15 @@ class Worker:
     async def ready(self, request: web.BaseRequest) -> web.Response:
         joined = self.placement is not None and self.id in self.placement
         epoch = self.placement.ring.epoch if self.placement else None
-        return web.json_response({"ready": joined, "id": self.id, "epoch": epoch},
-                                 status=200 if joined else 503)
+        body = {"ready": joined, "id": self.id, "epoch": epoch}
+        degraded = [r for r in (self._origin_degraded(),) if r]
+        if degraded:  # still serving (ready): reads get prompt 503s
+            body["degraded"] = "; ".join(degraded)
+        return web.json_response(body, status=200 if joined else 503)
+
+    def _origin_degraded(self) -> str | None:
+        breaker = self.origin.breaker
+        return None if breaker.state == CLOSED else f"origin breaker {breaker.state}: {breaker.cause}"
 
     def _check_bucket(self, bucket: str) -> None:
         if self.config.allowed_buckets and bucket not in self.config.allowed_buckets:

@@ -6,6 +6,7 @@ here. A fill is one singleflight task per chunk, owned by this object, so a
 client hanging up never cancels it for the other readers; but once nobody
 waits for it, a failing fill is not retried. An origin failure at the owner
 reaches the reader as such: the owner is not blamed and S3 not asked twice.
+If the disk fails, bytes are streamed around it (worker/diskhealth.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import zlib
 from collections import deque
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
-from p2pcache.errors import Busy, NotCached, OriginError, PeerError, PeerUnavailable
+from p2pcache.errors import Busy, NotCached, OriginError, PeerError, PeerUnavailable, StoreError
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.origin import S3Origin
 from p2pcache.ranges import chunk_spans
 from p2pcache.ring import Placement, WorkerInfo
 from p2pcache.singleflight import SingleFlight
 
+from .diskhealth import DiskHealth
 from .metrics import WorkerMetrics
 from .peer import PeerClient
 from .store import ChunkStore, read_pieces
@@ -95,6 +97,8 @@ class LocalStream:
                                                        self._piece)) as it:
                 async for piece in it:
                     yield piece
+        except OSError as exc:
+            raise StoreError(f"cache disk failed reading a chunk: {exc}") from exc
         finally:
             self.close()
 
@@ -127,6 +131,7 @@ class Chunks:
         self._origin_slots = asyncio.Semaphore(origin_concurrency)
         self._origin_queued = 0
         self._origin_queue_limit = origin_concurrency * 8
+        self.disk = DiskHealth(metrics.store_errors.inc, clock)
 
     @property
     def fills_in_flight(self) -> int:
@@ -169,7 +174,11 @@ class Chunks:
         index, offset = divmod(start, chunk_size)
         if stop - start > SMALL or (stop - 1) // chunk_size != index:
             return None
-        data = await self.store.read(info.chunk(index, chunk_size).name, offset, stop - start)
+        try:
+            data = await self.store.read(info.chunk(index, chunk_size).name, offset, stop - start)
+        except OSError as exc:  # the streaming path goes around the disk
+            self.disk.failed(StoreError(f"cache disk failed reading a chunk: {exc}"))
+            return None
         if data is not None:
             self._m.hits.inc()
         return data
@@ -215,7 +224,11 @@ class Chunks:
         # Few streams read in big pieces (fewer syscalls); many share STREAM_BUDGET, so
         # memory stays bounded however many readers there are.
         piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
-        stream = LocalStream(self.store, c, offset, length, piece, self._stream_closed)
+        try:
+            stream = LocalStream(self.store, c, offset, length, piece, self._stream_closed)
+        except OSError as exc:  # the file is listed but cannot be opened: the disk is failing
+            self.disk.failed(StoreError(f"cache disk failed opening {c.ring_key}: {exc}"))
+            return None
         if not stream.present:
             stream.close()
             return None
@@ -226,24 +239,55 @@ class Chunks:
         self._streams -= 1
 
     async def open_local(self, c: ChunkId, offset: int, length: int, source: WorkerInfo | None,
-                         hop: int, holder: str | None = None, origin: bool = True) -> LocalStream:
+                         hop: int, holder: str | None = None, origin: bool = True) -> Stream:
         """Fill chunk `c` here if it is missing (one fill at a time), then open it.
 
         A fill copies the chunk from `source` (a follower's primary), else from a worker
         that held it under an earlier ring (`holder` first), else reads it from S3,
-        unless `origin` is False (a handoff), which raises NotCached instead.
+        unless `origin` is False (a handoff), which raises NotCached instead. If the disk
+        fails, a read streams the bytes from where the fill would take them, uncached.
         """
         for _ in range(3):  # an eviction between fill and open is possible, though rare
             stream = self.local(c, offset, length)
             if stream is not None:
                 return stream
+            ticket = None if c.name in self.store else self.disk.admit()  # listed: unreadable
+            if ticket is None:
+                if not origin:
+                    raise StoreError(f"cache disk failing: cannot take {c.ring_key}")
+                return await self._pass_through(c, offset, length, source, hop)
+            ok = None
             try:
                 await self._fills.do(c.name, lambda: self._fill(c, source, hop, holder, origin))
+                ok = True
             except NotCached:
+                ok = True
                 if not origin:
                     raise
                 # We joined a handoff's flight, which does not read S3: fill again.
+            except StoreError as exc:
+                self.disk.record(ticket, False, exc)
+                ticket = None
+                if not origin:
+                    raise
+                return await self._pass_through(c, offset, length, source, hop)
+            finally:
+                if ticket is not None:
+                    self.disk.record(ticket, ok)
         raise Busy(f"chunk {c.ring_key} was evicted as soon as it was filled: cache too small")
+
+    async def _pass_through(self, c: ChunkId, offset: int, length: int,
+                            source: WorkerInfo | None, hop: int) -> Stream:
+        """The bytes, not cached: from the primary if this worker copies from one, else S3."""
+        if source is not None:
+            try:
+                stream = await self._peers.open(source, c, offset, length, hop + 1)
+                self._m.passthrough_bytes.inc(length)
+                return stream
+            except PeerError as exc:
+                self._m.peer_failures.inc()
+                log.warning("primary %s failed for %s, reading S3: %s", source.id, c.ring_key, exc)
+        return PassThrough(self._origin, c, offset, length, self._m.passthrough_bytes)
 
     async def _fill(self, c: ChunkId, source: WorkerInfo | None, hop: int, holder: str | None,
                     origin: bool) -> None:
@@ -314,14 +358,18 @@ class Chunks:
             self._origin_slots.release()
 
     async def _write(self, c: ChunkId, pieces: AsyncIterator[bytes], counter) -> None:
-        async with self.store.writing(c.name, c.length, c.pack()) as w:
-            async for piece in pieces:
-                if w.written + len(piece) > c.length:
-                    raise OriginError(f"origin sent more than the {c.length} bytes of {c.ring_key}")
-                await w.write(piece)
-                counter.inc(len(piece))
-            if w.written != c.length:
-                raise OriginError(f"origin sent {w.written} of {c.length} bytes of {c.ring_key}")
+        """Store the chunk; a failure of the store (an OSError, or Busy: full) is a StoreError."""
+        try:
+            async with self.store.writing(c.name, c.length, c.pack()) as w:
+                async for piece in pieces:
+                    if w.written + len(piece) > c.length:
+                        raise OriginError(f"origin sent more than the {c.length} bytes of {c.ring_key}")
+                    await w.write(piece)
+                    counter.inc(len(piece))
+                if w.written != c.length:
+                    raise OriginError(f"origin sent {w.written} of {c.length} bytes of {c.ring_key}")
+        except (OSError, Busy) as exc:
+            raise StoreError(f"cache disk failed storing {c.ring_key}: {exc}") from exc
 
     async def _pieces(self, c: ChunkId, offset: int, length: int, stream: Stream) -> AsyncIterator[bytes]:
         """Stream a chunk; if a peer fails mid-chunk, resume from the next one."""
@@ -338,6 +386,30 @@ class Chunks:
                 failed.add(stream.peer.id)
                 log.warning("resuming %s at %d after: %s", c.ring_key, pos, exc)
                 stream = await self.open(c, pos, end - pos, exclude=failed)
+            except StoreError as exc:  # a local chunk that cannot be read: S3 has the bytes
+                self.disk.failed(exc)
+                stream = PassThrough(self._origin, c, pos, end - pos, self._m.passthrough_bytes)
+
+
+class PassThrough:
+    """Bytes of a chunk straight from S3, not cached: the disk is failing."""
+
+    peer = None
+
+    def __init__(self, origin: S3Origin, c: ChunkId, offset: int, length: int, counter) -> None:
+        self._origin, self._c, self._counter = origin, c, counter
+        self._start, self._stop = c.start + offset, c.start + offset + length
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        c = self._c
+        body = self._origin.read_range(c.bucket, c.key, c.etag, self._start, self._stop)
+        async with contextlib.aclosing(body):
+            async for piece in body:
+                self._counter.inc(len(piece))
+                yield piece
+
+    def close(self) -> None:
+        pass  # nothing is open until iterated; iteration closes what it opens
 
 
 def _close_stream(task: asyncio.Future) -> None:

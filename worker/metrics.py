@@ -24,6 +24,9 @@ class WorkerMetrics:
             "p2pcache_origin_retries", "S3 requests retried, by cause", ["cause"], registry=r)
         self.origin_breaker_open = Gauge(
             "p2pcache_origin_breaker_open", "1 while S3 is not asked (circuit breaker open)", registry=r)
+        self.store_errors = Counter("p2pcache_store_errors", "Cache disk failures", registry=r)
+        self.passthrough_bytes = Counter(
+            "p2pcache_passthrough_bytes", "Bytes streamed around a failing cache disk", registry=r)
         self.peer_bytes = Counter("p2pcache_peer_bytes", "Bytes fetched from peers", registry=r)
         self.peer_failures = Counter("p2pcache_peer_failures", "Peer reads that failed over", registry=r)
         self.aborted = Counter("p2pcache_responses_aborted", "Responses cut after headers", registry=r)

@@ -25,7 +25,7 @@ from p2pcache import conditions
 from p2pcache.breaker import CLOSED, OPEN
 from p2pcache.errors import (
     AccessDenied, BadRequest, NoRing, NotCached, NotOwner, ObjectChanged, P2PError,
-    PreconditionFailed, ReadOnly,
+    PreconditionFailed, ReadOnly, StoreError,
 )
 from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
@@ -109,7 +109,12 @@ class Worker:
         cfg = self.config
         self.id = self.id or await asyncio.to_thread(_stable_id, cfg.cache_dir)
         self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free)
-        await self.store.load()
+        try:
+            await self.store.load()
+        except OSError as exc:  # serve anyway: reads go around the disk (chunks.disk)
+            store_error = StoreError(f"cache dir {cfg.cache_dir} unusable: {exc}")
+        else:
+            store_error = None
         m = self.metrics
         hooks = OriginHooks(request=m.origin_requests.inc,
                             retry=lambda cause: m.origin_retries.labels(cause).inc(),
@@ -132,6 +137,8 @@ class Worker:
             metrics=self.metrics, placement=self._placement,
             origin_concurrency=cfg.origin_concurrency, readahead=cfg.readahead, clock=self.clock,
             on_fill=self.rebalancer.filled)
+        if store_error is not None:
+            self.chunks.disk.failed(store_error)
         self.metrics.store_bytes.set_function(lambda: self.store.used)
         self.metrics.store_capacity.set(cfg.capacity)
 
@@ -247,8 +254,8 @@ class Worker:
         joined = self.placement is not None and self.id in self.placement
         epoch = self.placement.ring.epoch if self.placement else None
         body = {"ready": joined, "id": self.id, "epoch": epoch}
-        degraded = [r for r in (self._origin_degraded(),) if r]
-        if degraded:  # still serving (ready): reads get prompt 503s
+        degraded = [r for r in (self.chunks.disk.degraded, self._origin_degraded()) if r]
+        if degraded:  # still serving (ready): reads go around the disk, or get prompt 503s
             body["degraded"] = "; ".join(degraded)
         return web.json_response(body, status=200 if joined else 503)
 
@@ -372,9 +379,12 @@ def _stable_id(cache_dir: Path) -> str:
     path = Path(cache_dir) / "worker-id"
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-    path.write_text(worker_id + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(worker_id + "\n")
+    except OSError as exc:
+        log.warning("cannot keep the worker id in %s (%s): a restart gets a new id", path, exc)
     return worker_id
 
 

@@ -1,0 +1,80 @@
+"""A failing or full cache disk: reads keep succeeding, served around the disk (uncached), and the
+worker counts the failures and says it is degraded while still ready."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import aiohttp
+
+from conftest import metric
+
+CHUNK = 64 << 10
+SIZE = 24 * CHUNK + 123  # 25 chunks: every worker owns some
+
+
+def put(s3_client, bucket: str, key: str) -> bytes:
+    body = random.Random(key).randbytes(SIZE)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    return body
+
+
+async def read_everywhere(http: aiohttp.ClientSession, workers, bucket: str, key: str, body: bytes) -> None:
+    """Whole reads, streamed ranges and small ranges, through every worker, twice."""
+    for _ in range(2):
+        for w in workers:
+            url = f"{w.url}/{bucket}/{key}"
+            async with http.get(url) as resp:
+                assert resp.status == 200 and await resp.read() == body, w.id
+            for a, b in ((CHUNK - 10, 3 * CHUNK), (5 * CHUNK + 7, 5 * CHUNK + 1000)):
+                async with http.get(url, headers={"Range": f"bytes={a}-{b - 1}"}) as resp:
+                    assert resp.status == 206 and await resp.read() == body[a:b], (w.id, a, b)
+
+
+async def ready(http: aiohttp.ClientSession, worker) -> dict:
+    async with http.get(f"{worker.url}/_p2p/ready") as resp:
+        assert resp.status == 200  # degraded, but serving
+        return await resp.json()
+
+
+async def test_a_failing_cache_directory_is_read_around(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(3, chunk_size=CHUNK)
+    body = put(s3_client, bucket, "m.bin")
+    bad = cluster.workers[0]
+    tmp = bad.config.cache_dir / "tmp"
+    shutil.rmtree(tmp)
+    tmp.write_bytes(b"")  # every new chunk file now fails to open: ENOTDIR, from the kernel
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
+        assert await metric(http, bad.url, "p2pcache_store_errors_total") >= 1
+        assert await metric(http, bad.url, "p2pcache_passthrough_bytes_total") > 0
+        assert "Not a directory" in (await ready(http, bad))["degraded"]
+        for w in cluster.workers[1:]:
+            assert "degraded" not in await ready(http, w)
+            assert await metric(http, w.url, "p2pcache_store_errors_total") == 0
+    assert len(bad.store) == 0 and all(len(w.store) > 0 for w in cluster.workers[1:])
+
+
+async def test_a_full_disk_is_read_around(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(2, chunk_size=CHUNK)
+    full = await cluster.add_worker(min_free=1 << 60)  # its volume is below the free-space floor
+    await cluster.wait_converged()
+    body = put(s3_client, bucket, "m.bin")
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
+        assert await metric(http, full.url, "p2pcache_passthrough_bytes_total") > 0
+        assert "free-space floor" in (await ready(http, full))["degraded"]
+    assert len(full.store) == 0
+
+
+async def test_a_worker_whose_cache_dir_is_unusable_starts_and_serves(cluster_factory, s3_client, bucket, tmp_path):
+    cluster = await cluster_factory(1, chunk_size=CHUNK)
+    (tmp_path / "w1").write_bytes(b"")  # the next worker's cache dir is a file
+    broken = await cluster.add_worker()
+    await cluster.wait_converged()
+    body = put(s3_client, bucket, "m.bin")
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
+        assert str(tmp_path / "w1") in (await ready(http, broken))["degraded"]
+        assert await metric(http, broken.url, "p2pcache_passthrough_bytes_total") > 0

@@ -24,7 +24,7 @@ P2PError
 │   ├── PeerUnavailable        no owner of a chunk answered
 │   ├── NoRing                 the worker has not received a ring yet
 │   ├── StoreError             the cache disk failed (reads go around it)
-│   └── Busy                   a concurrency cap or the disk is full
+│   └── Busy                   a concurrency cap, or the store cannot take a chunk
 └── PeerError             (internal) one peer failed; the caller tries the next
 
 Foreign exceptions are converted where they enter (origin, peer client) with

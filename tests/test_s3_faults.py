@@ -120,7 +120,7 @@ async def test_an_s3_outage_gives_prompt_503s_few_requests_and_recovers(cluster_
     assert statuses == {503}, statuses
     assert all(h["X-P2P-Error"] == "SlowDown" and "throttling" in h["X-P2P-Reason"] for *_, h in answers)
     assert all(int(h["Retry-After"]) >= 1 for *_, h in answers)
-    assert statistics.median(took) < 0.5 and max(took) < 3.0, sorted(took)[-5:]
+    assert statistics.median(took) < 0.5 and max(took) < 4.0, sorted(took)[-5:]
     assert len(answers) > 50  # prompt answers: many reads in 4 s
     assert all("origin breaker" in r.get("degraded", "") for r in ready)
     # Bounded S3 traffic: until a worker's breaker opens, its threshold plus the fills in flight;

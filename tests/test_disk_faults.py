@@ -9,6 +9,7 @@ import shutil
 import aiohttp
 
 from conftest import metric
+from worker.server import Worker
 
 CHUNK = 64 << 10
 SIZE = 24 * CHUNK + 123  # 25 chunks: every worker owns some
@@ -78,3 +79,25 @@ async def test_a_worker_whose_cache_dir_is_unusable_starts_and_serves(cluster_fa
         await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
         assert str(tmp_path / "w1") in (await ready(http, broken))["degraded"]
         assert await metric(http, broken.url, "p2pcache_passthrough_bytes_total") > 0
+
+
+async def test_chunk_files_that_cannot_be_read_are_read_around(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, chunk_size=CHUNK)
+    body = put(s3_client, bucket, "m.bin")
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, cluster.workers, bucket, "m.bin", body)  # every chunk cached
+        old = cluster.workers[0]
+        await old.stop()
+        worker = Worker(old.config)  # a restart: no chunk file is open yet
+        await worker.start()
+        cluster.workers.append(worker)
+        await cluster.wait_converged()
+        files = [p for p in (old.config.cache_dir / "chunks").glob("*/*")]
+        assert len(files) == len(worker.store) == 25
+        for path in files:  # open() still works on each, every read fails (EISDIR or EOPNOTSUPP)
+            path.unlink()
+            path.mkdir()
+        await read_everywhere(http, [worker], bucket, "m.bin", body)
+        assert await metric(http, worker.url, "p2pcache_store_errors_total") >= 1
+        assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") >= 2 * SIZE
+        assert "failed reading a chunk" in (await ready(http, worker))["degraded"]

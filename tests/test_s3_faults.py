@@ -156,7 +156,7 @@ async def test_an_origin_failure_at_the_owner_reaches_the_reader_as_such(cluster
         key = f"o{i}.bin"
         put(s3_client, bucket, key, CHUNK, seed=i)
         info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], CHUNK)
-        if placement.owner(info.chunk(0, CHUNK).ring_key).id == owner.id:
+        if placement.owner(info.chunk(0, CHUNK)).id == owner.id:
             break
     async with aiohttp.ClientSession() as http, Client(cluster.master.url) as client:
         for w in cluster.workers:  # both know the object's ETag: only its GETs will fail

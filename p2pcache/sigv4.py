@@ -12,17 +12,17 @@ import hashlib
 import hmac
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Protocol, Sequence
-from urllib.parse import quote_from_bytes, unquote_to_bytes
+from functools import lru_cache
+from typing import NamedTuple, Protocol, Sequence
+from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from .errors import AccessDenied, MalformedAuthorization, RequestTimeTooSkewed
 
 __all__ = [
     "ALGORITHM", "UNSIGNED_PAYLOAD", "EMPTY_SHA256", "MAX_SKEW", "MAX_EXPIRES",
-    "SignedRequest", "SigningKeys", "split_query", "parse", "canonical_uri", "canonical_query",
+    "SignedRequest", "SigningKeys", "query_pairs", "parse", "canonical_uri", "canonical_query",
     "canonical_headers", "canonical_request", "string_to_sign", "derive_signing_key", "signature",
     "check_time", "unsigned_amz_headers",
 ]
@@ -32,7 +32,13 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_SKEW = 15 * 60  # seconds: S3's window between the signing time and its clock
 MAX_EXPIRES = 7 * 24 * 3600  # S3's longest-lived presigned URL
-_TIMESTAMP = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
+_TIMESTAMP = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})([0-9]{2})([0-9]{2})Z")
+_AUTHORIZATION = re.compile(r"AWS4-HMAC-SHA256 Credential=([^\s,]+), ?SignedHeaders=([^\s,]+), ?Signature=(\S+)")
+# Already in canonical form: unreserved characters, and upper-case escapes of anything else
+# (the escapes of unreserved characters -.0-9A-Z_a-z~ are not canonical, nor is %2F in a path).
+_ESCAPE = r"%(?:[01][0-9A-F]|2[0-9A-C{}]|3[A-F]|40|5[B-E]|60|7[B-DF]|[89A-F][0-9A-F])"
+_CANONICAL_PART = re.compile(r"(?:[A-Za-z0-9\-_.~]|" + _ESCAPE.format("F") + ")*")
+_CANONICAL_PATH = re.compile(r"(?:[A-Za-z0-9\-_.~/]|" + _ESCAPE.format("") + ")*")
 _QUERY_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
                  "X-Amz-SignedHeaders", "X-Amz-Signature")
 _QUERY_REQUIRED = ("Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, "
@@ -48,8 +54,7 @@ class Headers(Protocol):
     def keys(self): ...
 
 
-@dataclass(frozen=True)
-class SignedRequest:
+class SignedRequest(NamedTuple):
     """What a request claims: the key and scope it was signed with, when, over what, the signature."""
 
     key_id: str
@@ -71,23 +76,30 @@ class SignedRequest:
         return self.expires is not None
 
 
-def split_query(raw_query: str) -> list[tuple[bytes, bytes]]:
-    """The raw query's `name=value` pairs, percent-decoded (`+` is a space, as aiohttp reads it)."""
+def query_pairs(raw_query: str) -> list[tuple[str, str]]:
+    """The raw query's `name=value` pairs, each part in canonical form (decoded, `+` as a
+    space as aiohttp reads it, and encoded again with AWS's rules)."""
     pairs = []
     for piece in raw_query.split("&"):
         if piece:
             name, _, value = piece.partition("=")
-            pairs.append((unquote_to_bytes(name.replace("+", " ")), unquote_to_bytes(value.replace("+", " "))))
+            pairs.append((_canonical_part(name), _canonical_part(value)))
     return pairs
 
 
-def parse(headers: Headers, query: list[tuple[bytes, bytes]]) -> SignedRequest | None:
+def _canonical_part(raw: str) -> str:
+    if _CANONICAL_PART.fullmatch(raw):
+        return raw  # what botocore sends: nothing to decode or encode
+    return quote_from_bytes(unquote_to_bytes(raw.replace("+", " ")), safe="-_.~")
+
+
+def parse(headers: Headers, query: list[tuple[str, str]]) -> SignedRequest | None:
     """The signature a request carries (Authorization header or presigned query), None if unsigned.
 
     Malformed signatures raise `MalformedAuthorization` (400) with S3's code.
     """
     authorization = headers.get("Authorization")
-    presigned = any(name in (b"X-Amz-Algorithm", b"X-Amz-Credential", b"X-Amz-Signature") for name, _ in query)
+    presigned = any(name in ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature") for name, _ in query)
     if authorization is not None and presigned:
         raise MalformedAuthorization(
             "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query "
@@ -96,23 +108,14 @@ def parse(headers: Headers, query: list[tuple[bytes, bytes]]) -> SignedRequest |
         return _parse_query(query)
     if authorization is not None:
         return _parse_header(authorization, headers)
-    if any(name == b"AWSAccessKeyId" for name, _ in query):
+    if any(name == "AWSAccessKeyId" for name, _ in query):
         raise MalformedAuthorization(_UNSUPPORTED, "InvalidRequest")  # a Signature V2 presigned URL
     return None
 
 
 def _parse_header(authorization: str, headers: Headers) -> SignedRequest:
-    algorithm, _, rest = authorization.strip().partition(" ")
-    if algorithm != ALGORITHM:
-        raise MalformedAuthorization(_UNSUPPORTED, "InvalidRequest")
-    fields = {}
-    for part in rest.split(","):
-        name, sep, value = part.strip().partition("=")
-        if sep:
-            fields[name] = value.strip()
-    missing = [f for f in ("Credential", "SignedHeaders", "Signature") if not fields.get(f)]
-    if missing:
-        raise MalformedAuthorization(f"The authorization header is malformed; missing {', '.join(missing)}.")
+    match = _AUTHORIZATION.fullmatch(authorization)  # botocore's form; others take the long way
+    credential, names, sig = match.groups() if match else _authorization_fields(authorization)
     timestamp = headers.get("X-Amz-Date")
     if timestamp is None and headers.get("Date") is not None:
         timestamp = _http_date_as_timestamp(headers.get("Date"))
@@ -121,16 +124,30 @@ def _parse_header(authorization: str, headers: Headers) -> SignedRequest:
     # S3 requires x-amz-content-sha256; generic SigV4 signers (curl 7.x --aws-sigv4) sign the
     # empty body's hash without sending it, which is what a GET or HEAD carries.
     payload_hash = headers.get("X-Amz-Content-SHA256", EMPTY_SHA256)
-    return _signed(fields["Credential"], timestamp, fields["SignedHeaders"], fields["Signature"],
-                   payload_hash.strip(), None, "AuthorizationHeaderMalformed")
+    return _signed(credential, timestamp, names, sig, payload_hash.strip(), None, "AuthorizationHeaderMalformed")
 
 
-def _parse_query(query: list[tuple[bytes, bytes]]) -> SignedRequest:
+def _authorization_fields(authorization: str) -> tuple[str, str, str]:
+    algorithm, _, rest = authorization.strip().partition(" ")
+    if algorithm != ALGORITHM:
+        raise MalformedAuthorization(_UNSUPPORTED, "InvalidRequest")
+    fields = {}
+    for part in rest.split(","):
+        name, sep, value = part.strip().partition("=")
+        if sep:
+            fields[name] = value.strip()
+    wanted = ("Credential", "SignedHeaders", "Signature")
+    missing = [f for f in wanted if not fields.get(f)]
+    if missing:
+        raise MalformedAuthorization(f"The authorization header is malformed; missing {', '.join(missing)}.")
+    return tuple(fields[f] for f in wanted)
+
+
+def _parse_query(query: list[tuple[str, str]]) -> SignedRequest:
     params = {}
     for name, value in query:
-        text = name.decode("utf-8", "replace")
-        if text in _QUERY_PARAMS or text == "X-Amz-Content-Sha256":
-            params[text] = value.decode("utf-8", "replace")
+        if name in _QUERY_PARAMS or name == "X-Amz-Content-Sha256":
+            params[name] = unquote(value, errors="replace")
     if any(not params.get(p) for p in _QUERY_PARAMS):
         raise MalformedAuthorization(_QUERY_REQUIRED, "AuthorizationQueryParametersError")
     if params["X-Amz-Algorithm"] != ALGORITHM:
@@ -175,7 +192,7 @@ def _signed(credential: str, timestamp: str, signed_headers: str, signature: str
 def _http_date_as_timestamp(value: str) -> str | None:
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
     if when.tzinfo is None:
         return None
@@ -184,13 +201,14 @@ def _http_date_as_timestamp(value: str) -> str | None:
 
 def canonical_uri(raw_path: str) -> str:
     """The path as S3 signs it: every byte but unreserved ones and `/` percent-encoded, once."""
+    if raw_path and _CANONICAL_PATH.fullmatch(raw_path):
+        return raw_path
     return quote_from_bytes(unquote_to_bytes(raw_path or "/"), safe="/~") or "/"
 
 
-def canonical_query(query: list[tuple[bytes, bytes]], presigned: bool) -> str:
-    """Sorted `name=value` pairs, AWS-encoded; a presigned URL's own signature is left out."""
-    pairs = sorted((quote_from_bytes(name, safe="-_.~"), quote_from_bytes(value, safe="-_.~"))
-                   for name, value in query if not (presigned and name == b"X-Amz-Signature"))
+def canonical_query(query: list[tuple[str, str]], presigned: bool) -> str:
+    """The sorted `name=value` pairs; a presigned URL's own signature is left out."""
+    pairs = sorted(pair for pair in query if not (presigned and pair[0] == "X-Amz-Signature"))
     return "&".join(f"{name}={value}" for name, value in pairs)
 
 
@@ -200,7 +218,7 @@ def canonical_headers(headers: Headers, names: Sequence[str]) -> str:
                    for name in names)
 
 
-def canonical_request(method: str, raw_path: str, query: list[tuple[bytes, bytes]], headers: Headers,
+def canonical_request(method: str, raw_path: str, query: list[tuple[str, str]], headers: Headers,
                       signed: SignedRequest) -> str:
     return "\n".join((method, canonical_uri(raw_path), canonical_query(query, signed.presigned),
                       canonical_headers(headers, signed.signed_headers), ";".join(signed.signed_headers),
@@ -215,12 +233,12 @@ def string_to_sign(signed: SignedRequest, canonical: str) -> str:
 def derive_signing_key(secret: str, date: str, region: str, service: str) -> bytes:
     key = ("AWS4" + secret).encode("utf-8")
     for part in (date, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+        key = hmac.digest(key, part.encode("utf-8", "surrogateescape"), "sha256")
     return key
 
 
 def signature(signing_key: bytes, to_sign: str) -> str:
-    return hmac.new(signing_key, to_sign.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+    return hmac.digest(signing_key, to_sign.encode("utf-8", "surrogateescape"), "sha256").hex()
 
 
 class SigningKeys:
@@ -254,13 +272,11 @@ def check_time(signed: SignedRequest, now: float) -> None:
     A header signature is good for S3's 15 minutes either side of its time; a presigned URL
     from its time (15 minutes early at most) until it expires.
     """
-    y, mo, d, h, mi, s = (int(g) for g in _TIMESTAMP.fullmatch(signed.timestamp).groups())
-    try:
-        signed_at = datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc).timestamp()
-    except ValueError:
+    signed_at = _epoch(signed.timestamp)
+    if signed_at is None:
         raise MalformedAuthorization(f"invalid signing time {signed.timestamp!r}",
                                      "AuthorizationQueryParametersError" if signed.presigned
-                                     else "AuthorizationHeaderMalformed") from None
+                                     else "AuthorizationHeaderMalformed")
     if signed.presigned:
         if now < signed_at - MAX_SKEW:
             raise AccessDenied("Request is not valid yet")
@@ -270,7 +286,16 @@ def check_time(signed: SignedRequest, now: float) -> None:
         raise RequestTimeTooSkewed()
 
 
+@lru_cache(maxsize=256)  # requests signed in the same second share their timestamp
+def _epoch(timestamp: str) -> float | None:
+    match = _TIMESTAMP.fullmatch(timestamp)
+    try:
+        return datetime(*(int(g) for g in match.groups()), tzinfo=timezone.utc).timestamp() if match else None
+    except ValueError:  # 20241332T...: digits, but not a date
+        return None
+
+
 def unsigned_amz_headers(headers: Headers, signed: SignedRequest) -> list[str]:
     """`x-amz-*` headers the signature does not cover (S3 refuses them)."""
     names = {name.lower() for name in signed.signed_headers}
-    return sorted({k.lower() for k in headers.keys() if k.lower().startswith("x-amz-")} - names)
+    return sorted({k.lower() for k in headers.keys() if k[:6].lower() == "x-amz-"} - names)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import string
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, quote_from_bytes, unquote_to_bytes, urlsplit
 
 import boto3
 import pytest
@@ -78,7 +78,7 @@ def signer():
 def verify(method: str, url: str, headers: CIMultiDict, secret: str = SECRET) -> tuple[sigv4.SignedRequest, str, bool]:
     """What a worker computes for this request: the claim, the canonical request, and whether it verifies."""
     parts = urlsplit(url)
-    query = sigv4.split_query(parts.query)
+    query = sigv4.query_pairs(parts.query)
     signed = sigv4.parse(headers, query)
     canonical = sigv4.canonical_request(method, parts.path, query, headers, signed)
     key = sigv4.derive_signing_key(secret, signed.date, signed.region, signed.service)
@@ -156,10 +156,31 @@ def test_any_escaping_of_the_same_path_canonicalises_to_botocores(key, seed):
     assert sigv4.canonical_uri("".join(raw)) == reference
 
 
+_edges = [0x2F, 0x30, 0x39, 0x41, 0x5A, 0x61, 0x7A, 0x2D, 0x2E, 0x5F, 0x7E, 0x20, 0x25, 0x2B, 0x40, 0x60, 0x7F, 0xFF]
+_bytes = st.one_of(st.sampled_from(_edges), st.sampled_from(range(256)))  # the class edges, often
+# Mostly canonical-looking input (unreserved characters, upper-case escapes), where the fast
+# path applies, and input with lower-case escapes, stray `%`, `+` and sub-delimiters, where it must not.
+escaped_text = st.one_of(
+    st.lists(st.one_of(st.sampled_from(list("aZ09-._~/")), _bytes.map(lambda b: f"%{b:02X}")), max_size=12),
+    st.lists(st.one_of(st.sampled_from(list("aZ09-._~/+ !*%")), _bytes.map(lambda b: f"%{b:02X}"),
+                       _bytes.map(lambda b: f"%{b:02x}")), max_size=30),
+).map("".join)
+
+
+@settings(max_examples=500)
+@given(raw=escaped_text)
+@example(raw="a%2Fb%41%7E%2D%5F%30%2e")
+def test_the_fast_path_for_canonical_input_agrees_with_decoding_and_encoding_again(raw):
+    """Input already in canonical form is passed through; the rest is decoded and encoded again."""
+    assert sigv4.canonical_uri("/" + raw) == quote_from_bytes(unquote_to_bytes("/" + raw), safe="/~")
+    slow = quote_from_bytes(unquote_to_bytes(raw.replace("+", " ")), safe="-_.~")
+    assert sigv4.query_pairs(f"{raw}={raw}") == [(slow, slow)]
+
+
 def test_query_pairs_without_value_repeats_and_plus_as_space():
-    query = sigv4.split_query("b=2&a&b=1&c=x+y%2Bz&&d=%7e")
+    query = sigv4.query_pairs("b=2&a&b=1&c=x+y%2Bz&&d=%7e")
     assert sigv4.canonical_query(query, presigned=False) == "a=&b=1&b=2&c=x%20y%2Bz&d=~"
-    assert sigv4.canonical_query(sigv4.split_query("X-Amz-Signature=ab&x=1"), presigned=True) == "x=1"
+    assert sigv4.canonical_query(sigv4.query_pairs("X-Amz-Signature=ab&x=1"), presigned=True) == "x=1"
 
 
 def signed_request(**changes) -> sigv4.SignedRequest:
@@ -229,7 +250,7 @@ PRESIGNED = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKID%2F20240102%
 ])
 def test_malformed_signatures_get_s3s_400_codes(headers, query, code, message):
     with pytest.raises(MalformedAuthorization) as raised:
-        sigv4.parse(CIMultiDict(headers), sigv4.split_query(query))
+        sigv4.parse(CIMultiDict(headers), sigv4.query_pairs(query))
     assert raised.value.status == 400 and raised.value.code == code
     assert message in raised.value.message
 
@@ -243,8 +264,39 @@ def test_a_signature_without_a_usable_date_is_access_denied():
     assert signed.payload_hash == sigv4.EMPTY_SHA256  # no x-amz-content-sha256: a generic signer's empty body
 
 
+_auth_parts = st.sampled_from(["AWS4-HMAC-SHA256 ", "Credential=", "AKID/", "20240102/", "us-east-1/", "s3/",
+                               "aws4_request", ", ", ",", "SignedHeaders=", "host;x-amz-date", "Signature=", "0" * 64,
+                               "=", " ", "/", "\t"])
+_query_parts = st.sampled_from(["X-Amz-Algorithm=", "AWS4-HMAC-SHA256", "&X-Amz-Credential=", "AKID%2F20240102",
+                                "%2Fus-east-1%2Fs3%2Faws4_request", "&X-Amz-Date=", "20240102T030405Z",
+                                "&X-Amz-Expires=", "60", "99999999999", "&X-Amz-SignedHeaders=host",
+                                "&X-Amz-Signature=", "&", "=", "%", "%FF", "+", "AWSAccessKeyId"])
+
+
+@settings(max_examples=500)
+@given(auth=st.one_of(st.none(), st.lists(_auth_parts, max_size=12).map("".join), st.text(max_size=40)),
+       date=st.one_of(st.none(), st.sampled_from(["20240102T030405Z", "20241332T250000Z", "Tue, 02 Jan 2024 03:04:05 GMT",
+                                                  "Tue, 02 Jan 99999 03:04:05 GMT", "Mon, 31 Feb 2024 00:00:00 +9999"]),
+                      st.text(max_size=30)),
+       query=st.one_of(st.lists(_query_parts, max_size=14).map("".join), st.text(max_size=40)))
+def test_any_authorization_or_query_parses_or_gets_an_s3_error(auth, date, query):
+    """Never an unexpected exception (a 500) for whatever a client sends."""
+    headers = CIMultiDict()
+    if auth is not None:
+        headers["Authorization"] = auth
+    if date is not None:
+        headers["X-Amz-Date" if date[:1].isdigit() else "Date"] = date
+    try:
+        signed = sigv4.parse(headers, sigv4.query_pairs(query))
+        if signed is not None:
+            sigv4.check_time(signed, SIGNED_AT)
+            sigv4.canonical_request("GET", "/b/k", sigv4.query_pairs(query), headers, signed)
+    except (MalformedAuthorization, AccessDenied):
+        pass
+
+
 def test_unsigned_requests_parse_to_none_and_unsigned_amz_headers_are_found():
-    assert sigv4.parse(CIMultiDict({"Range": "bytes=0-1"}), sigv4.split_query("list-type=2&prefix=x")) is None
+    assert sigv4.parse(CIMultiDict({"Range": "bytes=0-1"}), sigv4.query_pairs("list-type=2&prefix=x")) is None
     headers = CIMultiDict({"Authorization": AUTH, "X-Amz-Date": "20240102T030405Z", "X-Amz-Meta-Evil": "1"})
     signed = sigv4.parse(headers, [])
     assert sigv4.unsigned_amz_headers(headers, signed) == ["x-amz-date", "x-amz-meta-evil"]

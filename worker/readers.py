@@ -98,7 +98,7 @@ class Readers:
         one the worker will read, so no re-encoding or path normalisation can widen access.
         """
         path, _, raw_query = request.raw_path.partition("?")
-        query = sigv4.split_query(raw_query) if raw_query else []
+        query = sigv4.query_pairs(raw_query) if raw_query else []
         signed = sigv4.parse(request.headers, query)
         if signed is None:
             raise AccessDenied()

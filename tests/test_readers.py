@@ -92,6 +92,9 @@ async def test_the_right_key_reads_the_right_bytes_through_signed_headers(cluste
         pages = limited.get_paginator("list_objects_v2").paginate(Bucket=bucket, PaginationConfig={"PageSize": 1})
         assert sorted(o["Key"] for page in pages for o in page["Contents"]) == sorted(KEYS)
         limited.head_bucket(Bucket=bucket)
+        unsigned_payload = s3(url, s3={"payload_signing_enabled": False})  # x-amz-content-sha256: UNSIGNED-PAYLOAD
+        assert unsigned_payload.get_object(Bucket=bucket, Key=KEYS[1], Range="bytes=-10")["Body"].read() == \
+            data[KEYS[1]][-10:]
         assert bucket in [b["Name"] for b in reader.list_buckets()["Buckets"]]
         assert [b["Name"] for b in limited.list_buckets()["Buckets"]] == [bucket]  # only the key's buckets
         assert bucket not in [b["Name"] for b in s3(url, "elsewhere", "elsewhere-secret").list_buckets()["Buckets"]]

@@ -52,12 +52,13 @@ def signer():
         raise _Sent()
 
     clients = {}
-    for region in ("us-east-1", "eu-central-1"):
+    for name, region, s3 in (("us-east-1", "us-east-1", {}), ("eu-central-1", "eu-central-1", {}),
+                             ("unsigned-payload", "us-east-1", {"payload_signing_enabled": False})):
         client = boto3.client("s3", endpoint_url=ENDPOINT, region_name=region, aws_access_key_id="AKIDEXAMPLE",
                               aws_secret_access_key=SECRET,
-                              config=Config(signature_version="s3v4", retries={"max_attempts": 1}))
+                              config=Config(signature_version="s3v4", retries={"max_attempts": 1}, s3=s3))
         client.meta.events.register("before-send.s3", capture)
-        clients[region] = client
+        clients[name] = client
 
     def sign(region: str, operation: str, **params):
         recorder.canonical = None
@@ -105,6 +106,13 @@ def test_get_object_canonical_request_is_botocores(signer, key, region, disposit
     signed, mine, ok = verify(method, url, headers)
     assert mine == theirs
     assert ok and signed.region == region and signed.payload_hash == sigv4.EMPTY_SHA256
+
+
+def test_unsigned_payload_as_boto3_sends_it_without_payload_signing(signer):
+    method, url, headers, theirs = signer("unsigned-payload", "get_object", Bucket="bkt", Key="a b", Range="bytes=0-")
+    signed, mine, ok = verify(method, url, headers)
+    assert headers["X-Amz-Content-SHA256"] == sigv4.UNSIGNED_PAYLOAD == signed.payload_hash
+    assert mine == theirs and ok
 
 
 @settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -23,6 +23,7 @@ __all__ = [
     "load_chart",
     "manifests",
     "pod_template",
+    "secret_files",
     "render",
 ]
 
@@ -113,6 +114,36 @@ def expand_vars(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(replace, text)
 
 
+def _secrets(objects: list[dict[str, Any]], existing: dict[str, dict[str, str]] | None) -> dict[str, dict[str, str]]:
+    """Secret name -> plain key/values: the render's Secrets, plus the ones the cluster is assumed to hold."""
+    secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
+               for s in find(objects, "Secret")}
+    secrets.update(existing or {})
+    return secrets
+
+
+def secret_files(
+    pod_spec: dict[str, Any],
+    container: dict[str, Any],
+    objects: list[dict[str, Any]],
+    existing_secrets: dict[str, dict[str, str]] | None = None,
+) -> dict[str, str]:
+    """Path inside the container -> content of each file the kubelet projects from a Secret volume."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    secrets = _secrets(objects, existing_secrets)
+    files = {}
+    for mount in container.get("volumeMounts", []):
+        source = volumes.get(mount["name"], {}).get("secret")
+        if source is None:
+            continue
+        assert "subPath" not in mount, "a subPath mount of a Secret is never updated"
+        data = secrets[source["secretName"]]
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        for item in items:
+            files[f"{mount['mountPath']}/{item['path']}"] = data[item["key"]]
+    return files
+
+
 def container_env(
     container: dict[str, Any],
     objects: list[dict[str, Any]],
@@ -124,9 +155,7 @@ def container_env(
     Secrets come from the render, or from `existing_secrets` (name -> plain key/values)
     for the ones the cluster is assumed to hold already.
     """
-    secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
-               for s in find(objects, "Secret")}
-    secrets.update(existing_secrets or {})
+    secrets = _secrets(objects, existing_secrets)
     env: dict[str, str] = {}
     for var in container.get("env", []):
         if "value" in var:

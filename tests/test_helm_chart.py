@@ -12,6 +12,10 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 
+from p2pcache.cli import build_parser
+from worker.config import WorkerConfig
+from worker.readers import ClientKey, parse_client_keys
+
 from helm_render import (
     CHART,
     NAMESPACE,
@@ -22,10 +26,13 @@ from helm_render import (
     manifests,
     pod_template,
     render,
+    secret_files,
 )
 
 MONITORING = ("monitoring.coreos.com/v1",)
 CREDENTIALS = {"s3": {"accessKeyId": "AKIDEXAMPLE", "secretAccessKey": "secret"}}
+READER_KEYS = [{"accessKeyId": "loader", "secretAccessKey": "s3cr3t/K7+=", "buckets": ["models", "datasets"]},
+               {"accessKeyId": "admin", "secretAccessKey": "an0ther"}]
 KUBE_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33"]
 CONTRACT_METRICS = {
     "p2pcache_requests_total", "p2pcache_bytes_served_total", "p2pcache_cache_hits_total",
@@ -49,6 +56,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
                                            "allowedBuckets": ["models", "datasets"]}}, ()),
     "everything-off": ({"podDisruptionBudget": {"enabled": False}, "serviceAccount": {"create": False},
                         "metrics": {"dashboard": {"enabled": False}}, "worker": {"podAntiAffinity": "none"}}, ()),
+    "client-keys-inline": ({"clientKeys": {"keys": READER_KEYS}}, ()),
+    "client-keys-existing": ({"clientKeys": {"existingSecret": "reader-keys", "existingSecretKey": "keys.txt"}}, ()),
 }
 
 
@@ -120,6 +129,8 @@ def test_variants_render_what_they_select(rendered):
     for name in ("defaults", "servicemonitor-without-api", "servicemonitor-off-with-api"):
         assert "ServiceMonitor" not in kinds[name]
     assert kinds["emptyDir-credentials"].count("Secret") == 1
+    assert kinds["client-keys-inline"].count("Secret") == 1
+    assert "Secret" not in kinds["client-keys-existing"]
     for kind in ("PodDisruptionBudget", "ServiceAccount", "ConfigMap"):
         assert kind not in kinds["everything-off"]
     assert "replicas" in find_one(rendered["defaults"], "StatefulSet")["spec"]
@@ -147,6 +158,8 @@ def test_cache_volume_modes(rendered):
 # What the Kubernetes schemas cannot check: names, selectors, ports and keys agree.
 
 USER_SECRET = {"aws-keys": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}}
+USER_KEYS_FILE = "# the operator's own file\nops-reader 0ps/secret models\n"
+USER_KEYS_SECRET = {"reader-keys": {"keys.txt": USER_KEYS_FILE, "other.txt": "not mounted"}}
 
 
 def listen_port(cont: dict[str, Any]) -> int:
@@ -228,6 +241,11 @@ def test_referenced_secrets_and_accounts_exist(rendered, variant):
         ref = var.get("valueFrom", {}).get("secretKeyRef")
         if ref and ref["name"] not in USER_SECRET:
             assert ref["key"] in find_one(objects, "Secret")["data"]
+    rendered_secrets = {s["metadata"]["name"]: s for s in find(objects, "Secret")}
+    for volume in pod_template(objects, "StatefulSet")["spec"]["volumes"]:
+        if "secret" in volume and volume["secret"]["secretName"] not in USER_KEYS_SECRET:
+            data = rendered_secrets[volume["secret"]["secretName"]]["data"]
+            assert {item["key"] for item in volume["secret"]["items"]} <= set(data)
     for kind in ("Deployment", "StatefulSet"):
         account = pod_template(objects, kind)["spec"]["serviceAccountName"]
         assert account == "default" or find_one(objects, "ServiceAccount")["metadata"]["name"] == account
@@ -247,6 +265,45 @@ def test_s3_settings_reach_the_worker(rendered):
         "AKIDEXAMPLE", "secret", "us-east-1")
     for name in ("defaults", "emptyDir-credentials"):
         assert "s3-endpoint" not in flags(container(rendered[name], "StatefulSet"))
+
+
+@pytest.mark.parametrize(("variant", "expected"), [
+    ("client-keys-inline", [ClientKey("loader", "s3cr3t/K7+=", frozenset({"models", "datasets"})),
+                            ClientKey("admin", "an0ther")]),
+    ("client-keys-existing", [ClientKey("ops-reader", "0ps/secret", frozenset({"models"}))]),
+])
+def test_reader_keys_reach_the_worker_as_the_file_its_flag_names(rendered, variant, expected, tmp_path):
+    objects = rendered[variant]
+    worker = container(objects, "StatefulSet")
+    files = secret_files(pod_template(objects, "StatefulSet")["spec"], worker, objects, USER_KEYS_SECRET)
+    path = flags(worker)["client-keys"]
+    assert list(files) == [path]  # only the key the flag names is mounted
+    assert list(parse_client_keys(files[path])) == expected
+    # The worker's own CLI accepts every rendered flag and loads that file.
+    local = tmp_path / "client-keys"
+    local.write_text(files[path])
+    args = [f"--client-keys={local}" if arg.startswith("--client-keys=") else arg for arg in worker["args"]]
+    parsed = build_parser().parse_args(args)
+    assert list(WorkerConfig.from_args(parsed).client_keys) == expected
+    mount = next(m for m in worker["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"]
+    volume = next(v for v in pod_template(objects, "StatefulSet")["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["defaultMode"] == 0o440  # the fsGroup reads it, others do not
+    for name in ("defaults", "existing-secret-s3-endpoint"):
+        plain = container(rendered[name], "StatefulSet")
+        assert "client-keys" not in flags(plain)
+        assert secret_files(pod_template(rendered[name], "StatefulSet")["spec"], plain, rendered[name]) == {}
+
+
+def test_changed_inline_reader_keys_roll_the_workers(chart, rendered):
+    def checksum(values):
+        template = pod_template(manifests(render(chart, values)), "StatefulSet")
+        return template["metadata"].get("annotations", {}).get("checksum/client-keys")
+
+    first = checksum({"clientKeys": {"keys": READER_KEYS}})
+    assert first and first == checksum({"clientKeys": {"keys": READER_KEYS}})
+    assert checksum({"clientKeys": {"keys": READER_KEYS[:1]}}) not in (None, first)
+    assert checksum({"clientKeys": {"existingSecret": "reader-keys"}}) is None  # the operator restarts them
 
 
 @pytest.mark.parametrize(("size", "percent", "capacity"), [
@@ -299,6 +356,13 @@ def test_dashboard_uses_the_contract_metric_names(rendered):
      "value must be one of 'emptyDir', 'hostPath', 'volumeClaimTemplate'"),
     ({"cache": {"capacityPercent": 120}}, "/cache/capacityPercent", "maximum"),
     ({"cache": {"sizee": "1GiB"}}, "/cache", "additional properties 'sizee' not allowed"),
+    ({"clientKeys": {"keys": [{"accessKeyId": "a", "secretAccessKey": "two words"}]}},
+     "/clientKeys/keys/0/secretAccessKey", "'two words' does not match pattern"),
+    ({"clientKeys": {"keys": [{"accessKeyId": "a/b", "secretAccessKey": "s"}]}},
+     "/clientKeys/keys/0/accessKeyId", "'a/b' does not match pattern"),
+    ({"clientKeys": {"keys": [{"accessKeyId": "a", "secretAccessKey": "s", "buckets": ["Bad_Bucket"]}]}},
+     "/clientKeys/keys/0/buckets/0", "'Bad_Bucket' does not match pattern"),
+    ({"clientKeys": {"keys": [{"accessKeyId": "a"}]}}, "/clientKeys/keys/0", "missing property 'secretAccessKey'"),
 ])
 def test_values_schema_rejects_bad_values(chart, values, where, why):
     with pytest.raises(helm.HelmValuesError) as raised:
@@ -327,6 +391,9 @@ def test_notes_tell_how_to_read_and_scale(chart):
     assert "kubectl -n ml scale statefulset p2pcache-worker --replicas=" in notes
     hpa_notes = render(chart, {"autoscaling": {"enabled": True}})["p2pcache/templates/NOTES.txt"]
     assert "get hpa p2pcache-worker" in hpa_notes
+    assert "--aws-sigv4" not in notes
+    signed_notes = render(chart, {"clientKeys": {"keys": READER_KEYS}})["p2pcache/templates/NOTES.txt"]
+    assert f'curl --aws-sigv4 "aws:amz:us-east-1:s3" --user ACCESS_KEY_ID:SECRET_ACCESS_KEY' in signed_notes
 
 
 def test_image_user_matches_the_pod_security_context(rendered):

@@ -92,3 +92,25 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end }}
+
+{{/* Name of the Secret holding the reader keys file, or "" when readers are not checked. */}}
+{{- define "p2pcache.clientKeysSecretName" -}}
+{{- if .Values.clientKeys.existingSecret }}
+{{- .Values.clientKeys.existingSecret }}
+{{- else if .Values.clientKeys.keys }}
+{{- include "p2pcache.fullname" . }}-client-keys
+{{- end }}
+{{- end }}
+
+{{/* The key of that Secret holding the file. */}}
+{{- define "p2pcache.clientKeysSecretKey" -}}
+{{- if .Values.clientKeys.existingSecret }}{{ .Values.clientKeys.existingSecretKey }}{{ else }}client-keys{{ end }}
+{{- end }}
+
+{{/* The reader keys file (worker --client-keys) from clientKeys.keys. */}}
+{{- define "p2pcache.clientKeysFile" -}}
+# ACCESS_KEY_ID SECRET_ACCESS_KEY [bucket,bucket...], from the chart's clientKeys.keys
+{{- range .Values.clientKeys.keys }}
+{{ .accessKeyId }} {{ .secretAccessKey }}{{ with get . "buckets" }} {{ join "," . }}{{ end }}
+{{- end }}
+{{ end }}

@@ -182,6 +182,30 @@ async def test_curl_aws_sigv4_an_independent_signer_reads_encoded_keys(cluster_f
                 assert xml_error(got.stdout)[0] == "SignatureDoesNotMatch"
 
 
+async def test_dot_segments_are_key_characters_and_never_reach_another_bucket(cluster_factory, data, bucket,
+                                                                              keys_file, s3_client):
+    other = f"{bucket[:50]}-other"
+    s3_client.create_bucket(Bucket=other)
+    s3_client.put_object(Bucket=other, Key="k", Body=b"not for the limited key")
+    s3_client.put_object(Bucket=bucket, Key="x/../plain.bin", Body=b"a key with a dot segment")
+    cluster = await cluster_factory(1, client_keys=client_keys_arg(str(keys_file)))
+    url = cluster.workers[0].url
+    limited = s3(url, "limited", "limited-secret")
+
+    def check():
+        assert limited.get_object(Bucket=bucket, Key="x/../plain.bin")["Body"].read() == b"a key with a dot segment"
+        assert error(limited.get_object, Bucket=bucket, Key=f"../{other}/k")[0] == "NoSuchKey"  # taken literally
+        assert error(limited.get_object, Bucket=other, Key="k")[0] == "AccessDenied"
+        signed = limited.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": f"../{other}/k"})
+        # curl without --path-as-is removes the dot segments: the signature no longer matches the path.
+        normalised = subprocess.run(["curl", "-s", signed], capture_output=True, check=True, timeout=30).stdout
+        as_is = subprocess.run(["curl", "-s", "--path-as-is", signed], capture_output=True, check=True, timeout=30)
+        return xml_error(normalised), xml_error(as_is.stdout)
+
+    normalised, as_is = await asyncio.to_thread(check)
+    assert normalised[0] == "SignatureDoesNotMatch" and as_is[0] == "NoSuchKey"
+
+
 async def test_expired_presigned_urls_and_skewed_clocks(cluster_factory, data, bucket, keys_file):
     clock = WallClock()
     cluster = await cluster_factory(1, client_keys=client_keys_arg(str(keys_file)), wall_clock=clock)

@@ -2,8 +2,8 @@
 
     python -m loadtests.sigv4_bench [--size 64MiB] [--range 64KiB] [--seconds 5] [--repeats 3]
 
-One worker process without `--client-keys` is read unsigned, and with signature headers it
-ignores (the cost of the bigger request alone); one with it is read with a signed
+One worker process without `--client-keys` is read unsigned, and with a signature (header or
+query) it ignores: the cost of the bigger request alone; one with it is read with a signed
 `Authorization` header and with a presigned URL. wrk replays one signature (valid for 15
 minutes; `Range` is not signed, as S3 allows), so the client signs nothing per request.
 """
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "unsigned": (plain_url, {}, plain_pid),
                 # Control: the same signature headers, ignored by a worker without keys.
                 "signed header, not checked": (plain_url, signed_headers(plain_url), plain_pid),
+                "presigned URL, not checked": (plain_url + "?" + urlsplit(presigned).query, {}, plain_pid),
                 "signed header": (checked_url, signed_headers(checked_url), checked_pid),
                 "presigned URL": (presigned, {}, checked_pid),
             }

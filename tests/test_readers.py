@@ -156,11 +156,22 @@ async def test_presigned_urls_fetched_with_aiohttp_and_curl(cluster_factory, dat
             root = ElementTree.fromstring(await resp.read())
             assert [unquote_plus(k.text) for k in root.iter(f"{S3_NS}Key")] == [KEYS[2]]  # encoding-type=url
 
-        tampered = reader.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "plain.bin"})
-        async with http.get(tampered.replace("/plain.bin?", "/big/weights.bin?")) as resp:
+        signed = reader.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "plain.bin"})
+        async with http.get(signed.replace("/plain.bin?", "/big/weights.bin?")) as resp:
             assert resp.status == 403 and xml_error(await resp.read())[0] == "SignatureDoesNotMatch"
-        async with http.get(tampered, headers={"x-amz-meta-x": "1"}) as resp:  # an x-amz header it did not sign
-            assert resp.status == 403 and "not signed: x-amz-meta-x" in xml_error(await resp.read())[1]
+        async with http.get(signed.replace("X-Amz-Expires=3600", "X-Amz-Expires=3601")) as resp:
+            assert resp.status == 403 and xml_error(await resp.read())[0] == "SignatureDoesNotMatch"
+        for _ in range(2):  # verified, then remembered: the second use checks the same things
+            async with http.get(signed) as resp:
+                assert resp.status == 200 and await resp.read() == data["plain.bin"]
+            async with http.get(signed, headers={"x-amz-meta-x": "1"}) as resp:  # an x-amz header it did not sign
+                assert resp.status == 403 and "not signed: x-amz-meta-x" in xml_error(await resp.read())[1]
+            async with http.get(signed, headers={"Authorization": "AWS4-HMAC-SHA256 Credential=x"}) as resp:
+                assert resp.status == 400 and xml_error(await resp.read())[0] == "InvalidArgument"
+            async with http.head(signed) as resp:  # the method is signed
+                assert resp.status == 403 and resp.headers["X-P2P-Error"] == "SignatureDoesNotMatch"
+            async with http.get(signed, headers={"Host": "elsewhere.example"}) as resp:  # and the host
+                assert resp.status == 403 and xml_error(await resp.read())[0] == "SignatureDoesNotMatch"
         v2 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="reader",
                           aws_secret_access_key=SECRET).generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": "plain.bin"})
@@ -222,7 +233,7 @@ async def test_expired_presigned_urls_and_skewed_clocks(cluster_factory, data, b
     def read():
         return reader.get_object(Bucket=bucket, Key="plain.bin")["Body"].read()
 
-    assert await fetch(short) == (200, data["plain.bin"])
+    assert await fetch(short) == (200, data["plain.bin"])  # verified, and remembered
     clock.offset = 14 * 60  # inside S3's 15 minutes
     assert await asyncio.to_thread(read) == data["plain.bin"]
     clock.offset = 3600

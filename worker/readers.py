@@ -7,6 +7,7 @@ import hmac
 import logging
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -86,10 +87,16 @@ def client_keys_arg(path: str) -> tuple[ClientKey, ...]:
 class Readers:
     """Checks that an S3 request is signed (SigV4) by a known key that may read its bucket."""
 
-    def __init__(self, keys: Iterable[ClientKey], wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, keys: Iterable[ClientKey], wall_clock: Callable[[], float] = time.time,
+                 max_presigned: int = 1024) -> None:
         self.keys = {k.key_id: k for k in keys}
         self.wall_clock = wall_clock
         self._signing_keys = sigv4.SigningKeys()
+        # Presigned URLs that verified, by (method, request target, Host): a loader reads many
+        # ranges through one URL. With only `host` signed these determine the canonical request,
+        # so a hit needs no new HMAC; its time, headers and bucket are still checked every time.
+        self._presigned: OrderedDict[tuple[str, str, str], tuple[ClientKey, sigv4.SignedRequest]] = OrderedDict()
+        self._max_presigned = max_presigned
 
     def check(self, request: web.BaseRequest, bucket: str) -> ClientKey:
         """The key that signed `request`, if it may read `bucket` ("" for ListBuckets); else raise.
@@ -97,7 +104,15 @@ class Readers:
         The signature covers the raw request target as the client sent it; `bucket` is the
         one the worker will read, so no re-encoding or path normalisation can widen access.
         """
-        path, _, raw_query = request.raw_path.partition("?")
+        target = request.raw_path
+        path, _, raw_query = target.partition("?")
+        cache_key = None
+        if "X-Amz-Signature=" in raw_query and "Authorization" not in request.headers:
+            cache_key = (request.method, target, request.headers.get("Host", ""))
+            hit = self._presigned.get(cache_key)
+            if hit is not None:
+                self._presigned.move_to_end(cache_key)
+                return self._authorize(request, *hit, bucket)
         query = sigv4.query_pairs(raw_query) if raw_query else []
         signed = sigv4.parse(request.headers, query)
         if signed is None:
@@ -113,6 +128,17 @@ class Readers:
         if not hmac.compare_digest(expected.encode(), signed.signature.encode("utf-8", "surrogateescape")):
             log.debug("signature mismatch for key %s; canonical request:\n%s", key.key_id, canonical)
             raise SignatureDoesNotMatch()
+        if cache_key is not None and signed.presigned and signed.signed_headers == ("host",):
+            self._presigned[cache_key] = (key, signed)
+            if len(self._presigned) > self._max_presigned:
+                self._presigned.popitem(last=False)
+        return self._authorize(request, key, signed, bucket, checked_time=True)
+
+    def _authorize(self, request: web.BaseRequest, key: ClientKey, signed: sigv4.SignedRequest, bucket: str,
+                   checked_time: bool = False) -> ClientKey:
+        """What a verified signature still has to pass: its time, its headers, the key's buckets."""
+        if not checked_time:
+            sigv4.check_time(signed, self.wall_clock())
         unsigned = sigv4.unsigned_amz_headers(request.headers, signed)
         if unsigned:
             raise AccessDenied(f"There were headers present in the request which were not signed: "

@@ -176,8 +176,9 @@ def _signed(credential: str, timestamp: str, signed_headers: str, signature: str
             f"expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".", code)
     key_id, date, region, service, _ = parts
     if service != "s3":
+        shown = "".join(c if c.isprintable() else "?" for c in service[:64])  # it goes into a header
         raise MalformedAuthorization(
-            f"Error parsing the X-Amz-Credential parameter; incorrect service \"{service[:64]}\". "
+            f"Error parsing the X-Amz-Credential parameter; incorrect service \"{shown}\". "
             f"This endpoint belongs to \"s3\".", code)
     if date != timestamp[:8]:
         raise MalformedAuthorization(

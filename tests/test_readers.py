@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 import aiohttp
 import boto3
 import pytest
+import yarl
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -132,6 +133,12 @@ async def test_wrong_secret_unknown_key_other_bucket_and_unsigned_requests_are_r
             assert resp.status == 403 and resp.headers["X-P2P-Error"] == "AccessDenied"
         async with http.get(f"{url}/_p2p/health") as resp:  # internal routes are not S3 requests
             assert resp.status == 200
+        bad_scope = (f"{url}/{bucket}/plain.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20240102T030405Z"
+                     "&X-Amz-Credential=reader%2F20240102%2Fus-east-1%2Fs%0D%0A3%2Faws4_request&X-Amz-Expires=60"
+                     "&X-Amz-SignedHeaders=host&X-Amz-Signature=00")
+        async with http.get(yarl.URL(bad_scope, encoded=True)) as resp:  # a CR LF is never echoed into a header
+            assert resp.status == 400 and xml_error(await resp.read())[0] == "AuthorizationQueryParametersError"
+            assert 'incorrect service "s??3"' in resp.headers["X-P2P-Reason"]
 
 
 async def test_presigned_urls_fetched_with_aiohttp_and_curl(cluster_factory, data, bucket, keys_file):

@@ -4,13 +4,13 @@ and how fresh a reader wants the cache's answer (`Cache-Control`)."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Mapping
 
 __all__ = ["evaluate", "etag_matches", "max_age"]
 
-_MAX_AGE = re.compile(r"(?:^|[\s,])max-age\s*=\s*\"?(\d+)")
+_MAX_AGE = re.compile(r"(?:^|[\s,])max-age\s*=\s*\"?([0-9]{1,12})(?![0-9])")
 
 
 def etag_matches(header: str, etag: str) -> bool:
@@ -24,12 +24,18 @@ def etag_matches(header: str, etag: str) -> bool:
 
 
 def _date(text: str | None) -> datetime | None:
-    if not text:
+    """An HTTP date in any of RFC 9110's three forms (IMF-fixdate, RFC 850, asctime), as UTC.
+
+    asctime has no zone and `-0000` means "unknown": both are GMT in HTTP, so a
+    naive result is made aware; an unparseable date is ignored, as HTTP says.
+    """
+    if not text or len(text) > 100:
         return None
     try:
-        return parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None  # an unparseable date is ignored, as HTTP says
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
 
 
 def evaluate(headers: Mapping[str, str], etag: str, last_modified: str) -> int | None:

@@ -9,7 +9,8 @@ from .errors import RangeNotSatisfiable
 
 __all__ = ["ByteRange", "parse_range", "chunk_count", "chunk_length", "chunk_spans"]
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_HUGE = 1 << 64  # stands for any position past every object: beyond it, digits are not parsed
 
 
 class ByteRange(NamedTuple):
@@ -41,17 +42,29 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         return None
     first, last = match.group(1), match.group(2)
     if first == "":  # suffix: the last n bytes
-        n = int(last)
+        n = _number(last)
         if n == 0 or size == 0:
             raise RangeNotSatisfiable(size)
         return ByteRange(max(0, size - n), size, size)
-    start = int(first)
-    if last != "" and int(last) < start:
+    start = _number(first)
+    if last != "" and _digits_below(last, first):
         return None
     if start >= size:
         raise RangeNotSatisfiable(size)
-    stop = size if last == "" else min(int(last) + 1, size)
+    stop = size if last == "" else min(_number(last) + 1, size)
     return ByteRange(start, stop, size)
+
+
+def _digits_below(a: str, b: str) -> bool:
+    """a < b for runs of digits of any length, without converting them."""
+    a, b = a.lstrip("0"), b.lstrip("0")
+    return (len(a), a) < (len(b), b)
+
+
+def _number(digits: str) -> int:
+    """The value of a run of digits, capped at _HUGE (int() refuses more than 4300 digits)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) < 20 else _HUGE
 
 
 def chunk_count(size: int, chunk_size: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, strategies as st
 
 from p2pcache.conditions import etag_matches, evaluate, max_age
 
@@ -46,3 +47,20 @@ def test_cache_control_says_how_old_an_answer_may_be():
     assert max_age({"Cache-Control": "no-cache"}) == 0
     assert max_age({"Cache-Control": "public, max-age=3"}) == 3
     assert max_age({"Cache-Control": "s-maxage=3, max-stale=9"}) is None
+    assert max_age({"Cache-Control": "max-age=" + "9" * 5000}) is None  # not a 500
+
+
+@pytest.mark.parametrize("date", [
+    "Thu, 02 Jan 2025 12:00:00 GMT",  # IMF-fixdate
+    "Thursday, 02-Jan-25 12:00:00 GMT",  # RFC 850
+    "Thu Jan  2 12:00:00 2025",  # asctime: no zone, GMT by definition
+    "Thu, 02 Jan 2025 12:00:00 -0000",  # "zone unknown": a naive datetime from the parser
+])
+def test_every_http_date_form_compares_without_naive_aware_errors(date):
+    assert evaluate({"If-Modified-Since": date}, ETAG, LM) == 304
+    assert evaluate({"If-Unmodified-Since": date}, ETAG, LM) is None
+
+
+@given(st.text(max_size=60))
+def test_any_date_text_is_a_decision_never_an_error(text):
+    assert evaluate({"If-Modified-Since": text, "If-Unmodified-Since": text}, ETAG, LM) in (None, 304, 412)

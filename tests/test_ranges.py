@@ -91,3 +91,40 @@ def test_spans_tile_the_range_exactly(start, length, chunk):
         pos += span.length
     assert pos == stop
     assert len(spans) == (0 if length == 0 else (stop - 1) // chunk - start // chunk + 1)
+
+
+def _reference(header: str, size: int):
+    """parse_range's rules on Python ints with no digit limit (what the capped parser must match)."""
+    import re
+    import sys
+
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        first, last = re.fullmatch(r"bytes=([0-9]*)-([0-9]*)", header).groups()
+        if first == "":
+            n = int(last)
+            return "416" if n == 0 or size == 0 else (max(0, size - n), size)
+        if last != "" and int(last) < int(first):
+            return None
+        if int(first) >= size:
+            return "416"
+        return (int(first), size if last == "" else min(int(last) + 1, size))
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
+digit_runs = st.one_of(st.just(""), st.from_regex(r"0{0,3}[0-9]{1,3}", fullmatch=True),
+                       st.integers(4290, 4600).map(lambda n: "9" * n), st.just("1" + "0" * 4400))
+
+
+@given(first=digit_runs, last=digit_runs, size=st.integers(0, 10**6))
+def test_numbers_of_any_length_parse_like_unbounded_ints(first, last, size):
+    assume(first or last)
+    header = f"bytes={first}-{last}"
+    try:
+        got = parse_range(header, size)
+        got = got[:2] if got else None
+    except RangeNotSatisfiable:
+        got = "416"
+    assert got == _reference(header, size)

@@ -1,0 +1,82 @@
+"""What the master accepts as a registration: ids, URLs, numbers, states; no takeover without the secret."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from master.registration import (
+    MAX_WEIGHT, InvalidRegistration, Takeover, check_takeover, check_url, parse_worker,
+)
+from p2pcache.ring import DRAINING, WorkerInfo
+
+GOOD = {"id": "p2pcache-worker-0", "url": "http://p2pcache-worker-0.h.ml.svc.cluster.local:8080",
+        "capacity": 20 << 30, "weight": 1, "state": "up"}
+
+
+def register(**changes) -> WorkerInfo:
+    return parse_worker(msgpack.packb(GOOD | changes), "application/msgpack")
+
+
+def test_a_good_registration_parses_in_msgpack_and_json():
+    assert register() == WorkerInfo(**GOOD)
+    assert parse_worker(json.dumps(GOOD).encode(), "application/json") == WorkerInfo(**GOOD)
+    assert register(state=DRAINING).state == DRAINING
+    assert register(future_field=1) == WorkerInfo(**GOOD)  # unknown fields: ignored
+
+
+@pytest.mark.parametrize("worker_id", ["a", "w0", "host.example-1_x", "A" * 128])
+def test_ids_that_are_accepted(worker_id):
+    assert register(id=worker_id).id == worker_id
+
+
+@pytest.mark.parametrize("worker_id", ["", "A" * 129, "a/b", "a b", "é", "a\nb", "../x", 7, None])
+def test_ids_that_are_refused(worker_id):
+    with pytest.raises(InvalidRegistration, match="id"):
+        register(id=worker_id)
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.1:7071", "https://w.example:443", "http://[::1]:7071", "http://localhost",
+    "http://a-b.c.svc.cluster.local:8080",
+])
+def test_urls_that_are_accepted(url):
+    check_url(url)
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://h:1", "h:1", "http://", "http://h:0", "http://h:65536", "http://h:x", "http://u@h:1",
+    "http://h:1/", "http://h:1/path", "http://h:1?q", "http://h:1#f", "http://h:1/\r\nX: y",
+    "http://h h:1", "http://" + "a" * 600, "http://hé:1", None, 5,
+])
+def test_urls_that_are_refused(url):
+    with pytest.raises(InvalidRegistration, match="url"):
+        check_url(url)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("weight", 0), ("weight", MAX_WEIGHT + 1), ("weight", 10**9), ("weight", True), ("weight", 1.5),
+    ("capacity", -1), ("capacity", 1 << 63), ("capacity", "20GiB"),
+    ("state", "gone"), ("state", None),
+])
+def test_numbers_and_states_out_of_range_are_refused(field, value):
+    with pytest.raises(InvalidRegistration, match=field):
+        register(**{field: value})
+
+
+@pytest.mark.parametrize("body", [b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"id": "w"}),
+                                  b"\x91" * 100_000])
+def test_garbage_is_refused(body):
+    with pytest.raises(InvalidRegistration):
+        parse_worker(body, "application/msgpack")
+
+
+def test_an_id_moves_to_another_url_only_with_the_secret():
+    old, new = register(), register(url="http://10.0.0.9:8080")
+    check_takeover(None, new, authenticated=False)  # a new id: anyone may register (open cluster)
+    check_takeover(old, register(weight=2), authenticated=False)  # same URL: a heartbeat
+    check_takeover(old, new, authenticated=True)  # a restarted pod with a new address
+    with pytest.raises(Takeover, match="needs the cluster secret"):
+        check_takeover(old, new, authenticated=False)

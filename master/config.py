@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from p2pcache.config import add_flag, parse_listen, size_arg
+from p2pcache.auth import load_secret
+from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
+from p2pcache.tls import check_pair
 
 __all__ = ["MasterConfig", "add_arguments"]
 
@@ -19,12 +21,18 @@ class MasterConfig:
     vnodes: int = 100
     worker_ttl: float = 10.0
     startup_grace: float = 0.0
+    cluster_secret: bytes | None = field(default=None, repr=False)
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "MasterConfig":
+        """Raises ValueError for a bad secret or TLS flags (reads the secret file)."""
         host, port = args.listen
+        check_pair(args.tls_cert, args.tls_key)
         return cls(host, port, args.chunk_size, args.replicas, args.vnodes, args.worker_ttl,
-                   args.startup_grace)
+                   args.startup_grace, load_secret(args.cluster_secret, args.cluster_secret_file),
+                   args.tls_cert, args.tls_key)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,3 +45,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--startup-grace", "seconds after start to collect heartbeats before publishing "
              "a ring, so a restarted master never hands out a ring missing live workers",
              type=float, default=5.0)
+    add_security_flags(p)

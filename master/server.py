@@ -7,24 +7,27 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import fields
 
 import msgpack
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
+from p2pcache import tls
+from p2pcache.auth import HEADER, AuthError, Verifier
+from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MSGPACK
 from p2pcache.metrics import metrics_handler
-from p2pcache.ring import WorkerInfo
 
 from .config import MasterConfig
 from .membership import Membership
+from .registration import InvalidRegistration, Takeover, check_takeover, parse_worker
 
-__all__ = ["Master"]
+__all__ = ["Master", "OPEN_ROUTES"]
 
 log = logging.getLogger("p2pcache.master")
 MAX_WAIT = 60.0
-_WORKER_FIELDS = {f.name: f.type for f in fields(WorkerInfo)}
+# Readable without the cluster secret (loaders read the ring); every other route needs it.
+OPEN_ROUTES = frozenset({"/health", "/ring", "/metrics"})
 
 
 class Master:
@@ -44,6 +47,8 @@ class Master:
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._expiry: asyncio.Task | None = None
+        self._verifier = Verifier(config.cluster_secret, guard=True) if config.cluster_secret else None
+        self._refusals = OncePer(60.0)
         self.url = ""
 
     def routes(self) -> list[web.RouteDef]:
@@ -56,15 +61,22 @@ class Master:
         ]
 
     async def start(self) -> None:
-        app = web.Application()
+        if self._verifier is None:
+            log.warning("no cluster secret (--cluster-secret, P2PCACHE_CLUSTER_SECRET or "
+                        "--cluster-secret-file): the cluster is OPEN, anyone who can reach the master "
+                        "can add a worker to the ring or remove one")
+        ssl_context = await asyncio.to_thread(tls.server_context, self.config.tls_cert, self.config.tls_key)
+        app = web.Application(middlewares=[self._authenticate])
         app.add_routes(self.routes())
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     logger=QuietParseErrors(logging.getLogger("p2pcache.master.http")))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True,
+                           ssl_context=ssl_context)
         await site.start()
         host, port = site._server.sockets[0].getsockname()[:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.url = f"http://{shown}:{port}"
+        self.url = f"{'https' if ssl_context else 'http'}://{shown}:{port}"
         self._publish_at = self._clock() + self.config.startup_grace
         self._expiry = asyncio.create_task(self._expire_loop())
         log.info("master %s listening on %s", self.membership.ring.master_id, self.url)
@@ -97,6 +109,21 @@ class Master:
                 log.warning("expired workers that stopped heartbeating: %s", ", ".join(gone))
                 self._notify()
 
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler) -> web.StreamResponse:
+        """Every route but OPEN_ROUTES needs a signature made with the cluster secret, used once."""
+        if self._verifier is not None and not (request.method in ("GET", "HEAD") and request.path in OPEN_ROUTES):
+            try:
+                self._verifier.check(request.method, request.path, request.query.items(),
+                                     request.headers.get(HEADER), await request.read())
+            except AuthError as exc:
+                if self._refusals.due(str(request.remote)):
+                    log.warning("refused %s %r from %s: %s (not logged again for this client for 60 s)",
+                                request.method, request.path, request.remote, exc)
+                error = web.HTTPUnauthorized if exc.status == 401 else web.HTTPForbidden
+                raise error(text=exc.reason + "\n", headers={"WWW-Authenticate": "P2P1-HMAC-SHA256"}) from None
+        return await handler(request)
+
     async def health(self, request: web.Request) -> web.Response:
         ring = self.membership.ring
         return web.json_response({"status": "ok", "epoch": ring.epoch, "workers": len(ring.workers)})
@@ -123,7 +150,16 @@ class Master:
         return web.Response(body=ring.encode(), content_type=MSGPACK)
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        worker = _parse_worker(await request.read(), request.content_type)
+        try:
+            worker = parse_worker(await request.read(), request.content_type)
+            current = next((w for w in self.membership.ring.workers if w.id == worker.id), None)
+            check_takeover(current, worker, authenticated=self._verifier is not None)
+        except InvalidRegistration as exc:
+            raise web.HTTPBadRequest(text=f"invalid worker registration: {exc}\n") from None
+        except Takeover as exc:
+            if self._refusals.due(f"takeover {worker.id} {worker.url}"):
+                log.warning("refused registration of %s at %s: %s", worker.id, worker.url, exc)
+            raise web.HTTPConflict(text=f"{exc}\n") from None
         if self.membership.heartbeat(worker):
             self._notify()
         ring = self.membership.ring
@@ -136,14 +172,3 @@ class Master:
         return web.Response(body=msgpack.packb({"epoch": self.membership.ring.epoch}),
                             content_type=MSGPACK)
 
-
-def _parse_worker(body: bytes, content_type: str) -> WorkerInfo:
-    try:
-        data = json.loads(body) if content_type == "application/json" else msgpack.unpackb(body)
-        info = WorkerInfo(**{k: data[k] for k in _WORKER_FIELDS if k in data})
-    except Exception as exc:
-        raise web.HTTPBadRequest(text=f"invalid worker registration: {exc}") from None
-    if not (isinstance(info.id, str) and info.id and isinstance(info.url, str)
-            and info.url.startswith("http") and isinstance(info.weight, int) and info.weight > 0):
-        raise web.HTTPBadRequest(text="invalid worker registration: need id, http url, weight > 0")
-    return info

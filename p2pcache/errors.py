@@ -4,6 +4,7 @@ P2PError
 ├── BadRequest            400  input a user sent that cannot be served (or S3 refused as such)
 │   ├── InvalidArgument        a query argument out of its range (max-keys, partNumber)
 │   └── MalformedAuthorization  a signature that cannot be parsed (S3's code)
+├── Unauthorized          401  an internal route without a valid cluster signature
 ├── AccessDenied          403  bucket not in the allowlist or the reader key's list, or S3 said 403
 │   ├── InvalidAccessKeyId     a signature by a key not in --client-keys
 │   ├── SignatureDoesNotMatch  a signature that does not verify
@@ -15,6 +16,7 @@ P2PError
 ├── PreconditionFailed    412  an If-Match / If-Unmodified-Since condition is false
 ├── RangeNotSatisfiable   416  carries the object size for `Content-Range: bytes */size`
 ├── InvalidPartNumber     416  partNumber beyond the object's parts
+├── Unsupported           501  a request the cache cannot answer correctly (versionId, ?acl, ...)
 ├── ObjectChanged         412→502  the object's ETag changed under a read
 ├── OriginError           502  S3 answered, but with a failure (5xx: transient; 403: not)
 ├── Unavailable           503  something needed is not reachable or has no capacity
@@ -39,9 +41,10 @@ from __future__ import annotations
 import math
 
 __all__ = [
-    "P2PError", "BadRequest", "InvalidArgument", "MalformedAuthorization", "AccessDenied",
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed", "NotFound", "NotCached",
-    "NotOwner", "ReadOnly", "PreconditionFailed", "RangeNotSatisfiable", "InvalidPartNumber",
+    "P2PError", "BadRequest", "InvalidArgument", "MalformedAuthorization", "Unauthorized",
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed", "NotFound",
+    "NotCached", "NotOwner", "ReadOnly", "PreconditionFailed", "RangeNotSatisfiable",
+    "InvalidPartNumber", "Unsupported",
     "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
     "PeerUnavailable", "NoRing", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
     "StoreError", "ORIGIN_HEADER", "origin_error",
@@ -99,6 +102,11 @@ class MalformedAuthorization(BadRequest):
     def __init__(self, message: str, code: str = "AuthorizationHeaderMalformed") -> None:
         super().__init__(message)
         self.code = code
+
+
+class Unauthorized(P2PError):
+    """A valid signature is required."""
+    status, code = 401, "Unauthorized"
 
 
 class AccessDenied(P2PError):
@@ -182,6 +190,11 @@ class InvalidPartNumber(P2PError):
     @property
     def details(self) -> dict[str, str]:
         return {"PartNumberRequested": str(self.requested), "ActualPartCount": str(self.count)}
+
+
+class Unsupported(P2PError):
+    """The cache does not implement this request."""
+    status, code = 501, "NotImplemented"
 
 
 class ObjectChanged(P2PError):

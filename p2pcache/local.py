@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import add_flag, size_arg
+from .auth import new_secret
+from .config import add_flag, env_name, size_arg
 
 __all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "wait_joined", "stop_all", "DEMO_BUCKET", "DEMO_KEY"]
 
@@ -40,6 +41,9 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     with contextlib.ExitStack() as stack:
         env = dict(os.environ)
+        if not (env.get(env_name("--cluster-secret")) or env.get(env_name("--cluster-secret-file"))):
+            # A fresh cluster secret, in the children's environment: never on a command line `ps` shows.
+            env[env_name("--cluster-secret")] = new_secret()
         endpoint = args.s3_endpoint
         if not endpoint:
             from .s3local import EmbeddedS3

@@ -7,7 +7,9 @@ from dataclasses import asdict
 
 import aiohttp
 import msgpack
+from yarl import URL
 
+from .auth import Signer
 from .errors import Unavailable
 from .ring import RingSnapshot, WorkerInfo
 
@@ -17,9 +19,12 @@ MSGPACK = "application/msgpack"
 
 
 class MasterClient:
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+    """With `signer`, every request carries the cluster signature (loaders need none to read the ring)."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, signer: Signer | None = None) -> None:
         self._session = session
         self.url = url.rstrip("/")
+        self._signer = signer or Signer(None)
 
     async def heartbeat(self, worker: WorkerInfo) -> tuple[str, int]:
         """Register or refresh `worker`; returns the ring version it is now in."""
@@ -39,11 +44,14 @@ class MasterClient:
         data = await self._call("GET", "/ring", params=params, timeout=wait + 10)
         return RingSnapshot.decode(data)
 
-    async def _call(self, method: str, path: str, timeout: float, **kwargs) -> bytes:
+    async def _call(self, method: str, path: str, timeout: float, params: dict[str, str] | None = None,
+                    data: bytes = b"") -> bytes:
+        url = URL(self.url + path)
+        headers = {"Accept": MSGPACK} | self._signer.headers(method, url.path, params, data)
         try:
             async with self._session.request(
-                method, self.url + path, headers={"Accept": MSGPACK},
-                timeout=aiohttp.ClientTimeout(total=timeout), **kwargs,
+                method, url, params=params, data=data or None, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 data = await resp.read()
                 if resp.status != 200:

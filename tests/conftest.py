@@ -28,6 +28,7 @@ for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
     os.environ.pop(var, None)
 
 CHUNK = 256 << 10
+SECRET = b"conftest-cluster-secret-0123456789"  # every test cluster is a closed one unless told
 
 
 async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
@@ -84,9 +85,12 @@ class Cluster:
     """A master and N workers in this process, on loopback, with port 0."""
 
     def __init__(self, s3_url: str, root: Path, chunk_size: int, worker_ttl: float,
-                 heartbeat: float, replicas: int = 1, **worker_options) -> None:
+                 heartbeat: float, replicas: int = 1, secret: bytes | None = SECRET,
+                 **worker_options) -> None:
         self.s3_url, self.root = s3_url, root
-        self.master = Master(MasterConfig(chunk_size=chunk_size, worker_ttl=worker_ttl, replicas=replicas))
+        self.secret = secret
+        self.master = Master(MasterConfig(chunk_size=chunk_size, worker_ttl=worker_ttl, replicas=replicas,
+                                          cluster_secret=secret))
         self.heartbeat = heartbeat
         self.worker_options = worker_options
         self.workers: list[Worker] = []
@@ -104,7 +108,8 @@ class Cluster:
         """A worker with the cluster's options and `options`; `clock=` is the worker's clock."""
         i = len(self.workers)
         settings = dict(worker_id=f"w{i}", s3_endpoint=self.s3_url, min_free=0, capacity=1 << 30,
-                        heartbeat_interval=self.heartbeat) | self.worker_options | options
+                        heartbeat_interval=self.heartbeat, cluster_secret=self.secret)
+                        | self.worker_options | options)
         wall_clock = settings.pop("wall_clock", time.time)
         clock = settings.pop("clock", time.monotonic)
         cfg = WorkerConfig(master_url=self.master.url, cache_dir=self.root / f"w{i}", **settings)
@@ -138,8 +143,10 @@ async def cluster_factory(s3, tmp_path):
     clusters = []
 
     async def make(n: int = 3, chunk_size: int = CHUNK, worker_ttl: float = 10.0,
-                   heartbeat: float = 0.5, replicas: int = 1, **worker_options) -> Cluster:
-        cluster = Cluster(s3.url, tmp_path, chunk_size, worker_ttl, heartbeat, replicas, **worker_options)
+                   heartbeat: float = 0.5, replicas: int = 1, secret: bytes | None = SECRET,
+                   **worker_options) -> Cluster:
+        cluster = Cluster(s3.url, tmp_path, chunk_size, worker_ttl, heartbeat, replicas, secret,
+                          **worker_options)
         clusters.append(cluster)
         return await cluster.start(n)
 

@@ -255,7 +255,8 @@ async def test_reads_go_on_without_the_master_and_the_client_follows_a_restarted
         old = client.placement.ring.master_id
         await cluster.master.stop()
         assert await client.read(bucket, "m.bin") == body  # the master is never on the data path
-        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=0.5))
+        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=0.5,
+                                             cluster_secret=cluster.secret))
         await cluster.master.start()
         await wait_for(lambda: client.placement.ring.master_id != old and len(client.placement.workers) == 2,
                        what="the client to follow the restarted master")

@@ -48,7 +48,8 @@ async def test_reads_work_without_the_master_and_workers_rejoin_a_restarted_one(
     async with aiohttp.ClientSession() as http:
         for w in cluster.workers:  # the master is never on the data path
             assert await read(http, f"{w.url}/{bucket}/m.bin") == body
-        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=1.0))
+        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=1.0,
+                                             cluster_secret=cluster.secret))
         await cluster.master.start()
         smallest = []  # the fewest workers any worker's ring held while the new master started
 

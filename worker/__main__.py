@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from p2pcache.service import run_service
 
@@ -13,7 +14,12 @@ __all__ = ["add_arguments", "main"]
 
 
 def main(args: argparse.Namespace) -> int:
-    return run_service(lambda: Worker(WorkerConfig.from_args(args)))
+    try:
+        config = WorkerConfig.from_args(args)
+    except ValueError as exc:
+        print(f"p2pcache worker: {exc}", file=sys.stderr)
+        return 2
+    return run_service(lambda: Worker(config))
 
 
 if __name__ == "__main__":

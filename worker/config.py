@@ -6,7 +6,9 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2pcache.config import add_flag, parse_listen, size_arg
+from p2pcache.auth import load_secret
+from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
+from p2pcache.tls import check_pair
 
 from .readers import ClientKey, client_keys_arg
 
@@ -33,23 +35,31 @@ class WorkerConfig:
     readahead: int = 4
     egress_limit: int = 0  # bytes per second; 0 = unlimited
     rebalance_rate: int = 0  # bytes per second; 0 = a quarter of the egress limit, or 256 MiB/s
-
-    def handoff_rate(self) -> float:
-        """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""
-        return self.rebalance_rate or (self.egress_limit / 4 if self.egress_limit else 256 << 20)
     client_keys: tuple[ClientKey, ...] = ()  # empty: readers are not checked
     origin_read_timeout: float = 5.0
     origin_deadline: float = 30.0
     origin_breaker: int = 8
+    cluster_secret: bytes | None = field(default=None, repr=False)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+
+    def handoff_rate(self) -> float:
+        """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""
+        return self.rebalance_rate or (self.egress_limit / 4 if self.egress_limit else 256 << 20)
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "WorkerConfig":
+        """Raises ValueError for a bad secret or TLS flags (reads the secret file)."""
         host, port = a.listen
+        check_pair(a.tls_cert, a.tls_key)
+        if not 1 <= a.weight <= 100:
+            raise ValueError(f"--weight must be from 1 to 100, not {a.weight}")
         buckets = frozenset(b.strip() for b in (a.allowed_buckets or "").split(",") if b.strip())
         return cls(
             master_url=a.master, cache_dir=Path(a.cache_dir), host=host, port=port,
             capacity=a.capacity, min_free=a.min_free, s3_endpoint=a.s3_endpoint or None,
-            advertise=a.advertise or None, worker_id=a.id or None, weight=a.weight,
+            advertise=a.advertise.rstrip("/") or None, worker_id=a.id or None, weight=a.weight,
             allowed_buckets=buckets, heartbeat_interval=a.heartbeat_interval,
             drain_timeout=a.drain_timeout, origin_concurrency=a.origin_concurrency,
             meta_ttl=a.meta_ttl, readahead=a.readahead, egress_limit=a.egress_limit,
@@ -57,6 +67,8 @@ class WorkerConfig:
             client_keys=a.client_keys,
             origin_read_timeout=a.origin_read_timeout, origin_deadline=a.origin_deadline,
             origin_breaker=a.origin_breaker,
+            cluster_secret=load_secret(a.cluster_secret, a.cluster_secret_file),
+            tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,
         )
 
 
@@ -93,3 +105,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              default=30.0)
     add_flag(p, "--origin-breaker", "failed S3 requests in a row after which S3 is not asked for "
              "a while (0: never)", type=int, default=8)
+    add_security_flags(p)
+    add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for https:// peers and master, on top of "
+             "the system's", default="")

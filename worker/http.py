@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import AsyncIterator
 
@@ -13,10 +14,12 @@ from p2pcache.errors import BadRequest, P2PError
 from p2pcache.objects import ObjectInfo
 from p2pcache.ranges import ByteRange, parse_range
 
+from .inputs import parse_hop
 from .limits import TokenBucket
 from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_from_params
 
-__all__ = ["REQUEST_ID", "object_headers", "object_answer", "error_response", "send_body", "prepend", "parse_peer_request"]
+__all__ = ["REQUEST_ID", "object_headers", "object_answer", "error_response", "header_text", "send_body",
+           "prepend", "parse_peer_request"]
 
 log = logging.getLogger("p2pcache.http")
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -55,12 +58,25 @@ def error_response(request: web.BaseRequest, exc: P2PError) -> web.Response:
     request_id = request.get(REQUEST_ID) or uuid.uuid4().hex[:16].upper()
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{exc.code}</Code><Message>{escape(exc.message)}</Message>"
-        + "".join(f"<{k}>{escape(v)}</{k}>" for k, v in exc.details.items())
-        + f"<Resource>{escape(request.path)}</Resource><RequestId>{request_id}</RequestId></Error>\n"
+        f"<Error><Code>{exc.code}</Code><Message>{_xml_text(exc.message)}</Message>"
+        + "".join(f"<{k}>{_xml_text(v)}</{k}>" for k, v in exc.details.items())
+        + f"<Resource>{_xml_text(request.path)}</Resource><RequestId>{request_id}</RequestId></Error>\n"
     )
-    headers = {ERROR_HEADER: exc.code, REASON_HEADER: " ".join(exc.message.splitlines())[:500], **exc.headers}
+    headers = {ERROR_HEADER: exc.code, REASON_HEADER: header_text(exc.message)[:500], **exc.headers}
     return web.Response(status=exc.status, text=body, content_type="application/xml", headers=headers)
+
+
+def header_text(text: str) -> str:
+    """Printable ASCII for a header: a reason may quote a key with CR, LF, NUL or non-ASCII in it."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def _xml_text(text: str) -> str:
+    """Escaped for XML 1.0, whose documents cannot hold most control characters even as references."""
+    return escape(_XML_INVALID.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text))
+
+
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 async def send_body(request: web.BaseRequest, resp: web.StreamResponse, pieces, on_piece,
@@ -95,13 +111,13 @@ async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
         yield piece
 
 
-def parse_peer_request(request: web.BaseRequest):
+def parse_peer_request(request: web.BaseRequest, max_hops: int):
     """The chunk, byte range within it and hop count of a peer request; 400 if malformed."""
     try:
         c = chunk_from_params(request.query)
-        hop = int(request.headers.get(HOP_HEADER, "1"))
     except (KeyError, ValueError) as exc:
         raise BadRequest(f"malformed peer chunk request: {exc!r}") from None
+    hop = parse_hop(request.headers.get(HOP_HEADER), max_hops)
     rng = parse_range(request.headers.get("Range"), c.length)
     if rng is None and "Range" in request.headers:
         raise BadRequest(f"malformed Range {request.headers['Range']!r}")

@@ -7,6 +7,7 @@ from typing import AsyncIterator
 
 import aiohttp
 
+from p2pcache.auth import Signer
 from p2pcache.errors import (
     ORIGIN_HEADER, Busy, NotCached, NotFound, NotOwner, ObjectChanged, PeerError, origin_error,
 )
@@ -65,8 +66,9 @@ class PeerStream:
 
 class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, connect_timeout: float = 2.0,
-                 read_timeout: float = 60.0) -> None:
+                 read_timeout: float = 60.0, signer: Signer | None = None) -> None:
         self._session = session
+        self._signer = signer or Signer(None)
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
 
     async def open(self, peer: WorkerInfo, c: ChunkId, offset: int, length: int,
@@ -100,8 +102,9 @@ class PeerClient:
 
     async def _get(self, peer: WorkerInfo, path: str, params: dict, headers: dict) -> aiohttp.ClientResponse:
         try:
-            return await self._session.get(peer.url + path, params=params, headers=headers,
-                                           timeout=self._timeout)
+            return await self._session.get(
+                peer.url + path, params=params, timeout=self._timeout,
+                headers=headers | self._signer.headers("GET", path, params))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise PeerError(f"peer {peer.id} at {peer.url} unreachable: {exc!r}") from exc
 

@@ -21,19 +21,22 @@ from typing import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from p2pcache import conditions
+from p2pcache import conditions, tls
+from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.breaker import CLOSED, OPEN
 from p2pcache.errors import (
     AccessDenied, BadRequest, NoRing, NotCached, NotOwner, ObjectChanged, P2PError,
-    PreconditionFailed, ReadOnly, StoreError,
+    PreconditionFailed, ReadOnly, StoreError, Unauthorized, Unsupported,
 )
+from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
 from p2pcache.origin import OriginHooks, S3Origin
 from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
 
-from .chunks import Chunks, fill_source
+from . import inputs
+from .chunks import MAX_HOPS, Chunks, fill_source
 from .config import WorkerConfig
 from .http import (
     REQUEST_ID, error_response, object_answer, parse_peer_request, prepend, send_body,
@@ -49,10 +52,13 @@ from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
 from .store import ChunkStore
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "OPEN_ROUTES"]
 
 log = logging.getLogger("p2pcache.worker")
 _BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")  # S3's bucket name characters (never "_")
+# Internal routes open to anyone who reaches the worker (probes, Prometheus); the others need
+# the cluster secret's signature.
+OPEN_ROUTES = frozenset({"/_p2p/health", "/_p2p/ready", "/_p2p/metrics"})
 
 
 class Worker:
@@ -71,6 +77,10 @@ class Worker:
         self._ring_changed = asyncio.Event()
         self.egress = TokenBucket(config.egress_limit) if config.egress_limit else None
         self._rid_prefix, self._rids = uuid.uuid4().hex[:8].upper(), itertools.count()
+        secret = config.cluster_secret
+        self._signer = Signer(secret)
+        self._verifier = Verifier(secret) if secret else None
+        self._refusals = OncePer(60.0)
 
     def internal_routes(self) -> dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]]:
         """Every route under /_p2p/ (bucket names cannot contain "_", so no bucket collides)."""
@@ -89,6 +99,8 @@ class Worker:
             handler = self._internal.get(path)
             if handler is None:
                 raise web.HTTPNotFound()
+            if path not in OPEN_ROUTES:
+                await self._authenticate(request)
             if method not in ("GET", "HEAD"):
                 raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
             return await handler(request)
@@ -103,11 +115,19 @@ class Worker:
         self._check_bucket(bucket)
         if not key:
             return await self.bucket(request, bucket)
+        inputs.check_key(key)
+        inputs.check_object_query(request.query)
         return await self.get_object(request, bucket, key)
 
     async def start(self) -> None:
         cfg = self.config
+        if self._verifier is None:
+            log.warning("no cluster secret (--cluster-secret, P2PCACHE_CLUSTER_SECRET or "
+                        "--cluster-secret-file): the cluster is OPEN, anyone who can reach this worker "
+                        "can ask it for chunks of any allowed bucket")
         self.id = self.id or await asyncio.to_thread(_stable_id, cfg.cache_dir)
+        server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
+        client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
         self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free)
         try:
             await self.store.load()
@@ -124,11 +144,11 @@ class Worker:
             read_timeout=cfg.origin_read_timeout, deadline=cfg.origin_deadline,
             breaker_threshold=cfg.origin_breaker, hooks=hooks))
         session = await self._stack.enter_async_context(aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, force_close=False),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, force_close=False, ssl=client_ssl),
             auto_decompress=False))
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
         self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
-        peers = PeerClient(session, read_timeout=max(60.0, 2 * cfg.origin_deadline))
+        peers = PeerClient(session, read_timeout=max(60.0, 2 * cfg.origin_deadline), signer=self._signer)
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
                                      placement=self._placement, rate=cfg.handoff_rate())
         self.parts = Parts(self.origin)
@@ -145,15 +165,17 @@ class Worker:
         self._internal = self.internal_routes()
         # A reader that hangs up cancels its handler, so fills it was waiting for
         # know nobody wants them any more (they are not retried against a failing S3).
-        server = web.Server(self._handle, access_log=None, handler_cancellation=True)
+        server = web.Server(self._handle, access_log=None, handler_cancellation=True,
+                            logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")))
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=cfg.drain_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True)
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True, ssl_context=server_ssl)
         await site.start()
         host, port = site._server.sockets[0].getsockname()[:2]
-        self.url = cfg.advertise or f"http://{_reachable(host)}:{port}"
+        scheme = "https" if server_ssl else "http"
+        self.url = cfg.advertise or f"{scheme}://{_reachable(host)}:{port}"
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
-        self.agent = MembershipAgent(MasterClient(session, cfg.master_url), me,
+        self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,
                                      cfg.heartbeat_interval, self._on_ring)
         self.agent.start()
         self.rebalancer.start()
@@ -229,16 +251,16 @@ class Worker:
         try:
             resp = await self._route(request)
         except P2PError as exc:
-            if exc.status >= 500:
-                log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc)
+            if exc.status >= 500 and not isinstance(exc, Unsupported):  # 501 is the client's doing
+                log.warning("%s %r -> %d %s", request.method, request.path, exc.status, exc)
             resp = error_response(request, exc)
-        except web.HTTPException as exc:
-            resp = exc
+        except web.HTTPException as exc:  # aiohttp's own (404, 405): answered as a plain response
+            resp = web.Response(status=exc.status, reason=exc.reason, text=exc.text, headers=exc.headers)
         except ConnectionError:
             # The client hung up before the status line went out: nobody to answer.
             resp = web.Response(status=499)
         except Exception:
-            log.exception("bug: unhandled error for %s %s", request.method, request.path)
+            log.exception("bug: unhandled error for %s %r", request.method, request.path)
             resp = web.Response(status=500, text="internal error, see the worker's log\n")
         if not resp.prepared:
             resp.headers["x-amz-request-id"] = request[REQUEST_ID]
@@ -246,6 +268,20 @@ class Worker:
                 resp.force_close()  # an unread upload body must not be parsed as the next request
         self.metrics.count_request(request.method, resp.status)
         return resp
+
+    async def _authenticate(self, request: web.BaseRequest) -> None:
+        """An internal route's request must be signed with the cluster secret (if there is one)."""
+        if self._verifier is None:
+            return
+        body = await request.read() if request.can_read_body else b""
+        try:
+            self._verifier.check(request.method, request.path, request.query.items(),
+                                 request.headers.get(HEADER), body)
+        except AuthError as exc:
+            if self._refusals.due(str(request.remote)):
+                log.warning("refused %s %r from %s: %s (not logged again for this client for 60 s)",
+                            request.method, request.path, request.remote, exc)
+            raise (Unauthorized if exc.status == 401 else AccessDenied)(exc.reason) from None
 
     async def health(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "id": self.id})
@@ -341,15 +377,16 @@ class Worker:
 
     async def peer_chunk(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve a piece of a chunk to a peer, filling it here first if needed (not with `local=1`)."""
-        c, offset, length, hop = parse_peer_request(request)
+        c, offset, length, hop = parse_peer_request(request, MAX_HOPS)
+        self._check_bucket(c.bucket)
+        placement = self._placement()
+        inputs.check_chunk(c, placement.ring.chunk_size)
         stream = self.chunks.local(c, offset, length)
         if stream is None and request.query.get("local") == "1":
             raise NotCached(f"{c.ring_key} is not on {self.id}")
         if stream is None:
-            placement = self.placement
-            source = None
-            if placement is not None:
-                source = fill_source(placement.owners(c), placement.ring.replicas, self.id, hop)
+            await inputs.check_chunk_object(self.objects, c)
+            source = fill_source(placement.owners(c), placement.ring.replicas, self.id, hop)
             stream = await self.chunks.open_local(c, offset, length, source, hop)
         resp = web.StreamResponse(status=206)
         resp.content_length = length
@@ -361,14 +398,15 @@ class Worker:
             stream.close()
         return resp
 
-
     async def take(self, request: web.BaseRequest) -> web.Response:
         """A holder hands us a chunk we own: copy it from that holder (or an earlier one), never S3."""
         try:
             c, holder = chunk_from_params(request.query), request.query["from"]
         except (KeyError, ValueError) as exc:
             raise BadRequest(f"malformed take request: {exc!r}") from None
+        self._check_bucket(c.bucket)
         placement = self._placement()
+        inputs.check_chunk(c, placement.ring.chunk_size)
         if not placement.owns(self.id, c):
             raise NotOwner(f"{self.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
         return web.json_response({"copied": await self.chunks.take(c, holder)})

@@ -1,0 +1,144 @@
+"""A closed cluster on loopback: internal requests without the cluster's signature are refused and change nothing."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import aiohttp
+import msgpack
+from yarl import URL
+
+from conftest import CHUNK, SECRET, metric, wait_for
+from p2pcache.auth import HEADER, Signer
+from p2pcache.master_client import MSGPACK
+
+WRONG = b"not-the-cluster-secret-0123456789"
+
+
+def signed(secret: bytes | None, method: str, url: str, params: dict | None = None, body: bytes = b"") -> dict:
+    return Signer(secret).headers(method, URL(url).path, params, body)
+
+
+def registration(worker_id: str, url: str) -> bytes:
+    return msgpack.packb({"id": worker_id, "url": url, "capacity": 0, "weight": 1, "state": "up"})
+
+
+def files(root: Path) -> list[Path]:
+    return [p for sub in ("chunks", "tmp") for p in (root / sub).rglob("*") if p.is_file()]
+
+
+async def test_registration_and_leave_without_a_valid_signature_are_refused_and_change_nothing(cluster_factory):
+    cluster = await cluster_factory(2)
+    master = cluster.master
+    before = master.membership.ring
+    url = f"{master.url}/workers"
+    evil = registration("evil", "http://127.0.0.1:9")
+    takeover = registration("w0", "http://127.0.0.1:9")
+    attempts = [
+        ("POST", url, evil, {}, 401),  # no signature
+        ("POST", url, evil, signed(WRONG, "POST", url, body=evil), 403),  # another secret
+        ("POST", url, evil, signed(SECRET, "POST", url, body=registration("w1", cluster.workers[1].url)), 403),
+        ("POST", url, takeover, {HEADER: "t=1,n=00000000000000000000,s=" + "0" * 64}, 401),  # stale
+        ("DELETE", f"{url}/w0", b"", {}, 401),
+        ("DELETE", f"{url}/w0", b"", signed(WRONG, "DELETE", f"{url}/w0"), 403),
+        ("DELETE", f"{url}/w0", b"", signed(SECRET, "DELETE", f"{url}/w1"), 403),  # signed for another id
+    ]
+    async with aiohttp.ClientSession() as http:
+        for method, target, body, headers, status in attempts:
+            async with http.request(method, target, data=body or None,
+                                    headers=headers | {"Content-Type": MSGPACK}) as resp:
+                text = await resp.text()
+                assert resp.status == status, (method, target, text)
+                assert text.count("\n") == 1 and ("secret" in text or "clock" in text or "signature" in text)
+        # A valid signed request captured on the wire cannot be played again.
+        heartbeat = msgpack.packb(asdict(cluster.workers[1].agent.me))  # what w1 sends itself
+        headers = signed(SECRET, "POST", url, body=heartbeat) | {"Content-Type": MSGPACK}
+        async with http.post(url, data=heartbeat, headers=headers) as resp:
+            assert resp.status == 200
+        async with http.post(url, data=heartbeat, headers=headers) as resp:
+            assert resp.status == 403 and "replayed" in await resp.text()
+    ring = master.membership.ring
+    assert ring.version == before.version and ring.workers == before.workers
+    assert [w.id for w in ring.workers] == ["w0", "w1"]
+    assert all(w.placement.ring.version == before.version for w in cluster.workers)
+
+
+async def test_a_peer_chunk_request_without_a_valid_signature_is_refused_and_fetches_nothing(
+        cluster_factory, s3, s3_client, bucket):
+    cluster = await cluster_factory(1)
+    (worker,) = cluster.workers
+    body = random.Random(5).randbytes(2 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    etag = s3_client.head_object(Bucket=bucket, Key="m.bin")["ETag"]
+    params = {"bucket": bucket, "key": "m.bin", "etag": etag, "size": str(len(body)),
+              "chunk_size": str(CHUNK), "index": "1"}
+    url = f"{worker.url}/_p2p/chunk"
+    gets = s3.get_requests
+    async with aiohttp.ClientSession() as http:
+        for headers, status in (({}, 401), (signed(WRONG, "GET", url, params), 403),
+                                (signed(SECRET, "GET", url, params | {"index": "0"}), 403)):
+            async with http.get(url, params=params, headers=headers) as resp:
+                assert resp.status == status
+                assert resp.headers["X-P2P-Error"] == ("Unauthorized" if status == 401 else "AccessDenied")
+        assert s3.get_requests == gets and files(worker.store.root) == []
+        assert await metric(http, worker.url, "p2pcache_origin_requests_total") == 0
+        async with http.get(url, params=params, headers=signed(SECRET, "GET", url, params)) as resp:
+            assert resp.status == 206 and await resp.read() == body[CHUNK:]  # the same request, signed
+        for route in ("health", "ready", "metrics"):  # probes and Prometheus need no secret
+            async with http.get(f"{worker.url}/_p2p/{route}") as resp:
+                assert resp.status == 200
+        for route in ("health", "ring", "metrics"):  # loaders read the ring without the secret
+            async with http.get(f"{cluster.master.url}/{route}") as resp:
+                assert resp.status == 200
+
+
+async def test_a_worker_with_the_wrong_secret_cannot_join(cluster_factory, caplog, s3_client, bucket):
+    caplog.set_level(logging.WARNING)
+    cluster = await cluster_factory(1)
+    body = random.Random(6).randbytes(3 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    intruder = await cluster.add_worker(cluster_secret=WRONG)
+    await wait_for(lambda: any("refused POST '/workers'" in r.getMessage() and "bad signature" in r.getMessage()
+                               for r in caplog.records if r.name == "p2pcache.master"),
+                   what="the master to refuse the intruder's heartbeat")
+    await wait_for(lambda: intruder.placement is not None, what="the intruder to read the (public) ring")
+    assert [w.id for w in cluster.master.membership.ring.workers] == ["w0"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{intruder.url}/_p2p/ready") as resp:
+            assert resp.status == 503
+        # Its peer requests are refused too, so it never gets a byte out of w0's store.
+        async with http.get(f"{intruder.url}/{bucket}/m.bin") as resp:
+            assert resp.status == 200 and await resp.read() == body
+        assert await metric(http, cluster.workers[0].url, "p2pcache_peer_bytes_served_total") == 0
+        assert await metric(http, intruder.url, "p2pcache_peer_failures_total") > 0  # w0 said no
+
+
+async def test_a_worker_id_moves_to_a_new_url_only_with_the_secret(cluster_factory):
+    closed = await cluster_factory(1)
+    opened = await cluster_factory(1, secret=None)
+    async with aiohttp.ClientSession() as http:
+        for cluster, moved_status in ((closed, 200), (opened, 409)):
+            url = f"{cluster.master.url}/workers"
+            for address, status in (("http://127.0.0.1:9", 200), ("http://127.0.0.1:10", moved_status)):
+                body = registration("w9", address)
+                async with http.post(url, data=body, headers=signed(cluster.secret, "POST", url, body=body)
+                                     | {"Content-Type": MSGPACK}) as resp:
+                    assert resp.status == status, await resp.text()
+            w9 = {w.id: w.url for w in cluster.master.membership.ring.workers}["w9"]
+            assert w9 == ("http://127.0.0.1:10" if moved_status == 200 else "http://127.0.0.1:9")
+
+
+async def test_a_cluster_without_a_secret_says_it_is_open(cluster_factory, caplog):
+    caplog.set_level(logging.WARNING)
+    await cluster_factory(1, secret=None)
+    open_warnings = {r.name for r in caplog.records if "the cluster is OPEN" in r.getMessage()}
+    assert open_warnings == {"p2pcache.master", "p2pcache.worker"}
+
+
+async def test_a_closed_cluster_logs_no_open_warning(cluster_factory, caplog):
+    caplog.set_level(logging.WARNING)
+    await cluster_factory(1)
+    assert not [r for r in caplog.records if "OPEN" in r.getMessage()]

@@ -1,0 +1,85 @@
+"""What a reader or a peer may ask for, checked before anything is read, fetched or written."""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+from p2pcache.errors import BadRequest, ObjectChanged, Unsupported
+from p2pcache.objects import ChunkId
+
+from .objects import ObjectCache
+
+__all__ = ["check_key", "check_object_query", "check_chunk", "check_chunk_object", "parse_hop",
+           "UNSUPPORTED_PARAMS", "MAX_OBJECT_SIZE"]
+
+MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
+# S3 stops at 5 TiB, MinIO at 50 TiB: a larger claimed size is not an object anywhere.
+MAX_OBJECT_SIZE = 50 << 40
+_ETAG = re.compile(r'"[!#-~]{1,254}"')  # quoted, printable ASCII without quotes or spaces
+_BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]{0,254}")
+_HOP = re.compile(r"[0-9]{1,3}")
+# Query parameters that make GET/HEAD of an object something other than its current bytes:
+# answering them with the current version's bytes would be a silent lie.
+UNSUPPORTED_PARAMS = ("versionId", "acl", "tagging", "attributes", "torrent", "legal-hold",
+                      "retention", "uploadId")
+
+
+def check_key(key: str) -> None:
+    """A key S3 could hold: valid UTF-8 (no lone surrogates) and at most 1024 bytes."""
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequest("the key is not valid UTF-8") from None
+    if size > MAX_KEY_BYTES:
+        raise BadRequest(f"the key is {size} bytes long; S3 keys have at most {MAX_KEY_BYTES}")
+
+
+def check_object_query(query: Mapping[str, str]) -> None:
+    """GetObject/HeadObject of the current version only: versionId and sub-resources get 501."""
+    for name in UNSUPPORTED_PARAMS:
+        if name in query:
+            raise Unsupported(f"p2pcache serves the current version of an object only: "
+                              f"'{name}' is not supported")
+
+
+def check_chunk(c: ChunkId, ring_chunk_size: int) -> None:
+    """A chunk this cluster could hold: its chunk size, a sane object, an index inside it."""
+    if not _BUCKET.fullmatch(c.bucket):
+        raise BadRequest("malformed bucket name")
+    check_key(c.key)
+    if not c.key:
+        raise BadRequest("empty key")
+    if not _ETAG.fullmatch(c.etag):
+        raise BadRequest("malformed etag: want a quoted string of printable ASCII")
+    if c.chunk_size != ring_chunk_size:
+        raise BadRequest(f"chunk_size {c.chunk_size} is not the ring's {ring_chunk_size}")
+    if not 0 <= c.size <= MAX_OBJECT_SIZE:
+        raise BadRequest(f"size must be from 0 to {MAX_OBJECT_SIZE} bytes")
+    if c.index < 0 or c.start >= max(c.size, 1):
+        raise BadRequest(f"chunk {c.index} is outside an object of {c.size} bytes")
+
+
+async def check_chunk_object(objects: ObjectCache, c: ChunkId) -> None:
+    """Before a fill: the chunk names the object's current version and its true size.
+
+    A request for another size would cut and store chunks that no reader asks
+    for; another ETag would fail at the origin anyway. One cached HEAD per
+    object and TTL, the same a reader's request costs.
+    """
+    info = await objects.get(c.bucket, c.key)
+    if info.etag != c.etag:
+        objects.invalidate(c.bucket, c.key)  # the requester may have seen a newer version
+        info = await objects.get(c.bucket, c.key)
+    if info.etag != c.etag:
+        raise ObjectChanged(f"s3://{c.bucket}/{c.key} is at version {info.etag}, not {c.etag}")
+    if info.size != c.size:
+        raise BadRequest(f"s3://{c.bucket}/{c.key} has {info.size} bytes, not {c.size}")
+
+
+def parse_hop(value: str | None, max_hops: int) -> int:
+    if value is None:
+        return 1
+    if not _HOP.fullmatch(value) or int(value) > max_hops:
+        raise BadRequest(f"hop must be from 0 to {max_hops}")
+    return int(value)

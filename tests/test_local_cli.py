@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import boto3
 from p2pcache.local import DEMO_BUCKET, DEMO_KEY
@@ -35,6 +36,19 @@ def read_banner(proc: subprocess.Popen, timeout: float = 60) -> dict[str, list[s
     raise AssertionError("no banner from p2pcache local")
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the master and the workers of `p2pcache local`)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def port_open(url: str) -> bool:
     host, port = url.removeprefix("http://").split(":")
     with socket.socket() as s:
@@ -50,6 +64,12 @@ def test_local_cluster_serves_the_demo_object_to_curl_and_stops_on_ctrl_c(tmp_pa
     try:
         urls = read_banner(proc)
         assert len(urls["worker"]) == 2 and len(urls["master"]) == 1
+        secrets = set()
+        for child in children(proc.pid):  # one generated secret, in the environment, never on a command line
+            assert b"secret" not in Path(f"/proc/{child}/cmdline").read_bytes()
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            secrets |= {v for v in environ if v.startswith(b"P2PCACHE_CLUSTER_SECRET=")}
+        assert len(secrets) == 1 and len(secrets.pop()) > len("P2PCACHE_CLUSTER_SECRET=") + 16
         s3 = boto3.client("s3", endpoint_url=urls["s3"][0], region_name="us-east-1",
                           aws_access_key_id="demo", aws_secret_access_key="demo")
         expected = s3.get_object(Bucket=DEMO_BUCKET, Key=DEMO_KEY, Range="bytes=1000-1500000")["Body"].read()

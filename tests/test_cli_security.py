@@ -1,0 +1,36 @@
+"""The security flags on the command line: bad secrets and TLS pairs stop the service with one line; help hides the secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "p2pcache", *args], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")} | (env or {}))
+
+
+@pytest.mark.parametrize(("args", "env", "why"), [
+    (["--cluster-secret", "short"], {}, "at least 16 bytes"),
+    ([], {"P2PCACHE_CLUSTER_SECRET": "short"}, "at least 16 bytes"),
+    (["--cluster-secret", "0123456789abcdef", "--cluster-secret-file", "/etc/hostname"], {}, "not both"),
+    (["--cluster-secret-file", "/nonexistent/secret"], {}, "cannot read the cluster secret file"),
+    (["--tls-cert", "/tmp/cert.pem"], {}, "--tls-cert and --tls-key go together"),
+])
+@pytest.mark.parametrize("service", ["master", "worker"])
+def test_bad_security_flags_stop_the_service_with_one_line(service, args, env, why, tmp_path):
+    extra = ["--master", "http://127.0.0.1:9", "--cache-dir", str(tmp_path)] if service == "worker" else []
+    result = run(service, "--listen", "127.0.0.1:0", *extra, *args, env=env)
+    assert result.returncode == 2
+    assert why in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_help_never_shows_the_secret_from_the_environment():
+    secret = "do-not-print-this-secret-0123456789"
+    for service in ("master", "worker"):
+        result = run(service, "--help", env={"P2PCACHE_CLUSTER_SECRET": secret})
+        assert result.returncode == 0 and "--cluster-secret" in result.stdout and secret not in result.stdout

@@ -1,0 +1,90 @@
+"""A cluster over TLS: https:// master and workers with a self-signed certificate made here."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import random
+import ssl
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import CHUNK, SECRET, metric, wait_for
+from master.config import MasterConfig
+from master.server import Master
+from p2pcache import Client
+from worker.config import WorkerConfig
+from worker.server import Worker
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and localhost: (cert.pem, key.pem)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2pcache test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256()))
+    root = tmp_path_factory.mktemp("tls")
+    (root / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (root / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+    return str(root / "cert.pem"), str(root / "key.pem")
+
+
+async def test_a_cluster_over_tls_serves_and_verifies_certificates(s3, s3_client, bucket, tmp_path, cert, caplog):
+    caplog.set_level(logging.WARNING)
+    cert_file, key_file = cert
+    body = random.Random(8).randbytes(6 * CHUNK + 11)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    master = Master(MasterConfig(chunk_size=CHUNK, cluster_secret=SECRET, tls_cert=cert_file, tls_key=key_file))
+    await master.start()
+    workers = []
+
+    async def worker(i: int, ca: str) -> Worker:
+        w = Worker(WorkerConfig(master_url=master.url, cache_dir=tmp_path / f"w{i}", worker_id=f"w{i}",
+                                s3_endpoint=s3.url, min_free=0, capacity=1 << 30, heartbeat_interval=0.3,
+                                cluster_secret=SECRET, tls_cert=cert_file, tls_key=key_file, tls_ca=ca))
+        await w.start()
+        workers.append(w)
+        return w
+
+    trusted = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=cert_file))
+    try:
+        assert master.url.startswith("https://")
+        w0, w1 = await worker(0, cert_file), await worker(1, cert_file)
+        await worker(2, "")  # trusts the system's CAs only: cannot talk to this master
+        await wait_for(lambda: all(w.placement is not None and len(w.placement.workers) == 2 for w in (w0, w1)),
+                       what="w0 and w1 to join over https")
+        assert sorted(w.url.split(":")[0] for w in master.membership.ring.workers) == ["https", "https"]
+        await wait_for(lambda: any("heartbeat failed" in r.getMessage() and "CERTIFICATE_VERIFY_FAILED"
+                                   in r.getMessage() for r in caplog.records), what="w2's heartbeat to fail")
+        assert "w2" not in {w.id for w in master.membership.ring.workers}
+        async with aiohttp.ClientSession(connector=trusted) as http:
+            for w in (w0, w1):
+                async with http.get(f"{w.url}/{bucket}/m.bin") as resp:
+                    assert resp.status == 200 and await resp.read() == body
+            # Each worker owns some chunks and served them to the other, over https.
+            assert await metric(http, w0.url, "p2pcache_peer_bytes_served_total") > 0
+            assert await metric(http, w1.url, "p2pcache_peer_bytes_served_total") > 0
+            async with Client(master.url, session=http) as client:  # a loader reads over https too
+                assert await client.read(bucket, "m.bin", CHUNK - 3, 3 * CHUNK) == body[CHUNK - 3:3 * CHUNK]
+        async with aiohttp.ClientSession() as http:  # without the CA: the certificate is refused
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await http.get(f"{w0.url}/_p2p/health")
+    finally:
+        for w in workers:
+            await w.stop()
+        await master.stop()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from p2pcache.auth import load_secret
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
-from p2pcache.tls import check_pair
+from p2pcache import tls
 
 __all__ = ["MasterConfig", "add_arguments"]
 
@@ -29,7 +29,7 @@ class MasterConfig:
     def from_args(cls, args: argparse.Namespace) -> "MasterConfig":
         """Raises ValueError for a bad secret or TLS flags (reads the secret file)."""
         host, port = args.listen
-        check_pair(args.tls_cert, args.tls_key)
+        tls.check(args.tls_cert, args.tls_key)
         return cls(host, port, args.chunk_size, args.replicas, args.vnodes, args.worker_ttl,
                    args.startup_grace, load_secret(args.cluster_secret, args.cluster_secret_file),
                    args.tls_cert, args.tls_key)

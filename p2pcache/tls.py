@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 
-__all__ = ["server_context", "client_context", "check_pair"]
+__all__ = ["server_context", "client_context", "check"]
 
 
-def check_pair(cert: str, key: str) -> None:
-    """Raises ValueError unless both or neither of --tls-cert and --tls-key are given."""
+def check(cert: str, key: str, ca: str = "") -> None:
+    """Raises ValueError, with one line saying why, unless the files make usable contexts."""
     if bool(cert) != bool(key):
         raise ValueError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)):
+        if path and not os.access(path, os.R_OK):
+            raise ValueError(f"{flag}: cannot read {path}")
+    for what, build in (("--tls-cert/--tls-key: not a PEM certificate chain and its key",
+                         lambda: server_context(cert, key)),
+                        ("--tls-ca: not a PEM bundle of CA certificates", lambda: client_context(ca))):
+        try:
+            build()
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"{what} ({exc})") from None
 
 
 def server_context(cert: str, key: str) -> ssl.SSLContext | None:

@@ -34,3 +34,18 @@ def test_help_never_shows_the_secret_from_the_environment():
     for service in ("master", "worker"):
         result = run(service, "--help", env={"P2PCACHE_CLUSTER_SECRET": secret})
         assert result.returncode == 0 and "--cluster-secret" in result.stdout and secret not in result.stdout
+
+
+def test_unusable_certificate_files_stop_the_service_with_one_line(tmp_path):
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    for service, extra in (("master", []), ("worker", ["--master", "http://127.0.0.1:9", "--cache-dir", str(tmp_path)])):
+        for key, why in (("key.pem", "--tls-cert/--tls-key: not a PEM certificate chain and its key"),
+                         ("missing.pem", f"--tls-key: cannot read {tmp_path / 'missing.pem'}")):
+            result = run(service, "--listen", "127.0.0.1:0", *extra, "--tls-cert", str(tmp_path / "cert.pem"),
+                         "--tls-key", str(tmp_path / key))
+            assert result.returncode == 2 and result.stderr.startswith(f"p2pcache {service}: {why}")
+            assert result.stderr.count("\n") == 1
+    result = run("worker", "--listen", "127.0.0.1:0", "--master", "http://127.0.0.1:9", "--cache-dir", str(tmp_path),
+                 "--tls-ca", str(tmp_path / "cert.pem"))
+    assert result.returncode == 2 and "--tls-ca" in result.stderr and result.stderr.count("\n") == 1

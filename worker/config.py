@@ -8,7 +8,7 @@ from pathlib import Path
 
 from p2pcache.auth import load_secret
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
-from p2pcache.tls import check_pair
+from p2pcache import tls
 
 from .readers import ClientKey, client_keys_arg
 
@@ -52,7 +52,7 @@ class WorkerConfig:
     def from_args(cls, a: argparse.Namespace) -> "WorkerConfig":
         """Raises ValueError for a bad secret or TLS flags (reads the secret file)."""
         host, port = a.listen
-        check_pair(a.tls_cert, a.tls_key)
+        tls.check(a.tls_cert, a.tls_key, a.tls_ca)
         if not 1 <= a.weight <= 100:
             raise ValueError(f"--weight must be from 1 to 100, not {a.weight}")
         buckets = frozenset(b.strip() for b in (a.allowed_buckets or "").split(",") if b.strip())

@@ -109,7 +109,7 @@ class Cluster:
         i = len(self.workers)
         settings = dict(worker_id=f"w{i}", s3_endpoint=self.s3_url, min_free=0, capacity=1 << 30,
                         heartbeat_interval=self.heartbeat, cluster_secret=self.secret)
-                        | self.worker_options | options)
+        settings |= self.worker_options | options
         wall_clock = settings.pop("wall_clock", time.time)
         clock = settings.pop("clock", time.monotonic)
         cfg = WorkerConfig(master_url=self.master.url, cache_dir=self.root / f"w{i}", **settings)

@@ -55,9 +55,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "existing-secret-s3-endpoint": ({"s3": {"existingSecret": "aws-keys", "endpoint": "http://minio.storage:9000",
                                            "allowedBuckets": ["models", "datasets"]}}, ()),
     "everything-off": ({"podDisruptionBudget": {"enabled": False}, "serviceAccount": {"create": False},
-                        "metrics": {"dashboard": {"enabled": False}}, "worker": {"podAntiAffinity": "none"}}, ()),
+                        "metrics": {"dashboard": {"enabled": False}}, "worker": {"podAntiAffinity": "none"},
+                        "clusterSecret": {"enabled": False}}, ()),
+    "existing-cluster-secret": ({"clusterSecret": {"existingSecret": "my-cluster", "key": "token"}}, ()),
     "client-keys-inline": ({"clientKeys": {"keys": READER_KEYS}}, ()),
     "client-keys-existing": ({"clientKeys": {"existingSecret": "reader-keys", "existingSecretKey": "keys.txt"}}, ()),
+    "tls": ({"tls": {"enabled": True, "existingSecret": "p2pcache-tls"}}, ()),
 }
 
 
@@ -123,14 +126,16 @@ def test_objects_validate_against_kubernetes_schemas(rendered, variant, kube_ver
 def test_variants_render_what_they_select(rendered):
     kinds = {name: sorted(obj["kind"] for obj in objs) for name, objs in rendered.items()}
     assert "HorizontalPodAutoscaler" not in kinds["defaults"]
-    assert "Secret" not in kinds["defaults"]
+    secrets = {name: sorted(o["metadata"]["name"] for o in find(objs, "Secret")) for name, objs in rendered.items()}
+    assert secrets["defaults"] == ["p2pcache-cluster"]  # the cluster secret; no S3 keys unless given
     assert kinds["hpa"].count("HorizontalPodAutoscaler") == 1
     assert kinds["servicemonitor"].count("ServiceMonitor") == 2
     for name in ("defaults", "servicemonitor-without-api", "servicemonitor-off-with-api"):
         assert "ServiceMonitor" not in kinds[name]
-    assert kinds["emptyDir-credentials"].count("Secret") == 1
-    assert kinds["client-keys-inline"].count("Secret") == 1
-    assert "Secret" not in kinds["client-keys-existing"]
+    assert secrets["emptyDir-credentials"] == ["p2pcache-cluster", "p2pcache-s3"]
+    assert secrets["everything-off"] == secrets["existing-cluster-secret"] == []
+    assert secrets["client-keys-inline"] == ["p2pcache-client-keys", "p2pcache-cluster"]
+    assert secrets["client-keys-existing"] == ["p2pcache-cluster"]
     for kind in ("PodDisruptionBudget", "ServiceAccount", "ConfigMap"):
         assert kind not in kinds["everything-off"]
     assert "replicas" in find_one(rendered["defaults"], "StatefulSet")["spec"]
@@ -157,7 +162,9 @@ def test_cache_volume_modes(rendered):
 
 # What the Kubernetes schemas cannot check: names, selectors, ports and keys agree.
 
-USER_SECRET = {"aws-keys": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}}
+USER_SECRET = {"aws-keys": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"},
+               "my-cluster": {"token": "a-cluster-secret-of-the-users-own"},
+               "p2pcache-tls": {"tls.crt": "...", "tls.key": "...", "ca.crt": "..."}}
 USER_KEYS_FILE = "# the operator's own file\nops-reader 0ps/secret models\n"
 USER_KEYS_SECRET = {"reader-keys": {"keys.txt": USER_KEYS_FILE, "other.txt": "not mounted"}}
 
@@ -221,8 +228,9 @@ def test_worker_names_itself_and_finds_the_master(rendered, variant):
     assert selects(headless["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
     worker_flags = flags(worker)
     assert worker_flags["id"] == "$(POD_NAME)"
+    scheme = "https" if "tls-cert" in worker_flags else "http"
     assert worker_flags["advertise"] == (
-        f"http://$(POD_NAME).{headless['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{listen_port(worker)}")
+        f"{scheme}://$(POD_NAME).{headless['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{listen_port(worker)}")
     assert container_env(worker, objects, "w-0", USER_SECRET)["POD_NAME"] == "w-0"
     assert worker_flags["cache-dir"] == {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}["cache"]
 
@@ -237,15 +245,18 @@ def test_worker_names_itself_and_finds_the_master(rendered, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_referenced_secrets_and_accounts_exist(rendered, variant):
     objects = rendered[variant]
-    for var in container(objects, "StatefulSet")["env"]:
-        ref = var.get("valueFrom", {}).get("secretKeyRef")
-        if ref and ref["name"] not in USER_SECRET:
-            assert ref["key"] in find_one(objects, "Secret")["data"]
-    rendered_secrets = {s["metadata"]["name"]: s for s in find(objects, "Secret")}
-    for volume in pod_template(objects, "StatefulSet")["spec"]["volumes"]:
-        if "secret" in volume and volume["secret"]["secretName"] not in USER_KEYS_SECRET:
-            data = rendered_secrets[volume["secret"]["secretName"]]["data"]
-            assert {item["key"] for item in volume["secret"]["items"]} <= set(data)
+    rendered_secrets = {o["metadata"]["name"]: o["data"] for o in find(objects, "Secret")}
+    for kind in ("Deployment", "StatefulSet"):
+        for var in container(objects, kind).get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ref["key"] in (USER_SECRET.get(ref["name"]) or rendered_secrets[ref["name"]])
+        for volume in pod_template(objects, kind)["spec"].get("volumes", []):
+            if "secret" not in volume:
+                continue
+            name = volume["secret"]["secretName"]
+            data = USER_SECRET.get(name) or USER_KEYS_SECRET.get(name) or rendered_secrets[name]
+            assert {item["key"] for item in volume["secret"].get("items", [])} <= set(data)
     for kind in ("Deployment", "StatefulSet"):
         account = pod_template(objects, kind)["spec"]["serviceAccountName"]
         assert account == "default" or find_one(objects, "ServiceAccount")["metadata"]["name"] == account
@@ -256,7 +267,7 @@ def test_s3_settings_reach_the_worker(rendered):
     assert flags(worker)["s3-endpoint"] == "http://minio.storage:9000"
     assert flags(worker)["allowed-buckets"] == "models,datasets"
     refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in worker["env"] if "valueFrom" in v
-            and "secretKeyRef" in v["valueFrom"]}
+            and "secretKeyRef" in v["valueFrom"] and v["name"].startswith("AWS_")}
     assert refs == {key: {"name": "aws-keys", "key": key}
                     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     objects = rendered["emptyDir-credentials"]
@@ -406,3 +417,60 @@ def test_image_user_matches_the_pod_security_context(rendered):
         assert context["runAsNonRoot"] and context["runAsUser"] == int(user) != 0
     ignored = Path(CHART.parent.parent / ".dockerignore").read_text().split()
     assert {".git", ".venv"} <= set(ignored)
+
+
+# The cluster secret and TLS.
+
+def test_master_and_workers_share_one_random_cluster_secret_from_a_secret(rendered, chart):
+    objects = rendered["defaults"]
+    envs = {kind: container_env(container(objects, kind), objects, "p-0") for kind in ("Deployment", "StatefulSet")}
+    secret = envs["Deployment"]["P2PCACHE_CLUSTER_SECRET"]
+    assert secret == envs["StatefulSet"]["P2PCACHE_CLUSTER_SECRET"] and len(secret) >= 32
+    for kind in ("Deployment", "StatefulSet"):  # from the Secret, never on the command line
+        assert not any("secret" in arg for arg in container(objects, kind)["args"])
+        (var,) = [v for v in container(objects, kind)["env"] if v["name"] == "P2PCACHE_CLUSTER_SECRET"]
+        assert var["valueFrom"]["secretKeyRef"] == {"name": "p2pcache-cluster", "key": "cluster-secret"}
+    again = manifests(render(chart, {}))  # offline there is nothing to look up: a new random value
+    assert container_env(container(again, "Deployment"), again, "p-0")["P2PCACHE_CLUSTER_SECRET"] != secret
+    # On a live cluster, `helm upgrade` keeps the value: the template looks the Secret up first.
+    template = (CHART / "templates" / "cluster-secret.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+
+
+def test_an_existing_cluster_secret_or_none(rendered):
+    objects = rendered["existing-cluster-secret"]
+    for kind in ("Deployment", "StatefulSet"):
+        env = container_env(container(objects, kind), objects, "p-0", USER_SECRET)
+        assert env["P2PCACHE_CLUSTER_SECRET"] == "a-cluster-secret-of-the-users-own"
+        assert "P2PCACHE_CLUSTER_SECRET" not in container_env(
+            container(rendered["everything-off"], kind), rendered["everything-off"], "p-0")
+
+
+def test_tls_serves_https_everywhere(rendered):
+    objects = rendered["tls"]
+    master, worker = container(objects, "Deployment"), container(objects, "StatefulSet")
+    for cont, kind in ((master, "Deployment"), (worker, "StatefulSet")):
+        (mount,) = [m for m in cont["volumeMounts"] if m["name"] == "tls"]
+        assert mount["readOnly"] and flags(cont)["tls-cert"] == f"{mount['mountPath']}/tls.crt"
+        assert flags(cont)["tls-key"] == f"{mount['mountPath']}/tls.key"
+        (volume,) = [v for v in pod_template(objects, kind)["spec"]["volumes"] if v["name"] == "tls"]
+        assert volume["secret"]["secretName"] == "p2pcache-tls"
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert cont[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert flags(worker)["tls-ca"].endswith("/ca.crt") and "tls-ca" not in flags(master)
+    assert flags(worker)["master"].startswith("https://") and flags(worker)["advertise"].startswith("https://")
+    plain = rendered["defaults"]
+    assert flags(container(plain, "StatefulSet"))["master"].startswith("http://")
+    assert container(plain, "StatefulSet")["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+
+
+def test_tls_needs_a_certificate_secret(chart):
+    with pytest.raises(helm.HelmError, match="tls.existingSecret is required"):
+        render(chart, {"tls": {"enabled": True}})
+
+
+def test_notes_say_whether_the_cluster_is_closed(chart):
+    assert "signed with the cluster" in render(chart)["p2pcache/templates/NOTES.txt"]
+    assert "the cluster is open" in render(chart, {"clusterSecret": {"enabled": False}})["p2pcache/templates/NOTES.txt"]
+    notes = render(chart, {"tls": {"enabled": True, "existingSecret": "x"}})["p2pcache/templates/NOTES.txt"]
+    assert "https://p2pcache.ml.svc.cluster.local" in notes

@@ -234,6 +234,10 @@ def test_rendered_pods_form_a_working_cluster(moto_s3, tmp_path):
 
         ring = json.loads(http("GET", f"{master_url}/ring?format=json")[2])
         assert sorted(w["id"] for w in ring["workers"]) == [w.name for w in workers]
+        # The chart's Secret closed the cluster: the pods share it, a stranger cannot register.
+        assert master.env["P2PCACHE_CLUSTER_SECRET"] == workers[0].env["P2PCACHE_CLUSTER_SECRET"]
+        assert http("POST", f"{master_url}/workers")[0] == 401
+        assert http("DELETE", f"{master_url}/workers/{workers[0].name}")[0] == 401
         assert ring["chunk_size"] == CHUNK
 
         first, last = 1000, 3 * CHUNK + 99  # spans four chunks, owned by both workers

@@ -39,8 +39,44 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "p2pcache.workerName" -}}{{ include "p2pcache.fullname" . }}-worker{{- end }}
 {{- define "p2pcache.headlessName" -}}{{ include "p2pcache.fullname" . }}-worker-headless{{- end }}
 
+{{- define "p2pcache.scheme" -}}{{ if .Values.tls.enabled }}https{{ else }}http{{ end }}{{- end }}
+
 {{- define "p2pcache.masterURL" -}}
-{{- printf "http://%s.%s.svc.%s:%d" (include "p2pcache.masterName" .) .Release.Namespace .Values.clusterDomain (int .Values.master.port) }}
+{{- printf "%s://%s.%s.svc.%s:%d" (include "p2pcache.scheme" .) (include "p2pcache.masterName" .) .Release.Namespace .Values.clusterDomain (int .Values.master.port) }}
+{{- end }}
+
+{{/* Name of the Secret holding the cluster secret, or "" for an open cluster. */}}
+{{- define "p2pcache.clusterSecretName" -}}
+{{- if .Values.clusterSecret.enabled }}
+{{- default (printf "%s-cluster" (include "p2pcache.fullname" .)) .Values.clusterSecret.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* The env entry that hands the cluster secret to the master and the workers. */}}
+{{- define "p2pcache.clusterSecretEnv" -}}
+{{- with include "p2pcache.clusterSecretName" . -}}
+- name: P2PCACHE_CLUSTER_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.clusterSecret.key }}
+{{- end }}
+{{- end }}
+
+{{/* --tls-* args (for the worker also --tls-ca); call with (dict "ctx" $ "worker" true). */}}
+{{- define "p2pcache.tlsArgs" -}}
+{{- $tls := .ctx.Values.tls }}
+{{- if $tls.enabled -}}
+- --tls-cert={{ $tls.mountPath }}/tls.crt
+- --tls-key={{ $tls.mountPath }}/tls.key
+{{- if and .worker $tls.caKey }}
+- --tls-ca={{ $tls.mountPath }}/{{ $tls.caKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "p2pcache.tlsSecret" -}}
+{{- required "tls.existingSecret is required with tls.enabled: a kubernetes.io/tls Secret (tls.crt, tls.key)" .Values.tls.existingSecret }}
 {{- end }}
 
 {{- define "p2pcache.serviceAccountName" -}}

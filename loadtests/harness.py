@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from p2pcache.auth import new_secret
 from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
@@ -51,7 +52,7 @@ def cluster(workers: int, chunk_size: str = "8MiB", capacity: str = "4GiB",
     With `s3`, the workers use that server (kept running after the cluster stops), so
     that several fresh, cold clusters can read the same seeded objects.
     """
-    env = clean_env()
+    env = clean_env() | {"P2PCACHE_CLUSTER_SECRET": new_secret()}  # closed, as the chart deploys it
     with contextlib.ExitStack() as stack:
         if s3 is None:
             s3 = stack.enter_context(EmbeddedS3(throttle=s3_throttle, fast_ranges=True))

@@ -6,6 +6,7 @@ import logging
 import random
 from dataclasses import asdict
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import msgpack
@@ -142,3 +143,17 @@ async def test_a_closed_cluster_logs_no_open_warning(cluster_factory, caplog):
     caplog.set_level(logging.WARNING)
     await cluster_factory(1)
     assert not [r for r in caplog.records if "OPEN" in r.getMessage()]
+
+
+async def test_signatures_survive_keys_with_every_kind_of_character(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(2)
+    key = "dir/ünï cødé+%2F&a=b?c#d;e,f'g\"h~!*().bin"
+    body = random.Random(10).randbytes(6 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    async with aiohttp.ClientSession() as http:
+        for worker in cluster.workers:  # each fetches the other's chunks over the signed peer route
+            async with http.get(f"{worker.url}/{bucket}/{quote(key, safe='/')}") as resp:
+                assert resp.status == 200 and await resp.read() == body
+        served = [await metric(http, w.url, "p2pcache_peer_bytes_served_total") for w in cluster.workers]
+        failures = [await metric(http, w.url, "p2pcache_peer_failures_total") for w in cluster.workers]
+        assert sum(served) == len(body) and failures == [0, 0]  # each chunk went once to its non-owner

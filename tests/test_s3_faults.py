@@ -134,12 +134,14 @@ async def test_a_reader_that_hangs_up_leaves_no_fill_retrying(cluster_factory, f
     cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_deadline=30.0, origin_breaker=0)
     put(s3_client, bucket, "cold.bin", 6 * CHUNK, seed=3)
     async with aiohttp.ClientSession() as http:
-        async with http.head(f"{cluster.workers[0].url}/{bucket}/cold.bin") as resp:
-            assert resp.status == 200
+        for w in cluster.workers:  # both know the object (an owner checks a peer's chunk against it)
+            async with http.head(f"{w.url}/{bucket}/cold.bin") as resp:
+                assert resp.status == 200
         fault_proxy.mode = "error"  # every GET fails: fills would retry for 30 s
         reading = asyncio.create_task(get(http, f"{cluster.workers[0].url}/{bucket}/cold.bin"))
-        await wait_for(lambda: fault_proxy.requests >= 6, what="fills of the read and its read-ahead")
-        assert sum(w.chunks.fills_in_flight for w in cluster.workers) >= 2
+        await wait_for(lambda: fault_proxy.requests >= 6 and
+                       sum(w.chunks.fills_in_flight for w in cluster.workers) >= 2,
+                       what="fills of the read and its read-ahead, retrying")
         reading.cancel()  # the reader hangs up
         await asyncio.gather(reading, return_exceptions=True)
         await wait_for(lambda: all(w.chunks.fills_in_flight == 0 for w in cluster.workers), timeout=5.0,

@@ -26,6 +26,7 @@ P2PError
 │   ├── PeerUnavailable        no owner of a chunk answered
 │   ├── NoRing                 the worker has not received a ring yet
 │   ├── StoreError             the cache disk failed (reads go around it)
+│   ├── CorruptChunk           a cached chunk failed its checksum (dropped; read elsewhere)
 │   └── Busy                   a concurrency cap, or the store cannot take a chunk
 └── PeerError             (internal) one peer failed; the caller tries the next
 
@@ -47,7 +48,7 @@ __all__ = [
     "InvalidPartNumber", "Unsupported",
     "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
     "PeerUnavailable", "NoRing", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
-    "StoreError", "ORIGIN_HEADER", "origin_error",
+    "StoreError", "CorruptChunk", "ORIGIN_HEADER", "origin_error",
 ]
 
 ORIGIN_HEADER = "X-P2P-Origin"  # on an error caused by S3: the cause (origin_error() reads it)
@@ -251,6 +252,15 @@ class OriginThrottled(OriginUnavailable):
 
 class StoreError(Unavailable):
     """The cache disk failed."""
+
+
+class CorruptChunk(Unavailable):
+    """A chunk's bytes on disk do not match its checksums: never served; the reader's
+    bytes come from another copy or a refill (a reader sees this only if none worked)."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"cached chunk {name} is corrupt: {detail}")
+        self.name = name
 
 
 def origin_error(cause: str, message: str, retry_after: float | None = None) -> P2PError:

@@ -94,10 +94,10 @@ async def test_chunk_files_that_cannot_be_read_are_read_around(cluster_factory, 
         await cluster.wait_converged()
         files = [p for p in (old.config.cache_dir / "chunks").glob("*/*")]
         assert len(files) == len(worker.store) == 25
-        for path in files:  # open() still works on each, every read fails (EISDIR or EOPNOTSUPP)
+        for path in files:  # each fails when opened (its trailer cannot be read: EISDIR)
             path.unlink()
             path.mkdir()
         await read_everywhere(http, [worker], bucket, "m.bin", body)
         assert await metric(http, worker.url, "p2pcache_store_errors_total") >= 1
         assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") >= 2 * SIZE
-        assert "failed reading a chunk" in (await ready(http, worker))["degraded"]
+        assert "cache disk failed" in (await ready(http, worker))["degraded"]

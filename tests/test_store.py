@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from p2pcache.errors import Busy
+from p2pcache.blocksums import BLOCK
+from p2pcache.errors import Busy, CorruptChunk
 from p2pcache.objects import ChunkId, ObjectInfo
 from worker.store import ChunkStore, read_pieces
 
@@ -22,7 +23,7 @@ async def put(store: ChunkStore, c, fill: bytes | None = None) -> None:
         await w.write(fill or bytes([c.index % 256]) * c.length)
 
 
-SLOT = CHUNK + len(chunk(0).pack()) + 8  # a chunk's file: its bytes, its metadata, length and magic
+SLOT = CHUNK + len(chunk(0).pack()) + 8 + 16  # its bytes, metadata, one block's sum, the lengths and magic
 
 
 def disk_bytes(root) -> int:
@@ -90,8 +91,8 @@ async def test_restart_rebuilds_the_index_and_drops_crash_leftovers(tmp_path):
     assert again.used == 3 * SLOT
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not torn.exists() and not (torn.parent / "junk.txt").exists()
-    with again.pinned(chunk(2).name) as fd:
-        data = b"".join([bytes(p) async for p in read_pieces(fd, 0, CHUNK, piece=300)])
+    with again.pinned(chunk(2).name) as file:
+        data = b"".join([bytes(p) async for p in read_pieces(file, 0, CHUNK, piece=300)])
     assert data == bytes([2]) * CHUNK
     assert await again.read(chunk(1).name, 10, 20) == bytes([1]) * 20
     assert await again.read(chunk(9).name, 0, 1) is None
@@ -131,17 +132,60 @@ async def test_the_free_space_floor_refuses_fills_it_cannot_make_room_for(tmp_pa
     assert store._reserved == 0 and store.used == 0
 
 
+BIG = 5 * BLOCK + 1234  # five whole blocks and a short one
+
+
+async def big_chunk(tmp_path):
+    store = ChunkStore(tmp_path, capacity=1 << 30)
+    await store.load()
+    c = ObjectInfo("b", "big", '"e"', BIG).chunk(0, BIG)
+    data = os.urandom(BIG)
+    async with store.writing(c.name, c.length, c.pack()) as w:
+        for i in range(0, BIG, 10_007):  # pieces that straddle blocks
+            await w.write(data[i:i + 10_007])
+    return store, c, data
+
+
 async def test_read_pieces_reads_any_window(tmp_path):
-    path = tmp_path / "f"
-    data = os.urandom(10_000)
-    path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for offset, length, piece in [(0, 10_000, 4096), (123, 4000, 1000), (9_999, 1, 7), (50, 0, 10)]:
-            got = b"".join([bytes(p) async for p in read_pieces(fd, offset, length, piece)])
+    store, c, data = await big_chunk(tmp_path)
+    windows = [(0, BIG, 4096), (123, 4000, 1000), (BIG - 1, 1, 7), (50, 0, 10),
+               (BLOCK - 5, 10, BLOCK), (BLOCK, 3 * BLOCK, 2 * BLOCK), (7, BIG - 7, 5 * BLOCK)]
+    with store.pinned(c.name) as file:
+        for offset, length, piece in windows:
+            got = b"".join([bytes(p) async for p in read_pieces(file, offset, length, piece)])
             assert got == data[offset:offset + length]
-    finally:
-        os.close(fd)
+    for offset, length, _ in windows:
+        assert bytes(await store.read(c.name, offset, length)) == data[offset:offset + length]
+
+
+@pytest.mark.parametrize("where", [0, 3 * BLOCK + 17, BIG - 1])
+async def test_a_flipped_byte_is_never_read_and_reads_elsewhere_still_are(tmp_path, where):
+    store, c, data = await big_chunk(tmp_path)
+    with open(store.path(c.name), "r+b") as f:  # same size: only the checksums can tell
+        f.seek(where)
+        f.write(bytes([data[where] ^ 0x01]))
+    bad = where // BLOCK
+    with pytest.raises(CorruptChunk):
+        await store.read(c.name, where, 1)
+    with store.pinned(c.name) as file:
+        got = b""
+        with pytest.raises(CorruptChunk):
+            async for p in read_pieces(file, 0, BIG, BLOCK):
+                got += bytes(p)
+        assert got == data[:bad * BLOCK]  # every byte before the bad block, none of it
+    other = (bad + 2) % 6
+    start = other * BLOCK
+    assert bytes(await store.read(c.name, start, 100)) == data[start:start + 100]
+    store.discard(c.name)
+    assert c.name not in store and not store.path(c.name).exists() and store.used == 0
+
+
+async def test_a_chunk_discarded_while_read_keeps_its_reader_going(tmp_path):
+    store, c, data = await big_chunk(tmp_path)
+    with store.pinned(c.name) as file:
+        store.discard(c.name)
+        got = b"".join([bytes(p) async for p in read_pieces(file, 0, BIG)])
+    assert got == data and c.name not in store and store._fds == {}
 
 
 async def test_open_files_are_bounded_and_evicted_chunks_closed(tmp_path):

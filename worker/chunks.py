@@ -19,7 +19,9 @@ import zlib
 from collections import deque
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
-from p2pcache.errors import Busy, NotCached, OriginError, PeerError, PeerUnavailable, StoreError
+from p2pcache.errors import (
+    Busy, CorruptChunk, NotCached, OriginError, PeerError, PeerUnavailable, StoreError,
+)
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.origin import S3Origin
 from p2pcache.ranges import chunk_spans
@@ -83,17 +85,17 @@ class LocalStream:
     def __init__(self, store: ChunkStore, c: ChunkId, offset: int, length: int,
                  piece: int = 1 << 20, on_close: Callable[[], None] = lambda: None) -> None:
         self._pin = store.pinned(c.name)
-        self._fd = self._pin.__enter__()
+        self.file = self._pin.__enter__()
         self._offset, self._length, self._piece = offset, length, piece
         self._on_close = on_close
 
     @property
     def present(self) -> bool:
-        return self._fd is not None
+        return self.file is not None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async with contextlib.aclosing(read_pieces(self._fd, self._offset, self._length,
+            async with contextlib.aclosing(read_pieces(self.file, self._offset, self._length,
                                                        self._piece)) as it:
                 async for piece in it:
                     yield piece
@@ -106,7 +108,7 @@ class LocalStream:
         if self._pin is not None:
             self._pin.__exit__(None, None, None)
             self._pin = None
-            if self._fd is not None:
+            if self.file is not None:
                 self._on_close()
 
 
@@ -168,7 +170,7 @@ class Chunks:
                 task.cancel()
                 task.add_done_callback(_close_stream)
 
-    async def read_small(self, info: ObjectInfo, start: int, stop: int) -> bytearray | None:
+    async def read_small(self, info: ObjectInfo, start: int, stop: int) -> memoryview | None:
         """The fast path: a range of at most SMALL bytes inside one local chunk, or None."""
         chunk_size = self._placement().ring.chunk_size
         index, offset = divmod(start, chunk_size)
@@ -178,6 +180,9 @@ class Chunks:
             data = await self.store.read(info.chunk(index, chunk_size).name, offset, stop - start)
         except OSError as exc:  # the streaming path goes around the disk
             self.disk.failed(StoreError(f"cache disk failed reading a chunk: {exc}"))
+            return None
+        except CorruptChunk as exc:  # the streaming path refills it
+            self.corrupt(exc)
             return None
         if data is not None:
             self._m.hits.inc()
@@ -228,6 +233,9 @@ class Chunks:
             stream = LocalStream(self.store, c, offset, length, piece, self._stream_closed)
         except OSError as exc:  # the file is listed but cannot be opened: the disk is failing
             self.disk.failed(StoreError(f"cache disk failed opening {c.ring_key}: {exc}"))
+            return None
+        except CorruptChunk as exc:
+            self.corrupt(exc)
             return None
         if not stream.present:
             stream.close()
@@ -371,9 +379,30 @@ class Chunks:
         except (OSError, Busy) as exc:
             raise StoreError(f"cache disk failed storing {c.ring_key}: {exc}") from exc
 
-    async def _pieces(self, c: ChunkId, offset: int, length: int, stream: Stream) -> AsyncIterator[bytes]:
-        """Stream a chunk; if a peer fails mid-chunk, resume from the next one."""
+    def corrupt(self, exc: CorruptChunk) -> None:
+        """A chunk failed its checksums: drop it, so the next read refills it."""
+        self.store.discard(exc.name)
+        self._m.corrupt_chunks.inc()
+        log.error("%s: dropped, reading it from another copy or S3", exc)
+
+    def pieces(self, c: ChunkId, offset: int, length: int, stream: Stream, source: WorkerInfo | None,
+               hop: int, local: bool = False) -> AsyncIterator[bytes]:
+        """A peer's piece of a chunk from this worker. A corrupt local copy is dropped, never
+        sent, and the rest refilled here; with `local` (a holder's copy) the answer is cut."""
+        async def reopen(pos: int, failed: set[str]) -> Stream:
+            if local:
+                raise NotCached(f"{c.ring_key} was corrupt here and has been dropped")
+            return await self.open_local(c, pos, offset + length - pos, source, hop)
+        return self._pieces(c, offset, length, stream, reopen)
+
+    async def _pieces(self, c: ChunkId, offset: int, length: int, stream: Stream,
+                      reopen: Callable | None = None) -> AsyncIterator[bytes]:
+        """Stream a chunk; if a peer fails mid-chunk, resume from the next one; if the local
+        copy is corrupt, drop it and resume from another copy or a refill."""
         pos, end, failed = offset, offset + length, set()
+        if reopen is None:
+            async def reopen(pos: int, failed: set[str]) -> Stream:
+                return await self.open(c, pos, end - pos, exclude=failed)
         while True:
             try:
                 async with contextlib.aclosing(stream.__aiter__()) as it:
@@ -385,7 +414,10 @@ class Chunks:
                 self._peer_failed(stream.peer.id)
                 failed.add(stream.peer.id)
                 log.warning("resuming %s at %d after: %s", c.ring_key, pos, exc)
-                stream = await self.open(c, pos, end - pos, exclude=failed)
+                stream = await reopen(pos, failed)
+            except CorruptChunk as exc:  # nothing of the bad block was sent
+                self.corrupt(exc)
+                stream = await reopen(pos, failed)
             except StoreError as exc:  # a local chunk that cannot be read: S3 has the bytes
                 self.disk.failed(exc)
                 stream = PassThrough(self._origin, c, pos, end - pos, self._m.passthrough_bytes)

@@ -25,6 +25,11 @@ class WorkerMetrics:
         self.origin_breaker_open = Gauge(
             "p2pcache_origin_breaker_open", "1 while S3 is not asked (circuit breaker open)", registry=r)
         self.store_errors = Counter("p2pcache_store_errors", "Cache disk failures", registry=r)
+        self.corrupt_chunks = Counter(
+            "p2pcache_corrupt_chunks", "Cached chunks that failed their checksums (dropped)", registry=r)
+        self.corrupt_transfers = Counter(
+            "p2pcache_corrupt_transfers", "Peer transfers whose bytes failed the sender's checksums",
+            registry=r)
         self.passthrough_bytes = Counter(
             "p2pcache_passthrough_bytes", "Bytes streamed around a failing cache disk", registry=r)
         self.peer_bytes = Counter("p2pcache_peer_bytes", "Bytes fetched from peers", registry=r)

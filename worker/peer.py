@@ -1,12 +1,19 @@
-"""The internal peer API: fetch a piece of a chunk from the worker that owns it."""
+"""The internal peer API: fetch a piece of a chunk from the worker that owns it.
+
+A piece is asked for in whole blocks. A peer that reads it from its store
+sends the blocks' checksums first (`X-P2P-Sums: <bytes of sums>` and
+`X-P2P-Block`), then the bytes; every block is checked here before any of it
+is passed on, so a transfer damaged on the way is never served or stored.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import aiohttp
 
+from p2pcache import blocksums
 from p2pcache.auth import Signer
 from p2pcache.errors import (
     ORIGIN_HEADER, Busy, NotCached, NotFound, NotOwner, ObjectChanged, PeerError, origin_error,
@@ -15,13 +22,15 @@ from p2pcache.objects import ChunkId
 from p2pcache.ring import WorkerInfo
 
 __all__ = ["PeerClient", "PeerStream", "CHUNK_PATH", "TAKE_PATH", "HOP_HEADER", "ERROR_HEADER",
-           "REASON_HEADER", "chunk_params", "chunk_from_params"]
+           "REASON_HEADER", "SUMS_HEADER", "BLOCK_HEADER", "chunk_params", "chunk_from_params"]
 
 CHUNK_PATH = "/_p2p/chunk"
 TAKE_PATH = "/_p2p/take"  # "you own this chunk now: copy it from me if you lack it"
 HOP_HEADER = "X-P2P-Hop"
 ERROR_HEADER = "X-P2P-Error"  # the error's code, set on every error response
 REASON_HEADER = "X-P2P-Reason"  # its one-line message
+SUMS_HEADER = "X-P2P-Sums"  # bytes of block checksums that precede the chunk's bytes
+BLOCK_HEADER = "X-P2P-Block"  # the block size they are of
 PIECE = 256 << 10
 
 
@@ -39,26 +48,59 @@ def chunk_from_params(q) -> ChunkId:
 
 
 class PeerStream:
-    """An open peer response whose body is the requested bytes of a chunk."""
+    """An open peer response whose body is the requested bytes of a chunk.
 
-    def __init__(self, peer: WorkerInfo, resp: aiohttp.ClientResponse, length: int) -> None:
+    The response holds whole blocks `[start, stop)` around the requested
+    `[offset, offset + length)`; with the sender's sums, each block is checked
+    before its bytes are yielded (a mismatch is a PeerError, so the reader fails over).
+    """
+
+    def __init__(self, peer: WorkerInfo, resp: aiohttp.ClientResponse, start: int, stop: int,
+                 offset: int, length: int, on_corrupt: Callable[[], None]) -> None:
         self.peer = peer
         self._resp = resp
-        self._length = length
+        self._start, self._stop, self._offset, self._end = start, stop, offset, offset + length
+        self._on_corrupt = on_corrupt
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        got = 0
+        content, pos = self._resp.content, self._start
         try:
-            while got < self._length:
-                piece = await self._resp.content.read(min(PIECE, self._length - got))
-                if not piece:
-                    raise PeerError(f"peer {self.peer.id} sent {got} of {self._length} bytes")
-                got += len(piece)
-                yield piece
+            table, block = await self._sums()
+            step = max(block, PIECE - PIECE % block) if table is not None else PIECE
+            while pos < self._stop:
+                data = await content.readexactly(min(step, self._stop - pos))
+                if table is not None:
+                    try:
+                        blocksums.check(data, pos - self._start, table, block)
+                    except blocksums.Mismatch as exc:
+                        self._on_corrupt()
+                        raise PeerError(f"peer {self.peer.id} sent a corrupt chunk: {exc}") from None
+                lo, hi = max(pos, self._offset), min(pos + len(data), self._end)
+                pos += len(data)
+                if lo < hi:
+                    yield memoryview(data)[lo - (pos - len(data)):hi - (pos - len(data))]
+        except asyncio.IncompleteReadError as exc:
+            raise PeerError(f"peer {self.peer.id} sent {pos - self._start + len(exc.partial)} "
+                            f"of {self._stop - self._start} bytes") from None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise PeerError(f"peer {self.peer.id} failed mid-chunk: {exc!r}") from exc
         finally:
             self.close()
+
+    async def _sums(self) -> tuple[bytes | None, int]:
+        """The sender's sums of the blocks it sends, or None (it streams them from S3)."""
+        headers = self._resp.headers
+        if SUMS_HEADER not in headers:
+            return None, 0
+        try:
+            size, block = int(headers[SUMS_HEADER]), int(headers[BLOCK_HEADER])
+        except (KeyError, ValueError):
+            raise PeerError(f"peer {self.peer.id} sent malformed checksum headers") from None
+        blocks = -(-self._stop // block) - self._start // block if block > 0 else -1
+        if block <= 0 or self._start % block or size != blocks * 8:
+            raise PeerError(f"peer {self.peer.id} sent {size} bytes of sums of {block}-byte "
+                            f"blocks for bytes {self._start}-{self._stop}")
+        return await self._resp.content.readexactly(size), block
 
     def close(self) -> None:
         self._resp.release() if self._resp.content.at_eof() else self._resp.close()
@@ -66,8 +108,10 @@ class PeerStream:
 
 class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, connect_timeout: float = 2.0,
-                 read_timeout: float = 60.0, signer: Signer | None = None) -> None:
+                 read_timeout: float = 60.0, signer: Signer | None = None,
+                 on_corrupt: Callable[[], None] = lambda: None) -> None:
         self._session = session
+        self._on_corrupt = on_corrupt
         self._signer = signer or Signer(None)
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
 
@@ -77,11 +121,12 @@ class PeerClient:
 
         With `local`, only if the peer holds the chunk (NotCached otherwise): no fill, no S3.
         """
-        headers = {"Range": f"bytes={offset}-{offset + length - 1}", HOP_HEADER: str(hop)}
+        start, stop = blocksums.aligned(offset, length, c.length)
+        headers = {"Range": f"bytes={start}-{stop - 1}", HOP_HEADER: str(hop)}
         params = chunk_params(c) | ({"local": "1"} if local else {})
         resp = await self._get(peer, CHUNK_PATH, params, headers)
         if resp.status in (200, 206):
-            return PeerStream(peer, resp, length)
+            return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt)
         raise _error(peer, c, resp)
 
     async def take(self, peer: WorkerInfo, c: ChunkId, source: str) -> bool:

@@ -21,7 +21,7 @@ from typing import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from p2pcache import conditions, tls
+from p2pcache import blocksums, conditions, tls
 from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.breaker import CLOSED, OPEN
 from p2pcache.errors import (
@@ -47,7 +47,7 @@ from .membership import MembershipAgent
 from .metrics import WorkerMetrics
 from .objects import ObjectCache
 from .parts import Parts, parse_part_number
-from .peer import PeerClient, chunk_from_params
+from .peer import BLOCK_HEADER, SUMS_HEADER, PeerClient, chunk_from_params
 from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
 from .store import ChunkStore
@@ -148,7 +148,8 @@ class Worker:
             auto_decompress=False))
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
         self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
-        peers = PeerClient(session, read_timeout=max(60.0, 2 * cfg.origin_deadline), signer=self._signer)
+        peers = PeerClient(session, read_timeout=max(60.0, 2 * cfg.origin_deadline), signer=self._signer,
+                           on_corrupt=self.metrics.corrupt_transfers.inc)
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
                                      placement=self._placement, rate=cfg.handoff_rate())
         self.parts = Parts(self.origin)
@@ -376,24 +377,37 @@ class Worker:
         return resp
 
     async def peer_chunk(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Serve a piece of a chunk to a peer, filling it here first if needed (not with `local=1`)."""
+        """Serve a piece of a chunk to a peer, filling it here first if needed (not with `local=1`).
+
+        From the store, the sums of the blocks sent go first (worker/peer.py)."""
         c, offset, length, hop = parse_peer_request(request, MAX_HOPS)
         self._check_bucket(c.bucket)
         placement = self._placement()
         inputs.check_chunk(c, placement.ring.chunk_size)
+        local = request.query.get("local") == "1"
         stream = self.chunks.local(c, offset, length)
-        if stream is None and request.query.get("local") == "1":
+        source = None
+        if stream is None and local:
             raise NotCached(f"{c.ring_key} is not on {self.id}")
         if stream is None:
             await inputs.check_chunk_object(self.objects, c)
             source = fill_source(placement.owners(c), placement.ring.replicas, self.id, hop)
             stream = await self.chunks.open_local(c, offset, length, source, hop)
         resp = web.StreamResponse(status=206)
-        resp.content_length = length
         resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{c.length}"
+        pieces = self.chunks.pieces(c, offset, length, stream, source, hop, local)
+        file = getattr(stream, "file", None)
+        if file is not None and (offset, offset + length) == \
+                blocksums.aligned(offset, length, c.length, file.block):
+            sums = blocksums.table_slice(file.table, offset, offset + length, file.block)
+            resp.headers[SUMS_HEADER], resp.headers[BLOCK_HEADER] = str(len(sums)), str(file.block)
+            pieces = prepend(sums, pieces)
+        else:
+            sums = b""
+        resp.content_length = len(sums) + length
         try:
             await resp.prepare(request)
-            await send_body(request, resp, stream, self.metrics.chunk_bytes_served.inc, self.egress)
+            await send_body(request, resp, pieces, self.metrics.chunk_bytes_served.inc, self.egress)
         finally:
             stream.close()
         return resp

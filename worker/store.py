@@ -5,10 +5,12 @@ written under `tmp/`, fsynced and renamed in); `used + reserved <= capacity`
 at every await point; a chunk being read (pinned) is never evicted.
 
 A chunk file is the chunk's bytes, then a trailer: metadata (what the chunk
-is, so the worker can compute who should hold it), its length (4 bytes) and
-MAGIC. Data starts at offset 0, so reads need no offset arithmetic; the
-trailer is written with the data and renamed in with it, so the two never
-disagree.
+is, so the worker can compute who should hold it), the checksums of its
+blocks (p2pcache.blocksums), their lengths and MAGIC. Data starts at offset
+0, so reads need no offset arithmetic; the trailer is written with the data
+and renamed in with it, so the two never disagree. Every read is of whole
+blocks, checked against the table before a byte leaves the store: a mismatch
+raises CorruptChunk, and the caller drops the chunk (`discard`).
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
-from p2pcache.errors import Busy
+from p2pcache import blocksums
+from p2pcache.errors import Busy, CorruptChunk
 
-__all__ = ["ChunkStore", "ChunkWriter", "pread", "read_pieces", "PIECE", "MAGIC"]
+__all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "PIECE", "MAGIC"]
 
 log = logging.getLogger("p2pcache.store")
 _NAME = re.compile(r"[0-9a-f]{40}-(\d+)-(\d+)")
 PIECE = 256 << 10  # per stream in flight: bounds memory under many readers (benchmarks: memory)
-MAGIC = b"P2PC"
-_FOOTER = struct.Struct(">I4s")  # metadata length, MAGIC
+MAGIC = b"P2P2"  # b"P2PC" files (no checksums) are dropped by the startup scan
+_FOOTER = struct.Struct(">III4s")  # metadata length, table length, block size, MAGIC
 
 
 async def _run(fn, *args):
@@ -44,10 +47,21 @@ class ChunkWriter:
     def __init__(self, file) -> None:
         self._file = file
         self.written = 0
+        self.sums = blocksums.Summer()
 
     async def write(self, data: bytes) -> None:
+        self.sums.update(data)
         await _run(self._file.write, data)
         self.written += len(data)
+
+
+class ChunkFile:
+    """An open chunk file and its block checksums."""
+
+    __slots__ = ("fd", "name", "table", "block")
+
+    def __init__(self, fd: int, name: str, table: bytes, block: int) -> None:
+        self.fd, self.name, self.table, self.block = fd, name, table, block
 
 
 class ChunkStore:
@@ -90,8 +104,8 @@ class ChunkStore:
         return f"{self._dir}/{name[:2]}/{name}"
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
+        for file in self._fds.values():
+            os.close(file.fd)
         self._fds.clear()
 
     async def load(self) -> None:
@@ -109,41 +123,62 @@ class ChunkStore:
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
 
     @contextlib.contextmanager
-    def pinned(self, name: str) -> Iterator[int | None]:
-        """An open fd of the chunk, safe from eviction until the block ends; None if absent."""
+    def pinned(self, name: str) -> Iterator[ChunkFile | None]:
+        """The open chunk, safe from eviction until the block ends; None if absent.
+
+        OSError if its file cannot be opened; CorruptChunk if its trailer is unreadable.
+        """
         if name not in self._chunks:
             yield None
             return
         self._chunks.move_to_end(name)
+        file = self._file(name)
         self._pins[name] = self._pins.get(name, 0) + 1
         try:
-            yield self._fd(name)
+            yield file
         finally:
             self._pins[name] -= 1
             if not self._pins[name]:
                 del self._pins[name]
+                if name not in self._chunks:  # discarded while read: its fd was kept for us
+                    self._close_fd(name)
 
-    async def read(self, name: str, offset: int, length: int) -> bytearray | None:
-        """A small read in one go, or None if the chunk is not here."""
-        with self.pinned(name) as fd:
-            return None if fd is None else await pread(fd, offset, length)
+    async def read(self, name: str, offset: int, length: int) -> memoryview | None:
+        """A small read in one go (checked), or None if the chunk is not here."""
+        with self.pinned(name) as file:
+            if file is None:
+                return None
+            start, stop = blocksums.aligned(offset, length, _length(name), file.block)
+            data = await pread(file.fd, start, stop - start)
+            _check(file, data, start)
+            return memoryview(data)[offset - start:offset - start + length]
 
-    def _fd(self, name: str) -> int:
-        fd = self._fds.get(name)
-        if fd is not None:
+    def discard(self, name: str) -> None:
+        """Drop a corrupt chunk now; readers that have it open finish with their (checked) reads."""
+        if name in self._chunks:
+            _unlink_all([self._drop(name)])
+
+    def _file(self, name: str) -> ChunkFile:
+        file = self._fds.get(name)
+        if file is not None:
             self._fds.move_to_end(name)
-            return fd
-        fd = self._fds[name] = os.open(self._path(name), os.O_RDONLY)
+            return file
+        file = self._fds[name] = _open_chunk(self._path(name), name)
         if len(self._fds) > self._open_files:
             for old in [n for n in self._fds if n not in self._pins][: len(self._fds) - self._open_files]:
-                os.close(self._fds.pop(old))
-        return fd
+                self._close_fd(old)
+        return file
+
+    def _close_fd(self, name: str) -> None:
+        file = self._fds.pop(name, None)
+        if file is not None:
+            os.close(file.fd)
 
     @contextlib.asynccontextmanager
     async def writing(self, name: str, size: int, meta: bytes = b"") -> AsyncIterator[ChunkWriter]:
         """Write a chunk: visible only if the block ends cleanly with `size` bytes written."""
-        trailer = meta + _FOOTER.pack(len(meta), MAGIC)
-        total = size + len(trailer)
+        table_size = blocksums.table_size(size)
+        total = size + len(meta) + table_size + _FOOTER.size
         await self._reserve(total)
         tmp = self.root / "tmp" / f"{name}.{uuid.uuid4().hex[:8]}.part"
         try:
@@ -153,6 +188,8 @@ class ChunkStore:
                 yield writer
                 if writer.written != size:
                     raise ValueError(f"chunk {name}: wrote {writer.written} of {size} bytes")
+                table = writer.sums.table()
+                trailer = meta + table + _FOOTER.pack(len(meta), len(table), blocksums.BLOCK, MAGIC)
                 await _run(_seal, file, trailer, tmp, self.path(name))
             finally:
                 await _run(file.close)
@@ -192,11 +229,11 @@ class ChunkStore:
         return next((n for n in self._chunks if n not in self._pins), None)
 
     def _drop(self, name: str) -> Path:
-        """Forget an unpinned chunk; the caller unlinks the returned path."""
+        """Forget a chunk; the caller unlinks the returned path. The fd of a chunk being
+        read stays open until its last reader is done."""
         self.used -= self._chunks.pop(name)
-        fd = self._fds.pop(name, None)
-        if fd is not None:
-            os.close(fd)
+        if name not in self._pins:
+            self._close_fd(name)
         return self.path(name)
 
 
@@ -216,14 +253,52 @@ async def pread(fd: int, offset: int, n: int) -> bytearray:
     return buf
 
 
-async def read_pieces(fd: int, offset: int, length: int, piece: int = PIECE) -> AsyncIterator[bytes]:
-    """Yield `length` bytes of an open file from `offset`, in pieces of at most `piece`."""
+async def read_pieces(file: ChunkFile, offset: int, length: int,
+                      piece: int = PIECE) -> AsyncIterator[memoryview]:
+    """Yield `length` bytes of an open chunk from `offset`, in pieces of about `piece`
+    (whole blocks are read and checked; CorruptChunk before a bad byte is yielded)."""
+    block = file.block
+    piece = max(block, piece - piece % block)
+    start, stop = blocksums.aligned(offset, length, _length(file.name), block)
     end = offset + length
-    while offset < end:
-        n = min(piece, end - offset)
-        yield await pread(fd, offset, n)
-        offset += n
+    while start < stop:
+        n = min(piece, stop - start)
+        data = await pread(file.fd, start, n)
+        _check(file, data, start)
+        view = memoryview(data)
+        yield view[max(0, offset - start):min(n, end - start)]
+        start += n
 
+
+def _check(file: ChunkFile, data: bytearray, start: int) -> None:
+    try:
+        blocksums.check(data, start, file.table, file.block)
+    except blocksums.Mismatch as exc:
+        raise CorruptChunk(file.name, str(exc)) from None
+
+
+def _length(name: str) -> int:
+    """A chunk's data length, from its name (`<digest>-<index>-<length>`)."""
+    return int(name.rsplit("-", 1)[1])
+
+
+def _open_chunk(path: str, name: str) -> ChunkFile:
+    """Open a chunk file and read its checksum table (a few hundred bytes at its end)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        length = _length(name)
+        meta_length, table_length, block, magic = _FOOTER.unpack(
+            os.pread(fd, _FOOTER.size, size - _FOOTER.size))
+        table = os.pread(fd, table_length, length + meta_length)
+        if magic != MAGIC or block <= 0 or len(table) != table_length or \
+                table_length != blocksums.table_size(length, block) or \
+                size != length + meta_length + table_length + _FOOTER.size:
+            raise CorruptChunk(name, "its trailer is malformed")
+    except BaseException:
+        os.close(fd)
+        raise
+    return ChunkFile(fd, name, table, block)
 
 def _seal(file, trailer: bytes, tmp: Path, final: Path) -> None:
     file.write(trailer)
@@ -258,13 +333,15 @@ def _scan(root: Path) -> tuple[list[tuple[float, str, int]], int]:
 
 
 def _well_formed(path: Path, size: int, length: int) -> bool:
-    """The file holds `length` bytes of data and a whole trailer."""
+    """The file holds `length` bytes of data and a whole trailer (its sums are checked
+    on each read, so a large store starts without reading its data)."""
     if size < length + _FOOTER.size:
         return False
     with open(path, "rb") as f:
         f.seek(size - _FOOTER.size)
-        meta_length, magic = _FOOTER.unpack(f.read(_FOOTER.size))
-    return magic == MAGIC and size == length + meta_length + _FOOTER.size
+        meta_length, table_length, block, magic = _FOOTER.unpack(f.read(_FOOTER.size))
+    return magic == MAGIC and block > 0 and table_length == blocksums.table_size(length, block) \
+        and size == length + meta_length + table_length + _FOOTER.size
 
 
 def _read_trailers(paths: list[tuple[str, str]]) -> dict[str, bytes]:
@@ -273,9 +350,9 @@ def _read_trailers(paths: list[tuple[str, str]]) -> dict[str, bytes]:
         try:
             with open(path, "rb") as f:
                 f.seek(-_FOOTER.size, os.SEEK_END)
-                meta_length, magic = _FOOTER.unpack(f.read(_FOOTER.size))
+                meta_length, table_length, _, magic = _FOOTER.unpack(f.read(_FOOTER.size))
                 if magic == MAGIC and meta_length:
-                    f.seek(-_FOOTER.size - meta_length, os.SEEK_END)
+                    f.seek(-_FOOTER.size - table_length - meta_length, os.SEEK_END)
                     found[name] = f.read(meta_length)
         except OSError:  # evicted meanwhile
             continue

@@ -170,7 +170,7 @@ class Chunks:
                 task.cancel()
                 task.add_done_callback(_close_stream)
 
-    async def read_small(self, info: ObjectInfo, start: int, stop: int) -> memoryview | None:
+    async def read_small(self, info: ObjectInfo, start: int, stop: int) -> bytearray | None:
         """The fast path: a range of at most SMALL bytes inside one local chunk, or None."""
         chunk_size = self._placement().ring.chunk_size
         index, offset = divmod(start, chunk_size)

@@ -75,10 +75,10 @@ class PeerStream:
                     except blocksums.Mismatch as exc:
                         self._on_corrupt()
                         raise PeerError(f"peer {self.peer.id} sent a corrupt chunk: {exc}") from None
-                lo, hi = max(pos, self._offset), min(pos + len(data), self._end)
+                lo, hi = max(pos, self._offset) - pos, min(pos + len(data), self._end) - pos
                 pos += len(data)
                 if lo < hi:
-                    yield memoryview(data)[lo - (pos - len(data)):hi - (pos - len(data))]
+                    yield data if hi - lo == len(data) else data[lo:hi]
         except asyncio.IncompleteReadError as exc:
             raise PeerError(f"peer {self.peer.id} sent {pos - self._start + len(exc.partial)} "
                             f"of {self._stop - self._start} bytes") from None

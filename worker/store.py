@@ -143,7 +143,7 @@ class ChunkStore:
                 if name not in self._chunks:  # discarded while read: its fd was kept for us
                     self._close_fd(name)
 
-    async def read(self, name: str, offset: int, length: int) -> memoryview | None:
+    async def read(self, name: str, offset: int, length: int) -> bytearray | None:
         """A small read in one go (checked), or None if the chunk is not here."""
         with self.pinned(name) as file:
             if file is None:
@@ -151,7 +151,7 @@ class ChunkStore:
             start, stop = blocksums.aligned(offset, length, _length(name), file.block)
             data = await pread(file.fd, start, stop - start)
             _check(file, data, start)
-            return memoryview(data)[offset - start:offset - start + length]
+            return _trim(data, offset - start, length)
 
     def discard(self, name: str) -> None:
         """Drop a corrupt chunk now; readers that have it open finish with their (checked) reads."""
@@ -254,7 +254,7 @@ async def pread(fd: int, offset: int, n: int) -> bytearray:
 
 
 async def read_pieces(file: ChunkFile, offset: int, length: int,
-                      piece: int = PIECE) -> AsyncIterator[memoryview]:
+                      piece: int = PIECE) -> AsyncIterator[bytearray]:
     """Yield `length` bytes of an open chunk from `offset`, in pieces of about `piece`
     (whole blocks are read and checked; CorruptChunk before a bad byte is yielded)."""
     block = file.block
@@ -265,9 +265,17 @@ async def read_pieces(file: ChunkFile, offset: int, length: int,
         n = min(piece, stop - start)
         data = await pread(file.fd, start, n)
         _check(file, data, start)
-        view = memoryview(data)
-        yield view[max(0, offset - start):min(n, end - start)]
+        skip = max(0, offset - start)
+        yield _trim(data, skip, min(n, end - start) - skip)
         start += n
+
+
+def _trim(data: bytearray, skip: int, length: int) -> bytearray:
+    """`data[skip:skip + length]` in place: aiohttp sends a bytearray as is (a memoryview goes
+    through its slower payload path), and deleting a bytearray's head moves no bytes."""
+    del data[skip + length:]
+    del data[:skip]
+    return data
 
 
 def _check(file: ChunkFile, data: bytearray, start: int) -> None:

@@ -401,12 +401,13 @@ class Worker:
                 blocksums.aligned(offset, length, c.length, file.block):
             sums = blocksums.table_slice(file.table, offset, offset + length, file.block)
             resp.headers[SUMS_HEADER], resp.headers[BLOCK_HEADER] = str(len(sums)), str(file.block)
-            pieces = prepend(sums, pieces)
         else:
             sums = b""
         resp.content_length = len(sums) + length
         try:
             await resp.prepare(request)
+            if sums:
+                await resp.write(sums)
             await send_body(request, resp, pieces, self.metrics.chunk_bytes_served.inc, self.egress)
         finally:
             stream.close()

@@ -9,7 +9,8 @@ import pytest
 from p2pcache.blocksums import BLOCK
 from p2pcache.errors import Busy, CorruptChunk
 from p2pcache.objects import ChunkId, ObjectInfo
-from worker.store import ChunkStore, read_pieces
+from worker.eviction import LRU, POLICIES
+from worker.store import ChunkStore, pread, read_pieces
 
 CHUNK = 1000
 
@@ -232,3 +233,45 @@ async def test_cold_reads_go_to_the_executor_and_warm_ones_stay_on_the_loop(tmp_
         assert Counting.calls == cold_calls
     finally:
         os.close(fd)
+
+
+async def read_after_fill(store: ChunkStore, c) -> None:
+    """A miss as the read path makes it: fill, then the read the fill was made for."""
+    await put(store, c)
+    with store.pinned(c.name, touch=False) as file:
+        assert await pread(file.fd, 0, 1) == bytes([c.index % 256])
+
+
+@pytest.mark.parametrize(("policy", "survives"), [(POLICIES["s3fifo"], True), (LRU, False)])
+async def test_a_working_set_survives_a_scan_larger_than_the_cache_unless_the_policy_is_lru(
+        tmp_path, policy, survives):
+    store = ChunkStore(tmp_path, capacity=10 * SLOT, policy=policy)
+    await store.load()
+    working = [chunk(i, 3 * CHUNK) for i in range(3)]  # a config read by every pod
+    for c in working:
+        await read_after_fill(store, c)
+    for c in working:  # a second pod reads it
+        assert await store.read(c.name, 0, 1) == bytes([c.index])
+    for i in range(10, 60):  # a new model of 5x the cache, read once
+        await read_after_fill(store, chunk(i))
+        assert store.used <= store.capacity
+    assert all(c.name in store for c in working) is survives
+    assert all(store.path(c.name).exists() for c in working) is survives
+    assert len(list((tmp_path / "chunks").glob("*/*"))) == len(store) == 10
+
+
+async def test_a_demoted_chunk_is_the_next_to_go_and_a_restart_keeps_the_newest(tmp_path):
+    store = ChunkStore(tmp_path, capacity=4 * SLOT)
+    await store.load()
+    for i in range(4):
+        await read_after_fill(store, chunk(i))
+        assert await store.read(chunk(i).name, 0, 1) == bytes([i])  # all read twice
+    store.demote(chunk(2).name)
+    await put(store, chunk(4))
+    assert chunk(2).name not in store and not store.path(chunk(2).name).exists()
+    assert {chunk(i).name for i in (0, 1, 3, 4)} == set(store._chunks)
+    for i, name in enumerate(chunk(i).name for i in (0, 1, 3, 4)):  # mtimes in that order
+        os.utime(store.path(name), (1_000 + i, 1_000 + i))
+    smaller = ChunkStore(tmp_path, capacity=2 * SLOT)
+    await smaller.load()
+    assert set(smaller._chunks) == {chunk(3).name, chunk(4).name}

@@ -83,8 +83,9 @@ class LocalStream:
     peer = None
 
     def __init__(self, store: ChunkStore, c: ChunkId, offset: int, length: int,
-                 piece: int = 1 << 20, on_close: Callable[[], None] = lambda: None) -> None:
-        self._pin = store.pinned(c.name)
+                 piece: int = 1 << 20, on_close: Callable[[], None] = lambda: None,
+                 touch: bool = True) -> None:
+        self._pin = store.pinned(c.name, touch)
         self.file = self._pin.__enter__()
         self._offset, self._length, self._piece = offset, length, piece
         self._on_close = on_close
@@ -225,12 +226,12 @@ class Chunks:
         self._m.peer_failures.inc()
         self._down[peer_id] = self._clock() + PEER_DOWN_SECONDS
 
-    def local(self, c: ChunkId, offset: int, length: int) -> LocalStream | None:
+    def local(self, c: ChunkId, offset: int, length: int, touch: bool = True) -> LocalStream | None:
         # Few streams read in big pieces (fewer syscalls); many share STREAM_BUDGET, so
         # memory stays bounded however many readers there are.
         piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
         try:
-            stream = LocalStream(self.store, c, offset, length, piece, self._stream_closed)
+            stream = LocalStream(self.store, c, offset, length, piece, self._stream_closed, touch)
         except OSError as exc:  # the file is listed but cannot be opened: the disk is failing
             self.disk.failed(StoreError(f"cache disk failed opening {c.ring_key}: {exc}"))
             return None
@@ -255,8 +256,9 @@ class Chunks:
         unless `origin` is False (a handoff), which raises NotCached instead. If the disk
         fails, a read streams the bytes from where the fill would take them, uncached.
         """
-        for _ in range(3):  # an eviction between fill and open is possible, though rare
-            stream = self.local(c, offset, length)
+        for attempt in range(3):  # an eviction between fill and open is possible, though rare
+            # After a fill, this read is the one it was made for: not a second use (eviction).
+            stream = self.local(c, offset, length, touch=not attempt)
             if stream is not None:
                 return stream
             ticket = None if c.name in self.store else self.disk.admit()  # listed: unreadable

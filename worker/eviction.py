@@ -163,7 +163,9 @@ class SLRU(_Demotions):
     def victim(self, skip: Skip) -> str | None:
         name = self._take_demoted(skip)
         if name is None:
-            name = _first(self._probation, skip) or _first(self._protected, skip)
+            name = _first(self._probation, skip)
+            if name is None:
+                name = _first(self._protected, skip)
             if name is not None:
                 self.remove(name)
         return name

@@ -1,8 +1,9 @@
-"""Chunks on local disk: complete-then-rename writes, LRU eviction under a capacity.
+"""Chunks on local disk: complete-then-rename writes, scan-resistant eviction under a capacity.
 
 Invariants: a file under `chunks/` is always a complete, checked chunk (it is
 written under `tmp/`, fsynced and renamed in); `used + reserved <= capacity`
-at every await point; a chunk being read (pinned) is never evicted.
+at every await point; a chunk being read (pinned) is never evicted. Which
+chunk goes first is the eviction policy's choice (worker/eviction.py, S3-FIFO).
 
 A chunk file is the chunk's bytes, then a trailer: metadata (what the chunk
 is, so the worker can compute who should hold it), the checksums of its
@@ -25,10 +26,12 @@ import struct
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 from p2pcache import blocksums
 from p2pcache.errors import Busy, CorruptChunk
+
+from .eviction import DEFAULT, POLICIES, Policy
 
 __all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "PIECE", "MAGIC"]
 
@@ -65,17 +68,19 @@ class ChunkFile:
 
 
 class ChunkStore:
-    def __init__(self, root: Path, capacity: int, min_free: int = 0, open_files: int = 256) -> None:
+    def __init__(self, root: Path, capacity: int, min_free: int = 0, open_files: int = 256,
+                 policy: Callable[[int], Policy] = POLICIES[DEFAULT]) -> None:
         self.root = Path(root)
         self.capacity = capacity
         self.min_free = min_free
         self.used = 0
         self._reserved = 0
-        self._chunks: OrderedDict[str, int] = OrderedDict()  # name -> size, oldest first
+        self._chunks: dict[str, int] = {}  # name -> size
+        self._policy = policy(capacity)
         self._pins: dict[str, int] = {}
         # Open files of recently read chunks: an open() per request costs more than
         # the read itself. Only unpinned entries are closed, so a reader's fd stays valid.
-        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fds: OrderedDict[str, ChunkFile] = OrderedDict()
         self._open_files = open_files
         self._dir = str(self.root / "chunks")
 
@@ -94,8 +99,7 @@ class ChunkStore:
 
     def demote(self, name: str) -> None:
         """Make `name` the next chunk to evict (it has been handed to its owner)."""
-        if name in self._chunks:
-            self._chunks.move_to_end(name, last=False)
+        self._policy.demote(name)
 
     def path(self, name: str) -> Path:
         return Path(self._path(name))
@@ -113,6 +117,7 @@ class ChunkStore:
         found, dropped = await _run(_scan, self.root)
         for _, name, size in sorted(found):
             self._chunks[name] = size
+            self._policy.restore(name, size)
             self.used += size
         if dropped:
             log.warning("dropped %d incomplete or malformed files from %s", dropped, self.root)
@@ -123,16 +128,18 @@ class ChunkStore:
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
 
     @contextlib.contextmanager
-    def pinned(self, name: str) -> Iterator[ChunkFile | None]:
+    def pinned(self, name: str, touch: bool = True) -> Iterator[ChunkFile | None]:
         """The open chunk, safe from eviction until the block ends; None if absent.
 
         OSError if its file cannot be opened; CorruptChunk if its trailer is unreadable.
+        `touch=False` for the read a fill was made for: it is not a second use of the chunk.
         """
         if name not in self._chunks:
             yield None
             return
-        self._chunks.move_to_end(name)
         file = self._file(name)
+        if touch:
+            self._policy.touch(name)
         self._pins[name] = self._pins.get(name, 0) + 1
         try:
             yield file
@@ -198,7 +205,10 @@ class ChunkStore:
             await asyncio.shield(_run(_unlink_all, [tmp]))
             raise
         self._reserved -= total
+        if name in self._chunks:  # written again meanwhile: the rename replaced the file
+            self.used -= self._chunks[name]
         self._chunks[name] = total
+        self._policy.insert(name, total)
         self.used += total
 
     async def _reserve(self, size: int) -> None:
@@ -226,12 +236,13 @@ class ChunkStore:
             await _run(_unlink_all, [self._drop(victim)])
 
     def _pick_victim(self) -> str | None:
-        return next((n for n in self._chunks if n not in self._pins), None)
+        return self._policy.victim(self._pins.__contains__)
 
     def _drop(self, name: str) -> Path:
         """Forget a chunk; the caller unlinks the returned path. The fd of a chunk being
         read stays open until its last reader is done."""
         self.used -= self._chunks.pop(name)
+        self._policy.remove(name)  # a no-op for a victim, which the policy has forgotten
         if name not in self._pins:
             self._close_fd(name)
         return self.path(name)

@@ -134,7 +134,8 @@ def replay(policy_name: str, capacity: int, reads: list[Read]) -> tuple[int, int
             hit_bytes += asked
             continue
         while policy.nbytes + size > capacity:
-            policy.victim(never)
+            if policy.victim(never) is None:
+                raise AssertionError(f"{policy_name} found no victim in a full cache")
         policy.insert(chunk, size)
     return hits, hit_bytes
 

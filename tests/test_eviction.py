@@ -110,6 +110,9 @@ def test_s3fifo_and_slru_keep_a_working_set_through_a_scan_larger_than_the_cache
         p = policy(100)
         for name in ("config", "tokenizer", "vocab"):
             p.insert(name, 2)
+        for i in range(-5, 0):  # other reads, then a second pod reads the working set
+            p.insert(i, 1)
+        for name in ("config", "tokenizer", "vocab"):
             p.touch(name)
         for i in range(500):  # a one-off scan of 5x the cache
             while p.nbytes + 1 > 100:
@@ -117,6 +120,18 @@ def test_s3fifo_and_slru_keep_a_working_set_through_a_scan_larger_than_the_cache
             p.insert(i, 1)
         kept[policy.__name__] = {"config", "tokenizer", "vocab"} <= {n for n in ("config", "tokenizer", "vocab") if n in p}
     assert kept == {"LRU": False, "SLRU": True, "S3FIFO": True}
+
+
+def test_s3fifo_does_not_count_touches_right_after_an_insert_as_a_second_use():
+    p = S3FIFO(200)  # a small FIFO of 20 bytes, a window of 5
+    p.insert("scan", 10)
+    p.touch("scan")  # the same reader, another range of the chunk
+    p.insert("other", 10)
+    p.insert("config", 10)
+    p.insert("later", 30)
+    p.touch("config")  # 30 bytes later: a second use
+    assert [p.victim(never) for _ in range(3)] == ["scan", "other", "later"]
+    assert "config" in p._main
 
 
 def test_s3fifo_readmits_a_chunk_the_ghost_remembers_and_bounds_the_ghost():

@@ -250,6 +250,7 @@ async def test_a_working_set_survives_a_scan_larger_than_the_cache_unless_the_po
     working = [chunk(i, 3 * CHUNK) for i in range(3)]  # a config read by every pod
     for c in working:
         await read_after_fill(store, c)
+    await read_after_fill(store, chunk(9))  # another read meanwhile
     for c in working:  # a second pod reads it
         assert await store.read(c.name, 0, 1) == bytes([c.index])
     for i in range(10, 60):  # a new model of 5x the cache, read once

@@ -24,15 +24,16 @@ class MasterConfig:
     cluster_secret: bytes | None = field(default=None, repr=False)
     tls_cert: str = ""
     tls_key: str = ""
+    tls_ca: str = ""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "MasterConfig":
         """Raises ValueError for a bad secret or TLS flags (reads the secret file)."""
         host, port = args.listen
-        tls.check(args.tls_cert, args.tls_key)
+        tls.check(args.tls_cert, args.tls_key, args.tls_ca)
         return cls(host, port, args.chunk_size, args.replicas, args.vnodes, args.worker_ttl,
                    args.startup_grace, load_secret(args.cluster_secret, args.cluster_secret_file),
-                   args.tls_cert, args.tls_key)
+                   args.tls_cert, args.tls_key, args.tls_ca)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,3 +47,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              "a ring, so a restarted master never hands out a ring missing live workers",
              type=float, default=5.0)
     add_security_flags(p)
+    add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for https:// workers (preload, status), on top of "
+             "the system's", default="")

@@ -8,16 +8,20 @@ import json
 import logging
 import time
 
+import aiohttp
 import msgpack
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from p2pcache import tls
-from p2pcache.auth import HEADER, AuthError, Verifier
+from p2pcache.auth import HEADER, AuthError, Signer, Verifier
+from p2pcache.control import WorkerControl
 from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MSGPACK
 from p2pcache.metrics import metrics_handler
+from p2pcache.ring import Placement
 
+from .admin import Admin
 from .config import MasterConfig
 from .membership import Membership
 from .registration import InvalidRegistration, Takeover, check_takeover, parse_worker
@@ -50,6 +54,9 @@ class Master:
         self._verifier = Verifier(config.cluster_secret, guard=True) if config.cluster_secret else None
         self._refusals = OncePer(60.0)
         self.url = ""
+        self._session: aiohttp.ClientSession | None = None
+        self._placement_now: Placement | None = None
+        self.admin: Admin | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -58,7 +65,7 @@ class Master:
             web.post("/workers", self.heartbeat),
             web.delete("/workers/{worker_id}", self.leave),
             web.get("/metrics", metrics_handler(self.registry)),
-        ]
+        ] + self.admin.routes()
 
     async def start(self) -> None:
         if self._verifier is None:
@@ -66,6 +73,9 @@ class Master:
                         "--cluster-secret-file): the cluster is OPEN, anyone who can reach the master "
                         "can add a worker to the ring or remove one")
         ssl_context = await asyncio.to_thread(tls.server_context, self.config.tls_cert, self.config.tls_key)
+        client_ssl = await asyncio.to_thread(tls.client_context, self.config.tls_ca)
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl))
+        self.admin = Admin(WorkerControl(self._session, Signer(self.config.cluster_secret)), self.placement)
         app = web.Application(middlewares=[self._authenticate])
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -87,8 +97,19 @@ class Master:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry
         self._changed.set()  # release long-polls
+        if self.admin:
+            await self.admin.stop()
         if self._runner:
             await self._runner.cleanup()
+        if self._session:
+            await self._session.close()
+
+    def placement(self) -> Placement:
+        """Placement under the current ring (built again when the ring changes)."""
+        ring = self.membership.ring
+        if self._placement_now is None or self._placement_now.ring is not ring:
+            self._placement_now = Placement(ring)
+        return self._placement_now
 
     def ready_line(self) -> str:
         return f"p2pcache master ready url={self.url}"

@@ -1,4 +1,4 @@
-"""The `p2pcache` command: `master`, `worker`, `local`, `get` and `bench` subcommands."""
+"""The `p2pcache` command: `master`, `worker`, `local`, `get`, `bench`, `preload`, `unpin`, `status` subcommands."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     import master.__main__ as master_cli
     import worker.__main__ as worker_cli
 
-    from . import get, local
+    from . import get, local, preload_cli, status_cli
 
     parser = argparse.ArgumentParser(prog="p2pcache", description="A peer-to-peer S3 chunk cache for loading AI models.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -27,10 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("local", local, "run a local cluster with an embedded S3 and demo data"),
         ("get", get, "read an object (or a byte range) through the cache to a file or stdout"),
         ("bench", _bench_module(), "run the benchmarks (loadtests/bench.py of a source checkout)"),
+        ("preload", preload_cli, "fill the cache with objects under s3:// prefixes (a job on the master)"),
+        ("status", status_cli, "the workers' state and, for a prefix, how much of each object is cached"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         module.add_arguments(p)
         p.set_defaults(run=module.main)
+    p = sub.add_parser("unpin", help="stop keeping pinned chunks under s3:// prefixes from eviction")
+    preload_cli.add_unpin_arguments(p)
+    p.set_defaults(run=preload_cli.unpin_main)
     return parser
 
 

@@ -17,7 +17,7 @@ from .errors import (
 from .objects import ObjectInfo
 from .ring import WorkerInfo
 
-__all__ = ["WorkerClient", "Listing", "ERROR_HEADER", "REASON_HEADER"]
+__all__ = ["WorkerClient", "Listing", "parse_listing", "ERROR_HEADER", "REASON_HEADER"]
 
 ERROR_HEADER = "X-P2P-Error"  # the error's code, on every error response of a worker
 REASON_HEADER = "X-P2P-Reason"  # its one-line message
@@ -91,7 +91,7 @@ class WorkerClient:
         except _RETRYABLE as exc:
             raise PeerError(f"{worker.id} at {worker.url}: {exc!r}") from exc
         try:
-            return _parse_listing(body)
+            return parse_listing(body)
         except (ET.ParseError, ValueError, TypeError) as exc:
             raise PeerError(f"{worker.id} sent a malformed listing: {exc!r}") from exc
 
@@ -145,7 +145,7 @@ def _changed(worker: WorkerInfo, message: str) -> ObjectChanged:
     return exc
 
 
-def _parse_listing(body: bytes) -> Listing:
+def parse_listing(body: bytes) -> Listing:
     root = ET.fromstring(body)
     objects = [{
         "Key": c.findtext(f"{_NS}Key"), "Size": int(c.findtext(f"{_NS}Size") or 0),

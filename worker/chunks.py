@@ -140,6 +140,10 @@ class Chunks:
     def fills_in_flight(self) -> int:
         return len(self._fills)
 
+    def filling(self, c: ChunkId) -> bool:
+        """Whether a fill of `c` is running (a new caller would join it)."""
+        return c.name in self._fills
+
     async def close(self) -> None:
         await self._fills.close()
 

@@ -129,13 +129,15 @@ class PeerClient:
             return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt)
         raise _error(peer, c, resp)
 
-    async def take(self, peer: WorkerInfo, c: ChunkId, source: str) -> bool:
+    async def take(self, peer: WorkerInfo, c: ChunkId, source: str, keep: bool = False) -> bool:
         """Tell `peer`, an owner of `c`, to copy it from worker `source` if it lacks it.
 
         True if it copied, False if it had it already; NotOwner if it does not own it
         under its ring, NotCached if it could not get it from `source` or an earlier holder.
+        With `keep`, the peer keeps it from eviction (it was kept here).
         """
-        resp = await self._get(peer, TAKE_PATH, chunk_params(c) | {"from": source}, {})
+        params = chunk_params(c) | {"from": source} | ({"keep": "1"} if keep else {})
+        resp = await self._get(peer, TAKE_PATH, params, {})
         if resp.status == 200:
             try:
                 return (await resp.json())["copied"]

@@ -17,6 +17,7 @@ from p2pcache.errors import NotCached, NotOwner, P2PError
 from p2pcache.objects import ChunkId
 from p2pcache.ring import Placement, WorkerInfo
 
+from .keep import Keeps
 from .limits import TokenBucket
 from .metrics import WorkerMetrics
 from .peer import PeerClient
@@ -50,8 +51,10 @@ def plan(held: Iterable[ChunkId], placement: Placement, me: str) -> list[tuple[C
 
 class Rebalancer:
     def __init__(self, *, me: str, store: ChunkStore, peers: PeerClient, metrics: WorkerMetrics,
-                 placement: Callable[[], Placement], rate: float, concurrency: int = 4) -> None:
+                 placement: Callable[[], Placement], rate: float, concurrency: int = 4,
+                 keeps: Keeps | None = None) -> None:
         self._me, self._store, self._peers, self._m = me, store, peers, metrics
+        self._keeps = keeps
         self._placement = placement
         self._bucket = TokenBucket(rate, burst=16 << 20)
         self._concurrency = concurrency
@@ -144,11 +147,12 @@ class Rebalancer:
 
     async def _give(self, c: ChunkId, targets: tuple[WorkerInfo, ...]) -> bool:
         ok = True
+        kept = self._keeps is not None and c.name in self._keeps
         for target in targets:
             if not self.draining:
                 await self._bucket.take(c.length)
             try:
-                await self._peers.take(target, c, self._me)
+                await self._peers.take(target, c, self._me, keep=kept)
             except NotCached as exc:  # it could not copy the chunk from us
                 if c.name not in self._store:  # evicted here meanwhile: nothing left to hand over
                     return True
@@ -160,6 +164,8 @@ class Rebalancer:
         if ok:
             self._m.rebalance_sent.inc()
             if not self._placement().owns(self._me, c):
+                if kept:  # its owners keep it now
+                    await self._keeps.discard([c.name])
                 self._store.demote(c.name)  # an extra copy now: the first to make room
         return ok
 

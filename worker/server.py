@@ -38,6 +38,8 @@ from p2pcache.s3headers import response_overrides
 from . import inputs
 from .chunks import MAX_HOPS, Chunks, fill_source
 from .config import WorkerConfig
+from .control import Control
+from .keep import Keeps
 from .http import (
     REQUEST_ID, error_response, object_answer, parse_peer_request, prepend, send_body,
 )
@@ -59,6 +61,7 @@ _BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")  # S3's bucket name characte
 # Internal routes open to anyone who reaches the worker (probes, Prometheus); the others need
 # the cluster secret's signature.
 OPEN_ROUTES = frozenset({"/_p2p/health", "/_p2p/ready", "/_p2p/metrics"})
+POST_ROUTES = frozenset({"/_p2p/preload", "/_p2p/has", "/_p2p/unpin"})  # the others are GET/HEAD
 
 
 class Worker:
@@ -90,7 +93,7 @@ class Worker:
             "/_p2p/metrics": metrics_handler(self.metrics.registry),
             "/_p2p/chunk": self.peer_chunk,
             "/_p2p/take": self.take,
-        }
+        } | self.control.routes()
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
         """/_p2p/... internal routes; everything else is the S3 read API, path-style."""
@@ -101,8 +104,9 @@ class Worker:
                 raise web.HTTPNotFound()
             if path not in OPEN_ROUTES:
                 await self._authenticate(request)
-            if method not in ("GET", "HEAD"):
-                raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
+            allowed = ["POST"] if path in POST_ROUTES else ["GET", "HEAD"]
+            if method not in allowed:
+                raise web.HTTPMethodNotAllowed(method, allowed)
             return await handler(request)
         bucket, _, key = path[1:].partition("/")
         reader = self.readers.check(request, bucket) if self.readers else None
@@ -128,8 +132,10 @@ class Worker:
         self.id = self.id or await asyncio.to_thread(_stable_id, cfg.cache_dir)
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
-        self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free)
+        self.keeps = Keeps(Path(cfg.cache_dir) / "kept")
+        self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free, kept=self.keeps.__contains__)
         try:
+            await self.keeps.load()
             await self.store.load()
         except OSError as exc:  # serve anyway: reads go around the disk (chunks.disk)
             store_error = StoreError(f"cache dir {cfg.cache_dir} unusable: {exc}")
@@ -151,7 +157,7 @@ class Worker:
         peers = PeerClient(session, read_timeout=max(60.0, 2 * cfg.origin_deadline), signer=self._signer,
                            on_corrupt=self.metrics.corrupt_transfers.inc)
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
-                                     placement=self._placement, rate=cfg.handoff_rate())
+                                     placement=self._placement, rate=cfg.handoff_rate(), keeps=self.keeps)
         self.parts = Parts(self.origin)
         self.chunks = Chunks(
             me=self.id, store=self.store, origin=self.origin, peers=peers,
@@ -160,6 +166,9 @@ class Worker:
             on_fill=self.rebalancer.filled)
         if store_error is not None:
             self.chunks.disk.failed(store_error)
+        self.control = Control(worker=self, chunks=self.chunks, keeps=self.keeps, objects=self.objects,
+                               metrics=self.metrics, placement=self._placement, check_bucket=self._check_bucket,
+                               concurrency=cfg.origin_concurrency)
         self.metrics.store_bytes.set_function(lambda: self.store.used)
         self.metrics.store_capacity.set(cfg.capacity)
 
@@ -424,7 +433,10 @@ class Worker:
         inputs.check_chunk(c, placement.ring.chunk_size)
         if not placement.owns(self.id, c):
             raise NotOwner(f"{self.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
-        return web.json_response({"copied": await self.chunks.take(c, holder)})
+        copied = await self.chunks.take(c, holder)
+        if request.query.get("keep") == "1":  # a kept chunk stays kept with its new owner
+            await self.keeps.add(c)
+        return web.json_response({"copied": copied})
 
 
 def _stable_id(cache_dir: Path) -> str:

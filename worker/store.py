@@ -69,7 +69,8 @@ class ChunkFile:
 
 class ChunkStore:
     def __init__(self, root: Path, capacity: int, min_free: int = 0, open_files: int = 256,
-                 policy: Callable[[int], Policy] = POLICIES[DEFAULT]) -> None:
+                 policy: Callable[[int], Policy] = POLICIES[DEFAULT],
+                 kept: Callable[[str], bool] = lambda name: False) -> None:
         self.root = Path(root)
         self.capacity = capacity
         self.min_free = min_free
@@ -78,6 +79,7 @@ class ChunkStore:
         self._chunks: dict[str, int] = {}  # name -> size
         self._policy = policy(capacity)
         self._pins: dict[str, int] = {}
+        self._kept = kept  # chunks a pinned preload keeps: never a victim
         # Open files of recently read chunks: an open() per request costs more than
         # the read itself. Only unpinned entries are closed, so a reader's fd stays valid.
         self._fds: OrderedDict[str, ChunkFile] = OrderedDict()
@@ -236,7 +238,11 @@ class ChunkStore:
             await _run(_unlink_all, [self._drop(victim)])
 
     def _pick_victim(self) -> str | None:
-        return self._policy.victim(self._pins.__contains__)
+        return self._policy.victim(self._skip)
+
+    def _skip(self, name: str) -> bool:
+        """Not a victim: being read, or kept by a pinned preload."""
+        return name in self._pins or self._kept(name)
 
     def _drop(self, name: str) -> Path:
         """Forget a chunk; the caller unlinks the returned path. The fd of a chunk being

@@ -1,0 +1,248 @@
+"""The master's operator API: preload jobs, unpin, and the cluster's status (all signed routes).
+
+The master has no S3 credentials: it lists a prefix through a worker's signed
+`/_p2p/list` route, so the worker's `--allowed-buckets` and S3 settings apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict, defaultdict
+from typing import Callable
+
+from aiohttp import web
+
+from p2pcache.control import KEEP_SHARE, MAX_BATCH, WorkerControl
+from p2pcache.errors import AccessDenied, BadRequest, NotFound, P2PError, PeerError
+from p2pcache.objects import ObjectInfo
+from p2pcache.ring import Placement, WorkerInfo
+
+from .preload import RUNNING, PreloadJob, plan
+
+__all__ = ["Admin", "parse_s3_url"]
+
+log = logging.getLogger("p2pcache.master.admin")
+MAX_JOBS = 100  # finished jobs remembered
+MAX_OBJECTS = 100_000  # per preload or status request
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket[/prefix]` -> (bucket, prefix); BadRequest otherwise."""
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise BadRequest(f"{url!r} is not an s3://bucket/prefix URL")
+    bucket, _, prefix = url[5:].partition("/")
+    if not bucket:
+        raise BadRequest(f"{url!r} names no bucket")
+    return bucket, prefix
+
+
+class Admin:
+    def __init__(self, control: WorkerControl, placement: Callable[[], Placement]) -> None:
+        self._control = control
+        self._placement = placement
+        self.jobs: OrderedDict[str, PreloadJob] = OrderedDict()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/preload", self.start_preload),
+            web.get("/preload", self.list_jobs),
+            web.get("/preload/{job}", self.get_job),
+            web.delete("/preload/{job}", self.cancel_job),
+            web.post("/unpin", self.unpin),
+            web.get("/status", self.status),
+        ]
+
+    async def stop(self) -> None:
+        jobs = [j.task for j in self.jobs.values() if j.task is not None]
+        for task in jobs:
+            task.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+    async def start_preload(self, request: web.Request) -> web.Response:
+        """Checked before the job starts: the URLs, the buckets, the objects, and pinned room."""
+        with _errors():
+            urls, pin = _preload_body(await request.read())
+            placement = self._placement()
+            objects = await self.resolve(urls, placement)
+            todo = plan(objects, placement)
+            if pin:
+                await self._check_room(todo, placement)
+            job = PreloadJob(urls, pin, objects, todo, self._control, self._placement)
+        self._remember(job)
+        job.start()
+        log.info("preload %s started: %s (%d objects, %d chunks%s)", job.id, " ".join(urls), job.objects_total,
+                 job.chunks_total, ", pinned" if pin else "")
+        return _json(job.to_dict(), status=201)
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        return _json({"jobs": [j.to_dict() for j in self.jobs.values()]})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        return _json(self._job(request).to_dict())
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job = self._job(request)
+        job.cancel()
+        if job.task is not None:
+            await asyncio.gather(job.task, return_exceptions=True)
+        return _json(job.to_dict())
+
+    async def unpin(self, request: web.Request) -> web.Response:
+        """Every worker stops keeping the chunks of objects under the prefixes (keys by prefix)."""
+        with _errors():
+            urls, _ = _preload_body(await request.read())
+            targets = [parse_s3_url(u) for u in urls]
+            members = list(self._placement().members.values())
+        unpinned, failed = 0, []
+        for bucket, prefix in targets:
+            results = await asyncio.gather(*(self._control.unpin(w, bucket, prefix) for w in members),
+                                           return_exceptions=True)
+            for w, r in zip(members, results):
+                if isinstance(r, BaseException):
+                    failed.append(f"{w.id}: {r}")
+                else:
+                    unpinned += r
+        return _json({"unpinned_chunks": unpinned, "failed": failed}, status=200 if not failed else 502)
+
+    async def status(self, request: web.Request) -> web.Response:
+        """One row per worker; with `url`, per object under it the fraction cached and pinned."""
+        with _errors():
+            placement = self._placement()
+            url = request.query.get("url")
+            objects = await self.resolve([url], placement) if url else []
+        members = list(placement.members.values())
+        rows = await asyncio.gather(*(self._row(w) for w in members))
+        body: dict = {"epoch": placement.ring.epoch, "chunk_size": placement.ring.chunk_size, "workers": rows}
+        if url:
+            body["objects"] = await self._objects(objects, placement)
+        return _json(body)
+
+    async def resolve(self, urls: list[str], placement: Placement) -> list[ObjectInfo]:
+        """The objects the URLs name: a key itself if it exists, else every key under the prefix."""
+        found: dict[tuple[str, str], ObjectInfo] = {}
+        for url in urls:
+            bucket, prefix = parse_s3_url(url)
+            listed, token = [], None
+            while True:
+                page, token = await self._list(placement, bucket, prefix, token)
+                listed += page
+                if len(listed) > MAX_OBJECTS:
+                    raise BadRequest(f"{url} holds more than {MAX_OBJECTS} objects: preload smaller prefixes")
+                if not token:
+                    break
+            exact = [o for o in listed if o[0] == prefix]
+            if not listed:
+                raise NotFound(f"no objects under {url}", code="NoSuchKey")
+            for key, etag, size in exact or listed:
+                found[(bucket, key)] = ObjectInfo(bucket, key, etag, size)
+        return list(found.values())
+
+    async def _list(self, placement: Placement, bucket: str, prefix: str, token: str | None):
+        reasons = []
+        for worker in placement.near(f"{bucket}/{prefix}") or ():
+            try:
+                return await self._control.list(worker, bucket, prefix, token)
+            except PeerError as exc:
+                reasons.append(str(exc))
+        raise PeerError(f"no worker could list s3://{bucket}/{prefix}: {'; '.join(reasons) or 'no workers'}")
+
+    async def _check_room(self, todo: dict, placement: Placement) -> None:
+        """Refuse a pinned preload that would keep more than KEEP_SHARE of an owner's capacity."""
+        async def check(wid: str, chunks: list) -> str | None:
+            worker = placement.members[wid]
+            row = await self._control.status(worker)
+            kept = []
+            for i in range(0, len(chunks), MAX_BATCH):
+                kept += (await self._control.has(worker, [c.name for c in chunks[i:i + MAX_BATCH]]))[1]
+            new = sum(c.length for c, k in zip(chunks, kept) if not k)
+            limit = int(row["capacity"] * KEEP_SHARE)
+            if row["pinned"] + new > limit:
+                return (f"{wid} would keep {row['pinned'] + new} bytes ({row['pinned']} pinned already + "
+                        f"{new} new), over its limit of {limit} ({KEEP_SHARE:.0%} of {row['capacity']} capacity)")
+            return None
+
+        refusals = [r for r in await asyncio.gather(*(check(w, cs) for w, cs in todo.items())) if r]
+        if refusals:
+            raise BadRequest("the pinned set does not fit: " + "; ".join(refusals), code="PinnedSetTooLarge")
+
+    async def _row(self, worker: WorkerInfo) -> dict:
+        try:
+            row = await self._control.status(worker)
+        except P2PError as exc:
+            return {"id": worker.id, "url": worker.url, "state": "unreachable", "error": str(exc)}
+        row["state"] = worker.state if row.get("state") == worker.state else f"{worker.state} ({row.get('state')})"
+        return row
+
+    async def _objects(self, objects: list[ObjectInfo], placement: Placement) -> list[dict]:
+        asked: dict[str, list] = defaultdict(list)  # worker -> [(object index, chunk)]
+        for i, info in enumerate(objects):
+            for wid, chunks in plan([info], placement).items():
+                asked[wid] += [(i, c) for c in chunks]
+        cached, pinned = [0] * len(objects), [0] * len(objects)
+
+        async def ask(wid: str, items: list) -> None:
+            for j in range(0, len(items), MAX_BATCH):
+                part = items[j:j + MAX_BATCH]
+                try:
+                    present, kept = await self._control.has(placement.members[wid], [c.name for _, c in part])
+                except P2PError:
+                    continue  # an unreachable worker holds nothing we can read
+                for (i, c), p, k in zip(part, present, kept):
+                    cached[i] += c.length if p else 0
+                    pinned[i] += c.length if k else 0
+
+        await asyncio.gather(*(ask(w, items) for w, items in asked.items()))
+        replicas = max(1, placement.ring.replicas)
+        return [{"bucket": o.bucket, "key": o.key, "size": o.size,
+                 "cached": 1.0 if not o.size else min(1.0, cached[i] / replicas / o.size),
+                 "pinned": 1.0 if not o.size else min(1.0, pinned[i] / replicas / o.size)}
+                for i, o in enumerate(objects)]
+
+    def _job(self, request: web.Request) -> PreloadJob:
+        job = self.jobs.get(request.match_info["job"])
+        if job is None:
+            raise _http(404, "NoSuchJob", f"no preload job {request.match_info['job']!r}")
+        return job
+
+    def _remember(self, job: PreloadJob) -> None:
+        self.jobs[job.id] = job
+        done = [i for i, j in self.jobs.items() if j.state != RUNNING]
+        for i in done[:max(0, len(self.jobs) - MAX_JOBS)]:
+            del self.jobs[i]
+
+
+def _preload_body(data: bytes) -> tuple[list[str], bool]:
+    try:
+        body = json.loads(data or b"{}")
+    except ValueError:
+        raise BadRequest("the body must be JSON: {\"urls\": [\"s3://bucket/prefix\", ...], \"pin\": false}") from None
+    urls = body.get("urls") if isinstance(body, dict) else None
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise BadRequest("\"urls\" must be a non-empty list of s3://bucket/prefix strings")
+    for u in urls:
+        parse_s3_url(u)
+    return urls, body.get("pin") is True
+
+
+class _errors:
+    """Named errors -> a JSON error answer: {"error": code, "message": ...}."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, P2PError):
+            status = exc.status if isinstance(exc, (BadRequest, NotFound, AccessDenied)) else 502
+            raise _http(status, exc.code, str(exc)) from None
+        return False
+
+
+def _http(status: int, code: str, message: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound}.get(status, web.HTTPBadGateway)
+    return cls(text=json.dumps({"error": code, "message": message}), content_type="application/json")
+
+
+def _json(body: dict, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, indent=1))

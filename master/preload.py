@@ -1,0 +1,163 @@
+"""A preload job: every chunk of a list of objects filled (and kept, with `pin`) by its owners.
+
+The owners work in parallel, each sent batches of its chunks one after the
+other (a worker fills a batch within its origin concurrency). A chunk whose
+owner changed or could not be reached is planned again on the next ring, up
+to ROUNDS times. The job is the master's: it goes on when the caller leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from typing import Callable
+
+from p2pcache.control import WorkerControl
+from p2pcache.errors import P2PError, PeerError
+from p2pcache.objects import ChunkId, ObjectInfo
+from p2pcache.ring import Placement, WorkerInfo
+
+__all__ = ["PreloadJob", "plan", "BATCH", "ROUNDS"]
+
+log = logging.getLogger("p2pcache.master.preload")
+BATCH = 32  # chunks per request: above a worker's default origin concurrency of 16, so it stays busy
+ROUNDS = 3
+MAX_FAILURES = 20  # failure messages kept (all are counted)
+RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+
+
+def plan(objects: list[ObjectInfo], placement: Placement) -> dict[str, list[ChunkId]]:
+    """Worker id -> the chunks it owns (each chunk goes to each of its `replicas` owners)."""
+    chunk_size, replicas = placement.ring.chunk_size, placement.ring.replicas
+    todo: dict[str, list[ChunkId]] = defaultdict(list)
+    for info in objects:
+        if info.size == 0:
+            continue
+        first = info.chunk(0, chunk_size)
+        for index in range(first.count):
+            c = info.chunk(index, chunk_size)
+            for owner in placement.owners(c)[:replicas]:
+                todo[owner.id].append(c)
+    return dict(todo)
+
+
+class PreloadJob:
+    def __init__(self, urls: list[str], pin: bool, objects: list[ObjectInfo], todo: dict[str, list[ChunkId]],
+                 control: WorkerControl, placement: Callable[[], Placement],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.urls, self.pin = urls, pin
+        self.state = RUNNING
+        self._control, self._placement, self._clock = control, placement, clock
+        self._todo = todo
+        self._left = Counter((c.bucket, c.key) for cs in todo.values() for c in cs)  # assignments per object
+        self.objects_total = len(objects)
+        self.objects_done = self.objects_total - len(self._left)  # empty objects have nothing to fill
+        self.chunks_total = sum(len(cs) for cs in todo.values())
+        self.bytes_total = sum(c.length for cs in todo.values() for c in cs)
+        self.chunks_done = self.chunks_failed = self.bytes_done = self.bytes_fetched = 0
+        self.failures: list[str] = []
+        self.created = time.time()
+        self._start, self._end = clock(), None
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def to_dict(self) -> dict:
+        elapsed = (self._end or self._clock()) - self._start
+        return {
+            "id": self.id, "state": self.state, "urls": self.urls, "pin": self.pin,
+            "objects_total": self.objects_total, "objects_done": self.objects_done,
+            "chunks_total": self.chunks_total, "chunks_done": self.chunks_done,
+            "chunks_failed": self.chunks_failed, "bytes_total": self.bytes_total,
+            "bytes_done": self.bytes_done, "bytes_from_s3": self.bytes_fetched,
+            "rate": self.bytes_done / elapsed if elapsed > 0 else 0.0, "elapsed": elapsed,
+            "created": self.created, "failures": self.failures,
+        }
+
+    async def _run(self) -> None:
+        try:
+            todo = self._todo
+            for round_ in range(1, ROUNDS + 1):
+                again: list[ChunkId] = []
+                await asyncio.gather(*(self._owner(wid, cs, again, last=round_ == ROUNDS)
+                                       for wid, cs in todo.items()))
+                if not again:
+                    break
+                log.info("preload %s: %d chunks planned again on the current ring", self.id, len(again))
+                todo = _regroup(again, self._placement())
+            self.state = FAILED if self.chunks_failed else DONE
+        except asyncio.CancelledError:
+            self.state = CANCELLED
+        except Exception as exc:  # a bug must end the job visibly, not leave it "running"
+            log.exception("preload %s failed", self.id)
+            self._fail(f"internal error: {exc!r}", 0)
+            self.state = FAILED
+        finally:
+            self._end = self._clock()
+            log.info("preload %s %s: %d/%d chunks, %d bytes (%d from S3), %d failed", self.id, self.state,
+                     self.chunks_done, self.chunks_total, self.bytes_done, self.bytes_fetched, self.chunks_failed)
+
+    async def _owner(self, worker_id: str, chunks: list[ChunkId], again: list[ChunkId], last: bool) -> None:
+        """Send one owner its chunks, a batch at a time."""
+        for i in range(0, len(chunks), BATCH):
+            batch = chunks[i:i + BATCH]
+            worker = self._placement().members.get(worker_id)
+            try:
+                if worker is None:
+                    raise PeerError(f"worker {worker_id} left the ring")
+                results = await self._control.preload(worker, batch, self.pin)
+            except PeerError as exc:  # the worker is gone or failing: its chunks go elsewhere
+                self._retry_or_fail(batch, again, last, f"{worker_id}: {exc}")
+                continue
+            except P2PError as exc:
+                for c in batch:
+                    self._fail(f"s3://{c.bucket}/{c.key} chunk {c.index} on {worker_id}: {exc}", 1)
+                continue
+            for c, (status, detail) in zip(batch, results):
+                if status in ("cached", "filled", "joined"):
+                    self._done(c, status == "filled")
+                elif detail.startswith(("NotOwner:", "ServiceUnavailable:", "SlowDown:")):
+                    self._retry_or_fail([c], again, last, f"{worker_id}: {detail}")
+                else:
+                    self._fail(f"s3://{c.bucket}/{c.key} chunk {c.index} on {worker_id}: {detail}", 1)
+
+    def _retry_or_fail(self, chunks: list[ChunkId], again: list[ChunkId], last: bool, why: str) -> None:
+        if last:
+            for c in chunks:
+                self._fail(f"s3://{c.bucket}/{c.key} chunk {c.index}: {why}", 1)
+        else:
+            again.extend(chunks)
+
+    def _done(self, c: ChunkId, fetched: bool) -> None:
+        self.chunks_done += 1
+        self.bytes_done += c.length
+        if fetched:
+            self.bytes_fetched += c.length
+        key = (c.bucket, c.key)
+        self._left[key] -= 1
+        if self._left[key] == 0:
+            self.objects_done += 1
+
+    def _fail(self, message: str, chunks: int) -> None:
+        self.chunks_failed += chunks
+        if len(self.failures) < MAX_FAILURES:
+            self.failures.append(message)
+
+
+def _regroup(chunks: list[ChunkId], placement: Placement) -> dict[str, list[ChunkId]]:
+    todo: dict[str, list[ChunkId]] = defaultdict(list)
+    for c in chunks:
+        owners = placement.owners(c)
+        if owners:
+            todo[owners[0].id].append(c)
+    return dict(todo)
+

@@ -1,0 +1,111 @@
+"""The master's operator API from Python: start, follow and cancel preloads, unpin, status (signed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Callable
+
+import aiohttp
+from yarl import URL
+
+from .auth import Signer
+from .errors import AccessDenied, BadRequest, NotFound, P2PError, Unavailable
+
+__all__ = ["AdminClient", "preload", "FINISHED"]
+
+FINISHED = ("done", "failed", "cancelled")
+
+
+class AdminClient:
+    """An async context manager. Requests are signed with the cluster secret (`secret`), as the
+    master requires for everything but the ring; errors are the named ones (NotFound, ...)."""
+
+    def __init__(self, master_url: str, secret: bytes | None, *, session: aiohttp.ClientSession | None = None,
+                 ssl: Any = None, timeout: float = 300.0) -> None:
+        self.url = master_url.rstrip("/")
+        self._signer = Signer(secret)
+        self._session, self._own = session, session is None
+        self._ssl = ssl
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5.0)
+
+    async def __aenter__(self) -> "AdminClient":
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._own and self._session is not None:
+            await self._session.close()
+
+    async def preload(self, urls: list[str], pin: bool = False) -> dict:
+        """Start a preload job; its progress (`id`, `state`, ...). Bad URLs, a missing bucket or
+        objects, a refused bucket or a pinned set that does not fit raise at once."""
+        return await self._call("POST", "/preload", {"urls": list(urls), "pin": pin})
+
+    async def job(self, job_id: str) -> dict:
+        return await self._call("GET", f"/preload/{job_id}")
+
+    async def jobs(self) -> list[dict]:
+        return (await self._call("GET", "/preload"))["jobs"]
+
+    async def cancel(self, job_id: str) -> dict:
+        return await self._call("DELETE", f"/preload/{job_id}")
+
+    async def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None,
+                   interval: float = 0.5) -> dict:
+        """Poll the job until it is finished; its last progress."""
+        while True:
+            job = await self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job["state"] in FINISHED:
+                return job
+            await asyncio.sleep(interval)
+
+    async def unpin(self, urls: list[str]) -> dict:
+        return await self._call("POST", "/unpin", {"urls": list(urls)})
+
+    async def status(self, url: str | None = None) -> dict:
+        return await self._call("GET", "/status", params={"url": url} if url else None)
+
+    async def _call(self, method: str, path: str, body: dict | None = None,
+                    params: dict[str, str] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else b""
+        url = URL(self.url + path)
+        headers = {"Content-Type": "application/json"} | self._signer.headers(method, url.path, params, data)
+        try:
+            async with self._session.request(method, url, params=params, data=data or None, headers=headers,
+                                             timeout=self._timeout) as resp:
+                text = await resp.text()
+                if resp.status in (200, 201):
+                    return json.loads(text)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise Unavailable(f"master at {self.url} unreachable: {exc}") from exc
+        except ValueError as exc:
+            raise Unavailable(f"master at {self.url} sent a malformed answer: {exc}") from exc
+        raise _error(resp.status, text)
+
+
+def _error(status: int, text: str) -> P2PError:
+    try:
+        body = json.loads(text)
+        code, message = body["error"], body["message"]
+    except (ValueError, KeyError, TypeError):
+        code, message = "", " ".join(text.split())[:300]
+    if status == 404:
+        return NotFound(message, code=code or "NoSuchKey")
+    if status in (401, 403):
+        return AccessDenied(message if status == 403 or not message else
+                            f"{message} (give the cluster secret: P2PCACHE_CLUSTER_SECRET or --cluster-secret-file)")
+    if 400 <= status < 500:
+        return BadRequest(message, code=code or "InvalidRequest")
+    return Unavailable(f"master answered {status}: {message}")
+
+
+async def preload(master_url: str, urls: list[str], *, pin: bool = False, secret: bytes | None = None,
+                  on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Preload (and with `pin`, keep) `urls` and wait until the job is finished; its final progress."""
+    async with AdminClient(master_url, secret) as admin:
+        job = await admin.preload(urls, pin)
+        return await admin.wait(job["id"], on_progress)

@@ -1,0 +1,108 @@
+"""Preload jobs on a real cluster, S3 bytes counted at the S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import aiohttp
+import pytest
+
+from conftest import CHUNK, SECRET, wait_for
+from p2pcache.admin_client import AdminClient, preload
+from p2pcache.errors import AccessDenied, BadRequest, NotFound
+
+KEYS = 5
+
+
+def put_model(s3_client, bucket: str, prefix: str, seed: int, n: int = KEYS) -> dict[str, bytes]:
+    rnd = random.Random(seed)
+    data = {f"{prefix}/part-{i}.bin": rnd.randbytes(rnd.randrange(1, 4 * CHUNK)) for i in range(n)}
+    for key, body in data.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    return data
+
+
+async def read_everywhere(cluster, bucket: str, data: dict[str, bytes]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for w in cluster.workers:
+            for key, body in data.items():
+                async with http.get(f"{w.url}/{bucket}/{key}") as resp:
+                    assert resp.status == 200 and await resp.read() == body, (w.id, key)
+
+
+async def test_preload_reads_each_byte_once_and_nothing_outside_the_prefix(cluster, s3, s3_client, bucket):
+    model = put_model(s3_client, bucket, "llama", 1)
+    other = put_model(s3_client, bucket, "other", 2)  # never read
+    s3_client.put_object(Bucket=bucket, Key="llama-notes.txt", Body=b"not under llama/")
+    size = sum(map(len, model.values()))
+    before = s3.get_bytes
+    job = await preload(cluster.master.url, [f"s3://{bucket}/llama/"], secret=SECRET)
+    assert job["state"] == "done", job
+    assert (job["objects_done"], job["objects_total"]) == (KEYS, KEYS)
+    assert job["bytes_done"] == job["bytes_total"] == job["bytes_from_s3"] == size
+    assert job["chunks_done"] == job["chunks_total"] == sum(-(-len(b) // CHUNK) for b in model.values())
+    assert s3.get_bytes - before == size  # each byte once, nothing of other/ or llama-notes.txt
+    # Every object now reads through every worker with no S3 byte.
+    before = s3.get_bytes
+    await read_everywhere(cluster, bucket, model)
+    assert s3.get_bytes == before
+    # A second preload costs nothing and says so.
+    again = await preload(cluster.master.url, [f"s3://{bucket}/llama/"], secret=SECRET)
+    assert again["state"] == "done" and again["bytes_from_s3"] == 0 and again["bytes_done"] == size
+    assert s3.get_bytes == before
+    assert other  # listed in the bucket, never read: counted above
+
+
+async def test_two_concurrent_preloads_of_a_new_prefix_read_it_once(cluster, s3, s3_client, bucket):
+    model = put_model(s3_client, bucket, "m", 3)
+    before = s3.get_bytes
+    jobs = await asyncio.gather(*(preload(cluster.master.url, [f"s3://{bucket}/m/"], secret=SECRET)
+                                  for _ in range(2)))
+    assert [j["state"] for j in jobs] == ["done", "done"]
+    assert s3.get_bytes - before == sum(map(len, model.values()))
+    assert sum(j["bytes_from_s3"] for j in jobs) == sum(map(len, model.values()))
+
+
+async def test_a_key_preloads_that_object_only(cluster, s3, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="w.bin", Body=b"x" * (CHUNK + 5))
+    s3_client.put_object(Bucket=bucket, Key="w.bin.old", Body=b"y" * 100)
+    before = s3.get_bytes
+    job = await preload(cluster.master.url, [f"s3://{bucket}/w.bin"], secret=SECRET)
+    assert job["objects_total"] == 1 and job["state"] == "done"
+    assert s3.get_bytes - before == CHUNK + 5
+
+
+async def test_clear_errors_at_once(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(2, allowed_buckets=frozenset({bucket}))
+    s3_client.put_object(Bucket=bucket, Key="a/x", Body=b"1")
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        with pytest.raises(NotFound, match="no objects under s3://.*/nothing/"):
+            await admin.preload([f"s3://{bucket}/nothing/"])
+        with pytest.raises(AccessDenied, match="not served by this cache"):
+            await admin.preload(["s3://some-other-bucket/x/"])
+        with pytest.raises(BadRequest, match="not an s3://"):
+            await admin.preload(["http://x/y"])
+        assert await admin.jobs() == []  # no job was started for any of these
+    async with AdminClient(cluster.master.url, None) as anonymous:
+        with pytest.raises(AccessDenied, match="cluster secret"):
+            await anonymous.preload([f"s3://{bucket}/a/"])
+
+
+async def test_a_missing_bucket_is_named(cluster):
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        with pytest.raises(NotFound) as missing:
+            await admin.preload(["s3://no-such-bucket-p2p/x/"])
+        assert missing.value.code == "NoSuchBucket"
+
+
+async def test_the_job_outlives_its_caller_and_can_be_cancelled(cluster_factory, s3, s3_client, bucket):
+    cluster = await cluster_factory(2, origin_concurrency=1)
+    put_model(s3_client, bucket, "big", 4, n=12)
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        job = await admin.preload([f"s3://{bucket}/big/"])
+    async with AdminClient(cluster.master.url, SECRET) as admin:  # a new caller finds it by id
+        assert (await admin.job(job["id"]))["id"] == job["id"]
+        cancelled = await admin.cancel(job["id"])
+        assert cancelled["state"] in ("cancelled", "done")
+        assert [j["id"] for j in await admin.jobs()] == [job["id"]]

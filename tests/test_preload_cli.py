@@ -1,0 +1,108 @@
+"""`p2pcache preload`, `unpin` and `status` as a user runs them, against a real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import sys
+
+from conftest import CHUNK, SECRET
+from p2pcache.preload_cli import Follower, summary
+from p2pcache.sizes import format_size
+
+JOB = {"id": "abc", "state": "running", "urls": ["s3://b/m/"], "pin": False, "objects_total": 4,
+       "objects_done": 1, "chunks_total": 8, "chunks_done": 2, "chunks_failed": 0, "bytes_total": 8 << 20,
+       "bytes_done": 2 << 20, "bytes_from_s3": 2 << 20, "rate": 1 << 20, "elapsed": 2.0, "created": 0,
+       "failures": []}
+
+
+async def run(*args: str, secret: bytes | None = SECRET) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
+    if secret:
+        env["P2PCACHE_CLUSTER_SECRET"] = secret.decode()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_a_terminal_gets_a_bar_redrawn_in_place():
+    out = io.StringIO()
+    follow = Follower(out, tty=True)
+    follow(JOB)
+    follow(JOB | {"bytes_done": 8 << 20, "state": "done", "objects_done": 4})
+    follow.finish()
+    text = out.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n")
+    assert "[######..................]  25% 2MiB/8MiB 1MiB/s ETA 6s objects 1/4 failed 0" in text
+    assert "[########################] 100% 8MiB/8MiB" in text
+
+
+def test_plain_lines_at_most_every_interval():
+    out, now = io.StringIO(), [0.0]
+    follow = Follower(out, tty=False, interval=5, clock=lambda: now[0])
+    follow(JOB)
+    now[0] = 1
+    follow(JOB)  # too soon: nothing
+    now[0] = 6
+    follow(JOB | {"state": "done"})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in out.getvalue()
+    assert lines[0] == ("preload abc running: 25%, 2MiB of 8MiB, objects 1/4, chunks 2/8, "
+                        "2MiB from S3, 1MiB/s, 0 failed")
+    assert lines[1].startswith("preload abc done: 25%")
+    assert summary(JOB).startswith("preload abc running: 1/4 objects, 2MiB of 8MiB in 2.0s")
+
+
+async def test_preload_status_and_unpin_commands(cluster, s3_client, bucket):
+    for i in range(3):
+        s3_client.put_object(Bucket=bucket, Key=f"m/{i}.bin", Body=bytes([i]) * (CHUNK + 100 * i))
+    s3_client.put_object(Bucket=bucket, Key="cold.bin", Body=b"z" * 10)
+    master = ["--master", cluster.master.url]
+    code, out, err = await run("preload", f"s3://{bucket}/m/", "--pin", *master)
+    assert code == 0, err
+    assert f"3 objects, {format_size(3 * CHUNK + 300)} in 5 chunks, pinned" in err
+    assert "chunks 5/5" in err  # the last plain progress line
+    assert out.startswith("preload ") and " done: 3/3 objects" in out and ", pinned" in out
+
+    code, out, err = await run("status", f"s3://{bucket}/", *master)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].split() == ["id", "url", "state", "epoch", "capacity", "used", "pinned", "hit", "ratio",
+                                "served", "from", "S3", "fills"]
+    assert {line.split()[0] for line in lines[2:5]} == {"w0", "w1", "w2"}
+    assert all(" up " in line for line in lines[2:5])
+    assert f" 100%     100%" in out and f"s3://{bucket}/m/2.bin" in out
+    assert f"   0%       0%" in out and f"s3://{bucket}/cold.bin" in out
+
+    code, out, _ = await run("status", f"s3://{bucket}/m/", "--json", *master)
+    status = json.loads(out)
+    assert sum(w["pinned"] for w in status["workers"]) == 3 * CHUNK + 300
+    assert [(o["key"], o["cached"], o["pinned"]) for o in status["objects"]] == \
+        [(f"m/{i}.bin", 1.0, 1.0) for i in range(3)]
+
+    code, out, err = await run("unpin", f"s3://{bucket}/m/", *master)
+    assert code == 0 and out.strip() == f"unpinned 5 chunks under s3://{bucket}/m/", err
+    code, out, _ = await run("status", f"s3://{bucket}/m/", "--json", *master)
+    assert [o["pinned"] for o in json.loads(out)["objects"]] == [0.0] * 3
+
+
+async def test_preload_json_and_errors(cluster, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="x/a", Body=b"a" * 1000)
+    master = ["--master", cluster.master.url]
+    code, out, err = await run("preload", f"s3://{bucket}/x/", "--json", *master)
+    job = json.loads(out)
+    assert code == 0 and err == "" and job["state"] == "done" and job["bytes_done"] == 1000
+
+    code, out, err = await run("preload", f"s3://{bucket}/nothing/", *master)
+    assert (code, out) == (1, "") and err.strip() == f"p2pcache preload: no objects under s3://{bucket}/nothing/"
+    code, out, err = await run("preload", "s3://no-such-bucket-p2p/x/", *master)
+    assert code == 1 and "no-such-bucket-p2p" in err, err
+    assert "Traceback" not in err
+    code, _, err = await run("preload", f"s3://{bucket}/x/", *master, secret=None)
+    assert code == 1 and "cluster secret" in err, err
+    code, _, err = await run("preload", *master)
+    assert code == 2 and "give s3:// URLs" in err

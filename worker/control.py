@@ -1,0 +1,150 @@
+"""The worker's control routes: list a prefix, fill (and keep) chunks for a preload, status, unpin.
+
+Every one is signed with the cluster secret (the master calls them). A preload
+fill goes through the normal single-flight fill (`Chunks.open_local`), so two
+preloads and the readers of a chunk share one S3 read; at most
+`--origin-concurrency` preload fills run at once, so a preload never makes
+readers' fills wait in a longer queue than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from aiohttp import web
+
+from p2pcache.control import KEEP_SHARE, MAX_BATCH, MSGPACK, chunk_from_wire, pack, unpack
+from p2pcache.errors import BadRequest, NotOwner, P2PError, StoreError
+from p2pcache.objects import ChunkId
+from p2pcache.ring import Placement
+from p2pcache.worker_client import parse_listing
+
+from . import inputs
+from .chunks import Chunks, fill_source
+from .keep import Keeps
+from .metrics import WorkerMetrics
+from .objects import ObjectCache
+
+__all__ = ["Control"]
+
+log = logging.getLogger("p2pcache.control")
+
+
+class Control:
+    def __init__(self, *, worker, chunks: Chunks, keeps: Keeps, objects: ObjectCache, metrics: WorkerMetrics,
+                 placement: Callable[[], Placement], check_bucket: Callable[[str], None],
+                 concurrency: int) -> None:
+        self._worker = worker
+        self._chunks, self._store, self._keeps = chunks, chunks.store, keeps
+        self._objects, self._m = objects, metrics
+        self._placement, self._check_bucket = placement, check_bucket
+        self._slots = asyncio.Semaphore(concurrency)
+
+    def routes(self) -> dict:
+        return {"/_p2p/list": self.list, "/_p2p/preload": self.preload, "/_p2p/status": self.status,
+                "/_p2p/has": self.has, "/_p2p/unpin": self.unpin}
+
+    @property
+    def keep_limit(self) -> int:
+        return int(self._store.capacity * KEEP_SHARE)
+
+    async def list(self, request: web.BaseRequest) -> web.Response:
+        """One page of the objects under a prefix: [(key, etag, size)] and the next page's token."""
+        q = request.query
+        bucket, prefix, token = q.get("bucket", ""), q.get("prefix", ""), q.get("token")
+        if not bucket:
+            raise BadRequest("list: bucket is required")
+        self._check_bucket(bucket)
+        body = await self._worker.origin.list_objects(bucket, True, Prefix=prefix, ContinuationToken=token)
+        page = parse_listing(body)
+        return _reply({"objects": [[o["Key"], o["ETag"], o["Size"]] for o in page.objects],
+                       "next": page.next_token})
+
+    async def preload(self, request: web.BaseRequest) -> web.Response:
+        body = unpack(await request.read())
+        if not isinstance(body, dict) or not isinstance(body.get("chunks"), list):
+            raise BadRequest("preload: want a msgpack map with a list of chunks")
+        if len(body["chunks"]) > MAX_BATCH:
+            raise BadRequest(f"preload: at most {MAX_BATCH} chunks per request")
+        chunks = [chunk_from_wire(f) for f in body["chunks"]]
+        keep = body.get("keep") is True
+        checks: dict[tuple, asyncio.Future] = {}
+        results = await asyncio.gather(*(self._one(c, keep, checks) for c in chunks))
+        return _reply({"results": results})
+
+    async def _one(self, c: ChunkId, keep: bool, checks: dict) -> list[str]:
+        try:
+            placement = self._placement()
+            inputs.check_chunk(c, placement.ring.chunk_size)
+            self._check_bucket(c.bucket)
+            if not placement.owns(self._worker.id, c):
+                raise NotOwner(f"{self._worker.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
+            if keep and c.name not in self._keeps and self._keeps.bytes + c.length > self.keep_limit:
+                raise BadRequest(f"keeping {c.ring_key} would make {self._keeps.bytes + c.length} kept bytes, "
+                                 f"over this worker's limit of {self.keep_limit} "
+                                 f"({KEEP_SHARE:.0%} of {self._store.capacity})", code="KeepLimit")
+            version = (c.bucket, c.key, c.etag, c.size)
+            if version not in checks:  # one (cached) HEAD per object and batch
+                checks[version] = asyncio.ensure_future(inputs.check_chunk_object(self._objects, c))
+            await asyncio.shield(checks[version])
+            outcome = "cached"
+            stream = self._chunks.local(c, 0, 0)
+            if stream is None:
+                async with self._slots:
+                    stream = self._chunks.local(c, 0, 0)  # filled while we waited for a slot?
+                    if stream is None:
+                        # No await from here to the flight's start: "filled" means this call started it.
+                        outcome = "joined" if self._chunks.filling(c) else "filled"
+                        source = fill_source(placement.owners(c), placement.ring.replicas, self._worker.id, 0)
+                        stream = await self._chunks.open_local(c, 0, 0, source, 0)
+            try:
+                if c.name not in self._store:  # the disk is failing: nothing was cached
+                    raise StoreError(f"cache disk failing: {c.ring_key} was not stored")
+                if keep:
+                    await self._keeps.add(c)  # while the stream holds the chunk: not evicted meanwhile
+            finally:
+                stream.close()
+            return [outcome, ""]
+        except P2PError as exc:
+            return ["error", f"{exc.code}: {exc}"]
+
+    async def status(self, request: web.BaseRequest) -> web.Response:
+        placement = self._worker.placement
+        me = placement.members.get(self._worker.id) if placement else None
+        sample = self._m.registry.get_sample_value
+        hits, misses = sample("p2pcache_cache_hits_total") or 0, sample("p2pcache_cache_misses_total") or 0
+        return _reply({
+            "id": self._worker.id, "url": self._worker.url,
+            "state": me.state if me else "not in the ring",
+            "epoch": placement.ring.epoch if placement else None,
+            "capacity": self._store.capacity, "used": self._store.used,
+            "chunks": len(self._store), "pinned": self._keeps.bytes, "pinned_chunks": len(self._keeps),
+            "hits": hits, "misses": misses, "hit_ratio": hits / (hits + misses) if hits + misses else None,
+            "bytes_served": (sample("p2pcache_bytes_served_total") or 0)
+                            + (sample("p2pcache_peer_bytes_served_total") or 0),
+            "bytes_from_s3": sample("p2pcache_origin_bytes_total") or 0,
+            "fills_in_flight": self._chunks.fills_in_flight,
+        })
+
+    async def has(self, request: web.BaseRequest) -> web.Response:
+        body = unpack(await request.read())
+        names = body.get("names") if isinstance(body, dict) else None
+        if not isinstance(names, list) or len(names) > MAX_BATCH or not all(isinstance(n, str) for n in names):
+            raise BadRequest(f"has: want a msgpack map with a list of at most {MAX_BATCH} chunk names")
+        return _reply({"present": [n in self._store for n in names], "kept": [n in self._keeps for n in names]})
+
+    async def unpin(self, request: web.BaseRequest) -> web.Response:
+        body = unpack(await request.read())
+        if not isinstance(body, dict) or not isinstance(body.get("bucket"), str) \
+                or not isinstance(body.get("prefix"), str) or not body["bucket"]:
+            raise BadRequest("unpin: want a msgpack map with a bucket and a prefix")
+        n = await self._keeps.discard(self._keeps.matching(body["bucket"], body["prefix"]))
+        if n:
+            log.info("unpinned %d chunks under s3://%s/%s", n, body["bucket"], body["prefix"])
+        return _reply({"unpinned": n})
+
+
+def _reply(obj) -> web.Response:
+    return web.Response(body=pack(obj), content_type=MSGPACK)

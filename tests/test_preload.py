@@ -106,3 +106,35 @@ async def test_the_job_outlives_its_caller_and_can_be_cancelled(cluster_factory,
         cancelled = await admin.cancel(job["id"])
         assert cancelled["state"] in ("cancelled", "done")
         assert [j["id"] for j in await admin.jobs()] == [job["id"]]
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/_p2p/list?bucket=b&prefix="), ("POST", "/_p2p/preload"),
+                                         ("GET", "/_p2p/status"), ("POST", "/_p2p/has"),
+                                         ("POST", "/_p2p/unpin")])
+async def test_unsigned_requests_to_the_new_worker_routes_are_refused(cluster, method, path):
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"X-P2P-Auth": "t=1,n=00000000000000000000,s=" + "0" * 64}):
+            async with http.request(method, cluster.workers[0].url + path, data=b"\x80", headers=headers) as resp:
+                assert resp.status == 401 and resp.headers["X-P2P-Error"] == "Unauthorized"
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/preload"), ("GET", "/preload"), ("GET", "/preload/x"),
+                                         ("DELETE", "/preload/x"), ("POST", "/unpin"), ("GET", "/status")])
+async def test_unsigned_requests_to_the_master_admin_routes_are_refused(cluster, method, path):
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, cluster.master.url + path, json={"urls": ["s3://b/"]}) as resp:
+            assert resp.status == 401
+    assert cluster.master.admin.jobs == {}
+
+
+async def test_malformed_worker_control_bodies_get_a_400(cluster):
+    from p2pcache.auth import Signer
+    signer, w = Signer(SECRET), cluster.workers[0]
+    async with aiohttp.ClientSession() as http:
+        for path, body in (("/_p2p/preload", b"\xc1"), ("/_p2p/preload", b"\x81\xa6chunks\x91\x93\x01\x02\x03"),
+                           ("/_p2p/has", b"\x90"), ("/_p2p/unpin", b"\x80")):
+            async with http.post(w.url + path, data=body, headers=signer.headers("POST", path, None, body)) as resp:
+                assert resp.status == 400, (path, body, resp.status)
+                assert resp.headers["X-P2P-Error"] == "InvalidRequest"
+        async with http.get(w.url + "/_p2p/preload", headers=signer.headers("GET", "/_p2p/preload")) as resp:
+            assert resp.status == 405

@@ -1,0 +1,101 @@
+"""Pinned preloads: kept from eviction under a flood, across a restart, with their chunks when owners change."""
+
+from __future__ import annotations
+
+import random
+
+import aiohttp
+import pytest
+
+from conftest import CHUNK, SECRET
+from p2pcache.admin_client import AdminClient, preload
+from p2pcache.errors import BadRequest
+from p2pcache.objects import ObjectInfo
+from worker.server import Worker
+
+CAPACITY = 12 * (CHUNK + 512)  # a dozen chunk files (data + trailer) per worker
+
+
+def put(s3_client, bucket: str, prefix: str, n: int, seed: int) -> dict[str, bytes]:
+    rnd = random.Random(seed)
+    data = {f"{prefix}/{i}.bin": rnd.randbytes(CHUNK) for i in range(n)}
+    for key, body in data.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    return data
+
+
+async def read(url: str, bucket: str, data: dict[str, bytes]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for key, body in data.items():
+            async with http.get(f"{url}/{bucket}/{key}") as resp:
+                assert resp.status == 200 and await resp.read() == body
+
+
+def kept_names(cluster) -> set[str]:
+    return {n for w in cluster.live() for n in w.keeps._kept}
+
+
+async def test_pinned_data_survives_a_flood_larger_than_the_cache_and_a_restart(cluster_factory, s3, s3_client,
+                                                                                  bucket):
+    cluster = await cluster_factory(2, capacity=CAPACITY)
+    pinned = put(s3_client, bucket, "pinned", 6, 1)
+    plain = put(s3_client, bucket, "plain", 4, 2)
+    flood = put(s3_client, bucket, "flood", 40, 3)  # 40 chunks through 24 chunk slots
+    assert (await preload(cluster.master.url, [f"s3://{bucket}/pinned/"], pin=True, secret=SECRET))["state"] == "done"
+    assert (await preload(cluster.master.url, [f"s3://{bucket}/plain/"], secret=SECRET))["state"] == "done"
+    assert len(kept_names(cluster)) == 6
+
+    async def flood_then_check() -> None:
+        await read(cluster.workers[0].url, bucket, flood)
+        before = s3.get_bytes
+        await read(cluster.workers[1].url, bucket, pinned)
+        assert s3.get_bytes == before  # every pinned chunk is still cached
+    await flood_then_check()
+    before = s3.get_bytes
+    await read(cluster.workers[1].url, bucket, plain)
+    assert s3.get_bytes > before  # the flood did evict what was not pinned
+
+    # A restart keeps the pins (they are on disk), and they still hold against a flood.
+    old = cluster.workers[0]
+    await old.stop(leave=False)
+    restarted = Worker(old.config)
+    await restarted.start()
+    cluster.workers[0] = restarted
+    await cluster.wait_converged()
+    assert len(restarted.keeps) == len(old.keeps) > 0
+    assert len(kept_names(cluster)) == 6
+    await flood_then_check()
+
+
+async def test_a_pinned_set_that_cannot_fit_is_refused_with_the_numbers(cluster_factory, s3, s3_client, bucket):
+    cluster = await cluster_factory(1, capacity=CAPACITY)
+    put(s3_client, bucket, "huge", 12, 4)  # 12 chunks > 90% of a dozen
+    before = s3.get_bytes
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        with pytest.raises(BadRequest, match=r"the pinned set does not fit: w0 would keep 3145728 bytes "
+                                             r"\(0 pinned already \+ 3145728 new\), over its limit of \d+ "
+                                             r"\(90% of \d+ capacity\)") as refused:
+            await admin.preload([f"s3://{bucket}/huge/"], pin=True)
+        assert refused.value.code == "PinnedSetTooLarge"
+        assert await admin.jobs() == []
+        # Without --pin the same preload runs (the cache just evicts as usual).
+        assert (await admin.wait((await admin.preload([f"s3://{bucket}/huge/"]))["id"]))["state"] == "done"
+    assert s3.get_bytes > before
+    assert len(kept_names(cluster)) == 0
+
+
+async def test_pins_move_with_their_chunks_to_a_new_owner(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(2)
+    data = put(s3_client, bucket, "m", 12, 5)
+    assert (await preload(cluster.master.url, [f"s3://{bucket}/m/"], pin=True, secret=SECRET))["state"] == "done"
+    await cluster.add_worker()
+    await cluster.wait_converged()
+    for w in cluster.workers:
+        assert await w.rebalancer.wait_idle(15)
+    placement = cluster.workers[0].placement
+    chunks = [ObjectInfo(bucket, k, s3_client.head_object(Bucket=bucket, Key=k)["ETag"], len(b)).chunk(0, CHUNK)
+              for k, b in data.items()]
+    moved = [c for c in chunks if placement.owner(c).id == "w2"]
+    assert moved, "the new worker owns none of the chunks: pick another seed"
+    for c in chunks:  # each chunk is kept by its owner, and only there
+        assert [w.id for w in cluster.workers if c.name in w.keeps] == [placement.owner(c).id]

@@ -1,4 +1,4 @@
-"""The `p2pcache` command: `master`, `worker`, `local`, `get`, `bench`, `preload`, `unpin`, `status` subcommands."""
+"""The `p2pcache` command: `master`, `worker`, `local`, `get`, `bench`, `preload`, `unpin`, `status`, `sync` subcommands."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     import master.__main__ as master_cli
     import worker.__main__ as worker_cli
 
-    from . import get, local, preload_cli, status_cli
+    from . import get, local, preload_cli, status_cli, sync
 
     parser = argparse.ArgumentParser(prog="p2pcache", description="A peer-to-peer S3 chunk cache for loading AI models.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("get", get, "read an object (or a byte range) through the cache to a file or stdout"),
         ("bench", _bench_module(), "run the benchmarks (loadtests/bench.py of a source checkout)"),
         ("preload", preload_cli, "fill the cache with objects under s3:// prefixes (a job on the master)"),
+        ("sync", sync, "copy a prefix through the cache into a local directory, skipping complete files"),
         ("status", status_cli, "the workers' state and, for a prefix, how much of each object is cached"),
     ):
         p = sub.add_parser(name, help=text, description=text)

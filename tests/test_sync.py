@@ -1,0 +1,67 @@
+"""`p2pcache sync`: a prefix copied through the cache into a directory, byte for byte, complete files skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sys
+
+from conftest import CHUNK
+from p2pcache import Client
+from p2pcache.sync import MANIFEST, sync
+
+
+def put(s3_client, bucket: str) -> dict[str, bytes]:
+    rnd = random.Random(7)
+    data = {"model/config.json": b'{"layers": 2}', "model/weights/a.safetensors": rnd.randbytes(3 * CHUNK + 11),
+            "model/weights/b.safetensors": rnd.randbytes(CHUNK), "model/empty": b""}
+    for key, body in data.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    s3_client.put_object(Bucket=bucket, Key="modelx/not-this", Body=b"outside the prefix")
+    return data
+
+
+def files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
+
+
+async def test_sync_is_byte_identical_and_skips_complete_files(cluster_factory, s3, s3_client, bucket, tmp_path):
+    cluster = await cluster_factory(3, meta_ttl=0)  # listings as S3 has them now (the default caches them)
+    data = put(s3_client, bucket)
+    out = tmp_path / "out"
+    async with Client(cluster.master.url) as client:
+        first = await sync(client, bucket, "model/", out)
+        assert sorted(first["copied"]) == sorted(data) and not first["failed"]
+        assert files(out) == {k.removeprefix("model/"): v for k, v in data.items()}
+        before = s3.get_bytes
+        second = await sync(client, bucket, "model/", out)
+        assert (second["copied"], sorted(second["skipped"])) == ([], sorted(data))
+        assert s3.get_bytes == before
+        # A truncated file and a changed object are copied again; the others are not.
+        (out / "weights/b.safetensors").write_bytes(b"short")
+        s3_client.put_object(Bucket=bucket, Key="model/config.json", Body=b'{"layers": 3}')
+        third = await sync(client, bucket, "model/", out)
+        assert sorted(third["copied"]) == ["model/config.json", "model/weights/b.safetensors"]
+    assert (out / "config.json").read_bytes() == b'{"layers": 3}'
+    assert (out / "weights/b.safetensors").read_bytes() == data["model/weights/b.safetensors"]
+    assert not [p for p in out.rglob("*.part")]  # temp files renamed in, none left
+
+
+async def test_sync_command(cluster, s3_client, bucket, tmp_path):
+    data = put(s3_client, bucket)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
+    args = [sys.executable, "-m", "p2pcache", "sync", f"s3://{bucket}/model/", str(tmp_path / "d"),
+            "--master", cluster.master.url]
+    for expected in (f"4 files copied", "0 files copied (0B), 4 already complete, 0 failed"):
+        proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0 and expected in out.decode(), err
+    assert files(tmp_path / "d") == {k.removeprefix("model/"): v for k, v in data.items()}
+    assert json.loads((tmp_path / "d" / MANIFEST).read_text())["model/empty"]["size"] == 0
+    proc = await asyncio.create_subprocess_exec(*args[:4], f"s3://{bucket}/nothing/", str(tmp_path / "e"),
+                                                *args[6:], env=env, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 1 and err.decode().strip() == f"p2pcache sync: no objects under s3://{bucket}/nothing/"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -13,7 +14,7 @@ import uvloop
 from .admin_client import AdminClient
 from .auth import load_secret
 from .config import add_flag
-from .errors import P2PError
+from .errors import P2PError, Unavailable
 from .sizes import format_size
 from . import tls
 
@@ -46,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detach", action="store_true", help="print the job id and return; the job goes on")
     p.add_argument("--follow", metavar="JOB", help="follow a job started earlier")
     p.add_argument("--cancel", metavar="JOB", help="cancel a job")
+    p.add_argument("--wait-ready", type=float, default=0, metavar="SECONDS",
+                   help="retry starting the job this long while the master or its workers do not answer "
+                        "(a Job started with the cluster; default 0)")
     p.add_argument("--interval", type=float, default=5.0,
                    help="seconds between progress lines when stderr is not a terminal (default 5)")
     add_master_flags(p)
@@ -90,7 +94,7 @@ async def _preload(args: argparse.Namespace) -> int:
             job = await admin.cancel(args.cancel)
             print(json.dumps(job, indent=1) if args.json else summary(job))
             return 0
-        job = await admin.job(args.follow) if args.follow else await admin.preload(args.urls, args.pin)
+        job = await admin.job(args.follow) if args.follow else await _start(admin, args)
         if args.detach:
             print(json.dumps(job, indent=1) if args.json else job["id"])
             return 0
@@ -114,6 +118,18 @@ async def _preload(args: argparse.Namespace) -> int:
         for failure in job["failures"]:
             print(f"  failed: {failure}", file=sys.stderr)
     return 0 if job["state"] == "done" else 1
+
+
+async def _start(admin: AdminClient, args: argparse.Namespace) -> dict:
+    deadline = time.monotonic() + args.wait_ready
+    while True:
+        try:
+            return await admin.preload(args.urls, args.pin)
+        except Unavailable as exc:
+            if time.monotonic() >= deadline:
+                raise
+            print(f"p2pcache preload: waiting for the cluster: {exc}", file=sys.stderr, flush=True)
+            await asyncio.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
 
 async def _unpin(args: argparse.Namespace) -> int:

@@ -474,3 +474,40 @@ def test_notes_say_whether_the_cluster_is_closed(chart):
     assert "the cluster is open" in render(chart, {"clusterSecret": {"enabled": False}})["p2pcache/templates/NOTES.txt"]
     notes = render(chart, {"tls": {"enabled": True, "existingSecret": "x"}})["p2pcache/templates/NOTES.txt"]
     assert "https://p2pcache.ml.svc.cluster.local" in notes
+
+
+PRELOAD = {"preload": {"urls": ["s3://models/llama-3-8b/", "s3://models/tok.json"], "pin": True}}
+
+
+@pytest.mark.parametrize("extra", [{}, {"tls": {"enabled": True, "existingSecret": "p2pcache-tls"}},
+                                   {"clusterSecret": {"enabled": False}}])
+def test_preload_job_runs_the_preload_against_the_release_master(chart, extra):
+    objects = manifests(render(chart, PRELOAD | extra))
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+    job = find_one(objects, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    cont = job["spec"]["template"]["spec"]["containers"][0]
+    master = next(s for s in find(objects, "Service") if s["metadata"]["name"] == "p2pcache-master")
+    scheme = "https" if extra.get("tls") else "http"
+    url = f"{scheme}://{master['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{master['spec']['ports'][0]['port']}"
+    # The args are a valid command line of this very CLI.
+    args = build_parser().parse_args(cont["args"])
+    assert (args.command, args.urls, args.pin, args.master) == ("preload", PRELOAD["preload"]["urls"], True, url)
+    assert args.tls_ca == ("/etc/p2pcache/tls/ca.crt" if extra.get("tls") else "")
+    env = {e["name"]: e for e in cont.get("env", [])}
+    if extra.get("clusterSecret"):
+        assert "P2PCACHE_CLUSTER_SECRET" not in env
+    else:  # the same Secret and key the master verifies with
+        master_env = {e["name"]: e for e in container(objects, "Deployment")["env"]}
+        assert env["P2PCACHE_CLUSTER_SECRET"] == master_env["P2PCACHE_CLUSTER_SECRET"]
+    notes = render(chart, PRELOAD | extra)["p2pcache/templates/NOTES.txt"]
+    assert f"kubectl -n {NAMESPACE} logs -f job/p2pcache-preload" in notes
+    assert f"p2pcache status --master {scheme}://127.0.0.1:7070 s3://models/llama-3-8b/" in notes
+
+
+def test_no_preload_job_without_urls(chart):
+    assert find(manifests(render(chart)), "Job") == []
+    assert "logs -f job/" not in render(chart)["p2pcache/templates/NOTES.txt"]
+    with pytest.raises(helm.HelmValuesError, match="preload/urls/0"):
+        render(chart, {"preload": {"urls": ["models/llama"]}})

@@ -200,7 +200,8 @@ def test_rendered_pods_form_a_working_cluster(moto_s3, tmp_path):
 
     values = {"cluster": {"chunkSize": "1MiB"},
               "s3": {"endpoint": moto_s3, "accessKeyId": "moto-id", "secretAccessKey": "moto-secret",
-                     "allowedBuckets": [BUCKET]}}
+                     "allowedBuckets": [BUCKET]},
+              "preload": {"urls": [f"s3://{BUCKET}/llama/"], "pin": True}}
     with load_chart() as chart:
         objects = manifests(render(chart, values))
     sts = find_one(objects, "StatefulSet")
@@ -239,6 +240,20 @@ def test_rendered_pods_form_a_working_cluster(moto_s3, tmp_path):
         assert http("POST", f"{master_url}/workers")[0] == 401
         assert http("DELETE", f"{master_url}/workers/{workers[0].name}")[0] == 401
         assert ring["chunk_size"] == CHUNK
+
+        # The preload Job, run like its pod, fills (and pins) the prefix through the master with the Secret.
+        job = Pod(f"{RELEASE}-preload-abcde", pod_template(objects, "Job"), objects, tmp_path)
+        pods.append(job)
+        assert job.env["P2PCACHE_CLUSTER_SECRET"] == master.env["P2PCACHE_CLUSTER_SECRET"]
+        job.start(rewrite(job.argv(), job, {"--master": master_url}))
+        assert job.proc.wait(timeout=60) == 0, job.logs()
+        summary = job.lines.get(timeout=10)  # its one stdout line
+        assert " done: 1/1 objects" in summary and ", pinned" in summary, summary
+        status = json.loads(subprocess.run(
+            [sys.executable, "-m", "p2pcache", "status", f"s3://{BUCKET}/llama/", "--json", "--master", master_url],
+            env={**os.environ, "P2PCACHE_CLUSTER_SECRET": master.env["P2PCACHE_CLUSTER_SECRET"]},
+            capture_output=True, text=True, timeout=60, check=True).stdout)
+        assert [(o["key"], o["cached"], o["pinned"]) for o in status["objects"]] == [(KEY, 1.0, 1.0)]
 
         first, last = 1000, 3 * CHUNK + 99  # spans four chunks, owned by both workers
         for url in worker_urls:  # any worker behind the client Service answers

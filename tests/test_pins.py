@@ -7,7 +7,7 @@ import random
 import aiohttp
 import pytest
 
-from conftest import CHUNK, SECRET
+from conftest import CHUNK, SECRET, metric
 from p2pcache.admin_client import AdminClient, preload
 from p2pcache.errors import BadRequest
 from p2pcache.objects import ObjectInfo
@@ -31,6 +31,10 @@ async def read(url: str, bucket: str, data: dict[str, bytes]) -> None:
                 assert resp.status == 200 and await resp.read() == body
 
 
+async def total_metric(http, cluster, name: str) -> float:
+    return sum([await metric(http, w.url, name) for w in cluster.live()])
+
+
 def kept_names(cluster) -> set[str]:
     return {n for w in cluster.live() for n in w.keeps._kept}
 
@@ -44,6 +48,8 @@ async def test_pinned_data_survives_a_flood_larger_than_the_cache_and_a_restart(
     assert (await preload(cluster.master.url, [f"s3://{bucket}/pinned/"], pin=True, secret=SECRET))["state"] == "done"
     assert (await preload(cluster.master.url, [f"s3://{bucket}/plain/"], secret=SECRET))["state"] == "done"
     assert len(kept_names(cluster)) == 6
+    async with aiohttp.ClientSession() as http:
+        assert await total_metric(http, cluster, "p2pcache_pinned_bytes") == 6 * CHUNK
 
     async def flood_then_check() -> None:
         await read(cluster.workers[0].url, bucket, flood)

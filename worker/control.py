@@ -41,6 +41,7 @@ class Control:
         self._objects, self._m = objects, metrics
         self._placement, self._check_bucket = placement, check_bucket
         self._slots = asyncio.Semaphore(concurrency)
+        metrics.pinned_bytes.set_function(lambda: keeps.bytes)
 
     def routes(self) -> dict:
         return {"/_p2p/list": self.list, "/_p2p/preload": self.preload, "/_p2p/status": self.status,

@@ -47,6 +47,8 @@ class WorkerMetrics:
             "p2pcache_rebalance_backlog_chunks", "Chunks here still to hand to their owners", registry=r)
         self.rebalance_sent = Counter(
             "p2pcache_rebalance_chunks", "Chunks handed to their owners by the rebalancer", registry=r)
+        self.pinned_bytes = Gauge(
+            "p2pcache_pinned_bytes", "Bytes of chunks a pinned preload keeps from eviction", registry=r)
         self._request_children: dict[tuple[str, int], object] = {}
 
     def count_request(self, method: str, status: int) -> None:

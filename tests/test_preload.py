@@ -96,16 +96,24 @@ async def test_a_missing_bucket_is_named(cluster):
         assert missing.value.code == "NoSuchBucket"
 
 
-async def test_the_job_outlives_its_caller_and_can_be_cancelled(cluster_factory, s3, s3_client, bucket):
-    cluster = await cluster_factory(2, origin_concurrency=1)
-    put_model(s3_client, bucket, "big", 4, n=12)
+async def test_the_job_outlives_its_caller_and_can_be_cancelled(cluster_factory, fault_proxy, s3_client, bucket):
+    # S3 stalls every ranged GET after its headers: the job cannot finish on its own.
+    fault_proxy.mode = None
+    fault_proxy.script = ["stall"] * 1000
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    put_model(s3_client, bucket, "big", 4, n=3)
     async with AdminClient(cluster.master.url, SECRET) as admin:
         job = await admin.preload([f"s3://{bucket}/big/"])
+    assert job["state"] == "running"
     async with AdminClient(cluster.master.url, SECRET) as admin:  # a new caller finds it by id
-        assert (await admin.job(job["id"]))["id"] == job["id"]
+        await wait_for(lambda: fault_proxy.stalling > 0, what="a fill to reach S3")
+        running = await admin.job(job["id"])
+        assert running["state"] == "running" and running["chunks_done"] < running["chunks_total"]
         cancelled = await admin.cancel(job["id"])
-        assert cancelled["state"] in ("cancelled", "done")
-        assert [j["id"] for j in await admin.jobs()] == [job["id"]]
+        assert cancelled["state"] == "cancelled" and cancelled["chunks_done"] < cancelled["chunks_total"]
+        assert [(j["id"], j["state"]) for j in await admin.jobs()] == [(job["id"], "cancelled")]
+        with pytest.raises(NotFound, match="no preload job 'nope'"):
+            await admin.job("nope")
 
 
 @pytest.mark.parametrize("method,path", [("GET", "/_p2p/list?bucket=b&prefix="), ("POST", "/_p2p/preload"),
@@ -138,3 +146,12 @@ async def test_malformed_worker_control_bodies_get_a_400(cluster):
                 assert resp.headers["X-P2P-Error"] == "InvalidRequest"
         async with http.get(w.url + "/_p2p/preload", headers=signer.headers("GET", "/_p2p/preload")) as resp:
             assert resp.status == 405
+
+
+async def test_status_names_a_worker_that_does_not_answer(cluster):
+    gone = cluster.workers[2]
+    await gone.stop(leave=False)  # still in the ring until its heartbeats expire
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        rows = {w["id"]: w for w in (await admin.status())["workers"]}
+    assert rows[gone.id]["state"] == "unreachable" and gone.url in rows[gone.id]["error"]
+    assert rows["w0"]["state"] == "up" and rows["w0"]["capacity"] == 1 << 30

@@ -67,24 +67,22 @@ def main(args: argparse.Namespace) -> int:
     if bool(args.urls) + bool(args.follow) + bool(args.cancel) != 1:
         print("p2pcache preload: give s3:// URLs, or --follow JOB, or --cancel JOB", file=sys.stderr)
         return 2
-    try:
-        return uvloop.run(_preload(args))
-    except ValueError as exc:
-        print(f"p2pcache preload: {exc}", file=sys.stderr)
-        return 2
-    except P2PError as exc:
-        print(f"p2pcache preload: {exc}", file=sys.stderr)
-        return 1
+    return run_command("preload", _preload(args))
 
 
 def unpin_main(args: argparse.Namespace) -> int:
+    return run_command("unpin", _unpin(args))
+
+
+def run_command(name: str, command) -> int:
+    """Run an admin command's coroutine: its exit code; 2 for bad arguments, 1 for a refusal."""
     try:
-        return uvloop.run(_unpin(args))
+        return uvloop.run(command)
     except ValueError as exc:
-        print(f"p2pcache unpin: {exc}", file=sys.stderr)
+        print(f"p2pcache {name}: {exc}", file=sys.stderr)
         return 2
     except P2PError as exc:
-        print(f"p2pcache unpin: {exc}", file=sys.stderr)
+        print(f"p2pcache {name}: {exc}", file=sys.stderr)
         return 1
 
 

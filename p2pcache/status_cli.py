@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-import uvloop
-
-from .errors import P2PError
-from .preload_cli import add_master_flags, admin_from_args
+from .preload_cli import add_master_flags, admin_from_args, run_command
 from .sizes import format_size
 
 __all__ = ["add_arguments", "main", "render"]
@@ -25,14 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return uvloop.run(_status(args))
-    except ValueError as exc:
-        print(f"p2pcache status: {exc}", file=sys.stderr)
-        return 2
-    except P2PError as exc:
-        print(f"p2pcache status: {exc}", file=sys.stderr)
-        return 1
+    return run_command("status", _status(args))
 
 
 async def _status(args: argparse.Namespace) -> int:

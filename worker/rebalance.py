@@ -136,7 +136,9 @@ class Rebalancer:
         async def one(c: ChunkId, targets: tuple[WorkerInfo, ...]) -> None:
             nonlocal failed
             async with slots:
-                if self._wake.is_set():  # a newer ring: the next pass plans again
+                # A newer ring: the next pass plans everything held again. (Not merely a new
+                # fill: the rest of this pass would be dropped, its followers never copied.)
+                if self._full:
                     return
                 if not await self._give(c, targets):
                     failed += 1

@@ -127,6 +127,9 @@ async def test_with_two_replicas_a_crash_costs_nothing(cluster_factory, s3, s3_c
         await read_all(http, [cluster.workers[0].url], bucket, data)
         for w in cluster.workers:  # primaries copy what they fill to their followers
             assert await w.rebalancer.wait_idle(15)
+        placement, by_id = cluster.workers[0].placement, {w.id: w for w in cluster.workers}
+        for c in chunks(s3_client, bucket, data):  # every owner holds each chunk
+            assert all(c.name in by_id[o.id].store for o in placement.owners(c)[:2]), c.ring_key
         s3_before = s3.get_bytes
         await cluster.workers[1].stop(leave=False)
         await wait_for(lambda: len(cluster.master.membership.ring.workers) == 2, what="the expiry")

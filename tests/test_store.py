@@ -276,3 +276,18 @@ async def test_a_demoted_chunk_is_the_next_to_go_and_a_restart_keeps_the_newest(
     smaller = ChunkStore(tmp_path, capacity=2 * SLOT)
     await smaller.load()
     assert set(smaller._chunks) == {chunk(3).name, chunk(4).name}
+
+
+async def test_the_eviction_flag_picks_the_workers_policy(cluster_factory):
+    from p2pcache.cli import build_parser
+    from worker.config import WorkerConfig
+    from worker.eviction import LRU, S3FIFO
+
+    base = ["worker", "--master", "http://m", "--cache-dir", "/tmp/x"]
+    assert WorkerConfig.from_args(build_parser().parse_args(base)).eviction == "s3fifo"
+    assert WorkerConfig.from_args(build_parser().parse_args(base + ["--eviction", "lru"])).eviction == "lru"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--eviction", "fifo"])
+    cluster = await cluster_factory(2, eviction="lru")
+    assert all(isinstance(w.store._policy, LRU) for w in cluster.workers)
+    assert isinstance((await cluster.add_worker(eviction="s3fifo")).store._policy, S3FIFO)

@@ -10,6 +10,7 @@ from p2pcache.auth import load_secret
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
 from p2pcache import tls
 
+from .eviction import DEFAULT, POLICIES
 from .readers import ClientKey, client_keys_arg
 
 __all__ = ["WorkerConfig", "add_arguments"]
@@ -39,6 +40,7 @@ class WorkerConfig:
     origin_read_timeout: float = 5.0
     origin_deadline: float = 30.0
     origin_breaker: int = 8
+    eviction: str = DEFAULT  # worker/eviction.py POLICIES
     cluster_secret: bytes | None = field(default=None, repr=False)
     tls_cert: str = ""
     tls_key: str = ""
@@ -66,7 +68,7 @@ class WorkerConfig:
             rebalance_rate=a.rebalance_rate,
             client_keys=a.client_keys,
             origin_read_timeout=a.origin_read_timeout, origin_deadline=a.origin_deadline,
-            origin_breaker=a.origin_breaker,
+            origin_breaker=a.origin_breaker, eviction=a.eviction,
             cluster_secret=load_secret(a.cluster_secret, a.cluster_secret_file),
             tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,
         )
@@ -105,6 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              default=30.0)
     add_flag(p, "--origin-breaker", "failed S3 requests in a row after which S3 is not asked for "
              "a while (0: never)", type=int, default=8)
+    add_flag(p, "--eviction", "which chunks go first when the cache is full: s3fifo (read-once "
+             "chunks first, keeps a working set through scans) or lru", choices=sorted(POLICIES),
+             default=DEFAULT)
     add_security_flags(p)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for https:// peers and master, on top of "
              "the system's", default="")

@@ -38,6 +38,7 @@ from p2pcache.s3headers import response_overrides
 from . import inputs
 from .chunks import MAX_HOPS, Chunks, fill_source
 from .config import WorkerConfig
+from .eviction import POLICIES
 from .control import Control
 from .keep import Keeps
 from .http import (
@@ -133,7 +134,8 @@ class Worker:
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
         self.keeps = Keeps(Path(cfg.cache_dir) / "kept")
-        self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free, kept=self.keeps.__contains__)
+        self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free, kept=self.keeps.__contains__,
+                                policy=POLICIES[cfg.eviction])
         try:
             await self.keeps.load()
             await self.store.load()

@@ -22,6 +22,7 @@ from .objects import ChunkId, ObjectInfo
 from .ranges import chunk_spans
 from .ring import Placement, WorkerInfo
 from .ringview import RingView
+from .signer import signer_from
 from .worker_client import WorkerClient
 
 __all__ = ["Client"]
@@ -38,13 +39,19 @@ class Client:
     Memory is bounded by `concurrency` x the ring's chunk size per call (plus
     the result, for `read`). Every call reads one version of the object: the
     ETag it resolved first is sent as `If-Match` with every chunk request.
+    With a reader key (`access_key`/`secret_key`, or `credentials="env"` for
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION) every request to a
+    worker is signed with SigV4, for workers that run with `--client-keys`.
     """
 
     def __init__(self, master_url: str, *, concurrency: int = 16, chunk_timeout: float = 60.0,
                  connect_timeout: float = 2.0, prefetch: int = 4, meta_ttl: float = 5.0,
                  session: aiohttp.ClientSession | None = None,
+                 access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
+                 credentials: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.master_url = master_url
+        self._signer = signer_from(access_key, secret_key, region, credentials)
         self._concurrency = max(1, concurrency)
         self._timeouts = (connect_timeout, chunk_timeout)
         self._prefetch = max(0, prefetch)
@@ -63,7 +70,7 @@ class Client:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._concurrency * 2),
                 auto_decompress=False)
-        self._workers = WorkerClient(self._session, *self._timeouts)
+        self._workers = WorkerClient(self._session, *self._timeouts, signer=self._signer)
         self._ring = RingView(MasterClient(self._session, self.master_url))
         try:
             await self._ring.start()

@@ -13,12 +13,16 @@ from fsspec.spec import AbstractBufferedFile
 from .client import Client
 from .errors import NotFound, P2PError
 from .objects import ObjectInfo
+from .signer import signer_from
 
 __all__ = ["P2PCacheFileSystem", "P2PCacheFile"]
 
 
 class P2PCacheFileSystem(AsyncFileSystem):
     """Read-only; `master=` (or env P2PCACHE_MASTER) is the master's URL.
+
+    `access_key=`, `secret_key=`, `region=` or `credentials="env"` sign the reads
+    with a reader key, as `Client` does.
 
     Paths are `bucket/key`. Objects are files; key prefixes ending in `/` are
     directories, listed with the workers' ListObjectsV2.
@@ -28,13 +32,17 @@ class P2PCacheFileSystem(AsyncFileSystem):
     root_marker = ""
 
     def __init__(self, master: str | None = None, *, concurrency: int = 16, block_size: int | None = None,
-                 asynchronous: bool = False, loop=None, **storage_options) -> None:
+                 access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
+                 credentials: str | None = None, asynchronous: bool = False, loop=None,
+                 **storage_options) -> None:
         super().__init__(asynchronous=asynchronous, loop=loop, **storage_options)
         self.master = master or os.environ.get("P2PCACHE_MASTER", "")
         if not self.master:
             raise ValueError("p2pcache: give master='http://...' or set P2PCACHE_MASTER")
         self.block_size = block_size  # default: the ring's chunk size
-        self._options = {"concurrency": concurrency}
+        signer_from(access_key, secret_key, region, credentials)  # a bad option fails here, not at a read
+        self._options = {"concurrency": concurrency, "access_key": access_key, "secret_key": secret_key,
+                         "region": region, "credentials": credentials}
         self._client: Client | None = None
         self._starting: asyncio.Future | None = None
 

@@ -36,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="show progress on stderr even when it is not a terminal")
     add_flag(p, "--master", "URL of the master", required=True)
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
+    add_flag(p, "--access-key", "reader key id: sign requests (SigV4) for workers with --client-keys", default="")
+    add_flag(p, "--secret-key", "the reader key's secret (prefer the env variable: a command line is "
+             "visible to other users)", secret=True, default="")
+    add_flag(p, "--region", "the region in the signature's scope", default="us-east-1")
+    add_flag(p, "--credentials", "'env': the reader key from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+             "(and AWS_REGION)", choices=("none", "env"), default="none")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -87,7 +93,9 @@ class Progress:
 
 
 async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
-    async with Client(args.master, concurrency=args.concurrency) as client:
+    async with Client(args.master, concurrency=args.concurrency, access_key=args.access_key or None,
+                      secret_key=args.secret_key or None, region=args.region or None,
+                      credentials=args.credentials) as client:
         info = await client.stat(bucket, key)
         start, stop = 0, info.size
         if args.byte_range:
@@ -130,7 +138,7 @@ def _describe(exc: Exception, args: argparse.Namespace) -> str:
     if isinstance(exc, RangeNotSatisfiable):
         return f"range {args.byte_range} is outside the object ({exc.size} bytes)"
     if isinstance(exc, AccessDenied):
-        return f"access denied: {exc}"
+        return f"access denied ({exc.code}): {exc}"
     if isinstance(exc, ObjectChanged):
         return f"{args.url} changed while it was being read; try again"
     if isinstance(exc, OSError) and exc.filename:

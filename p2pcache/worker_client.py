@@ -11,11 +11,12 @@ import aiohttp
 import yarl
 
 from .errors import (
-    ORIGIN_HEADER, AccessDenied, BadRequest, NotFound, ObjectChanged, P2PError, PeerError,
-    RangeNotSatisfiable, origin_error,
+    ORIGIN_HEADER, AccessDenied, BadRequest, InvalidAccessKeyId, NotFound, ObjectChanged, P2PError, PeerError,
+    RangeNotSatisfiable, RequestTimeTooSkewed, SignatureDoesNotMatch, origin_error,
 )
 from .objects import ObjectInfo
 from .ring import WorkerInfo
+from .signer import Signer
 
 __all__ = ["WorkerClient", "Listing", "parse_listing", "ERROR_HEADER", "REASON_HEADER"]
 
@@ -23,6 +24,7 @@ ERROR_HEADER = "X-P2P-Error"  # the error's code, on every error response of a w
 REASON_HEADER = "X-P2P-Reason"  # its one-line message
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _RETRYABLE = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+_DENIED = {e.code: e for e in (AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch, RequestTimeTooSkewed)}
 
 
 class Listing(NamedTuple):
@@ -34,13 +36,24 @@ class Listing(NamedTuple):
 class WorkerClient:
     """One request to one worker; a failure of that worker is PeerError, so the caller tries the next."""
 
-    def __init__(self, session: aiohttp.ClientSession, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(self, session: aiohttp.ClientSession, connect_timeout: float, read_timeout: float,
+                 signer: Signer | None = None) -> None:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=read_timeout, sock_connect=connect_timeout)
+        self.signer = signer
+
+    def signed(self, method: str, url: yarl.URL, headers: dict[str, str] | None = None) -> dict[str, str]:
+        """`headers`, plus a SigV4 signature of the request when the client has a reader key."""
+        headers = dict(headers or ())
+        if self.signer is not None:
+            headers.update(self.signer.sign(method, url.host_port_subcomponent, url.raw_path,
+                                            url.raw_query_string))
+        return headers
 
     async def head(self, worker: WorkerInfo, bucket: str, key: str) -> ObjectInfo:
+        url = _url(worker, bucket, key)
         try:
-            async with self._session.head(_url(worker, bucket, key), timeout=self._timeout,
+            async with self._session.head(url, headers=self.signed("HEAD", url), timeout=self._timeout,
                                           allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise _error(worker, resp, f"s3://{bucket}/{key}")
@@ -58,8 +71,9 @@ class WorkerClient:
         what = f"s3://{info.bucket}/{info.key}"
         headers = {"Range": f"bytes={start}-{stop - 1}", "If-Match": info.etag,
                    "Accept-Encoding": "identity"}
+        url = _url(worker, info.bucket, info.key)
         try:
-            async with self._session.get(_url(worker, info.bucket, info.key), headers=headers,
+            async with self._session.get(url, headers=self.signed("GET", url, headers),
                                          timeout=self._timeout, allow_redirects=False) as resp:
                 if resp.status not in (200, 206):
                     raise _error(worker, resp, what)
@@ -84,7 +98,8 @@ class WorkerClient:
             params["continuation-token"] = token
         url = yarl.URL(f"{worker.url}/{quote(bucket, safe='')}", encoded=True).with_query(params)
         try:
-            async with self._session.get(url, timeout=self._timeout, allow_redirects=False) as resp:
+            async with self._session.get(url, headers=self.signed("GET", url), timeout=self._timeout,
+                                         allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise _error(worker, resp, f"s3://{bucket}")
                 body = await resp.read()
@@ -125,8 +140,8 @@ def _error(worker: WorkerInfo, resp: aiohttp.ClientResponse, what: str) -> P2PEr
         return NotFound(f"{what}: {reason}", code=code or "NoSuchKey")
     if resp.status == 412 or code in ("PreconditionFailed", "ObjectChanged"):
         return _changed(worker, f"{what} changed at the origin during the read")
-    if resp.status == 403:
-        return AccessDenied(f"{what}: {reason}")
+    if resp.status == 403:  # S3's code: AccessDenied, or which part of the signature was wrong
+        return _DENIED.get(code, AccessDenied)(f"{what}: {reason}")
     if resp.status == 416:
         size = resp.headers.get("Content-Range", "").rpartition("/")[2]
         return RangeNotSatisfiable(int(size) if size.isdigit() else 0)

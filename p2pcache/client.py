@@ -19,6 +19,7 @@ from .errors import ObjectChanged, PeerError, PeerUnavailable
 from .fileobj import ObjectFile
 from .master_client import MasterClient
 from .objects import ChunkId, ObjectInfo
+from .rangereader import RangeReader
 from .ranges import chunk_spans
 from .ring import Placement, WorkerInfo
 from .ringview import RingView
@@ -42,16 +43,20 @@ class Client:
     With a reader key (`access_key`/`secret_key`, or `credentials="env"` for
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION) every request to a
     worker is signed with SigV4, for workers that run with `--client-keys`.
+    Chunks of plain-HTTP workers are received straight into their buffers on
+    the client's own connections (`raw_http=False`: through aiohttp, as https
+    workers always are).
     """
 
     def __init__(self, master_url: str, *, concurrency: int = 16, chunk_timeout: float = 60.0,
                  connect_timeout: float = 2.0, prefetch: int = 4, meta_ttl: float = 5.0,
                  session: aiohttp.ClientSession | None = None,
                  access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
-                 credentials: str | None = None,
+                 credentials: str | None = None, raw_http: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.master_url = master_url
         self._signer = signer_from(access_key, secret_key, region, credentials)
+        self._raw = RangeReader(connect_timeout, chunk_timeout, max(1, concurrency)) if raw_http else None
         self._concurrency = max(1, concurrency)
         self._timeouts = (connect_timeout, chunk_timeout)
         self._prefetch = max(0, prefetch)
@@ -70,7 +75,7 @@ class Client:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._concurrency * 2),
                 auto_decompress=False)
-        self._workers = WorkerClient(self._session, *self._timeouts, signer=self._signer)
+        self._workers = WorkerClient(self._session, *self._timeouts, signer=self._signer, raw=self._raw)
         self._ring = RingView(MasterClient(self._session, self.master_url))
         try:
             await self._ring.start()
@@ -83,6 +88,8 @@ class Client:
         self.closed = True
         if self._ring is not None:
             await self._ring.close()
+        if self._raw is not None:
+            await self._raw.close()
         if self._own_session and self._session is not None:
             await self._session.close()
 
@@ -127,7 +134,7 @@ class Client:
                         self._fetch(info, size, x, y) for x, y in _spans(a, b, size))) as pieces:
                     async for piece in pieces:
                         sent = True
-                        yield piece
+                        yield bytes(piece)
                 return
             except ObjectChanged as exc:
                 if sent or attempt == 2:
@@ -179,7 +186,7 @@ class Client:
         if start >= stop:
             return b""
         if start // size == (stop - 1) // size:  # one span: its body is the answer
-            return await self._fetch(info, size, start, stop)
+            return bytes(await self._fetch(info, size, start, stop))
         buf = bytearray(stop - start)
         view = memoryview(buf)
         parts = (self._fetch(info, size, x, y, view[x - start:y - start]) for x, y in _spans(start, stop, size))
@@ -229,11 +236,17 @@ class Client:
                         progress: Callable[[int, int], None] | None) -> None:
         a, b = _clamp(info, start, end)
         size, loop, done = self.chunk_size, asyncio.get_running_loop(), 0
+        free: list[bytearray] = []  # at most `concurrency` chunk buffers, reused: no page faults per chunk
 
         async def one(x: int, y: int) -> int:
-            data = await self._fetch(info, size, x, y)
-            await loop.run_in_executor(None, _pwrite_all, fd, data, x - a)
-            return len(data)
+            buf = free.pop() if free else bytearray(size)
+            try:
+                view = memoryview(buf)[:y - x]
+                await self._fetch(info, size, x, y, view)
+                await loop.run_in_executor(None, _pwrite_all, fd, view, x - a)
+            finally:
+                free.append(buf)
+            return y - x
 
         if progress:
             progress(0, b - a)
@@ -313,7 +326,7 @@ def _spans(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
         yield a, a + span.length
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

@@ -15,6 +15,7 @@ from .errors import (
     RangeNotSatisfiable, RequestTimeTooSkewed, SignatureDoesNotMatch, origin_error,
 )
 from .objects import ObjectInfo
+from .rangereader import RangeReader
 from .ring import WorkerInfo
 from .signer import Signer
 
@@ -37,10 +38,11 @@ class WorkerClient:
     """One request to one worker; a failure of that worker is PeerError, so the caller tries the next."""
 
     def __init__(self, session: aiohttp.ClientSession, connect_timeout: float, read_timeout: float,
-                 signer: Signer | None = None) -> None:
+                 signer: Signer | None = None, raw: RangeReader | None = None) -> None:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=read_timeout, sock_connect=connect_timeout)
         self.signer = signer
+        self._raw = raw  # ranged GETs of plain-HTTP workers go through it; https ones through aiohttp
 
     def signed(self, method: str, url: yarl.URL, headers: dict[str, str] | None = None) -> dict[str, str]:
         """`headers`, plus a SigV4 signature of the request when the client has a reader key."""
@@ -66,27 +68,36 @@ class WorkerClient:
             raise PeerError(f"{worker.id} sent a HEAD answer without ETag/Content-Length: {exc!r}") from exc
 
     async def get(self, worker: WorkerInfo, info: ObjectInfo, start: int, stop: int,
-                  into: memoryview | None = None) -> bytes | None:
+                  into: memoryview | None = None) -> bytes | bytearray | None:
         """Bytes `[start, stop)` of exactly the version `info` names (into `into` if given)."""
-        what = f"s3://{info.bucket}/{info.key}"
         headers = {"Range": f"bytes={start}-{stop - 1}", "If-Match": info.etag,
                    "Accept-Encoding": "identity"}
         url = _url(worker, info.bucket, info.key)
+        if self._raw is not None and url.scheme == "http":
+            return await self._get_raw(worker, url, info, start, stop, into, headers)
         try:
             async with self._session.get(url, headers=self.signed("GET", url, headers),
                                          timeout=self._timeout, allow_redirects=False) as resp:
-                if resp.status not in (200, 206):
-                    raise _error(worker, resp, what)
-                if resp.headers.get("ETag") != info.etag:  # a worker that ignores If-Match
-                    raise _changed(worker, f"{what} changed: ETag {resp.headers.get('ETag')} is not {info.etag}")
-                expected = f"bytes {start}-{stop - 1}/{info.size}"
-                if resp.status == 206 and resp.headers.get("Content-Range") != expected or (
-                        resp.status == 200 and (start, stop) != (0, info.size)):
-                    raise PeerError(f"{worker.id} answered {resp.status} "
-                                    f"{resp.headers.get('Content-Range')!r} for {expected!r}")
+                _check(worker, resp, info, start, stop)
                 return await _body(resp, stop - start, into, worker)
         except _RETRYABLE as exc:
             raise PeerError(f"{worker.id} at {worker.url}: {exc!r}") from exc
+
+    async def _get_raw(self, worker: WorkerInfo, url: yarl.URL, info: ObjectInfo, start: int, stop: int,
+                       into: memoryview | None, headers: dict[str, str]) -> bytearray | None:
+        """As `get`, on the client's own connections: the body is received into `into` (or a new buffer)."""
+        buf = bytearray(stop - start) if into is None else None
+        headers = {"Host": url.host_port_subcomponent, **self.signed("GET", url, headers)}
+        try:
+            answer = await self._raw.get(url.raw_host, url.port, url.raw_path_qs, headers,
+                                         memoryview(buf) if into is None else into)
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            raise PeerError(f"{worker.id} at {worker.url}: {exc!r}") from exc
+        _check(worker, answer, info, start, stop)
+        if not answer.complete:
+            raise PeerError(f"{worker.id} sent Content-Length {answer.headers.get('Content-Length')!r} "
+                            f"for {stop - start} bytes")
+        return buf
 
     async def list(self, worker: WorkerInfo, bucket: str, prefix: str, delimiter: str,
                    token: str | None) -> Listing:
@@ -111,6 +122,19 @@ class WorkerClient:
             raise PeerError(f"{worker.id} sent a malformed listing: {exc!r}") from exc
 
 
+def _check(worker: WorkerInfo, resp, info: ObjectInfo, start: int, stop: int) -> None:
+    """Raise unless `resp` (aiohttp's or the range reader's) is bytes `[start, stop)` of `info`'s version."""
+    what = f"s3://{info.bucket}/{info.key}"
+    if resp.status not in (200, 206):
+        raise _error(worker, resp, what)
+    if resp.headers.get("ETag") != info.etag:  # a worker that ignores If-Match
+        raise _changed(worker, f"{what} changed: ETag {resp.headers.get('ETag')} is not {info.etag}")
+    expected = f"bytes {start}-{stop - 1}/{info.size}"
+    if resp.status == 206 and resp.headers.get("Content-Range") != expected or (
+            resp.status == 200 and (start, stop) != (0, info.size)):
+        raise PeerError(f"{worker.id} answered {resp.status} {resp.headers.get('Content-Range')!r} for {expected!r}")
+
+
 def _url(worker: WorkerInfo, bucket: str, key: str) -> yarl.URL:
     return yarl.URL(f"{worker.url}/{quote(bucket, safe='')}/{quote(key, safe='/~')}", encoded=True)
 
@@ -132,7 +156,7 @@ async def _body(resp: aiohttp.ClientResponse, length: int, into: memoryview | No
     return data
 
 
-def _error(worker: WorkerInfo, resp: aiohttp.ClientResponse, what: str) -> P2PError:
+def _error(worker: WorkerInfo, resp, what: str) -> P2PError:
     """The named error a worker's error response stands for; PeerError if another worker may do better."""
     code = resp.headers.get(ERROR_HEADER, "")
     reason = resp.headers.get(REASON_HEADER, "") or resp.reason or ""

@@ -35,6 +35,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._head = bytearray(MAX_HEAD)
         self._state, self._filled, self._got = _IDLE, 0, 0
         self._into: memoryview | None = None
+        self._want = 0
         self._answer: Answer | None = None
         self._waiter: asyncio.Future | None = None
         self.keep_alive = True
@@ -59,7 +60,7 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._state == _BODY:
             self._got += nbytes
-            if self._got == len(self._into):
+            if self._got == self._want:
                 self._finish(_IDLE)
         elif self._state == _HEAD:
             self._filled += nbytes
@@ -73,13 +74,14 @@ class _Connection(asyncio.BufferedProtocol):
     async def request(self, head: bytes, into: memoryview) -> Answer:
         """The answer; the body is in `into` if it is a 2xx whose Content-Length is len(into)."""
         self._state, self._filled, self._got, self._into, self._answer = _HEAD, 0, 0, into, None
+        self._want = len(into)
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(head)
         try:
             await self._waiter
-            complete = self._state == _IDLE
+            complete = self._state == _IDLE and self._got == self._want
         finally:
-            self._waiter = None
+            self._waiter, self._into = None, None  # the caller's buffer is theirs again (an mmap can close)
             if self._state != _IDLE:  # cancelled, failed, or an answer without the body we wanted
                 self.keep_alive = False
                 self._state = _DISCARD

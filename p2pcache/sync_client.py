@@ -43,6 +43,9 @@ class SyncClient:
     def read(self, bucket: str, key: str, start: int = 0, end: int | None = None) -> bytes:
         return self._call(self._client.read(bucket, key, start, end))
 
+    def read_into(self, bucket: str, key: str, buffer, start: int = 0) -> int:
+        return self._call(self._client.read_into(bucket, key, buffer, start))
+
     def download(self, bucket: str, key: str, path: str | os.PathLike,
                  progress: Callable[[int, int], None] | None = None, **kwargs) -> ObjectInfo:
         """As Client.download; `progress` is called on the client's thread."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import mmap
 import random
 import sys
 from collections import Counter
@@ -261,3 +262,25 @@ async def test_reads_go_on_without_the_master_and_the_client_follows_a_restarted
         await wait_for(lambda: client.placement.ring.master_id != old and len(client.placement.workers) == 2,
                        what="the client to follow the restarted master")
         assert await client.read(bucket, "m.bin", 5, 2 * CHUNK) == body[5:2 * CHUNK]
+
+
+async def test_read_into_fills_a_callers_buffer_chunk_by_chunk(cluster, s3_client, bucket):
+    size = 4 * CHUNK + 321
+    body = put(s3_client, bucket, "into.bin", size, seed=21)
+    async with Client(cluster.master.url, concurrency=3) as client:
+        buf = bytearray(size + 100)
+        assert await client.read_into(bucket, "into.bin", buf) == size
+        assert buf[:size] == body and buf[size:] == bytes(100)
+        with mmap.mmap(-1, 2 * CHUNK) as m:  # any writable buffer: the body lands in its place
+            assert await client.read_into(bucket, "into.bin", m, CHUNK - 7) == 2 * CHUNK
+            assert m[:] == body[CHUNK - 7:3 * CHUNK - 7]
+        assert await client.read_into(bucket, "into.bin", bytearray(10), size) == 0
+        with pytest.raises(ValueError, match="writable"):
+            await client.read_into(bucket, "into.bin", b"read-only")
+
+    def sync_read_into() -> tuple[int, bytearray]:
+        with SyncClient(cluster.master.url, raw_http=False) as sync:  # the aiohttp path fills buffers too
+            buf = bytearray(size)
+            return sync.read_into(bucket, "into.bin", buf), buf
+
+    assert await asyncio.to_thread(sync_read_into) == (size, body)

@@ -1,0 +1,147 @@
+"""One loader process reading a warm object from a local cluster vs curl fetching it from nginx.
+
+    python -m loadtests.client_bench [--size 768MiB] [--repeats 3] [--workers 3] [--modes raw,aiohttp]
+
+The object is read once through the cluster (warm: every chunk on its owner's disk), then
+each round runs every contender once, in turn (interleaved, so the machine's noise hits
+all alike): curl from nginx into /dev/null and into a file on tmpfs, and `p2pcache.Client`
+`read_into` (a buffer allocated once), `read` (a new bytes object) and `download` (a file on
+tmpfs), with each receive path asked for.
+The table gives medians, the spread, and each client's ratio to curl's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+from p2pcache import Client
+from p2pcache.local import demo_bytes
+from p2pcache.sizes import format_size, parse_size
+
+from .harness import cluster, nginx, require, s3_client
+
+BUCKET, KEY = "bench", "model/weights.bin"
+TMPFS = "/dev/shm"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=parse_size, default="768MiB")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--chunk-size", default="8MiB")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--modes", default="raw,aiohttp", help="client receive paths: raw (its own HTTP "
+                   "reader where workers are plain HTTP) and/or aiohttp")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    require("nginx", "curl")
+    data = demo_bytes(args.size)
+    modes = [m for m in args.modes.split(",") if m]
+    runs: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as root, cluster(args.workers, args.chunk_size, "4GiB") as c:
+        path = Path(root, BUCKET, KEY)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+        for d in (Path(root), path.parent.parent, path.parent):  # nginx's workers drop root
+            d.chmod(0o755)
+        path.chmod(0o644)
+        s3 = s3_client(c.s3.url)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key=KEY, Body=data)
+        uvloop.run(_read(c.master, "aiohttp", args.concurrency, expected=data))
+        del data
+        with nginx(Path(root), "auto") as base:
+            contenders = {"curl nginx -> memory": lambda: _curl(f"{base}/{BUCKET}/{KEY}", "/dev/null"),
+                          "curl nginx -> tmpfs": lambda: _curl(f"{base}/{BUCKET}/{KEY}", _tmpfs_file())}
+            target = bytearray(args.size)  # a loader's own buffer, allocated (and touched) once
+            for mode in modes:
+                contenders[f"client {mode} read_into -> memory"] = \
+                    lambda m=mode: uvloop.run(_read_into(c.master, m, args.concurrency, target))
+                contenders[f"client {mode} read -> memory"] = \
+                    lambda m=mode: uvloop.run(_read(c.master, m, args.concurrency))
+                contenders[f"client {mode} download -> tmpfs"] = \
+                    lambda m=mode: uvloop.run(_download(c.master, m, args.concurrency))
+            for _ in range(args.repeats):
+                for name, run in contenders.items():
+                    runs.setdefault(name, []).append(args.size / run())
+    results = {"size": args.size, "workers": args.workers, "chunk_size": args.chunk_size,
+               "concurrency": args.concurrency, "repeats": args.repeats,
+               "rows": {name: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
+                        for name, v in runs.items()}}
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _tmpfs_file() -> str:
+    return os.path.join(TMPFS, f"p2pcache-bench-{os.getpid()}.bin")
+
+
+def _curl(url: str, out: str) -> float:
+    """Seconds curl took to fetch `url` into `out` (its own transfer time, not its start-up)."""
+    try:
+        done = subprocess.run(["curl", "-sS", "--fail", "-o", out, "-w", "%{time_total}", url],
+                              capture_output=True, text=True, timeout=120, check=True)
+        return float(done.stdout)
+    finally:
+        if out != "/dev/null":
+            Path(out).unlink(missing_ok=True)
+
+
+async def _read(master: str, mode: str, concurrency: int, expected: bytes | None = None) -> float:
+    # Only the time leaves this coroutine: a finished task's repr would format its result.
+    async with Client(master, concurrency=concurrency, raw_http=mode == "raw") as client:
+        t = time.perf_counter()
+        data = await client.read(BUCKET, KEY)
+        elapsed = time.perf_counter() - t
+    if expected is not None and data != expected:
+        raise SystemExit("the cluster served different bytes")
+    return elapsed
+
+
+async def _read_into(master: str, mode: str, concurrency: int, target: bytearray) -> float:
+    async with Client(master, concurrency=concurrency, raw_http=mode == "raw") as client:
+        t = time.perf_counter()
+        await client.read_into(BUCKET, KEY, target)
+        return time.perf_counter() - t
+
+
+async def _download(master: str, mode: str, concurrency: int) -> float:
+    out = _tmpfs_file()
+    try:
+        async with Client(master, concurrency=concurrency, raw_http=mode == "raw") as client:
+            t = time.perf_counter()
+            await client.download(BUCKET, KEY, out)
+            return time.perf_counter() - t
+    finally:
+        Path(out).unlink(missing_ok=True)
+
+
+def table(results: dict) -> str:
+    rows = results["rows"]
+    curl = {"memory": rows["curl nginx -> memory"]["median"], "tmpfs": rows["curl nginx -> tmpfs"]["median"]}
+    lines = [f"warm {format_size(results['size'])} object, {results['workers']} workers, "
+             f"{results['chunk_size']} chunks, client concurrency {results['concurrency']}, "
+             f"medians of {results['repeats']} interleaved runs",
+             "| reader | MB/s median | min - max | vs curl from nginx |", "| --- | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        ratio = r["median"] / curl["tmpfs" if name.endswith("tmpfs") else "memory"]
+        lines.append(f"| {name} | {r['median'] / 1e6:,.0f} | {r['min'] / 1e6:,.0f} - {r['max'] / 1e6:,.0f} | "
+                     f"{ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeV
 
 import aiohttp
 
+from .buffers import new_bytes
 from .errors import ObjectChanged, PeerError, PeerUnavailable
 from .fileobj import ObjectFile
 from .master_client import MasterClient
@@ -182,14 +183,12 @@ class Client:
 
     async def read_range(self, info: ObjectInfo, start: int, stop: int) -> bytes:
         """Bytes `[start, stop)` of exactly the version `info` names, else ObjectChanged."""
-        size = self.chunk_size
         if start >= stop:
             return b""
-        if start // size == (stop - 1) // size:  # one span: its body is the answer
-            return bytes(await self._fetch(info, size, start, stop))
-        buf = bytearray(stop - start)
-        await self._fill(info, start, stop, memoryview(buf))
-        return bytes(buf)
+        result, view = new_bytes(stop - start)  # filled in place: no second copy of the whole
+        with view:
+            await self._fill(info, start, stop, view)
+        return result if isinstance(result, bytes) else bytes(result)
 
     async def read_into(self, bucket: str, key: str, buffer, start: int = 0) -> int:
         """Fill the writable `buffer` with the object's bytes from `start`; how many there were.

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunk-size", default="8MiB")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--modes", default="raw,aiohttp", help="client receive paths: raw (its own HTTP "
-                   "reader where workers are plain HTTP) and/or aiohttp")
+                   "reader where workers are plain HTTP), aiohttp, default (the Client's default: to "
+                   "measure a checkout older than the choice)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     require("nginx", "curl")
@@ -59,15 +60,16 @@ def main(argv: list[str] | None = None) -> dict:
         s3 = s3_client(c.s3.url)
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key=KEY, Body=data)
-        uvloop.run(_read(c.master, "aiohttp", args.concurrency, expected=data))
+        uvloop.run(_read(c.master, "default", args.concurrency, expected=data))
         del data
         with nginx(Path(root), "auto") as base:
             contenders = {"curl nginx -> memory": lambda: _curl(f"{base}/{BUCKET}/{KEY}", "/dev/null"),
                           "curl nginx -> tmpfs": lambda: _curl(f"{base}/{BUCKET}/{KEY}", _tmpfs_file())}
             target = bytearray(args.size)  # a loader's own buffer, allocated (and touched) once
             for mode in modes:
-                contenders[f"client {mode} read_into -> memory"] = \
-                    lambda m=mode: uvloop.run(_read_into(c.master, m, args.concurrency, target))
+                if hasattr(Client, "read_into"):
+                    contenders[f"client {mode} read_into -> memory"] = \
+                        lambda m=mode: uvloop.run(_read_into(c.master, m, args.concurrency, target))
                 contenders[f"client {mode} read -> memory"] = \
                     lambda m=mode: uvloop.run(_read(c.master, m, args.concurrency))
                 contenders[f"client {mode} download -> tmpfs"] = \
@@ -83,6 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
+
+
+def _client(master: str, mode: str, concurrency: int) -> Client:
+    return Client(master, concurrency=concurrency,
+                  **({} if mode == "default" else {"raw_http": mode == "raw"}))
 
 
 def _tmpfs_file() -> str:
@@ -102,7 +109,7 @@ def _curl(url: str, out: str) -> float:
 
 async def _read(master: str, mode: str, concurrency: int, expected: bytes | None = None) -> float:
     # Only the time leaves this coroutine: a finished task's repr would format its result.
-    async with Client(master, concurrency=concurrency, raw_http=mode == "raw") as client:
+    async with _client(master, mode, concurrency) as client:
         t = time.perf_counter()
         data = await client.read(BUCKET, KEY)
         elapsed = time.perf_counter() - t
@@ -112,7 +119,7 @@ async def _read(master: str, mode: str, concurrency: int, expected: bytes | None
 
 
 async def _read_into(master: str, mode: str, concurrency: int, target: bytearray) -> float:
-    async with Client(master, concurrency=concurrency, raw_http=mode == "raw") as client:
+    async with _client(master, mode, concurrency) as client:
         t = time.perf_counter()
         await client.read_into(BUCKET, KEY, target)
         return time.perf_counter() - t
@@ -121,7 +128,7 @@ async def _read_into(master: str, mode: str, concurrency: int, target: bytearray
 async def _download(master: str, mode: str, concurrency: int) -> float:
     out = _tmpfs_file()
     try:
-        async with Client(master, concurrency=concurrency, raw_http=mode == "raw") as client:
+        async with _client(master, mode, concurrency) as client:
             t = time.perf_counter()
             await client.download(BUCKET, KEY, out)
             return time.perf_counter() - t

@@ -10,6 +10,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 __all__ = ["RangeReader", "Answer", "MAX_HEAD"]
 
 MAX_HEAD = 64 << 10  # bytes of status line and headers; a worker's are under 1 KiB
+HEAD_BUFFER = 4 << 10  # each connection's first header buffer, doubled up to MAX_HEAD if needed
 _IDLE, _HEAD, _BODY, _DONE, _DISCARD = range(5)
 
 
@@ -32,7 +33,7 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.lost = False
-        self._head = bytearray(MAX_HEAD)
+        self._head = bytearray(HEAD_BUFFER)
         self._state, self._filled, self._got = _IDLE, 0, 0
         self._into: memoryview | None = None
         self._want = 0
@@ -90,8 +91,10 @@ class _Connection(asyncio.BufferedProtocol):
     def _parse_head(self) -> None:
         end = self._head.find(b"\r\n\r\n", 0, self._filled)
         if end < 0:
-            if self._filled == len(self._head):
+            if self._filled == len(self._head) == MAX_HEAD:
                 self._fail(ValueError(f"response headers over {MAX_HEAD} bytes"))
+            elif self._filled == len(self._head):  # a new object: the old one may still be exported
+                self._head = self._head + bytearray(len(self._head))
             return
         lines = bytes(self._head[:end]).decode("latin-1").split("\r\n")
         version, _, rest = lines[0].partition(" ")
@@ -130,11 +133,13 @@ class _Connection(asyncio.BufferedProtocol):
 
 
 class RangeReader:
-    """Keep-alive connections per (host, port), at most `per_host` idle; one request per connection at a time."""
+    """Keep-alive connections: at most `per_host` idle per (host, port) and `max_idle` in all; one request each at a time."""
 
-    def __init__(self, connect_timeout: float, read_timeout: float, per_host: int = 16) -> None:
+    def __init__(self, connect_timeout: float, read_timeout: float, per_host: int = 16,
+                 max_idle: int | None = None) -> None:
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._per_host = per_host
+        self._max_idle = 2 * per_host if max_idle is None else max_idle  # over all hosts
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self.closed = False
 
@@ -169,8 +174,9 @@ class RangeReader:
         except BaseException:
             conn.transport.close()
             raise
-        if conn.keep_alive and not conn.lost and not self.closed and \
-                len(idle := self._idle.setdefault((host, port), [])) < self._per_host:
+        idle = self._idle.setdefault((host, port), [])
+        if conn.keep_alive and not conn.lost and not self.closed and len(idle) < self._per_host and \
+                sum(map(len, self._idle.values())) < self._max_idle:
             idle.append(conn)
         else:
             conn.transport.close()
@@ -182,6 +188,7 @@ class RangeReader:
             conn = idle.pop()
             if not conn.lost and not conn.transport.is_closing():
                 return conn
+        self._idle.pop((host, port), None)  # no empty lists left behind for workers long gone
         return None
 
     async def _connect(self, host: str, port: int) -> _Connection:

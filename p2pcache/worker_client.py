@@ -14,6 +14,7 @@ from .errors import (
     ORIGIN_HEADER, AccessDenied, BadRequest, InvalidAccessKeyId, NotFound, ObjectChanged, P2PError, PeerError,
     RangeNotSatisfiable, RequestTimeTooSkewed, SignatureDoesNotMatch, origin_error,
 )
+from .buffers import new_bytes
 from .objects import ObjectInfo
 from .rangereader import RangeReader
 from .ring import WorkerInfo
@@ -84,13 +85,12 @@ class WorkerClient:
             raise PeerError(f"{worker.id} at {worker.url}: {exc!r}") from exc
 
     async def _get_raw(self, worker: WorkerInfo, url: yarl.URL, info: ObjectInfo, start: int, stop: int,
-                       into: memoryview | None, headers: dict[str, str]) -> bytearray | None:
+                       into: memoryview | None, headers: dict[str, str]) -> bytes | bytearray | None:
         """As `get`, on the client's own connections: the body is received into `into` (or a new buffer)."""
-        buf = bytearray(stop - start) if into is None else None
+        buf, into = new_bytes(stop - start) if into is None else (None, into)
         headers = {"Host": url.host_port_subcomponent, **self.signed("GET", url, headers)}
         try:
-            answer = await self._raw.get(url.raw_host, url.port, url.raw_path_qs, headers,
-                                         memoryview(buf) if into is None else into)
+            answer = await self._raw.get(url.raw_host, url.port, url.raw_path_qs, headers, into)
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             raise PeerError(f"{worker.id} at {worker.url}: {exc!r}") from exc
         _check(worker, answer, info, start, stop)

@@ -41,6 +41,8 @@ class Scripted:
                 ok = f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-{n - 1}/{n}\r\nETag: \"e\"\r\n"
                 if step == "ok":
                     writer.write(f"{ok}Content-Length: {n}\r\n\r\n".encode() + BODY)
+                elif step == "big-head":  # over the first header buffer, under the limit
+                    writer.write(f"{ok}X-Pad: {'p' * 20000}\r\nContent-Length: {n}\r\n\r\n".encode() + BODY)
                 elif step == "trickle":  # head and body in small pieces
                     data = f"{ok}Content-Length: {n}\r\n\r\n".encode() + BODY
                     for i in range(0, len(data), 7919):
@@ -91,9 +93,9 @@ async def get(reader: RangeReader, port: int, buf: bytearray):
 
 
 async def test_bodies_land_in_the_buffer_over_one_kept_alive_connection(server):
-    srv, port = await server(["ok", "trickle", "ok"])
+    srv, port = await server(["ok", "trickle", "big-head", "ok"])
     reader = RangeReader(2, 10, per_host=4)
-    for _ in range(3):
+    for _ in range(4):
         buf = bytearray(len(BODY))
         answer = await get(reader, port, buf)
         assert answer.complete and answer.status == 206 and answer.headers["etag"] == '"e"'

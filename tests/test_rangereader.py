@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 
+import aiohttp
 import pytest
 
+from p2pcache.errors import NotFound, ObjectChanged, PeerError, SignatureDoesNotMatch
+from p2pcache.objects import ObjectInfo
 from p2pcache.rangereader import RangeReader
+from p2pcache.ring import WorkerInfo
+from p2pcache.worker_client import WorkerClient
 
 BODY = random.Random(5).randbytes(1 << 20)
 
@@ -64,6 +69,15 @@ class Scripted:
                     body = b"<Error><Code>NoSuchKey</Code></Error>"
                     writer.write(b"HTTP/1.1 404 Not Found\r\nX-P2P-Error: NoSuchKey\r\n"
                                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                elif step == "other-etag":
+                    other = ok.replace('ETag: "e"', 'ETag: "f"')
+                    writer.write(f"{other}Content-Length: {n}\r\n\r\n".encode() + BODY)
+                elif step == "other-range":
+                    other = ok.replace("bytes 0-", "bytes 1-")
+                    writer.write(f"{other}Content-Length: {n}\r\n\r\n".encode() + BODY)
+                elif step == "denied":
+                    writer.write(b"HTTP/1.1 403 Forbidden\r\nX-P2P-Error: SignatureDoesNotMatch\r\n"
+                                 b"Content-Length: 0\r\n\r\n")
                 elif step == "garbage":
                     writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
                 elif step == "huge-head":
@@ -154,3 +168,20 @@ async def test_a_refused_connection_is_an_os_error():
     reader = RangeReader(2, 10)
     with pytest.raises(OSError):
         await reader.get("127.0.0.1", 9, "/", {"Host": "127.0.0.1:9"}, memoryview(bytearray(1)))
+
+
+@pytest.mark.parametrize("step, error", [
+    ("truncate", PeerError), ("wrong-length", PeerError), ("other-range", PeerError), ("garbage", PeerError),
+    ("other-etag", ObjectChanged), ("error", NotFound), ("denied", SignatureDoesNotMatch),
+])
+async def test_the_worker_client_maps_each_bad_answer_and_then_reads_right(server, step, error):
+    srv, port = await server([step, "ok"])
+    worker = WorkerInfo("w0", f"http://127.0.0.1:{port}")
+    info = ObjectInfo("b", "k x", '"e"', len(BODY), "", "")
+    async with aiohttp.ClientSession() as session:
+        client = WorkerClient(session, 2, 10, raw=RangeReader(2, 10))
+        buf = bytearray(len(BODY))
+        with pytest.raises(error):
+            await client.get(worker, info, 0, len(BODY), memoryview(buf))
+        assert await client.get(worker, info, 0, len(BODY)) == BODY  # a new bytes object, filled in place
+    assert srv.requests[-1].startswith("GET /b/k%20x HTTP/1.1\r\n") and 'If-Match: "e"' in srv.requests[-1]

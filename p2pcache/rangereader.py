@@ -174,10 +174,14 @@ class RangeReader:
         except BaseException:
             conn.transport.close()
             raise
-        idle = self._idle.setdefault((host, port), [])
+        for key, conns in list(self._idle.items()):  # forget connections the workers closed (at most max_idle)
+            conns[:] = [c for c in conns if not c.lost]
+            if not conns:
+                del self._idle[key]
+        idle = self._idle.get((host, port), [])
         if conn.keep_alive and not conn.lost and not self.closed and len(idle) < self._per_host and \
                 sum(map(len, self._idle.values())) < self._max_idle:
-            idle.append(conn)
+            self._idle.setdefault((host, port), idle).append(conn)
         else:
             conn.transport.close()
         return answer
@@ -186,8 +190,9 @@ class RangeReader:
         idle = self._idle.get((host, port))
         while idle:
             conn = idle.pop()
-            if not conn.lost and not conn.transport.is_closing():
+            if conn.keep_alive and not conn.lost and not conn.transport.is_closing():
                 return conn
+            conn.transport.close()  # it sent bytes while idle, or is going
         self._idle.pop((host, port), None)  # no empty lists left behind for workers long gone
         return None
 

@@ -154,6 +154,16 @@ async def test_an_answer_without_the_expected_body_is_incomplete_and_its_connect
     await reader.close()
 
 
+async def test_idle_connections_are_bounded_over_all_workers(server):
+    (a, port_a), (b, port_b) = await server([]), await server([])
+    reader = RangeReader(2, 10, per_host=4, max_idle=1)
+    for port in (port_a, port_b, port_a, port_b):  # b's connection is never kept: a's holds the one place
+        buf = bytearray(len(BODY))
+        assert (await get(reader, port, buf)).complete and buf == BODY
+    assert (a.connections, b.connections) == (1, 2)
+    await reader.close()
+
+
 @pytest.mark.parametrize("step, message", [("garbage", "not an HTTP/1.x status line"),
                                            ("huge-head", "response headers over")])
 async def test_malformed_answers_raise_value_error(server, step, message):

@@ -19,7 +19,7 @@ from p2pcache.signer import Signer, signer_from
 from worker.readers import client_keys_arg
 
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
-KEY = "dir with spaces/ünïcødé +%&=.bin"
+KEY = "signed reads/ünïcødé +%&=.bin"
 
 
 @pytest.fixture
@@ -71,13 +71,13 @@ def test_credentials_come_from_the_environment_only_when_asked():
         signer_from(None, None, None, "profile", env)
 
 
-async def test_the_right_key_reads_the_right_bytes(closed_cluster, body, bucket, tmp_path):
+async def test_a_client_with_the_right_key_reads_the_right_bytes(closed_cluster, body, bucket, tmp_path):
     async with Client(closed_cluster.master.url, access_key="reader", secret_key=SECRET) as client:
         assert await client.read(bucket, KEY) == body
         assert await client.read(bucket, KEY, CHUNK - 5, 2 * CHUNK + 5) == body[CHUNK - 5:2 * CHUNK + 5]
         await client.download(bucket, KEY, tmp_path / "out")
         assert (tmp_path / "out").read_bytes() == body
-        objects, prefixes = await client.list(bucket, "dir with spaces/", "/")
+        objects, prefixes = await client.list(bucket, "signed reads/", "/")
         assert [o["Key"] for o in objects] == [KEY] and prefixes == []
 
     def sync_read() -> bytes:

@@ -23,7 +23,7 @@ from uhashring import HashRing
 
 __all__ = ["LOAD", "FALLBACKS", "HashPoints", "assign", "point"]
 
-LOAD = 1.05  # no worker owns more than ceil(LOAD x its weighted share) of an object's chunks
+LOAD = 1.03  # no worker owns more than ceil(LOAD x its weighted share) of an object's chunks
 FALLBACKS = 2  # successors after the owners, to fail over to
 _SPACE = 1 << 64
 

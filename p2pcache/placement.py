@@ -53,9 +53,9 @@ class HashPoints:
 
 
 def assign(ring: HashPoints, members: Mapping[str, int], obj: str, n: int,
-           replicas: int = 1) -> list[tuple[str, ...]]:
+           replicas: int = 1, load: float = LOAD) -> list[tuple[str, ...]]:
     """For each of an object's `n` chunks: its owners (`replicas` of them, distinct), then
-    up to FALLBACKS successors. `members` maps worker id -> weight; ring points of other
+    up to FALLBACKS successors; no worker owns more than `ceil(load x its share)`. `members` maps worker id -> weight; ring points of other
     workers are skipped, so one ring serves every membership made of its workers."""
     if not members or n <= 0:
         return [()] * max(n, 0)
@@ -64,7 +64,7 @@ def assign(ring: HashPoints, members: Mapping[str, int], obj: str, n: int,
     at = [ring.first(p) for p in points]
     chosen: list[list[str]] = [[] for _ in range(n)]
     for _ in range(min(replicas, len(members))):
-        cap = {wid: math.ceil(LOAD * n * weight / total) for wid, weight in members.items()}
+        cap = {wid: math.ceil(load * n * weight / total) for wid, weight in members.items()}
         _place_rank(ring, members, points, at, chosen, cap)
     size = min(len(members), replicas + FALLBACKS)
     for i in range(n):

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass, field, replace
 import msgpack
 
 from .objects import ChunkId
-from .placement import HashPoints, assign
+from .placement import LOAD, HashPoints, assign
 
 __all__ = ["WorkerInfo", "RingSnapshot", "Placement", "UP", "DRAINING", "HISTORY"]
 
 UP, DRAINING = "up", "draining"
 HISTORY = 3  # earlier memberships published with the ring, to find chunks whose owner changed
 OBJECTS = 512  # objects whose owner tables a placement keeps
+LEGACY_LOAD = 1.05  # the load bound of rings published before it was part of them
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class RingSnapshot:
     chunk_size: int
     replicas: int = 1
     vnodes: int = 100
+    load: float = LOAD  # placement's load bound: part of the snapshot, so a change reaches all at once
     workers: tuple[WorkerInfo, ...] = field(default_factory=tuple)
     history: tuple[tuple[tuple[str, int], ...], ...] = ()
 
@@ -56,6 +58,7 @@ class RingSnapshot:
         workers = tuple(WorkerInfo(**w) for w in d.get("workers", ()))
         history = tuple(tuple((wid, weight) for wid, weight in h) for h in d.get("history", ()))
         rest = {k: v for k, v in d.items() if k not in ("workers", "history")}
+        rest.setdefault("load", LEGACY_LOAD)  # a master from before the bound was published
         return cls(**rest, workers=workers, history=history)
 
     def encode(self) -> bytes:
@@ -144,7 +147,7 @@ class Placement:
                 table = [()] * c.count
             else:
                 table = assign(self._points, self._memberships[k], c.object_key, c.count,
-                               self.ring.replicas)
+                               self.ring.replicas, self.ring.load)
             self._tables[key] = table
             if len(self._tables) > OBJECTS * len(self._memberships):
                 self._tables.popitem(last=False)

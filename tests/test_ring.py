@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 
 from hypothesis import given, strategies as st
 
@@ -110,3 +111,26 @@ def test_peers_that_just_failed_are_asked_last_in_the_same_relative_order():
     order = [WorkerInfo(i, "") for i in ("a", "b", "c", "me")]
     assert [w.id for w in prefer_healthy(order, {"a", "c"})] == ["b", "me", "a", "c"]
     assert prefer_healthy(order, set()) == order
+
+
+def test_the_load_bound_travels_with_the_ring_and_old_rings_keep_theirs():
+    from p2pcache.objects import ObjectInfo
+    from p2pcache.placement import LOAD
+    from p2pcache.ring import LEGACY_LOAD, Placement, RingSnapshot, WorkerInfo
+
+    workers = tuple(WorkerInfo(f"w{i}", f"http://w{i}") for i in range(8))
+    ring = RingSnapshot("m", 1, 1 << 20, workers=workers)
+    assert ring.load == LOAD and RingSnapshot.decode(ring.encode()).load == LOAD
+    legacy = ring.to_dict()
+    del legacy["load"]  # what a master from before the field sends
+    assert RingSnapshot.from_dict(legacy).load == LEGACY_LOAD
+
+    info = ObjectInfo("b", "model.bin", '"e"', 589 << 20)
+    def busiest(snapshot):
+        p = Placement(snapshot)
+        counts = {}
+        for i in range(589):
+            owner = p.owner(info.chunk(i, 1 << 20)).id
+            counts[owner] = counts.get(owner, 0) + 1
+        return max(counts.values())
+    assert busiest(ring) <= math.ceil(LOAD * 589 / 8) < busiest(RingSnapshot.from_dict(legacy))

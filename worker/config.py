@@ -10,6 +10,7 @@ from p2pcache.auth import load_secret
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
 from p2pcache import tls
 
+from .cpus import available_cpus
 from .eviction import DEFAULT, POLICIES
 from .readers import ClientKey, client_keys_arg
 
@@ -45,6 +46,7 @@ class WorkerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+    serve_processes: int = 1  # 1: this process serves everything (worker/procs.py for more)
 
     def handoff_rate(self) -> float:
         """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""
@@ -71,7 +73,20 @@ class WorkerConfig:
             origin_breaker=a.origin_breaker, eviction=a.eviction,
             cluster_secret=load_secret(a.cluster_secret, a.cluster_secret_file),
             tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,
+            serve_processes=_serve_processes(a.serve_processes),
         )
+
+
+def _serve_processes(text: str) -> int:
+    if text == "auto":
+        return available_cpus()
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise ValueError(f"--serve-processes must be auto or from 1 to 256, not {text!r}")
+    return n
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,3 +128,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_security_flags(p)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for https:// peers and master, on top of "
              "the system's", default="")
+    add_flag(p, "--serve-processes", "processes serving reads on the port (SO_REUSEPORT) next to the "
+             "one that fills, evicts and keeps the ring; auto: the CPUs this worker may use "
+             "(affinity, cgroup quota); 1: one process does everything", default="auto")

@@ -49,12 +49,20 @@ class WorkerMetrics:
             "p2pcache_rebalance_chunks", "Chunks handed to their owners by the rebalancer", registry=r)
         self.pinned_bytes = Gauge(
             "p2pcache_pinned_bytes", "Bytes of chunks a pinned preload keeps from eviction", registry=r)
+        self.serve_processes = Gauge(
+            "p2pcache_serve_processes", "Serving processes running (0: this process serves)", registry=r)
+        self.serve_restarts = Counter(
+            "p2pcache_serve_process_restarts", "Serving processes that died and were started again",
+            registry=r)
+        self.process_requests = Counter(
+            "p2pcache_process_requests", "Requests a serving process answered from chunk files "
+            "(the others were passed to the coordinator)", ["process"], registry=r)
         self._request_children: dict[tuple[str, int], object] = {}
 
-    def count_request(self, method: str, status: int) -> None:
+    def count_request(self, method: str, status: int, n: int = 1) -> None:
         """`requests.labels(...).inc()` without the label lookup on every request."""
         child = self._request_children.get((method, status))
         if child is None:
             method = method if method in _METHODS else "OTHER"  # bounded label values
             child = self._request_children[(method, status)] = self.requests.labels(method, str(status))
-        child.inc()
+        child.inc(n)

@@ -40,6 +40,7 @@ from .chunks import MAX_HOPS, Chunks, fill_source
 from .config import WorkerConfig
 from .eviction import POLICIES
 from .control import Control
+from .coordinator import coordinator_handler
 from .keep import Keeps
 from .http import (
     REQUEST_ID, error_response, object_answer, parse_peer_request, prepend, send_body,
@@ -50,6 +51,7 @@ from .membership import MembershipAgent
 from .metrics import WorkerMetrics
 from .objects import ObjectCache
 from .parts import Parts, parse_part_number
+from .procs import ServingProcesses
 from .peer import BLOCK_HEADER, SUMS_HEADER, PeerClient, chunk_from_params
 from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
@@ -85,6 +87,7 @@ class Worker:
         self._signer = Signer(secret)
         self._verifier = Verifier(secret) if secret else None
         self._refusals = OncePer(60.0)
+        self.procs: ServingProcesses | None = None
 
     def internal_routes(self) -> dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]]:
         """Every route under /_p2p/ (bucket names cannot contain "_", so no bucket collides)."""
@@ -181,9 +184,13 @@ class Worker:
                             logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")))
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=cfg.drain_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True, ssl_context=server_ssl)
-        await site.start()
-        host, port = site._server.sockets[0].getsockname()[:2]
+        if cfg.serve_processes > 1:  # they listen on the port; this process on their unix socket
+            self.procs = ServingProcesses(cfg, coordinator_handler(self), self.metrics)
+            host, port = await self.procs.start()
+        else:
+            site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True, ssl_context=server_ssl)
+            await site.start()
+            host, port = site._server.sockets[0].getsockname()[:2]
         scheme = "https" if server_ssl else "http"
         self.url = cfg.advertise or f"{scheme}://{_reachable(host)}:{port}"
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
@@ -207,6 +214,8 @@ class Worker:
         if self.agent:
             await self.agent.stop(leave=leave)
         await self.rebalancer.stop()
+        if self.procs:
+            await self.procs.stop()
         if self._runner:
             await self._runner.cleanup()
         await self.chunks.close()

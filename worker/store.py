@@ -33,7 +33,7 @@ from p2pcache.errors import Busy, CorruptChunk
 
 from .eviction import DEFAULT, POLICIES, Policy
 
-__all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "PIECE", "MAGIC"]
+__all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "open_chunk", "PIECE", "MAGIC"]
 
 log = logging.getLogger("p2pcache.store")
 _NAME = re.compile(r"[0-9a-f]{40}-(\d+)-(\d+)")
@@ -98,6 +98,11 @@ class ChunkStore:
     async def metadata(self, names: list[str]) -> dict[str, bytes]:
         """The metadata of the chunks `names` that are here and have it (one executor hop)."""
         return await _run(_read_trailers, [(n, self._path(n)) for n in names if n in self._chunks])
+
+    def touch(self, name: str) -> None:
+        """A use of `name` seen by another process (a serving process read it from its file)."""
+        if name in self._chunks:
+            self._policy.touch(name)
 
     def demote(self, name: str) -> None:
         """Make `name` the next chunk to evict (it has been handed to its owner)."""
@@ -172,7 +177,7 @@ class ChunkStore:
         if file is not None:
             self._fds.move_to_end(name)
             return file
-        file = self._fds[name] = _open_chunk(self._path(name), name)
+        file = self._fds[name] = open_chunk(self._path(name), name)
         if len(self._fds) > self._open_files:
             for old in [n for n in self._fds if n not in self._pins][: len(self._fds) - self._open_files]:
                 self._close_fd(old)
@@ -307,7 +312,7 @@ def _length(name: str) -> int:
     return int(name.rsplit("-", 1)[1])
 
 
-def _open_chunk(path: str, name: str) -> ChunkFile:
+def open_chunk(path: str, name: str) -> ChunkFile:
     """Open a chunk file and read its checksum table (a few hundred bytes at its end)."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -1,0 +1,159 @@
+"""`--serve-processes N`: N real serving processes on one port, one coordinator per worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+
+import aiohttp
+
+from conftest import CHUNK, metric, wait_for
+from p2pcache.objects import ObjectInfo
+from p2pcache.ranges import chunk_count
+
+
+async def _get(http: aiohttp.ClientSession, url: str, rng: tuple[int, int] | None = None) -> tuple[int, bytes]:
+    headers = {"Range": f"bytes={rng[0]}-{rng[1]}"} if rng else {}
+    async with http.get(url, headers=headers) as resp:
+        return resp.status, await resp.read()
+
+
+async def _metric_sum(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    """The sum of every sample of `name` (all label sets)."""
+    async with http.get(f"{url}/_p2p/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{", ","))
+
+
+async def _process_counts(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with http.get(f"{url}/_p2p/metrics") as resp:
+        text = await resp.text()
+    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("p2pcache_process_requests_total{")}
+
+
+async def test_processes_serve_the_same_chunks_filled_once(cluster_factory, s3, s3_client, bucket):
+    cluster = await cluster_factory(2, serve_processes=2)
+    size = 6 * CHUNK + 1234
+    body = random.Random(3).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    before, rnd = s3.get_bytes, random.Random(4)
+    ranges = [(a, min(size - 1, a + rnd.randrange(1, 2 * CHUNK))) for a in (rnd.randrange(size) for _ in range(48))]
+    urls = [f"{w.url}/{bucket}/m.bin" for w in cluster.workers]
+    # A connection per request: SO_REUSEPORT spreads connections, not requests, over the processes.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        cold = await asyncio.gather(*(_get(http, urls[i % 2], r) for i, r in enumerate(ranges)))
+        assert all(st == 206 and got == body[a:b + 1] for (st, got), (a, b) in zip(cold, ranges))
+        # Counted by the S3 server: every chunk filled once, across both workers' processes.
+        assert s3.get_bytes - before == size
+        warm = await asyncio.gather(*(_get(http, urls[i % 2], r) for i, r in enumerate(ranges * 2)))
+        assert all(st == 206 and got == body[a:b + 1] for (st, got), (a, b) in zip(warm, ranges * 2))
+        assert (await _get(http, urls[0])) == (200, body)
+        assert s3.get_bytes - before == size
+        # A worker reads its own chunks from their files: each of its processes answers some.
+        etag = s3_client.head_object(Bucket=bucket, Key="m.bin")["ETag"]
+        info = ObjectInfo(bucket, "m.bin", etag, size)
+        for w in cluster.workers:
+            own = [i for i in range(chunk_count(size, CHUNK) - 1)  # whole chunks
+                   if w.placement.owner(info.chunk(i, CHUNK)).id == w.id]
+            reads = [(i * CHUNK + j, i * CHUNK + j + 999) for i in own for j in range(0, 32 * 1000, 1000)]
+            base = await _process_counts(http, w.url)
+            results = await asyncio.gather(*(_get(http, f"{w.url}/{bucket}/m.bin", r) for r in reads))
+            assert all(got == (206, body[a:b + 1]) for got, (a, b) in zip(results, reads))
+            counts = await wait_for(lambda: _served(http, w.url, base, len(reads)), what="the reads' reports")
+            assert all(counts.get(p, 0) > base.get(p, 0) for p in ("0", "1")), (base, counts)
+        assert s3.get_bytes - before == size
+
+
+async def _served(http, url, base: dict, n: int):
+    counts = await _process_counts(http, url)
+    return counts if sum(counts.values()) - sum(base.values()) >= n else None
+
+
+async def _busy(http, url):
+    counts = await _process_counts(http, url)
+    return counts if len([n for n in counts.values() if n > 0]) == 2 else None
+
+
+async def test_metrics_add_up_across_processes(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, serve_processes=2)
+    body = random.Random(5).randbytes(3 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="c.bin", Body=body)
+    url = cluster.workers[0].url
+    n, length = 40, 1000
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        assert (await _get(http, f"{url}/{bucket}/c.bin"))[0] == 200  # filled by the coordinator
+        base_bytes = await _metric_sum(http, url, "p2pcache_bytes_served_total")
+        results = await asyncio.gather(*(_get(http, f"{url}/{bucket}/c.bin", (i * 7, i * 7 + length - 1))
+                                         for i in range(n)))
+        assert all(st == 206 and got == body[i * 7:i * 7 + length] for i, (st, got) in enumerate(results))
+        # Every ranged GET counted once, every byte served counted once, whichever process answered.
+        await wait_for(lambda: _equals(http, url, "p2pcache_bytes_served_total", base_bytes + n * length),
+                       what="bytes served to add up")
+        await wait_for(lambda: _equals(http, url, 'p2pcache_requests_total{method="GET",status="206"}', n),
+                       what="requests to add up")
+        counts = await _process_counts(http, url)
+        assert sum(counts.values()) == n and len(counts) == 2
+
+
+async def _equals(http, url, name, want):
+    got = await _metric_sum(http, url, name)
+    assert got <= want, f"{name} {got}: more than the {want} sent"
+    return got == want
+
+
+async def test_a_killed_serving_process_is_replaced_and_reads_go_on(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, serve_processes=2)
+    worker = cluster.workers[0]
+    body = random.Random(6).randbytes(2 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="k.bin", Body=body)
+    url = f"{worker.url}/{bucket}/k.bin"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        assert await _get(http, url) == (200, body)
+        victim = worker.procs.pids[0]
+        os.kill(victim, signal.SIGKILL)  # a process this test's worker started
+        while worker.procs.pids[0] in (None, victim):  # reads meanwhile: the other process answers
+            status, got = await _get(http, url, (100, 5000))
+            assert (status, got) == (206, body[100:5001])
+            await asyncio.sleep(0.01)
+        assert await _metric_sum(http, worker.url, "p2pcache_serve_process_restarts_total") == 1
+        assert await metric(http, worker.url, "p2pcache_serve_processes") == 2
+        results = await asyncio.gather(*(_get(http, url, (i, i + 999)) for i in range(32)))
+        assert all(r == (206, body[i:i + 1000]) for i, r in enumerate(results))
+        await wait_for(lambda: _busy(http, worker.url), what="the new process to answer reads")
+
+
+async def test_capacity_holds_with_serving_processes(cluster_factory, s3_client, bucket):
+    chunk_file = CHUNK + 4096  # a chunk's file: its bytes and trailer
+    cluster = await cluster_factory(1, serve_processes=2, capacity=4 * chunk_file)
+    worker = cluster.workers[0]
+    body = random.Random(7).randbytes(12 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="big.bin", Body=body)
+    url = f"{worker.url}/{bucket}/big.bin"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for i in range(12):  # each chunk filled, then read from its file, then never again
+            for a in (i * CHUNK + 10, i * CHUNK + 5000, i * CHUNK + 9000):
+                assert await _get(http, url, (a, a + 999)) == (206, body[a:a + 1000])
+                assert worker.store.used <= worker.config.capacity
+        on_disk = lambda: sum(f.stat().st_size for f in (worker.store.root / "chunks").glob("*/*"))
+        assert on_disk() <= worker.config.capacity
+    # The serving processes close evicted chunks' files: the disk's blocks are freed.
+    chunks = str(worker.store.root / "chunks")
+    await wait_for(lambda: not _open_deleted(worker.procs.pids, chunks), what="evicted files to be closed")
+
+
+def _open_deleted(pids, under: str) -> list[str]:
+    """Deleted files under `under` that the processes `pids` hold open."""
+    found = []
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue
+            if target.startswith(under) and target.endswith(" (deleted)"):
+                found.append(target)
+    return found

@@ -1,0 +1,116 @@
+"""A serving process's open chunk files: opened by their immutable names, closed once evicted.
+
+The coordinator owns the store (worker/store.py): it renames complete chunks
+in and unlinks evicted ones. A file unlinked while open stays readable, so a
+reader here needs no pin from the coordinator; but an open fd keeps an evicted
+file's blocks on disk, so an fd is closed once its path is gone or names
+another file (checked on every open and by `sweep`), as soon as no reader here
+holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator
+
+from .store import ChunkFile, open_chunk
+
+__all__ = ["ChunkFiles"]
+
+
+class ChunkFiles:
+    def __init__(self, root: Path, max_open: int = 256) -> None:
+        self._dir = str(Path(root) / "chunks")
+        self._files: OrderedDict[str, tuple[ChunkFile, int]] = OrderedDict()  # name -> (file, inode)
+        self._pins: dict[str, int] = {}
+        self._retired: dict[str, list[ChunkFile]] = {}  # gone while read: closed when unpinned
+        self._max_open = max_open
+
+    def __len__(self) -> int:
+        """Open files."""
+        return len(self._files) + sum(map(len, self._retired.values()))
+
+    def path(self, name: str) -> str:
+        return f"{self._dir}/{name[:2]}/{name}"
+
+    @contextlib.contextmanager
+    def pinned(self, name: str) -> Iterator[ChunkFile | None]:
+        """The chunk's open file (None if it is not on disk), kept open until the block ends.
+
+        OSError if it cannot be opened; CorruptChunk if its trailer is malformed.
+        """
+        file = self._open(name)
+        if file is None:
+            yield None
+            return
+        self._pins[name] = self._pins.get(name, 0) + 1
+        try:
+            yield file
+        finally:
+            self._pins[name] -= 1
+            if not self._pins[name]:
+                del self._pins[name]
+                for retired in self._retired.pop(name, ()):
+                    os.close(retired.fd)
+
+    def _open(self, name: str) -> ChunkFile | None:
+        path = self.path(name)
+        try:
+            inode = os.stat(path).st_ino
+        except FileNotFoundError:
+            self._retire(name)
+            return None
+        entry = self._files.get(name)
+        if entry is not None and entry[1] == inode:
+            self._files.move_to_end(name)
+            return entry[0]
+        self._retire(name)
+        try:
+            file = open_chunk(path, name)
+        except FileNotFoundError:  # evicted since the stat
+            return None
+        self._files[name] = (file, os.fstat(file.fd).st_ino)
+        while len(self._files) > self._max_open:
+            self._retire(next(iter(self._files)))
+        return file
+
+    def _retire(self, name: str) -> None:
+        entry = self._files.pop(name, None)
+        if entry is None:
+            return
+        if name in self._pins:
+            self._retired.setdefault(name, []).append(entry[0])
+        else:
+            os.close(entry[0].fd)
+
+    def snapshot(self) -> list[tuple[str, int]]:
+        """The open files' names and inodes, for `stale` to check off the loop."""
+        return [(name, inode) for name, (_, inode) in self._files.items()]
+
+    def stale(self, snapshot: list[tuple[str, int]]) -> list[str]:
+        """Names whose open file is no longer the one at their path (blocking: run it off the loop)."""
+        gone = []
+        for name, inode in snapshot:
+            try:
+                if os.stat(self.path(name)).st_ino != inode:
+                    gone.append(name)
+            except FileNotFoundError:
+                gone.append(name)
+        return gone
+
+    def sweep(self, names: list[str]) -> None:
+        """Close the files `stale` found (a file reopened meanwhile is only reopened again)."""
+        for name in names:
+            self._retire(name)
+
+    def close(self) -> None:
+        for file, _ in self._files.values():
+            os.close(file.fd)
+        for files in self._retired.values():
+            for file in files:
+                os.close(file.fd)
+        self._files.clear()
+        self._retired.clear()

@@ -1,0 +1,73 @@
+"""The coordinator's side of the serving processes' channel: its unix socket's routes.
+
+Serving processes ask it for an object's identity (`/_p2p/local/object`) and
+report their chunk uses, corrupt chunks and requests (`/_p2p/local/report`);
+every other request on the socket is one they pass on, answered by the worker
+as if it had come to its port.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from p2pcache.errors import BadRequest, CorruptChunk, P2PError
+
+from .http import error_response
+from .serving import OBJECT_PATH, REPORT_PATH
+
+__all__ = ["coordinator_handler", "TOUCHES"]
+
+TOUCHES = 3  # S3-FIFO counts at most 3 uses of a chunk: more reports of one batch add nothing
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def coordinator_handler(worker) -> Handler:
+    """The unix socket's handler: the local routes, else the worker's own `_handle`."""
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        route = routes.get(request.path)
+        if route is None:
+            return await worker._handle(request)
+        try:
+            return await route(request)
+        except P2PError as exc:
+            return error_response(request, exc)
+
+    async def object_info(request: web.BaseRequest) -> web.Response:
+        q = request.query
+        try:
+            bucket, key, max_age = q["bucket"], q["key"], float(q["max_age"])
+        except (KeyError, ValueError) as exc:
+            raise BadRequest(f"malformed object request: {exc!r}") from None
+        chunk_size = worker._placement().ring.chunk_size
+        info = await worker.objects.get(bucket, key, max_age)
+        return web.json_response({"etag": info.etag, "size": info.size, "last_modified": info.last_modified,
+                                  "content_type": info.content_type, "headers": info.headers,
+                                  "chunk_size": chunk_size})
+
+    async def report(request: web.BaseRequest) -> web.Response:
+        try:
+            batch = await request.json()
+            process, touched, corrupt = str(int(batch["process"])), batch["touched"], batch["corrupt"]
+            requests, sent, hits = batch["requests"], int(batch["bytes"]), int(batch["hits"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BadRequest(f"malformed report: {exc!r}") from None
+        for name, uses in touched.items():
+            for _ in range(min(int(uses), TOUCHES)):
+                worker.store.touch(name)
+        for name in corrupt:
+            if name in worker.store:
+                worker.chunks.corrupt(CorruptChunk(name, "a serving process read a block that failed its checksum"))
+        m = worker.metrics
+        for label, n in requests.items():
+            method, _, status = label.partition(" ")
+            m.count_request(method, int(status), int(n))
+            m.process_requests.labels(process).inc(int(n))
+        m.bytes_served.inc(sent)
+        m.hits.inc(hits)
+        return web.json_response({})
+
+    routes = {OBJECT_PATH: object_info, REPORT_PATH: report}
+    return handle

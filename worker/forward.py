@@ -1,0 +1,94 @@
+"""A serving process's channel to its coordinator: HTTP over a unix socket.
+
+Whatever a serving process does not answer from a chunk file (a miss, a fill,
+listings, HEAD, errors, every /_p2p/ route) is passed on as is, signature
+headers included, and the coordinator's answer sent back as it comes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from p2pcache.errors import Unavailable
+
+__all__ = ["CoordinatorClient", "HOP_BY_HOP"]
+
+log = logging.getLogger("p2pcache.worker.forward")
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+                        "proxy-connection", "proxy-authenticate", "proxy-authorization", "content-length"})
+_NOT_PASSED_BACK = HOP_BY_HOP | {"date", "server"}
+_BASE = "http://coordinator"
+
+
+class CoordinatorClient:
+    def __init__(self, socket_path: str) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=socket_path, limit=0),
+            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def get_json(self, path: str, params: dict[str, str]) -> Any | None:
+        """The coordinator's JSON answer to a local route, or None if it answered an error."""
+        try:
+            async with self._session.get(_BASE + path, params=params) as resp:
+                return await resp.json() if resp.status == 200 else None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def post_json(self, path: str, body: Any) -> None:
+        try:
+            async with self._session.post(_BASE + path, data=json.dumps(body).encode(),
+                                          headers={"Content-Type": "application/json"}) as resp:
+                if resp.status != 200:
+                    log.warning("coordinator answered %d to %s", resp.status, path)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def forward(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Pass `request` on and stream the answer back (a cut answer cuts the client's connection)."""
+        body = await request.read() if request.can_read_body else None
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        url = URL(_BASE + request.raw_path, encoded=True)
+        try:
+            upstream = await self._session.request(request.method, url, headers=headers, data=body,
+                                                   allow_redirects=False)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        try:
+            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for k, v in upstream.headers.items():
+                if k.lower() not in _NOT_PASSED_BACK:
+                    resp.headers.add(k, v)
+            if upstream.content_length is not None:
+                resp.content_length = upstream.content_length
+            await resp.prepare(request)
+            if request.method == "HEAD":
+                await resp.write_eof()
+                return resp
+            try:
+                async for data in upstream.content.iter_chunked(1 << 20):
+                    await resp.write(data)
+            except ConnectionError:  # the client hung up
+                return resp
+            except aiohttp.ClientError as exc:  # the coordinator cut its answer: so must we
+                log.warning("coordinator cut %s %s: %r", request.method, request.path, exc)
+                if request.transport is not None:
+                    request.transport.close()
+                return resp
+            await resp.write_eof()
+            return resp
+        finally:
+            upstream.release()
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable(f"this worker's coordinator process did not answer: {exc!r}", retry_after=1)

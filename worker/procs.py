@@ -1,0 +1,169 @@
+"""The coordinator's serving processes (`--serve-processes N`): started, watched, restarted, stopped.
+
+The coordinator holds the worker's port bound (SO_REUSEPORT, never listening,
+so it takes no connections) and listens on a unix socket in a private temp
+dir; N serving processes (worker/serving.py) listen on the port. One that dies
+is started again; the others keep answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+from .config import WorkerConfig
+from .metrics import WorkerMetrics
+
+__all__ = ["ServingProcesses", "reserve_port"]
+
+log = logging.getLogger("p2pcache.worker.procs")
+READY_TIMEOUT = 30.0  # seconds for a serving process to import, bind and say so
+RESTART_DELAYS = (0.1, 0.5, 2.0, 5.0)  # after the 1st, 2nd, ... death in a row within a minute
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` with SO_REUSEPORT: it keeps the port for the serving
+    processes (port 0: picks one) and, never listening, receives no connections."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ServingProcesses:
+    def __init__(self, config: WorkerConfig, handler, metrics: WorkerMetrics) -> None:
+        self._config = config
+        self._handler = handler
+        self._metrics = metrics
+        self.pids: list[int | None] = [None] * config.serve_processes
+        self._procs: list[asyncio.subprocess.Process | None] = [None] * config.serve_processes
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self._dir = ""
+        self._runner: web.ServerRunner | None = None
+        self._port: socket.socket | None = None
+
+    async def start(self) -> tuple[str, int]:
+        """Listen on the unix socket, keep the port, start every serving process; (host, port)."""
+        cfg = self._config
+        self._dir = tempfile.mkdtemp(prefix="p2pcache-")  # 0700: only this user reaches the socket
+        path = f"{self._dir}/coordinator.sock"
+        self._runner = web.ServerRunner(web.Server(self._handler, access_log=None, handler_cancellation=True),
+                                        handle_signals=False, shutdown_timeout=cfg.drain_timeout)
+        await self._runner.setup()
+        await web.UnixSite(self._runner, path).start()
+        self._port = reserve_port(cfg.host, cfg.port)
+        host, port = self._port.getsockname()[:2]
+        settings = {
+            "host": cfg.host, "port": port, "socket": path, "cache_dir": str(cfg.cache_dir),
+            "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "allowed_buckets": sorted(cfg.allowed_buckets),
+            "client_keys": [[k.key_id, k.secret, sorted(k.buckets)] for k in cfg.client_keys],
+            "meta_ttl": cfg.meta_ttl, "egress_limit": cfg.egress_limit / cfg.serve_processes,
+            "drain_timeout": cfg.drain_timeout, "parent": os.getpid(),
+            "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        }
+        first = [asyncio.get_running_loop().create_future() for _ in self.pids]
+        self._tasks = [asyncio.create_task(self._supervise(i, settings, first[i])) for i in range(len(self.pids))]
+        try:
+            await asyncio.gather(*first)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("%d serving processes on port %d: pids %s", len(self.pids), port, self.pids)
+        return host, port
+
+    async def _supervise(self, index: int, settings: dict, first: asyncio.Future) -> None:
+        deaths = 0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            started = loop.time()
+            try:
+                proc = await self._spawn(index, settings)
+            except (OSError, RuntimeError) as exc:
+                if not first.done():
+                    first.set_exception(exc)
+                    return
+                if self._stopping:
+                    return
+                log.error("serving process %d could not start again: %s", index, exc)
+            else:
+                if not first.done():
+                    first.set_result(None)
+                self._metrics.serve_processes.inc()
+                try:
+                    code = await proc.wait()
+                finally:
+                    self._metrics.serve_processes.dec()
+                    self.pids[index] = self._procs[index] = None
+                if self._stopping:
+                    return
+                log.warning("serving process %d (pid %d) exited with %s: starting it again",
+                            index, proc.pid, code)
+                self._metrics.serve_restarts.inc()
+            deaths = deaths + 1 if loop.time() - started < 60 else 1
+            await asyncio.sleep(RESTART_DELAYS[min(deaths, len(RESTART_DELAYS)) - 1])
+
+    async def _spawn(self, index: int, settings: dict) -> asyncio.subprocess.Process:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker.serving", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, env=env)
+        self._procs[index] = proc
+        proc.stdin.write(json.dumps(settings | {"index": index}).encode() + b"\n")  # secrets: not in argv
+        proc.stdin.close()
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            line = b""
+        if not line.startswith(b"serving ready"):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            self._procs[index] = self.pids[index] = None
+            raise RuntimeError(f"serving process {index} did not start (exit {proc.returncode}); see its log")
+        self.pids[index] = proc.pid
+        return proc
+
+    async def stop(self) -> None:
+        """Stop every serving process (SIGTERM: they finish their reads), then the unix socket."""
+        self._stopping = True
+        procs = [p for p in self._procs if p is not None and p.returncode is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), self._config.drain_timeout + 5)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner:
+            await self._runner.cleanup()
+        if self._port:
+            self._port.close()
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,313 @@
+"""A serving process: answers reads of chunks on disk from their files, passes the rest to the coordinator.
+
+Started by the coordinator (worker/procs.py) with its settings as one JSON line
+on stdin; it listens on the worker's port with SO_REUSEPORT, prints a ready
+line, and serves until SIGTERM (or its coordinator's death). Every use of a
+chunk and every request it answered is reported to the coordinator in batches
+(`Reports`), so eviction still sees second uses and the worker's metrics add up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from p2pcache import tls
+from p2pcache.errors import CorruptChunk, P2PError
+from p2pcache.httplog import QuietParseErrors
+from p2pcache.objects import ObjectInfo
+from p2pcache.ranges import chunk_spans
+from p2pcache.service import setup_logging
+from p2pcache.singleflight import SingleFlight
+
+from . import inputs
+from .chunkfiles import ChunkFiles
+from .forward import CoordinatorClient
+from .http import REQUEST_ID, error_response, object_answer
+from .limits import TokenBucket
+from .readers import ClientKey, Readers
+from .store import read_pieces
+
+__all__ = ["ServingProcess", "main", "OBJECT_PATH", "REPORT_PATH", "LOCAL_PREFIX"]
+
+log = logging.getLogger("p2pcache.worker.serving")
+LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
+OBJECT_PATH, REPORT_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report"
+_BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
+# Requests whose answer depends on more than the object's identity and bytes: the coordinator's.
+_COORDINATOR_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
+                        "Cache-Control", "x-amz-checksum-mode")
+SMALL = 512 << 10  # as worker/chunks.py: sent as one Response
+MAX_CHUNKS = 64  # chunks a read may span and still be answered here (each is opened before the status line)
+STREAM_BUDGET, MIN_PIECE, MAX_PIECE = 16 << 20, 64 << 10, 1 << 20
+REPORT_INTERVAL = 0.2  # seconds between reports: how stale the worker's metrics may be
+SWEEP_INTERVAL = 1.0  # seconds an evicted chunk's file may stay open here when nobody reads it
+OBJECT_CACHE = 10_000
+
+
+class ServingProcess:
+    def __init__(self, settings: dict) -> None:
+        self.s = settings
+        self.index = settings["index"]
+        self.files = ChunkFiles(Path(settings["cache_dir"]))
+        self.coordinator = CoordinatorClient(settings["socket"])
+        keys = tuple(ClientKey(k, secret, frozenset(b)) for k, secret, b in settings.get("client_keys", ()))
+        self.readers = Readers(keys, time.time) if keys else None
+        self.allowed = frozenset(settings.get("allowed_buckets", ()))
+        limit = settings.get("egress_limit", 0)
+        self.egress = TokenBucket(limit) if limit else None
+        self.ttl = settings.get("meta_ttl", 5.0) / 2  # the coordinator's copy is at most as old
+        self._objects: dict[tuple[str, str], tuple[float, ObjectInfo, int]] = {}
+        self._lookups = SingleFlight()
+        self.reports = Reports()
+        self._streams = 0
+        self._rid_prefix, self._rids = uuid.uuid4().hex[:6].upper() + f"{self.index:02X}", itertools.count()
+        self._runner: web.ServerRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        s = self.s
+        ssl = await asyncio.to_thread(tls.server_context, s.get("tls_cert", ""), s.get("tls_key", ""))
+        server = web.Server(self.handle, access_log=None, handler_cancellation=True,
+                            logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")))
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=s.get("drain_timeout", 20))
+        await self._runner.setup()
+        await web.TCPSite(self._runner, s["host"], s["port"], reuse_port=True, ssl_context=ssl).start()
+        self._tasks = [asyncio.create_task(self._report_loop()), asyncio.create_task(self._sweep_loop())]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(P2PError):
+            await self._flush()
+        await self._lookups.close()
+        await self.coordinator.close()
+        self.files.close()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        request[REQUEST_ID] = f"{self._rid_prefix}{next(self._rids):08X}"
+        try:
+            if request.path.startswith(LOCAL_PREFIX):
+                raise web.HTTPNotFound()
+            resp = await self._from_files(request)
+            if resp is None:
+                return await self.coordinator.forward(request)
+        except P2PError as exc:  # the coordinator is unreachable
+            resp = error_response(request, exc)
+        except web.HTTPException as exc:
+            resp = web.Response(status=exc.status, reason=exc.reason, text=exc.text)
+        except ConnectionError:
+            resp = web.Response(status=499)
+        except Exception:
+            log.exception("bug: unhandled error for %s %r", request.method, request.path)
+            resp = web.Response(status=500, text="internal error, see the worker's log\n")
+        if not resp.prepared:
+            resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+        self.reports.request(request.method, resp.status)
+        return resp
+
+    async def _from_files(self, request: web.BaseRequest) -> web.StreamResponse | None:
+        """The answer from chunk files on disk, or None: the coordinator's to give."""
+        if request.method != "GET" or request.query_string or request.path.startswith("/_p2p/"):
+            return None
+        bucket, _, key = request.path[1:].partition("/")
+        if not key or not _BUCKET.fullmatch(bucket) or (self.allowed and bucket not in self.allowed):
+            return None
+        headers = request.headers
+        if any(h in headers for h in _COORDINATOR_HEADERS):
+            return None
+        try:
+            inputs.check_key(key)
+            if self.readers:
+                self.readers.check(request, bucket)
+        except P2PError:  # the coordinator answers the error
+            return None
+        found = await self._object(bucket, key)
+        if found is None:
+            return None
+        info, chunk_size = found
+        try:
+            status, out, start, stop = object_answer(info, headers.get("Range"), None, {})
+        except P2PError:
+            return None
+        if start >= stop or (stop - 1) // chunk_size - start // chunk_size >= MAX_CHUNKS:
+            return None
+        spans = list(chunk_spans(start, stop, chunk_size))
+        with contextlib.ExitStack() as pins:
+            files = []
+            for span in spans:
+                name = info.chunk(span.index, chunk_size).name
+                try:
+                    file = pins.enter_context(self.files.pinned(name))
+                except CorruptChunk as exc:
+                    self.reports.corrupt(exc.name)
+                    return None
+                except OSError:  # the coordinator's read finds out what is wrong with the disk
+                    return None
+                if file is None:
+                    return None
+                files.append((file, span))
+            if len(files) == 1 and stop - start <= SMALL:
+                file, span = files[0]
+                try:
+                    async for data in read_pieces(file, span.offset, span.length, SMALL + (64 << 10)):
+                        pass
+                except CorruptChunk as exc:
+                    self.reports.corrupt(exc.name)
+                    return None
+                except OSError:
+                    return None
+                self.reports.read(file.name, len(data))
+                if self.egress is not None:
+                    await self.egress.take(len(data))
+                return web.Response(status=status, headers=out, body=data)
+            return await self._stream(request, status, out, stop - start, files)
+
+    async def _stream(self, request, status: int, headers: dict, length: int, files) -> web.StreamResponse:
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = length
+        resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+        piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
+        self._streams += 1
+        try:
+            await resp.prepare(request)
+            for file, span in files:
+                self.reports.read(file.name, 0)
+                async for data in read_pieces(file, span.offset, span.length, piece):
+                    if self.egress is not None:
+                        await self.egress.take(len(data))
+                    await resp.write(data)
+                    self.reports.sent(len(data))
+            await resp.write_eof()
+        except ConnectionError:
+            pass
+        except (CorruptChunk, OSError) as exc:  # nothing of a bad block went out: cut the answer short
+            if isinstance(exc, CorruptChunk):
+                self.reports.corrupt(exc.name)
+            log.warning("aborting %s %s after headers: %s", request.method, request.path, exc)
+            if request.transport is not None:
+                request.transport.close()
+        finally:
+            self._streams -= 1
+        return resp
+
+    async def _object(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
+        """The object's identity and the ring's chunk size, cached for half the --meta-ttl."""
+        entry = self._objects.get((bucket, key))
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1], entry[2]
+        return await self._lookups.do((bucket, key), lambda: self._lookup(bucket, key))
+
+    async def _lookup(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
+        got = await self.coordinator.get_json(OBJECT_PATH, {"bucket": bucket, "key": key,
+                                                             "max_age": str(self.ttl)})
+        if got is None:  # not found, no ring yet, S3 failing: the coordinator says which
+            return None
+        info = ObjectInfo(bucket, key, got["etag"], got["size"], got["last_modified"], got["content_type"],
+                          tuple(map(tuple, got["headers"])))
+        if len(self._objects) >= OBJECT_CACHE:
+            del self._objects[next(iter(self._objects))]
+        self._objects[(bucket, key)] = (time.monotonic() + self.ttl, info, got["chunk_size"])
+        return info, got["chunk_size"]
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            try:
+                await self._flush()
+            except P2PError as exc:
+                log.warning("report to the coordinator lost: %s", exc)
+
+    async def _flush(self) -> None:
+        batch = self.reports.take(self.index)
+        if batch is not None:
+            await self.coordinator.post_json(REPORT_PATH, batch)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.files.sweep(await asyncio.to_thread(self.files.stale, self.files.snapshot()))
+
+
+class Reports:
+    """What a serving process tells its coordinator: chunk uses, corrupt chunks, requests, bytes."""
+
+    def __init__(self) -> None:
+        self._touched: Counter[str] = Counter()
+        self._corrupt: set[str] = set()
+        self._requests: Counter[str] = Counter()
+        self._bytes = 0
+        self._hits = 0
+
+    def read(self, name: str, sent: int) -> None:
+        self._touched[name] += 1
+        self._hits += 1
+        self._bytes += sent
+
+    def sent(self, n: int) -> None:
+        self._bytes += n
+
+    def corrupt(self, name: str) -> None:
+        self._corrupt.add(name)
+
+    def request(self, method: str, status: int) -> None:
+        self._requests[f"{method} {status}"] += 1
+
+    def take(self, index: int) -> dict | None:
+        """The batch since the last one (None if there is nothing to say), and a fresh start."""
+        if not (self._touched or self._corrupt or self._requests):
+            return None
+        batch = {"process": index, "touched": dict(self._touched), "corrupt": sorted(self._corrupt),
+                 "requests": dict(self._requests), "bytes": self._bytes, "hits": self._hits}
+        self.__init__()
+        return batch
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM when the coordinator dies (Linux), so a serving process never outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        raise SystemExit(0)
+
+
+def main() -> int:
+    settings = json.loads(sys.stdin.readline())
+    setup_logging(settings.get("log_level", "INFO"))
+    _die_with_parent(settings["parent"])
+
+    async def run() -> None:
+        process = ServingProcess(settings)
+        await process.start()
+        print(f"serving ready pid={os.getpid()}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await process.stop()
+
+    uvloop.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

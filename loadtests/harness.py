@@ -66,7 +66,8 @@ def cluster(workers: int, chunk_size: str = "8MiB", capacity: str = "4GiB",
                 procs, env, "--log-level", "WARNING", "worker", "--master", master,
                 "--listen", "127.0.0.1:0", "--cache-dir", f"{tmp}/w{i}", "--id", f"w{i}",
                 "--capacity", capacity, "--min-free", "0", "--s3-endpoint", s3.url,
-                "--heartbeat-interval", "1", *worker_args) for i in range(workers)]
+                "--heartbeat-interval", "1", "--serve-processes", "1",  # worker_args may say otherwise
+                *worker_args) for i in range(workers)]
             urls = [wait_ready(proc) for proc in started]
             _wait_converged(master, urls)
             yield Cluster(s3, master, urls, procs)

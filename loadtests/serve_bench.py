@@ -1,15 +1,21 @@
 """Warm range reads from one worker vs nginx serving the same bytes from a file.
 
     python -m loadtests.serve_bench [--size 256MiB] [--seconds 5] [--repeats 3]
+        [--serve-processes 1,2] [--nginx-workers 2] [--connections 8,64] [--threads 2]
 
-Both servers run as one process, on loopback, loaded by the same wrk with the same
-random aligned ranges; the table gives medians and the worker/nginx ratios.
+One worker per `--serve-processes` count (each its own cluster, all reading one S3) and nginx
+serve the same object, warm; the same wrk (`--threads`, each `--connections`) reads the same
+random aligned ranges. Runs are interleaved (nginx, then each worker, then again), so a noisy
+neighbour hits every server alike; the table gives medians, the spread, and the ratios to nginx.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import statistics
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -19,7 +25,7 @@ import boto3
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import S3_ENV, cluster, median_run, nginx, require, wrk
+from .harness import S3_ENV, cluster, nginx, require, wrk
 
 BUCKET, KEY = "bench", "model/weights.bin"
 
@@ -30,56 +36,82 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ranges", default="4MiB,64KiB")
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--connections", default="8", help="wrk connections, one run each (e.g. 8,64)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (one saturates before nginx)")
+    p.add_argument("--serve-processes", default="1", help="worker --serve-processes, one worker each (e.g. 1,2)")
     p.add_argument("--nginx-workers", default="1", help="nginx worker_processes (a number or auto)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     require("nginx", "wrk")
     data = demo_bytes(args.size)
-    results = {"size": args.size, "connections": args.connections, "rows": [],
-               "nginx_workers": args.nginx_workers}
-    with tempfile.TemporaryDirectory() as root, cluster(1) as c:
+    procs = [int(n) for n in args.serve_processes.split(",")]
+    results = {"size": args.size, "connections": args.connections, "threads": args.threads, "rows": [],
+               "nginx_workers": args.nginx_workers, "serve_processes": procs, "cpus": len(os.sched_getaffinity(0))}
+    with tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as stack:
+        first = stack.enter_context(cluster(1, worker_args=("--serve-processes", str(procs[0]))))
+        clusters = [first] + [stack.enter_context(cluster(1, s3=first.s3, worker_args=("--serve-processes", str(n))))
+                              for n in procs[1:]]
         path = Path(root, BUCKET, KEY)
         path.parent.mkdir(parents=True)
         path.write_bytes(data)
         for d in (Path(root), path.parent.parent, path.parent):  # nginx's workers drop root
             d.chmod(0o755)
         path.chmod(0o644)
-        s3 = boto3.client("s3", endpoint_url=c.s3.url, region_name="us-east-1",
+        s3 = boto3.client("s3", endpoint_url=first.s3.url, region_name="us-east-1",
                           aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key=KEY, Body=data)
-        worker_url = f"{c.workers[0]}/{BUCKET}/{KEY}"
-        with urllib.request.urlopen(worker_url) as resp:  # warm: every chunk on the worker's disk
-            assert resp.read() == data, "worker served different bytes"
+        servers = []
+        for n, c in zip(procs, clusters):
+            url = f"{c.workers[0]}/{BUCKET}/{KEY}"
+            for _ in range(2):  # warm: every chunk on the worker's disk, then read from its files
+                with urllib.request.urlopen(url) as resp:
+                    assert resp.read() == data, "worker served different bytes"
+            servers.append((f"worker x{n}", url))
         with nginx(Path(root), args.nginx_workers) as nginx_base:
-            for range_size in (parse_size(r) for r in args.ranges.split(",")):
-                row = {"range": format_size(range_size)}
-                for name, url in (("nginx", f"{nginx_base}/{BUCKET}/{KEY}"), ("worker", worker_url)):
-                    row[name] = median_run(lambda: wrk(url, args.size, range_size, args.seconds,
-                                                       args.connections), args.repeats)
-                row["throughput_ratio"] = row["worker"]["bytes_s"] / row["nginx"]["bytes_s"]
-                row["p99_ratio"] = row["worker"]["p99_ms"] / max(row["nginx"]["p99_ms"], 1e-3)
-                results["rows"].append(row)
+            servers.insert(0, ("nginx", f"{nginx_base}/{BUCKET}/{KEY}"))
+            for conns in (int(c) for c in args.connections.split(",")):
+                for range_size in (parse_size(r) for r in args.ranges.split(",")):
+                    runs = {name: [] for name, _ in servers}
+                    for _ in range(args.repeats):
+                        for name, url in servers:
+                            runs[name].append(wrk(url, args.size, range_size, args.seconds, conns, args.threads))
+                    row = {"range": format_size(range_size), "connections": conns,
+                           "servers": {name: _summary(r) for name, r in runs.items()}}
+                    base = row["servers"]["nginx"]
+                    for name, r in row["servers"].items():
+                        r["ratio"] = r["req_s"] / base["req_s"]
+                        r["p99_ratio"] = r["p99_ms"] / max(base["p99_ms"], 1e-3)
+                    results["rows"].append(row)
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
 
 
+def _summary(runs: list[dict]) -> dict:
+    """Medians of each number, and the spread (min-max) of req/s and p99."""
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return out | {"runs": len(runs), "req_s_range": [min(r["req_s"] for r in runs), max(r["req_s"] for r in runs)],
+                  "p99_range": [min(r["p99_ms"] for r in runs), max(r["p99_ms"] for r in runs)]}
+
+
 def table(results: dict) -> str:
-    lines = [f"warm random range reads, wrk c={results['connections']}, one worker process vs nginx "
-             f"worker_processes={results['nginx_workers']}, medians of {results['rows'][0]['worker']['runs']} runs",
-             "| range | server | MB/s | req/s | p50 ms | p99 ms | errors |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    runs = results["rows"][0]["servers"]["nginx"]["runs"]
+    lines = [f"warm random range reads, wrk -t{results['threads']}, nginx worker_processes="
+             f"{results['nginx_workers']}, worker --serve-processes {results['serve_processes']}, "
+             f"{results['cpus']} CPUs, medians of {runs} interleaved runs (min-max)",
+             "| range | c | server | MB/s | req/s (min-max) | p50 ms | p99 ms (min-max) | x nginx req/s | x nginx p99 | errors |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in results["rows"]:
-        for name in ("nginx", "worker"):
-            r = row[name]
-            lines.append(f"| {row['range']} | {name} | {r['bytes_s'] / 1e6:,.0f} | {r['req_s']:,.0f} | "
-                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] + r['non2xx']:.0f} |")
-        lines.append(f"| {row['range']} | worker/nginx | {row['throughput_ratio']:.2f}x | "
-                     f"{row['throughput_ratio']:.2f}x | | {row['p99_ratio']:.2f}x | |")
+        for name, r in row["servers"].items():
+            lo, hi = r["req_s_range"]
+            plo, phi = r["p99_range"]
+            lines.append(f"| {row['range']} | {row['connections']} | {name} | {r['bytes_s'] / 1e6:,.0f} | "
+                         f"{r['req_s']:,.0f} ({lo:,.0f}-{hi:,.0f}) | {r['p50_ms']:.1f} | "
+                         f"{r['p99_ms']:.1f} ({plo:.1f}-{phi:.1f}) | {r['ratio']:.2f}x | {r['p99_ratio']:.2f}x | "
+                         f"{r['errors'] + r['non2xx']:.0f} |")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -13,7 +14,8 @@ import kubernetes_validate
 import pytest
 
 from p2pcache.cli import build_parser
-from worker.config import WorkerConfig
+from worker.config import WorkerConfig, add_arguments
+from worker.cpus import available_cpus
 from worker.readers import ClientKey, parse_client_keys
 
 from helm_render import (
@@ -511,3 +513,25 @@ def test_no_preload_job_without_urls(chart):
     assert "logs -f job/" not in render(chart)["p2pcache/templates/NOTES.txt"]
     with pytest.raises(helm.HelmValuesError, match="preload/urls/0"):
         render(chart, {"preload": {"urls": ["models/llama"]}})
+
+
+@pytest.mark.parametrize(("cpus", "processes", "request_cpu", "limit_cpu"), [
+    (None, "2", "2", "2"), (4, "4", "4", "4"), (0, "auto", "500m", None),
+])
+def test_cpus_set_the_cpu_request_limit_and_serving_processes_together(chart, cpus, processes, request_cpu,
+                                                                      limit_cpu):
+    values = {} if cpus is None else {"worker": {"cpus": cpus}}
+    worker = container(manifests(render(chart, values)), "StatefulSet")
+    assert flags(worker)["serve-processes"] == processes
+    assert worker["resources"]["requests"] == {"cpu": request_cpu, "memory": "512Mi"}
+    assert worker["resources"]["limits"].get("cpu") == limit_cpu
+    assert worker["resources"]["limits"]["memory"] == "2Gi"
+    parsed = WorkerConfig.from_args(_worker_parser().parse_args(
+        ["--master", "http://m", "--cache-dir", "/c", f"--serve-processes={processes}"]))
+    assert parsed.serve_processes == (int(processes) if processes != "auto" else available_cpus())
+
+
+def _worker_parser():
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p

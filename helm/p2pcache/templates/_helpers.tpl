@@ -150,3 +150,13 @@ capabilities:
 {{ .accessKeyId }} {{ .secretAccessKey }}{{ with get . "buckets" }} {{ join "," . }}{{ end }}
 {{- end }}
 {{ end }}
+
+{{/* The worker's resources: worker.cpus (if set) is its CPU request and limit. */}}
+{{- define "p2pcache.workerResources" -}}
+{{- $r := deepCopy .Values.worker.resources -}}
+{{- with .Values.worker.cpus -}}
+{{- $_ := set $r "requests" (merge (dict "cpu" (toString .)) (default dict $r.requests)) -}}
+{{- $_ := set $r "limits" (merge (dict "cpu" (toString .)) (default dict $r.limits)) -}}
+{{- end -}}
+{{- toYaml $r -}}
+{{- end -}}

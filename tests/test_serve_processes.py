@@ -157,3 +157,30 @@ def _open_deleted(pids, under: str) -> list[str]:
             if target.startswith(under) and target.endswith(" (deleted)"):
                 found.append(target)
     return found
+
+
+async def test_reads_from_files_are_uses_the_eviction_policy_sees(cluster_factory, s3, s3_client, bucket):
+    """A chunk read again through the serving processes survives a scan larger than the cache (S3-FIFO)."""
+    chunk_file = CHUNK + 4096
+    cluster = await cluster_factory(1, serve_processes=2, capacity=8 * chunk_file)
+    worker = cluster.workers[0]
+    body = random.Random(8).randbytes(20 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="scan.bin", Body=body)
+    url = f"{worker.url}/{bucket}/scan.bin"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for i in range(3):  # chunks 0, 1, 2 filled by the coordinator
+            assert await _get(http, url, (i * CHUNK, i * CHUNK + 99)) == (206, body[i * CHUNK:i * CHUNK + 100])
+        hits = await _metric_sum(http, worker.url, "p2pcache_cache_hits_total")
+        for a in (1000, 2000, 3000, 4000):  # chunk 0 again, from its file
+            assert await _get(http, url, (a, a + 99)) == (206, body[a:a + 100])
+        await wait_for(lambda: _equals(http, worker.url, "p2pcache_cache_hits_total", hits + 4),
+                       what="the serving processes' hits to be reported")
+        assert sum((await _process_counts(http, worker.url)).values()) >= 4
+        for i in range(3, 20):  # a scan: each chunk once
+            a = i * CHUNK
+            assert await _get(http, url, (a, a + 99)) == (206, body[a:a + 100])
+        before = s3.get_bytes
+        assert await _get(http, url, (5000, 5099)) == (206, body[5000:5100])
+        assert s3.get_bytes == before  # chunk 0 survived the scan
+        assert await _get(http, url, (CHUNK + 5000, CHUNK + 5099)) == (206, body[CHUNK + 5000:CHUNK + 5100])
+        assert s3.get_bytes > before  # chunk 1, read once, did not

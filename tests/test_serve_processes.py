@@ -184,3 +184,24 @@ async def test_reads_from_files_are_uses_the_eviction_policy_sees(cluster_factor
         assert s3.get_bytes == before  # chunk 0 survived the scan
         assert await _get(http, url, (CHUNK + 5000, CHUNK + 5099)) == (206, body[CHUNK + 5000:CHUNK + 5100])
         assert s3.get_bytes > before  # chunk 1, read once, did not
+
+
+async def test_a_corrupt_chunk_file_is_never_served_by_a_serving_process(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, serve_processes=2)
+    worker = cluster.workers[0]
+    body = random.Random(9).randbytes(2 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="bad.bin", Body=body)
+    url = f"{worker.url}/{bucket}/bad.bin"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for _ in range(4):  # filled, then read from its file by the serving processes
+            assert await _get(http, url, (1000, 1999)) == (206, body[1000:2000])
+        [path] = [p for p in (worker.store.root / "chunks").glob("*/*") if p.name.endswith(f"-0-{CHUNK}")]
+        with open(path, "r+b") as f:  # flip a byte in place: open fds see it too
+            f.seek(1500)
+            byte = f.read(1)
+            f.seek(1500)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        for _ in range(8):
+            assert await _get(http, url, (1000, 1999)) == (206, body[1000:2000])
+        assert await metric(http, worker.url, "p2pcache_corrupt_chunks_total") >= 1
+        assert await _get(http, url) == (200, body)

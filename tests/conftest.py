@@ -28,6 +28,9 @@ for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
     os.environ.pop(var, None)
 
 CHUNK = 256 << 10
+# P2PCACHE_TEST_SERVE_PROCESSES=2 runs every test cluster's workers with serving processes (a
+# check of the path through them; tests that look into a worker's store or streams assume 1).
+SERVE_PROCESSES = int(os.environ.get("P2PCACHE_TEST_SERVE_PROCESSES", "1"))
 SECRET = b"conftest-cluster-secret-0123456789"  # every test cluster is a closed one unless told
 
 
@@ -108,7 +111,8 @@ class Cluster:
         """A worker with the cluster's options and `options`; `clock=` is the worker's clock."""
         i = len(self.workers)
         settings = dict(worker_id=f"w{i}", s3_endpoint=self.s3_url, min_free=0, capacity=1 << 30,
-                        heartbeat_interval=self.heartbeat, cluster_secret=self.secret)
+                        heartbeat_interval=self.heartbeat, cluster_secret=self.secret,
+                        serve_processes=SERVE_PROCESSES)
         settings |= self.worker_options | options
         wall_clock = settings.pop("wall_clock", time.time)
         clock = settings.pop("clock", time.monotonic)

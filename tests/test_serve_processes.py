@@ -205,3 +205,17 @@ async def test_a_corrupt_chunk_file_is_never_served_by_a_serving_process(cluster
             assert await _get(http, url, (1000, 1999)) == (206, body[1000:2000])
         assert await metric(http, worker.url, "p2pcache_corrupt_chunks_total") >= 1
         assert await _get(http, url) == (200, body)
+
+
+async def test_the_coordinators_local_routes_are_not_reachable_from_the_port(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, serve_processes=2)
+    url = cluster.workers[0].url
+    report = '{"process": 0, "touched": {}, "corrupt": [], "requests": {"GET 200": 1000}, "bytes": 5, "hits": 5}'
+    async with aiohttp.ClientSession() as http:
+        for path in ("/_p2p/local/report", "/_p2p/x/../local/report", "/_p2p/local/object"):
+            async with http.post(url + path, data=report, headers={"X-P2P-Local": "guess"}) as resp:
+                assert resp.status in (404, 405), path
+            async with http.get(url + path + "?bucket=b&key=k&max_age=1") as resp:
+                assert resp.status == 404, path
+        assert await _metric_sum(http, url, "p2pcache_bytes_served_total") == 0
+        assert await _metric_sum(http, url, 'p2pcache_requests_total{method="GET",status="200"}') < 1000

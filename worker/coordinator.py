@@ -3,11 +3,14 @@
 Serving processes ask it for an object's identity (`/_p2p/local/object`) and
 report their chunk uses, corrupt chunks and requests (`/_p2p/local/report`);
 every other request on the socket is one they pass on, answered by the worker
-as if it had come to its port.
+as if it had come to its port. A local route needs the token the coordinator
+gave its serving processes (`TOKEN_HEADER`): a request passed on from the
+port, whatever its path, never reaches one.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -15,7 +18,7 @@ from aiohttp import web
 from p2pcache.errors import BadRequest, CorruptChunk, P2PError
 
 from .http import error_response
-from .serving import OBJECT_PATH, REPORT_PATH
+from .serving import OBJECT_PATH, REPORT_PATH, TOKEN_HEADER
 
 __all__ = ["coordinator_handler", "TOUCHES"]
 
@@ -24,11 +27,11 @@ TOUCHES = 3  # S3-FIFO counts at most 3 uses of a chunk: more reports of one bat
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def coordinator_handler(worker) -> Handler:
-    """The unix socket's handler: the local routes, else the worker's own `_handle`."""
+def coordinator_handler(worker, token: str) -> Handler:
+    """The unix socket's handler: the local routes (with `token`), else the worker's own `_handle`."""
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         route = routes.get(request.path)
-        if route is None:
+        if route is None or not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), token):
             return await worker._handle(request)
         try:
             return await route(request)

@@ -27,7 +27,8 @@ _BASE = "http://coordinator"
 
 
 class CoordinatorClient:
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, local_headers: dict[str, str]) -> None:
+        self._local_headers = local_headers  # on the coordinator's local routes only
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=socket_path, limit=0),
             auto_decompress=False, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
@@ -39,7 +40,7 @@ class CoordinatorClient:
     async def get_json(self, path: str, params: dict[str, str]) -> Any | None:
         """The coordinator's JSON answer to a local route, or None if it answered an error."""
         try:
-            async with self._session.get(_BASE + path, params=params) as resp:
+            async with self._session.get(_BASE + path, params=params, headers=self._local_headers) as resp:
                 return await resp.json() if resp.status == 200 else None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise _unavailable(exc) from exc
@@ -47,7 +48,7 @@ class CoordinatorClient:
     async def post_json(self, path: str, body: Any) -> None:
         try:
             async with self._session.post(_BASE + path, data=json.dumps(body).encode(),
-                                          headers={"Content-Type": "application/json"}) as resp:
+                                          headers={"Content-Type": "application/json"} | self._local_headers) as resp:
                 if resp.status != 200:
                     log.warning("coordinator answered %d to %s", resp.status, path)
         except (aiohttp.ClientError, OSError) as exc:
@@ -56,7 +57,8 @@ class CoordinatorClient:
     async def forward(self, request: web.BaseRequest) -> web.StreamResponse:
         """Pass `request` on and stream the answer back (a cut answer cuts the client's connection)."""
         body = await request.read() if request.can_read_body else None
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers.items()
+                   if k.lower() not in HOP_BY_HOP and k not in self._local_headers]
         url = URL(_BASE + request.raw_path, encoded=True)
         try:
             upstream = await self._session.request(request.method, url, headers=headers, data=body,

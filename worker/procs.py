@@ -13,12 +13,14 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -26,6 +28,8 @@ from .config import WorkerConfig
 from .metrics import WorkerMetrics
 
 __all__ = ["ServingProcesses", "reserve_port"]
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger("p2pcache.worker.procs")
 READY_TIMEOUT = 30.0  # seconds for a serving process to import, bind and say so
@@ -50,9 +54,11 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 class ServingProcesses:
-    def __init__(self, config: WorkerConfig, handler, metrics: WorkerMetrics) -> None:
+    def __init__(self, config: WorkerConfig, handler: Callable[[str], Handler], metrics: WorkerMetrics) -> None:
+        """`handler(token)`: the unix socket's handler; its local routes need `token`."""
         self._config = config
-        self._handler = handler
+        self._token = secrets.token_hex(16)
+        self._handler = handler(self._token)
         self._metrics = metrics
         self.pids: list[int | None] = [None] * config.serve_processes
         self._procs: list[asyncio.subprocess.Process | None] = [None] * config.serve_processes
@@ -78,7 +84,7 @@ class ServingProcesses:
             "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "allowed_buckets": sorted(cfg.allowed_buckets),
             "client_keys": [[k.key_id, k.secret, sorted(k.buckets)] for k in cfg.client_keys],
             "meta_ttl": cfg.meta_ttl, "egress_limit": cfg.egress_limit / cfg.serve_processes,
-            "drain_timeout": cfg.drain_timeout, "parent": os.getpid(),
+            "drain_timeout": cfg.drain_timeout, "parent": os.getpid(), "token": self._token,
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         }
         first = [asyncio.get_running_loop().create_future() for _ in self.pids]

@@ -185,7 +185,7 @@ class Worker:
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=cfg.drain_timeout)
         await self._runner.setup()
         if cfg.serve_processes > 1:  # they listen on the port; this process on their unix socket
-            self.procs = ServingProcesses(cfg, coordinator_handler(self), self.metrics)
+            self.procs = ServingProcesses(cfg, lambda token: coordinator_handler(self, token), self.metrics)
             host, port = await self.procs.start()
         else:
             site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True, ssl_context=server_ssl)

@@ -43,11 +43,12 @@ from .limits import TokenBucket
 from .readers import ClientKey, Readers
 from .store import read_pieces
 
-__all__ = ["ServingProcess", "main", "OBJECT_PATH", "REPORT_PATH", "LOCAL_PREFIX"]
+__all__ = ["ServingProcess", "main", "OBJECT_PATH", "REPORT_PATH", "LOCAL_PREFIX", "TOKEN_HEADER"]
 
 log = logging.getLogger("p2pcache.worker.serving")
 LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
 OBJECT_PATH, REPORT_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report"
+TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
 _BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
 # Requests whose answer depends on more than the object's identity and bytes: the coordinator's.
 _COORDINATOR_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
@@ -65,7 +66,7 @@ class ServingProcess:
         self.s = settings
         self.index = settings["index"]
         self.files = ChunkFiles(Path(settings["cache_dir"]))
-        self.coordinator = CoordinatorClient(settings["socket"])
+        self.coordinator = CoordinatorClient(settings["socket"], {TOKEN_HEADER: settings["token"]})
         keys = tuple(ClientKey(k, secret, frozenset(b)) for k, secret, b in settings.get("client_keys", ()))
         self.readers = Readers(keys, time.time) if keys else None
         self.allowed = frozenset(settings.get("allowed_buckets", ()))
@@ -126,19 +127,45 @@ class ServingProcess:
 
     async def _from_files(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """The answer from chunk files on disk, or None: the coordinator's to give."""
-        if request.method != "GET" or request.query_string or request.path.startswith("/_p2p/"):
+        if self.readers:
+            bucket = request.path[1:].partition("/")[0]
+            try:
+                self.readers.check(request, bucket)
+            except P2PError:  # the coordinator answers the error
+                return None
+        found = await self.plan(request.method, request.path, request.query_string, request.headers)
+        if found is None:
             return None
-        bucket, _, key = request.path[1:].partition("/")
+        status, out, info, chunk_size, start, stop = found
+        if (stop - 1) // chunk_size == start // chunk_size and stop - start <= SMALL:
+            data = await self.read_small(info, chunk_size, start, stop)
+            if data is None:
+                return None
+            if self.egress is not None:
+                await self.egress.take(len(data))
+            return web.Response(status=status, headers=out, body=data)
+        with contextlib.ExitStack() as pins:
+            files = []
+            for span in chunk_spans(start, stop, chunk_size):
+                file = self._pin(pins, info.chunk(span.index, chunk_size).name)
+                if file is None:
+                    return None
+                files.append((file, span))
+            return await self._stream(request, status, out, stop - start, files)
+
+    async def plan(self, method: str, path: str, query: str, headers) -> tuple | None:
+        """(status, headers, info, chunk size, start, stop) of a read this process may answer
+        from chunk files, or None: the coordinator's to answer (not a plain GET, an error, ...)."""
+        if method != "GET" or query or path.startswith("/_p2p/"):
+            return None
+        bucket, _, key = path[1:].partition("/")
         if not key or not _BUCKET.fullmatch(bucket) or (self.allowed and bucket not in self.allowed):
             return None
-        headers = request.headers
         if any(h in headers for h in _COORDINATOR_HEADERS):
             return None
         try:
             inputs.check_key(key)
-            if self.readers:
-                self.readers.check(request, bucket)
-        except P2PError:  # the coordinator answers the error
+        except P2PError:
             return None
         found = await self._object(bucket, key)
         if found is None:
@@ -150,36 +177,35 @@ class ServingProcess:
             return None
         if start >= stop or (stop - 1) // chunk_size - start // chunk_size >= MAX_CHUNKS:
             return None
-        spans = list(chunk_spans(start, stop, chunk_size))
+        return status, out, info, chunk_size, start, stop
+
+    async def read_small(self, info: ObjectInfo, chunk_size: int, start: int, stop: int) -> bytearray | None:
+        """Bytes `[start, stop)` (inside one chunk) from its file, checked; None if it is not here or bad."""
+        index, offset = divmod(start, chunk_size)
         with contextlib.ExitStack() as pins:
-            files = []
-            for span in spans:
-                name = info.chunk(span.index, chunk_size).name
-                try:
-                    file = pins.enter_context(self.files.pinned(name))
-                except CorruptChunk as exc:
-                    self.reports.corrupt(exc.name)
-                    return None
-                except OSError:  # the coordinator's read finds out what is wrong with the disk
-                    return None
-                if file is None:
-                    return None
-                files.append((file, span))
-            if len(files) == 1 and stop - start <= SMALL:
-                file, span = files[0]
-                try:
-                    async for data in read_pieces(file, span.offset, span.length, SMALL + (64 << 10)):
-                        pass
-                except CorruptChunk as exc:
-                    self.reports.corrupt(exc.name)
-                    return None
-                except OSError:
-                    return None
-                self.reports.read(file.name, len(data))
-                if self.egress is not None:
-                    await self.egress.take(len(data))
-                return web.Response(status=status, headers=out, body=data)
-            return await self._stream(request, status, out, stop - start, files)
+            file = self._pin(pins, info.chunk(index, chunk_size).name)
+            if file is None:
+                return None
+            try:
+                async for data in read_pieces(file, offset, stop - start, SMALL + (64 << 10)):
+                    pass
+            except CorruptChunk as exc:
+                self.reports.corrupt(exc.name)
+                return None
+            except OSError:  # the coordinator's read finds out what is wrong with the disk
+                return None
+            self.reports.read(file.name, len(data))
+            return data
+
+    def _pin(self, pins: contextlib.ExitStack, name: str):
+        """The chunk's open file, held until `pins` closes; None if it is not here or unreadable."""
+        try:
+            return pins.enter_context(self.files.pinned(name))
+        except CorruptChunk as exc:
+            self.reports.corrupt(exc.name)
+        except OSError:  # the coordinator's read finds out what is wrong with the disk
+            pass
+        return None
 
     async def _stream(self, request, status: int, headers: dict, length: int, files) -> web.StreamResponse:
         resp = web.StreamResponse(status=status, headers=headers)

@@ -219,3 +219,29 @@ async def test_the_coordinators_local_routes_are_not_reachable_from_the_port(clu
                 assert resp.status == 404, path
         assert await _metric_sum(http, url, "p2pcache_bytes_served_total") == 0
         assert await _metric_sum(http, url, 'p2pcache_requests_total{method="GET",status="200"}') < 1000
+
+
+async def test_the_loader_client_reads_from_the_serving_processes(cluster_factory, s3_client, bucket):
+    """The client's owner-direct reads carry If-Match: those that hold are answered from chunk files."""
+    from p2pcache.client import Client
+
+    cluster = await cluster_factory(2, serve_processes=2)
+    body = random.Random(10).randbytes(5 * CHUNK + 77)
+    s3_client.put_object(Bucket=bucket, Key="model.bin", Body=body)
+    async with Client(cluster.master.url) as client:
+        assert await client.read(bucket, "model.bin") == body  # cold: filled by the owners' coordinators
+        assert await client.read(bucket, "model.bin") == body  # warm: from the owners' chunk files
+    async with aiohttp.ClientSession() as http:
+        async def served():
+            return sum([sum((await _process_counts(http, w.url)).values()) for w in cluster.workers])
+        await wait_for(lambda: _ge(served(), chunk_count(len(body), CHUNK)), what="reads from chunk files")
+        url = f"{cluster.workers[0].url}/{bucket}/model.bin"
+        async with http.get(url, headers={"If-Match": '"not-the-etag"', "Range": "bytes=0-9"}) as resp:
+            assert resp.status == 412  # a condition that fails is the coordinator's to answer
+        async with http.get(url, headers={"If-None-Match": s3_client.head_object(
+                Bucket=bucket, Key="model.bin")["ETag"]}) as resp:
+            assert resp.status == 304
+
+
+async def _ge(value, want) -> bool:
+    return await value >= want

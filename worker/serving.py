@@ -27,7 +27,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from p2pcache import tls
+from p2pcache import conditions, tls
 from p2pcache.errors import CorruptChunk, P2PError
 from p2pcache.httplog import QuietParseErrors
 from p2pcache.objects import ObjectInfo
@@ -51,8 +51,7 @@ OBJECT_PATH, REPORT_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report"
 TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
 _BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
 # Requests whose answer depends on more than the object's identity and bytes: the coordinator's.
-_COORDINATOR_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since",
-                        "Cache-Control", "x-amz-checksum-mode")
+_COORDINATOR_HEADERS = ("Cache-Control", "x-amz-checksum-mode")
 SMALL = 512 << 10  # as worker/chunks.py: sent as one Response
 MAX_CHUNKS = 64  # chunks a read may span and still be answered here (each is opened before the status line)
 STREAM_BUDGET, MIN_PIECE, MAX_PIECE = 16 << 20, 64 << 10, 1 << 20
@@ -171,6 +170,8 @@ class ServingProcess:
         if found is None:
             return None
         info, chunk_size = found
+        if conditions.evaluate(headers, info.etag, info.last_modified) is not None:
+            return None  # 304, or 412 (the coordinator asks S3 for a newer version first)
         try:
             status, out, start, stop = object_answer(info, headers.get("Range"), None, {})
         except P2PError:

@@ -245,3 +245,26 @@ async def test_the_loader_client_reads_from_the_serving_processes(cluster_factor
 
 async def _ge(value, want) -> bool:
     return await value >= want
+
+
+async def test_the_reserved_port_takes_no_connections_and_listeners_share_it():
+    from worker.procs import reserve_port
+
+    reserved = reserve_port("127.0.0.1", 0)
+    try:
+        port = reserved.getsockname()[1]
+        try:  # bound, not listening: a connection is refused, not queued for nobody
+            await asyncio.open_connection("127.0.0.1", port)
+            raise AssertionError("the reserved port accepted a connection")
+        except ConnectionRefusedError:
+            pass
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(asyncio.Protocol, "127.0.0.1", port, reuse_port=True) for _ in range(2)]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+        finally:
+            for server in servers:
+                server.close()
+    finally:
+        reserved.close()

@@ -268,3 +268,54 @@ async def test_the_reserved_port_takes_no_connections_and_listeners_share_it():
                 server.close()
     finally:
         reserved.close()
+
+
+async def test_peers_chunk_requests_are_answered_from_chunk_files(cluster_factory, s3, s3_client, bucket):
+    cluster = await cluster_factory(2, serve_processes=2)
+    size = 4 * CHUNK
+    body = random.Random(11).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="p.bin", Body=body)
+    etag = s3_client.head_object(Bucket=bucket, Key="p.bin")["ETag"]
+    info = ObjectInfo(bucket, "p.bin", etag, size)
+    by_id = {w.id: w for w in cluster.workers}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        assert await _get(http, f"{cluster.workers[0].url}/{bucket}/p.bin") == (200, body)  # filled by owners
+        before = s3.get_bytes
+        for i in range(4):
+            owner = by_id[cluster.workers[0].placement.owner(info.chunk(i, CHUNK)).id]
+            other = next(w for w in cluster.workers if w is not owner)
+            base = await _process_counts(http, owner.url)
+            peer_bytes = await _metric_sum(http, owner.url, "p2pcache_peer_bytes_served_total")
+            a = i * CHUNK + 4096
+            assert await _get(http, f"{other.url}/{bucket}/p.bin", (a, a + 9999)) == (206, body[a:a + 10000])
+            await wait_for(lambda: _served(http, owner.url, base, 1), what="the owner's serving process to answer")
+            await wait_for(lambda: _grew(http, owner.url, "p2pcache_peer_bytes_served_total", peer_bytes),
+                           what="peer bytes to be counted")
+        assert s3.get_bytes == before
+        unsigned = f"{cluster.workers[0].url}/_p2p/chunk?bucket={bucket}&key=p.bin&etag={etag}&size={size}" \
+                   f"&chunk_size={CHUNK}&index=0"
+        async with http.get(unsigned) as resp:
+            assert resp.status == 401  # the coordinator's answer: a serving process answers signed requests only
+
+
+async def _grew(http, url, name, base) -> bool:
+    return await _metric_sum(http, url, name) > base
+
+
+async def test_a_corrupt_chunk_met_mid_answer_is_read_again_by_the_coordinator(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, serve_processes=2)
+    worker = cluster.workers[0]
+    body = random.Random(12).randbytes(3 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="mid.bin", Body=body)
+    url = f"{worker.url}/{bucket}/mid.bin"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        assert await _get(http, url) == (200, body)
+        [path] = [p for p in (worker.store.root / "chunks").glob("*/*") if p.name.endswith(f"-1-{CHUNK}")]
+        with open(path, "r+b") as f:  # chunk 1 of 3: the status line and chunk 0 are out before it is read
+            f.seek(CHUNK - 10)
+            byte = f.read(1)
+            f.seek(CHUNK - 10)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        for _ in range(4):
+            assert await _get(http, url) == (200, body)
+        assert await metric(http, worker.url, "p2pcache_corrupt_chunks_total") == 1

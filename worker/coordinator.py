@@ -16,9 +16,10 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from p2pcache.errors import BadRequest, CorruptChunk, P2PError
+from p2pcache.objects import ObjectInfo
 
-from .http import error_response
-from .serving import OBJECT_PATH, REPORT_PATH, TOKEN_HEADER
+from .http import error_response, prepend, send_body
+from .forward import OBJECT_PATH, REPORT_PATH, REST_PATH, TOKEN_HEADER
 
 __all__ = ["coordinator_handler", "TOUCHES"]
 
@@ -55,6 +56,7 @@ def coordinator_handler(worker, token: str) -> Handler:
             batch = await request.json()
             process, touched, corrupt = str(int(batch["process"])), batch["touched"], batch["corrupt"]
             requests, sent, hits = batch["requests"], int(batch["bytes"]), int(batch["hits"])
+            peer_sent = int(batch.get("peer_bytes", 0))
         except (KeyError, ValueError, TypeError) as exc:
             raise BadRequest(f"malformed report: {exc!r}") from None
         for name, uses in touched.items():
@@ -69,8 +71,30 @@ def coordinator_handler(worker, token: str) -> Handler:
             m.count_request(method, int(status), int(n))
             m.process_requests.labels(process).inc(int(n))
         m.bytes_served.inc(sent)
+        m.chunk_bytes_served.inc(peer_sent)
         m.hits.inc(hits)
         return web.json_response({})
 
-    routes = {OBJECT_PATH: object_info, REPORT_PATH: report}
+    async def rest(request: web.BaseRequest) -> web.StreamResponse:
+        """The rest of a read a serving process could not finish from its files (a corrupt chunk)."""
+        q = request.query
+        try:
+            info = ObjectInfo(q["bucket"], q["key"], q["etag"], int(q["size"]))
+            start, stop = int(q["start"]), int(q["stop"])
+        except (KeyError, ValueError) as exc:
+            raise BadRequest(f"malformed read request: {exc!r}") from None
+        if not 0 <= start < stop <= info.size:
+            raise BadRequest(f"bytes {start}-{stop} outside the object's {info.size}")
+        pieces = worker.chunks.read(info, start, stop)
+        first = await anext(pieces)  # errors before the status line get a status
+        resp = web.StreamResponse(status=206)
+        resp.content_length = stop - start
+        await resp.prepare(request)
+        try:
+            await send_body(request, resp, prepend(first, pieces), lambda n: None)
+        finally:
+            await pieces.aclose()
+        return resp
+
+    routes = {OBJECT_PATH: object_info, REPORT_PATH: report, REST_PATH: rest}
     return handle

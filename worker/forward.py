@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from p2pcache.errors import Unavailable
+from p2pcache.objects import ObjectInfo
 
-__all__ = ["CoordinatorClient", "HOP_BY_HOP"]
+from .peer import REASON_HEADER
+
+__all__ = ["CoordinatorClient", "HOP_BY_HOP", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH", "REST_PATH",
+           "TOKEN_HEADER"]
 
 log = logging.getLogger("p2pcache.worker.forward")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                         "proxy-connection", "proxy-authenticate", "proxy-authorization", "content-length"})
 _NOT_PASSED_BACK = HOP_BY_HOP | {"date", "server"}
 _BASE = "http://coordinator"
+LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
+OBJECT_PATH, REPORT_PATH, REST_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report", LOCAL_PREFIX + "rest"
+TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
 
 
 class CoordinatorClient:
@@ -53,6 +60,26 @@ class CoordinatorClient:
                     log.warning("coordinator answered %d to %s", resp.status, path)
         except (aiohttp.ClientError, OSError) as exc:
             raise _unavailable(exc) from exc
+
+    async def rest(self, info: ObjectInfo, start: int, stop: int) -> AsyncIterator[bytes]:
+        """Bytes `[start, stop)` of the version `info`, read by the coordinator (REST_PATH);
+        a P2PError if it cannot send them all."""
+        params = {"bucket": info.bucket, "key": info.key, "etag": info.etag, "size": str(info.size),
+                  "start": str(start), "stop": str(stop)}
+        got = 0
+        try:
+            async with self._session.get(_BASE + REST_PATH, params=params,
+                                         headers=self._local_headers) as resp:
+                if resp.status != 206:
+                    raise Unavailable(f"the coordinator answered {resp.status} "
+                                      f"{resp.headers.get(REASON_HEADER, '')} for the rest of a read")
+                async for data in resp.content.iter_chunked(1 << 20):
+                    got += len(data)
+                    yield data
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        if got != stop - start:
+            raise Unavailable(f"the coordinator sent {got} of {stop - start} bytes")
 
     async def forward(self, request: web.BaseRequest) -> web.StreamResponse:
         """Pass `request` on and stream the answer back (a cut answer cuts the client's connection)."""

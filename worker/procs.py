@@ -87,6 +87,7 @@ class ServingProcesses:
             "client_keys": [[k.key_id, k.secret, sorted(k.buckets)] for k in cfg.client_keys],
             "meta_ttl": cfg.meta_ttl, "egress_limit": cfg.egress_limit / cfg.serve_processes,
             "drain_timeout": cfg.drain_timeout, "parent": os.getpid(), "token": self._token,
+            "secret": cfg.cluster_secret.hex() if cfg.cluster_secret else "",  # stdin: not in argv or env
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         }
         first = [asyncio.get_running_loop().create_future() for _ in self.pids]

@@ -28,6 +28,7 @@ import uvloop
 from aiohttp import web
 
 from p2pcache import conditions, tls
+from p2pcache.auth import Verifier
 from p2pcache.errors import CorruptChunk, P2PError
 from p2pcache.httplog import QuietParseErrors
 from p2pcache.objects import ObjectInfo
@@ -37,18 +38,16 @@ from p2pcache.singleflight import SingleFlight
 
 from . import inputs
 from .chunkfiles import ChunkFiles
-from .forward import CoordinatorClient
+from .forward import LOCAL_PREFIX, OBJECT_PATH, REPORT_PATH, REST_PATH, TOKEN_HEADER, CoordinatorClient
 from .http import REQUEST_ID, error_response, object_answer
 from .limits import TokenBucket
+from .peerfiles import PeerFiles
 from .readers import ClientKey, Readers
 from .store import read_pieces
 
-__all__ = ["ServingProcess", "main", "OBJECT_PATH", "REPORT_PATH", "LOCAL_PREFIX", "TOKEN_HEADER"]
+__all__ = ["ServingProcess", "Reports", "main"]
 
 log = logging.getLogger("p2pcache.worker.serving")
-LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
-OBJECT_PATH, REPORT_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report"
-TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
 _BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
 # Requests whose answer depends on more than the object's identity and bytes: the coordinator's.
 _COORDINATOR_HEADERS = ("Cache-Control", "x-amz-checksum-mode")
@@ -75,6 +74,8 @@ class ServingProcess:
         self._objects: dict[tuple[str, str], tuple[float, ObjectInfo, int]] = {}
         self._lookups = SingleFlight()
         self.reports = Reports()
+        secret = bytes.fromhex(settings["secret"]) if settings.get("secret") else None
+        self.peer_files = PeerFiles(self, Verifier(secret) if secret else None)
         self._streams = 0
         self._rid_prefix, self._rids = uuid.uuid4().hex[:6].upper() + f"{self.index:02X}", itertools.count()
         self._runner: web.ServerRunner | None = None
@@ -107,7 +108,10 @@ class ServingProcess:
         try:
             if request.path.startswith(LOCAL_PREFIX):
                 raise web.HTTPNotFound()
-            resp = await self._from_files(request)
+            if request.path.startswith("/_p2p/"):
+                resp = await self.peer_files.answer(request)
+            else:
+                resp = await self._from_files(request)
             if resp is None:
                 return await self.coordinator.forward(request)
         except P2PError as exc:  # the coordinator is unreachable
@@ -150,13 +154,13 @@ class ServingProcess:
                 if file is None:
                     return None
                 files.append((file, span))
-            return await self._stream(request, status, out, stop - start, files)
+            return await self._stream(request, status, out, info, start, stop, files)
 
     async def plan(self, method: str, path: str, query: str, headers) -> tuple | None:
         """(status, headers, info, chunk size, start, stop) of a read this process may answer
         from chunk files, or None: the coordinator's to answer (not a plain GET, an error, ...)."""
-        if method != "GET" or query or path.startswith("/_p2p/"):
-            return None
+        if method != "GET" or query or path.startswith("/_p2p/") or not self.ttl:
+            return None  # --meta-ttl 0: one HEAD per read, the coordinator's
         bucket, _, key = path[1:].partition("/")
         if not key or not _BUCKET.fullmatch(bucket) or (self.allowed and bucket not in self.allowed):
             return None
@@ -208,33 +212,45 @@ class ServingProcess:
             pass
         return None
 
-    async def _stream(self, request, status: int, headers: dict, length: int, files) -> web.StreamResponse:
+    async def _stream(self, request, status: int, headers: dict, info: ObjectInfo, start: int, stop: int,
+                      files) -> web.StreamResponse:
         resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = length
+        resp.content_length = stop - start
         resp.headers["x-amz-request-id"] = request[REQUEST_ID]
         piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
         self._streams += 1
+        pos = start
         try:
             await resp.prepare(request)
-            for file, span in files:
-                self.reports.read(file.name, 0)
-                async for data in read_pieces(file, span.offset, span.length, piece):
-                    if self.egress is not None:
-                        await self.egress.take(len(data))
-                    await resp.write(data)
-                    self.reports.sent(len(data))
+            try:
+                for file, span in files:
+                    self.reports.read(file.name, 0)
+                    async for data in read_pieces(file, span.offset, span.length, piece):
+                        await self._send(resp, data)
+                        pos += len(data)
+            except (CorruptChunk, OSError) as exc:  # nothing of a bad block went out: the coordinator
+                if isinstance(exc, ConnectionError):  # reads the rest (and drops or refills the chunk)
+                    raise
+                if isinstance(exc, CorruptChunk):
+                    self.reports.corrupt(exc.name)
+                async for data in self.coordinator.rest(info, pos, stop):
+                    await self._send(resp, data)
             await resp.write_eof()
         except ConnectionError:
             pass
-        except (CorruptChunk, OSError) as exc:  # nothing of a bad block went out: cut the answer short
-            if isinstance(exc, CorruptChunk):
-                self.reports.corrupt(exc.name)
+        except P2PError as exc:  # the coordinator could not send the rest: cut the answer short
             log.warning("aborting %s %s after headers: %s", request.method, request.path, exc)
             if request.transport is not None:
                 request.transport.close()
         finally:
             self._streams -= 1
         return resp
+
+    async def _send(self, resp: web.StreamResponse, data) -> None:
+        if self.egress is not None:
+            await self.egress.take(len(data))
+        await resp.write(data)
+        self.reports.sent(len(data))
 
     async def _object(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
         """The object's identity and the ring's chunk size, cached for half the --meta-ttl."""
@@ -282,12 +298,16 @@ class Reports:
         self._corrupt: set[str] = set()
         self._requests: Counter[str] = Counter()
         self._bytes = 0
+        self._peer_bytes = 0
         self._hits = 0
 
     def read(self, name: str, sent: int) -> None:
         self._touched[name] += 1
         self._hits += 1
         self._bytes += sent
+
+    def sent_to_peer(self, n: int) -> None:
+        self._peer_bytes += n
 
     def sent(self, n: int) -> None:
         self._bytes += n
@@ -303,7 +323,8 @@ class Reports:
         if not (self._touched or self._corrupt or self._requests):
             return None
         batch = {"process": index, "touched": dict(self._touched), "corrupt": sorted(self._corrupt),
-                 "requests": dict(self._requests), "bytes": self._bytes, "hits": self._hits}
+                 "requests": dict(self._requests), "bytes": self._bytes, "hits": self._hits,
+                 "peer_bytes": self._peer_bytes}
         self.__init__()
         return batch
 

@@ -1,0 +1,77 @@
+"""A serving process's answer to a peer's chunk request (`/_p2p/chunk`) from the chunk's file.
+
+Only a signed GET for a chunk on disk is answered here, as the coordinator
+would (worker/server.py `peer_chunk`): the sums of the blocks sent first, then
+the bytes, each block checked. Anything else (unsigned, malformed, a miss
+that needs a fill) returns None and is passed to the coordinator, which
+answers it, logs it and counts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiohttp import web
+
+from p2pcache import blocksums
+from p2pcache.auth import HEADER, AuthError, Verifier
+from p2pcache.errors import CorruptChunk, P2PError
+
+from .chunks import MAX_HOPS
+from .http import parse_peer_request
+from .peer import BLOCK_HEADER, CHUNK_PATH, SUMS_HEADER
+from .store import read_pieces
+
+__all__ = ["PeerFiles"]
+
+PIECE = 1 << 20
+
+
+class PeerFiles:
+    def __init__(self, process, verifier: Verifier | None) -> None:
+        self._p = process  # the ServingProcess: its files, reports, egress and allowed buckets
+        self._verifier = verifier
+
+    async def answer(self, request: web.BaseRequest) -> web.StreamResponse | None:
+        if request.method != "GET" or request.path != CHUNK_PATH:
+            return None
+        try:
+            if self._verifier is not None:
+                self._verifier.check("GET", request.path, request.query.items(), request.headers.get(HEADER))
+            c, offset, length, _ = parse_peer_request(request, MAX_HOPS)
+        except (AuthError, P2PError):
+            return None
+        p = self._p
+        if p.allowed and c.bucket not in p.allowed or length <= 0:
+            return None
+        with contextlib.ExitStack() as pins:
+            file = p._pin(pins, c.name)
+            if file is None:
+                return None
+            resp = web.StreamResponse(status=206)
+            resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{c.length}"
+            if (offset, offset + length) == blocksums.aligned(offset, length, c.length, file.block):
+                sums = blocksums.table_slice(file.table, offset, offset + length, file.block)
+                resp.headers[SUMS_HEADER], resp.headers[BLOCK_HEADER] = str(len(sums)), str(file.block)
+            else:
+                sums = b""
+            resp.content_length = len(sums) + length
+            p.reports.read(c.name, 0)
+            try:
+                await resp.prepare(request)
+                if sums:
+                    await resp.write(sums)
+                async for data in read_pieces(file, offset, length, PIECE):
+                    if p.egress is not None:
+                        await p.egress.take(len(data))
+                    await resp.write(data)
+                    p.reports.sent_to_peer(len(data))
+                await resp.write_eof()
+            except ConnectionError:
+                pass
+            except (CorruptChunk, OSError) as exc:  # nothing of a bad block went out: the peer fails over
+                if isinstance(exc, CorruptChunk):
+                    p.reports.corrupt(exc.name)
+                if request.transport is not None:
+                    request.transport.close()
+            return resp

@@ -27,7 +27,7 @@ from aiohttp import web
 from .config import WorkerConfig
 from .metrics import WorkerMetrics
 
-__all__ = ["ServingProcesses", "reserve_port"]
+__all__ = ["ServingProcesses", "reserve_port", "egress_shares"]
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -35,6 +35,12 @@ log = logging.getLogger("p2pcache.worker.procs")
 READY_TIMEOUT = 30.0  # seconds for a serving process to import, bind and say so
 RESTART_DELAYS = (0.1, 0.5, 2.0, 5.0)  # after the 1st, 2nd, ... death in a row within a minute
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def egress_shares(config: WorkerConfig) -> int:
+    """How many processes share --egress-limit evenly: each serving process and the coordinator
+    (it sends what it answers for them, and to peers), or the one process."""
+    return config.serve_processes + 1 if config.serve_processes > 1 else 1
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -85,7 +91,7 @@ class ServingProcesses:
             "host": cfg.host, "port": port, "socket": path, "cache_dir": str(cfg.cache_dir),
             "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "allowed_buckets": sorted(cfg.allowed_buckets),
             "client_keys": [[k.key_id, k.secret, sorted(k.buckets)] for k in cfg.client_keys],
-            "meta_ttl": cfg.meta_ttl, "egress_limit": cfg.egress_limit / cfg.serve_processes,
+            "meta_ttl": cfg.meta_ttl, "egress_limit": cfg.egress_limit / egress_shares(cfg),
             "drain_timeout": cfg.drain_timeout, "parent": os.getpid(), "token": self._token,
             "secret": cfg.cluster_secret.hex() if cfg.cluster_secret else "",  # stdin: not in argv or env
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),

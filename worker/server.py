@@ -51,7 +51,7 @@ from .membership import MembershipAgent
 from .metrics import WorkerMetrics
 from .objects import ObjectCache
 from .parts import Parts, parse_part_number
-from .procs import ServingProcesses
+from .procs import ServingProcesses, egress_shares
 from .peer import BLOCK_HEADER, SUMS_HEADER, PeerClient, chunk_from_params
 from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
@@ -81,7 +81,7 @@ class Worker:
         self.agent: MembershipAgent | None = None
         self.running = False
         self._ring_changed = asyncio.Event()
-        self.egress = TokenBucket(config.egress_limit) if config.egress_limit else None
+        self.egress = TokenBucket(config.egress_limit / egress_shares(config)) if config.egress_limit else None
         self._rid_prefix, self._rids = uuid.uuid4().hex[:8].upper(), itertools.count()
         secret = config.cluster_secret
         self._signer = Signer(secret)

@@ -101,7 +101,8 @@ async def test_a_changed_object_is_never_cut_at_another_versions_parts():
 def test_part_number_parsing_is_s3s():
     assert parse_part_number({}, True) is None
     assert parse_part_number({"partNumber": "10000"}, False) == 10000
-    for bad in ("0", "10001", "", "x", "-1", "1e3", "٣"):
+    assert parse_part_number({"partNumber": "0007"}, False) == 7
+    for bad in ("0", "10001", "", "x", "-1", "1e3", "٣", "9" * 5000):  # 5,000 digits: no int() (a 500)
         with pytest.raises(InvalidArgument):
             parse_part_number({"partNumber": bad}, False)
     with pytest.raises(BadRequest) as exc:

@@ -30,7 +30,7 @@ def parse_part_number(query: Mapping[str, str], has_range: bool) -> int | None:
     raw = query.get("partNumber")
     if raw is None:
         return None
-    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_PART:
+    if not _DIGITS.fullmatch(raw) or len(raw.lstrip("0")) > 5 or not 1 <= int(raw) <= MAX_PART:
         raise InvalidArgument("Part number must be an integer between 1 and 10000, inclusive",
                               "partNumber", raw)
     if has_range:

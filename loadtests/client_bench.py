@@ -28,7 +28,7 @@ from p2pcache import Client
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import cluster, nginx, require, s3_client
+from .harness import cluster, nginx, nginx_file, require, s3_client
 
 BUCKET, KEY = "bench", "model/weights.bin"
 TMPFS = "/dev/shm"
@@ -51,12 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     modes = [m for m in args.modes.split(",") if m]
     runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as root, cluster(args.workers, args.chunk_size, "4GiB") as c:
-        path = Path(root, BUCKET, KEY)
-        path.parent.mkdir(parents=True)
-        path.write_bytes(data)
-        for d in (Path(root), path.parent.parent, path.parent):  # nginx's workers drop root
-            d.chmod(0o755)
-        path.chmod(0o644)
+        nginx_file(Path(root), f"{BUCKET}/{KEY}", data)
         s3 = s3_client(c.s3.url)
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key=KEY, Body=data)

@@ -19,7 +19,7 @@ from p2pcache.auth import new_secret
 from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
-__all__ = ["Cluster", "cluster", "nginx", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
+__all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
            "require", "clean_env", "s3_client", "metric", "peak_rss", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
@@ -135,6 +135,17 @@ def _wait_converged(master: str, urls: list[str], timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the workers never converged on one ring: {sorted(set(urls) - members)} missing")
         time.sleep(0.1)
+
+
+def nginx_file(root: Path, name: str, data: bytes) -> Path:
+    """Write `data` at `root/name` so that nginx's workers (which drop root) can read it."""
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(0o644)
+    for d in [root, *path.relative_to(root).parents]:
+        (root / d).chmod(0o755)
+    return path
 
 
 @contextlib.contextmanager

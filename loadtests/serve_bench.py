@@ -25,7 +25,7 @@ import boto3
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import S3_ENV, cluster, nginx, require, wrk
+from .harness import S3_ENV, cluster, nginx, nginx_file, require, wrk
 
 BUCKET, KEY = "bench", "model/weights.bin"
 
@@ -51,12 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
         first = stack.enter_context(cluster(1, worker_args=("--serve-processes", str(procs[0]))))
         clusters = [first] + [stack.enter_context(cluster(1, s3=first.s3, worker_args=("--serve-processes", str(n))))
                               for n in procs[1:]]
-        path = Path(root, BUCKET, KEY)
-        path.parent.mkdir(parents=True)
-        path.write_bytes(data)
-        for d in (Path(root), path.parent.parent, path.parent):  # nginx's workers drop root
-            d.chmod(0o755)
-        path.chmod(0o644)
+        nginx_file(Path(root), f"{BUCKET}/{KEY}", data)
         s3 = boto3.client("s3", endpoint_url=first.s3.url, region_name="us-east-1",
                           aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])

@@ -12,6 +12,7 @@ import asyncio
 from typing import AsyncIterator, Callable
 
 import aiohttp
+from aiohttp import web
 
 from p2pcache import blocksums
 from p2pcache.auth import Signer
@@ -22,7 +23,8 @@ from p2pcache.objects import ChunkId
 from p2pcache.ring import WorkerInfo
 
 __all__ = ["PeerClient", "PeerStream", "CHUNK_PATH", "TAKE_PATH", "HOP_HEADER", "ERROR_HEADER",
-           "REASON_HEADER", "SUMS_HEADER", "BLOCK_HEADER", "chunk_params", "chunk_from_params"]
+           "REASON_HEADER", "SUMS_HEADER", "BLOCK_HEADER", "chunk_params", "chunk_from_params",
+           "chunk_answer"]
 
 CHUNK_PATH = "/_p2p/chunk"
 TAKE_PATH = "/_p2p/take"  # "you own this chunk now: copy it from me if you lack it"
@@ -45,6 +47,20 @@ def chunk_from_params(q) -> ChunkId:
     if c.chunk_size <= 0 or c.size < 0 or not 0 <= c.start < max(c.size, 1):
         raise ValueError("chunk outside the object")
     return c
+
+
+def chunk_answer(c: ChunkId, offset: int, length: int, file) -> tuple[web.StreamResponse, bytes]:
+    """The 206 for bytes `[offset, offset + length)` of chunk `c`, and the sums to write before
+    them: those of the blocks sent when they come from a chunk file (`file`, a store ChunkFile)
+    in whole blocks, else none (bytes streamed from elsewhere, which the receiver cannot check)."""
+    resp = web.StreamResponse(status=206)
+    resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{c.length}"
+    sums = b""
+    if file is not None and (offset, offset + length) == blocksums.aligned(offset, length, c.length, file.block):
+        sums = blocksums.table_slice(file.table, offset, offset + length, file.block)
+        resp.headers[SUMS_HEADER], resp.headers[BLOCK_HEADER] = str(len(sums)), str(file.block)
+    resp.content_length = len(sums) + length
+    return resp, sums
 
 
 class PeerStream:

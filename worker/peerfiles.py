@@ -13,13 +13,12 @@ import contextlib
 
 from aiohttp import web
 
-from p2pcache import blocksums
 from p2pcache.auth import HEADER, AuthError, Verifier
 from p2pcache.errors import CorruptChunk, P2PError
 
 from .chunks import MAX_HOPS
 from .http import parse_peer_request
-from .peer import BLOCK_HEADER, CHUNK_PATH, SUMS_HEADER
+from .peer import CHUNK_PATH, chunk_answer
 from .store import read_pieces
 
 __all__ = ["PeerFiles"]
@@ -48,14 +47,7 @@ class PeerFiles:
             file = p._pin(pins, c.name)
             if file is None:
                 return None
-            resp = web.StreamResponse(status=206)
-            resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{c.length}"
-            if (offset, offset + length) == blocksums.aligned(offset, length, c.length, file.block):
-                sums = blocksums.table_slice(file.table, offset, offset + length, file.block)
-                resp.headers[SUMS_HEADER], resp.headers[BLOCK_HEADER] = str(len(sums)), str(file.block)
-            else:
-                sums = b""
-            resp.content_length = len(sums) + length
+            resp, sums = chunk_answer(c, offset, length, file)
             p.reports.read(c.name, 0)
             try:
                 await resp.prepare(request)

@@ -21,7 +21,7 @@ from typing import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from p2pcache import blocksums, conditions, tls
+from p2pcache import conditions, tls
 from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.breaker import CLOSED, OPEN
 from p2pcache.errors import (
@@ -52,7 +52,7 @@ from .metrics import WorkerMetrics
 from .objects import ObjectCache
 from .parts import Parts, parse_part_number
 from .procs import ServingProcesses, egress_shares
-from .peer import BLOCK_HEADER, SUMS_HEADER, PeerClient, chunk_from_params
+from .peer import PeerClient, chunk_answer, chunk_from_params
 from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
 from .store import ChunkStore
@@ -413,17 +413,8 @@ class Worker:
             await inputs.check_chunk_object(self.objects, c)
             source = fill_source(placement.owners(c), placement.ring.replicas, self.id, hop)
             stream = await self.chunks.open_local(c, offset, length, source, hop)
-        resp = web.StreamResponse(status=206)
-        resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{c.length}"
+        resp, sums = chunk_answer(c, offset, length, getattr(stream, "file", None))
         pieces = self.chunks.pieces(c, offset, length, stream, source, hop, local)
-        file = getattr(stream, "file", None)
-        if file is not None and (offset, offset + length) == \
-                blocksums.aligned(offset, length, c.length, file.block):
-            sums = blocksums.table_slice(file.table, offset, offset + length, file.block)
-            resp.headers[SUMS_HEADER], resp.headers[BLOCK_HEADER] = str(len(sums)), str(file.block)
-        else:
-            sums = b""
-        resp.content_length = len(sums) + length
         try:
             await resp.prepare(request)
             if sums:

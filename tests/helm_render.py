@@ -16,10 +16,12 @@ __all__ = [
     "CHART",
     "NAMESPACE",
     "RELEASE",
+    "container",
     "container_env",
     "expand_vars",
     "find",
     "find_one",
+    "flags",
     "load_chart",
     "manifests",
     "pod_template",
@@ -98,6 +100,20 @@ def find_one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def pod_template(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return find_one(objects, kind)["spec"]["template"]
+
+
+def container(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The one container of the pod template of the one object of `kind`."""
+    containers = pod_template(objects, kind)["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def flags(cont: dict[str, Any]) -> dict[str, str]:
+    """`--name=value` args as a dict; every rendered flag must use that one form."""
+    args = cont["args"]
+    assert all(re.fullmatch(r"--[a-z0-9-]+=.+", arg) for arg in args[1:]), args
+    return dict(arg[2:].split("=", 1) for arg in args[1:])
 
 
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")

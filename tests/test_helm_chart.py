@@ -21,9 +21,11 @@ from worker.readers import ClientKey, parse_client_keys
 from helm_render import (
     CHART,
     NAMESPACE,
+    container,
     container_env,
     find,
     find_one,
+    flags,
     load_chart,
     manifests,
     pod_template,
@@ -76,19 +78,6 @@ def chart():
 def rendered(chart):
     return {name: manifests(render(chart, values, api_versions=apis))
             for name, (values, apis) in VARIANTS.items()}
-
-
-def container(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    containers = pod_template(objects, kind)["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]
-
-
-def flags(cont: dict[str, Any]) -> dict[str, str]:
-    """`--name=value` args as a dict; every rendered flag must use that one form."""
-    args = cont["args"]
-    assert all(re.fullmatch(r"--[a-z0-9-]+=.+", arg) for arg in args[1:]), args
-    return dict(arg[2:].split("=", 1) for arg in args[1:])
 
 
 def port_of(cont: dict[str, Any], port: int | str) -> int:
@@ -419,63 +408,6 @@ def test_image_user_matches_the_pod_security_context(rendered):
         assert context["runAsNonRoot"] and context["runAsUser"] == int(user) != 0
     ignored = Path(CHART.parent.parent / ".dockerignore").read_text().split()
     assert {".git", ".venv"} <= set(ignored)
-
-
-# The cluster secret and TLS.
-
-def test_master_and_workers_share_one_random_cluster_secret_from_a_secret(rendered, chart):
-    objects = rendered["defaults"]
-    envs = {kind: container_env(container(objects, kind), objects, "p-0") for kind in ("Deployment", "StatefulSet")}
-    secret = envs["Deployment"]["P2PCACHE_CLUSTER_SECRET"]
-    assert secret == envs["StatefulSet"]["P2PCACHE_CLUSTER_SECRET"] and len(secret) >= 32
-    for kind in ("Deployment", "StatefulSet"):  # from the Secret, never on the command line
-        assert not any("secret" in arg for arg in container(objects, kind)["args"])
-        (var,) = [v for v in container(objects, kind)["env"] if v["name"] == "P2PCACHE_CLUSTER_SECRET"]
-        assert var["valueFrom"]["secretKeyRef"] == {"name": "p2pcache-cluster", "key": "cluster-secret"}
-    again = manifests(render(chart, {}))  # offline there is nothing to look up: a new random value
-    assert container_env(container(again, "Deployment"), again, "p-0")["P2PCACHE_CLUSTER_SECRET"] != secret
-    # On a live cluster, `helm upgrade` keeps the value: the template looks the Secret up first.
-    template = (CHART / "templates" / "cluster-secret.yaml").read_text()
-    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
-
-
-def test_an_existing_cluster_secret_or_none(rendered):
-    objects = rendered["existing-cluster-secret"]
-    for kind in ("Deployment", "StatefulSet"):
-        env = container_env(container(objects, kind), objects, "p-0", USER_SECRET)
-        assert env["P2PCACHE_CLUSTER_SECRET"] == "a-cluster-secret-of-the-users-own"
-        assert "P2PCACHE_CLUSTER_SECRET" not in container_env(
-            container(rendered["everything-off"], kind), rendered["everything-off"], "p-0")
-
-
-def test_tls_serves_https_everywhere(rendered):
-    objects = rendered["tls"]
-    master, worker = container(objects, "Deployment"), container(objects, "StatefulSet")
-    for cont, kind in ((master, "Deployment"), (worker, "StatefulSet")):
-        (mount,) = [m for m in cont["volumeMounts"] if m["name"] == "tls"]
-        assert mount["readOnly"] and flags(cont)["tls-cert"] == f"{mount['mountPath']}/tls.crt"
-        assert flags(cont)["tls-key"] == f"{mount['mountPath']}/tls.key"
-        (volume,) = [v for v in pod_template(objects, kind)["spec"]["volumes"] if v["name"] == "tls"]
-        assert volume["secret"]["secretName"] == "p2pcache-tls"
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert cont[probe]["httpGet"]["scheme"] == "HTTPS"
-    assert flags(worker)["tls-ca"].endswith("/ca.crt") and "tls-ca" not in flags(master)
-    assert flags(worker)["master"].startswith("https://") and flags(worker)["advertise"].startswith("https://")
-    plain = rendered["defaults"]
-    assert flags(container(plain, "StatefulSet"))["master"].startswith("http://")
-    assert container(plain, "StatefulSet")["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
-
-
-def test_tls_needs_a_certificate_secret(chart):
-    with pytest.raises(helm.HelmError, match="tls.existingSecret is required"):
-        render(chart, {"tls": {"enabled": True}})
-
-
-def test_notes_say_whether_the_cluster_is_closed(chart):
-    assert "signed with the cluster" in render(chart)["p2pcache/templates/NOTES.txt"]
-    assert "the cluster is open" in render(chart, {"clusterSecret": {"enabled": False}})["p2pcache/templates/NOTES.txt"]
-    notes = render(chart, {"tls": {"enabled": True, "existingSecret": "x"}})["p2pcache/templates/NOTES.txt"]
-    assert "https://p2pcache.ml.svc.cluster.local" in notes
 
 
 PRELOAD = {"preload": {"urls": ["s3://models/llama-3-8b/", "s3://models/tok.json"], "pin": True}}

@@ -1,0 +1,87 @@
+"""The Helm chart's cluster secret and TLS: a random secret kept in a Secret, or the user's;
+https for the services, the probes and the peers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helm_python as helm
+import pytest
+
+from helm_render import CHART, container, container_env, flags, load_chart, manifests, pod_template, render
+
+TLS = {"tls": {"enabled": True, "existingSecret": "p2pcache-tls"}}
+# The user's own Secrets, as `container_env` resolves references to them.
+USER_SECRET = {"my-cluster": {"token": "a-cluster-secret-of-the-users-own"}}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "existing-cluster-secret": {"clusterSecret": {"existingSecret": "my-cluster", "key": "token"}},
+    "no-cluster-secret": {"clusterSecret": {"enabled": False}},
+    "tls": TLS,
+}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    with load_chart() as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def rendered(chart):
+    return {name: manifests(render(chart, values)) for name, values in VARIANTS.items()}
+
+
+def test_master_and_workers_share_one_random_cluster_secret_from_a_secret(rendered, chart):
+    objects = rendered["defaults"]
+    envs = {kind: container_env(container(objects, kind), objects, "p-0") for kind in ("Deployment", "StatefulSet")}
+    secret = envs["Deployment"]["P2PCACHE_CLUSTER_SECRET"]
+    assert secret == envs["StatefulSet"]["P2PCACHE_CLUSTER_SECRET"] and len(secret) >= 32
+    for kind in ("Deployment", "StatefulSet"):  # from the Secret, never on the command line
+        assert not any("secret" in arg for arg in container(objects, kind)["args"])
+        (var,) = [v for v in container(objects, kind)["env"] if v["name"] == "P2PCACHE_CLUSTER_SECRET"]
+        assert var["valueFrom"]["secretKeyRef"] == {"name": "p2pcache-cluster", "key": "cluster-secret"}
+    again = manifests(render(chart, {}))  # offline there is nothing to look up: a new random value
+    assert container_env(container(again, "Deployment"), again, "p-0")["P2PCACHE_CLUSTER_SECRET"] != secret
+    # On a live cluster, `helm upgrade` keeps the value: the template looks the Secret up first.
+    template = (CHART / "templates" / "cluster-secret.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+
+
+def test_an_existing_cluster_secret_or_none(rendered):
+    objects = rendered["existing-cluster-secret"]
+    for kind in ("Deployment", "StatefulSet"):
+        env = container_env(container(objects, kind), objects, "p-0", USER_SECRET)
+        assert env["P2PCACHE_CLUSTER_SECRET"] == "a-cluster-secret-of-the-users-own"
+        assert "P2PCACHE_CLUSTER_SECRET" not in container_env(
+            container(rendered["no-cluster-secret"], kind), rendered["no-cluster-secret"], "p-0")
+
+
+def test_tls_serves_https_everywhere(rendered):
+    objects = rendered["tls"]
+    master, worker = container(objects, "Deployment"), container(objects, "StatefulSet")
+    for cont, kind in ((master, "Deployment"), (worker, "StatefulSet")):
+        (mount,) = [m for m in cont["volumeMounts"] if m["name"] == "tls"]
+        assert mount["readOnly"] and flags(cont)["tls-cert"] == f"{mount['mountPath']}/tls.crt"
+        assert flags(cont)["tls-key"] == f"{mount['mountPath']}/tls.key"
+        (volume,) = [v for v in pod_template(objects, kind)["spec"]["volumes"] if v["name"] == "tls"]
+        assert volume["secret"]["secretName"] == "p2pcache-tls"
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert cont[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert flags(worker)["tls-ca"].endswith("/ca.crt") and "tls-ca" not in flags(master)
+    assert flags(worker)["master"].startswith("https://") and flags(worker)["advertise"].startswith("https://")
+    plain = rendered["defaults"]
+    assert flags(container(plain, "StatefulSet"))["master"].startswith("http://")
+    assert container(plain, "StatefulSet")["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+
+
+def test_tls_needs_a_certificate_secret(chart):
+    with pytest.raises(helm.HelmError, match="tls.existingSecret is required"):
+        render(chart, {"tls": {"enabled": True}})
+
+
+def test_notes_say_whether_the_cluster_is_closed(chart):
+    assert "signed with the cluster" in render(chart)["p2pcache/templates/NOTES.txt"]
+    assert "the cluster is open" in render(chart, {"clusterSecret": {"enabled": False}})["p2pcache/templates/NOTES.txt"]
+    notes = render(chart, {"tls": {"enabled": True, "existingSecret": "x"}})["p2pcache/templates/NOTES.txt"]
+    assert "https://p2pcache.ml.svc.cluster.local" in notes

@@ -122,6 +122,13 @@ class Cluster:
         self.workers.append(worker)
         return worker
 
+    async def restart(self, old: Worker) -> Worker:
+        """A new worker process on a stopped worker's id and cache dir, as a pod restarted on its volume."""
+        worker = Worker(old.config)
+        await worker.start()
+        self.workers[self.workers.index(old)] = worker
+        return worker
+
     def live(self) -> list[Worker]:
         return [w for w in self.workers if w.running]
 

@@ -101,6 +101,31 @@ async def test_sigterm_hands_every_chunk_over_while_readers_keep_reading(cluster
     assert s3.get_bytes == s3_before
 
 
+async def test_a_worker_restarted_on_its_disk_takes_nothing_back(cluster_factory, s3, s3_client, bucket):
+    """A rolling upgrade: the drain hands the chunks over (the pod may not come back); the
+    worker that does come back, same id, same cache dir, still holds them: nothing is copied back."""
+    cluster = await cluster_factory(3, drain_timeout=20.0)
+    data = dataset(s3_client, bucket, 5)
+    async with aiohttp.ClientSession() as http:
+        await read_all(http, [cluster.workers[0].url], bucket, data)
+        s3_before, (staying, leaving) = s3.get_bytes, (cluster.workers[:2], cluster.workers[2])
+        await leaving.stop()
+        await wait_for(lambda: [w.id for w in cluster.master.membership.ring.workers] == ["w0", "w1"],
+                       what="the drained worker to leave")
+        handed = await total(http, staying, "p2pcache_handoff_bytes_total")
+        assert handed > 0
+        back = await cluster.restart(leaving)
+        await cluster.wait_converged()
+        for w in cluster.workers:
+            assert await w.rebalancer.wait_idle(15) and w.rebalancer.backlog == 0
+        await read_all(http, [w.url for w in cluster.workers], bucket, data)
+        assert await metric(http, back.url, "p2pcache_handoff_bytes_total") == 0
+        assert await total(http, staying, "p2pcache_handoff_bytes_total") == handed
+        owned = [c for c in chunks(s3_client, bucket, data) if back.placement.owner(c).id == back.id]
+        assert owned and all(c.name in back.store for c in owned)
+    assert s3.get_bytes == s3_before
+
+
 async def test_a_crashed_worker_costs_what_it_owned_once(cluster_factory, s3, s3_client, bucket):
     cluster = await cluster_factory(3, worker_ttl=1.5, heartbeat=0.3)
     data = dataset(s3_client, bucket, 3)

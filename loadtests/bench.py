@@ -45,7 +45,7 @@ FULL = dict(
     # 256 KiB chunks: placement sees the same chunks per object, and a whole read takes seconds. The
     # loaders and workers cost ~8 CPU-s per GB here: 8 x 25 MB/s keeps them under half the 2 cores.
     scaling_workers="1,2,4,8", egress_limit="25MB", scaling_objects=4, scaling_object_size="147.25MiB",
-    scaling_chunk_size="256KiB", scaling_loaders=2, scaling_concurrency=16,
+    scaling_chunk_size="256KiB", scaling_loaders=2, scaling_concurrency=32,
     # Shards of 64 MiB, not the 2-5 GiB of real checkpoints: the embedded S3 (moto) answers a ranged
     # GET by reading the whole object into memory, so big objects make S3 slow and memory-hungry.
     cold_workers=4, model_size="4GiB", shard_size="2GiB", part_size="8MiB", cold_concurrency=32,

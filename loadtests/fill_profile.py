@@ -1,0 +1,137 @@
+"""Where a cold fill's CPU goes: one worker, one object read cold through it, then warm.
+
+    python -m loadtests.fill_profile --size 512MiB --repeats 3 [--profile fill.pstats] [--perf fill.perf]
+
+An embedded S3 (in this process, serving ranges from memory) holds one object. Each repeat
+starts a fresh single-process worker (`--serve-processes 1`, an empty cache dir) and has curl
+read the whole object through it twice: cold (every chunk filled from S3: GET, checksum,
+write, fsync, rename, then read back and sent) and warm (read back and sent). Reported: MB/s
+and the worker's CPU-seconds per GB of each pass (utime + stime of the worker from
+`/proc/PID/stat`, all its threads), medians; the cold pass's extra CPU over the warm one is
+what the fill costs. With `--profile FILE`, the last repeat's worker runs under cProfile (its
+event loop thread only: the executor's writes and fsyncs show as waits, not CPU) and the top
+functions by own time are printed; timings of that repeat are not counted. With `--perf FILE`,
+one more repeat runs `perf record -g` on the worker during the cold pass only (on-CPU samples of
+all its threads, kernel included) and the top symbols are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from p2pcache.auth import new_secret
+from p2pcache.local import spawn, stop_all, wait_ready
+from p2pcache.sizes import format_size, parse_size
+from p2pcache.s3local import EmbeddedS3
+
+from .datasets import File, seed
+from .harness import _wait_converged, clean_env, require, s3_client
+
+__all__ = ["main", "cpu_seconds"]
+
+BUCKET, KEY = "models", "cold/model-00001-of-00001.safetensors"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _curl(url: str, size: int) -> float:
+    started = time.perf_counter()
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", "--fail", url],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0 or int(out.stdout or 0) != size:
+        raise RuntimeError(f"curl {url}: exit {out.returncode}, {out.stdout!r} bytes, {out.stderr.strip()}")
+    return time.perf_counter() - started
+
+
+def _perf(pid: int, path: str) -> subprocess.Popen:
+    proc = subprocess.Popen(["perf", "record", "-q", "-F", "999", "--call-graph", os.environ.get("PERF_CALL_GRAPH", "fp"), "-p", str(pid), "-o", path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached
+    return proc
+
+
+def _one(s3: EmbeddedS3, size: int, chunk_size: str, profile: str | None = None,
+         perf: str | None = None) -> dict:
+    env = clean_env() | {"P2PCACHE_CLUSTER_SECRET": new_secret()}
+    procs: list = []
+    with tempfile.TemporaryDirectory(prefix="p2pcache-fill-") as tmp:
+        try:
+            master = wait_ready(spawn(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
+                                      "--chunk-size", chunk_size, "--startup-grace", "0"))
+            args = ["worker", "--master", master, "--listen", "127.0.0.1:0", "--cache-dir", f"{tmp}/w0",
+                    "--id", "w0", "--capacity", str(2 * size + (1 << 30)), "--min-free", "0",
+                    "--s3-endpoint", s3.url, "--serve-processes", "1"]
+            if profile:
+                worker = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", profile, "-m", "p2pcache",
+                                           "--log-level", "WARNING", *args], env=env, stdout=subprocess.PIPE,
+                                          text=True, start_new_session=True)
+                procs.append(worker)
+            else:
+                worker = spawn(procs, env, "--log-level", "WARNING", *args)
+            url = wait_ready(worker)
+            _wait_converged(master, [url])
+            out = {}
+            for name in ("cold", "warm"):
+                before, s3_before = cpu_seconds(worker.pid), s3.get_bytes
+                recorder = _perf(worker.pid, perf) if perf and name == "cold" else None
+                seconds = _curl(f"{url}/{BUCKET}/{KEY}", size)
+                if recorder:
+                    recorder.send_signal(signal.SIGINT)
+                    recorder.wait(60)
+                out[name] = {"seconds": seconds, "mb_s": size / seconds / 1e6,
+                             "cpu_s_per_gb": (cpu_seconds(worker.pid) - before) / (size / 1e9),
+                             "s3_bytes": s3.get_bytes - s3_before}
+            return out
+        finally:
+            stop_all(procs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m loadtests.fill_profile", description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=parse_size, default=parse_size("512MiB"))
+    ap.add_argument("--chunk-size", default="8MiB")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", metavar="FILE", help="run one more repeat under cProfile, stats to FILE")
+    ap.add_argument("--perf", metavar="FILE", help="run one more repeat under perf record (cold pass), data to FILE")
+    ap.add_argument("--top", type=int, default=25)
+    a = ap.parse_args(argv)
+    require("curl", *(["perf"] if a.perf else []))
+    with EmbeddedS3(fast_ranges=True) as s3:
+        seed(s3_client(s3.url), [File(BUCKET, KEY, a.size)])
+        runs = [_one(s3, a.size, a.chunk_size) for _ in range(a.repeats)]
+        for r in runs:
+            assert r["cold"]["s3_bytes"] == a.size and r["warm"]["s3_bytes"] == 0, r
+        print(f"{format_size(a.size)} through one worker (--serve-processes 1), curl, medians of {a.repeats}:")
+        for name in ("cold", "warm"):
+            mb_s = statistics.median(r[name]["mb_s"] for r in runs)
+            cpu = statistics.median(r[name]["cpu_s_per_gb"] for r in runs)
+            print(f"  {name}: {mb_s:,.0f} MB/s, worker {cpu:.2f} CPU-s/GB")
+        if a.profile:
+            _one(s3, a.size, a.chunk_size, a.profile)
+            print(f"\ncProfile of the worker's event loop thread ({a.profile}), top {a.top} by own time:")
+            pstats.Stats(a.profile).sort_stats("tottime").print_stats(a.top)
+        if a.perf:
+            _one(s3, a.size, a.chunk_size, perf=a.perf)
+            print(f"\nperf record of the worker during the cold pass ({a.perf}), top {a.top} symbols:")
+            report = subprocess.run(["perf", "report", "-i", a.perf, "--no-children", "--sort", "dso,sym",
+                                     "--stdio", "-g", "none"], capture_output=True, text=True)
+            lines = [line for line in report.stdout.splitlines() if line.strip() and not line.startswith("#")]
+            print("\n".join(lines[:a.top]))
+
+
+if __name__ == "__main__":
+    main()

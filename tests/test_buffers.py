@@ -16,3 +16,31 @@ def test_a_filled_buffer_holds_what_was_written(size):
     view[:] = want
     view.release()
     assert bytes(obj) == want and len(obj) == size
+    assert hash(bytes(obj)) == hash(want)  # no hash was cached before the bytes were written
+
+
+def test_a_large_buffer_is_bytes_filled_in_place_and_kept_alive_by_its_view():
+    size = 5 << 20
+    obj, view = new_bytes(size)
+    assert isinstance(obj, bytes) and len(obj) == size  # CPython: the object handed out, no copy
+    ident = id(obj)
+    del obj  # a writer that outlives the caller must still write into live memory
+    view[-3:] = b"end"
+    view[:5] = b"start"
+    assert view.obj.owner[:5] == b"start" and view.obj.owner[-3:] == b"end" and id(view.obj.owner) == ident
+    view.release()
+
+
+def test_many_sizes_do_not_grow_ctypes_type_cache():
+    import gc
+    import ctypes
+
+    for size in range(10_000, 10_300):
+        obj, view = new_bytes(size)
+        view[:] = b"x" * size
+        view.release()
+        assert obj == b"x" * size
+    gc.collect()
+    alive = [t for t in gc.get_objects() if isinstance(t, type) and issubclass(t, ctypes.Array)
+             and t.__name__ == "Storage"]
+    assert len(alive) < 10

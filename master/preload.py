@@ -87,8 +87,9 @@ class PreloadJob:
         try:
             todo = self._todo
             for round_ in range(1, ROUNDS + 1):
-                again: list[ChunkId] = []
-                await asyncio.gather(*(self._owner(wid, cs, again, last=round_ == ROUNDS)
+                again: list[tuple[ChunkId, int]] = []
+                planned = self._placement()  # the ring `todo` was planned on (or nearly)
+                await asyncio.gather(*(self._owner(wid, cs, again, round_ == ROUNDS, planned)
                                        for wid, cs in todo.items()))
                 if not again:
                     break
@@ -106,8 +107,14 @@ class PreloadJob:
             log.info("preload %s %s: %d/%d chunks, %d bytes (%d from S3), %d failed", self.id, self.state,
                      self.chunks_done, self.chunks_total, self.bytes_done, self.bytes_fetched, self.chunks_failed)
 
-    async def _owner(self, worker_id: str, chunks: list[ChunkId], again: list[ChunkId], last: bool) -> None:
-        """Send one owner its chunks, a batch at a time."""
+    async def _owner(self, worker_id: str, chunks: list[ChunkId], again: list[tuple[ChunkId, int]], last: bool,
+                     planned: Placement) -> None:
+        """Send one owner its chunks, a batch at a time; what is to be tried again goes to `again`
+        with this owner's rank among the chunk's owners, so a follower's copy is retried at the
+        follower of the next ring, not at the primary."""
+        def retry(cs: list[ChunkId], why: str) -> None:
+            self._retry_or_fail([(c, _rank(planned, c, worker_id)) for c in cs], again, last, why)
+
         for i in range(0, len(chunks), BATCH):
             batch = chunks[i:i + BATCH]
             worker = self._placement().members.get(worker_id)
@@ -116,7 +123,7 @@ class PreloadJob:
                     raise PeerError(f"worker {worker_id} left the ring")
                 results = await self._control.preload(worker, batch, self.pin)
             except PeerError as exc:  # the worker is gone or failing: its chunks go elsewhere
-                self._retry_or_fail(batch, again, last, f"{worker_id}: {exc}")
+                retry(batch, f"{worker_id}: {exc}")
                 continue
             except P2PError as exc:
                 for c in batch:
@@ -126,13 +133,14 @@ class PreloadJob:
                 if status in ("cached", "filled", "joined"):
                     self._done(c, status == "filled")
                 elif detail.startswith(("NotOwner:", "ServiceUnavailable:", "SlowDown:")):
-                    self._retry_or_fail([c], again, last, f"{worker_id}: {detail}")
+                    retry([c], f"{worker_id}: {detail}")
                 else:
                     self._fail(f"s3://{c.bucket}/{c.key} chunk {c.index} on {worker_id}: {detail}", 1)
 
-    def _retry_or_fail(self, chunks: list[ChunkId], again: list[ChunkId], last: bool, why: str) -> None:
+    def _retry_or_fail(self, chunks: list[tuple[ChunkId, int]], again: list[tuple[ChunkId, int]], last: bool,
+                       why: str) -> None:
         if last:
-            for c in chunks:
+            for c, _ in chunks:
                 self._fail(f"s3://{c.bucket}/{c.key} chunk {c.index}: {why}", 1)
         else:
             again.extend(chunks)
@@ -153,11 +161,17 @@ class PreloadJob:
             self.failures.append(message)
 
 
-def _regroup(chunks: list[ChunkId], placement: Placement) -> dict[str, list[ChunkId]]:
-    todo: dict[str, list[ChunkId]] = defaultdict(list)
-    for c in chunks:
-        owners = placement.owners(c)
-        if owners:
-            todo[owners[0].id].append(c)
-    return dict(todo)
+def _rank(placement: Placement, c: ChunkId, worker_id: str) -> int:
+    """`worker_id`'s place among the owners of `c` (0: the primary; 0 if it is not one)."""
+    ids = [w.id for w in placement.owners(c)[:placement.ring.replicas]]
+    return ids.index(worker_id) if worker_id in ids else 0
 
+
+def _regroup(chunks: list[tuple[ChunkId, int]], placement: Placement) -> dict[str, list[ChunkId]]:
+    """Worker id -> the chunks to try again: each at the owner of the same rank on `placement`."""
+    todo: dict[str, list[ChunkId]] = defaultdict(list)
+    for c, rank in chunks:
+        owners = placement.owners(c)[:placement.ring.replicas]
+        if owners:
+            todo[owners[min(rank, len(owners) - 1)].id].append(c)
+    return dict(todo)

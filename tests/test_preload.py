@@ -9,8 +9,11 @@ import aiohttp
 import pytest
 
 from conftest import CHUNK, SECRET, wait_for
+from master.preload import _rank, _regroup, plan
 from p2pcache.admin_client import AdminClient, preload
 from p2pcache.errors import AccessDenied, BadRequest, NotFound
+from p2pcache.objects import ObjectInfo
+from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 
 KEYS = 5
 
@@ -155,3 +158,22 @@ async def test_status_names_a_worker_that_does_not_answer(cluster):
         rows = {w["id"]: w for w in (await admin.status())["workers"]}
     assert rows[gone.id]["state"] == "unreachable" and gone.url in rows[gone.id]["error"]
     assert rows["w0"]["state"] == "up" and rows["w0"]["capacity"] == 1 << 30
+
+
+def test_a_retried_follower_copy_goes_to_the_follower_of_the_new_ring():
+    """With replicas, a chunk whose follower failed is tried again at the follower of the next
+    ring, not at its primary (which has it: the follower's copy would never be made)."""
+    def ring(ids):
+        return Placement(RingSnapshot("m", 1, 1 << 20, 2, workers=tuple(WorkerInfo(i, f"http://{i}") for i in ids)))
+
+    before, after = ring(["a", "b", "c", "d"]), ring(["a", "b", "c"])
+    info = ObjectInfo("b", "model.bin", '"e"', 64 << 20)
+    todo = plan([info], before)
+    failed = [(c, _rank(before, c, "d")) for c in todo["d"]]  # d's batches failed: it left
+    assert {rank for _, rank in failed} == {0, 1}
+    again = _regroup(failed, after)
+    for c, rank in failed:
+        want = after.owners(c)[rank].id
+        assert c in again[want]
+        assert all(c not in cs for wid, cs in again.items() if wid != want)
+    assert sum(map(len, again.values())) == len(failed)

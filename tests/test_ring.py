@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from p2pcache.objects import ObjectInfo
 from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
-from worker.chunks import fill_source, prefer_healthy, read_order
+from worker.routing import fill_source, prefer_healthy, read_order
 
 
 def ring(n: int, epoch: int = 1, replicas: int = 1, **kw) -> RingSnapshot:

@@ -319,3 +319,63 @@ async def test_a_corrupt_chunk_met_mid_answer_is_read_again_by_the_coordinator(c
         for _ in range(4):
             assert await _get(http, url) == (200, body)
         assert await metric(http, worker.url, "p2pcache_corrupt_chunks_total") == 1
+
+
+async def test_a_serving_process_reads_other_workers_chunks_from_them(cluster_factory, s3, s3_client, bucket):
+    """A read at a worker that does not own the chunks is answered by its serving processes, which
+    ask the owners themselves (not passed on through the coordinator); S3 is read once."""
+    cluster = await cluster_factory(3, serve_processes=2)
+    size = 9 * CHUNK + 777
+    body = random.Random(11).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    before = s3.get_bytes
+    reader, url = cluster.workers[0], f"{cluster.workers[0].url}/{bucket}/m.bin"
+    etag = s3_client.head_object(Bucket=bucket, Key="m.bin")["ETag"]
+    info = ObjectInfo(bucket, "m.bin", etag, size)
+    others = [i for i in range(chunk_count(size, CHUNK) - 1)  # whole chunks
+              if reader.placement.owner(info.chunk(i, CHUNK)).id != reader.id]
+    assert len(others) >= 3
+    rnd = random.Random(12)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for w in cluster.workers:  # every chunk filled by its owner
+            assert await _get(http, f"{w.url}/{bucket}/m.bin") == (200, body)
+        assert s3.get_bytes - before == size
+        first = others[0] * CHUNK
+        await wait_for(lambda: _answered_by_a_process(http, url, (first, first)),
+                       what="the serving processes to learn the ring")
+        reads = [(i * CHUNK + rnd.randrange(CHUNK // 2), i * CHUNK + CHUNK // 2 + rnd.randrange(CHUNK // 2))
+                 for i in others]  # inside one chunk another worker owns
+        reads += [(others[0] * CHUNK, size - 1), (0, size - 1)]  # across chunks, some local
+        base = await _process_counts(http, reader.url)
+        results = await asyncio.gather(*(_get(http, url, r) for r in reads))
+        bad = [(r, st, len(got)) for (st, got), r in zip(results, reads) if (st, got) != (206, body[r[0]:r[1] + 1])]
+        assert not bad
+        # Answered by the serving processes: a request passed on to the coordinator is not counted there.
+        await wait_for(lambda: _served(http, reader.url, base, len(reads)), what="the reads' reports")
+    assert s3.get_bytes - before == size
+
+
+async def _answered_by_a_process(http, url: str, rng: tuple[int, int]) -> bool:
+    """Whether a read of `rng` is answered by a serving process (not passed on to the coordinator)."""
+    worker = url.rsplit("/", 2)[0]
+    base = await _process_counts(http, worker)
+    await _get(http, url, rng)
+    for _ in range(50):  # the serving processes report every 0.2 s
+        if await _served(http, worker, base, 1):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_serving_process_passes_a_read_on_when_the_owner_is_gone(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(3, serve_processes=2, worker_ttl=30.0)
+    size = 9 * CHUNK + 5
+    body = random.Random(13).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    url = f"{cluster.workers[0].url}/{bucket}/m.bin"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        assert await _get(http, url) == (200, body)
+        await cluster.workers[1].stop(leave=False)  # still in the ring: its chunks' reads fail over
+        for _ in range(4):
+            assert await _get(http, url) == (200, body)
+            assert await _get(http, url, (CHUNK - 10, 3 * CHUNK + 10)) == (206, body[CHUNK - 10:3 * CHUNK + 11])

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import zlib
 from collections import deque
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
@@ -31,45 +30,16 @@ from p2pcache.singleflight import SingleFlight
 from .diskhealth import DiskHealth
 from .metrics import WorkerMetrics
 from .peer import PeerClient
+from .routing import PEER_DOWN_SECONDS, fill_source, prefer_healthy, read_order
 from .store import ChunkStore, read_pieces
 
-__all__ = ["Chunks", "read_order", "prefer_healthy", "fill_source"]
+__all__ = ["Chunks"]
 
 log = logging.getLogger("p2pcache.chunks")
-MAX_HOPS = 2  # a peer request may cause one more (a follower filling from its primary)
-PEER_DOWN_SECONDS = 5.0
 SMALL = 512 << 10  # ranges up to this are read in one go and sent as one Response
 STREAM_BUDGET = 16 << 20  # bytes of read pieces in flight over all open local streams
 MIN_PIECE, MAX_PIECE = 64 << 10, 1 << 20
 HOLDERS = 4  # earlier holders a fill asks (a 404 each when they lack it) before S3
-
-
-def read_order(owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[WorkerInfo]:
-    """Whom to ask for a chunk, best first.
-
-    This worker first if it is an owner; otherwise the owners starting at a
-    per-reader offset (so a hot chunk's readers spread over its replicas),
-    then the successors. This worker comes last of all: if every owner is
-    unreachable, it fills the chunk itself rather than fail the read.
-    """
-    primary, rest = list(owners[:replicas]), list(owners[replicas:])
-    if any(w.id == me for w in primary):
-        return [w for w in primary if w.id == me] + [w for w in primary + rest if w.id != me]
-    k = zlib.crc32(me.encode()) % len(primary) if primary else 0
-    order = [w for w in primary[k:] + primary[:k] + rest if w.id != me]
-    return order + [WorkerInfo(me, "")]
-
-
-def prefer_healthy(order: list[WorkerInfo], down: set[str]) -> list[WorkerInfo]:
-    """The same order, with peers that just failed moved to the end."""
-    return [w for w in order if w.id not in down] + [w for w in order if w.id in down]
-
-
-def fill_source(owners: tuple[WorkerInfo, ...], replicas: int, me: str, hop: int) -> WorkerInfo | None:
-    """The peer a fill here should copy from (a follower copies its primary), or None for S3."""
-    if not owners or owners[0].id == me or hop >= MAX_HOPS:
-        return None
-    return owners[0] if any(w.id == me for w in owners[1:replicas]) else None
 
 
 class Stream(Protocol):

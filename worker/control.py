@@ -22,7 +22,8 @@ from p2pcache.ring import Placement
 from p2pcache.worker_client import parse_listing
 
 from . import inputs
-from .chunks import Chunks, fill_source
+from .chunks import Chunks
+from .routing import fill_source
 from .keep import Keeps
 from .metrics import WorkerMetrics
 from .objects import ObjectCache

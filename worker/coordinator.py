@@ -1,7 +1,9 @@
 """The coordinator's side of the serving processes' channel: its unix socket's routes.
 
 Serving processes ask it for an object's identity (`/_p2p/local/object`) and
-report their chunk uses, corrupt chunks and requests (`/_p2p/local/report`);
+its ring (`/_p2p/local/ring`: they read chunks held by other workers from those
+workers), and report their chunk uses, corrupt chunks and requests
+(`/_p2p/local/report`, answered with the ring's version so they see a change);
 every other request on the socket is one they pass on, answered by the worker
 as if it had come to its port. A local route needs the token the coordinator
 gave its serving processes (`TOKEN_HEADER`): a request passed on from the
@@ -10,6 +12,7 @@ port, whatever its path, never reaches one.
 
 from __future__ import annotations
 
+import base64
 import hmac
 from typing import Awaitable, Callable
 
@@ -19,7 +22,7 @@ from p2pcache.errors import BadRequest, CorruptChunk, P2PError
 from p2pcache.objects import ObjectInfo
 
 from .http import error_response, prepend, send_body
-from .forward import OBJECT_PATH, REPORT_PATH, REST_PATH, TOKEN_HEADER
+from .forward import OBJECT_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER
 
 __all__ = ["coordinator_handler", "TOUCHES"]
 
@@ -45,18 +48,25 @@ def coordinator_handler(worker, token: str) -> Handler:
             bucket, key, max_age = q["bucket"], q["key"], float(q["max_age"])
         except (KeyError, ValueError) as exc:
             raise BadRequest(f"malformed object request: {exc!r}") from None
-        chunk_size = worker._placement().ring.chunk_size
+        ring = worker._placement().ring
         info = await worker.objects.get(bucket, key, max_age)
         return web.json_response({"etag": info.etag, "size": info.size, "last_modified": info.last_modified,
                                   "content_type": info.content_type, "headers": info.headers,
-                                  "chunk_size": chunk_size})
+                                  "chunk_size": ring.chunk_size, "ring": ring.version})
+
+    async def ring(request: web.BaseRequest) -> web.Response:
+        """The worker's current ring (msgpack, base64) and its own id in it."""
+        snapshot = worker._placement().ring
+        return web.json_response({"me": worker.id, "version": snapshot.version,
+                                  "ring": base64.b64encode(snapshot.encode()).decode()})
 
     async def report(request: web.BaseRequest) -> web.Response:
         try:
             batch = await request.json()
             process, touched, corrupt = str(int(batch["process"])), batch["touched"], batch["corrupt"]
             requests, sent, hits = batch["requests"], int(batch["bytes"]), int(batch["hits"])
-            peer_sent = int(batch.get("peer_bytes", 0))
+            peer_sent, misses = int(batch.get("peer_bytes", 0)), int(batch.get("misses", 0))
+            corrupt_transfers = int(batch.get("corrupt_transfers", 0))
         except (KeyError, ValueError, TypeError) as exc:
             raise BadRequest(f"malformed report: {exc!r}") from None
         for name, uses in touched.items():
@@ -73,7 +83,10 @@ def coordinator_handler(worker, token: str) -> Handler:
         m.bytes_served.inc(sent)
         m.chunk_bytes_served.inc(peer_sent)
         m.hits.inc(hits)
-        return web.json_response({})
+        m.misses.inc(misses)
+        m.corrupt_transfers.inc(corrupt_transfers)
+        placement = worker.placement
+        return web.json_response({"ring": placement.ring.version if placement else None})
 
     async def rest(request: web.BaseRequest) -> web.StreamResponse:
         """The rest of a read a serving process could not finish from its files (a corrupt chunk)."""
@@ -96,5 +109,5 @@ def coordinator_handler(worker, token: str) -> Handler:
             await pieces.aclose()
         return resp
 
-    routes = {OBJECT_PATH: object_info, REPORT_PATH: report, REST_PATH: rest}
+    routes = {OBJECT_PATH: object_info, REPORT_PATH: report, REST_PATH: rest, RING_PATH: ring}
     return handle

@@ -21,7 +21,7 @@ from p2pcache.objects import ObjectInfo
 from .peer import REASON_HEADER
 
 __all__ = ["CoordinatorClient", "HOP_BY_HOP", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH", "REST_PATH",
-           "TOKEN_HEADER"]
+           "RING_PATH", "TOKEN_HEADER"]
 
 log = logging.getLogger("p2pcache.worker.forward")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -30,6 +30,7 @@ _NOT_PASSED_BACK = HOP_BY_HOP | {"date", "server"}
 _BASE = "http://coordinator"
 LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
 OBJECT_PATH, REPORT_PATH, REST_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report", LOCAL_PREFIX + "rest"
+RING_PATH = LOCAL_PREFIX + "ring"
 TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
 
 
@@ -52,13 +53,16 @@ class CoordinatorClient:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise _unavailable(exc) from exc
 
-    async def post_json(self, path: str, body: Any) -> None:
+    async def post_json(self, path: str, body: Any) -> Any | None:
+        """The coordinator's JSON answer, or None if it answered an error (logged)."""
         try:
             async with self._session.post(_BASE + path, data=json.dumps(body).encode(),
                                           headers={"Content-Type": "application/json"} | self._local_headers) as resp:
                 if resp.status != 200:
                     log.warning("coordinator answered %d to %s", resp.status, path)
-        except (aiohttp.ClientError, OSError) as exc:
+                    return None
+                return await resp.json()
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise _unavailable(exc) from exc
 
     async def rest(self, info: ObjectInfo, start: int, stop: int) -> AsyncIterator[bytes]:

@@ -16,7 +16,7 @@ from aiohttp import web
 from p2pcache.auth import HEADER, AuthError, Verifier
 from p2pcache.errors import CorruptChunk, P2PError
 
-from .chunks import MAX_HOPS
+from .routing import MAX_HOPS
 from .http import parse_peer_request
 from .peer import CHUNK_PATH, chunk_answer
 from .store import read_pieces

@@ -89,7 +89,8 @@ class ServingProcesses:
         host, port = self._port.getsockname()[:2]
         settings = {
             "host": cfg.host, "port": port, "socket": path, "cache_dir": str(cfg.cache_dir),
-            "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "allowed_buckets": sorted(cfg.allowed_buckets),
+            "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "tls_ca": cfg.tls_ca,
+            "peer_read_timeout": max(60.0, 2 * cfg.origin_deadline), "allowed_buckets": sorted(cfg.allowed_buckets),
             "client_keys": [[k.key_id, k.secret, sorted(k.buckets)] for k in cfg.client_keys],
             "meta_ttl": cfg.meta_ttl, "egress_limit": cfg.egress_limit / egress_shares(cfg),
             "drain_timeout": cfg.drain_timeout, "parent": os.getpid(), "token": self._token,

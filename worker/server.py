@@ -36,7 +36,8 @@ from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
 
 from . import inputs
-from .chunks import MAX_HOPS, Chunks, fill_source
+from .chunks import Chunks
+from .routing import MAX_HOPS, fill_source
 from .config import WorkerConfig
 from .eviction import POLICIES
 from .control import Control

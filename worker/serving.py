@@ -1,4 +1,5 @@
-"""A serving process: answers reads of chunks on disk from their files, passes the rest to the coordinator.
+"""A serving process: answers reads of chunks on disk from their files and of chunks other
+workers hold from those workers; passes the rest to the coordinator.
 
 Started by the coordinator (worker/procs.py) with its settings as one JSON line
 on stdin; it listens on the worker's port with SO_REUSEPORT, prints a ready
@@ -29,9 +30,9 @@ from aiohttp import web
 
 from p2pcache import conditions, tls
 from p2pcache.auth import Verifier
-from p2pcache.errors import CorruptChunk, P2PError
+from p2pcache.errors import CorruptChunk, P2PError, PeerError
 from p2pcache.httplog import QuietParseErrors
-from p2pcache.objects import ObjectInfo
+from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.ranges import chunk_spans
 from p2pcache.service import setup_logging
 from p2pcache.singleflight import SingleFlight
@@ -42,6 +43,8 @@ from .forward import LOCAL_PREFIX, OBJECT_PATH, REPORT_PATH, REST_PATH, TOKEN_HE
 from .http import REQUEST_ID, error_response, object_answer
 from .limits import TokenBucket
 from .peerfiles import PeerFiles
+from .peer import PeerStream
+from .peerreads import PeerReads
 from .readers import ClientKey, Readers
 from .store import read_pieces
 
@@ -55,6 +58,7 @@ SMALL = 512 << 10  # as worker/chunks.py: sent as one Response
 MAX_CHUNKS = 64  # chunks a read may span and still be answered here (each is opened before the status line)
 STREAM_BUDGET, MIN_PIECE, MAX_PIECE = 16 << 20, 64 << 10, 1 << 20
 REPORT_INTERVAL = 0.2  # seconds between reports: how stale the worker's metrics may be
+RING_CHECK = 5  # report intervals between reports sent with nothing to report (they learn the ring's version)
 SWEEP_INTERVAL = 1.0  # seconds an evicted chunk's file may stay open here when nobody reads it
 OBJECT_CACHE = 10_000
 
@@ -76,6 +80,8 @@ class ServingProcess:
         self.reports = Reports()
         secret = bytes.fromhex(settings["secret"]) if settings.get("secret") else None
         self.peer_files = PeerFiles(self, Verifier(secret) if secret else None)
+        self.peer_reads = PeerReads(self.coordinator, secret, settings.get("tls_ca", ""),
+                                    settings.get("peer_read_timeout", 60.0), self.reports.corrupt_transfer)
         self._streams = 0
         self._rid_prefix, self._rids = uuid.uuid4().hex[:6].upper() + f"{self.index:02X}", itertools.count()
         self._runner: web.ServerRunner | None = None
@@ -88,6 +94,7 @@ class ServingProcess:
                             logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")))
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=s.get("drain_timeout", 20))
         await self._runner.setup()
+        await self.peer_reads.start()
         await web.TCPSite(self._runner, s["host"], s["port"], reuse_port=True, ssl_context=ssl).start()
         self._tasks = [asyncio.create_task(self._report_loop()), asyncio.create_task(self._sweep_loop())]
 
@@ -100,6 +107,7 @@ class ServingProcess:
         with contextlib.suppress(P2PError):
             await self._flush()
         await self._lookups.close()
+        await self.peer_reads.close()
         await self.coordinator.close()
         self.files.close()
 
@@ -148,13 +156,21 @@ class ServingProcess:
                 await self.egress.take(len(data))
             return web.Response(status=status, headers=out, body=data)
         with contextlib.ExitStack() as pins:
-            files = []
+            sources = []  # per chunk: its file here, or the workers to ask for it
             for span in chunk_spans(start, stop, chunk_size):
-                file = self._pin(pins, info.chunk(span.index, chunk_size).name)
-                if file is None:
+                c = info.chunk(span.index, chunk_size)
+                file = self._pin(pins, c.name)
+                peers = self.peer_reads.peers(c) if file is None else None
+                if file is None and peers is None:
+                    return None  # this worker's to fill: the coordinator's
+                sources.append((span, c, file, peers))
+            first = None
+            if sources[0][2] is None:  # opened before the status line: if no owner answers, pass it on
+                span, c, _, peers = sources[0]
+                first = await self.peer_reads.open(c, span.offset, span.length, peers)
+                if first is None:
                     return None
-                files.append((file, span))
-            return await self._stream(request, status, out, info, start, stop, files)
+            return await self._stream(request, status, out, info, start, stop, sources, first)
 
     async def plan(self, method: str, path: str, query: str, headers) -> tuple | None:
         """(status, headers, info, chunk size, start, stop) of a read this process may answer
@@ -187,10 +203,11 @@ class ServingProcess:
     async def read_small(self, info: ObjectInfo, chunk_size: int, start: int, stop: int) -> bytearray | None:
         """Bytes `[start, stop)` (inside one chunk) from its file, checked; None if it is not here or bad."""
         index, offset = divmod(start, chunk_size)
+        c = info.chunk(index, chunk_size)
         with contextlib.ExitStack() as pins:
-            file = self._pin(pins, info.chunk(index, chunk_size).name)
+            file = self._pin(pins, c.name)
             if file is None:
-                return None
+                return await self._small_from_peer(c, offset, stop - start)
             try:
                 async for data in read_pieces(file, offset, stop - start, SMALL + (64 << 10)):
                     pass
@@ -201,6 +218,22 @@ class ServingProcess:
                 return None
             self.reports.read(file.name, len(data))
             return data
+
+    async def _small_from_peer(self, c: ChunkId, offset: int, length: int) -> bytearray | None:
+        """A small range of a chunk another worker holds, from that worker; None: the coordinator's."""
+        peers = self.peer_reads.peers(c)
+        stream = await self.peer_reads.open(c, offset, length, peers) if peers else None
+        if stream is None:
+            return None
+        data = bytearray()
+        try:
+            async for piece in stream:
+                data += piece
+        except PeerError:
+            self.peer_reads.failed(stream.peer)
+            return None
+        self.reports.miss()
+        return data
 
     def _pin(self, pins: contextlib.ExitStack, name: str):
         """The chunk's open file, held until `pins` closes; None if it is not here or unreadable."""
@@ -213,26 +246,45 @@ class ServingProcess:
         return None
 
     async def _stream(self, request, status: int, headers: dict, info: ObjectInfo, start: int, stop: int,
-                      files) -> web.StreamResponse:
+                      sources, first: PeerStream | None) -> web.StreamResponse:
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = stop - start
         resp.headers["x-amz-request-id"] = request[REQUEST_ID]
         piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
         self._streams += 1
         pos = start
+        ahead: asyncio.Task | None = None
+        stream = None
         try:
             await resp.prepare(request)
             try:
-                for file, span in files:
-                    self.reports.read(file.name, 0)
-                    async for data in read_pieces(file, span.offset, span.length, piece):
-                        await self._send(resp, data)
-                        pos += len(data)
-            except (CorruptChunk, OSError) as exc:  # nothing of a bad block went out: the coordinator
-                if isinstance(exc, ConnectionError):  # reads the rest (and drops or refills the chunk)
-                    raise
+                for i, (span, c, file, peers) in enumerate(sources):
+                    if file is not None:
+                        self.reports.read(file.name, 0)
+                        pieces = read_pieces(file, span.offset, span.length, piece)
+                    else:
+                        if i == 0:
+                            stream = first
+                        elif ahead is not None:
+                            stream, ahead = await ahead, None
+                        else:
+                            stream = await self.peer_reads.open(c, span.offset, span.length, peers)
+                        if stream is None:  # no owner answered: the coordinator reads the rest
+                            raise _Rest()
+                        self.reports.miss()
+                        pieces = stream.__aiter__()
+                    ahead = self._open_next(sources, i + 1)  # the next peer chunk's first bytes meanwhile
+                    async with contextlib.aclosing(pieces):
+                        async for data in pieces:
+                            await self._send(resp, data)
+                            pos += len(data)
+            except (CorruptChunk, OSError, PeerError, _Rest) as exc:  # nothing of a bad block went out:
+                if isinstance(exc, ConnectionError):  # the coordinator reads the rest (and drops or
+                    raise  # refills a corrupt chunk here; a peer that failed is asked last for a while)
                 if isinstance(exc, CorruptChunk):
                     self.reports.corrupt(exc.name)
+                if isinstance(exc, PeerError) and stream is not None:
+                    self.peer_reads.failed(stream.peer)
                 async for data in self.coordinator.rest(info, pos, stop):
                     await self._send(resp, data)
             await resp.write_eof()
@@ -244,7 +296,19 @@ class ServingProcess:
                 request.transport.close()
         finally:
             self._streams -= 1
+            if first is not None:
+                first.close()
+            if ahead is not None:
+                ahead.cancel()
+                ahead.add_done_callback(_close_opened)
         return resp
+
+    def _open_next(self, sources, i: int) -> asyncio.Task | None:
+        """Open the next chunk's stream if a peer holds it (a task, awaited when it is reached)."""
+        if i >= len(sources) or sources[i][2] is not None:
+            return None
+        span, c, _, peers = sources[i]
+        return asyncio.ensure_future(self.peer_reads.open(c, span.offset, span.length, peers))
 
     async def _send(self, resp: web.StreamResponse, data) -> None:
         if self.egress is not None:
@@ -269,20 +333,23 @@ class ServingProcess:
         if len(self._objects) >= OBJECT_CACHE:
             del self._objects[next(iter(self._objects))]
         self._objects[(bucket, key)] = (time.monotonic() + self.ttl, info, got["chunk_size"])
+        await self.peer_reads.seen(got.get("ring"))
         return info, got["chunk_size"]
 
     async def _report_loop(self) -> None:
-        while True:
+        for n in itertools.count(1):
             await asyncio.sleep(REPORT_INTERVAL)
             try:
-                await self._flush()
+                await self._flush(force=n % RING_CHECK == 0)
             except P2PError as exc:
                 log.warning("report to the coordinator lost: %s", exc)
 
-    async def _flush(self) -> None:
-        batch = self.reports.take(self.index)
+    async def _flush(self, force: bool = False) -> None:
+        batch = self.reports.take(self.index, force)
         if batch is not None:
-            await self.coordinator.post_json(REPORT_PATH, batch)
+            answer = await self.coordinator.post_json(REPORT_PATH, batch)
+            if answer:
+                await self.peer_reads.seen(answer.get("ring"))
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -300,6 +367,8 @@ class Reports:
         self._bytes = 0
         self._peer_bytes = 0
         self._hits = 0
+        self._misses = 0
+        self._corrupt_transfers = 0
 
     def read(self, name: str, sent: int) -> None:
         self._touched[name] += 1
@@ -315,18 +384,35 @@ class Reports:
     def corrupt(self, name: str) -> None:
         self._corrupt.add(name)
 
+    def miss(self) -> None:
+        """A chunk read from the worker that holds it."""
+        self._misses += 1
+
+    def corrupt_transfer(self) -> None:
+        self._corrupt_transfers += 1
+
     def request(self, method: str, status: int) -> None:
         self._requests[f"{method} {status}"] += 1
 
-    def take(self, index: int) -> dict | None:
-        """The batch since the last one (None if there is nothing to say), and a fresh start."""
-        if not (self._touched or self._corrupt or self._requests):
+    def take(self, index: int, force: bool = False) -> dict | None:
+        """The batch since the last one (None if there is nothing to say, unless `force`), and a fresh start."""
+        if not (self._touched or self._corrupt or self._requests or force):
             return None
         batch = {"process": index, "touched": dict(self._touched), "corrupt": sorted(self._corrupt),
                  "requests": dict(self._requests), "bytes": self._bytes, "hits": self._hits,
-                 "peer_bytes": self._peer_bytes}
+                 "peer_bytes": self._peer_bytes, "misses": self._misses,
+                 "corrupt_transfers": self._corrupt_transfers}
         self.__init__()
         return batch
+
+
+class _Rest(Exception):
+    """No owner answered for a chunk mid-read: the coordinator reads the rest."""
+
+
+def _close_opened(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is None and task.result() is not None:
+        task.result().close()
 
 
 def _die_with_parent(parent: int) -> None:

@@ -1,0 +1,89 @@
+"""Reads through one worker of three, as an S3 SDK behind a Service does: most chunks are other workers'.
+
+    python -m loadtests.nonowner_bench --size 512MiB --repeats 5 --serve-processes 1,2
+
+For each `--serve-processes` value: a fresh 3-worker cluster (separate processes, loopback, the
+embedded S3), one object read once through every worker (so every chunk is on its owner's disk),
+then curl reads the whole object through worker 0 `--repeats` times. Reported: MB/s and the
+CPU-seconds per GB of all three workers' process trees (coordinators and serving processes,
+utime + stime from `/proc`), medians. About two thirds of the chunks are owned by the other two
+workers: with serving processes, those come straight from their owners, not through worker 0's
+coordinator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import time
+
+from p2pcache.sizes import format_size, parse_size
+
+from .datasets import File, seed
+from .fill_profile import cpu_seconds
+from .harness import cluster, require, s3_client
+
+__all__ = ["main"]
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a worker's serving processes are its children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for root in pids:
+        for p in _tree(root):
+            try:
+                total += cpu_seconds(p)
+            except OSError:  # exited meanwhile
+                pass
+    return total
+
+
+def run(size: int, processes: int, repeats: int) -> dict:
+    with cluster(3, worker_args=("--serve-processes", str(processes))) as c:
+        seed(s3_client(c.s3.url), [File("models", "model.safetensors", size)])
+        for url in c.workers:
+            subprocess.run(["curl", "-sS", "-o", os.devnull, "--fail", f"{url}/models/model.safetensors"], check=True)
+        pids = [p.pid for p in c.worker_procs]
+        runs = []
+        for _ in range(repeats):
+            before = _cpu(pids)
+            started = time.perf_counter()
+            subprocess.run(["curl", "-sS", "-o", os.devnull, "--fail", f"{c.workers[0]}/models/model.safetensors"],
+                           check=True)
+            seconds = time.perf_counter() - started
+            runs.append((size / seconds / 1e6, (_cpu(pids) - before) / (size / 1e9)))
+    return {"processes": processes, "mb_s": statistics.median(r[0] for r in runs),
+            "cpu_s_per_gb": statistics.median(r[1] for r in runs), "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m loadtests.nonowner_bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=parse_size, default=parse_size("512MiB"))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--serve-processes", default="1,2")
+    a = ap.parse_args(argv)
+    require("curl")
+    print(f"{format_size(a.size)} read through worker 0 of 3 with curl, medians of {a.repeats}")
+    print("| --serve-processes | MB/s | workers' CPU-s per GB |\n| ---: | ---: | ---: |")
+    for n in (int(x) for x in a.serve_processes.split(",")):
+        r = run(a.size, n, a.repeats)
+        print(f"| {n} | {r['mb_s']:,.0f} | {r['cpu_s_per_gb']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

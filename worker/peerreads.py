@@ -1,0 +1,110 @@
+"""A serving process's reads of chunks that other workers hold: straight from them.
+
+Without this, a read of another worker's chunk would pass through the coordinator
+(one more receive and send per byte, on one process). The serving process keeps
+the coordinator's ring (`/_p2p/local/ring`, fetched again when an answer from the
+coordinator names a newer version) and asks the chunk's owners over the signed
+peer protocol, checking the block sums as the coordinator would. A chunk this
+worker owns but does not hold is the coordinator's to fill; so is every read
+whose owners fail: then the caller passes the read (or its rest) on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+
+import aiohttp
+
+from p2pcache import tls
+from p2pcache.auth import Signer
+from p2pcache.errors import P2PError, PeerError
+from p2pcache.objects import ChunkId
+from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
+from p2pcache.singleflight import SingleFlight
+
+from .forward import RING_PATH, CoordinatorClient
+from .peer import PeerClient, PeerStream
+from .routing import PEER_DOWN_SECONDS, prefer_healthy, read_order
+
+__all__ = ["PeerReads"]
+
+log = logging.getLogger("p2pcache.worker.peerreads")
+
+
+class PeerReads:
+    def __init__(self, coordinator: CoordinatorClient, secret: bytes | None, tls_ca: str = "",
+                 read_timeout: float = 60.0, on_corrupt=lambda: None) -> None:
+        self._coordinator = coordinator
+        self._secret, self._tls_ca, self._read_timeout = secret, tls_ca, read_timeout
+        self._on_corrupt = on_corrupt
+        self.placement: Placement | None = None
+        self.me = ""
+        self._version: tuple | None = None
+        self._refresh = SingleFlight()
+        self._down: dict[str, float] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._client: PeerClient | None = None
+
+    async def start(self) -> None:
+        ssl = await asyncio.to_thread(tls.client_context, self._tls_ca)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, ssl=ssl), auto_decompress=False)
+        self._client = PeerClient(self._session, read_timeout=self._read_timeout, signer=Signer(self._secret),
+                                  on_corrupt=self._on_corrupt)
+
+    async def close(self) -> None:
+        await self._refresh.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def seen(self, version) -> None:
+        """The coordinator named its ring's `version`: fetch that ring if it is not ours."""
+        if version is not None and tuple(version) != self._version:
+            try:
+                await self._refresh.do("ring", self._fetch)
+            except P2PError as exc:
+                log.warning("could not fetch the coordinator's ring: %s", exc)
+
+    async def _fetch(self) -> None:
+        got = await self._coordinator.get_json(RING_PATH, {})
+        if got is None:  # no ring yet
+            return
+        snapshot = RingSnapshot.decode(base64.b64decode(got["ring"]))
+        placement = await asyncio.to_thread(Placement, snapshot)  # 0.1 s at 1,000 workers: off the loop
+        self.placement, self.me, self._version = placement, got["me"], snapshot.version
+
+    def peers(self, c: ChunkId) -> list[WorkerInfo] | None:
+        """The workers to ask for `c`, best first; None if it is this worker's to read (an owner:
+        the coordinator fills it) or there is no ring yet."""
+        placement = self.placement
+        if placement is None or c.chunk_size != placement.ring.chunk_size:
+            return None
+        now = time.monotonic()
+        down = {w for w, until in self._down.items() if until > now}
+        order = prefer_healthy(read_order(placement.owners(c), placement.ring.replicas, self.me), down)
+        if not order or order[0].id == self.me:
+            return None
+        return [w for w in order if w.id != self.me]
+
+    async def open(self, c: ChunkId, offset: int, length: int, peers: list[WorkerInfo]) -> PeerStream | None:
+        """`length` bytes of `c` from `offset`, from the first of `peers` that answers; None if
+        none does, or one answers an error about the object (the coordinator then answers it)."""
+        for peer in peers:
+            try:
+                stream = await self._client.open(peer, c, offset, length)
+            except PeerError as exc:
+                self._down[peer.id] = time.monotonic() + PEER_DOWN_SECONDS
+                log.info("peer %s failed for %s: %s", peer.id, c.ring_key, exc)
+                continue
+            except P2PError:
+                return None
+            self._down.pop(peer.id, None)
+            return stream
+        return None
+
+    def failed(self, peer: WorkerInfo) -> None:
+        """`peer` failed mid-chunk: ask it last for a while."""
+        self._down[peer.id] = time.monotonic() + PEER_DOWN_SECONDS

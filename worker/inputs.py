@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from p2pcache.errors import BadRequest, ObjectChanged, Unsupported
 from p2pcache.objects import ChunkId
 
-from .objects import ObjectCache
+if TYPE_CHECKING:  # not imported at run time: serving processes use this module without S3
+    from .objects import ObjectCache
 
 __all__ = ["check_key", "check_object_query", "check_chunk", "check_chunk_object", "parse_hop",
            "UNSUPPORTED_PARAMS", "MAX_OBJECT_SIZE"]

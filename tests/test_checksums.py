@@ -136,7 +136,7 @@ async def test_a_corrupted_peer_transfer_is_never_served(cluster_factory, s3_cli
     flipper = await Flipper("").start()
     try:
         behind = await cluster.add_worker(advertise=flipper.url)  # its peers reach it through the proxy
-        host, port = behind._runner.addresses[0][:2]
+        host, port = behind.address
         flipper.target = f"http://{host}:{port}"
         await cluster.wait_converged()
         async with aiohttp.ClientSession() as http:

@@ -379,3 +379,38 @@ async def test_a_serving_process_passes_a_read_on_when_the_owner_is_gone(cluster
         for _ in range(4):
             assert await _get(http, url) == (200, body)
             assert await _get(http, url, (CHUNK - 10, 3 * CHUNK + 10)) == (206, body[CHUNK - 10:3 * CHUNK + 11])
+
+
+async def test_a_corrupt_report_drops_only_a_copy_that_is_corrupt(cluster_factory, s3_client, bucket):
+    """A serving process's report of a corrupt chunk may arrive after the coordinator dropped and
+    refilled it: the coordinator checks the copy it has now, and keeps it if it is good."""
+    cluster = await cluster_factory(1, serve_processes=2)
+    worker = cluster.workers[0]
+    body = random.Random(21).randbytes(3 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    info = ObjectInfo(bucket, "m.bin", s3_client.head_object(Bucket=bucket, Key="m.bin")["ETag"], len(body))
+    name = info.chunk(1, CHUNK).name
+    sock = f"{worker.procs._dir}/coordinator.sock"
+    report = {"process": 0, "touched": {}, "corrupt": [name], "requests": {}, "bytes": 0, "hits": 0}
+    async with aiohttp.ClientSession() as http, \
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as local:
+        assert await _get(http, f"{worker.url}/{bucket}/m.bin") == (200, body)
+        assert name in worker.store
+
+        async def send_report() -> None:
+            async with local.post("http://coordinator/_p2p/local/report", json=report,
+                                  headers={"X-P2P-Local": worker.procs._token}) as resp:
+                assert resp.status == 200
+
+        await send_report()  # stale: the copy on disk is good
+        assert name in worker.store
+        assert await metric(http, worker.url, "p2pcache_corrupt_chunks_total") == 0
+        with open(worker.store.path(name), "r+b") as f:  # now it is bad
+            f.seek(CHUNK // 2)
+            byte = f.read(1)
+            f.seek(CHUNK // 2)
+            f.write(bytes([byte[0] ^ 1]))
+        await send_report()
+        assert name not in worker.store
+        assert await metric(http, worker.url, "p2pcache_corrupt_chunks_total") == 1
+        assert await _get(http, f"{worker.url}/{bucket}/m.bin") == (200, body)

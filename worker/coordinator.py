@@ -72,8 +72,8 @@ def coordinator_handler(worker, token: str) -> Handler:
         for name, uses in touched.items():
             for _ in range(min(int(uses), TOUCHES)):
                 worker.store.touch(name)
-        for name in corrupt:
-            if name in worker.store:
+        for name in corrupt:  # checked again here: the copy reported may have been refilled since
+            if name in worker.store and not await worker.store.intact(name):
                 worker.chunks.corrupt(CorruptChunk(name, "a serving process read a block that failed its checksum"))
         m = worker.metrics
         for label, n in requests.items():

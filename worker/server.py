@@ -193,6 +193,7 @@ class Worker:
             await site.start()
             host, port = site._server.sockets[0].getsockname()[:2]
         scheme = "https" if server_ssl else "http"
+        self.address = (host, port)  # where it listens (its URL may be --advertise's)
         self.url = cfg.advertise or f"{scheme}://{_reachable(host)}:{port}"
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,

@@ -167,6 +167,19 @@ class ChunkStore:
             _check(file, data, start)
             return _trim(data, offset - start, length)
 
+    async def intact(self, name: str) -> bool:
+        """Whether the chunk stored under `name` now passes all its checksums (True if there is
+        none): a report of a corrupt copy may come after that copy was dropped and refilled."""
+        try:
+            with self.pinned(name, touch=False) as file:
+                if file is None:
+                    return True
+                async for _ in read_pieces(file, 0, _length(name)):
+                    pass
+        except (CorruptChunk, OSError):
+            return False
+        return True
+
     def discard(self, name: str) -> None:
         """Drop a corrupt chunk now; readers that have it open finish with their (checked) reads."""
         if name in self._chunks:

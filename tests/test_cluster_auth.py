@@ -155,6 +155,10 @@ async def test_signatures_survive_keys_with_every_kind_of_character(cluster_fact
         for worker in cluster.workers:  # each fetches the other's chunks over the signed peer route
             async with http.get(f"{worker.url}/{bucket}/{quote(key, safe='/')}") as resp:
                 assert resp.status == 200 and await resp.read() == body
-        served = [await metric(http, w.url, "p2pcache_peer_bytes_served_total") for w in cluster.workers]
+        async def served() -> float | None:  # serving processes, if any, report within 0.2 s
+            total = sum([await metric(http, w.url, "p2pcache_peer_bytes_served_total") for w in cluster.workers])
+            return total if total >= len(body) else None
+
+        total = await wait_for(served, what="the peer bytes to be counted")
         failures = [await metric(http, w.url, "p2pcache_peer_failures_total") for w in cluster.workers]
-        assert sum(served) == len(body) and failures == [0, 0]  # each chunk went once to its non-owner
+        assert total == len(body) and failures == [0, 0]  # each chunk went once to its non-owner

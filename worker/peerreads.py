@@ -67,6 +67,8 @@ class PeerReads:
                 await self._refresh.do("ring", self._fetch)
             except P2PError as exc:
                 log.warning("could not fetch the coordinator's ring: %s", exc)
+            except Exception:  # a bad ring must not fail the read that noticed it: the coordinator reads
+                log.exception("bug: the coordinator's ring could not be used")
 
     async def _fetch(self) -> None:
         got = await self._coordinator.get_json(RING_PATH, {})

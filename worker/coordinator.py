@@ -57,8 +57,7 @@ def coordinator_handler(worker, token: str) -> Handler:
     async def ring(request: web.BaseRequest) -> web.Response:
         """The worker's current ring (msgpack, base64) and its own id in it."""
         snapshot = worker._placement().ring
-        return web.json_response({"me": worker.id, "version": snapshot.version,
-                                  "ring": base64.b64encode(snapshot.encode()).decode()})
+        return web.json_response({"me": worker.id, "ring": base64.b64encode(snapshot.encode()).decode()})
 
     async def report(request: web.BaseRequest) -> web.Response:
         try:

@@ -33,28 +33,11 @@ from p2pcache.sizes import format_size, parse_size
 from p2pcache.s3local import EmbeddedS3
 
 from .datasets import File, seed
-from .harness import _wait_converged, clean_env, require, s3_client
+from .harness import _wait_converged, clean_env, cpu_seconds, curl, require, s3_client
 
-__all__ = ["main", "cpu_seconds"]
+__all__ = ["main"]
 
 BUCKET, KEY = "models", "cold/model-00001-of-00001.safetensors"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process `pid` (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _curl(url: str, size: int) -> float:
-    started = time.perf_counter()
-    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", "--fail", url],
-                         capture_output=True, text=True, timeout=600)
-    if out.returncode != 0 or int(out.stdout or 0) != size:
-        raise RuntimeError(f"curl {url}: exit {out.returncode}, {out.stdout!r} bytes, {out.stderr.strip()}")
-    return time.perf_counter() - started
 
 
 def _perf(pid: int, path: str) -> subprocess.Popen:
@@ -88,7 +71,7 @@ def _one(s3: EmbeddedS3, size: int, chunk_size: str, profile: str | None = None,
             for name in ("cold", "warm"):
                 before, s3_before = cpu_seconds(worker.pid), s3.get_bytes
                 recorder = _perf(worker.pid, perf) if perf and name == "cold" else None
-                seconds = _curl(f"{url}/{BUCKET}/{KEY}", size)
+                seconds = curl(f"{url}/{BUCKET}/{KEY}", size)
                 if recorder:
                     recorder.send_signal(signal.SIGINT)
                     recorder.wait(60)

@@ -20,7 +20,7 @@ from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
 __all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
-           "require", "clean_env", "s3_client", "metric", "peak_rss", "ROOT", "S3_ENV"]
+           "require", "clean_env", "s3_client", "metric", "cpu_seconds", "curl", "peak_rss", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
@@ -101,6 +101,24 @@ def metric(worker_url: str, name: str) -> float:
         text = resp.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid`, all its threads (fields 14 and 15 of /proc/PID/stat, after
+    the command's parentheses), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def curl(url: str, size: int) -> float:
+    """Seconds curl takes to fetch `url` (the whole object, `size` bytes) into /dev/null; an
+    error if it fails or gets another number of bytes."""
+    started = time.perf_counter()
+    out = subprocess.run(["curl", "-sS", "-o", os.devnull, "-w", "%{size_download}", "--fail", url],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0 or int(out.stdout or 0) != size:
+        raise RuntimeError(f"curl {url}: exit {out.returncode}, {out.stdout!r} bytes, {out.stderr.strip()}")
+    return time.perf_counter() - started
 
 
 def peak_rss(pid: int) -> int:

@@ -19,7 +19,7 @@ from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.master_client import MSGPACK
 from p2pcache.ring import WorkerInfo
 
-from .harness import clean_env, require
+from .harness import clean_env, cpu_seconds, require
 
 __all__ = ["measure", "heartbeat_requests"]
 
@@ -66,14 +66,14 @@ def measure(workers: int, seconds: float, connections: int = 64, threads: int = 
             for body, headers in reqs:
                 f.write("\t".join([body.hex(), *(f"{k}: {v}" for k, v in headers.items())]) + "\n")
             f.flush()
-            cpu0, children0, wall0 = _cpu_seconds(pid), _children_cpu(), time.monotonic()
+            cpu0, children0, wall0 = cpu_seconds(pid), _children_cpu(), time.monotonic()
             out = subprocess.run(
                 ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
                  "--timeout", "10s", "-s", str(WRK_SCRIPT), url],
                 env=dict(os.environ, HEARTBEATS_FILE=f.name), capture_output=True, text=True,
                 timeout=seconds + 60)
             wall = time.monotonic() - wall0
-            cpu, generator = _cpu_seconds(pid) - cpu0, _children_cpu() - children0
+            cpu, generator = cpu_seconds(pid) - cpu0, _children_cpu() - children0
         line = next((l for l in out.stdout.splitlines() if l.startswith("JSON ")), None)
         if out.returncode or line is None:
             raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
@@ -98,12 +98,6 @@ def _health(url: str) -> dict:
         return json.loads(conn.getresponse().read())
     finally:
         conn.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (fields 14 and 15 of /proc/PID/stat, after the command's parentheses)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children_cpu() -> float:

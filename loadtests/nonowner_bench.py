@@ -14,16 +14,12 @@ coordinator.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import time
 
 from p2pcache.sizes import format_size, parse_size
 
 from .datasets import File, seed
-from .fill_profile import cpu_seconds
-from .harness import cluster, require, s3_client
+from .harness import cluster, cpu_seconds, curl, require, s3_client
 
 __all__ = ["main"]
 
@@ -57,15 +53,12 @@ def run(size: int, processes: int, repeats: int) -> dict:
     with cluster(3, worker_args=("--serve-processes", str(processes))) as c:
         seed(s3_client(c.s3.url), [File("models", "model.safetensors", size)])
         for url in c.workers:
-            subprocess.run(["curl", "-sS", "-o", os.devnull, "--fail", f"{url}/models/model.safetensors"], check=True)
+            curl(f"{url}/models/model.safetensors", size)
         pids = [p.pid for p in c.worker_procs]
         runs = []
         for _ in range(repeats):
             before = _cpu(pids)
-            started = time.perf_counter()
-            subprocess.run(["curl", "-sS", "-o", os.devnull, "--fail", f"{c.workers[0]}/models/model.safetensors"],
-                           check=True)
-            seconds = time.perf_counter() - started
+            seconds = curl(f"{c.workers[0]}/models/model.safetensors", size)
             runs.append((size / seconds / 1e6, (_cpu(pids) - before) / (size / 1e9)))
     return {"processes": processes, "mb_s": statistics.median(r[0] for r in runs),
             "cpu_s_per_gb": statistics.median(r[1] for r in runs), "runs": runs}

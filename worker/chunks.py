@@ -30,7 +30,7 @@ from p2pcache.singleflight import SingleFlight
 from .diskhealth import DiskHealth
 from .metrics import WorkerMetrics
 from .peer import PeerClient
-from .routing import PEER_DOWN_SECONDS, fill_source, prefer_healthy, read_order
+from .routing import DownPeers, fill_source
 from .store import ChunkStore, read_pieces
 
 __all__ = ["Chunks"]
@@ -92,7 +92,7 @@ class Chunks:
         self.me = me
         self._on_fill = on_fill
         self._clock = clock
-        self._down: dict[str, float] = {}  # peer id -> until when it is asked last
+        self._down = DownPeers(clock)  # peers that just failed: asked last
         self._streams = 0  # local streams open
         self.store = store
         self._origin = origin
@@ -174,9 +174,7 @@ class Chunks:
         placement = self._placement()
         owners = placement.owners(c)
         errors = []
-        now = self._clock()
-        down = {w for w, until in self._down.items() if until > now}
-        for worker in prefer_healthy(read_order(owners, placement.ring.replicas, self.me), down):
+        for worker in self._down.order(owners, placement.ring.replicas, self.me):
             if worker.id in exclude:
                 continue
             if worker.id == self.me:
@@ -190,15 +188,14 @@ class Chunks:
                 self._peer_failed(worker.id)
                 errors.append(exc)
                 continue
-            self._down.pop(worker.id, None)
+            self._down.answered(worker.id)
             return stream
         raise PeerUnavailable(f"no owner of {c.ring_key} answered: {errors[-1] if errors else 'none'}")
 
     def _peer_failed(self, peer_id: str) -> None:
-        """Ask this peer last for a while: until the master drops a dead worker from the
-        ring, every read of its chunks would otherwise wait on it first."""
+        """Count the failure and ask this peer last for a while."""
         self._m.peer_failures.inc()
-        self._down[peer_id] = self._clock() + PEER_DOWN_SECONDS
+        self._down.failed(peer_id)
 
     def local(self, c: ChunkId, offset: int, length: int, touch: bool = True) -> LocalStream | None:
         # Few streams read in big pieces (fewer syscalls); many share STREAM_BUDGET, so

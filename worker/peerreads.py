@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 
 import aiohttp
 
@@ -27,7 +26,7 @@ from p2pcache.singleflight import SingleFlight
 
 from .forward import RING_PATH, CoordinatorClient
 from .peer import PeerClient, PeerStream
-from .routing import PEER_DOWN_SECONDS, prefer_healthy, read_order
+from .routing import DownPeers
 
 __all__ = ["PeerReads"]
 
@@ -44,7 +43,7 @@ class PeerReads:
         self.me = ""
         self._version: tuple | None = None
         self._refresh = SingleFlight()
-        self._down: dict[str, float] = {}
+        self._down = DownPeers()
         self._session: aiohttp.ClientSession | None = None
         self._client: PeerClient | None = None
 
@@ -84,9 +83,7 @@ class PeerReads:
         placement = self.placement
         if placement is None or c.chunk_size != placement.ring.chunk_size:
             return None
-        now = time.monotonic()
-        down = {w for w, until in self._down.items() if until > now}
-        order = prefer_healthy(read_order(placement.owners(c), placement.ring.replicas, self.me), down)
+        order = self._down.order(placement.owners(c), placement.ring.replicas, self.me)
         if not order or order[0].id == self.me:
             return None
         return [w for w in order if w.id != self.me]
@@ -98,15 +95,15 @@ class PeerReads:
             try:
                 stream = await self._client.open(peer, c, offset, length)
             except PeerError as exc:
-                self._down[peer.id] = time.monotonic() + PEER_DOWN_SECONDS
+                self._down.failed(peer.id)
                 log.info("peer %s failed for %s: %s", peer.id, c.ring_key, exc)
                 continue
             except P2PError:
                 return None
-            self._down.pop(peer.id, None)
+            self._down.answered(peer.id)
             return stream
         return None
 
     def failed(self, peer: WorkerInfo) -> None:
         """`peer` failed mid-chunk: ask it last for a while."""
-        self._down[peer.id] = time.monotonic() + PEER_DOWN_SECONDS
+        self._down.failed(peer.id)

@@ -1,12 +1,15 @@
-"""Whom a worker asks for a chunk it does not hold: pure decisions on the ring's owners."""
+"""Whom a worker asks for a chunk it does not hold: decisions on the ring's owners, with the
+peers that just failed asked last."""
 
 from __future__ import annotations
 
+import time
 import zlib
+from typing import Callable
 
 from p2pcache.ring import WorkerInfo
 
-__all__ = ["MAX_HOPS", "PEER_DOWN_SECONDS", "read_order", "prefer_healthy", "fill_source"]
+__all__ = ["MAX_HOPS", "PEER_DOWN_SECONDS", "DownPeers", "read_order", "prefer_healthy", "fill_source"]
 
 MAX_HOPS = 2  # a peer request may cause one more (a follower filling from its primary)
 PEER_DOWN_SECONDS = 5.0  # a peer that just failed is asked last for this long
@@ -38,3 +41,27 @@ def fill_source(owners: tuple[WorkerInfo, ...], replicas: int, me: str, hop: int
     if not owners or owners[0].id == me or hop >= MAX_HOPS:
         return None
     return owners[0] if any(w.id == me for w in owners[1:replicas]) else None
+
+
+class DownPeers:
+    """Peers that just failed, asked last for PEER_DOWN_SECONDS: until the master drops a dead
+    worker from the ring, every read of its chunks would otherwise wait on it first."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._until: dict[str, float] = {}  # peer id -> until when it is asked last
+        self._clock = clock
+
+    def __len__(self) -> int:
+        """Peers marked down since they last answered."""
+        return len(self._until)
+
+    def failed(self, peer_id: str) -> None:
+        self._until[peer_id] = self._clock() + PEER_DOWN_SECONDS
+
+    def answered(self, peer_id: str) -> None:
+        self._until.pop(peer_id, None)
+
+    def order(self, owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[WorkerInfo]:
+        """`read_order`, with the peers that failed lately moved to the end."""
+        now = self._clock()
+        return prefer_healthy(read_order(owners, replicas, me), {p for p, t in self._until.items() if t > now})

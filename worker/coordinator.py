@@ -65,7 +65,7 @@ def coordinator_handler(worker, token: str) -> Handler:
             process, touched, corrupt = str(int(batch["process"])), batch["touched"], batch["corrupt"]
             requests, sent, hits = batch["requests"], int(batch["bytes"]), int(batch["hits"])
             peer_sent, misses = int(batch.get("peer_bytes", 0)), int(batch.get("misses", 0))
-            corrupt_transfers = int(batch.get("corrupt_transfers", 0))
+            corrupt_transfers, fast = int(batch.get("corrupt_transfers", 0)), int(batch.get("fast", 0))
         except (KeyError, ValueError, TypeError) as exc:
             raise BadRequest(f"malformed report: {exc!r}") from None
         for name, uses in touched.items():
@@ -84,6 +84,7 @@ def coordinator_handler(worker, token: str) -> Handler:
         m.hits.inc(hits)
         m.misses.inc(misses)
         m.corrupt_transfers.inc(corrupt_transfers)
+        m.fast_requests.inc(fast)
         placement = worker.placement
         return web.json_response({"ring": placement.ring.version if placement else None})
 

@@ -57,6 +57,9 @@ class WorkerMetrics:
         self.process_requests = Counter(
             "p2pcache_process_requests", "Requests a serving process answered from chunk files "
             "(the others were passed to the coordinator)", ["process"], registry=r)
+        self.fast_requests = Counter(
+            "p2pcache_fast_path_requests", "Reads serving processes answered on their HTTP fast path "
+            "(without aiohttp; worker/fastpath.py)", registry=r)
         self._request_children: dict[tuple[str, int], object] = {}
 
     def count_request(self, method: str, status: int, n: int = 1) -> None:

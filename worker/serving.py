@@ -23,7 +23,9 @@ import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import AsyncGenerator, AsyncIterator, Callable
 
 import uvloop
 from aiohttp import web
@@ -39,6 +41,7 @@ from p2pcache.singleflight import SingleFlight
 
 from . import inputs
 from .chunkfiles import ChunkFiles
+from .fastpath import FastPath, Head, response_head
 from .forward import LOCAL_PREFIX, OBJECT_PATH, REPORT_PATH, REST_PATH, TOKEN_HEADER, CoordinatorClient
 from .http import REQUEST_ID, error_response, object_answer
 from .limits import TokenBucket
@@ -48,7 +51,7 @@ from .peerreads import PeerReads
 from .readers import ClientKey, Readers
 from .store import read_pieces
 
-__all__ = ["ServingProcess", "Reports", "main"]
+__all__ = ["ServingProcess", "Read", "Reports", "main"]
 
 log = logging.getLogger("p2pcache.worker.serving")
 _BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
@@ -85,6 +88,8 @@ class ServingProcess:
         self._streams = 0
         self._rid_prefix, self._rids = uuid.uuid4().hex[:6].upper() + f"{self.index:02X}", itertools.count()
         self._runner: web.ServerRunner | None = None
+        self._listener: asyncio.base_events.Server | None = None
+        self._fast: set[FastPath] = set()
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -95,10 +100,23 @@ class ServingProcess:
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=s.get("drain_timeout", 20))
         await self._runner.setup()
         await self.peer_reads.start()
-        await web.TCPSite(self._runner, s["host"], s["port"], reuse_port=True, ssl_context=ssl).start()
+        # Connections start on the fast path, and move to aiohttp's `server` at the first
+        # request it does not answer (worker/fastpath.py).
+        self._listener = await asyncio.get_running_loop().create_server(
+            lambda: FastPath(self.answer_fast, server, self._fast), s["host"], s["port"], ssl=ssl,
+            backlog=128, reuse_port=True)
         self._tasks = [asyncio.create_task(self._report_loop()), asyncio.create_task(self._sweep_loop())]
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        deadline = time.monotonic() + self.s.get("drain_timeout", 20)
+        while any(conn.busy for conn in self._fast) and time.monotonic() < deadline:
+            for conn in [c for c in self._fast if not c.busy]:
+                conn.close()
+            await asyncio.sleep(0.05)
+        for conn in list(self._fast):
+            conn.close()
         if self._runner:
             await self._runner.cleanup()
         for task in self._tasks:
@@ -136,15 +154,55 @@ class ServingProcess:
         self.reports.request(request.method, resp.status)
         return resp
 
+    async def answer_fast(self, head: Head, used: int, conn: FastPath) -> bool:
+        """Answer a fast-path GET on `conn`; False (nothing sent): aiohttp's to answer."""
+        if head.path.startswith("/_p2p/"):
+            return False
+        found = await self.read("GET", head.path, "", head.headers, head)
+        if found is None:
+            return False
+        top = response_head(found.status, found.headers, found.length,
+                            f"{self._rid_prefix}{next(self._rids):08X}", head.close)
+        if top is None:
+            await found.aclose()
+            return False
+        conn.take(used)
+        self.reports.request("GET", found.status, fast=True)
+        if found.body is not None:
+            conn.writelines([top, found.body])
+            return True
+        try:
+            conn.write(top)
+            async for data in found.pieces:
+                conn.write(data)
+                await conn.drain()
+        except ConnectionError:
+            pass
+        except P2PError as exc:  # the coordinator could not send the rest: cut the answer short
+            log.warning("aborting GET %s after headers: %s", head.path, exc)
+            conn.abort()
+        finally:
+            await found.aclose()
+        return True
+
     async def _from_files(self, request: web.BaseRequest) -> web.StreamResponse | None:
-        """The answer from chunk files on disk, or None: the coordinator's to give."""
+        """The answer from chunk files on disk or the workers that hold them, or None: the coordinator's."""
+        found = await self.read(request.method, request.path, request.query_string, request.headers, request)
+        if found is None:
+            return None
+        if found.body is not None:
+            return web.Response(status=found.status, headers=found.headers, body=found.body)
+        return await self._stream(request, found)
+
+    async def read(self, method: str, path: str, query: str, headers, request) -> Read | None:
+        """A read this process answers (its bytes checked), or None: the coordinator's to answer.
+        `request` is what the reader keys check the signature of (method, raw_path, headers)."""
         if self.readers:
-            bucket = request.path[1:].partition("/")[0]
             try:
-                self.readers.check(request, bucket)
+                self.readers.check(request, path[1:].partition("/")[0])
             except P2PError:  # the coordinator answers the error
                 return None
-        found = await self.plan(request.method, request.path, request.query_string, request.headers)
+        found = await self.plan(method, path, query, headers)
         if found is None:
             return None
         status, out, info, chunk_size, start, stop = found
@@ -154,14 +212,16 @@ class ServingProcess:
                 return None
             if self.egress is not None:
                 await self.egress.take(len(data))
-            return web.Response(status=status, headers=out, body=data)
-        with contextlib.ExitStack() as pins:
+            return Read(status, out, len(data), data)
+        pins = contextlib.ExitStack()
+        try:
             sources = []  # per chunk: its file here, or the workers to ask for it
             for span in chunk_spans(start, stop, chunk_size):
                 c = info.chunk(span.index, chunk_size)
                 file = self._pin(pins, c.name)
                 peers = self.peer_reads.peers(c) if file is None else None
                 if file is None and peers is None:
+                    pins.close()
                     return None  # this worker's to fill: the coordinator's
                 sources.append((span, c, file, peers))
             first = None
@@ -169,8 +229,17 @@ class ServingProcess:
                 span, c, _, peers = sources[0]
                 first = await self.peer_reads.open(c, span.offset, span.length, peers)
                 if first is None:
+                    pins.close()
                     return None
-            return await self._stream(request, status, out, info, start, stop, sources, first)
+        except BaseException:
+            pins.close()
+            raise
+        def release() -> None:
+            pins.close()
+            if first is not None:
+                first.close()
+
+        return Read(status, out, stop - start, None, self._pieces(info, start, stop, sources, first, release), release)
 
     async def plan(self, method: str, path: str, query: str, headers) -> tuple | None:
         """(status, headers, info, chunk size, start, stop) of a read this process may answer
@@ -245,18 +314,36 @@ class ServingProcess:
             pass
         return None
 
-    async def _stream(self, request, status: int, headers: dict, info: ObjectInfo, start: int, stop: int,
-                      sources, first: PeerStream | None) -> web.StreamResponse:
-        resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = stop - start
+    async def _stream(self, request, found: Read) -> web.StreamResponse:
+        resp = web.StreamResponse(status=found.status, headers=found.headers)
+        resp.content_length = found.length
         resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+        try:
+            await resp.prepare(request)
+            async for data in found.pieces:
+                await resp.write(data)
+            await resp.write_eof()
+        except ConnectionError:
+            pass
+        except P2PError as exc:  # the coordinator could not send the rest: cut the answer short
+            log.warning("aborting %s %s after headers: %s", request.method, request.path, exc)
+            if request.transport is not None:
+                request.transport.close()
+        finally:
+            await found.aclose()
+        return resp
+
+    async def _pieces(self, info: ObjectInfo, start: int, stop: int, sources, first: PeerStream | None,
+                      release: Callable[[], None]) -> AsyncIterator[bytes | bytearray]:
+        """The bytes `[start, stop)`, checked, from the chunks' `sources` (`release` closes their
+        files and `first` at the end); what no source can give, the coordinator reads. P2PError
+        if it cannot."""
         piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
         self._streams += 1
         pos = start
         ahead: asyncio.Task | None = None
         stream = None
         try:
-            await resp.prepare(request)
             try:
                 for i, (span, c, file, peers) in enumerate(sources):
                     if file is not None:
@@ -276,7 +363,7 @@ class ServingProcess:
                     ahead = self._open_next(sources, i + 1)  # the next peer chunk's first bytes meanwhile
                     async with contextlib.aclosing(pieces):
                         async for data in pieces:
-                            await self._send(resp, data)
+                            yield await self._sent(data)
                             pos += len(data)
             except (CorruptChunk, OSError, PeerError, _Rest) as exc:  # nothing of a bad block went out:
                 if isinstance(exc, ConnectionError):  # the coordinator reads the rest (and drops or
@@ -286,22 +373,13 @@ class ServingProcess:
                 if isinstance(exc, PeerError) and stream is not None:
                     self.peer_reads.failed(stream.peer)
                 async for data in self.coordinator.rest(info, pos, stop):
-                    await self._send(resp, data)
-            await resp.write_eof()
-        except ConnectionError:
-            pass
-        except P2PError as exc:  # the coordinator could not send the rest: cut the answer short
-            log.warning("aborting %s %s after headers: %s", request.method, request.path, exc)
-            if request.transport is not None:
-                request.transport.close()
+                    yield await self._sent(data)
         finally:
             self._streams -= 1
-            if first is not None:
-                first.close()
+            release()
             if ahead is not None:
                 ahead.cancel()
                 ahead.add_done_callback(_close_opened)
-        return resp
 
     def _open_next(self, sources, i: int) -> asyncio.Task | None:
         """Open the next chunk's stream if a peer holds it (a task, awaited when it is reached)."""
@@ -310,11 +388,12 @@ class ServingProcess:
         span, c, _, peers = sources[i]
         return asyncio.ensure_future(self.peer_reads.open(c, span.offset, span.length, peers))
 
-    async def _send(self, resp: web.StreamResponse, data) -> None:
+    async def _sent(self, data):
+        """`data`, once the egress limit lets it go (counted as sent: the caller sends it)."""
         if self.egress is not None:
             await self.egress.take(len(data))
-        await resp.write(data)
         self.reports.sent(len(data))
+        return data
 
     async def _object(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
         """The object's identity and the ring's chunk size, cached for half the --meta-ttl."""
@@ -369,6 +448,7 @@ class Reports:
         self._hits = 0
         self._misses = 0
         self._corrupt_transfers = 0
+        self._fast = 0
 
     def read(self, name: str, sent: int) -> None:
         self._touched[name] += 1
@@ -391,8 +471,9 @@ class Reports:
     def corrupt_transfer(self) -> None:
         self._corrupt_transfers += 1
 
-    def request(self, method: str, status: int) -> None:
+    def request(self, method: str, status: int, fast: bool = False) -> None:
         self._requests[f"{method} {status}"] += 1
+        self._fast += fast
 
     def take(self, index: int, force: bool = False) -> dict | None:
         """The batch since the last one (None if there is nothing to say, unless `force`), and a fresh start."""
@@ -401,9 +482,27 @@ class Reports:
         batch = {"process": index, "touched": dict(self._touched), "corrupt": sorted(self._corrupt),
                  "requests": dict(self._requests), "bytes": self._bytes, "hits": self._hits,
                  "peer_bytes": self._peer_bytes, "misses": self._misses,
-                 "corrupt_transfers": self._corrupt_transfers}
+                 "corrupt_transfers": self._corrupt_transfers, "fast": self._fast}
         self.__init__()
         return batch
+
+
+@dataclass
+class Read:
+    """A read a serving process answers: whole (`body`, small) or in `pieces` (an async
+    generator holding the chunks' files open; close it, whether or not it was iterated)."""
+
+    status: int
+    headers: dict[str, str]
+    length: int
+    body: bytes | bytearray | None
+    pieces: AsyncGenerator[bytes | bytearray, None] | None = None
+    release: Callable[[], None] = lambda: None  # what `pieces` closes when it ends, if it never started
+
+    async def aclose(self) -> None:
+        if self.pieces is not None:
+            await self.pieces.aclose()
+        self.release()
 
 
 class _Rest(Exception):

@@ -1,0 +1,142 @@
+"""The serving processes' HTTP fast path (worker/fastpath.py): what it answers, what it hands
+to aiohttp, and that a connection moved to aiohttp goes on answering."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from conftest import CHUNK, wait_for
+from test_serve_processes import _metric_sum
+from worker.fastpath import parse_head, response_head
+
+FAST = "p2pcache_fast_path_requests_total"
+
+
+def test_parse_head_takes_a_plain_ranged_get():
+    head = parse_head(b"GET /b/model-00001.safetensors HTTP/1.1\r\nHost: w:7070\r\nRange: bytes=0-9\r\n"
+                      b"If-Match: \"abc\"\r\nContent-Length: 0\r\nConnection: keep-alive")
+    assert head is not None and head.path == "/b/model-00001.safetensors" and not head.close
+    assert head.headers["range"] == "bytes=0-9" and head.headers["IF-MATCH"] == '"abc"'
+    assert parse_head(b"GET /b/k HTTP/1.1\r\nConnection: close").close
+
+
+@pytest.mark.parametrize("raw", [
+    b"HEAD /b/k HTTP/1.1\r\nHost: x",  # other methods
+    b"GET /b/k HTTP/1.0\r\nHost: x",  # other versions
+    b"GET /b/k?partNumber=1 HTTP/1.1\r\nHost: x",  # a query
+    b"GET /b/a%20b HTTP/1.1\r\nHost: x",  # escapes: aiohttp decodes them
+    b"GET /b/../k HTTP/1.1\r\nHost: x",  # dot segments: aiohttp normalises them
+    b"GET /b//k HTTP/1.1\r\nHost: x",
+    b"GET http://x/b/k HTTP/1.1\r\nHost: x",  # absolute form
+    b"GET /b/k HTTP/1.1\r\nRange: bytes=0-1\r\nrange: bytes=5-9",  # a repeated header
+    b"GET /b/k HTTP/1.1\r\nTransfer-Encoding: chunked",  # a body
+    b"GET /b/k HTTP/1.1\r\nContent-Length: 5",
+    b"GET /b/k HTTP/1.1\r\nExpect: 100-continue",
+    b"GET /b/k HTTP/1.1\r\nConnection: Upgrade",
+    b"GET /b/k HTTP/1.1\r\nX-Meta: caf\xc3\xa9",  # not ASCII
+    b"GET /b/k HTTP/1.1\r\nRange: bytes=0-1\r\n folded",  # obsolete line folding
+    b"GET /b/k HTTP/1.1\r\nBad Name: 1",
+    b"GET /b/k HTTP/1.1\r\nNoColon",
+    b"GET  /b/k HTTP/1.1",
+])
+def test_parse_head_leaves_everything_else_to_aiohttp(raw):
+    assert parse_head(raw) is None
+
+
+def test_response_head_is_what_aiohttp_would_send_or_nothing():
+    top = response_head(206, {"ETag": '"e"', "Content-Range": "bytes 0-9/100"}, 10, "RID", close=True)
+    lines = top.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 206 Partial Content" and top.endswith(b"\r\n\r\n")
+    assert {"ETag: \"e\"", "Content-Range: bytes 0-9/100", "Content-Length: 10", "x-amz-request-id: RID",
+            "Connection: close"} <= set(lines)
+    assert response_head(200, {"x-amz-meta-a": "1\r\nSet-Cookie: x"}, 1, "RID", close=False) is None
+
+
+async def _responses(reader: asyncio.StreamReader, methods: list[str]) -> list[tuple[int, dict, bytes]]:
+    """The responses to pipelined requests, in order."""
+    out = []
+    for method in methods:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines if l)}
+        body = b"" if method == "HEAD" else await reader.readexactly(int(headers["content-length"]))
+        out.append((int(status_line.split()[1]), headers, body))
+    return out
+
+
+def _get(target: str, rng: tuple[int, int] | None = None, extra: str = "") -> bytes:
+    r = f"Range: bytes={rng[0]}-{rng[1]}\r\n" if rng else ""
+    return f"GET {target} HTTP/1.1\r\nHost: w\r\n{r}{extra}\r\n".encode()
+
+
+async def test_a_connection_answers_fast_then_moves_to_aiohttp_and_goes_on(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, serve_processes=2)
+    size = 3 * CHUNK + 77
+    body = random.Random(5).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    url = cluster.workers[0].url
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/{bucket}/m.bin") as resp:  # fills every chunk
+            assert await resp.read() == body
+        before = await _metric_sum(http, url, FAST)
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        small, large = (100, 100 + 1000), (CHUNK - 5, 2 * CHUNK + 40)  # in one chunk; across three
+        target = f"/{bucket}/m.bin"
+        # One write, five requests: three the fast path answers, then a HEAD, which hands the
+        # connection to aiohttp with the rest of the bytes, then the same ranged GET again.
+        writer.write(_get(target, small) + _get(target, large) + _get(target) +
+                     f"HEAD {target} HTTP/1.1\r\nHost: w\r\n\r\n".encode() + _get(target, large))
+        got = await _responses(reader, ["GET", "GET", "GET", "HEAD", "GET"])
+        writer.close()
+        assert [g[0] for g in got] == [206, 206, 200, 200, 206]
+        assert got[0][2] == body[small[0]:small[1] + 1]
+        assert got[1][2] == got[4][2] == body[large[0]:large[1] + 1]
+        assert got[2][2] == body
+        assert got[3][1]["content-length"] == str(size)
+        # The fast path's answer carries what aiohttp's does (but for the request id and date).
+        same = {"x-amz-request-id", "date"}
+        assert {k: v for k, v in got[1][1].items() if k not in same} == \
+               {k: v for k, v in got[4][1].items() if k not in same}
+        assert got[1][1]["content-range"] == f"bytes {large[0]}-{large[1]}/{size}"
+        # Three answered on the fast path: the counter fails if every request went to aiohttp.
+        await wait_for(lambda: _metric_sum(http, url, FAST), what="fast-path reports")
+        await asyncio.sleep(0.5)
+        assert await _metric_sum(http, url, FAST) - before == 3
+
+
+async def test_fast_path_answers_match_s3_for_conditions_and_errors(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, serve_processes=2)
+    size = 2 * CHUNK + 5
+    body = random.Random(6).randbytes(size)
+    etag = s3_client.put_object(Bucket=bucket, Key="c.bin", Body=body)["ETag"]
+    url = f"{cluster.workers[0].url}/{bucket}/c.bin"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as resp:
+            assert await resp.read() == body
+        cases = [  # (headers, status, bytes) on keep-alive connections that start on the fast path
+            ({"Range": "bytes=10-19"}, 206, body[10:20]),
+            ({"Range": f"bytes=-{CHUNK + 3}"}, 206, body[-(CHUNK + 3):]),
+            ({"Range": "bytes=10-19", "If-Match": etag}, 206, body[10:20]),
+            ({"Range": "bytes=10-19", "If-Match": '"other"'}, 412, None),
+            ({"If-None-Match": etag}, 304, b""),
+            ({"Range": f"bytes={size}-"}, 416, None),
+            ({"Range": "bytes=oops"}, 200, body),  # S3 ignores a Range it cannot parse
+            ({}, 200, body),
+        ]
+        for _ in range(2):
+            for headers, status, data in cases:
+                async with http.get(url, headers=headers) as resp:
+                    got = await resp.read()
+                    assert resp.status == status, (headers, resp.status, got[:200])
+                    if data is not None:
+                        assert got == data, headers
+                    if status == 206:
+                        assert resp.headers["ETag"] == etag
+        async with http.get(f"{url}.missing", headers={"Range": "bytes=0-1"}) as resp:
+            assert resp.status == 404 and b"<Code>NoSuchKey</Code>" in await resp.read()

@@ -1,0 +1,277 @@
+"""A serving process's HTTP fast path: plain range GETs answered without aiohttp's machinery.
+
+aiohttp spends ~110 us of Python on each request (its parser's objects, the request
+and response classes, header serialisation); a 64 KiB read of a chunk in the page
+cache needs ~30 us in all. So the serving processes' listener speaks HTTP/1.1
+itself for the one request that matters, `GET /bucket/key` with at most a `Range`
+and conditions, when `ServingProcess.read` can answer it (bytes on this worker's
+disk or at the worker that holds them). Any other request, and anything this parser
+is not sure of (escapes in the path, a query, a body, a repeated header, HTTP/1.0,
+a head that is not ASCII), hands the connection with all its unanswered bytes to
+aiohttp, which answers it and the rest of the connection as before. Nothing is
+answered differently: the same `read` decides, the same headers go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import re
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Awaitable, Callable
+
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict
+
+from p2pcache.errors import P2PError
+
+__all__ = ["Head", "parse_head", "response_head", "FastPath", "MAX_HEAD"]
+
+log = logging.getLogger("p2pcache.worker.fastpath")
+MAX_HEAD = 8 << 10  # a longer request head is aiohttp's to refuse
+IDLE_TIMEOUT = 75.0  # seconds a connection may wait for its next request (aiohttp's keep-alive timeout)
+_TARGET = re.compile(rb"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")  # no escapes, no query: those are aiohttp's
+_DOTS = re.compile(rb"//|/\.\.?(/|$)")  # segments aiohttp's URL normalises
+_FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*)*")  # token: visible ASCII
+_BODY = frozenset({"transfer-encoding", "expect", "upgrade", "te", "trailer", "http2-settings"})
+
+
+@dataclass(frozen=True)
+class Head:
+    """A request head the fast path may answer: `GET <path> HTTP/1.1`, its headers."""
+
+    path: str
+    headers: CIMultiDict[str]
+    close: bool  # the client sent `Connection: close`
+
+    @property
+    def method(self) -> str:
+        return "GET"
+
+    @property
+    def raw_path(self) -> str:  # what the reader keys' signature check reads
+        return self.path
+
+
+def parse_head(head: bytes | bytearray) -> Head | None:
+    """The request in `head` (up to, without, its blank line), or None: aiohttp's to parse."""
+    head = bytes(head)
+    line, crlf, fields = head.partition(b"\r\n")
+    if not _FIELDS.fullmatch(crlf + fields):
+        return None
+    parts = line.split(b" ")
+    if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
+        return None
+    target = parts[1]
+    if not _TARGET.fullmatch(target) or _DOTS.search(target):
+        return None
+    headers: CIMultiDict[str] = CIMultiDict()
+    close = False
+    for line in fields.split(b"\r\n") if fields else ():
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t")
+        key = name.decode().lower()
+        if key in headers or key in _BODY or (key == "content-length" and value != b"0"):
+            return None
+        if key == "connection":
+            if value.lower() not in (b"close", b"keep-alive"):
+                return None
+            close = value.lower() == b"close"
+        headers[name.decode()] = value.decode()
+    return Head(target.decode(), headers, close)
+
+
+_PHRASES = {200: "OK", 206: "Partial Content"}
+_date = [0, ""]
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if _date[0] != now:
+        _date[:] = [now, email.utils.formatdate(now, usegmt=True)]
+    return _date[1]
+
+
+def response_head(status: int, headers: dict[str, str], length: int, request_id: str, close: bool) -> bytes | None:
+    """The status line and headers, as aiohttp writes them; None if a header cannot be sent as is."""
+    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status) or HTTPStatus(status).phrase}"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\0" in value:
+            return None  # aiohttp's to refuse
+        lines.append(f"{name}: {value}")
+    lines += [f"Content-Length: {length}", f"x-amz-request-id: {request_id}", f"Date: {_http_date()}",
+              f"Server: {SERVER_SOFTWARE}"]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class FastPath(asyncio.Protocol):
+    """One client connection: requests `answer` can give are answered here, in order; the first
+    one it cannot give hands the connection (that request's bytes and all after them) to the
+    protocol `fallback()` makes, aiohttp's, for good."""
+
+    def __init__(self, answer: Callable[[Head, int, "FastPath"], Awaitable[bool]], fallback: Callable[[], asyncio.Protocol],
+                 live: set) -> None:
+        self._answer = answer  # ServingProcess.answer_fast(head, bytes it used, self) -> answered?
+        self._fallback = fallback
+        self._live = live  # the process's fast connections, closed when it stops
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._task: asyncio.Task | None = None
+        self._writable: asyncio.Future | None = None
+        self._paused = False  # writing: the transport's buffer is above its high-water mark
+        self._held = False  # reading: paused while a request is answered and more piles up
+        self._eof = False
+        self._idle: asyncio.TimerHandle | None = None
+        self._since = 0.0  # loop time the connection last finished an answer (or opened)
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._live.add(self)
+        self._wait_idle()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._live.discard(self)
+        self._transport = None
+        self._stop_idle()
+        if self._task is not None:
+            self._task.cancel()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(ConnectionResetError("the client went away"))
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self._task is None:
+            self._next()
+        elif len(self._buf) > MAX_HEAD and not self._held:
+            self._held = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return self._task is not None  # an answer under way is finished first; idle: close
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def close(self) -> None:
+        """Close the connection (the process stops); an answer under way is cut short."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def _next(self) -> None:
+        """Answer the next whole request in the buffer, or hand the connection over."""
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buf) > MAX_HEAD or (self._eof and self._buf):
+                self._hand_over()
+            elif self._eof:
+                self._transport.close()
+            return
+        head = parse_head(self._buf[:end]) if end <= MAX_HEAD else None
+        if head is None:
+            self._hand_over()
+            return
+        self._task = asyncio.get_running_loop().create_task(self._serve(head, end + 4))
+
+    async def _serve(self, head: Head, used: int) -> None:
+        try:
+            sent = await self._answer(head, used, self)
+        except asyncio.CancelledError:
+            raise
+        except P2PError:  # the coordinator is unreachable: aiohttp's answer says so
+            sent = False
+        except Exception:
+            log.exception("bug: fast path failed for GET %r; aiohttp answers it", head.path)
+            sent = False
+        self._task = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if not sent:
+            self._hand_over()
+        elif head.close:
+            transport.close()
+        else:
+            if self._held:
+                self._held = False
+                transport.resume_reading()
+            self._wait_idle()
+            self._next()
+
+    def _wait_idle(self) -> None:
+        """Close the connection if no whole request comes within IDLE_TIMEOUT of the last answer
+        (bytes trickling in do not extend it). One timer, moved on only when it fires."""
+        loop = asyncio.get_running_loop()
+        self._since = loop.time()
+        if self._idle is None:
+            self._idle = loop.call_later(IDLE_TIMEOUT, self._idle_check)
+
+    def _idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        left = IDLE_TIMEOUT if self._task is not None else self._since + IDLE_TIMEOUT - loop.time()
+        self._idle = None
+        if left <= 0.01:
+            self.close()
+        elif self._transport is not None:
+            self._idle = loop.call_later(left, self._idle_check)
+
+    def _stop_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def take(self, used: int) -> None:
+        """Drop the `used` bytes of the request being answered (its answer is about to go out)."""
+        del self._buf[:used]
+
+    def write(self, data) -> None:
+        self._transport.write(data)
+
+    def writelines(self, data) -> None:
+        self._transport.writelines(data)
+
+    async def drain(self) -> None:
+        """Return once the transport's buffer is below its high-water mark."""
+        if self._transport is None:
+            raise ConnectionResetError("the client went away")
+        if self._paused:
+            self._writable = asyncio.get_running_loop().create_future()
+            await self._writable
+
+    def abort(self) -> None:
+        """Cut an answer short (its headers went out; the rest cannot be read)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _hand_over(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        self._live.discard(self)
+        self._stop_idle()
+        handler = self._fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._paused:
+            handler.pause_writing()
+        if self._held:
+            transport.resume_reading()
+        if self._buf:
+            handler.data_received(bytes(self._buf))
+        if self._eof:
+            handler.eof_received()
+        self._transport = None

@@ -10,7 +10,7 @@ from p2pcache.blocksums import BLOCK
 from p2pcache.errors import Busy, CorruptChunk
 from p2pcache.objects import ChunkId, ObjectInfo
 from worker.eviction import LRU, POLICIES
-from worker.store import ChunkStore, pread, read_pieces
+from worker.store import ChunkStore, pread, read_now, read_pieces
 
 CHUNK = 1000
 
@@ -155,6 +155,8 @@ async def test_read_pieces_reads_any_window(tmp_path):
         for offset, length, piece in windows:
             got = b"".join([bytes(p) async for p in read_pieces(file, offset, length, piece)])
             assert got == data[offset:offset + length]
+            # At once, from the page cache (just written): the same bytes.
+            assert bytes(read_now(file, offset, length)) == data[offset:offset + length]
     for offset, length, _ in windows:
         assert bytes(await store.read(c.name, offset, length)) == data[offset:offset + length]
 
@@ -174,6 +176,9 @@ async def test_a_flipped_byte_is_never_read_and_reads_elsewhere_still_are(tmp_pa
             async for p in read_pieces(file, 0, BIG, BLOCK):
                 got += bytes(p)
         assert got == data[:bad * BLOCK]  # every byte before the bad block, none of it
+        with pytest.raises(CorruptChunk):
+            read_now(file, where, 1)
+        assert bytes(read_now(file, (bad + 2) % 6 * BLOCK, 100)) == data[(bad + 2) % 6 * BLOCK:][:100]
     other = (bad + 2) % 6
     start = other * BLOCK
     assert bytes(await store.read(c.name, start, 100)) == data[start:start + 100]

@@ -110,12 +110,14 @@ def response_head(status: int, headers: dict[str, str], length: int, request_id:
 
 
 class FastPath(asyncio.Protocol):
-    """One client connection: requests `answer` can give are answered here, in order; the first
-    one it cannot give hands the connection (that request's bytes and all after them) to the
+    """One client connection: requests `answer_now` or `answer` can give are answered here, in
+    order; the first one they cannot give hands the connection (that request's bytes and all after them) to the
     protocol `fallback()` makes, aiohttp's, for good."""
 
-    def __init__(self, answer: Callable[[Head, int, "FastPath"], Awaitable[bool]], fallback: Callable[[], asyncio.Protocol],
+    def __init__(self, answer_now: Callable[[Head, int, "FastPath"], bool],
+                 answer: Callable[[Head, int, "FastPath"], Awaitable[bool]], fallback: Callable[[], asyncio.Protocol],
                  live: set) -> None:
+        self._answer_now = answer_now  # ServingProcess.answer_now: what needs no wait, at once
         self._answer = answer  # ServingProcess.answer_fast(head, bytes it used, self) -> answered?
         self._fallback = fallback
         self._live = live  # the process's fast connections, closed when it stops
@@ -173,19 +175,30 @@ class FastPath(asyncio.Protocol):
             self._transport.close()
 
     def _next(self) -> None:
-        """Answer the next whole request in the buffer, or hand the connection over."""
-        end = self._buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buf) > MAX_HEAD or (self._eof and self._buf):
+        """Answer the whole requests in the buffer, in order, or hand the connection over.
+        What `answer_now` cannot answer at once becomes a task (`answer`)."""
+        while self._transport is not None:
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buf) > MAX_HEAD or (self._eof and self._buf):
+                    self._hand_over()
+                elif self._eof:
+                    self._transport.close()
+                return
+            head = parse_head(self._buf[:end]) if end <= MAX_HEAD else None
+            if head is None:
                 self._hand_over()
-            elif self._eof:
-                self._transport.close()
-            return
-        head = parse_head(self._buf[:end]) if end <= MAX_HEAD else None
-        if head is None:
-            self._hand_over()
-            return
-        self._task = asyncio.get_running_loop().create_task(self._serve(head, end + 4))
+                return
+            try:
+                answered = self._answer_now(head, end + 4, self)
+            except Exception:
+                log.exception("bug: fast path failed for GET %r; answered by a task", head.path)
+                answered = False
+            if not answered:
+                self._task = asyncio.get_running_loop().create_task(self._serve(head, end + 4))
+                return
+            if not self._after(head, True):
+                return
 
     async def _serve(self, head: Head, used: int) -> None:
         try:
@@ -198,19 +211,25 @@ class FastPath(asyncio.Protocol):
             log.exception("bug: fast path failed for GET %r; aiohttp answers it", head.path)
             sent = False
         self._task = None
+        if self._after(head, sent):
+            self._next()
+
+    def _after(self, head: Head, answered: bool) -> bool:
+        """What follows an answer; True: go on to the next request."""
         transport = self._transport
         if transport is None or transport.is_closing():
-            return
-        if not sent:
+            return False
+        if not answered:
             self._hand_over()
-        elif head.close:
+            return False
+        if head.close:
             transport.close()
-        else:
-            if self._held:
-                self._held = False
-                transport.resume_reading()
-            self._wait_idle()
-            self._next()
+            return False
+        if self._held:
+            self._held = False
+            transport.resume_reading()
+        self._wait_idle()
+        return True
 
     def _wait_idle(self) -> None:
         """Close the connection if no whole request comes within IDLE_TIMEOUT of the last answer

@@ -49,7 +49,7 @@ from .peerfiles import PeerFiles
 from .peer import PeerStream
 from .peerreads import PeerReads
 from .readers import ClientKey, Readers
-from .store import read_pieces
+from .store import read_now, read_pieces
 
 __all__ = ["ServingProcess", "Read", "Reports", "main"]
 
@@ -103,7 +103,7 @@ class ServingProcess:
         # Connections start on the fast path, and move to aiohttp's `server` at the first
         # request it does not answer (worker/fastpath.py).
         self._listener = await asyncio.get_running_loop().create_server(
-            lambda: FastPath(self.answer_fast, server, self._fast), s["host"], s["port"], ssl=ssl,
+            lambda: FastPath(self.answer_now, self.answer_fast, server, self._fast), s["host"], s["port"], ssl=ssl,
             backlog=128, reuse_port=True)
         self._tasks = [asyncio.create_task(self._report_loop()), asyncio.create_task(self._sweep_loop())]
 
@@ -154,6 +154,47 @@ class ServingProcess:
         self.reports.request(request.method, resp.status)
         return resp
 
+    def answer_now(self, head: Head, used: int, conn: FastPath) -> bool:
+        """Answer a small read of a cached object from a chunk file in the page cache at once:
+        nothing to wait for, so no task. False (nothing sent): `answer_fast`'s to answer."""
+        if self.egress is not None:
+            return False
+        target = self._target("GET", head.path, "", head.headers)
+        entry = self._objects.get(target) if target else None
+        if entry is None or entry[0] <= time.monotonic():
+            return False
+        if self.readers:
+            try:
+                self.readers.check(head, target[0])
+            except P2PError:
+                return False
+        found = self._planned(entry[1:], head.headers)
+        if found is None:
+            return False
+        status, out, info, chunk_size, start, stop = found
+        index, offset = divmod(start, chunk_size)
+        if (stop - 1) // chunk_size != index or stop - start > SMALL:
+            return False
+        with contextlib.ExitStack() as pins:
+            file = self._pin(pins, info.chunk(index, chunk_size).name)
+            try:
+                data = read_now(file, offset, stop - start) if file is not None else None
+            except (CorruptChunk, OSError):  # read again by answer_fast, which reports it
+                return False
+            if data is None or not self._send_whole(head, used, conn, status, out, data):
+                return False
+            self.reports.read(file.name, len(data))
+            return True
+
+    def _send_whole(self, head: Head, used: int, conn: FastPath, status: int, headers: dict, data) -> bool:
+        top = response_head(status, headers, len(data), f"{self._rid_prefix}{next(self._rids):08X}", head.close)
+        if top is None:
+            return False
+        conn.take(used)
+        self.reports.request("GET", status, fast=True)
+        conn.writelines([top, data])
+        return True
+
     async def answer_fast(self, head: Head, used: int, conn: FastPath) -> bool:
         """Answer a fast-path GET on `conn`; False (nothing sent): aiohttp's to answer."""
         if head.path.startswith("/_p2p/"):
@@ -161,6 +202,8 @@ class ServingProcess:
         found = await self.read("GET", head.path, "", head.headers, head)
         if found is None:
             return False
+        if found.body is not None:
+            return self._send_whole(head, used, conn, found.status, found.headers, found.body)
         top = response_head(found.status, found.headers, found.length,
                             f"{self._rid_prefix}{next(self._rids):08X}", head.close)
         if top is None:
@@ -168,9 +211,6 @@ class ServingProcess:
             return False
         conn.take(used)
         self.reports.request("GET", found.status, fast=True)
-        if found.body is not None:
-            conn.writelines([top, found.body])
-            return True
         try:
             conn.write(top)
             async for data in found.pieces:
@@ -244,6 +284,12 @@ class ServingProcess:
     async def plan(self, method: str, path: str, query: str, headers) -> tuple | None:
         """(status, headers, info, chunk size, start, stop) of a read this process may answer
         from chunk files, or None: the coordinator's to answer (not a plain GET, an error, ...)."""
+        target = self._target(method, path, query, headers)
+        found = await self._object(*target) if target else None
+        return self._planned(found, headers) if found else None
+
+    def _target(self, method: str, path: str, query: str, headers) -> tuple[str, str] | None:
+        """(bucket, key) of a plain GET this process may answer, or None."""
         if method != "GET" or query or path.startswith("/_p2p/") or not self.ttl:
             return None  # --meta-ttl 0: one HEAD per read, the coordinator's
         bucket, _, key = path[1:].partition("/")
@@ -255,9 +301,9 @@ class ServingProcess:
             inputs.check_key(key)
         except P2PError:
             return None
-        found = await self._object(bucket, key)
-        if found is None:
-            return None
+        return bucket, key
+
+    def _planned(self, found: tuple[ObjectInfo, int], headers) -> tuple | None:
         info, chunk_size = found
         if conditions.evaluate(headers, info.etag, info.last_modified) is not None:
             return None  # 304, or 412 (the coordinator asks S3 for a newer version first)

@@ -305,6 +305,20 @@ async def read_pieces(file: ChunkFile, offset: int, length: int,
         start += n
 
 
+def read_now(file: ChunkFile, offset: int, length: int) -> bytearray | None:
+    """`length` bytes of an open chunk from `offset`, checked, if the page cache holds them all;
+    None if reading them would wait for the disk. CorruptChunk before a bad byte is returned."""
+    start, stop = blocksums.aligned(offset, length, _length(file.name), file.block)
+    data = bytearray(stop - start)
+    try:
+        if os.preadv(file.fd, [data], start, os.RWF_NOWAIT) < len(data):
+            return None
+    except BlockingIOError:
+        return None
+    _check(file, data, start)
+    return _trim(data, offset - start, length)
+
+
 def _trim(data: bytearray, skip: int, length: int) -> bytearray:
     """`data[skip:skip + length]` in place: aiohttp sends a bytearray as is (a memoryview goes
     through its slower payload path), and deleting a bytearray's head moves no bytes."""

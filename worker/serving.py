@@ -411,6 +411,11 @@ class ServingProcess:
                         async for data in pieces:
                             yield await self._sent(data)
                             pos += len(data)
+                            # The other answers' turn: a piece read from the page cache and sent
+                            # into a roomy socket buffer never waits, so without this one large
+                            # read would hold the process until its last byte (4 MiB, c=64, two
+                            # processes: p99 270-330 ms without, 151-158 ms with).
+                            await asyncio.sleep(0)
             except (CorruptChunk, OSError, PeerError, _Rest) as exc:  # nothing of a bad block went out:
                 if isinstance(exc, ConnectionError):  # the coordinator reads the rest (and drops or
                     raise  # refills a corrupt chunk here; a peer that failed is asked last for a while)

@@ -74,7 +74,8 @@ def _get(target: str, rng: tuple[int, int] | None = None, extra: str = "") -> by
     return f"GET {target} HTTP/1.1\r\nHost: w\r\n{r}{extra}\r\n".encode()
 
 
-async def test_a_connection_answers_fast_then_moves_to_aiohttp_and_goes_on(cluster_factory, s3_client, bucket):
+async def test_a_connection_answers_fast_then_moves_to_aiohttp_and_goes_on(cluster_factory, s3_client,
+                                                                            bucket):
     cluster = await cluster_factory(1, serve_processes=2)
     size = 3 * CHUNK + 77
     body = random.Random(5).randbytes(size)
@@ -145,3 +146,29 @@ async def test_fast_path_answers_match_s3_for_conditions_and_errors(cluster_fact
                         assert resp.headers["ETag"] == etag
         async with http.get(f"{url}.missing", headers={"Range": "bytes=0-1"}) as resp:
             assert resp.status == 404 and b"<Code>NoSuchKey</Code>" in await resp.read()
+
+
+async def test_pipelined_requests_a_client_reads_late_are_all_answered_in_order(cluster_factory, s3_client,
+                                                                                bucket):
+    # 192 requests of 128 KiB in one write, read only after all were sent: the fast path takes the
+    # next request only once the answers before it have drained, and every answer arrives whole.
+    cluster = await cluster_factory(1, serve_processes=2)
+    size = 2 * CHUNK
+    body = random.Random(7).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="p.bin", Body=body)
+    url = cluster.workers[0].url
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/{bucket}/p.bin") as resp:
+            assert await resp.read() == body
+    rnd = random.Random(8)
+    piece = 128 << 10  # inside one chunk: answered at once, one after the other, with no wait
+    ranges = [(a, a + piece - 1) for a in (rnd.randrange(2) * CHUNK + rnd.randrange(CHUNK - piece)
+                                           for _ in range(192))]
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(b"".join(_get(f"/{bucket}/p.bin", r) for r in ranges))
+    await writer.drain()
+    await asyncio.sleep(0.5)  # the worker meets a full socket buffer before anything is read
+    got = await _responses(reader, ["GET"] * len(ranges))
+    writer.close()
+    assert all(st == 206 and data == body[a:b + 1] for (st, _, data), (a, b) in zip(got, ranges))

@@ -95,7 +95,8 @@ def _http_date() -> str:
     return _date[1]
 
 
-def response_head(status: int, headers: dict[str, str], length: int, request_id: str, close: bool) -> bytes | None:
+def response_head(status: int, headers: dict[str, str], length: int, request_id: str,
+                  close: bool) -> bytes | None:
     """The status line and headers, as aiohttp writes them; None if a header cannot be sent as is."""
     lines = [f"HTTP/1.1 {status} {_PHRASES.get(status) or HTTPStatus(status).phrase}"]
     for name, value in headers.items():
@@ -111,12 +112,14 @@ def response_head(status: int, headers: dict[str, str], length: int, request_id:
 
 class FastPath(asyncio.Protocol):
     """One client connection: requests `answer_now` or `answer` can give are answered here, in
-    order; the first one they cannot give hands the connection (that request's bytes and all after them) to the
-    protocol `fallback()` makes, aiohttp's, for good."""
+    order; the first one they cannot give hands the connection (that request's bytes and all
+    after them) to the protocol `fallback()` makes, aiohttp's, for good. The next request is
+    taken only once the answers before it are down to the transport's high-water mark, so a
+    client that sends requests and reads nothing holds one answer's worth of memory here."""
 
     def __init__(self, answer_now: Callable[[Head, int, "FastPath"], bool],
-                 answer: Callable[[Head, int, "FastPath"], Awaitable[bool]], fallback: Callable[[], asyncio.Protocol],
-                 live: set) -> None:
+                 answer: Callable[[Head, int, "FastPath"], Awaitable[bool]],
+                 fallback: Callable[[], asyncio.Protocol], live: set) -> None:
         self._answer_now = answer_now  # ServingProcess.answer_now: what needs no wait, at once
         self._answer = answer  # ServingProcess.answer_fast(head, bytes it used, self) -> answered?
         self._fallback = fallback
@@ -178,6 +181,9 @@ class FastPath(asyncio.Protocol):
         """Answer the whole requests in the buffer, in order, or hand the connection over.
         What `answer_now` cannot answer at once becomes a task (`answer`)."""
         while self._transport is not None:
+            if self._paused:  # the client is not reading what it asked for: wait for it
+                self._task = asyncio.get_running_loop().create_task(self._drained())
+                return
             end = self._buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buf) > MAX_HEAD or (self._eof and self._buf):
@@ -213,6 +219,14 @@ class FastPath(asyncio.Protocol):
         self._task = None
         if self._after(head, sent):
             self._next()
+
+    async def _drained(self) -> None:
+        try:
+            await self.drain()
+        except ConnectionError:
+            return
+        self._task = None
+        self._next()
 
     def _after(self, head: Head, answered: bool) -> bool:
         """What follows an answer; True: go on to the next request."""

@@ -130,7 +130,7 @@ class ServingProcess:
         self.files.close()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        request[REQUEST_ID] = f"{self._rid_prefix}{next(self._rids):08X}"
+        request[REQUEST_ID] = self._request_id()
         try:
             if request.path.startswith(LOCAL_PREFIX):
                 raise web.HTTPNotFound()
@@ -187,13 +187,16 @@ class ServingProcess:
             return True
 
     def _send_whole(self, head: Head, used: int, conn: FastPath, status: int, headers: dict, data) -> bool:
-        top = response_head(status, headers, len(data), f"{self._rid_prefix}{next(self._rids):08X}", head.close)
+        top = response_head(status, headers, len(data), self._request_id(), head.close)
         if top is None:
             return False
         conn.take(used)
         self.reports.request("GET", status, fast=True)
         conn.writelines([top, data])
         return True
+
+    def _request_id(self) -> str:
+        return f"{self._rid_prefix}{next(self._rids):08X}"
 
     async def answer_fast(self, head: Head, used: int, conn: FastPath) -> bool:
         """Answer a fast-path GET on `conn`; False (nothing sent): aiohttp's to answer."""
@@ -204,8 +207,7 @@ class ServingProcess:
             return False
         if found.body is not None:
             return self._send_whole(head, used, conn, found.status, found.headers, found.body)
-        top = response_head(found.status, found.headers, found.length,
-                            f"{self._rid_prefix}{next(self._rids):08X}", head.close)
+        top = response_head(found.status, found.headers, found.length, self._request_id(), head.close)
         if top is None:
             await found.aclose()
             return False
@@ -279,7 +281,8 @@ class ServingProcess:
             if first is not None:
                 first.close()
 
-        return Read(status, out, stop - start, None, self._pieces(info, start, stop, sources, first, release), release)
+        pieces = self._pieces(info, start, stop, sources, first, release)
+        return Read(status, out, stop - start, None, pieces, release)
 
     async def plan(self, method: str, path: str, query: str, headers) -> tuple | None:
         """(status, headers, info, chunk size, start, stop) of a read this process may answer

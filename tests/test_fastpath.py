@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from conftest import CHUNK, wait_for
+from rawhttp import exchange
 from test_serve_processes import _metric_sum
 from worker.fastpath import parse_head, response_head
 
@@ -172,3 +173,13 @@ async def test_pipelined_requests_a_client_reads_late_are_all_answered_in_order(
     got = await _responses(reader, ["GET"] * len(ranges))
     writer.close()
     assert all(st == 206 and data == body[a:b + 1] for (st, _, data), (a, b) in zip(got, ranges))
+
+
+async def test_heads_the_fast_path_does_not_parse_get_aiohttps_400(cluster_factory):
+    cluster = await cluster_factory(1, serve_processes=2)
+    garbage = [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", b"\x00\x01\x02\r\n\r\n",
+               b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n",
+               b"GET /b/k HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n",
+               b"GET /b/k HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"]
+    for data in garbage * 2:
+        assert (await exchange(cluster.workers[0].url, data)).status == 400, data[:40]

@@ -139,7 +139,11 @@ async def test_control_characters_in_keys_never_reach_a_header(cluster, bucket, 
             ET.fromstring(reply.body)  # still well-formed XML for SDKs
 
 
-async def test_malformed_requests_are_answered_and_logged_once_per_client_without_a_traceback(cluster, caplog):
+async def test_malformed_requests_are_answered_and_logged_once_per_client_without_a_traceback(cluster_factory,
+                                                                                              caplog):
+    # One process per worker: its log records are this process's, where caplog sees them (serving
+    # processes answer the same way: tests/test_fastpath.py).
+    cluster = await cluster_factory(1, serve_processes=1)
     caplog.set_level(logging.INFO)  # at DEBUG, aiohttp logs some with a traceback: opted into
     garbage = [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", b"\x00\x01\x02\r\n\r\n",
                b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n",

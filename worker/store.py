@@ -33,7 +33,7 @@ from p2pcache.errors import Busy, CorruptChunk
 
 from .eviction import DEFAULT, POLICIES, Policy
 
-__all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "open_chunk", "PIECE", "MAGIC"]
+__all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "read_whole", "read_now", "open_chunk", "PIECE", "MAGIC"]
 
 log = logging.getLogger("p2pcache.store")
 _NAME = re.compile(r"[0-9a-f]{40}-(\d+)-(\d+)")
@@ -160,12 +160,7 @@ class ChunkStore:
     async def read(self, name: str, offset: int, length: int) -> bytearray | None:
         """A small read in one go (checked), or None if the chunk is not here."""
         with self.pinned(name) as file:
-            if file is None:
-                return None
-            start, stop = blocksums.aligned(offset, length, _length(name), file.block)
-            data = await pread(file.fd, start, stop - start)
-            _check(file, data, start)
-            return _trim(data, offset - start, length)
+            return None if file is None else await read_whole(file, offset, length)
 
     async def intact(self, name: str) -> bool:
         """Whether the chunk stored under `name` now passes all its checksums (True if there is
@@ -276,10 +271,7 @@ async def pread(fd: int, offset: int, n: int) -> bytearray:
     """`n` bytes at `offset`: from the page cache on the loop (RWF_NOWAIT, no
     executor hop); whatever would block on the disk is read in the executor."""
     buf = bytearray(n)
-    try:
-        got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-    except BlockingIOError:
-        got = 0
+    got = _cached(fd, buf, offset)
     while got < n:
         more = await _run(os.preadv, fd, [memoryview(buf)[got:]], offset + got)
         if not more:
@@ -305,16 +297,33 @@ async def read_pieces(file: ChunkFile, offset: int, length: int,
         start += n
 
 
+def _cached(fd: int, buf: bytearray, offset: int) -> int:
+    """Bytes read into `buf` from `offset` as far as the page cache holds them (no wait on the disk)."""
+    try:
+        return os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return 0
+
+
+async def read_whole(file: ChunkFile, offset: int, length: int) -> bytearray:
+    """`length` bytes of an open chunk from `offset`, in one read, checked (CorruptChunk
+    before a bad byte is returned): for small reads."""
+    start, stop = blocksums.aligned(offset, length, _length(file.name), file.block)
+    return _checked(file, await pread(file.fd, start, stop - start), start, offset, length)
+
+
 def read_now(file: ChunkFile, offset: int, length: int) -> bytearray | None:
-    """`length` bytes of an open chunk from `offset`, checked, if the page cache holds them all;
-    None if reading them would wait for the disk. CorruptChunk before a bad byte is returned."""
+    """`read_whole` if the page cache holds all the bytes; None if reading them would wait
+    for the disk."""
     start, stop = blocksums.aligned(offset, length, _length(file.name), file.block)
     data = bytearray(stop - start)
-    try:
-        if os.preadv(file.fd, [data], start, os.RWF_NOWAIT) < len(data):
-            return None
-    except BlockingIOError:
+    if _cached(file.fd, data, start) < len(data):
         return None
+    return _checked(file, data, start, offset, length)
+
+
+def _checked(file: ChunkFile, data: bytearray, start: int, offset: int, length: int) -> bytearray:
+    """The blocks `data` read from `start`, checked, cut to `[offset, offset + length)`."""
     _check(file, data, start)
     return _trim(data, offset - start, length)
 

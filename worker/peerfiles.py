@@ -27,8 +27,8 @@ PIECE = 1 << 20
 
 
 class PeerFiles:
-    def __init__(self, process, verifier: Verifier | None) -> None:
-        self._p = process  # the ServingProcess: its files, reports, egress and allowed buckets
+    def __init__(self, reads, verifier: Verifier | None) -> None:
+        self._p = reads  # the serving process's Reads: its files, reports, egress and allowed buckets
         self._verifier = verifier
 
     async def answer(self, request: web.BaseRequest) -> web.StreamResponse | None:
@@ -44,7 +44,7 @@ class PeerFiles:
         if p.allowed and c.bucket not in p.allowed or length <= 0:
             return None
         with contextlib.ExitStack() as pins:
-            file = p._pin(pins, c.name)
+            file = p.pin(pins, c.name)
             if file is None:
                 return None
             resp, sums = chunk_answer(c, offset, length, file)

@@ -1,0 +1,348 @@
+"""A serving process's reads: of chunks on this worker's disk from their files, of chunks
+other workers hold from those workers, each planned from the object's identity (asked of the
+coordinator, cached for half the --meta-ttl) and the request's Range and conditions. What it
+cannot answer (a chunk this worker must fill, an error to answer, a request that is not a plain
+GET) is the coordinator's: `None`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from dataclasses import dataclass
+from typing import AsyncGenerator, AsyncIterator, Callable
+
+from p2pcache import conditions
+from p2pcache.errors import CorruptChunk, P2PError, PeerError
+from p2pcache.objects import ChunkId, ObjectInfo
+from p2pcache.ranges import chunk_spans
+from p2pcache.singleflight import SingleFlight
+
+from . import inputs
+from .chunkfiles import ChunkFiles
+from .forward import OBJECT_PATH, CoordinatorClient
+from .http import object_answer
+from .limits import TokenBucket
+from .peer import PeerStream
+from .peerreads import PeerReads
+from .readers import Readers
+from .reports import Reports
+from .store import read_now, read_pieces, read_whole
+
+__all__ = ["Reads", "Read", "SMALL"]
+
+_BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
+# Requests whose answer depends on more than the object's identity and bytes: the coordinator's.
+_COORDINATOR_HEADERS = ("Cache-Control", "x-amz-checksum-mode")
+SMALL = 512 << 10  # as worker/chunks.py: sent as one Response
+MAX_CHUNKS = 64  # chunks a read may span and still be answered here (each is opened before the status line)
+STREAM_BUDGET, MIN_PIECE, MAX_PIECE = 16 << 20, 64 << 10, 1 << 20
+OBJECT_CACHE = 10_000
+
+
+@dataclass
+class Read:
+    """A read a serving process answers: whole (`body`, small) or in `pieces` (an async
+    generator holding the chunks' files open; close it, whether or not it was iterated)."""
+
+    status: int
+    headers: dict[str, str]
+    length: int
+    body: bytes | bytearray | None
+    pieces: AsyncGenerator[bytes | bytearray, None] | None = None
+    release: Callable[[], None] = lambda: None  # what `pieces` closes when it ends, if it never started
+
+    async def aclose(self) -> None:
+        if self.pieces is not None:
+            await self.pieces.aclose()
+        self.release()
+
+
+class Reads:
+    def __init__(self, files: ChunkFiles, coordinator: CoordinatorClient, peer_reads: PeerReads,
+                 reports: Reports, readers: Readers | None, allowed: frozenset[str],
+                 egress: TokenBucket | None, ttl: float) -> None:
+        self.files = files
+        self.coordinator = coordinator
+        self.peer_reads = peer_reads
+        self.reports = reports
+        self.readers = readers
+        self.allowed = allowed  # the buckets it may read (empty: all)
+        self.egress = egress
+        self.ttl = ttl  # seconds an object's identity is kept (the coordinator's copy is at most as old)
+        self._objects: dict[tuple[str, str], tuple[float, ObjectInfo, int]] = {}
+        self._lookups = SingleFlight()
+        self._streams = 0
+
+    async def close(self) -> None:
+        await self._lookups.close()
+
+    def read_now(self, head) -> Read | None:
+        """A small read of a known object from a chunk file in the page cache, at once (nothing
+        to wait for, so no task); None: `read`'s to answer. `head` as `read`'s `request`."""
+        if self.egress is not None:
+            return None
+        target = self._target("GET", head.path, "", head.headers)
+        known = self._cached(*target) if target else None
+        if known is None or not self._signed(head, target[0]):
+            return None
+        found = self._planned(known, head.headers)
+        if found is None:
+            return None
+        status, out, info, chunk_size, start, stop = found
+        if not _small(start, stop, chunk_size):
+            return None
+        index, offset = divmod(start, chunk_size)
+        with contextlib.ExitStack() as pins:
+            file = self.pin(pins, info.chunk(index, chunk_size).name)
+            try:
+                data = read_now(file, offset, stop - start) if file is not None else None
+            except (CorruptChunk, OSError):  # read again by `read`, which reports it
+                return None
+        if data is None:
+            return None
+        self.reports.read(file.name, len(data))
+        return Read(status, out, len(data), data)
+
+    async def read(self, method: str, path: str, query: str, headers, request) -> Read | None:
+        """A read this process answers (its bytes checked), or None: the coordinator's to answer.
+        `request` is what the reader keys check the signature of (method, raw_path, headers)."""
+        if not self._signed(request, path[1:].partition("/")[0]):
+            return None
+        found = await self.plan(method, path, query, headers)
+        if found is None:
+            return None
+        status, out, info, chunk_size, start, stop = found
+        if _small(start, stop, chunk_size):
+            data = await self.read_small(info, chunk_size, start, stop)
+            if data is None:
+                return None
+            if self.egress is not None:
+                await self.egress.take(len(data))
+            return Read(status, out, len(data), data)
+        pins = contextlib.ExitStack()
+        try:
+            sources = []  # per chunk: its file here, or the workers to ask for it
+            for span in chunk_spans(start, stop, chunk_size):
+                c = info.chunk(span.index, chunk_size)
+                file = self.pin(pins, c.name)
+                peers = self.peer_reads.peers(c) if file is None else None
+                if file is None and peers is None:
+                    pins.close()
+                    return None  # this worker's to fill: the coordinator's
+                sources.append((span, c, file, peers))
+            first = None
+            if sources[0][2] is None:  # opened before the status line: if no owner answers, pass it on
+                span, c, _, peers = sources[0]
+                first = await self.peer_reads.open(c, span.offset, span.length, peers)
+                if first is None:
+                    pins.close()
+                    return None
+        except BaseException:
+            pins.close()
+            raise
+
+        def release() -> None:
+            pins.close()
+            if first is not None:
+                first.close()
+
+        pieces = self._pieces(info, start, stop, sources, first, release)
+        return Read(status, out, stop - start, None, pieces, release)
+
+    def _signed(self, request, bucket: str) -> bool:
+        """Whether the reader keys (if any) let `request` read `bucket`; if not, the coordinator
+        answers the error."""
+        if self.readers:
+            try:
+                self.readers.check(request, bucket)
+            except P2PError:
+                return False
+        return True
+
+    async def plan(self, method: str, path: str, query: str, headers) -> tuple | None:
+        """(status, headers, info, chunk size, start, stop) of a read this process may answer
+        from chunk files, or None: the coordinator's to answer (not a plain GET, an error, ...)."""
+        target = self._target(method, path, query, headers)
+        found = await self._object(*target) if target else None
+        return self._planned(found, headers) if found else None
+
+    def _target(self, method: str, path: str, query: str, headers) -> tuple[str, str] | None:
+        """(bucket, key) of a plain GET this process may answer, or None."""
+        if method != "GET" or query or path.startswith("/_p2p/") or not self.ttl:
+            return None  # --meta-ttl 0: one HEAD per read, the coordinator's
+        bucket, _, key = path[1:].partition("/")
+        if not key or not _BUCKET.fullmatch(bucket) or (self.allowed and bucket not in self.allowed):
+            return None
+        if any(h in headers for h in _COORDINATOR_HEADERS):
+            return None
+        try:
+            inputs.check_key(key)
+        except P2PError:
+            return None
+        return bucket, key
+
+    def _planned(self, found: tuple[ObjectInfo, int], headers) -> tuple | None:
+        info, chunk_size = found
+        if conditions.evaluate(headers, info.etag, info.last_modified) is not None:
+            return None  # 304, or 412 (the coordinator asks S3 for a newer version first)
+        try:
+            status, out, start, stop = object_answer(info, headers.get("Range"), None, {})
+        except P2PError:
+            return None
+        if start >= stop or (stop - 1) // chunk_size - start // chunk_size >= MAX_CHUNKS:
+            return None
+        return status, out, info, chunk_size, start, stop
+
+    async def read_small(self, info: ObjectInfo, chunk_size: int, start: int, stop: int) -> bytearray | None:
+        """Bytes `[start, stop)` (inside one chunk) from its file, checked; None if it is not here or bad."""
+        index, offset = divmod(start, chunk_size)
+        c = info.chunk(index, chunk_size)
+        with contextlib.ExitStack() as pins:
+            file = self.pin(pins, c.name)
+            if file is None:
+                return await self._small_from_peer(c, offset, stop - start)
+            try:
+                data = await read_whole(file, offset, stop - start)
+            except CorruptChunk as exc:
+                self.reports.corrupt(exc.name)
+                return None
+            except OSError:  # the coordinator's read finds out what is wrong with the disk
+                return None
+            self.reports.read(file.name, len(data))
+            return data
+
+    async def _small_from_peer(self, c: ChunkId, offset: int, length: int) -> bytearray | None:
+        """A small range of a chunk another worker holds, from that worker; None: the coordinator's."""
+        peers = self.peer_reads.peers(c)
+        stream = await self.peer_reads.open(c, offset, length, peers) if peers else None
+        if stream is None:
+            return None
+        data = bytearray()
+        try:
+            async for piece in stream:
+                data += piece
+        except PeerError:
+            self.peer_reads.failed(stream.peer)
+            return None
+        self.reports.miss()
+        return data
+
+    def pin(self, pins: contextlib.ExitStack, name: str):
+        """The chunk's open file, held until `pins` closes; None if it is not here or unreadable."""
+        try:
+            return pins.enter_context(self.files.pinned(name))
+        except CorruptChunk as exc:
+            self.reports.corrupt(exc.name)
+        except OSError:  # the coordinator's read finds out what is wrong with the disk
+            pass
+        return None
+
+    async def _pieces(self, info: ObjectInfo, start: int, stop: int, sources, first: PeerStream | None,
+                      release: Callable[[], None]) -> AsyncIterator[bytes | bytearray]:
+        """The bytes `[start, stop)`, checked, from the chunks' `sources` (`release` closes their
+        files and `first` at the end); what no source can give, the coordinator reads. P2PError
+        if it cannot."""
+        piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
+        self._streams += 1
+        pos = start
+        ahead: asyncio.Task | None = None
+        stream = None
+        try:
+            try:
+                for i, (span, c, file, peers) in enumerate(sources):
+                    if file is not None:
+                        self.reports.read(file.name, 0)
+                        pieces = read_pieces(file, span.offset, span.length, piece)
+                    else:
+                        if i == 0:
+                            stream = first
+                        elif ahead is not None:
+                            stream, ahead = await ahead, None
+                        else:
+                            stream = await self.peer_reads.open(c, span.offset, span.length, peers)
+                        if stream is None:  # no owner answered: the coordinator reads the rest
+                            raise _Rest()
+                        self.reports.miss()
+                        pieces = stream.__aiter__()
+                    ahead = self._open_next(sources, i + 1)  # the next peer chunk's first bytes meanwhile
+                    async with contextlib.aclosing(pieces):
+                        async for data in pieces:
+                            yield await self._sent(data)
+                            pos += len(data)
+                            # The other answers' turn: a piece read from the page cache and sent
+                            # into a roomy socket buffer never waits, so without this one large
+                            # read would hold the process until its last byte (4 MiB, c=64, two
+                            # processes: p99 270-330 ms without, 151-158 ms with).
+                            await asyncio.sleep(0)
+            except (CorruptChunk, OSError, PeerError, _Rest) as exc:  # nothing of a bad block went out:
+                if isinstance(exc, ConnectionError):  # the coordinator reads the rest (and drops or
+                    raise  # refills a corrupt chunk here; a peer that failed is asked last for a while)
+                if isinstance(exc, CorruptChunk):
+                    self.reports.corrupt(exc.name)
+                if isinstance(exc, PeerError) and stream is not None:
+                    self.peer_reads.failed(stream.peer)
+                async for data in self.coordinator.rest(info, pos, stop):
+                    yield await self._sent(data)
+        finally:
+            self._streams -= 1
+            release()
+            if ahead is not None:
+                ahead.cancel()
+                ahead.add_done_callback(_close_opened)
+
+    def _open_next(self, sources, i: int) -> asyncio.Task | None:
+        """Open the next chunk's stream if a peer holds it (a task, awaited when it is reached)."""
+        if i >= len(sources) or sources[i][2] is not None:
+            return None
+        span, c, _, peers = sources[i]
+        return asyncio.ensure_future(self.peer_reads.open(c, span.offset, span.length, peers))
+
+    async def _sent(self, data):
+        """`data`, once the egress limit lets it go (counted as sent: the caller sends it)."""
+        if self.egress is not None:
+            await self.egress.take(len(data))
+        self.reports.sent(len(data))
+        return data
+
+    def _cached(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
+        entry = self._objects.get((bucket, key))
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1], entry[2]
+        return None
+
+    async def _object(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
+        """The object's identity and the ring's chunk size, cached for half the --meta-ttl."""
+        known = self._cached(bucket, key)
+        if known is not None:
+            return known
+        return await self._lookups.do((bucket, key), lambda: self._lookup(bucket, key))
+
+    async def _lookup(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
+        got = await self.coordinator.get_json(OBJECT_PATH, {"bucket": bucket, "key": key,
+                                                             "max_age": str(self.ttl)})
+        if got is None:  # not found, no ring yet, S3 failing: the coordinator says which
+            return None
+        info = ObjectInfo(bucket, key, got["etag"], got["size"], got["last_modified"], got["content_type"],
+                          tuple(map(tuple, got["headers"])))
+        if len(self._objects) >= OBJECT_CACHE:
+            del self._objects[next(iter(self._objects))]
+        self._objects[(bucket, key)] = (time.monotonic() + self.ttl, info, got["chunk_size"])
+        await self.peer_reads.seen(got.get("ring"))
+        return info, got["chunk_size"]
+
+
+def _small(start: int, stop: int, chunk_size: int) -> bool:
+    """A read inside one chunk, sent whole (one Response)."""
+    return (stop - 1) // chunk_size == start // chunk_size and stop - start <= SMALL
+
+
+class _Rest(Exception):
+    """No owner answered for a chunk mid-read: the coordinator reads the rest."""
+
+
+def _close_opened(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is None and task.result() is not None:
+        task.result().close()

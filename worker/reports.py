@@ -1,0 +1,59 @@
+"""What a serving process tells its coordinator, in batches: chunk uses (eviction sees second
+uses), corrupt chunks, requests and bytes (the worker's metrics add up over its processes)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+__all__ = ["Reports"]
+
+
+class Reports:
+    """What a serving process tells its coordinator: chunk uses, corrupt chunks, requests, bytes."""
+
+    def __init__(self) -> None:
+        self._touched: Counter[str] = Counter()
+        self._corrupt: set[str] = set()
+        self._requests: Counter[str] = Counter()
+        self._bytes = 0
+        self._peer_bytes = 0
+        self._hits = 0
+        self._misses = 0
+        self._corrupt_transfers = 0
+        self._fast = 0
+
+    def read(self, name: str, sent: int) -> None:
+        self._touched[name] += 1
+        self._hits += 1
+        self._bytes += sent
+
+    def sent_to_peer(self, n: int) -> None:
+        self._peer_bytes += n
+
+    def sent(self, n: int) -> None:
+        self._bytes += n
+
+    def corrupt(self, name: str) -> None:
+        self._corrupt.add(name)
+
+    def miss(self) -> None:
+        """A chunk read from the worker that holds it."""
+        self._misses += 1
+
+    def corrupt_transfer(self) -> None:
+        self._corrupt_transfers += 1
+
+    def request(self, method: str, status: int, fast: bool = False) -> None:
+        self._requests[f"{method} {status}"] += 1
+        self._fast += fast
+
+    def take(self, index: int, force: bool = False) -> dict | None:
+        """The batch since the last one (None if there is nothing to say, unless `force`), and a fresh start."""
+        if not (self._touched or self._corrupt or self._requests or force):
+            return None
+        batch = {"process": index, "touched": dict(self._touched), "corrupt": sorted(self._corrupt),
+                 "requests": dict(self._requests), "bytes": self._bytes, "hits": self._hits,
+                 "peer_bytes": self._peer_bytes, "misses": self._misses,
+                 "corrupt_transfers": self._corrupt_transfers, "fast": self._fast}
+        self.__init__()
+        return batch

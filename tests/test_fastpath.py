@@ -4,7 +4,10 @@ to aiohttp, and that a connection moved to aiohttp goes on answering."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import random
+import struct
+import termios
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -70,6 +73,11 @@ async def _responses(reader: asyncio.StreamReader, methods: list[str]) -> list[t
     return out
 
 
+def _unread(sock) -> int:
+    """Bytes the kernel holds for `sock`, not yet read."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
 def _get(target: str, rng: tuple[int, int] | None = None, extra: str = "") -> bytes:
     r = f"Range: bytes={rng[0]}-{rng[1]}\r\n" if rng else ""
     return f"GET {target} HTTP/1.1\r\nHost: w\r\n{r}{extra}\r\n".encode()
@@ -112,9 +120,11 @@ async def test_a_connection_answers_fast_then_moves_to_aiohttp_and_goes_on(clust
                    {k: v for k, v in slow[1].items() if k not in same}
         assert got[2][1]["content-range"] == f"bytes {large[0]}-{large[1]}/{size}"
         # Four answered on the fast path: the counter fails if every request went to aiohttp.
-        await wait_for(lambda: _metric_sum(http, url, FAST), what="fast-path reports")
-        await asyncio.sleep(0.5)
-        assert await _metric_sum(http, url, FAST) - before == 4
+        async def fast() -> float | None:
+            n = await _metric_sum(http, url, FAST) - before
+            return n if n >= 4 else None
+
+        assert await wait_for(fast, what="fast-path reports") == 4
 
 
 async def test_fast_path_answers_match_s3_for_conditions_and_errors(cluster_factory, s3_client, bucket):
@@ -169,7 +179,9 @@ async def test_pipelined_requests_a_client_reads_late_are_all_answered_in_order(
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     writer.write(b"".join(_get(f"/{bucket}/p.bin", r) for r in ranges))
     await writer.drain()
-    await asyncio.sleep(0.5)  # the worker meets a full socket buffer before anything is read
+    # Nothing read until the answers fill the client's socket buffer: the worker meets a full one.
+    sock = writer.get_extra_info("socket")
+    await wait_for(lambda: _unread(sock) >= 256 << 10, what="answers queued at the client")
     got = await _responses(reader, ["GET"] * len(ranges))
     writer.close()
     assert all(st == 206 and data == body[a:b + 1] for (st, _, data), (a, b) in zip(got, ranges))

@@ -121,10 +121,11 @@ async def test_a_killed_serving_process_is_replaced_and_reads_go_on(cluster_fact
         assert await _get(http, url) == (200, body)
         victim = worker.procs.pids[0]
         os.kill(victim, signal.SIGKILL)  # a process this test's worker started
-        while worker.procs.pids[0] in (None, victim):  # reads meanwhile: the other process answers
-            status, got = await _get(http, url, (100, 5000))
-            assert (status, got) == (206, body[100:5001])
-            await asyncio.sleep(0.01)
+        async def replaced() -> bool:  # reads meanwhile: the other process answers
+            assert await _get(http, url, (100, 5000)) == (206, body[100:5001])
+            return worker.procs.pids[0] not in (None, victim)
+
+        await wait_for(replaced, what="the killed process to be replaced")
         assert await _metric_sum(http, worker.url, "p2pcache_serve_process_restarts_total") == 1
         assert await metric(http, worker.url, "p2pcache_serve_processes") == 2
         results = await asyncio.gather(*(_get(http, url, (i, i + 999)) for i in range(32)))
@@ -366,11 +367,11 @@ async def _answered_by_a_process(http, url: str, rng: tuple[int, int]) -> bool:
     worker = url.rsplit("/", 2)[0]
     base = await _process_counts(http, worker)
     await _get(http, url, rng)
-    for _ in range(50):  # the serving processes report every 0.2 s
-        if await _served(http, worker, base, 1):
-            return True
-        await asyncio.sleep(0.05)
-    return False
+    try:  # the serving processes report every 0.2 s
+        await wait_for(lambda: _served(http, worker, base, 1), timeout=2.5, what="a serving process's report")
+    except AssertionError:
+        return False
+    return True
 
 
 async def test_a_serving_process_passes_a_read_on_when_the_owner_is_gone(cluster_factory, s3_client, bucket):

@@ -4,7 +4,7 @@ aiohttp spends ~110 us of Python on each request (its parser's objects, the requ
 and response classes, header serialisation); a 64 KiB read of a chunk in the page
 cache needs ~30 us in all. So the serving processes' listener speaks HTTP/1.1
 itself for the one request that matters, `GET /bucket/key` with at most a `Range`
-and conditions, when `ServingProcess.read` can answer it (bytes on this worker's
+and conditions, when `Reads.read` (worker/reads.py) can answer it (bytes on this worker's
 disk or at the worker that holds them). Any other request, and anything this parser
 is not sure of (escapes in the path, a query, a body, a repeated header, HTTP/1.0,
 a head that is not ASCII), hands the connection with all its unanswered bytes to

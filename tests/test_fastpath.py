@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import random
+import socket
 import struct
 import termios
 from urllib.parse import urlsplit
@@ -176,12 +177,16 @@ async def test_pipelined_requests_a_client_reads_late_are_all_answered_in_order(
     ranges = [(a, a + piece - 1) for a in (rnd.randrange(2) * CHUNK + rnd.randrange(CHUNK - piece)
                                            for _ in range(192))]
     parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    writer.write(b"".join(_get(f"/{bucket}/p.bin", r) for r in ranges))
-    await writer.drain()
-    # Nothing read until the answers fill the client's socket buffer: the worker meets a full one.
-    sock = writer.get_extra_info("socket")
-    await wait_for(lambda: _unread(sock) >= 256 << 10, what="answers queued at the client")
+    # Nothing read until the client's socket buffer (kept small) is full of answers: the worker
+    # meets a full one, with most of the answers still to send.
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (parts.hostname, parts.port))
+    await loop.sock_sendall(sock, b"".join(_get(f"/{bucket}/p.bin", r) for r in ranges))
+    await wait_for(lambda: _unread(sock) >= 32 << 10, what="answers queued at the client")
+    reader, writer = await asyncio.open_connection(sock=sock)
     got = await _responses(reader, ["GET"] * len(ranges))
     writer.close()
     assert all(st == 206 and data == body[a:b + 1] for (st, _, data), (a, b) in zip(got, ranges))

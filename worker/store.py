@@ -1,9 +1,18 @@
 """Chunks on local disk: complete-then-rename writes, scan-resistant eviction under a capacity.
 
-Invariants: a file under `chunks/` is always a complete, checked chunk (it is
-written under `tmp/`, fsynced and renamed in); `used + reserved <= capacity`
-at every await point; a chunk being read (pinned) is never evicted. Which
-chunk goes first is the eviction policy's choice (worker/eviction.py, S3-FIFO).
+Invariants: a file under `chunks/` is always a complete chunk (it is written
+under `tmp/` and renamed in); no byte of it leaves the store unchecked; `used +
+reserved <= capacity` at every await point; a chunk being read (pinned) is never
+evicted. Which chunk goes first is the eviction policy's choice
+(worker/eviction.py, S3-FIFO).
+
+A chunk is renamed in without an fsync: the kernel writes it back on its own
+schedule. A process that dies loses nothing (the page cache outlives it); a
+power cut may leave a renamed chunk short, or with blocks that never reached
+the disk. The startup scan drops a file whose size or trailer is wrong, and the
+checksums refuse a block that is wrong on its first read, so such a chunk is
+refilled, never served. The fsync cost each cold read ~20% of its throughput
+(docs/benchmarks.md, "Where a fill's CPU goes").
 
 A chunk file is the chunk's bytes, then a trailer: metadata (what the chunk
 is, so the worker can compute who should hold it), the checksums of its
@@ -368,8 +377,7 @@ def open_chunk(path: str, name: str) -> ChunkFile:
 
 def _seal(file, trailer: bytes, tmp: Path, final: Path) -> None:
     file.write(trailer)
-    file.flush()
-    os.fsync(file.fileno())
+    file.flush()  # no fsync: see the module's docstring
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(tmp, final)
 

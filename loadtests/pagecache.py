@@ -1,0 +1,70 @@
+"""What a write into the page cache costs on this machine: into pages it recycles, and into new ones.
+
+    python -m loadtests.pagecache [--size 512MiB] [--repeats 3] [--dir DIR]
+
+Writes `--size` in 8 MiB files of 1 MiB writes (as a fill does, without fsync) twice per
+repeat: keeping them all, so every write takes pages the page cache did not have, then
+unlinking each file once written, so the next one reuses its pages. Reported: GB/s and the
+system CPU-seconds per GB of each, medians (min-max). What new pages cost varies: memory freed
+a moment ago is still the VM's, memory freed long ago may have gone back to the host. A cold read through the cluster stores every byte it
+serves, so it pays the second figure; on a VM whose free memory goes back to the host (free
+page reporting, a balloon), that is where most of a fill's CPU goes (docs/benchmarks.md,
+"The fill path").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+
+from p2pcache.sizes import format_size, parse_size
+
+__all__ = ["main"]
+
+FILE, WRITE = 8 << 20, 1 << 20
+
+
+def _write(root: str, size: int, keep: bool) -> tuple[float, float]:
+    """(GB/s, system CPU-s per GB) of writing `size` bytes under `root`."""
+    data = os.urandom(WRITE)
+    before, began = resource.getrusage(resource.RUSAGE_SELF).ru_stime, time.perf_counter()
+    for i in range(size // FILE):
+        path = os.path.join(root, f"{i}")
+        with open(path, "wb") as f:
+            for _ in range(FILE // WRITE):
+                f.write(data)
+        if not keep:
+            os.unlink(path)
+    elapsed = time.perf_counter() - began
+    system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - before
+    return size / elapsed / 1e9, system / (size / 1e9)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=parse_size, default=parse_size("512MiB"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dir", default=None, help="where to write (default: the temp dir)")
+    a = parser.parse_args(argv)
+    results: dict[str, list[tuple[float, float]]] = {"new pages": [], "recycled pages": []}
+    for _ in range(a.repeats):
+        root = tempfile.mkdtemp(prefix="p2pcache-pagecache-", dir=a.dir)
+        try:
+            results["new pages"].append(_write(root, a.size, keep=True))
+            results["recycled pages"].append(_write(root, a.size, keep=False))
+        finally:
+            shutil.rmtree(root)
+    print(f"{format_size(a.size)} written in 1 MiB writes, medians of {a.repeats}:")
+    for name, runs in results.items():
+        rates, cpus = [r for r, _ in runs], [c for _, c in runs]
+        print(f"  into {name}: {statistics.median(rates):.2f} GB/s ({min(rates):.2f}-{max(rates):.2f}), "
+              f"{statistics.median(cpus):.2f} system CPU-s/GB ({min(cpus):.2f}-{max(cpus):.2f})")
+
+
+if __name__ == "__main__":
+    main()

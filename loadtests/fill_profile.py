@@ -5,11 +5,11 @@
 An embedded S3 (in this process, serving ranges from memory) holds one object. Each repeat
 starts a fresh single-process worker (`--serve-processes 1`, an empty cache dir) and has curl
 read the whole object through it twice: cold (every chunk filled from S3: GET, checksum,
-write, fsync, rename, then read back and sent) and warm (read back and sent). Reported: MB/s
+write, rename, then read back and sent) and warm (read back and sent). Reported: MB/s
 and the worker's CPU-seconds per GB of each pass (utime + stime of the worker from
 `/proc/PID/stat`, all its threads), medians; the cold pass's extra CPU over the warm one is
 what the fill costs. With `--profile FILE`, the last repeat's worker runs under cProfile (its
-event loop thread only: the executor's writes and fsyncs show as waits, not CPU) and the top
+event loop thread only: the executor's writes show as waits, not CPU) and the top
 functions by own time are printed; timings of that repeat are not counted. With `--perf FILE`,
 one more repeat runs `perf record -g` on the worker during the cold pass only (on-CPU samples of
 all its threads, kernel included) and the top symbols are printed.

@@ -32,6 +32,11 @@ class ObjectInfo:
     def chunk(self, index: int, chunk_size: int) -> "ChunkId":
         return ChunkId(self.bucket, self.key, self.etag, self.size, chunk_size, index)
 
+    def chunk_name(self, index: int, chunk_size: int) -> str:
+        """`self.chunk(index, chunk_size).name`, without making the id (a serving process's hot path)."""
+        return _name(self.bucket, self.key, self.etag, chunk_size, index,
+                     chunk_length(index, self.size, chunk_size))
+
 
 @dataclass(frozen=True)
 class ChunkId:
@@ -90,8 +95,11 @@ class ChunkId:
         The length is in the name so that a restart can drop a file whose size
         is wrong without knowing anything else about the object.
         """
-        digest = _version_digest(self.bucket, self.key, self.etag, self.chunk_size)
-        return f"{digest}-{self.index}-{self.length}"
+        return _name(self.bucket, self.key, self.etag, self.chunk_size, self.index, self.length)
+
+
+def _name(bucket: str, key: str, etag: str, chunk_size: int, index: int, length: int) -> str:
+    return f"{_version_digest(bucket, key, etag, chunk_size)}-{index}-{length}"
 
 
 @functools.lru_cache(maxsize=4096)

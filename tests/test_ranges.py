@@ -6,6 +6,7 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from p2pcache.errors import RangeNotSatisfiable
+from p2pcache.objects import ObjectInfo
 from p2pcache.ranges import ByteRange, chunk_count, chunk_length, chunk_spans, parse_range
 
 sizes = st.integers(min_value=0, max_value=10**12)
@@ -128,3 +129,9 @@ def test_numbers_of_any_length_parse_like_unbounded_ints(first, last, size):
     except RangeNotSatisfiable:
         got = "416"
     assert got == _reference(header, size)
+
+
+@given(size=sizes, chunk_size=st.integers(min_value=1, max_value=1 << 30), index=st.integers(0, 10**6))
+def test_a_chunk_name_is_the_chunk_ids_name(size, chunk_size, index):
+    info = ObjectInfo("b", "some/key", '"e"', size)
+    assert info.chunk_name(index, chunk_size) == info.chunk(index, chunk_size).name

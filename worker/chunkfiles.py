@@ -56,6 +56,11 @@ class ChunkFiles:
                 for retired in self._retired.pop(name, ()):
                     os.close(retired.fd)
 
+    def now(self, name: str) -> ChunkFile | None:
+        """The chunk's open file for a read that ends before the next await, when nothing here
+        can close it (no pin needed); None if it is not on disk. Raises as `pinned` does."""
+        return self._open(name)
+
     def _open(self, name: str) -> ChunkFile | None:
         path = self.path(name)
         try:

@@ -19,9 +19,8 @@ import email.utils
 import logging
 import re
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, NamedTuple
 
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
@@ -39,8 +38,7 @@ _FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*)*")  #
 _BODY = frozenset({"transfer-encoding", "expect", "upgrade", "te", "trailer", "http2-settings"})
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(NamedTuple):
     """A request head the fast path may answer: `GET <path> HTTP/1.1`, its headers."""
 
     path: str
@@ -58,9 +56,8 @@ class Head:
 
 def parse_head(head: bytes | bytearray) -> Head | None:
     """The request in `head` (up to, without, its blank line), or None: aiohttp's to parse."""
-    head = bytes(head)
     line, crlf, fields = head.partition(b"\r\n")
-    if not _FIELDS.fullmatch(crlf + fields):
+    if not _FIELDS.fullmatch(head, len(line)):
         return None
     parts = line.split(b" ")
     if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
@@ -70,17 +67,19 @@ def parse_head(head: bytes | bytearray) -> Head | None:
         return None
     headers: CIMultiDict[str] = CIMultiDict()
     close = False
-    for line in fields.split(b"\r\n") if fields else ():
-        name, _, value = line.partition(b":")
-        value = value.strip(b" \t")
-        key = name.decode().lower()
-        if key in headers or key in _BODY or (key == "content-length" and value != b"0"):
+    for line in fields.decode("ascii").split("\r\n") if fields else ():  # ASCII: _FIELDS said so
+        name, _, value = line.partition(":")
+        value = value.strip(" \t")
+        if name in headers:
+            return None
+        key = name.lower()
+        if key in _BODY or (key == "content-length" and value != "0"):
             return None
         if key == "connection":
-            if value.lower() not in (b"close", b"keep-alive"):
+            if value.lower() not in ("close", "keep-alive"):
                 return None
-            close = value.lower() == b"close"
-        headers[name.decode()] = value.decode()
+            close = value.lower() == "close"
+        headers[name] = value
     return Head(target.decode(), headers, close)
 
 

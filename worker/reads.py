@@ -34,8 +34,6 @@ from .store import read_now, read_pieces, read_whole
 __all__ = ["Reads", "Read", "SMALL"]
 
 _BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
-# Requests whose answer depends on more than the object's identity and bytes: the coordinator's.
-_COORDINATOR_HEADERS = ("Cache-Control", "x-amz-checksum-mode")
 SMALL = 512 << 10  # as worker/chunks.py: sent as one Response
 MAX_CHUNKS = 64  # chunks a read may span and still be answered here (each is opened before the status line)
 STREAM_BUDGET, MIN_PIECE, MAX_PIECE = 16 << 20, 64 << 10, 1 << 20
@@ -95,12 +93,11 @@ class Reads:
         if not _small(start, stop, chunk_size):
             return None
         index, offset = divmod(start, chunk_size)
-        with contextlib.ExitStack() as pins:
-            file = self.pin(pins, info.chunk(index, chunk_size).name)
-            try:
-                data = read_now(file, offset, stop - start) if file is not None else None
-            except (CorruptChunk, OSError):  # read again by `read`, which reports it
-                return None
+        file = self._opened(self.files.now, info.chunk_name(index, chunk_size))  # no await: no pin
+        try:
+            data = read_now(file, offset, stop - start) if file is not None else None
+        except (CorruptChunk, OSError):  # read again by `read`, which reports it
+            return None
         if data is None:
             return None
         self.reports.read(file.name, len(data))
@@ -176,8 +173,8 @@ class Reads:
         bucket, _, key = path[1:].partition("/")
         if not key or not _BUCKET.fullmatch(bucket) or (self.allowed and bucket not in self.allowed):
             return None
-        if any(h in headers for h in _COORDINATOR_HEADERS):
-            return None
+        if "Cache-Control" in headers or "x-amz-checksum-mode" in headers:
+            return None  # an answer that depends on more than the object's identity and bytes
         try:
             inputs.check_key(key)
         except P2PError:
@@ -232,8 +229,12 @@ class Reads:
 
     def pin(self, pins: contextlib.ExitStack, name: str):
         """The chunk's open file, held until `pins` closes; None if it is not here or unreadable."""
+        return self._opened(lambda n: pins.enter_context(self.files.pinned(n)), name)
+
+    def _opened(self, open_file: Callable, name: str):
+        """`open_file(name)`: the chunk's open file, or None if it is not here or unreadable."""
         try:
-            return pins.enter_context(self.files.pinned(name))
+            return open_file(name)
         except CorruptChunk as exc:
             self.reports.corrupt(exc.name)
         except OSError:  # the coordinator's read finds out what is wrong with the disk

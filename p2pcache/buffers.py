@@ -1,4 +1,4 @@
-"""A `bytes` object that a read fills in place before anyone else sees it: no zeroing, no copy.
+"""Buffers that a read fills in place before anyone else sees them: no zeroing, no copy.
 
 CPython's C API documents the idiom: `PyBytes_FromStringAndSize(NULL, n)` makes an
 uninitialised bytes object, and `PyBytes_AsString` returns its storage, which "must not be
@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import sys
 
-__all__ = ["new_bytes"]
+__all__ = ["new_bytes", "new_bytearray"]
 
 _CPYTHON = sys.implementation.name == "cpython" and hasattr(ctypes, "pythonapi")
 if _CPYTHON:
@@ -23,6 +23,9 @@ if _CPYTHON:
     _storage = ctypes.pythonapi.PyBytes_AsString
     _storage.restype = ctypes.c_void_p
     _storage.argtypes = (ctypes.py_object,)
+    _bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    _bytearray.restype = ctypes.py_object
+    _bytearray.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
 
 
 def new_bytes(size: int) -> tuple[bytes | bytearray, memoryview]:
@@ -40,3 +43,11 @@ def new_bytes(size: int) -> tuple[bytes | bytearray, memoryview]:
         .from_address(_storage(obj))
     storage.owner = obj  # the view holds the storage, the storage the object
     return obj, memoryview(storage).cast("B")
+
+
+def new_bytearray(size: int) -> bytearray:
+    """A bytearray of `size` bytes whose contents are whatever its memory held: the caller
+    overwrites every byte before it reads or sends one (a `preadv` whose count it checks).
+    `bytearray(size)` zeroes it first: 3-4 us for 96 KiB, 35 us for 1 MiB here, on every read
+    of a chunk file. CPython's `PyByteArray_FromStringAndSize(NULL, size)` copies nothing in."""
+    return _bytearray(None, size) if _CPYTHON and size > 0 else bytearray(size)

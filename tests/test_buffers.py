@@ -1,12 +1,13 @@
-"""new_bytes: a buffer filled through its view holds exactly what was written."""
+"""new_bytes, new_bytearray: a buffer filled in place holds exactly what was written."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 
-from p2pcache.buffers import new_bytes
+from p2pcache.buffers import new_bytearray, new_bytes
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096, 3 << 20])
@@ -44,3 +45,20 @@ def test_many_sizes_do_not_grow_ctypes_type_cache():
     alive = [t for t in gc.get_objects() if isinstance(t, type) and issubclass(t, ctypes.Array)
              and t.__name__ == "Storage"]
     assert len(alive) < 10
+
+
+@pytest.mark.parametrize("size", [0, 1, 96 << 10, 1 << 20])
+def test_a_bytearray_a_read_fills_is_an_ordinary_bytearray(tmp_path, size):
+    want = random.Random(size).randbytes(size)
+    (tmp_path / "f").write_bytes(want)
+    buf = new_bytearray(size)
+    assert type(buf) is bytearray and len(buf) == size
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert os.preadv(fd, [buf], 0) == size
+    finally:
+        os.close(fd)
+    assert buf == want
+    del buf[size // 2:]  # cut in place, as the store trims a read to its range
+    del buf[:1]
+    assert buf == want[1:size // 2]

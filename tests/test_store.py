@@ -259,6 +259,17 @@ async def test_cold_reads_go_to_the_executor_and_warm_ones_stay_on_the_loop(tmp_
         os.close(fd)
 
 
+async def test_a_read_past_the_end_fails_rather_than_return_bytes_it_did_not_read(tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 1000)  # pread's buffer is not zeroed: every byte must be read
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="short read"):
+            await pread(fd, 500, 1000)
+        assert await pread(fd, 500, 500) == b"x" * 500
+    finally:
+        os.close(fd)
+
+
 async def read_after_fill(store: ChunkStore, c) -> None:
     """A miss as the read path makes it: fill, then the read the fill was made for."""
     await put(store, c)

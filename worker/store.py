@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
 from p2pcache import blocksums
+from p2pcache.buffers import new_bytearray
 from p2pcache.errors import Busy, CorruptChunk
 
 from .eviction import DEFAULT, POLICIES, Policy
@@ -279,7 +280,7 @@ class ChunkStore:
 async def pread(fd: int, offset: int, n: int) -> bytearray:
     """`n` bytes at `offset`: from the page cache on the loop (RWF_NOWAIT, no
     executor hop); whatever would block on the disk is read in the executor."""
-    buf = bytearray(n)
+    buf = new_bytearray(n)  # every byte read below, or OSError
     got = _cached(fd, buf, offset)
     while got < n:
         more = await _run(os.preadv, fd, [memoryview(buf)[got:]], offset + got)
@@ -325,8 +326,8 @@ def read_now(file: ChunkFile, offset: int, length: int) -> bytearray | None:
     """`read_whole` if the page cache holds all the bytes; None if reading them would wait
     for the disk."""
     start, stop = blocksums.aligned(offset, length, _length(file.name), file.block)
-    data = bytearray(stop - start)
-    if _cached(file.fd, data, start) < len(data):
+    data = new_bytearray(stop - start)
+    if _cached(file.fd, data, start) < len(data):  # every byte read, or None
         return None
     return _checked(file, data, start, offset, length)
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         s3.put_object(Bucket=BUCKET, Key=KEY, Body=data)
         uvloop.run(_read(c.master, "default", args.concurrency, expected=data))
         del data
-        with nginx(Path(root), "auto") as base:
+        with nginx(Path(root), "auto") as (base, _):
             contenders = {"curl nginx -> memory": lambda: _curl(f"{base}/{BUCKET}/{KEY}", "/dev/null"),
                           "curl nginx -> tmpfs": lambda: _curl(f"{base}/{BUCKET}/{KEY}", _tmpfs_file())}
             target = bytearray(args.size)  # a loader's own buffer, allocated (and touched) once

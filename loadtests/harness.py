@@ -20,7 +20,7 @@ from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
 __all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
-           "require", "clean_env", "s3_client", "metric", "cpu_seconds", "curl", "peak_rss", "ROOT", "S3_ENV"]
+           "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "curl", "peak_rss", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
@@ -110,6 +110,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of `pid` and of every process under it (a worker's serving processes,
+    nginx's workers); a process that exits meanwhile takes its share with it."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += cpu_seconds(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+    return total
+
+
 def curl(url: str, size: int) -> float:
     """Seconds curl takes to fetch `url` (the whole object, `size` bytes) into /dev/null; an
     error if it fails or gets another number of bytes."""
@@ -167,8 +180,8 @@ def nginx_file(root: Path, name: str, data: bytes) -> Path:
 
 
 @contextlib.contextmanager
-def nginx(root: Path, workers: int | str = 1) -> Iterator[str]:
-    """nginx serving `root` on loopback; yields its URL."""
+def nginx(root: Path, workers: int | str = 1) -> Iterator[tuple[str, int]]:
+    """nginx serving `root` on loopback; yields its URL and its master's pid."""
     require("nginx")
     with tempfile.TemporaryDirectory(prefix="p2pcache-nginx-") as tmp:
         for _ in range(5):  # nginx cannot bind port 0 and report it: try a few free ports
@@ -192,7 +205,7 @@ http {{
             proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp], stderr=subprocess.DEVNULL)
             if _wait_port(port, proc):
                 try:
-                    yield f"http://127.0.0.1:{port}"
+                    yield f"http://127.0.0.1:{port}", proc.pid
                 finally:
                     proc.send_signal(signal.SIGQUIT)
                     proc.wait(timeout=10)
@@ -250,7 +263,7 @@ def wrk_result(proc: subprocess.Popen, seconds: float) -> dict:
     r = json.loads(line[5:])
     secs = r["duration_us"] / 1e6
     return {"req_s": r["requests"] / secs, "bytes_s": r["bytes"] / secs, "p50_ms": r["p50_us"] / 1e3,
-            "p99_ms": r["p99_us"] / 1e3, "errors": r["errors"], "non2xx": r["non2xx"]}
+            "p99_ms": r["p99_us"] / 1e3, "errors": r["errors"], "non2xx": r["non2xx"], "requests": r["requests"]}
 
 
 def wrk_parallel(jobs: list[dict], seconds: float) -> dict:

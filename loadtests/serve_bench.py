@@ -6,7 +6,9 @@
 One worker per `--serve-processes` count (each its own cluster, all reading one S3) and nginx
 serve the same object, warm; the same wrk (`--threads`, each `--connections`) reads the same
 random aligned ranges. Runs are interleaved (nginx, then each worker, then again), so a noisy
-neighbour hits every server alike; the table gives medians, the spread, and the ratios to nginx.
+neighbour hits every server alike; the table gives medians, the spread, and the ratios to nginx,
+and what each request cost the server: utime + stime of its process tree (nginx's master and
+workers; the worker's coordinator and serving processes) over the wrk run, per request wrk counted.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import boto3
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import S3_ENV, cluster, nginx, nginx_file, require, wrk
+from .harness import S3_ENV, cluster, nginx, nginx_file, require, tree_cpu_seconds, wrk
 
 BUCKET, KEY = "bench", "model/weights.bin"
 
@@ -63,15 +65,18 @@ def main(argv: list[str] | None = None) -> dict:
             for _ in range(2):  # warm: every chunk on the worker's disk, then read from its files
                 with urllib.request.urlopen(url) as resp:
                     assert resp.read() == data, "worker served different bytes"
-            servers.append((f"worker x{n}", url))
-        with nginx(Path(root), args.nginx_workers) as nginx_base:
-            servers.insert(0, ("nginx", f"{nginx_base}/{BUCKET}/{KEY}"))
+            servers.append((f"worker x{n}", url, c.worker_procs[0].pid))
+        with nginx(Path(root), args.nginx_workers) as (nginx_base, nginx_pid):
+            servers.insert(0, ("nginx", f"{nginx_base}/{BUCKET}/{KEY}", nginx_pid))
             for conns in (int(c) for c in args.connections.split(",")):
                 for range_size in (parse_size(r) for r in args.ranges.split(",")):
-                    runs = {name: [] for name, _ in servers}
+                    runs = {name: [] for name, *_ in servers}
                     for _ in range(args.repeats):
-                        for name, url in servers:
-                            runs[name].append(wrk(url, args.size, range_size, args.seconds, conns, args.threads))
+                        for name, url, pid in servers:
+                            before = tree_cpu_seconds(pid)
+                            r = wrk(url, args.size, range_size, args.seconds, conns, args.threads)
+                            r["cpu_us"] = (tree_cpu_seconds(pid) - before) / max(r["requests"], 1) * 1e6
+                            runs[name].append(r)
                     row = {"range": format_size(range_size), "connections": conns,
                            "servers": {name: _summary(r) for name, r in runs.items()}}
                     base = row["servers"]["nginx"]
@@ -97,8 +102,9 @@ def table(results: dict) -> str:
     lines = [f"warm random range reads, wrk -t{results['threads']}, nginx worker_processes="
              f"{results['nginx_workers']}, worker --serve-processes {results['serve_processes']}, "
              f"{results['cpus']} CPUs, medians of {runs} interleaved runs (min-max)",
-             "| range | c | server | MB/s | req/s (min-max) | p50 ms | p99 ms (min-max) | x nginx req/s | x nginx p99 | errors |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| range | c | server | MB/s | req/s (min-max) | p50 ms | p99 ms (min-max) | x nginx req/s | x nginx p99 "
+             "| server CPU us/req | errors |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in results["rows"]:
         for name, r in row["servers"].items():
             lo, hi = r["req_s_range"]
@@ -106,7 +112,7 @@ def table(results: dict) -> str:
             lines.append(f"| {row['range']} | {row['connections']} | {name} | {r['bytes_s'] / 1e6:,.0f} | "
                          f"{r['req_s']:,.0f} ({lo:,.0f}-{hi:,.0f}) | {r['p50_ms']:.1f} | "
                          f"{r['p99_ms']:.1f} ({plo:.1f}-{phi:.1f}) | {r['ratio']:.2f}x | {r['p99_ratio']:.2f}x | "
-                         f"{r['errors'] + r['non2xx']:.0f} |")
+                         f"{r['cpu_us']:,.0f} | {r['errors'] + r['non2xx']:.0f} |")
     return "\n".join(lines)
 
 

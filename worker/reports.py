@@ -14,7 +14,7 @@ class Reports:
     def __init__(self) -> None:
         self._touched: Counter[str] = Counter()
         self._corrupt: set[str] = set()
-        self._requests: Counter[str] = Counter()
+        self._requests: Counter[tuple[str, int]] = Counter()  # (method, status)
         self._bytes = 0
         self._peer_bytes = 0
         self._hits = 0
@@ -44,7 +44,7 @@ class Reports:
         self._corrupt_transfers += 1
 
     def request(self, method: str, status: int, fast: bool = False) -> None:
-        self._requests[f"{method} {status}"] += 1
+        self._requests[method, status] += 1
         self._fast += fast
 
     def take(self, index: int, force: bool = False) -> dict | None:
@@ -52,7 +52,7 @@ class Reports:
         if not (self._touched or self._corrupt or self._requests or force):
             return None
         batch = {"process": index, "touched": dict(self._touched), "corrupt": sorted(self._corrupt),
-                 "requests": dict(self._requests), "bytes": self._bytes, "hits": self._hits,
+                 "requests": {f"{m} {s}": n for (m, s), n in self._requests.items()}, "bytes": self._bytes, "hits": self._hits,
                  "peer_bytes": self._peer_bytes, "misses": self._misses,
                  "corrupt_transfers": self._corrupt_transfers, "fast": self._fast}
         self.__init__()

@@ -4,36 +4,32 @@ The coordinator owns the store (worker/store.py): it renames complete chunks
 in and unlinks evicted ones. A file unlinked while open stays readable, so a
 reader here needs no pin from the coordinator; but an open fd keeps an evicted
 file's blocks on disk, so an fd is closed once its path is gone or names
-another file (checked by an open at most every RECHECK seconds, and by `sweep`
-every second), as soon as no reader here holds it. Reading a file evicted a
-moment ago is harmless: a name always means the same bytes, and they are checked.
+another file (checked on every open and by `sweep`), as soon as no reader here
+holds it. Checked on every open, not trusted for a while: a chunk found corrupt is
+dropped and refilled under the same name, and a process that went on reading the
+old file would fail its readers (and send a peer that copies it back to S3).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from .store import ChunkFile, open_chunk
 
 __all__ = ["ChunkFiles"]
 
-RECHECK = 0.1  # seconds an open file is taken to still be the one at its path (a stat per read costs ~2 us)
-
 
 class ChunkFiles:
-    def __init__(self, root: Path, max_open: int = 256, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, root: Path, max_open: int = 256) -> None:
         self._dir = str(Path(root) / "chunks")
-        # name -> (file, inode, when the path last held that inode)
-        self._files: OrderedDict[str, tuple[ChunkFile, int, float]] = OrderedDict()
+        self._files: OrderedDict[str, tuple[ChunkFile, int]] = OrderedDict()  # name -> (file, inode)
         self._pins: dict[str, int] = {}
         self._retired: dict[str, list[ChunkFile]] = {}  # gone while read: closed when unpinned
         self._max_open = max_open
-        self._clock = clock
 
     def __len__(self) -> int:
         """Open files."""
@@ -68,19 +64,14 @@ class ChunkFiles:
         return self._open(name)
 
     def _open(self, name: str) -> ChunkFile | None:
-        entry = self._files.get(name)
-        now = self._clock()
-        if entry is not None and now - entry[2] < RECHECK:
-            self._files.move_to_end(name)
-            return entry[0]
         path = self.path(name)
         try:
             inode = os.stat(path).st_ino
         except FileNotFoundError:
             self._retire(name)
             return None
+        entry = self._files.get(name)
         if entry is not None and entry[1] == inode:
-            self._files[name] = (entry[0], inode, now)
             self._files.move_to_end(name)
             return entry[0]
         self._retire(name)
@@ -88,7 +79,7 @@ class ChunkFiles:
             file = open_chunk(path, name)
         except FileNotFoundError:  # evicted since the stat
             return None
-        self._files[name] = (file, os.fstat(file.fd).st_ino, now)
+        self._files[name] = (file, os.fstat(file.fd).st_ino)
         while len(self._files) > self._max_open:
             self._retire(next(iter(self._files)))
         return file
@@ -104,7 +95,7 @@ class ChunkFiles:
 
     def snapshot(self) -> list[tuple[str, int]]:
         """The open files' names and inodes, for `stale` to check off the loop."""
-        return [(name, inode) for name, (_, inode, _) in self._files.items()]
+        return [(name, inode) for name, (_, inode) in self._files.items()]
 
     def stale(self, snapshot: list[tuple[str, int]]) -> list[str]:
         """Names whose open file is no longer the one at their path (blocking: run it off the loop)."""
@@ -123,7 +114,7 @@ class ChunkFiles:
             self._retire(name)
 
     def close(self) -> None:
-        for file, *_ in self._files.values():
+        for file, _ in self._files.values():
             os.close(file.fd)
         for files in self._retired.values():
             for file in files:

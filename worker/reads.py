@@ -171,17 +171,14 @@ class Reads:
         if method != "GET" or query or path.startswith("/_p2p/") or not self.ttl:
             return None  # --meta-ttl 0: one HEAD per read, the coordinator's
         bucket, _, key = path[1:].partition("/")
-        if not key or (self.allowed and bucket not in self.allowed):
+        if not key or not _BUCKET.fullmatch(bucket) or (self.allowed and bucket not in self.allowed):
             return None
         if "Cache-Control" in headers or "x-amz-checksum-mode" in headers:
             return None  # an answer that depends on more than the object's identity and bytes
-        if (bucket, key) not in self._objects:  # those known passed these when they were looked up
-            try:
-                inputs.check_key(key)
-            except P2PError:
-                return None
-            if not _BUCKET.fullmatch(bucket):
-                return None
+        try:
+            inputs.check_key(key)
+        except P2PError:
+            return None
         return bucket, key
 
     def _planned(self, found: tuple[ObjectInfo, int], headers) -> tuple | None:

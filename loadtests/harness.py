@@ -20,7 +20,8 @@ from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
 __all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
-           "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "curl", "peak_rss", "ROOT", "S3_ENV"]
+           "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "curl", "peak_rss",
+           "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")

@@ -6,10 +6,10 @@ Writes `--size` in 8 MiB files of 1 MiB writes (as a fill does, without fsync) t
 repeat: keeping them all, so every write takes pages the page cache did not have, then
 unlinking each file once written, so the next one reuses its pages. Reported: GB/s and the
 system CPU-seconds per GB of each, medians (min-max). What new pages cost varies: memory freed
-a moment ago is still the VM's, memory freed long ago may have gone back to the host. A cold read through the cluster stores every byte it
-serves, so it pays the second figure; on a VM whose free memory goes back to the host (free
-page reporting, a balloon), that is where most of a fill's CPU goes (docs/benchmarks.md,
-"The fill path").
+a moment ago is still the VM's, memory freed long ago may have gone back to the host (free
+page reporting, a balloon), and taking it back is what costs. A cold read through the cluster
+stores every byte it serves, so while the page cache grows it pays the "new pages" figure
+(docs/benchmarks.md, "The fill path").
 """
 
 from __future__ import annotations

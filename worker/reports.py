@@ -51,9 +51,9 @@ class Reports:
         """The batch since the last one (None if there is nothing to say, unless `force`), and a fresh start."""
         if not (self._touched or self._corrupt or self._requests or force):
             return None
+        requests = {f"{method} {status}": n for (method, status), n in self._requests.items()}
         batch = {"process": index, "touched": dict(self._touched), "corrupt": sorted(self._corrupt),
-                 "requests": {f"{m} {s}": n for (m, s), n in self._requests.items()}, "bytes": self._bytes, "hits": self._hits,
-                 "peer_bytes": self._peer_bytes, "misses": self._misses,
-                 "corrupt_transfers": self._corrupt_transfers, "fast": self._fast}
+                 "requests": requests, "bytes": self._bytes, "hits": self._hits, "peer_bytes": self._peer_bytes,
+                 "misses": self._misses, "corrupt_transfers": self._corrupt_transfers, "fast": self._fast}
         self.__init__()
         return batch

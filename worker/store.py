@@ -12,7 +12,7 @@ power cut may leave a renamed chunk short, or with blocks that never reached
 the disk. The startup scan drops a file whose size or trailer is wrong, and the
 checksums refuse a block that is wrong on its first read, so such a chunk is
 refilled, never served. The fsync cost each cold read ~20% of its throughput
-(docs/benchmarks.md, "Where a fill's CPU goes").
+(docs/benchmarks.md, "The fill path").
 
 A chunk file is the chunk's bytes, then a trailer: metadata (what the chunk
 is, so the worker can compute who should hold it), the checksums of its

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from xml.sax.saxutils import escape
 
-from p2pcache.errors import BadRequest, P2PError
+from p2pcache.errors import BadRequest, P2PError, Unsupported
 from p2pcache.objects import ObjectInfo
 from p2pcache.ranges import ByteRange, parse_range
 
@@ -18,11 +18,38 @@ from .inputs import parse_hop
 from .limits import TokenBucket
 from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_from_params
 
-__all__ = ["REQUEST_ID", "object_headers", "object_answer", "error_response", "header_text", "send_body",
-           "prepend", "parse_peer_request"]
+__all__ = ["REQUEST_ID", "answered", "object_headers", "object_answer", "error_response", "header_text",
+           "send_body", "prepend", "parse_peer_request"]
 
 log = logging.getLogger("p2pcache.http")
 REQUEST_ID = web.RequestKey("request_id", str)
+
+
+async def answered(request: web.BaseRequest,
+                   handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """`handle(request)`'s response, or the answer to what it raised: a P2PError as S3's error
+    (logged if it is the server's), aiohttp's own (404, 405) as a plain response, a client gone
+    before the status line as 499, anything else as a logged 500. An unprepared response gets
+    the request's id, and closes the connection if an upload body is left unread (it must not
+    be parsed as the next request). The worker's and its serving processes' one error mapping."""
+    try:
+        resp = await handle(request)
+    except P2PError as exc:
+        if exc.status >= 500 and not isinstance(exc, Unsupported):  # 501 is the client's doing
+            log.warning("%s %r -> %d %s", request.method, request.path, exc.status, exc)
+        resp = error_response(request, exc)
+    except web.HTTPException as exc:
+        resp = web.Response(status=exc.status, reason=exc.reason, text=exc.text, headers=exc.headers)
+    except ConnectionError:  # nobody to answer
+        resp = web.Response(status=499)
+    except Exception:
+        log.exception("bug: unhandled error for %s %r", request.method, request.path)
+        resp = web.Response(status=500, text="internal error, see the worker's log\n")
+    if not resp.prepared:
+        resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+        if request.method not in ("GET", "HEAD") and request.can_read_body:
+            resp.force_close()
+    return resp
 
 
 def object_headers(info: ObjectInfo, overrides: dict[str, str] | None = None) -> dict[str, str]:

@@ -25,8 +25,8 @@ from p2pcache import conditions, tls
 from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.breaker import CLOSED, OPEN
 from p2pcache.errors import (
-    AccessDenied, BadRequest, NoRing, NotCached, NotOwner, ObjectChanged, P2PError,
-    PreconditionFailed, ReadOnly, StoreError, Unauthorized, Unsupported,
+    AccessDenied, BadRequest, NoRing, NotCached, NotOwner, ObjectChanged, PreconditionFailed, ReadOnly,
+    StoreError, Unauthorized,
 )
 from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MasterClient
@@ -44,7 +44,7 @@ from .control import Control
 from .coordinator import coordinator_handler
 from .keep import Keeps
 from .http import (
-    REQUEST_ID, error_response, object_answer, parse_peer_request, prepend, send_body,
+    REQUEST_ID, answered, object_answer, parse_peer_request, prepend, send_body,
 )
 from .limits import TokenBucket
 from .listing import Listings
@@ -271,24 +271,7 @@ class Worker:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request[REQUEST_ID] = f"{self._rid_prefix}{next(self._rids):08X}"
-        try:
-            resp = await self._route(request)
-        except P2PError as exc:
-            if exc.status >= 500 and not isinstance(exc, Unsupported):  # 501 is the client's doing
-                log.warning("%s %r -> %d %s", request.method, request.path, exc.status, exc)
-            resp = error_response(request, exc)
-        except web.HTTPException as exc:  # aiohttp's own (404, 405): answered as a plain response
-            resp = web.Response(status=exc.status, reason=exc.reason, text=exc.text, headers=exc.headers)
-        except ConnectionError:
-            # The client hung up before the status line went out: nobody to answer.
-            resp = web.Response(status=499)
-        except Exception:
-            log.exception("bug: unhandled error for %s %r", request.method, request.path)
-            resp = web.Response(status=500, text="internal error, see the worker's log\n")
-        if not resp.prepared:
-            resp.headers["x-amz-request-id"] = request[REQUEST_ID]
-            if request.method not in ("GET", "HEAD") and request.can_read_body:
-                resp.force_close()  # an unread upload body must not be parsed as the next request
+        resp = await answered(request, self._route)
         self.metrics.count_request(request.method, resp.status)
         return resp
 

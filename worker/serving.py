@@ -36,7 +36,7 @@ from p2pcache.service import setup_logging
 from .chunkfiles import ChunkFiles
 from .fastpath import FastPath, Head, response_head
 from .forward import LOCAL_PREFIX, REPORT_PATH, TOKEN_HEADER, CoordinatorClient
-from .http import REQUEST_ID, error_response
+from .http import REQUEST_ID, answered
 from .limits import TokenBucket
 from .peerfiles import PeerFiles
 from .peerreads import PeerReads
@@ -50,6 +50,7 @@ log = logging.getLogger("p2pcache.worker.serving")
 REPORT_INTERVAL = 0.2  # seconds between reports: how stale the worker's metrics may be
 RING_CHECK = 5  # report intervals between reports sent with nothing to report (they learn the ring's version)
 SWEEP_INTERVAL = 1.0  # seconds an evicted chunk's file may stay open here when nobody reads it
+_FORWARDED = web.RequestKey("forwarded", bool)  # answered by the coordinator, which counts it
 
 
 class ServingProcess:
@@ -115,27 +116,22 @@ class ServingProcess:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request[REQUEST_ID] = self._request_id()
-        try:
-            if request.path.startswith(LOCAL_PREFIX):
-                raise web.HTTPNotFound()
-            if request.path.startswith("/_p2p/"):
-                resp = await self.peer_files.answer(request)
-            else:
-                resp = await self._from_files(request)
-            if resp is None:
-                return await self.coordinator.forward(request)
-        except P2PError as exc:  # the coordinator is unreachable
-            resp = error_response(request, exc)
-        except web.HTTPException as exc:
-            resp = web.Response(status=exc.status, reason=exc.reason, text=exc.text)
-        except ConnectionError:
-            resp = web.Response(status=499)
-        except Exception:
-            log.exception("bug: unhandled error for %s %r", request.method, request.path)
-            resp = web.Response(status=500, text="internal error, see the worker's log\n")
-        if not resp.prepared:
-            resp.headers["x-amz-request-id"] = request[REQUEST_ID]
-        self.reports.request(request.method, resp.status)
+        resp = await answered(request, self._route)
+        if not request.get(_FORWARDED):  # the coordinator counts what it answers
+            self.reports.request(request.method, resp.status)
+        return resp
+
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The answer from this process, else the coordinator's (a P2PError if it is unreachable)."""
+        if request.path.startswith(LOCAL_PREFIX):
+            raise web.HTTPNotFound()
+        if request.path.startswith("/_p2p/"):
+            resp = await self.peer_files.answer(request)
+        else:
+            resp = await self._from_files(request)
+        if resp is None:
+            resp = await self.coordinator.forward(request)
+            request[_FORWARDED] = True
         return resp
 
     def answer_now(self, head: Head, used: int, conn: FastPath) -> bool:

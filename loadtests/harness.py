@@ -117,7 +117,7 @@ def tree_cpu_seconds(pid: int) -> float:
     total, todo = 0.0, [pid]
     while todo:
         p = todo.pop()
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        with contextlib.suppress(OSError):  # exited meanwhile
             total += cpu_seconds(p)
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(child) for child in (task / "children").read_text().split()]

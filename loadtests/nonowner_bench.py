@@ -19,34 +19,14 @@ import statistics
 from p2pcache.sizes import format_size, parse_size
 
 from .datasets import File, seed
-from .harness import cluster, cpu_seconds, curl, require, s3_client
+from .harness import cluster, curl, require, s3_client, tree_cpu_seconds
 
 __all__ = ["main"]
 
 
-def _tree(pid: int) -> list[int]:
-    """`pid` and its descendants (a worker's serving processes are its children)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return out
-
-
 def _cpu(pids: list[int]) -> float:
-    total = 0.0
-    for root in pids:
-        for p in _tree(root):
-            try:
-                total += cpu_seconds(p)
-            except OSError:  # exited meanwhile
-                pass
-    return total
+    """CPU seconds of the workers' process trees (a worker's serving processes are its children)."""
+    return sum(tree_cpu_seconds(pid) for pid in pids)
 
 
 def run(size: int, processes: int, repeats: int) -> dict:

@@ -138,16 +138,22 @@ class ServingProcess:
         """Answer a small read on `conn` at once if nothing has to wait (no task); False (nothing
         sent): `answer_fast`'s to answer."""
         found = self.reads.read_now(head)
-        return found is not None and self._send_whole(head, used, conn, found.status, found.headers, found.body)
+        return found is not None and self._send_whole(head, used, conn, found)
 
-    def _send_whole(self, head: Head, used: int, conn: FastPath, status: int, headers: dict, data) -> bool:
-        top = response_head(status, headers, len(data), self._request_id(), head.close)
-        if top is None:
-            return False
-        conn.take(used)
-        self.reports.request("GET", status, fast=True)
-        conn.writelines([top, data])
-        return True
+    def _send_whole(self, head: Head, used: int, conn: FastPath, found: Read) -> bool:
+        top = self._begin(head, used, conn, found)
+        if top is not None:
+            conn.writelines([top, found.body])
+        return top is not None
+
+    def _begin(self, head: Head, used: int, conn: FastPath, found: Read) -> bytes | None:
+        """The answer's status line and headers, its request taken off `conn` and counted; None
+        (nothing taken) if a header cannot be sent as is: aiohttp's to answer."""
+        top = response_head(found.status, found.headers, found.length, self._request_id(), head.close)
+        if top is not None:
+            conn.take(used)
+            self.reports.request("GET", found.status, fast=True)
+        return top
 
     def _request_id(self) -> str:
         return f"{self._rid_prefix}{next(self._rids):08X}"
@@ -160,13 +166,11 @@ class ServingProcess:
         if found is None:
             return False
         if found.body is not None:
-            return self._send_whole(head, used, conn, found.status, found.headers, found.body)
-        top = response_head(found.status, found.headers, found.length, self._request_id(), head.close)
+            return self._send_whole(head, used, conn, found)
+        top = self._begin(head, used, conn, found)
         if top is None:
             await found.aclose()
             return False
-        conn.take(used)
-        self.reports.request("GET", found.status, fast=True)
         try:
             conn.write(top)
             async for data in found.pieces:

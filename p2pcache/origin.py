@@ -38,7 +38,7 @@ from .s3headers import stored_headers
 __all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error"]
 
 log = logging.getLogger("p2pcache.origin")
-READ_SIZE = 1 << 20
+READ_SIZE = 256 << 10  # per fill in flight: 1 MiB cost the memory scenario ~25 MiB of peak RSS
 META_ATTEMPTS = 3  # a HEAD or a listing is on a reader's critical path: a few quick tries
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _LISTINGS = ("ListObjects", "ListObjectsV2")

@@ -49,7 +49,7 @@ async def test_32_concurrent_cold_readers_fetch_each_chunk_from_s3_once(cluster,
     assert origin == [owned[w.id] for w in cluster.workers]
     assert sum(peer) == 0
     for w in cluster.workers:  # every reader's pins and streams were released
-        await wait_for(lambda: w.chunks._streams == 0 and not w.store._pins, what="streams to close")
+        await wait_for(lambda: w.chunks.budget.streams == 0 and not w.store._pins, what="streams to close")
 
 
 async def test_warm_reads_do_not_touch_s3(cluster, s3, s3_client, bucket):

@@ -205,6 +205,17 @@ async def test_a_flipped_byte_is_never_read_and_reads_elsewhere_still_are(tmp_pa
     assert c.name not in store and not store.path(c.name).exists() and store.used == 0
 
 
+async def test_read_pieces_asks_the_piece_size_before_each_piece(tmp_path):
+    store, c, data = await big_chunk(tmp_path)
+    sizes = iter([3 * BLOCK, 1, BLOCK + 5, 10 * BLOCK])  # a budget shrinking, then growing
+    with store.pinned(c.name) as file:
+        got = [bytes(p) async for p in read_pieces(file, 7, BIG - 7, lambda: next(sizes))]
+    # Whole blocks, at least one; the first trimmed by the 7 bytes before the window, the last
+    # the short block at the end.
+    assert [len(p) for p in got] == [3 * BLOCK - 7, BLOCK, BLOCK, 1234]
+    assert b"".join(got) == data[7:]
+
+
 async def test_a_chunk_discarded_while_read_keeps_its_reader_going(tmp_path):
     store, c, data = await big_chunk(tmp_path)
     with store.pinned(c.name) as file:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from p2pcache.service import run_service
+from p2pcache.service import few_malloc_arenas, run_service
 
 from .config import WorkerConfig, add_arguments
 from .server import Worker
@@ -19,6 +19,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"p2pcache worker: {exc}", file=sys.stderr)
         return 2
+    few_malloc_arenas()
     return run_service(lambda: Worker(config))
 
 

@@ -27,6 +27,7 @@ from p2pcache.ranges import chunk_spans
 from p2pcache.ring import Placement, WorkerInfo
 from p2pcache.singleflight import SingleFlight
 
+from .budget import PieceBudget, readahead
 from .diskhealth import DiskHealth
 from .metrics import WorkerMetrics
 from .peer import PeerClient
@@ -37,8 +38,6 @@ __all__ = ["Chunks"]
 
 log = logging.getLogger("p2pcache.chunks")
 SMALL = 512 << 10  # ranges up to this are read in one go and sent as one Response
-STREAM_BUDGET = 16 << 20  # bytes of read pieces in flight over all open local streams
-MIN_PIECE, MAX_PIECE = 64 << 10, 1 << 20
 HOLDERS = 4  # earlier holders a fill asks (a 404 each when they lack it) before S3
 
 
@@ -48,17 +47,16 @@ class Stream(Protocol):
 
 
 class LocalStream:
-    """Bytes of a chunk on local disk, pinned against eviction until closed."""
+    """Bytes of a chunk on local disk, pinned against eviction until closed; read in pieces
+    of the size `piece()` says."""
 
     peer = None
 
     def __init__(self, store: ChunkStore, c: ChunkId, offset: int, length: int,
-                 piece: int = 1 << 20, on_close: Callable[[], None] = lambda: None,
-                 touch: bool = True) -> None:
+                 piece: Callable[[], int], touch: bool = True) -> None:
         self._pin = store.pinned(c.name, touch)
         self.file = self._pin.__enter__()
         self._offset, self._length, self._piece = offset, length, piece
-        self._on_close = on_close
 
     @property
     def present(self) -> bool:
@@ -79,13 +77,11 @@ class LocalStream:
         if self._pin is not None:
             self._pin.__exit__(None, None, None)
             self._pin = None
-            if self.file is not None:
-                self._on_close()
 
 
 class Chunks:
     def __init__(self, *, me: str, store: ChunkStore, origin: S3Origin, peers: PeerClient,
-                 metrics: WorkerMetrics, placement: Callable[[], Placement],
+                 metrics: WorkerMetrics, placement: Callable[[], Placement], budget: PieceBudget,
                  origin_concurrency: int = 16, readahead: int = 4,
                  clock: Callable[[], float] = time.monotonic,
                  on_fill: Callable[[ChunkId], None] = lambda c: None) -> None:
@@ -93,7 +89,8 @@ class Chunks:
         self._on_fill = on_fill
         self._clock = clock
         self._down = DownPeers(clock)  # peers that just failed: asked last
-        self._streams = 0  # local streams open
+        self.budget = budget  # of the bodies being sent, to readers and to peers
+        self._reads = 0  # reads running (chunks they open ahead share a budget)
         self.store = store
         self._origin = origin
         self._peers = peers
@@ -123,24 +120,27 @@ class Chunks:
         spans = iter(chunk_spans(start, stop, chunk_size))
         pending: deque[tuple[ChunkId, int, int, asyncio.Future]] = deque()
 
-        def launch() -> None:
+        def launch() -> bool:
             span = next(spans, None)
-            if span is not None:
-                c = info.chunk(span.index, chunk_size)
-                task = asyncio.ensure_future(self.open(c, span.offset, span.length))
-                pending.append((c, span.offset, span.length, task))
+            if span is None:
+                return False
+            c = info.chunk(span.index, chunk_size)
+            pending.append((c, span.offset, span.length,
+                            asyncio.ensure_future(self.open(c, span.offset, span.length))))
+            return True
 
-        for _ in range(self._readahead):
-            launch()
+        self._reads += 1
         try:
-            while pending:
+            while pending or launch():
+                while len(pending) <= readahead(self._readahead, self._reads) and launch():
+                    pass  # the chunk to send next and those opened ahead of it
                 c, offset, length, task = pending.popleft()
                 stream = await task
-                launch()
                 async with contextlib.aclosing(self._pieces(c, offset, length, stream)) as it:
                     async for piece in it:
                         yield piece
         finally:
+            self._reads -= 1
             for *_, task in pending:
                 task.cancel()
                 task.add_done_callback(_close_stream)
@@ -198,11 +198,8 @@ class Chunks:
         self._down.failed(peer_id)
 
     def local(self, c: ChunkId, offset: int, length: int, touch: bool = True) -> LocalStream | None:
-        # Few streams read in big pieces (fewer syscalls); many share STREAM_BUDGET, so
-        # memory stays bounded however many readers there are.
-        piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
         try:
-            stream = LocalStream(self.store, c, offset, length, piece, self._stream_closed, touch)
+            stream = LocalStream(self.store, c, offset, length, self.budget.piece, touch)
         except OSError as exc:  # the file is listed but cannot be opened: the disk is failing
             self.disk.failed(StoreError(f"cache disk failed opening {c.ring_key}: {exc}"))
             return None
@@ -212,11 +209,7 @@ class Chunks:
         if not stream.present:
             stream.close()
             return None
-        self._streams += 1
         return stream
-
-    def _stream_closed(self) -> None:
-        self._streams -= 1
 
     async def open_local(self, c: ChunkId, offset: int, length: int, source: WorkerInfo | None,
                          hop: int, holder: str | None = None, origin: bool = True) -> Stream:
@@ -376,24 +369,28 @@ class Chunks:
         if reopen is None:
             async def reopen(pos: int, failed: set[str]) -> Stream:
                 return await self.open(c, pos, end - pos, exclude=failed)
-        while True:
-            try:
-                async with contextlib.aclosing(stream.__aiter__()) as it:
-                    async for piece in it:
-                        pos += len(piece)
-                        yield piece
-                return
-            except PeerError as exc:
-                self._peer_failed(stream.peer.id)
-                failed.add(stream.peer.id)
-                log.warning("resuming %s at %d after: %s", c.ring_key, pos, exc)
-                stream = await reopen(pos, failed)
-            except CorruptChunk as exc:  # nothing of the bad block was sent
-                self.corrupt(exc)
-                stream = await reopen(pos, failed)
-            except StoreError as exc:  # a local chunk that cannot be read: S3 has the bytes
-                self.disk.failed(exc)
-                stream = PassThrough(self._origin, c, pos, end - pos, self._m.passthrough_bytes)
+        self.budget.open()
+        try:
+            while True:
+                try:
+                    async with contextlib.aclosing(stream.__aiter__()) as it:
+                        async for piece in it:
+                            pos += len(piece)
+                            yield piece
+                    return
+                except PeerError as exc:
+                    self._peer_failed(stream.peer.id)
+                    failed.add(stream.peer.id)
+                    log.warning("resuming %s at %d after: %s", c.ring_key, pos, exc)
+                    stream = await reopen(pos, failed)
+                except CorruptChunk as exc:  # nothing of the bad block was sent
+                    self.corrupt(exc)
+                    stream = await reopen(pos, failed)
+                except StoreError as exc:  # a local chunk that cannot be read: S3 has the bytes
+                    self.disk.failed(exc)
+                    stream = PassThrough(self._origin, c, pos, end - pos, self._m.passthrough_bytes)
+        finally:
+            self.budget.close()
 
 
 class PassThrough:

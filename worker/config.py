@@ -108,7 +108,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--origin-concurrency", "concurrent chunk fills from S3", type=int, default=16)
     add_flag(p, "--meta-ttl", "seconds an object's ETag and size are trusted", type=float,
              default=5.0)
-    add_flag(p, "--readahead", "chunks prepared ahead of the one being sent", type=int, default=4)
+    add_flag(p, "--readahead", "chunks a read prepares ahead of the one being sent "
+             "(fewer when more than 4 reads run: 16 over all reads)", type=int, default=4)
     add_flag(p, "--egress-limit", "bytes per second this worker sends, e.g. 1GB (0: no limit)",
              type=size_arg, default="0")
     add_flag(p, "--rebalance-rate", "bytes per second of chunks handed to their new owners after a "

@@ -104,7 +104,7 @@ def coordinator_handler(worker, token: str) -> Handler:
         resp.content_length = stop - start
         await resp.prepare(request)
         try:
-            await send_body(request, resp, prepend(first, pieces), lambda n: None)
+            await send_body(request, resp, prepend(first, pieces), lambda n: None, length=stop - start)
         finally:
             await pieces.aclose()
         return resp

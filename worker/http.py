@@ -107,20 +107,26 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]
 
 
 async def send_body(request: web.BaseRequest, resp: web.StreamResponse, pieces, on_piece,
-                    egress: TokenBucket | None = None) -> Exception | None:
-    """Send the body; on failure return why it was cut short (the handler still returns `resp`).
+                    egress: TokenBucket | None = None, *, length: int) -> Exception | None:
+    """Send the body, `length` bytes; on failure return why it was cut short (the handler
+    still returns `resp`).
 
     The status line is gone, so a failure now (a peer dying with no one to
     resume from, the object changing at the origin) can only close the
     connection: the client sees fewer bytes than Content-Length, never wrong
-    bytes. A client that hangs up (ConnectionError) is not logged.
+    bytes. So do pieces that end early, at once rather than when the client
+    gives up waiting. A client that hangs up (ConnectionError) is not logged.
     """
+    sent = 0
     try:
         async for piece in pieces:
             if egress is not None:
                 await egress.take(len(piece))
             await resp.write(piece)
             on_piece(len(piece))
+            sent += len(piece)
+        if sent != length:
+            raise P2PError(f"the body ended after {sent} of its {length} bytes")
         await resp.write_eof()
         return None
     except ConnectionError as exc:

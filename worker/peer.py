@@ -34,6 +34,11 @@ REASON_HEADER = "X-P2P-Reason"  # its one-line message
 SUMS_HEADER = "X-P2P-Sums"  # bytes of block checksums that precede the chunk's bytes
 BLOCK_HEADER = "X-P2P-Block"  # the block size they are of
 PIECE = 256 << 10
+# A stream from a peer holds about four of its steps at once: aiohttp's buffer, the step being
+# gathered, its joined copy, the one being sent on. So a step is a quarter of a local piece
+# (worker/budget.py): 256 KiB for a few streams, 64 KiB for 64 (memory: 141-151 MiB peak with
+# 64-128 KiB steps, 168-183 with 256 KiB, 210-246 with whole pieces; `p2pcache bench --scenarios memory`).
+STEPS_HELD = 4
 
 
 def chunk_params(c: ChunkId) -> dict[str, str]:
@@ -72,9 +77,11 @@ class PeerStream:
     """
 
     def __init__(self, peer: WorkerInfo, resp: aiohttp.ClientResponse, start: int, stop: int,
-                 offset: int, length: int, on_corrupt: Callable[[], None]) -> None:
+                 offset: int, length: int, on_corrupt: Callable[[], None],
+                 piece: Callable[[], int] = lambda: STEPS_HELD * PIECE) -> None:
         self.peer = peer
         self._resp = resp
+        self._piece = piece
         self._start, self._stop, self._offset, self._end = start, stop, offset, offset + length
         self._on_corrupt = on_corrupt
 
@@ -82,8 +89,9 @@ class PeerStream:
         content, pos = self._resp.content, self._start
         try:
             table, block = await self._sums()
-            step = max(block, PIECE - PIECE % block) if table is not None else PIECE
             while pos < self._stop:
+                step = self._piece() // STEPS_HELD
+                step = max(block, step // block * block) if table is not None else step
                 data = await content.readexactly(min(step, self._stop - pos))
                 if table is not None:
                     try:
@@ -125,9 +133,12 @@ class PeerStream:
 class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, connect_timeout: float = 2.0,
                  read_timeout: float = 60.0, signer: Signer | None = None,
-                 on_corrupt: Callable[[], None] = lambda: None) -> None:
+                 on_corrupt: Callable[[], None] = lambda: None,
+                 piece: Callable[[], int] = lambda: STEPS_HELD * PIECE) -> None:
+        """`piece()`: the size of the next piece a local stream reads (worker/budget.py)."""
         self._session = session
         self._on_corrupt = on_corrupt
+        self._piece = piece
         self._signer = signer or Signer(None)
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
 
@@ -142,7 +153,7 @@ class PeerClient:
         params = chunk_params(c) | ({"local": "1"} if local else {})
         resp = await self._get(peer, CHUNK_PATH, params, headers)
         if resp.status in (200, 206):
-            return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt)
+            return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt, self._piece)
         raise _error(peer, c, resp)
 
     async def take(self, peer: WorkerInfo, c: ChunkId, source: str, keep: bool = False) -> bool:

@@ -23,9 +23,6 @@ from .store import read_pieces
 
 __all__ = ["PeerFiles"]
 
-PIECE = 1 << 20
-
-
 class PeerFiles:
     def __init__(self, reads, verifier: Verifier | None) -> None:
         self._p = reads  # the serving process's Reads: its files, reports, egress and allowed buckets
@@ -49,11 +46,13 @@ class PeerFiles:
                 return None
             resp, sums = chunk_answer(c, offset, length, file)
             p.reports.read(c.name, 0)
+            p.budget.open()
+            pins.callback(p.budget.close)
             try:
                 await resp.prepare(request)
                 if sums:
                     await resp.write(sums)
-                async for data in read_pieces(file, offset, length, PIECE):
+                async for data in read_pieces(file, offset, length, p.budget.piece):
                     if p.egress is not None:
                         await p.egress.take(len(data))
                     await resp.write(data)

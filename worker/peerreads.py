@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from typing import Callable
 
 import aiohttp
 
@@ -25,7 +26,7 @@ from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 from p2pcache.singleflight import SingleFlight
 
 from .forward import RING_PATH, CoordinatorClient
-from .peer import PeerClient, PeerStream
+from .peer import PIECE, STEPS_HELD, PeerClient, PeerStream
 from .routing import DownPeers
 
 __all__ = ["PeerReads"]
@@ -35,10 +36,12 @@ log = logging.getLogger("p2pcache.worker.peerreads")
 
 class PeerReads:
     def __init__(self, coordinator: CoordinatorClient, secret: bytes | None, tls_ca: str = "",
-                 read_timeout: float = 60.0, on_corrupt=lambda: None) -> None:
+                 read_timeout: float = 60.0, on_corrupt=lambda: None,
+                 piece: Callable[[], int] = lambda: STEPS_HELD * PIECE) -> None:
         self._coordinator = coordinator
         self._secret, self._tls_ca, self._read_timeout = secret, tls_ca, read_timeout
         self._on_corrupt = on_corrupt
+        self._piece = piece
         self.placement: Placement | None = None
         self.me = ""
         self._version: tuple | None = None
@@ -52,7 +55,7 @@ class PeerReads:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, ssl=ssl), auto_decompress=False)
         self._client = PeerClient(self._session, read_timeout=self._read_timeout, signer=Signer(self._secret),
-                                  on_corrupt=self._on_corrupt)
+                                  on_corrupt=self._on_corrupt, piece=self._piece)
 
     async def close(self) -> None:
         await self._refresh.close()

@@ -21,6 +21,7 @@ from p2pcache.ranges import chunk_spans
 from p2pcache.singleflight import SingleFlight
 
 from . import inputs
+from .budget import PieceBudget, readahead
 from .chunkfiles import ChunkFiles
 from .forward import OBJECT_PATH, CoordinatorClient
 from .http import object_answer
@@ -36,7 +37,6 @@ __all__ = ["Reads", "Read", "SMALL"]
 _BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
 SMALL = 512 << 10  # as worker/chunks.py: sent as one Response
 MAX_CHUNKS = 64  # chunks a read may span and still be answered here (each is opened before the status line)
-STREAM_BUDGET, MIN_PIECE, MAX_PIECE = 16 << 20, 64 << 10, 1 << 20
 OBJECT_CACHE = 10_000
 
 
@@ -60,7 +60,7 @@ class Read:
 
 class Reads:
     def __init__(self, files: ChunkFiles, coordinator: CoordinatorClient, peer_reads: PeerReads,
-                 reports: Reports, readers: Readers | None, allowed: frozenset[str],
+                 reports: Reports, budget: PieceBudget, readers: Readers | None, allowed: frozenset[str],
                  egress: TokenBucket | None, ttl: float) -> None:
         self.files = files
         self.coordinator = coordinator
@@ -72,7 +72,7 @@ class Reads:
         self.ttl = ttl  # seconds an object's identity is kept (the coordinator's copy is at most as old)
         self._objects: dict[tuple[str, str], tuple[float, ObjectInfo, int]] = {}
         self._lookups = SingleFlight()
-        self._streams = 0
+        self.budget = budget  # of the bodies being sent, to clients and to peers
 
     async def close(self) -> None:
         await self._lookups.close()
@@ -246,8 +246,7 @@ class Reads:
         """The bytes `[start, stop)`, checked, from the chunks' `sources` (`release` closes their
         files and `first` at the end); what no source can give, the coordinator reads. P2PError
         if it cannot."""
-        piece = min(MAX_PIECE, max(MIN_PIECE, STREAM_BUDGET // (self._streams + 1)))
-        self._streams += 1
+        self.budget.open()
         pos = start
         ahead: asyncio.Task | None = None
         stream = None
@@ -256,7 +255,7 @@ class Reads:
                 for i, (span, c, file, peers) in enumerate(sources):
                     if file is not None:
                         self.reports.read(file.name, 0)
-                        pieces = read_pieces(file, span.offset, span.length, piece)
+                        pieces = read_pieces(file, span.offset, span.length, self.budget.piece)
                     else:
                         if i == 0:
                             stream = first
@@ -288,15 +287,16 @@ class Reads:
                 async for data in self.coordinator.rest(info, pos, stop):
                     yield await self._sent(data)
         finally:
-            self._streams -= 1
+            self.budget.close()
             release()
             if ahead is not None:
                 ahead.cancel()
                 ahead.add_done_callback(_close_opened)
 
     def _open_next(self, sources, i: int) -> asyncio.Task | None:
-        """Open the next chunk's stream if a peer holds it (a task, awaited when it is reached)."""
-        if i >= len(sources) or sources[i][2] is not None:
+        """Open the next chunk's stream if a peer holds it (a task, awaited when it is reached),
+        unless so many answers run that the peer responses buffering ahead would add up."""
+        if i >= len(sources) or sources[i][2] is not None or not readahead(1, self.budget.streams):
             return None
         span, c, _, peers = sources[i]
         return asyncio.ensure_future(self.peer_reads.open(c, span.offset, span.length, peers))

@@ -36,6 +36,7 @@ from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
 
 from . import inputs
+from .budget import COORDINATOR_PIECES, PieceBudget
 from .chunks import Chunks
 from .routing import MAX_HOPS, fill_source
 from .config import WorkerConfig
@@ -160,14 +161,15 @@ class Worker:
             auto_decompress=False))
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
         self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
+        budget = PieceBudget(COORDINATOR_PIECES)
         peers = PeerClient(session, read_timeout=max(60.0, 2 * cfg.origin_deadline), signer=self._signer,
-                           on_corrupt=self.metrics.corrupt_transfers.inc)
+                           on_corrupt=self.metrics.corrupt_transfers.inc, piece=budget.piece)
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
                                      placement=self._placement, rate=cfg.handoff_rate(), keeps=self.keeps)
         self.parts = Parts(self.origin)
         self.chunks = Chunks(
             me=self.id, store=self.store, origin=self.origin, peers=peers,
-            metrics=self.metrics, placement=self._placement,
+            metrics=self.metrics, placement=self._placement, budget=budget,
             origin_concurrency=cfg.origin_concurrency, readahead=cfg.readahead, clock=self.clock,
             on_fill=self.rebalancer.filled)
         if store_error is not None:
@@ -372,7 +374,7 @@ class Worker:
         await resp.prepare(request)
         try:
             error = await send_body(request, resp, prepend(first, pieces),
-                                    self.metrics.bytes_served.inc, self.egress)
+                                    self.metrics.bytes_served.inc, self.egress, length=stop - start)
         finally:
             await pieces.aclose()
         if error is not None:
@@ -404,7 +406,8 @@ class Worker:
             await resp.prepare(request)
             if sums:
                 await resp.write(sums)
-            await send_body(request, resp, pieces, self.metrics.chunk_bytes_served.inc, self.egress)
+            await send_body(request, resp, pieces, self.metrics.chunk_bytes_served.inc, self.egress,
+                            length=length)
         finally:
             stream.close()
         return resp

@@ -31,12 +31,13 @@ from p2pcache import tls
 from p2pcache.auth import Verifier
 from p2pcache.errors import P2PError
 from p2pcache.httplog import QuietParseErrors
-from p2pcache.service import setup_logging
+from p2pcache.service import few_malloc_arenas, setup_logging
 
+from .budget import SERVING_PIECES, PieceBudget
 from .chunkfiles import ChunkFiles
 from .fastpath import FastPath, Head, response_head
 from .forward import LOCAL_PREFIX, REPORT_PATH, TOKEN_HEADER, CoordinatorClient
-from .http import REQUEST_ID, answered
+from .http import REQUEST_ID, answered, send_body
 from .limits import TokenBucket
 from .peerfiles import PeerFiles
 from .peerreads import PeerReads
@@ -63,9 +64,11 @@ class ServingProcess:
         limit = settings.get("egress_limit", 0)
         self.reports = Reports()
         secret = bytes.fromhex(settings["secret"]) if settings.get("secret") else None
+        budget = PieceBudget(SERVING_PIECES)
         self.peer_reads = PeerReads(self.coordinator, secret, settings.get("tls_ca", ""),
-                                    settings.get("peer_read_timeout", 60.0), self.reports.corrupt_transfer)
-        self.reads = Reads(self.files, self.coordinator, self.peer_reads, self.reports,
+                                    settings.get("peer_read_timeout", 60.0), self.reports.corrupt_transfer,
+                                    budget.piece)
+        self.reads = Reads(self.files, self.coordinator, self.peer_reads, self.reports, budget,
                            Readers(keys, time.time) if keys else None,
                            frozenset(settings.get("allowed_buckets", ())),
                            TokenBucket(limit) if limit else None,
@@ -171,11 +174,15 @@ class ServingProcess:
         if top is None:
             await found.aclose()
             return False
+        sent = 0
         try:
             conn.write(top)
             async for data in found.pieces:
                 conn.write(data)
+                sent += len(data)
                 await conn.drain()
+            if sent != found.length:  # as http.send_body: cut at once, not when the client gives up
+                raise P2PError(f"the body ended after {sent} of its {found.length} bytes")
         except ConnectionError:
             pass
         except P2PError as exc:  # the coordinator could not send the rest: cut the answer short
@@ -201,15 +208,7 @@ class ServingProcess:
         resp.headers["x-amz-request-id"] = request[REQUEST_ID]
         try:
             await resp.prepare(request)
-            async for data in found.pieces:
-                await resp.write(data)
-            await resp.write_eof()
-        except ConnectionError:
-            pass
-        except P2PError as exc:  # the coordinator could not send the rest: cut the answer short
-            log.warning("aborting %s %s after headers: %s", request.method, request.path, exc)
-            if request.transport is not None:
-                request.transport.close()
+            await send_body(request, resp, found.pieces, lambda n: None, length=found.length)
         finally:
             await found.aclose()
         return resp
@@ -244,6 +243,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main() -> int:
+    few_malloc_arenas()
     settings = json.loads(sys.stdin.readline())
     setup_logging(settings.get("log_level", "INFO"))
     _die_with_parent(settings["parent"])

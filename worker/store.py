@@ -291,15 +291,16 @@ async def pread(fd: int, offset: int, n: int) -> bytearray:
 
 
 async def read_pieces(file: ChunkFile, offset: int, length: int,
-                      piece: int = PIECE) -> AsyncIterator[bytearray]:
+                      piece: int | Callable[[], int] = PIECE) -> AsyncIterator[bytearray]:
     """Yield `length` bytes of an open chunk from `offset`, in pieces of about `piece`
-    (whole blocks are read and checked; CorruptChunk before a bad byte is yielded)."""
+    (or of what `piece()` says before each one; whole blocks are read and checked,
+    CorruptChunk before a bad byte is yielded)."""
     block = file.block
-    piece = max(block, piece - piece % block)
+    size = piece if callable(piece) else lambda: piece
     start, stop = blocksums.aligned(offset, length, _length(file.name), block)
     end = offset + length
     while start < stop:
-        n = min(piece, stop - start)
+        n = min(max(block, size() // block * block), stop - start)
         data = await pread(file.fd, start, n)
         _check(file, data, start)
         skip = max(0, offset - start)

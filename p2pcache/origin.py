@@ -38,7 +38,7 @@ from .s3headers import stored_headers
 __all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error"]
 
 log = logging.getLogger("p2pcache.origin")
-READ_SIZE = 256 << 10  # per fill in flight: 1 MiB cost the memory scenario ~25 MiB of peak RSS
+READ_SIZE = 1 << 20  # aiohttp buffers up to twice what a read asks for: see `read_range`'s `piece`
 META_ATTEMPTS = 3  # a HEAD or a listing is on a reader's critical path: a few quick tries
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _LISTINGS = ("ListObjects", "ListObjectsV2")
@@ -229,11 +229,13 @@ class S3Origin:
         return resp
 
     async def read_range(self, bucket: str, key: str, etag: str, start: int, stop: int,
-                         keep_going: Callable[[], bool] = lambda: True) -> AsyncIterator[bytes]:
+                         keep_going: Callable[[], bool] = lambda: True,
+                         piece: Callable[[], int] = lambda: READ_SIZE) -> AsyncIterator[bytes]:
         """Yield the bytes `[start, stop)` of version `etag`, or raise ObjectChanged.
 
         A transient failure is retried from the byte reached while the policy
-        allows and `keep_going()` says someone still wants the bytes.
+        allows and `keep_going()` says someone still wants the bytes. Each piece
+        is at most `piece()` bytes, and aiohttp buffers up to twice that.
         """
         pos, tries, failures, began = start, 0, 0, self._clock()
         while True:
@@ -242,10 +244,10 @@ class S3Origin:
             reached, error, ok = pos, None, None
             self._hooks.request()
             try:
-                async with contextlib.aclosing(self._get(bucket, key, etag, pos, stop)) as body:
-                    async for piece in body:
-                        pos += len(piece)
-                        yield piece
+                async with contextlib.aclosing(self._get(bucket, key, etag, pos, stop, piece)) as body:
+                    async for data in body:
+                        pos += len(data)
+                        yield data
                 if pos < stop:
                     raise OriginUnavailable(f"origin cut the response for s3://{bucket}/{key} "
                                             f"at byte {pos} of {start}-{stop - 1}")
@@ -264,7 +266,8 @@ class S3Origin:
             log.info("retrying s3://%s/%s from byte %d in %.2f s: %s", bucket, key, pos, delay, error)
             await asyncio.sleep(delay)
 
-    async def _get(self, bucket: str, key: str, etag: str, start: int, stop: int) -> AsyncIterator[bytes]:
+    async def _get(self, bucket: str, key: str, etag: str, start: int, stop: int,
+                   piece: Callable[[], int]) -> AsyncIterator[bytes]:
         """One ranged GET, its failures converted; checks that S3 sent what was asked."""
         where = f"s3://{bucket}/{key}"
         try:
@@ -277,9 +280,9 @@ class S3Origin:
                 sent = resp.get("ContentRange")  # none: the whole object, from byte 0
                 if not (sent or "bytes 0-").startswith(f"bytes {start}-"):
                     raise OriginError(f"origin answered {sent!r} to bytes={start}-{stop - 1} of {where}")
-                while piece := await body.read(min(READ_SIZE, stop - start)):
-                    start += len(piece)
-                    yield piece
+                while data := await body.read(min(piece(), stop - start)):
+                    start += len(data)
+                    yield data
         except P2PError:
             raise
         except Exception as exc:

@@ -61,3 +61,10 @@ def test_workers_ask_glibc_for_two_malloc_arenas_unless_the_environment_says(mon
     assert few_malloc_arenas() is True  # glibc's mallopt(M_ARENA_MAX) accepted it
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     assert few_malloc_arenas() is False  # the operator's setting stands
+
+
+def test_fills_read_s3_in_smaller_pieces_as_more_run():
+    from worker.budget import FILL_PIECES, fill_piece
+    assert fill_piece(0) == fill_piece(1) == 1 << 20
+    assert [fill_piece(n) for n in (4, 8, 16, 64)] == [1 << 20, 512 << 10, 256 << 10, 256 << 10]
+    assert all(n * fill_piece(n) <= FILL_PIECES for n in range(4, 17))

@@ -11,7 +11,8 @@ early, so the chunks opened ahead are a budget too: a few reads each open severa
 
 from __future__ import annotations
 
-__all__ = ["PieceBudget", "readahead", "OPEN_AHEAD", "COORDINATOR_PIECES", "SERVING_PIECES"]
+__all__ = ["PieceBudget", "readahead", "fill_piece", "OPEN_AHEAD", "COORDINATOR_PIECES", "SERVING_PIECES",
+           "FILL_PIECES"]
 
 OPEN_AHEAD = 16  # chunks opened ahead of the ones being sent, over all reads of a process
 # The coordinator (68 MiB idle: botocore) also holds its fills' S3 buffers and the streams from
@@ -22,6 +23,10 @@ COORDINATOR_PIECES = 8 << 20
 # at c=64 in 256 KiB pieces: 0.93-0.94x nginx, against 0.83-0.84x in 128 KiB pieces
 # (`python -m loadtests.serve_bench --ranges 4MiB --connections 64 --serve-processes 2 --nginx-workers 2`).
 SERVING_PIECES = 16 << 20
+# S3 bytes a worker's fills ask for at once; aiohttp buffers up to twice as much. A few fills
+# read 1 MiB pieces (a fill in 256 KiB pieces costs 15% more CPU: `python -m
+# loadtests.fill_profile`), 16 read 256 KiB (in 1 MiB, the memory scenario peaked ~25 MiB higher).
+FILL_PIECES = 4 << 20
 
 
 class PieceBudget:
@@ -39,6 +44,11 @@ class PieceBudget:
 
     def close(self) -> None:
         self.streams -= 1
+
+
+def fill_piece(fills: int) -> int:
+    """The size of the next piece a fill reads from S3, when `fills` fills are running."""
+    return min(1 << 20, max(256 << 10, FILL_PIECES // max(1, fills)))
 
 
 def readahead(configured: int, reads: int) -> int:

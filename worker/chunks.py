@@ -27,7 +27,7 @@ from p2pcache.ranges import chunk_spans
 from p2pcache.ring import Placement, WorkerInfo
 from p2pcache.singleflight import SingleFlight
 
-from .budget import PieceBudget, readahead
+from .budget import PieceBudget, fill_piece, readahead
 from .diskhealth import DiskHealth
 from .metrics import WorkerMetrics
 from .peer import PeerClient
@@ -325,7 +325,8 @@ class Chunks:
             self._origin_queued -= 1
         try:
             body = self._origin.read_range(c.bucket, c.key, c.etag, c.start, c.start + c.length,
-                                           keep_going=lambda: self._fills.waiting(c.name) > 0)
+                                           keep_going=lambda: self._fills.waiting(c.name) > 0,
+                                           piece=lambda: fill_piece(len(self._fills)))
             async with contextlib.aclosing(body):
                 await self._write(c, body, self._m.origin_bytes)
         finally:

@@ -34,10 +34,9 @@ REASON_HEADER = "X-P2P-Reason"  # its one-line message
 SUMS_HEADER = "X-P2P-Sums"  # bytes of block checksums that precede the chunk's bytes
 BLOCK_HEADER = "X-P2P-Block"  # the block size they are of
 PIECE = 256 << 10
-# A stream from a peer holds about four of its steps at once: aiohttp's buffer, the step being
-# gathered, its joined copy, the one being sent on. So a step is a quarter of a local piece
-# (worker/budget.py): 256 KiB for a few streams, 64 KiB for 64 (memory: 141-151 MiB peak with
-# 64-128 KiB steps, 168-183 with 256 KiB, 210-246 with whole pieces; `p2pcache bench --scenarios memory`).
+# A stream from a peer holds about four of its steps at once: aiohttp buffers up to twice what
+# a read asks for, plus the step being gathered and the one being sent on. So a step is a quarter
+# of a local piece (worker/budget.py): 256 KiB for a few streams, 32-64 KiB for 64.
 STEPS_HELD = 4
 
 

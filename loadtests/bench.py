@@ -52,6 +52,7 @@ FULL = dict(
     direct_concurrency=32, s3_throttle="0", routing="auto",
     amp_workers=4, amp_objects=8, amp_object_size="64MiB", amp_readers=8, amp_concurrency=64,
     mem_workers=2, mem_objects=32, mem_object_size="64MiB", mem_read_size="32MiB", mem_streams=64,
+    mem_serve_processes="1,2",
     sim_workers="8,64,256,1000", sim_models="4,30", sim_shard_size="4.6GiB", sim_trials=20, sim_repeats=15,
     heartbeat_workers=1000, heartbeat_seconds=10, heartbeat_connections=64,
 )
@@ -94,6 +95,7 @@ _HELP = {
     "amp_readers": "readers covering the whole dataset each", "amp_concurrency": "concurrent ranges",
     "mem_workers": "workers", "mem_objects": "objects", "mem_object_size": "size of each",
     "mem_read_size": "size of each large read", "mem_streams": "concurrent streams, all on one worker",
+    "mem_serve_processes": "comma-separated serving-process counts of the workers",
     "sim_workers": "comma-separated cluster sizes", "sim_models": "comma-separated shard counts of the models",
     "sim_shard_size": "size of each shard (cut at --chunk-size)", "sim_trials": "random clusters per join/leave",
     "sim_repeats": "timings of each lookup and ring build", "heartbeat_workers": "workers registered at the master",
@@ -122,7 +124,8 @@ def params(args: argparse.Namespace) -> SimpleNamespace:
     chosen = (SMOKE if args.smoke else FULL) | {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
     for key in _SIZES:
         chosen[key] = parse_size(str(chosen[key]))
-    chosen["scaling_workers"] = [int(n) for n in str(chosen["scaling_workers"]).split(",")]
+    for key in ("scaling_workers", "mem_serve_processes"):
+        chosen[key] = [int(n) for n in str(chosen[key]).split(",")]
     return SimpleNamespace(**chosen)
 
 

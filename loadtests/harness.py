@@ -20,8 +20,8 @@ from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
 __all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
-           "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "curl", "peak_rss",
-           "ROOT", "S3_ENV"]
+           "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "process_tree", "curl",
+           "peak_rss", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
@@ -111,16 +111,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """`cpu_seconds` of `pid` and of every process under it (a worker's serving processes,
-    nginx's workers); a process that exits meanwhile takes its share with it."""
-    total, todo = 0.0, [pid]
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process under it (a worker's serving processes, nginx's workers), parents
+    first; a process that exits meanwhile is left out."""
+    tree, todo = [], [pid]
     while todo:
-        p = todo.pop()
+        p = todo.pop(0)
+        with contextlib.suppress(OSError):  # exited meanwhile
+            children = [int(child) for task in Path(f"/proc/{p}/task").iterdir()
+                        for child in (task / "children").read_text().split()]
+            tree.append(p)
+            todo += children
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of `pid` and of every process under it; a process that exits meanwhile
+    takes its share with it."""
+    total = 0.0
+    for p in process_tree(pid):
         with contextlib.suppress(OSError):  # exited meanwhile
             total += cpu_seconds(p)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(child) for child in (task / "children").read_text().split()]
     return total
 
 

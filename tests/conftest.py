@@ -48,6 +48,12 @@ async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, wha
         await asyncio.sleep(interval)
 
 
+async def put_chunk(store, c, fill: bytes | None = None) -> None:
+    """Store chunk `c` of a `ChunkStore` whole, filled with `fill` (its index's byte by default)."""
+    async with store.writing(c.name, c.length, c.pack()) as w:
+        await w.write(fill or bytes([c.index % 256]) * c.length)
+
+
 async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
     """One sample of a worker's Prometheus metric."""
     async with http.get(f"{url}/_p2p/metrics") as resp:

@@ -127,12 +127,17 @@ def test_origin_amplification_is_exactly_one(smoke):
     assert m["bytes_served"] == result["params"]["readers"] * m["distinct_bytes"]
 
 
-def test_memory_reports_the_workers_peak_rss(smoke):
+def test_memory_reports_the_peak_rss_of_every_worker_process(smoke):
     result = smoke[0]["scenarios"]["memory"]
-    m = result["metrics"]
+    m, p = result["metrics"], result["params"]
     assert 10 < m["idle_peak_rss_mib"] <= m["peak_rss_mib"] < 4096
-    assert [p["pass"] for p in result["passes"]] == ["cold", "warm"]
-    assert all(p["bytes"] > 0 and len(p["peak_rss"]) == result["params"]["workers"] for p in result["passes"])
+    assert [r["serve_processes"] for r in result["runs"]] == p["serve_processes"] == [1, 2]
+    for r in result["runs"]:
+        processes = 1 + (r["serve_processes"] if r["serve_processes"] > 1 else 0)  # a coordinator, then them
+        assert [x["pass"] for x in r["passes"]] == ["cold", "warm"]
+        assert all(x["bytes"] > 0 and len(x["processes"]) == len(r["idle"]) == processes
+                   and len(x["other_workers"]) == p["workers"] - 1 for x in r["passes"])
+    assert m["peak_rss"] == max(max(x["processes"]) for r in result["runs"] for x in r["passes"])
 
 
 async def test_locustfile_reports_bandwidth(cluster_factory, s3_client, bucket, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from conftest import put_chunk
 from p2pcache.objects import ObjectInfo
 from worker.chunkfiles import ChunkFiles
 from worker.store import ChunkStore, read_now
@@ -14,8 +15,7 @@ CHUNK = 4096
 
 async def _put(store: ChunkStore, i: int, fill: int) -> str:
     c = ObjectInfo("b", "k", '"e"', 2 * CHUNK).chunk(i, CHUNK)
-    async with store.writing(c.name, c.length, c.pack()) as w:
-        await w.write(bytes([fill]) * CHUNK)
+    await put_chunk(store, c, bytes([fill]) * CHUNK)
     return c.name
 
 

@@ -189,8 +189,11 @@ async def test_fuzz_the_worker(cluster_factory, s3_client, bucket, caplog):
     assert sorted(statuses[:2]) == [200, 405], statuses[:2]  # the examples, each run
     assert len(statuses) >= 100 and {200, 206, 400, 401, 404, 405} <= set(statuses)
     await _still_healthy(cluster, bucket, body)
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], \
-        [r.getMessage()[:200] for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info][:5]
+    # The embedded S3's own errors are not the worker's: moto answers a listing's unknown
+    # continuation token with a logged TypeError and a 500 (S3 says 400), which the worker passes
+    # on as a 502 with its reason.
+    errors = [r for r in caplog.records if (r.levelno >= logging.ERROR or r.exc_info) and r.name != "werkzeug"]
+    assert not errors, [r.getMessage()[:200] for r in errors][:5]
 
 
 async def test_fuzz_the_master(caplog):

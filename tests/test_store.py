@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from conftest import put_chunk
 from p2pcache.blocksums import BLOCK
 from p2pcache.errors import Busy, CorruptChunk
 from p2pcache.objects import ChunkId, ObjectInfo
@@ -19,11 +20,6 @@ def chunk(i: int, size: int = 100 * CHUNK):
     return ObjectInfo("b", "k", '"e"', size).chunk(i, CHUNK)
 
 
-async def put(store: ChunkStore, c, fill: bytes | None = None) -> None:
-    async with store.writing(c.name, c.length, c.pack()) as w:
-        await w.write(fill or bytes([c.index % 256]) * c.length)
-
-
 SLOT = CHUNK + len(chunk(0).pack()) + 8 + 16  # its bytes, metadata, one block's sum, the lengths and magic
 
 
@@ -35,7 +31,7 @@ async def test_capacity_is_respected_under_a_stream_of_new_chunks(tmp_path):
     store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()
     for i in range(50):
-        await put(store, chunk(i))
+        await put_chunk(store, chunk(i))
         assert store.used <= store.capacity
         assert disk_bytes(tmp_path) <= store.capacity
     assert len(store) == 10
@@ -46,16 +42,16 @@ async def test_recently_read_chunks_are_kept_and_pinned_ones_never_evicted(tmp_p
     store = ChunkStore(tmp_path, capacity=3 * SLOT)
     await store.load()
     for i in range(3):
-        await put(store, chunk(i))
+        await put_chunk(store, chunk(i))
     with store.pinned(chunk(0).name):  # 0 is being read, 1 was just read
         with store.pinned(chunk(1).name):
             pass
-        await put(store, chunk(3))
+        await put_chunk(store, chunk(3))
         assert chunk(2).name not in store  # the least recently used unpinned one went
         assert chunk(0).name in store and store.path(chunk(0).name).exists()
         with store.pinned(chunk(3).name), store.pinned(chunk(1).name):
             with pytest.raises(Busy, match="every cached chunk is being read"):
-                await put(store, chunk(4))
+                await put_chunk(store, chunk(4))
     assert store.used == 3 * SLOT and store._reserved == 0
 
 
@@ -78,7 +74,7 @@ async def test_restart_rebuilds_the_index_and_drops_crash_leftovers(tmp_path):
     store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()
     for i in range(3):
-        await put(store, chunk(i))
+        await put_chunk(store, chunk(i))
     # A crash mid-fill leaves a temp file; a torn or foreign file may sit among the chunks.
     (tmp_path / "tmp" / f"{chunk(5).name}.abcd1234.part").write_bytes(b"half")
     torn = store.path(chunk(6).name)
@@ -106,7 +102,7 @@ async def test_a_file_whose_trailer_is_damaged_is_dropped_at_restart(tmp_path):
     store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()
     for i in range(2):
-        await put(store, chunk(i))
+        await put_chunk(store, chunk(i))
     path = store.path(chunk(1).name)
     path.write_bytes(path.read_bytes()[:-1] + b"X")  # the magic
     again = ChunkStore(tmp_path, capacity=10 * SLOT)
@@ -121,7 +117,7 @@ async def test_what_a_power_cut_leaves_of_unsynced_chunks_is_never_served(tmp_pa
     store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()
     for i in range(3):
-        await put(store, chunk(i), bytes(range(1, 251)) * 4)
+        await put_chunk(store, chunk(i), bytes(range(1, 251)) * 4)
     store.path(chunk(1).name).write_bytes(b"")
     with open(store.path(chunk(2).name), "r+b") as f:
         f.write(bytes(CHUNK))  # the data never written back; the trailer was
@@ -137,7 +133,7 @@ async def test_a_smaller_capacity_on_restart_evicts_down_to_it(tmp_path):
     store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()
     for i in range(6):
-        await put(store, chunk(i))
+        await put_chunk(store, chunk(i))
     smaller = ChunkStore(tmp_path, capacity=4 * SLOT)
     await smaller.load()
     assert smaller.used <= 4 * SLOT and disk_bytes(tmp_path) <= 4 * SLOT
@@ -148,7 +144,7 @@ async def test_the_free_space_floor_refuses_fills_it_cannot_make_room_for(tmp_pa
     store = ChunkStore(tmp_path, capacity=10 * SLOT, min_free=free + (1 << 40))
     await store.load()
     with pytest.raises(Busy, match="free-space floor"):
-        await put(store, chunk(0))
+        await put_chunk(store, chunk(0))
     assert store._reserved == 0 and store.used == 0
 
 
@@ -228,11 +224,11 @@ async def test_open_files_are_bounded_and_evicted_chunks_closed(tmp_path):
     store = ChunkStore(tmp_path, capacity=6 * CHUNK, open_files=3)
     await store.load()
     for i in range(6):
-        await put(store, chunk(i))
+        await put_chunk(store, chunk(i))
         assert await store.read(chunk(i).name, 0, 1) == bytes([i])
         assert len(store._fds) <= 3
     for i in range(6, 12):  # evicting chunks closes their files
-        await put(store, chunk(i))
+        await put_chunk(store, chunk(i))
     assert set(store._fds) <= set(store._chunks)
     store.close()
     assert not store._fds
@@ -283,7 +279,7 @@ async def test_a_read_past_the_end_fails_rather_than_return_bytes_it_did_not_rea
 
 async def read_after_fill(store: ChunkStore, c) -> None:
     """A miss as the read path makes it: fill, then the read the fill was made for."""
-    await put(store, c)
+    await put_chunk(store, c)
     with store.pinned(c.name, touch=False) as file:
         assert await pread(file.fd, 0, 1) == bytes([c.index % 256])
 
@@ -314,7 +310,7 @@ async def test_a_demoted_chunk_is_the_next_to_go_and_a_restart_keeps_the_newest(
         await read_after_fill(store, chunk(i))
         assert await store.read(chunk(i).name, 0, 1) == bytes([i])  # all read twice
     store.demote(chunk(2).name)
-    await put(store, chunk(4))
+    await put_chunk(store, chunk(4))
     assert chunk(2).name not in store and not store.path(chunk(2).name).exists()
     assert {chunk(i).name for i in (0, 1, 3, 4)} == set(store._chunks)
     for i, name in enumerate(chunk(i).name for i in (0, 1, 3, 4)):  # mtimes in that order

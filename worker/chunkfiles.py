@@ -16,8 +16,9 @@ import contextlib
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager
 
+from .pins import Pins
 from .store import ChunkFile, open_chunk
 
 __all__ = ["ChunkFiles"]
@@ -27,7 +28,7 @@ class ChunkFiles:
     def __init__(self, root: Path, max_open: int = 256) -> None:
         self._dir = str(Path(root) / "chunks")
         self._files: OrderedDict[str, tuple[ChunkFile, int]] = OrderedDict()  # name -> (file, inode)
-        self._pins: dict[str, int] = {}
+        self._pins = Pins(self._released)
         self._retired: dict[str, list[ChunkFile]] = {}  # gone while read: closed when unpinned
         self._max_open = max_open
 
@@ -38,25 +39,17 @@ class ChunkFiles:
     def path(self, name: str) -> str:
         return f"{self._dir}/{name[:2]}/{name}"
 
-    @contextlib.contextmanager
-    def pinned(self, name: str) -> Iterator[ChunkFile | None]:
+    def pinned(self, name: str) -> ContextManager[ChunkFile | None]:
         """The chunk's open file (None if it is not on disk), kept open until the block ends.
 
         OSError if it cannot be opened; CorruptChunk if its trailer is malformed.
         """
         file = self._open(name)
-        if file is None:
-            yield None
-            return
-        self._pins[name] = self._pins.get(name, 0) + 1
-        try:
-            yield file
-        finally:
-            self._pins[name] -= 1
-            if not self._pins[name]:
-                del self._pins[name]
-                for retired in self._retired.pop(name, ()):
-                    os.close(retired.fd)
+        return contextlib.nullcontext() if file is None else self._pins.holding(name, file)
+
+    def _released(self, name: str) -> None:
+        for retired in self._retired.pop(name, ()):
+            os.close(retired.fd)
 
     def now(self, name: str) -> ChunkFile | None:
         """The chunk's open file for a read that ends before the next await, when nothing here

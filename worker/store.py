@@ -35,13 +35,14 @@ import struct
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Callable, ContextManager
 
 from p2pcache import blocksums
 from p2pcache.buffers import new_bytearray
 from p2pcache.errors import Busy, CorruptChunk
 
 from .eviction import DEFAULT, POLICIES, Policy
+from .pins import Pins
 
 __all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "read_whole", "read_now", "open_chunk", "PIECE", "MAGIC"]
 
@@ -88,7 +89,7 @@ class ChunkStore:
         self._reserved = 0
         self._chunks: dict[str, int] = {}  # name -> size
         self._policy = policy(capacity)
-        self._pins: dict[str, int] = {}
+        self._pins = Pins(self._released)
         self._kept = kept  # chunks a pinned preload keeps: never a victim
         # Open files of recently read chunks: an open() per request costs more than
         # the read itself. Only unpinned entries are closed, so a reader's fd stays valid.
@@ -144,28 +145,22 @@ class ChunkStore:
         await _run(_unlink_all, victims)
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
 
-    @contextlib.contextmanager
-    def pinned(self, name: str, touch: bool = True) -> Iterator[ChunkFile | None]:
+    def pinned(self, name: str, touch: bool = True) -> ContextManager[ChunkFile | None]:
         """The open chunk, safe from eviction until the block ends; None if absent.
 
         OSError if its file cannot be opened; CorruptChunk if its trailer is unreadable.
         `touch=False` for the read a fill was made for: it is not a second use of the chunk.
         """
         if name not in self._chunks:
-            yield None
-            return
+            return contextlib.nullcontext()
         file = self._file(name)
         if touch:
             self._policy.touch(name)
-        self._pins[name] = self._pins.get(name, 0) + 1
-        try:
-            yield file
-        finally:
-            self._pins[name] -= 1
-            if not self._pins[name]:
-                del self._pins[name]
-                if name not in self._chunks:  # discarded while read: its fd was kept for us
-                    self._close_fd(name)
+        return self._pins.holding(name, file)
+
+    def _released(self, name: str) -> None:
+        if name not in self._chunks:  # discarded while read: its fd was kept for us
+            self._close_fd(name)
 
     async def read(self, name: str, offset: int, length: int) -> bytearray | None:
         """A small read in one go (checked), or None if the chunk is not here."""

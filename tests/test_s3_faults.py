@@ -187,39 +187,53 @@ async def test_an_object_overwritten_while_it_is_read_never_mixes_versions(clust
     versions = [random.Random(100 + v).randbytes(size) for v in range(5)]
     s3_client.put_object(Bucket=bucket, Key="v.bin", Body=versions[0])
     fault_proxy.rate = 0.2  # resumes, too, must stay on one version
-    done, whole = [0], [0]
+    done, whole, seen, written = [0], [0], set(), [False]
 
     def check(rng: tuple[int, int], got: bytes | None, how: str) -> None:
         """Each answer is one version's bytes in full, or an error, or cut short: never a mix."""
         if got is not None:
-            assert any(got == v[rng[0]:rng[1]] for v in versions), f"mixed versions from {how} {rng}"
+            matches = [v for v, version in enumerate(versions) if got == version[rng[0]:rng[1]]]
+            assert matches, f"mixed versions from {how} {rng}"
+            seen.update(matches)
             whole[0] += 1
         done[0] += 1
 
+    def more(i: int) -> bool:
+        """Readers go on until every version is written, and for `rounds` reads at least."""
+        return i < rounds or not written[0]
+
     async def http_reader(i: int, http: aiohttp.ClientSession) -> None:
-        rnd, worker = random.Random(i), cluster.workers[i % 3]
-        for _ in range(rounds):
+        rnd, worker, n = random.Random(i), cluster.workers[i % 3], 0
+        while more(n):
             a = rnd.choice([0, rnd.randrange(size)])
             status, got, _, _ = await get(http, f"{worker.url}/{bucket}/v.bin", (a, size) if a else None)
             assert status in (200, 206, 502, 503), status
             check((a, size), got if status in (200, 206) else None, worker.id)
+            n += 1
 
     async def client_reader(client: Client) -> None:
-        for _ in range(rounds):
+        n = 0
+        while more(n):
             try:
                 got = await client.read(bucket, "v.bin")
             except P2PError:  # ObjectChanged among them
                 got = None
             check((0, size), got, "the client")
+            n += 1
 
     async def writer() -> None:
+        """Each version once the one before was read whole (so every version is filled from S3,
+        through the faults), after some reads of it."""
         for v, version in enumerate(versions[1:], 1):
-            await wait_for(lambda: done[0] >= 9 * rounds * v // len(versions), timeout=60.0,
-                           what="reads between versions")
+            await wait_for(lambda: done[0] >= 9 * rounds * v // len(versions) and v - 1 in seen, timeout=60.0,
+                           what=f"reads of version {v - 1}")
             await asyncio.to_thread(s3_client.put_object, Bucket=bucket, Key="v.bin", Body=version)
+        await wait_for(lambda: len(versions) - 1 in seen, timeout=60.0, what="reads of the last version")
+        written[0] = True
 
     async with aiohttp.ClientSession() as http, Client(cluster.master.url, meta_ttl=0.2) as client:
         await asyncio.gather(writer(), *(http_reader(i, http) for i in range(6)),
                              *(client_reader(client) for _ in range(3)))
-    assert done[0] == 9 * rounds and whole[0] >= done[0] // 2
+    assert done[0] >= 9 * rounds and whole[0] >= done[0] // 2
+    assert seen == set(range(len(versions)))
     assert sum(fault_proxy.injected.values()) >= 5  # faults met the overwrites

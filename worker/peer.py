@@ -33,7 +33,6 @@ ERROR_HEADER = "X-P2P-Error"  # the error's code, set on every error response
 REASON_HEADER = "X-P2P-Reason"  # its one-line message
 SUMS_HEADER = "X-P2P-Sums"  # bytes of block checksums that precede the chunk's bytes
 BLOCK_HEADER = "X-P2P-Block"  # the block size they are of
-PIECE = 256 << 10
 # A stream from a peer holds about four of its steps at once: aiohttp buffers up to twice what
 # a read asks for, plus the step being gathered and the one being sent on. So a step is a quarter
 # of a local piece (worker/budget.py): 256 KiB for a few streams, 32-64 KiB for 64.
@@ -76,8 +75,7 @@ class PeerStream:
     """
 
     def __init__(self, peer: WorkerInfo, resp: aiohttp.ClientResponse, start: int, stop: int,
-                 offset: int, length: int, on_corrupt: Callable[[], None],
-                 piece: Callable[[], int] = lambda: STEPS_HELD * PIECE) -> None:
+                 offset: int, length: int, on_corrupt: Callable[[], None], piece: Callable[[], int]) -> None:
         self.peer = peer
         self._resp = resp
         self._piece = piece
@@ -132,8 +130,7 @@ class PeerStream:
 class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, connect_timeout: float = 2.0,
                  read_timeout: float = 60.0, signer: Signer | None = None,
-                 on_corrupt: Callable[[], None] = lambda: None,
-                 piece: Callable[[], int] = lambda: STEPS_HELD * PIECE) -> None:
+                 on_corrupt: Callable[[], None] = lambda: None, *, piece: Callable[[], int]) -> None:
         """`piece()`: the size of the next piece a local stream reads (worker/budget.py)."""
         self._session = session
         self._on_corrupt = on_corrupt

@@ -26,7 +26,7 @@ from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 from p2pcache.singleflight import SingleFlight
 
 from .forward import RING_PATH, CoordinatorClient
-from .peer import PIECE, STEPS_HELD, PeerClient, PeerStream
+from .peer import PeerClient, PeerStream
 from .routing import DownPeers
 
 __all__ = ["PeerReads"]
@@ -36,8 +36,7 @@ log = logging.getLogger("p2pcache.worker.peerreads")
 
 class PeerReads:
     def __init__(self, coordinator: CoordinatorClient, secret: bytes | None, tls_ca: str = "",
-                 read_timeout: float = 60.0, on_corrupt=lambda: None,
-                 piece: Callable[[], int] = lambda: STEPS_HELD * PIECE) -> None:
+                 read_timeout: float = 60.0, on_corrupt=lambda: None, *, piece: Callable[[], int]) -> None:
         self._coordinator = coordinator
         self._secret, self._tls_ca, self._read_timeout = secret, tls_ca, read_timeout
         self._on_corrupt = on_corrupt

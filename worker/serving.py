@@ -67,7 +67,7 @@ class ServingProcess:
         budget = PieceBudget(SERVING_PIECES)
         self.peer_reads = PeerReads(self.coordinator, secret, settings.get("tls_ca", ""),
                                     settings.get("peer_read_timeout", 60.0), self.reports.corrupt_transfer,
-                                    budget.piece)
+                                    piece=budget.piece)
         self.reads = Reads(self.files, self.coordinator, self.peer_reads, self.reports, budget,
                            Readers(keys, time.time) if keys else None,
                            frozenset(settings.get("allowed_buckets", ())),

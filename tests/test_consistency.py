@@ -139,3 +139,27 @@ async def test_a_reader_can_ask_for_the_newest_version(cluster_factory, bucket, 
             assert resp.status == 404
         async with http.get(url, params={"list-type": "2"}, headers={"Cache-Control": "no-cache"}) as resp:
             assert "<Key>c</Key>" not in await resp.text()
+
+
+
+async def test_an_object_remembered_missing_is_found_by_no_cache_and_if_match(cluster_factory, bucket, s3_client):
+    """Every worker remembers the key as missing; then it is created. A reader's no-cache (or
+    If-Match with the new ETag) makes its worker ask S3, and the chunks' owners, which still
+    remember "missing", must look again too rather than answer 404 for an object just seen."""
+    cluster = await cluster_factory(3)
+    caches = [cache_client(w.url) for w in cluster.workers]
+    body = b"x" * (2 * CHUNK + 5)  # three chunks: most are owned by another worker than the reader's
+
+    def forget_then_create(key: str) -> str:
+        for cache in caches:
+            assert status(cache.get_object, Bucket=bucket, Key=key) == ("NoSuchKey", 404)
+        return s3_client.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
+
+    etag = await asyncio.to_thread(forget_then_create, "by-etag")
+    for cache in caches:
+        assert await asyncio.to_thread(read, cache, bucket, "by-etag", IfMatch=etag) == (body, etag)
+    etag = await asyncio.to_thread(forget_then_create, "no-cache")
+    async with aiohttp.ClientSession() as http:
+        for w in cluster.workers:
+            async with http.get(f"{w.url}/{bucket}/no-cache", headers={"Cache-Control": "no-cache"}) as resp:
+                assert (resp.status, resp.headers.get("ETag"), await resp.read()) == (200, etag, body)

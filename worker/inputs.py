@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Mapping
 
-from p2pcache.errors import BadRequest, ObjectChanged, Unsupported
+from p2pcache.errors import BadRequest, NotFound, ObjectChanged, Unsupported
 from p2pcache.objects import ChunkId
 
 if TYPE_CHECKING:  # not imported at run time: serving processes use this module without S3
@@ -68,9 +68,14 @@ async def check_chunk_object(objects: ObjectCache, c: ChunkId) -> None:
     for; another ETag would fail at the origin anyway. One cached HEAD per
     object and TTL, the same a reader's request costs.
     """
-    info = await objects.get(c.bucket, c.key)
-    if info.etag != c.etag:
-        objects.invalidate(c.bucket, c.key)  # the requester may have seen a newer version
+    try:
+        info = await objects.get(c.bucket, c.key)
+    except NotFound:
+        info = None
+    if info is None or info.etag != c.etag:
+        # The requester may have seen a newer version, or the object created since we
+        # remembered it missing (a reader's no-cache or If-Match asked S3 just now).
+        objects.invalidate(c.bucket, c.key)
         info = await objects.get(c.bucket, c.key)
     if info.etag != c.etag:
         raise ObjectChanged(f"s3://{c.bucket}/{c.key} is at version {info.etag}, not {c.etag}")

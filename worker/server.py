@@ -25,7 +25,7 @@ from p2pcache import conditions, tls
 from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.breaker import CLOSED, OPEN
 from p2pcache.errors import (
-    AccessDenied, BadRequest, NoRing, NotCached, NotOwner, ObjectChanged, PreconditionFailed, ReadOnly,
+    AccessDenied, BadRequest, NoRing, NotCached, NotFound, NotOwner, ObjectChanged, PreconditionFailed, ReadOnly,
     StoreError, Unauthorized,
 )
 from p2pcache.httplog import OncePer, QuietParseErrors
@@ -328,7 +328,13 @@ class Worker:
         overrides = response_overrides(request.query, request.headers)
         max_age = conditions.max_age(request.headers)  # no-cache: the version S3 has now
         for attempt in (1, 2):
-            info = await self.objects.get(bucket, key, max_age)
+            try:
+                info = await self.objects.get(bucket, key, max_age)
+            except NotFound:  # remembered missing; a client naming a version may know better
+                if attempt == 2 or max_age == 0 or "If-Match" not in request.headers:
+                    raise
+                max_age = 0
+                continue
             verdict = conditions.evaluate(request.headers, info.etag, info.last_modified)
             if verdict == 412 and attempt == 1:  # the client may know a newer version than our cache
                 max_age = 0

@@ -210,8 +210,16 @@ class S3Origin:
                         total=int(match.group(3)) if match else None,
                         count=int(count) if count and count.isdigit() else None)
 
-    async def head_bucket(self, bucket: str) -> None:
-        await self._call(lambda: self._client.head_bucket(Bucket=bucket), bucket, "")
+    async def head_bucket(self, bucket: str) -> str:
+        """The bucket's region (S3's `x-amz-bucket-region`), "" if the origin does not say."""
+        resp = await self._call(lambda: self._client.head_bucket(Bucket=bucket), bucket, "")
+        return resp.get("BucketRegion") or ""
+
+    async def bucket_location(self, bucket: str) -> str:
+        """GetBucketLocation: the bucket's LocationConstraint ("" for us-east-1)."""
+        resp = await self._call(lambda: self._client.get_bucket_location(Bucket=bucket), bucket, "",
+                                refusable=True)
+        return resp.get("LocationConstraint") or ""
 
     async def list_objects(self, bucket: str, v2: bool = True, **params) -> bytes:
         """One page of ListObjects(V2) (botocore's parameter names), as the XML S3 sent.

@@ -167,3 +167,36 @@ async def test_a_listing_the_origin_did_not_encode_is_not_decoded(cluster_factor
             assert [p["Prefix"] for p in got[0][0]["CommonPrefixes"]] == ["a b/", "a+b/", "pct%2B/"]
 
     await asyncio.to_thread(check)
+
+
+async def test_a_buckets_location_and_region_are_s3s_and_its_other_sub_resources_are_refused(
+        cluster, bucket, s3_client):
+    """GetBucketLocation and HeadBucket's region answer as S3 does (SDKs look for them); any
+    other sub-resource of a bucket (versions, policy, acl, ...) is a 501, never a listing in
+    its place. A HEAD of an object and a GET of an empty one carry a request id too."""
+    s3_client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    west = f"{bucket}-w"[:63]
+    s3_client.create_bucket(Bucket=west, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    cache = client(cluster.workers[1].url)
+
+    def code(fn, **kw) -> tuple[str, int]:
+        with pytest.raises(ClientError) as info:
+            fn(**kw)
+        return info.value.response["Error"]["Code"], info.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+    def check():
+        for name in (bucket, west):
+            assert cache.get_bucket_location(Bucket=name)["LocationConstraint"] == \
+                s3_client.get_bucket_location(Bucket=name)["LocationConstraint"]
+            region = cache.head_bucket(Bucket=name)["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"]
+            assert region == ("eu-west-1" if name == west else "us-east-1")
+        assert code(cache.list_object_versions, Bucket=bucket) == ("NotImplemented", 501)
+        assert code(cache.get_bucket_policy, Bucket=bucket) == ("NotImplemented", 501)
+        assert code(cache.get_bucket_acl, Bucket=bucket) == ("NotImplemented", 501)
+        assert code(cache.get_bucket_tagging, Bucket=bucket) == ("NotImplemented", 501)
+        assert code(cache.list_multipart_uploads, Bucket=bucket) == ("NotImplemented", 501)
+        assert cache.list_objects_v2(Bucket=bucket)["KeyCount"] == 1  # the listing itself still answers
+        for resp in (cache.head_object(Bucket=bucket, Key="empty"), cache.get_object(Bucket=bucket, Key="empty")):
+            assert resp["ResponseMetadata"]["RequestId"]
+
+    await asyncio.to_thread(check)

@@ -20,12 +20,12 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 from p2pcache.conditions import max_age
-from p2pcache.errors import InvalidArgument
+from p2pcache.errors import InvalidArgument, Unsupported
 from p2pcache.origin import S3Origin
 
 from .ttlcache import TTLCache
 
-__all__ = ["Listings", "V2_PARAMS", "V1_PARAMS", "MAX_BUCKETS"]
+__all__ = ["Listings", "V2_PARAMS", "V1_PARAMS", "MAX_BUCKETS", "BUCKET_SUBRESOURCES"]
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 # query parameter -> botocore parameter
@@ -34,6 +34,13 @@ V2_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "continuation-token":
 V1_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "marker": "Marker", "max-keys": "MaxKeys",
              "encoding-type": "EncodingType"}
 MAX_BUCKETS = 10_000
+# A bucket's sub-resources other than its listing (botocore's list of them, plus the newer
+# ones): a listing in their place would be a silent wrong answer. `location` is answered.
+BUCKET_SUBRESOURCES = ("accelerate", "acl", "analytics", "cors", "encryption", "intelligent-tiering",
+                       "inventory", "lifecycle", "logging", "metadataConfiguration", "metadataTable",
+                       "metrics", "notification", "object-lock", "ownershipControls", "policy",
+                       "policyStatus", "publicAccessBlock", "replication", "requestPayment", "session",
+                       "tagging", "uploads", "versioning", "versions", "website")
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
@@ -47,7 +54,17 @@ class Listings:
         await self._cache.close()
 
     async def list_objects(self, request: web.BaseRequest, bucket: str) -> web.Response:
+        """ListObjects(V2), or GetBucketLocation; another sub-resource of the bucket is a 501."""
         q = request.query
+        for name in BUCKET_SUBRESOURCES:
+            if name in q:
+                raise Unsupported(f"p2pcache answers a bucket's listing and location only: "
+                                  f"'{name}' is not supported")
+        if "location" in q:
+            region = await self._cache.get(("location", bucket), lambda: self._origin.bucket_location(bucket),
+                                           max_age(request.headers))
+            return web.Response(body=f'<?xml version="1.0" encoding="UTF-8"?>\n<LocationConstraint xmlns="{NS}">'
+                                     f'{escape(region)}</LocationConstraint>', content_type="application/xml")
         v2 = q.get("list-type") == "2"
         params = {api: q[name] for name, api in (V2_PARAMS if v2 else V1_PARAMS).items() if name in q}
         if "MaxKeys" in params:
@@ -82,9 +99,10 @@ class Listings:
             xml.append(f"<Prefix>{escape(prefix)}</Prefix>")
         return _xml(f'<ListAllMyBucketsResult xmlns="{NS}">{"".join(xml)}</ListAllMyBucketsResult>')
 
-    async def head_bucket(self, request: web.BaseRequest, bucket: str) -> None:
-        await self._cache.get(("bucket", bucket), lambda: self._origin.head_bucket(bucket),
-                              max_age(request.headers))
+    async def head_bucket(self, request: web.BaseRequest, bucket: str) -> str:
+        """HeadBucket: the bucket's region, "" if S3 did not say (a NotFound if there is no such bucket)."""
+        return await self._cache.get(("bucket", bucket), lambda: self._origin.head_bucket(bucket),
+                                     max_age(request.headers))
 
 
 def _max_keys(raw: str) -> int:

@@ -319,8 +319,8 @@ class Worker:
     async def bucket(self, request: web.BaseRequest, bucket: str) -> web.Response:
         """ListObjects(V2) on GET, HeadBucket on HEAD."""
         if request.method == "HEAD":
-            await self.listings.head_bucket(request, bucket)
-            return web.Response()
+            region = await self.listings.head_bucket(request, bucket)
+            return web.Response(headers={"x-amz-bucket-region": region} if region else None)
         return await self.listings.list_objects(request, bucket)
 
     async def get_object(self, request: web.BaseRequest, bucket: str, key: str) -> web.StreamResponse:
@@ -360,6 +360,7 @@ class Worker:
                     return web.Response(status=status, headers=headers, body=small)
             resp = web.StreamResponse(status=status, headers=headers)
             resp.content_length = stop - start
+            resp.headers["x-amz-request-id"] = request[REQUEST_ID]
             if request.method == "HEAD" or start == stop:
                 await resp.prepare(request)
                 return resp
@@ -376,7 +377,6 @@ class Worker:
                 await pieces.aclose()
                 raise
             break
-        resp.headers["x-amz-request-id"] = request[REQUEST_ID]
         await resp.prepare(request)
         try:
             error = await send_body(request, resp, prepend(first, pieces),

@@ -4,7 +4,9 @@ answered from another copy or a refill, byte for byte."""
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 
 import aiohttp
 from aiohttp import web
@@ -69,6 +71,59 @@ async def test_a_flipped_byte_in_a_cached_chunk_is_never_served(cluster_factory,
         # Each was refilled once, from S3 (its only copy was the bad one), and is good again.
         assert s3.get_bytes - s3_before == small.length + big.length
         assert small.name in owner.store and big.name in owner.store
+        s3_before = s3.get_bytes
+        await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
+        assert s3.get_bytes == s3_before
+
+
+async def test_a_chunk_file_swapped_for_another_chunks_file_is_never_served(cluster_factory, s3, s3_client, bucket):
+    """Its sums and trailer are whole, but they are another chunk's: the trailer's identity
+    must be the one the file's name stands for, or its bytes would be served as the wrong chunk."""
+    cluster = await cluster_factory(2, chunk_size=CHUNK)
+    body = put(s3_client, bucket, "m.bin")
+    info = await info_of(s3_client, bucket, "m.bin")
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
+        owner = cluster.workers[0]
+        first, second = chunk_held_by(owner, info, 0), chunk_held_by(owner, info, 1)
+        assert first.length == second.length == CHUNK
+        await owner.stop()
+        os.replace(shutil.copy(owner.store.path(first.name), f"{owner.store.path(second.name)}.x"),
+                   owner.store.path(second.name))
+        owner = await cluster.restart(owner)  # the startup scan finds a well-formed file
+        await cluster.wait_converged()
+        s3_before = s3.get_bytes
+        await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
+        assert await metric(http, owner.url, "p2pcache_corrupt_chunks_total") == 1
+        assert s3.get_bytes - s3_before <= second.length  # refilled once (from S3 or the other copy)
+        assert second.name in owner.store
+
+
+async def test_a_chunk_file_removed_or_cut_short_under_a_worker_is_refilled_once(
+        cluster_factory, s3, s3_client, bucket):
+    """Not a failing disk: the copy is gone or short. It is dropped and refilled once, the disk
+    stays healthy, and the next reads come from the cache, not from S3 every time."""
+    cluster = await cluster_factory(1, chunk_size=CHUNK)
+    body = put(s3_client, bucket, "m.bin")
+    info = await info_of(s3_client, bucket, "m.bin")
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
+        await cluster.workers[0].stop()
+        worker = await cluster.restart(cluster.workers[0])  # no chunk file is open
+        await cluster.wait_converged()
+        gone, cut = chunk_held_by(worker, info, 2), chunk_held_by(worker, info, 3)
+        s3_before = s3.get_bytes
+        os.unlink(worker.store.path(gone.name))  # removed while nothing has it open
+        async with http.get(f"{worker.url}/{bucket}/m.bin") as resp:
+            assert await resp.read() == body  # now `cut` is open
+        with open(worker.store.path(cut.name), "r+b") as f:
+            f.truncate(CHUNK // 2)  # under the open file
+        await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
+        assert s3.get_bytes - s3_before == gone.length + cut.length
+        assert await metric(http, worker.url, "p2pcache_corrupt_chunks_total") == 2
+        assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") == 0
+        async with http.get(f"{worker.url}/_p2p/ready") as resp:
+            assert "degraded" not in await resp.json()
         s3_before = s3.get_bytes
         await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
         assert s3.get_bytes == s3_before

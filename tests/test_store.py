@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -333,3 +335,18 @@ async def test_the_eviction_flag_picks_the_workers_policy(cluster_factory):
     cluster = await cluster_factory(2, eviction="lru")
     assert all(isinstance(w.store._policy, LRU) for w in cluster.workers)
     assert isinstance((await cluster.add_worker(eviction="s3fifo")).store._policy, S3FIFO)
+
+
+async def test_a_store_on_tmpfs_serves_its_chunks(tmp_path):
+    """tmpfs (an emptyDir in memory, /dev/shm) refuses reads with RWF_NOWAIT (EOPNOTSUPP on
+    Linux 6.x): they go through the executor rather than fail as a disk error."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as root:
+        store = ChunkStore(Path(root), capacity=10 * SLOT)
+        await store.load()
+        c = chunk(1)
+        await put_chunk(store, c)
+        with store.pinned(c.name) as file:
+            got = b"".join([piece async for piece in read_pieces(file, 0, c.length)])
+            assert got == bytes([c.index % 256]) * c.length
+        assert await store.read(c.name, 5, 100) == bytes([c.index % 256]) * 100
+        store.close()

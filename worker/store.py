@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -40,6 +41,7 @@ from typing import AsyncIterator, Callable, ContextManager
 from p2pcache import blocksums
 from p2pcache.buffers import new_bytearray
 from p2pcache.errors import Busy, CorruptChunk
+from p2pcache.objects import ChunkId
 
 from .eviction import DEFAULT, POLICIES, Policy
 from .pins import Pins
@@ -190,7 +192,10 @@ class ChunkStore:
         if file is not None:
             self._fds.move_to_end(name)
             return file
-        file = self._fds[name] = open_chunk(self._path(name), name)
+        try:
+            file = self._fds[name] = open_chunk(self._path(name), name)
+        except FileNotFoundError:  # listed here, gone from the disk (removed by hand, ...)
+            raise CorruptChunk(name, "its file has gone from the cache dir") from None
         if len(self._fds) > self._open_files:
             for old in [n for n in self._fds if n not in self._pins][: len(self._fds) - self._open_files]:
                 self._close_fd(old)
@@ -272,6 +277,10 @@ class ChunkStore:
         return self.path(name)
 
 
+class ShortRead(OSError):
+    """The file ends before the bytes asked for: it was cut since it was opened."""
+
+
 async def pread(fd: int, offset: int, n: int) -> bytearray:
     """`n` bytes at `offset`: from the page cache on the loop (RWF_NOWAIT, no
     executor hop); whatever would block on the disk is read in the executor."""
@@ -280,9 +289,18 @@ async def pread(fd: int, offset: int, n: int) -> bytearray:
     while got < n:
         more = await _run(os.preadv, fd, [memoryview(buf)[got:]], offset + got)
         if not more:
-            raise OSError(f"short read at {offset + got} of fd {fd}")
+            raise ShortRead(f"short read at {offset + got} of fd {fd}")
         got += more
     return buf
+
+
+async def _blocks(file: ChunkFile, start: int, n: int) -> bytearray:
+    """`n` bytes of the chunk's data from `start`; a file cut short since it was opened is a
+    bad copy (CorruptChunk: dropped and refilled), not a failing disk."""
+    try:
+        return await pread(file.fd, start, n)
+    except ShortRead as exc:
+        raise CorruptChunk(file.name, f"its file was cut short: {exc}") from None
 
 
 async def read_pieces(file: ChunkFile, offset: int, length: int,
@@ -296,7 +314,7 @@ async def read_pieces(file: ChunkFile, offset: int, length: int,
     end = offset + length
     while start < stop:
         n = min(max(block, size() // block * block), stop - start)
-        data = await pread(file.fd, start, n)
+        data = await _blocks(file, start, n)
         _check(file, data, start)
         skip = max(0, offset - start)
         yield _trim(data, skip, min(n, end - start) - skip)
@@ -309,13 +327,17 @@ def _cached(fd: int, buf: bytearray, offset: int) -> int:
         return os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
     except BlockingIOError:
         return 0
+    except OSError as exc:  # tmpfs (an emptyDir in memory) refuses RWF_NOWAIT: read in the executor
+        if exc.errno != errno.EOPNOTSUPP:
+            raise
+        return 0
 
 
 async def read_whole(file: ChunkFile, offset: int, length: int) -> bytearray:
     """`length` bytes of an open chunk from `offset`, in one read, checked (CorruptChunk
     before a bad byte is returned): for small reads."""
     start, stop = blocksums.aligned(offset, length, _length(file.name), file.block)
-    return _checked(file, await pread(file.fd, start, stop - start), start, offset, length)
+    return _checked(file, await _blocks(file, start, stop - start), start, offset, length)
 
 
 def read_now(file: ChunkFile, offset: int, length: int) -> bytearray | None:
@@ -355,22 +377,34 @@ def _length(name: str) -> int:
 
 
 def open_chunk(path: str, name: str) -> ChunkFile:
-    """Open a chunk file and read its checksum table (a few hundred bytes at its end)."""
+    """Open a chunk file and read its trailer (a few hundred bytes at its end): the checksum
+    table, and the chunk's identity, which must be the one `name` stands for: the sums only
+    say the bytes are the ones written, not that this file holds the chunk asked for."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         length = _length(name)
         meta_length, table_length, block, magic = _FOOTER.unpack(
             os.pread(fd, _FOOTER.size, size - _FOOTER.size))
-        table = os.pread(fd, table_length, length + meta_length)
-        if magic != MAGIC or block <= 0 or len(table) != table_length or \
+        trailer = os.pread(fd, meta_length + table_length, length)
+        if magic != MAGIC or block <= 0 or len(trailer) != meta_length + table_length or \
                 table_length != blocksums.table_size(length, block) or \
                 size != length + meta_length + table_length + _FOOTER.size:
             raise CorruptChunk(name, "its trailer is malformed")
+        if _identity(trailer[:meta_length]) != name:
+            raise CorruptChunk(name, "its file holds another chunk (its trailer names another one)")
     except BaseException:
         os.close(fd)
         raise
-    return ChunkFile(fd, name, table, block)
+    return ChunkFile(fd, name, trailer[meta_length:], block)
+
+
+def _identity(meta: bytes) -> str | None:
+    """The store name of the chunk a trailer's metadata describes; None if it names none."""
+    try:
+        return ChunkId.unpack(meta).name
+    except (ValueError, ArithmeticError):  # not a packed ChunkId, or one of no sane chunk
+        return None
 
 def _seal(file, trailer: bytes, tmp: Path, final: Path) -> None:
     file.write(trailer)

@@ -3,10 +3,12 @@ worker counts the failures and says it is degraded while still ready."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 
 import aiohttp
+import pytest
 
 from conftest import metric
 from worker.server import Worker
@@ -101,3 +103,19 @@ async def test_chunk_files_that_cannot_be_read_are_read_around(cluster_factory, 
         assert await metric(http, worker.url, "p2pcache_store_errors_total") >= 1
         assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") >= 2 * SIZE
         assert "cache disk failed" in (await ready(http, worker))["degraded"]
+
+
+async def test_a_second_worker_on_a_cache_dir_in_use_does_not_start(cluster_factory):
+    """Two workers on one dir would keep two indexes and capacities of the same files (and the
+    second's scan would empty the first's tmp/): the second refuses to start, naming the holder."""
+    cluster = await cluster_factory(1)
+    first = cluster.workers[0]
+    second = Worker(dataclasses.replace(first.config, port=0))
+    with pytest.raises(OSError, match=r"is in use by another worker \(pid \d+\)"):
+        await second.start()  # it fails before it opens anything
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{first.url}/_p2p/ready") as resp:
+            assert resp.status == 200 and "degraded" not in await resp.json()
+    await first.stop()
+    again = await cluster.restart(first)  # the lock went with the worker that held it
+    assert again.running

@@ -35,7 +35,7 @@ from p2pcache.origin import OriginHooks, S3Origin
 from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
 
-from . import inputs
+from . import cachedir, inputs
 from .budget import COORDINATOR_PIECES, PieceBudget
 from .chunks import Chunks
 from .routing import MAX_HOPS, fill_source
@@ -82,6 +82,7 @@ class Worker:
         self._runner: web.ServerRunner | None = None
         self.agent: MembershipAgent | None = None
         self.running = False
+        self._lock: int | None = None  # the cache dir's (worker/cachedir.py)
         self._ring_changed = asyncio.Event()
         self.egress = TokenBucket(config.egress_limit / egress_shares(config)) if config.egress_limit else None
         self._rid_prefix, self._rids = uuid.uuid4().hex[:8].upper(), itertools.count()
@@ -135,6 +136,7 @@ class Worker:
             log.warning("no cluster secret (--cluster-secret, P2PCACHE_CLUSTER_SECRET or "
                         "--cluster-secret-file): the cluster is OPEN, anyone who can reach this worker "
                         "can ask it for chunks of any allowed bucket")
+        self._lock = await asyncio.to_thread(cachedir.lock, cfg.cache_dir)  # OSError if another worker has it
         self.id = self.id or await asyncio.to_thread(_stable_id, cfg.cache_dir)
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
@@ -228,6 +230,8 @@ class Worker:
         await self.parts.close()
         self.store.close()
         await self._stack.aclose()
+        cachedir.unlock(self._lock)
+        self._lock = None
 
     def ready_line(self) -> str:
         return f"p2pcache worker ready url={self.url} id={self.id}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -150,14 +151,17 @@ class Client:
         `progress(done, total)` is called as chunks land (from 0 again if the
         object changed before the download was complete and it starts over).
         """
-        info, loop = await self._object(bucket, key), asyncio.get_running_loop()
-        path = os.fspath(path)
+        path, loop = os.fspath(path), asyncio.get_running_loop()
+        if await loop.run_in_executor(None, os.path.isdir, path):  # the rename would fail after the download
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        info = await self._object(bucket, key)
         head, name = os.path.split(path)
         tmp = os.path.join(head, f".{name}.{uuid.uuid4().hex[:8]}.part")
         try:
             fd = await loop.run_in_executor(None, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:  # name the file the caller asked for, not our temp file
             raise OSError(exc.errno, exc.strerror, path) from exc
+        renamed = False
         try:
             try:
                 await self._write_at(fd, info, start, end, progress)
@@ -166,12 +170,14 @@ class Client:
                 await loop.run_in_executor(None, os.ftruncate, fd, 0)
                 await self._write_at(fd, info, start, end, progress)
             await loop.run_in_executor(None, os.fsync, fd)
+            try:
+                await loop.run_in_executor(None, os.replace, tmp, path)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, path) from exc
+            renamed = True
+        finally:  # on any failure, cancellation included, the temp file goes
             os.close(fd)
-            fd = -1
-            await loop.run_in_executor(None, os.replace, tmp, path)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            if not renamed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
         return info

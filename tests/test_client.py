@@ -175,11 +175,15 @@ async def test_download_writes_an_identical_file_and_reports_progress(cluster, s
         await client.download(bucket, "d.bin", out / "part.bin", start=CHUNK - 1, end=3 * CHUNK + 1)
         with pytest.raises(NotFound):
             await client.download(bucket, "missing", out / "missing.bin")
+        (out / "a-dir").mkdir()
+        with pytest.raises(IsADirectoryError) as is_dir:  # refused before a byte is read, naming the target
+            await client.download(bucket, "d.bin", out / "a-dir")
+        assert is_dir.value.filename == str(out / "a-dir")
     assert (out / "d.bin").read_bytes() == body and info.size == size
     assert (out / "part.bin").read_bytes() == body[CHUNK - 1:3 * CHUNK + 1]
     assert seen[0] == (0, size) and seen[-1] == (size, size)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert sorted(p.name for p in out.iterdir()) == ["d.bin", "part.bin"]  # no temp files left
+    assert sorted(p.name for p in out.iterdir()) == ["a-dir", "d.bin", "part.bin"]  # no temp files left
 
 
 async def p2pcache_get(*args: str) -> tuple[int, bytes, str]:
@@ -284,3 +288,12 @@ async def test_read_into_fills_a_callers_buffer_chunk_by_chunk(cluster, s3_clien
             return sync.read_into(bucket, "into.bin", buf), buf
 
     assert await asyncio.to_thread(sync_read_into) == (size, body)
+
+
+async def test_p2pcache_get_into_a_directory_fails_naming_it_and_leaves_nothing(cluster, s3_client, bucket, tmp_path):
+    put(s3_client, bucket, "g.bin", 3 * CHUNK, seed=12)
+    target = tmp_path / "out" / "d"
+    target.mkdir(parents=True)
+    code, _, err = await p2pcache_get(f"s3://{bucket}/g.bin", "-o", str(target), "--master", cluster.master.url)
+    assert code == 1 and err == f"p2pcache get: Is a directory: {target}\n"
+    assert [p.name for p in target.parent.iterdir()] == ["d"] and not list(target.iterdir())

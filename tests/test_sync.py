@@ -65,3 +65,16 @@ async def test_sync_command(cluster, s3_client, bucket, tmp_path):
                                                 *args[6:], env=env, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 1 and err.decode().strip() == f"p2pcache sync: no objects under s3://{bucket}/nothing/"
+
+
+async def test_a_file_that_cannot_be_written_fails_alone_and_leaves_no_temp_file(cluster, s3_client, bucket, tmp_path):
+    data = put(s3_client, bucket)
+    out = tmp_path / "out"
+    (out / "config.json").mkdir(parents=True)  # in the way of model/config.json
+    async with Client(cluster.master.url) as client:
+        for _ in range(2):
+            result = await sync(client, bucket, "model/", out)
+            assert list(result["failed"]) == ["model/config.json"]
+            assert f"Is a directory: '{out / 'config.json'}'" in result["failed"]["model/config.json"]
+    assert files(out) == {k.removeprefix("model/"): v for k, v in data.items() if k != "model/config.json"}
+    assert not list(out.rglob("*.part"))

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import Callable, Coroutine
 
+import uvloop
+
+from .errors import P2PError
 from .service import setup_logging
 
-__all__ = ["main"]
+__all__ = ["main", "run_command", "describe"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +51,56 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     return args.run(args)
+
+
+def run_command(name: str, command: Coroutine[None, None, int],
+                explain: Callable[[Exception], str] | None = None) -> int:
+    """Run a command's coroutine to its exit status, never a traceback: an error is one line on stderr.
+
+    2 for bad arguments (ValueError), 1 for a refusal or a failure (a named error, a file that
+    cannot be written), 130 on SIGINT and 143 on SIGTERM (how a pod's container is stopped):
+    either signal cancels the coroutine, so its `finally`s remove what it left half done.
+    """
+    try:
+        return uvloop.run(_cancelled_by_sigterm(command))
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except _Terminated:
+        return 128 + signal.SIGTERM
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): not an error worth a line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ValueError, P2PError, OSError) as exc:
+        print(f"p2pcache {name}: {(explain or describe)(exc)}", file=sys.stderr, flush=True)
+        return 2 if isinstance(exc, ValueError) else 1
+
+
+def describe(exc: Exception) -> str:
+    """An error as one line: a file's error names the file."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Terminated(Exception):
+    """SIGTERM cancelled the command."""
+
+
+async def _cancelled_by_sigterm(command: Coroutine[None, None, int]) -> int:
+    """`command`, cancelled by SIGTERM as asyncio's runner cancels it on SIGINT."""
+    task, terminated = asyncio.current_task(), []
+
+    def terminate() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await command
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated() from None
+        raise
 
 
 def _bench_module():

@@ -157,10 +157,16 @@ class Client:
         info = await self._object(bucket, key)
         head, name = os.path.split(path)
         tmp = os.path.join(head, f".{name}.{uuid.uuid4().hex[:8]}.part")
+        opening = loop.run_in_executor(None, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            fd = await loop.run_in_executor(None, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = await asyncio.shield(opening)
         except OSError as exc:  # name the file the caller asked for, not our temp file
             raise OSError(exc.errno, exc.strerror, path) from exc
+        except asyncio.CancelledError:  # the open goes on in its thread: let it end, then undo it
+            with contextlib.suppress(OSError):
+                os.close(await opening)
+                os.unlink(tmp)
+            raise
         renamed = False
         try:
             try:

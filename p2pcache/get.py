@@ -5,19 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
 import sys
 import time
 from typing import AsyncIterator, Callable, TextIO
 
-import uvloop
-
+from .cli import describe, run_command
 from .client import Client
 from .config import add_flag
-from .errors import (
-    AccessDenied, BadRequest, NotFound, ObjectChanged, P2PError, RangeNotSatisfiable,
-)
+from .errors import AccessDenied, BadRequest, NotFound, ObjectChanged, RangeNotSatisfiable
 from .ranges import parse_range
 from .sizes import format_size
 
@@ -45,18 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit code 0, or 1 with one line on stderr; never a traceback."""
+    """Exit status 0, or 1 with one line on stderr (run_command's codes); never a traceback."""
     try:
         bucket, key = parse_url(args.url)
-        return uvloop.run(_get(args, bucket, key))
-    except BrokenPipeError:  # the reader of stdout went away (`| head`): not an error worth a line
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except ValueError as exc:
+        print(f"p2pcache get: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
-    except (P2PError, OSError, ValueError) as exc:
-        print(f"p2pcache get: {_describe(exc, args)}", file=sys.stderr, flush=True)
-        return 1
+    return run_command("get", _get(args, bucket, key), lambda exc: _describe(exc, args))
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -141,6 +132,4 @@ def _describe(exc: Exception, args: argparse.Namespace) -> str:
         return f"access denied ({exc.code}): {exc}"
     if isinstance(exc, ObjectChanged):
         return f"{args.url} changed while it was being read; try again"
-    if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.strerror or exc}: {exc.filename}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return describe(exc)

@@ -9,10 +9,9 @@ import sys
 import time
 from typing import Callable, TextIO
 
-import uvloop
-
 from .admin_client import AdminClient
 from .auth import load_secret
+from .cli import run_command
 from .config import add_flag
 from .errors import P2PError, Unavailable
 from .sizes import format_size
@@ -72,18 +71,6 @@ def main(args: argparse.Namespace) -> int:
 
 def unpin_main(args: argparse.Namespace) -> int:
     return run_command("unpin", _unpin(args))
-
-
-def run_command(name: str, command) -> int:
-    """Run an admin command's coroutine: its exit code; 2 for bad arguments, 1 for a refusal."""
-    try:
-        return uvloop.run(command)
-    except ValueError as exc:
-        print(f"p2pcache {name}: {exc}", file=sys.stderr)
-        return 2
-    except P2PError as exc:
-        print(f"p2pcache {name}: {exc}", file=sys.stderr)
-        return 1
 
 
 async def _preload(args: argparse.Namespace) -> int:

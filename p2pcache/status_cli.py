@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .preload_cli import add_master_flags, admin_from_args, run_command
+from .cli import run_command
+from .preload_cli import add_master_flags, admin_from_args
 from .sizes import format_size
 
 __all__ = ["add_arguments", "main", "render"]

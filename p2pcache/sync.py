@@ -17,11 +17,10 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, TextIO
 
-import uvloop
-
+from .cli import run_command
 from .client import Client
 from .config import add_flag
-from .errors import P2PError
+from .errors import NotFound, P2PError
 from .sizes import format_size
 
 __all__ = ["add_arguments", "main", "sync", "MANIFEST", "SyncResult"]
@@ -44,14 +43,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        bucket, _, prefix = args.url.removeprefix("s3://").partition("/")
-        if not args.url.startswith("s3://") or not bucket:
-            raise ValueError(f"{args.url!r} is not an s3://bucket/prefix URL")
-        result = uvloop.run(_main(args, bucket, prefix))
-    except (P2PError, OSError, ValueError) as exc:
-        print(f"p2pcache sync: {exc}", file=sys.stderr)
+    """0 when every file is complete; 1 naming what failed (run_command's codes)."""
+    bucket, _, prefix = args.url.removeprefix("s3://").partition("/")
+    if not args.url.startswith("s3://") or not bucket:
+        print(f"p2pcache sync: {args.url!r} is not an s3://bucket/prefix URL", file=sys.stderr)
         return 1
+    return run_command("sync", _main(args, bucket, prefix))
+
+
+async def _main(args: argparse.Namespace, bucket: str, prefix: str) -> int:
+    async with Client(args.master, concurrency=args.concurrency) as client:
+        result = await sync(client, bucket, prefix, Path(args.dir), files=args.files,
+                            progress=_Lines(sys.stderr, sys.stderr.isatty()))
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -63,19 +66,13 @@ def main(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
-async def _main(args: argparse.Namespace, bucket: str, prefix: str) -> SyncResult:
-    async with Client(args.master, concurrency=args.concurrency) as client:
-        return await sync(client, bucket, prefix, Path(args.dir), files=args.files,
-                          progress=_Lines(sys.stderr, sys.stderr.isatty()))
-
-
 async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int = 4,
                progress: Callable[[int, int], None] | None = None) -> SyncResult:
     """Copy every object under `prefix` to `root`/<key without the prefix>."""
     loop = asyncio.get_running_loop()
     objects, _ = await client.list(bucket, prefix)
     if not objects:
-        raise ValueError(f"no objects under s3://{bucket}/{prefix}")
+        raise NotFound(f"no objects under s3://{bucket}/{prefix}")
     targets = [(o, _target(root, prefix, o["Key"])) for o in objects if not o["Key"].endswith("/")]
     await loop.run_in_executor(None, lambda: root.mkdir(parents=True, exist_ok=True))
     manifest = await loop.run_in_executor(None, _load, root / MANIFEST)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import mmap
 import random
+import signal
 import sys
 from collections import Counter
 
@@ -297,3 +298,20 @@ async def test_p2pcache_get_into_a_directory_fails_naming_it_and_leaves_nothing(
     code, _, err = await p2pcache_get(f"s3://{bucket}/g.bin", "-o", str(target), "--master", cluster.master.url)
     assert code == 1 and err == f"p2pcache get: Is a directory: {target}\n"
     assert [p.name for p in target.parent.iterdir()] == ["d"] and not list(target.iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_p2pcache_get_stopped_by_a_signal_removes_its_temp_file(
+        cluster_factory, fault_proxy, s3_client, bucket, tmp_path, sig):
+    fault_proxy.script = ["stall"] * 100  # S3 stalls every body: the download stays under way
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    put(s3_client, bucket, "s.bin", 2 * CHUNK, seed=15)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "get", f"s3://{bucket}/s.bin", "-o", str(out / "s.bin"),
+        "--master", cluster.master.url, stderr=asyncio.subprocess.PIPE)
+    await wait_for(lambda: fault_proxy.stalling and list(out.glob(".s.bin.*.part")), what="the download to start")
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + sig and err == b"" and not list(out.iterdir())

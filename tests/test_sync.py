@@ -6,9 +6,12 @@ import asyncio
 import json
 import os
 import random
+import signal
 import sys
 
-from conftest import CHUNK
+import pytest
+
+from conftest import CHUNK, wait_for
 from p2pcache import Client
 from p2pcache.sync import MANIFEST, sync
 
@@ -77,4 +80,21 @@ async def test_a_file_that_cannot_be_written_fails_alone_and_leaves_no_temp_file
             assert list(result["failed"]) == ["model/config.json"]
             assert f"Is a directory: '{out / 'config.json'}'" in result["failed"]["model/config.json"]
     assert files(out) == {k.removeprefix("model/"): v for k, v in data.items() if k != "model/config.json"}
+    assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_sync_stopped_by_a_signal_removes_its_temp_files(
+        cluster_factory, fault_proxy, s3_client, bucket, tmp_path, sig):
+    fault_proxy.script = ["stall"] * 100  # S3 stalls every body: the copies stay under way
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    put(s3_client, bucket)
+    out = tmp_path / "out"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "sync", f"s3://{bucket}/model/", str(out), "--master", cluster.master.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await wait_for(lambda: fault_proxy.stalling and list(out.rglob(".*.part")), what="the copies to start")
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + sig and b"Traceback" not in err, err
     assert not list(out.rglob("*.part"))

@@ -34,7 +34,8 @@ class SyncResult(dict):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", metavar="s3://bucket/prefix", help="the prefix to copy")
+    p.add_argument("url", metavar="s3://bucket/prefix", help="the prefix to copy, a directory as in `aws s3 sync` "
+                   "(or a key: that object alone)")
     p.add_argument("dir", help="the local directory (created if missing); keys keep their path under the prefix")
     p.add_argument("--files", type=int, default=4, help="files copied at once (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -68,15 +69,28 @@ async def _main(args: argparse.Namespace, bucket: str, prefix: str) -> int:
 
 async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int = 4,
                progress: Callable[[int, int], None] | None = None) -> SyncResult:
-    """Copy every object under `prefix` to `root`/<key without the prefix>."""
+    """Copy every object under `prefix`, a directory, to `root`/<key without the prefix>.
+
+    As `aws s3 sync`, `ds/a` is `ds/a/`: `ds/a/x` lands as `root/x`, `ds/a.bin` is not copied. A
+    prefix that is a key names that object alone, copied to `root`/<its name>. A key that cannot be
+    a file under `root` fails alone.
+    """
     loop = asyncio.get_running_loop()
-    objects, _ = await client.list(bucket, prefix)
+    listed, _ = await client.list(bucket, prefix)
+    base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+    exact = [o for o in listed if o["Key"] == prefix] if prefix != base else []
+    objects = exact or [o for o in listed if o["Key"].startswith(base) and not o["Key"].endswith("/")]
     if not objects:
         raise NotFound(f"no objects under s3://{bucket}/{prefix}")
-    targets = [(o, _target(root, prefix, o["Key"])) for o in objects if not o["Key"].endswith("/")]
+    result = SyncResult(copied=[], skipped=[], failed={}, bytes=0)
+    targets = []
+    for o in objects:
+        try:
+            targets.append((o, _target(root, base, o["Key"])))
+        except ValueError as exc:
+            result["failed"][o["Key"]] = str(exc)
     await loop.run_in_executor(None, lambda: root.mkdir(parents=True, exist_ok=True))
     manifest = await loop.run_in_executor(None, _load, root / MANIFEST)
-    result = SyncResult(copied=[], skipped=[], failed={}, bytes=0)
     todo = []
     for o, path in targets:
         entry = manifest.get(o["Key"])
@@ -116,9 +130,9 @@ async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int 
     return result
 
 
-def _target(root: Path, prefix: str, key: str) -> Path:
-    """Where a key goes; a key that would land outside `root` is refused."""
-    rel = PurePosixPath(key[len(prefix):].lstrip("/") or PurePosixPath(key).name)
+def _target(root: Path, base: str, key: str) -> Path:
+    """Where a key under the directory `base` (or named by it) goes; one that would land outside `root` is refused."""
+    rel = PurePosixPath(key[len(base):].lstrip("/") if key.startswith(base) else PurePosixPath(key).name)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name == MANIFEST:
         raise ValueError(f"key {key!r} cannot be a file under {root}")
     return root.joinpath(*rel.parts)

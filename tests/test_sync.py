@@ -13,6 +13,7 @@ import pytest
 
 from conftest import CHUNK, wait_for
 from p2pcache import Client
+from p2pcache.errors import NotFound
 from p2pcache.sync import MANIFEST, sync
 
 
@@ -98,3 +99,25 @@ async def test_sync_stopped_by_a_signal_removes_its_temp_files(
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 128 + sig and b"Traceback" not in err, err
     assert not list(out.rglob("*.part"))
+
+
+async def test_a_prefix_is_a_directory_as_in_aws_s3_sync(cluster, s3_client, bucket, tmp_path):
+    for key in ("ds/a.bin", "ds/a/x.bin", "ds/ab/y.bin", "ds/empty.txt"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "ds/a", tmp_path / "a")  # ds/a/, not ds/a.bin nor ds/ab/
+        assert (result["copied"], files(tmp_path / "a")) == (["ds/a/x.bin"], {"x.bin": b"ds/a/x.bin"})
+        result = await sync(client, bucket, "ds/a.bin", tmp_path / "key")  # a key names that object alone
+        assert (result["copied"], files(tmp_path / "key")) == (["ds/a.bin"], {"a.bin": b"ds/a.bin"})
+        with pytest.raises(NotFound, match=f"no objects under s3://{bucket}/ds/e"):
+            await sync(client, bucket, "ds/e", tmp_path / "e")  # never `mpty.txt`
+
+
+async def test_a_key_that_would_land_outside_the_directory_fails_alone(cluster, s3_client, bucket, tmp_path):
+    s3_client.put_object(Bucket=bucket, Key="m/good.bin", Body=b"good")
+    s3_client.put_object(Bucket=bucket, Key="m/../../escape.bin", Body=b"evil")
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "m/", tmp_path / "out")
+    assert result["copied"] == ["m/good.bin"] and list(result["failed"]) == ["m/../../escape.bin"]
+    assert "cannot be a file under" in result["failed"]["m/../../escape.bin"]
+    assert files(tmp_path / "out") == {"good.bin": b"good"} and not (tmp_path / "escape.bin").exists()

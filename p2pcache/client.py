@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -28,12 +29,13 @@ from .ringview import RingView
 from .signer import signer_from
 from .worker_client import WorkerClient
 
-__all__ = ["Client"]
+__all__ = ["Client", "TEMP_NAME"]
 
 log = logging.getLogger("p2pcache.client")
 T = TypeVar("T")
 SUSPECT_FOR = 5.0  # seconds a worker that failed is asked last
 META_ENTRIES = 1024
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")  # download's temp file of NAME, next to it
 
 
 class Client:

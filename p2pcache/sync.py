@@ -4,13 +4,18 @@ Each file is read owner-direct by the loader client (`Client.download`: chunks
 in parallel, written to a temp file, renamed in). A file counts as complete
 when its size and the ETag recorded for it in `DIR/.p2pcache-sync.json` match
 the listing, so a restarted init container copies only what is missing or changed.
+One sync at a time writes into a directory (a lock on `DIR/.p2pcache-sync.lock`), so
+the temp files it finds next to its files are left by one that was killed: removed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import sys
 import time
@@ -18,15 +23,18 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, TextIO
 
 from .cli import run_command
-from .client import Client
+from .client import TEMP_NAME, Client
 from .config import add_flag
 from .errors import NotFound, P2PError
 from .sizes import format_size
 
-__all__ = ["add_arguments", "main", "sync", "MANIFEST", "SyncResult"]
+__all__ = ["add_arguments", "main", "sync", "MANIFEST", "LOCK", "SyncResult"]
 
+log = logging.getLogger("p2pcache.sync")
 MANIFEST = ".p2pcache-sync.json"
+LOCK = ".p2pcache-sync.lock"
 SAVE_EVERY = 2.0  # seconds between manifest writes while files land
+LOCK_POLL = 1.0  # seconds between tries of a lock another sync holds
 
 
 class SyncResult(dict):
@@ -90,6 +98,15 @@ async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int 
         except ValueError as exc:
             result["failed"][o["Key"]] = str(exc)
     await loop.run_in_executor(None, lambda: root.mkdir(parents=True, exist_ok=True))
+    async with _locked(root):
+        await loop.run_in_executor(None, _remove_stale_temp_files, [path for _, path in targets])
+        await _copy(client, bucket, root, targets, result, files, progress)
+    return result
+
+
+async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dict, Path]], result: SyncResult,
+                files: int, progress: Callable[[int, int], None] | None) -> None:
+    loop = asyncio.get_running_loop()
     manifest = await loop.run_in_executor(None, _load, root / MANIFEST)
     todo = []
     for o, path in targets:
@@ -127,13 +144,50 @@ async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int 
     await loop.run_in_executor(None, _save, root / MANIFEST, manifest)
     if progress and todo:
         progress(total, total)
-    return result
+
+
+@contextlib.asynccontextmanager
+async def _locked(root: Path):
+    """Hold the lock on `root` (waiting while another sync holds it): the temp files there are no one else's."""
+    loop = asyncio.get_running_loop()
+    fd = await loop.run_in_executor(None, lambda: os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644))
+
+    def take() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    try:
+        if not take():
+            log.info("waiting for another p2pcache sync into %s to finish", root)
+            while not take():
+                await asyncio.sleep(LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_temp_files(paths: list[Path]) -> None:
+    """Remove the temp files of `paths` (`.NAME.<8 hex>.part`) that a killed sync left next to them."""
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(path.parent, set()).add(path.name)
+    for parent, wanted in names.items():
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(parent):
+                match = TEMP_NAME.fullmatch(entry.name)
+                if match and match["name"] in wanted and entry.name not in wanted and entry.is_file():
+                    log.info("removing %s, left by an earlier sync", entry.path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
 
 
 def _target(root: Path, base: str, key: str) -> Path:
     """Where a key under the directory `base` (or named by it) goes; one that would land outside `root` is refused."""
     rel = PurePosixPath(key[len(base):].lstrip("/") if key.startswith(base) else PurePosixPath(key).name)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name == MANIFEST:
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name in (MANIFEST, LOCK):
         raise ValueError(f"key {key!r} cannot be a file under {root}")
     return root.joinpath(*rel.parts)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import logging
 import os
 import random
 import signal
@@ -14,7 +16,7 @@ import pytest
 from conftest import CHUNK, wait_for
 from p2pcache import Client
 from p2pcache.errors import NotFound
-from p2pcache.sync import MANIFEST, sync
+from p2pcache.sync import LOCK, MANIFEST, sync
 
 
 def put(s3_client, bucket: str) -> dict[str, bytes]:
@@ -28,7 +30,8 @@ def put(s3_client, bucket: str) -> dict[str, bytes]:
 
 
 def files(root) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and p.name not in (MANIFEST, LOCK)}
 
 
 async def test_sync_is_byte_identical_and_skips_complete_files(cluster_factory, s3, s3_client, bucket, tmp_path):
@@ -121,3 +124,36 @@ async def test_a_key_that_would_land_outside_the_directory_fails_alone(cluster, 
     assert result["copied"] == ["m/good.bin"] and list(result["failed"]) == ["m/../../escape.bin"]
     assert "cannot be a file under" in result["failed"]["m/../../escape.bin"]
     assert files(tmp_path / "out") == {"good.bin": b"good"} and not (tmp_path / "escape.bin").exists()
+
+
+async def test_temp_files_of_a_killed_sync_are_removed_and_nothing_else(cluster, s3_client, bucket, tmp_path):
+    data = put(s3_client, bucket)
+    out = tmp_path / "out"
+    (out / "weights").mkdir(parents=True)
+    stale = [out / ".config.json.0123abcd.part", out / "weights" / ".a.safetensors.deadbeef.part"]
+    kept = [out / ".config.json.part", out / ".other.0123abcd.part", out / ".config.json.0123ABCD.part",
+            out / "weights" / ".config.json.0123abcd.part"]  # not a temp file of a file this sync writes
+    for path in stale + kept:
+        path.write_bytes(b"x" * 100)
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "model/", out)
+    assert sorted(result["copied"]) == sorted(data)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+async def test_a_second_sync_into_a_directory_waits_for_the_first(cluster, s3_client, bucket, tmp_path, caplog):
+    data = put(s3_client, bucket)
+    out = tmp_path / "out"
+    out.mkdir()
+    other = out / ".config.json.0123abcd.part"  # the running sync's temp file: not to be touched
+    other.write_bytes(b"x")
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the running sync holds it
+    async with Client(cluster.master.url) as client:
+        with caplog.at_level(logging.INFO, logger="p2pcache.sync"):
+            second = asyncio.create_task(sync(client, bucket, "model/", out))
+            await wait_for(lambda: "waiting for another p2pcache sync" in caplog.text, what="the wait")
+        assert other.exists() and not (out / "config.json").exists()
+        os.close(fd)  # the first sync ends
+        result = await second
+    assert sorted(result["copied"]) == sorted(data) and not other.exists()

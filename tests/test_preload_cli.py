@@ -9,6 +9,8 @@ import os
 import sys
 
 from conftest import CHUNK, SECRET
+from master.config import MasterConfig
+from master.server import Master
 from p2pcache.preload_cli import Follower, summary
 from p2pcache.sizes import format_size
 
@@ -106,3 +108,16 @@ async def test_preload_json_and_errors(cluster, s3_client, bucket):
     assert code == 1 and "cluster secret" in err, err
     code, _, err = await run("preload", *master)
     assert code == 2 and "give s3:// URLs" in err
+
+
+async def test_status_preload_and_unpin_wait_for_a_starting_master(cluster, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="m/a", Body=b"a" * 100)
+    port = int(cluster.master.url.rsplit(":", 1)[1])
+    await cluster.master.stop()
+    cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=120, cluster_secret=SECRET))
+    await cluster.master.start()  # collecting heartbeats: its ring is partial, if it has one
+    master = ["--master", cluster.master.url]
+    for args in (["status"], ["preload", f"s3://{bucket}/m/"], ["unpin", f"s3://{bucket}/m/"]):
+        code, out, err = await run(*args, *master)
+        assert (code, out) == (1, ""), (args, out)
+        assert err.startswith(f"p2pcache {args[0]}: ") and "master starting: collecting heartbeats" in err, err

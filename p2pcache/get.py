@@ -12,7 +12,7 @@ from typing import AsyncIterator, Callable, TextIO
 
 from .cli import describe, run_command
 from .client import Client
-from .config import add_flag
+from .config import add_flag, http_url
 from .errors import AccessDenied, BadRequest, NotFound, ObjectChanged, RangeNotSatisfiable
 from .ranges import parse_range
 from .sizes import format_size
@@ -24,13 +24,13 @@ _RANGE = re.compile(r"\d*-\d*")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", help="the object: s3://bucket/key")
+    p.add_argument("url", type=_object_arg, help="the object: s3://bucket/key")
     p.add_argument("-o", "--output", default="-", help="file to write, replaced atomically (default: stdout)")
     p.add_argument("--range", dest="byte_range", metavar="A-B", type=_range_arg,
                    help="only bytes A to B inclusive (A- to the end, -N the last N)")
     p.add_argument("--progress", action="store_true",
                    help="show progress on stderr even when it is not a terminal")
-    add_flag(p, "--master", "URL of the master", required=True)
+    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
     add_flag(p, "--access-key", "reader key id: sign requests (SigV4) for workers with --client-keys", default="")
     add_flag(p, "--secret-key", "the reader key's secret (prefer the env variable: a command line is "
@@ -42,11 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Exit status 0, or 1 with one line on stderr (run_command's codes); never a traceback."""
-    try:
-        bucket, key = parse_url(args.url)
-    except ValueError as exc:
-        print(f"p2pcache get: {exc}", file=sys.stderr)
-        return 1
+    bucket, key = parse_url(args.url)
     return run_command("get", _get(args, bucket, key), lambda exc: _describe(exc, args))
 
 
@@ -114,6 +110,14 @@ async def _to_stdout(pieces: AsyncIterator[bytes], total: int, progress: Progres
             if progress:
                 progress(done, total)
     await loop.run_in_executor(None, out.flush)
+
+
+def _object_arg(text: str) -> str:
+    try:
+        parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _range_arg(text: str) -> str:

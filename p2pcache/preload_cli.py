@@ -12,7 +12,7 @@ from typing import Callable, TextIO
 from .admin_client import AdminClient
 from .auth import load_secret
 from .cli import run_command
-from .config import add_flag
+from .config import add_flag, add_secret_flags, http_url, s3_url
 from .errors import P2PError, Unavailable
 from .sizes import format_size
 from . import tls
@@ -24,10 +24,8 @@ BAR = 24
 
 
 def add_master_flags(p: argparse.ArgumentParser) -> None:
-    add_flag(p, "--master", "URL of the master", required=True)
-    add_flag(p, "--cluster-secret", "the cluster secret (prefer the env variable or the file)", secret=True,
-             default="")
-    add_flag(p, "--cluster-secret-file", "file holding the cluster secret", default="")
+    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
+    add_secret_flags(p)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master", default="")
 
 
@@ -39,7 +37,7 @@ def admin_from_args(args: argparse.Namespace) -> AdminClient:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("urls", nargs="*", metavar="s3://bucket/prefix",
+    p.add_argument("urls", nargs="*", metavar="s3://bucket/prefix", type=s3_url,
                    help="prefixes (or keys) whose objects to fill, every chunk by its owner")
     p.add_argument("--pin", action="store_true", help="keep the chunks from eviction until `p2pcache unpin`")
     p.add_argument("--json", action="store_true", help="print the final progress as JSON, no progress lines")
@@ -55,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_unpin_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("urls", nargs="+", metavar="s3://bucket/prefix",
+    p.add_argument("urls", nargs="+", metavar="s3://bucket/prefix", type=s3_url,
                    help="stop keeping the chunks of every key under these prefixes")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     add_master_flags(p)

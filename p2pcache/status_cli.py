@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .cli import run_command
+from .config import s3_url
 from .preload_cli import add_master_flags, admin_from_args
 from .sizes import format_size
 
@@ -16,7 +17,7 @@ COLUMNS = ("id", "url", "state", "epoch", "capacity", "used", "pinned", "hit rat
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", nargs="?", metavar="s3://bucket/prefix", help="also show each object under it")
+    p.add_argument("url", nargs="?", metavar="s3://bucket/prefix", type=s3_url, help="also show each object under it")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     add_master_flags(p)
 

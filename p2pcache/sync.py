@@ -24,7 +24,7 @@ from typing import Callable, TextIO
 
 from .cli import run_command
 from .client import TEMP_NAME, Client
-from .config import add_flag
+from .config import add_flag, http_url, s3_url
 from .errors import NotFound, P2PError
 from .sizes import format_size
 
@@ -42,21 +42,18 @@ class SyncResult(dict):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", metavar="s3://bucket/prefix", help="the prefix to copy, a directory as in `aws s3 sync` "
+    p.add_argument("url", metavar="s3://bucket/prefix", type=s3_url, help="the prefix to copy, a directory as in `aws s3 sync` "
                    "(or a key: that object alone)")
     p.add_argument("dir", help="the local directory (created if missing); keys keep their path under the prefix")
     p.add_argument("--files", type=int, default=4, help="files copied at once (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_flag(p, "--master", "URL of the master", required=True)
+    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
 
 
 def main(args: argparse.Namespace) -> int:
     """0 when every file is complete; 1 naming what failed (run_command's codes)."""
     bucket, _, prefix = args.url.removeprefix("s3://").partition("/")
-    if not args.url.startswith("s3://") or not bucket:
-        print(f"p2pcache sync: {args.url!r} is not an s3://bucket/prefix URL", file=sys.stderr)
-        return 1
     return run_command("sync", _main(args, bucket, prefix))
 
 

@@ -217,7 +217,6 @@ async def test_p2pcache_get_writes_the_object_or_a_range(cluster, s3_client, buc
     (["s3://no-such-bucket-p2p/k"], "no such bucket: no-such-bucket-p2p"),
     (["s3://{bucket}/g.bin", "--range", "999999-"], "range 999999- is outside the object (100 bytes)"),
     (["s3://{bucket}/g.bin", "-o", "/nonexistent-dir/out"], "No such file or directory"),
-    (["{bucket}"], "names no object"),
 ])
 async def test_p2pcache_get_fails_with_one_line_and_exit_code_1(cluster, s3_client, bucket, args, message):
     put(s3_client, bucket, "g.bin", 100, seed=12)
@@ -225,6 +224,16 @@ async def test_p2pcache_get_fails_with_one_line_and_exit_code_1(cluster, s3_clie
     assert code == 1 and out == b""
     assert err.count("\n") == 1 and err.startswith("p2pcache get: ") and "Traceback" not in err
     assert message.format(bucket=bucket) in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{bucket}", "--master", "{master}"], "names no object"),
+    (["s3://{bucket}/g.bin", "--master", "notaurl"], "'notaurl' is not an http:// or https:// URL"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--range", "x"], "invalid range 'x'"),
+])
+async def test_p2pcache_get_with_bad_arguments_exits_2(cluster, bucket, args, message):
+    code, out, err = await p2pcache_get(*[a.format(bucket=bucket, master=cluster.master.url) for a in args])
+    assert (code, out) == (2, b"") and message in err and "Traceback" not in err, err
 
 
 async def test_p2pcache_get_without_a_reachable_master_fails_with_one_line(bucket):

@@ -121,3 +121,22 @@ async def test_status_preload_and_unpin_wait_for_a_starting_master(cluster, s3_c
         code, out, err = await run(*args, *master)
         assert (code, out) == (1, ""), (args, out)
         assert err.startswith(f"p2pcache {args[0]}: ") and "master starting: collecting heartbeats" in err, err
+
+
+async def test_bad_arguments_exit_2_with_one_line(cluster, tmp_path):
+    master = ["--master", cluster.master.url]
+    for args in (["preload", "models/x"], ["unpin", "models/x"], ["status", "s3:///x"], ["sync", "models/x", "d"],
+                 ["status", "--master", "notaurl"]):
+        code, out, err = await run(*args, *([] if "--master" in args else master))
+        assert (code, out) == (2, ""), (args, err)
+        assert "is not an s3://bucket/prefix URL" in err or "is not an http:// or https:// URL" in err, err
+    code, _, err = await run("status", *master, "--cluster-secret-file", str(tmp_path / "missing"))
+    assert code == 2 and err.strip() == f"p2pcache status: cannot read the cluster secret file {tmp_path / 'missing'}: " \
+                                       f"No such file or directory", err
+
+
+async def test_a_secret_file_on_the_command_line_beats_the_environment(cluster, tmp_path):
+    (tmp_path / "ok.sec").write_bytes(SECRET + b"\n")
+    master = ["--master", cluster.master.url, "--cluster-secret-file", str(tmp_path / "ok.sec")]
+    code, out, err = await run("status", *master, secret=b"a-wrong-secret-from-the-environment")
+    assert code == 0 and out.startswith("ring epoch "), err

@@ -12,10 +12,13 @@ from typing import Callable, Coroutine
 
 import uvloop
 
+from .config import add_flag
 from .errors import P2PError
 from .service import setup_logging
 
 __all__ = ["main", "run_command", "describe"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import get, local, preload_cli, status_cli, sync
 
     parser = argparse.ArgumentParser(prog="p2pcache", description="A peer-to-peer S3 chunk cache for loading AI models.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add_flag(parser, "--log-level", "DEBUG, INFO, WARNING or ERROR", type=_log_level, default="INFO",
+             metavar="LEVEL")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module, text in (
         ("master", master_cli, "run the master (membership and the ring)"),
@@ -51,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     return args.run(args)
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid log level {text!r}: use {', '.join(LOG_LEVELS)}")
+    return text.upper()
 
 
 def run_command(name: str, command: Coroutine[None, None, int],

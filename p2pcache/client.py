@@ -17,6 +17,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeV
 
 import aiohttp
 
+from . import tls
 from .buffers import new_bytes
 from .errors import ObjectChanged, PeerError, PeerUnavailable
 from .fileobj import ObjectFile
@@ -47,6 +48,8 @@ class Client:
     With a reader key (`access_key`/`secret_key`, or `credentials="env"` for
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION) every request to a
     worker is signed with SigV4, for workers that run with `--client-keys`.
+    `tls_ca`, a PEM bundle, is trusted on top of the system's CAs for an https://
+    master and workers (unless a `session` is given: its own settings apply).
     Chunks of plain-HTTP workers are received straight into their buffers on
     the client's own connections (`raw_http=False`: through aiohttp, as https
     workers always are).
@@ -56,9 +59,10 @@ class Client:
                  connect_timeout: float = 2.0, prefetch: int = 4, meta_ttl: float = 5.0,
                  session: aiohttp.ClientSession | None = None,
                  access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
-                 credentials: str | None = None, raw_http: bool = True,
+                 credentials: str | None = None, raw_http: bool = True, tls_ca: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.master_url = master_url
+        self._tls_ca = tls_ca
         self._signer = signer_from(access_key, secret_key, region, credentials)
         self._raw = RangeReader(connect_timeout, chunk_timeout, max(1, concurrency)) if raw_http else None
         self._concurrency = max(1, concurrency)
@@ -76,8 +80,9 @@ class Client:
 
     async def start(self) -> "Client":
         if self._session is None:
+            trust = await asyncio.to_thread(tls.client_context, self._tls_ca)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._concurrency * 2),
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._concurrency * 2, ssl=trust),
                 auto_decompress=False)
         self._workers = WorkerClient(self._session, *self._timeouts, signer=self._signer, raw=self._raw)
         self._ring = RingView(MasterClient(self._session, self.master_url))

@@ -24,7 +24,7 @@ from typing import Callable, TextIO
 
 from .cli import run_command
 from .client import TEMP_NAME, Client
-from .config import add_flag, http_url, s3_url
+from .config import add_flag, add_tls_ca_flag, http_url, s3_url
 from .errors import NotFound, P2PError
 from .sizes import format_size
 
@@ -49,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_flag(p, "--master", "URL of the master", type=http_url, required=True)
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
+    add_tls_ca_flag(p, "PEM bundle of CAs to trust for an https:// master and workers, on top of the system's")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -58,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, bucket: str, prefix: str) -> int:
-    async with Client(args.master, concurrency=args.concurrency) as client:
+    async with Client(args.master, concurrency=args.concurrency, tls_ca=args.tls_ca) as client:
         result = await sync(client, bucket, prefix, Path(args.dir), files=args.files,
                             progress=_Lines(sys.stderr, sys.stderr.isatty()))
     if args.json:

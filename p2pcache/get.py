@@ -56,26 +56,28 @@ def parse_url(url: str) -> tuple[str, str]:
 
 
 class Progress:
-    """`done / total (pct) rate` on one line, redrawn with `\\r` at most every `interval` seconds."""
+    """`done / total (pct) rate` at most every `interval` seconds, and once at the end: redrawn on one
+    line with `\\r` (a terminal), or with `lines`, one line each (a log)."""
 
-    def __init__(self, stream: TextIO, interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
-        self._stream, self._interval, self._clock = stream, interval, clock
+    def __init__(self, stream: TextIO, interval: float = 0.2, clock: Callable[[], float] = time.monotonic,
+                 lines: bool = False) -> None:
+        self._stream, self._interval, self._clock, self._lines = stream, interval, clock, lines
         self._start = self._last = clock()
-        self._drawn = False
+        self._shown: int | None = None  # `done` as last drawn
 
     def __call__(self, done: int, total: int) -> None:
         now = self._clock()
-        if done < total and now - self._last < self._interval:
+        if done == self._shown or (done < total and now - self._last < self._interval):
             return
-        self._last = now
+        self._last, self._shown = now, done
         rate = done / max(now - self._start, 1e-3)
         pct = 100 * done // total if total else 100
-        self._stream.write(f"\r{format_size(done)} / {format_size(total)} ({pct}%) {format_size(int(rate))}/s  ")
+        text = f"{format_size(done)} / {format_size(total)} ({pct}%) {format_size(int(rate))}/s"
+        self._stream.write(f"{text}\n" if self._lines else f"\r{text}  ")
         self._stream.flush()
-        self._drawn = True
 
     def finish(self) -> None:
-        if self._drawn:
+        if self._shown is not None and not self._lines:
             self._stream.write("\n")
             self._stream.flush()
 
@@ -93,12 +95,14 @@ async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
             start, stop = rng.start, rng.stop
         show = args.progress or (sys.stderr.isatty() and stop - start >= PROGRESS_MIN)
         progress = Progress(sys.stderr) if show else None
-        if args.output == "-":
-            await _to_stdout(client.stream(bucket, key, start, stop), stop - start, progress)
-        else:
-            await client.download(bucket, key, args.output, progress, start=start, end=stop)
-        if progress:
-            progress.finish()
+        try:
+            if args.output == "-":
+                await _to_stdout(client.stream(bucket, key, start, stop), stop - start, progress)
+            else:
+                await client.download(bucket, key, args.output, progress, start=start, end=stop)
+        finally:  # an error's line starts on a line of its own
+            if progress:
+                progress.finish()
     return 0
 
 

@@ -20,12 +20,13 @@ import os
 import sys
 import time
 from pathlib import Path, PurePosixPath
-from typing import Callable, TextIO
+from typing import Callable
 
 from .cli import run_command
 from .client import TEMP_NAME, Client
 from .config import add_flag, add_tls_ca_flag, http_url, s3_url
 from .errors import NotFound, P2PError
+from .get import Progress
 from .sizes import format_size
 
 __all__ = ["add_arguments", "main", "sync", "MANIFEST", "LOCK", "SyncResult"]
@@ -42,8 +43,8 @@ class SyncResult(dict):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", metavar="s3://bucket/prefix", type=s3_url, help="the prefix to copy, a directory as in `aws s3 sync` "
-                   "(or a key: that object alone)")
+    p.add_argument("url", metavar="s3://bucket/prefix", type=s3_url,
+                   help="the prefix to copy, a directory as in `aws s3 sync` (or a key: that object alone)")
     p.add_argument("dir", help="the local directory (created if missing); keys keep their path under the prefix")
     p.add_argument("--files", type=int, default=4, help="files copied at once (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -59,9 +60,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, bucket: str, prefix: str) -> int:
-    async with Client(args.master, concurrency=args.concurrency, tls_ca=args.tls_ca) as client:
-        result = await sync(client, bucket, prefix, Path(args.dir), files=args.files,
-                            progress=_Lines(sys.stderr, sys.stderr.isatty()))
+    tty = sys.stderr.isatty()
+    progress = Progress(sys.stderr, interval=0.2 if tty else 5.0, lines=not tty)
+    try:
+        async with Client(args.master, concurrency=args.concurrency, tls_ca=args.tls_ca) as client:
+            result = await sync(client, bucket, prefix, Path(args.dir), files=args.files, progress=progress)
+    finally:
+        progress.finish()
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -140,8 +145,6 @@ async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dic
 
     await asyncio.gather(*(one(o, path) for o, path in todo))
     await loop.run_in_executor(None, _save, root / MANIFEST, manifest)
-    if progress and todo:
-        progress(total, total)
 
 
 @contextlib.asynccontextmanager
@@ -209,23 +212,3 @@ def _save(path: Path, manifest: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, sort_keys=True))
     os.replace(tmp, path)
-
-
-class _Lines:
-    """Progress on stderr: redrawn in place on a terminal, else a line at most every 5 s."""
-
-    def __init__(self, stream: TextIO, tty: bool, interval: float = 5.0) -> None:
-        self._stream, self._tty, self._interval = stream, tty, interval
-        self._start = self._last = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self._tty and done < total and now - self._last < self._interval:
-            return
-        self._last = now
-        rate = done / max(now - self._start, 1e-3)
-        text = f"{format_size(done)} / {format_size(total)} ({100 * done // max(total, 1)}%) {format_size(int(rate))}/s"
-        self._stream.write(("\r" + text + "  ") if self._tty else text + "\n")
-        if self._tty and done >= total:
-            self._stream.write("\n")
-        self._stream.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import io
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import pytest
 from conftest import CHUNK, wait_for
 from p2pcache import Client
 from p2pcache.errors import NotFound
+from p2pcache.get import Progress
 from p2pcache.sync import LOCK, MANIFEST, sync
 
 
@@ -61,17 +63,42 @@ async def test_sync_command(cluster, s3_client, bucket, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
     args = [sys.executable, "-m", "p2pcache", "sync", f"s3://{bucket}/model/", str(tmp_path / "d"),
             "--master", cluster.master.url]
-    for expected in (f"4 files copied", "0 files copied (0B), 4 already complete, 0 failed"):
+    for expected, progress_lines in (("4 files copied", 1),
+                                     ("0 files copied (0B), 4 already complete, 0 failed", 0)):
         proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 0 and expected in out.decode(), err
+        assert err.decode().count("(100%)") == progress_lines, err  # not a terminal: the last line once
     assert files(tmp_path / "d") == {k.removeprefix("model/"): v for k, v in data.items()}
     assert json.loads((tmp_path / "d" / MANIFEST).read_text())["model/empty"]["size"] == 0
     proc = await asyncio.create_subprocess_exec(*args[:4], f"s3://{bucket}/nothing/", str(tmp_path / "e"),
                                                 *args[6:], env=env, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 1 and err.decode().strip() == f"p2pcache sync: no objects under s3://{bucket}/nothing/"
+    proc = await asyncio.create_subprocess_exec(*args[:6], "--master", "http://127.0.0.1:9", env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 1 and err.decode() == ("p2pcache sync: master at http://127.0.0.1:9 unreachable: Cannot "
+                                                     "connect to host 127.0.0.1:9 ssl:default [Connect call failed "
+                                                     "('127.0.0.1', 9)]\n")
+
+
+def test_progress_ends_once_and_empty_files_are_done():
+    out, now = io.StringIO(), [0.0]
+    progress = Progress(out, interval=5, clock=lambda: now[0], lines=True)  # stderr not a terminal
+    progress(0, 0)
+    progress(0, 0)
+    assert out.getvalue() == "0B / 0B (100%) 0B/s\n"
+    out, now[0] = io.StringIO(), 0.0
+    progress = Progress(out, interval=5, clock=lambda: now[0], lines=True)
+    now[0] = 1
+    progress(10, 30)  # too soon: nothing
+    now[0] = 6
+    for done in (20, 30, 30):
+        progress(done, 30)
+    progress.finish()
+    assert out.getvalue() == "20B / 30B (66%) 3B/s\n30B / 30B (100%) 5B/s\n"
 
 
 async def test_a_file_that_cannot_be_written_fails_alone_and_leaves_no_temp_file(cluster, s3_client, bucket, tmp_path):

@@ -87,9 +87,11 @@ async def _preload(args: argparse.Namespace) -> int:
                                   f"{', pinned' if job['pin'] else ''}\n")
         try:
             job = await admin.wait(job["id"], follower)
-        except (KeyboardInterrupt, P2PError) as exc:
-            print(f"p2pcache preload: stopped following ({exc or 'interrupted'}); job {job['id']} goes on: "
+        except (asyncio.CancelledError, P2PError) as exc:  # cancelled: by SIGINT or SIGTERM (run_command)
+            print(f"p2pcache preload: stopped following ({str(exc) or 'interrupted'}); job {job['id']} goes on: "
                   f"`p2pcache preload --follow {job['id']}` or `--cancel {job['id']}`", file=sys.stderr)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return 1
         if follower:
             follower.finish()

@@ -6,11 +6,15 @@ import asyncio
 import io
 import json
 import os
+import signal
 import sys
+
+import pytest
 
 from conftest import CHUNK, SECRET
 from master.config import MasterConfig
 from master.server import Master
+from p2pcache.admin_client import AdminClient
 from p2pcache.preload_cli import Follower, summary
 from p2pcache.sizes import format_size
 
@@ -140,3 +144,23 @@ async def test_a_secret_file_on_the_command_line_beats_the_environment(cluster, 
     master = ["--master", cluster.master.url, "--cluster-secret-file", str(tmp_path / "ok.sec")]
     code, out, err = await run("status", *master, secret=b"a-wrong-secret-from-the-environment")
     assert code == 0 and out.startswith("ring epoch "), err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_preload_stopped_by_a_signal_says_the_job_goes_on(cluster_factory, fault_proxy, s3_client, bucket, sig):
+    fault_proxy.script = ["stall"] * 100  # S3 stalls every body: the job cannot finish on its own
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    s3_client.put_object(Bucket=bucket, Key="m/a", Body=b"a" * (2 * CHUNK))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")} | \
+        {"P2PCACHE_CLUSTER_SECRET": SECRET.decode()}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "preload", f"s3://{bucket}/m/", "--master", cluster.master.url, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    header = await asyncio.wait_for(proc.stderr.readline(), 60)  # the job started
+    job = header.decode().split()[1].rstrip(":")
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + sig and "Traceback" not in err.decode(), err
+    assert f"job {job} goes on: `p2pcache preload --follow {job}`" in err.decode()
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        assert (await admin.job(job))["state"] == "running"

@@ -11,11 +11,10 @@ import argparse
 import os
 from urllib.parse import urlsplit
 
-from . import tls
 from .sizes import parse_size
 
 __all__ = ["add_flag", "add_security_flags", "add_secret_flags", "parse_listen", "size_arg", "env_name",
-           "s3_url", "http_url", "add_tls_ca_flag"]
+           "s3_url", "http_url"]
 
 _GIVEN = "_flags_given"  # the namespace's set of flags given on the command line
 
@@ -90,19 +89,6 @@ def http_url(text: str) -> str:
     if not ok:
         raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
     return text
-
-
-def add_tls_ca_flag(p: argparse.ArgumentParser, help: str) -> None:
-    """`--tls-ca` of a command: a readable PEM bundle of CAs, checked as the arguments are parsed."""
-    add_flag(p, "--tls-ca", help, type=_ca_bundle, default="")
-
-
-def _ca_bundle(path: str) -> str:
-    try:
-        tls.check("", "", path)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--tls-ca: ")) from None
-    return path
 
 
 def add_secret_flags(p: argparse.ArgumentParser) -> None:

@@ -10,9 +10,10 @@ import sys
 import time
 from typing import AsyncIterator, Callable, TextIO
 
+from . import tls
 from .cli import describe, run_command
 from .client import Client
-from .config import add_flag, add_tls_ca_flag, http_url
+from .config import add_flag, http_url
 from .errors import AccessDenied, BadRequest, NotFound, ObjectChanged, RangeNotSatisfiable
 from .ranges import parse_range
 from .sizes import format_size
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="show progress on stderr even when it is not a terminal")
     add_flag(p, "--master", "URL of the master", type=http_url, required=True)
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
-    add_tls_ca_flag(p, "PEM bundle of CAs to trust for an https:// master and workers, on top of the system's")
+    add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
+             "system's", default="")
     add_flag(p, "--access-key", "reader key id: sign requests (SigV4) for workers with --client-keys", default="")
     add_flag(p, "--secret-key", "the reader key's secret (prefer the env variable: a command line is "
              "visible to other users)", secret=True, default="")
@@ -83,6 +85,7 @@ class Progress:
 
 
 async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
+    tls.check("", "", args.tls_ca)
     async with Client(args.master, concurrency=args.concurrency, access_key=args.access_key or None,
                       secret_key=args.secret_key or None, region=args.region or None,
                       credentials=args.credentials, tls_ca=args.tls_ca) as client:

@@ -12,7 +12,7 @@ from typing import Callable, TextIO
 from .admin_client import AdminClient
 from .auth import load_secret
 from .cli import run_command
-from .config import add_flag, add_secret_flags, add_tls_ca_flag, http_url, s3_url
+from .config import add_flag, add_secret_flags, http_url, s3_url
 from .errors import P2PError, Unavailable
 from .sizes import format_size
 from . import tls
@@ -26,12 +26,13 @@ BAR = 24
 def add_master_flags(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--master", "URL of the master", type=http_url, required=True)
     add_secret_flags(p)
-    add_tls_ca_flag(p, "PEM bundle of CAs to trust for an https:// master, on top of the system's")
+    add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master, on top of the system's", default="")
 
 
 def admin_from_args(args: argparse.Namespace) -> AdminClient:
-    """Raises ValueError for a bad secret."""
+    """Raises ValueError for a bad secret or CA."""
     secret = load_secret(args.cluster_secret, args.cluster_secret_file)
+    tls.check("", "", args.tls_ca)
     return AdminClient(args.master, secret, ssl=tls.client_context(args.tls_ca))
 
 

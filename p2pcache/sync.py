@@ -22,9 +22,10 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from . import tls
 from .cli import run_command
 from .client import TEMP_NAME, Client
-from .config import add_flag, add_tls_ca_flag, http_url, s3_url
+from .config import add_flag, http_url, s3_url
 from .errors import NotFound, P2PError
 from .get import Progress
 from .sizes import format_size
@@ -50,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_flag(p, "--master", "URL of the master", type=http_url, required=True)
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
-    add_tls_ca_flag(p, "PEM bundle of CAs to trust for an https:// master and workers, on top of the system's")
+    add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
+             "system's", default="")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, bucket: str, prefix: str) -> int:
+    tls.check("", "", args.tls_ca)
     tty = sys.stderr.isatty()
     progress = Progress(sys.stderr, interval=0.2 if tty else 5.0, lines=not tty)
     try:

@@ -134,6 +134,9 @@ async def test_bad_arguments_exit_2_with_one_line(cluster, tmp_path):
         code, out, err = await run(*args, *([] if "--master" in args else master))
         assert (code, out) == (2, ""), (args, err)
         assert "is not an s3://bucket/prefix URL" in err or "is not an http:// or https:// URL" in err, err
+    for args in (["get", "s3://b/k"], ["sync", "s3://b/p/", str(tmp_path / "d")], ["status"]):
+        code, out, err = await run(*args, *master, "--tls-ca", str(tmp_path / "missing"))
+        assert (code, out, err) == (2, "", f"p2pcache {args[0]}: --tls-ca: cannot read {tmp_path / 'missing'}\n")
     code, _, err = await run("status", *master, "--cluster-secret-file", str(tmp_path / "missing"))
     assert code == 2 and err.strip() == f"p2pcache status: cannot read the cluster secret file {tmp_path / 'missing'}: " \
                                        f"No such file or directory", err

@@ -15,7 +15,7 @@ from typing import Callable
 from aiohttp import web
 
 from p2pcache.control import KEEP_SHARE, MAX_BATCH, WorkerControl
-from p2pcache.errors import AccessDenied, BadRequest, NotFound, P2PError, PeerError
+from p2pcache.errors import AccessDenied, BadRequest, NotFound, P2PError, PeerError, Unavailable
 from p2pcache.objects import ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
 
@@ -234,13 +234,14 @@ class _errors:
 
     def __exit__(self, kind, exc, tb) -> bool:
         if isinstance(exc, P2PError):
-            status = exc.status if isinstance(exc, (BadRequest, NotFound, AccessDenied)) else 502
+            status = exc.status if isinstance(exc, (BadRequest, NotFound, AccessDenied, Unavailable)) else 502
             raise _http(status, exc.code, str(exc)) from None
         return False
 
 
 def _http(status: int, code: str, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound}.get(status, web.HTTPBadGateway)
+    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+           503: web.HTTPServiceUnavailable}.get(status, web.HTTPBadGateway)
     return cls(text=json.dumps({"error": code, "message": message}), content_type="application/json")
 
 

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from p2pcache import tls
 from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.control import WorkerControl
+from p2pcache.errors import Unavailable
 from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MSGPACK
 from p2pcache.metrics import metrics_handler
@@ -75,7 +76,7 @@ class Master:
         ssl_context = await asyncio.to_thread(tls.server_context, self.config.tls_cert, self.config.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, self.config.tls_ca)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl))
-        self.admin = Admin(WorkerControl(self._session, Signer(self.config.cluster_secret)), self.placement)
+        self.admin = Admin(WorkerControl(self._session, Signer(self.config.cluster_secret)), self._published)
         app = web.Application(middlewares=[self._authenticate])
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -110,6 +111,23 @@ class Master:
         if self._placement_now is None or self._placement_now.ring is not ring:
             self._placement_now = Placement(ring)
         return self._placement_now
+
+    def starting(self) -> str | None:
+        """Why the ring is not published yet, or None.
+
+        A fresh master knows only the workers that heartbeat since it started; until all have had
+        a chance to, readers keep the ring they have, and the operator API (status, preload, unpin)
+        waits too rather than act on a partial ring.
+        """
+        if self._clock() < self._publish_at:
+            return f"master starting: collecting heartbeats ({len(self.membership.ring.workers)} workers so far)"
+        return None
+
+    def _published(self) -> Placement:
+        """placement(), once the ring is published; Unavailable (503) while the master is starting."""
+        if reason := self.starting():
+            raise Unavailable(reason)
+        return self.placement()
 
     def ready_line(self) -> str:
         return f"p2pcache master ready url={self.url}"
@@ -151,11 +169,8 @@ class Master:
 
     async def ring(self, request: web.Request) -> web.Response:
         """The ring; with `master_id`, `epoch` and `wait`, a long-poll until it differs."""
-        if self._clock() < self._publish_at:
-            # A fresh master knows only the workers that heartbeat since it started;
-            # until all have had a chance to, readers keep the ring they have.
-            raise web.HTTPServiceUnavailable(text=f"master starting: collecting heartbeats "
-                                                  f"({len(self.membership.ring.workers)} workers so far)")
+        if reason := self.starting():
+            raise web.HTTPServiceUnavailable(text=reason)
         q = request.query
         try:
             wait = min(float(q.get("wait", 0)), MAX_WAIT)

@@ -81,7 +81,7 @@ class AdminClient:
                 if resp.status in (200, 201):
                     return json.loads(text)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise Unavailable(f"master at {self.url} unreachable: {exc}") from exc
+            raise Unavailable(f"master at {self.url} unreachable: {str(exc) or type(exc).__name__}") from exc
         except ValueError as exc:
             raise Unavailable(f"master at {self.url} sent a malformed answer: {exc}") from exc
         raise _error(resp.status, text)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import Callable, Coroutine
 
+import uvloop
+
+from .config import add_flag
+from .errors import P2PError
 from .service import setup_logging
 
-__all__ = ["main"]
+__all__ = ["main", "run_command", "describe"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import get, local, preload_cli, status_cli, sync
 
     parser = argparse.ArgumentParser(prog="p2pcache", description="A peer-to-peer S3 chunk cache for loading AI models.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add_flag(parser, "--log-level", "DEBUG, INFO, WARNING or ERROR", type=_log_level, default="INFO",
+             metavar="LEVEL")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module, text in (
         ("master", master_cli, "run the master (membership and the ring)"),
@@ -44,6 +55,62 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     return args.run(args)
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid log level {text!r}: use {', '.join(LOG_LEVELS)}")
+    return text.upper()
+
+
+def run_command(name: str, command: Coroutine[None, None, int],
+                explain: Callable[[Exception], str] | None = None) -> int:
+    """Run a command's coroutine to its exit status, never a traceback: an error is one line on stderr.
+
+    2 for bad arguments (ValueError), 1 for a refusal or a failure (a named error, a file that
+    cannot be written), 130 on SIGINT and 143 on SIGTERM (how a pod's container is stopped):
+    either signal cancels the coroutine, so its `finally`s remove what it left half done.
+    """
+    try:
+        return uvloop.run(_cancelled_by_sigterm(command))
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except _Terminated:
+        return 128 + signal.SIGTERM
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): not an error worth a line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ValueError, P2PError, OSError) as exc:
+        print(f"p2pcache {name}: {(explain or describe)(exc)}", file=sys.stderr, flush=True)
+        return 2 if isinstance(exc, ValueError) else 1
+
+
+def describe(exc: Exception) -> str:
+    """An error as one line: a file's error names the file."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Terminated(Exception):
+    """SIGTERM cancelled the command."""
+
+
+async def _cancelled_by_sigterm(command: Coroutine[None, None, int]) -> int:
+    """`command`, cancelled by SIGTERM as asyncio's runner cancels it on SIGINT."""
+    task, terminated = asyncio.current_task(), []
+
+    def terminate() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await command
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated() from None
+        raise
 
 
 def _bench_module():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
 import random
+import re
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -15,6 +17,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeV
 
 import aiohttp
 
+from . import tls
 from .buffers import new_bytes
 from .errors import ObjectChanged, PeerError, PeerUnavailable
 from .fileobj import ObjectFile
@@ -27,12 +30,13 @@ from .ringview import RingView
 from .signer import signer_from
 from .worker_client import WorkerClient
 
-__all__ = ["Client"]
+__all__ = ["Client", "TEMP_NAME"]
 
 log = logging.getLogger("p2pcache.client")
 T = TypeVar("T")
 SUSPECT_FOR = 5.0  # seconds a worker that failed is asked last
 META_ENTRIES = 1024
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")  # download's temp file of NAME, next to it
 
 
 class Client:
@@ -44,6 +48,8 @@ class Client:
     With a reader key (`access_key`/`secret_key`, or `credentials="env"` for
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION) every request to a
     worker is signed with SigV4, for workers that run with `--client-keys`.
+    `tls_ca`, a PEM bundle, is trusted on top of the system's CAs for an https://
+    master and workers (unless a `session` is given: its own settings apply).
     Chunks of plain-HTTP workers are received straight into their buffers on
     the client's own connections (`raw_http=False`: through aiohttp, as https
     workers always are).
@@ -53,9 +59,10 @@ class Client:
                  connect_timeout: float = 2.0, prefetch: int = 4, meta_ttl: float = 5.0,
                  session: aiohttp.ClientSession | None = None,
                  access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
-                 credentials: str | None = None, raw_http: bool = True,
+                 credentials: str | None = None, raw_http: bool = True, tls_ca: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.master_url = master_url
+        self._tls_ca = tls_ca
         self._signer = signer_from(access_key, secret_key, region, credentials)
         self._raw = RangeReader(connect_timeout, chunk_timeout, max(1, concurrency)) if raw_http else None
         self._concurrency = max(1, concurrency)
@@ -73,8 +80,9 @@ class Client:
 
     async def start(self) -> "Client":
         if self._session is None:
+            trust = await asyncio.to_thread(tls.client_context, self._tls_ca)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._concurrency * 2),
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._concurrency * 2, ssl=trust),
                 auto_decompress=False)
         self._workers = WorkerClient(self._session, *self._timeouts, signer=self._signer, raw=self._raw)
         self._ring = RingView(MasterClient(self._session, self.master_url))
@@ -150,14 +158,23 @@ class Client:
         `progress(done, total)` is called as chunks land (from 0 again if the
         object changed before the download was complete and it starts over).
         """
-        info, loop = await self._object(bucket, key), asyncio.get_running_loop()
-        path = os.fspath(path)
+        path, loop = os.fspath(path), asyncio.get_running_loop()
+        if await loop.run_in_executor(None, os.path.isdir, path):  # the rename would fail after the download
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        info = await self._object(bucket, key)
         head, name = os.path.split(path)
         tmp = os.path.join(head, f".{name}.{uuid.uuid4().hex[:8]}.part")
+        opening = loop.run_in_executor(None, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            fd = await loop.run_in_executor(None, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = await asyncio.shield(opening)
         except OSError as exc:  # name the file the caller asked for, not our temp file
             raise OSError(exc.errno, exc.strerror, path) from exc
+        except asyncio.CancelledError:  # the open goes on in its thread: let it end, then undo it
+            with contextlib.suppress(OSError):
+                os.close(await opening)
+                os.unlink(tmp)
+            raise
+        renamed = False
         try:
             try:
                 await self._write_at(fd, info, start, end, progress)
@@ -166,12 +183,14 @@ class Client:
                 await loop.run_in_executor(None, os.ftruncate, fd, 0)
                 await self._write_at(fd, info, start, end, progress)
             await loop.run_in_executor(None, os.fsync, fd)
+            try:
+                await loop.run_in_executor(None, os.replace, tmp, path)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, path) from exc
+            renamed = True
+        finally:  # on any failure, cancellation included, the temp file goes
             os.close(fd)
-            fd = -1
-            await loop.run_in_executor(None, os.replace, tmp, path)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            if not renamed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
         return info

@@ -1,13 +1,22 @@
-"""Command-line flags that can also come from `P2PCACHE_*` environment variables."""
+"""Command-line flags that can also come from `P2PCACHE_*` environment variables.
+
+A flag on the command line beats the environment, also across two flags that exclude each
+other: `--cluster-secret-file F` wins over `P2PCACHE_CLUSTER_SECRET`; only both on the
+command line, or both in the environment, conflict.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+from urllib.parse import urlsplit
 
 from .sizes import parse_size
 
-__all__ = ["add_flag", "add_security_flags", "parse_listen", "size_arg", "env_name"]
+__all__ = ["add_flag", "add_security_flags", "add_secret_flags", "parse_listen", "size_arg", "env_name",
+           "s3_url", "http_url"]
+
+_GIVEN = "_flags_given"  # the namespace's set of flags given on the command line
 
 
 def env_name(flag: str) -> str:
@@ -15,15 +24,37 @@ def env_name(flag: str) -> str:
     return "P2PCACHE_" + flag.lstrip("-").upper().replace("-", "_")
 
 
-def add_flag(parser: argparse.ArgumentParser, flag: str, help: str, secret: bool = False, **kwargs) -> None:
-    """Add `flag`; its environment variable, when set, replaces the default (never shown if `secret`)."""
+def add_flag(parser: argparse.ArgumentParser, flag: str, help: str, secret: bool = False, excludes: str = "",
+             **kwargs) -> None:
+    """Add `flag`; its environment variable, when set, replaces the default (never shown if `secret`).
+
+    With `excludes` (another flag), this flag on the command line drops that one's value from the
+    environment, unless it is on the command line too.
+    """
     env = env_name(flag)
     if env in os.environ:
         kwargs["default"] = os.environ[env]
         kwargs["required"] = False
+    if excludes:
+        kwargs |= {"action": _Excluding, "excludes": excludes.lstrip("-").replace("-", "_")}
     default = kwargs.get("default")
     shown = f" (default {default})" if default not in (None, "", False) and not secret else ""
     parser.add_argument(flag, help=f"{help}{shown} [env {env}]", **kwargs)
+
+
+class _Excluding(argparse.Action):
+    """Stores a flag given on the command line, and clears the flag it excludes unless that one was given too."""
+
+    def __init__(self, option_strings, dest, excludes: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.excludes = excludes
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        given = vars(namespace).setdefault(_GIVEN, set())
+        given.add(self.dest)
+        if self.excludes not in given:
+            setattr(namespace, self.excludes, None)
 
 
 def size_arg(text: str) -> int:
@@ -41,11 +72,36 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def add_security_flags(p: argparse.ArgumentParser) -> None:
-    """The cluster secret and TLS flags that the master and the workers share."""
+def s3_url(text: str) -> str:
+    """argparse type of an `s3://bucket[/prefix]` argument."""
+    if not text.startswith("s3://") or not text[5:].partition("/")[0]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an s3://bucket/prefix URL")
+    return text
+
+
+def http_url(text: str) -> str:
+    """argparse type of a service's URL: `http://` or `https://` and a host."""
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a malformed port or IPv6 address
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
+def add_secret_flags(p: argparse.ArgumentParser) -> None:
+    """`--cluster-secret` and `--cluster-secret-file`: either, or their env variables; the command line wins."""
     add_flag(p, "--cluster-secret", "secret that signs every internal request (prefer the env "
              "variable or --cluster-secret-file: a command line is visible to other users)",
-             secret=True, default="")
-    add_flag(p, "--cluster-secret-file", "file holding the cluster secret", default="")
+             secret=True, default="", excludes="--cluster-secret-file")
+    add_flag(p, "--cluster-secret-file", "file holding the cluster secret", default="",
+             excludes="--cluster-secret")
+
+
+def add_security_flags(p: argparse.ArgumentParser) -> None:
+    """The cluster secret and TLS flags that the master and the workers share."""
+    add_secret_flags(p)
     add_flag(p, "--tls-cert", "PEM certificate chain: serve HTTPS", default="")
     add_flag(p, "--tls-key", "PEM private key of --tls-cert", default="")

@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
 import sys
 import time
 from typing import AsyncIterator, Callable, TextIO
 
-import uvloop
-
+from . import tls
+from .cli import describe, run_command
 from .client import Client
-from .config import add_flag
-from .errors import (
-    AccessDenied, BadRequest, NotFound, ObjectChanged, P2PError, RangeNotSatisfiable,
-)
+from .config import add_flag, http_url
+from .errors import AccessDenied, BadRequest, NotFound, ObjectChanged, RangeNotSatisfiable
 from .ranges import parse_range
 from .sizes import format_size
 
@@ -28,14 +25,16 @@ _RANGE = re.compile(r"\d*-\d*")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", help="the object: s3://bucket/key")
+    p.add_argument("url", type=_object_arg, help="the object: s3://bucket/key")
     p.add_argument("-o", "--output", default="-", help="file to write, replaced atomically (default: stdout)")
     p.add_argument("--range", dest="byte_range", metavar="A-B", type=_range_arg,
                    help="only bytes A to B inclusive (A- to the end, -N the last N)")
     p.add_argument("--progress", action="store_true",
                    help="show progress on stderr even when it is not a terminal")
-    add_flag(p, "--master", "URL of the master", required=True)
+    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
+    add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
+             "system's", default="")
     add_flag(p, "--access-key", "reader key id: sign requests (SigV4) for workers with --client-keys", default="")
     add_flag(p, "--secret-key", "the reader key's secret (prefer the env variable: a command line is "
              "visible to other users)", secret=True, default="")
@@ -45,18 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Exit code 0, or 1 with one line on stderr; never a traceback."""
-    try:
-        bucket, key = parse_url(args.url)
-        return uvloop.run(_get(args, bucket, key))
-    except BrokenPipeError:  # the reader of stdout went away (`| head`): not an error worth a line
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except (P2PError, OSError, ValueError) as exc:
-        print(f"p2pcache get: {_describe(exc, args)}", file=sys.stderr, flush=True)
-        return 1
+    """Exit status 0, or 1 with one line on stderr (run_command's codes); never a traceback."""
+    bucket, key = parse_url(args.url)
+    return run_command("get", _get(args, bucket, key), lambda exc: _describe(exc, args))
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -68,34 +58,37 @@ def parse_url(url: str) -> tuple[str, str]:
 
 
 class Progress:
-    """`done / total (pct) rate` on one line, redrawn with `\\r` at most every `interval` seconds."""
+    """`done / total (pct) rate` at most every `interval` seconds, and once at the end: redrawn on one
+    line with `\\r` (a terminal), or with `lines`, one line each (a log)."""
 
-    def __init__(self, stream: TextIO, interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
-        self._stream, self._interval, self._clock = stream, interval, clock
+    def __init__(self, stream: TextIO, interval: float = 0.2, clock: Callable[[], float] = time.monotonic,
+                 lines: bool = False) -> None:
+        self._stream, self._interval, self._clock, self._lines = stream, interval, clock, lines
         self._start = self._last = clock()
-        self._drawn = False
+        self._shown: int | None = None  # `done` as last drawn
 
     def __call__(self, done: int, total: int) -> None:
         now = self._clock()
-        if done < total and now - self._last < self._interval:
+        if done == self._shown or (done < total and now - self._last < self._interval):
             return
-        self._last = now
+        self._last, self._shown = now, done
         rate = done / max(now - self._start, 1e-3)
         pct = 100 * done // total if total else 100
-        self._stream.write(f"\r{format_size(done)} / {format_size(total)} ({pct}%) {format_size(int(rate))}/s  ")
+        text = f"{format_size(done)} / {format_size(total)} ({pct}%) {format_size(int(rate))}/s"
+        self._stream.write(f"{text}\n" if self._lines else f"\r{text}  ")
         self._stream.flush()
-        self._drawn = True
 
     def finish(self) -> None:
-        if self._drawn:
+        if self._shown is not None and not self._lines:
             self._stream.write("\n")
             self._stream.flush()
 
 
 async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
+    tls.check("", "", args.tls_ca)
     async with Client(args.master, concurrency=args.concurrency, access_key=args.access_key or None,
                       secret_key=args.secret_key or None, region=args.region or None,
-                      credentials=args.credentials) as client:
+                      credentials=args.credentials, tls_ca=args.tls_ca) as client:
         info = await client.stat(bucket, key)
         start, stop = 0, info.size
         if args.byte_range:
@@ -105,12 +98,14 @@ async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
             start, stop = rng.start, rng.stop
         show = args.progress or (sys.stderr.isatty() and stop - start >= PROGRESS_MIN)
         progress = Progress(sys.stderr) if show else None
-        if args.output == "-":
-            await _to_stdout(client.stream(bucket, key, start, stop), stop - start, progress)
-        else:
-            await client.download(bucket, key, args.output, progress, start=start, end=stop)
-        if progress:
-            progress.finish()
+        try:
+            if args.output == "-":
+                await _to_stdout(client.stream(bucket, key, start, stop), stop - start, progress)
+            else:
+                await client.download(bucket, key, args.output, progress, start=start, end=stop)
+        finally:  # an error's line starts on a line of its own
+            if progress:
+                progress.finish()
     return 0
 
 
@@ -123,6 +118,14 @@ async def _to_stdout(pieces: AsyncIterator[bytes], total: int, progress: Progres
             if progress:
                 progress(done, total)
     await loop.run_in_executor(None, out.flush)
+
+
+def _object_arg(text: str) -> str:
+    try:
+        parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _range_arg(text: str) -> str:
@@ -141,6 +144,4 @@ def _describe(exc: Exception, args: argparse.Namespace) -> str:
         return f"access denied ({exc.code}): {exc}"
     if isinstance(exc, ObjectChanged):
         return f"{args.url} changed while it was being read; try again"
-    if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.strerror or exc}: {exc.filename}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return describe(exc)

@@ -58,4 +58,4 @@ class MasterClient:
                     raise Unavailable(f"master {method} {path}: HTTP {resp.status} {data[:200]!r}")
                 return data
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise Unavailable(f"master at {self.url} unreachable: {exc!r}") from exc
+            raise Unavailable(f"master at {self.url} unreachable: {str(exc) or type(exc).__name__}") from exc

@@ -9,11 +9,10 @@ import sys
 import time
 from typing import Callable, TextIO
 
-import uvloop
-
 from .admin_client import AdminClient
 from .auth import load_secret
-from .config import add_flag
+from .cli import run_command
+from .config import add_flag, add_secret_flags, http_url, s3_url
 from .errors import P2PError, Unavailable
 from .sizes import format_size
 from . import tls
@@ -25,11 +24,9 @@ BAR = 24
 
 
 def add_master_flags(p: argparse.ArgumentParser) -> None:
-    add_flag(p, "--master", "URL of the master", required=True)
-    add_flag(p, "--cluster-secret", "the cluster secret (prefer the env variable or the file)", secret=True,
-             default="")
-    add_flag(p, "--cluster-secret-file", "file holding the cluster secret", default="")
-    add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master", default="")
+    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
+    add_secret_flags(p)
+    add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master, on top of the system's", default="")
 
 
 def admin_from_args(args: argparse.Namespace) -> AdminClient:
@@ -40,7 +37,7 @@ def admin_from_args(args: argparse.Namespace) -> AdminClient:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("urls", nargs="*", metavar="s3://bucket/prefix",
+    p.add_argument("urls", nargs="*", metavar="s3://bucket/prefix", type=s3_url,
                    help="prefixes (or keys) whose objects to fill, every chunk by its owner")
     p.add_argument("--pin", action="store_true", help="keep the chunks from eviction until `p2pcache unpin`")
     p.add_argument("--json", action="store_true", help="print the final progress as JSON, no progress lines")
@@ -56,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_unpin_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("urls", nargs="+", metavar="s3://bucket/prefix",
+    p.add_argument("urls", nargs="+", metavar="s3://bucket/prefix", type=s3_url,
                    help="stop keeping the chunks of every key under these prefixes")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     add_master_flags(p)
@@ -72,18 +69,6 @@ def main(args: argparse.Namespace) -> int:
 
 def unpin_main(args: argparse.Namespace) -> int:
     return run_command("unpin", _unpin(args))
-
-
-def run_command(name: str, command) -> int:
-    """Run an admin command's coroutine: its exit code; 2 for bad arguments, 1 for a refusal."""
-    try:
-        return uvloop.run(command)
-    except ValueError as exc:
-        print(f"p2pcache {name}: {exc}", file=sys.stderr)
-        return 2
-    except P2PError as exc:
-        print(f"p2pcache {name}: {exc}", file=sys.stderr)
-        return 1
 
 
 async def _preload(args: argparse.Namespace) -> int:
@@ -103,9 +88,11 @@ async def _preload(args: argparse.Namespace) -> int:
                                   f"{', pinned' if job['pin'] else ''}\n")
         try:
             job = await admin.wait(job["id"], follower)
-        except (KeyboardInterrupt, P2PError) as exc:
-            print(f"p2pcache preload: stopped following ({exc or 'interrupted'}); job {job['id']} goes on: "
+        except (asyncio.CancelledError, P2PError) as exc:  # cancelled: by SIGINT or SIGTERM (run_command)
+            print(f"p2pcache preload: stopped following ({str(exc) or 'interrupted'}); job {job['id']} goes on: "
                   f"`p2pcache preload --follow {job['id']}` or `--cancel {job['id']}`", file=sys.stderr)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return 1
         if follower:
             follower.finish()

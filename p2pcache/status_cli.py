@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from .preload_cli import add_master_flags, admin_from_args, run_command
+from .cli import run_command
+from .config import s3_url
+from .preload_cli import add_master_flags, admin_from_args
 from .sizes import format_size
 
 __all__ = ["add_arguments", "main", "render"]
@@ -15,7 +17,7 @@ COLUMNS = ("id", "url", "state", "epoch", "capacity", "used", "pinned", "hit rat
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", nargs="?", metavar="s3://bucket/prefix", help="also show each object under it")
+    p.add_argument("url", nargs="?", metavar="s3://bucket/prefix", type=s3_url, help="also show each object under it")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     add_master_flags(p)
 

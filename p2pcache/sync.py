@@ -4,30 +4,39 @@ Each file is read owner-direct by the loader client (`Client.download`: chunks
 in parallel, written to a temp file, renamed in). A file counts as complete
 when its size and the ETag recorded for it in `DIR/.p2pcache-sync.json` match
 the listing, so a restarted init container copies only what is missing or changed.
+One sync at a time writes into a directory (a lock on `DIR/.p2pcache-sync.lock`), so
+the temp files it finds next to its files are left by one that was killed: removed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import sys
 import time
 from pathlib import Path, PurePosixPath
-from typing import Callable, TextIO
+from typing import Callable
 
-import uvloop
-
-from .client import Client
-from .config import add_flag
-from .errors import P2PError
+from . import tls
+from .cli import run_command
+from .client import TEMP_NAME, Client
+from .config import add_flag, http_url, s3_url
+from .errors import NotFound, P2PError
+from .get import Progress
 from .sizes import format_size
 
-__all__ = ["add_arguments", "main", "sync", "MANIFEST", "SyncResult"]
+__all__ = ["add_arguments", "main", "sync", "MANIFEST", "LOCK", "SyncResult"]
 
+log = logging.getLogger("p2pcache.sync")
 MANIFEST = ".p2pcache-sync.json"
+LOCK = ".p2pcache-sync.lock"
 SAVE_EVERY = 2.0  # seconds between manifest writes while files land
+LOCK_POLL = 1.0  # seconds between tries of a lock another sync holds
 
 
 class SyncResult(dict):
@@ -35,23 +44,32 @@ class SyncResult(dict):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", metavar="s3://bucket/prefix", help="the prefix to copy")
+    p.add_argument("url", metavar="s3://bucket/prefix", type=s3_url,
+                   help="the prefix to copy, a directory as in `aws s3 sync` (or a key: that object alone)")
     p.add_argument("dir", help="the local directory (created if missing); keys keep their path under the prefix")
     p.add_argument("--files", type=int, default=4, help="files copied at once (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_flag(p, "--master", "URL of the master", required=True)
+    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
+    add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
+             "system's", default="")
 
 
 def main(args: argparse.Namespace) -> int:
+    """0 when every file is complete; 1 naming what failed (run_command's codes)."""
+    bucket, _, prefix = args.url.removeprefix("s3://").partition("/")
+    return run_command("sync", _main(args, bucket, prefix))
+
+
+async def _main(args: argparse.Namespace, bucket: str, prefix: str) -> int:
+    tls.check("", "", args.tls_ca)
+    tty = sys.stderr.isatty()
+    progress = Progress(sys.stderr, interval=0.2 if tty else 5.0, lines=not tty)
     try:
-        bucket, _, prefix = args.url.removeprefix("s3://").partition("/")
-        if not args.url.startswith("s3://") or not bucket:
-            raise ValueError(f"{args.url!r} is not an s3://bucket/prefix URL")
-        result = uvloop.run(_main(args, bucket, prefix))
-    except (P2PError, OSError, ValueError) as exc:
-        print(f"p2pcache sync: {exc}", file=sys.stderr)
-        return 1
+        async with Client(args.master, concurrency=args.concurrency, tls_ca=args.tls_ca) as client:
+            result = await sync(client, bucket, prefix, Path(args.dir), files=args.files, progress=progress)
+    finally:
+        progress.finish()
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -63,23 +81,39 @@ def main(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
-async def _main(args: argparse.Namespace, bucket: str, prefix: str) -> SyncResult:
-    async with Client(args.master, concurrency=args.concurrency) as client:
-        return await sync(client, bucket, prefix, Path(args.dir), files=args.files,
-                          progress=_Lines(sys.stderr, sys.stderr.isatty()))
-
-
 async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int = 4,
                progress: Callable[[int, int], None] | None = None) -> SyncResult:
-    """Copy every object under `prefix` to `root`/<key without the prefix>."""
+    """Copy every object under `prefix`, a directory, to `root`/<key without the prefix>.
+
+    As `aws s3 sync`, `ds/a` is `ds/a/`: `ds/a/x` lands as `root/x`, `ds/a.bin` is not copied. A
+    prefix that is a key names that object alone, copied to `root`/<its name>. A key that cannot be
+    a file under `root` fails alone.
+    """
     loop = asyncio.get_running_loop()
-    objects, _ = await client.list(bucket, prefix)
+    listed, _ = await client.list(bucket, prefix)
+    base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+    exact = [o for o in listed if o["Key"] == prefix] if prefix != base else []
+    objects = exact or [o for o in listed if o["Key"].startswith(base) and not o["Key"].endswith("/")]
     if not objects:
-        raise ValueError(f"no objects under s3://{bucket}/{prefix}")
-    targets = [(o, _target(root, prefix, o["Key"])) for o in objects if not o["Key"].endswith("/")]
-    await loop.run_in_executor(None, lambda: root.mkdir(parents=True, exist_ok=True))
-    manifest = await loop.run_in_executor(None, _load, root / MANIFEST)
+        raise NotFound(f"no objects under s3://{bucket}/{prefix}")
     result = SyncResult(copied=[], skipped=[], failed={}, bytes=0)
+    targets = []
+    for o in objects:
+        try:
+            targets.append((o, _target(root, base, o["Key"])))
+        except ValueError as exc:
+            result["failed"][o["Key"]] = str(exc)
+    await loop.run_in_executor(None, lambda: root.mkdir(parents=True, exist_ok=True))
+    async with _locked(root):
+        await loop.run_in_executor(None, _remove_stale_temp_files, [path for _, path in targets])
+        await _copy(client, bucket, root, targets, result, files, progress)
+    return result
+
+
+async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dict, Path]], result: SyncResult,
+                files: int, progress: Callable[[int, int], None] | None) -> None:
+    loop = asyncio.get_running_loop()
+    manifest = await loop.run_in_executor(None, _load, root / MANIFEST)
     todo = []
     for o, path in targets:
         entry = manifest.get(o["Key"])
@@ -114,15 +148,50 @@ async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int 
 
     await asyncio.gather(*(one(o, path) for o, path in todo))
     await loop.run_in_executor(None, _save, root / MANIFEST, manifest)
-    if progress and todo:
-        progress(total, total)
-    return result
 
 
-def _target(root: Path, prefix: str, key: str) -> Path:
-    """Where a key goes; a key that would land outside `root` is refused."""
-    rel = PurePosixPath(key[len(prefix):].lstrip("/") or PurePosixPath(key).name)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name == MANIFEST:
+@contextlib.asynccontextmanager
+async def _locked(root: Path):
+    """Hold the lock on `root` (waiting while another sync holds it): the temp files there are no one else's."""
+    loop = asyncio.get_running_loop()
+    fd = await loop.run_in_executor(None, lambda: os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644))
+
+    def take() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    try:
+        if not take():
+            log.info("waiting for another p2pcache sync into %s to finish", root)
+            while not take():
+                await asyncio.sleep(LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_temp_files(paths: list[Path]) -> None:
+    """Remove the temp files of `paths` (`.NAME.<8 hex>.part`) that a killed sync left next to them."""
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(path.parent, set()).add(path.name)
+    for parent, wanted in names.items():
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(parent):
+                match = TEMP_NAME.fullmatch(entry.name)
+                if match and match["name"] in wanted and entry.name not in wanted and entry.is_file():
+                    log.info("removing %s, left by an earlier sync", entry.path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+
+def _target(root: Path, base: str, key: str) -> Path:
+    """Where a key under the directory `base` (or named by it) goes; one that would land outside `root` is refused."""
+    rel = PurePosixPath(key[len(base):].lstrip("/") if key.startswith(base) else PurePosixPath(key).name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name in (MANIFEST, LOCK):
         raise ValueError(f"key {key!r} cannot be a file under {root}")
     return root.joinpath(*rel.parts)
 
@@ -146,23 +215,3 @@ def _save(path: Path, manifest: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, sort_keys=True))
     os.replace(tmp, path)
-
-
-class _Lines:
-    """Progress on stderr: redrawn in place on a terminal, else a line at most every 5 s."""
-
-    def __init__(self, stream: TextIO, tty: bool, interval: float = 5.0) -> None:
-        self._stream, self._tty, self._interval = stream, tty, interval
-        self._start = self._last = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self._tty and done < total and now - self._last < self._interval:
-            return
-        self._last = now
-        rate = done / max(now - self._start, 1e-3)
-        text = f"{format_size(done)} / {format_size(total)} ({100 * done // max(total, 1)}%) {format_size(int(rate))}/s"
-        self._stream.write(("\r" + text + "  ") if self._tty else text + "\n")
-        if self._tty and done >= total:
-            self._stream.write("\n")
-        self._stream.flush()

@@ -19,6 +19,12 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     ([], {"P2PCACHE_CLUSTER_SECRET": "short"}, "at least 16 bytes"),
     (["--cluster-secret", "0123456789abcdef", "--cluster-secret-file", "/etc/hostname"], {}, "not both"),
     (["--cluster-secret-file", "/nonexistent/secret"], {}, "cannot read the cluster secret file"),
+    # A flag on the command line beats the environment: the file's own error shows, not "not both".
+    (["--cluster-secret-file", "/nonexistent/secret"], {"P2PCACHE_CLUSTER_SECRET": "0123456789abcdef"},
+     "cannot read the cluster secret file"),
+    (["--cluster-secret", "short"], {"P2PCACHE_CLUSTER_SECRET_FILE": "/etc/hostname"}, "at least 16 bytes"),
+    ([], {"P2PCACHE_CLUSTER_SECRET": "0123456789abcdef", "P2PCACHE_CLUSTER_SECRET_FILE": "/etc/hostname"},
+     "not both"),
     (["--tls-cert", "/tmp/cert.pem"], {}, "--tls-cert and --tls-key go together"),
 ])
 @pytest.mark.parametrize("service", ["master", "worker"])

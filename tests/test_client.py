@@ -6,6 +6,7 @@ import asyncio
 import io
 import mmap
 import random
+import signal
 import sys
 from collections import Counter
 
@@ -175,11 +176,15 @@ async def test_download_writes_an_identical_file_and_reports_progress(cluster, s
         await client.download(bucket, "d.bin", out / "part.bin", start=CHUNK - 1, end=3 * CHUNK + 1)
         with pytest.raises(NotFound):
             await client.download(bucket, "missing", out / "missing.bin")
+        (out / "a-dir").mkdir()
+        with pytest.raises(IsADirectoryError) as is_dir:  # refused before a byte is read, naming the target
+            await client.download(bucket, "d.bin", out / "a-dir")
+        assert is_dir.value.filename == str(out / "a-dir")
     assert (out / "d.bin").read_bytes() == body and info.size == size
     assert (out / "part.bin").read_bytes() == body[CHUNK - 1:3 * CHUNK + 1]
     assert seen[0] == (0, size) and seen[-1] == (size, size)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert sorted(p.name for p in out.iterdir()) == ["d.bin", "part.bin"]  # no temp files left
+    assert sorted(p.name for p in out.iterdir()) == ["a-dir", "d.bin", "part.bin"]  # no temp files left
 
 
 async def p2pcache_get(*args: str) -> tuple[int, bytes, str]:
@@ -212,7 +217,6 @@ async def test_p2pcache_get_writes_the_object_or_a_range(cluster, s3_client, buc
     (["s3://no-such-bucket-p2p/k"], "no such bucket: no-such-bucket-p2p"),
     (["s3://{bucket}/g.bin", "--range", "999999-"], "range 999999- is outside the object (100 bytes)"),
     (["s3://{bucket}/g.bin", "-o", "/nonexistent-dir/out"], "No such file or directory"),
-    (["{bucket}"], "names no object"),
 ])
 async def test_p2pcache_get_fails_with_one_line_and_exit_code_1(cluster, s3_client, bucket, args, message):
     put(s3_client, bucket, "g.bin", 100, seed=12)
@@ -222,9 +226,20 @@ async def test_p2pcache_get_fails_with_one_line_and_exit_code_1(cluster, s3_clie
     assert message.format(bucket=bucket) in err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["{bucket}", "--master", "{master}"], "names no object"),
+    (["s3://{bucket}/g.bin", "--master", "notaurl"], "'notaurl' is not an http:// or https:// URL"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--range", "x"], "invalid range 'x'"),
+])
+async def test_p2pcache_get_with_bad_arguments_exits_2(cluster, bucket, args, message):
+    code, out, err = await p2pcache_get(*[a.format(bucket=bucket, master=cluster.master.url) for a in args])
+    assert (code, out) == (2, b"") and message in err and "Traceback" not in err, err
+
+
 async def test_p2pcache_get_without_a_reachable_master_fails_with_one_line(bucket):
     code, _, err = await p2pcache_get(f"s3://{bucket}/k", "--master", "http://127.0.0.1:9")
-    assert code == 1 and err.count("\n") == 1 and "master at http://127.0.0.1:9 unreachable" in err
+    assert code == 1 and err == ("p2pcache get: master at http://127.0.0.1:9 unreachable: Cannot connect to host "
+                                 "127.0.0.1:9 ssl:default [Connect call failed ('127.0.0.1', 9)]\n")
 
 
 async def test_many_concurrent_reads_share_one_client(cluster, s3_client, bucket):
@@ -284,3 +299,29 @@ async def test_read_into_fills_a_callers_buffer_chunk_by_chunk(cluster, s3_clien
             return sync.read_into(bucket, "into.bin", buf), buf
 
     assert await asyncio.to_thread(sync_read_into) == (size, body)
+
+
+async def test_p2pcache_get_into_a_directory_fails_naming_it_and_leaves_nothing(cluster, s3_client, bucket, tmp_path):
+    put(s3_client, bucket, "g.bin", 3 * CHUNK, seed=12)
+    target = tmp_path / "out" / "d"
+    target.mkdir(parents=True)
+    code, _, err = await p2pcache_get(f"s3://{bucket}/g.bin", "-o", str(target), "--master", cluster.master.url)
+    assert code == 1 and err == f"p2pcache get: Is a directory: {target}\n"
+    assert [p.name for p in target.parent.iterdir()] == ["d"] and not list(target.iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_p2pcache_get_stopped_by_a_signal_removes_its_temp_file(
+        cluster_factory, fault_proxy, s3_client, bucket, tmp_path, sig):
+    fault_proxy.script = ["stall"] * 100  # S3 stalls every body: the download stays under way
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    put(s3_client, bucket, "s.bin", 2 * CHUNK, seed=15)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "get", f"s3://{bucket}/s.bin", "-o", str(out / "s.bin"),
+        "--master", cluster.master.url, stderr=asyncio.subprocess.PIPE)
+    await wait_for(lambda: fault_proxy.stalling and list(out.glob(".s.bin.*.part")), what="the download to start")
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + sig and err == b"" and not list(out.iterdir())

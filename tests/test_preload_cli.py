@@ -6,9 +6,15 @@ import asyncio
 import io
 import json
 import os
+import signal
 import sys
 
+import pytest
+
 from conftest import CHUNK, SECRET
+from master.config import MasterConfig
+from master.server import Master
+from p2pcache.admin_client import AdminClient
 from p2pcache.preload_cli import Follower, summary
 from p2pcache.sizes import format_size
 
@@ -106,3 +112,58 @@ async def test_preload_json_and_errors(cluster, s3_client, bucket):
     assert code == 1 and "cluster secret" in err, err
     code, _, err = await run("preload", *master)
     assert code == 2 and "give s3:// URLs" in err
+
+
+async def test_status_preload_and_unpin_wait_for_a_starting_master(cluster, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="m/a", Body=b"a" * 100)
+    port = int(cluster.master.url.rsplit(":", 1)[1])
+    await cluster.master.stop()
+    cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=120, cluster_secret=SECRET))
+    await cluster.master.start()  # collecting heartbeats: its ring is partial, if it has one
+    master = ["--master", cluster.master.url]
+    for args in (["status"], ["preload", f"s3://{bucket}/m/"], ["unpin", f"s3://{bucket}/m/"]):
+        code, out, err = await run(*args, *master)
+        assert (code, out) == (1, ""), (args, out)
+        assert err.startswith(f"p2pcache {args[0]}: ") and "master starting: collecting heartbeats" in err, err
+
+
+async def test_bad_arguments_exit_2_with_one_line(cluster, tmp_path):
+    master = ["--master", cluster.master.url]
+    for args in (["preload", "models/x"], ["unpin", "models/x"], ["status", "s3:///x"], ["sync", "models/x", "d"],
+                 ["status", "--master", "notaurl"]):
+        code, out, err = await run(*args, *([] if "--master" in args else master))
+        assert (code, out) == (2, ""), (args, err)
+        assert "is not an s3://bucket/prefix URL" in err or "is not an http:// or https:// URL" in err, err
+    for args in (["get", "s3://b/k"], ["sync", "s3://b/p/", str(tmp_path / "d")], ["status"]):
+        code, out, err = await run(*args, *master, "--tls-ca", str(tmp_path / "missing"))
+        assert (code, out, err) == (2, "", f"p2pcache {args[0]}: --tls-ca: cannot read {tmp_path / 'missing'}\n")
+    code, _, err = await run("status", *master, "--cluster-secret-file", str(tmp_path / "missing"))
+    assert code == 2 and err.strip() == f"p2pcache status: cannot read the cluster secret file {tmp_path / 'missing'}: " \
+                                       f"No such file or directory", err
+
+
+async def test_a_secret_file_on_the_command_line_beats_the_environment(cluster, tmp_path):
+    (tmp_path / "ok.sec").write_bytes(SECRET + b"\n")
+    master = ["--master", cluster.master.url, "--cluster-secret-file", str(tmp_path / "ok.sec")]
+    code, out, err = await run("status", *master, secret=b"a-wrong-secret-from-the-environment")
+    assert code == 0 and out.startswith("ring epoch "), err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_preload_stopped_by_a_signal_says_the_job_goes_on(cluster_factory, fault_proxy, s3_client, bucket, sig):
+    fault_proxy.script = ["stall"] * 100  # S3 stalls every body: the job cannot finish on its own
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    s3_client.put_object(Bucket=bucket, Key="m/a", Body=b"a" * (2 * CHUNK))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")} | \
+        {"P2PCACHE_CLUSTER_SECRET": SECRET.decode()}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "preload", f"s3://{bucket}/m/", "--master", cluster.master.url, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    header = await asyncio.wait_for(proc.stderr.readline(), 60)  # the job started
+    job = header.decode().split()[1].rstrip(":")
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + sig and "Traceback" not in err.decode(), err
+    assert f"job {job} goes on: `p2pcache preload --follow {job}`" in err.decode()
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        assert (await admin.job(job))["state"] == "running"

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import io
 import json
+import logging
 import os
 import random
+import signal
 import sys
 
-from conftest import CHUNK
+import pytest
+
+from conftest import CHUNK, wait_for
 from p2pcache import Client
-from p2pcache.sync import MANIFEST, sync
+from p2pcache.errors import NotFound
+from p2pcache.get import Progress
+from p2pcache.sync import LOCK, MANIFEST, sync
 
 
 def put(s3_client, bucket: str) -> dict[str, bytes]:
@@ -24,7 +32,8 @@ def put(s3_client, bucket: str) -> dict[str, bytes]:
 
 
 def files(root) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and p.name not in (MANIFEST, LOCK)}
 
 
 async def test_sync_is_byte_identical_and_skips_complete_files(cluster_factory, s3, s3_client, bucket, tmp_path):
@@ -54,14 +63,124 @@ async def test_sync_command(cluster, s3_client, bucket, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
     args = [sys.executable, "-m", "p2pcache", "sync", f"s3://{bucket}/model/", str(tmp_path / "d"),
             "--master", cluster.master.url]
-    for expected in (f"4 files copied", "0 files copied (0B), 4 already complete, 0 failed"):
+    for expected, progress_lines in (("4 files copied", 1),
+                                     ("0 files copied (0B), 4 already complete, 0 failed", 0)):
         proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 0 and expected in out.decode(), err
+        assert err.decode().count("(100%)") == progress_lines, err  # not a terminal: the last line once
     assert files(tmp_path / "d") == {k.removeprefix("model/"): v for k, v in data.items()}
     assert json.loads((tmp_path / "d" / MANIFEST).read_text())["model/empty"]["size"] == 0
     proc = await asyncio.create_subprocess_exec(*args[:4], f"s3://{bucket}/nothing/", str(tmp_path / "e"),
                                                 *args[6:], env=env, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 1 and err.decode().strip() == f"p2pcache sync: no objects under s3://{bucket}/nothing/"
+    proc = await asyncio.create_subprocess_exec(*args[:6], "--master", "http://127.0.0.1:9", env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 1 and err.decode() == ("p2pcache sync: master at http://127.0.0.1:9 unreachable: Cannot "
+                                                     "connect to host 127.0.0.1:9 ssl:default [Connect call failed "
+                                                     "('127.0.0.1', 9)]\n")
+
+
+def test_progress_ends_once_and_empty_files_are_done():
+    out, now = io.StringIO(), [0.0]
+    progress = Progress(out, interval=5, clock=lambda: now[0], lines=True)  # stderr not a terminal
+    progress(0, 0)
+    progress(0, 0)
+    assert out.getvalue() == "0B / 0B (100%) 0B/s\n"
+    out, now[0] = io.StringIO(), 0.0
+    progress = Progress(out, interval=5, clock=lambda: now[0], lines=True)
+    now[0] = 1
+    progress(10, 30)  # too soon: nothing
+    now[0] = 6
+    for done in (20, 30, 30):
+        progress(done, 30)
+    progress.finish()
+    assert out.getvalue() == "20B / 30B (66%) 3B/s\n30B / 30B (100%) 5B/s\n"
+
+
+async def test_a_file_that_cannot_be_written_fails_alone_and_leaves_no_temp_file(cluster, s3_client, bucket, tmp_path):
+    data = put(s3_client, bucket)
+    out = tmp_path / "out"
+    (out / "config.json").mkdir(parents=True)  # in the way of model/config.json
+    async with Client(cluster.master.url) as client:
+        for _ in range(2):
+            result = await sync(client, bucket, "model/", out)
+            assert list(result["failed"]) == ["model/config.json"]
+            assert f"Is a directory: '{out / 'config.json'}'" in result["failed"]["model/config.json"]
+    assert files(out) == {k.removeprefix("model/"): v for k, v in data.items() if k != "model/config.json"}
+    assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_sync_stopped_by_a_signal_removes_its_temp_files(
+        cluster_factory, fault_proxy, s3_client, bucket, tmp_path, sig):
+    fault_proxy.script = ["stall"] * 100  # S3 stalls every body: the copies stay under way
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    put(s3_client, bucket)
+    out = tmp_path / "out"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "sync", f"s3://{bucket}/model/", str(out), "--master", cluster.master.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await wait_for(lambda: fault_proxy.stalling and list(out.rglob(".*.part")), what="the copies to start")
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + sig and b"Traceback" not in err, err
+    assert not list(out.rglob("*.part"))
+
+
+async def test_a_prefix_is_a_directory_as_in_aws_s3_sync(cluster, s3_client, bucket, tmp_path):
+    for key in ("ds/a.bin", "ds/a/x.bin", "ds/ab/y.bin", "ds/empty.txt"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "ds/a", tmp_path / "a")  # ds/a/, not ds/a.bin nor ds/ab/
+        assert (result["copied"], files(tmp_path / "a")) == (["ds/a/x.bin"], {"x.bin": b"ds/a/x.bin"})
+        result = await sync(client, bucket, "ds/a.bin", tmp_path / "key")  # a key names that object alone
+        assert (result["copied"], files(tmp_path / "key")) == (["ds/a.bin"], {"a.bin": b"ds/a.bin"})
+        with pytest.raises(NotFound, match=f"no objects under s3://{bucket}/ds/e"):
+            await sync(client, bucket, "ds/e", tmp_path / "e")  # never `mpty.txt`
+
+
+async def test_a_key_that_would_land_outside_the_directory_fails_alone(cluster, s3_client, bucket, tmp_path):
+    s3_client.put_object(Bucket=bucket, Key="m/good.bin", Body=b"good")
+    s3_client.put_object(Bucket=bucket, Key="m/../../escape.bin", Body=b"evil")
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "m/", tmp_path / "out")
+    assert result["copied"] == ["m/good.bin"] and list(result["failed"]) == ["m/../../escape.bin"]
+    assert "cannot be a file under" in result["failed"]["m/../../escape.bin"]
+    assert files(tmp_path / "out") == {"good.bin": b"good"} and not (tmp_path / "escape.bin").exists()
+
+
+async def test_temp_files_of_a_killed_sync_are_removed_and_nothing_else(cluster, s3_client, bucket, tmp_path):
+    data = put(s3_client, bucket)
+    out = tmp_path / "out"
+    (out / "weights").mkdir(parents=True)
+    stale = [out / ".config.json.0123abcd.part", out / "weights" / ".a.safetensors.deadbeef.part"]
+    kept = [out / ".config.json.part", out / ".other.0123abcd.part", out / ".config.json.0123ABCD.part",
+            out / "weights" / ".config.json.0123abcd.part"]  # not a temp file of a file this sync writes
+    for path in stale + kept:
+        path.write_bytes(b"x" * 100)
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "model/", out)
+    assert sorted(result["copied"]) == sorted(data)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+async def test_a_second_sync_into_a_directory_waits_for_the_first(cluster, s3_client, bucket, tmp_path, caplog):
+    data = put(s3_client, bucket)
+    out = tmp_path / "out"
+    out.mkdir()
+    other = out / ".config.json.0123abcd.part"  # the running sync's temp file: not to be touched
+    other.write_bytes(b"x")
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the running sync holds it
+    async with Client(cluster.master.url) as client:
+        with caplog.at_level(logging.INFO, logger="p2pcache.sync"):
+            second = asyncio.create_task(sync(client, bucket, "model/", out))
+            await wait_for(lambda: "waiting for another p2pcache sync" in caplog.text, what="the wait")
+        assert other.exists() and not (out / "config.json").exists()
+        os.close(fd)  # the first sync ends
+        result = await second
+    assert sorted(result["copied"]) == sorted(data) and not other.exists()

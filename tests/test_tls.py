@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import logging
+import os
 import random
 import ssl
+import sys
 
 import aiohttp
 import pytest
@@ -87,4 +90,38 @@ async def test_a_cluster_over_tls_serves_and_verifies_certificates(s3, s3_client
     finally:
         for w in workers:
             await w.stop()
+        await master.stop()
+
+
+async def test_get_and_sync_trust_the_ca_of_p2pcache_tls_ca(s3, s3_client, bucket, tmp_path, cert):
+    cert_file, key_file = cert
+    body = random.Random(9).randbytes(2 * CHUNK + 5)
+    s3_client.put_object(Bucket=bucket, Key="d/m.bin", Body=body)
+    master = Master(MasterConfig(chunk_size=CHUNK, cluster_secret=SECRET, tls_cert=cert_file, tls_key=key_file))
+    await master.start()
+    worker = Worker(WorkerConfig(master_url=master.url, cache_dir=tmp_path / "w0", worker_id="w0", s3_endpoint=s3.url,
+                                 min_free=0, capacity=1 << 30, heartbeat_interval=0.3, cluster_secret=SECRET,
+                                 tls_cert=cert_file, tls_key=key_file, tls_ca=cert_file))
+    await worker.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")} | {"P2PCACHE_MASTER": master.url}
+
+    async def run(*args: str, ca: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p2pcache", *args, env=env | ({"P2PCACHE_TLS_CA": ca} if ca else {}),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, err.decode()
+
+    try:
+        await wait_for(lambda: worker.placement is not None and worker.placement.workers, what="w0 to join")
+        for args in (["get", f"s3://{bucket}/d/m.bin", "-o", str(tmp_path / "got")],
+                     ["sync", f"s3://{bucket}/d/", str(tmp_path / "synced")]):
+            code, err = await run(*args, ca="")  # the system's CAs only: the certificate is refused
+            assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in err and err.count("\n") == 1, err
+            assert "ConnectionKey" not in err  # one readable line, not a repr
+            code, err = await run(*args, ca=cert_file)
+            assert code == 0, err
+        assert (tmp_path / "got").read_bytes() == body and (tmp_path / "synced" / "m.bin").read_bytes() == body
+    finally:
+        await worker.stop()
         await master.stop()

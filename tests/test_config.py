@@ -1,0 +1,53 @@
+"""Flags and their `P2PCACHE_*` variables: the command line wins; bad values stop the parse (exit 2)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from p2pcache.cli import build_parser
+
+COMMANDS = ("get", "sync", "preload", "status", "unpin")
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def test_the_log_level_comes_from_the_flag_or_the_environment_and_is_checked(monkeypatch):
+    assert parse("status", "--master", "http://m").log_level == "INFO"
+    monkeypatch.setenv("P2PCACHE_LOG_LEVEL", "warning")
+    assert parse("status", "--master", "http://m").log_level == "WARNING"
+    assert parse("--log-level", "debug", "status", "--master", "http://m").log_level == "DEBUG"
+    for argv in (["--log-level", "NOPE"], []):
+        monkeypatch.setenv("P2PCACHE_LOG_LEVEL", "NOPE")
+        with pytest.raises(SystemExit) as stop:
+            parse(*argv, "status", "--master", "http://m")
+        assert stop.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["master", "status"])
+def test_a_secret_flag_beats_the_other_ones_variable_and_two_alike_conflict(monkeypatch, command):
+    extra = ["--master", "http://m"] if command == "status" else []
+    monkeypatch.setenv("P2PCACHE_CLUSTER_SECRET", "from-the-environment")
+    args = parse(command, *extra, "--cluster-secret-file", "f")
+    assert (args.cluster_secret, args.cluster_secret_file) == (None, "f")
+    args = parse(command, *extra, "--cluster-secret-file", "f", "--cluster-secret", "s")  # both given: both kept
+    assert (args.cluster_secret, args.cluster_secret_file) == ("s", "f")
+    monkeypatch.setenv("P2PCACHE_CLUSTER_SECRET_FILE", "g")
+    args = parse(command, *extra)  # both from the environment: both kept, and load_secret refuses them
+    assert (args.cluster_secret, args.cluster_secret_file) == ("from-the-environment", "g")
+    args = parse(command, *extra, "--cluster-secret", "s")
+    assert (args.cluster_secret, args.cluster_secret_file) == ("s", None)
+
+
+def test_the_readme_names_the_command_flags_that_have_no_variable():
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    sentence = readme.split("What one run of a command does has no variable:")[1].split("Sizes")[0]
+    named = set(re.findall(r"`(-[a-z-]+)`", sentence))
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    plain = {a.option_strings[0] for name in COMMANDS for a in sub.choices[name]._actions
+             if a.option_strings and "[env P2PCACHE_" not in (a.help or "") and a.option_strings[0] != "-h"}
+    assert named == plain

@@ -42,6 +42,8 @@ READ_SIZE = 1 << 20  # aiohttp buffers up to twice what a read asks for: see `re
 META_ATTEMPTS = 3  # a HEAD or a listing is on a reader's critical path: a few quick tries
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _LISTINGS = ("ListObjects", "ListObjectsV2")
+# The breaker's kinds of request: a HEAD or a listing that succeeds says nothing of ranged GETs.
+DATA, META = "data", "meta"
 # A 400 with one of these codes is about the worker's own credentials, not the reader's request.
 _CREDENTIAL_CODES = {"ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed",
                      "IncompleteSignature", "MissingSecurityHeader", "InvalidSecurity"}
@@ -263,7 +265,7 @@ class S3Origin:
             except P2PError as exc:
                 error, ok = exc, not is_transient(exc)
             finally:
-                self._record(ticket, ok, error)
+                self._record(ticket, ok, error, DATA)
             if error is None:
                 return
             failures = 0 if pos > reached else failures + 1
@@ -314,7 +316,7 @@ class S3Origin:
                                       or convert_error(exc, bucket, key, self._read_timeout))
                 ok = not is_transient(error)
             finally:
-                self._record(ticket, ok, error)
+                self._record(ticket, ok, error, META)
             delay = self._meta_policy.next_delay(error, tries, tries, self._clock() - began, self._rand())
             if delay is None:
                 raise error from source
@@ -333,9 +335,9 @@ class S3Origin:
         raise kind(f"{cause}; {self.endpoint} is not asked again for {max(1, round(wait))} s "
                    f"(circuit breaker)", retry_after=wait)
 
-    def _record(self, ticket: int, ok: bool | None, error: P2PError | None) -> None:
+    def _record(self, ticket: int, ok: bool | None, error: P2PError | None, kind: str) -> None:
         state = self.breaker.state
-        self.breaker.record(ticket, ok, error)
+        self.breaker.record(ticket, ok, error, kind)
         self._changed(state)
 
     def _changed(self, before: str) -> None:

@@ -237,3 +237,38 @@ async def test_an_object_overwritten_while_it_is_read_never_mixes_versions(clust
     assert done[0] >= 9 * rounds and whole[0] >= done[0] // 2
     assert seen == set(range(len(versions)))
     assert sum(fault_proxy.injected.values()) >= 5  # faults met the overwrites
+
+
+async def test_the_breaker_opens_when_every_get_stalls_while_heads_succeed(cluster_factory, fault_proxy, s3_client,
+                                                                            bucket):
+    # Each read HEADs the object first (meta_ttl=0), and S3 answers every HEAD; a fill's GET
+    # tries fit 3 stalls in its deadline, one fewer than the breaker's threshold: only GET
+    # failures counted across the HEADs' successes can open it.
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, meta_ttl=0, origin_read_timeout=0.3,
+                                    origin_deadline=1.0, origin_breaker=4)
+    put(s3_client, bucket, "s.bin", 100_000, seed=9)
+    url = f"{cluster.workers[0].url}/{bucket}/s.bin"
+    fault_proxy.get_mode = "stall"  # each stalls before half the object: the last bytes never come
+    async with aiohttp.ClientSession() as http:
+        answers = []
+
+        async def refused() -> bool:
+            answers.append(await get(http, url, (99_990, 100_000)))
+            return "circuit breaker" in answers[-1][3].get("X-P2P-Reason", "")
+        await wait_for(refused, timeout=20.0, interval=0.05, what="a read refused by the breaker")
+        ready = await (await http.get(f"{cluster.workers[0].url}/_p2p/ready")).json()
+        # Open, it stays so however many HEADs succeed: a HEAD's success proves nothing of GETs,
+        # so it never closes the breaker; only a GET probe (which stalls) could. Every read
+        # after is refused, none waits for S3's stalls again.
+        first = len(answers)
+        probes = fault_proxy.gets
+
+        async def probed_twice() -> bool:
+            answers.append(await get(http, url, (99_990, 100_000)))
+            return fault_proxy.gets >= probes + 2
+        await wait_for(probed_twice, timeout=20.0, interval=0.05, what="two GET probes after the cooldowns")
+    assert first <= 3, [h.get("X-P2P-Reason") for *_, h in answers]  # 4 stalls: within the second read
+    assert "origin breaker" in ready.get("degraded", ""), ready
+    for status, _, _, headers in answers[first - 1:]:
+        assert (status, headers["X-P2P-Origin"]) == (503, "timeout")
+        assert "circuit breaker" in headers["X-P2P-Reason"], headers["X-P2P-Reason"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import random
 import re
@@ -96,10 +97,23 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
     if isinstance(exc, _CUT):
         return OriginUnavailable(f"origin cut the response for {where}: {exc}")
     if isinstance(exc, _CONNECTION_ERRORS):
-        return OriginUnavailable(f"origin unreachable for {where}: {exc}")
+        return OriginUnavailable(_connection_failure(exc, where))
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return OriginError(f"origin failed for {where}: {exc}")
     raise exc  # not an origin failure: a bug, let it show
+
+
+def _connection_failure(exc: Exception, where: str) -> str:
+    """What happened to the connection: one reset in the middle of a request is not one that
+    could not be made (botocore calls both "Could not connect to the endpoint URL")."""
+    inner = getattr(exc, "kwargs", {}).get("error") or exc  # botocore wraps aiohttp's error
+    if isinstance(inner, aiohttp.ClientConnectorError):
+        return f"origin unreachable for {where}: {exc}"
+    if isinstance(inner, ConnectionResetError) or getattr(inner, "errno", None) == errno.ECONNRESET:
+        return f"connection reset by the origin during a request for {where}"
+    if isinstance(inner, aiohttp.ServerDisconnectedError):
+        return f"origin closed the connection without answering a request for {where}"
+    return f"origin unreachable for {where}: {exc}"
 
 
 def refused(exc: Exception) -> BadRequest | None:

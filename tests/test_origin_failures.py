@@ -88,3 +88,21 @@ async def test_no_cache_revalidates_and_a_412_names_the_current_version(cluster_
             assert resp.status == 412
             assert resp.headers["ETag"] == new
             assert "<Code>PreconditionFailed</Code>" in await resp.text()
+
+
+async def answer(http: aiohttp.ClientSession, url: str, rng: tuple[int, int] = (0, 10)):
+    """(status, headers, body text) of a ranged read that fails."""
+    async with http.get(url, headers={"Range": f"bytes={rng[0]}-{rng[1] - 1}"}) as resp:
+        return resp.status, resp.headers, await resp.text()
+
+
+async def test_a_connection_reset_by_s3_is_named_a_reset_not_a_failure_to_connect(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_deadline=0.3, origin_breaker=0)
+    s3_client.put_object(Bucket=bucket, Key="r.bin", Body=b"r" * 1000)
+    fault_proxy.get_mode = "reset"  # the HEAD passes; every GET is reset once S3 has the request
+    async with aiohttp.ClientSession() as http:
+        status, headers, text = await answer(http, f"{cluster.workers[0].url}/{bucket}/r.bin")
+    assert (status, headers["X-P2P-Origin"]) == (503, "unreachable")
+    assert "connection reset by the origin" in headers["X-P2P-Reason"], headers["X-P2P-Reason"]
+    assert "Could not connect" not in text and fault_proxy.injected["reset"] >= 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import botocore.exceptions
 from hypothesis import given, strategies as st
 
@@ -31,6 +32,18 @@ def test_resets_timeouts_throttling_5xx_and_cut_bodies_are_retried():
     assert isinstance(stalled, OriginTimeout) and "nothing for 5 s" in str(stalled)
     cut = convert_error(botocore.exceptions.IncompleteReadError(actual_bytes=1, expected_bytes=2), "b", "k")
     assert isinstance(cut, OriginUnavailable) and is_transient(cut)
+
+
+def test_a_connection_reset_or_closed_by_s3_is_not_called_a_failure_to_connect():
+    reset = botocore.exceptions.EndpointConnectionError(  # what aiobotocore raises for an RST
+        endpoint_url="http://s3/b/k", error=aiohttp.ClientOSError(104, "Connection reset by peer"))
+    closed = botocore.exceptions.ConnectionClosedError(endpoint_url="http://s3/b/k",
+                                                      error=aiohttp.ServerDisconnectedError())
+    for exc, said in ((reset, "connection reset by the origin during a request for s3://b/k"),
+                      (closed, "origin closed the connection without answering a request for s3://b/k")):
+        error = convert_error(exc, "b", "k")
+        assert type(error) is OriginUnavailable and is_transient(error)
+        assert str(error) == said
 
 
 def test_a_changed_object_a_404_or_a_403_is_never_retried():

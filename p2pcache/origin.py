@@ -345,9 +345,12 @@ class S3Origin:
             return ticket
         cause = self.breaker.cause
         wait = self.breaker.retry_after()
+        message = (f"circuit breaker {self.breaker.state}: {self.endpoint} is not asked for "
+                   f"{max(1, round(wait))} s after repeated failures, the last: {cause}")
+        if isinstance(cause, OriginError):  # S3 answered 5xx: what a read gets after its retries
+            raise OriginError(message, transient=cause.transient, retry_after=wait)
         kind = type(cause) if isinstance(cause, OriginUnavailable) else OriginUnavailable
-        raise kind(f"{cause}; {self.endpoint} is not asked again for {max(1, round(wait))} s "
-                   f"(circuit breaker)", retry_after=wait)
+        raise kind(message, retry_after=wait)
 
     def _record(self, ticket: int, ok: bool | None, error: P2PError | None, kind: str) -> None:
         state = self.breaker.state

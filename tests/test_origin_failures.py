@@ -106,3 +106,22 @@ async def test_a_connection_reset_by_s3_is_named_a_reset_not_a_failure_to_connec
     assert (status, headers["X-P2P-Origin"]) == (503, "unreachable")
     assert "connection reset by the origin" in headers["X-P2P-Reason"], headers["X-P2P-Reason"]
     assert "Could not connect" not in text and fault_proxy.injected["reset"] >= 2
+
+
+async def test_500s_that_open_the_breaker_stay_a_502_origin_error_naming_them(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_breaker=3, meta_ttl=3600)
+    s3_client.put_object(Bucket=bucket, Key="e.bin", Body=b"e" * 1000)
+    url = f"{cluster.workers[0].url}/{bucket}/e.bin"
+    async with aiohttp.ClientSession() as http:
+        async with http.head(url) as resp:  # the ETag is known: only GETs will fail
+            assert resp.status == 200
+        fault_proxy.get_mode = "error"
+        status, headers, text = await answer(http, url)  # 3 500s, then the breaker refuses the retry
+        assert fault_proxy.gets == 3
+        again = await answer(http, url, (100, 110))  # refused (or a probe that failed, then refused)
+    for status, headers, text in ((status, headers, text), again):
+        assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (502, "OriginError", "error")
+        reason = headers["X-P2P-Reason"]
+        assert "500 InternalError" in reason and "circuit breaker" in reason, reason
+        assert int(headers["Retry-After"]) >= 1 and "<Code>OriginError</Code>" in text

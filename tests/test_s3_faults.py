@@ -149,17 +149,22 @@ async def test_a_reader_that_hangs_up_leaves_no_fill_retrying(cluster_factory, f
         assert fault_proxy.requests < 60
 
 
+def owned_by(owner, asker, s3_client, bucket: str) -> str:
+    """The key of a new one-chunk object whose chunk `owner` owns in `asker`'s ring."""
+    for i in range(50):
+        key = f"o{i}.bin"
+        put(s3_client, bucket, key, CHUNK, seed=i)
+        info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], CHUNK)
+        if asker.placement.owner(info.chunk(0, CHUNK)).id == owner.id:
+            return key
+    raise AssertionError(f"no object of 50 has its chunk at {owner.id}")
+
+
 async def test_an_origin_failure_at_the_owner_reaches_the_reader_as_such(cluster_factory, fault_proxy, s3_client, bucket):
     cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_deadline=0.5, origin_breaker=0,
                                     meta_ttl=3600)
     asker, owner = cluster.workers
-    placement = asker.placement
-    for i in range(50):  # an object whose first chunk the other worker owns
-        key = f"o{i}.bin"
-        put(s3_client, bucket, key, CHUNK, seed=i)
-        info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], CHUNK)
-        if placement.owner(info.chunk(0, CHUNK)).id == owner.id:
-            break
+    key = owned_by(owner, asker, s3_client, bucket)
     async with aiohttp.ClientSession() as http, Client(cluster.master.url) as client:
         for w in cluster.workers:  # both know the object's ETag: only its GETs will fail
             async with http.head(f"{w.url}/{bucket}/{key}") as resp:
@@ -272,3 +277,25 @@ async def test_the_breaker_opens_when_every_get_stalls_while_heads_succeed(clust
     for status, _, _, headers in answers[first - 1:]:
         assert (status, headers["X-P2P-Origin"]) == (503, "timeout")
         assert "circuit breaker" in headers["X-P2P-Reason"], headers["X-P2P-Reason"]
+
+
+async def test_the_owners_breaker_open_after_500s_reaches_the_reader_as_a_502_with_retry_after(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_breaker=3, meta_ttl=3600)
+    asker, owner = cluster.workers
+    key = owned_by(owner, asker, s3_client, bucket)
+    async with aiohttp.ClientSession() as http, Client(cluster.master.url) as client:
+        for w in cluster.workers:  # both know the object's ETag: only its GETs will fail
+            async with http.head(f"{w.url}/{bucket}/{key}") as resp:
+                assert resp.status == 200
+        fault_proxy.get_mode = "error"  # 3 500s at the owner open its breaker
+        answers = [await get(http, f"{asker.url}/{bucket}/{key}", (0, 100)) for _ in range(2)]
+        with pytest.raises(OriginError, match="circuit breaker open") as refused:
+            await client.read(bucket, key, 0, 100)
+        assert await metric(http, asker.url, "p2pcache_origin_requests_total") == 0
+    assert fault_proxy.gets >= 3  # the owner asked S3 three times before its breaker opened
+    for status, _, _, headers in answers:
+        assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (502, "OriginError", "error")
+        assert "circuit breaker" in headers["X-P2P-Reason"] and "500 InternalError" in headers["X-P2P-Reason"]
+        assert int(headers["Retry-After"]) >= 1
+    assert refused.value.retry_after is not None and "500 InternalError" in str(refused.value)

@@ -83,12 +83,16 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
             return NotFound(f"no such object: {where}")
         if code in ("PreconditionFailed", "412") or status == 412:
             return ObjectChanged(f"{where} changed at the origin during the read")
+        # A HEAD's error has no body: botocore's code is then the status, its message the reason phrase.
+        named = "" if code.isdigit() else code
         if status == 403 or code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return OriginError(f"origin denied access to {where}: {code or status}")
+            return OriginError(f"origin denied access to {where}: {named or status}")
         if status == 503 or code in ("SlowDown", "ServiceUnavailable"):
-            return OriginThrottled(f"origin throttling reads of {where}: {status} {code}".rstrip())
-        message = f"origin failed for {where}: {status} {code} {error.get('Message', '')}"
-        return OriginError(message.strip(), transient=status >= 500 or code == "RequestTimeout")
+            said = named or f"SlowDown (taken as such: {exc.operation_name}'s {status} has no body to name it)"
+            return OriginThrottled(f"origin throttling reads of {where}: {status} {said}")
+        message = " ".join(str(x) for x in (status, named, error.get("Message", "")) if x)
+        return OriginError(f"origin failed for {where}: {message}",
+                           transient=status >= 500 or code == "RequestTimeout")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return OriginError("no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile")
     if isinstance(exc, _TIMEOUTS):

@@ -125,3 +125,14 @@ async def test_500s_that_open_the_breaker_stay_a_502_origin_error_naming_them(
         reason = headers["X-P2P-Reason"]
         assert "500 InternalError" in reason and "circuit breaker" in reason, reason
         assert int(headers["Retry-After"]) >= 1 and "<Code>OriginError</Code>" in text
+
+
+async def test_throttling_of_a_head_names_slowdown(cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_breaker=0)
+    s3_client.put_object(Bucket=bucket, Key="h.bin", Body=b"h" * 1000)
+    fault_proxy.mode = "slowdown"  # a HEAD's 503 has no body: no error code from S3
+    async with aiohttp.ClientSession() as http:
+        status, headers, _ = await answer(http, f"{cluster.workers[0].url}/{bucket}/h.bin")
+    reason = headers["X-P2P-Reason"]
+    assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (503, "SlowDown", "throttled")
+    assert "503 SlowDown" in reason and "503 503" not in reason, reason

@@ -46,6 +46,20 @@ def test_a_connection_reset_or_closed_by_s3_is_not_called_a_failure_to_connect()
         assert str(error) == said
 
 
+def test_errors_of_a_head_which_has_no_body_say_the_status_once_and_name_throttling():
+    def head_error(status: int, phrase: str) -> botocore.exceptions.ClientError:  # as botocore parses them
+        return botocore.exceptions.ClientError(
+            {"Error": {"Code": str(status), "Message": phrase}, "ResponseMetadata": {"HTTPStatusCode": status}},
+            "HeadObject")
+    throttled = convert_error(head_error(503, "Service Unavailable"), "b", "k")
+    assert type(throttled) is OriginThrottled
+    assert str(throttled).startswith("origin throttling reads of s3://b/k: 503 SlowDown (")
+    failed = convert_error(head_error(500, "Internal Server Error"), "b", "k")
+    assert str(failed) == "origin failed for s3://b/k: 500 Internal Server Error" and is_transient(failed)
+    named = convert_error(client_error(503, "SlowDown"), "b", "k")
+    assert str(named) == "origin throttling reads of s3://b/k: 503 SlowDown"
+
+
 def test_a_changed_object_a_404_or_a_403_is_never_retried():
     for status, code, kind in ((412, "PreconditionFailed", ObjectChanged), (404, "NoSuchKey", NotFound),
                                (403, "AccessDenied", OriginError)):

@@ -307,7 +307,11 @@ class S3Origin:
                     raise ObjectChanged(f"{where} changed at the origin: ETag {got}")
                 sent = resp.get("ContentRange")  # none: the whole object, from byte 0
                 if not (sent or "bytes 0-").startswith(f"bytes {start}-"):
-                    raise OriginError(f"origin answered {sent!r} to bytes={start}-{stop - 1} of {where}")
+                    asked = f"bytes={start}-{stop - 1} of {where}"
+                    if sent is None:
+                        status = resp["ResponseMetadata"]["HTTPStatusCode"]
+                        raise OriginError(f"origin answered {status} without a Content-Range to {asked}")
+                    raise OriginError(f"origin answered Content-Range: {sent} to {asked}")
                 while data := await body.read(min(piece(), stop - start)):
                     start += len(data)
                     yield data

@@ -2,11 +2,11 @@
 
 On ranged GETs it injects a seeded share of faults, each kind in turn: a connection reset, a 503
 SlowDown, a 500, a body cut short, a body that stalls after its headers (and,
-on request, a 403). `script` lists the faults of the next ranged GETs, in
-order; `get_mode` applies one fault to every ranged GET (HEADs and listings
-pass), `mode` to every request (an outage). It counts what it forwards, so a
-test can bound what S3 sent. One request per connection (`Connection: close`
-both ways) keeps the relay simple and exact.
+on request, a 403, or a 206 without its Content-Range). `script` lists the
+faults of the next ranged GETs, in order; `get_mode` applies one fault to every
+ranged GET (HEADs and listings pass), `mode` to every request (an outage). It
+counts what it forwards, so a test can bound what S3 sent. One request per
+connection (`Connection: close` both ways) keeps the relay simple and exact.
 """
 
 from __future__ import annotations
@@ -132,6 +132,8 @@ class FaultProxy:
             length = next((int(l.split(b":", 1)[1]) for l in head.split(b"\r\n")
                            if l.lower().startswith(b"content-length:")), None)
             status = int(head.split(b" ", 2)[1])
+            if fault == "norange":
+                head = b"\r\n".join(l for l in head.split(b"\r\n") if not l.lower().startswith(b"content-range:"))
             writer.write(head)
             limit = None
             if fault in ("truncate", "stall") and status == 206 and length:

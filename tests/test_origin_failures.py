@@ -136,3 +136,14 @@ async def test_throttling_of_a_head_names_slowdown(cluster_factory, fault_proxy,
     reason = headers["X-P2P-Reason"]
     assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (503, "SlowDown", "throttled")
     assert "503 SlowDown" in reason and "503 503" not in reason, reason
+
+
+async def test_a_partial_answer_without_content_range_says_so(cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url)
+    s3_client.put_object(Bucket=bucket, Key="n.bin", Body=b"n" * (2 * CHUNK))
+    fault_proxy.script = ["norange"]  # the GET of chunk 1 gets its 206 without a Content-Range
+    async with aiohttp.ClientSession() as http:
+        status, headers, _ = await answer(http, f"{cluster.workers[0].url}/{bucket}/n.bin", (CHUNK, CHUNK + 10))
+    reason = headers["X-P2P-Reason"]
+    assert (status, headers["X-P2P-Error"]) == (502, "OriginError")
+    assert f"206 without a Content-Range to bytes={CHUNK}-{2 * CHUNK - 1}" in reason and "None" not in reason, reason

@@ -18,7 +18,8 @@ P2PError
 ├── InvalidPartNumber     416  partNumber beyond the object's parts
 ├── Unsupported           501  a request the cache cannot answer correctly (versionId, ?acl, ...)
 ├── ObjectChanged         412→502  the object's ETag changed under a read
-├── OriginError           502  S3 answered, but with a failure (5xx: transient; 403: not)
+├── OriginError           502  S3 answered, but with a failure (5xx: transient; 403: not), also
+│                               while the breaker is open after 5xx (with a Retry-After)
 ├── Unavailable           503  something needed is not reachable or has no capacity
 │   ├── OriginUnavailable      S3 cannot be reached, or cut the connection (transient)
 │   │   ├── OriginTimeout      S3 sent nothing for the read timeout
@@ -208,13 +209,15 @@ class OriginError(P2PError):
     status, code = 502, "OriginError"
     cause = "error"
 
-    def __init__(self, message: str = "", transient: bool = False) -> None:
+    def __init__(self, message: str = "", transient: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.transient = transient  # worth another try (a 5xx), unlike a 403
+        self.retry_after = retry_after  # set while the origin's breaker is open: not asked until then
 
     @property
     def headers(self) -> dict[str, str]:
-        return {ORIGIN_HEADER: self.cause}
+        wait = {} if self.retry_after is None else {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        return wait | {ORIGIN_HEADER: self.cause}
 
 
 class Unavailable(P2PError):
@@ -268,7 +271,7 @@ def origin_error(cause: str, message: str, retry_after: float | None = None) -> 
     kinds = {c.cause: c for c in (OriginUnavailable, OriginTimeout, OriginThrottled)}
     if cause in kinds:
         return kinds[cause](message, retry_after=retry_after)
-    return OriginError(message)
+    return OriginError(message, retry_after=retry_after)
 
 
 class PeerUnavailable(Unavailable):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import random
 import re
@@ -42,6 +43,8 @@ READ_SIZE = 1 << 20  # aiohttp buffers up to twice what a read asks for: see `re
 META_ATTEMPTS = 3  # a HEAD or a listing is on a reader's critical path: a few quick tries
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _LISTINGS = ("ListObjects", "ListObjectsV2")
+# The breaker's kinds of request: a HEAD or a listing that succeeds says nothing of ranged GETs.
+DATA, META = "data", "meta"
 # A 400 with one of these codes is about the worker's own credentials, not the reader's request.
 _CREDENTIAL_CODES = {"ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed",
                      "IncompleteSignature", "MissingSecurityHeader", "InvalidSecurity"}
@@ -80,12 +83,16 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
             return NotFound(f"no such object: {where}")
         if code in ("PreconditionFailed", "412") or status == 412:
             return ObjectChanged(f"{where} changed at the origin during the read")
+        # A HEAD's error has no body: botocore's code is then the status, its message the reason phrase.
+        named = "" if code.isdigit() else code
         if status == 403 or code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return OriginError(f"origin denied access to {where}: {code or status}")
+            return OriginError(f"origin denied access to {where}: {named or status}")
         if status == 503 or code in ("SlowDown", "ServiceUnavailable"):
-            return OriginThrottled(f"origin throttling reads of {where}: {status} {code}".rstrip())
-        message = f"origin failed for {where}: {status} {code} {error.get('Message', '')}"
-        return OriginError(message.strip(), transient=status >= 500 or code == "RequestTimeout")
+            said = named or f"SlowDown (taken as such: {exc.operation_name}'s {status} has no body to name it)"
+            return OriginThrottled(f"origin throttling reads of {where}: {status} {said}")
+        message = " ".join(str(x) for x in (status, named, error.get("Message", "")) if x)
+        return OriginError(f"origin failed for {where}: {message}",
+                           transient=status >= 500 or code == "RequestTimeout")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return OriginError("no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile")
     if isinstance(exc, _TIMEOUTS):
@@ -94,10 +101,23 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
     if isinstance(exc, _CUT):
         return OriginUnavailable(f"origin cut the response for {where}: {exc}")
     if isinstance(exc, _CONNECTION_ERRORS):
-        return OriginUnavailable(f"origin unreachable for {where}: {exc}")
+        return OriginUnavailable(_connection_failure(exc, where))
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return OriginError(f"origin failed for {where}: {exc}")
     raise exc  # not an origin failure: a bug, let it show
+
+
+def _connection_failure(exc: Exception, where: str) -> str:
+    """What happened to the connection: one reset in the middle of a request is not one that
+    could not be made (botocore calls both "Could not connect to the endpoint URL")."""
+    inner = getattr(exc, "kwargs", {}).get("error") or exc  # botocore wraps aiohttp's error
+    if isinstance(inner, aiohttp.ClientConnectorError):
+        return f"origin unreachable for {where}: {exc}"
+    if isinstance(inner, ConnectionResetError) or getattr(inner, "errno", None) == errno.ECONNRESET:
+        return f"connection reset by the origin during a request for {where}"
+    if isinstance(inner, aiohttp.ServerDisconnectedError):
+        return f"origin closed the connection without answering a request for {where}"
+    return f"origin unreachable for {where}: {exc}"
 
 
 def refused(exc: Exception) -> BadRequest | None:
@@ -263,7 +283,7 @@ class S3Origin:
             except P2PError as exc:
                 error, ok = exc, not is_transient(exc)
             finally:
-                self._record(ticket, ok, error)
+                self._record(ticket, ok, error, DATA)
             if error is None:
                 return
             failures = 0 if pos > reached else failures + 1
@@ -287,7 +307,11 @@ class S3Origin:
                     raise ObjectChanged(f"{where} changed at the origin: ETag {got}")
                 sent = resp.get("ContentRange")  # none: the whole object, from byte 0
                 if not (sent or "bytes 0-").startswith(f"bytes {start}-"):
-                    raise OriginError(f"origin answered {sent!r} to bytes={start}-{stop - 1} of {where}")
+                    asked = f"bytes={start}-{stop - 1} of {where}"
+                    if sent is None:
+                        status = resp["ResponseMetadata"]["HTTPStatusCode"]
+                        raise OriginError(f"origin answered {status} without a Content-Range to {asked}")
+                    raise OriginError(f"origin answered Content-Range: {sent} to {asked}")
                 while data := await body.read(min(piece(), stop - start)):
                     start += len(data)
                     yield data
@@ -314,7 +338,7 @@ class S3Origin:
                                       or convert_error(exc, bucket, key, self._read_timeout))
                 ok = not is_transient(error)
             finally:
-                self._record(ticket, ok, error)
+                self._record(ticket, ok, error, META)
             delay = self._meta_policy.next_delay(error, tries, tries, self._clock() - began, self._rand())
             if delay is None:
                 raise error from source
@@ -329,13 +353,16 @@ class S3Origin:
             return ticket
         cause = self.breaker.cause
         wait = self.breaker.retry_after()
+        message = (f"circuit breaker {self.breaker.state}: {self.endpoint} is not asked for "
+                   f"{max(1, round(wait))} s after repeated failures, the last: {cause}")
+        if isinstance(cause, OriginError):  # S3 answered 5xx: what a read gets after its retries
+            raise OriginError(message, transient=cause.transient, retry_after=wait)
         kind = type(cause) if isinstance(cause, OriginUnavailable) else OriginUnavailable
-        raise kind(f"{cause}; {self.endpoint} is not asked again for {max(1, round(wait))} s "
-                   f"(circuit breaker)", retry_after=wait)
+        raise kind(message, retry_after=wait)
 
-    def _record(self, ticket: int, ok: bool | None, error: P2PError | None) -> None:
+    def _record(self, ticket: int, ok: bool | None, error: P2PError | None, kind: str) -> None:
         state = self.breaker.state
-        self.breaker.record(ticket, ok, error)
+        self.breaker.record(ticket, ok, error, kind)
         self._changed(state)
 
     def _changed(self, before: str) -> None:

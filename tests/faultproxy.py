@@ -2,10 +2,11 @@
 
 On ranged GETs it injects a seeded share of faults, each kind in turn: a connection reset, a 503
 SlowDown, a 500, a body cut short, a body that stalls after its headers (and,
-on request, a 403). `script` lists the faults of the next ranged GETs, in
-order; a `mode` applies one fault to every request (an outage). It counts what it
-forwards, so a test can bound what S3 sent. One request per connection
-(`Connection: close` both ways) keeps the relay simple and exact.
+on request, a 403, or a 206 without its Content-Range). `script` lists the
+faults of the next ranged GETs, in order; `get_mode` applies one fault to every
+ranged GET (HEADs and listings pass), `mode` to every request (an outage). It
+counts what it forwards, so a test can bound what S3 sent. One request per
+connection (`Connection: close` both ways) keeps the relay simple and exact.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FaultProxy:
         self._upstream = (parts.hostname, parts.port)
         self.rate, self.faults = rate, faults
         self.mode: str | None = None  # a fault for every request: an outage
+        self.get_mode: str | None = None  # a fault for every ranged GET of an object
         self.script: list[str | None] = []  # faults for the next ranged GETs (None: none)
         self.ranges: list[str] = []  # the Range header of each ranged GET
         self._rng = random.Random(seed)
@@ -74,6 +76,8 @@ class FaultProxy:
         self.ranges.append(headers["range"])
         if self.script:
             return self.script.pop(0)
+        if self.get_mode:
+            return self.get_mode
         if self._rng.random() < self.rate:
             self._turn += 1
             return self.faults[self._turn % len(self.faults)]
@@ -128,6 +132,8 @@ class FaultProxy:
             length = next((int(l.split(b":", 1)[1]) for l in head.split(b"\r\n")
                            if l.lower().startswith(b"content-length:")), None)
             status = int(head.split(b" ", 2)[1])
+            if fault == "norange":
+                head = b"\r\n".join(l for l in head.split(b"\r\n") if not l.lower().startswith(b"content-range:"))
             writer.write(head)
             limit = None
             if fault in ("truncate", "stall") and status == 206 and length:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from p2pcache.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 
 
@@ -87,3 +89,55 @@ def test_a_threshold_of_zero_never_opens():
     b = Breaker(threshold=0, clock=Clock())
     failing(b, 1000)
     assert b.state == CLOSED and b.admit() is not None
+
+
+def test_failures_of_one_kind_open_it_however_many_requests_of_another_kind_succeed():
+    b = Breaker(threshold=3, clock=Clock())
+    for _ in range(2):
+        b.record(b.admit(), False, "GET stalled", kind="data")
+        for _ in range(5):
+            b.record(b.admit(), True, kind="meta")  # S3 answers every HEAD
+    assert b.state == CLOSED
+    b.record(b.admit(), False, "GET stalled", kind="data")
+    assert b.state == OPEN and b.cause == "GET stalled"
+
+
+def test_a_success_clears_the_failures_of_its_own_kind_and_failures_of_any_kinds_in_a_row_add_up():
+    b = Breaker(threshold=4, clock=Clock())
+    b.record(b.admit(), False, kind="data")
+    b.record(b.admit(), False, kind="meta")
+    b.record(b.admit(), False, kind="data")
+    b.record(b.admit(), True, kind="data")  # the GETs work again: one HEAD failure is left
+    b.record(b.admit(), False, kind="data")
+    b.record(b.admit(), False, kind="data")
+    assert b.state == CLOSED
+    b.record(b.admit(), False, kind="meta")
+    assert b.state == OPEN
+
+
+def test_occasional_failures_in_a_healthy_mix_never_open_it():
+    rnd = random.Random(1)
+    b = Breaker(threshold=8, clock=Clock())
+    for _ in range(20_000):  # a tenth of GETs and of HEADs fail, at random
+        kind = rnd.choice(("data", "meta"))
+        b.record(b.admit(), rnd.random() >= 0.1, "blip", kind=kind)
+        assert b.state == CLOSED
+
+
+def test_a_probe_of_a_kind_that_was_not_failing_does_not_close_it():
+    clock = Clock()
+    failing_gets = Breaker(threshold=2, cooldown=1.0, clock=clock)
+    for _ in range(2):
+        failing_gets.record(failing_gets.admit(), False, kind="data")
+    clock.now += 1.0
+    head = failing_gets.admit()
+    assert head is not None and failing_gets.admit() is None  # one probe at a time
+    failing_gets.record(head, True, kind="meta")
+    assert failing_gets.state == HALF_OPEN  # a HEAD answered: GETs may still fail
+    get = failing_gets.admit()
+    assert get is not None  # the next request probes
+    failing_gets.record(get, False, kind="data")
+    assert failing_gets.state == OPEN and failing_gets.retry_after() == 2.0
+    clock.now += 2.0
+    failing_gets.record(failing_gets.admit(), True, kind="data")
+    assert failing_gets.state == CLOSED

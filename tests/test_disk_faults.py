@@ -10,7 +10,8 @@ import shutil
 import aiohttp
 import pytest
 
-from conftest import metric
+from conftest import SECRET, metric
+from p2pcache.admin_client import AdminClient
 from worker.server import Worker
 
 CHUNK = 64 << 10
@@ -67,7 +68,9 @@ async def test_a_full_disk_is_read_around(cluster_factory, s3_client, bucket):
     async with aiohttp.ClientSession() as http:
         await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
         assert await metric(http, full.url, "p2pcache_passthrough_bytes_total") > 0
-        assert "free-space floor" in (await ready(http, full))["degraded"]
+        degraded = (await ready(http, full))["degraded"]
+        assert "free-space floor" in degraded and "disk failing" not in degraded, degraded
+        assert await metric(http, full.url, "p2pcache_store_errors_total") == 0  # full, not failing
     assert len(full.store) == 0
 
 
@@ -119,3 +122,32 @@ async def test_a_second_worker_on_a_cache_dir_in_use_does_not_start(cluster_fact
     await first.stop()
     again = await cluster.restart(first)  # the lock went with the worker that held it
     assert again.running
+
+
+async def test_a_cache_full_of_pinned_chunks_is_said_full_not_failing_and_caches_once_it_has_room(
+        cluster_factory, s3_client, bucket):
+    # Room for 4 chunk files and a half: 4 pinned chunks stay under the 90% a pin may keep.
+    cluster = await cluster_factory(1, chunk_size=CHUNK, capacity=4 * (CHUNK + 512) + CHUNK // 2)
+    worker = cluster.workers[0]
+    for i in range(4):
+        s3_client.put_object(Bucket=bucket, Key=f"pinned/{i}.bin", Body=bytes([i]) * CHUNK)
+    others = {k: random.Random(k).randbytes(CHUNK) for k in ("a.bin", "b.bin")}
+    for key, body in others.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    async with aiohttp.ClientSession() as http, AdminClient(cluster.master.url, SECRET) as admin:
+        job = await admin.wait((await admin.preload([f"s3://{bucket}/pinned/"], pin=True))["id"])
+        assert job["state"] == "done" and len(worker.store) == 4
+        async with http.get(f"{worker.url}/{bucket}/a.bin") as resp:  # no room: served uncached
+            assert resp.status == 200 and await resp.read() == others["a.bin"]
+        assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") == CHUNK
+        degraded = (await ready(http, worker))["degraded"]
+        assert "cache full" in degraded and "disk failing" not in degraded, degraded
+        assert await metric(http, worker.url, "p2pcache_store_errors_total") == 0  # the disk is fine
+        job = await admin.wait((await admin.preload([f"s3://{bucket}/a.bin"]))["id"])
+        assert job["chunks_failed"] == 1 and "new chunks not cached: cache full" in job["failures"][0], job
+        passed = await metric(http, worker.url, "p2pcache_passthrough_bytes_total")
+        await admin.unpin([f"s3://{bucket}/pinned/"])
+        async with http.get(f"{worker.url}/{bucket}/b.bin") as resp:  # room again: cached at once
+            assert resp.status == 200 and await resp.read() == others["b.bin"]
+        assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") == passed
+        assert "degraded" not in await ready(http, worker)

@@ -88,3 +88,62 @@ async def test_no_cache_revalidates_and_a_412_names_the_current_version(cluster_
             assert resp.status == 412
             assert resp.headers["ETag"] == new
             assert "<Code>PreconditionFailed</Code>" in await resp.text()
+
+
+async def answer(http: aiohttp.ClientSession, url: str, rng: tuple[int, int] = (0, 10)):
+    """(status, headers, body text) of a ranged read that fails."""
+    async with http.get(url, headers={"Range": f"bytes={rng[0]}-{rng[1] - 1}"}) as resp:
+        return resp.status, resp.headers, await resp.text()
+
+
+async def test_a_connection_reset_by_s3_is_named_a_reset_not_a_failure_to_connect(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_deadline=0.3, origin_breaker=0)
+    s3_client.put_object(Bucket=bucket, Key="r.bin", Body=b"r" * 1000)
+    fault_proxy.get_mode = "reset"  # the HEAD passes; every GET is reset once S3 has the request
+    async with aiohttp.ClientSession() as http:
+        status, headers, text = await answer(http, f"{cluster.workers[0].url}/{bucket}/r.bin")
+    assert (status, headers["X-P2P-Origin"]) == (503, "unreachable")
+    assert "connection reset by the origin" in headers["X-P2P-Reason"], headers["X-P2P-Reason"]
+    assert "Could not connect" not in text and fault_proxy.injected["reset"] >= 2
+
+
+async def test_500s_that_open_the_breaker_stay_a_502_origin_error_naming_them(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_breaker=3, meta_ttl=3600)
+    s3_client.put_object(Bucket=bucket, Key="e.bin", Body=b"e" * 1000)
+    url = f"{cluster.workers[0].url}/{bucket}/e.bin"
+    async with aiohttp.ClientSession() as http:
+        async with http.head(url) as resp:  # the ETag is known: only GETs will fail
+            assert resp.status == 200
+        fault_proxy.get_mode = "error"
+        status, headers, text = await answer(http, url)  # 3 500s, then the breaker refuses the retry
+        assert fault_proxy.gets == 3
+        again = await answer(http, url, (100, 110))  # refused (or a probe that failed, then refused)
+    for status, headers, text in ((status, headers, text), again):
+        assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (502, "OriginError", "error")
+        reason = headers["X-P2P-Reason"]
+        assert "500 InternalError" in reason and "circuit breaker" in reason, reason
+        assert int(headers["Retry-After"]) >= 1 and "<Code>OriginError</Code>" in text
+
+
+async def test_throttling_of_a_head_names_slowdown(cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_breaker=0)
+    s3_client.put_object(Bucket=bucket, Key="h.bin", Body=b"h" * 1000)
+    fault_proxy.mode = "slowdown"  # a HEAD's 503 has no body: no error code from S3
+    async with aiohttp.ClientSession() as http:
+        status, headers, _ = await answer(http, f"{cluster.workers[0].url}/{bucket}/h.bin")
+    reason = headers["X-P2P-Reason"]
+    assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (503, "SlowDown", "throttled")
+    assert "503 SlowDown" in reason and "503 503" not in reason, reason
+
+
+async def test_a_partial_answer_without_content_range_says_so(cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url)
+    s3_client.put_object(Bucket=bucket, Key="n.bin", Body=b"n" * (2 * CHUNK))
+    fault_proxy.script = ["norange"]  # the GET of chunk 1 gets its 206 without a Content-Range
+    async with aiohttp.ClientSession() as http:
+        status, headers, _ = await answer(http, f"{cluster.workers[0].url}/{bucket}/n.bin", (CHUNK, CHUNK + 10))
+    reason = headers["X-P2P-Reason"]
+    assert (status, headers["X-P2P-Error"]) == (502, "OriginError")
+    assert f"206 without a Content-Range to bytes={CHUNK}-{2 * CHUNK - 1}" in reason and "None" not in reason, reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import botocore.exceptions
 from hypothesis import given, strategies as st
 
@@ -31,6 +32,32 @@ def test_resets_timeouts_throttling_5xx_and_cut_bodies_are_retried():
     assert isinstance(stalled, OriginTimeout) and "nothing for 5 s" in str(stalled)
     cut = convert_error(botocore.exceptions.IncompleteReadError(actual_bytes=1, expected_bytes=2), "b", "k")
     assert isinstance(cut, OriginUnavailable) and is_transient(cut)
+
+
+def test_a_connection_reset_or_closed_by_s3_is_not_called_a_failure_to_connect():
+    reset = botocore.exceptions.EndpointConnectionError(  # what aiobotocore raises for an RST
+        endpoint_url="http://s3/b/k", error=aiohttp.ClientOSError(104, "Connection reset by peer"))
+    closed = botocore.exceptions.ConnectionClosedError(endpoint_url="http://s3/b/k",
+                                                      error=aiohttp.ServerDisconnectedError())
+    for exc, said in ((reset, "connection reset by the origin during a request for s3://b/k"),
+                      (closed, "origin closed the connection without answering a request for s3://b/k")):
+        error = convert_error(exc, "b", "k")
+        assert type(error) is OriginUnavailable and is_transient(error)
+        assert str(error) == said
+
+
+def test_errors_of_a_head_which_has_no_body_say_the_status_once_and_name_throttling():
+    def head_error(status: int, phrase: str) -> botocore.exceptions.ClientError:  # as botocore parses them
+        return botocore.exceptions.ClientError(
+            {"Error": {"Code": str(status), "Message": phrase}, "ResponseMetadata": {"HTTPStatusCode": status}},
+            "HeadObject")
+    throttled = convert_error(head_error(503, "Service Unavailable"), "b", "k")
+    assert type(throttled) is OriginThrottled
+    assert str(throttled).startswith("origin throttling reads of s3://b/k: 503 SlowDown (")
+    failed = convert_error(head_error(500, "Internal Server Error"), "b", "k")
+    assert str(failed) == "origin failed for s3://b/k: 500 Internal Server Error" and is_transient(failed)
+    named = convert_error(client_error(503, "SlowDown"), "b", "k")
+    assert str(named) == "origin throttling reads of s3://b/k: 503 SlowDown"
 
 
 def test_a_changed_object_a_404_or_a_403_is_never_retried():

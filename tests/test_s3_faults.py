@@ -149,17 +149,22 @@ async def test_a_reader_that_hangs_up_leaves_no_fill_retrying(cluster_factory, f
         assert fault_proxy.requests < 60
 
 
+def owned_by(owner, asker, s3_client, bucket: str) -> str:
+    """The key of a new one-chunk object whose chunk `owner` owns in `asker`'s ring."""
+    for i in range(50):
+        key = f"o{i}.bin"
+        put(s3_client, bucket, key, CHUNK, seed=i)
+        info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], CHUNK)
+        if asker.placement.owner(info.chunk(0, CHUNK)).id == owner.id:
+            return key
+    raise AssertionError(f"no object of 50 has its chunk at {owner.id}")
+
+
 async def test_an_origin_failure_at_the_owner_reaches_the_reader_as_such(cluster_factory, fault_proxy, s3_client, bucket):
     cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_deadline=0.5, origin_breaker=0,
                                     meta_ttl=3600)
     asker, owner = cluster.workers
-    placement = asker.placement
-    for i in range(50):  # an object whose first chunk the other worker owns
-        key = f"o{i}.bin"
-        put(s3_client, bucket, key, CHUNK, seed=i)
-        info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], CHUNK)
-        if placement.owner(info.chunk(0, CHUNK)).id == owner.id:
-            break
+    key = owned_by(owner, asker, s3_client, bucket)
     async with aiohttp.ClientSession() as http, Client(cluster.master.url) as client:
         for w in cluster.workers:  # both know the object's ETag: only its GETs will fail
             async with http.head(f"{w.url}/{bucket}/{key}") as resp:
@@ -237,3 +242,60 @@ async def test_an_object_overwritten_while_it_is_read_never_mixes_versions(clust
     assert done[0] >= 9 * rounds and whole[0] >= done[0] // 2
     assert seen == set(range(len(versions)))
     assert sum(fault_proxy.injected.values()) >= 5  # faults met the overwrites
+
+
+async def test_the_breaker_opens_when_every_get_stalls_while_heads_succeed(cluster_factory, fault_proxy, s3_client,
+                                                                            bucket):
+    # Each read HEADs the object first (meta_ttl=0), and S3 answers every HEAD; a fill's GET
+    # tries fit 3 stalls in its deadline, one fewer than the breaker's threshold: only GET
+    # failures counted across the HEADs' successes can open it.
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, meta_ttl=0, origin_read_timeout=0.3,
+                                    origin_deadline=1.0, origin_breaker=4)
+    put(s3_client, bucket, "s.bin", 100_000, seed=9)
+    url = f"{cluster.workers[0].url}/{bucket}/s.bin"
+    fault_proxy.get_mode = "stall"  # each stalls before half the object: the last bytes never come
+    async with aiohttp.ClientSession() as http:
+        answers = []
+
+        async def refused() -> bool:
+            answers.append(await get(http, url, (99_990, 100_000)))
+            return "circuit breaker" in answers[-1][3].get("X-P2P-Reason", "")
+        await wait_for(refused, timeout=20.0, interval=0.05, what="a read refused by the breaker")
+        ready = await (await http.get(f"{cluster.workers[0].url}/_p2p/ready")).json()
+        # Open, it stays so however many HEADs succeed: a HEAD's success proves nothing of GETs,
+        # so it never closes the breaker; only a GET probe (which stalls) could. Every read
+        # after is refused, none waits for S3's stalls again.
+        first = len(answers)
+        probes = fault_proxy.gets
+
+        async def probed_twice() -> bool:
+            answers.append(await get(http, url, (99_990, 100_000)))
+            return fault_proxy.gets >= probes + 2
+        await wait_for(probed_twice, timeout=20.0, interval=0.05, what="two GET probes after the cooldowns")
+    assert first <= 3, [h.get("X-P2P-Reason") for *_, h in answers]  # 4 stalls: within the second read
+    assert "origin breaker" in ready.get("degraded", ""), ready
+    for status, _, _, headers in answers[first - 1:]:
+        assert (status, headers["X-P2P-Origin"]) == (503, "timeout")
+        assert "circuit breaker" in headers["X-P2P-Reason"], headers["X-P2P-Reason"]
+
+
+async def test_the_owners_breaker_open_after_500s_reaches_the_reader_as_a_502_with_retry_after(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_breaker=3, meta_ttl=3600)
+    asker, owner = cluster.workers
+    key = owned_by(owner, asker, s3_client, bucket)
+    async with aiohttp.ClientSession() as http, Client(cluster.master.url) as client:
+        for w in cluster.workers:  # both know the object's ETag: only its GETs will fail
+            async with http.head(f"{w.url}/{bucket}/{key}") as resp:
+                assert resp.status == 200
+        fault_proxy.get_mode = "error"  # 3 500s at the owner open its breaker
+        answers = [await get(http, f"{asker.url}/{bucket}/{key}", (0, 100)) for _ in range(2)]
+        with pytest.raises(OriginError, match="circuit breaker open") as refused:
+            await client.read(bucket, key, 0, 100)
+        assert await metric(http, asker.url, "p2pcache_origin_requests_total") == 0
+    assert fault_proxy.gets >= 3  # the owner asked S3 three times before its breaker opened
+    for status, _, _, headers in answers:
+        assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (502, "OriginError", "error")
+        assert "circuit breaker" in headers["X-P2P-Reason"] and "500 InternalError" in headers["X-P2P-Reason"]
+        assert int(headers["Retry-After"]) >= 1
+    assert refused.value.retry_after is not None and "500 InternalError" in str(refused.value)

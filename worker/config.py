@@ -121,8 +121,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              "abandoned and retried", type=float, default=5.0)
     add_flag(p, "--origin-deadline", "seconds a chunk fill may spend retrying S3", type=float,
              default=30.0)
-    add_flag(p, "--origin-breaker", "failed S3 requests in a row after which S3 is not asked for "
-             "a while (0: never)", type=int, default=8)
+    add_flag(p, "--origin-breaker", "failed S3 requests (a success clears the failures of its kind: "
+             "GETs, or HEADs and listings) after which S3 is not asked for a while (0: never)",
+             type=int, default=8)
     add_flag(p, "--eviction", "which chunks go first when the cache is full: s3fifo (read-once "
              "chunks first, keeps a working set through scans) or lru", choices=sorted(POLICIES),
              default=DEFAULT)

@@ -102,8 +102,9 @@ class Control:
                         source = fill_source(placement.owners(c), placement.ring.replicas, self._worker.id, 0)
                         stream = await self._chunks.open_local(c, 0, 0, source, 0)
             try:
-                if c.name not in self._store:  # the disk is failing: nothing was cached
-                    raise StoreError(f"cache disk failing: {c.ring_key} was not stored")
+                if c.name not in self._store:  # streamed around the disk: failing, or no room
+                    why = self._chunks.disk.degraded or "the cache did not keep it"
+                    raise StoreError(f"{c.ring_key} was not stored: {why}")
                 if keep:
                     await self._keeps.add(c)  # while the stream holds the chunk: not evicted meanwhile
             finally:

@@ -7,9 +7,8 @@ import json
 import msgpack
 import pytest
 
-from master.registration import (
-    MAX_WEIGHT, InvalidRegistration, Takeover, check_takeover, check_url, parse_worker,
-)
+from master.registration import InvalidRegistration, Takeover, check_takeover, parse_worker
+from p2pcache.members import MAX_WEIGHT, check_url
 from p2pcache.ring import DRAINING, WorkerInfo
 
 GOOD = {"id": "p2pcache-worker-0", "url": "http://p2pcache-worker-0.h.ml.svc.cluster.local:8080",

@@ -184,7 +184,7 @@ class Master:
         if self.membership.heartbeat(worker):
             self._notify()
         ring = self.membership.ring
-        reply = {"master_id": ring.master_id, "epoch": ring.epoch}
+        reply = {"master_id": ring.master_id, "epoch": ring.epoch, "ttl": self.config.worker_ttl}
         return web.Response(body=msgpack.packb(reply), content_type=MSGPACK)
 
     async def leave(self, request: web.Request) -> web.Response:

@@ -26,12 +26,12 @@ class MasterClient:
         self.url = url.rstrip("/")
         self._signer = signer or Signer(None)
 
-    async def heartbeat(self, worker: WorkerInfo) -> tuple[str, int]:
-        """Register or refresh `worker`; returns the ring version it is now in."""
+    async def heartbeat(self, worker: WorkerInfo) -> dict:
+        """Register or refresh `worker`; the master's answer: `master_id` and `epoch` of the ring it
+        is now in, and (since masters tell it) `ttl`, the seconds of silence after which it is dropped."""
         body = msgpack.packb(asdict(worker))
         data = await self._call("POST", "/workers", data=body, timeout=10)
-        reply = msgpack.unpackb(data)
-        return reply["master_id"], reply["epoch"]
+        return msgpack.unpackb(data)
 
     async def leave(self, worker_id: str) -> None:
         await self._call("DELETE", f"/workers/{worker_id}", timeout=10)

@@ -61,9 +61,11 @@ class MembershipAgent:
 
     async def _heartbeats(self) -> None:
         failing = False
+        interval = self._interval
         while True:
             try:
-                await self._master.heartbeat(self.me)
+                reply = await self._master.heartbeat(self.me)
+                interval = self._pace(reply.get("ttl"), interval)
                 if failing:
                     log.info("master reachable again")
                 failing = False
@@ -71,7 +73,18 @@ class MembershipAgent:
                 if not failing:
                     log.warning("heartbeat failed, serving on the last ring: %s", exc)
                 failing = True
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(interval)
+
+    def _pace(self, ttl: object, now: float) -> float:
+        """The heartbeat interval: ours, or a third of the master's TTL if that is shorter, so a
+        master whose --worker-ttl is shorter than our --heartbeat-interval never drops us."""
+        if not isinstance(ttl, (int, float)) or not ttl > 0:
+            return self._interval  # a master that does not say
+        interval = min(self._interval, ttl / 3)
+        if interval != now:
+            log.warning("the master drops a worker after %g s without a heartbeat: beating every %g s "
+                        "(--heartbeat-interval %g)", ttl, interval, self._interval)
+        return interval
 
     async def _watch(self) -> None:
         while True:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from master.config import MasterConfig
 from p2pcache.cli import build_parser
 from worker.config import WorkerConfig
 
@@ -54,3 +55,71 @@ def test_a_worker_that_could_never_join_exits_with_one_line(tmp_path):
     assert result.returncode == 2 and "ready" not in result.stdout
     assert result.stderr == "p2pcache worker: --master: url '127.0.0.1:29000' must be http:// or https://\n"
     assert not (tmp_path / "cache").exists()
+
+
+def master_config(*flags: str) -> MasterConfig:
+    return MasterConfig.from_args(build_parser().parse_args(["master", "--listen", "127.0.0.1:0", *flags]))
+
+
+@pytest.mark.parametrize(("flags", "why"), [
+    (["--chunk-size", "0"], "--chunk-size must be at least 64KiB, not 0B"),
+    (["--chunk-size", "1"], "--chunk-size must be at least 64KiB, not 1B"),
+    (["--chunk-size", "1.5"], "--chunk-size must be at least 64KiB, not 1B"),
+    (["--chunk-size", "65535"], "--chunk-size must be at least 64KiB, not 65,535 bytes"),
+    (["--vnodes", "0"], "--vnodes must be from 1 to 1000, not 0"),
+    (["--vnodes", "-5"], "--vnodes must be from 1 to 1000, not -5"),
+    (["--vnodes", "1001"], "--vnodes must be from 1 to 1000, not 1001"),
+    (["--replicas", "0"], "--replicas must be at least 1, not 0"),
+    (["--replicas", "-1"], "--replicas must be at least 1, not -1"),
+    (["--worker-ttl", "-1"], "--worker-ttl must be at least 1, not -1"),
+    (["--worker-ttl", "0"], "--worker-ttl must be at least 1, not 0"),
+    (["--worker-ttl", "0.5"], "--worker-ttl must be at least 1, not 0.5"),
+    (["--worker-ttl", "nan"], "--worker-ttl must be at least 1, not nan"),
+    (["--startup-grace", "-1"], "--startup-grace must be at least 0, not -1"),
+    (["--startup-grace", "inf"], "--startup-grace must be at least 0, not inf"),
+])
+def test_master_numbers_out_of_range_are_refused(flags, why):
+    with pytest.raises(ValueError) as refused:
+        master_config(*flags)
+    assert str(refused.value) == why
+
+
+def test_master_numbers_at_their_bounds_are_accepted():
+    config = master_config("--chunk-size", "64KiB", "--vnodes", "1000", "--replicas", "1", "--worker-ttl", "1",
+                           "--startup-grace", "0")
+    assert (config.chunk_size, config.vnodes, config.replicas, config.worker_ttl) == (64 << 10, 1000, 1, 1.0)
+    assert master_config("--chunk-size", "8MB", "--vnodes", "1").chunk_size == 8_000_000  # not a block multiple
+
+
+@pytest.mark.parametrize(("flags", "why"), [
+    (["--weight", "0"], "--weight must be from 1 to 100, not 0"),
+    (["--heartbeat-interval", "0"], "--heartbeat-interval must be more than 0, not 0"),
+    (["--heartbeat-interval", "-2"], "--heartbeat-interval must be more than 0, not -2"),
+    (["--heartbeat-interval", "inf"], "--heartbeat-interval must be more than 0, not inf"),
+    (["--origin-read-timeout", "0"], "--origin-read-timeout must be more than 0, not 0"),
+    (["--origin-concurrency", "0"], "--origin-concurrency must be at least 1, not 0"),
+    (["--origin-concurrency", "-1"], "--origin-concurrency must be at least 1, not -1"),
+    (["--readahead", "0"], "--readahead must be at least 1, not 0"),
+    (["--drain-timeout", "-1"], "--drain-timeout must be at least 0, not -1"),
+    (["--meta-ttl", "-1"], "--meta-ttl must be at least 0, not -1"),
+    (["--meta-ttl", "nan"], "--meta-ttl must be at least 0, not nan"),
+    (["--origin-deadline", "-1"], "--origin-deadline must be at least 0, not -1"),
+    (["--origin-breaker", "-1"], "--origin-breaker must be at least 0, not -1"),
+])
+def test_worker_numbers_out_of_range_are_refused(tmp_path, flags, why):
+    with pytest.raises(ValueError) as refused:
+        worker_config(tmp_path, "--master", MASTER, *flags)
+    assert str(refused.value) == why
+
+
+def test_worker_zeros_that_mean_something_are_accepted(tmp_path):
+    config = worker_config(tmp_path, "--master", MASTER, "--capacity", "0", "--min-free", "0", "--drain-timeout",
+                           "0", "--meta-ttl", "0", "--origin-deadline", "0", "--origin-breaker", "0",
+                           "--egress-limit", "0", "--rebalance-rate", "0")
+    assert (config.meta_ttl, config.origin_deadline, config.origin_breaker) == (0, 0, 0)
+
+
+def test_a_master_with_a_chunk_size_it_cannot_work_with_exits_with_one_line():
+    result = run("master", "--listen", "127.0.0.1:0", "--chunk-size", "0")
+    assert result.returncode == 2 and "ready" not in result.stdout
+    assert result.stderr == "p2pcache master: --chunk-size must be at least 64KiB, not 0B\n"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from p2pcache.auth import load_secret
+from p2pcache.bounds import bounded
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
 from p2pcache.members import MAX_WEIGHT, check_id, check_url
 from p2pcache import tls
@@ -59,8 +60,7 @@ class WorkerConfig:
         """Raises ValueError for a bad flag: a secret, TLS files, or what the master would refuse."""
         host, port = a.listen
         tls.check(a.tls_cert, a.tls_key, a.tls_ca)
-        if not 1 <= a.weight <= MAX_WEIGHT:
-            raise ValueError(f"--weight must be from 1 to {MAX_WEIGHT}, not {a.weight}")
+        _check_numbers(a)
         # The master's own rules: a worker it would refuse must not start and heartbeat in vain.
         master, advertise = a.master.rstrip("/"), a.advertise.rstrip("/")
         _checked("--master", check_url, master)
@@ -84,6 +84,17 @@ class WorkerConfig:
             tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,
             serve_processes=_serve_processes(a.serve_processes),
         )
+
+
+def _check_numbers(a: argparse.Namespace) -> None:
+    """Each number inside the range where it means something: ValueError naming the flag otherwise."""
+    bounded("--weight", a.weight, 1, MAX_WEIGHT)
+    bounded("--heartbeat-interval", a.heartbeat_interval, 0, above=True)
+    bounded("--origin-read-timeout", a.origin_read_timeout, 0, above=True)
+    bounded("--origin-concurrency", a.origin_concurrency, 1)
+    bounded("--readahead", a.readahead, 1)
+    for flag in ("--drain-timeout", "--meta-ttl", "--origin-deadline", "--origin-breaker"):
+        bounded(flag, getattr(a, flag[2:].replace("-", "_")), 0)
 
 
 def _checked(flag: str, check: Callable[[str], None], value: str) -> None:

@@ -19,6 +19,7 @@ from p2pcache.control import WorkerControl
 from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MSGPACK
 from p2pcache.metrics import metrics_handler
+from p2pcache.service import listening
 from p2pcache.ring import Placement
 
 from .admin import Admin
@@ -83,7 +84,8 @@ class Master:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True,
                            ssl_context=ssl_context)
-        await site.start()
+        with listening(self.config.host, self.config.port):
+            await site.start()
         host, port = site._server.sockets[0].getsockname()[:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"{'https' if ssl_context else 'http'}://{shown}:{port}"

@@ -3,22 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import uvloop
 
-__all__ = ["Service", "run_service", "setup_logging", "few_malloc_arenas"]
+__all__ = ["Service", "Fatal", "run_service", "listening", "setup_logging", "few_malloc_arenas"]
+
+
+class Fatal(Exception):
+    """The service cannot start: its message is the one line the process exits with."""
 
 
 class Service(Protocol):
-    async def start(self) -> None: ...
+    async def start(self) -> None: ...  # may raise Fatal; stop() then releases what it took
     async def stop(self) -> None: ...
     def ready_line(self) -> str: ...
+
+
+@contextlib.contextmanager
+def listening(host: str, port: int) -> Iterator[None]:
+    """Turns a failure to bind `host:port` into Fatal: `cannot listen on HOST:PORT: address already in use`."""
+    try:
+        yield
+    except OSError as exc:
+        # uvloop's strerror repeats the address; a resolver error's errno is not an OS one.
+        known = exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror)
+        reason = os.strerror(exc.errno) if known else exc.strerror or str(exc)
+        shown = f"[{host}]" if ":" in host else host
+        raise Fatal(f"cannot listen on {shown}:{port}: {reason[:1].lower()}{reason[1:]}") from exc
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -42,12 +61,21 @@ def few_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
-def run_service(make: Callable[[], Service]) -> int:
-    """Start the service, print its ready line, serve until a signal, stop."""
+def run_service(make: Callable[[], Service], name: str) -> int:
+    """Start the service, print its ready line, serve until a signal, stop; the exit code.
 
-    async def main() -> None:
+    A service that cannot start is stopped (it releases what it took) and the process
+    exits 1 with one line on stderr, `NAME: why`.
+    """
+
+    async def main() -> int:
         service = make()
-        await service.start()
+        try:
+            await service.start()
+        except Fatal as exc:
+            await service.stop()
+            print(f"{name}: {exc}", file=sys.stderr, flush=True)
+            return 1
         print(service.ready_line(), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -56,6 +84,6 @@ def run_service(make: Callable[[], Service]) -> int:
         await stop.wait()
         logging.getLogger("p2pcache").info("signal received, shutting down")
         await service.stop()
+        return 0
 
-    uvloop.run(main())
-    return 0
+    return uvloop.run(main())

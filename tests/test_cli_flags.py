@@ -1,8 +1,10 @@
-"""Flags a service cannot work with stop it at startup: exit 2 and one line naming the flag, never a ready line."""
+"""A service stops at startup with one line, never a traceback or a ready line: exit 2 for flags it cannot
+work with (the line names the flag), 1 for an address it cannot listen on."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -38,8 +40,10 @@ def worker_config(tmp_path, *flags: str) -> WorkerConfig:
      "--advertise: url 'http://127.0.0.1:29060/path' must not have a path"),
     (["--master", MASTER, "--id", "bad id!"], "--id: id must be 1-128 characters of A-Z a-z 0-9 . _ -"),
     (["--master", MASTER, "--id", "a" * 200], "--id: id must be 1-128 characters"),
+    (["--master", MASTER, "--s3-endpoint", "notaurl"], "--s3-endpoint: 'notaurl' is not an http:// or https:// URL"),
+    (["--master", MASTER, "--s3-endpoint", "http://h:99999"], "--s3-endpoint: 'http://h:99999' is not a URL"),
 ])
-def test_a_worker_the_master_would_refuse_is_refused_by_its_flags(tmp_path, flags, why):
+def test_worker_urls_and_ids_it_cannot_work_with_are_refused(tmp_path, flags, why):
     with pytest.raises(ValueError) as refused:
         worker_config(tmp_path, *flags)
     assert str(refused.value).startswith(why)
@@ -123,3 +127,24 @@ def test_a_master_with_a_chunk_size_it_cannot_work_with_exits_with_one_line():
     result = run("master", "--listen", "127.0.0.1:0", "--chunk-size", "0")
     assert result.returncode == 2 and "ready" not in result.stdout
     assert result.stderr == "p2pcache master: --chunk-size must be at least 64KiB, not 0B\n"
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("service", "processes"), [("master", None), ("worker", "1"), ("worker", "2")])
+def test_a_service_that_cannot_listen_exits_with_one_line_and_releases_what_it_took(tmp_path, taken_port,
+                                                                                    service, processes):
+    extra = ["--master", MASTER, "--cache-dir", str(tmp_path), "--serve-processes", processes] if processes else []
+    # 192.0.2.1 is a documentation address (RFC 5737): never one of this machine's.
+    for listen, why in ((f"127.0.0.1:{taken_port}", "address already in use"),
+                        ("192.0.2.1:29050", "cannot assign requested address")):
+        result = run(service, "--listen", listen, *extra)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.splitlines()[-1] == f"p2pcache {service}: cannot listen on {listen}: {why}"
+        assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr, result.stderr

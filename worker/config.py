@@ -11,6 +11,7 @@ from p2pcache.auth import load_secret
 from p2pcache.bounds import bounded
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
 from p2pcache.members import MAX_WEIGHT, check_id, check_url
+from p2pcache.origin import check_endpoint
 from p2pcache import tls
 
 from .cpus import available_cpus
@@ -68,6 +69,8 @@ class WorkerConfig:
             _checked("--advertise", check_url, advertise)
         if a.id:
             _checked("--id", check_id, a.id)
+        if a.s3_endpoint:
+            _checked("--s3-endpoint", check_endpoint, a.s3_endpoint)
         buckets = frozenset(b.strip() for b in (a.allowed_buckets or "").split(",") if b.strip())
         return cls(
             master_url=master, cache_dir=Path(a.cache_dir), host=host, port=port,

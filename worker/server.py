@@ -34,6 +34,7 @@ from p2pcache.metrics import metrics_handler
 from p2pcache.origin import OriginHooks, S3Origin
 from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
+from p2pcache.service import listening
 
 from . import inputs
 from .budget import COORDINATOR_PIECES, PieceBudget
@@ -192,7 +193,8 @@ class Worker:
             host, port = await self.procs.start()
         else:
             site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True, ssl_context=server_ssl)
-            await site.start()
+            with listening(cfg.host, cfg.port):
+                await site.start()
             host, port = site._server.sockets[0].getsockname()[:2]
         scheme = "https" if server_ssl else "http"
         self.address = (host, port)  # where it listens (its URL may be --advertise's)

@@ -16,7 +16,7 @@ __all__ = ["MasterConfig", "add_arguments", "MIN_CHUNK", "MAX_VNODES", "MIN_WORK
 # Each chunk costs an S3 GET (tens of ms to its first byte), a file with its trailer and an
 # entry in the eviction policy: below 64 KiB, the smallest piece a read streams in
 # (worker/budget.py) and two checksum blocks, those costs outweigh the bytes. Nothing in the
-# code bounds a chunk from above but each worker's capacity.
+# code bounds a chunk from above but each worker's capacity (registration.py: two chunks).
 MIN_CHUNK = 64 << 10
 # Ring points are vnodes x weight per worker, built by every worker and client at each ring
 # change; placement bounds the load whatever the vnodes (README), so more buy nothing.

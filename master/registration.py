@@ -10,10 +10,14 @@ import msgpack
 
 from p2pcache.members import MAX_WEIGHT, InvalidRegistration, check_id, check_url
 from p2pcache.ring import DRAINING, UP, WorkerInfo
+from p2pcache.sizes import format_size
 
 __all__ = ["InvalidRegistration", "Takeover", "parse_worker", "check_takeover", "STATES"]
 
 MAX_CAPACITY = (1 << 63) - 1
+# A worker owns chunks only if it can keep them: one that a read is streaming stays (it is
+# pinned) while the read's next chunk is filled, and each file has a trailer past its chunk.
+MIN_CHUNKS = 2
 STATES = frozenset({UP, DRAINING})
 _FIELDS = {f.name for f in fields(WorkerInfo)}
 
@@ -22,8 +26,9 @@ class Takeover(ValueError):
     """The id is registered at another URL, and the request could not prove it is the cluster's (409)."""
 
 
-def parse_worker(body: bytes, content_type: str) -> WorkerInfo:
-    """A WorkerInfo from a msgpack (or JSON) registration; unknown fields are ignored."""
+def parse_worker(body: bytes, content_type: str, chunk_size: int) -> WorkerInfo:
+    """A WorkerInfo from a msgpack (or JSON) registration to a ring of `chunk_size` chunks;
+    unknown fields are ignored."""
     try:
         data = json.loads(body) if content_type == "application/json" else msgpack.unpackb(body)
     except Exception as exc:  # msgpack and json raise a variety of errors on bad input
@@ -40,6 +45,9 @@ def parse_worker(body: bytes, content_type: str) -> WorkerInfo:
         raise InvalidRegistration(f"weight must be an integer from 1 to {MAX_WEIGHT}")
     if not _int(info.capacity) or not 0 <= info.capacity <= MAX_CAPACITY:
         raise InvalidRegistration("capacity must be a non-negative integer (bytes)")
+    if info.capacity < MIN_CHUNKS * chunk_size:
+        raise InvalidRegistration(f"capacity must hold {MIN_CHUNKS} chunks, {MIN_CHUNKS * chunk_size} bytes at the "
+                                  f"master's --chunk-size {format_size(chunk_size)}, not {info.capacity}")
     if info.state not in STATES:
         raise InvalidRegistration(f"state must be one of {', '.join(sorted(STATES))}")
     return info

@@ -19,7 +19,7 @@ from p2pcache.control import WorkerControl
 from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MSGPACK
 from p2pcache.metrics import metrics_handler
-from p2pcache.service import listening
+from p2pcache.service import Fatal, listening
 from p2pcache.ring import Placement
 
 from .admin import Admin
@@ -106,6 +106,10 @@ class Master:
         if self._session:
             await self._session.close()
 
+    async def fatal(self) -> Fatal:
+        """Never: only a signal stops the master."""
+        return await asyncio.get_running_loop().create_future()
+
     def placement(self) -> Placement:
         """Placement under the current ring (built again when the ring changes)."""
         ring = self.membership.ring
@@ -174,7 +178,7 @@ class Master:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         try:
-            worker = parse_worker(await request.read(), request.content_type)
+            worker = parse_worker(await request.read(), request.content_type, self.config.chunk_size)
             current = next((w for w in self.membership.ring.workers if w.id == worker.id), None)
             check_takeover(current, worker, authenticated=self._verifier is not None)
         except InvalidRegistration as exc:

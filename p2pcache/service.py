@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Callable, Iterator, Protocol
+from typing import Awaitable, Callable, Iterator, Protocol
 
 import uvloop
 
@@ -18,11 +18,12 @@ __all__ = ["Service", "Fatal", "run_service", "listening", "setup_logging", "few
 
 
 class Fatal(Exception):
-    """The service cannot start: its message is the one line the process exits with."""
+    """The service cannot start, or go on: its message is the one line the process exits with."""
 
 
 class Service(Protocol):
     async def start(self) -> None: ...  # may raise Fatal; stop() then releases what it took
+    async def fatal(self) -> Fatal: ...  # returns when the service cannot go on (most never do)
     async def stop(self) -> None: ...
     def ready_line(self) -> str: ...
 
@@ -64,8 +65,8 @@ def few_malloc_arenas(arenas: int = 2) -> bool:
 def run_service(make: Callable[[], Service], name: str) -> int:
     """Start the service, print its ready line, serve until a signal, stop; the exit code.
 
-    A service that cannot start is stopped (it releases what it took) and the process
-    exits 1 with one line on stderr, `NAME: why`.
+    A service that cannot start, or go on, is stopped (it releases what it took) and
+    the process exits 1 with one line on stderr, `NAME: why`.
     """
 
     async def main() -> int:
@@ -73,17 +74,32 @@ def run_service(make: Callable[[], Service], name: str) -> int:
         try:
             await service.start()
         except Fatal as exc:
-            await service.stop()
-            print(f"{name}: {exc}", file=sys.stderr, flush=True)
-            return 1
-        print(service.ready_line(), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        logging.getLogger("p2pcache").info("signal received, shutting down")
+            fatal: Fatal | None = exc
+        else:
+            print(service.ready_line(), flush=True)
+            fatal = await _until_signal(service.fatal())
+        if fatal is None:
+            logging.getLogger("p2pcache").info("signal received, shutting down")
         await service.stop()
+        if fatal is not None:
+            print(f"{name}: {fatal}", file=sys.stderr, flush=True)
+            return 1
         return 0
 
     return uvloop.run(main())
+
+
+async def _until_signal(fatal: Awaitable[Fatal]) -> Fatal | None:
+    """Waits for SIGINT or SIGTERM (None), or for the service's Fatal, whichever comes first."""
+    loop = asyncio.get_running_loop()
+    signalled = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: signalled.done() or signalled.set_result(None))
+    failed = asyncio.ensure_future(fatal)
+    await asyncio.wait((signalled, failed), return_when=asyncio.FIRST_COMPLETED)
+    if failed.done():
+        return failed.result()
+    failed.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await failed
+    return None

@@ -12,15 +12,19 @@ import pytest
 
 from master.config import MasterConfig
 from p2pcache.cli import build_parser
+from p2pcache.local import spawn, stop_all, wait_ready
 from worker.config import WorkerConfig
 
 MASTER = "http://127.0.0.1:9"
 
 
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
+
+
 def run(*args: str) -> subprocess.CompletedProcess:
     """`p2pcache ARGS` as its own process; one that does not stop by itself fails the test."""
     return subprocess.run([sys.executable, "-m", "p2pcache", *args], capture_output=True, text=True, timeout=30,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")})
+                          env=ENV)
 
 
 def worker_args(tmp_path, *flags: str) -> list[str]:
@@ -148,3 +152,18 @@ def test_a_service_that_cannot_listen_exits_with_one_line_and_releases_what_it_t
         assert result.returncode == 1 and result.stdout == ""
         assert result.stderr.splitlines()[-1] == f"p2pcache {service}: cannot listen on {listen}: {why}"
         assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr, result.stderr
+
+
+def test_a_worker_the_master_refuses_exits_with_the_masters_reason(tmp_path):
+    procs = []
+    try:
+        master = wait_ready(spawn(procs, ENV, "master", "--listen", "127.0.0.1:0", "--chunk-size", "1MiB",
+                                  "--startup-grace", "0"))
+        result = run(*worker_args(tmp_path, "--master", master, "--capacity", "1MiB", "--serve-processes", "2"))
+    finally:
+        stop_all(procs)
+    assert result.returncode == 1 and "ready" not in result.stdout
+    assert result.stderr.splitlines()[-1] == (
+        f"p2pcache worker: the master at {master} refused this worker: invalid worker registration: "
+        f"capacity must hold 2 chunks, {2 << 20} bytes at the master's --chunk-size 1MiB, not {1 << 20}")
+    assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr

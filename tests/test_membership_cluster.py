@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import aiohttp
@@ -92,3 +93,16 @@ async def test_workers_beat_often_enough_for_a_master_whose_ttl_is_shorter_than_
 
     await wait_for(heard_four_beats, what="w0's heartbeats, three times a TTL")
     assert membership.ring.epoch == epoch and [w.id for w in membership.ring.workers] == ["w0"]
+
+
+async def test_a_worker_the_master_comes_to_refuse_stops_heartbeating_and_says_why(cluster_factory):
+    cluster = await cluster_factory(1, capacity=3 * CHUNK)
+    worker = cluster.workers[0]
+    port = int(cluster.master.url.rsplit(":", 1)[1])
+    await cluster.master.stop()  # back with chunks 3 x w0's capacity cannot hold twice
+    cluster.master = Master(MasterConfig(port=port, chunk_size=2 * CHUNK, cluster_secret=cluster.secret))
+    await cluster.master.start()
+    fatal = await asyncio.wait_for(worker.fatal(), timeout=15)
+    assert str(fatal).endswith(f"refused this worker: invalid worker registration: capacity must hold 2 chunks, "
+                               f"{4 * CHUNK} bytes at the master's --chunk-size 512KiB, not {3 * CHUNK}")
+    assert cluster.master.membership.ring.workers == ()

@@ -34,7 +34,7 @@ from p2pcache.metrics import metrics_handler
 from p2pcache.origin import OriginHooks, S3Origin
 from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
-from p2pcache.service import listening
+from p2pcache.service import Fatal, listening
 
 from . import inputs
 from .budget import COORDINATOR_PIECES, PieceBudget
@@ -202,7 +202,7 @@ class Worker:
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,
                                      cfg.heartbeat_interval, self._on_ring)
-        self.agent.start()
+        await self.agent.start()
         self.rebalancer.start()
         self.running = True
         log.info("worker %s serving on %s, master %s", self.id, self.url, cfg.master_url)
@@ -233,6 +233,10 @@ class Worker:
 
     def ready_line(self) -> str:
         return f"p2pcache worker ready url={self.url} id={self.id}"
+
+    async def fatal(self) -> Fatal:
+        """When the master refuses this worker's registration: it would refuse every heartbeat."""
+        return await asyncio.shield(self.agent.refused)
 
     async def _drain(self) -> None:
         """Own nothing, stay a source, and hand every chunk to its owner, for up to --drain-timeout."""

@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import get, local, preload_cli, status_cli, sync
 
     parser = argparse.ArgumentParser(prog="p2pcache", description="A peer-to-peer S3 chunk cache for loading AI models.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="what to log (any case)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module, text in (
         ("master", master_cli, "run the master (membership and the ring)"),

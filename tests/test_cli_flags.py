@@ -3,7 +3,9 @@ work with (the line names the flag), 1 for an address it cannot listen on."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,7 +15,8 @@ import pytest
 from master.config import MasterConfig
 from p2pcache.cli import build_parser
 from p2pcache.local import spawn, stop_all, wait_ready
-from worker.config import WorkerConfig
+from worker.config import WorkerConfig, add_arguments
+from worker.eviction import POLICIES
 
 MASTER = "http://127.0.0.1:9"
 
@@ -167,3 +170,18 @@ def test_a_worker_the_master_refuses_exits_with_the_masters_reason(tmp_path):
         f"p2pcache worker: the master at {master} refused this worker: invalid worker registration: "
         f"capacity must hold 2 chunks, {2 << 20} bytes at the master's --chunk-size 1MiB, not {1 << 20}")
     assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr
+
+
+def test_an_unknown_log_level_is_refused_and_any_case_is_taken(capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--log-level", "NOPE", "master"])
+    assert exited.value.code == 2 and "argument --log-level: invalid choice: 'NOPE'" in capsys.readouterr().err
+    assert build_parser().parse_args(["--log-level", "debug", "master"]).log_level == "DEBUG"
+
+
+def test_the_eviction_help_names_every_policy():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    (action,) = [a for a in parser._actions if "--eviction" in a.option_strings]
+    assert set(action.choices) == set(POLICIES)
+    assert all(re.search(rf"\b{name}\b", action.help) for name in POLICIES), action.help

@@ -154,8 +154,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--origin-breaker", "failed S3 requests in a row after which S3 is not asked for "
              "a while (0: never)", type=int, default=8)
     add_flag(p, "--eviction", "which chunks go first when the cache is full: s3fifo (read-once "
-             "chunks first, keeps a working set through scans) or lru", choices=sorted(POLICIES),
-             default=DEFAULT)
+             "chunks first, keeps a working set through scans), lru, or slru (segmented: a chunk read "
+             "again is protected)", choices=sorted(POLICIES), default=DEFAULT)
     add_security_flags(p)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for https:// peers and master, on top of "
              "the system's", default="")

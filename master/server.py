@@ -19,8 +19,8 @@ from p2pcache.control import WorkerControl
 from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MSGPACK
 from p2pcache.metrics import metrics_handler
-from p2pcache.service import Fatal, listening
 from p2pcache.ring import Placement
+from p2pcache.service import Fatal, listening
 
 from .admin import Admin
 from .config import MasterConfig

@@ -62,6 +62,8 @@ class WorkerConfig:
         host, port = a.listen
         tls.check(a.tls_cert, a.tls_key, a.tls_ca)
         _check_numbers(a)
+        if a.s3_endpoint:
+            _checked("--s3-endpoint", check_endpoint, a.s3_endpoint)
         # The master's own rules: a worker it would refuse must not start and heartbeat in vain.
         master, advertise = a.master.rstrip("/"), a.advertise.rstrip("/")
         _checked("--master", check_url, master)
@@ -69,8 +71,6 @@ class WorkerConfig:
             _checked("--advertise", check_url, advertise)
         if a.id:
             _checked("--id", check_id, a.id)
-        if a.s3_endpoint:
-            _checked("--s3-endpoint", check_endpoint, a.s3_endpoint)
         buckets = frozenset(b.strip() for b in (a.allowed_buckets or "").split(",") if b.strip())
         return cls(
             master_url=master, cache_dir=Path(a.cache_dir), host=host, port=port,

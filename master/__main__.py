@@ -19,7 +19,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"p2pcache master: {exc}", file=sys.stderr)
         return 2
-    return run_service(lambda: Master(config))
+    return run_service(lambda: Master(config), "p2pcache master")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MSGPACK
 from p2pcache.metrics import metrics_handler
 from p2pcache.ring import Placement
+from p2pcache.service import Fatal, listening
 
 from .admin import Admin
 from .config import MasterConfig
@@ -84,7 +85,8 @@ class Master:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True,
                            ssl_context=ssl_context)
-        await site.start()
+        with listening(self.config.host, self.config.port):
+            await site.start()
         host, port = site._server.sockets[0].getsockname()[:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"{'https' if ssl_context else 'http'}://{shown}:{port}"
@@ -104,6 +106,10 @@ class Master:
             await self._runner.cleanup()
         if self._session:
             await self._session.close()
+
+    async def fatal(self) -> Fatal:
+        """Never: only a signal stops the master."""
+        return await asyncio.get_running_loop().create_future()
 
     def placement(self) -> Placement:
         """Placement under the current ring (built again when the ring changes)."""
@@ -187,7 +193,7 @@ class Master:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         try:
-            worker = parse_worker(await request.read(), request.content_type)
+            worker = parse_worker(await request.read(), request.content_type, self.config.chunk_size)
             current = next((w for w in self.membership.ring.workers if w.id == worker.id), None)
             check_takeover(current, worker, authenticated=self._verifier is not None)
         except InvalidRegistration as exc:
@@ -199,7 +205,7 @@ class Master:
         if self.membership.heartbeat(worker):
             self._notify()
         ring = self.membership.ring
-        reply = {"master_id": ring.master_id, "epoch": ring.epoch}
+        reply = {"master_id": ring.master_id, "epoch": ring.epoch, "ttl": self.config.worker_ttl}
         return web.Response(body=msgpack.packb(reply), content_type=MSGPACK)
 
     async def leave(self, request: web.Request) -> web.Response:

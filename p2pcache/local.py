@@ -15,12 +15,18 @@ import time
 from pathlib import Path
 
 from .auth import new_secret
+from .bounds import bounded
 from .config import add_flag, env_name, size_arg
 
-__all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "wait_joined", "stop_all", "DEMO_BUCKET", "DEMO_KEY"]
+__all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "wait_joined", "stop_all",
+           "NotReady", "DEMO_BUCKET", "DEMO_KEY"]
 
 DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
 READY_TIMEOUT = 30.0
+
+
+class NotReady(RuntimeError):
+    """A process of the cluster exited, or did not answer, before it was ready."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,12 +36,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--port", "master port; workers take the next ones (0: any free ports)",
              type=int, default=7070)
     add_flag(p, "--data-dir", "where the workers' caches go (default: a temp dir)", default="")
-    add_flag(p, "--chunk-size", "cluster-wide chunk size", default="8MiB")
-    add_flag(p, "--capacity", "cache capacity per worker", default="2GiB")
+    add_flag(p, "--chunk-size", "cluster-wide chunk size", type=size_arg, default="8MiB")
+    add_flag(p, "--capacity", "cache capacity per worker", type=size_arg, default="2GiB")
     add_flag(p, "--demo-size", "size of the demo object", type=size_arg, default="64MiB")
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        bounded("--workers", args.workers, 1)
+        bounded("--port", args.port, 0, 65535 - args.workers)  # the workers take the next ports
+    except ValueError as exc:
+        print(f"p2pcache local: {exc}", file=sys.stderr)
+        return 2
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
@@ -56,20 +68,12 @@ def main(args: argparse.Namespace) -> int:
         data_dir = Path(args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pcache-")))
         procs: list[subprocess.Popen] = []
         stack.callback(stop_all, procs)
-        port = args.port
-        master = spawn(procs, env, "master", "--listen", f"{args.host}:{port}",
-                       "--chunk-size", args.chunk_size, "--startup-grace", "0")
-        master_url = wait_ready(master)
-        workers = []
-        for i in range(args.workers):
-            wport = port + 1 + i if port else 0
-            workers.append(wait_ready(spawn(
-                procs, env, "worker", "--master", master_url, "--listen", f"{args.host}:{wport}",
-                "--cache-dir", str(data_dir / f"worker-{i}"), "--id", f"worker-{i}",
-                "--capacity", args.capacity, "--s3-endpoint", endpoint, "--min-free", "0",
-                "--heartbeat-interval", "1")))
-        wait_joined(workers)
-        print(_banner(endpoint, master_url, workers), flush=True)
+        try:
+            master_url, workers = _start(procs, env, args, endpoint, data_dir)
+        except NotReady as exc:  # the process's own line on stderr says why
+            print(f"p2pcache local: {exc}", file=sys.stderr, flush=True)
+            return 1
+        print(_banner(endpoint, master_url, workers, demo=not args.s3_endpoint), flush=True)
         while not stopping:
             if any(p.poll() is not None for p in procs):
                 print("a cluster process exited; stopping the rest", file=sys.stderr, flush=True)
@@ -77,6 +81,24 @@ def main(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         print("stopping the local cluster", flush=True)
     return 0
+
+
+def _start(procs: list, env: dict, args: argparse.Namespace, endpoint: str, data_dir: Path) -> tuple[str, list[str]]:
+    """The master and the workers, each ready in turn: (master URL, worker URLs)."""
+    port = args.port
+    master = spawn(procs, env, "master", "--listen", f"{args.host}:{port}",
+                   "--chunk-size", str(args.chunk_size), "--startup-grace", "0")
+    master_url = wait_ready(master, name="master")
+    workers = []
+    for i in range(args.workers):
+        wport = port + 1 + i if port else 0
+        workers.append(wait_ready(spawn(
+            procs, env, "worker", "--master", master_url, "--listen", f"{args.host}:{wport}",
+            "--cache-dir", str(data_dir / f"worker-{i}"), "--id", f"worker-{i}",
+            "--capacity", str(args.capacity), "--s3-endpoint", endpoint, "--min-free", "0",
+            "--heartbeat-interval", "1"), name=f"worker worker-{i}"))
+    wait_joined(workers)
+    return master_url, workers
 
 
 def seed_demo(endpoint: str, size: int) -> None:
@@ -117,15 +139,23 @@ def _die_with_parent() -> None:
         pass  # not Linux: the parent's signal handlers still stop the children
 
 
-def wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT) -> str:
-    """The URL from the process's `... ready url=URL` line (its only line on stdout)."""
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if sel.select(timeout=timeout):
-        line = proc.stdout.readline()
-        if " ready url=" in line:
-            return line.split(" ready url=")[1].split()[0]
-    raise RuntimeError(f"{' '.join(proc.args[3:5])} did not become ready (exit code {proc.poll()})")
+def wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT, name: str = "") -> str:
+    """The URL from the process's `... ready url=URL` line (its only line on stdout).
+
+    NotReady, naming the process (`name`, or its subcommand) and its exit code, if it
+    exits first or is silent for `timeout` seconds.
+    """
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        line = proc.stdout.readline() if sel.select(timeout=timeout) else None
+    if line and " ready url=" in line:
+        return line.split(" ready url=")[1].split()[0]
+    if line == "":  # its stdout closed: it exited, or is exiting
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+    name = name or next((arg for arg in proc.args if arg in ("master", "worker")), "the process")
+    why = f"exit code {proc.returncode}" if proc.returncode is not None else f"still running after {timeout:g} s"
+    raise NotReady(f"{name} did not become ready ({why})")
 
 
 def wait_joined(urls: list[str], timeout: float = READY_TIMEOUT) -> None:
@@ -141,7 +171,7 @@ def wait_joined(urls: list[str], timeout: float = READY_TIMEOUT) -> None:
                     break
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"worker {url} did not join the ring") from None
+                    raise NotReady(f"worker {url} did not join the ring") from None
                 time.sleep(0.1)
 
 
@@ -159,10 +189,15 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
                 proc.wait()
 
 
-def _banner(endpoint: str, master_url: str, workers: list[str]) -> str:
+def _banner(endpoint: str, master_url: str, workers: list[str], demo: bool) -> str:
+    """What runs where, and a curl of the demo object (seeded in the embedded S3 only)."""
     lines = ["p2pcache local cluster ready", f"  s3:      {endpoint}", f"  master:  {master_url}"]
     lines += [f"  worker:  {url}" for url in workers]
-    lines += ["", "Read a byte range of the demo object through the cache:",
-              f"  curl -r 0-1048575 -o /tmp/part {workers[0]}/{DEMO_BUCKET}/{DEMO_KEY}" if workers else "",
-              "", "Press Ctrl-C to stop."]
+    if demo:
+        lines += ["", "Read a byte range of the demo object through the cache:",
+                  f"  curl -r 0-1048575 -o /tmp/part {workers[0]}/{DEMO_BUCKET}/{DEMO_KEY}"]
+    else:
+        lines += ["", "Read a byte range of an object in that S3 through the cache (no demo object there):",
+                  f"  curl -r 0-1048575 -o /tmp/part {workers[0]}/BUCKET/KEY"]
+    lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import msgpack
 from yarl import URL
 
 from .auth import Signer
-from .errors import Unavailable
+from .errors import BadRequest, Unavailable
 from .ring import RingSnapshot, WorkerInfo
 
 __all__ = ["MasterClient", "MSGPACK"]
@@ -26,12 +26,13 @@ class MasterClient:
         self.url = url.rstrip("/")
         self._signer = signer or Signer(None)
 
-    async def heartbeat(self, worker: WorkerInfo) -> tuple[str, int]:
-        """Register or refresh `worker`; returns the ring version it is now in."""
+    async def heartbeat(self, worker: WorkerInfo) -> dict:
+        """Register or refresh `worker`; the master's answer: `master_id` and `epoch` of the ring it
+        is now in, and (since masters tell it) `ttl`, the seconds of silence after which it is dropped.
+        BadRequest if the master refuses the registration: it will refuse it again."""
         body = msgpack.packb(asdict(worker))
-        data = await self._call("POST", "/workers", data=body, timeout=10)
-        reply = msgpack.unpackb(data)
-        return reply["master_id"], reply["epoch"]
+        data = await self._call("POST", "/workers", data=body, timeout=10, refusable=True)
+        return msgpack.unpackb(data)
 
     async def leave(self, worker_id: str) -> None:
         await self._call("DELETE", f"/workers/{worker_id}", timeout=10)
@@ -45,7 +46,8 @@ class MasterClient:
         return RingSnapshot.decode(data)
 
     async def _call(self, method: str, path: str, timeout: float, params: dict[str, str] | None = None,
-                    data: bytes = b"") -> bytes:
+                    data: bytes = b"", refusable: bool = False) -> bytes:
+        """The answer's body; with `refusable`, a 400 is BadRequest with the master's reason."""
         url = URL(self.url + path)
         headers = {"Accept": MSGPACK} | self._signer.headers(method, url.path, params, data)
         try:
@@ -54,6 +56,9 @@ class MasterClient:
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 data = await resp.read()
+                if resp.status == 400 and refusable:
+                    reason = " ".join(data.decode(errors="replace").split())[:500]
+                    raise BadRequest(f"the master at {self.url} refused this worker: {reason}")
                 if resp.status != 200:
                     raise Unavailable(f"master {method} {path}: HTTP {resp.status} {data[:200]!r}")
                 return data

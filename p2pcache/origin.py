@@ -19,12 +19,14 @@ import random
 import re
 import time
 from typing import AsyncIterator, Awaitable, Callable, NamedTuple
+from urllib.parse import urlsplit
 
 import aiohttp
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.handlers import set_list_objects_encoding_type_url
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from .breaker import OPEN, Breaker
 from .conditions import etag_matches
@@ -36,7 +38,7 @@ from .objects import ObjectInfo
 from .retry import RetryPolicy, is_transient
 from .s3headers import stored_headers
 
-__all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error"]
+__all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error", "check_endpoint"]
 
 log = logging.getLogger("p2pcache.origin")
 READ_SIZE = 1 << 20  # aiohttp buffers up to twice what a read asks for: see `read_range`'s `piece`
@@ -66,6 +68,17 @@ _CONNECTION_ERRORS = (
     aiohttp.ClientError,
     OSError,
 )
+
+
+def check_endpoint(url: str) -> None:
+    """An endpoint URL botocore takes, over HTTP(S); ValueError otherwise (botocore's own comes late)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
 
 
 def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | None = None) -> P2PError:

@@ -3,22 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Iterator, Protocol
 
 import uvloop
 
-__all__ = ["Service", "run_service", "setup_logging", "few_malloc_arenas"]
+__all__ = ["Service", "Fatal", "run_service", "listening", "setup_logging", "few_malloc_arenas"]
+
+
+class Fatal(Exception):
+    """The service cannot start, or go on: its message is the one line the process exits with."""
 
 
 class Service(Protocol):
-    async def start(self) -> None: ...
+    async def start(self) -> None: ...  # may raise Fatal; stop() then releases what it took
+    async def fatal(self) -> Fatal: ...  # returns when the service cannot go on (most never do)
     async def stop(self) -> None: ...
     def ready_line(self) -> str: ...
+
+
+@contextlib.contextmanager
+def listening(host: str, port: int) -> Iterator[None]:
+    """Turns a failure to bind `host:port` into Fatal: `cannot listen on HOST:PORT: address already in use`."""
+    try:
+        yield
+    except OSError as exc:
+        # uvloop's strerror repeats the address; a resolver error's errno is not an OS one.
+        known = exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror)
+        reason = os.strerror(exc.errno) if known else exc.strerror or str(exc)
+        shown = f"[{host}]" if ":" in host else host
+        raise Fatal(f"cannot listen on {shown}:{port}: {reason[:1].lower()}{reason[1:]}") from exc
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -42,20 +62,44 @@ def few_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
-def run_service(make: Callable[[], Service]) -> int:
-    """Start the service, print its ready line, serve until a signal, stop."""
+def run_service(make: Callable[[], Service], name: str) -> int:
+    """Start the service, print its ready line, serve until a signal, stop; the exit code.
 
-    async def main() -> None:
+    A service that cannot start, or go on, is stopped (it releases what it took) and
+    the process exits 1 with one line on stderr, `NAME: why`.
+    """
+
+    async def main() -> int:
         service = make()
-        await service.start()
-        print(service.ready_line(), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        logging.getLogger("p2pcache").info("signal received, shutting down")
+        try:
+            await service.start()
+        except Fatal as exc:
+            fatal: Fatal | None = exc
+        else:
+            print(service.ready_line(), flush=True)
+            fatal = await _until_signal(service.fatal())
+        if fatal is None:
+            logging.getLogger("p2pcache").info("signal received, shutting down")
         await service.stop()
+        if fatal is not None:
+            print(f"{name}: {fatal}", file=sys.stderr, flush=True)
+            return 1
+        return 0
 
-    uvloop.run(main())
-    return 0
+    return uvloop.run(main())
+
+
+async def _until_signal(fatal: Awaitable[Fatal]) -> Fatal | None:
+    """Waits for SIGINT or SIGTERM (None), or for the service's Fatal, whichever comes first."""
+    loop = asyncio.get_running_loop()
+    signalled = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: signalled.done() or signalled.set_result(None))
+    failed = asyncio.ensure_future(fatal)
+    await asyncio.wait((signalled, failed), return_when=asyncio.FIRST_COMPLETED)
+    if failed.done():
+        return failed.result()
+    failed.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await failed
+    return None

@@ -24,7 +24,7 @@ def signed(secret: bytes | None, method: str, url: str, params: dict | None = No
 
 
 def registration(worker_id: str, url: str) -> bytes:
-    return msgpack.packb({"id": worker_id, "url": url, "capacity": 0, "weight": 1, "state": "up"})
+    return msgpack.packb({"id": worker_id, "url": url, "capacity": 1 << 30, "weight": 1, "state": "up"})
 
 
 def files(root: Path) -> list[Path]:

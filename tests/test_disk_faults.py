@@ -12,6 +12,7 @@ import pytest
 
 from conftest import SECRET, metric
 from p2pcache.admin_client import AdminClient
+from p2pcache.service import Fatal
 from worker.server import Worker
 
 CHUNK = 64 << 10
@@ -114,8 +115,9 @@ async def test_a_second_worker_on_a_cache_dir_in_use_does_not_start(cluster_fact
     cluster = await cluster_factory(1)
     first = cluster.workers[0]
     second = Worker(dataclasses.replace(first.config, port=0))
-    with pytest.raises(OSError, match=r"is in use by another worker \(pid \d+\)"):
-        await second.start()  # it fails before it opens anything
+    with pytest.raises(Fatal, match=r"is in use by another worker \(pid \d+\)"):
+        await second.start()
+    await second.stop()  # it had taken nothing
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{first.url}/_p2p/ready") as resp:
             assert resp.status == 200 and "degraded" not in await resp.json()

@@ -23,6 +23,7 @@ from helm_render import (
     NAMESPACE,
     container,
     container_env,
+    expand_vars,
     find,
     find_one,
     flags,
@@ -281,10 +282,12 @@ def test_reader_keys_reach_the_worker_as_the_file_its_flag_names(rendered, varia
     path = flags(worker)["client-keys"]
     assert list(files) == [path]  # only the key the flag names is mounted
     assert list(parse_client_keys(files[path])) == expected
-    # The worker's own CLI accepts every rendered flag and loads that file.
+    # The worker's own CLI accepts every rendered flag, as the kubelet expands them, and loads that file.
     local = tmp_path / "client-keys"
     local.write_text(files[path])
-    args = [f"--client-keys={local}" if arg.startswith("--client-keys=") else arg for arg in worker["args"]]
+    env = container_env(worker, objects, "w-0")
+    args = [f"--client-keys={local}" if arg.startswith("--client-keys=") else expand_vars(arg, env)
+            for arg in worker["args"]]
     parsed = build_parser().parse_args(args)
     assert list(WorkerConfig.from_args(parsed).client_keys) == expected
     mount = next(m for m in worker["volumeMounts"] if path.startswith(m["mountPath"] + "/"))

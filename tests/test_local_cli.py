@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import boto3
+import pytest
 from p2pcache.local import DEMO_BUCKET, DEMO_KEY
 
 
-def read_banner(proc: subprocess.Popen, timeout: float = 60) -> dict[str, list[str]]:
-    """The URLs `p2pcache local` prints, by role (a thread reads, so no line is stuck in a buffer)."""
+def read_banner(proc: subprocess.Popen, timeout: float = 60, seen: list[str] | None = None) -> dict[str, list[str]]:
+    """The URLs `p2pcache local` prints, by role (a thread reads, so no line is stuck in a buffer);
+    every line in `seen`, if given."""
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     urls: dict[str, list[str]] = {}
@@ -28,6 +30,8 @@ def read_banner(proc: subprocess.Popen, timeout: float = 60) -> dict[str, list[s
         except queue.Empty:
             assert proc.poll() is None, f"p2pcache local exited early with {proc.poll()}"
             continue
+        if seen is not None:
+            seen.append(line)
         parts = line.split()
         if len(parts) == 2 and parts[0].endswith(":"):
             urls.setdefault(parts[0].rstrip(":"), []).append(parts[1])
@@ -101,6 +105,60 @@ def test_the_cluster_dies_with_p2pcache_local_even_when_it_is_killed(tmp_path):
         while any(port_open(u) for u in urls["worker"] + urls["master"]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(port_open(u) for u in urls["worker"] + urls["master"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def local(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "p2pcache", "local", "--demo-size", "1KiB", *args],
+                          capture_output=True, text=True, timeout=90, env=os.environ.copy())
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["--capacity", "1XB"], "p2pcache local: error: argument --capacity: invalid size '1XB'"),
+    (["--chunk-size", "1XB"], "p2pcache local: error: argument --chunk-size: invalid size '1XB'"),
+    (["--workers", "0"], "p2pcache local: --workers must be at least 1, not 0"),
+    (["--workers", "3", "--port", "65535"], "p2pcache local: --port must be from 0 to 65532, not 65535"),
+])
+def test_flags_local_cannot_start_with_stop_it_before_it_starts_anything(args, why):
+    result = local("--port", "0", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1].startswith(why)
+
+
+def test_a_process_that_does_not_start_is_named_with_its_exit_code_and_the_rest_stop(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = local("--port", str(port))
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert f"p2pcache master: cannot listen on 127.0.0.1:{port}: address already in use" in lines
+    assert "p2pcache local: master did not become ready (exit code 1)" in lines
+    # The master refuses a worker that cannot keep two chunks: the worker says why, local names it.
+    result = local("--port", "0", "--workers", "2", "--chunk-size", "1MiB", "--capacity", "1MiB",
+                   "--data-dir", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "refused this worker: invalid worker registration: capacity must hold 2 chunks" in result.stderr
+    assert "p2pcache local: worker worker-0 did not become ready (exit code 1)" in result.stderr.splitlines()
+
+
+def test_with_another_s3_the_banner_offers_no_demo_object(s3, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pcache", "local", "--port", "0", "--workers", "1", "--s3-endpoint", s3.url,
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+    try:
+        lines: list[str] = []
+        urls = read_banner(proc, seen=lines)
+        assert urls["s3"] == [s3.url] and len(urls["worker"]) == 1
+        banner = "".join(lines)
+        assert DEMO_KEY not in banner and f"curl -r 0-1048575 -o /tmp/part {urls['worker'][0]}/BUCKET/KEY" in banner
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import aiohttp
@@ -76,3 +77,32 @@ async def test_a_worker_is_ready_only_once_it_is_in_the_ring(cluster_factory):
         await wait_for(lambda: cluster.master.membership.ring.workers == (), what="the worker to leave")
         async with http.get(f"{cluster.master.url}/ring?format=json") as resp:
             assert (await resp.json())["workers"] == []
+
+
+async def test_workers_beat_often_enough_for_a_master_whose_ttl_is_shorter_than_their_interval(cluster_factory):
+    cluster = await cluster_factory(1, worker_ttl=1.0, heartbeat=30.0)
+    membership = cluster.master.membership
+    epoch = membership.ring.epoch
+    beats = []  # when the master heard w0, each time it did
+
+    def heard_four_beats():
+        seen = membership._seen.get("w0")
+        if seen is not None and seen not in beats:
+            beats.append(seen)
+        return len(beats) >= 4
+
+    await wait_for(heard_four_beats, what="w0's heartbeats, three times a TTL")
+    assert membership.ring.epoch == epoch and [w.id for w in membership.ring.workers] == ["w0"]
+
+
+async def test_a_worker_the_master_comes_to_refuse_stops_heartbeating_and_says_why(cluster_factory):
+    cluster = await cluster_factory(1, capacity=3 * CHUNK)
+    worker = cluster.workers[0]
+    port = int(cluster.master.url.rsplit(":", 1)[1])
+    await cluster.master.stop()  # back with chunks 3 x w0's capacity cannot hold twice
+    cluster.master = Master(MasterConfig(port=port, chunk_size=2 * CHUNK, cluster_secret=cluster.secret))
+    await cluster.master.start()
+    fatal = await asyncio.wait_for(worker.fatal(), timeout=15)
+    assert str(fatal).endswith(f"refused this worker: invalid worker registration: capacity must hold 2 chunks, "
+                               f"{4 * CHUNK} bytes at the master's --chunk-size 512KiB, not {3 * CHUNK}")
+    assert cluster.master.membership.ring.workers == ()

@@ -7,22 +7,22 @@ import json
 import msgpack
 import pytest
 
-from master.registration import (
-    MAX_WEIGHT, InvalidRegistration, Takeover, check_takeover, check_url, parse_worker,
-)
+from master.registration import InvalidRegistration, Takeover, check_takeover, parse_worker
+from p2pcache.members import MAX_WEIGHT, check_url
 from p2pcache.ring import DRAINING, WorkerInfo
 
 GOOD = {"id": "p2pcache-worker-0", "url": "http://p2pcache-worker-0.h.ml.svc.cluster.local:8080",
         "capacity": 20 << 30, "weight": 1, "state": "up"}
+CHUNK = 8 << 20
 
 
 def register(**changes) -> WorkerInfo:
-    return parse_worker(msgpack.packb(GOOD | changes), "application/msgpack")
+    return parse_worker(msgpack.packb(GOOD | changes), "application/msgpack", CHUNK)
 
 
 def test_a_good_registration_parses_in_msgpack_and_json():
     assert register() == WorkerInfo(**GOOD)
-    assert parse_worker(json.dumps(GOOD).encode(), "application/json") == WorkerInfo(**GOOD)
+    assert parse_worker(json.dumps(GOOD).encode(), "application/json", CHUNK) == WorkerInfo(**GOOD)
     assert register(state=DRAINING).state == DRAINING
     assert register(future_field=1) == WorkerInfo(**GOOD)  # unknown fields: ignored
 
@@ -66,11 +66,19 @@ def test_numbers_and_states_out_of_range_are_refused(field, value):
         register(**{field: value})
 
 
+def test_a_capacity_that_cannot_hold_two_chunks_is_refused():
+    assert register(capacity=2 * CHUNK).capacity == 2 * CHUNK
+    for capacity in (0, CHUNK, 2 * CHUNK - 1):
+        with pytest.raises(InvalidRegistration, match=f"capacity must hold 2 chunks, {2 * CHUNK} bytes at the "
+                                                      f"master's --chunk-size 8MiB, not {capacity}$"):
+            register(capacity=capacity)
+
+
 @pytest.mark.parametrize("body", [b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"id": "w"}),
                                   b"\x91" * 100_000])
 def test_garbage_is_refused(body):
     with pytest.raises(InvalidRegistration):
-        parse_worker(body, "application/msgpack")
+        parse_worker(body, "application/msgpack", CHUNK)
 
 
 def test_an_id_moves_to_another_url_only_with_the_secret():

@@ -20,7 +20,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"p2pcache worker: {exc}", file=sys.stderr)
         return 2
     few_malloc_arenas()
-    return run_service(lambda: Worker(config))
+    return run_service(lambda: Worker(config), "p2pcache worker")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from p2pcache.auth import load_secret
+from p2pcache.bounds import bounded
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
+from p2pcache.members import MAX_WEIGHT, check_id, check_url
+from p2pcache.origin import check_endpoint
 from p2pcache import tls
 
 from .cpus import available_cpus
@@ -54,16 +58,24 @@ class WorkerConfig:
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "WorkerConfig":
-        """Raises ValueError for a bad secret or TLS flags (reads the secret file)."""
+        """Raises ValueError for a bad flag: a secret, TLS files, or what the master would refuse."""
         host, port = a.listen
         tls.check(a.tls_cert, a.tls_key, a.tls_ca)
-        if not 1 <= a.weight <= 100:
-            raise ValueError(f"--weight must be from 1 to 100, not {a.weight}")
+        _check_numbers(a)
+        if a.s3_endpoint:
+            _checked("--s3-endpoint", check_endpoint, a.s3_endpoint)
+        # The master's own rules: a worker it would refuse must not start and heartbeat in vain.
+        master, advertise = a.master.rstrip("/"), a.advertise.rstrip("/")
+        _checked("--master", check_url, master)
+        if advertise:
+            _checked("--advertise", check_url, advertise)
+        if a.id:
+            _checked("--id", check_id, a.id)
         buckets = frozenset(b.strip() for b in (a.allowed_buckets or "").split(",") if b.strip())
         return cls(
-            master_url=a.master, cache_dir=Path(a.cache_dir), host=host, port=port,
+            master_url=master, cache_dir=Path(a.cache_dir), host=host, port=port,
             capacity=a.capacity, min_free=a.min_free, s3_endpoint=a.s3_endpoint or None,
-            advertise=a.advertise.rstrip("/") or None, worker_id=a.id or None, weight=a.weight,
+            advertise=advertise or None, worker_id=a.id or None, weight=a.weight,
             allowed_buckets=buckets, heartbeat_interval=a.heartbeat_interval,
             drain_timeout=a.drain_timeout, origin_concurrency=a.origin_concurrency,
             meta_ttl=a.meta_ttl, readahead=a.readahead, egress_limit=a.egress_limit,
@@ -75,6 +87,24 @@ class WorkerConfig:
             tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,
             serve_processes=_serve_processes(a.serve_processes),
         )
+
+
+def _check_numbers(a: argparse.Namespace) -> None:
+    """Each number inside the range where it means something: ValueError naming the flag otherwise."""
+    bounded("--weight", a.weight, 1, MAX_WEIGHT)
+    bounded("--heartbeat-interval", a.heartbeat_interval, 0, above=True)
+    bounded("--origin-read-timeout", a.origin_read_timeout, 0, above=True)
+    bounded("--origin-concurrency", a.origin_concurrency, 1)
+    bounded("--readahead", a.readahead, 1)
+    for flag in ("--drain-timeout", "--meta-ttl", "--origin-deadline", "--origin-breaker"):
+        bounded(flag, getattr(a, flag[2:].replace("-", "_")), 0)
+
+
+def _checked(flag: str, check: Callable[[str], None], value: str) -> None:
+    try:
+        check(value)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 def _serve_processes(text: str) -> int:
@@ -125,8 +155,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              "GETs, or HEADs and listings) after which S3 is not asked for a while (0: never)",
              type=int, default=8)
     add_flag(p, "--eviction", "which chunks go first when the cache is full: s3fifo (read-once "
-             "chunks first, keeps a working set through scans) or lru", choices=sorted(POLICIES),
-             default=DEFAULT)
+             "chunks first, keeps a working set through scans), lru, or slru (segmented: a chunk read "
+             "again is protected)", choices=sorted(POLICIES), default=DEFAULT)
     add_security_flags(p)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for https:// peers and master, on top of "
              "the system's", default="")

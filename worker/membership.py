@@ -1,7 +1,8 @@
 """Keeps this worker in the master's ring and the latest ring in hand.
 
 If the master is gone, nothing changes for reads: the last ring stays in use,
-heartbeats retry, and a restarted master learns the worker on the next beat.
+heartbeats retry, and a restarted master learns the worker on the next beat. If
+it refuses the worker (400: it would refuse every beat), that is Fatal.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import logging
 from dataclasses import replace
 from typing import Callable
 
-from p2pcache.errors import Unavailable
+from p2pcache.errors import BadRequest, Unavailable
 from p2pcache.master_client import MasterClient
 from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
+from p2pcache.service import Fatal
 
 __all__ = ["MembershipAgent"]
 
@@ -28,11 +30,18 @@ class MembershipAgent:
         self._master = master
         self.me = me
         self._interval = interval
+        self._pace_now = interval  # seconds between heartbeats (see _pace)
+        self._failing = False
         self._on_ring = on_ring
         self._tasks: list[asyncio.Task] = []
         self.ring: RingSnapshot | None = None
+        # Set when the master refuses our registration: it would refuse every beat again.
+        self.refused: asyncio.Future[Fatal] = asyncio.get_running_loop().create_future()
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Register, then heartbeat and follow the ring. Fatal if the master refuses us; an
+        unreachable master is logged and retried (reads do not need it)."""
+        await self._beat()
         self._tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._watch())]
 
     async def stop(self, leave: bool = True) -> None:
@@ -53,25 +62,48 @@ class MembershipAgent:
         self.me = replace(self.me, state=DRAINING)  # later heartbeats say so too
         try:
             await self._master.heartbeat(self.me)
-        except Unavailable as exc:
+        except (Unavailable, BadRequest) as exc:
             log.warning("could not announce draining: %s", exc)
             return False
         log.info("draining: handing our chunks to their new owners")
         return True
 
     async def _heartbeats(self) -> None:
-        failing = False
         while True:
+            await asyncio.sleep(self._pace_now)
             try:
-                await self._master.heartbeat(self.me)
-                if failing:
-                    log.info("master reachable again")
-                failing = False
-            except Unavailable as exc:
-                if not failing:
-                    log.warning("heartbeat failed, serving on the last ring: %s", exc)
-                failing = True
-            await asyncio.sleep(self._interval)
+                await self._beat()
+            except Fatal as exc:
+                log.error("%s", exc)
+                self.refused.set_result(exc)
+                return
+
+    async def _beat(self) -> None:
+        """One heartbeat; Fatal if the master refuses it."""
+        try:
+            reply = await self._master.heartbeat(self.me)
+        except BadRequest as exc:
+            raise Fatal(str(exc)) from None
+        except Unavailable as exc:
+            if not self._failing:
+                log.warning("heartbeat failed, serving on the last ring: %s", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("master reachable again")
+        self._failing = False
+        self._pace(reply.get("ttl"))
+
+    def _pace(self, ttl: object) -> None:
+        """Beat every --heartbeat-interval, or a third of the master's TTL if that is shorter, so a
+        master whose --worker-ttl is shorter than our --heartbeat-interval never drops us."""
+        if not isinstance(ttl, (int, float)) or not ttl > 0:
+            return  # a master that does not say
+        interval = min(self._interval, ttl / 3)
+        if interval != self._pace_now:
+            log.warning("the master drops a worker after %g s without a heartbeat: beating every %g s "
+                        "(--heartbeat-interval %g)", ttl, interval, self._interval)
+        self._pace_now = interval
 
     async def _watch(self) -> None:
         while True:

@@ -24,6 +24,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from p2pcache.service import listening
+
 from .config import WorkerConfig
 from .metrics import WorkerMetrics
 
@@ -85,7 +87,8 @@ class ServingProcesses:
                                         handle_signals=False, shutdown_timeout=cfg.drain_timeout)
         await self._runner.setup()
         await web.UnixSite(self._runner, path).start()
-        self._port = reserve_port(cfg.host, cfg.port)
+        with listening(cfg.host, cfg.port):
+            self._port = reserve_port(cfg.host, cfg.port)
         host, port = self._port.getsockname()[:2]
         settings = {
             "host": cfg.host, "port": port, "socket": path, "cache_dir": str(cfg.cache_dir),

@@ -34,6 +34,7 @@ from p2pcache.metrics import metrics_handler
 from p2pcache.origin import OriginHooks, S3Origin
 from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
+from p2pcache.service import Fatal, listening
 
 from . import cachedir, inputs
 from .budget import COORDINATOR_PIECES, PieceBudget
@@ -83,6 +84,7 @@ class Worker:
         self.agent: MembershipAgent | None = None
         self.running = False
         self._lock: int | None = None  # the cache dir's (worker/cachedir.py)
+        self._began = False  # past the lock: stop() has things to release
         self._ring_changed = asyncio.Event()
         self.egress = TokenBucket(config.egress_limit / egress_shares(config)) if config.egress_limit else None
         self._rid_prefix, self._rids = uuid.uuid4().hex[:8].upper(), itertools.count()
@@ -136,7 +138,11 @@ class Worker:
             log.warning("no cluster secret (--cluster-secret, P2PCACHE_CLUSTER_SECRET or "
                         "--cluster-secret-file): the cluster is OPEN, anyone who can reach this worker "
                         "can ask it for chunks of any allowed bucket")
-        self._lock = await asyncio.to_thread(cachedir.lock, cfg.cache_dir)  # OSError if another worker has it
+        try:
+            self._lock = await asyncio.to_thread(cachedir.lock, cfg.cache_dir)
+        except OSError as exc:  # another worker runs on this cache dir
+            raise Fatal(exc.strerror) from exc
+        self._began = True
         self.id = self.id or await asyncio.to_thread(_stable_id, cfg.cache_dir)
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
@@ -194,7 +200,8 @@ class Worker:
             host, port = await self.procs.start()
         else:
             site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True, ssl_context=server_ssl)
-            await site.start()
+            with listening(cfg.host, cfg.port):
+                await site.start()
             host, port = site._server.sockets[0].getsockname()[:2]
         scheme = "https" if server_ssl else "http"
         self.address = (host, port)  # where it listens (its URL may be --advertise's)
@@ -202,7 +209,7 @@ class Worker:
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,
                                      cfg.heartbeat_interval, self._on_ring)
-        self.agent.start()
+        await self.agent.start()
         self.rebalancer.start()
         self.running = True
         log.info("worker %s serving on %s, master %s", self.id, self.url, cfg.master_url)
@@ -215,6 +222,8 @@ class Worker:
         `leave=False` stops like a crash would, without telling the master.
         """
         self.running = False
+        if not self._began:  # it could not take its cache dir: it took nothing
+            return
         if leave and self.agent and self.placement is not None:
             await self._drain()
         if self.agent:
@@ -235,6 +244,10 @@ class Worker:
 
     def ready_line(self) -> str:
         return f"p2pcache worker ready url={self.url} id={self.id}"
+
+    async def fatal(self) -> Fatal:
+        """When the master refuses this worker's registration: it would refuse every heartbeat."""
+        return await asyncio.shield(self.agent.refused)
 
     async def _drain(self) -> None:
         """Own nothing, stay a source, and hand every chunk to its owner, for up to --drain-timeout."""

@@ -1,0 +1,180 @@
+"""A service stops at startup with one line, never a traceback or a ready line: exit 2 for flags it cannot
+work with (the line names the flag), 1 for an address it cannot listen on."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from master.config import MasterConfig
+from p2pcache.cli import build_parser
+from p2pcache.local import spawn, stop_all, wait_ready
+from worker.config import WorkerConfig, add_arguments
+from worker.eviction import POLICIES
+
+MASTER = "http://127.0.0.1:9"
+
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """`p2pcache ARGS` as its own process; one that does not stop by itself fails the test."""
+    return subprocess.run([sys.executable, "-m", "p2pcache", *args], capture_output=True, text=True, timeout=30,
+                          env=ENV)
+
+
+def worker_args(tmp_path, *flags: str) -> list[str]:
+    return ["worker", "--listen", "127.0.0.1:0", "--cache-dir", str(tmp_path / "cache"), *flags]
+
+
+def worker_config(tmp_path, *flags: str) -> WorkerConfig:
+    return WorkerConfig.from_args(build_parser().parse_args(worker_args(tmp_path, *flags)))
+
+
+@pytest.mark.parametrize(("flags", "why"), [
+    (["--master", "notaurl"], "--master: url 'notaurl' must be http:// or https://"),
+    (["--master", "127.0.0.1:29000"], "--master: url '127.0.0.1:29000' must be http:// or https://"),
+    (["--master", "http://127.0.0.1:29000/ring"], "--master: url 'http://127.0.0.1:29000/ring' must not have a path"),
+    (["--master", MASTER, "--advertise", "foo"], "--advertise: url 'foo' must be http:// or https://"),
+    (["--master", MASTER, "--advertise", "http://127.0.0.1:29060/path"],
+     "--advertise: url 'http://127.0.0.1:29060/path' must not have a path"),
+    (["--master", MASTER, "--id", "bad id!"], "--id: id must be 1-128 characters of A-Z a-z 0-9 . _ -"),
+    (["--master", MASTER, "--id", "a" * 200], "--id: id must be 1-128 characters"),
+    (["--master", MASTER, "--s3-endpoint", "notaurl"], "--s3-endpoint: 'notaurl' is not an http:// or https:// URL"),
+    (["--master", MASTER, "--s3-endpoint", "http://h:99999"], "--s3-endpoint: 'http://h:99999' is not a URL"),
+])
+def test_worker_urls_and_ids_it_cannot_work_with_are_refused(tmp_path, flags, why):
+    with pytest.raises(ValueError) as refused:
+        worker_config(tmp_path, *flags)
+    assert str(refused.value).startswith(why)
+
+
+def test_a_trailing_slash_is_not_a_path(tmp_path):
+    config = worker_config(tmp_path, "--master", MASTER + "/", "--advertise", "http://w0:7071/", "--id", "w0")
+    assert (config.master_url, config.advertise, config.worker_id) == (MASTER, "http://w0:7071", "w0")
+
+
+def test_a_worker_that_could_never_join_exits_with_one_line(tmp_path):
+    result = run(*worker_args(tmp_path, "--master", "127.0.0.1:29000"))
+    assert result.returncode == 2 and "ready" not in result.stdout
+    assert result.stderr == "p2pcache worker: --master: url '127.0.0.1:29000' must be http:// or https://\n"
+    assert not (tmp_path / "cache").exists()
+
+
+def master_config(*flags: str) -> MasterConfig:
+    return MasterConfig.from_args(build_parser().parse_args(["master", "--listen", "127.0.0.1:0", *flags]))
+
+
+@pytest.mark.parametrize(("flags", "why"), [
+    (["--chunk-size", "0"], "--chunk-size must be at least 64KiB, not 0B"),
+    (["--chunk-size", "1"], "--chunk-size must be at least 64KiB, not 1B"),
+    (["--chunk-size", "1.5"], "--chunk-size must be at least 64KiB, not 1B"),
+    (["--chunk-size", "65535"], "--chunk-size must be at least 64KiB, not 65,535 bytes"),
+    (["--vnodes", "0"], "--vnodes must be from 1 to 1000, not 0"),
+    (["--vnodes", "-5"], "--vnodes must be from 1 to 1000, not -5"),
+    (["--vnodes", "1001"], "--vnodes must be from 1 to 1000, not 1001"),
+    (["--replicas", "0"], "--replicas must be at least 1, not 0"),
+    (["--replicas", "-1"], "--replicas must be at least 1, not -1"),
+    (["--worker-ttl", "-1"], "--worker-ttl must be at least 1, not -1"),
+    (["--worker-ttl", "0"], "--worker-ttl must be at least 1, not 0"),
+    (["--worker-ttl", "0.5"], "--worker-ttl must be at least 1, not 0.5"),
+    (["--worker-ttl", "nan"], "--worker-ttl must be at least 1, not nan"),
+    (["--startup-grace", "-1"], "--startup-grace must be at least 0, not -1"),
+    (["--startup-grace", "inf"], "--startup-grace must be at least 0, not inf"),
+])
+def test_master_numbers_out_of_range_are_refused(flags, why):
+    with pytest.raises(ValueError) as refused:
+        master_config(*flags)
+    assert str(refused.value) == why
+
+
+def test_master_numbers_at_their_bounds_are_accepted():
+    config = master_config("--chunk-size", "64KiB", "--vnodes", "1000", "--replicas", "1", "--worker-ttl", "1",
+                           "--startup-grace", "0")
+    assert (config.chunk_size, config.vnodes, config.replicas, config.worker_ttl) == (64 << 10, 1000, 1, 1.0)
+    assert master_config("--chunk-size", "8MB", "--vnodes", "1").chunk_size == 8_000_000  # not a block multiple
+
+
+@pytest.mark.parametrize(("flags", "why"), [
+    (["--weight", "0"], "--weight must be from 1 to 100, not 0"),
+    (["--heartbeat-interval", "0"], "--heartbeat-interval must be more than 0, not 0"),
+    (["--heartbeat-interval", "-2"], "--heartbeat-interval must be more than 0, not -2"),
+    (["--heartbeat-interval", "inf"], "--heartbeat-interval must be more than 0, not inf"),
+    (["--origin-read-timeout", "0"], "--origin-read-timeout must be more than 0, not 0"),
+    (["--origin-concurrency", "0"], "--origin-concurrency must be at least 1, not 0"),
+    (["--origin-concurrency", "-1"], "--origin-concurrency must be at least 1, not -1"),
+    (["--readahead", "0"], "--readahead must be at least 1, not 0"),
+    (["--drain-timeout", "-1"], "--drain-timeout must be at least 0, not -1"),
+    (["--meta-ttl", "-1"], "--meta-ttl must be at least 0, not -1"),
+    (["--meta-ttl", "nan"], "--meta-ttl must be at least 0, not nan"),
+    (["--origin-deadline", "-1"], "--origin-deadline must be at least 0, not -1"),
+    (["--origin-breaker", "-1"], "--origin-breaker must be at least 0, not -1"),
+])
+def test_worker_numbers_out_of_range_are_refused(tmp_path, flags, why):
+    with pytest.raises(ValueError) as refused:
+        worker_config(tmp_path, "--master", MASTER, *flags)
+    assert str(refused.value) == why
+
+
+def test_worker_zeros_that_mean_something_are_accepted(tmp_path):
+    config = worker_config(tmp_path, "--master", MASTER, "--capacity", "0", "--min-free", "0", "--drain-timeout",
+                           "0", "--meta-ttl", "0", "--origin-deadline", "0", "--origin-breaker", "0",
+                           "--egress-limit", "0", "--rebalance-rate", "0")
+    assert (config.meta_ttl, config.origin_deadline, config.origin_breaker) == (0, 0, 0)
+
+
+def test_a_master_with_a_chunk_size_it_cannot_work_with_exits_with_one_line():
+    result = run("master", "--listen", "127.0.0.1:0", "--chunk-size", "0")
+    assert result.returncode == 2 and "ready" not in result.stdout
+    assert result.stderr == "p2pcache master: --chunk-size must be at least 64KiB, not 0B\n"
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("service", "processes"), [("master", None), ("worker", "1"), ("worker", "2")])
+def test_a_service_that_cannot_listen_exits_with_one_line_and_releases_what_it_took(tmp_path, taken_port,
+                                                                                    service, processes):
+    extra = ["--master", MASTER, "--cache-dir", str(tmp_path), "--serve-processes", processes] if processes else []
+    # 192.0.2.1 is a documentation address (RFC 5737): never one of this machine's.
+    for listen, why in ((f"127.0.0.1:{taken_port}", "address already in use"),
+                        ("192.0.2.1:29050", "cannot assign requested address")):
+        result = run(service, "--listen", listen, *extra)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.splitlines()[-1] == f"p2pcache {service}: cannot listen on {listen}: {why}"
+        assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr, result.stderr
+
+
+def test_a_worker_the_master_refuses_exits_with_the_masters_reason(tmp_path):
+    procs = []
+    try:
+        master = wait_ready(spawn(procs, ENV, "master", "--listen", "127.0.0.1:0", "--chunk-size", "1MiB",
+                                  "--startup-grace", "0"))
+        result = run(*worker_args(tmp_path, "--master", master, "--capacity", "1MiB", "--serve-processes", "2"))
+    finally:
+        stop_all(procs)
+    assert result.returncode == 1 and "ready" not in result.stdout
+    assert result.stderr.splitlines()[-1] == (
+        f"p2pcache worker: the master at {master} refused this worker: invalid worker registration: "
+        f"capacity must hold 2 chunks, {2 << 20} bytes at the master's --chunk-size 1MiB, not {1 << 20}")
+    assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr
+
+
+def test_the_eviction_help_names_every_policy():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    (action,) = [a for a in parser._actions if "--eviction" in a.option_strings]
+    assert set(action.choices) == set(POLICIES)
+    assert all(re.search(rf"\b{name}\b", action.help) for name in POLICIES), action.help

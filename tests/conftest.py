@@ -163,8 +163,8 @@ async def cluster_factory(s3, tmp_path):
     async def make(n: int = 3, chunk_size: int = CHUNK, worker_ttl: float = 10.0,
                    heartbeat: float = 0.5, replicas: int = 1, secret: bytes | None = SECRET,
                    **worker_options) -> Cluster:
-        cluster = Cluster(s3.url, tmp_path, chunk_size, worker_ttl, heartbeat, replicas, secret,
-                          **worker_options)
+        root = tmp_path / f"cluster-{len(clusters)}" if clusters else tmp_path  # one cache dir per worker
+        cluster = Cluster(s3.url, root, chunk_size, worker_ttl, heartbeat, replicas, secret, **worker_options)
         clusters.append(cluster)
         return await cluster.start(n)
 

@@ -34,6 +34,11 @@ class PieceBudget:
         self.total, self.least, self.most = total, least, most
         self.streams = 0  # streams open
 
+    @property
+    def floor_streams(self) -> int:
+        """Streams at which a piece reaches its floor: past them, each adds its own pieces."""
+        return self.total // self.least
+
     def piece(self) -> int:
         """The size of the next piece a stream reads."""
         return min(self.most, max(self.least, self.total // max(1, self.streams)))

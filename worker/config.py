@@ -51,6 +51,9 @@ class WorkerConfig:
     tls_key: str = ""
     tls_ca: str = ""
     serve_processes: int = 1  # 1: this process serves everything (worker/procs.py for more)
+    max_reads: int = 0  # reads sending at once per process; 0: what its piece budget holds (worker/turns.py)
+    read_wait: float = 15.0  # seconds a read waits for its turn before 503 SlowDown
+    send_timeout: float = 60.0  # seconds a reader may take nothing before its answer is cut; 0: never
 
     def handoff_rate(self) -> float:
         """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""
@@ -86,6 +89,7 @@ class WorkerConfig:
             cluster_secret=load_secret(a.cluster_secret, a.cluster_secret_file),
             tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,
             serve_processes=_serve_processes(a.serve_processes),
+            max_reads=a.max_reads, read_wait=a.read_wait, send_timeout=a.send_timeout,
         )
 
 
@@ -96,7 +100,8 @@ def _check_numbers(a: argparse.Namespace) -> None:
     bounded("--origin-read-timeout", a.origin_read_timeout, 0, above=True)
     bounded("--origin-concurrency", a.origin_concurrency, 1)
     bounded("--readahead", a.readahead, 1)
-    for flag in ("--drain-timeout", "--meta-ttl", "--origin-deadline", "--origin-breaker"):
+    for flag in ("--drain-timeout", "--meta-ttl", "--origin-deadline", "--origin-breaker", "--max-reads",
+                 "--read-wait", "--send-timeout"):
         bounded(flag, getattr(a, flag[2:].replace("-", "_")), 0)
 
 
@@ -140,6 +145,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              default=5.0)
     add_flag(p, "--readahead", "chunks a read prepares ahead of the one being sent "
              "(fewer when more than 4 reads run: 16 over all reads)", type=int, default=4)
+    add_flag(p, "--max-reads", "reads sending bytes at once, per process; the next wait for a turn "
+             "(0: as many as its memory budget holds, 128 in the coordinator, 256 in a serving process)",
+             type=int, default=0)
+    add_flag(p, "--read-wait", "seconds a read waits for its turn before 503 SlowDown", type=float,
+             default=15.0)
+    add_flag(p, "--send-timeout", "seconds a reader may take no byte before its answer is cut (0: never)",
+             type=float, default=60.0)
     add_flag(p, "--egress-limit", "bytes per second this worker sends, e.g. 1GB (0: no limit)",
              type=size_arg, default="0")
     add_flag(p, "--rebalance-rate", "bytes per second of chunks handed to their new owners after a "

@@ -35,6 +35,8 @@ class WorkerMetrics:
         self.peer_bytes = Counter("p2pcache_peer_bytes", "Bytes fetched from peers", registry=r)
         self.peer_failures = Counter("p2pcache_peer_failures", "Peer reads that failed over", registry=r)
         self.aborted = Counter("p2pcache_responses_aborted", "Responses cut after headers", registry=r)
+        self.stalled = Counter("p2pcache_stalled_readers_cut",
+                               "Answers cut because their reader took nothing for --send-timeout", registry=r)
         self.fills_in_flight = Gauge("p2pcache_fills_in_flight", "Chunk fills running", registry=r)
         self.store_bytes = Gauge("p2pcache_store_bytes", "Bytes of chunks on disk", registry=r)
         self.store_capacity = Gauge("p2pcache_store_capacity_bytes", "Store capacity", registry=r)

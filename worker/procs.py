@@ -97,6 +97,7 @@ class ServingProcesses:
             "client_keys": [[k.key_id, k.secret, sorted(k.buckets)] for k in cfg.client_keys],
             "meta_ttl": cfg.meta_ttl, "egress_limit": cfg.egress_limit / egress_shares(cfg),
             "drain_timeout": cfg.drain_timeout, "parent": os.getpid(), "token": self._token,
+            "max_reads": cfg.max_reads, "read_wait": cfg.read_wait, "send_timeout": cfg.send_timeout,
             "secret": cfg.cluster_secret.hex() if cfg.cluster_secret else "",  # stdin: not in argv or env
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         }

@@ -40,6 +40,7 @@ from . import cachedir, inputs
 from .budget import COORDINATOR_PIECES, PieceBudget
 from .chunks import Chunks
 from .routing import MAX_HOPS, fill_source
+from .turns import Turn, Turns
 from .config import WorkerConfig
 from .eviction import POLICIES
 from .control import Control
@@ -170,6 +171,8 @@ class Worker:
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
         self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
         budget = PieceBudget(COORDINATOR_PIECES)
+        self.turns = Turns(cfg.max_reads or budget.floor_streams, cfg.read_wait, cfg.send_timeout,
+                           self.metrics.stalled.inc)
         peers = PeerClient(session, read_timeout=max(60.0, 2 * cfg.origin_deadline), signer=self._signer,
                            on_corrupt=self.metrics.corrupt_transfers.inc, piece=budget.piece)
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
@@ -237,6 +240,7 @@ class Worker:
         await self.objects.close()
         await self.listings.close()
         await self.parts.close()
+        await self.turns.close()
         self.store.close()
         await self._stack.aclose()
         cachedir.unlock(self._lock)
@@ -341,6 +345,12 @@ class Worker:
         return await self.listings.list_objects(request, bucket)
 
     async def get_object(self, request: web.BaseRequest, bucket: str, key: str) -> web.StreamResponse:
+        """GetObject and HeadObject; an answer with bytes takes a turn (worker/turns.py)."""
+        async with self.turns.held(lambda: request.transport and request.transport.abort()) as need:
+            return await self._get_object(request, bucket, key, need)
+
+    async def _get_object(self, request: web.BaseRequest, bucket: str, key: str,
+                          need: Callable[[], Awaitable[Turn]]) -> web.StreamResponse:
         part = parse_part_number(request.query, "Range" in request.headers)
         overrides = response_overrides(request.query, request.headers)
         max_age = conditions.max_age(request.headers)  # no-cache: the version S3 has now
@@ -369,6 +379,7 @@ class Worker:
                 continue
             status, headers, start, stop = object_answer(info, request.headers.get("Range"), span, overrides)
             if request.method != "HEAD" and start < stop:
+                turn = await need()
                 small = await self.chunks.read_small(info, start, stop)
                 if small is not None:  # the common case for small reads: no stream, no tasks
                     if self.egress is not None:
@@ -394,10 +405,14 @@ class Worker:
                 await pieces.aclose()
                 raise
             break
+        def sent(n: int) -> None:
+            self.metrics.bytes_served.inc(n)
+            turn.moved()
+
         await resp.prepare(request)
         try:
-            error = await send_body(request, resp, prepend(first, pieces),
-                                    self.metrics.bytes_served.inc, self.egress, length=stop - start)
+            error = await send_body(request, resp, prepend(first, pieces), sent, self.egress,
+                                    length=stop - start)
         finally:
             await pieces.aclose()
         if error is not None:

@@ -1,10 +1,11 @@
-"""A fault-injecting HTTP proxy for tests, between the workers and the S3 server.
+"""A fault-injecting HTTP proxy for tests, between the workers and the S3 server (or in front
+of a worker, as the URL it advertises to its peers).
 
 On ranged GETs it injects a seeded share of faults, each kind in turn: a connection reset, a 503
 SlowDown, a 500, a body cut short, a body that stalls after its headers (and,
-on request, a 403). `script` lists the faults of the next ranged GETs, in
-order; a `mode` applies one fault to every request (an outage). It counts what it
-forwards, so a test can bound what S3 sent. One request per connection
+on request, a 403, or a request never answered: a hung server). `script` lists the faults of
+the next ranged GETs, in order; a `mode` applies one fault to every request (an outage). It
+counts what it forwards, so a test can bound what S3 sent. One request per connection
 (`Connection: close` both ways) keeps the relay simple and exact.
 """
 
@@ -32,7 +33,7 @@ class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.0, faults: tuple[str, ...] = FAULTS,
                  seed: int = 0) -> None:
         parts = urlsplit(upstream)
-        self._upstream = (parts.hostname, parts.port)
+        self.upstream = (parts.hostname, parts.port)  # (host, port) it relays to
         self.rate, self.faults = rate, faults
         self.mode: str | None = None  # a fault for every request: an outage
         self.script: list[str | None] = []  # faults for the next ranged GETs (None: none)
@@ -97,6 +98,9 @@ class FaultProxy:
             if fault == "reset":
                 _reset(writer)
                 return
+            if fault == "hang":  # as a stopped process whose kernel still accepts: nothing, ever
+                await reader.read()
+                return
             if fault in _ERRORS:
                 self._error(writer, method, *_ERRORS[fault], is_object)
                 await writer.drain()
@@ -120,7 +124,7 @@ class FaultProxy:
 
     async def _relay(self, lines: list[str], body: bytes, fault: str | None, counted: bool,
                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         try:
             request = [l for l in lines[1:] if l and not l.lower().startswith("connection:")]
             up_writer.write(("\r\n".join([lines[0], *request, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + body)

@@ -6,7 +6,8 @@ the coordinator's ring (`/_p2p/local/ring`, fetched again when an answer from th
 coordinator names a newer version) and asks the chunk's owners over the signed
 peer protocol, checking the block sums as the coordinator would. A chunk this
 worker owns but does not hold is the coordinator's to fill; so is every read
-whose owners fail: then the caller passes the read (or its rest) on.
+whose owners fail: then the caller passes the read (or its rest) on. An owner's
+error about the object (S3 failing under it) is the read's answer, not passed on.
 """
 
 from __future__ import annotations
@@ -73,8 +74,6 @@ class PeerReads:
 
     async def _fetch(self) -> None:
         got = await self._coordinator.get_json(RING_PATH, {})
-        if got is None:  # no ring yet
-            return
         snapshot = RingSnapshot.decode(base64.b64decode(got["ring"]))
         placement = await asyncio.to_thread(Placement, snapshot)  # 0.1 s at 1,000 workers: off the loop
         self.placement, self.me, self._version = placement, got["me"], snapshot.version
@@ -92,7 +91,8 @@ class PeerReads:
 
     async def open(self, c: ChunkId, offset: int, length: int, peers: list[WorkerInfo]) -> PeerStream | None:
         """`length` bytes of `c` from `offset`, from the first of `peers` that answers; None if
-        none does, or one answers an error about the object (the coordinator then answers it)."""
+        none does (the coordinator's to read). An error about the object, or S3's failure at the
+        owner, is raised as the owner answered it: the coordinator would only get it again."""
         for peer in peers:
             try:
                 stream = await self._client.open(peer, c, offset, length)
@@ -100,8 +100,6 @@ class PeerReads:
                 self._down.failed(peer.id)
                 log.info("peer %s failed for %s: %s", peer.id, c.ring_key, exc)
                 continue
-            except P2PError:
-                return None
             self._down.answered(peer.id)
             return stream
         return None

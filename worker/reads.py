@@ -1,8 +1,10 @@
 """A serving process's reads: of chunks on this worker's disk from their files, of chunks
 other workers hold from those workers, each planned from the object's identity (asked of the
 coordinator, cached for half the --meta-ttl) and the request's Range and conditions. What it
-cannot answer (a chunk this worker must fill, an error to answer, a request that is not a plain
-GET) is the coordinator's: `None`.
+cannot try (a chunk this worker must fill, a request that is not a plain GET, a condition to
+check with S3) or what no worker it asks answers is the coordinator's: `None`. An error the
+coordinator or a chunk's owner answered (S3 failing at the owner, no such key) is the read's
+answer: raised as they gave it, never tried again by the coordinator for the same request.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from typing import AsyncGenerator, AsyncIterator, Callable
 
 from p2pcache import conditions
-from p2pcache.errors import CorruptChunk, P2PError, PeerError
+from p2pcache.errors import CorruptChunk, ObjectChanged, P2PError, PeerError
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.ranges import chunk_spans
 from p2pcache.singleflight import SingleFlight
@@ -104,14 +106,32 @@ class Reads:
         return Read(status, out, len(data), data)
 
     async def read(self, method: str, path: str, query: str, headers, request) -> Read | None:
-        """A read this process answers (its bytes checked), or None: the coordinator's to answer.
-        `request` is what the reader keys check the signature of (method, raw_path, headers)."""
+        """A read this process answers (its bytes checked), or None: the coordinator's to answer
+        (not a plain GET, a chunk this worker fills, no worker left to ask). An error the
+        coordinator or a chunk's owner answered (S3 failing, no such key) is raised as they gave
+        it: passed on, it would only be tried again. `request` is what the reader keys check the
+        signature of (method, raw_path, headers)."""
         if not self._signed(request, path[1:].partition("/")[0]):
             return None
-        found = await self.plan(method, path, query, headers)
-        if found is None:
+        target = self._target(method, path, query, headers)
+        if target is None:
             return None
-        status, out, info, chunk_size, start, stop = found
+        try:
+            return await self._read(target, headers, fresh=False)
+        except ObjectChanged:  # as the coordinator does: the version S3 has now, once
+            return await self._read(target, headers, fresh=True)
+
+    async def _read(self, target: tuple[str, str], headers, fresh: bool) -> Read | None:
+        try:
+            found = self._planned(await self._object(*target, fresh), headers)
+        except P2PError as exc:
+            if exc.status == 404 and "If-Match" in headers:
+                return None  # remembered missing: the coordinator asks S3 for the version named
+            raise
+        return await self._answer(*found) if found is not None else None
+
+    async def _answer(self, status: int, out: dict[str, str], info: ObjectInfo, chunk_size: int, start: int,
+                      stop: int) -> Read | None:
         if _small(start, stop, chunk_size):
             data = await self.read_small(info, chunk_size, start, stop)
             if data is None:
@@ -159,13 +179,6 @@ class Reads:
                 return False
         return True
 
-    async def plan(self, method: str, path: str, query: str, headers) -> tuple | None:
-        """(status, headers, info, chunk size, start, stop) of a read this process may answer
-        from chunk files, or None: the coordinator's to answer (not a plain GET, an error, ...)."""
-        target = self._target(method, path, query, headers)
-        found = await self._object(*target) if target else None
-        return self._planned(found, headers) if found else None
-
     def _target(self, method: str, path: str, query: str, headers) -> tuple[str, str] | None:
         """(bucket, key) of a plain GET this process may answer, or None."""
         if method != "GET" or query or path.startswith("/_p2p/") or not self.ttl:
@@ -182,6 +195,8 @@ class Reads:
         return bucket, key
 
     def _planned(self, found: tuple[ObjectInfo, int], headers) -> tuple | None:
+        """(status, headers, info, chunk size, start, stop) of a read this process may answer, or
+        None: the coordinator's (a condition to check with S3, a range to refuse, ...)."""
         info, chunk_size = found
         if conditions.evaluate(headers, info.etag, info.last_modified) is not None:
             return None  # 304, or 412 (the coordinator asks S3 for a newer version first)
@@ -245,7 +260,7 @@ class Reads:
                       release: Callable[[], None]) -> AsyncIterator[bytes | bytearray]:
         """The bytes `[start, stop)`, checked, from the chunks' `sources` (`release` closes their
         files and `first` at the end); what no source can give, the coordinator reads. P2PError
-        if it cannot."""
+        if it cannot, or if a chunk's owner answered an error about the object (S3's failure)."""
         self.budget.open()
         pos = start
         ahead: asyncio.Task | None = None
@@ -314,18 +329,18 @@ class Reads:
             return entry[1], entry[2]
         return None
 
-    async def _object(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
-        """The object's identity and the ring's chunk size, cached for half the --meta-ttl."""
-        known = self._cached(bucket, key)
+    async def _object(self, bucket: str, key: str, fresh: bool) -> tuple[ObjectInfo, int]:
+        """The object's identity and the ring's chunk size, cached for half the --meta-ttl (with
+        `fresh`, as S3 has it now); the coordinator's error if it has none (not found, S3 failing)."""
+        known = None if fresh else self._cached(bucket, key)
         if known is not None:
             return known
-        return await self._lookups.do((bucket, key), lambda: self._lookup(bucket, key))
+        max_age = 0 if fresh else self.ttl
+        return await self._lookups.do((bucket, key, fresh), lambda: self._lookup(bucket, key, max_age))
 
-    async def _lookup(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
+    async def _lookup(self, bucket: str, key: str, max_age: float) -> tuple[ObjectInfo, int]:
         got = await self.coordinator.get_json(OBJECT_PATH, {"bucket": bucket, "key": key,
-                                                             "max_age": str(self.ttl)})
-        if got is None:  # not found, no ring yet, S3 failing: the coordinator says which
-            return None
+                                                             "max_age": str(max_age)})
         info = ObjectInfo(bucket, key, got["etag"], got["size"], got["last_modified"], got["content_type"],
                           tuple(map(tuple, got["headers"])))
         if len(self._objects) >= OBJECT_CACHE:

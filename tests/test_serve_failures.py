@@ -1,0 +1,91 @@
+"""Failing reads through serving processes cost what they cost with one process: an error the
+coordinator or a chunk's owner answered is answered as is, not tried again by the next path."""
+
+from __future__ import annotations
+
+import random
+
+import aiohttp
+
+from conftest import CHUNK
+from faultproxy import FaultProxy
+from p2pcache.objects import ObjectInfo
+
+
+async def _get(http: aiohttp.ClientSession, url: str, rng: tuple[int, int]) -> tuple[int, bytes, dict]:
+    async with http.get(url, headers={"Range": f"bytes={rng[0]}-{rng[1]}"}) as resp:
+        return resp.status, await resp.read(), resp.headers
+
+
+async def _behind_proxy(cluster, **options):
+    """A worker whose peers reach it through a FaultProxy (its advertised URL), and the proxy."""
+    proxy = await FaultProxy("http://127.0.0.1:1").start()
+    worker = await cluster.add_worker(advertise=proxy.url, **options)
+    proxy.upstream = worker.address
+    await cluster.wait_converged()
+    return worker, proxy
+
+
+def _owned_by(s3_client, bucket: str, placement, owner_id: str, name: str, size: int = CHUNK) -> str:
+    """The key of a new object named after `name` whose first chunk `owner_id` owns."""
+    for i in range(50):
+        key = name.format(i)
+        s3_client.put_object(Bucket=bucket, Key=key, Body=random.Random(i).randbytes(size))
+        info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], size)
+        if placement.owner(info.chunk(0, CHUNK)).id == owner_id:
+            return key
+    raise AssertionError(f"no object whose first chunk {owner_id} owns")
+
+
+async def test_an_origin_failure_at_the_owner_is_asked_for_once_per_read(cluster_factory, fault_proxy,
+                                                                         s3_client, bucket):
+    """S3 stalls every ranged GET: the owner's fill fails after --origin-deadline. The reader's
+    serving process answers the owner's 503 as it came; neither aiohttp's path nor the
+    coordinator asks the owner (and S3) again. Counted at a proxy in front of the owner."""
+    cluster = await cluster_factory(1, serve_processes=2, s3_endpoint=fault_proxy.url, origin_read_timeout=0.5,
+                                    origin_deadline=1.0, origin_breaker=0, meta_ttl=3600)
+    reader = cluster.workers[0]
+    owner, owner_proxy = await _behind_proxy(cluster)
+    try:
+        # A plain path is answered on the fast path; one with an escape (%20) by aiohttp's.
+        keys = [_owned_by(s3_client, bucket, reader.placement, owner.id, name) for name in ("o{}.bin", "o {}.bin")]
+        # A connection per request: one that aiohttp answered once stays aiohttp's.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for key in keys:  # both workers know the object: only its GETs will fail
+                for w in cluster.workers:
+                    async with http.head(f"{w.url}/{bucket}/{key}") as resp:
+                        assert resp.status == 200
+            fault_proxy.mode = "stall"
+            for key in keys:
+                before = owner_proxy.requests
+                status, _, headers = await _get(http, f"{reader.url}/{bucket}/{key}", (0, 100))
+                assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (503, "ServiceUnavailable",
+                                                                                      "timeout"), key
+                assert f"origin timeout for s3://{bucket}/{key}" in headers["X-P2P-Reason"]
+                assert headers["Content-Type"] == "application/xml; charset=utf-8" and headers["x-amz-request-id"]
+                # Asked once (before: 3 times from the fast path, which aiohttp's path and then
+                # the coordinator repeated; twice from aiohttp's path).
+                assert owner_proxy.requests - before == 1, key
+    finally:
+        await owner_proxy.stop()
+
+
+async def test_an_object_lookup_that_fails_is_answered_as_the_coordinator_gave_it(cluster_factory, fault_proxy,
+                                                                                   s3_client, bucket):
+    """S3 refuses every request (403): the object's HEAD, asked once through the coordinator, is
+    the answer, the same one a worker without serving processes gives. Counted at S3's proxy."""
+    cluster = await cluster_factory(1, serve_processes=2, s3_endpoint=fault_proxy.url, origin_breaker=0)
+    single = await cluster.add_worker(serve_processes=1)
+    await cluster.wait_converged()
+    s3_client.put_object(Bucket=bucket, Key="k.bin", Body=b"x" * 1000)
+    fault_proxy.mode = "denied"
+    answers = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for worker, key in ((cluster.workers[0], "k.bin"), (cluster.workers[0], "k x.bin"), (single, "k.bin")):
+            before = fault_proxy.requests
+            status, body, headers = await _get(http, f"{worker.url}/{bucket}/{key}", (0, 100))
+            assert fault_proxy.requests - before == 1, key  # one HEAD (was 3 through the serving processes)
+            answers.append((status, headers["X-P2P-Error"], headers["X-P2P-Reason"].replace(" x", ""),
+                            headers["Content-Type"], body.split(b"<Resource>")[0].replace(b" x", b"")))
+    assert answers[0][:2] == (502, "OriginError") and "origin denied access" in answers[0][2]
+    assert answers[0] == answers[1] == answers[2]

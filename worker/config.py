@@ -47,6 +47,12 @@ class WorkerConfig:
     tls_key: str = ""
     tls_ca: str = ""
     serve_processes: int = 1  # 1: this process serves everything (worker/procs.py for more)
+    peer_read_timeout: float = 0.0  # no flag (tests set it); 0: `peer_timeout()`'s default
+
+    def peer_timeout(self) -> float:
+        """Seconds a peer may send nothing: an owner's status line waits for its fill, which may
+        take --origin-deadline, and a follower's for its primary's."""
+        return self.peer_read_timeout or max(60.0, 2 * self.origin_deadline)
 
     def handoff_rate(self) -> float:
         """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""

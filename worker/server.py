@@ -162,7 +162,7 @@ class Worker:
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
         self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
         budget = PieceBudget(COORDINATOR_PIECES)
-        peers = PeerClient(session, read_timeout=max(60.0, 2 * cfg.origin_deadline), signer=self._signer,
+        peers = PeerClient(session, read_timeout=cfg.peer_timeout(), signer=self._signer,
                            on_corrupt=self.metrics.corrupt_transfers.inc, piece=budget.piece)
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
                                      placement=self._placement, rate=cfg.handoff_rate(), keeps=self.keeps)

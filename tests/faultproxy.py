@@ -42,6 +42,7 @@ class FaultProxy:
         self._turn = -1
         self.injected: Counter[str] = Counter()
         self.requests = 0  # every request, any method
+        self.targets: list[str] = []  # the target of each request
         self.gets = 0  # ranged GETs of objects
         self.body_bytes = 0  # body bytes sent to clients for GETs of objects
         self.times: list[float] = []  # when each request arrived (monotonic)
@@ -90,6 +91,7 @@ class FaultProxy:
             headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
             body = await reader.readexactly(int(headers.get("content-length", 0)))
             self.requests += 1
+            self.targets.append(target)
             self.times.append(time.monotonic())
             fault = self._choose(method, target, headers)
             if fault:

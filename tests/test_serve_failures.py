@@ -89,3 +89,37 @@ async def test_an_object_lookup_that_fails_is_answered_as_the_coordinator_gave_i
                             headers["Content-Type"], body.split(b"<Resource>")[0].replace(b" x", b"")))
     assert answers[0][:2] == (502, "OriginError") and "origin denied access" in answers[0][2]
     assert answers[0] == answers[1] == answers[2]
+
+
+async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(cluster_factory, s3_client, bucket):
+    """The same with one process: the coordinator opens its first chunks together, so it may
+    wait for the hung worker on several at once, but never again in that read, even once the
+    5 s it asks a failed peer last are over (a read paced by --egress-limit outlasts them)."""
+    cluster = await cluster_factory(1, serve_processes=1, peer_read_timeout=3.0, egress_limit=512 << 10)
+    reader = cluster.workers[0]
+    filler = await cluster.add_worker(peer_read_timeout=1.0)
+    hung, proxy = await _behind_proxy(cluster)
+    try:
+        size, chunks, window = 16 * CHUNK, 16, reader.config.readahead + 1  # opened at once
+        for i in range(50):  # the hung worker owns the first chunk (the read waits on it) and a late one
+            key, body = f"m{i}.bin", random.Random(i).randbytes(size)
+            s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+            info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], size)
+            owned = [j for j in range(chunks) if reader.placement.owner(info.chunk(j, CHUNK)).id == hung.id]
+            if owned and owned[0] == 0 and owned[-1] >= chunks - 3:
+                break
+        else:
+            raise AssertionError("no object with such chunks")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{filler.url}/{bucket}/{key}") as resp:  # every chunk filled by its owner
+                assert resp.status == 200 and await resp.read() == body
+            proxy.mode = "hang"
+            before = len(proxy.targets)
+            async with http.get(f"{reader.url}/{bucket}/{key}") as resp:
+                assert resp.status == 200 and await resp.read() == body
+        direct = [t for t in proxy.targets[before:] if "local=1" not in t]
+        # The chunks opened together before the first timeout; before, also each of its chunks
+        # opened 5 s after it failed (the last ones, here).
+        assert len(direct) == len([j for j in owned if j < window]), (owned, direct)
+    finally:
+        await proxy.stop()

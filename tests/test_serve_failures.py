@@ -91,6 +91,40 @@ async def test_an_object_lookup_that_fails_is_answered_as_the_coordinator_gave_i
     assert answers[0] == answers[1] == answers[2]
 
 
+async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_factory, s3_client, bucket):
+    """A worker that accepts connections and never answers (as a stopped process does: its kernel
+    still accepts, so only the read timeout fires) and stays in the ring (its heartbeats reach the
+    master). A read at another worker's serving processes waits for it once; the rest of its
+    chunks come from the worker next on the ring, which fills them (asking the hung one first, as
+    their earlier holder: once). Counted at a proxy in front of the hung worker."""
+    # Seconds without a byte from a peer (60 by default). The worker filling in gives up on the
+    # hung one sooner than the reader gives up on it, or the reader would fail it over too.
+    cluster = await cluster_factory(1, serve_processes=2, peer_read_timeout=3.0)
+    reader = cluster.workers[0]
+    await cluster.add_worker(peer_read_timeout=1.0)
+    hung, proxy = await _behind_proxy(cluster)
+    try:
+        size = 16 * CHUNK
+        body = random.Random(31).randbytes(size)
+        s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+        info = ObjectInfo(bucket, "m.bin", s3_client.head_object(Bucket=bucket, Key="m.bin")["ETag"], size)
+        owned = [i for i in range(16) if reader.placement.owner(info.chunk(i, CHUNK)).id == hung.id]
+        assert len(owned) >= 3, owned
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.get(f"{reader.url}/{bucket}/m.bin") as resp:  # every chunk filled by its owner
+                assert resp.status == 200 and await resp.read() == body
+            proxy.mode = "hang"
+            before = len(proxy.targets)
+            async with http.get(f"{reader.url}/{bucket}/m.bin") as resp:
+                assert resp.status == 200 and await resp.read() == body
+        asked = proxy.targets[before:]
+        direct = [t for t in asked if "local=1" not in t]
+        assert len(direct) == 1, (owned, asked)  # was one per chunk it owns, each a timeout
+        assert len(asked) - len(direct) == 1, (owned, asked)  # was one per chunk it owns too
+    finally:
+        await proxy.stop()
+
+
 async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(cluster_factory, s3_client, bucket):
     """The same with one process: the coordinator opens its first chunks together, so it may
     wait for the hung worker on several at once, but never again in that read, even once the

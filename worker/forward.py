@@ -22,8 +22,8 @@ from p2pcache.objects import ObjectInfo
 
 from .peer import ERROR_HEADER, REASON_HEADER
 
-__all__ = ["CoordinatorClient", "HOP_BY_HOP", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH", "REST_PATH",
-           "RING_PATH", "TOKEN_HEADER"]
+__all__ = ["CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH",
+           "REST_PATH", "RING_PATH", "TOKEN_HEADER"]
 
 log = logging.getLogger("p2pcache.worker.forward")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -32,7 +32,7 @@ _NOT_PASSED_BACK = HOP_BY_HOP | {"date", "server"}
 _BASE = "http://coordinator"
 LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
 OBJECT_PATH, REPORT_PATH, REST_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report", LOCAL_PREFIX + "rest"
-RING_PATH = LOCAL_PREFIX + "ring"
+RING_PATH, DOWN_PATH = LOCAL_PREFIX + "ring", LOCAL_PREFIX + "down"
 TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
 _ERROR_HEADERS = ("Retry-After", ORIGIN_HEADER, "ETag", "Content-Range")  # what an error's answer may set
 _MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.S)

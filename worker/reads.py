@@ -140,20 +140,19 @@ class Reads:
                 await self.egress.take(len(data))
             return Read(status, out, len(data), data)
         pins = contextlib.ExitStack()
+        failed: set[str] = set()  # the peers that failed in this read: not asked again in it
         try:
-            sources = []  # per chunk: its file here, or the workers to ask for it
+            sources = []  # per chunk: its file here, or None (the workers that hold it are asked when it is reached)
             for span in chunk_spans(start, stop, chunk_size):
                 c = info.chunk(span.index, chunk_size)
                 file = self.pin(pins, c.name)
-                peers = self.peer_reads.peers(c) if file is None else None
-                if file is None and peers is None:
+                if file is None and self.peer_reads.peers(c) is None:
                     pins.close()
                     return None  # this worker's to fill: the coordinator's
-                sources.append((span, c, file, peers))
+                sources.append((span, c, file))
             first = None
             if sources[0][2] is None:  # opened before the status line: if no owner answers, pass it on
-                span, c, _, peers = sources[0]
-                first = await self.peer_reads.open(c, span.offset, span.length, peers)
+                first = await self._open(*sources[0][:2], failed)
                 if first is None:
                     pins.close()
                     return None
@@ -166,8 +165,14 @@ class Reads:
             if first is not None:
                 first.close()
 
-        pieces = self._pieces(info, start, stop, sources, first, release)
+        pieces = self._pieces(info, start, stop, sources, first, failed, release)
         return Read(status, out, stop - start, None, pieces, release)
+
+    async def _open(self, span, c: ChunkId, failed: set[str]) -> PeerStream | None:
+        """The chunk's bytes of `span` from a worker that holds it, asked as the ring and the
+        peers' failures are now (not as they were when the read began); None: the coordinator's."""
+        peers = self.peer_reads.peers(c, failed)
+        return await self.peer_reads.open(c, span.offset, span.length, peers, failed) if peers else None
 
     def _signed(self, request, bucket: str) -> bool:
         """Whether the reader keys (if any) let `request` read `bucket`; if not, the coordinator
@@ -229,7 +234,7 @@ class Reads:
     async def _small_from_peer(self, c: ChunkId, offset: int, length: int) -> bytearray | None:
         """A small range of a chunk another worker holds, from that worker; None: the coordinator's."""
         peers = self.peer_reads.peers(c)
-        stream = await self.peer_reads.open(c, offset, length, peers) if peers else None
+        stream = await self.peer_reads.open(c, offset, length, peers, set()) if peers else None
         if stream is None:
             return None
         data = bytearray()
@@ -237,7 +242,7 @@ class Reads:
             async for piece in stream:
                 data += piece
         except PeerError:
-            self.peer_reads.failed(stream.peer)
+            await self.peer_reads.failed(stream.peer)
             return None
         self.reports.miss()
         return data
@@ -257,17 +262,18 @@ class Reads:
         return None
 
     async def _pieces(self, info: ObjectInfo, start: int, stop: int, sources, first: PeerStream | None,
-                      release: Callable[[], None]) -> AsyncIterator[bytes | bytearray]:
+                      failed: set[str], release: Callable[[], None]) -> AsyncIterator[bytes | bytearray]:
         """The bytes `[start, stop)`, checked, from the chunks' `sources` (`release` closes their
-        files and `first` at the end); what no source can give, the coordinator reads. P2PError
-        if it cannot, or if a chunk's owner answered an error about the object (S3's failure)."""
+        files and `first` at the end), not asking the peers that failed in this read (`failed`);
+        what no source can give, the coordinator reads. P2PError if it cannot, or if a chunk's
+        owner answered an error about the object (S3's failure)."""
         self.budget.open()
         pos = start
         ahead: asyncio.Task | None = None
         stream = None
         try:
             try:
-                for i, (span, c, file, peers) in enumerate(sources):
+                for i, (span, c, file) in enumerate(sources):
                     if file is not None:
                         self.reports.read(file.name, 0)
                         pieces = read_pieces(file, span.offset, span.length, self.budget.piece)
@@ -277,12 +283,12 @@ class Reads:
                         elif ahead is not None:
                             stream, ahead = await ahead, None
                         else:
-                            stream = await self.peer_reads.open(c, span.offset, span.length, peers)
+                            stream = await self._open(span, c, failed)
                         if stream is None:  # no owner answered: the coordinator reads the rest
                             raise _Rest()
                         self.reports.miss()
                         pieces = stream.__aiter__()
-                    ahead = self._open_next(sources, i + 1)  # the next peer chunk's first bytes meanwhile
+                    ahead = self._open_next(sources, i + 1, failed)  # the next peer chunk's first bytes meanwhile
                     async with contextlib.aclosing(pieces):
                         async for data in pieces:
                             yield await self._sent(data)
@@ -298,7 +304,8 @@ class Reads:
                 if isinstance(exc, CorruptChunk):
                     self.reports.corrupt(exc.name)
                 if isinstance(exc, PeerError) and stream is not None:
-                    self.peer_reads.failed(stream.peer)
+                    failed.add(stream.peer.id)
+                    await self.peer_reads.failed(stream.peer)
                 async for data in self.coordinator.rest(info, pos, stop):
                     yield await self._sent(data)
         finally:
@@ -308,13 +315,13 @@ class Reads:
                 ahead.cancel()
                 ahead.add_done_callback(_close_opened)
 
-    def _open_next(self, sources, i: int) -> asyncio.Task | None:
+    def _open_next(self, sources, i: int, failed: set[str]) -> asyncio.Task | None:
         """Open the next chunk's stream if a peer holds it (a task, awaited when it is reached),
         unless so many answers run that the peer responses buffering ahead would add up."""
         if i >= len(sources) or sources[i][2] is not None or not readahead(1, self.budget.streams):
             return None
-        span, c, _, peers = sources[i]
-        return asyncio.ensure_future(self.peer_reads.open(c, span.offset, span.length, peers))
+        span, c, _ = sources[i]
+        return asyncio.ensure_future(self._open(span, c, failed))
 
     async def _sent(self, data):
         """`data`, once the egress limit lets it go (counted as sent: the caller sends it)."""

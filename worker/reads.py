@@ -122,6 +122,7 @@ class Reads:
             return await self._read(target, headers, fresh=True)
 
     async def _read(self, target: tuple[str, str], headers, fresh: bool) -> Read | None:
+        """`read` of `target` (bucket, key) as its identity is cached, or as S3 has it now (`fresh`)."""
         try:
             found = self._planned(await self._object(*target, fresh), headers)
         except P2PError as exc:
@@ -148,7 +149,7 @@ class Reads:
                 file = self.pin(pins, c.name)
                 if file is None and self.peer_reads.peers(c) is None:
                     pins.close()
-                    return None  # this worker's to fill: the coordinator's
+                    return None  # this worker's to fill (or every peer failed lately): the coordinator's
                 sources.append((span, c, file))
             first = None
             if sources[0][2] is None:  # opened before the status line: if no owner answers, pass it on

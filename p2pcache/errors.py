@@ -29,7 +29,8 @@ P2PError
 │   ├── StoreError             the cache disk failed (reads go around it)
 │   ├── CorruptChunk           a cached chunk failed its checksum (dropped; read elsewhere)
 │   └── Busy                   a concurrency cap, or the store cannot take a chunk
-└── PeerError             (internal) one peer failed; the caller tries the next
+├── PeerError             (internal) one peer failed; the caller tries the next
+└── Relayed               any  (internal) another process's error answer, passed on as it gave it
 
 Foreign exceptions are converted where they enter (origin, peer client) with
 `raise ... from exc`, and mapped to HTTP in one place (worker/errors middleware).
@@ -49,7 +50,7 @@ __all__ = [
     "InvalidPartNumber", "Unsupported",
     "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
     "PeerUnavailable", "NoRing", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
-    "StoreError", "CorruptChunk", "ORIGIN_HEADER", "origin_error",
+    "StoreError", "CorruptChunk", "Relayed", "ORIGIN_HEADER", "origin_error",
 ]
 
 ORIGIN_HEADER = "X-P2P-Origin"  # on an error caused by S3: the cause (origin_error() reads it)
@@ -290,3 +291,16 @@ class Busy(Unavailable):
 class PeerError(P2PError):
     """A peer failed to serve a chunk."""
     status, code = 502, "PeerError"
+
+
+class Relayed(P2PError):
+    """An error answer of another process of this worker (a serving process's coordinator),
+    answered again with its status, code, message and headers, as that process gave it."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.status, self.code, self._headers = status, code, headers
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers

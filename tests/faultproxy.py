@@ -1,12 +1,13 @@
-"""A fault-injecting HTTP proxy for tests, between the workers and the S3 server.
+"""A fault-injecting HTTP proxy for tests, between the workers and the S3 server (or in front
+of a worker, as the URL it advertises to its peers).
 
 On ranged GETs it injects a seeded share of faults, each kind in turn: a connection reset, a 503
 SlowDown, a 500, a body cut short, a body that stalls after its headers (and,
-on request, a 403, or a 206 without its Content-Range). `script` lists the
-faults of the next ranged GETs, in order; `get_mode` applies one fault to every
-ranged GET (HEADs and listings pass), `mode` to every request (an outage). It
-counts what it forwards, so a test can bound what S3 sent. One request per
-connection (`Connection: close` both ways) keeps the relay simple and exact.
+on request, a 403, a 206 without its Content-Range, or a request never answered: a hung
+server). `script` lists the faults of the next ranged GETs, in order; `get_mode` applies one
+fault to every ranged GET (HEADs and listings pass), `mode` to every request (an outage). It
+counts what it forwards, so a test can bound what S3 sent. One request per connection
+(`Connection: close` both ways) keeps the relay simple and exact.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.0, faults: tuple[str, ...] = FAULTS,
                  seed: int = 0) -> None:
         parts = urlsplit(upstream)
-        self._upstream = (parts.hostname, parts.port)
+        self.upstream = (parts.hostname, parts.port)  # (host, port) it relays to
         self.rate, self.faults = rate, faults
         self.mode: str | None = None  # a fault for every request: an outage
         self.get_mode: str | None = None  # a fault for every ranged GET of an object
@@ -43,6 +44,7 @@ class FaultProxy:
         self._turn = -1
         self.injected: Counter[str] = Counter()
         self.requests = 0  # every request, any method
+        self.targets: list[str] = []  # the target of each request
         self.gets = 0  # ranged GETs of objects
         self.body_bytes = 0  # body bytes sent to clients for GETs of objects
         self.times: list[float] = []  # when each request arrived (monotonic)
@@ -93,6 +95,7 @@ class FaultProxy:
             headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
             body = await reader.readexactly(int(headers.get("content-length", 0)))
             self.requests += 1
+            self.targets.append(target)
             self.times.append(time.monotonic())
             fault = self._choose(method, target, headers)
             if fault:
@@ -100,6 +103,9 @@ class FaultProxy:
             is_object = method == "GET" and "/" in target.split("?")[0].strip("/")
             if fault == "reset":
                 _reset(writer)
+                return
+            if fault == "hang":  # as a stopped process whose kernel still accepts: nothing, ever
+                await reader.read()
                 return
             if fault in _ERRORS:
                 self._error(writer, method, *_ERRORS[fault], is_object)
@@ -124,7 +130,7 @@ class FaultProxy:
 
     async def _relay(self, lines: list[str], body: bytes, fault: str | None, counted: bool,
                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         try:
             request = [l for l in lines[1:] if l and not l.lower().startswith("connection:")]
             up_writer.write(("\r\n".join([lines[0], *request, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + body)

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import AsyncIterator, Callable, Iterable, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 from p2pcache.errors import (
     Busy, CorruptChunk, NotCached, OriginError, PeerError, PeerUnavailable, StoreError,
@@ -115,10 +115,12 @@ class Chunks:
         await self._fills.close()
 
     async def read(self, info: ObjectInfo, start: int, stop: int) -> AsyncIterator[bytes]:
-        """The bytes `[start, stop)` of one version of an object, chunk by chunk."""
+        """The bytes `[start, stop)` of one version of an object, chunk by chunk. A peer that
+        fails is not asked again in this read (a hung one costs one timeout, not one per chunk)."""
         chunk_size = self._placement().ring.chunk_size  # one chunk size for the whole read
         spans = iter(chunk_spans(start, stop, chunk_size))
         pending: deque[tuple[ChunkId, int, int, asyncio.Future]] = deque()
+        failed: set[str] = set()
 
         def launch() -> bool:
             span = next(spans, None)
@@ -126,7 +128,7 @@ class Chunks:
                 return False
             c = info.chunk(span.index, chunk_size)
             pending.append((c, span.offset, span.length,
-                            asyncio.ensure_future(self.open(c, span.offset, span.length))))
+                            asyncio.ensure_future(self.open(c, span.offset, span.length, failed))))
             return True
 
         self._reads += 1
@@ -136,7 +138,7 @@ class Chunks:
                     pass  # the chunk to send next and those opened ahead of it
                 c, offset, length, task = pending.popleft()
                 stream = await task
-                async with contextlib.aclosing(self._pieces(c, offset, length, stream)) as it:
+                async with contextlib.aclosing(self._pieces(c, offset, length, stream, failed=failed)) as it:
                     async for piece in it:
                         yield piece
         finally:
@@ -163,9 +165,9 @@ class Chunks:
             self._m.hits.inc()
         return data
 
-    async def open(self, c: ChunkId, offset: int, length: int,
-                   exclude: Iterable[str] = ()) -> Stream:
-        """Open `length` bytes of chunk `c` from `offset`, wherever they are."""
+    async def open(self, c: ChunkId, offset: int, length: int, failed: set[str] | None = None) -> Stream:
+        """Open `length` bytes of chunk `c` from `offset`, wherever they are. `failed`: the peers
+        that failed in this read, not asked again in it (a peer that fails now joins them)."""
         local = self.local(c, offset, length)
         if local is not None:
             self._m.hits.inc()
@@ -175,7 +177,7 @@ class Chunks:
         owners = placement.owners(c)
         errors = []
         for worker in self._down.order(owners, placement.ring.replicas, self.me):
-            if worker.id in exclude:
+            if failed is not None and worker.id in failed:
                 continue
             if worker.id == self.me:
                 if errors:
@@ -185,15 +187,17 @@ class Chunks:
             try:
                 stream = await self._peers.open(worker, c, offset, length)
             except PeerError as exc:
-                self._peer_failed(worker.id)
+                self.peer_failed(worker.id)
+                if failed is not None:
+                    failed.add(worker.id)
                 errors.append(exc)
                 continue
             self._down.answered(worker.id)
             return stream
         raise PeerUnavailable(f"no owner of {c.ring_key} answered: {errors[-1] if errors else 'none'}")
 
-    def _peer_failed(self, peer_id: str) -> None:
-        """Count the failure and ask this peer last for a while."""
+    def peer_failed(self, peer_id: str) -> None:
+        """Count the failure and ask this peer last for a while (after filling here)."""
         self._m.peer_failures.inc()
         self._down.failed(peer_id)
 
@@ -253,13 +257,13 @@ class Chunks:
     async def _pass_through(self, c: ChunkId, offset: int, length: int,
                             source: WorkerInfo | None, hop: int) -> Stream:
         """The bytes, not cached: from the primary if this worker copies from one, else S3."""
-        if source is not None:
+        if source is not None and not self._down.down(source.id):
             try:
                 stream = await self._peers.open(source, c, offset, length, hop + 1)
                 self._m.passthrough_bytes.inc(length)
                 return stream
             except PeerError as exc:
-                self._m.peer_failures.inc()
+                self.peer_failed(source.id)
                 log.warning("primary %s failed for %s, reading S3: %s", source.id, c.ring_key, exc)
         return PassThrough(self._origin, c, offset, length, self._m.passthrough_bytes)
 
@@ -269,12 +273,12 @@ class Chunks:
             return
         self._m.fills_in_flight.inc()
         try:
-            if source is not None:
+            if source is not None and not self._down.down(source.id):  # failed lately: S3 has the bytes
                 try:
                     stream = await self._peers.open(source, c, 0, c.length, hop + 1)
                     return await self._write(c, stream, self._m.peer_bytes)
                 except PeerError as exc:
-                    self._m.peer_failures.inc()
+                    self.peer_failed(source.id)
                     log.warning("primary %s failed for %s, filling from S3: %s", source.id, c.ring_key, exc)
             if await self._from_holders(c, hop, holder):
                 return
@@ -301,14 +305,18 @@ class Chunks:
         return [w for w in found if w.id != self.me][:HOLDERS]
 
     async def _from_holders(self, c: ChunkId, hop: int, first: str | None) -> bool:
-        """Copy `c` from a worker that held it under an earlier ring: never S3 while one has it."""
+        """Copy `c` from a worker that held it under an earlier ring: never S3 while one has it.
+        One that failed lately is not asked: a hung holder would cost every fill a timeout."""
         for worker in self.holders(c, first):
+            if self._down.down(worker.id):
+                continue
             try:
                 stream = await self._peers.open(worker, c, 0, c.length, hop + 1, local=True)
                 await self._write(c, stream, self._m.handoff_bytes)
             except NotCached:
                 continue
             except PeerError as exc:
+                self.peer_failed(worker.id)
                 log.warning("earlier holder %s failed for %s: %s", worker.id, c.ring_key, exc)
                 continue
             self._m.handoff_chunks.inc()
@@ -363,13 +371,14 @@ class Chunks:
         return self._pieces(c, offset, length, stream, reopen)
 
     async def _pieces(self, c: ChunkId, offset: int, length: int, stream: Stream,
-                      reopen: Callable | None = None) -> AsyncIterator[bytes]:
-        """Stream a chunk; if a peer fails mid-chunk, resume from the next one; if the local
-        copy is corrupt, drop it and resume from another copy or a refill."""
-        pos, end, failed = offset, offset + length, set()
+                      reopen: Callable | None = None, failed: set[str] | None = None) -> AsyncIterator[bytes]:
+        """Stream a chunk; if a peer fails mid-chunk, resume from the next one (not one in
+        `failed`, those that failed in this read); if the local copy is corrupt, drop it and
+        resume from another copy or a refill."""
+        pos, end, failed = offset, offset + length, set() if failed is None else failed
         if reopen is None:
             async def reopen(pos: int, failed: set[str]) -> Stream:
-                return await self.open(c, pos, end - pos, exclude=failed)
+                return await self.open(c, pos, end - pos, failed)
         self.budget.open()
         try:
             while True:
@@ -380,7 +389,7 @@ class Chunks:
                             yield piece
                     return
                 except PeerError as exc:
-                    self._peer_failed(stream.peer.id)
+                    self.peer_failed(stream.peer.id)
                     failed.add(stream.peer.id)
                     log.warning("resuming %s at %d after: %s", c.ring_key, pos, exc)
                     stream = await reopen(pos, failed)

@@ -54,6 +54,12 @@ class WorkerConfig:
     max_reads: int = 0  # reads sending at once per process; 0: what its piece budget holds (worker/turns.py)
     read_wait: float = 15.0  # seconds a read waits for its turn before 503 SlowDown
     send_timeout: float = 60.0  # seconds a reader may take nothing before its answer is cut; 0: never
+    peer_read_timeout: float = 0.0  # no flag (tests set it); 0: `peer_timeout()`'s default
+
+    def peer_timeout(self) -> float:
+        """Seconds a peer may send nothing: an owner's status line waits for its fill, which may
+        take --origin-deadline, and a follower's for its primary's."""
+        return self.peer_read_timeout or max(60.0, 2 * self.origin_deadline)
 
     def handoff_rate(self) -> float:
         """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""

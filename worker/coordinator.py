@@ -2,7 +2,8 @@
 
 Serving processes ask it for an object's identity (`/_p2p/local/object`) and
 its ring (`/_p2p/local/ring`: they read chunks held by other workers from those
-workers), and report their chunk uses, corrupt chunks and requests
+workers), tell it of a peer that failed (`/_p2p/local/down`) before they pass
+on what it should have sent, and report their chunk uses, corrupt chunks and requests
 (`/_p2p/local/report`, answered with the ring's version so they see a change);
 every other request on the socket is one they pass on, answered by the worker
 as if it had come to its port. A local route needs the token the coordinator
@@ -22,7 +23,7 @@ from p2pcache.errors import BadRequest, CorruptChunk, P2PError
 from p2pcache.objects import ObjectInfo
 
 from .http import error_response, prepend, send_body
-from .forward import OBJECT_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER
+from .forward import DOWN_PATH, OBJECT_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER
 
 __all__ = ["coordinator_handler", "TOUCHES"]
 
@@ -88,6 +89,16 @@ def coordinator_handler(worker, token: str) -> Handler:
         placement = worker.placement
         return web.json_response({"ring": placement.ring.version if placement else None})
 
+    async def down(request: web.BaseRequest) -> web.Response:
+        """A serving process's peer failed: the coordinator asks it last for a while too (it
+        reads what the serving process passes on, and the worker's other reads)."""
+        try:
+            peer = str((await request.json())["peer"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BadRequest(f"malformed peer failure: {exc!r}") from None
+        worker.chunks.peer_failed(peer)
+        return web.json_response({})
+
     async def rest(request: web.BaseRequest) -> web.StreamResponse:
         """The rest of a read a serving process could not finish from its files (a corrupt chunk)."""
         q = request.query
@@ -109,5 +120,5 @@ def coordinator_handler(worker, token: str) -> Handler:
             await pieces.aclose()
         return resp
 
-    routes = {OBJECT_PATH: object_info, REPORT_PATH: report, REST_PATH: rest, RING_PATH: ring}
+    routes = {OBJECT_PATH: object_info, REPORT_PATH: report, REST_PATH: rest, RING_PATH: ring, DOWN_PATH: down}
     return handle

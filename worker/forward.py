@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, AsyncIterator
+from xml.sax.saxutils import unescape
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from p2pcache.errors import Unavailable
+from p2pcache.errors import ORIGIN_HEADER, Relayed, Unavailable
 from p2pcache.objects import ObjectInfo
 
-from .peer import REASON_HEADER
+from .peer import ERROR_HEADER, REASON_HEADER
 
-__all__ = ["CoordinatorClient", "HOP_BY_HOP", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH", "REST_PATH",
-           "RING_PATH", "TOKEN_HEADER"]
+__all__ = ["CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH",
+           "REST_PATH", "RING_PATH", "TOKEN_HEADER"]
 
 log = logging.getLogger("p2pcache.worker.forward")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -30,8 +32,10 @@ _NOT_PASSED_BACK = HOP_BY_HOP | {"date", "server"}
 _BASE = "http://coordinator"
 LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
 OBJECT_PATH, REPORT_PATH, REST_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report", LOCAL_PREFIX + "rest"
-RING_PATH = LOCAL_PREFIX + "ring"
+RING_PATH, DOWN_PATH = LOCAL_PREFIX + "ring", LOCAL_PREFIX + "down"
 TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
+_ERROR_HEADERS = ("Retry-After", ORIGIN_HEADER, "ETag", "Content-Range")  # what an error's answer may set
+_MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.S)
 
 
 class CoordinatorClient:
@@ -45,11 +49,14 @@ class CoordinatorClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def get_json(self, path: str, params: dict[str, str]) -> Any | None:
-        """The coordinator's JSON answer to a local route, or None if it answered an error."""
+    async def get_json(self, path: str, params: dict[str, str]) -> Any:
+        """The coordinator's JSON answer to a local route; an error it answered is raised as it
+        gave it (`Relayed`), so it reaches the reader without being asked again."""
         try:
             async with self._session.get(_BASE + path, params=params, headers=self._local_headers) as resp:
-                return await resp.json() if resp.status == 200 else None
+                if resp.status != 200:
+                    raise _relayed(resp.status, resp.headers, await resp.text())
+                return await resp.json()
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise _unavailable(exc) from exc
 
@@ -121,6 +128,15 @@ class CoordinatorClient:
             return resp
         finally:
             upstream.release()
+
+
+def _relayed(status: int, headers, body: str) -> Relayed:
+    """The coordinator's error answer (worker/http.py `error_response`) as an error to answer again:
+    its message from the XML body (the reason header is escaped and cut), the headers it set."""
+    found = _MESSAGE.search(body)
+    message = unescape(found[1]) if found else headers.get(REASON_HEADER, "")
+    return Relayed(status, headers.get(ERROR_HEADER, "InternalError"), message,
+                   {k: headers[k] for k in _ERROR_HEADERS if k in headers})
 
 
 def _unavailable(exc: BaseException) -> Unavailable:

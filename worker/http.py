@@ -18,8 +18,8 @@ from .inputs import parse_hop
 from .limits import TokenBucket
 from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_from_params
 
-__all__ = ["REQUEST_ID", "answered", "object_headers", "object_answer", "error_response", "header_text",
-           "send_body", "prepend", "parse_peer_request"]
+__all__ = ["REQUEST_ID", "answered", "object_headers", "object_answer", "error_response", "error_answer",
+           "log_error", "header_text", "send_body", "prepend", "parse_peer_request"]
 
 log = logging.getLogger("p2pcache.http")
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -35,8 +35,7 @@ async def answered(request: web.BaseRequest,
     try:
         resp = await handle(request)
     except P2PError as exc:
-        if exc.status >= 500 and not isinstance(exc, Unsupported):  # 501 is the client's doing
-            log.warning("%s %r -> %d %s", request.method, request.path, exc.status, exc)
+        log_error(request.method, request.path, exc)
         resp = error_response(request, exc)
     except web.HTTPException as exc:
         resp = web.Response(status=exc.status, reason=exc.reason, text=exc.text, headers=exc.headers)
@@ -80,17 +79,29 @@ def object_answer(info: ObjectInfo, range_header: str | None, part, overrides: d
     return 206, headers, rng.start, rng.stop
 
 
+def log_error(method: str, path: str, exc: P2PError) -> None:
+    """Log an error answered to a request if it is the server's."""
+    if exc.status >= 500 and not isinstance(exc, Unsupported):  # 501 is the client's doing
+        log.warning("%s %r -> %d %s", method, path, exc.status, exc)
+
+
 def error_response(request: web.BaseRequest, exc: P2PError) -> web.Response:
     """S3's XML error form, plus the code and reason in headers for peers and HEAD."""
-    request_id = request.get(REQUEST_ID) or uuid.uuid4().hex[:16].upper()
+    headers, body = error_answer(exc, request.path, request.get(REQUEST_ID) or uuid.uuid4().hex[:16].upper())
+    return web.Response(status=exc.status, body=body, headers=headers)
+
+
+def error_answer(exc: P2PError, path: str, request_id: str) -> tuple[dict[str, str], bytes]:
+    """The headers and body of `error_response` (the fast path sends them itself)."""
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{exc.code}</Code><Message>{_xml_text(exc.message)}</Message>"
         + "".join(f"<{k}>{_xml_text(v)}</{k}>" for k, v in exc.details.items())
-        + f"<Resource>{_xml_text(request.path)}</Resource><RequestId>{request_id}</RequestId></Error>\n"
+        + f"<Resource>{_xml_text(path)}</Resource><RequestId>{request_id}</RequestId></Error>\n"
     )
-    headers = {ERROR_HEADER: exc.code, REASON_HEADER: header_text(exc.message)[:500], **exc.headers}
-    return web.Response(status=exc.status, text=body, content_type="application/xml", headers=headers)
+    headers = {"Content-Type": "application/xml; charset=utf-8", ERROR_HEADER: exc.code,
+               REASON_HEADER: header_text(exc.message)[:500], **exc.headers}
+    return headers, body.encode()
 
 
 def header_text(text: str) -> str:

@@ -6,7 +6,8 @@ the coordinator's ring (`/_p2p/local/ring`, fetched again when an answer from th
 coordinator names a newer version) and asks the chunk's owners over the signed
 peer protocol, checking the block sums as the coordinator would. A chunk this
 worker owns but does not hold is the coordinator's to fill; so is every read
-whose owners fail: then the caller passes the read (or its rest) on.
+whose owners fail: then the caller passes the read (or its rest) on. An owner's
+error about the object (S3 failing under it) is the read's answer, not passed on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from typing import Callable
+from typing import Callable, Collection
 
 import aiohttp
 
@@ -25,7 +26,7 @@ from p2pcache.objects import ChunkId
 from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 from p2pcache.singleflight import SingleFlight
 
-from .forward import RING_PATH, CoordinatorClient
+from .forward import DOWN_PATH, RING_PATH, CoordinatorClient
 from .peer import PeerClient, PeerStream
 from .routing import DownPeers
 
@@ -73,39 +74,52 @@ class PeerReads:
 
     async def _fetch(self) -> None:
         got = await self._coordinator.get_json(RING_PATH, {})
-        if got is None:  # no ring yet
-            return
         snapshot = RingSnapshot.decode(base64.b64decode(got["ring"]))
         placement = await asyncio.to_thread(Placement, snapshot)  # 0.1 s at 1,000 workers: off the loop
         self.placement, self.me, self._version = placement, got["me"], snapshot.version
 
-    def peers(self, c: ChunkId) -> list[WorkerInfo] | None:
-        """The workers to ask for `c`, best first; None if it is this worker's to read (an owner:
-        the coordinator fills it) or there is no ring yet."""
+    def peers(self, c: ChunkId, failed: Collection[str] = ()) -> list[WorkerInfo] | None:
+        """The workers to ask for `c`, best first: those the coordinator would ask before it
+        filled `c` itself (not the peers that failed lately: it asks them after that), without
+        those that failed in this read (`failed`). None if there are none (an owner's chunk:
+        the coordinator fills it; every peer failed: the coordinator's to read) or no ring yet."""
         placement = self.placement
         if placement is None or c.chunk_size != placement.ring.chunk_size:
             return None
-        order = self._down.order(placement.owners(c), placement.ring.replicas, self.me)
-        if not order or order[0].id == self.me:
-            return None
-        return [w for w in order if w.id != self.me]
+        found = []
+        for w in self._down.order(placement.owners(c), placement.ring.replicas, self.me):
+            if w.id == self.me:
+                break
+            if w.id not in failed:
+                found.append(w)
+        return found or None
 
-    async def open(self, c: ChunkId, offset: int, length: int, peers: list[WorkerInfo]) -> PeerStream | None:
+    async def open(self, c: ChunkId, offset: int, length: int, peers: list[WorkerInfo],
+                   failed: set[str]) -> PeerStream | None:
         """`length` bytes of `c` from `offset`, from the first of `peers` that answers; None if
-        none does, or one answers an error about the object (the coordinator then answers it)."""
+        none does (the coordinator's to read). A peer that fails joins `failed`, the peers that
+        failed in this read (a hung one is waited for once per read, not once per chunk), and
+        those that failed lately. An error about the object, or S3's failure at the owner, is
+        raised as the owner answered it: the coordinator would only get it again."""
         for peer in peers:
+            if peer.id in failed:  # while this read waited for it on another chunk
+                continue
             try:
                 stream = await self._client.open(peer, c, offset, length)
             except PeerError as exc:
-                self._down.failed(peer.id)
                 log.info("peer %s failed for %s: %s", peer.id, c.ring_key, exc)
+                failed.add(peer.id)
+                await self.failed(peer)
                 continue
-            except P2PError:
-                return None
             self._down.answered(peer.id)
             return stream
         return None
 
-    def failed(self, peer: WorkerInfo) -> None:
-        """`peer` failed mid-chunk: ask it last for a while."""
+    async def failed(self, peer: WorkerInfo) -> None:
+        """`peer` failed: ask it last for a while, here and at the coordinator (which reads what
+        this process passes on, and asks it last, after filling a chunk itself)."""
         self._down.failed(peer.id)
+        try:
+            await self._coordinator.post_json(DOWN_PATH, {"peer": peer.id})
+        except P2PError as exc:
+            log.warning("could not tell the coordinator that peer %s failed: %s", peer.id, exc)

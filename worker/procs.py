@@ -93,7 +93,7 @@ class ServingProcesses:
         settings = {
             "host": cfg.host, "port": port, "socket": path, "cache_dir": str(cfg.cache_dir),
             "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "tls_ca": cfg.tls_ca,
-            "peer_read_timeout": max(60.0, 2 * cfg.origin_deadline), "allowed_buckets": sorted(cfg.allowed_buckets),
+            "peer_read_timeout": cfg.peer_timeout(), "allowed_buckets": sorted(cfg.allowed_buckets),
             "client_keys": [[k.key_id, k.secret, sorted(k.buckets)] for k in cfg.client_keys],
             "meta_ttl": cfg.meta_ttl, "egress_limit": cfg.egress_limit / egress_shares(cfg),
             "drain_timeout": cfg.drain_timeout, "parent": os.getpid(), "token": self._token,

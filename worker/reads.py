@@ -1,8 +1,10 @@
 """A serving process's reads: of chunks on this worker's disk from their files, of chunks
 other workers hold from those workers, each planned from the object's identity (asked of the
 coordinator, cached for half the --meta-ttl) and the request's Range and conditions. What it
-cannot answer (a chunk this worker must fill, an error to answer, a request that is not a plain
-GET) is the coordinator's: `None`.
+cannot try (a chunk this worker must fill, a request that is not a plain GET, a condition to
+check with S3) or what no worker it asks answers is the coordinator's: `None`. An error the
+coordinator or a chunk's owner answered (S3 failing at the owner, no such key) is the read's
+answer: raised as they gave it, never tried again by the coordinator for the same request.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from typing import AsyncGenerator, AsyncIterator, Callable
 
 from p2pcache import conditions
-from p2pcache.errors import CorruptChunk, P2PError, PeerError
+from p2pcache.errors import CorruptChunk, ObjectChanged, P2PError, PeerError
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.ranges import chunk_spans
 from p2pcache.singleflight import SingleFlight
@@ -104,14 +106,33 @@ class Reads:
         return Read(status, out, len(data), data)
 
     async def read(self, method: str, path: str, query: str, headers, request) -> Read | None:
-        """A read this process answers (its bytes checked), or None: the coordinator's to answer.
-        `request` is what the reader keys check the signature of (method, raw_path, headers)."""
+        """A read this process answers (its bytes checked), or None: the coordinator's to answer
+        (not a plain GET, a chunk this worker fills, no worker left to ask). An error the
+        coordinator or a chunk's owner answered (S3 failing, no such key) is raised as they gave
+        it: passed on, it would only be tried again. `request` is what the reader keys check the
+        signature of (method, raw_path, headers)."""
         if not self._signed(request, path[1:].partition("/")[0]):
             return None
-        found = await self.plan(method, path, query, headers)
-        if found is None:
+        target = self._target(method, path, query, headers)
+        if target is None:
             return None
-        status, out, info, chunk_size, start, stop = found
+        try:
+            return await self._read(target, headers, fresh=False)
+        except ObjectChanged:  # as the coordinator does: the version S3 has now, once
+            return await self._read(target, headers, fresh=True)
+
+    async def _read(self, target: tuple[str, str], headers, fresh: bool) -> Read | None:
+        """`read` of `target` (bucket, key) as its identity is cached, or as S3 has it now (`fresh`)."""
+        try:
+            found = self._planned(await self._object(*target, fresh), headers)
+        except P2PError as exc:
+            if exc.status == 404 and "If-Match" in headers:
+                return None  # remembered missing: the coordinator asks S3 for the version named
+            raise
+        return await self._answer(*found) if found is not None else None
+
+    async def _answer(self, status: int, out: dict[str, str], info: ObjectInfo, chunk_size: int, start: int,
+                      stop: int) -> Read | None:
         if _small(start, stop, chunk_size):
             data = await self.read_small(info, chunk_size, start, stop)
             if data is None:
@@ -120,20 +141,19 @@ class Reads:
                 await self.egress.take(len(data))
             return Read(status, out, len(data), data)
         pins = contextlib.ExitStack()
+        failed: set[str] = set()  # the peers that failed in this read: not asked again in it
         try:
-            sources = []  # per chunk: its file here, or the workers to ask for it
+            sources = []  # per chunk: its file here, or None (the workers that hold it are asked when it is reached)
             for span in chunk_spans(start, stop, chunk_size):
                 c = info.chunk(span.index, chunk_size)
                 file = self.pin(pins, c.name)
-                peers = self.peer_reads.peers(c) if file is None else None
-                if file is None and peers is None:
+                if file is None and self.peer_reads.peers(c) is None:
                     pins.close()
-                    return None  # this worker's to fill: the coordinator's
-                sources.append((span, c, file, peers))
+                    return None  # this worker's to fill (or every peer failed lately): the coordinator's
+                sources.append((span, c, file))
             first = None
             if sources[0][2] is None:  # opened before the status line: if no owner answers, pass it on
-                span, c, _, peers = sources[0]
-                first = await self.peer_reads.open(c, span.offset, span.length, peers)
+                first = await self._open(*sources[0][:2], failed)
                 if first is None:
                     pins.close()
                     return None
@@ -146,8 +166,14 @@ class Reads:
             if first is not None:
                 first.close()
 
-        pieces = self._pieces(info, start, stop, sources, first, release)
+        pieces = self._pieces(info, start, stop, sources, first, failed, release)
         return Read(status, out, stop - start, None, pieces, release)
+
+    async def _open(self, span, c: ChunkId, failed: set[str]) -> PeerStream | None:
+        """The chunk's bytes of `span` from a worker that holds it, asked as the ring and the
+        peers' failures are now (not as they were when the read began); None: the coordinator's."""
+        peers = self.peer_reads.peers(c, failed)
+        return await self.peer_reads.open(c, span.offset, span.length, peers, failed) if peers else None
 
     def _signed(self, request, bucket: str) -> bool:
         """Whether the reader keys (if any) let `request` read `bucket`; if not, the coordinator
@@ -158,13 +184,6 @@ class Reads:
             except P2PError:
                 return False
         return True
-
-    async def plan(self, method: str, path: str, query: str, headers) -> tuple | None:
-        """(status, headers, info, chunk size, start, stop) of a read this process may answer
-        from chunk files, or None: the coordinator's to answer (not a plain GET, an error, ...)."""
-        target = self._target(method, path, query, headers)
-        found = await self._object(*target) if target else None
-        return self._planned(found, headers) if found else None
 
     def _target(self, method: str, path: str, query: str, headers) -> tuple[str, str] | None:
         """(bucket, key) of a plain GET this process may answer, or None."""
@@ -182,6 +201,8 @@ class Reads:
         return bucket, key
 
     def _planned(self, found: tuple[ObjectInfo, int], headers) -> tuple | None:
+        """(status, headers, info, chunk size, start, stop) of a read this process may answer, or
+        None: the coordinator's (a condition to check with S3, a range to refuse, ...)."""
         info, chunk_size = found
         if conditions.evaluate(headers, info.etag, info.last_modified) is not None:
             return None  # 304, or 412 (the coordinator asks S3 for a newer version first)
@@ -214,7 +235,7 @@ class Reads:
     async def _small_from_peer(self, c: ChunkId, offset: int, length: int) -> bytearray | None:
         """A small range of a chunk another worker holds, from that worker; None: the coordinator's."""
         peers = self.peer_reads.peers(c)
-        stream = await self.peer_reads.open(c, offset, length, peers) if peers else None
+        stream = await self.peer_reads.open(c, offset, length, peers, set()) if peers else None
         if stream is None:
             return None
         data = bytearray()
@@ -222,7 +243,7 @@ class Reads:
             async for piece in stream:
                 data += piece
         except PeerError:
-            self.peer_reads.failed(stream.peer)
+            await self.peer_reads.failed(stream.peer)
             return None
         self.reports.miss()
         return data
@@ -242,17 +263,18 @@ class Reads:
         return None
 
     async def _pieces(self, info: ObjectInfo, start: int, stop: int, sources, first: PeerStream | None,
-                      release: Callable[[], None]) -> AsyncIterator[bytes | bytearray]:
+                      failed: set[str], release: Callable[[], None]) -> AsyncIterator[bytes | bytearray]:
         """The bytes `[start, stop)`, checked, from the chunks' `sources` (`release` closes their
-        files and `first` at the end); what no source can give, the coordinator reads. P2PError
-        if it cannot."""
+        files and `first` at the end), not asking the peers that failed in this read (`failed`);
+        what no source can give, the coordinator reads. P2PError if it cannot, or if a chunk's
+        owner answered an error about the object (S3's failure)."""
         self.budget.open()
         pos = start
         ahead: asyncio.Task | None = None
         stream = None
         try:
             try:
-                for i, (span, c, file, peers) in enumerate(sources):
+                for i, (span, c, file) in enumerate(sources):
                     if file is not None:
                         self.reports.read(file.name, 0)
                         pieces = read_pieces(file, span.offset, span.length, self.budget.piece)
@@ -262,12 +284,12 @@ class Reads:
                         elif ahead is not None:
                             stream, ahead = await ahead, None
                         else:
-                            stream = await self.peer_reads.open(c, span.offset, span.length, peers)
+                            stream = await self._open(span, c, failed)
                         if stream is None:  # no owner answered: the coordinator reads the rest
                             raise _Rest()
                         self.reports.miss()
                         pieces = stream.__aiter__()
-                    ahead = self._open_next(sources, i + 1)  # the next peer chunk's first bytes meanwhile
+                    ahead = self._open_next(sources, i + 1, failed)  # the next peer chunk's first bytes meanwhile
                     async with contextlib.aclosing(pieces):
                         async for data in pieces:
                             yield await self._sent(data)
@@ -283,7 +305,8 @@ class Reads:
                 if isinstance(exc, CorruptChunk):
                     self.reports.corrupt(exc.name)
                 if isinstance(exc, PeerError) and stream is not None:
-                    self.peer_reads.failed(stream.peer)
+                    failed.add(stream.peer.id)
+                    await self.peer_reads.failed(stream.peer)
                 async for data in self.coordinator.rest(info, pos, stop):
                     yield await self._sent(data)
         finally:
@@ -293,13 +316,13 @@ class Reads:
                 ahead.cancel()
                 ahead.add_done_callback(_close_opened)
 
-    def _open_next(self, sources, i: int) -> asyncio.Task | None:
+    def _open_next(self, sources, i: int, failed: set[str]) -> asyncio.Task | None:
         """Open the next chunk's stream if a peer holds it (a task, awaited when it is reached),
         unless so many answers run that the peer responses buffering ahead would add up."""
         if i >= len(sources) or sources[i][2] is not None or not readahead(1, self.budget.streams):
             return None
-        span, c, _, peers = sources[i]
-        return asyncio.ensure_future(self.peer_reads.open(c, span.offset, span.length, peers))
+        span, c, _ = sources[i]
+        return asyncio.ensure_future(self._open(span, c, failed))
 
     async def _sent(self, data):
         """`data`, once the egress limit lets it go (counted as sent: the caller sends it)."""
@@ -314,18 +337,18 @@ class Reads:
             return entry[1], entry[2]
         return None
 
-    async def _object(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
-        """The object's identity and the ring's chunk size, cached for half the --meta-ttl."""
-        known = self._cached(bucket, key)
+    async def _object(self, bucket: str, key: str, fresh: bool) -> tuple[ObjectInfo, int]:
+        """The object's identity and the ring's chunk size, cached for half the --meta-ttl (with
+        `fresh`, as S3 has it now); the coordinator's error if it has none (not found, S3 failing)."""
+        known = None if fresh else self._cached(bucket, key)
         if known is not None:
             return known
-        return await self._lookups.do((bucket, key), lambda: self._lookup(bucket, key))
+        max_age = 0 if fresh else self.ttl
+        return await self._lookups.do((bucket, key, fresh), lambda: self._lookup(bucket, key, max_age))
 
-    async def _lookup(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
+    async def _lookup(self, bucket: str, key: str, max_age: float) -> tuple[ObjectInfo, int]:
         got = await self.coordinator.get_json(OBJECT_PATH, {"bucket": bucket, "key": key,
-                                                             "max_age": str(self.ttl)})
-        if got is None:  # not found, no ring yet, S3 failing: the coordinator says which
-            return None
+                                                             "max_age": str(max_age)})
         info = ObjectInfo(bucket, key, got["etag"], got["size"], got["last_modified"], got["content_type"],
                           tuple(map(tuple, got["headers"])))
         if len(self._objects) >= OBJECT_CACHE:

@@ -61,6 +61,10 @@ class DownPeers:
     def answered(self, peer_id: str) -> None:
         self._until.pop(peer_id, None)
 
+    def down(self, peer_id: str) -> bool:
+        """Whether `peer_id` failed lately."""
+        return self._until.get(peer_id, 0.0) > self._clock()
+
     def order(self, owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[WorkerInfo]:
         """`read_order`, with the peers that failed lately moved to the end."""
         now = self._clock()

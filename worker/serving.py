@@ -37,7 +37,7 @@ from .budget import SERVING_PIECES, PieceBudget
 from .chunkfiles import ChunkFiles
 from .fastpath import FastPath, Head, response_head
 from .forward import LOCAL_PREFIX, REPORT_PATH, TOKEN_HEADER, CoordinatorClient
-from .http import REQUEST_ID, answered, send_body
+from .http import REQUEST_ID, answered, error_answer, log_error, send_body
 from .limits import TokenBucket
 from .peerfiles import PeerFiles
 from .peerreads import PeerReads
@@ -158,6 +158,19 @@ class ServingProcess:
             self.reports.request("GET", found.status, fast=True)
         return top
 
+    def _send_error(self, head: Head, used: int, conn: FastPath, exc: P2PError) -> bool:
+        """Answer `exc` on `conn` as `answered` would; False (nothing sent) if a header cannot be sent as is."""
+        request_id = self._request_id()
+        headers, body = error_answer(exc, head.path, request_id)
+        top = response_head(exc.status, headers, len(body), request_id, head.close)
+        if top is None:
+            return False
+        log_error("GET", head.path, exc)
+        conn.take(used)
+        self.reports.request("GET", exc.status, fast=True)
+        conn.writelines([top, body])
+        return True
+
     def _request_id(self) -> str:
         return f"{self._rid_prefix}{next(self._rids):08X}"
 
@@ -165,7 +178,10 @@ class ServingProcess:
         """Answer a fast-path GET on `conn`; False (nothing sent): aiohttp's to answer."""
         if head.path.startswith("/_p2p/"):
             return False
-        found = await self.reads.read("GET", head.path, "", head.headers, head)
+        try:
+            found = await self.reads.read("GET", head.path, "", head.headers, head)
+        except P2PError as exc:  # the coordinator's or the owner's answer: aiohttp's path would ask again
+            return self._send_error(head, used, conn, exc)
         if found is None:
             return False
         if found.body is not None:

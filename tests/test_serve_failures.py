@@ -1,0 +1,167 @@
+"""Failing reads through serving processes cost what they cost with one process: an error the
+coordinator or a chunk's owner answered is answered as is, not tried again by the next path."""
+
+from __future__ import annotations
+
+import random
+
+import aiohttp
+import pytest
+
+from conftest import CHUNK
+from faultproxy import FaultProxy
+from p2pcache.objects import ObjectInfo
+
+
+async def _get(http: aiohttp.ClientSession, url: str, rng: tuple[int, int]) -> tuple[int, bytes, dict]:
+    async with http.get(url, headers={"Range": f"bytes={rng[0]}-{rng[1]}"}) as resp:
+        return resp.status, await resp.read(), resp.headers
+
+
+async def _behind_proxy(cluster, **options):
+    """A worker whose peers reach it through a FaultProxy (its advertised URL), and the proxy."""
+    proxy = await FaultProxy("http://127.0.0.1:1").start()
+    worker = await cluster.add_worker(advertise=proxy.url, **options)
+    proxy.upstream = worker.address
+    await cluster.wait_converged()
+    return worker, proxy
+
+
+def _owned_by(s3_client, bucket: str, placement, owner_id: str, name: str, size: int = CHUNK) -> str:
+    """The key of a new object named after `name` whose first chunk `owner_id` owns."""
+    for i in range(50):
+        key = name.format(i)
+        s3_client.put_object(Bucket=bucket, Key=key, Body=random.Random(i).randbytes(size))
+        info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], size)
+        if placement.owner(info.chunk(0, CHUNK)).id == owner_id:
+            return key
+    raise AssertionError(f"no object whose first chunk {owner_id} owns")
+
+
+async def test_an_origin_failure_at_the_owner_is_asked_for_once_per_read(cluster_factory, fault_proxy,
+                                                                         s3_client, bucket):
+    """S3 stalls every ranged GET: the owner's fill fails after --origin-deadline. The reader's
+    serving process answers the owner's 503 as it came; neither aiohttp's path nor the
+    coordinator asks the owner (and S3) again. Counted at a proxy in front of the owner."""
+    cluster = await cluster_factory(1, serve_processes=2, s3_endpoint=fault_proxy.url, origin_read_timeout=0.5,
+                                    origin_deadline=1.0, origin_breaker=0, meta_ttl=3600)
+    reader = cluster.workers[0]
+    owner, owner_proxy = await _behind_proxy(cluster)
+    try:
+        # A plain path is answered on the fast path; one with an escape (%20) by aiohttp's.
+        keys = [_owned_by(s3_client, bucket, reader.placement, owner.id, name) for name in ("o{}.bin", "o {}.bin")]
+        # A connection per request: one that aiohttp answered once stays aiohttp's.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for key in keys:  # both workers know the object: only its GETs will fail
+                for w in cluster.workers:
+                    async with http.head(f"{w.url}/{bucket}/{key}") as resp:
+                        assert resp.status == 200
+            fault_proxy.mode = "stall"
+            for key in keys:
+                before = owner_proxy.requests
+                status, _, headers = await _get(http, f"{reader.url}/{bucket}/{key}", (0, 100))
+                assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (503, "ServiceUnavailable",
+                                                                                      "timeout"), key
+                assert f"origin timeout for s3://{bucket}/{key}" in headers["X-P2P-Reason"]
+                assert headers["Content-Type"] == "application/xml; charset=utf-8" and headers["x-amz-request-id"]
+                # Asked once (before: 3 times from the fast path, which aiohttp's path and then
+                # the coordinator repeated; twice from aiohttp's path).
+                assert owner_proxy.requests - before == 1, key
+    finally:
+        await owner_proxy.stop()
+
+
+@pytest.mark.parametrize("fault", ["denied", "hang"])
+async def test_an_object_lookup_that_fails_is_answered_as_the_coordinator_gave_it(cluster_factory, fault_proxy,
+                                                                                   s3_client, bucket, fault):
+    """S3 refuses every request (403), or never answers: the object's HEAD, asked through the
+    coordinator, is the answer, the same one a worker without serving processes gives after the
+    same HEADs (1; 3 tries of a timeout). Counted at S3's proxy."""
+    cluster = await cluster_factory(1, serve_processes=2, s3_endpoint=fault_proxy.url, origin_breaker=0,
+                                    origin_read_timeout=0.5)
+    single = await cluster.add_worker(serve_processes=1)
+    await cluster.wait_converged()
+    s3_client.put_object(Bucket=bucket, Key="k.bin", Body=b"x" * 1000)
+    fault_proxy.mode = fault
+    answers, heads = [], []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        # A plain path is answered on the fast path; one with an escape (%20) by aiohttp's.
+        for worker, key in ((single, "k.bin"), (cluster.workers[0], "k.bin"), (cluster.workers[0], "k x.bin")):
+            before = fault_proxy.requests
+            status, body, headers = await _get(http, f"{worker.url}/{bucket}/{key}", (0, 100))
+            heads.append(fault_proxy.requests - before)
+            answers.append((status, headers["X-P2P-Error"], headers["X-P2P-Reason"].replace(" x", ""),
+                            headers["Content-Type"], body.split(b"<Resource>")[0].replace(b" x", b"")))
+    assert heads[0] == (1 if fault == "denied" else 3), heads
+    assert heads[1] == heads[2] == heads[0], heads  # 3 and 2 times as many before
+    assert answers[0][:2] == ((502, "OriginError") if fault == "denied" else (503, "ServiceUnavailable"))
+    assert ("origin denied access" if fault == "denied" else "origin timeout") in answers[0][2]
+    assert answers[0] == answers[1] == answers[2]
+
+
+async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_factory, s3_client, bucket):
+    """A worker that accepts connections and never answers (as a stopped process does: its kernel
+    still accepts, so only the read timeout fires) and stays in the ring (its heartbeats reach the
+    master). A read at another worker's serving processes waits for it once; the rest of its
+    chunks come from the worker next on the ring, which fills them (asking the hung one first, as
+    their earlier holder: once). Counted at a proxy in front of the hung worker."""
+    # Seconds without a byte from a peer (60 by default). The worker filling in gives up on the
+    # hung one sooner than the reader gives up on it, or the reader would fail it over too.
+    cluster = await cluster_factory(1, serve_processes=2, peer_read_timeout=3.0)
+    reader = cluster.workers[0]
+    await cluster.add_worker(peer_read_timeout=1.0)
+    hung, proxy = await _behind_proxy(cluster)
+    try:
+        size = 16 * CHUNK
+        body = random.Random(31).randbytes(size)
+        s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+        info = ObjectInfo(bucket, "m.bin", s3_client.head_object(Bucket=bucket, Key="m.bin")["ETag"], size)
+        owned = [i for i in range(16) if reader.placement.owner(info.chunk(i, CHUNK)).id == hung.id]
+        assert len(owned) >= 3, owned
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.get(f"{reader.url}/{bucket}/m.bin") as resp:  # every chunk filled by its owner
+                assert resp.status == 200 and await resp.read() == body
+            proxy.mode = "hang"
+            before = len(proxy.targets)
+            async with http.get(f"{reader.url}/{bucket}/m.bin") as resp:
+                assert resp.status == 200 and await resp.read() == body
+        asked = proxy.targets[before:]
+        direct = [t for t in asked if "local=1" not in t]
+        assert len(direct) == 1, (owned, asked)  # was one per chunk it owns, each a timeout
+        assert len(asked) - len(direct) == 1, (owned, asked)  # was one per chunk it owns too
+    finally:
+        await proxy.stop()
+
+
+async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(cluster_factory, s3_client, bucket):
+    """The same with one process: the coordinator opens its first chunks together, so it may
+    wait for the hung worker on several at once, but never again in that read, even once the
+    5 s it asks a failed peer last are over (a read paced by --egress-limit outlasts them)."""
+    cluster = await cluster_factory(1, serve_processes=1, peer_read_timeout=3.0, egress_limit=512 << 10)
+    reader = cluster.workers[0]
+    filler = await cluster.add_worker(peer_read_timeout=1.0)
+    hung, proxy = await _behind_proxy(cluster)
+    try:
+        size, chunks, window = 16 * CHUNK, 16, reader.config.readahead + 1  # opened at once
+        for i in range(50):  # the hung worker owns the first chunk (the read waits on it) and a late one
+            key, body = f"m{i}.bin", random.Random(i).randbytes(size)
+            s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+            info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], size)
+            owned = [j for j in range(chunks) if reader.placement.owner(info.chunk(j, CHUNK)).id == hung.id]
+            if owned and owned[0] == 0 and owned[-1] >= chunks - 3:
+                break
+        else:
+            raise AssertionError("no object with such chunks")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{filler.url}/{bucket}/{key}") as resp:  # every chunk filled by its owner
+                assert resp.status == 200 and await resp.read() == body
+            proxy.mode = "hang"
+            before = len(proxy.targets)
+            async with http.get(f"{reader.url}/{bucket}/{key}") as resp:
+                assert resp.status == 200 and await resp.read() == body
+        direct = [t for t in proxy.targets[before:] if "local=1" not in t]
+        # The chunks opened together before the first timeout; before, also each of its chunks
+        # opened 5 s after it failed (the last ones, here).
+        assert len(direct) == len([j for j in owned if j < window]), (owned, direct)
+    finally:
+        await proxy.stop()

@@ -67,6 +67,7 @@ def coordinator_handler(worker, token: str) -> Handler:
             requests, sent, hits = batch["requests"], int(batch["bytes"]), int(batch["hits"])
             peer_sent, misses = int(batch.get("peer_bytes", 0)), int(batch.get("misses", 0))
             corrupt_transfers, fast = int(batch.get("corrupt_transfers", 0)), int(batch.get("fast", 0))
+            stalled = int(batch.get("stalled", 0))
         except (KeyError, ValueError, TypeError) as exc:
             raise BadRequest(f"malformed report: {exc!r}") from None
         for name, uses in touched.items():
@@ -86,6 +87,7 @@ def coordinator_handler(worker, token: str) -> Handler:
         m.misses.inc(misses)
         m.corrupt_transfers.inc(corrupt_transfers)
         m.fast_requests.inc(fast)
+        m.stalled.inc(stalled)
         placement = worker.placement
         return web.json_response({"ring": placement.ring.version if placement else None})
 

@@ -128,6 +128,7 @@ class FastPath(asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._writable: asyncio.Future | None = None
         self._paused = False  # writing: the transport's buffer is above its high-water mark
+        self._on_drained: Callable[[], None] | None = None  # `after_drained`'s, until then
         self._held = False  # reading: paused while a request is answered and more piles up
         self._eof = False
         self._idle: asyncio.TimerHandle | None = None
@@ -150,6 +151,7 @@ class FastPath(asyncio.Protocol):
             self._task.cancel()
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(ConnectionResetError("the client went away"))
+        self._call_drained()
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -170,6 +172,20 @@ class FastPath(asyncio.Protocol):
         self._paused = False
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        self._call_drained()
+
+    def after_drained(self, fn: Callable[[], None]) -> None:
+        """Call `fn` once what was written is below the high-water mark (now, if it is) or the
+        connection is gone: an answer written at once keeps its turn until then."""
+        if self._paused and self._transport is not None:
+            self._on_drained = fn
+        else:
+            fn()
+
+    def _call_drained(self) -> None:
+        fn, self._on_drained = self._on_drained, None
+        if fn is not None:
+            fn()
 
     def close(self) -> None:
         """Close the connection (the process stops); an answer under way is cut short."""

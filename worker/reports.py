@@ -21,6 +21,7 @@ class Reports:
         self._misses = 0
         self._corrupt_transfers = 0
         self._fast = 0
+        self._stalled = 0
 
     def read(self, name: str, sent: int) -> None:
         self._touched[name] += 1
@@ -43,17 +44,22 @@ class Reports:
     def corrupt_transfer(self) -> None:
         self._corrupt_transfers += 1
 
+    def stalled(self) -> None:
+        """An answer cut: its reader took nothing for --send-timeout."""
+        self._stalled += 1
+
     def request(self, method: str, status: int, fast: bool = False) -> None:
         self._requests[method, status] += 1
         self._fast += fast
 
     def take(self, index: int, force: bool = False) -> dict | None:
         """The batch since the last one (None if there is nothing to say, unless `force`), and a fresh start."""
-        if not (self._touched or self._corrupt or self._requests or force):
+        if not (self._touched or self._corrupt or self._requests or self._stalled or force):
             return None
         requests = {f"{method} {status}": n for (method, status), n in self._requests.items()}
         batch = {"process": index, "touched": dict(self._touched), "corrupt": sorted(self._corrupt),
                  "requests": requests, "bytes": self._bytes, "hits": self._hits, "peer_bytes": self._peer_bytes,
-                 "misses": self._misses, "corrupt_transfers": self._corrupt_transfers, "fast": self._fast}
+                 "misses": self._misses, "corrupt_transfers": self._corrupt_transfers, "fast": self._fast,
+                 "stalled": self._stalled}
         self.__init__()
         return batch

@@ -385,7 +385,12 @@ class Worker:
                     if self.egress is not None:
                         await self.egress.take(len(small))
                     self.metrics.bytes_served.inc(len(small))
-                    return web.Response(status=status, headers=headers, body=small)
+                    resp = web.StreamResponse(status=status, headers=headers)
+                    resp.content_length = len(small)
+                    resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+                    await resp.prepare(request)
+                    await resp.write_eof(small)  # in its turn: until the reader has taken most of it
+                    return resp
             resp = web.StreamResponse(status=status, headers=headers)
             resp.content_length = stop - start
             resp.headers["x-amz-request-id"] = request[REQUEST_ID]

@@ -44,6 +44,7 @@ from .peerreads import PeerReads
 from .readers import ClientKey, Readers
 from .reads import Read, Reads
 from .reports import Reports
+from .turns import Turn, Turns
 
 __all__ = ["ServingProcess", "main"]
 
@@ -65,6 +66,8 @@ class ServingProcess:
         self.reports = Reports()
         secret = bytes.fromhex(settings["secret"]) if settings.get("secret") else None
         budget = PieceBudget(SERVING_PIECES)
+        self.turns = Turns(settings.get("max_reads") or budget.floor_streams, settings.get("read_wait", 15.0),
+                           settings.get("send_timeout", 60.0), self.reports.stalled)
         self.peer_reads = PeerReads(self.coordinator, secret, settings.get("tls_ca", ""),
                                     settings.get("peer_read_timeout", 60.0), self.reports.corrupt_transfer,
                                     piece=budget.piece)
@@ -113,6 +116,7 @@ class ServingProcess:
         with contextlib.suppress(P2PError):
             await self._flush()
         await self.reads.close()
+        await self.turns.close()
         await self.peer_reads.close()
         await self.coordinator.close()
         self.files.close()
@@ -141,7 +145,14 @@ class ServingProcess:
         """Answer a small read on `conn` at once if nothing has to wait (no task); False (nothing
         sent): `answer_fast`'s to answer."""
         found = self.reads.read_now(head)
-        return found is not None and self._send_whole(head, used, conn, found)
+        if found is None:
+            return False
+        turn = self.turns.now(conn.abort)
+        if turn is None:  # `answer_fast` waits for one
+            return False
+        sent = self._send_whole(head, used, conn, found)
+        conn.after_drained(lambda: self.turns.give_back(turn))
+        return sent
 
     def _send_whole(self, head: Head, used: int, conn: FastPath, found: Read) -> bool:
         top = self._begin(head, used, conn, found)
@@ -179,13 +190,27 @@ class ServingProcess:
         if head.path.startswith("/_p2p/"):
             return False
         try:
+            turn = await self.turns.take(conn.abort)
+        except P2PError as exc:  # no turn came: 503 SlowDown
+            return self._send_error(head, used, conn, exc)
+        try:
+            return await self._answer_fast(head, used, conn, turn)
+        finally:
+            self.turns.give_back(turn)
+
+    async def _answer_fast(self, head: Head, used: int, conn: FastPath, turn: Turn) -> bool:
+        try:
             found = await self.reads.read("GET", head.path, "", head.headers, head)
         except P2PError as exc:  # the coordinator's or the owner's answer: aiohttp's path would ask again
             return self._send_error(head, used, conn, exc)
         if found is None:
             return False
         if found.body is not None:
-            return self._send_whole(head, used, conn, found)
+            if self._send_whole(head, used, conn, found):
+                with contextlib.suppress(ConnectionError):
+                    await conn.drain()  # its turn is held until the reader has taken most of it
+                return True
+            return False
         top = self._begin(head, used, conn, found)
         if top is None:
             await found.aclose()
@@ -197,6 +222,7 @@ class ServingProcess:
                 conn.write(data)
                 sent += len(data)
                 await conn.drain()
+                turn.moved()
             if sent != found.length:  # as http.send_body: cut at once, not when the client gives up
                 raise P2PError(f"the body ended after {sent} of its {found.length} bytes")
         except ConnectionError:
@@ -210,24 +236,26 @@ class ServingProcess:
 
     async def _from_files(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """The answer from chunk files on disk or the workers that hold them, or None: the coordinator's."""
-        found = await self.reads.read(request.method, request.path, request.query_string, request.headers,
-                                      request)
-        if found is None:
+        if request.method != "GET":
             return None
-        if found.body is not None:
-            return web.Response(status=found.status, headers=found.headers, body=found.body)
-        return await self._stream(request, found)
-
-    async def _stream(self, request, found: Read) -> web.StreamResponse:
-        resp = web.StreamResponse(status=found.status, headers=found.headers)
-        resp.content_length = found.length
-        resp.headers["x-amz-request-id"] = request[REQUEST_ID]
-        try:
-            await resp.prepare(request)
-            await send_body(request, resp, found.pieces, lambda n: None, length=found.length)
-        finally:
-            await found.aclose()
-        return resp
+        async with self.turns.turn(lambda: request.transport and request.transport.abort()) as turn:
+            found = await self.reads.read(request.method, request.path, request.query_string, request.headers,
+                                          request)
+            if found is None:
+                return None
+            resp = web.StreamResponse(status=found.status, headers=found.headers)
+            resp.content_length = found.length
+            resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+            if found.body is not None:  # sent within its turn: held until the reader has taken most of it
+                await resp.prepare(request)
+                await resp.write_eof(found.body)
+                return resp
+            try:
+                await resp.prepare(request)
+                await send_body(request, resp, found.pieces, lambda n: turn.moved(), length=found.length)
+            finally:
+                await found.aclose()
+            return resp
 
     async def _report_loop(self) -> None:
         for n in itertools.count(1):

@@ -180,9 +180,9 @@ class Client:
                 await self._write_at(fd, info, start, end, progress)
             except ObjectChanged as exc:  # nothing is in place yet: start over, once
                 info = await self._reresolve(bucket, key, exc)
-                await loop.run_in_executor(None, os.ftruncate, fd, 0)
+                await _on_fd(os.ftruncate, fd, 0)
                 await self._write_at(fd, info, start, end, progress)
-            await loop.run_in_executor(None, os.fsync, fd)
+            await _on_fd(os.fsync, fd)
             try:
                 await loop.run_in_executor(None, os.replace, tmp, path)
             except OSError as exc:
@@ -286,7 +286,7 @@ class Client:
             try:
                 view = memoryview(buf)[:y - x]
                 await self._fetch(info, size, x, y, view)
-                await loop.run_in_executor(None, _pwrite_all, fd, view, x - a)
+                await _on_fd(_pwrite_all, fd, view, x - a)
             finally:
                 free.append(buf)
             return y - x
@@ -367,6 +367,19 @@ def _spans(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     for span in chunk_spans(start, stop, chunk_size):
         a = span.index * chunk_size + span.offset
         yield a, a + span.length
+
+
+async def _on_fd(fn: Callable[..., object], fd: int, *args) -> None:
+    """`fn(fd, *args)` in the executor; cancelled, it still waits for the call to end: the caller
+    closes `fd` next, and a write or truncate still running on its number could land in whatever
+    file reuses it."""
+    call = asyncio.get_running_loop().run_in_executor(None, fn, fd, *args)
+    try:
+        await asyncio.shield(call)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await call
+        raise
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

@@ -8,6 +8,8 @@ import mmap
 import random
 import signal
 import sys
+import threading
+import time
 from collections import Counter
 
 import aiohttp
@@ -325,3 +327,23 @@ async def test_p2pcache_get_stopped_by_a_signal_removes_its_temp_file(
     proc.send_signal(sig)
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 128 + sig and err == b"" and not list(out.iterdir())
+
+
+async def test_a_cancelled_download_write_ends_before_its_file_can_be_closed():
+    """`download` closes its temp file when cancelled; a write still running in its thread on that
+    descriptor number could land in whatever file reuses it. `_on_fd` returns only once it ended."""
+    from p2pcache.client import _on_fd
+
+    started, ended = threading.Event(), threading.Event()
+
+    def slow_write(fd: int) -> None:
+        started.set()
+        time.sleep(0.3)
+        ended.set()
+
+    task = asyncio.ensure_future(_on_fd(slow_write, 99))
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ended.is_set()

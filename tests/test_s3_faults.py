@@ -160,15 +160,20 @@ def owned_by(owner, asker, s3_client, bucket: str) -> str:
     raise AssertionError(f"no object of 50 has its chunk at {owner.id}")
 
 
+async def know_the_etag(http: aiohttp.ClientSession, workers, path: str) -> None:
+    """Every worker asks S3 for the object's identity now: after this, only its GETs can fail."""
+    for w in workers:
+        async with http.head(f"{w.url}/{path}") as resp:
+            assert resp.status == 200
+
+
 async def test_an_origin_failure_at_the_owner_reaches_the_reader_as_such(cluster_factory, fault_proxy, s3_client, bucket):
     cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_deadline=0.5, origin_breaker=0,
                                     meta_ttl=3600)
     asker, owner = cluster.workers
     key = owned_by(owner, asker, s3_client, bucket)
     async with aiohttp.ClientSession() as http, Client(cluster.master.url) as client:
-        for w in cluster.workers:  # both know the object's ETag: only its GETs will fail
-            async with http.head(f"{w.url}/{bucket}/{key}") as resp:
-                assert resp.status == 200
+        await know_the_etag(http, cluster.workers, f"{bucket}/{key}")
         for mode, status, code, reason, kind in (("error", 502, "OriginError", "500 InternalError", OriginError),
                                                   ("slowdown", 503, "SlowDown", "throttling", OriginThrottled)):
             fault_proxy.mode = mode
@@ -285,9 +290,7 @@ async def test_the_owners_breaker_open_after_500s_reaches_the_reader_as_a_502_wi
     asker, owner = cluster.workers
     key = owned_by(owner, asker, s3_client, bucket)
     async with aiohttp.ClientSession() as http, Client(cluster.master.url) as client:
-        for w in cluster.workers:  # both know the object's ETag: only its GETs will fail
-            async with http.head(f"{w.url}/{bucket}/{key}") as resp:
-                assert resp.status == 200
+        await know_the_etag(http, cluster.workers, f"{bucket}/{key}")
         fault_proxy.get_mode = "error"  # 3 500s at the owner open its breaker
         answers = [await get(http, f"{asker.url}/{bucket}/{key}", (0, 100)) for _ in range(2)]
         with pytest.raises(OriginError, match="circuit breaker open") as refused:

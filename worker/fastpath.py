@@ -174,6 +174,11 @@ class FastPath(asyncio.Protocol):
             self._writable.set_result(None)
         self._call_drained()
 
+    @property
+    def paused(self) -> bool:
+        """Whether what was written is above the transport's high-water mark."""
+        return self._paused
+
     def after_drained(self, fn: Callable[[], None]) -> None:
         """Call `fn` once what was written is below the high-water mark (now, if it is) or the
         connection is gone: an answer written at once keeps its turn until then."""

@@ -145,13 +145,12 @@ class ServingProcess:
         """Answer a small read on `conn` at once if nothing has to wait (no task); False (nothing
         sent): `answer_fast`'s to answer."""
         found = self.reads.read_now(head)
-        if found is None:
-            return False
-        turn = self.turns.now(conn.abort)
-        if turn is None:  # `answer_fast` waits for one
+        if found is None or not self.turns.free():  # `answer_fast` waits for a turn
             return False
         sent = self._send_whole(head, used, conn, found)
-        conn.after_drained(lambda: self.turns.give_back(turn))
+        if conn.paused:  # its bytes wait in this process, not only in the kernel: a turn until they drain
+            turn = self.turns.now(conn.abort)
+            conn.after_drained(lambda: self.turns.give_back(turn))
         return sent
 
     def _send_whole(self, head: Head, used: int, conn: FastPath, found: Read) -> bool:

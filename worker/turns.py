@@ -60,12 +60,14 @@ class Turns:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def free(self) -> bool:
+        """Whether `now` would give a turn."""
+        return len(self._active) < self.limit and not self._waiting
+
     def now(self, cut: Callable[[], None]) -> Turn | None:
         """A turn if one is free and nobody waits for one; None: wait with `take`.
         `cut()` ends the answer's connection, if it stalls."""
-        if len(self._active) >= self.limit or self._waiting:
-            return None
-        return self._add(cut)
+        return self._add(cut) if self.free() else None
 
     async def take(self, cut: Callable[[], None]) -> Turn:
         """A turn, once one is free (in order of arrival); Busy after `wait` seconds."""

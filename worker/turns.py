@@ -142,8 +142,11 @@ class Turns:
             for turn in self.stalled():
                 log.warning("cut an answer whose reader took nothing for %g s", self.stall)
                 self.give_back(turn)
-                turn._cut()
-                self._on_cut()
+                try:
+                    turn._cut()
+                    self._on_cut()
+                except Exception:  # the watch must go on for the other answers
+                    log.exception("bug: cutting a stalled answer failed")
 
     async def close(self) -> None:
         if self._watch is not None:

@@ -19,7 +19,7 @@ from .limits import TokenBucket
 from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_from_params
 
 __all__ = ["REQUEST_ID", "answered", "object_headers", "object_answer", "error_response", "error_answer",
-           "log_error", "header_text", "send_body", "prepend", "parse_peer_request"]
+           "log_error", "header_text", "body_response", "cutter", "send_body", "prepend", "parse_peer_request"]
 
 log = logging.getLogger("p2pcache.http")
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -115,6 +115,23 @@ def _xml_text(text: str) -> str:
 
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def body_response(request: web.BaseRequest, status: int, headers, length: int) -> web.StreamResponse:
+    """An object's answer whose `length` bytes the caller writes, with its request id (set
+    here: `answered` can no longer add it once the response is prepared)."""
+    resp = web.StreamResponse(status=status, headers=headers)
+    resp.content_length = length
+    resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+    return resp
+
+
+def cutter(request: web.BaseRequest) -> Callable[[], None]:
+    """What ends `request`'s connection at once (a turn's `cut`: worker/turns.py)."""
+    def cut() -> None:
+        if request.transport is not None:
+            request.transport.abort()
+    return cut
 
 
 async def send_body(request: web.BaseRequest, resp: web.StreamResponse, pieces, on_piece,

@@ -47,7 +47,7 @@ from .control import Control
 from .coordinator import coordinator_handler
 from .keep import Keeps
 from .http import (
-    REQUEST_ID, answered, object_answer, parse_peer_request, prepend, send_body,
+    REQUEST_ID, answered, body_response, cutter, object_answer, parse_peer_request, prepend, send_body,
 )
 from .limits import TokenBucket
 from .listing import Listings
@@ -346,7 +346,7 @@ class Worker:
 
     async def get_object(self, request: web.BaseRequest, bucket: str, key: str) -> web.StreamResponse:
         """GetObject and HeadObject; an answer with bytes takes a turn (worker/turns.py)."""
-        async with self.turns.held(lambda: request.transport and request.transport.abort()) as need:
+        async with self.turns.held(cutter(request)) as need:
             return await self._get_object(request, bucket, key, need)
 
     async def _get_object(self, request: web.BaseRequest, bucket: str, key: str,
@@ -378,6 +378,7 @@ class Worker:
                 max_age = 0
                 continue
             status, headers, start, stop = object_answer(info, request.headers.get("Range"), span, overrides)
+            resp = body_response(request, status, headers, stop - start)
             if request.method != "HEAD" and start < stop:
                 turn = await need()
                 small = await self.chunks.read_small(info, start, stop)
@@ -385,15 +386,9 @@ class Worker:
                     if self.egress is not None:
                         await self.egress.take(len(small))
                     self.metrics.bytes_served.inc(len(small))
-                    resp = web.StreamResponse(status=status, headers=headers)
-                    resp.content_length = len(small)
-                    resp.headers["x-amz-request-id"] = request[REQUEST_ID]
                     await resp.prepare(request)
                     await resp.write_eof(small)  # in its turn: until the reader has taken most of it
                     return resp
-            resp = web.StreamResponse(status=status, headers=headers)
-            resp.content_length = stop - start
-            resp.headers["x-amz-request-id"] = request[REQUEST_ID]
             if request.method == "HEAD" or start == stop:
                 await resp.prepare(request)
                 return resp
@@ -410,6 +405,7 @@ class Worker:
                 await pieces.aclose()
                 raise
             break
+
         def sent(n: int) -> None:
             self.metrics.bytes_served.inc(n)
             turn.moved()

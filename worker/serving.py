@@ -37,7 +37,7 @@ from .budget import SERVING_PIECES, PieceBudget
 from .chunkfiles import ChunkFiles
 from .fastpath import FastPath, Head, response_head
 from .forward import LOCAL_PREFIX, REPORT_PATH, TOKEN_HEADER, CoordinatorClient
-from .http import REQUEST_ID, answered, error_answer, log_error, send_body
+from .http import REQUEST_ID, answered, body_response, cutter, error_answer, log_error, send_body
 from .limits import TokenBucket
 from .peerfiles import PeerFiles
 from .peerreads import PeerReads
@@ -237,14 +237,12 @@ class ServingProcess:
         """The answer from chunk files on disk or the workers that hold them, or None: the coordinator's."""
         if request.method != "GET":
             return None
-        async with self.turns.turn(lambda: request.transport and request.transport.abort()) as turn:
+        async with self.turns.turn(cutter(request)) as turn:
             found = await self.reads.read(request.method, request.path, request.query_string, request.headers,
                                           request)
             if found is None:
                 return None
-            resp = web.StreamResponse(status=found.status, headers=found.headers)
-            resp.content_length = found.length
-            resp.headers["x-amz-request-id"] = request[REQUEST_ID]
+            resp = body_response(request, found.status, found.headers, found.length)
             if found.body is not None:  # sent within its turn: held until the reader has taken most of it
                 await resp.prepare(request)
                 await resp.write_eof(found.body)

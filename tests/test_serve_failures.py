@@ -12,6 +12,7 @@ import pytest
 from conftest import CHUNK
 from faultproxy import FaultProxy
 from p2pcache.objects import ObjectInfo
+from worker import routing
 
 
 async def _get(http: aiohttp.ClientSession, url: str, rng: tuple[int, int]) -> tuple[int, bytes, dict]:
@@ -134,11 +135,14 @@ async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_fa
         await proxy.stop()
 
 
-async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(cluster_factory, s3_client, bucket):
+async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(cluster_factory, s3_client, bucket,
+                                                                               monkeypatch):
     """The same with one process: the coordinator opens its first chunks together, so it may
     wait for the hung worker on several at once, but never again in that read, even once the
-    5 s it asks a failed peer last are over (a read paced by --egress-limit outlasts them)."""
-    cluster = await cluster_factory(1, serve_processes=1, peer_read_timeout=3.0, egress_limit=512 << 10)
+    time it asks a failed peer last is over (shortened to 1.5 s here; a read paced by
+    --egress-limit outlasts it)."""
+    monkeypatch.setattr(routing, "PEER_DOWN_SECONDS", 1.5)
+    cluster = await cluster_factory(1, serve_processes=1, peer_read_timeout=3.0, egress_limit=1 << 20)
     reader = cluster.workers[0]
     filler = await cluster.add_worker(peer_read_timeout=1.0)
     hung, proxy = await _behind_proxy(cluster)
@@ -162,7 +166,7 @@ async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(
                 assert resp.status == 200 and await resp.read() == body
         direct = [t for t in proxy.targets[before:] if "local=1" not in t]
         # Only chunks opened together before the first timeout (how many of them depends on
-        # when each was opened); before, also each of its chunks opened 5 s after it failed (the
+        # when each was opened); before, also each of its chunks opened after the 1.5 s (the
         # last ones, here).
         asked = [int(parse_qs(urlsplit(t).query)["index"][0]) for t in direct]
         assert asked and all(j in owned and j < window for j in asked), (owned, asked)

@@ -157,6 +157,20 @@ def test_a_service_that_cannot_listen_exits_with_one_line_and_releases_what_it_t
         assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr, result.stderr
 
 
+def test_a_worker_does_not_share_a_port_another_workers_serving_processes_listen_on(tmp_path):
+    """SO_REUSEPORT lets sockets of one user share a port: the kernel would spread connections
+    over both workers. A worker with serving processes checks that the port is free first."""
+    with socket.socket() as other:  # as another worker's serving process listens
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        listen = f"127.0.0.1:{other.getsockname()[1]}"
+        result = run("worker", "--listen", listen, "--master", MASTER, "--cache-dir", str(tmp_path),
+                     "--serve-processes", "2")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == f"p2pcache worker: cannot listen on {listen}: address already in use"
+
+
 def test_a_worker_the_master_refuses_exits_with_the_masters_reason(tmp_path):
     procs = []
     try:

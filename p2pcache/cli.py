@@ -13,7 +13,7 @@ from typing import Callable, Coroutine
 import uvloop
 
 from .config import add_flag
-from .errors import P2PError
+from .errors import AccessDenied, P2PError
 from .service import setup_logging
 
 __all__ = ["main", "run_command", "describe"]
@@ -86,7 +86,9 @@ def run_command(name: str, command: Coroutine[None, None, int],
 
 
 def describe(exc: Exception) -> str:
-    """An error as one line: a file's error names the file."""
+    """An error as one line: a file's error names the file, a refused signature or key its S3 code."""
+    if isinstance(exc, AccessDenied):
+        return f"access denied ({exc.code}): {' '.join(str(exc).split())}"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror or exc}: {exc.filename}"
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 from .sizes import parse_size
 
-__all__ = ["add_flag", "add_security_flags", "add_secret_flags", "parse_listen", "size_arg", "env_name",
-           "s3_url", "http_url"]
+__all__ = ["add_flag", "add_security_flags", "add_secret_flags", "add_reader_key_flags", "reader_key",
+           "parse_listen", "size_arg", "env_name", "s3_url", "http_url"]
 
 _GIVEN = "_flags_given"  # the namespace's set of flags given on the command line
 
@@ -105,3 +105,19 @@ def add_security_flags(p: argparse.ArgumentParser) -> None:
     add_secret_flags(p)
     add_flag(p, "--tls-cert", "PEM certificate chain: serve HTTPS", default="")
     add_flag(p, "--tls-key", "PEM private key of --tls-cert", default="")
+
+
+def add_reader_key_flags(p: argparse.ArgumentParser) -> None:
+    """The reader key a client command signs its reads with, for workers with `--client-keys`."""
+    add_flag(p, "--access-key", "reader key id: sign requests (SigV4) for workers with --client-keys", default="")
+    add_flag(p, "--secret-key", "the reader key's secret (prefer the env variable: a command line is "
+             "visible to other users)", secret=True, default="")
+    add_flag(p, "--region", "the region in the signature's scope", default="us-east-1")
+    add_flag(p, "--credentials", "'env': the reader key from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+             "(and AWS_REGION)", choices=("none", "env"), default="none")
+
+
+def reader_key(args: argparse.Namespace) -> dict[str, str | None]:
+    """The `Client` arguments of the flags `add_reader_key_flags` added."""
+    return {"access_key": args.access_key or None, "secret_key": args.secret_key or None,
+            "region": args.region or None, "credentials": args.credentials}

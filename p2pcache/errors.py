@@ -4,7 +4,8 @@ P2PError
 ├── BadRequest            400  input a user sent that cannot be served (or S3 refused as such)
 │   ├── InvalidArgument        a query argument out of its range (max-keys, partNumber)
 │   └── MalformedAuthorization  a signature that cannot be parsed (S3's code)
-├── Unauthorized          401  an internal route without a valid cluster signature
+├── Unauthorized          401  an internal route without a valid cluster signature (also the
+│                               master's 403 to a worker's heartbeat: another secret)
 ├── AccessDenied          403  bucket not in the allowlist or the reader key's list, or S3 said 403
 │   ├── InvalidAccessKeyId     a signature by a key not in --client-keys
 │   ├── SignatureDoesNotMatch  a signature that does not verify

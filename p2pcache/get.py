@@ -13,8 +13,8 @@ from typing import AsyncIterator, Callable, TextIO
 from . import tls
 from .cli import describe, run_command
 from .client import Client
-from .config import add_flag, http_url
-from .errors import AccessDenied, BadRequest, NotFound, ObjectChanged, RangeNotSatisfiable
+from .config import add_flag, add_reader_key_flags, http_url, reader_key
+from .errors import BadRequest, NotFound, ObjectChanged, RangeNotSatisfiable
 from .ranges import parse_range
 from .sizes import format_size
 
@@ -35,12 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
              "system's", default="")
-    add_flag(p, "--access-key", "reader key id: sign requests (SigV4) for workers with --client-keys", default="")
-    add_flag(p, "--secret-key", "the reader key's secret (prefer the env variable: a command line is "
-             "visible to other users)", secret=True, default="")
-    add_flag(p, "--region", "the region in the signature's scope", default="us-east-1")
-    add_flag(p, "--credentials", "'env': the reader key from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-             "(and AWS_REGION)", choices=("none", "env"), default="none")
+    add_reader_key_flags(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -86,9 +81,7 @@ class Progress:
 
 async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
     tls.check("", "", args.tls_ca)
-    async with Client(args.master, concurrency=args.concurrency, access_key=args.access_key or None,
-                      secret_key=args.secret_key or None, region=args.region or None,
-                      credentials=args.credentials, tls_ca=args.tls_ca) as client:
+    async with Client(args.master, concurrency=args.concurrency, tls_ca=args.tls_ca, **reader_key(args)) as client:
         info = await client.stat(bucket, key)
         start, stop = 0, info.size
         if args.byte_range:
@@ -140,8 +133,6 @@ def _describe(exc: Exception, args: argparse.Namespace) -> str:
         return f"no such bucket: {bucket}" if exc.code == "NoSuchBucket" else f"no such object: {args.url}"
     if isinstance(exc, RangeNotSatisfiable):
         return f"range {args.byte_range} is outside the object ({exc.size} bytes)"
-    if isinstance(exc, AccessDenied):
-        return f"access denied ({exc.code}): {exc}"
     if isinstance(exc, ObjectChanged):
         return f"{args.url} changed while it was being read; try again"
     return describe(exc)

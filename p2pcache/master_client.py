@@ -10,7 +10,7 @@ import msgpack
 from yarl import URL
 
 from .auth import Signer
-from .errors import BadRequest, Unavailable
+from .errors import BadRequest, Unauthorized, Unavailable
 from .ring import RingSnapshot, WorkerInfo
 
 __all__ = ["MasterClient", "MSGPACK"]
@@ -29,7 +29,8 @@ class MasterClient:
     async def heartbeat(self, worker: WorkerInfo) -> dict:
         """Register or refresh `worker`; the master's answer: `master_id` and `epoch` of the ring it
         is now in, and (since masters tell it) `ttl`, the seconds of silence after which it is dropped.
-        BadRequest if the master refuses the registration: it will refuse it again."""
+        BadRequest if the master refuses the registration, Unauthorized if it refuses the cluster
+        signature (another secret, none, or a clock too far from its own): it will refuse them again."""
         body = msgpack.packb(asdict(worker))
         data = await self._call("POST", "/workers", data=body, timeout=10, refusable=True)
         return msgpack.unpackb(data)
@@ -47,7 +48,8 @@ class MasterClient:
 
     async def _call(self, method: str, path: str, timeout: float, params: dict[str, str] | None = None,
                     data: bytes = b"", refusable: bool = False) -> bytes:
-        """The answer's body; with `refusable`, a 400 is BadRequest with the master's reason."""
+        """The answer's body; with `refusable`, a 400 is BadRequest and a 401 or 403 Unauthorized, with the
+        master's reason."""
         url = URL(self.url + path)
         headers = {"Accept": MSGPACK} | self._signer.headers(method, url.path, params, data)
         try:
@@ -56,9 +58,10 @@ class MasterClient:
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 data = await resp.read()
-                if resp.status == 400 and refusable:
+                if resp.status in (400, 401, 403) and refusable:
                     reason = " ".join(data.decode(errors="replace").split())[:500]
-                    raise BadRequest(f"the master at {self.url} refused this worker: {reason}")
+                    error = BadRequest if resp.status == 400 else Unauthorized
+                    raise error(f"the master at {self.url} refused this worker: {reason}")
                 if resp.status != 200:
                     raise Unavailable(f"master {method} {path}: HTTP {resp.status} {data[:200]!r}")
                 return data

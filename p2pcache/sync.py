@@ -25,7 +25,7 @@ from typing import Callable
 from . import tls
 from .cli import run_command
 from .client import TEMP_NAME, Client
-from .config import add_flag, http_url, s3_url
+from .config import add_flag, add_reader_key_flags, http_url, reader_key, s3_url
 from .errors import NotFound, P2PError
 from .get import Progress
 from .sizes import format_size
@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
              "system's", default="")
+    add_reader_key_flags(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -66,7 +67,7 @@ async def _main(args: argparse.Namespace, bucket: str, prefix: str) -> int:
     tty = sys.stderr.isatty()
     progress = Progress(sys.stderr, interval=0.2 if tty else 5.0, lines=not tty)
     try:
-        async with Client(args.master, concurrency=args.concurrency, tls_ca=args.tls_ca) as client:
+        async with Client(args.master, concurrency=args.concurrency, tls_ca=args.tls_ca, **reader_key(args)) as client:
             result = await sync(client, bucket, prefix, Path(args.dir), files=args.files, progress=progress)
     finally:
         progress.finish()

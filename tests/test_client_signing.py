@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sys
 
@@ -131,3 +132,30 @@ async def test_the_environment_signs_p2pcache_get_and_fsspec(closed_cluster, bod
             fs.close()
 
     assert await asyncio.to_thread(read_fsspec) == body[CHUNK + 1:2 * CHUNK + 1]
+
+
+async def test_p2pcache_sync_signs_with_the_same_flags_as_get(closed_cluster, body, s3_client, bucket, tmp_path):
+    s3_client.put_object(Bucket=bucket, Key="signed reads/config.json", Body=b"{}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("P2PCACHE_", "AWS_"))}
+    url = f"s3://{bucket}/signed reads/"
+
+    async def sync(out: str, *args: str, **extra_env: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p2pcache", "sync", url, str(tmp_path / out), *args,
+            "--master", closed_cluster.master.url, env=env | extra_env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, err.decode()
+
+    expected = {KEY.removeprefix("signed reads/"): body, "config.json": b"{}"}
+    for out, args, extra_env in (("flags", ["--access-key", "reader"], {"P2PCACHE_SECRET_KEY": SECRET}),
+                                 ("env", ["--credentials", "env"],
+                                  {"AWS_ACCESS_KEY_ID": "reader", "AWS_SECRET_ACCESS_KEY": SECRET})):
+        code, err = await sync(out, *args, **extra_env)
+        assert code == 0, err
+        assert {p.name: p.read_bytes() for p in (tmp_path / out).iterdir() if not p.name.startswith(".")} == expected
+    code, err = await sync("unsigned")
+    assert (code, err) == (1, f"p2pcache sync: access denied (AccessDenied): s3://{bucket}: Access Denied\n")
+    code, err = await sync("bad", "--access-key", "reader", "--secret-key", "nope")
+    assert code == 1 and err.startswith("p2pcache sync: access denied (SignatureDoesNotMatch)") and "nope" not in err
+    assert err.count("\n") == 1 and not (tmp_path / "unsigned").exists() and not (tmp_path / "bad").exists()

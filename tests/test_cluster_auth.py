@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
-from dataclasses import asdict
+import subprocess
+import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 import msgpack
+import pytest
 from yarl import URL
 
 from conftest import CHUNK, SECRET, metric, wait_for
 from p2pcache.auth import HEADER, Signer
+from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.master_client import MSGPACK
+from p2pcache.service import Fatal
+from worker.server import Worker
 
 WRONG = b"not-the-cluster-secret-0123456789"
 
@@ -97,25 +104,67 @@ async def test_a_peer_chunk_request_without_a_valid_signature_is_refused_and_fet
                 assert resp.status == 200
 
 
-async def test_a_worker_with_the_wrong_secret_cannot_join(cluster_factory, caplog, s3_client, bucket):
+async def test_a_worker_with_the_wrong_secret_cannot_join(cluster_factory, caplog, tmp_path):
     caplog.set_level(logging.WARNING)
     cluster = await cluster_factory(1)
-    body = random.Random(6).randbytes(3 * CHUNK)
-    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
-    intruder = await cluster.add_worker(cluster_secret=WRONG)
-    await wait_for(lambda: any("refused POST '/workers'" in r.getMessage() and "bad signature" in r.getMessage()
-                               for r in caplog.records if r.name == "p2pcache.master"),
-                   what="the master to refuse the intruder's heartbeat")
-    await wait_for(lambda: intruder.placement is not None, what="the intruder to read the (public) ring")
+    intruder = Worker(replace(cluster.workers[0].config, worker_id="intruder", port=0,
+                              cache_dir=tmp_path / "intruder", cluster_secret=WRONG))
+    with pytest.raises(Fatal, match="refused this worker: bad signature"):
+        await intruder.start()  # it stops there: its peer requests would be refused too (the test above)
+    await intruder.stop()
+    assert any("refused POST '/workers'" in r.getMessage() and "bad signature" in r.getMessage()
+               for r in caplog.records if r.name == "p2pcache.master")
     assert [w.id for w in cluster.master.membership.ring.workers] == ["w0"]
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{intruder.url}/_p2p/ready") as resp:
-            assert resp.status == 503
-        # Its peer requests are refused too, so it never gets a byte out of w0's store.
-        async with http.get(f"{intruder.url}/{bucket}/m.bin") as resp:
-            assert resp.status == 200 and await resp.read() == body
-        assert await metric(http, cluster.workers[0].url, "p2pcache_peer_bytes_served_total") == 0
-        assert await metric(http, intruder.url, "p2pcache_peer_failures_total") > 0  # w0 said no
+
+
+def secret_env(secret: bytes | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
+    return env | ({"P2PCACHE_CLUSTER_SECRET": secret.decode()} if secret else {})
+
+
+def worker_command(tmp_path: Path, master: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "p2pcache", "worker", "--listen", "127.0.0.1:0", "--cache-dir",
+            str(tmp_path / "cache"), "--master", master, *flags]
+
+
+def test_a_worker_without_the_masters_secret_exits_at_registration_saying_why(tmp_path):
+    procs = []
+    try:
+        master = wait_ready(spawn(procs, secret_env(SECRET), "master", "--listen", "127.0.0.1:0",
+                                  "--startup-grace", "0"))
+        for secret, why in ((WRONG, "bad signature: the request was not signed with this cluster's secret"),
+                            (None, "internal route: a X-P2P-Auth signature made with the cluster secret is required")):
+            result = subprocess.run(worker_command(tmp_path, master), env=secret_env(secret), capture_output=True,
+                                    text=True, timeout=30)
+            assert result.returncode == 1 and "ready" not in result.stdout
+            assert result.stderr.splitlines()[-1] == f"p2pcache worker: the master at {master} refused this worker: {why}"
+            assert "Traceback" not in result.stderr
+    finally:
+        stop_all(procs)
+
+
+def test_a_worker_a_master_restarted_with_another_secret_refuses_exits_saying_why(tmp_path):
+    procs, rotated = [], b"the-rotated-cluster-secret-0123456789"
+    worker = None
+    try:
+        master = wait_ready(spawn(procs, secret_env(SECRET), "master", "--listen", "127.0.0.1:0",
+                                  "--startup-grace", "0"))
+        worker = subprocess.Popen(worker_command(tmp_path, master, "--heartbeat-interval", "0.2"),
+                                  env=secret_env(SECRET), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_ready(worker)
+        stop_all(procs)
+        # The same address, as a master's Service keeps it across a restart.
+        spawn(procs, secret_env(rotated), "master", "--listen", master.removeprefix("http://"), "--startup-grace", "0")
+        _, err = worker.communicate(timeout=20)  # a worker that heartbeats on in vain never gets here
+        assert worker.returncode == 1, err
+        assert err.splitlines()[-1] == (f"p2pcache worker: the master at {master} refused this worker: bad signature: "
+                                        f"the request was not signed with this cluster's secret")
+        assert "Traceback" not in err and "could not leave" not in err  # it does not try what would be refused
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+        stop_all(procs)
 
 
 async def test_a_worker_id_moves_to_a_new_url_only_with_the_secret(cluster_factory):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 
 import aiohttp
+import pytest
 
 from conftest import CHUNK, metric, wait_for
 from p2pcache.objects import ObjectInfo
 from p2pcache.ranges import chunk_count
+from rawhttp import exchange, request_bytes
 
 
 async def _get(http: aiohttp.ClientSession, url: str, rng: tuple[int, int] | None = None) -> tuple[int, bytes]:
@@ -421,3 +424,17 @@ async def test_a_corrupt_report_drops_only_a_copy_that_is_corrupt(cluster_factor
         assert name not in worker.store
         assert await metric(http, worker.url, "p2pcache_corrupt_chunks_total") == 1
         assert await _get(http, f"{worker.url}/{bucket}/m.bin") == (200, body)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_every_answer_names_the_etag_header_as_s3_does(cluster_factory, s3_client, bucket, processes):
+    cluster = await cluster_factory(1, serve_processes=processes)
+    etag = s3_client.put_object(Bucket=bucket, Key="e.bin", Body=b"x" * 1000)["ETag"]
+    target = f"/{bucket}/e.bin"
+    # With serving processes, the first GET, the HEAD and the 304 are the coordinator's answers passed
+    # on; the ranged GET can be the fast path's, from the chunk file the first one filled.
+    for method, headers, status in (("GET", {}, 200), ("GET", {"Range": "bytes=0-9"}, 206), ("HEAD", {}, 200),
+                                    ("GET", {"If-None-Match": etag}, 304)):
+        reply = await exchange(cluster.workers[0].url, request_bytes(method, target, headers), head=method == "HEAD")
+        assert reply.status == status
+        assert re.findall(rb"(?im)^etag: [^\r]*", reply.raw_head) == [b"ETag: " + etag.encode()], reply.raw_head

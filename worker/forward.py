@@ -105,9 +105,10 @@ class CoordinatorClient:
             raise _unavailable(exc) from exc
         try:
             resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for k, v in upstream.headers.items():
+            for name, value in upstream.raw_headers:  # as sent: aiohttp's parser would name ETag `Etag`
+                k = name.decode("utf-8", "surrogateescape")
                 if k.lower() not in _NOT_PASSED_BACK:
-                    resp.headers.add(k, v)
+                    resp.headers.add(k, value.decode("utf-8", "surrogateescape"))
             if upstream.content_length is not None:
                 resp.content_length = upstream.content_length
             await resp.prepare(request)

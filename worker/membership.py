@@ -2,7 +2,9 @@
 
 If the master is gone, nothing changes for reads: the last ring stays in use,
 heartbeats retry, and a restarted master learns the worker on the next beat. If
-it refuses the worker (400: it would refuse every beat), that is Fatal.
+it refuses the worker, at registration or later, that is Fatal: it would refuse
+every beat (400), or its cluster secret is not ours (401/403: a master restarted
+with a rotated secret; the pod restarted holds the new one).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from dataclasses import replace
 from typing import Callable
 
-from p2pcache.errors import BadRequest, Unavailable
+from p2pcache.errors import BadRequest, Unauthorized, Unavailable
 from p2pcache.master_client import MasterClient
 from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
 from p2pcache.service import Fatal
@@ -35,7 +37,7 @@ class MembershipAgent:
         self._on_ring = on_ring
         self._tasks: list[asyncio.Task] = []
         self.ring: RingSnapshot | None = None
-        # Set when the master refuses our registration: it would refuse every beat again.
+        # Set when the master refuses a heartbeat: it would refuse every beat again.
         self.refused: asyncio.Future[Fatal] = asyncio.get_running_loop().create_future()
 
     async def start(self) -> None:
@@ -62,7 +64,7 @@ class MembershipAgent:
         self.me = replace(self.me, state=DRAINING)  # later heartbeats say so too
         try:
             await self._master.heartbeat(self.me)
-        except (Unavailable, BadRequest) as exc:
+        except (Unavailable, BadRequest, Unauthorized) as exc:
             log.warning("could not announce draining: %s", exc)
             return False
         log.info("draining: handing our chunks to their new owners")
@@ -82,7 +84,7 @@ class MembershipAgent:
         """One heartbeat; Fatal if the master refuses it."""
         try:
             reply = await self._master.heartbeat(self.me)
-        except BadRequest as exc:
+        except (BadRequest, Unauthorized) as exc:
             raise Fatal(str(exc)) from None
         except Unavailable as exc:
             if not self._failing:

@@ -227,6 +227,8 @@ class Worker:
         self.running = False
         if not self._began:  # it could not take its cache dir: it took nothing
             return
+        if self.agent and self.agent.refused.done():
+            leave = False  # the master refuses this worker: it would refuse a drain and a leave too
         if leave and self.agent and self.placement is not None:
             await self._drain()
         if self.agent:

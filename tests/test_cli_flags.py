@@ -130,6 +130,16 @@ def test_worker_zeros_that_mean_something_are_accepted(tmp_path):
     assert (config.meta_ttl, config.origin_deadline, config.origin_breaker) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("deadline", ["0", "1", "15", "30", "31", "45", "600"])
+def test_a_hung_earlier_holder_and_a_fill_from_s3_fit_in_the_peer_timeout(tmp_path, deadline):
+    """A new owner's fill asks an earlier holder (a hung one costs it the holder timeout), then S3
+    (up to --origin-deadline), while the peer that asked for the chunk waits the peer timeout: it
+    must wait longer, or it fails the owner over for the holder's fault (test_serve_failures.py)."""
+    config = worker_config(tmp_path, "--master", MASTER, "--origin-deadline", deadline)
+    assert config.holder_timeout() + config.origin_deadline < config.peer_timeout()
+    assert config.holder_timeout() <= 10
+
+
 def test_a_master_with_a_chunk_size_it_cannot_work_with_exits_with_one_line():
     result = run("master", "--listen", "127.0.0.1:0", "--chunk-size", "0")
     assert result.returncode == 2 and "ready" not in result.stdout

@@ -9,9 +9,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from conftest import CHUNK
+from conftest import CHUNK, metric
 from faultproxy import FaultProxy
-from p2pcache.objects import ObjectInfo
+from p2pcache.objects import ChunkId, ObjectInfo
+from p2pcache.ring import Placement, WorkerInfo
 from worker import routing
 
 
@@ -38,6 +39,19 @@ def _owned_by(s3_client, bucket: str, placement, owner_id: str, name: str, size:
         if placement.owner(info.chunk(0, CHUNK)).id == owner_id:
             return key
     raise AssertionError(f"no object whose first chunk {owner_id} owns")
+
+
+def _moving(s3_client, bucket: str, placement, holder_id: str, joiner_id: str) -> tuple[str, bytes, ChunkId]:
+    """A new one-chunk object whose chunk `holder_id` owns now and `joiner_id` will own once it joins."""
+    ring = placement.ring
+    after = Placement(ring.with_workers(ring.workers + (WorkerInfo(joiner_id, ""),), ring.epoch + 1))
+    for i in range(200):  # one in about 12 with 3 workers, then 4
+        key, body = f"moving{i}.bin", random.Random(i).randbytes(CHUNK)
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+        c = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], CHUNK).chunk(0, CHUNK)
+        if placement.owner(c).id == holder_id and after.owner(c).id == joiner_id:
+            return key, body, c
+    raise AssertionError(f"no object whose chunk moves from {holder_id} to {joiner_id}")
 
 
 async def test_an_origin_failure_at_the_owner_is_asked_for_once_per_read(cluster_factory, fault_proxy,
@@ -107,11 +121,11 @@ async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_fa
     master). A read at another worker's serving processes waits for it once; the rest of its
     chunks come from the worker next on the ring, which fills them (asking the hung one first, as
     their earlier holder: once). Counted at a proxy in front of the hung worker."""
-    # Seconds without a byte from a peer (60 by default). The worker filling in gives up on the
-    # hung one sooner than the reader gives up on it, or the reader would fail it over too.
+    # Seconds without a byte from a peer (60 by default); the worker filling in waits a third of
+    # that for the hung one as an earlier holder, so the reader does not fail it over too.
     cluster = await cluster_factory(1, serve_processes=2, peer_read_timeout=3.0)
     reader = cluster.workers[0]
-    await cluster.add_worker(peer_read_timeout=1.0)
+    await cluster.add_worker()
     hung, proxy = await _behind_proxy(cluster)
     try:
         size = 16 * CHUNK
@@ -144,7 +158,7 @@ async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(
     monkeypatch.setattr(routing, "PEER_DOWN_SECONDS", 1.5)
     cluster = await cluster_factory(1, serve_processes=1, peer_read_timeout=3.0, egress_limit=1 << 20)
     reader = cluster.workers[0]
-    filler = await cluster.add_worker(peer_read_timeout=1.0)
+    filler = await cluster.add_worker()
     hung, proxy = await _behind_proxy(cluster)
     try:
         size, chunks, window = 16 * CHUNK, 16, reader.config.readahead + 1  # opened at once
@@ -170,5 +184,51 @@ async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(
         # last ones, here).
         asked = [int(parse_qs(urlsplit(t).query)["index"][0]) for t in direct]
         assert asked and all(j in owned and j < window for j in asked), (owned, asked)
+    finally:
+        await proxy.stop()
+
+
+@pytest.mark.parametrize("serve_processes", [1, 2])
+async def test_a_new_owner_gives_up_on_a_hung_earlier_holder_before_its_reader_gives_up_on_it(
+        cluster_factory, s3, s3_client, bucket, serve_processes):
+    """A worker joins and owns a chunk now that a hung worker holds (it accepts connections and
+    never answers, and still heartbeats). A read of it at a third worker waits on the new owner,
+    which asks the hung holder first: it gives up on it after the holder timeout (a third of the
+    peer timeout) and fills from S3 while the reader still waits. Before, both waited the peer
+    timeout: the reader failed the owner over and filled the chunk itself (asking the hung holder
+    again; S3 sent it twice at times). Counted at a proxy in front of the holder and at S3."""
+    cluster = await cluster_factory(1, serve_processes=serve_processes, peer_read_timeout=6.0)
+    reader = cluster.workers[0]
+    other = await cluster.add_worker(serve_processes=1)
+    holder, proxy = await _behind_proxy(cluster, serve_processes=1)
+    try:
+        key, body, c = _moving(s3_client, bucket, reader.placement, holder.id, "w3")
+        async with aiohttp.ClientSession() as http:
+            # Filled by its owner, the holder. Read at another worker: the reader's serving processes
+            # look the object up after the ring change, and so learn the new ring before they read.
+            async with http.get(f"{other.url}/{bucket}/{key}") as resp:
+                assert resp.status == 200 and await resp.read() == body
+            assert c.name in holder.store
+            await holder.rebalancer.stop()  # a hung worker hands nothing over either
+            proxy.mode = "hang"
+            owner = await cluster.add_worker(serve_processes=1)
+            await cluster.wait_converged()
+            assert owner.placement.owner(c).id == owner.id and owner.placement.previous_holders(c)[0].id == holder.id
+            s3_before, asked_before = s3.get_bytes, len(proxy.targets)
+            failures, filled = [await metric(http, reader.url, name) for name in
+                                ("p2pcache_peer_failures_total", "p2pcache_origin_bytes_total")]
+            async with http.get(f"{reader.url}/{bucket}/{key}") as resp:
+                assert resp.status == 200 and await resp.read() == body
+            # The reader waited for the owner and took the chunk from it: it failed nobody over
+            # and filled nothing itself (before: it failed the owner over, then the next worker on
+            # the ring, which asked the hung holder too, and filled the chunk itself).
+            assert await metric(http, reader.url, "p2pcache_peer_failures_total") == failures
+            assert await metric(http, reader.url, "p2pcache_origin_bytes_total") == filled
+            # The owner gave up on the hung holder once and read the chunk from S3 once.
+            assert await metric(http, owner.url, "p2pcache_peer_failures_total") == 1
+            assert await metric(http, owner.url, "p2pcache_origin_bytes_total") == c.length
+        asked = proxy.targets[asked_before:]
+        assert len(asked) == 1 and "local=1" in asked[0], asked  # before: the workers filling in asked it too
+        assert s3.get_bytes - s3_before == c.length  # before: at times twice
     finally:
         await proxy.stop()

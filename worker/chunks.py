@@ -306,7 +306,10 @@ class Chunks:
 
     async def _from_holders(self, c: ChunkId, hop: int, first: str | None) -> bool:
         """Copy `c` from a worker that held it under an earlier ring: never S3 while one has it.
-        One that failed lately is not asked: a hung holder would cost every fill a timeout."""
+        One that failed lately is not asked: a hung holder would cost every fill a timeout. Each
+        is given the holder timeout (worker/config.py), shorter than the peer's that waits on
+        this fill (a reader's) or on this take (the holder's that hands it over): a hung
+        holder fails here, and the fill goes on (next holder, S3), before that peer gives up."""
         for worker in self.holders(c, first):
             if self._down.down(worker.id):
                 continue

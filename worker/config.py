@@ -61,6 +61,17 @@ class WorkerConfig:
         take --origin-deadline, and a follower's for its primary's."""
         return self.peer_read_timeout or max(60.0, 2 * self.origin_deadline)
 
+    def holder_timeout(self) -> float:
+        """Seconds an earlier holder may send nothing (a `local=1` request: worker/chunks.py).
+
+        It answers from its disk or not at all, so its first byte comes in milliseconds; yet a
+        fill that asks it is waited on by a peer for `peer_timeout()`. A third of that: one hung
+        holder (a third) and a fill from S3 (--origin-deadline, at most half by default) still
+        answer that peer in time, so it never fails us over for a holder's fault. At most 10 s:
+        a disk or a loop that takes longer to start a chunk is failing, and a hung holder costs
+        each fill that meets it this long (it is then not asked for 5 s: worker/routing.py)."""
+        return min(10.0, self.peer_timeout() / 3)
+
     def handoff_rate(self) -> float:
         """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""
         return self.rebalance_rate or (self.egress_limit / 4 if self.egress_limit else 256 << 20)

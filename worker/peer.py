@@ -130,24 +130,34 @@ class PeerStream:
 class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, connect_timeout: float = 2.0,
                  read_timeout: float = 60.0, signer: Signer | None = None,
-                 on_corrupt: Callable[[], None] = lambda: None, *, piece: Callable[[], int]) -> None:
-        """`piece()`: the size of the next piece a local stream reads (worker/budget.py)."""
+                 on_corrupt: Callable[[], None] = lambda: None, *, piece: Callable[[], int],
+                 holder_timeout: float | None = None) -> None:
+        """`piece()`: the size of the next piece a local stream reads (worker/budget.py).
+
+        `read_timeout`: seconds a peer may send nothing (its answer may wait for its fill);
+        `holder_timeout`: the same for a `local` request (WorkerConfig.holder_timeout), which
+        must be shorter: the peer that waits on our fill gives up on us after `read_timeout`.
+        None: `read_timeout` (a client that never asks a holder)."""
         self._session = session
         self._on_corrupt = on_corrupt
         self._piece = piece
         self._signer = signer or Signer(None)
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
+        self._holder_timeout = self._timeout if holder_timeout is None else aiohttp.ClientTimeout(
+            sock_connect=connect_timeout, sock_read=holder_timeout)
 
     async def open(self, peer: WorkerInfo, c: ChunkId, offset: int, length: int,
                    hop: int = 1, local: bool = False) -> PeerStream:
         """Ask `peer` for `length` bytes of chunk `c` from `offset`; waits for its fill.
 
-        With `local`, only if the peer holds the chunk (NotCached otherwise): no fill, no S3.
+        With `local`, only if the peer holds the chunk (NotCached otherwise): no fill, no S3,
+        so it is waited for only `holder_timeout` between bytes.
         """
         start, stop = blocksums.aligned(offset, length, c.length)
         headers = {"Range": f"bytes={start}-{stop - 1}", HOP_HEADER: str(hop)}
         params = chunk_params(c) | ({"local": "1"} if local else {})
-        resp = await self._get(peer, CHUNK_PATH, params, headers)
+        resp = await self._get(peer, CHUNK_PATH, params, headers,
+                               self._holder_timeout if local else self._timeout)
         if resp.status in (200, 206):
             return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt, self._piece)
         raise _error(peer, c, resp)
@@ -160,7 +170,7 @@ class PeerClient:
         With `keep`, the peer keeps it from eviction (it was kept here).
         """
         params = chunk_params(c) | {"from": source} | ({"keep": "1"} if keep else {})
-        resp = await self._get(peer, TAKE_PATH, params, {})
+        resp = await self._get(peer, TAKE_PATH, params, {}, self._timeout)
         if resp.status == 200:
             try:
                 return (await resp.json())["copied"]
@@ -170,10 +180,11 @@ class PeerClient:
                 resp.release()
         raise _error(peer, c, resp)
 
-    async def _get(self, peer: WorkerInfo, path: str, params: dict, headers: dict) -> aiohttp.ClientResponse:
+    async def _get(self, peer: WorkerInfo, path: str, params: dict, headers: dict,
+                   timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         try:
             return await self._session.get(
-                peer.url + path, params=params, timeout=self._timeout,
+                peer.url + path, params=params, timeout=timeout,
                 headers=headers | self._signer.headers("GET", path, params))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise PeerError(f"peer {peer.id} at {peer.url} unreachable: {exc!r}") from exc

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 
 import aiohttp
 import boto3
@@ -10,7 +12,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from conftest import CHUNK
+from conftest import CHUNK, metric, wait_for
 
 TTL = 5.0  # the default --meta-ttl
 
@@ -163,3 +165,106 @@ async def test_an_object_remembered_missing_is_found_by_no_cache_and_if_match(cl
         for w in cluster.workers:
             async with http.get(f"{w.url}/{bucket}/no-cache", headers={"Cache-Control": "no-cache"}) as resp:
                 assert (resp.status, resp.headers.get("ETag"), await resp.read()) == (200, etag, body)
+
+
+async def _answered_by(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """How many requests each serving process answered itself, not passed to the coordinator (by process index)."""
+    async with http.get(f"{url}/_p2p/metrics") as resp:
+        text = await resp.text()
+    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("p2pcache_process_requests_total{")}
+
+
+async def _get(http: aiohttp.ClientSession, url: str, headers=None) -> tuple[int, bytes]:
+    """The status and body; of an error, its S3 code (the body has the request's id)."""
+    async with http.get(url, headers=headers or {}) as resp:
+        body = await resp.read()
+        return resp.status, body if resp.status < 300 else body.partition(b"<Code>")[2].partition(b"<")[0]
+
+
+async def _cached_by_every_process(http: aiohttp.ClientSession, worker_url: str, url: str, body: bytes) -> None:
+    """Read `url` on new connections until both serving processes have answered it from their
+    chunk files: each then holds the object's identity (for half the long --meta-ttl)."""
+    assert await _get(http, url) == (200, body)  # the coordinator fills its chunks
+    await _until_both_answered(http, worker_url, lambda: [_get(http, url) for _ in range(16)], [(200, body)] * 16)
+
+
+async def _everyone_sees(http: aiohttp.ClientSession, worker_url: str, url: str, want: tuple[int, bytes]) -> None:
+    """Reads on new connections, whole and ranged (the fast path's), each of which must see
+    `want`, until both serving processes have answered some of them."""
+    status, body = want
+    ranged = (206, body[10:1010]) if status == 200 else want
+
+    def reads() -> list:
+        return [_get(http, url, {"Range": "bytes=10-1009"} if i % 2 else None) for i in range(24)]
+
+    await _until_both_answered(http, worker_url, reads, [ranged if i % 2 else want for i in range(24)])
+
+
+async def _until_both_answered(http: aiohttp.ClientSession, worker_url: str, reads, want: list) -> None:
+    """Bursts of `reads()` (each answer as in `want`) until both serving processes have answered
+    some: the kernel places connections (SO_REUSEPORT), sometimes a whole burst on one process."""
+    base = await _answered_by(http, worker_url)
+
+    async def both() -> bool:
+        counts = await _answered_by(http, worker_url)
+        return all(counts.get(p, 0) > base.get(p, 0) for p in ("0", "1"))
+
+    for _ in range(10):
+        got = await asyncio.gather(*reads())
+        other = [(i, g[0]) for i, g in enumerate(got) if g != want[i]]
+        assert not other, f"{len(other)} of {len(got)} reads answered another version: {other}"
+        with contextlib.suppress(AssertionError):  # reports come every 0.2 s: else another burst
+            await wait_for(both, timeout=1.0, what="both processes' answers")
+            return
+    raise AssertionError(f"one serving process answered every read: {await _answered_by(http, worker_url)}")
+
+
+@pytest.mark.parametrize("change", ["overwrite", "delete"])
+async def test_after_a_no_cache_read_no_serving_process_answers_the_older_version(cluster_factory, bucket,
+                                                                                  s3_client, change):
+    """Each answer may lag S3 by --meta-ttl, but not behind an answer already given: once a
+    no-cache read has seen a new version (or none), every later read on any connection sees it,
+    whichever serving process the kernel gives that connection to."""
+    cluster = await cluster_factory(1, serve_processes=2, meta_ttl=60.0)  # the lag cannot run out here
+    worker = cluster.workers[0]
+    url = f"{worker.url}/{bucket}/k"
+    v1, v2 = random.Random(1).randbytes(2 * CHUNK), random.Random(2).randbytes(2 * CHUNK + 7)
+    s3_client.put_object(Bucket=bucket, Key="k", Body=v1)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        await _cached_by_every_process(http, worker.url, url, v1)
+        if change == "overwrite":
+            s3_client.put_object(Bucket=bucket, Key="k", Body=v2)
+            want = (200, v2)
+        else:
+            s3_client.delete_object(Bucket=bucket, Key="k")
+            want = (404, b"NoSuchKey")
+        assert await _get(http, url, {"Cache-Control": "no-cache"}) == want
+        await _everyone_sees(http, worker.url, url, want)
+        assert await metric(http, worker.url, "p2pcache_object_changes_total") == 1  # the HEADs before found none
+
+
+async def test_a_newer_version_learned_by_if_match_or_a_process_lookup_is_seen_by_every_process(
+        cluster_factory, bucket, s3_client):
+    """The coordinator learns of a new version from an If-Match naming it, or from a serving
+    process's lookup of the version S3 has now (after a chunk's owner answered ObjectChanged):
+    the other processes stop using the older one before that answer goes out."""
+    cluster = await cluster_factory(1, serve_processes=2, meta_ttl=60.0)
+    worker = cluster.workers[0]
+    sock = f"{worker.procs._dir}/coordinator.sock"
+    v1, v2 = random.Random(3).randbytes(2 * CHUNK), random.Random(4).randbytes(2 * CHUNK + 7)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http, \
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as local:
+        for key in ("by-if-match", "by-lookup"):
+            url = f"{worker.url}/{bucket}/{key}"
+            s3_client.put_object(Bucket=bucket, Key=key, Body=v1)
+            await _cached_by_every_process(http, worker.url, url, v1)
+            etag = s3_client.put_object(Bucket=bucket, Key=key, Body=v2)["ETag"]
+            if key == "by-if-match":
+                assert await _get(http, url, {"If-Match": etag}) == (200, v2)
+            else:  # what a serving process asks after ObjectChanged (worker/reads.py `_object`, fresh)
+                params = {"bucket": bucket, "key": key, "max_age": "0"}
+                async with local.get("http://coordinator/_p2p/local/object", params=params,
+                                     headers={"X-P2P-Local": worker.procs._token}) as resp:
+                    assert (resp.status, (await resp.json())["etag"]) == (200, etag)
+            await _everyone_sees(http, worker.url, url, (200, v2))

@@ -31,6 +31,7 @@ async def test_one_fetch_per_key_per_ttl_shared_by_concurrent_callers():
     clock.now = 5.0  # expired
     assert await cache.get("k", fetch) == 2
     cache.invalidate("k")
+    assert cache.peek("k") == 2  # expired, still there to compare with
     assert await cache.get("k", fetch) == 3 and len(calls) == 3
     await cache.close()
 

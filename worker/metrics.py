@@ -62,6 +62,9 @@ class WorkerMetrics:
         self.fast_requests = Counter(
             "p2pcache_fast_path_requests", "Reads serving processes answered on their HTTP fast path "
             "(without aiohttp; worker/fastpath.py)", registry=r)
+        self.object_changes = Counter(
+            "p2pcache_object_changes", "Objects a HEAD found changed in S3 (another version, deleted or "
+            "created); serving processes then ask for every identity again", registry=r)
         self._request_children: dict[tuple[str, int], object] = {}
 
     def count_request(self, method: str, status: int, n: int = 1) -> None:

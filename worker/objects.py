@@ -11,16 +11,22 @@ from p2pcache.origin import S3Origin
 
 from .ttlcache import TTLCache
 
-__all__ = ["ObjectCache"]
+__all__ = ["ObjectCache", "changed"]
 
 
 class ObjectCache:
-    """One HEAD per object per TTL; a missing object is remembered as missing."""
+    """One HEAD per object per TTL; a missing object is remembered as missing.
+
+    A HEAD that finds another version than the one remembered (or none, or one
+    where none was) calls `on_change(bucket, key)` before any caller gets its
+    answer: the serving processes must drop their older copies first
+    (worker/generation.py)."""
 
     def __init__(self, origin: S3Origin, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 max_entries: int = 100_000) -> None:
+                 max_entries: int = 100_000, on_change: Callable[[str, str], None] = lambda bucket, key: None) -> None:
         self._origin = origin
         self._cache = TTLCache(ttl, clock, max_entries)
+        self._on_change = on_change
 
     async def get(self, bucket: str, key: str, max_age: float | None = None) -> ObjectInfo:
         """The identity from a HEAD sent less than `min(ttl, max_age)` seconds ago (0: after this call)."""
@@ -30,13 +36,32 @@ class ObjectCache:
         return result
 
     def invalidate(self, bucket: str, key: str) -> None:
+        """Ask S3 at the next `get` (what it answers is still compared with what was remembered)."""
         self._cache.invalidate((bucket, key))
 
     async def _head(self, bucket: str, key: str) -> ObjectInfo | NotFound:
         try:
-            return await self._origin.head(bucket, key)
+            found: ObjectInfo | NotFound = await self._origin.head(bucket, key)
         except NotFound as exc:
-            return exc
+            found = exc
+        # Here, inside the fetch: its callers resume only after this returns.
+        if changed(self._cache.peek((bucket, key)), found):
+            self._on_change(bucket, key)
+        return found
 
     async def close(self) -> None:
         await self._cache.close()
+
+
+def changed(before: ObjectInfo | NotFound | None, now: ObjectInfo | NotFound) -> bool:
+    """Whether a HEAD's answer `now` is another version than the one remembered, `before`.
+
+    None: nothing remembered, a first sight (or an entry pushed out past `max_entries`: the
+    serving processes' copies of it then last out their half TTL). The version is the ETag, size
+    and Last-Modified (a metadata rewrite keeps the ETag, not the date); the other stored
+    headers (x-amz-restore, ...) change without a new version."""
+    if before is None:
+        return False
+    if isinstance(before, NotFound) or isinstance(now, NotFound):
+        return isinstance(before, NotFound) != isinstance(now, NotFound)
+    return (before.etag, before.size, before.last_modified) != (now.etag, now.size, now.last_modified)

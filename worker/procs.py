@@ -2,8 +2,9 @@
 
 The coordinator holds the worker's port bound (SO_REUSEPORT, never listening,
 so it takes no connections) and listens on a unix socket in a private temp
-dir; N serving processes (worker/serving.py) listen on the port. One that dies
-is started again; the others keep answering meanwhile.
+dir, next to the identity generation it shares with them (worker/generation.py);
+N serving processes (worker/serving.py) listen on the port. One that dies is
+started again; the others keep answering meanwhile.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiohttp import web
 from p2pcache.service import listening
 
 from .config import WorkerConfig
+from .generation import Generation
 from .metrics import WorkerMetrics
 
 __all__ = ["ServingProcesses", "reserve_port", "egress_shares"]
@@ -87,12 +89,15 @@ class ServingProcesses:
         self._dir = ""
         self._runner: web.ServerRunner | None = None
         self._port: socket.socket | None = None
+        self._generation: Generation | None = None
 
     async def start(self) -> tuple[str, int]:
         """Listen on the unix socket, keep the port, start every serving process; (host, port)."""
         cfg = self._config
         self._dir = tempfile.mkdtemp(prefix="p2pcache-")  # 0700: only this user reaches the socket
         path = f"{self._dir}/coordinator.sock"
+        counter = f"{self._dir}/generation"
+        self._generation = Generation(counter, create=True)
         self._runner = web.ServerRunner(web.Server(self._handler, access_log=None, handler_cancellation=True),
                                         handle_signals=False, shutdown_timeout=cfg.drain_timeout)
         await self._runner.setup()
@@ -101,7 +106,7 @@ class ServingProcesses:
             self._port = reserve_port(cfg.host, cfg.port)
         host, port = self._port.getsockname()[:2]
         settings = {
-            "host": cfg.host, "port": port, "socket": path, "cache_dir": str(cfg.cache_dir),
+            "host": cfg.host, "port": port, "socket": path, "generation": counter, "cache_dir": str(cfg.cache_dir),
             "tls_cert": cfg.tls_cert, "tls_key": cfg.tls_key, "tls_ca": cfg.tls_ca,
             "peer_read_timeout": cfg.peer_timeout(), "allowed_buckets": sorted(cfg.allowed_buckets),
             "client_keys": [[k.key_id, k.secret, sorted(k.buckets)] for k in cfg.client_keys],
@@ -120,6 +125,13 @@ class ServingProcesses:
             raise
         log.info("%d serving processes on port %d: pids %s", len(self.pids), port, self.pids)
         return host, port
+
+    def identity_changed(self) -> None:
+        """An object's identity changed in S3: every serving process stops using the ones it
+        cached (it asks again), from its next read on. Call it before answering the request
+        that learned of the change."""
+        if self._generation is not None:
+            self._generation.bump()
 
     async def _supervise(self, index: int, settings: dict, first: asyncio.Future) -> None:
         deaths = 0
@@ -195,5 +207,8 @@ class ServingProcesses:
             await self._runner.cleanup()
         if self._port:
             self._port.close()
+        if self._generation:
+            self._generation.close()
+            self._generation = None
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """A serving process's reads: of chunks on this worker's disk from their files, of chunks
 other workers hold from those workers, each planned from the object's identity (asked of the
-coordinator, cached for half the --meta-ttl) and the request's Range and conditions. What it
+coordinator, cached for half the --meta-ttl or until the coordinator learns that an object
+changed: worker/generation.py) and the request's Range and conditions. What it
 cannot try (a chunk this worker must fill, a request that is not a plain GET, a condition to
 check with S3) or what no worker it asks answers is the coordinator's: `None`. An error the
 coordinator or a chunk's owner answered (S3 failing at the owner, no such key) is the read's
@@ -26,6 +27,7 @@ from . import inputs
 from .budget import PieceBudget, readahead
 from .chunkfiles import ChunkFiles
 from .forward import OBJECT_PATH, CoordinatorClient
+from .generation import Generation
 from .http import object_answer
 from .limits import TokenBucket
 from .peer import PeerStream
@@ -63,7 +65,7 @@ class Read:
 class Reads:
     def __init__(self, files: ChunkFiles, coordinator: CoordinatorClient, peer_reads: PeerReads,
                  reports: Reports, budget: PieceBudget, readers: Readers | None, allowed: frozenset[str],
-                 egress: TokenBucket | None, ttl: float) -> None:
+                 egress: TokenBucket | None, ttl: float, generation: Generation) -> None:
         self.files = files
         self.coordinator = coordinator
         self.peer_reads = peer_reads
@@ -72,7 +74,9 @@ class Reads:
         self.allowed = allowed  # the buckets it may read (empty: all)
         self.egress = egress
         self.ttl = ttl  # seconds an object's identity is kept (the coordinator's copy is at most as old)
-        self._objects: dict[tuple[str, str], tuple[float, ObjectInfo, int]] = {}
+        self.generation = generation  # an identity asked for in an older one is not used
+        # (bucket, key) -> (until, identity, chunk size, the generation it was asked for in)
+        self._objects: dict[tuple[str, str], tuple[float, ObjectInfo, int, int]] = {}
         self._lookups = SingleFlight()
         self.budget = budget  # of the bodies being sent, to clients and to peers
 
@@ -332,8 +336,10 @@ class Reads:
         return data
 
     def _cached(self, bucket: str, key: str) -> tuple[ObjectInfo, int] | None:
+        """The identity and chunk size asked for less than half the --meta-ttl ago, in the
+        current generation (the coordinator has found no object changed since)."""
         entry = self._objects.get((bucket, key))
-        if entry is not None and entry[0] > time.monotonic():
+        if entry is not None and entry[0] > time.monotonic() and entry[3] == self.generation.value:
             return entry[1], entry[2]
         return None
 
@@ -344,16 +350,20 @@ class Reads:
         if known is not None:
             return known
         max_age = 0 if fresh else self.ttl
-        return await self._lookups.do((bucket, key, fresh), lambda: self._lookup(bucket, key, max_age))
+        # Read before asking: an answer given before a bump is then not used after it, and a
+        # read that starts after a bump does not join a lookup begun before it.
+        generation = self.generation.value
+        return await self._lookups.do((bucket, key, fresh, generation),
+                                      lambda: self._lookup(bucket, key, max_age, generation))
 
-    async def _lookup(self, bucket: str, key: str, max_age: float) -> tuple[ObjectInfo, int]:
+    async def _lookup(self, bucket: str, key: str, max_age: float, generation: int) -> tuple[ObjectInfo, int]:
         got = await self.coordinator.get_json(OBJECT_PATH, {"bucket": bucket, "key": key,
                                                              "max_age": str(max_age)})
         info = ObjectInfo(bucket, key, got["etag"], got["size"], got["last_modified"], got["content_type"],
                           tuple(map(tuple, got["headers"])))
         if len(self._objects) >= OBJECT_CACHE:
             del self._objects[next(iter(self._objects))]
-        self._objects[(bucket, key)] = (time.monotonic() + self.ttl, info, got["chunk_size"])
+        self._objects[(bucket, key)] = (time.monotonic() + self.ttl, info, got["chunk_size"], generation)
         await self.peer_reads.seen(got.get("ring"))
         return info, got["chunk_size"]
 

@@ -168,7 +168,7 @@ class Worker:
         session = await self._stack.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, force_close=False, ssl=client_ssl),
             auto_decompress=False))
-        self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock)
+        self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock, on_change=self._object_changed)
         self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
         budget = PieceBudget(COORDINATOR_PIECES)
         self.turns = Turns(cfg.max_reads or budget.floor_streams, cfg.read_wait, cfg.send_timeout,
@@ -288,6 +288,14 @@ class Worker:
                  "" if self.id in placement.members else " (not us)")
         self.rebalancer.changed()
         self._ring_changed.set()
+
+    def _object_changed(self, bucket: str, key: str) -> None:
+        """A HEAD found another version of s3://bucket/key (or none, or one where none was): the
+        serving processes stop using the identities they cached before any answer with it goes
+        out, so no read after that answer, on any connection, sees the older version."""
+        self.metrics.object_changes.inc()
+        if self.procs is not None:
+            self.procs.identity_changed()
 
     def _placement(self) -> Placement:
         if self.placement is None:

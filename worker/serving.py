@@ -37,6 +37,7 @@ from .budget import SERVING_PIECES, PieceBudget
 from .chunkfiles import ChunkFiles
 from .fastpath import FastPath, Head, response_head
 from .forward import LOCAL_PREFIX, REPORT_PATH, TOKEN_HEADER, CoordinatorClient
+from .generation import Generation
 from .http import REQUEST_ID, answered, body_response, cutter, error_answer, log_error, send_body
 from .limits import TokenBucket
 from .peerfiles import PeerFiles
@@ -66,6 +67,7 @@ class ServingProcess:
         self.reports = Reports()
         secret = bytes.fromhex(settings["secret"]) if settings.get("secret") else None
         budget = PieceBudget(SERVING_PIECES)
+        self.generation = Generation(settings["generation"])  # the coordinator's, read-only
         self.turns = Turns(settings.get("max_reads") or budget.floor_streams, settings.get("read_wait", 15.0),
                            settings.get("send_timeout", 60.0), self.reports.stalled)
         self.peer_reads = PeerReads(self.coordinator, secret, settings.get("tls_ca", ""),
@@ -75,7 +77,8 @@ class ServingProcess:
                            Readers(keys, time.time) if keys else None,
                            frozenset(settings.get("allowed_buckets", ())),
                            TokenBucket(limit) if limit else None,
-                           settings.get("meta_ttl", 5.0) / 2)  # the coordinator's copy is at most as old
+                           settings.get("meta_ttl", 5.0) / 2,  # the coordinator's copy is at most as old
+                           self.generation)
         self.peer_files = PeerFiles(self.reads, Verifier(secret) if secret else None)
         self._rid_prefix, self._rids = uuid.uuid4().hex[:6].upper() + f"{self.index:02X}", itertools.count()
         self._runner: web.ServerRunner | None = None
@@ -120,6 +123,7 @@ class ServingProcess:
         await self.peer_reads.close()
         await self.coordinator.close()
         self.files.close()
+        self.generation.close()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request[REQUEST_ID] = self._request_id()

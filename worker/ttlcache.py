@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Hashable
@@ -55,8 +56,11 @@ class TTLCache:
         return default if entry is _MISSING else entry[1]
 
     def invalidate(self, key: Hashable) -> None:
-        """Forget the value; a fetch in flight is not stored when it lands."""
-        self._entries.pop(key, None)
+        """Expire the value: the next `get` fetches again (`peek` still sees it, to tell what
+        changed); a fetch in flight is not stored when it lands."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries[key] = (-math.inf, entry[1])
         self._flights.pop(key, None)
 
     async def close(self) -> None:

@@ -45,7 +45,7 @@ FULL = dict(
     # 256 KiB chunks: placement sees the same chunks per object, and a whole read takes seconds. The
     # loaders and workers cost ~8 CPU-s per GB here: 8 x 25 MB/s keeps them under half the 2 cores.
     scaling_workers="1,2,4,8", egress_limit="25MB", scaling_objects=4, scaling_object_size="147.25MiB",
-    scaling_chunk_size="256KiB", scaling_loaders=2, scaling_concurrency=32,
+    scaling_chunk_size="256KiB", scaling_loaders=2, scaling_concurrency=32, scaling_setup=5,
     # Shards of 64 MiB, not the 2-5 GiB of real checkpoints: the embedded S3 (moto) answers a ranged
     # GET by reading the whole object into memory, so big objects make S3 slow and memory-hungry.
     cold_workers=4, model_size="4GiB", shard_size="2GiB", part_size="8MiB", cold_concurrency=32,
@@ -60,7 +60,7 @@ SMOKE = FULL | dict(
     repeats=1, seconds=1, chunk_size="256KiB", timeout=60,
     serving_size="8MiB",
     scaling_workers="1,2", egress_limit="20MB", scaling_objects=4, scaling_object_size="1MiB",
-    scaling_chunk_size="64KiB", scaling_loaders=2, scaling_concurrency=4,
+    scaling_chunk_size="64KiB", scaling_loaders=2, scaling_concurrency=4, scaling_setup=2,
     cold_workers=2, model_size="3MiB", shard_size="1MiB", part_size="256KiB", cold_concurrency=8,
     direct_concurrency=8, s3_throttle="20MB",
     amp_workers=2, amp_objects=2, amp_object_size="1MiB", amp_readers=4, amp_concurrency=16,
@@ -86,6 +86,7 @@ _HELP = {
     "scaling_chunk_size": "the scaling clusters' chunk size (each read is one chunk, from its owner)",
     "scaling_loaders": "loader processes, each reading the whole model at once",
     "scaling_concurrency": "chunks each loader reads at a time",
+    "scaling_setup": "seconds the loaders get to start and compute the owners before they all begin",
     "cold_workers": "workers in the cold-start cluster", "model_size": "total size of the model's shards",
     "shard_size": "size of a full shard", "part_size": "range size of both loaders",
     "cold_concurrency": "concurrent ranges of the loader reading through the cluster",

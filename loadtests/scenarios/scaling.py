@@ -19,8 +19,6 @@ from ..targets import check
 __all__ = ["run", "table"]
 
 TITLE = "scaling curve, whole-model reads routed to the owners, egress-capped workers"
-SETUP = 5.0  # seconds the loaders get to start and compute the owners before they all begin
-
 
 def run(p: SimpleNamespace) -> dict:
     """For each cluster size: a fresh cluster on the seeded S3, the model warmed, then
@@ -76,7 +74,7 @@ def _load(c, files: list[File], p: SimpleNamespace) -> dict:
     Loader k starts k/L of the way into the model and wraps around, so the loaders are at
     different chunks at any moment, as independent loaders are."""
     parts = tile(files, p.scaling_chunk_size)
-    start_at = time.time() + SETUP
+    start_at = time.time() + p.scaling_setup
     plans = [{"mode": "cluster", "urls": c.workers, "routing": "owner", "master": c.master, "files": files,
               "parts": parts[k * len(parts) // p.scaling_loaders:] + parts[:k * len(parts) // p.scaling_loaders],
               "concurrency": p.scaling_concurrency, "timeout": p.timeout, "start_at": start_at}
@@ -87,7 +85,7 @@ def _load(c, files: list[File], p: SimpleNamespace) -> dict:
     served = [metric(url, "p2pcache_bytes_served_total") - b for url, b in zip(c.workers, served0)]
     late = max(r["started_at"] for r in results) - start_at
     if late > 0.5:
-        raise RuntimeError(f"a loader started {late:.1f} s after the others: raise SETUP")
+        raise RuntimeError(f"a loader started {late:.1f} s after the others: raise --scaling-setup")
     seconds = max(r["ended_at"] for r in results) - min(r["started_at"] for r in results)
     total = sum(r["bytes"] for r in results)
     return {"seconds": seconds, "bytes": total, "bytes_s": total / seconds, "per_worker_bytes": served}

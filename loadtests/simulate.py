@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                             metavar=name.upper(), help=f"{_HELP[key]} (full {default}, smoke {SMOKE[key]})")
     args = parser.parse_args(argv)
     chosen = (SMOKE if args.smoke else FULL) | {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
+    for key in ("sim_trials", "sim_repeats", "heartbeat_workers", "heartbeat_seconds", "heartbeat_connections"):
+        if chosen[key] < 1:
+            parser.error(f"--{key.replace('sim_', '').replace('_', '-')} must be at least 1, not {chosen[key]}")
     result = run(SimpleNamespace(**chosen))
     print("\n" + table(result))
     print("\n".join(format_check(c) for c in result["checks"]))

@@ -34,6 +34,15 @@ SERVE_PROCESSES = int(os.environ.get("P2PCACHE_TEST_SERVE_PROCESSES", "1"))
 SECRET = b"conftest-cluster-secret-0123456789"  # every test cluster is a closed one unless told
 
 
+async def until(predicate) -> None:
+    """Let the loop run until `predicate()` holds, at most 1,000 turns (no clock: for ordering tests)."""
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
 async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
     """Poll `predicate` (sync or async) until truthy, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

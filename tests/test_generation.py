@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from conftest import until
 from p2pcache.errors import NotFound, Unavailable
 from p2pcache.objects import ObjectInfo
 from worker.generation import Generation
@@ -103,14 +104,6 @@ class Coordinator:
 class PeerReads:
     async def seen(self, ring) -> None:
         pass
-
-
-async def until(predicate) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("never happened")
 
 
 async def test_a_serving_process_asks_again_after_a_bump_and_joins_no_lookup_begun_before(tmp_path):

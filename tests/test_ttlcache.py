@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from conftest import until
 from worker.ttlcache import TTLCache
 
 
@@ -57,14 +58,6 @@ class Gated:
             self.clock.now += 1  # time passes while S3 answers
         await gate.wait()
         return n
-
-
-async def until(predicate) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("never happened")
 
 
 async def test_ttl_0_never_answers_from_a_fetch_started_before_the_caller_and_coalesces_the_rest():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import re
@@ -278,6 +279,20 @@ async def test_the_reserved_port_takes_no_connections_and_listeners_share_it():
                 server.close()
     finally:
         reserved.close()
+
+
+def test_a_port_one_worker_reserved_is_in_use_for_another_until_it_lets_go():
+    """Two workers started at once on one port: the second does not share it (before its serving
+    processes listen, the first holds the port with its reservation alone)."""
+    from worker.procs import reserve_port
+
+    reserved = reserve_port("127.0.0.1", 0)
+    port = reserved.getsockname()[1]
+    with pytest.raises(OSError) as taken:
+        reserve_port("127.0.0.1", port)
+    assert taken.value.errno == errno.EADDRINUSE
+    reserved.close()
+    reserve_port("127.0.0.1", port).close()  # a worker restarted on the port takes it
 
 
 async def test_peers_chunk_requests_are_answered_from_chunk_files(cluster_factory, s3, s3_client, bucket):

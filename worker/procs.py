@@ -51,21 +51,22 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to `host:port` with SO_REUSEPORT: it keeps the port for the serving
     processes (port 0: picks one) and, never listening, receives no connections.
 
-    The port is first bound without SO_REUSEPORT, and let go: SO_REUSEPORT would let this
-    worker share a port another one's serving processes listen on (same user), and the
-    kernel would spread each worker's connections over both."""
+    SO_REUSEPORT would let this worker share a port another one uses (same user), and the
+    kernel would spread each worker's connections over both. So the port is first bound with
+    SO_REUSEADDR alone, and let go: that fails while another worker listens on it, or holds it
+    with a socket like this one, which has SO_REUSEPORT alone (two sockets share a port under
+    SO_REUSEADDR only if both set it). The old connections of a worker that restarts on the
+    port (TIME_WAIT) are no conflict for either: they have both."""
     family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                       flags=socket.AI_PASSIVE)[0]
     if port:
-        _bind(socket.socket(family, kind, proto), addr, reuse_port=False).close()  # EADDRINUSE if taken
-    return _bind(socket.socket(family, kind, proto), addr, reuse_port=True)
+        _bind(socket.socket(family, kind, proto), addr, socket.SO_REUSEADDR).close()  # EADDRINUSE if taken
+    return _bind(socket.socket(family, kind, proto), addr, socket.SO_REUSEPORT)
 
 
-def _bind(sock: socket.socket, addr, reuse_port: bool) -> socket.socket:
+def _bind(sock: socket.socket, addr, option: int) -> socket.socket:
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past a restart's TIME_WAITs
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, option, 1)
         if sock.family == socket.AF_INET6:  # as the serving processes' listeners (asyncio's create_server)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(addr)

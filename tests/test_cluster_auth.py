@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -17,6 +18,7 @@ import pytest
 from yarl import URL
 
 from conftest import CHUNK, SECRET, metric, wait_for
+from faultproxy import FaultProxy
 from p2pcache.auth import HEADER, Signer
 from p2pcache.local import spawn, stop_all, wait_ready
 from p2pcache.master_client import MSGPACK
@@ -123,8 +125,9 @@ def secret_env(secret: bytes | None) -> dict[str, str]:
 
 
 def worker_command(tmp_path: Path, master: str, *flags: str) -> list[str]:
+    """A worker beating every 0.2 s: refused on REFUSALS beats in a row (worker/membership.py), it gives up in 1 s."""
     return [sys.executable, "-m", "p2pcache", "worker", "--listen", "127.0.0.1:0", "--cache-dir",
-            str(tmp_path / "cache"), "--master", master, *flags]
+            str(tmp_path / "cache"), "--master", master, "--heartbeat-interval", "0.2", *flags]
 
 
 def test_a_worker_without_the_masters_secret_exits_at_registration_saying_why(tmp_path):
@@ -149,7 +152,7 @@ def test_a_worker_a_master_restarted_with_another_secret_refuses_exits_saying_wh
     try:
         master = wait_ready(spawn(procs, secret_env(SECRET), "master", "--listen", "127.0.0.1:0",
                                   "--startup-grace", "0"))
-        worker = subprocess.Popen(worker_command(tmp_path, master, "--heartbeat-interval", "0.2"),
+        worker = subprocess.Popen(worker_command(tmp_path, master),
                                   env=secret_env(SECRET), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_ready(worker)
         stop_all(procs)
@@ -165,6 +168,32 @@ def test_a_worker_a_master_restarted_with_another_secret_refuses_exits_saying_wh
             worker.kill()
             worker.communicate()
         stop_all(procs)
+
+
+async def test_a_refusal_that_passes_is_outlived(cluster_factory, tmp_path):
+    """A proxy before the master answers 403 to three heartbeats (as a clock stepped back into
+    line would give 401s): the worker beats on; refused for good, it gives up."""
+    cluster = await cluster_factory(1, heartbeat=0.2)
+    proxy = await FaultProxy(cluster.master.url).start()
+    worker = Worker(replace(cluster.workers[0].config, worker_id="w1", port=0, cache_dir=tmp_path / "w1",
+                            master_url=proxy.url))
+    try:
+        await worker.start()
+        cluster.workers.append(worker)
+        await cluster.wait_converged()
+        proxy.mode = "denied"
+        began = len(proxy.targets)
+        await wait_for(lambda: proxy.targets[began:].count("/workers") >= 3, what="3 refused heartbeats")
+        proxy.mode = None
+        began = len(proxy.targets)
+        await wait_for(lambda: proxy.targets[began:].count("/workers") >= 3, what="heartbeats after them")
+        assert not worker.agent.refused.done()
+        assert "w1" in {w.id for w in cluster.master.membership.ring.workers}
+        proxy.mode = "denied"  # for good: it gives up
+        await asyncio.wait_for(asyncio.shield(worker.agent.refused), 10)
+        assert "refused this worker" in str(worker.agent.refused.result())
+    finally:
+        await proxy.stop()
 
 
 async def test_a_worker_id_moves_to_a_new_url_only_with_the_secret(cluster_factory):

@@ -3,8 +3,10 @@
 If the master is gone, nothing changes for reads: the last ring stays in use,
 heartbeats retry, and a restarted master learns the worker on the next beat. If
 it refuses the worker, at registration or later, that is Fatal: it would refuse
-every beat (400), or its cluster secret is not ours (401/403: a master restarted
-with a rotated secret; the pod restarted holds the new one).
+every beat (400), or its cluster secret is not ours (401/403 on REFUSALS beats
+in a row: a master restarted with a rotated secret; the pod restarted holds the
+new one). A refusal that passes (a clock stepped back into line, a proxy's
+passing 403) is logged and outlived, as an unreachable master is.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = ["MembershipAgent"]
 
 log = logging.getLogger("p2pcache.membership")
 LONG_POLL = 30.0
+REFUSALS = 5  # heartbeats in a row refused as unauthenticated before this worker gives up (10 s by default)
 
 
 class MembershipAgent:
@@ -34,6 +37,7 @@ class MembershipAgent:
         self._interval = interval
         self._pace_now = interval  # seconds between heartbeats (see _pace)
         self._failing = False
+        self._refusals = 0  # heartbeats refused in a row as unauthenticated (401/403)
         self._on_ring = on_ring
         self._tasks: list[asyncio.Task] = []
         self.ring: RingSnapshot | None = None
@@ -42,8 +46,12 @@ class MembershipAgent:
 
     async def start(self) -> None:
         """Register, then heartbeat and follow the ring. Fatal if the master refuses us; an
-        unreachable master is logged and retried (reads do not need it)."""
+        unreachable master is logged and retried (reads do not need it). While the master
+        refuses our signature, we are not in its ring: wait here until it takes us, or Fatal."""
         await self._beat()
+        while self._refusals:
+            await asyncio.sleep(self._pace_now)
+            await self._beat()
         self._tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._watch())]
 
     async def stop(self, leave: bool = True) -> None:
@@ -81,19 +89,26 @@ class MembershipAgent:
                 return
 
     async def _beat(self) -> None:
-        """One heartbeat; Fatal if the master refuses it."""
+        """One heartbeat; Fatal if the master refuses it for good."""
         try:
             reply = await self._master.heartbeat(self.me)
-        except (BadRequest, Unauthorized) as exc:
+        except BadRequest as exc:
             raise Fatal(str(exc)) from None
+        except Unauthorized as exc:
+            self._refusals += 1
+            if self._refusals >= REFUSALS:
+                raise Fatal(str(exc)) from None
+            log.warning("heartbeat refused (%d in a row; this worker gives up at %d): %s",
+                        self._refusals, REFUSALS, exc)
+            return
         except Unavailable as exc:
             if not self._failing:
                 log.warning("heartbeat failed, serving on the last ring: %s", exc)
             self._failing = True
             return
-        if self._failing:
+        if self._failing or self._refusals:
             log.info("master reachable again")
-        self._failing = False
+        self._failing, self._refusals = False, 0
         self._pace(reply.get("ttl"))
 
     def _pace(self, ttl: object) -> None:

@@ -115,6 +115,28 @@ async def test_an_object_lookup_that_fails_is_answered_as_the_coordinator_gave_i
     assert answers[0] == answers[1] == answers[2]
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_a_read_waiting_on_a_hung_peer_is_not_cut_as_a_stalled_reader(cluster_factory, s3_client, bucket,
+                                                                             processes):
+    """--send-timeout cuts an answer whose reader takes nothing. A read that waits on its own
+    source, here a hung owner for longer than that (3 s against 1 s), is not its reader's stall:
+    it is answered, from S3 once the owner timed out."""
+    cluster = await cluster_factory(1, serve_processes=processes, peer_read_timeout=3.0, send_timeout=1.0)
+    reader = cluster.workers[0]
+    hung, proxy = await _behind_proxy(cluster)
+    try:
+        key = _owned_by(s3_client, bucket, reader.placement, hung.id, "waits{}.bin", size=4 * CHUNK)
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        proxy.mode = "hang"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{reader.url}/{bucket}/{key}") as resp:
+                assert resp.status == 200 and await resp.read() == body
+            assert await metric(http, reader.url, "p2pcache_stalled_readers_cut_total") == 0
+        assert proxy.targets  # it did wait on the hung owner
+    finally:
+        await proxy.stop()
+
+
 async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_factory, s3_client, bucket):
     """A worker that accepts connections and never answers (as a stopped process does: its kernel
     still accepts, so only the read timeout fires) and stays in the ring (its heartbeats reach the

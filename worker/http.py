@@ -19,7 +19,7 @@ from .limits import TokenBucket
 from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_from_params
 
 __all__ = ["REQUEST_ID", "answered", "object_headers", "object_answer", "error_response", "error_answer",
-           "log_error", "header_text", "body_response", "cutter", "send_body", "prepend", "parse_peer_request"]
+           "log_error", "header_text", "body_response", "RequestLine", "send_body", "prepend", "parse_peer_request"]
 
 log = logging.getLogger("p2pcache.http")
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -126,12 +126,22 @@ def body_response(request: web.BaseRequest, status: int, headers, length: int) -
     return resp
 
 
-def cutter(request: web.BaseRequest) -> Callable[[], None]:
-    """What ends `request`'s connection at once (a turn's `cut`: worker/turns.py)."""
-    def cut() -> None:
-        if request.transport is not None:
-            request.transport.abort()
-    return cut
+class RequestLine:
+    """`request`'s connection, as a turn watches it (worker/turns.py)."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+
+    @property
+    def paused(self) -> bool:
+        protocol = self._request.protocol
+        return protocol is not None and protocol.writing_paused
+
+    def abort(self) -> None:
+        if self._request.transport is not None:
+            self._request.transport.abort()
 
 
 async def send_body(request: web.BaseRequest, resp: web.StreamResponse, pieces, on_piece,

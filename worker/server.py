@@ -47,7 +47,7 @@ from .control import Control
 from .coordinator import coordinator_handler
 from .keep import Keeps
 from .http import (
-    REQUEST_ID, answered, body_response, cutter, object_answer, parse_peer_request, prepend, send_body,
+    REQUEST_ID, RequestLine, answered, body_response, object_answer, parse_peer_request, prepend, send_body,
 )
 from .limits import TokenBucket
 from .listing import Listings
@@ -356,7 +356,7 @@ class Worker:
 
     async def get_object(self, request: web.BaseRequest, bucket: str, key: str) -> web.StreamResponse:
         """GetObject and HeadObject; an answer with bytes takes a turn (worker/turns.py)."""
-        async with self.turns.held(cutter(request)) as need:
+        async with self.turns.held(RequestLine(request)) as need:
             return await self._get_object(request, bucket, key, need)
 
     async def _get_object(self, request: web.BaseRequest, bucket: str, key: str,

@@ -38,7 +38,7 @@ from .chunkfiles import ChunkFiles
 from .fastpath import FastPath, Head, response_head
 from .forward import LOCAL_PREFIX, REPORT_PATH, TOKEN_HEADER, CoordinatorClient
 from .generation import Generation
-from .http import REQUEST_ID, answered, body_response, cutter, error_answer, log_error, send_body
+from .http import REQUEST_ID, RequestLine, answered, body_response, error_answer, log_error, send_body
 from .limits import TokenBucket
 from .peerfiles import PeerFiles
 from .peerreads import PeerReads
@@ -153,7 +153,7 @@ class ServingProcess:
             return False
         sent = self._send_whole(head, used, conn, found)
         if conn.paused:  # its bytes wait in this process, not only in the kernel: a turn until they drain
-            turn = self.turns.now(conn.abort)
+            turn = self.turns.now(conn)
             conn.after_drained(lambda: self.turns.give_back(turn))
         return sent
 
@@ -193,7 +193,7 @@ class ServingProcess:
         if head.path.startswith("/_p2p/"):
             return False
         try:
-            turn = await self.turns.take(conn.abort)
+            turn = await self.turns.take(conn)
         except P2PError as exc:  # no turn came: 503 SlowDown
             return self._send_error(head, used, conn, exc)
         try:
@@ -241,7 +241,7 @@ class ServingProcess:
         """The answer from chunk files on disk or the workers that hold them, or None: the coordinator's."""
         if request.method != "GET":
             return None
-        async with self.turns.turn(cutter(request)) as turn:
+        async with self.turns.turn(RequestLine(request)) as turn:
             found = await self.reads.read(request.method, request.path, request.query_string, request.headers,
                                           request)
             if found is None:

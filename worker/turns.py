@@ -10,9 +10,12 @@ here, two workers whose readers wait on each other's chunks would both stop).
 
 A reader that stops taking bytes would keep its turn, its pieces and the pin on
 its chunk (which eviction then cannot free) for as long as its connection stays
-open: an answer that has moved nothing for `stall` seconds is cut, as nginx's
-`send_timeout` does. Progress is a piece handed to the connection, so a reader
-slower than a piece per `stall` seconds is cut too.
+open: an answer whose bytes have waited for its reader for `stall` seconds is cut,
+as nginx's `send_timeout` does. Waiting for its reader is its connection being
+paused (what was written is above the transport's high-water mark) with no piece
+handed on since, so a reader slower than a piece per `stall` seconds is cut too.
+An answer that waits on its own source (a peer, a fill, S3) is not its reader's
+stall: its connection is not paused, and that time does not count.
 """
 
 from __future__ import annotations
@@ -22,22 +25,33 @@ import collections
 import contextlib
 import logging
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from p2pcache.errors import Busy
 
-__all__ = ["Turn", "Turns"]
+__all__ = ["Line", "Turn", "Turns"]
 
 log = logging.getLogger("p2pcache.worker.turns")
+
+
+class Line(Protocol):
+    """The connection an answer goes out on."""
+
+    @property
+    def paused(self) -> bool:
+        """Whether what was written waits for the reader (above the high-water mark)."""
+
+    def abort(self) -> None:
+        """End it at once."""
 
 
 class Turn:
     """One answer's turn: `moved()` after each piece handed to the connection."""
 
-    __slots__ = ("moved_at", "_cut", "_clock")
+    __slots__ = ("moved_at", "line", "_clock")
 
-    def __init__(self, cut: Callable[[], None], clock: Callable[[], float]) -> None:
-        self._cut, self._clock = cut, clock
+    def __init__(self, line: Line, clock: Callable[[], float]) -> None:
+        self.line, self._clock = line, clock
         self.moved_at = clock()
 
     def moved(self) -> None:
@@ -50,7 +64,7 @@ class Turns:
         self.limit, self.wait, self.stall = limit, wait, stall
         self._on_cut, self._clock = on_cut, clock
         self._active: set[Turn] = set()
-        self._waiting: collections.deque[tuple[asyncio.Future, Callable[[], None]]] = collections.deque()
+        self._waiting: collections.deque[tuple[asyncio.Future, Line]] = collections.deque()
         self._watch: asyncio.Task | None = None
 
     def __len__(self) -> int:
@@ -64,18 +78,18 @@ class Turns:
         """Whether `now` would give a turn."""
         return len(self._active) < self.limit and not self._waiting
 
-    def now(self, cut: Callable[[], None]) -> Turn | None:
-        """A turn if one is free and nobody waits for one; None: wait with `take`.
-        `cut()` ends the answer's connection, if it stalls."""
-        return self._add(cut) if self.free() else None
+    def now(self, line: Line) -> Turn | None:
+        """A turn if one is free and nobody waits for one; None: wait with `take`. `line`: the
+        connection the answer goes out on (aborted if its reader stalls)."""
+        return self._add(line) if self.free() else None
 
-    async def take(self, cut: Callable[[], None]) -> Turn:
+    async def take(self, line: Line) -> Turn:
         """A turn, once one is free (in order of arrival); Busy after `wait` seconds."""
-        turn = self.now(cut)
+        turn = self.now(line)
         if turn is not None:
             return turn
         handed = asyncio.get_running_loop().create_future()
-        self._waiting.append((handed, cut))
+        self._waiting.append((handed, line))
         try:
             return await asyncio.wait_for(asyncio.shield(handed), self.wait)
         except BaseException as exc:
@@ -83,7 +97,7 @@ class Turns:
                 self.give_back(handed.result())
             else:
                 handed.cancel()
-                self._waiting.remove((handed, cut))
+                self._waiting.remove((handed, line))
             if isinstance(exc, asyncio.TimeoutError):
                 raise Busy(f"{len(self._active)} reads are sending from this process, the most it serves "
                            f"at once; this one waited {self.wait:g} s for its turn", retry_after=1.0) from None
@@ -95,27 +109,27 @@ class Turns:
             return  # cut for stalling: given back then
         self._active.discard(turn)
         while self._waiting and len(self._active) < self.limit:
-            handed, cut = self._waiting.popleft()
+            handed, line = self._waiting.popleft()
             if not handed.done():
-                handed.set_result(self._add(cut))
+                handed.set_result(self._add(line))
 
     @contextlib.asynccontextmanager
-    async def turn(self, cut: Callable[[], None]) -> AsyncIterator[Turn]:
-        turn = await self.take(cut)
+    async def turn(self, line: Line) -> AsyncIterator[Turn]:
+        turn = await self.take(line)
         try:
             yield turn
         finally:
             self.give_back(turn)
 
     @contextlib.asynccontextmanager
-    async def held(self, cut: Callable[[], None]) -> AsyncIterator[Callable[[], Awaitable[Turn]]]:
+    async def held(self, line: Line) -> AsyncIterator[Callable[[], Awaitable[Turn]]]:
         """For an answer that may send bytes or not (a HEAD, a 304): `await need()` takes its
         turn the first time it is called; the turn is given back when the block ends."""
         taken: list[Turn] = []
 
         async def need() -> Turn:
             if not taken:
-                taken.append(await self.take(cut))
+                taken.append(await self.take(line))
             return taken[0]
 
         try:
@@ -125,12 +139,20 @@ class Turns:
                 self.give_back(taken[0])
 
     def stalled(self) -> list[Turn]:
-        """Turns that have moved nothing for `stall` seconds."""
-        since = self._clock() - self.stall
-        return [t for t in self._active if t.moved_at < since]
+        """Turns whose bytes have waited for their reader for `stall` seconds: the connection is
+        paused, and no piece went out since. One that is not paused (its reader took what was
+        written; it waits on its source, if on anything) counts from now."""
+        now = self._clock()
+        found = []
+        for turn in self._active:
+            if not turn.line.paused:
+                turn.moved_at = now
+            elif turn.moved_at < now - self.stall:
+                found.append(turn)
+        return found
 
-    def _add(self, cut: Callable[[], None]) -> Turn:
-        turn = Turn(cut, self._clock)
+    def _add(self, line: Line) -> Turn:
+        turn = Turn(line, self._clock)
         self._active.add(turn)
         if self._watch is None and self.stall:
             self._watch = asyncio.get_running_loop().create_task(self._watch_stalls())
@@ -138,12 +160,12 @@ class Turns:
 
     async def _watch_stalls(self) -> None:
         while True:
-            await asyncio.sleep(self.stall / 4)
+            await asyncio.sleep(self.stall / 10)  # a stall is seen within a tenth of it
             for turn in self.stalled():
                 log.warning("cut an answer whose reader took nothing for %g s", self.stall)
                 self.give_back(turn)
                 try:
-                    turn._cut()
+                    turn.line.abort()
                     self._on_cut()
                 except Exception:  # the watch must go on for the other answers
                     log.exception("bug: cutting a stalled answer failed")

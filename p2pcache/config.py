@@ -118,6 +118,9 @@ def add_reader_key_flags(p: argparse.ArgumentParser) -> None:
 
 
 def reader_key(args: argparse.Namespace) -> dict[str, str | None]:
-    """The `Client` arguments of the flags `add_reader_key_flags` added."""
+    """The `Client` arguments of the flags `add_reader_key_flags` added; ValueError if half a key."""
+    if bool(args.access_key) != bool(args.secret_key):
+        raise ValueError("a reader key needs both --access-key and --secret-key (or P2PCACHE_ACCESS_KEY "
+                         "and P2PCACHE_SECRET_KEY)")
     return {"access_key": args.access_key or None, "secret_key": args.secret_key or None,
             "region": args.region or None, "credentials": args.credentials}

@@ -159,3 +159,6 @@ async def test_p2pcache_sync_signs_with_the_same_flags_as_get(closed_cluster, bo
     code, err = await sync("bad", "--access-key", "reader", "--secret-key", "nope")
     assert code == 1 and err.startswith("p2pcache sync: access denied (SignatureDoesNotMatch)") and "nope" not in err
     assert err.count("\n") == 1 and not (tmp_path / "unsigned").exists() and not (tmp_path / "bad").exists()
+    code, err = await sync("half", "--access-key", "reader")  # the flags a user gives, named
+    assert (code, err) == (2, "p2pcache sync: a reader key needs both --access-key and --secret-key (or "
+                              "P2PCACHE_ACCESS_KEY and P2PCACHE_SECRET_KEY)\n")

@@ -61,8 +61,9 @@ class FaultProxy:
 
     async def stop(self) -> None:
         self._server.close()
-        for writer in self._conns.values():
+        for task, writer in self._conns.items():  # a relay may wait on its upstream (a long poll)
             writer.transport.abort()
+            task.cancel()
         await asyncio.gather(*self._conns, return_exceptions=True)
         await self._server.wait_closed()
 

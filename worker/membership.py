@@ -47,9 +47,10 @@ class MembershipAgent:
     async def start(self) -> None:
         """Register, then heartbeat and follow the ring. Fatal if the master refuses us; an
         unreachable master is logged and retried (reads do not need it). While the master
-        refuses our signature, we are not in its ring: wait here until it takes us, or Fatal."""
+        refuses our signature, we are not in its ring: wait here until it takes us, or Fatal
+        (or goes: then as above)."""
         await self._beat()
-        while self._refusals:
+        while self._refusals and not self._failing:
             await asyncio.sleep(self._pace_now)
             await self._beat()
         self._tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._watch())]

@@ -180,7 +180,7 @@ async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(
     monkeypatch.setattr(routing, "PEER_DOWN_SECONDS", 1.5)
     cluster = await cluster_factory(1, serve_processes=1, peer_read_timeout=3.0, egress_limit=1 << 20)
     reader = cluster.workers[0]
-    filler = await cluster.add_worker()
+    filler = await cluster.add_worker(egress_limit=0)  # its read only fills the chunks: at full speed
     hung, proxy = await _behind_proxy(cluster)
     try:
         size, chunks, window = 16 * CHUNK, 16, reader.config.readahead + 1  # opened at once

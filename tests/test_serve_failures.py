@@ -30,6 +30,19 @@ async def _behind_proxy(cluster, **options):
     return worker, proxy
 
 
+async def _read_before_and_after_the_hang(http: aiohttp.ClientSession, proxy: FaultProxy, warm_url: str, url: str,
+                                          body: bytes) -> list[str]:
+    """Read the object at `warm_url` (every chunk filled by its owner), hang the worker behind
+    `proxy`, read it at `url`: both whole and right; what the hung worker was asked in the second."""
+    async with http.get(warm_url) as resp:
+        assert resp.status == 200 and await resp.read() == body
+    proxy.mode = "hang"
+    before = len(proxy.targets)
+    async with http.get(url) as resp:
+        assert resp.status == 200 and await resp.read() == body
+    return proxy.targets[before:]
+
+
 def _owned_by(s3_client, bucket: str, placement, owner_id: str, name: str, size: int = CHUNK) -> str:
     """The key of a new object named after `name` whose first chunk `owner_id` owns."""
     for i in range(50):
@@ -156,14 +169,9 @@ async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_fa
         info = ObjectInfo(bucket, "m.bin", s3_client.head_object(Bucket=bucket, Key="m.bin")["ETag"], size)
         owned = [i for i in range(16) if reader.placement.owner(info.chunk(i, CHUNK)).id == hung.id]
         assert len(owned) >= 3, owned
+        url = f"{reader.url}/{bucket}/m.bin"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-            async with http.get(f"{reader.url}/{bucket}/m.bin") as resp:  # every chunk filled by its owner
-                assert resp.status == 200 and await resp.read() == body
-            proxy.mode = "hang"
-            before = len(proxy.targets)
-            async with http.get(f"{reader.url}/{bucket}/m.bin") as resp:
-                assert resp.status == 200 and await resp.read() == body
-        asked = proxy.targets[before:]
+            asked = await _read_before_and_after_the_hang(http, proxy, url, url, body)
         direct = [t for t in asked if "local=1" not in t]
         assert len(direct) == 1, (owned, asked)  # was one per chunk it owns, each a timeout
         assert len(asked) - len(direct) == 1, (owned, asked)  # was one per chunk it owns too
@@ -194,13 +202,9 @@ async def test_a_hung_peer_is_waited_for_once_in_a_long_read_by_the_coordinator(
         else:
             raise AssertionError("no object with such chunks")
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{filler.url}/{bucket}/{key}") as resp:  # every chunk filled by its owner
-                assert resp.status == 200 and await resp.read() == body
-            proxy.mode = "hang"
-            before = len(proxy.targets)
-            async with http.get(f"{reader.url}/{bucket}/{key}") as resp:
-                assert resp.status == 200 and await resp.read() == body
-        direct = [t for t in proxy.targets[before:] if "local=1" not in t]
+            targets = await _read_before_and_after_the_hang(http, proxy, f"{filler.url}/{bucket}/{key}",
+                                                            f"{reader.url}/{bucket}/{key}", body)
+        direct = [t for t in targets if "local=1" not in t]
         # Only chunks opened together before the first timeout (how many of them depends on
         # when each was opened); before, also each of its chunks opened after the 1.5 s (the
         # last ones, here).

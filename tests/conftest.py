@@ -34,6 +34,17 @@ SERVE_PROCESSES = int(os.environ.get("P2PCACHE_TEST_SERVE_PROCESSES", "1"))
 SECRET = b"conftest-cluster-secret-0123456789"  # every test cluster is a closed one unless told
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """This environment without P2PCACHE_* variables, plus `extra`: a command a test runs sees
+    only what the test gives it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")} | extra
+
+
+def worker_args(tmp_path: Path, *flags: str) -> list[str]:
+    """`p2pcache worker` on a free loopback port with its cache dir under `tmp_path`, and `flags`."""
+    return ["worker", "--listen", "127.0.0.1:0", "--cache-dir", str(tmp_path / "cache"), *flags]
+
+
 async def until(predicate) -> None:
     """Let the loop run until `predicate()` holds, at most 1,000 turns (no clock: for ordering tests)."""
     for _ in range(1000):

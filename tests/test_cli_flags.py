@@ -4,7 +4,6 @@ work with (the line names the flag), 1 for an address it cannot listen on."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import socket
 import subprocess
@@ -12,6 +11,7 @@ import sys
 
 import pytest
 
+from conftest import cli_env, worker_args
 from master.config import MasterConfig
 from p2pcache.cli import build_parser
 from p2pcache.local import spawn, stop_all, wait_ready
@@ -21,17 +21,13 @@ from worker.eviction import POLICIES
 MASTER = "http://127.0.0.1:9"
 
 
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
+ENV = cli_env()
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     """`p2pcache ARGS` as its own process; one that does not stop by itself fails the test."""
     return subprocess.run([sys.executable, "-m", "p2pcache", *args], capture_output=True, text=True, timeout=30,
                           env=ENV)
-
-
-def worker_args(tmp_path, *flags: str) -> list[str]:
-    return ["worker", "--listen", "127.0.0.1:0", "--cache-dir", str(tmp_path / "cache"), *flags]
 
 
 def worker_config(tmp_path, *flags: str) -> WorkerConfig:

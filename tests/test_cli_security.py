@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
+from conftest import cli_env
+
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "p2pcache", *args], capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")} | (env or {}))
+                          env=cli_env(**(env or {})))
 
 
 @pytest.mark.parametrize(("args", "env", "why"), [

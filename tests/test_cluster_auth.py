@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import msgpack
 import pytest
 from yarl import URL
 
-from conftest import CHUNK, SECRET, metric, wait_for
+from conftest import CHUNK, SECRET, cli_env, metric, wait_for, worker_args
 from faultproxy import FaultProxy
 from p2pcache.auth import HEADER, Signer
 from p2pcache.local import spawn, stop_all, wait_ready
@@ -120,14 +119,13 @@ async def test_a_worker_with_the_wrong_secret_cannot_join(cluster_factory, caplo
 
 
 def secret_env(secret: bytes | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
-    return env | ({"P2PCACHE_CLUSTER_SECRET": secret.decode()} if secret else {})
+    return cli_env(**({"P2PCACHE_CLUSTER_SECRET": secret.decode()} if secret else {}))
 
 
 def worker_command(tmp_path: Path, master: str, *flags: str) -> list[str]:
     """A worker beating every 0.2 s: refused on REFUSALS beats in a row (worker/membership.py), it gives up in 1 s."""
-    return [sys.executable, "-m", "p2pcache", "worker", "--listen", "127.0.0.1:0", "--cache-dir",
-            str(tmp_path / "cache"), "--master", master, "--heartbeat-interval", "0.2", *flags]
+    return [sys.executable, "-m", "p2pcache", *worker_args(tmp_path, "--master", master, "--heartbeat-interval", "0.2",
+                                                           *flags)]
 
 
 def test_a_worker_without_the_masters_secret_exits_at_registration_saying_why(tmp_path):

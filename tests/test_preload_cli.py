@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
 import sys
 
 import pytest
 
-from conftest import CHUNK, SECRET
+from conftest import CHUNK, SECRET, cli_env
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache.admin_client import AdminClient
@@ -25,7 +24,7 @@ JOB = {"id": "abc", "state": "running", "urls": ["s3://b/m/"], "pin": False, "ob
 
 
 async def run(*args: str, secret: bytes | None = SECRET) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
+    env = cli_env()
     if secret:
         env["P2PCACHE_CLUSTER_SECRET"] = secret.decode()
     proc = await asyncio.create_subprocess_exec(
@@ -154,8 +153,7 @@ async def test_a_preload_stopped_by_a_signal_says_the_job_goes_on(cluster_factor
     fault_proxy.script = ["stall"] * 100  # S3 stalls every body: the job cannot finish on its own
     cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
     s3_client.put_object(Bucket=bucket, Key="m/a", Body=b"a" * (2 * CHUNK))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")} | \
-        {"P2PCACHE_CLUSTER_SECRET": SECRET.decode()}
+    env = cli_env(P2PCACHE_CLUSTER_SECRET=SECRET.decode())
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "p2pcache", "preload", f"s3://{bucket}/m/", "--master", cluster.master.url, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import yarl
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from conftest import CHUNK
+from conftest import CHUNK, cli_env
 from worker.readers import ClientKey, client_keys_arg, parse_client_keys
 
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -306,8 +305,7 @@ def test_malformed_key_files_name_the_line_and_never_the_secret(text, message):
 def test_a_malformed_key_file_stops_the_worker_at_startup(tmp_path):
     path = tmp_path / "keys"
     path.write_text("ok secret\nbroken\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")} | {
-        "P2PCACHE_CLIENT_KEYS": str(path)}
+    env = cli_env(P2PCACHE_CLIENT_KEYS=str(path))
     proc = subprocess.run([sys.executable, "-m", "p2pcache", "worker", "--master", "http://127.0.0.1:9",
                            "--cache-dir", str(tmp_path / "cache"), "--listen", "127.0.0.1:0"],
                           capture_output=True, text=True, env=env, timeout=60)

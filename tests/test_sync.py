@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import CHUNK, wait_for
+from conftest import CHUNK, cli_env, wait_for
 from p2pcache import Client
 from p2pcache.errors import NotFound
 from p2pcache.get import Progress
@@ -60,7 +60,7 @@ async def test_sync_is_byte_identical_and_skips_complete_files(cluster_factory, 
 
 async def test_sync_command(cluster, s3_client, bucket, tmp_path):
     data = put(s3_client, bucket)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")}
+    env = cli_env()
     args = [sys.executable, "-m", "p2pcache", "sync", f"s3://{bucket}/model/", str(tmp_path / "d"),
             "--master", cluster.master.url]
     for expected, progress_lines in (("4 files copied", 1),

@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import ipaddress
 import logging
-import os
 import random
 import ssl
 import sys
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import CHUNK, SECRET, metric, wait_for
+from conftest import CHUNK, SECRET, cli_env, metric, wait_for
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache import Client
@@ -103,7 +102,7 @@ async def test_get_and_sync_trust_the_ca_of_p2pcache_tls_ca(s3, s3_client, bucke
                                  min_free=0, capacity=1 << 30, heartbeat_interval=0.3, cluster_secret=SECRET,
                                  tls_cert=cert_file, tls_key=key_file, tls_ca=cert_file))
     await worker.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCACHE_")} | {"P2PCACHE_MASTER": master.url}
+    env = cli_env(P2PCACHE_MASTER=master.url)
 
     async def run(*args: str, ca: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(

@@ -38,13 +38,23 @@ class Membership:
         )
 
     def heartbeat(self, worker: WorkerInfo) -> bool:
-        """Register or refresh `worker`; True when the ring changed."""
+        """Register or refresh `worker`; True when the ring changed.
+
+        An address answers as one worker: other ids registered at `worker`'s URL are dropped
+        (a worker restarted there under a new id, before the old one expired).
+        """
         self._seen[worker.id] = self._clock()
         if self._workers.get(worker.id) == worker:
             return False
+        for wid in self.at_url(worker):
+            del self._workers[wid], self._seen[wid]
         self._workers[worker.id] = worker
         self._publish()
         return True
+
+    def at_url(self, worker: WorkerInfo) -> list[str]:
+        """Ids other than `worker`'s registered at its URL."""
+        return [wid for wid, w in self._workers.items() if w.url == worker.url and wid != worker.id]
 
     def leave(self, worker_id: str) -> bool:
         self._seen.pop(worker_id, None)

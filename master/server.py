@@ -202,6 +202,9 @@ class Master:
             if self._refusals.due(f"takeover {worker.id} {worker.url}"):
                 log.warning("refused registration of %s at %s: %s", worker.id, worker.url, exc)
             raise web.HTTPConflict(text=f"{exc}\n") from None
+        if replaced := self.membership.at_url(worker):
+            log.warning("worker %s registered at %s, where %s was: dropped %s from the ring",
+                        worker.id, worker.url, " and ".join(replaced), "it" if len(replaced) == 1 else "them")
         if self.membership.heartbeat(worker):
             self._notify()
         ring = self.membership.ring

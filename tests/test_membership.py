@@ -43,3 +43,16 @@ def test_placement_settings_travel_with_the_ring():
 def test_a_new_master_names_its_ring_differently():
     a, b = Membership(chunk_size=1), Membership(chunk_size=1)
     assert a.ring.version != b.ring.version
+
+
+def test_an_address_answers_as_one_worker_the_latest_registered_there():
+    clock = Clock()
+    m = Membership(chunk_size=1 << 20, ttl=10, clock=clock)
+    m.heartbeat(WorkerInfo("a", "http://h1:80"))
+    m.heartbeat(WorkerInfo("b", "http://h2:80"))
+    # "a" was killed and its address restarted as "a2" before "a" expired: "a" is gone at once.
+    assert m.at_url(WorkerInfo("a2", "http://h1:80")) == ["a"]
+    assert m.heartbeat(WorkerInfo("a2", "http://h1:80"))
+    assert [w.id for w in m.ring.workers] == ["a2", "b"]
+    clock.now += 11
+    assert sorted(m.expire()) == ["a2", "b"]  # nothing left behind for "a"

@@ -38,6 +38,24 @@ async def test_a_worker_that_stops_heartbeating_leaves_and_its_chunks_stay_reada
             assert await read(http, f"{w.url}/{bucket}/m.bin") == body
 
 
+async def test_a_worker_restarted_under_a_new_id_on_an_address_replaces_the_old_one_at_once(
+        cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(2, worker_ttl=60)
+    body = random.Random(5).randbytes(6 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    w0, w1 = cluster.workers
+    port = int(w1.url.rsplit(":", 1)[1])
+    await w1.stop(leave=False)  # kill -9, and a new cache dir: a new id on the same address
+    new = await cluster.add_worker(worker_id="w1b", port=port)
+    assert new.url == w1.url
+    # Not after the master's 60 s TTL: at once, or the ring would give w1's share to w1b twice.
+    assert [w.id for w in cluster.master.membership.ring.workers] == ["w0", "w1b"]
+    await cluster.wait_converged()
+    async with aiohttp.ClientSession() as http:
+        for w in (w0, new):
+            assert await read(http, f"{w.url}/{bucket}/m.bin") == body
+
+
 async def test_reads_work_without_the_master_and_workers_rejoin_a_restarted_one(
         cluster_factory, s3_client, bucket):
     cluster = await cluster_factory(3, heartbeat=0.2)

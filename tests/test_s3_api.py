@@ -129,6 +129,13 @@ async def test_missing_bucket_is_nosuchbucket(cluster):
     await asyncio.to_thread(check)
 
 
+async def test_an_invalid_bucket_name_is_invalidbucketname(cluster):
+    # boto3 refuses such names before sending: ask over plain HTTP, as curl would.
+    async with cluster.session.get(f"{cluster.workers[0].url}/bad_bucket!/k") as resp:
+        assert resp.status == 400
+        assert "<Code>InvalidBucketName</Code>" in await resp.text()
+
+
 async def test_aiobotocore_reads_through_the_cache(cluster, data, bucket):
     key = "models/b/weights.bin"
     async with get_session().create_client("s3", endpoint_url=cluster.workers[0].url,

@@ -125,7 +125,7 @@ class Worker:
         if not bucket:
             return await self.list_buckets(request, reader)
         if not _BUCKET.fullmatch(bucket):
-            raise BadRequest(f"invalid bucket name {bucket!r}")
+            raise BadRequest(f"The specified bucket is not valid: {bucket!r}", code="InvalidBucketName")
         self._check_bucket(bucket)
         if not key:
             return await self.bucket(request, bucket)

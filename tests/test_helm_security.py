@@ -57,6 +57,29 @@ def test_an_existing_cluster_secret_or_none(rendered):
             container(rendered["no-cluster-secret"], kind), rendered["no-cluster-secret"], "p-0")
 
 
+def test_a_new_cluster_secret_restarts_the_master_and_the_workers_together(rendered, chart):
+    """Pods read the secret when they start: one left on the old value after the Secret changed
+    would refuse, or be refused by, every pod started after it. So the pod templates carry a
+    checksum of the value, and a `helm upgrade` with a new value rolls them all."""
+    def checksums(objects):
+        return [pod_template(objects, kind)["metadata"].get("annotations", {}).get("checksum/cluster-secret")
+                for kind in ("Deployment", "StatefulSet")]
+
+    first = checksums(rendered["defaults"])
+    assert all(c and len(c) == 64 for c in first)
+    # Offline every render is a new random value (on a live cluster `lookup` keeps the old one).
+    again = checksums(manifests(render(chart, {})))
+    assert not set(again) & set(first)
+    assert checksums(rendered["no-cluster-secret"]) == [None, None]
+    # The user's Secret is looked up when there is a cluster to look in; offline there is none.
+    assert checksums(rendered["existing-cluster-secret"]) == [None, None]
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace .Values.clusterSecret.existingSecret' in helpers
+    # The user's own annotations stay.
+    mine = manifests(render(chart, {"master": {"podAnnotations": {"team": "ml"}}}))
+    assert pod_template(mine, "Deployment")["metadata"]["annotations"]["team"] == "ml"
+
+
 def test_tls_serves_https_everywhere(rendered):
     objects = rendered["tls"]
     master, worker = container(objects, "Deployment"), container(objects, "StatefulSet")

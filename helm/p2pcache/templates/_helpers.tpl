@@ -63,6 +63,22 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* A checksum of the cluster secret, for the master's and the workers' pod annotations: a new
+value (the chart's Secret deleted and made again, or the user's rotated, then `helm upgrade`)
+restarts them all, rather than leaving running pods on the old value to be refused by the next
+pod that starts. Empty when the user's Secret cannot be looked up (`helm template`). */}}
+{{- define "p2pcache.clusterSecretChecksum" -}}
+{{- if .Values.clusterSecret.enabled }}
+{{- if .Values.clusterSecret.existingSecret }}
+{{- with (lookup "v1" "Secret" .Release.Namespace .Values.clusterSecret.existingSecret) }}
+{{- index (default dict .data) $.Values.clusterSecret.key | default "" | sha256sum }}
+{{- end }}
+{{- else }}
+{{- include (print $.Template.BasePath "/cluster-secret.yaml") . | sha256sum }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* --tls-* args (for the worker also --tls-ca); call with (dict "ctx" $ "worker" true). */}}
 {{- define "p2pcache.tlsArgs" -}}
 {{- $tls := .ctx.Values.tls }}

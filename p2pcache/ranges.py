@@ -9,7 +9,8 @@ from .errors import RangeNotSatisfiable
 
 __all__ = ["ByteRange", "parse_range", "chunk_count", "chunk_length", "chunk_spans"]
 
-_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+# Blanks around "=" and "-" are tolerated; inside a number they make the header invalid ("1 0" is not 10).
+_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
 _HUGE = 1 << 64  # stands for any position past every object: beyond it, digits are not parsed
 
 
@@ -37,7 +38,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     """
     if header is None:
         return None
-    match = _RANGE.fullmatch(header.strip().replace(" ", ""))
+    match = _RANGE.fullmatch(header)
     if not match or match.group(1) == match.group(2) == "":
         return None
     first, last = match.group(1), match.group(2)

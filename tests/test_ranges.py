@@ -20,6 +20,7 @@ sizes = st.integers(min_value=0, max_value=10**12)
     ("bytes=50-5000", 100, (50, 100)),
     ("bytes=99-99", 100, (99, 100)),
     (" bytes=0-0 ", 1, (0, 1)),
+    ("bytes = 2 - 3", 100, (2, 4)),
 ])
 def test_valid_ranges(header, size, expected):
     assert parse_range(header, size)[:2] == expected
@@ -27,6 +28,7 @@ def test_valid_ranges(header, size, expected):
 
 @pytest.mark.parametrize("header", [
     None, "bytes=abc", "bytes=5-3", "bits=0-1", "bytes=0-1,3-4", "bytes=-", "bytes=", "0-10", "bytes=1-2-3",
+    "bytes=0-1 0", "bytes=1 0-20", "bytes=- 1 0", "by tes=0-1",
 ])
 def test_ignored_ranges_mean_the_whole_object(header):
     assert parse_range(header, 100) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Mapping
+from urllib.parse import unquote, unquote_to_bytes
 
 from p2pcache.errors import BadRequest, NotFound, ObjectChanged, Unsupported
 from p2pcache.objects import ChunkId
@@ -11,7 +12,7 @@ from p2pcache.objects import ChunkId
 if TYPE_CHECKING:  # not imported at run time: serving processes use this module without S3
     from .objects import ObjectCache
 
-__all__ = ["check_key", "check_object_query", "check_chunk", "check_chunk_object", "parse_hop",
+__all__ = ["object_path", "check_key", "check_object_query", "check_chunk", "check_chunk_object", "parse_hop",
            "UNSUPPORTED_PARAMS", "MAX_OBJECT_SIZE"]
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
@@ -24,6 +25,27 @@ _HOP = re.compile(r"[0-9]{1,3}")
 # answering them with the current version's bytes would be a silent lie.
 UNSUPPORTED_PARAMS = ("versionId", "acl", "tagging", "attributes", "torrent", "legal-hold",
                       "retention", "uploadId")
+
+
+def object_path(raw_path: str) -> tuple[str, str]:
+    """(bucket, key) that a path-style S3 request names, from its path as sent (percent-encoded):
+    ("", "") for the root (ListBuckets), (bucket, "") for a bucket.
+
+    Decoded here, not taken from aiohttp's `request.path`: yarl leaves an escape that is not
+    UTF-8 as it was, so `/b/%FF` would read as the key `%FF`, which is `/b/%25FF`'s, another
+    object's. An escaped "/" in the bucket part is no separator (`/b%2Fk` names the bucket
+    "b/k"), and `//b/k` names no bucket: both are InvalidBucketName, not a listing or `b/k`.
+    """
+    bucket, _, key = raw_path[1:].partition("/")
+    bucket = unquote(bucket, errors="replace")  # a replaced byte is no bucket character either
+    if (bucket or key) and not _BUCKET.fullmatch(bucket):
+        raise BadRequest(f"The specified bucket is not valid: {bucket!r}", code="InvalidBucketName")
+    try:
+        key = unquote_to_bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the key is not valid UTF-8") from None
+    check_key(key)
+    return bucket, key
 
 
 def check_key(key: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from dataclasses import dataclass
 from typing import AsyncGenerator, AsyncIterator, Callable
@@ -38,7 +37,6 @@ from .store import read_now, read_pieces, read_whole
 
 __all__ = ["Reads", "Read", "SMALL"]
 
-_BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")
 SMALL = 512 << 10  # as worker/chunks.py: sent as one Response
 MAX_CHUNKS = 64  # chunks a read may span and still be answered here (each is opened before the status line)
 OBJECT_CACHE = 10_000
@@ -190,18 +188,17 @@ class Reads:
         return True
 
     def _target(self, method: str, path: str, query: str, headers) -> tuple[str, str] | None:
-        """(bucket, key) of a plain GET this process may answer, or None."""
+        """(bucket, key) of a plain GET this process may answer, or None; `path` as sent."""
         if method != "GET" or query or path.startswith("/_p2p/") or not self.ttl:
             return None  # --meta-ttl 0: one HEAD per read, the coordinator's
-        bucket, _, key = path[1:].partition("/")
-        if not key or not _BUCKET.fullmatch(bucket) or (self.allowed and bucket not in self.allowed):
+        try:
+            bucket, key = inputs.object_path(path)
+        except P2PError:
+            return None  # the coordinator answers the error
+        if not key or (self.allowed and bucket not in self.allowed):
             return None
         if "Cache-Control" in headers or "x-amz-checksum-mode" in headers:
             return None  # an answer that depends on more than the object's identity and bytes
-        try:
-            inputs.check_key(key)
-        except P2PError:
-            return None
         return bucket, key
 
     def _planned(self, found: tuple[ObjectInfo, int], headers) -> tuple | None:

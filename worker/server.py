@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
 import socket
 import time
 import uuid
@@ -64,7 +63,6 @@ from .store import ChunkStore
 __all__ = ["Worker", "OPEN_ROUTES"]
 
 log = logging.getLogger("p2pcache.worker")
-_BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]*")  # S3's bucket name characters (never "_")
 # Internal routes open to anyone who reaches the worker (probes, Prometheus); the others need
 # the cluster secret's signature.
 OPEN_ROUTES = frozenset({"/_p2p/health", "/_p2p/ready", "/_p2p/metrics"})
@@ -118,18 +116,15 @@ class Worker:
             if method not in allowed:
                 raise web.HTTPMethodNotAllowed(method, allowed)
             return await handler(request)
-        bucket, _, key = path[1:].partition("/")
+        bucket, key = inputs.object_path(request.rel_url.raw_path)
         reader = self.readers.check(request, bucket) if self.readers else None
         if method not in ("GET", "HEAD"):
             raise ReadOnly(f"p2pcache is a read-only cache: {method} is not supported")
         if not bucket:
             return await self.list_buckets(request, reader)
-        if not _BUCKET.fullmatch(bucket):
-            raise BadRequest(f"The specified bucket is not valid: {bucket!r}", code="InvalidBucketName")
         self._check_bucket(bucket)
         if not key:
             return await self.bucket(request, bucket)
-        inputs.check_key(key)
         inputs.check_object_query(request.query)
         return await self.get_object(request, bucket, key)
 

@@ -242,8 +242,8 @@ class ServingProcess:
         if request.method != "GET":
             return None
         async with self.turns.turn(RequestLine(request)) as turn:
-            found = await self.reads.read(request.method, request.path, request.query_string, request.headers,
-                                          request)
+            found = await self.reads.read(request.method, request.rel_url.raw_path, request.query_string,
+                                          request.headers, request)
             if found is None:
                 return None
             resp = body_response(request, found.status, found.headers, found.length)

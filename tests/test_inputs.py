@@ -162,6 +162,14 @@ async def test_control_characters_in_keys_never_reach_a_header(cluster, bucket, 
             ET.fromstring(reply.body)  # still well-formed XML for SDKs
 
 
+async def test_a_reason_is_escaped_once_whichever_process_answers(cluster_factory, bucket):
+    cluster = await cluster_factory(1, serve_processes=2)
+    for _ in range(6):  # new connections: both processes answer some
+        reply = await exchange(cluster.workers[0].url, request_bytes("GET", f"/{bucket}/a%00b%C3%A9"))
+        assert reply.status == 404
+        assert reply.headers["x-p2p-reason"].endswith("a\\x00b\\xe9"), reply.headers["x-p2p-reason"]
+
+
 async def test_malformed_requests_are_answered_and_logged_once_per_client_without_a_traceback(cluster_factory,
                                                                                               caplog):
     # One process per worker: its log records are this process's, where caplog sees them (serving

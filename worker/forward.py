@@ -34,7 +34,8 @@ LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving proces
 OBJECT_PATH, REPORT_PATH, REST_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report", LOCAL_PREFIX + "rest"
 RING_PATH, DOWN_PATH = LOCAL_PREFIX + "ring", LOCAL_PREFIX + "down"
 TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
-_ERROR_HEADERS = ("Retry-After", ORIGIN_HEADER, "ETag", "Content-Range")  # what an error's answer may set
+# What an error answer may set; its reason as given (escaped once: worker/http.py `header_text`).
+_ERROR_HEADERS = ("Retry-After", ORIGIN_HEADER, "ETag", "Content-Range", REASON_HEADER)
 _MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.S)
 
 

@@ -136,6 +136,17 @@ def test_a_hung_earlier_holder_and_a_fill_from_s3_fit_in_the_peer_timeout(tmp_pa
     assert config.holder_timeout() <= 10
 
 
+@pytest.mark.parametrize("deadline", ["0", "1", "15", "30", "31", "45", "600"])
+def test_a_hung_primary_and_a_fill_from_s3_fit_in_the_peer_timeout(tmp_path, deadline):
+    """A follower's fill asks its primary (a hung one costs it the primary timeout), then S3 (up
+    to --origin-deadline), while the peer that asked it for the chunk waits the peer timeout: it
+    must wait longer (test_serve_failures.py). A healthy primary may wait out a hung earlier holder
+    before it asks S3: the follower waits for that, and for S3's first byte after it."""
+    config = worker_config(tmp_path, "--master", MASTER, "--origin-deadline", deadline)
+    assert config.primary_timeout() + config.origin_deadline < config.peer_timeout()
+    assert config.primary_timeout() >= config.holder_timeout() + config.origin_read_timeout
+
+
 def test_a_master_with_a_chunk_size_it_cannot_work_with_exits_with_one_line():
     result = run("master", "--listen", "127.0.0.1:0", "--chunk-size", "0")
     assert result.returncode == 2 and "ready" not in result.stdout

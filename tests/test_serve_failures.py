@@ -67,6 +67,17 @@ def _moving(s3_client, bucket: str, placement, holder_id: str, joiner_id: str) -
     raise AssertionError(f"no object whose chunk moves from {holder_id} to {joiner_id}")
 
 
+def _replicated(s3_client, bucket: str, placement, primary_id: str, follower_id: str) -> tuple[str, bytes, ChunkId]:
+    """A new one-chunk object whose chunk has `primary_id` as its primary and `follower_id` as its follower."""
+    for i in range(50):  # one in 6 with 3 workers
+        key, body = f"replicated{i}.bin", random.Random(i).randbytes(CHUNK)
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+        c = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], CHUNK).chunk(0, CHUNK)
+        if [w.id for w in placement.owners(c)[:2]] == [primary_id, follower_id]:
+            return key, body, c
+    raise AssertionError(f"no object whose chunk {primary_id} and then {follower_id} own")
+
+
 async def test_an_origin_failure_at_the_owner_is_asked_for_once_per_read(cluster_factory, fault_proxy,
                                                                          s3_client, bucket):
     """S3 stalls every ranged GET: the owner's fill fails after --origin-deadline. The reader's
@@ -256,5 +267,38 @@ async def test_a_new_owner_gives_up_on_a_hung_earlier_holder_before_its_reader_g
         asked = proxy.targets[asked_before:]
         assert len(asked) == 1 and "local=1" in asked[0], asked  # before: the workers filling in asked it too
         assert s3.get_bytes - s3_before == c.length  # before: at times twice
+    finally:
+        await proxy.stop()
+
+
+@pytest.mark.parametrize("serve_processes", [1, 2])
+async def test_a_follower_gives_up_on_a_hung_primary_before_its_reader_gives_up_on_it(
+        cluster_factory, s3, s3_client, bucket, serve_processes):
+    """With --replicas 2, a read at a third worker asks a chunk's follower, which lacks it and
+    asks its primary first: a hung one (it accepts connections and never answers). The follower
+    gives up on it after the primary timeout (2.7 s here) and fills from S3 while the reader
+    still waits (the peer timeout, 4 s). Before, both waited the peer timeout: the reader failed
+    the follower over, then the hung primary, and filled the chunk itself (S3 sent it twice)."""
+    cluster = await cluster_factory(1, replicas=2, serve_processes=1, peer_read_timeout=4.0, origin_deadline=0.5)
+    follower = cluster.workers[0]
+    # Each reader starts at its own one of a chunk's owners (routing.read_order): one that starts at the second.
+    pair = (WorkerInfo("primary", ""), WorkerInfo("follower", ""))
+    reader_id = next(f"r{i}" for i in range(20) if routing.read_order(pair, 2, f"r{i}")[0] is pair[1])
+    reader = await cluster.add_worker(worker_id=reader_id, serve_processes=serve_processes)
+    primary, proxy = await _behind_proxy(cluster, serve_processes=1)
+    try:
+        key, body, c = _replicated(s3_client, bucket, reader.placement, primary.id, follower.id)
+        proxy.mode = "hang"
+        async with aiohttp.ClientSession() as http:
+            failures = await metric(http, reader.url, "p2pcache_peer_failures_total")
+            s3_before = s3.get_bytes
+            async with http.get(f"{reader.url}/{bucket}/{key}") as resp:
+                assert resp.status == 200 and await resp.read() == body
+            # The reader waited for the follower and took the chunk from it (before: it failed
+            # the follower over, then the primary); the follower gave up on its primary once.
+            assert await metric(http, reader.url, "p2pcache_peer_failures_total") == failures
+            assert await metric(http, follower.url, "p2pcache_peer_failures_total") == 1
+        assert len(proxy.targets) == 1 and "local=1" not in proxy.targets[0], proxy.targets  # the follower's
+        assert s3.get_bytes - s3_before == c.length  # before: twice (the follower's fill and the reader's)
     finally:
         await proxy.stop()

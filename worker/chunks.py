@@ -259,7 +259,7 @@ class Chunks:
         """The bytes, not cached: from the primary if this worker copies from one, else S3."""
         if source is not None and not self._down.down(source.id):
             try:
-                stream = await self._peers.open(source, c, offset, length, hop + 1)
+                stream = await self._peers.open(source, c, offset, length, hop + 1, primary=True)
                 self._m.passthrough_bytes.inc(length)
                 return stream
             except PeerError as exc:
@@ -269,13 +269,15 @@ class Chunks:
 
     async def _fill(self, c: ChunkId, source: WorkerInfo | None, hop: int, holder: str | None,
                     origin: bool) -> None:
+        """A primary (`source`) is given the primary timeout (worker/config.py): a hung one fails
+        here, and S3 fills the chunk, before the peer waiting on this fill gives up on us."""
         if c.name in self.store:  # filled while this flight was being set up
             return
         self._m.fills_in_flight.inc()
         try:
             if source is not None and not self._down.down(source.id):  # failed lately: S3 has the bytes
                 try:
-                    stream = await self._peers.open(source, c, 0, c.length, hop + 1)
+                    stream = await self._peers.open(source, c, 0, c.length, hop + 1, primary=True)
                     return await self._write(c, stream, self._m.peer_bytes)
                 except PeerError as exc:
                     self.peer_failed(source.id)

@@ -72,6 +72,23 @@ class WorkerConfig:
         each fill that meets it this long (it is then not asked for 5 s: worker/routing.py)."""
         return min(10.0, self.peer_timeout() / 3)
 
+    def primary_timeout(self) -> float:
+        """Seconds a follower's primary may send nothing (a follower fills a chunk from it).
+
+        The peer that waits on the follower's fill gives up after `peer_timeout()`; after a hung
+        primary the follower still fills from S3 (--origin-deadline), so both, and a tenth of
+        that timeout of slack (the rest of the fill, a busy loop), must fit in it, or the peer
+        fails the follower over for its primary's fault. Yet a healthy primary may itself wait
+        for a hung earlier holder, then for S3: twice the holder timeout leaves as long again for
+        S3. That is 20 s with every --origin-deadline (the peer timeout is at least twice it), and
+        what a hung primary costs each fill that meets it (then it is not asked for 5 s:
+        worker/routing.py). Only a short `peer_read_timeout` (tests) makes the peer's bound the
+        smaller, and then it wins, even below the holder timeout; where --origin-deadline leaves
+        no room at all, the slack: the peer then gives up on the follower only if S3 takes the
+        other nine tenths."""
+        slack = self.peer_timeout() / 10
+        return max(slack, min(2 * self.holder_timeout(), self.peer_timeout() - self.origin_deadline - slack))
+
     def handoff_rate(self) -> float:
         """Bytes per second the rebalancer hands chunks over at (a draining worker: unlimited)."""
         return self.rebalance_rate or (self.egress_limit / 4 if self.egress_limit else 256 << 20)

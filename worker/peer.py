@@ -131,33 +131,38 @@ class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, connect_timeout: float = 2.0,
                  read_timeout: float = 60.0, signer: Signer | None = None,
                  on_corrupt: Callable[[], None] = lambda: None, *, piece: Callable[[], int],
-                 holder_timeout: float | None = None) -> None:
+                 holder_timeout: float | None = None, primary_timeout: float | None = None) -> None:
         """`piece()`: the size of the next piece a local stream reads (worker/budget.py).
 
         `read_timeout`: seconds a peer may send nothing (its answer may wait for its fill);
-        `holder_timeout`: the same for a `local` request (WorkerConfig.holder_timeout), which
-        must be shorter: the peer that waits on our fill gives up on us after `read_timeout`.
-        None: `read_timeout` (a client that never asks a holder)."""
+        `holder_timeout` and `primary_timeout`: the same for a `local` and a `primary` request
+        (WorkerConfig.holder_timeout, .primary_timeout), which must be shorter: the peer that
+        waits on our fill gives up on us after `read_timeout`. None: `read_timeout` (a client
+        that never asks a holder, or a primary)."""
         self._session = session
         self._on_corrupt = on_corrupt
         self._piece = piece
         self._signer = signer or Signer(None)
-        self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
-        self._holder_timeout = self._timeout if holder_timeout is None else aiohttp.ClientTimeout(
-            sock_connect=connect_timeout, sock_read=holder_timeout)
+
+        def between_bytes(seconds: float | None) -> aiohttp.ClientTimeout:
+            return aiohttp.ClientTimeout(sock_connect=connect_timeout,
+                                         sock_read=read_timeout if seconds is None else seconds)
+        self._timeout = between_bytes(read_timeout)
+        self._holder_timeout, self._primary_timeout = between_bytes(holder_timeout), between_bytes(primary_timeout)
 
     async def open(self, peer: WorkerInfo, c: ChunkId, offset: int, length: int,
-                   hop: int = 1, local: bool = False) -> PeerStream:
+                   hop: int = 1, local: bool = False, primary: bool = False) -> PeerStream:
         """Ask `peer` for `length` bytes of chunk `c` from `offset`; waits for its fill.
 
         With `local`, only if the peer holds the chunk (NotCached otherwise): no fill, no S3,
-        so it is waited for only `holder_timeout` between bytes.
+        so it is waited for only `holder_timeout` between bytes. With `primary` (a follower
+        filling from its primary), for `primary_timeout`.
         """
         start, stop = blocksums.aligned(offset, length, c.length)
         headers = {"Range": f"bytes={start}-{stop - 1}", HOP_HEADER: str(hop)}
         params = chunk_params(c) | ({"local": "1"} if local else {})
-        resp = await self._get(peer, CHUNK_PATH, params, headers,
-                               self._holder_timeout if local else self._timeout)
+        timeout = self._holder_timeout if local else self._primary_timeout if primary else self._timeout
+        resp = await self._get(peer, CHUNK_PATH, params, headers, timeout)
         if resp.status in (200, 206):
             return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt, self._piece)
         raise _error(peer, c, resp)

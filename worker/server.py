@@ -169,7 +169,8 @@ class Worker:
         self.turns = Turns(cfg.max_reads or budget.floor_streams, cfg.read_wait, cfg.send_timeout,
                            self.metrics.stalled.inc)
         peers = PeerClient(session, read_timeout=cfg.peer_timeout(), holder_timeout=cfg.holder_timeout(),
-                           signer=self._signer, on_corrupt=self.metrics.corrupt_transfers.inc, piece=budget.piece)
+                           primary_timeout=cfg.primary_timeout(), signer=self._signer,
+                           on_corrupt=self.metrics.corrupt_transfers.inc, piece=budget.piece)
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
                                      placement=self._placement, rate=cfg.handoff_rate(), keeps=self.keeps)
         self.parts = Parts(self.origin)

@@ -34,7 +34,10 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 
     As S3 does, a header that is syntactically invalid, not in bytes, or asks
     for several ranges is ignored (None). A valid range that selects nothing
-    raises RangeNotSatisfiable; for an empty object every range does.
+    raises RangeNotSatisfiable: for an empty object every `first-` range does,
+    while a suffix (`-n`, n > 0) is satisfiable on any object (RFC 9110 14.1.1):
+    on an empty one it is the whole of it, none, as readers of a file's tail
+    (Parquet footers) expect of S3.
     """
     if header is None:
         return None
@@ -44,9 +47,9 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     first, last = match.group(1), match.group(2)
     if first == "":  # suffix: the last n bytes
         n = _number(last)
-        if n == 0 or size == 0:
+        if n == 0:
             raise RangeNotSatisfiable(size)
-        return ByteRange(max(0, size - n), size, size)
+        return ByteRange(max(0, size - n), size, size) if size else None
     start = _number(first)
     if last != "" and _digits_below(last, first):
         return None

@@ -34,8 +34,12 @@ def test_ignored_ranges_mean_the_whole_object(header):
     assert parse_range(header, 100) is None
 
 
+def test_a_suffix_of_an_empty_object_is_all_of_it():
+    assert parse_range("bytes=-1", 0) is None and parse_range("bytes=-5000", 0) is None
+
+
 @pytest.mark.parametrize("header,size", [
-    ("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-1", 0),
+    ("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=0-0", 0), ("bytes=-0", 0),
 ])
 def test_unsatisfiable_ranges_carry_the_size(header, size):
     with pytest.raises(RangeNotSatisfiable) as info:
@@ -61,9 +65,11 @@ def test_int_range_is_clamped_or_unsatisfiable(size, first, last):
 @given(size=sizes, n=st.integers(0, 10**13))
 def test_suffix_range_is_the_tail(size, n):
     header = f"bytes=-{n}"
-    if n == 0 or size == 0:
+    if n == 0:
         with pytest.raises(RangeNotSatisfiable):
             parse_range(header, size)
+    elif size == 0:
+        assert parse_range(header, size) is None  # all of nothing: 200, not 416
     else:
         assert parse_range(header, size) == ByteRange(max(0, size - n), size, size)
 
@@ -107,7 +113,7 @@ def _reference(header: str, size: int):
         first, last = re.fullmatch(r"bytes=([0-9]*)-([0-9]*)", header).groups()
         if first == "":
             n = int(last)
-            return "416" if n == 0 or size == 0 else (max(0, size - n), size)
+            return "416" if n == 0 else (max(0, size - n), size) if size else None
         if last != "" and int(last) < int(first):
             return None
         if int(first) >= size:

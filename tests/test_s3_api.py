@@ -129,6 +129,25 @@ async def test_missing_bucket_is_nosuchbucket(cluster):
     await asyncio.to_thread(check)
 
 
+async def test_ranges_of_an_empty_object_are_answered_as_s3_answers_them(cluster, bucket, s3_client):
+    s3_client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    cache = cache_client(cluster.workers[0].url)
+
+    def answer(client, rng):
+        try:
+            got = client.get_object(Bucket=bucket, Key="empty", Range=rng)
+            return got["ResponseMetadata"]["HTTPStatusCode"], got["Body"].read()
+        except ClientError as exc:
+            return exc.response["ResponseMetadata"]["HTTPStatusCode"], exc.response["Error"]["Code"]
+
+    def check():
+        for rng in ("bytes=-1", "bytes=-5000", "bytes=0-", "bytes=0-0", "bytes=5-9", "bytes=-0", "bytes=x"):
+            assert answer(cache, rng) == answer(s3_client, rng), rng
+        assert answer(cache, "bytes=-1") == (200, b"")  # a tail reader's first read of a file
+
+    await asyncio.to_thread(check)
+
+
 async def test_an_invalid_bucket_name_is_invalidbucketname(cluster):
     # boto3 refuses such names before sending: ask over plain HTTP, as curl would.
     async with cluster.session.get(f"{cluster.workers[0].url}/bad_bucket!/k") as resp:

@@ -4,6 +4,8 @@ Each file is read owner-direct by the loader client (`Client.download`: chunks
 in parallel, written to a temp file, renamed in). A file counts as complete
 when its size and the ETag recorded for it in `DIR/.p2pcache-sync.json` match
 the listing, so a restarted init container copies only what is missing or changed.
+A key's path under the prefix is its file's path, part for part, so two keys never share a file;
+a key whose path cannot be one (`a//b`, `x/./y`, `a` beside `a/b`) fails alone.
 One sync at a time writes into a directory (a lock on `DIR/.p2pcache-sync.lock`), so
 the temp files it finds next to its files are left by one that was killed: removed.
 """
@@ -19,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
 from . import tls
@@ -97,28 +99,33 @@ async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int 
     objects = exact or [o for o in listed if o["Key"].startswith(base) and not o["Key"].endswith("/")]
     if not objects:
         raise NotFound(f"no objects under s3://{bucket}/{prefix}")
-    result = SyncResult(copied=[], skipped=[], failed={}, bytes=0)
-    targets = []
-    for o in objects:
-        try:
-            targets.append((o, _target(root, base, o["Key"])))
-        except ValueError as exc:
-            result["failed"][o["Key"]] = str(exc)
+    paths, refused = _targets(root, base, [o["Key"] for o in objects])
+    result = SyncResult(copied=[], skipped=[], failed=dict(refused), bytes=0)
+    targets = [(o, paths[o["Key"]]) for o in objects if o["Key"] in paths]
     await loop.run_in_executor(None, lambda: root.mkdir(parents=True, exist_ok=True))
     async with _locked(root):
         await loop.run_in_executor(None, _remove_stale_temp_files, [path for _, path in targets])
-        await _copy(client, bucket, root, targets, result, files, progress)
+        await _copy(client, bucket, root, targets, set(refused), result, files, progress)
     return result
 
 
-async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dict, Path]], result: SyncResult,
-                files: int, progress: Callable[[int, int], None] | None) -> None:
+async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dict, Path]], refused: set[str],
+                result: SyncResult, files: int, progress: Callable[[int, int], None] | None) -> None:
     loop = asyncio.get_running_loop()
     manifest = await loop.run_in_executor(None, _load, root / MANIFEST)
+    # An entry for a key with no file of its own was made by a sync that mapped such keys onto
+    # other keys' files (`a//b` onto `a/b`): none of the files it recorded is trusted.
+    trusted = not refused & manifest.keys()
+    for key in refused:
+        manifest.pop(key, None)
+    if not trusted:
+        log.warning("%s records keys that cannot be files there (an earlier p2pcache wrote them over other "
+                    "keys' files): copying every file again", root / MANIFEST)
     todo = []
     for o, path in targets:
         entry = manifest.get(o["Key"])
-        if entry == {"size": o["Size"], "etag": o["ETag"]} and await loop.run_in_executor(None, _size, path) == o["Size"]:
+        if trusted and entry == {"size": o["Size"], "etag": o["ETag"]} and \
+                await loop.run_in_executor(None, _size, path) == o["Size"]:
             result["skipped"].append(o["Key"])
         else:
             todo.append((o, path))
@@ -189,12 +196,46 @@ def _remove_stale_temp_files(paths: list[Path]) -> None:
                         os.unlink(entry.path)
 
 
-def _target(root: Path, base: str, key: str) -> Path:
-    """Where a key under the directory `base` (or named by it) goes; one that would land outside `root` is refused."""
-    rel = PurePosixPath(key[len(base):].lstrip("/") if key.startswith(base) else PurePosixPath(key).name)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name in (MANIFEST, LOCK):
-        raise ValueError(f"key {key!r} cannot be a file under {root}")
-    return root.joinpath(*rel.parts)
+def _targets(root: Path, base: str, keys: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """Each key's file under `root` ({key: path}), or why it has none ({key: reason}).
+
+    The path of a key under the directory `base` (of the key `base` names: its name) is its file's
+    path under `root`, part for part. Then the file maps back to one key, and no key lands outside
+    `root`: a path with an empty part (`//`, a leading `/`), a `.` or `..` part, or the name of
+    sync's own files has no file; nor does one that is the directory of another key's file (`a`
+    beside `a/b`: the directory wins, whatever order the copies run in).
+    """
+    rels: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for key in keys:
+        rel = key[len(base):] if key.startswith(base) else key.rpartition("/")[2]
+        why = _unfit(rel)
+        if why:
+            refused[key] = f"cannot be a file under {root}: {why}"
+        else:
+            rels[key] = rel
+    directories: dict[str, str] = {}  # a directory's path -> the first key under it
+    for key, rel in rels.items():
+        parts = rel.split("/")
+        for n in range(1, len(parts)):
+            directories.setdefault("/".join(parts[:n]), key)
+    for key, rel in rels.items():
+        if rel in directories:
+            refused[key] = (f"cannot be a file under {root}: {rel!r} is the directory of key "
+                            f"{directories[rel]!r}")
+    return {key: root.joinpath(*rel.split("/")) for key, rel in rels.items() if key not in refused}, refused
+
+
+def _unfit(rel: str) -> str:
+    """Why the path `rel` cannot be a file's path under the directory, part for part ("" if it can)."""
+    parts = rel.split("/")
+    if "" in parts:
+        return f"its path {rel!r} has an empty part (a leading '/' or '//')"
+    if "." in parts or ".." in parts:
+        return f"its path {rel!r} has a {'..' if '..' in parts else '.'!r} part"
+    if parts[-1] in (MANIFEST, MANIFEST + ".tmp", LOCK):
+        return f"{parts[-1]!r} is the name of sync's own file"
+    return ""
 
 
 def _size(path: Path) -> int | None:

@@ -244,6 +244,18 @@ async def test_p2pcache_get_without_a_reachable_master_fails_with_one_line(bucke
                                  "127.0.0.1:9 ssl:default [Connect call failed ('127.0.0.1', 9)]\n")
 
 
+async def test_an_empty_key_is_refused_at_once_without_blaming_a_worker(cluster, s3_client, bucket, caplog):
+    """HEAD /bucket/ is S3's HeadBucket, whose answer has no ETag: no worker is asked for it."""
+    put(s3_client, bucket, "k.bin", 10, seed=3)
+    async with Client(cluster.master.url) as client:
+        for call in (client.read(bucket, ""), client.stat(bucket, ""), client.read_into(bucket, "", bytearray(4)),
+                     client.open(bucket, ""), client.download(bucket, "", "/nonexistent-dir/x")):
+            with pytest.raises(ValueError, match=f"s3://{bucket}/ names no object: the key is empty"):
+                await call
+        assert await client.read(bucket, "k.bin", 0, 2)  # the client is fine
+    assert "trying the next worker" not in caplog.text and "without ETag" not in caplog.text
+
+
 async def test_many_concurrent_reads_share_one_client(cluster, s3_client, bucket):
     size = 6 * CHUNK
     body = put(s3_client, bucket, "c.bin", size, seed=13)

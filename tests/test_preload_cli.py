@@ -141,6 +141,17 @@ async def test_bad_arguments_exit_2_with_one_line(cluster, tmp_path):
                                        f"No such file or directory", err
 
 
+async def test_a_workers_url_as_master_is_named_as_such(cluster, bucket):
+    worker = cluster.workers[0].url
+    for args in (["status"], ["preload", f"s3://{bucket}/m/"], ["unpin", f"s3://{bucket}/m/"],
+                 ["preload", "--follow", "abc"]):
+        code, out, err = await run(*args, "--master", worker)
+        assert (code, out) == (1, ""), (args, err)
+        assert err.startswith(f"p2pcache {args[0]}: {worker} did not answer as a p2pcache master (it answered as a "
+                              f"worker: ") and err.endswith("): is it the master's URL?\n"), err
+        assert err.count("\n") == 1 and "<" not in err, err
+
+
 async def test_a_secret_file_on_the_command_line_beats_the_environment(cluster, tmp_path):
     (tmp_path / "ok.sec").write_bytes(SECRET + b"\n")
     master = ["--master", cluster.master.url, "--cluster-secret-file", str(tmp_path / "ok.sec")]

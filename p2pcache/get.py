@@ -13,7 +13,7 @@ from typing import AsyncIterator, Callable, TextIO
 from . import tls
 from .cli import describe, run_command
 from .client import Client
-from .config import add_flag, add_reader_key_flags, http_url, reader_key
+from .config import add_flag, add_reader_key_flags, master_url, reader_key, split_s3_url
 from .errors import BadRequest, NotFound, ObjectChanged, RangeNotSatisfiable
 from .ranges import parse_range
 from .sizes import format_size
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only bytes A to B inclusive (A- to the end, -N the last N)")
     p.add_argument("--progress", action="store_true",
                    help="show progress on stderr even when it is not a terminal")
-    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
+    add_flag(p, "--master", "URL of the master", type=master_url, required=True)
     add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
              "system's", default="")
@@ -45,9 +45,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def parse_url(url: str) -> tuple[str, str]:
-    """`s3://bucket/key` (or `bucket/key`) -> (bucket, key)."""
-    bucket, _, key = url.removeprefix("s3://").partition("/")
-    if not bucket or not key:
+    """`s3://bucket/key` -> (bucket, key); a ValueError naming that form otherwise."""
+    bucket, key = split_s3_url(url, "s3://bucket/key")
+    if not key:
         raise ValueError(f"{url!r} names no object: use s3://bucket/key")
     return bucket, key
 
@@ -129,7 +129,7 @@ def _range_arg(text: str) -> str:
 
 def _describe(exc: Exception, args: argparse.Namespace) -> str:
     if isinstance(exc, NotFound):
-        bucket = args.url.removeprefix("s3://").partition("/")[0]
+        bucket = parse_url(args.url)[0]
         return f"no such bucket: {bucket}" if exc.code == "NoSuchBucket" else f"no such object: {args.url}"
     if isinstance(exc, RangeNotSatisfiable):
         return f"range {args.byte_range} is outside the object ({exc.size} bytes)"

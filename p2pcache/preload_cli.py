@@ -12,7 +12,7 @@ from typing import Callable, TextIO
 from .admin_client import AdminClient
 from .auth import load_secret
 from .cli import run_command
-from .config import add_flag, add_secret_flags, http_url, s3_url
+from .config import add_flag, add_secret_flags, master_url, s3_url
 from .errors import P2PError, Unavailable
 from .sizes import format_size
 from . import tls
@@ -24,7 +24,7 @@ BAR = 24
 
 
 def add_master_flags(p: argparse.ArgumentParser) -> None:
-    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
+    add_flag(p, "--master", "URL of the master", type=master_url, required=True)
     add_secret_flags(p)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master, on top of the system's", default="")
 

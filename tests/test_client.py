@@ -229,13 +229,20 @@ async def test_p2pcache_get_fails_with_one_line_and_exit_code_1(cluster, s3_clie
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{bucket}", "--master", "{master}"], "names no object"),
-    (["s3://{bucket}/g.bin", "--master", "notaurl"], "'notaurl' is not an http:// or https:// URL"),
+    (["s3://{bucket}", "--master", "{master}"], "names no object: use s3://bucket/key"),
+    (["s3://{bucket}/", "--master", "{master}"], "names no object: use s3://bucket/key"),
+    (["{bucket}/g.bin", "--master", "{master}"], "'{bucket}/g.bin' is not an s3://bucket/key URL"),
+    (["http://{bucket}/g.bin", "--master", "{master}"], "'http://{bucket}/g.bin' is not an s3://bucket/key URL"),
+    (["s3://{bucket}/g.bin", "--master", "notaurl"], "--master: url 'notaurl' must be http:// or https://"),
+    (["s3://{bucket}/g.bin", "--master", "{master}/x"], "--master: url '{master}/x' must not have a path"),
     (["s3://{bucket}/g.bin", "--master", "{master}", "--range", "x"], "invalid range 'x'"),
 ])
-async def test_p2pcache_get_with_bad_arguments_exits_2(cluster, bucket, args, message):
+async def test_p2pcache_get_with_bad_arguments_exits_2(cluster, s3_client, bucket, args, message):
+    put(s3_client, bucket, "g.bin", 100, seed=12)  # there to be read, were the arguments taken
     code, out, err = await p2pcache_get(*[a.format(bucket=bucket, master=cluster.master.url) for a in args])
-    assert (code, out) == (2, b"") and message in err and "Traceback" not in err, err
+    assert (code, out) == (2, b"") and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("p2pcache get: error: argument ") and \
+        message.format(bucket=bucket, master=cluster.master.url) in err, err
 
 
 async def test_p2pcache_get_without_a_reachable_master_fails_with_one_line(bucket):

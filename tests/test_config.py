@@ -51,3 +51,19 @@ def test_the_readme_names_the_command_flags_that_have_no_variable():
     plain = {a.option_strings[0] for name in COMMANDS for a in sub.choices[name]._actions
              if a.option_strings and "[env P2PCACHE_" not in (a.help or "") and a.option_strings[0] != "-h"}
     assert named == plain
+
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_a_master_url_by_the_workers_rule(command, capsys):
+    url = [] if command in ("status", "preload") else ["s3://b/k"] + (["d"] if command == "sync" else [])
+    assert parse(command, *url, "--master", "http://m:7070/").master == "http://m:7070"  # a trailing / is no path
+    for master, why in (("http://m:7070/ring", "must not have a path, query or fragment"),
+                        ("http://m:7070?x", "must not have a path, query or fragment"),
+                        ("m:7070", "must be http:// or https://"),
+                        ("http://u@m:7070", "must name a host (and a port from 1 to 65535), no user")):
+        with pytest.raises(SystemExit) as stop:
+            parse(command, *url, "--master", master)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"p2pcache {command}: error: argument --master: url " \
+                                                          f"{master!r} {why}"

@@ -8,13 +8,15 @@ command line, or both in the environment, conflict.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from typing import Callable
 
 from .members import check_url
 from .sizes import parse_size
 
 __all__ = ["add_flag", "add_security_flags", "add_secret_flags", "add_reader_key_flags", "reader_key",
-           "parse_listen", "size_arg", "env_name", "split_s3_url", "s3_url", "master_url"]
+           "parse_listen", "size_arg", "number_arg", "env_name", "split_s3_url", "s3_url", "master_url"]
 
 _GIVEN = "_flags_given"  # the namespace's set of flags given on the command line
 
@@ -70,6 +72,22 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"invalid listen address {text!r}: use HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def number_arg(kind: type[int] | type[float], low: float) -> Callable[[str], float]:
+    """argparse type of a finite number of at least `low`: `--files 0` is refused, not clamped."""
+    want = f"a {'whole ' if kind is int else ''}number of at least {low:g}"
+
+    def number(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be {want}, not {text!r}")
+        return value
+
+    return number
 
 
 def split_s3_url(text: str, form: str = "s3://bucket/prefix") -> tuple[str, str]:

@@ -27,7 +27,7 @@ from typing import Callable
 from . import tls
 from .cli import run_command
 from .client import TEMP_NAME, Client
-from .config import add_flag, add_reader_key_flags, master_url, reader_key, s3_url, split_s3_url
+from .config import add_flag, add_reader_key_flags, master_url, number_arg, reader_key, s3_url, split_s3_url
 from .errors import NotFound, P2PError
 from .get import Progress
 from .sizes import format_size
@@ -49,10 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", metavar="s3://bucket/prefix", type=s3_url,
                    help="the prefix to copy, a directory as in `aws s3 sync` (or a key: that object alone)")
     p.add_argument("dir", help="the local directory (created if missing); keys keep their path under the prefix")
-    p.add_argument("--files", type=int, default=4, help="files copied at once (default 4)")
+    p.add_argument("--files", type=number_arg(int, 1), default=4, help="files copied at once (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_flag(p, "--master", "URL of the master", type=master_url, required=True)
-    add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
+    add_flag(p, "--concurrency", "chunk requests in flight", type=number_arg(int, 1), default=16)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
              "system's", default="")
     add_reader_key_flags(p)

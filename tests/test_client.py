@@ -236,6 +236,11 @@ async def test_p2pcache_get_fails_with_one_line_and_exit_code_1(cluster, s3_clie
     (["s3://{bucket}/g.bin", "--master", "notaurl"], "--master: url 'notaurl' must be http:// or https://"),
     (["s3://{bucket}/g.bin", "--master", "{master}/x"], "--master: url '{master}/x' must not have a path"),
     (["s3://{bucket}/g.bin", "--master", "{master}", "--range", "x"], "invalid range 'x'"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--range", "5-2"], "range '5-2' selects no byte"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--range", "-0"], "range '-0' selects no byte"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--concurrency", "0"],
+     "--concurrency: must be a whole number of at least 1, not '0'"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--concurrency", "-1"], "--concurrency: must be a whole number"),
 ])
 async def test_p2pcache_get_with_bad_arguments_exits_2(cluster, s3_client, bucket, args, message):
     put(s3_client, bucket, "g.bin", 100, seed=12)  # there to be read, were the arguments taken

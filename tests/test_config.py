@@ -67,3 +67,32 @@ def test_every_command_takes_a_master_url_by_the_workers_rule(command, capsys):
         assert stop.value.code == 2
         assert capsys.readouterr().err.splitlines()[-1] == f"p2pcache {command}: error: argument --master: url " \
                                                           f"{master!r} {why}"
+
+
+
+@pytest.mark.parametrize(("argv", "why"), [
+    (["get", "s3://b/k", "--concurrency", "0"], "--concurrency: must be a whole number of at least 1, not '0'"),
+    (["get", "s3://b/k", "--concurrency", "1.5"], "--concurrency: must be a whole number of at least 1, not '1.5'"),
+    (["sync", "s3://b/p/", "d", "--files", "-3"], "--files: must be a whole number of at least 1, not '-3'"),
+    (["preload", "s3://b/p/", "--interval", "nan"], "--interval: must be a number of at least 0, not 'nan'"),
+    (["preload", "s3://b/p/", "--wait-ready", "inf"], "--wait-ready: must be a number of at least 0, not 'inf'"),
+    (["get", "s3://b/k", "--range", "5-2"], "--range: range '5-2' selects no byte: use A-B with A <= B, or -N with N > 0"),
+    (["get", "s3://b/k", "--range", "10-" + "9" * 5000], None),  # digits of any length, compared, not converted
+])
+def test_numbers_out_of_their_range_stop_the_parse(argv, why, capsys):
+    command = argv[0]
+    if why is None:
+        assert parse(*argv, "--master", "http://m").byte_range
+        return
+    with pytest.raises(SystemExit) as stop:
+        parse(*argv, "--master", "http://m")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"p2pcache {command}: error: argument {why}"
+
+
+def test_a_number_from_the_environment_is_checked_too(monkeypatch, capsys):
+    monkeypatch.setenv("P2PCACHE_CONCURRENCY", "0")
+    with pytest.raises(SystemExit):
+        parse("sync", "s3://b/p/", "d", "--master", "http://m")
+    assert capsys.readouterr().err.endswith("argument --concurrency: must be a whole number of at least 1, not '0'\n")
+    assert parse("sync", "s3://b/p/", "d", "--master", "http://m", "--concurrency", "3").concurrency == 3

@@ -136,7 +136,12 @@ async def test_bad_arguments_exit_2_with_one_line(cluster, tmp_path):
                       (["status", "--master", cluster.master.url + "/status"],
                        f"url '{cluster.master.url}/status' must not have a path, query or fragment"),
                       (["unpin", "s3://b/m/", "--master", cluster.master.url + "?x=1"], "must not have a path"),
-                      (["sync", "s3://b/m/", "d", "--master", "http://127.0.0.1:9/x"], "must not have a path")):
+                      (["sync", "s3://b/m/", "d", "--master", "http://127.0.0.1:9/x"], "must not have a path"),
+                      (["sync", "s3://b/m/", "d", "--files", "0"], "--files: must be a whole number of at least 1"),
+                      (["sync", "s3://b/m/", "d", "--files", "-3"], "--files: must be a whole number of at least 1"),
+                      (["sync", "s3://b/m/", "d", "--concurrency", "0"], "--concurrency: must be a whole number"),
+                      (["preload", "s3://b/m/", "--interval", "-1"], "--interval: must be a number of at least 0"),
+                      (["preload", "s3://b/m/", "--wait-ready", "-5"], "--wait-ready: must be a number of at least 0")):
         code, out, err = await run(*args, *([] if "--master" in args else master))
         assert (code, out) == (2, ""), (args, err)
         assert err.splitlines()[-1].startswith(f"p2pcache {args[0]}: error: argument ") and why in err, (args, err)

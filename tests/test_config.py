@@ -76,7 +76,8 @@ def test_every_command_takes_a_master_url_by_the_workers_rule(command, capsys):
     (["sync", "s3://b/p/", "d", "--files", "-3"], "--files: must be a whole number of at least 1, not '-3'"),
     (["preload", "s3://b/p/", "--interval", "nan"], "--interval: must be a number of at least 0, not 'nan'"),
     (["preload", "s3://b/p/", "--wait-ready", "inf"], "--wait-ready: must be a number of at least 0, not 'inf'"),
-    (["get", "s3://b/k", "--range", "5-2"], "--range: range '5-2' selects no byte: use A-B with A <= B, or -N with N > 0"),
+    (["get", "s3://b/k", "--range", "5-2"],
+     "--range: range '5-2' selects no byte: use A-B with A <= B, or -N with N > 0"),
     (["get", "s3://b/k", "--range", "10-" + "9" * 5000], None),  # digits of any length, compared, not converted
 ])
 def test_numbers_out_of_their_range_stop_the_parse(argv, why, capsys):

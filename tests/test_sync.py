@@ -214,7 +214,7 @@ async def test_keys_whose_paths_are_not_one_file_each_fail_and_are_never_recorde
         assert sorted(json.loads((out / MANIFEST).read_text())) == sorted(f"coll/{k}" for k in ONE_TO_ONE)
 
 
-async def test_a_manifest_that_records_a_key_with_no_file_of_its_own_is_not_trusted(cluster, s3_client, bucket, tmp_path):
+async def test_a_manifest_that_records_a_refused_key_is_not_trusted(cluster, s3_client, bucket, tmp_path):
     """Earlier versions wrote `coll//lead` over `coll/lead`'s file and recorded both: copy every file again."""
     for key, body in CLASHING.items():
         s3_client.put_object(Bucket=bucket, Key=key, Body=body)

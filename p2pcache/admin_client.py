@@ -9,8 +9,9 @@ from typing import Any, Callable
 import aiohttp
 from yarl import URL
 
-from .auth import Signer
+from .auth import SCHEME, Signer
 from .errors import AccessDenied, BadRequest, NotFound, P2PError, Unavailable
+from .worker_client import ERROR_HEADER
 
 __all__ = ["AdminClient", "preload", "FINISHED"]
 
@@ -82,17 +83,21 @@ class AdminClient:
                     return json.loads(text)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise Unavailable(f"master at {self.url} unreachable: {str(exc) or type(exc).__name__}") from exc
-        except ValueError as exc:
-            raise Unavailable(f"master at {self.url} sent a malformed answer: {exc}") from exc
-        raise _error(resp.status, text)
+        except ValueError as exc:  # not JSON, or not text
+            raise _not_master(self.url, resp) from exc
+        raise _error(self.url, resp, text)
 
 
-def _error(status: int, text: str) -> P2PError:
+def _error(url: str, resp: aiohttp.ClientResponse, text: str) -> P2PError:
+    status = resp.status
     try:
         body = json.loads(text)
         code, message = body["error"], body["message"]
     except (ValueError, KeyError, TypeError):
         code, message = "", " ".join(text.split())[:300]
+        refused = status in (401, 403) and resp.headers.get("WWW-Authenticate") == SCHEME  # the master's, too
+        if not refused and status not in (502, 503, 504):  # 50x: a proxy's, in front of a master that is down
+            return _not_master(url, resp)
     if status == 404:
         return NotFound(message, code=code or "NoSuchKey")
     if status in (401, 403):
@@ -101,6 +106,13 @@ def _error(status: int, text: str) -> P2PError:
     if 400 <= status < 500:
         return BadRequest(message, code=code or "InvalidRequest")
     return Unavailable(f"master answered {status}: {message}")
+
+
+def _not_master(url: str, resp: aiohttp.ClientResponse) -> BadRequest:
+    """An answer the master never gives: `url` is another server's (a worker's, as often as not)."""
+    worker = resp.headers.get(ERROR_HEADER)
+    sent = f"it answered as a worker: {resp.status} {worker}" if worker else f"it answered {resp.status} {resp.reason}"
+    return BadRequest(f"{url} did not answer as a p2pcache master ({sent}): is it the master's URL?", code="NotAMaster")
 
 
 async def preload(master_url: str, urls: list[str], *, pin: bool = False, secret: bytes | None = None,

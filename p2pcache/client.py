@@ -252,6 +252,8 @@ class Client:
         return objects, prefixes
 
     async def _object(self, bucket: str, key: str, fresh: bool = False) -> ObjectInfo:
+        if not key:  # HEAD /bucket/ is S3's HeadBucket: an answer without an object's ETag
+            raise ValueError(f"s3://{bucket}/ names no object: the key is empty")
         entry = self._meta.get((bucket, key))
         if entry is not None and not fresh and entry[0] > self._clock():
             return entry[1]

@@ -8,13 +8,15 @@ command line, or both in the environment, conflict.
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from urllib.parse import urlsplit
+from typing import Callable
 
+from .members import check_url
 from .sizes import parse_size
 
 __all__ = ["add_flag", "add_security_flags", "add_secret_flags", "add_reader_key_flags", "reader_key",
-           "parse_listen", "size_arg", "env_name", "s3_url", "http_url"]
+           "parse_listen", "size_arg", "number_arg", "env_name", "split_s3_url", "s3_url", "master_url"]
 
 _GIVEN = "_flags_given"  # the namespace's set of flags given on the command line
 
@@ -72,23 +74,47 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def number_arg(kind: type[int] | type[float], low: float) -> Callable[[str], float]:
+    """argparse type of a finite number of at least `low`: `--files 0` is refused, not clamped."""
+    want = f"a {'whole ' if kind is int else ''}number of at least {low:g}"
+
+    def number(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be {want}, not {text!r}")
+        return value
+
+    return number
+
+
+def split_s3_url(text: str, form: str = "s3://bucket/prefix") -> tuple[str, str]:
+    """`s3://bucket[/rest]` -> (bucket, rest); a ValueError naming `form` otherwise."""
+    bucket, _, rest = text.removeprefix("s3://").partition("/")
+    if not text.startswith("s3://") or not bucket:
+        raise ValueError(f"{text!r} is not an {form} URL")
+    return bucket, rest
+
+
 def s3_url(text: str) -> str:
     """argparse type of an `s3://bucket[/prefix]` argument."""
-    if not text.startswith("s3://") or not text[5:].partition("/")[0]:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an s3://bucket/prefix URL")
-    return text
-
-
-def http_url(text: str) -> str:
-    """argparse type of a service's URL: `http://` or `https://` and a host."""
     try:
-        parts = urlsplit(text)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a malformed port or IPv6 address
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+        split_s3_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def master_url(text: str) -> str:
+    """argparse type of `--master`: `http(s)://host[:port]`, the rule a worker's `--master` and
+    every worker's URL follow (`members.check_url`); a trailing `/` is dropped."""
+    try:
+        check_url(text.rstrip("/"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.rstrip("/")
 
 
 def add_secret_flags(p: argparse.ArgumentParser) -> None:

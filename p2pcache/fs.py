@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import weakref
 
@@ -74,6 +75,13 @@ class P2PCacheFileSystem(AsyncFileSystem):
         bucket, _, key = self._strip_protocol(path).partition("/")
         return bucket, key
 
+    def _split_file(self, path: str) -> tuple[str, str]:
+        """`_split` of a path to read: a bucket (no key) is a directory, as `_info` says."""
+        bucket, key = self._split(path)
+        if not key:
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        return bucket, key
+
     async def _info(self, path: str, **kwargs) -> dict:
         bucket, key = self._split(path)
         if not key:
@@ -88,7 +96,7 @@ class P2PCacheFileSystem(AsyncFileSystem):
         return _file_entry(info)
 
     async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs) -> bytes:
-        bucket, key = self._split(path)
+        bucket, key = self._split_file(path)
         client = await self._get_client()
         try:
             if (start or 0) < 0 or (end or 0) < 0:  # fsspec counts negative offsets from the end
@@ -137,7 +145,7 @@ class P2PCacheFileSystem(AsyncFileSystem):
                             cache_type=cache_type, cache_options=cache_options)
 
     async def _pin(self, path: str) -> tuple[ObjectInfo, int]:
-        bucket, key = self._split(path)
+        bucket, key = self._split_file(path)
         client = await self._get_client()
         try:
             return await client.stat(bucket, key), client.chunk_size

@@ -13,15 +13,15 @@ from typing import AsyncIterator, Callable, TextIO
 from . import tls
 from .cli import describe, run_command
 from .client import Client
-from .config import add_flag, add_reader_key_flags, http_url, reader_key
-from .errors import BadRequest, NotFound, ObjectChanged, RangeNotSatisfiable
+from .config import add_flag, add_reader_key_flags, master_url, number_arg, reader_key, split_s3_url
+from .errors import NotFound, ObjectChanged, RangeNotSatisfiable
 from .ranges import parse_range
 from .sizes import format_size
 
 __all__ = ["add_arguments", "main", "parse_url", "Progress"]
 
 PROGRESS_MIN = 16 << 20  # smaller objects get no progress bar unless --progress asks
-_RANGE = re.compile(r"\d*-\d*")
+_RANGE = re.compile(r"(?P<first>\d*)-(?P<last>\d*)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only bytes A to B inclusive (A- to the end, -N the last N)")
     p.add_argument("--progress", action="store_true",
                    help="show progress on stderr even when it is not a terminal")
-    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
-    add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
+    add_flag(p, "--master", "URL of the master", type=master_url, required=True)
+    add_flag(p, "--concurrency", "chunk requests in flight", type=number_arg(int, 1), default=16)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
              "system's", default="")
     add_reader_key_flags(p)
@@ -45,9 +45,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def parse_url(url: str) -> tuple[str, str]:
-    """`s3://bucket/key` (or `bucket/key`) -> (bucket, key)."""
-    bucket, _, key = url.removeprefix("s3://").partition("/")
-    if not bucket or not key:
+    """`s3://bucket/key` -> (bucket, key); a ValueError naming that form otherwise."""
+    bucket, key = split_s3_url(url, "s3://bucket/key")
+    if not key:
         raise ValueError(f"{url!r} names no object: use s3://bucket/key")
     return bucket, key
 
@@ -86,8 +86,8 @@ async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
         start, stop = 0, info.size
         if args.byte_range:
             rng = parse_range(f"bytes={args.byte_range}", info.size)
-            if rng is None:
-                raise BadRequest(f"invalid range {args.byte_range!r}: use A-B with A <= B")
+            if rng is None:  # _range_arg refused what parse_range ignores: not reached
+                raise ValueError(f"invalid range {args.byte_range!r}: use A-B with A <= B")
             start, stop = rng.start, rng.stop
         show = args.progress or (sys.stderr.isatty() and stop - start >= PROGRESS_MIN)
         progress = Progress(sys.stderr) if show else None
@@ -122,14 +122,20 @@ def _object_arg(text: str) -> str:
 
 
 def _range_arg(text: str) -> str:
-    if not _RANGE.fullmatch(text) or text == "-":
+    """A-B, A- or -N; one no object has bytes in (A > B, -0) is refused here, with the malformed ones."""
+    match = _RANGE.fullmatch(text)
+    if not match or text == "-":
         raise argparse.ArgumentTypeError(f"invalid range {text!r}: use A-B, A- or -N (bytes, inclusive)")
+    first, last = match["first"].lstrip("0"), match["last"].lstrip("0")  # digits of any length: no int()
+    backwards = match["first"] and match["last"] and (len(first), first) > (len(last), last)
+    if backwards or (not match["first"] and not last):
+        raise argparse.ArgumentTypeError(f"range {text!r} selects no byte: use A-B with A <= B, or -N with N > 0")
     return text
 
 
 def _describe(exc: Exception, args: argparse.Namespace) -> str:
     if isinstance(exc, NotFound):
-        bucket = args.url.removeprefix("s3://").partition("/")[0]
+        bucket = parse_url(args.url)[0]
         return f"no such bucket: {bucket}" if exc.code == "NoSuchBucket" else f"no such object: {args.url}"
     if isinstance(exc, RangeNotSatisfiable):
         return f"range {args.byte_range} is outside the object ({exc.size} bytes)"

@@ -12,7 +12,7 @@ from typing import Callable, TextIO
 from .admin_client import AdminClient
 from .auth import load_secret
 from .cli import run_command
-from .config import add_flag, add_secret_flags, http_url, s3_url
+from .config import add_flag, add_secret_flags, master_url, number_arg, s3_url
 from .errors import P2PError, Unavailable
 from .sizes import format_size
 from . import tls
@@ -24,7 +24,7 @@ BAR = 24
 
 
 def add_master_flags(p: argparse.ArgumentParser) -> None:
-    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
+    add_flag(p, "--master", "URL of the master", type=master_url, required=True)
     add_secret_flags(p)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master, on top of the system's", default="")
 
@@ -44,10 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detach", action="store_true", help="print the job id and return; the job goes on")
     p.add_argument("--follow", metavar="JOB", help="follow a job started earlier")
     p.add_argument("--cancel", metavar="JOB", help="cancel a job")
-    p.add_argument("--wait-ready", type=float, default=0, metavar="SECONDS",
+    p.add_argument("--wait-ready", type=number_arg(float, 0), default=0, metavar="SECONDS",
                    help="retry starting the job this long while the master or its workers do not answer "
                         "(a Job started with the cluster; default 0)")
-    p.add_argument("--interval", type=float, default=5.0,
+    p.add_argument("--interval", type=number_arg(float, 0), default=5.0,
                    help="seconds between progress lines when stderr is not a terminal (default 5)")
     add_master_flags(p)
 

@@ -4,6 +4,8 @@ Each file is read owner-direct by the loader client (`Client.download`: chunks
 in parallel, written to a temp file, renamed in). A file counts as complete
 when its size and the ETag recorded for it in `DIR/.p2pcache-sync.json` match
 the listing, so a restarted init container copies only what is missing or changed.
+A key's path under the prefix is its file's path, part for part, so two keys never share a file;
+a key whose path cannot be one (`a//b`, `x/./y`, `a` beside `a/b`) fails alone.
 One sync at a time writes into a directory (a lock on `DIR/.p2pcache-sync.lock`), so
 the temp files it finds next to its files are left by one that was killed: removed.
 """
@@ -19,13 +21,13 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
 from . import tls
 from .cli import run_command
 from .client import TEMP_NAME, Client
-from .config import add_flag, add_reader_key_flags, http_url, reader_key, s3_url
+from .config import add_flag, add_reader_key_flags, master_url, number_arg, reader_key, s3_url, split_s3_url
 from .errors import NotFound, P2PError
 from .get import Progress
 from .sizes import format_size
@@ -47,10 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", metavar="s3://bucket/prefix", type=s3_url,
                    help="the prefix to copy, a directory as in `aws s3 sync` (or a key: that object alone)")
     p.add_argument("dir", help="the local directory (created if missing); keys keep their path under the prefix")
-    p.add_argument("--files", type=int, default=4, help="files copied at once (default 4)")
+    p.add_argument("--files", type=number_arg(int, 1), default=4, help="files copied at once (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_flag(p, "--master", "URL of the master", type=http_url, required=True)
-    add_flag(p, "--concurrency", "chunk requests in flight", type=int, default=16)
+    add_flag(p, "--master", "URL of the master", type=master_url, required=True)
+    add_flag(p, "--concurrency", "chunk requests in flight", type=number_arg(int, 1), default=16)
     add_flag(p, "--tls-ca", "PEM bundle of CAs to trust for an https:// master and workers, on top of the "
              "system's", default="")
     add_reader_key_flags(p)
@@ -58,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """0 when every file is complete; 1 naming what failed (run_command's codes)."""
-    bucket, _, prefix = args.url.removeprefix("s3://").partition("/")
+    bucket, prefix = split_s3_url(args.url)
     return run_command("sync", _main(args, bucket, prefix))
 
 
@@ -97,28 +99,33 @@ async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int 
     objects = exact or [o for o in listed if o["Key"].startswith(base) and not o["Key"].endswith("/")]
     if not objects:
         raise NotFound(f"no objects under s3://{bucket}/{prefix}")
-    result = SyncResult(copied=[], skipped=[], failed={}, bytes=0)
-    targets = []
-    for o in objects:
-        try:
-            targets.append((o, _target(root, base, o["Key"])))
-        except ValueError as exc:
-            result["failed"][o["Key"]] = str(exc)
+    paths, refused = _targets(root, base, [o["Key"] for o in objects])
+    result = SyncResult(copied=[], skipped=[], failed=dict(refused), bytes=0)
+    targets = [(o, paths[o["Key"]]) for o in objects if o["Key"] in paths]
     await loop.run_in_executor(None, lambda: root.mkdir(parents=True, exist_ok=True))
     async with _locked(root):
         await loop.run_in_executor(None, _remove_stale_temp_files, [path for _, path in targets])
-        await _copy(client, bucket, root, targets, result, files, progress)
+        await _copy(client, bucket, root, targets, set(refused), result, files, progress)
     return result
 
 
-async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dict, Path]], result: SyncResult,
-                files: int, progress: Callable[[int, int], None] | None) -> None:
+async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dict, Path]], refused: set[str],
+                result: SyncResult, files: int, progress: Callable[[int, int], None] | None) -> None:
     loop = asyncio.get_running_loop()
     manifest = await loop.run_in_executor(None, _load, root / MANIFEST)
+    # An entry for a key with no file of its own was made by a sync that mapped such keys onto
+    # other keys' files (`a//b` onto `a/b`): none of the files it recorded is trusted.
+    trusted = not refused & manifest.keys()
+    for key in refused:
+        manifest.pop(key, None)
+    if not trusted:
+        log.warning("%s records keys that cannot be files there (an earlier p2pcache wrote them over other "
+                    "keys' files): copying every file again", root / MANIFEST)
     todo = []
     for o, path in targets:
         entry = manifest.get(o["Key"])
-        if entry == {"size": o["Size"], "etag": o["ETag"]} and await loop.run_in_executor(None, _size, path) == o["Size"]:
+        if trusted and entry == {"size": o["Size"], "etag": o["ETag"]} and \
+                await loop.run_in_executor(None, _size, path) == o["Size"]:
             result["skipped"].append(o["Key"])
         else:
             todo.append((o, path))
@@ -189,12 +196,46 @@ def _remove_stale_temp_files(paths: list[Path]) -> None:
                         os.unlink(entry.path)
 
 
-def _target(root: Path, base: str, key: str) -> Path:
-    """Where a key under the directory `base` (or named by it) goes; one that would land outside `root` is refused."""
-    rel = PurePosixPath(key[len(base):].lstrip("/") if key.startswith(base) else PurePosixPath(key).name)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name in (MANIFEST, LOCK):
-        raise ValueError(f"key {key!r} cannot be a file under {root}")
-    return root.joinpath(*rel.parts)
+def _targets(root: Path, base: str, keys: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """Each key's file under `root` ({key: path}), or why it has none ({key: reason}).
+
+    The path of a key under the directory `base` (of the key `base` names: its name) is its file's
+    path under `root`, part for part. Then the file maps back to one key, and no key lands outside
+    `root`: a path with an empty part (`//`, a leading `/`), a `.` or `..` part, or the name of
+    sync's own files has no file; nor does one that is the directory of another key's file (`a`
+    beside `a/b`: the directory wins, whatever order the copies run in).
+    """
+    rels: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for key in keys:
+        rel = key[len(base):] if key.startswith(base) else key.rpartition("/")[2]
+        why = _unfit(rel)
+        if why:
+            refused[key] = f"cannot be a file under {root}: {why}"
+        else:
+            rels[key] = rel
+    directories: dict[str, str] = {}  # a directory's path -> the first key under it
+    for key, rel in rels.items():
+        parts = rel.split("/")
+        for n in range(1, len(parts)):
+            directories.setdefault("/".join(parts[:n]), key)
+    for key, rel in rels.items():
+        if rel in directories:
+            refused[key] = (f"cannot be a file under {root}: {rel!r} is the directory of key "
+                            f"{directories[rel]!r}")
+    return {key: root.joinpath(*rel.split("/")) for key, rel in rels.items() if key not in refused}, refused
+
+
+def _unfit(rel: str) -> str:
+    """Why the path `rel` cannot be a file's path under the directory, part for part ("" if it can)."""
+    parts = rel.split("/")
+    if "" in parts:
+        return f"its path {rel!r} has an empty part (a leading '/' or '//')"
+    if "." in parts or ".." in parts:
+        return f"its path {rel!r} has a {'..' if '..' in parts else '.'!r} part"
+    if parts[-1] in (MANIFEST, MANIFEST + ".tmp", LOCK):
+        return f"{parts[-1]!r} is the name of sync's own file"
+    return ""
 
 
 def _size(path: Path) -> int | None:

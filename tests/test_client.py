@@ -229,19 +229,43 @@ async def test_p2pcache_get_fails_with_one_line_and_exit_code_1(cluster, s3_clie
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{bucket}", "--master", "{master}"], "names no object"),
-    (["s3://{bucket}/g.bin", "--master", "notaurl"], "'notaurl' is not an http:// or https:// URL"),
+    (["s3://{bucket}", "--master", "{master}"], "names no object: use s3://bucket/key"),
+    (["s3://{bucket}/", "--master", "{master}"], "names no object: use s3://bucket/key"),
+    (["{bucket}/g.bin", "--master", "{master}"], "'{bucket}/g.bin' is not an s3://bucket/key URL"),
+    (["http://{bucket}/g.bin", "--master", "{master}"], "'http://{bucket}/g.bin' is not an s3://bucket/key URL"),
+    (["s3://{bucket}/g.bin", "--master", "notaurl"], "--master: url 'notaurl' must be http:// or https://"),
+    (["s3://{bucket}/g.bin", "--master", "{master}/x"], "--master: url '{master}/x' must not have a path"),
     (["s3://{bucket}/g.bin", "--master", "{master}", "--range", "x"], "invalid range 'x'"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--range", "5-2"], "range '5-2' selects no byte"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--range", "-0"], "range '-0' selects no byte"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--concurrency", "0"],
+     "--concurrency: must be a whole number of at least 1, not '0'"),
+    (["s3://{bucket}/g.bin", "--master", "{master}", "--concurrency", "-1"], "--concurrency: must be a whole number"),
 ])
-async def test_p2pcache_get_with_bad_arguments_exits_2(cluster, bucket, args, message):
+async def test_p2pcache_get_with_bad_arguments_exits_2(cluster, s3_client, bucket, args, message):
+    put(s3_client, bucket, "g.bin", 100, seed=12)  # there to be read, were the arguments taken
     code, out, err = await p2pcache_get(*[a.format(bucket=bucket, master=cluster.master.url) for a in args])
-    assert (code, out) == (2, b"") and message in err and "Traceback" not in err, err
+    assert (code, out) == (2, b"") and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("p2pcache get: error: argument ") and \
+        message.format(bucket=bucket, master=cluster.master.url) in err, err
 
 
 async def test_p2pcache_get_without_a_reachable_master_fails_with_one_line(bucket):
     code, _, err = await p2pcache_get(f"s3://{bucket}/k", "--master", "http://127.0.0.1:9")
     assert code == 1 and err == ("p2pcache get: master at http://127.0.0.1:9 unreachable: Cannot connect to host "
                                  "127.0.0.1:9 ssl:default [Connect call failed ('127.0.0.1', 9)]\n")
+
+
+async def test_an_empty_key_is_refused_at_once_without_blaming_a_worker(cluster, s3_client, bucket, caplog):
+    """HEAD /bucket/ is S3's HeadBucket, whose answer has no ETag: no worker is asked for it."""
+    put(s3_client, bucket, "k.bin", 10, seed=3)
+    async with Client(cluster.master.url) as client:
+        for call in (client.read(bucket, ""), client.stat(bucket, ""), client.read_into(bucket, "", bytearray(4)),
+                     client.open(bucket, ""), client.download(bucket, "", "/nonexistent-dir/x")):
+            with pytest.raises(ValueError, match=f"s3://{bucket}/ names no object: the key is empty"):
+                await call
+        assert await client.read(bucket, "k.bin", 0, 2)  # the client is fine
+    assert "trying the next worker" not in caplog.text and "without ETag" not in caplog.text
 
 
 async def test_many_concurrent_reads_share_one_client(cluster, s3_client, bucket):

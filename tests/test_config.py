@@ -51,3 +51,49 @@ def test_the_readme_names_the_command_flags_that_have_no_variable():
     plain = {a.option_strings[0] for name in COMMANDS for a in sub.choices[name]._actions
              if a.option_strings and "[env P2PCACHE_" not in (a.help or "") and a.option_strings[0] != "-h"}
     assert named == plain
+
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_a_master_url_by_the_workers_rule(command, capsys):
+    url = [] if command in ("status", "preload") else ["s3://b/k"] + (["d"] if command == "sync" else [])
+    assert parse(command, *url, "--master", "http://m:7070/").master == "http://m:7070"  # a trailing / is no path
+    for master, why in (("http://m:7070/ring", "must not have a path, query or fragment"),
+                        ("http://m:7070?x", "must not have a path, query or fragment"),
+                        ("m:7070", "must be http:// or https://"),
+                        ("http://u@m:7070", "must name a host (and a port from 1 to 65535), no user")):
+        with pytest.raises(SystemExit) as stop:
+            parse(command, *url, "--master", master)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"p2pcache {command}: error: argument --master: url " \
+                                                          f"{master!r} {why}"
+
+
+
+@pytest.mark.parametrize(("argv", "why"), [
+    (["get", "s3://b/k", "--concurrency", "0"], "--concurrency: must be a whole number of at least 1, not '0'"),
+    (["get", "s3://b/k", "--concurrency", "1.5"], "--concurrency: must be a whole number of at least 1, not '1.5'"),
+    (["sync", "s3://b/p/", "d", "--files", "-3"], "--files: must be a whole number of at least 1, not '-3'"),
+    (["preload", "s3://b/p/", "--interval", "nan"], "--interval: must be a number of at least 0, not 'nan'"),
+    (["preload", "s3://b/p/", "--wait-ready", "inf"], "--wait-ready: must be a number of at least 0, not 'inf'"),
+    (["get", "s3://b/k", "--range", "5-2"],
+     "--range: range '5-2' selects no byte: use A-B with A <= B, or -N with N > 0"),
+    (["get", "s3://b/k", "--range", "10-" + "9" * 5000], None),  # digits of any length, compared, not converted
+])
+def test_numbers_out_of_their_range_stop_the_parse(argv, why, capsys):
+    command = argv[0]
+    if why is None:
+        assert parse(*argv, "--master", "http://m").byte_range
+        return
+    with pytest.raises(SystemExit) as stop:
+        parse(*argv, "--master", "http://m")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"p2pcache {command}: error: argument {why}"
+
+
+def test_a_number_from_the_environment_is_checked_too(monkeypatch, capsys):
+    monkeypatch.setenv("P2PCACHE_CONCURRENCY", "0")
+    with pytest.raises(SystemExit):
+        parse("sync", "s3://b/p/", "d", "--master", "http://m")
+    assert capsys.readouterr().err.endswith("argument --concurrency: must be a whole number of at least 1, not '0'\n")
+    assert parse("sync", "s3://b/p/", "d", "--master", "http://m", "--concurrency", "3").concurrency == 3

@@ -131,3 +131,19 @@ async def test_ls_find_and_isdir_list_through_the_workers(cluster, s3_client, bu
             fs.ls(f"{bucket}/nothing-here")
 
     await asyncio.to_thread(scenario)
+
+
+async def test_a_bucket_is_a_directory_not_a_file_to_read(cluster, s3_client, bucket, caplog):
+    put(s3_client, bucket, "d/f.bin", 10, seed=8)
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("p2pcache", master=cluster.master.url)
+        for read in (lambda: fs.cat(f"{bucket}/"), lambda: fs.cat_file(bucket), lambda: fs.open(f"p2pcache://{bucket}"),
+                     lambda: fs.cat_file(bucket, start=-2)):
+            with pytest.raises(IsADirectoryError, match=bucket):
+                read()
+        with pytest.raises(FileNotFoundError):  # a prefix is no object either, as s3fs has it
+            fs.cat_file(f"{bucket}/d")
+
+    await asyncio.to_thread(scenario)
+    assert "trying the next worker" not in caplog.text

@@ -128,17 +128,40 @@ async def test_status_preload_and_unpin_wait_for_a_starting_master(cluster, s3_c
 
 async def test_bad_arguments_exit_2_with_one_line(cluster, tmp_path):
     master = ["--master", cluster.master.url]
-    for args in (["preload", "models/x"], ["unpin", "models/x"], ["status", "s3:///x"], ["sync", "models/x", "d"],
-                 ["status", "--master", "notaurl"]):
+    for args, why in ((["preload", "models/x"], "'models/x' is not an s3://bucket/prefix URL"),
+                      (["unpin", "models/x"], "'models/x' is not an s3://bucket/prefix URL"),
+                      (["status", "s3:///x"], "'s3:///x' is not an s3://bucket/prefix URL"),
+                      (["sync", "http://x/y", "d"], "'http://x/y' is not an s3://bucket/prefix URL"),
+                      (["status", "--master", "notaurl"], "url 'notaurl' must be http:// or https://"),
+                      (["status", "--master", cluster.master.url + "/status"],
+                       f"url '{cluster.master.url}/status' must not have a path, query or fragment"),
+                      (["unpin", "s3://b/m/", "--master", cluster.master.url + "?x=1"], "must not have a path"),
+                      (["sync", "s3://b/m/", "d", "--master", "http://127.0.0.1:9/x"], "must not have a path"),
+                      (["sync", "s3://b/m/", "d", "--files", "0"], "--files: must be a whole number of at least 1"),
+                      (["sync", "s3://b/m/", "d", "--files", "-3"], "--files: must be a whole number of at least 1"),
+                      (["sync", "s3://b/m/", "d", "--concurrency", "0"], "--concurrency: must be a whole number"),
+                      (["preload", "s3://b/m/", "--interval", "-1"], "--interval: must be a number of at least 0"),
+                      (["preload", "s3://b/m/", "--wait-ready", "-5"], "--wait-ready: must be a number of at least 0")):
         code, out, err = await run(*args, *([] if "--master" in args else master))
         assert (code, out) == (2, ""), (args, err)
-        assert "is not an s3://bucket/prefix URL" in err or "is not an http:// or https:// URL" in err, err
+        assert err.splitlines()[-1].startswith(f"p2pcache {args[0]}: error: argument ") and why in err, (args, err)
     for args in (["get", "s3://b/k"], ["sync", "s3://b/p/", str(tmp_path / "d")], ["status"]):
         code, out, err = await run(*args, *master, "--tls-ca", str(tmp_path / "missing"))
         assert (code, out, err) == (2, "", f"p2pcache {args[0]}: --tls-ca: cannot read {tmp_path / 'missing'}\n")
     code, _, err = await run("status", *master, "--cluster-secret-file", str(tmp_path / "missing"))
     assert code == 2 and err.strip() == f"p2pcache status: cannot read the cluster secret file {tmp_path / 'missing'}: " \
                                        f"No such file or directory", err
+
+
+async def test_a_workers_url_as_master_is_named_as_such(cluster, bucket):
+    worker = cluster.workers[0].url
+    for args in (["status"], ["preload", f"s3://{bucket}/m/"], ["unpin", f"s3://{bucket}/m/"],
+                 ["preload", "--follow", "abc"]):
+        code, out, err = await run(*args, "--master", worker)
+        assert (code, out) == (1, ""), (args, err)
+        assert err.startswith(f"p2pcache {args[0]}: {worker} did not answer as a p2pcache master (it answered as a "
+                              f"worker: ") and err.endswith("): is it the master's URL?\n"), err
+        assert err.count("\n") == 1 and "<" not in err, err
 
 
 async def test_a_secret_file_on_the_command_line_beats_the_environment(cluster, tmp_path):

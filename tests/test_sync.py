@@ -184,3 +184,49 @@ async def test_a_second_sync_into_a_directory_waits_for_the_first(cluster, s3_cl
         os.close(fd)  # the first sync ends
         result = await second
     assert sorted(result["copied"]) == sorted(data) and not other.exists()
+
+
+CLASHING = {"coll/a//b": b"DOUBLE-SLASH", "coll/a/b": b"SINGLE", "coll/x/./y": b"DOT-Y", "coll/x/y": b"PLAIN-Y",
+            "coll//lead": b"LEAD2", "coll/lead": b"LEAD1", "coll/d": b"FILE-D", "coll/d/e": b"IN-D",
+            "coll/z/../z": b"DOTDOT"}
+ONE_TO_ONE = {"a/b": b"SINGLE", "x/y": b"PLAIN-Y", "lead": b"LEAD1", "d/e": b"IN-D"}
+
+
+async def test_keys_whose_paths_are_not_one_file_each_fail_and_are_never_recorded(cluster, s3_client, bucket, tmp_path):
+    for key, body in CLASHING.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "p2pcache", "sync", f"s3://{bucket}/coll/", str(out), "--json",
+            "--master", cluster.master.url]
+    for run in (1, 2):  # the second run copies nothing again, and fails the same keys
+        proc = await asyncio.create_subprocess_exec(*args, env=cli_env(), stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+        result = json.loads(stdout)
+        assert proc.returncode == 1, stderr
+        assert sorted(result["copied" if run == 1 else "skipped"]) == sorted(f"coll/{k}" for k in ONE_TO_ONE)
+        assert sorted(result["failed"]) == sorted(set(CLASHING) - {f"coll/{k}" for k in ONE_TO_ONE})
+        failed = [line for line in stderr.decode().splitlines() if line.startswith("  failed: ")]
+        assert len(failed) == 5 and all("cannot be a file under" in line for line in failed), stderr
+        assert "'d' is the directory of key 'coll/d/e'" in result["failed"]["coll/d"]
+        assert "empty part" in result["failed"]["coll//lead"] and "'..'" in result["failed"]["coll/z/../z"]
+        assert files(out) == ONE_TO_ONE
+        assert sorted(json.loads((out / MANIFEST).read_text())) == sorted(f"coll/{k}" for k in ONE_TO_ONE)
+
+
+async def test_a_manifest_that_records_a_refused_key_is_not_trusted(cluster, s3_client, bucket, tmp_path):
+    """Earlier versions wrote `coll//lead` over `coll/lead`'s file and recorded both: copy every file again."""
+    for key, body in CLASHING.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    out = tmp_path / "out"
+    async with Client(cluster.master.url) as client:
+        listed = {o["Key"]: o for o in (await client.list(bucket, "coll/"))[0]}
+        for key in ONE_TO_ONE:
+            (out / key).parent.mkdir(parents=True, exist_ok=True)
+            (out / key).write_bytes(b"X" * len(ONE_TO_ONE[key]))  # another key's bytes, of the same size
+        (out / MANIFEST).write_text(json.dumps({k: {"size": o["Size"], "etag": o["ETag"]} for k, o in listed.items()}))
+        first = await sync(client, bucket, "coll/", out)
+        second = await sync(client, bucket, "coll/", out)
+    assert sorted(first["copied"]) == sorted(second["skipped"]) == sorted(f"coll/{k}" for k in ONE_TO_ONE)
+    assert files(out) == ONE_TO_ONE
+    assert sorted(json.loads((out / MANIFEST).read_text())) == sorted(f"coll/{k}" for k in ONE_TO_ONE)

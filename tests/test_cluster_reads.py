@@ -109,7 +109,7 @@ async def test_missing_bucket_is_404(cluster):
 
 @pytest.mark.parametrize("name,header", [
     ("small", "bytes=1000-"), ("small", "bytes=5000-6000"), ("small", "bytes=-0"),
-    ("one", "bytes=1-1"), ("empty", "bytes=0-"), ("empty", "bytes=-5"),
+    ("one", "bytes=1-1"), ("empty", "bytes=0-"), ("empty", "bytes=0-0"),  # a suffix of it is all of it: 200
 ])
 async def test_unsatisfiable_range_is_416_with_the_size(cluster, objects, bucket, s3_client, name, header):
     size = SIZES[name]

@@ -15,12 +15,12 @@ import uuid
 from collections import Counter, defaultdict
 from typing import Callable
 
-from p2pcache.control import WorkerControl
+from p2pcache.control import MAX_BATCH, WorkerControl
 from p2pcache.errors import P2PError, PeerError
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
 
-__all__ = ["PreloadJob", "plan", "BATCH", "ROUNDS"]
+__all__ = ["PreloadJob", "plan", "holding", "BATCH", "ROUNDS"]
 
 log = logging.getLogger("p2pcache.master.preload")
 BATCH = 32  # chunks per request: above a worker's default origin concurrency of 16, so it stays busy
@@ -42,6 +42,24 @@ def plan(objects: list[ObjectInfo], placement: Placement) -> dict[str, list[Chun
             for owner in placement.owners(c)[:replicas]:
                 todo[owner.id].append(c)
     return dict(todo)
+
+
+async def holding(control: WorkerControl, placement: Placement,
+                  todo: dict[str, list[ChunkId]]) -> dict[str, list[tuple[bool, bool]]]:
+    """Worker id -> for each of its chunks in `todo`, whether it holds it and whether it keeps it
+    (a pin); both False for the chunks of an owner that does not answer."""
+    async def ask(wid: str, chunks: list[ChunkId]) -> list[tuple[bool, bool]]:
+        answers: list[tuple[bool, bool]] = []
+        for i in range(0, len(chunks), MAX_BATCH):
+            part = chunks[i:i + MAX_BATCH]
+            try:
+                present, kept = await control.has(placement.members[wid], [c.name for c in part])
+            except P2PError:  # an unreachable worker holds nothing we can read
+                present = kept = [False] * len(part)
+            answers += zip(present, kept)
+        return answers
+
+    return dict(zip(todo, await asyncio.gather(*(ask(wid, cs) for wid, cs in todo.items()))))
 
 
 class PreloadJob:

@@ -238,3 +238,27 @@ async def test_pinned_chunks_leave_less_room_and_are_not_counted_twice(cluster_f
         assert refused.value.code == "PreloadTooLarge"
         # The pinned chunks are part of this set: 5 kept + 4 new fit.
         assert (await admin.wait((await admin.preload([f"s3://{bucket}/set/"]))["id"]))["state"] == "done"
+
+
+@pytest.mark.parametrize(("eviction", "restart"), [("s3fifo", False), ("s3fifo", True), ("slru", False),
+                                                  ("lru", False)])
+async def test_a_preload_into_a_cache_full_of_other_data_keeps_all_of_itself(cluster_factory, s3, s3_client, bucket,
+                                                                             eviction, restart):
+    """S3-FIFO puts a new chunk in its small queue (a tenth of the cache) and evicts from there while
+    its main queue holds data read again (or found on disk at a restart), as SLRU evicts from
+    probation while protected data fills 80%: a preload's later fills evicted its own first chunks."""
+    cluster = await cluster_factory(1, capacity=chunk_files(12), origin_concurrency=2, eviction=eviction)
+    other = put_chunks(s3_client, bucket, "other", 12)
+    model = put_chunks(s3_client, bucket, "model", 6)
+    await read_everywhere(cluster, bucket, other)
+    await read_everywhere(cluster, bucket, other)  # read again: S3-FIFO's main queue, SLRU's protected one
+    if restart:
+        old = cluster.workers[0]
+        await old.stop(leave=False)
+        await cluster.restart(old)
+        await cluster.wait_converged()
+    job = await preload(cluster.master.url, [f"s3://{bucket}/model/"], secret=SECRET)
+    assert (job["state"], job["chunks_cached"]) == ("done", 6), job
+    before = s3.get_bytes
+    await read_everywhere(cluster, bucket, model)
+    assert s3.get_bytes == before

@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from typing import Callable
 
 from aiohttp import web
 
-from p2pcache.control import KEEP_SHARE, MAX_BATCH, WorkerControl
+from p2pcache.control import KEEP_SHARE, WorkerControl
 from p2pcache.errors import AccessDenied, BadRequest, NotFound, P2PError, PeerError, Unavailable
 from p2pcache.objects import ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
 
-from .preload import RUNNING, PreloadJob, plan
+from .preload import RUNNING, PreloadJob, holding, plan
 
 __all__ = ["Admin", "parse_s3_url"]
 
@@ -67,8 +67,7 @@ class Admin:
             placement = self._placement()
             objects = await self.resolve(urls, placement)
             todo = plan(objects, placement)
-            if pin:
-                await self._check_room(todo, placement)
+            await self._check_room(todo, placement, pin)
             job = PreloadJob(urls, pin, objects, todo, self._control, self._placement)
         self._remember(job)
         job.start()
@@ -148,24 +147,39 @@ class Admin:
                 reasons.append(str(exc))
         raise PeerError(f"no worker could list s3://{bucket}/{prefix}: {'; '.join(reasons) or 'no workers'}")
 
-    async def _check_room(self, todo: dict, placement: Placement) -> None:
-        """Refuse a pinned preload that would keep more than KEEP_SHARE of an owner's capacity."""
+    async def _check_room(self, todo: dict, placement: Placement, pin: bool) -> None:
+        """Refuse a preload that an owner cannot hold: its chunks of the set and the chunks pins keep
+        there over its capacity, or with `pin` over KEEP_SHARE of it.
+
+        Per owner, as placed (replicas included): the cluster's total capacity says nothing of
+        a worker that owns more of the set than it can hold. A chunk of the set already kept
+        is counted once, with the pins.
+        """
         async def check(wid: str, chunks: list) -> str | None:
             worker = placement.members[wid]
-            row = await self._control.status(worker)
-            kept = []
-            for i in range(0, len(chunks), MAX_BATCH):
-                kept += (await self._control.has(worker, [c.name for c in chunks[i:i + MAX_BATCH]]))[1]
+            try:
+                row = await self._control.status(worker)
+            except PeerError:
+                if pin:
+                    raise
+                return None  # the job plans the chunks of a worker that does not answer again
+            kept = [k for _, k in (await holding(self._control, placement, {wid: chunks}))[wid]] \
+                if row["pinned"] else [False] * len(chunks)
             new = sum(c.length for c, k in zip(chunks, kept) if not k)
-            limit = int(row["capacity"] * KEEP_SHARE)
-            if row["pinned"] + new > limit:
+            if pin and row["pinned"] + new > (limit := int(row["capacity"] * KEEP_SHARE)):
                 return (f"{wid} would keep {row['pinned'] + new} bytes ({row['pinned']} pinned already + "
                         f"{new} new), over its limit of {limit} ({KEEP_SHARE:.0%} of {row['capacity']} capacity)")
+            if not pin and row["pinned"] + new > row["capacity"]:
+                return (f"{wid} would hold {row['pinned'] + new} bytes ({row['pinned']} pinned already + "
+                        f"{new} of the set), over its capacity of {row['capacity']}")
             return None
 
         refusals = [r for r in await asyncio.gather(*(check(w, cs) for w, cs in todo.items())) if r]
-        if refusals:
+        if refusals and pin:
             raise BadRequest("the pinned set does not fit: " + "; ".join(refusals), code="PinnedSetTooLarge")
+        if refusals:
+            raise BadRequest("the set does not fit: " + "; ".join(refusals) + ": preload less, or give the "
+                             "owners more --capacity (or more workers)", code="PreloadTooLarge")
 
     async def _row(self, worker: WorkerInfo) -> dict:
         try:
@@ -176,24 +190,15 @@ class Admin:
         return row
 
     async def _objects(self, objects: list[ObjectInfo], placement: Placement) -> list[dict]:
-        asked: dict[str, list] = defaultdict(list)  # worker -> [(object index, chunk)]
-        for i, info in enumerate(objects):
-            for wid, chunks in plan([info], placement).items():
-                asked[wid] += [(i, c) for c in chunks]
+        todo = plan(objects, placement)
+        held = await holding(self._control, placement, todo)
+        index = {(o.bucket, o.key): i for i, o in enumerate(objects)}
         cached, pinned = [0] * len(objects), [0] * len(objects)
-
-        async def ask(wid: str, items: list) -> None:
-            for j in range(0, len(items), MAX_BATCH):
-                part = items[j:j + MAX_BATCH]
-                try:
-                    present, kept = await self._control.has(placement.members[wid], [c.name for _, c in part])
-                except P2PError:
-                    continue  # an unreachable worker holds nothing we can read
-                for (i, c), p, k in zip(part, present, kept):
-                    cached[i] += c.length if p else 0
-                    pinned[i] += c.length if k else 0
-
-        await asyncio.gather(*(ask(w, items) for w, items in asked.items()))
+        for wid, chunks in todo.items():
+            for c, (present, kept) in zip(chunks, held[wid]):
+                i = index[(c.bucket, c.key)]
+                cached[i] += c.length if present else 0
+                pinned[i] += c.length if kept else 0
         replicas = max(1, placement.ring.replicas)
         return [{"bucket": o.bucket, "key": o.key, "size": o.size,
                  "cached": 1.0 if not o.size else min(1.0, cached[i] / replicas / o.size),

@@ -3,7 +3,10 @@
 The owners work in parallel, each sent batches of its chunks one after the
 other (a worker fills a batch within its origin concurrency). A chunk whose
 owner changed or could not be reached is planned again on the next ring, up
-to ROUNDS times. The job is the master's: it goes on when the caller leaves.
+to ROUNDS times. Then the owners are asked which chunks they still hold: the
+job is done only if they hold every one (a fill may have evicted another since,
+the set's own or a reader's). The job is the master's: it goes on when the
+caller leaves.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import uuid
 from collections import Counter, defaultdict
 from typing import Callable
 
-from p2pcache.control import WorkerControl
+from p2pcache.control import MAX_BATCH, WorkerControl
 from p2pcache.errors import P2PError, PeerError
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
+from p2pcache.sizes import format_size
 
-__all__ = ["PreloadJob", "plan", "BATCH", "ROUNDS"]
+__all__ = ["PreloadJob", "plan", "holding", "BATCH", "ROUNDS"]
 
 log = logging.getLogger("p2pcache.master.preload")
 BATCH = 32  # chunks per request: above a worker's default origin concurrency of 16, so it stays busy
@@ -44,6 +48,24 @@ def plan(objects: list[ObjectInfo], placement: Placement) -> dict[str, list[Chun
     return dict(todo)
 
 
+async def holding(control: WorkerControl, placement: Placement,
+                  todo: dict[str, list[ChunkId]]) -> dict[str, list[tuple[bool, bool]]]:
+    """Worker id -> for each of its chunks in `todo`, whether it holds it and whether it keeps it
+    (a pin); both False for the chunks of an owner that does not answer."""
+    async def ask(wid: str, chunks: list[ChunkId]) -> list[tuple[bool, bool]]:
+        answers: list[tuple[bool, bool]] = []
+        for i in range(0, len(chunks), MAX_BATCH):
+            part = chunks[i:i + MAX_BATCH]
+            try:
+                present, kept = await control.has(placement.members[wid], [c.name for c in part])
+            except P2PError:  # an unreachable worker holds nothing we can read
+                present = kept = [False] * len(part)
+            answers += zip(present, kept)
+        return answers
+
+    return dict(zip(todo, await asyncio.gather(*(ask(wid, cs) for wid, cs in todo.items()))))
+
+
 class PreloadJob:
     def __init__(self, urls: list[str], pin: bool, objects: list[ObjectInfo], todo: dict[str, list[ChunkId]],
                  control: WorkerControl, placement: Callable[[], Placement],
@@ -52,13 +74,15 @@ class PreloadJob:
         self.urls, self.pin = urls, pin
         self.state = RUNNING
         self._control, self._placement, self._clock = control, placement, clock
-        self._todo = todo
+        self._objects, self._todo = objects, todo
         self._left = Counter((c.bucket, c.key) for cs in todo.values() for c in cs)  # assignments per object
         self.objects_total = len(objects)
         self.objects_done = self.objects_total - len(self._left)  # empty objects have nothing to fill
         self.chunks_total = sum(len(cs) for cs in todo.values())
         self.bytes_total = sum(c.length for cs in todo.values() for c in cs)
         self.chunks_done = self.chunks_failed = self.bytes_done = self.bytes_fetched = 0
+        self.chunks_cached: int | None = None  # held by their owners when the fills ended
+        self.bytes_cached: int | None = None
         self.failures: list[str] = []
         self.created = time.time()
         self._start, self._end = clock(), None
@@ -79,6 +103,7 @@ class PreloadJob:
             "chunks_total": self.chunks_total, "chunks_done": self.chunks_done,
             "chunks_failed": self.chunks_failed, "bytes_total": self.bytes_total,
             "bytes_done": self.bytes_done, "bytes_from_s3": self.bytes_fetched,
+            "chunks_cached": self.chunks_cached, "bytes_cached": self.bytes_cached,
             "rate": self.bytes_done / elapsed if elapsed > 0 else 0.0, "elapsed": elapsed,
             "created": self.created, "failures": self.failures,
         }
@@ -95,7 +120,8 @@ class PreloadJob:
                     break
                 log.info("preload %s: %d chunks planned again on the current ring", self.id, len(again))
                 todo = _regroup(again, self._placement())
-            self.state = FAILED if self.chunks_failed else DONE
+            missing = await self._count_cached()
+            self.state = FAILED if self.chunks_failed or missing else DONE
         except asyncio.CancelledError:
             self.state = CANCELLED
         except Exception as exc:  # a bug must end the job visibly, not leave it "running"
@@ -136,6 +162,26 @@ class PreloadJob:
                     retry([c], f"{worker_id}: {detail}")
                 else:
                     self._fail(f"s3://{c.bucket}/{c.key} chunk {c.index} on {worker_id}: {detail}", 1)
+
+    async def _count_cached(self) -> int:
+        """Ask the owners which chunks of the set they hold, as `status` does; the chunks they do not.
+
+        A chunk counted done may be gone by now: the set's later fills, a reader's or another
+        preload's evicted it. The job says so rather than report cached what is not."""
+        placement = self._placement()
+        todo = plan(self._objects, placement)
+        held = await holding(self._control, placement, todo)
+        cached = [c for wid, cs in todo.items() for c, (present, _) in zip(cs, held[wid]) if present]
+        self.chunks_cached, self.bytes_cached = len(cached), sum(c.length for c in cached)
+        total = sum(map(len, todo.values()))
+        missing = total - len(cached)
+        if missing:
+            message = (f"{missing} of {total} chunks were not cached when the job ended "
+                       f"({format_size(self.bytes_cached)} of {format_size(self.bytes_total)} cached): failed, "
+                       f"evicted since they were filled (the set and what else its owners cache are more than "
+                       f"they hold), or their owner changed; `p2pcache status {' '.join(self.urls)}` shows which")
+            self.failures = [message, *self.failures][:MAX_FAILURES]
+        return missing
 
     def _retry_or_fail(self, chunks: list[tuple[ChunkId, int]], again: list[tuple[ChunkId, int]], last: bool,
                        why: str) -> None:

@@ -10,11 +10,10 @@ import msgpack
 
 from p2pcache.members import MAX_WEIGHT, InvalidRegistration, check_id, check_url
 from p2pcache.ring import DRAINING, UP, WorkerInfo
-from p2pcache.sizes import format_size
+from p2pcache.sizes import MAX_SIZE, format_size
 
 __all__ = ["InvalidRegistration", "Takeover", "parse_worker", "check_takeover", "STATES"]
 
-MAX_CAPACITY = (1 << 63) - 1
 # A worker owns chunks only if it can keep them: one that a read is streaming stays (it is
 # pinned) while the read's next chunk is filled, and each file has a trailer past its chunk.
 MIN_CHUNKS = 2
@@ -43,7 +42,7 @@ def parse_worker(body: bytes, content_type: str, chunk_size: int) -> WorkerInfo:
     check_url(info.url)
     if not _int(info.weight) or not 1 <= info.weight <= MAX_WEIGHT:
         raise InvalidRegistration(f"weight must be an integer from 1 to {MAX_WEIGHT}")
-    if not _int(info.capacity) or not 0 <= info.capacity <= MAX_CAPACITY:
+    if not _int(info.capacity) or not 0 <= info.capacity <= MAX_SIZE:
         raise InvalidRegistration("capacity must be a non-negative integer (bytes)")
     if info.capacity < MIN_CHUNKS * chunk_size:
         raise InvalidRegistration(f"capacity must hold {MIN_CHUNKS} chunks, {MIN_CHUNKS * chunk_size} bytes at the "

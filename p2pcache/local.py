@@ -15,14 +15,17 @@ import time
 from pathlib import Path
 
 from .auth import new_secret
-from .bounds import bounded
+from .bounds import bounded, bounded_size
 from .config import add_flag, env_name, size_arg
+from .ring import MAX_CHUNK, MIN_CHUNK
 
 __all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "wait_joined", "stop_all",
            "NotReady", "DEMO_BUCKET", "DEMO_KEY"]
 
 DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
 READY_TIMEOUT = 30.0
+MAX_WORKERS = 100  # processes, each with its cache, on this machine
+MAX_DEMO_SIZE = 5 << 30  # S3's largest single PUT; the demo object is built in memory
 
 
 class NotReady(RuntimeError):
@@ -43,8 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        bounded("--workers", args.workers, 1)
+        bounded("--workers", args.workers, 1, MAX_WORKERS)
         bounded("--port", args.port, 0, 65535 - args.workers)  # the workers take the next ports
+        bounded_size("--chunk-size", args.chunk_size, MIN_CHUNK, MAX_CHUNK)
+        bounded_size("--capacity", args.capacity)
+        bounded_size("--demo-size", args.demo_size, 0, MAX_DEMO_SIZE)
     except ValueError as exc:
         print(f"p2pcache local: {exc}", file=sys.stderr)
         return 2

@@ -177,7 +177,11 @@ def line(job: dict) -> str:
 
 
 def summary(job: dict) -> str:
-    return (f"preload {job['id']} {job['state']}: {job['objects_done']}/{job['objects_total']} objects, "
+    """The job's last line; when its owners did not hold all of it at its end, how much they did."""
+    text = (f"preload {job['id']} {job['state']}: {job['objects_done']}/{job['objects_total']} objects, "
             f"{format_size(job['bytes_done'])} of {format_size(job['bytes_total'])} in {job['elapsed']:.1f}s "
             f"({format_size(int(job['rate']))}/s), {format_size(job['bytes_from_s3'])} from S3, "
             f"{job['chunks_failed']} chunks failed{', pinned' if job['pin'] else ''}")
+    if job.get("bytes_cached") is not None and job["bytes_cached"] < job["bytes_total"]:
+        text += f", {format_size(job['bytes_cached'])} of {format_size(job['bytes_total'])} cached"
+    return text

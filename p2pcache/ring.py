@@ -10,12 +10,25 @@ import msgpack
 from .objects import ChunkId
 from .placement import LOAD, HashPoints, assign
 
-__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "UP", "DRAINING", "HISTORY"]
+__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "UP", "DRAINING", "HISTORY", "MIN_CHUNK", "MAX_CHUNK"]
 
 UP, DRAINING = "up", "draining"
 HISTORY = 3  # earlier memberships published with the ring, to find chunks whose owner changed
 OBJECTS = 512  # objects whose owner tables a placement keeps
 LEGACY_LOAD = 1.05  # the load bound of rings published before it was part of them
+# The chunk sizes a ring may have (the master's --chunk-size). Each chunk costs an S3 GET (tens
+# of ms to its first byte), a file with its trailer and an entry in the eviction policy: below
+# 64 KiB, the smallest piece a read streams in (worker/budget.py) and two checksum blocks, those
+# costs outweigh the bytes.
+MIN_CHUNK = 64 << 10
+# Above 1 GiB a chunk stops being a unit the cluster spreads and moves: a model shard of a few
+# GiB is a handful of chunks on as many workers, a read keeps a whole chunk from eviction, a
+# handoff moves it whole (4 s at the default 256 MiB/s), and each open chunk file holds its
+# checksum table in memory (1/4096 of the chunk: 256 KiB, for up to 256 open files per serving
+# process). A worker takes any chunk size its ring has, and its store's trailer would hold up
+# to 16 TiB (a 32-bit table length); at 1 GiB, a worker of 2 GiB keeps the two chunks the master
+# asks of every worker (master/registration.py).
+MAX_CHUNK = 1 << 30
 
 
 @dataclass(frozen=True)

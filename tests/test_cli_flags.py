@@ -14,7 +14,8 @@ import pytest
 from conftest import cli_env, worker_args
 from master.config import MasterConfig
 from p2pcache.cli import build_parser
-from p2pcache.local import spawn, stop_all, wait_ready
+from p2pcache.config import env_name
+from p2pcache.local import spawn, stop_all, wait_joined, wait_ready
 from worker.config import WorkerConfig, add_arguments
 from worker.eviction import POLICIES
 
@@ -24,10 +25,10 @@ MASTER = "http://127.0.0.1:9"
 ENV = cli_env()
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    """`p2pcache ARGS` as its own process; one that does not stop by itself fails the test."""
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`p2pcache ARGS` as its own process, with `env` added; one that does not stop by itself fails the test."""
     return subprocess.run([sys.executable, "-m", "p2pcache", *args], capture_output=True, text=True, timeout=30,
-                          env=ENV)
+                          env=ENV | (env or {}))
 
 
 def worker_config(tmp_path, *flags: str) -> WorkerConfig:
@@ -69,21 +70,21 @@ def master_config(*flags: str) -> MasterConfig:
 
 
 @pytest.mark.parametrize(("flags", "why"), [
-    (["--chunk-size", "0"], "--chunk-size must be at least 64KiB, not 0B"),
-    (["--chunk-size", "1"], "--chunk-size must be at least 64KiB, not 1B"),
-    (["--chunk-size", "1.5"], "--chunk-size must be at least 64KiB, not 1B"),
-    (["--chunk-size", "65535"], "--chunk-size must be at least 64KiB, not 65,535 bytes"),
+    (["--chunk-size", "0"], "--chunk-size must be from 64KiB to 1GiB, not 0B"),
+    (["--chunk-size", "1"], "--chunk-size must be from 64KiB to 1GiB, not 1B"),
+    (["--chunk-size", "1.5"], "--chunk-size must be from 64KiB to 1GiB, not 1B"),
+    (["--chunk-size", "65535"], "--chunk-size must be from 64KiB to 1GiB, not 65,535 bytes"),
     (["--vnodes", "0"], "--vnodes must be from 1 to 1000, not 0"),
     (["--vnodes", "-5"], "--vnodes must be from 1 to 1000, not -5"),
     (["--vnodes", "1001"], "--vnodes must be from 1 to 1000, not 1001"),
-    (["--replicas", "0"], "--replicas must be at least 1, not 0"),
-    (["--replicas", "-1"], "--replicas must be at least 1, not -1"),
-    (["--worker-ttl", "-1"], "--worker-ttl must be at least 1, not -1"),
-    (["--worker-ttl", "0"], "--worker-ttl must be at least 1, not 0"),
-    (["--worker-ttl", "0.5"], "--worker-ttl must be at least 1, not 0.5"),
-    (["--worker-ttl", "nan"], "--worker-ttl must be at least 1, not nan"),
-    (["--startup-grace", "-1"], "--startup-grace must be at least 0, not -1"),
-    (["--startup-grace", "inf"], "--startup-grace must be at least 0, not inf"),
+    (["--replicas", "0"], "--replicas must be from 1 to 1000, not 0"),
+    (["--replicas", "-1"], "--replicas must be from 1 to 1000, not -1"),
+    (["--worker-ttl", "-1"], "--worker-ttl must be from 1 to 3600, not -1"),
+    (["--worker-ttl", "0"], "--worker-ttl must be from 1 to 3600, not 0"),
+    (["--worker-ttl", "0.5"], "--worker-ttl must be from 1 to 3600, not 0.5"),
+    (["--worker-ttl", "nan"], "--worker-ttl must be from 1 to 3600, not nan"),
+    (["--startup-grace", "-1"], "--startup-grace must be from 0 to 3600, not -1"),
+    (["--startup-grace", "inf"], "--startup-grace must be from 0 to 3600, not inf"),
 ])
 def test_master_numbers_out_of_range_are_refused(flags, why):
     with pytest.raises(ValueError) as refused:
@@ -95,6 +96,9 @@ def test_master_numbers_at_their_bounds_are_accepted():
     config = master_config("--chunk-size", "64KiB", "--vnodes", "1000", "--replicas", "1", "--worker-ttl", "1",
                            "--startup-grace", "0")
     assert (config.chunk_size, config.vnodes, config.replicas, config.worker_ttl) == (64 << 10, 1000, 1, 1.0)
+    config = master_config("--chunk-size", "1GiB", "--vnodes", "1", "--replicas", "1000", "--worker-ttl", "3600",
+                           "--startup-grace", "3600")
+    assert (config.chunk_size, config.replicas, config.worker_ttl, config.startup_grace) == (1 << 30, 1000, 3600, 3600)
     assert master_config("--chunk-size", "8MB", "--vnodes", "1").chunk_size == 8_000_000  # not a block multiple
 
 
@@ -150,7 +154,54 @@ def test_a_hung_primary_and_a_fill_from_s3_fit_in_the_peer_timeout(tmp_path, dea
 def test_a_master_with_a_chunk_size_it_cannot_work_with_exits_with_one_line():
     result = run("master", "--listen", "127.0.0.1:0", "--chunk-size", "0")
     assert result.returncode == 2 and "ready" not in result.stdout
-    assert result.stderr == "p2pcache master: --chunk-size must be at least 64KiB, not 0B\n"
+    assert result.stderr == "p2pcache master: --chunk-size must be from 64KiB to 1GiB, not 0B\n"
+
+
+BIG = "9" * 400  # a float of it is infinite: sizes were parsed through float()
+SIZE_RANGE = "must be from 0B to 2^63-1 bytes"
+
+
+@pytest.mark.parametrize(("command", "flag", "value", "why"), [
+    ("master", "--chunk-size", BIG, "must be from 64KiB to 1GiB, not 1.00e+400 bytes"),
+    ("master", "--chunk-size", "100000000TiB", "must be from 64KiB to 1GiB, not 1.10e+20 bytes"),
+    ("master", "--chunk-size", "2GiB", "must be from 64KiB to 1GiB, not 2GiB"),
+    ("master", "--startup-grace", "1e12", "must be from 0 to 3600, not 1e+12"),
+    ("master", "--worker-ttl", "1e12", "must be from 1 to 3600, not 1e+12"),
+    ("master", "--replicas", BIG, "must be from 1 to 1000, not 1.00e+400"),
+    ("master", "--vnodes", BIG, "must be from 1 to 1000, not 1.00e+400"),
+    ("worker", "--capacity", BIG, f"{SIZE_RANGE}, not 1.00e+400 bytes"),
+    ("worker", "--capacity", "100000000TiB", f"{SIZE_RANGE}, not 1.10e+20 bytes"),
+    ("worker", "--capacity", str(1 << 63), f"{SIZE_RANGE}, not 9.22e+18 bytes"),
+    ("worker", "--min-free", BIG, f"{SIZE_RANGE}, not 1.00e+400 bytes"),
+    ("worker", "--egress-limit", BIG, f"{SIZE_RANGE}, not 1.00e+400 bytes"),
+    ("worker", "--rebalance-rate", BIG, f"{SIZE_RANGE}, not 1.00e+400 bytes"),
+    ("worker", "--weight", BIG, "must be from 1 to 100, not 1.00e+400"),
+    ("local", "--chunk-size", BIG, "must be from 64KiB to 1GiB, not 1.00e+400 bytes"),
+    ("local", "--capacity", BIG, f"{SIZE_RANGE}, not 1.00e+400 bytes"),
+    ("local", "--demo-size", BIG, "must be from 0B to 5GiB, not 1.00e+400 bytes"),
+    ("local", "--workers", BIG, "must be from 1 to 100, not 1.00e+400"),
+])
+@pytest.mark.parametrize("given", ["flag", "env"])
+def test_a_number_out_of_range_exits_2_with_one_line_naming_the_flag_and_its_range(tmp_path, command, flag, value,
+                                                                                   why, given):
+    args = {"master": ["master", "--listen", "127.0.0.1:0"], "worker": worker_args(tmp_path, "--master", MASTER),
+            "local": ["local", "--port", "0"]}[command]
+    result = run(*args, flag, value) if given == "flag" else run(*args, env={env_name(flag): value})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"p2pcache {command}: {flag} {why}\n"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_master_at_the_largest_chunk_size_takes_a_worker_of_two_chunks(tmp_path):
+    procs = []
+    try:
+        master = wait_ready(spawn(procs, ENV, "master", "--listen", "127.0.0.1:0", "--chunk-size", "1GiB",
+                                  "--startup-grace", "0"))
+        worker = wait_ready(spawn(procs, ENV, *worker_args(tmp_path, "--master", master, "--capacity", "2GiB",
+                                                           "--min-free", "0", "--serve-processes", "1")))
+        wait_joined([worker])
+    finally:
+        stop_all(procs)
 
 
 @pytest.fixture

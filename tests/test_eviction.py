@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from loadtests.eviction import Workload, belady, compare, replay, trace
@@ -14,6 +15,7 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("insert"), st.sampled_from(NAMES), st.integers(1, 100)),
     st.tuples(st.just("restore"), st.sampled_from(NAMES), st.integers(1, 100)),
     st.tuples(st.just("touch"), st.sampled_from(NAMES)),
+    st.tuples(st.just("promote"), st.sampled_from(NAMES)),
     st.tuples(st.just("remove"), st.sampled_from(NAMES)),
     st.tuples(st.just("demote"), st.sampled_from(NAMES)),
     st.tuples(st.just("victim"), st.frozensets(st.sampled_from(NAMES))),
@@ -29,8 +31,8 @@ def test_a_policy_tracks_exactly_what_is_cached_and_honours_skip_and_demote(poli
         if op in ("insert", "restore"):
             getattr(p, op)(*args)
             ref[args[0]] = args[1]
-        elif op == "touch":
-            p.touch(*args)
+        elif op in ("touch", "promote"):
+            getattr(p, op)(*args)
         elif op == "remove":
             p.remove(*args)
             ref.pop(args[0], None)
@@ -120,6 +122,27 @@ def test_s3fifo_and_slru_keep_a_working_set_through_a_scan_larger_than_the_cache
             p.insert(i, 1)
         kept[policy.__name__] = {"config", "tokenizer", "vocab"} <= {n for n in ("config", "tokenizer", "vocab") if n in p}
     assert kept == {"LRU": False, "SLRU": True, "S3FIFO": True}
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("restored", [False, True])
+def test_a_preloaded_set_smaller_than_the_cache_survives_its_own_fills(policy, restored):
+    """The cache is full of a working set read again (or found on disk at a restart); a preload
+    of 60% of it fills one chunk after another: its later fills evict the working set, not its
+    first chunks (S3-FIFO's small FIFO and SLRU's probation would)."""
+    p = POLICIES[policy](100)
+    for i in range(10):
+        (p.restore if restored else p.insert)(f"hot{i}", 10)
+    for _ in range(3):
+        for i in range(10):
+            p.touch(f"hot{i}")
+    for i in range(6):
+        while p.nbytes + 10 > 100:
+            p.victim(never)
+        p.insert(f"set{i}", 10)
+        p.promote(f"set{i}")
+    assert [f"set{i}" in p for i in range(6)] == [True] * 6
+    assert sum(f"hot{i}" in p for i in range(10)) == 4
 
 
 def test_s3fifo_does_not_count_touches_right_after_an_insert_as_a_second_use():

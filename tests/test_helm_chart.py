@@ -360,6 +360,8 @@ def test_dashboard_uses_the_contract_metric_names(rendered):
     ({"cache": {"mode": "nfs"}}, "/cache/mode",
      "value must be one of 'emptyDir', 'hostPath', 'volumeClaimTemplate'"),
     ({"cache": {"capacityPercent": 120}}, "/cache/capacityPercent", "maximum"),
+    ({"cluster": {"workerTtl": 3601}}, "/cluster/workerTtl", "maximum"),  # the master's --worker-ttl bounds
+    ({"cluster": {"replicas": 1001}}, "/cluster/replicas", "maximum"),
     ({"cache": {"sizee": "1GiB"}}, "/cache", "additional properties 'sizee' not allowed"),
     ({"clientKeys": {"keys": [{"accessKeyId": "a", "secretAccessKey": "two words"}]}},
      "/clientKeys/keys/0/secretAccessKey", "'two words' does not match pattern"),

@@ -119,7 +119,7 @@ def local(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("args", "why"), [
     (["--capacity", "1XB"], "p2pcache local: error: argument --capacity: invalid size '1XB'"),
     (["--chunk-size", "1XB"], "p2pcache local: error: argument --chunk-size: invalid size '1XB'"),
-    (["--workers", "0"], "p2pcache local: --workers must be at least 1, not 0"),
+    (["--workers", "0"], "p2pcache local: --workers must be from 1 to 100, not 0"),
     (["--workers", "3", "--port", "65535"], "p2pcache local: --port must be from 0 to 65532, not 65535"),
 ])
 def test_flags_local_cannot_start_with_stop_it_before_it_starts_anything(args, why):

@@ -46,7 +46,8 @@ async def test_pinned_data_survives_a_flood_larger_than_the_cache_and_a_restart(
     plain = put(s3_client, bucket, "plain", 4, 2)
     flood = put(s3_client, bucket, "flood", 40, 3)  # 40 chunks through 24 chunk slots
     assert (await preload(cluster.master.url, [f"s3://{bucket}/pinned/"], pin=True, secret=SECRET))["state"] == "done"
-    assert (await preload(cluster.master.url, [f"s3://{bucket}/plain/"], secret=SECRET))["state"] == "done"
+    await read(cluster.workers[1].url, bucket, plain)  # read once, as the flood will be (a preload's chunks
+    # are kept as read often: a one-off flood passes them by, test_preload.py)
     assert len(kept_names(cluster)) == 6
     async with aiohttp.ClientSession() as http:
         assert await total_metric(http, cluster, "p2pcache_pinned_bytes") == 6 * CHUNK

@@ -177,3 +177,88 @@ def test_a_retried_follower_copy_goes_to_the_follower_of_the_new_ring():
         assert c in again[want]
         assert all(c not in cs for wid, cs in again.items() if wid != want)
     assert sum(map(len, again.values())) == len(failed)
+
+
+def put_chunks(s3_client, bucket: str, prefix: str, n: int, chunks: int = 1) -> dict[str, bytes]:
+    """`n` objects of `chunks` whole chunks each under `prefix/`."""
+    data = {f"{prefix}/{i}.bin": random.Random(f"{prefix}{i}").randbytes(chunks * CHUNK) for i in range(n)}
+    for key, body in data.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    return data
+
+
+def chunk_files(n: int) -> int:
+    """A capacity of `n` chunk files (the data and its trailer)."""
+    return n * (CHUNK + 512)
+
+
+async def test_a_set_larger_than_its_owners_can_hold_is_refused_before_anything_is_read(cluster_factory, s3,
+                                                                                         s3_client, bucket):
+    cluster = await cluster_factory(2, capacity=chunk_files(8))
+    put_chunks(s3_client, bucket, "huge", 30)  # about 15 chunks for each worker of 8
+    before = s3.get_bytes
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        with pytest.raises(BadRequest, match=r"^the set does not fit: w[01] would hold \d+ bytes \(0 pinned "
+                                             r"already \+ \d+ of the set\), over its capacity of 2101248") as refused:
+            await admin.preload([f"s3://{bucket}/huge/"])
+        assert refused.value.code == "PreloadTooLarge"
+        assert await admin.jobs() == []
+    assert s3.get_bytes == before
+
+
+async def test_each_owner_must_hold_its_own_share_not_the_cluster_the_sum(cluster_factory, s3_client, bucket):
+    """18 chunks fit two workers of 10, but not when one of them owns three quarters of them."""
+    cluster = await cluster_factory(1, capacity=chunk_files(10))
+    await cluster.add_worker(weight=3)
+    await cluster.wait_converged()
+    put_chunks(s3_client, bucket, "m", 3, chunks=6)
+    placement = cluster.master.placement()
+    objects = [ObjectInfo(bucket, k, s3_client.head_object(Bucket=bucket, Key=k)["ETag"], 6 * CHUNK)
+               for k in (f"m/{i}.bin" for i in range(3))]
+    shares = {w: len(cs) for w, cs in plan(objects, placement).items()}
+    assert shares["w1"] > 10 >= shares["w0"]
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        with pytest.raises(BadRequest, match=rf"^the set does not fit: w1 would hold {shares['w1'] * CHUNK} bytes "
+                                             rf"\(0 pinned already \+ {shares['w1'] * CHUNK} of the set\), over its "
+                                             rf"capacity of {chunk_files(10)}: preload less"):
+            await admin.preload([f"s3://{bucket}/m/"])
+
+
+async def test_pinned_chunks_leave_less_room_and_are_not_counted_twice(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(1, capacity=chunk_files(10))
+    put_chunks(s3_client, bucket, "set/pinned", 5)
+    put_chunks(s3_client, bucket, "set/more", 4)
+    put_chunks(s3_client, bucket, "other", 6)
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        assert (await admin.wait((await admin.preload([f"s3://{bucket}/set/pinned/"], pin=True))["id"]))["state"] \
+            == "done"
+        with pytest.raises(BadRequest, match=rf"w0 would hold {11 * CHUNK} bytes \({5 * CHUNK} pinned already \+ "
+                                             rf"{6 * CHUNK} of the set\)") as refused:
+            await admin.preload([f"s3://{bucket}/other/"])  # 6 chunks fit 10, not next to 5 pinned ones
+        assert refused.value.code == "PreloadTooLarge"
+        # The pinned chunks are part of this set: 5 kept + 4 new fit.
+        assert (await admin.wait((await admin.preload([f"s3://{bucket}/set/"]))["id"]))["state"] == "done"
+
+
+@pytest.mark.parametrize(("eviction", "restart"), [("s3fifo", False), ("s3fifo", True), ("slru", False),
+                                                  ("lru", False)])
+async def test_a_preload_into_a_cache_full_of_other_data_keeps_all_of_itself(cluster_factory, s3, s3_client, bucket,
+                                                                             eviction, restart):
+    """S3-FIFO puts a new chunk in its small queue (a tenth of the cache) and evicts from there while
+    its main queue holds data read again (or found on disk at a restart), as SLRU evicts from
+    probation while protected data fills 80%: a preload's later fills evicted its own first chunks."""
+    cluster = await cluster_factory(1, capacity=chunk_files(12), origin_concurrency=2, eviction=eviction)
+    other = put_chunks(s3_client, bucket, "other", 12)
+    model = put_chunks(s3_client, bucket, "model", 6)
+    await read_everywhere(cluster, bucket, other)
+    await read_everywhere(cluster, bucket, other)  # read again: S3-FIFO's main queue, SLRU's protected one
+    if restart:
+        old = cluster.workers[0]
+        await old.stop(leave=False)
+        await cluster.restart(old)
+        await cluster.wait_converged()
+    job = await preload(cluster.master.url, [f"s3://{bucket}/model/"], secret=SECRET)
+    assert (job["state"], job["chunks_cached"]) == ("done", 6), job
+    before = s3.get_bytes
+    await read_everywhere(cluster, bucket, model)
+    assert s3.get_bytes == before

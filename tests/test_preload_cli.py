@@ -8,9 +8,10 @@ import json
 import signal
 import sys
 
+import aiohttp
 import pytest
 
-from conftest import CHUNK, SECRET, cli_env
+from conftest import CHUNK, SECRET, cli_env, wait_for
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache.admin_client import AdminClient
@@ -188,3 +189,30 @@ async def test_a_preload_stopped_by_a_signal_says_the_job_goes_on(cluster_factor
     assert f"job {job} goes on: `p2pcache preload --follow {job}`" in err.decode()
     async with AdminClient(cluster.master.url, SECRET) as admin:
         assert (await admin.job(job))["state"] == "running"
+
+
+async def test_a_preload_whose_chunks_were_evicted_before_it_ended_fails_saying_how_much_is_cached(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    """The set fits the worker, but a flood of reads while its last fill waits on S3 evicts its first
+    three chunks (LRU): the job must not report them cached."""
+    cluster = await cluster_factory(1, capacity=8 * (CHUNK + 512), eviction="lru", s3_endpoint=fault_proxy.url,
+                                    origin_read_timeout=4.0)
+    for prefix, n in (("m", 4), ("flood", 8)):
+        for i in range(n):
+            s3_client.put_object(Bucket=bucket, Key=f"{prefix}/{i}.bin", Body=bytes([i]) * CHUNK)
+    fault_proxy.script = [None, None, None, "stall"]  # the set's fourth fill waits on S3 for 4 s
+    preloading = asyncio.ensure_future(run("preload", f"s3://{bucket}/m/", "--master", cluster.master.url))
+    store = cluster.workers[0].store
+    await wait_for(lambda: fault_proxy.stalling and len(store) == 3, what="three chunks filled, one stalled")
+    async with aiohttp.ClientSession() as http:
+        for i in range(8):
+            async with http.get(f"{cluster.workers[0].url}/{bucket}/flood/{i}.bin") as resp:
+                assert resp.status == 200 and len(await resp.read()) == CHUNK
+    code, out, err = await preloading
+    assert code == 1, err
+    assert " failed: 4/4 objects, 1MiB of 1MiB in " in out and out.rstrip().endswith(
+        "0 chunks failed, 256KiB of 1MiB cached"), out
+    assert "failed: 3 of 4 chunks were not cached when the job ended" in err, err
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        job = (await admin.jobs())[0]
+    assert (job["state"], job["chunks_done"], job["chunks_cached"], job["bytes_cached"]) == ("failed", 4, 1, CHUNK)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from p2pcache.auth import load_secret
-from p2pcache.bounds import bounded
+from p2pcache.bounds import bounded, bounded_size
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
 from p2pcache.members import MAX_WEIGHT, check_id, check_url
 from p2pcache.origin import check_endpoint
@@ -137,6 +137,8 @@ def _check_numbers(a: argparse.Namespace) -> None:
     for flag in ("--drain-timeout", "--meta-ttl", "--origin-deadline", "--origin-breaker", "--max-reads",
                  "--read-wait", "--send-timeout"):
         bounded(flag, getattr(a, flag[2:].replace("-", "_")), 0)
+    for flag in ("--capacity", "--min-free", "--egress-limit", "--rebalance-rate"):
+        bounded_size(flag, getattr(a, flag[2:].replace("-", "_")))
 
 
 def _checked(flag: str, check: Callable[[str], None], value: str) -> None:

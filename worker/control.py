@@ -105,6 +105,7 @@ class Control:
                 if c.name not in self._store:  # streamed around the disk: failing, or no room
                     why = self._chunks.disk.degraded or "the cache did not keep it"
                     raise StoreError(f"{c.ring_key} was not stored: {why}")
+                self._store.promote(c.name)  # else the set's next fills may evict it (worker/eviction.py)
                 if keep:
                     await self._keeps.add(c)  # while the stream holds the chunk: not evicted meanwhile
             finally:

@@ -2,9 +2,10 @@
 
 Every policy has the same synchronous interface, used by the store and by the simulator
 (loadtests/eviction.py): `insert` a chunk after a fill, `restore` one found on disk at startup
-(oldest first), `touch` it on a hit, `remove` it when it goes for another reason, `demote` it
-to make it the next victim, and `victim(skip)`, which chooses an entry `skip` does not refuse,
-forgets it and returns its name (None if every entry is refused). Entries refused by `skip`
+(oldest first), `touch` it on a hit, `promote` it when a preload asks for it (kept as a chunk
+read often: a preload's later fills must not evict its first ones), `remove` it when it goes
+for another reason, `demote` it to make it the next victim, and `victim(skip)`, which chooses
+an entry `skip` does not refuse, forgets it and returns its name (None if every entry is refused). Entries refused by `skip`
 (being read, kept by a pin) are rotated to the newest end of their queue, so each is passed
 over once per cycle: amortised O(1) per operation while refused entries are a bounded share.
 """
@@ -27,6 +28,7 @@ class Policy(Protocol):
     def insert(self, name: str, size: int) -> None: ...
     def restore(self, name: str, size: int) -> None: ...
     def touch(self, name: str) -> None: ...
+    def promote(self, name: str) -> None: ...
     def remove(self, name: str) -> None: ...
     def demote(self, name: str) -> None: ...
     def victim(self, skip: Skip) -> str | None: ...
@@ -90,6 +92,8 @@ class LRU(_Demotions):
         else:
             self._undemote(name)
 
+    promote = touch
+
     def remove(self, name: str) -> None:
         size = self._order.pop(name, None)
         if size is None:
@@ -143,6 +147,8 @@ class SLRU(_Demotions):
         else:
             self._undemote(name)
 
+    promote = touch  # on probation, protected at once; protected, the most recent
+
     def remove(self, name: str) -> None:
         if name in self._protected:
             size = self._protected.pop(name)
@@ -182,6 +188,8 @@ class S3FIFO(_Demotions):
     of the bytes after an entry arrives are the same use, not a second one (a reader asking
     for a chunk in several ranges); 2.5% did best on loadtests/eviction.py's ranged trace.
     """
+
+    MAX_COUNT = 3  # touches an entry of the main FIFO is kept for (a 2-bit counter)
 
     def __init__(self, capacity: int, small: float = 0.1, threshold: int = 1, window: float = 0.025) -> None:
         super().__init__()
@@ -224,9 +232,21 @@ class S3FIFO(_Demotions):
         entry = self._small.get(name) or self._main.get(name)
         if entry is not None:
             if self._clock - entry[2] >= self._window:
-                entry[1] = min(entry[1] + 1, 3)
+                entry[1] = min(entry[1] + 1, self.MAX_COUNT)
         else:
             self._undemote(name)
+
+    def promote(self, name: str) -> None:
+        """Into the main FIFO with the highest count, as a chunk read often: a new chunk in the
+        small FIFO goes first while the main one holds data read again (or restored), so a
+        preload's later fills would evict its first ones; in the main one, a chunk with the
+        highest count leaves only once the chunks ahead of it, which reach 0 first, have."""
+        self._undemote(name)
+        if (entry := self._small.pop(name, None)) is not None:
+            self._small_bytes -= entry[0]
+            self._main[name] = entry
+        if (entry := self._main.get(name)) is not None:
+            entry[1] = self.MAX_COUNT
 
     def remove(self, name: str) -> None:
         if (entry := self._small.pop(name, None)) is not None:

@@ -117,6 +117,11 @@ class ChunkStore:
         if name in self._chunks:
             self._policy.touch(name)
 
+    def promote(self, name: str) -> None:
+        """A preload asked for `name`: keep it as a chunk read often (the policy's `promote`)."""
+        if name in self._chunks:
+            self._policy.promote(name)
+
     def demote(self, name: str) -> None:
         """Make `name` the next chunk to evict (it has been handed to its owner)."""
         self._policy.demote(name)

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import SECRET, metric
 from p2pcache.admin_client import AdminClient
+from p2pcache.errors import BadRequest
 from p2pcache.service import Fatal
 from worker.server import Worker
 
@@ -145,8 +146,9 @@ async def test_a_cache_full_of_pinned_chunks_is_said_full_not_failing_and_caches
         degraded = (await ready(http, worker))["degraded"]
         assert "cache full" in degraded and "disk failing" not in degraded, degraded
         assert await metric(http, worker.url, "p2pcache_store_errors_total") == 0  # the disk is fine
-        job = await admin.wait((await admin.preload([f"s3://{bucket}/a.bin"]))["id"])
-        assert job["chunks_failed"] == 1 and "new chunks not cached: cache full" in job["failures"][0], job
+        with pytest.raises(BadRequest, match="over its capacity") as refused:  # said before any fill
+            await admin.preload([f"s3://{bucket}/a.bin"])
+        assert refused.value.code == "PreloadTooLarge"
         passed = await metric(http, worker.url, "p2pcache_passthrough_bytes_total")
         await admin.unpin([f"s3://{bucket}/pinned/"])
         async with http.get(f"{worker.url}/{bucket}/b.bin") as resp:  # room again: cached at once

@@ -18,6 +18,9 @@ from .cpus import available_cpus
 from .eviction import DEFAULT, POLICIES
 from .readers import ClientKey, client_keys_arg
 
+MAX_SECONDS = 86_400  # a day: the most any of the worker's seconds flags may be
+MAX_COUNT = 1_000_000  # the most any of its count flags may be
+
 __all__ = ["WorkerConfig", "add_arguments"]
 
 
@@ -128,15 +131,20 @@ class WorkerConfig:
 
 
 def _check_numbers(a: argparse.Namespace) -> None:
-    """Each number inside the range where it means something: ValueError naming the flag otherwise."""
+    """Each number inside the range where it means something: ValueError naming the flag otherwise.
+
+    Seconds stop at a day (a longer wait is a hang, a longer trust in a HEAD is no cache of S3's);
+    counts at MAX_COUNT, which no machine holds as many connections or pieces as.
+    """
     bounded("--weight", a.weight, 1, MAX_WEIGHT)
-    bounded("--heartbeat-interval", a.heartbeat_interval, 0, above=True)
-    bounded("--origin-read-timeout", a.origin_read_timeout, 0, above=True)
-    bounded("--origin-concurrency", a.origin_concurrency, 1)
-    bounded("--readahead", a.readahead, 1)
-    for flag in ("--drain-timeout", "--meta-ttl", "--origin-deadline", "--origin-breaker", "--max-reads",
-                 "--read-wait", "--send-timeout"):
-        bounded(flag, getattr(a, flag[2:].replace("-", "_")), 0)
+    bounded("--heartbeat-interval", a.heartbeat_interval, 0, MAX_SECONDS, above=True)
+    bounded("--origin-read-timeout", a.origin_read_timeout, 0, MAX_SECONDS, above=True)
+    bounded("--origin-concurrency", a.origin_concurrency, 1, MAX_COUNT)
+    bounded("--readahead", a.readahead, 1, MAX_COUNT)
+    for flag in ("--drain-timeout", "--meta-ttl", "--origin-deadline", "--read-wait", "--send-timeout"):
+        bounded(flag, getattr(a, flag[2:].replace("-", "_")), 0, MAX_SECONDS)
+    for flag in ("--origin-breaker", "--max-reads"):
+        bounded(flag, getattr(a, flag[2:].replace("-", "_")), 0, MAX_COUNT)
     for flag in ("--capacity", "--min-free", "--egress-limit", "--rebalance-rate"):
         bounded_size(flag, getattr(a, flag[2:].replace("-", "_")))
 

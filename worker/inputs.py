@@ -37,13 +37,16 @@ def object_path(raw_path: str) -> tuple[str, str]:
     "b/k"), and `//b/k` names no bucket: both are InvalidBucketName, not a listing or `b/k`.
     """
     bucket, _, key = raw_path[1:].partition("/")
-    bucket = unquote(bucket, errors="replace")  # a replaced byte is no bucket character either
+    escaped = "%" in raw_path  # most paths have no escape (and the fast path's never): nothing to decode
+    if escaped:
+        bucket = unquote(bucket, errors="replace")  # a replaced byte is no bucket character either
     if (bucket or key) and not _BUCKET.fullmatch(bucket):
         raise BadRequest(f"The specified bucket is not valid: {bucket!r}", code="InvalidBucketName")
-    try:
-        key = unquote_to_bytes(key).decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("the key is not valid UTF-8") from None
+    if escaped:
+        try:
+            key = unquote_to_bytes(key).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the key is not valid UTF-8") from None
     check_key(key)
     return bucket, key
 

@@ -29,6 +29,7 @@ class Membership:
         self._clock = clock
         self._workers: dict[str, WorkerInfo] = {}
         self._seen: dict[str, float] = {}
+        self._at: dict[str, str] = {}  # URL -> the id registered there (one per URL: `heartbeat`)
         self.ring = RingSnapshot(
             master_id=master_id or uuid.uuid4().hex[:12],
             epoch=0,
@@ -37,29 +38,35 @@ class Membership:
             vnodes=vnodes,
         )
 
+    def worker(self, worker_id: str) -> WorkerInfo | None:
+        return self._workers.get(worker_id)
+
     def heartbeat(self, worker: WorkerInfo) -> bool:
         """Register or refresh `worker`; True when the ring changed.
 
-        An address answers as one worker: other ids registered at `worker`'s URL are dropped
+        An address answers as one worker: another id registered at `worker`'s URL is dropped
         (a worker restarted there under a new id, before the old one expired).
         """
         self._seen[worker.id] = self._clock()
         if self._workers.get(worker.id) == worker:
             return False
         for wid in self.at_url(worker):
-            del self._workers[wid], self._seen[wid]
-        self._workers[worker.id] = worker
+            self._drop(wid)
+        if (old := self._workers.get(worker.id)) is not None:
+            del self._at[old.url]  # a moved worker leaves its old address
+        self._workers[worker.id], self._at[worker.url] = worker, worker.id
         self._publish()
         return True
 
     def at_url(self, worker: WorkerInfo) -> list[str]:
-        """Ids other than `worker`'s registered at its URL."""
-        return [wid for wid, w in self._workers.items() if w.url == worker.url and wid != worker.id]
+        """The other id registered at `worker`'s URL, if any (at most one: `heartbeat`)."""
+        wid = self._at.get(worker.url)
+        return [wid] if wid is not None and wid != worker.id else []
 
     def leave(self, worker_id: str) -> bool:
-        self._seen.pop(worker_id, None)
-        if self._workers.pop(worker_id, None) is None:
+        if worker_id not in self._workers:
             return False
+        self._drop(worker_id)
         self._publish()
         return True
 
@@ -68,11 +75,13 @@ class Membership:
         cutoff = self._clock() - self.ttl
         gone = [wid for wid, seen in self._seen.items() if seen < cutoff]
         for wid in gone:
-            del self._seen[wid]
-            del self._workers[wid]
+            self._drop(wid)
         if gone:
             self._publish()
         return gone
+
+    def _drop(self, worker_id: str) -> None:
+        del self._at[self._workers.pop(worker_id).url], self._seen[worker_id]
 
     def _publish(self) -> None:
         workers = tuple(sorted(self._workers.values(), key=lambda w: w.id))

@@ -194,7 +194,7 @@ class Master:
     async def heartbeat(self, request: web.Request) -> web.Response:
         try:
             worker = parse_worker(await request.read(), request.content_type, self.config.chunk_size)
-            current = next((w for w in self.membership.ring.workers if w.id == worker.id), None)
+            current = self.membership.worker(worker.id)
             check_takeover(current, worker, authenticated=self._verifier is not None)
         except InvalidRegistration as exc:
             raise web.HTTPBadRequest(text=f"invalid worker registration: {exc}\n") from None

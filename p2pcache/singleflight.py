@@ -44,6 +44,16 @@ class SingleFlight:
             if not self._waiters[key]:
                 del self._waiters[key]
 
+    async def quiet(self, timeout: float) -> bool:
+        """Until no flight runs, those that start meanwhile included (True), or `timeout` seconds pass."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._flights:
+            if (left := deadline - loop.time()) <= 0:
+                return False
+            await asyncio.wait(list(self._flights.values()), timeout=left)
+        return True
+
     def _done(self, key: Hashable, task: asyncio.Task) -> None:
         if self._flights.get(key) is task:
             del self._flights[key]

@@ -38,6 +38,7 @@ class FaultProxy:
         self.rate, self.faults = rate, faults
         self.mode: str | None = None  # a fault for every request: an outage
         self.get_mode: str | None = None  # a fault for every ranged GET of an object
+        self.get_delay = 0.0  # seconds each ranged GET of an object waits before it is relayed (a slow S3)
         self.script: list[str | None] = []  # faults for the next ranged GETs (None: none)
         self.ranges: list[str] = []  # the Range header of each ranged GET
         self._rng = random.Random(seed)
@@ -112,6 +113,8 @@ class FaultProxy:
                 self._error(writer, method, *_ERRORS[fault], is_object)
                 await writer.drain()
                 return
+            if self.get_delay and is_object and "range" in headers:
+                await asyncio.sleep(self.get_delay)
             await self._relay(lines, body, fault, is_object, reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass

@@ -6,6 +6,7 @@ import asyncio
 import random
 
 import aiohttp
+import pytest
 
 from conftest import CHUNK, metric, wait_for
 from p2pcache import Client
@@ -101,6 +102,28 @@ async def test_sigterm_hands_every_chunk_over_while_readers_keep_reading(cluster
     assert s3.get_bytes == s3_before
 
 
+async def test_a_drain_hands_over_what_its_running_fills_land(cluster_factory, fault_proxy, s3, s3_client, bucket):
+    """SIGTERM while the worker fills chunks from a slow S3 (2 s to the first byte): the drain
+    waits for those fills and hands what they land over too. Before, it handed over what it held
+    when it began and left: the chunks filled after that were read from S3 again."""
+    cluster = await cluster_factory(3, s3_endpoint=fault_proxy.url, drain_timeout=20.0)
+    data = dataset(s3_client, bucket, 6)
+    reader, leaving = cluster.workers[0], cluster.workers[1]
+    fault_proxy.get_delay = 2.0
+    async with aiohttp.ClientSession() as http:
+        reads = asyncio.gather(*(read_all(http, [reader.url], bucket, {key: body}) for key, body in data.items()))
+        await wait_for(lambda: leaving.chunks.fills_in_flight > 0, what="a fill at the worker that will leave")
+        await leaving.stop()  # what SIGTERM does
+        await reads
+        fault_proxy.get_delay = 0.0
+        await wait_for(lambda: leaving.id not in {w.id for w in cluster.master.membership.ring.workers},
+                       what="the drained worker to leave")
+        await cluster.wait_converged()
+        s3_before = s3.get_bytes
+        await read_all(http, [w.url for w in cluster.live()], bucket, data)
+    assert s3.get_bytes == s3_before
+
+
 async def test_a_worker_restarted_on_its_disk_takes_nothing_back(cluster_factory, s3, s3_client, bucket):
     """A rolling upgrade: the drain hands the chunks over (the pod may not come back); the
     worker that does come back, same id, same cache dir, still holds them: nothing is copied back."""
@@ -142,6 +165,27 @@ async def test_a_crashed_worker_costs_what_it_owned_once(cluster_factory, s3, s3
         survivors = [w.url for w in cluster.live()]
         await read_all(http, survivors, bucket, data)
         await read_all(http, survivors, bucket, data)
+    assert s3.get_bytes - s3_before == owned
+
+
+@pytest.mark.parametrize("serve_processes", [1, 2])
+async def test_readers_at_every_survivor_fill_a_crashed_workers_chunk_once(cluster_factory, s3, s3_client, bucket,
+                                                                          serve_processes):
+    """Before the master notices the crash, both survivors read everything at once. Each asks the
+    chunk's first live successor, the same for both (the successor itself fills it): before,
+    each asked the other first, and each filled the chunk for the other, from S3 twice."""
+    cluster = await cluster_factory(3, serve_processes=serve_processes)  # a 10 s TTL: no expiry here
+    data = dataset(s3_client, bucket, 5)
+    async with aiohttp.ClientSession() as http:
+        await read_all(http, [cluster.workers[0].url], bucket, data)
+        victim, placement = cluster.workers[1], cluster.workers[0].placement
+        owned = sum(c.length for c in chunks(s3_client, bucket, data) if placement.owner(c).id == victim.id)
+        assert owned > 0
+        s3_before = s3.get_bytes
+        await victim.stop(leave=False)
+        survivors = [w.url for w in cluster.live()]
+        await asyncio.gather(*(read_all(http, [url], bucket, data) for url in survivors))
+        assert victim.id in {w.id for w in cluster.master.membership.ring.workers}  # not yet expired
     assert s3.get_bytes - s3_before == owned
 
 

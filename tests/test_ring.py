@@ -82,7 +82,8 @@ def test_empty_ring_owns_nothing():
 
 
 @given(n=st.integers(1, 6), replicas=st.integers(1, 3), me=st.integers(0, 7), index=st.integers(0, 99))
-def test_read_order_asks_owners_first_and_this_worker_last_unless_it_owns(n, replicas, me, index):
+def test_read_order_asks_owners_first_then_successors_in_ring_order_with_this_worker_in_its_place(
+        n, replicas, me, index):
     p = Placement(ring(n, replicas=replicas))
     owners = p.owners(keys(100)[index])
     me_id = f"w{me}"
@@ -93,7 +94,11 @@ def test_read_order_asks_owners_first_and_this_worker_last_unless_it_owns(n, rep
     if me_id in owning:
         assert ids[0] == me_id
     else:
-        assert ids[-1] == me_id and set(ids[:len(owning)]) == owning
+        assert set(ids[:len(owning)]) == owning
+        successors = [w.id for w in owners[replicas:]]
+        # Every reader that is no owner asks the successors in one order, itself where it stands
+        # in it (last if it is not a successor): the first live one fills the chunk, once.
+        assert ids[len(owning):] == (successors if me_id in successors else successors + [me_id])
     assert set(ids) == {w.id for w in owners} | {me_id}
 
 

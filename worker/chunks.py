@@ -107,6 +107,11 @@ class Chunks:
     def fills_in_flight(self) -> int:
         return len(self._fills)
 
+    async def quiet(self, timeout: float) -> bool:
+        """Until no fill runs here (True), or `timeout` seconds pass (a drain: what they land is
+        handed over too)."""
+        return await self._fills.quiet(timeout)
+
     def filling(self, c: ChunkId) -> bool:
         """Whether a fill of `c` is running (a new caller would join it)."""
         return c.name in self._fills

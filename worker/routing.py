@@ -20,15 +20,18 @@ def read_order(owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[W
 
     This worker first if it is an owner; otherwise the owners starting at a
     per-reader offset (so a hot chunk's readers spread over its replicas),
-    then the successors. This worker comes last of all: if every owner is
-    unreachable, it fills the chunk itself rather than fail the read.
+    then the successors, in ring order with this worker in its place among
+    them: when the owners are gone, every reader then asks the same first
+    live successor, which fills the chunk once (had each asked the others
+    first, two successors would each fill it for the other). Last of all if
+    it is not among them: it fills the chunk itself rather than fail the read.
     """
     primary, rest = list(owners[:replicas]), list(owners[replicas:])
     if any(w.id == me for w in primary):
         return [w for w in primary if w.id == me] + [w for w in primary + rest if w.id != me]
     k = zlib.crc32(me.encode()) % len(primary) if primary else 0
-    order = [w for w in primary[k:] + primary[:k] + rest if w.id != me]
-    return order + [WorkerInfo(me, "")]
+    mine = next((w for w in rest if w.id == me), None)
+    return primary[k:] + primary[:k] + rest if mine else primary[k:] + primary[:k] + rest + [WorkerInfo(me, "")]
 
 
 def prefer_healthy(order: list[WorkerInfo], down: set[str]) -> list[WorkerInfo]:

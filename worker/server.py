@@ -267,7 +267,11 @@ class Worker:
                 log.warning("no ring with this worker draining within --drain-timeout: leaving")
                 return
         start = self.clock()
-        done = await self.rebalancer.wait_idle(max(0.0, deadline - self.clock()))
+        while True:  # fills running here land, and are handed over too (Rebalancer.filled)
+            await self.chunks.quiet(max(0.0, deadline - self.clock()))
+            done = await self.rebalancer.wait_idle(max(0.0, deadline - self.clock()))
+            if (done and not self.chunks.fills_in_flight) or self.clock() >= deadline:
+                break
         log.info("drain: %s %d chunks to their owners in %.1f s%s", "handed" if done else "handing",
                  held, self.clock() - start,
                  "" if done else f"; {self.rebalancer.backlog} not handed over by --drain-timeout")

@@ -231,16 +231,49 @@ def test_a_service_that_cannot_listen_exits_with_one_line_and_releases_what_it_t
         assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr, result.stderr
 
 
-def test_a_worker_does_not_share_a_port_another_workers_serving_processes_listen_on(tmp_path):
+def test_a_worker_restarts_on_its_port_with_serving_processes_after_running_without(tmp_path):
+    """A worker of one process closes its idle connections when it stops: they wait in TIME_WAIT
+    on its port for a minute. The same worker started again with serving processes reserves the
+    port with SO_REUSEPORT, which a TIME_WAIT socket without it refused ("address already in
+    use" for that minute): a one-process worker listens with SO_REUSEPORT too."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    procs = []
+    try:
+        master = wait_ready(spawn(procs, ENV, "master", "--listen", "127.0.0.1:0", "--startup-grace", "0"))
+        flags = ["--listen", f"127.0.0.1:{port}", "--cache-dir", str(tmp_path), "--master", master,
+                 "--drain-timeout", "0"]
+        first = spawn(procs, ENV, "worker", *flags, "--serve-processes", "1")
+        url = wait_ready(first)
+        with socket.create_connection(("127.0.0.1", port)) as conn:  # kept alive: the worker closes it
+            conn.sendall(b"GET /_p2p/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"}"):  # all of it: unread bytes would make the close a reset
+                answer += conn.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 200")
+            first.terminate()
+            assert first.wait(timeout=30) == 0
+            assert conn.recv(100) == b""  # the worker closed first: its side waits in TIME_WAIT
+        assert url.endswith(f":{port}")
+        wait_ready(spawn(procs, ENV, "worker", *flags, "--serve-processes", "2"))
+    finally:
+        stop_all(procs)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_worker_does_not_share_a_port_another_workers_serving_processes_listen_on(tmp_path, processes):
     """SO_REUSEPORT lets sockets of one user share a port: the kernel would spread connections
-    over both workers. A worker with serving processes checks that the port is free first."""
+    over both workers. A worker checks that the port is free first, with serving processes or
+    without (a one-process worker listens with SO_REUSEPORT too)."""
     with socket.socket() as other:  # as another worker's serving process listens
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         other.bind(("127.0.0.1", 0))
         other.listen()
         listen = f"127.0.0.1:{other.getsockname()[1]}"
         result = run("worker", "--listen", listen, "--master", MASTER, "--cache-dir", str(tmp_path),
-                     "--serve-processes", "2")
+                     "--serve-processes", processes)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == f"p2pcache worker: cannot listen on {listen}: address already in use"
 

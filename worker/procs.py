@@ -31,7 +31,7 @@ from .config import WorkerConfig
 from .generation import Generation
 from .metrics import WorkerMetrics
 
-__all__ = ["ServingProcesses", "reserve_port", "egress_shares"]
+__all__ = ["ServingProcesses", "reserve_port", "probe_port", "egress_shares"]
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -49,19 +49,31 @@ def egress_shares(config: WorkerConfig) -> int:
 
 def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to `host:port` with SO_REUSEPORT: it keeps the port for the serving
-    processes (port 0: picks one) and, never listening, receives no connections.
-
-    SO_REUSEPORT would let this worker share a port another one uses (same user), and the
-    kernel would spread each worker's connections over both. So the port is first bound with
-    SO_REUSEADDR alone, and let go: that fails while another worker listens on it, or holds it
-    with a socket like this one, which has SO_REUSEPORT alone (two sockets share a port under
-    SO_REUSEADDR only if both set it). The old connections of a worker that restarts on the
-    port (TIME_WAIT) are no conflict for either: they have both."""
-    family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                      flags=socket.AI_PASSIVE)[0]
+    processes (port 0: picks one) and, never listening, receives no connections. `probe_port`
+    first: SO_REUSEPORT alone would let this worker share a port another one uses."""
+    family, kind, proto, _, addr = _address(host, port)
     if port:
-        _bind(socket.socket(family, kind, proto), addr, socket.SO_REUSEADDR).close()  # EADDRINUSE if taken
+        probe_port(host, port)
     return _bind(socket.socket(family, kind, proto), addr, socket.SO_REUSEPORT)
+
+
+def probe_port(host: str, port: int) -> None:
+    """OSError (EADDRINUSE) if another worker has `host:port`, before this one binds it with SO_REUSEPORT.
+
+    SO_REUSEPORT lets sockets of one user share a port, and the kernel would spread each
+    worker's connections over both. So the port is first bound with SO_REUSEADDR alone, and
+    let go: that fails while another worker listens on it, or holds it as `reserve_port` does,
+    with SO_REUSEPORT alone (two sockets share a port under SO_REUSEADDR only if both set it).
+    The old connections of a worker that restarts on the port (TIME_WAIT) are no conflict for
+    either, as every worker's listeners set both (a one-process worker's too: its TIME_WAIT
+    sockets would otherwise refuse a restart with serving processes for a minute).
+    """
+    family, kind, proto, _, addr = _address(host, port)
+    _bind(socket.socket(family, kind, proto), addr, socket.SO_REUSEADDR).close()
+
+
+def _address(host: str, port: int):
+    return socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
 
 
 def _bind(sock: socket.socket, addr, option: int) -> socket.socket:

@@ -54,7 +54,7 @@ from .membership import MembershipAgent
 from .metrics import WorkerMetrics
 from .objects import ObjectCache
 from .parts import Parts, parse_part_number
-from .procs import ServingProcesses, egress_shares
+from .procs import ServingProcesses, egress_shares, probe_port
 from .peer import PeerClient, chunk_answer, chunk_from_params
 from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
@@ -198,8 +198,11 @@ class Worker:
             self.procs = ServingProcesses(cfg, lambda token: coordinator_handler(self, token), self.metrics)
             host, port = await self.procs.start()
         else:
-            site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True, ssl_context=server_ssl)
+            site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True, reuse_port=True,
+                               ssl_context=server_ssl)
             with listening(cfg.host, cfg.port):
+                if cfg.port:
+                    probe_port(cfg.host, cfg.port)  # SO_REUSEPORT must not share another worker's port
                 await site.start()
             host, port = site._server.sockets[0].getsockname()[:2]
         scheme = "https" if server_ssl else "http"

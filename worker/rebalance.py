@@ -60,7 +60,7 @@ class Rebalancer:
         self._concurrency = concurrency
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
-        self._extra: list[ChunkId] = []  # filled here since the last pass
+        self._extra: list[ChunkId] = []  # filled here since the last pass (see `filled`)
         self._full = False  # the ring changed since the last full pass
         self._task: asyncio.Task | None = None
         self.draining = False  # hand over as fast as the owners take it
@@ -82,12 +82,14 @@ class Rebalancer:
         self._wake.set()
 
     def filled(self, c: ChunkId) -> None:
-        """A chunk was just filled here from S3: copy it to its followers if we are its primary,
-        or hand it to its owners if we are none (draining, or filling for an owner that failed),
-        or it would stay here, unknown to its owners, until the next ring change (`plan`)."""
-        self._extra.append(c)
-        self._idle.clear()
-        self._wake.set()
+        """A chunk was just filled here from S3: with replicas, copy it to its followers if we
+        are its primary; draining, hand it to its owners, or it leaves with us (`plan`). (A
+        chunk filled for an owner that failed waits for the ring without it, whose pass hands
+        it over: offered now, it would go to the failed owner, which may be hung.)"""
+        if self.draining or self._placement().ring.replicas > 1:
+            self._extra.append(c)
+            self._idle.clear()
+            self._wake.set()
 
     async def wait_idle(self, timeout: float) -> bool:
         """Until everything held here is with its owners (True) or `timeout` seconds pass."""

@@ -19,7 +19,7 @@ from p2pcache.errors import AccessDenied, BadRequest, NotFound, P2PError, PeerEr
 from p2pcache.objects import ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
 
-from .preload import RUNNING, PreloadJob, holding, plan
+from .preload import RUNNING, PreloadJob, RingChanged, holding, plan
 
 __all__ = ["Admin", "parse_s3_url"]
 
@@ -39,9 +39,11 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 class Admin:
-    def __init__(self, control: WorkerControl, placement: Callable[[], Placement]) -> None:
+    def __init__(self, control: WorkerControl, placement: Callable[[], Placement], ring_changed: RingChanged,
+                 worker_ttl: float) -> None:
         self._control = control
         self._placement = placement
+        self._ring_changed, self._worker_ttl = ring_changed, worker_ttl  # what a job waits on between rounds
         self.jobs: OrderedDict[str, PreloadJob] = OrderedDict()
 
     def routes(self) -> list[web.RouteDef]:
@@ -68,7 +70,8 @@ class Admin:
             objects = await self.resolve(urls, placement)
             todo = plan(objects, placement)
             await self._check_room(todo, placement, pin)
-            job = PreloadJob(urls, pin, objects, todo, self._control, self._placement)
+            job = PreloadJob(urls, pin, objects, todo, self._control, self._placement, self._ring_changed,
+                             self._worker_ttl)
         self._remember(job)
         job.start()
         log.info("preload %s started: %s (%d objects, %d chunks%s)", job.id, " ".join(urls), job.objects_total,

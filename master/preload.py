@@ -3,10 +3,12 @@
 The owners work in parallel, each sent batches of its chunks one after the
 other (a worker fills a batch within its origin concurrency). A chunk whose
 owner changed or could not be reached is planned again on the next ring, up
-to ROUNDS times. Then the owners are asked which chunks they still hold: the
-job is done only if they hold every one (a fill may have evicted another since,
-the set's own or a reader's). The job is the master's: it goes on when the
-caller leaves.
+to ROUNDS times: the job waits for that ring (`pause`), since an owner that
+does not answer stays in the ring until the master drops it, a worker TTL
+after its last heartbeat. Then the owners are asked which chunks they still
+hold: the job is done only if they hold every one (a fill may have evicted
+another since, the set's own or a reader's). The job is the master's: it goes
+on when the caller leaves.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Collection
 
 from p2pcache.control import MAX_BATCH, WorkerControl
 from p2pcache.errors import P2PError, PeerError
@@ -24,13 +27,32 @@ from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
 from p2pcache.sizes import format_size
 
-__all__ = ["PreloadJob", "plan", "holding", "BATCH", "ROUNDS"]
+__all__ = ["PreloadJob", "plan", "holding", "pause", "BATCH", "ROUNDS", "UNANSWERED", "REFUSED"]
 
 log = logging.getLogger("p2pcache.master.preload")
 BATCH = 32  # chunks per request: above a worker's default origin concurrency of 16, so it stays busy
 ROUNDS = 3
+# The master drops a dead worker a TTL after its last heartbeat, at an expiry pass that comes
+# every quarter TTL: the ring has changed within 1.25 TTLs of the crash, whatever its beat.
+DROP_TTLS = 1.5
+SETTLE = 1.0  # seconds: a worker whose ring lags the master's has it one long-poll answer later
+UNANSWERED, REFUSED = "unanswered", "refused"  # why a round left a chunk to try again
 MAX_FAILURES = 20  # failure messages kept (all are counted)
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+
+
+def pause(why: Collection[str], ring_unchanged: bool, worker_ttl: float) -> float:
+    """Seconds to wait for the master's ring to change before the next round; 0: plan it at once.
+
+    A round that left nothing to try again, or whose ring has changed since it was planned, goes on
+    at once. An owner that did not answer (UNANSWERED) is still in the ring: it is dropped within
+    DROP_TTLS worker TTLs. One that answered but refused (REFUSED: not its chunk in the ring it
+    has, or busy) is given SETTLE. When the wait ends without a change the job plans again anyway:
+    the owner may be back.
+    """
+    if not why or not ring_unchanged:
+        return 0.0
+    return worker_ttl * DROP_TTLS if UNANSWERED in why else SETTLE
 
 
 def plan(objects: list[ObjectInfo], placement: Placement) -> dict[str, list[ChunkId]]:
@@ -66,14 +88,30 @@ async def holding(control: WorkerControl, placement: Placement,
     return dict(zip(todo, await asyncio.gather(*(ask(wid, cs) for wid, cs in todo.items()))))
 
 
+@dataclass
+class _Round:
+    """One round: the ring its chunks were planned on (or nearly), and what it leaves to try again."""
+    planned: Placement
+    last: bool
+    again: list[tuple[ChunkId, int]] = field(default_factory=list)  # (chunk, its owner's rank)
+    why: set[str] = field(default_factory=set)  # UNANSWERED, REFUSED
+
+
+RingChanged = Callable[[tuple[str, int], float], Awaitable[object]]
+
+
 class PreloadJob:
+    """`ring_changed(version, seconds)` returns when the master's ring is no longer `version`, or
+    after `seconds`; `worker_ttl` is the master's --worker-ttl."""
+
     def __init__(self, urls: list[str], pin: bool, objects: list[ObjectInfo], todo: dict[str, list[ChunkId]],
-                 control: WorkerControl, placement: Callable[[], Placement],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 control: WorkerControl, placement: Callable[[], Placement], ring_changed: RingChanged,
+                 worker_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.urls, self.pin = urls, pin
         self.state = RUNNING
         self._control, self._placement, self._clock = control, placement, clock
+        self._ring_changed, self._worker_ttl = ring_changed, worker_ttl
         self._objects, self._todo = objects, todo
         self._left = Counter((c.bucket, c.key) for cs in todo.values() for c in cs)  # assignments per object
         self.objects_total = len(objects)
@@ -111,15 +149,13 @@ class PreloadJob:
     async def _run(self) -> None:
         try:
             todo = self._todo
-            for round_ in range(1, ROUNDS + 1):
-                again: list[tuple[ChunkId, int]] = []
-                planned = self._placement()  # the ring `todo` was planned on (or nearly)
-                await asyncio.gather(*(self._owner(wid, cs, again, round_ == ROUNDS, planned)
-                                       for wid, cs in todo.items()))
-                if not again:
+            for n in range(1, ROUNDS + 1):
+                round_ = _Round(self._placement(), last=n == ROUNDS)
+                await asyncio.gather(*(self._owner(wid, cs, round_) for wid, cs in todo.items()))
+                if not round_.again:
                     break
-                log.info("preload %s: %d chunks planned again on the current ring", self.id, len(again))
-                todo = _regroup(again, self._placement())
+                await self._pause(round_)
+                todo = _regroup(round_.again, self._placement())
             missing = await self._count_cached()
             self.state = FAILED if self.chunks_failed or missing else DONE
         except asyncio.CancelledError:
@@ -133,13 +169,22 @@ class PreloadJob:
             log.info("preload %s %s: %d/%d chunks, %d bytes (%d from S3), %d failed", self.id, self.state,
                      self.chunks_done, self.chunks_total, self.bytes_done, self.bytes_fetched, self.chunks_failed)
 
-    async def _owner(self, worker_id: str, chunks: list[ChunkId], again: list[tuple[ChunkId, int]], last: bool,
-                     planned: Placement) -> None:
-        """Send one owner its chunks, a batch at a time; what is to be tried again goes to `again`
-        with this owner's rank among the chunk's owners, so a follower's copy is retried at the
-        follower of the next ring, not at the primary."""
-        def retry(cs: list[ChunkId], why: str) -> None:
-            self._retry_or_fail([(c, _rank(planned, c, worker_id)) for c in cs], again, last, why)
+    async def _pause(self, round_: _Round) -> None:
+        """Wait as `pause` says for the ring that `round_.again` is planned on."""
+        version = round_.planned.ring.version
+        seconds = pause(round_.why, self._placement().ring.version == version, self._worker_ttl)
+        log.info("preload %s: %d chunks to plan again (%s), %s", self.id, len(round_.again),
+                 " and ".join(sorted(round_.why)),
+                 f"on the next ring (waiting up to {seconds:g} s for it)" if seconds else "on the current ring")
+        if seconds:
+            await self._ring_changed(version, seconds)
+
+    async def _owner(self, worker_id: str, chunks: list[ChunkId], round_: _Round) -> None:
+        """Send one owner its chunks, a batch at a time; what is to be tried again goes to
+        `round_.again` with this owner's rank among the chunk's owners, so a follower's copy is
+        retried at the follower of the next ring, not at the primary."""
+        def retry(cs: list[ChunkId], why: str, kind: str) -> None:
+            self._retry_or_fail([(c, _rank(round_.planned, c, worker_id)) for c in cs], round_, why, kind)
 
         for i in range(0, len(chunks), BATCH):
             batch = chunks[i:i + BATCH]
@@ -149,7 +194,7 @@ class PreloadJob:
                     raise PeerError(f"worker {worker_id} left the ring")
                 results = await self._control.preload(worker, batch, self.pin)
             except PeerError as exc:  # the worker is gone or failing: its chunks go elsewhere
-                retry(batch, f"{worker_id}: {exc}")
+                retry(batch, f"{worker_id}: {exc}", UNANSWERED)
                 continue
             except P2PError as exc:
                 for c in batch:
@@ -159,7 +204,7 @@ class PreloadJob:
                 if status in ("cached", "filled", "joined"):
                     self._done(c, status == "filled")
                 elif detail.startswith(("NotOwner:", "ServiceUnavailable:", "SlowDown:")):
-                    retry([c], f"{worker_id}: {detail}")
+                    retry([c], f"{worker_id}: {detail}", REFUSED)
                 else:
                     self._fail(f"s3://{c.bucket}/{c.key} chunk {c.index} on {worker_id}: {detail}", 1)
 
@@ -183,13 +228,13 @@ class PreloadJob:
             self.failures = [message, *self.failures][:MAX_FAILURES]
         return missing
 
-    def _retry_or_fail(self, chunks: list[tuple[ChunkId, int]], again: list[tuple[ChunkId, int]], last: bool,
-                       why: str) -> None:
-        if last:
+    def _retry_or_fail(self, chunks: list[tuple[ChunkId, int]], round_: _Round, why: str, kind: str) -> None:
+        if round_.last:
             for c, _ in chunks:
                 self._fail(f"s3://{c.bucket}/{c.key} chunk {c.index}: {why}", 1)
         else:
-            again.extend(chunks)
+            round_.again.extend(chunks)
+            round_.why.add(kind)
 
     def _done(self, c: ChunkId, fetched: bool) -> None:
         self.chunks_done += 1

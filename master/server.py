@@ -77,7 +77,8 @@ class Master:
         ssl_context = await asyncio.to_thread(tls.server_context, self.config.tls_cert, self.config.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, self.config.tls_ca)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl))
-        self.admin = Admin(WorkerControl(self._session, Signer(self.config.cluster_secret)), self._published)
+        self.admin = Admin(WorkerControl(self._session, Signer(self.config.cluster_secret)), self._published,
+                           self.ring_changed, self.config.worker_ttl)
         app = web.Application(middlewares=[self._authenticate])
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -135,6 +136,12 @@ class Master:
             raise Unavailable(reason)
         return self.placement()
 
+    async def ring_changed(self, known: tuple[str, int], timeout: float) -> None:
+        """Return when the ring's version is no longer `known` (or the master stops), or after `timeout` seconds."""
+        if self.membership.ring.version == known:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
     def ready_line(self) -> str:
         return f"p2pcache master ready url={self.url}"
 
@@ -183,9 +190,8 @@ class Master:
             known = (q.get("master_id"), int(q["epoch"])) if "epoch" in q else None
         except ValueError:
             raise web.HTTPBadRequest(text="epoch must be an integer and wait a number of seconds")
-        if known and wait > 0 and known == self.membership.ring.version:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait)
+        if known and wait > 0:
+            await self.ring_changed(known, wait)
         ring = self.membership.ring
         if q.get("format") == "json" or MSGPACK not in request.headers.get("Accept", MSGPACK):
             return web.json_response(ring.to_dict(), dumps=lambda o: json.dumps(o, indent=2))

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 
 import aiohttp
 import pytest
 
 from conftest import CHUNK, SECRET, wait_for
-from master.preload import _rank, _regroup, plan
+from master.preload import MAX_FAILURES, REFUSED, SETTLE, UNANSWERED, PreloadJob, _rank, _regroup, pause, plan
 from p2pcache.admin_client import AdminClient, preload
+from p2pcache.auth import Signer
+from p2pcache.control import WorkerControl
 from p2pcache.errors import AccessDenied, BadRequest, NotFound
 from p2pcache.objects import ObjectInfo
 from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
+from worker.server import Worker
 
 KEYS = 5
 
@@ -262,3 +266,82 @@ async def test_a_preload_into_a_cache_full_of_other_data_keeps_all_of_itself(clu
     before = s3.get_bytes
     await read_everywhere(cluster, bucket, model)
     assert s3.get_bytes == before
+
+
+def test_a_round_waits_for_a_new_ring_only_when_an_owner_did_not_answer_on_the_ring_it_was_planned_on():
+    assert pause(set(), True, 10.0) == 0  # nothing to try again: the job never waits
+    assert pause({UNANSWERED}, True, 10.0) == pause({UNANSWERED, REFUSED}, True, 10.0) == 15.0  # TTL and a pass
+    assert pause({UNANSWERED}, False, 10.0) == 0  # the ring changed while the round ran: plan on it now
+    assert pause({REFUSED}, True, 10.0) == SETTLE  # a live owner with an older ring, or busy
+    assert pause({REFUSED}, False, 10.0) == 0
+
+
+def a_set_and_its_largest_owner(cluster, s3_client, bucket) -> tuple[list[ObjectInfo], Worker, int]:
+    """24 one-chunk objects under `set8/`; the worker that owns most of them and how many."""
+    data = put_chunks(s3_client, bucket, "set8", 24)
+    objects = [ObjectInfo(bucket, k, s3_client.head_object(Bucket=bucket, Key=k)["ETag"], CHUNK) for k in data]
+    todo = plan(objects, cluster.master.placement())
+    owner = max(todo, key=lambda wid: len(todo[wid]))
+    return objects, next(w for w in cluster.workers if w.id == owner), len(todo[owner])
+
+
+async def test_a_crashed_owners_chunks_wait_for_the_ring_to_drop_it(cluster_factory, s3, s3_client, bucket):
+    """Killed (no leave), it stays in the ring for a TTL: its chunks fail (connection refused) and
+    are planned again once the master drops it, not sent at once to the same dead owner."""
+    cluster = await cluster_factory(3, worker_ttl=1.5, heartbeat=0.3)
+    objects, victim, owned = a_set_and_its_largest_owner(cluster, s3_client, bucket)
+    await victim.stop(leave=False)
+    before = s3.get_bytes
+    job = await preload(cluster.master.url, [f"s3://{bucket}/set8/"], secret=SECRET)
+    assert (job["state"], job["chunks_failed"], job["failures"]) == ("done", 0, []), job
+    assert job["chunks_done"] == job["chunks_cached"] == len(objects) and owned > 0
+    assert victim.id not in {w.id for w in cluster.master.membership.ring.workers}
+    assert s3.get_bytes - before == len(objects) * CHUNK  # each chunk read once
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        rows = (await admin.status(f"s3://{bucket}/set8/"))["objects"]
+    assert sorted(r["key"] for r in rows if r["cached"] == 1.0) == sorted(o.key for o in objects)
+
+
+async def test_without_a_new_ring_the_dead_owner_is_tried_again_and_named(cluster_factory, s3_client, bucket):
+    """The wait ends with no new ring (the owner may be back): the chunks go to it again, and the
+    last round's failures are reported. A round with no failures never waits."""
+    cluster = await cluster_factory(3)
+    objects, victim, owned = a_set_and_its_largest_owner(cluster, s3_client, bucket)
+    master, waits = cluster.master, []
+
+    async def unchanged(version, seconds):  # as the master's ring_changed when nobody expires
+        waits.append((version, seconds))
+
+    def job() -> PreloadJob:
+        control = WorkerControl(cluster.session, Signer(SECRET))
+        return PreloadJob([f"s3://{bucket}/set8/"], False, objects, plan(objects, master.placement()), control,
+                          master.placement, unchanged, 10.0)
+
+    healthy = job()
+    healthy.start()
+    await healthy.task
+    assert (healthy.state, waits) == ("done", [])
+    await victim.stop(leave=False)
+    crashed = job()
+    crashed.start()
+    await crashed.task
+    assert waits == [(master.membership.ring.version, 15.0)] * 2  # after rounds 1 and 2, not after the last
+    assert (crashed.state, crashed.chunks_failed) == ("failed", owned)
+    assert len(crashed.failures) == min(owned + 1, MAX_FAILURES)  # the summary, then each chunk
+    assert all(f"{victim.id}: worker {victim.id} at {victim.url} unreachable" in f and "ConnectionRefusedError" in f
+               for f in crashed.failures[1:]), crashed.failures
+
+
+async def test_a_job_waiting_for_the_ring_is_cancelled_at_once(cluster_factory, s3_client, bucket, caplog):
+    """Cancelled while it waits for a dead owner to leave the ring, it ends then, not when the ring changes."""
+    caplog.set_level(logging.INFO, "p2pcache.master.preload")
+    cluster = await cluster_factory(3)  # a dead worker stays in the ring for 10 s
+    objects, victim, owned = a_set_and_its_largest_owner(cluster, s3_client, bucket)
+    await victim.stop(leave=False)
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        job = await admin.preload([f"s3://{bucket}/set8/"])
+        await wait_for(lambda: f"{owned} chunks to plan again (unanswered), on the next ring (waiting up to 15 s"
+                       in caplog.text, what="the job to wait for the ring")
+        cancelled = await admin.cancel(job["id"])
+    assert (cancelled["state"], cancelled["chunks_done"]) == ("cancelled", len(objects) - owned), cancelled
+    assert victim.id in {w.id for w in cluster.master.membership.ring.workers}  # the ring never changed

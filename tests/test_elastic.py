@@ -149,16 +149,22 @@ async def test_a_worker_restarted_on_its_disk_takes_nothing_back(cluster_factory
     assert s3.get_bytes == s3_before
 
 
+async def _warm_then_crash(http, cluster, s3_client, bucket: str, data: dict[str, bytes]):
+    """Read `data` warm through w0, then crash w1 (kill -9: no drain, no goodbye); (w1, the bytes it owned)."""
+    await read_all(http, [cluster.workers[0].url], bucket, data)
+    victim, placement = cluster.workers[1], cluster.workers[0].placement
+    owned = sum(c.length for c in chunks(s3_client, bucket, data) if placement.owner(c).id == victim.id)
+    assert owned > 0
+    await victim.stop(leave=False)
+    return victim, owned
+
+
 async def test_a_crashed_worker_costs_what_it_owned_once(cluster_factory, s3, s3_client, bucket):
     cluster = await cluster_factory(3, worker_ttl=1.5, heartbeat=0.3)
     data = dataset(s3_client, bucket, 3)
     async with aiohttp.ClientSession() as http:
-        await read_all(http, [cluster.workers[0].url], bucket, data)
-        victim, placement = cluster.workers[1], cluster.workers[0].placement
-        owned = sum(c.length for c in chunks(s3_client, bucket, data) if placement.owner(c).id == victim.id)
-        assert owned > 0
-        s3_before = s3.get_bytes
-        await victim.stop(leave=False)  # kill -9: no drain, no goodbye
+        victim, owned = await _warm_then_crash(http, cluster, s3_client, bucket, data)
+        s3_before = s3.get_bytes  # the warm-up's bytes are behind us; the crash reads nothing
         await wait_for(lambda: victim.id not in {w.id for w in cluster.master.membership.ring.workers},
                        what="the master to expire the crashed worker")
         await cluster.wait_converged()
@@ -177,12 +183,8 @@ async def test_readers_at_every_survivor_fill_a_crashed_workers_chunk_once(clust
     cluster = await cluster_factory(3, serve_processes=serve_processes)  # a 10 s TTL: no expiry here
     data = dataset(s3_client, bucket, 5)
     async with aiohttp.ClientSession() as http:
-        await read_all(http, [cluster.workers[0].url], bucket, data)
-        victim, placement = cluster.workers[1], cluster.workers[0].placement
-        owned = sum(c.length for c in chunks(s3_client, bucket, data) if placement.owner(c).id == victim.id)
-        assert owned > 0
-        s3_before = s3.get_bytes
-        await victim.stop(leave=False)
+        victim, owned = await _warm_then_crash(http, cluster, s3_client, bucket, data)
+        s3_before = s3.get_bytes  # the warm-up's bytes are behind us; the crash reads nothing
         survivors = [w.url for w in cluster.live()]
         await asyncio.gather(*(read_all(http, [url], bucket, data) for url in survivors))
         assert victim.id in {w.id for w in cluster.master.membership.ring.workers}  # not yet expired

@@ -30,8 +30,8 @@ def read_order(owners: tuple[WorkerInfo, ...], replicas: int, me: str) -> list[W
     if any(w.id == me for w in primary):
         return [w for w in primary if w.id == me] + [w for w in primary + rest if w.id != me]
     k = zlib.crc32(me.encode()) % len(primary) if primary else 0
-    mine = next((w for w in rest if w.id == me), None)
-    return primary[k:] + primary[:k] + rest if mine else primary[k:] + primary[:k] + rest + [WorkerInfo(me, "")]
+    order = primary[k:] + primary[:k] + rest
+    return order if any(w.id == me for w in rest) else order + [WorkerInfo(me, "")]
 
 
 def prefer_healthy(order: list[WorkerInfo], down: set[str]) -> list[WorkerInfo]:

@@ -18,10 +18,12 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeV
 import aiohttp
 
 from . import tls
+from .bounds import bounded
 from .buffers import new_bytes
 from .errors import ObjectChanged, PeerError, PeerUnavailable
 from .fileobj import ObjectFile
 from .master_client import MasterClient
+from .members import check_url
 from .objects import ChunkId, ObjectInfo
 from .rangereader import RangeReader
 from .ranges import chunk_spans
@@ -37,6 +39,22 @@ T = TypeVar("T")
 SUSPECT_FOR = 5.0  # seconds a worker that failed is asked last
 META_ENTRIES = 1024
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")  # download's temp file of NAME, next to it
+
+
+def _checked_arguments(master_url: str, concurrency: int, prefetch: int, chunk_timeout: float,
+                       connect_timeout: float, meta_ttl: float) -> str:
+    """The master's URL, trailing "/" dropped, if it and the numbers mean something; else a
+    ValueError naming the argument, as the CLI's flags are refused (never clamped)."""
+    try:
+        check_url(master_url.rstrip("/") if isinstance(master_url, str) else master_url)
+    except ValueError as exc:
+        raise ValueError(f"master_url: {exc}") from None
+    bounded("concurrency", concurrency, 1)
+    bounded("prefetch", prefetch, 0)
+    bounded("chunk_timeout", chunk_timeout, 0, above=True)
+    bounded("connect_timeout", connect_timeout, 0, above=True)
+    bounded("meta_ttl", meta_ttl, 0)
+    return master_url.rstrip("/")
 
 
 class Client:
@@ -61,13 +79,14 @@ class Client:
                  access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
                  credentials: str | None = None, raw_http: bool = True, tls_ca: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.master_url = master_url
+        self.master_url = _checked_arguments(master_url, concurrency, prefetch, chunk_timeout, connect_timeout,
+                                             meta_ttl)
         self._tls_ca = tls_ca
         self._signer = signer_from(access_key, secret_key, region, credentials)
-        self._raw = RangeReader(connect_timeout, chunk_timeout, max(1, concurrency)) if raw_http else None
-        self._concurrency = max(1, concurrency)
+        self._raw = RangeReader(connect_timeout, chunk_timeout, concurrency) if raw_http else None
+        self._concurrency = concurrency
         self._timeouts = (connect_timeout, chunk_timeout)
-        self._prefetch = max(0, prefetch)
+        self._prefetch = prefetch
         self._meta_ttl = meta_ttl
         self._session, self._own_session = session, session is None
         self._clock = clock

@@ -371,3 +371,21 @@ async def test_a_cancelled_download_write_ends_before_its_file_can_be_closed():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert ended.is_set()
+
+
+@pytest.mark.parametrize(("url", "options", "why"), [
+    ("http://127.0.0.1:7070/ring", {}, "master_url: url 'http://127.0.0.1:7070/ring' must not have a path, query or "
+                                       "fragment"),
+    ("127.0.0.1:7070", {}, "master_url: url '127.0.0.1:7070' must be http:// or https://"),
+    ("http://127.0.0.1:7070", {"concurrency": 0}, "concurrency must be at least 1, not 0"),
+    ("http://127.0.0.1:7070", {"prefetch": -1}, "prefetch must be at least 0, not -1"),
+    ("http://127.0.0.1:7070", {"chunk_timeout": 0}, "chunk_timeout must be more than 0, not 0"),
+])
+def test_client_arguments_are_refused_as_the_cli_refuses_its_flags_not_clamped(url, options, why):
+    with pytest.raises(ValueError) as refused:
+        Client(url, **options)
+    assert str(refused.value) == why
+
+
+def test_a_trailing_slash_of_the_master_url_is_dropped():
+    assert Client("http://127.0.0.1:7070/").master_url == "http://127.0.0.1:7070"

@@ -11,6 +11,7 @@ from yarl import URL
 
 from .auth import SCHEME, Signer
 from .errors import AccessDenied, BadRequest, NotFound, P2PError, Unavailable
+from .master_client import unreachable
 from .worker_client import ERROR_HEADER
 
 __all__ = ["AdminClient", "preload", "FINISHED"]
@@ -82,7 +83,7 @@ class AdminClient:
                 if resp.status in (200, 201):
                     return json.loads(text)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise Unavailable(f"master at {self.url} unreachable: {str(exc) or type(exc).__name__}") from exc
+            raise unreachable(self.url, exc) from exc
         except ValueError as exc:  # not JSON, or not text
             raise _not_master(self.url, resp) from exc
         raise _error(self.url, resp, text)

@@ -13,7 +13,7 @@ from .auth import Signer
 from .errors import BadRequest, Unauthorized, Unavailable
 from .ring import RingSnapshot, WorkerInfo
 
-__all__ = ["MasterClient", "MSGPACK"]
+__all__ = ["MasterClient", "MSGPACK", "unreachable"]
 
 MSGPACK = "application/msgpack"
 
@@ -66,4 +66,13 @@ class MasterClient:
                     raise Unavailable(f"master {method} {path}: HTTP {resp.status} {data[:200]!r}")
                 return data
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise Unavailable(f"master at {self.url} unreachable: {str(exc) or type(exc).__name__}") from exc
+            raise unreachable(self.url, exc) from exc
+
+
+def unreachable(url: str, exc: BaseException) -> Unavailable:
+    """The master at `url` could not be asked; a server that hung up on plain HTTP is most often
+    an https:// one (it drops the connection: no answer to read), so the message says so."""
+    hint = ""
+    if url.startswith("http://") and isinstance(exc, aiohttp.ServerDisconnectedError):
+        hint = " (an https:// server hangs up on plain HTTP: is the URL https://?)"
+    return Unavailable(f"master at {url} unreachable: {str(exc) or type(exc).__name__}{hint}")

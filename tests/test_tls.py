@@ -121,6 +121,11 @@ async def test_get_and_sync_trust_the_ca_of_p2pcache_tls_ca(s3, s3_client, bucke
             code, err = await run(*args, ca=cert_file)
             assert code == 0, err
         assert (tmp_path / "got").read_bytes() == body and (tmp_path / "synced" / "m.bin").read_bytes() == body
+        # Plain HTTP to the https:// master: it hangs up, and the error says what that most often means.
+        env["P2PCACHE_MASTER"] = master.url.replace("https://", "http://")
+        for args in (["get", f"s3://{bucket}/d/m.bin", "-o", str(tmp_path / "got2")], ["status"]):
+            code, err = await run(*args, ca=cert_file)
+            assert code == 1 and "is the URL https://?" in err and err.count("\n") == 1, err
     finally:
         await worker.stop()
         await master.stop()

@@ -50,18 +50,18 @@ class Membership:
         self._seen[worker.id] = self._clock()
         if self._workers.get(worker.id) == worker:
             return False
-        for wid in self.at_url(worker):
-            self._drop(wid)
+        if (other := self.at_url(worker)) is not None:
+            self._drop(other)
         if (old := self._workers.get(worker.id)) is not None:
             del self._at[old.url]  # a moved worker leaves its old address
         self._workers[worker.id], self._at[worker.url] = worker, worker.id
         self._publish()
         return True
 
-    def at_url(self, worker: WorkerInfo) -> list[str]:
-        """The other id registered at `worker`'s URL, if any (at most one: `heartbeat`)."""
+    def at_url(self, worker: WorkerInfo) -> str | None:
+        """The other id registered at `worker`'s URL, if any (there is one per URL: `heartbeat`)."""
         wid = self._at.get(worker.url)
-        return [wid] if wid is not None and wid != worker.id else []
+        return wid if wid != worker.id else None
 
     def leave(self, worker_id: str) -> bool:
         if worker_id not in self._workers:

@@ -208,9 +208,9 @@ class Master:
             if self._refusals.due(f"takeover {worker.id} {worker.url}"):
                 log.warning("refused registration of %s at %s: %s", worker.id, worker.url, exc)
             raise web.HTTPConflict(text=f"{exc}\n") from None
-        if replaced := self.membership.at_url(worker):
+        if (replaced := self.membership.at_url(worker)) is not None:
             log.warning("worker %s registered at %s, where %s was: dropped %s from the ring",
-                        worker.id, worker.url, " and ".join(replaced), "it" if len(replaced) == 1 else "them")
+                        worker.id, worker.url, replaced, replaced)
         if self.membership.heartbeat(worker):
             self._notify()
         ring = self.membership.ring

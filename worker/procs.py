@@ -51,9 +51,8 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to `host:port` with SO_REUSEPORT: it keeps the port for the serving
     processes (port 0: picks one) and, never listening, receives no connections. `probe_port`
     first: SO_REUSEPORT alone would let this worker share a port another one uses."""
+    probe_port(host, port)
     family, kind, proto, _, addr = _address(host, port)
-    if port:
-        probe_port(host, port)
     return _bind(socket.socket(family, kind, proto), addr, socket.SO_REUSEPORT)
 
 
@@ -66,8 +65,11 @@ def probe_port(host: str, port: int) -> None:
     with SO_REUSEPORT alone (two sockets share a port under SO_REUSEADDR only if both set it).
     The old connections of a worker that restarts on the port (TIME_WAIT) are no conflict for
     either, as every worker's listeners set both (a one-process worker's too: its TIME_WAIT
-    sockets would otherwise refuse a restart with serving processes for a minute).
+    sockets would otherwise refuse a restart with serving processes for a minute). Port 0 (a
+    free port, picked by the bind that follows) needs no probe.
     """
+    if not port:
+        return
     family, kind, proto, _, addr = _address(host, port)
     _bind(socket.socket(family, kind, proto), addr, socket.SO_REUSEADDR).close()
 

@@ -201,8 +201,7 @@ class Worker:
             site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_address=True, reuse_port=True,
                                ssl_context=server_ssl)
             with listening(cfg.host, cfg.port):
-                if cfg.port:
-                    probe_port(cfg.host, cfg.port)  # SO_REUSEPORT must not share another worker's port
+                probe_port(cfg.host, cfg.port)  # SO_REUSEPORT must not share another worker's port
                 await site.start()
             host, port = site._server.sockets[0].getsockname()[:2]
         scheme = "https" if server_ssl else "http"

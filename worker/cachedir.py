@@ -1,9 +1,12 @@
-"""One worker per cache dir: an exclusive flock on `<cache dir>/lock`, held while it runs.
+"""What a cache dir keeps besides chunks: its lock and its worker's id.
 
+One worker per cache dir: an exclusive flock on `<cache dir>/lock`, held while it runs.
 Two workers on one dir would keep two indexes and two capacities of the same files,
 and the second's startup scan would empty the first's `tmp/` under its fills. The
 lock goes with the process (the kernel drops it on exit, kill -9 included), so a
 restart never finds a stale one.
+
+The worker's id, `<cache dir>/worker-id`, so a restart keeps its chunks' ownership.
 """
 
 from __future__ import annotations
@@ -11,10 +14,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
+import socket
+import uuid
 from pathlib import Path
 
-__all__ = ["lock", "unlock"]
+__all__ = ["lock", "unlock", "worker_id"]
+
+log = logging.getLogger("p2pcache.worker")
 
 
 def lock(cache_dir: Path) -> int | None:
@@ -41,3 +49,17 @@ def lock(cache_dir: Path) -> int | None:
 def unlock(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
+
+
+def worker_id(cache_dir: Path) -> str:
+    """The worker's id, kept in the cache dir so a restart keeps its chunks' ownership."""
+    path = Path(cache_dir) / "worker-id"
+    if path.exists():
+        return path.read_text().strip()
+    new = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(new + "\n")
+    except OSError as exc:
+        log.warning("cannot keep the worker id in %s (%s): a restart gets a new id", path, exc)
+    return new

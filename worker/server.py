@@ -139,7 +139,7 @@ class Worker:
         except OSError as exc:  # another worker runs on this cache dir
             raise Fatal(exc.strerror) from exc
         self._began = True
-        self.id = self.id or await asyncio.to_thread(_stable_id, cfg.cache_dir)
+        self.id = self.id or await asyncio.to_thread(cachedir.worker_id, cfg.cache_dir)
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
         self.keeps = Keeps(Path(cfg.cache_dir) / "kept")
@@ -478,20 +478,6 @@ class Worker:
         if request.query.get("keep") == "1":  # a kept chunk stays kept with its new owner
             await self.keeps.add(c)
         return web.json_response({"copied": copied})
-
-
-def _stable_id(cache_dir: Path) -> str:
-    """The worker's id, kept in the cache dir so a restart keeps its chunks' ownership."""
-    path = Path(cache_dir) / "worker-id"
-    if path.exists():
-        return path.read_text().strip()
-    worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(worker_id + "\n")
-    except OSError as exc:
-        log.warning("cannot keep the worker id in %s (%s): a restart gets a new id", path, exc)
-    return worker_id
 
 
 def _reachable(host: str) -> str:

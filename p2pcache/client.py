@@ -23,7 +23,7 @@ from .buffers import new_bytes
 from .errors import ObjectChanged, PeerError, PeerUnavailable
 from .fileobj import ObjectFile
 from .master_client import MasterClient
-from .members import check_url
+from .members import service_url
 from .objects import ChunkId, ObjectInfo
 from .rangereader import RangeReader
 from .ranges import chunk_spans
@@ -46,7 +46,7 @@ def _checked_arguments(master_url: str, concurrency: int, prefetch: int, chunk_t
     """The master's URL, trailing "/" dropped, if it and the numbers mean something; else a
     ValueError naming the argument, as the CLI's flags are refused (never clamped)."""
     try:
-        check_url(master_url.rstrip("/") if isinstance(master_url, str) else master_url)
+        url = service_url(master_url)
     except ValueError as exc:
         raise ValueError(f"master_url: {exc}") from None
     bounded("concurrency", concurrency, 1)
@@ -54,7 +54,7 @@ def _checked_arguments(master_url: str, concurrency: int, prefetch: int, chunk_t
     bounded("chunk_timeout", chunk_timeout, 0, above=True)
     bounded("connect_timeout", connect_timeout, 0, above=True)
     bounded("meta_ttl", meta_ttl, 0)
-    return master_url.rstrip("/")
+    return url
 
 
 class Client:

@@ -12,7 +12,7 @@ import math
 import os
 from typing import Callable
 
-from .members import check_url
+from .members import service_url
 from .sizes import parse_size
 
 __all__ = ["add_flag", "add_security_flags", "add_secret_flags", "add_reader_key_flags", "reader_key",
@@ -111,10 +111,9 @@ def master_url(text: str) -> str:
     """argparse type of `--master`: `http(s)://host[:port]`, the rule a worker's `--master` and
     every worker's URL follow (`members.check_url`); a trailing `/` is dropped."""
     try:
-        check_url(text.rstrip("/"))
+        return service_url(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text.rstrip("/")
 
 
 def add_secret_flags(p: argparse.ArgumentParser) -> None:

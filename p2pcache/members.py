@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-__all__ = ["InvalidRegistration", "check_id", "check_url", "MAX_WEIGHT", "MAX_URL"]
+__all__ = ["InvalidRegistration", "check_id", "check_url", "service_url", "MAX_WEIGHT", "MAX_URL"]
 
 ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Ring points grow with the weight (vnodes x weight per worker): 100 keeps the
@@ -42,3 +42,10 @@ def check_url(url: object) -> None:
         raise InvalidRegistration(f"url {url!r} must name a host (and a port from 1 to 65535), no user")
     if parts.path or parts.query or parts.fragment or url.endswith(("?", "#")):
         raise InvalidRegistration(f"url {url!r} must not have a path, query or fragment")
+
+
+def service_url(url: str) -> str:
+    """A master's URL as a client is given it: `check_url`'s rule, a trailing "/" dropped."""
+    url = url.rstrip("/") if isinstance(url, str) else url
+    check_url(url)
+    return url

@@ -141,12 +141,15 @@ def _check_numbers(a: argparse.Namespace) -> None:
     bounded("--origin-read-timeout", a.origin_read_timeout, 0, MAX_SECONDS, above=True)
     bounded("--origin-concurrency", a.origin_concurrency, 1, MAX_COUNT)
     bounded("--readahead", a.readahead, 1, MAX_COUNT)
+    def value(flag: str):
+        return getattr(a, flag[2:].replace("-", "_"))
+
     for flag in ("--drain-timeout", "--meta-ttl", "--origin-deadline", "--read-wait", "--send-timeout"):
-        bounded(flag, getattr(a, flag[2:].replace("-", "_")), 0, MAX_SECONDS)
+        bounded(flag, value(flag), 0, MAX_SECONDS)
     for flag in ("--origin-breaker", "--max-reads"):
-        bounded(flag, getattr(a, flag[2:].replace("-", "_")), 0, MAX_COUNT)
+        bounded(flag, value(flag), 0, MAX_COUNT)
     for flag in ("--capacity", "--min-free", "--egress-limit", "--rebalance-rate"):
-        bounded_size(flag, getattr(a, flag[2:].replace("-", "_")))
+        bounded_size(flag, value(flag))
 
 
 def _checked(flag: str, check: Callable[[str], None], value: str) -> None:

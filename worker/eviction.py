@@ -5,9 +5,10 @@ Every policy has the same synchronous interface, used by the store and by the si
 (oldest first), `touch` it on a hit, `promote` it when a preload asks for it (kept as a chunk
 read often: a preload's later fills must not evict its first ones), `remove` it when it goes
 for another reason, `demote` it to make it the next victim, and `victim(skip)`, which chooses
-an entry `skip` does not refuse, forgets it and returns its name (None if every entry is refused). Entries refused by `skip`
-(being read, kept by a pin) are rotated to the newest end of their queue, so each is passed
-over once per cycle: amortised O(1) per operation while refused entries are a bounded share.
+an entry `skip` does not refuse, forgets it and returns its name (None if every entry is
+refused). Entries refused by `skip` (being read, kept by a pin) are rotated to the newest end
+of their queue, so each is passed over once per cycle: amortised O(1) per operation while
+refused entries are a bounded share.
 """
 
 from __future__ import annotations

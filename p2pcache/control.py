@@ -15,10 +15,10 @@ from .objects import ChunkId
 from .ring import WorkerInfo
 
 __all__ = ["WorkerControl", "LIST_PATH", "PRELOAD_PATH", "STATUS_PATH", "HAS_PATH", "UNPIN_PATH",
-           "MAX_BATCH", "KEEP_SHARE", "chunk_to_wire", "chunk_from_wire", "pack", "unpack"]
+           "MAX_BATCH", "KEEP_SHARE", "chunk_to_wire", "chunk_from_wire", "ring_from_wire", "pack", "unpack"]
 
 LIST_PATH = "/_p2p/list"  # GET ?bucket=&prefix=&token=: one page of (key, etag, size)
-PRELOAD_PATH = "/_p2p/preload"  # POST {chunks, keep}: fill (and keep) chunks this worker owns
+PRELOAD_PATH = "/_p2p/preload"  # POST {chunks, keep, ring}: fill (and keep) chunks this worker owns
 STATUS_PATH = "/_p2p/status"  # GET: the worker's counters
 HAS_PATH = "/_p2p/has"  # POST {names}: which of these chunks are here, which are kept
 UNPIN_PATH = "/_p2p/unpin"  # POST {bucket, prefix}: stop keeping those chunks
@@ -52,6 +52,17 @@ def chunk_from_wire(fields: Any) -> ChunkId:
     return ChunkId(*fields)
 
 
+def ring_from_wire(fields: Any) -> tuple[str, int] | None:
+    """The ring version a preload was planned on, [master_id, epoch]; None if not sent (an older master).
+    Raises BadRequest on anything else."""
+    if fields is None:
+        return None
+    if not (isinstance(fields, list) and len(fields) == 2 and isinstance(fields[0], str)
+            and isinstance(fields[1], int) and not isinstance(fields[1], bool)):
+        raise BadRequest(f"not a ring version: {fields!r:.100}")
+    return fields[0], fields[1]
+
+
 class WorkerControl:
     """Signed requests to one worker's control routes; a worker that cannot be reached is PeerError."""
 
@@ -66,12 +77,14 @@ class WorkerControl:
         reply = await self._call(worker, "GET", LIST_PATH, params=params)
         return [tuple(o) for o in reply["objects"]], reply.get("next")
 
-    async def preload(self, worker: WorkerInfo, chunks: list[ChunkId], keep: bool) -> list[list]:
+    async def preload(self, worker: WorkerInfo, chunks: list[ChunkId], keep: bool,
+                      ring: tuple[str, int]) -> list[list]:
         """Per chunk, in order: [outcome, ""] or ["error", "Code: reason"]; the outcome is "cached" (it
         was here), "filled" (this call read it, from S3 or an earlier holder) or "joined" (a fill running
-        for a reader or another preload brought it)."""
+        for a reader or another preload brought it). `ring` is the version of the ring the chunks were
+        planned on: a worker that has an older one waits a moment for it before it refuses a chunk."""
         reply = await self._call(worker, "POST", PRELOAD_PATH,
-                                 {"chunks": [chunk_to_wire(c) for c in chunks], "keep": keep})
+                                 {"chunks": [chunk_to_wire(c) for c in chunks], "keep": keep, "ring": list(ring)})
         return reply["results"]
 
     async def status(self, worker: WorkerInfo) -> dict:

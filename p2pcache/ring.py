@@ -63,6 +63,10 @@ class RingSnapshot:
     def version(self) -> tuple[str, int]:
         return (self.master_id, self.epoch)
 
+    def reached(self, version: tuple[str, int]) -> bool:
+        """This snapshot is `version` or a later one of the same master (another master's: not known)."""
+        return self.master_id == version[0] and self.epoch >= version[1]
+
     def to_dict(self) -> dict:
         return asdict(self) | {"workers": [asdict(w) for w in self.workers]}
 

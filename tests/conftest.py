@@ -142,7 +142,8 @@ class Cluster:
         settings |= self.worker_options | options
         wall_clock = settings.pop("wall_clock", time.time)
         clock = settings.pop("clock", time.monotonic)
-        cfg = WorkerConfig(master_url=self.master.url, cache_dir=self.root / f"w{i}", **settings)
+        settings.setdefault("master_url", self.master.url)  # or a proxy in front of it
+        cfg = WorkerConfig(cache_dir=self.root / f"w{i}", **settings)
         worker = Worker(cfg, clock=clock, wall_clock=wall_clock)
         await worker.start()
         self.workers.append(worker)

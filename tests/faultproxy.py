@@ -4,7 +4,7 @@ of a worker, as the URL it advertises to its peers).
 On ranged GETs it injects a seeded share of faults, each kind in turn: a connection reset, a 503
 SlowDown, a 500, a body cut short, a body that stalls after its headers (and,
 on request, a 403, a 206 without its Content-Range, or a request never answered: a hung
-server). `script` lists the faults of the next ranged GETs, in order; `get_mode` applies one
+server, or answers held back: `hold`). `script` lists the faults of the next ranged GETs, in order; `get_mode` applies one
 fault to every ranged GET (HEADs and listings pass), `mode` to every request (an outage). It
 counts what it forwards, so a test can bound what S3 sent. One request per connection
 (`Connection: close` both ways) keeps the relay simple and exact.
@@ -39,6 +39,7 @@ class FaultProxy:
         self.mode: str | None = None  # a fault for every request: an outage
         self.get_mode: str | None = None  # a fault for every ranged GET of an object
         self.get_delay = 0.0  # seconds each ranged GET of an object waits before it is relayed (a slow S3)
+        self.hold: tuple[str, float] | None = None  # (target prefix, seconds): their answers wait that long
         self.script: list[str | None] = []  # faults for the next ranged GETs (None: none)
         self.ranges: list[str] = []  # the Range header of each ranged GET
         self._rng = random.Random(seed)
@@ -139,6 +140,8 @@ class FaultProxy:
             request = [l for l in lines[1:] if l and not l.lower().startswith("connection:")]
             up_writer.write(("\r\n".join([lines[0], *request, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + body)
             head = await up_reader.readuntil(b"\r\n\r\n")
+            if self.hold and lines[0].split(" ")[1].startswith(self.hold[0]):
+                await asyncio.sleep(self.hold[1])
             length = next((int(l.split(b":", 1)[1]) for l in head.split(b"\r\n")
                            if l.lower().startswith(b"content-length:")), None)
             status = int(head.split(b" ", 2)[1])

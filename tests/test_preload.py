@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from conftest import CHUNK, SECRET, wait_for
+from faultproxy import FaultProxy
 from master.preload import MAX_FAILURES, REFUSED, SETTLE, UNANSWERED, PreloadJob, _rank, _regroup, pause, plan
 from p2pcache.admin_client import AdminClient, preload
 from p2pcache.auth import Signer
@@ -144,10 +145,12 @@ async def test_unsigned_requests_to_the_master_admin_routes_are_refused(cluster,
 
 async def test_malformed_worker_control_bodies_get_a_400(cluster):
     from p2pcache.auth import Signer
+    import msgpack
     signer, w = Signer(SECRET), cluster.workers[0]
+    bad_rings = [msgpack.packb({"chunks": [], "ring": ring}) for ring in ("m", ["m"], ["m", "1"], ["m", True], [1, 1])]
     async with aiohttp.ClientSession() as http:
         for path, body in (("/_p2p/preload", b"\xc1"), ("/_p2p/preload", b"\x81\xa6chunks\x91\x93\x01\x02\x03"),
-                           ("/_p2p/has", b"\x90"), ("/_p2p/unpin", b"\x80")):
+                           *(("/_p2p/preload", b) for b in bad_rings), ("/_p2p/has", b"\x90"), ("/_p2p/unpin", b"\x80")):
             async with http.post(w.url + path, data=body, headers=signer.headers("POST", path, None, body)) as resp:
                 assert resp.status == 400, (path, body, resp.status)
                 assert resp.headers["X-P2P-Error"] == "InvalidRequest"
@@ -345,3 +348,35 @@ async def test_a_job_waiting_for_the_ring_is_cancelled_at_once(cluster_factory, 
         cancelled = await admin.cancel(job["id"])
     assert (cancelled["state"], cancelled["chunks_done"]) == ("cancelled", len(objects) - owned), cancelled
     assert victim.id in {w.id for w in cluster.master.membership.ring.workers}  # the ring never changed
+
+
+async def test_an_owner_whose_ring_lags_waits_for_it_rather_than_use_up_a_round(cluster_factory, s3_client, bucket):
+    """The job plans on the master's ring as soon as it changes; the ring reaches a worker a
+    moment later (here: held 1 s on its way). The worker waits for the ring the chunks were
+    planned on instead of refusing them as not its own, so no round is spent on the lag."""
+    cluster = await cluster_factory(2)
+    proxy = await FaultProxy(cluster.master.url).start()
+    try:
+        lagging = await cluster.add_worker(master_url=proxy.url)
+        await cluster.wait_converged()
+        data = put_chunks(s3_client, bucket, "lag", 24)
+        objects = [ObjectInfo(bucket, k, s3_client.head_object(Bucket=bucket, Key=k)["ETag"], CHUNK) for k in data]
+        before = cluster.master.placement()
+        proxy.hold = ("/ring", 1.0)
+        await cluster.workers[0].stop()  # leaves: its chunks go to the others
+        after = cluster.master.placement()
+        gained = [c for c in plan(objects, after).get(lagging.id, []) if not before.owns(lagging.id, c)]
+        assert gained and lagging.placement.ring.version == before.ring.version != after.ring.version
+        waits = []
+
+        async def unchanged(version, seconds):
+            waits.append((version, seconds))
+
+        job = PreloadJob([f"s3://{bucket}/lag/"], False, objects, plan(objects, after),
+                         WorkerControl(cluster.session, Signer(SECRET)), cluster.master.placement, unchanged, 10.0)
+        job.start()
+        await job.task
+        assert (job.state, job.chunks_failed, waits) == ("done", 0, []), job.failures
+        assert job.chunks_cached == len(objects)
+    finally:
+        await proxy.stop()

@@ -139,3 +139,9 @@ def test_the_load_bound_travels_with_the_ring_and_old_rings_keep_theirs():
             counts[owner] = counts.get(owner, 0) + 1
         return max(counts.values())
     assert busiest(ring) <= math.ceil(LOAD * 589 / 8) < busiest(RingSnapshot.from_dict(legacy))
+
+
+def test_a_snapshot_has_reached_its_own_and_earlier_epochs_of_its_master_only():
+    ring = RingSnapshot("m", 5, 1 << 20)
+    assert [ring.reached(("m", e)) for e in (4, 5, 6)] == [True, True, False]
+    assert not ring.reached(("other", 1))  # another master's epochs say nothing about ours

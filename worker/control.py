@@ -15,7 +15,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from p2pcache.control import KEEP_SHARE, MAX_BATCH, MSGPACK, chunk_from_wire, pack, unpack
+from p2pcache.control import KEEP_SHARE, MAX_BATCH, MSGPACK, chunk_from_wire, pack, ring_from_wire, unpack
 from p2pcache.errors import BadRequest, NotOwner, P2PError, StoreError
 from p2pcache.objects import ChunkId
 from p2pcache.ring import Placement
@@ -31,6 +31,10 @@ from .objects import ObjectCache
 __all__ = ["Control"]
 
 log = logging.getLogger("p2pcache.control")
+# Seconds a preload's chunk waits for the ring it was planned on before it is refused as not ours.
+# A ring reaches the workers as the answer to their long poll, in milliseconds; the master's
+# job waits a round's SETTLE (master/preload.py) and plans again if it is still refused.
+RING_WAIT = 2.0
 
 
 class Control:
@@ -72,15 +76,20 @@ class Control:
             raise BadRequest(f"preload: at most {MAX_BATCH} chunks per request")
         chunks = [chunk_from_wire(f) for f in body["chunks"]]
         keep = body.get("keep") is True
+        ring = ring_from_wire(body.get("ring"))
         checks: dict[tuple, asyncio.Future] = {}
-        results = await asyncio.gather(*(self._one(c, keep, checks) for c in chunks))
+        results = await asyncio.gather(*(self._one(c, keep, ring, checks) for c in chunks))
         return _reply({"results": results})
 
-    async def _one(self, c: ChunkId, keep: bool, checks: dict) -> list[str]:
+    async def _one(self, c: ChunkId, keep: bool, ring: tuple[str, int] | None, checks: dict) -> list[str]:
         try:
             placement = self._placement()
             inputs.check_chunk(c, placement.ring.chunk_size)
             self._check_bucket(c.bucket)
+            if not placement.owns(self._worker.id, c) and ring and not placement.ring.reached(ring):
+                # Planned on a ring we do not have yet: it is on its way (a long poll's answer).
+                await self._worker.ring_until(lambda p: p is not None and p.ring.reached(ring), RING_WAIT)
+                placement = self._placement()
             if not placement.owns(self._worker.id, c):
                 raise NotOwner(f"{self._worker.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
             if keep and c.name not in self._keeps and self._keeps.bytes + c.length > self.keep_limit:

@@ -261,13 +261,9 @@ class Worker:
         if not await self.agent.drain():
             log.warning("could not tell the master we are draining: leaving without a handoff")
             return
-        while not self._draining_in(self.placement):
-            self._ring_changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._ring_changed.wait(), max(0.0, deadline - self.clock()))
-            if self.clock() >= deadline:
-                log.warning("no ring with this worker draining within --drain-timeout: leaving")
-                return
+        if not await self.ring_until(self._draining_in, deadline - self.clock()):
+            log.warning("no ring with this worker draining within --drain-timeout: leaving")
+            return
         start = self.clock()
         while True:  # fills running here land, and are handed over too (Rebalancer.filled)
             await self.chunks.quiet(max(0.0, deadline - self.clock()))
@@ -277,6 +273,18 @@ class Worker:
         log.info("drain: %s %d chunks to their owners in %.1f s%s", "handed" if done else "handing",
                  held, self.clock() - start,
                  "" if done else f"; {self.rebalancer.backlog} not handed over by --drain-timeout")
+
+    async def ring_until(self, ok: Callable[[Placement | None], bool], seconds: float) -> bool:
+        """Wait until the ring in hand is `ok`, for up to `seconds`; whether it is."""
+        deadline = self.clock() + seconds
+        while True:
+            self._ring_changed.clear()  # before the check: a ring arriving after it sets it again
+            if ok(self.placement):
+                return True
+            if self.clock() >= deadline:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ring_changed.wait(), deadline - self.clock())
 
     def _draining_in(self, placement: Placement | None) -> bool:
         me = placement.members.get(self.id) if placement else None

@@ -9,8 +9,10 @@ import aiohttp
 import pytest
 
 from conftest import CHUNK, metric, wait_for
+from faultproxy import FaultProxy
 from p2pcache import Client
 from p2pcache.objects import ObjectInfo
+from worker import rebalance
 
 OBJECTS = 4
 
@@ -189,6 +191,38 @@ async def test_readers_at_every_survivor_fill_a_crashed_workers_chunk_once(clust
         await asyncio.gather(*(read_all(http, [url], bucket, data) for url in survivors))
         assert victim.id in {w.id for w in cluster.master.membership.ring.workers}  # not yet expired
     assert s3.get_bytes - s3_before == owned
+
+
+async def test_an_owner_back_from_an_outage_gets_what_was_filled_for_it_not_from_s3(cluster_factory, s3, s3_client,
+                                                                                   bucket, monkeypatch):
+    """Its peers could not reach it for a while (a pause, a pod restarted behind the same name):
+    the ring never changed, and a successor filled its chunks from S3 for the readers. Offered
+    to it a moment later, they are with it when it is back: its next readers cost S3 nothing."""
+    monkeypatch.setattr(rebalance, "HANDBACK", 1.0)
+    cluster = await cluster_factory(2)  # a 10 s TTL: the master never drops it
+    proxy = await FaultProxy("http://127.0.0.1:1").start()
+    try:
+        owner = await cluster.add_worker(advertise=proxy.url)  # its peers reach it through the proxy
+        proxy.upstream = owner.address
+        await cluster.wait_converged()
+        data = dataset(s3_client, bucket, 6)
+        placement = owner.placement
+        mine = [c for c in chunks(s3_client, bucket, data) if placement.owner(c).id == owner.id]
+        assert mine
+        proxy.mode = "reset"  # unreachable for its peers
+        s3_before = s3.get_bytes
+        async with aiohttp.ClientSession() as http:
+            await read_all(http, [cluster.workers[0].url], bucket, data)
+            assert s3.get_bytes - s3_before == sum(map(len, data.values()))  # each chunk once, its own by a successor
+            assert not any(c.name in owner.store for c in mine)
+            proxy.mode = None
+            await wait_for(lambda: all(c.name in owner.store for c in mine), what="the handback")
+            s3_before = s3.get_bytes
+            await read_all(http, [f"http://{owner.address[0]}:{owner.address[1]}"], bucket, data)
+        assert s3.get_bytes == s3_before
+        assert placement.ring.version == cluster.master.membership.ring.version  # no pass of a new ring did it
+    finally:
+        await proxy.stop()
 
 
 async def test_with_two_replicas_a_crash_costs_nothing(cluster_factory, s3, s3_client, bucket):

@@ -28,6 +28,9 @@ __all__ = ["Rebalancer", "plan"]
 log = logging.getLogger("p2pcache.rebalance")
 BATCH = 512  # chunk trailers read per executor hop
 RETRY, MAX_RETRY = 0.5, 30.0  # seconds before a pass with failures is planned again
+# Seconds before a chunk filled here for an owner that failed is offered to it: by then it is
+# back (a restart, a pause) or the master has dropped it (a TTL and a quarter, 12.5 s by default).
+HANDBACK = 15.0
 
 
 def plan(held: Iterable[ChunkId], placement: Placement, me: str) -> list[tuple[ChunkId, tuple[WorkerInfo, ...]]]:
@@ -61,6 +64,7 @@ class Rebalancer:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._extra: list[ChunkId] = []  # filled here since the last pass (see `filled`)
+        self._later: dict[str, asyncio.TimerHandle] = {}  # chunk name -> its handback (see `filled`)
         self._full = False  # the ring changed since the last full pass
         self._task: asyncio.Task | None = None
         self.draining = False  # hand over as fast as the owners take it
@@ -70,6 +74,9 @@ class Rebalancer:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        for handle in self._later.values():
+            handle.cancel()
+        self._later.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -83,13 +90,23 @@ class Rebalancer:
 
     def filled(self, c: ChunkId) -> None:
         """A chunk was just filled here from S3: with replicas, copy it to its followers if we
-        are its primary; draining, hand it to its owners, or it leaves with us (`plan`). (A
-        chunk filled for an owner that failed waits for the ring without it, whose pass hands
-        it over: offered now, it would go to the failed owner, which may be hung.)"""
-        if self.draining or self._placement().ring.replicas > 1:
-            self._extra.append(c)
-            self._idle.clear()
-            self._wake.set()
+        are its primary; draining, hand it to its owners, or it leaves with us (`plan`).
+
+        A chunk filled here for an owner that failed is offered to its owner HANDBACK seconds
+        later, or the owner, back, would read it from S3 again at its next read; if the master
+        dropped the owner meanwhile, the offer goes to the new ring's owner, as that ring's pass
+        does. (Offered at once, it would go to the failed owner, which may be hung.)"""
+        placement = self._placement()
+        if self.draining or placement.ring.replicas > 1:
+            self._due(c)
+        elif not placement.owns(self._me, c) and c.name not in self._later:
+            self._later[c.name] = asyncio.get_running_loop().call_later(HANDBACK, self._due, c)
+
+    def _due(self, c: ChunkId) -> None:
+        self._later.pop(c.name, None)
+        self._extra.append(c)
+        self._idle.clear()
+        self._wake.set()
 
     async def wait_idle(self, timeout: float) -> bool:
         """Until everything held here is with its owners (True) or `timeout` seconds pass."""

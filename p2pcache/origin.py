@@ -25,7 +25,7 @@ import aiohttp
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.handlers import set_list_objects_encoding_type_url
+from botocore.handlers import _handle_200_error, set_list_objects_encoding_type_url
 from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from .breaker import OPEN, Breaker
@@ -154,9 +154,17 @@ class PartHead(NamedTuple):
     count: int | None  # x-amz-mp-parts-count: None for an object not uploaded in parts
 
 
-def _keep_listing_body(response_dict, customized_response_dict, **_) -> None:
-    """A listing is passed on as S3 wrote it: keep its bytes, let botocore parse only errors."""
-    if response_dict["status_code"] < 300:
+def _before_parse(operation_model, response_dict, customized_response_dict, **kwargs) -> None:
+    """A listing is passed on as S3 wrote it: keep its bytes, let botocore parse only errors.
+
+    In place of botocore's check of a 200 for an error inside (`_handle_200_error`), which
+    runs first: it takes a listing that is not well-formed XML 1.0 for a cut response (a 500,
+    retried, and counted by the breaker), and S3 writes a key's control characters as they
+    are unless asked for `encoding-type=url`. A cut response fails as it is read (aiohttp
+    checks the length); S3 sends a 200 holding an error for copies, never for a listing."""
+    if operation_model.name not in _LISTINGS:
+        _handle_200_error(operation_model, response_dict, **kwargs)
+    elif response_dict["status_code"] < 300:
         customized_response_dict["RawBody"] = response_dict["body"]
         response_dict["body"] = b""
 
@@ -188,7 +196,8 @@ class S3Origin:
         events = client.meta.events
         for op in _LISTINGS:  # ask S3 for exactly what the reader asked: no encoding-type unless it did
             events.unregister(f"before-parameter-build.s3.{op}", set_list_objects_encoding_type_url)
-            events.register(f"before-parse.s3.{op}", _keep_listing_body)
+        events.unregister("before-parse.s3.*", _handle_200_error)
+        events.register_first("before-parse.s3.*", _before_parse)
 
     @classmethod
     @contextlib.asynccontextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 from typing import NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 import aiohttp
 import yarl
@@ -102,7 +102,7 @@ class WorkerClient:
     async def list(self, worker: WorkerInfo, bucket: str, prefix: str, delimiter: str,
                    token: str | None) -> Listing:
         """One page of ListObjectsV2."""
-        params = {"list-type": "2", "prefix": prefix}
+        params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}  # see parse_listing
         if delimiter:
             params["delimiter"] = delimiter
         if token:
@@ -185,12 +185,17 @@ def _changed(worker: WorkerInfo, message: str) -> ObjectChanged:
 
 
 def parse_listing(body: bytes) -> Listing:
+    """A ListObjectsV2 page. Ask for it with `encoding-type=url`: unencoded, a key with a
+    character XML 1.0 cannot carry is not XML (ParseError), and a carriage return in a key
+    reads as a newline. Keys are decoded if S3 says it encoded them (it may not: some
+    S3-compatible servers ignore the parameter), as botocore does."""
     root = ET.fromstring(body)
+    text = unquote_plus if root.findtext(f"{_NS}EncodingType") == "url" else str
     objects = [{
-        "Key": c.findtext(f"{_NS}Key"), "Size": int(c.findtext(f"{_NS}Size") or 0),
+        "Key": text(c.findtext(f"{_NS}Key")), "Size": int(c.findtext(f"{_NS}Size") or 0),
         "ETag": c.findtext(f"{_NS}ETag") or "", "LastModified": c.findtext(f"{_NS}LastModified") or "",
     } for c in root.iter(f"{_NS}Contents")]
-    prefixes = [p.findtext(f"{_NS}Prefix") for p in root.iter(f"{_NS}CommonPrefixes")]
+    prefixes = [text(p.findtext(f"{_NS}Prefix")) for p in root.iter(f"{_NS}CommonPrefixes")]
     truncated = root.findtext(f"{_NS}IsTruncated") == "true"
     token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
     return Listing(objects, prefixes, token)

@@ -14,6 +14,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.handlers import set_list_objects_encoding_type_url
 
+from conftest import SECRET
+from p2pcache import Client
+from p2pcache.admin_client import preload
+
 # Spaces, '+', '%', a newline, a carriage return, a tab, XML's specials, unicode.
 KEYS = ["a b/one", "a b/two", "a+b/plus", "pct%41/x", "line\nbreak", "cr\rkey", "tab\tkey", "amp&<>/q",
         "ünï/çödé", "日本/語", "plain/key"]
@@ -200,3 +204,38 @@ async def test_a_buckets_location_and_region_are_s3s_and_its_other_sub_resources
             assert resp["ResponseMetadata"]["RequestId"]
 
     await asyncio.to_thread(check)
+
+
+# Keys XML 1.0 cannot carry (S3 writes them as they are unless asked to encode) and a carriage
+# return, which an XML parser reads as a newline.
+ODD_KEYS = ["odd/ctl\x01key", "odd/vt\x0bkey", "odd/cr\rkey", "odd/cr\nkey", "odd/plain"]
+
+
+async def test_keys_xml_cannot_carry_are_listed_as_s3_wrote_them_and_read_back_exactly(cluster, bucket, s3_client,
+                                                                                     s3):
+    """An unencoded listing is S3's bytes, not an origin failure: before, each was a 502 counted
+    by the breaker, which then refused every read that needed S3. The loader client, fsspec and
+    preload ask for URL encoding and get every key exactly."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    for key in ODD_KEYS:  # moto's HTTP routing cannot take a newline in a key: store them directly
+        s3_backends[DEFAULT_ACCOUNT_ID]["global"].put_object(bucket, key, key.encode())
+    s3_client.put_object(Bucket=bucket, Key="later.bin", Body=b"later")
+    async with aiohttp.ClientSession() as http:
+        for _ in range(10):  # more than the breaker's threshold of failures
+            for query in ("list-type=2", "list-type=2&prefix=%00", "list-type=2&delimiter=%01", "prefix=odd/"):
+                answers = []
+                for url in (s3.url, cluster.workers[0].url):
+                    async with http.get(f"{url}/{bucket}?{query}") as resp:
+                        answers.append((resp.status, await resp.read()))
+                assert answers[0] == answers[1] and answers[0][0] == 200, query
+        async with http.get(f"{cluster.workers[0].url}/{bucket}/later.bin") as resp:
+            assert resp.status == 200 and await resp.read() == b"later"
+    async with Client(cluster.master.url) as client:
+        objects, _ = await client.list(bucket, "odd/")
+        assert sorted(o["Key"] for o in objects) == sorted(ODD_KEYS)
+        for key in ODD_KEYS[:3]:  # (moto cannot route a GET of a key with a newline)
+            assert await client.read(bucket, key) == key.encode()
+    job = await preload(cluster.master.url, [f"s3://{bucket}/{key}" for key in ODD_KEYS[:3]], secret=SECRET)
+    assert (job["state"], job["objects_total"], job["chunks_failed"]) == ("done", 3, 0), job

@@ -63,7 +63,8 @@ class Control:
         if not bucket:
             raise BadRequest("list: bucket is required")
         self._check_bucket(bucket)
-        body = await self._worker.origin.list_objects(bucket, True, Prefix=prefix, ContinuationToken=token)
+        body = await self._worker.origin.list_objects(bucket, True, Prefix=prefix, ContinuationToken=token,
+                                                      EncodingType="url")  # see parse_listing
         page = parse_listing(body)
         return _reply({"objects": [[o["Key"], o["ETag"], o["Size"]] for o in page.objects],
                        "next": page.next_token})

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from conftest import CHUNK, wait_for
-from rawhttp import exchange
+from rawhttp import exchange, request_bytes
 from test_serve_processes import _metric_sum
 from worker.fastpath import parse_head, response_head
 
@@ -27,7 +27,7 @@ def test_parse_head_takes_a_plain_ranged_get():
                       b"If-Match: \"abc\"\r\nContent-Length: 0\r\nConnection: keep-alive")
     assert head is not None and head.path == "/b/model-00001.safetensors" and not head.close
     assert head.headers["range"] == "bytes=0-9" and head.headers["IF-MATCH"] == '"abc"'
-    assert parse_head(b"GET /b/k HTTP/1.1\r\nConnection: close").close
+    assert parse_head(b"GET /b/k HTTP/1.1\r\nHost: x\r\nConnection: close").close
 
 
 @pytest.mark.parametrize("raw", [
@@ -38,16 +38,17 @@ def test_parse_head_takes_a_plain_ranged_get():
     b"GET /b/../k HTTP/1.1\r\nHost: x",  # dot segments: aiohttp normalises them
     b"GET /b//k HTTP/1.1\r\nHost: x",
     b"GET http://x/b/k HTTP/1.1\r\nHost: x",  # absolute form
-    b"GET /b/k HTTP/1.1\r\nRange: bytes=0-1\r\nrange: bytes=5-9",  # a repeated header
-    b"GET /b/k HTTP/1.1\r\nTransfer-Encoding: chunked",  # a body
-    b"GET /b/k HTTP/1.1\r\nContent-Length: 5",
-    b"GET /b/k HTTP/1.1\r\nExpect: 100-continue",
-    b"GET /b/k HTTP/1.1\r\nConnection: Upgrade",
-    b"GET /b/k HTTP/1.1\r\nX-Meta: caf\xc3\xa9",  # not ASCII
-    b"GET /b/k HTTP/1.1\r\nRange: bytes=0-1\r\n folded",  # obsolete line folding
-    b"GET /b/k HTTP/1.1\r\nBad Name: 1",
-    b"GET /b/k HTTP/1.1\r\nNoColon",
-    b"GET  /b/k HTTP/1.1",
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nrange: bytes=5-9",  # a repeated header
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked",  # a body
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nContent-Length: 5",
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nExpect: 100-continue",
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nConnection: Upgrade",
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nX-Meta: caf\xc3\xa9",  # not ASCII
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n folded",  # obsolete line folding
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nBad Name: 1",
+    b"GET /b/k HTTP/1.1\r\nHost: x\r\nNoColon",
+    b"GET  /b/k HTTP/1.1\r\nHost: x",
+    b"GET /b/k HTTP/1.1\r\nRange: bytes=0-1",  # no Host
 ])
 def test_parse_head_leaves_everything_else_to_aiohttp(raw):
     assert parse_head(raw) is None
@@ -200,3 +201,20 @@ async def test_heads_the_fast_path_does_not_parse_get_aiohttps_400(cluster_facto
                b"GET /b/k HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"]
     for data in garbage * 2:
         assert (await exchange(cluster.workers[0].url, data)).status == 400, data[:40]
+
+
+@pytest.mark.parametrize("serve_processes", [1, 2])
+async def test_a_head_ended_by_bare_lfs_or_without_host_is_answered_at_once(cluster_factory, s3_client, bucket,
+                                                                          serve_processes):
+    """The fast path waited for a CRLF CRLF that never came (75 s, then an empty reply), and
+    answered a request without Host, which HTTP/1.1 requires: both are aiohttp's 400 now."""
+    cluster = await cluster_factory(1, serve_processes=serve_processes)
+    url = cluster.workers[0].url
+    s3_client.put_object(Bucket=bucket, Key="k", Body=b"0123456789")
+    for _ in range(2):  # the second time with the object known to every process
+        warm = await exchange(url, request_bytes("GET", f"/{bucket}/k", {"Range": "bytes=0-1"}))
+        assert (warm.status, warm.body) == (206, b"01")
+        bare = f"GET /{bucket}/k HTTP/1.1\nHost: x\nRange: bytes=0-1\nConnection: close\n\n".encode()
+        assert (await exchange(url, bare, timeout=5)).status == 400
+        hostless = f"GET /{bucket}/k HTTP/1.1\r\nRange: bytes=0-1\r\nConnection: close\r\n\r\n".encode()
+        assert (await exchange(url, hostless, timeout=5)).status == 400

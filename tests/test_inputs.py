@@ -130,8 +130,9 @@ async def test_ranges_with_huge_numbers(cluster, s3_client, bucket):
 @pytest.mark.parametrize("serve_processes", [1, 2])
 async def test_a_path_names_one_object_or_is_refused(cluster_factory, s3_client, bucket, serve_processes):
     """The key is decoded from the path as sent: `%FF` is no UTF-8, not the key "%FF" (which is
-    `%25FF`, another object); `//b/k` and `/b%2Fk` name no bucket, not the listing or b/k.
-    Answered the same by serving processes (their fast path and aiohttp's) as by the coordinator."""
+    `%25FF`, another object); `//b/k` and `/b%2Fk` name no bucket, not the listing or b/k; a
+    raw `#` is refused, not taken for a fragment (`/b/k#frag` read k). Answered the same by
+    serving processes (their fast path and aiohttp's) as by the coordinator."""
     cluster = await cluster_factory(1, serve_processes=serve_processes)
     url = cluster.workers[0].url
     s3_client.put_object(Bucket=bucket, Key="uni/%FF.bin", Body=b"the key with a percent sign")
@@ -141,13 +142,17 @@ async def test_a_path_names_one_object_or_is_refused(cluster_factory, s3_client,
         assert literal.status == 200 and literal.body == b"the key with a percent sign"
         for target, code in ((f"/{bucket}/uni/%FF.bin", "InvalidRequest"),
                              (f"/{bucket}/uni/%C3%28.bin", "InvalidRequest"),
-                             (f"//{bucket}/k", "InvalidBucketName"), (f"/{bucket}%2Fk", "InvalidBucketName")):
+                             (f"//{bucket}/k", "InvalidBucketName"), (f"/{bucket}%2Fk", "InvalidBucketName"),
+                             (f"/{bucket}/k#frag", "InvalidURI"), (f"/{bucket}/k#", "InvalidURI"),
+                             (f"/{bucket}/k?x=1#frag", "InvalidURI")):
             for method in ("GET", "HEAD"):
                 reply = await exchange(url, request_bytes(method, target), head=method == "HEAD")
                 assert reply.status == 400, (method, target, reply.status, reply.body[:200])
                 if method == "GET":
                     assert ET.fromstring(reply.body).findtext("Code") == code, target
         assert (await exchange(url, request_bytes("GET", f"/{bucket}/k"))).body == b"k's bytes"
+        s3_client.put_object(Bucket=bucket, Key="k#frag", Body=b"k#frag's bytes")
+        assert (await exchange(url, request_bytes("GET", f"/{bucket}/k%23frag"))).body == b"k#frag's bytes"
 
 
 @pytest.mark.parametrize("key", ["a%0Db", "a%00b", "a%0Ab%0D%0AX-Injected:%20yes", "%C3%A9%E2%80%8F", "a%FFb"])

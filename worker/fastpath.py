@@ -80,6 +80,8 @@ def parse_head(head: bytes | bytearray) -> Head | None:
                 return None
             close = value.lower() == "close"
         headers[name] = value
+    if "host" not in headers:  # HTTP/1.1 requires it: aiohttp's 400
+        return None
     return Head(target.decode(), headers, close)
 
 
@@ -205,8 +207,8 @@ class FastPath(asyncio.Protocol):
                 self._task = asyncio.get_running_loop().create_task(self._drained())
                 return
             end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > MAX_HEAD or (self._eof and self._buf):
+            if end < 0:  # a head ended by bare LFs is aiohttp's to refuse, not to wait on
+                if len(self._buf) > MAX_HEAD or b"\n\n" in self._buf or (self._eof and self._buf):
                     self._hand_over()
                 elif self._eof:
                     self._transport.close()

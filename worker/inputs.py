@@ -10,9 +10,11 @@ from p2pcache.errors import BadRequest, NotFound, ObjectChanged, Unsupported
 from p2pcache.objects import ChunkId
 
 if TYPE_CHECKING:  # not imported at run time: serving processes use this module without S3
+    from aiohttp import web
+
     from .objects import ObjectCache
 
-__all__ = ["object_path", "check_key", "check_object_query", "check_chunk", "check_chunk_object", "parse_hop",
+__all__ = ["request_path", "object_path", "check_key", "check_object_query", "check_chunk", "check_chunk_object", "parse_hop",
            "UNSUPPORTED_PARAMS", "MAX_OBJECT_SIZE"]
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
@@ -25,6 +27,18 @@ _HOP = re.compile(r"[0-9]{1,3}")
 # answering them with the current version's bytes would be a silent lie.
 UNSUPPORTED_PARAMS = ("versionId", "acl", "tagging", "attributes", "torrent", "legal-hold",
                       "retention", "uploadId")
+
+
+def request_path(request: "web.BaseRequest") -> str:
+    """The path of the request's target as sent (percent-encoded, without its query).
+
+    A "#" is no part of a request target (RFC 9112): one there is a key's "#" that its client
+    did not escape. yarl would take it and the rest for a fragment, and the key before it
+    for the one asked: `/b/odd#frag` would read `odd`. InvalidURI, as S3 says of a target it
+    cannot parse."""
+    if "#" in request.raw_path:
+        raise BadRequest("a '#' in the request target: escape it as %23 in a key", code="InvalidURI")
+    return request.rel_url.raw_path
 
 
 def object_path(raw_path: str) -> tuple[str, str]:

@@ -116,7 +116,7 @@ class Worker:
             if method not in allowed:
                 raise web.HTTPMethodNotAllowed(method, allowed)
             return await handler(request)
-        bucket, key = inputs.object_path(request.rel_url.raw_path)
+        bucket, key = inputs.object_path(inputs.request_path(request))
         reader = self.readers.check(request, bucket) if self.readers else None
         if method not in ("GET", "HEAD"):
             raise ReadOnly(f"p2pcache is a read-only cache: {method} is not supported")

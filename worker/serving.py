@@ -33,6 +33,7 @@ from p2pcache.errors import P2PError
 from p2pcache.httplog import QuietParseErrors
 from p2pcache.service import few_malloc_arenas, setup_logging
 
+from . import inputs
 from .budget import SERVING_PIECES, PieceBudget
 from .chunkfiles import ChunkFiles
 from .fastpath import FastPath, Head, response_head
@@ -139,6 +140,7 @@ class ServingProcess:
         if request.path.startswith("/_p2p/"):
             resp = await self.peer_files.answer(request)
         else:
+            inputs.request_path(request)  # before the coordinator's URL drops a "#" and what follows
             resp = await self._from_files(request)
         if resp is None:
             resp = await self.coordinator.forward(request)

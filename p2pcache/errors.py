@@ -49,7 +49,7 @@ __all__ = [
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed", "NotFound",
     "NotCached", "NotOwner", "ReadOnly", "PreconditionFailed", "RangeNotSatisfiable",
     "InvalidPartNumber", "Unsupported",
-    "ObjectChanged", "OriginError", "Unavailable", "OriginUnavailable",
+    "ObjectChanged", "OriginError", "OriginDenied", "Unavailable", "OriginUnavailable",
     "PeerUnavailable", "NoRing", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
     "StoreError", "CorruptChunk", "Relayed", "ORIGIN_HEADER", "origin_error",
 ]
@@ -233,6 +233,10 @@ class Unavailable(P2PError):
     @property
     def headers(self) -> dict[str, str]:
         return {} if self.retry_after is None else {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class OriginDenied(OriginError):
+    """The origin refused this cache's credentials (403): the cache's to fix, not the reader's."""
 
 
 class OriginUnavailable(Unavailable):

@@ -31,7 +31,7 @@ from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 from .breaker import OPEN, Breaker
 from .conditions import etag_matches
 from .errors import (
-    BadRequest, InvalidPartNumber, NotFound, ObjectChanged, OriginError, OriginThrottled,
+    BadRequest, InvalidPartNumber, NotFound, ObjectChanged, OriginDenied, OriginError, OriginThrottled,
     OriginTimeout, OriginUnavailable, P2PError,
 )
 from .objects import ObjectInfo
@@ -99,7 +99,7 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
         # A HEAD's error has no body: botocore's code is then the status, its message the reason phrase.
         named = "" if code.isdigit() else code
         if status == 403 or code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return OriginError(f"origin denied access to {where}: {named or status}")
+            return OriginDenied(f"origin denied access to {where}: {named or status}")
         if status == 503 or code in ("SlowDown", "ServiceUnavailable"):
             said = named or f"SlowDown (taken as such: {exc.operation_name}'s {status} has no body to name it)"
             return OriginThrottled(f"origin throttling reads of {where}: {status} {said}")
@@ -221,7 +221,10 @@ class S3Origin:
         try:
             resp = await self._call(lambda: self._client.head_object(Bucket=bucket, Key=key), bucket, key)
         except NotFound:
-            await self.head_bucket(bucket)  # a HEAD's 404 has no body to tell which
+            try:
+                await self.head_bucket(bucket)  # a HEAD's 404 has no body to tell which
+            except OriginDenied:  # a role that may read objects, not HeadBucket: the key's 404 stands
+                pass
             raise
         headers = resp["ResponseMetadata"]["HTTPHeaders"]
         return ObjectInfo(

@@ -18,6 +18,7 @@ import socket
 import struct
 import time
 from collections import Counter
+from typing import Callable
 from urllib.parse import urlsplit
 
 __all__ = ["FaultProxy", "FAULTS"]
@@ -40,6 +41,7 @@ class FaultProxy:
         self.get_mode: str | None = None  # a fault for every ranged GET of an object
         self.get_delay = 0.0  # seconds each ranged GET of an object waits before it is relayed (a slow S3)
         self.hold: tuple[str, float] | None = None  # (target prefix, seconds): their answers wait that long
+        self.by_request: Callable[[str, str], str | None] | None = None  # (method, target) -> its fault
         self.script: list[str | None] = []  # faults for the next ranged GETs (None: none)
         self.ranges: list[str] = []  # the Range header of each ranged GET
         self._rng = random.Random(seed)
@@ -75,6 +77,8 @@ class FaultProxy:
     def _choose(self, method: str, path: str, headers: dict[str, str]) -> str | None:
         if self.mode:
             return self.mode
+        if self.by_request and (fault := self.by_request(method, path)):
+            return fault
         if method != "GET" or "range" not in headers or "/" not in path.strip("/").split("?")[0]:
             return None
         self.gets += 1

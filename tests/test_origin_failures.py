@@ -147,3 +147,18 @@ async def test_a_partial_answer_without_content_range_says_so(cluster_factory, f
     reason = headers["X-P2P-Reason"]
     assert (status, headers["X-P2P-Error"]) == (502, "OriginError")
     assert f"206 without a Content-Range to bytes={CHUNK}-{2 * CHUNK - 1}" in reason and "None" not in reason, reason
+
+
+async def test_a_missing_key_is_404_when_the_cache_may_read_objects_but_not_head_the_bucket(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    """A HEAD's 404 has no body to say whether the key or the bucket is missing, so a HeadBucket
+    follows. A least-privilege role may not make it (403): the key's 404 stands. Before, the
+    403 was the answer, a 502 that SDKs retried for seconds."""
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url)
+    fault_proxy.by_request = lambda method, target: (
+        "denied" if method == "HEAD" and "/" not in target.split("?")[0].strip("/") else None)
+    async with aiohttp.ClientSession() as http:
+        for method in ("GET", "HEAD"):
+            async with http.request(method, f"{cluster.workers[0].url}/{bucket}/no/such/key") as resp:
+                assert (resp.status, resp.headers["X-P2P-Error"]) == (404, "NoSuchKey"), method
+        assert fault_proxy.injected["denied"] > 0  # the HeadBucket was made, and refused

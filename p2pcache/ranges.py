@@ -10,7 +10,8 @@ from .errors import RangeNotSatisfiable
 __all__ = ["ByteRange", "parse_range", "chunk_count", "chunk_length", "chunk_spans"]
 
 # Blanks around "=" and "-" are tolerated; inside a number they make the header invalid ("1 0" is not 10).
-_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
+# The unit is case-insensitive (RFC 9110: `BYTES=0-5` is a range).
+_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", re.IGNORECASE)
 _HUGE = 1 << 64  # stands for any position past every object: beyond it, digits are not parsed
 
 

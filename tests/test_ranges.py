@@ -21,6 +21,8 @@ sizes = st.integers(min_value=0, max_value=10**12)
     ("bytes=99-99", 100, (99, 100)),
     (" bytes=0-0 ", 1, (0, 1)),
     ("bytes = 2 - 3", 100, (2, 4)),
+    ("BYTES=0-9", 100, (0, 10)),  # the unit is case-insensitive (RFC 9110), as moto and S3 take it
+    ("Bytes=-10", 100, (90, 100)),
 ])
 def test_valid_ranges(header, size, expected):
     assert parse_range(header, size)[:2] == expected

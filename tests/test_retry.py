@@ -7,7 +7,7 @@ import botocore.exceptions
 from hypothesis import given, strategies as st
 
 from p2pcache.errors import (
-    AccessDenied, NotFound, ObjectChanged, OriginError, OriginThrottled, OriginTimeout,
+    AccessDenied, NotFound, ObjectChanged, OriginDenied, OriginError, OriginThrottled, OriginTimeout,
     OriginUnavailable, PeerError,
 )
 from p2pcache.origin import convert_error
@@ -62,7 +62,7 @@ def test_errors_of_a_head_which_has_no_body_say_the_status_once_and_name_throttl
 
 def test_a_changed_object_a_404_or_a_403_is_never_retried():
     for status, code, kind in ((412, "PreconditionFailed", ObjectChanged), (404, "NoSuchKey", NotFound),
-                               (403, "AccessDenied", OriginError)):
+                               (403, "AccessDenied", OriginDenied)):
         error = convert_error(client_error(status, code), "b", "k")
         assert type(error) is kind and not is_transient(error), (status, code)
         assert RetryPolicy().next_delay(error, tries=1, failures=1, elapsed=0, rand=0.5) is None

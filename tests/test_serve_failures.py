@@ -14,6 +14,7 @@ from faultproxy import FaultProxy
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
 from worker import routing
+from worker.peer import TAKE_PATH
 
 
 async def _get(http: aiohttp.ClientSession, url: str, rng: tuple[int, int]) -> tuple[int, bytes, dict]:
@@ -33,14 +34,15 @@ async def _behind_proxy(cluster, **options):
 async def _read_before_and_after_the_hang(http: aiohttp.ClientSession, proxy: FaultProxy, warm_url: str, url: str,
                                           body: bytes) -> list[str]:
     """Read the object at `warm_url` (every chunk filled by its owner), hang the worker behind
-    `proxy`, read it at `url`: both whole and right; what the hung worker was asked in the second."""
+    `proxy`, read it at `url`: both whole and right; what the hung worker was asked in the second
+    (for the read: not the chunks filled for it, offered to it once HANDBACK has passed)."""
     async with http.get(warm_url) as resp:
         assert resp.status == 200 and await resp.read() == body
     proxy.mode = "hang"
     before = len(proxy.targets)
     async with http.get(url) as resp:
         assert resp.status == 200 and await resp.read() == body
-    return proxy.targets[before:]
+    return [t for t in proxy.targets[before:] if not t.startswith(TAKE_PATH)]
 
 
 def _owned_by(s3_client, bucket: str, placement, owner_id: str, name: str, size: int = CHUNK) -> str:

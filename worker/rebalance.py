@@ -65,6 +65,7 @@ class Rebalancer:
         self._idle = asyncio.Event()
         self._extra: list[ChunkId] = []  # filled here since the last pass (see `filled`)
         self._later: dict[str, asyncio.TimerHandle] = {}  # chunk name -> its handback (see `filled`)
+        self._back: list[ChunkId] = []  # handbacks due
         self._full = False  # the ring changed since the last full pass
         self._task: asyncio.Task | None = None
         self.draining = False  # hand over as fast as the owners take it
@@ -93,18 +94,21 @@ class Rebalancer:
         are its primary; draining, hand it to its owners, or it leaves with us (`plan`).
 
         A chunk filled here for an owner that failed is offered to its owner HANDBACK seconds
-        later, or the owner, back, would read it from S3 again at its next read; if the master
-        dropped the owner meanwhile, the offer goes to the new ring's owner, as that ring's pass
-        does. (Offered at once, it would go to the failed owner, which may be hung.)"""
+        later, once, or the owner, back, would read it from S3 again at its next read; if the
+        master dropped the owner meanwhile, the offer goes to the new ring's owner, as that
+        ring's pass does. (Offered at once, it would go to the failed owner, which may be hung;
+        offered again and again, to one that still is.)"""
         placement = self._placement()
         if self.draining or placement.ring.replicas > 1:
-            self._due(c)
+            self._extra.append(c)
+            self._idle.clear()
+            self._wake.set()
         elif not placement.owns(self._me, c) and c.name not in self._later:
             self._later[c.name] = asyncio.get_running_loop().call_later(HANDBACK, self._due, c)
 
     def _due(self, c: ChunkId) -> None:
         self._later.pop(c.name, None)
-        self._extra.append(c)
+        self._back.append(c)
         self._idle.clear()
         self._wake.set()
 
@@ -120,6 +124,7 @@ class Rebalancer:
             await self._wake.wait()
             self._wake.clear()
             (full, self._full), (extra, self._extra) = (self._full, False), (self._extra, [])
+            back, self._back = self._back, []
             placement = self._placement()
             held = await self._held() if full else extra
             todo = plan(held, placement, self._me)
@@ -127,6 +132,8 @@ class Rebalancer:
                 log.info("ring epoch %d: %d chunks (%d bytes) held here belong with other workers; "
                          "handing them over", placement.ring.epoch, len(todo), sum(c.length for c, _ in todo))
             failed = await self._hand_over(todo)
+            if back and not full:  # offered once: an owner still failing is the next ring's to replace
+                await self._hand_over(plan(back, placement, self._me))
             if failed and not self._wake.is_set():
                 self._set_backlog(failed)
                 await asyncio.sleep(delay)

@@ -4,6 +4,7 @@ worker counts the failures and says it is degraded while still ready."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
 import shutil
 
@@ -14,6 +15,7 @@ from conftest import SECRET, metric
 from p2pcache.admin_client import AdminClient
 from p2pcache.errors import BadRequest
 from p2pcache.service import Fatal
+from worker import server
 from worker.server import Worker
 
 CHUNK = 64 << 10
@@ -73,6 +75,34 @@ async def test_a_full_disk_is_read_around(cluster_factory, s3_client, bucket):
         degraded = (await ready(http, full))["degraded"]
         assert "free-space floor" in degraded and "disk failing" not in degraded, degraded
         assert await metric(http, full.url, "p2pcache_store_errors_total") == 0  # full, not failing
+    assert len(full.store) == 0
+
+
+async def test_a_full_new_owner_does_not_leak_the_holders_answers_it_cannot_store(cluster_factory, s3_client, bucket,
+                                                                                 monkeypatch, request):
+    """A worker joins with no room (its volume below the floor): it copies the chunks it now
+    owns from their earlier holders, and its store refuses each before a byte is read. Each
+    refused answer was left open, holding one of its pooled connections to that holder for
+    good; with them all held (64 by default, 2 here), every request to that peer waited, and
+    reads through it hung. It streams them around its disk instead."""
+    monkeypatch.setattr(server, "PEER_CONNECTIONS", 2)  # a read's two streams (--readahead 1) at most
+    # A refused answer is kept alive by a reference cycle (the error's traceback): freed by the
+    # cycle collector at some later time, or never while the error is held. Not collected here.
+    gc.disable()
+    request.addfinalizer(gc.enable)
+    cluster = await cluster_factory(2, chunk_size=1 << 20)  # larger than what a connection buffers unread
+    body = random.Random(7).randbytes(12 << 20)
+    s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        for w in cluster.workers:  # warm at its owners
+            async with http.get(f"{w.url}/{bucket}/m.bin") as resp:
+                assert resp.status == 200 and await resp.read() == body
+        full = await cluster.add_worker(min_free=1 << 60, readahead=1)
+        await cluster.wait_converged()
+        for _ in range(3):
+            async with http.get(f"{full.url}/{bucket}/m.bin") as resp:
+                assert resp.status == 200 and await resp.read() == body
+        assert await metric(http, full.url, "p2pcache_passthrough_bytes_total") > 0
     assert len(full.store) == 0
 
 

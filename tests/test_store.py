@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from pathlib import Path
@@ -350,3 +351,36 @@ async def test_a_store_on_tmpfs_serves_its_chunks(tmp_path):
             assert got == bytes([c.index % 256]) * c.length
         assert await store.read(c.name, 5, 100) == bytes([c.index % 256]) * 100
         store.close()
+
+
+async def test_the_free_space_floor_holds_for_fills_that_write_together(tmp_path, monkeypatch):
+    """Each fill checked the disk's free space less its own chunk only: four at once, each
+    seeing room for itself, took the disk 2 chunks under its floor. A small disk, simulated
+    (its free space is what the files under the cache dir leave of 10 chunks)."""
+    import shutil
+
+    def usage(path):
+        used = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+        return shutil._ntuple_diskusage(10 * SLOT, used, 10 * SLOT - used)
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    store = ChunkStore(tmp_path, capacity=100 * SLOT, min_free=4 * SLOT)  # room for 6 chunks
+    await store.load()
+
+    async def fill(i: int, go: asyncio.Event) -> bool:
+        c = chunk(10 + i)
+        try:
+            async with store.writing(c.name, c.length, c.pack()) as w:
+                await go.wait()
+                await w.write(bytes(c.length))
+        except Busy:
+            return False
+        return True
+
+    go = asyncio.Event()
+    fills = [asyncio.create_task(fill(i, go)) for i in range(8)]
+    await asyncio.sleep(0.2)  # every fill has reserved its room or been refused
+    go.set()
+    done = await asyncio.gather(*fills)
+    assert usage(tmp_path).free >= store.min_free, done
+    assert sum(done) == 6 and len(store) == 6

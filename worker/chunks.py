@@ -30,7 +30,7 @@ from p2pcache.singleflight import SingleFlight
 from .budget import PieceBudget, fill_piece, readahead
 from .diskhealth import DiskHealth
 from .metrics import WorkerMetrics
-from .peer import PeerClient
+from .peer import PeerClient, PeerStream
 from .routing import DownPeers, fill_source
 from .store import ChunkStore, read_pieces
 
@@ -283,7 +283,7 @@ class Chunks:
             if source is not None and not self._down.down(source.id):  # failed lately: S3 has the bytes
                 try:
                     stream = await self._peers.open(source, c, 0, c.length, hop + 1, primary=True)
-                    return await self._write(c, stream, self._m.peer_bytes)
+                    return await self._copy(c, stream, self._m.peer_bytes)
                 except PeerError as exc:
                     self.peer_failed(source.id)
                     log.warning("primary %s failed for %s, filling from S3: %s", source.id, c.ring_key, exc)
@@ -322,7 +322,7 @@ class Chunks:
                 continue
             try:
                 stream = await self._peers.open(worker, c, 0, c.length, hop + 1, local=True)
-                await self._write(c, stream, self._m.handoff_bytes)
+                await self._copy(c, stream, self._m.handoff_bytes)
             except NotCached:
                 continue
             except PeerError as exc:
@@ -349,6 +349,15 @@ class Chunks:
                 await self._write(c, body, self._m.origin_bytes)
         finally:
             self._origin_slots.release()
+
+    async def _copy(self, c: ChunkId, stream: PeerStream, counter) -> None:
+        """Store a peer's chunk. Its response is closed whatever happens: the store may refuse
+        the chunk before a byte is read (full, failing), and a response left open holds its
+        pooled connection for good; 64 of them, and every request to that peer waits."""
+        try:
+            await self._write(c, stream, counter)
+        finally:
+            stream.close()
 
     async def _write(self, c: ChunkId, pieces: AsyncIterator[bytes], counter) -> None:
         """Store the chunk; a failure of the store (an OSError, or Busy: full) is a StoreError."""

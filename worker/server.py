@@ -67,6 +67,7 @@ log = logging.getLogger("p2pcache.worker")
 # the cluster secret's signature.
 OPEN_ROUTES = frozenset({"/_p2p/health", "/_p2p/ready", "/_p2p/metrics"})
 POST_ROUTES = frozenset({"/_p2p/preload", "/_p2p/has", "/_p2p/unpin"})  # the others are GET/HEAD
+PEER_CONNECTIONS = 64  # pooled connections to each peer
 
 
 class Worker:
@@ -161,7 +162,8 @@ class Worker:
             read_timeout=cfg.origin_read_timeout, deadline=cfg.origin_deadline,
             breaker_threshold=cfg.origin_breaker, hooks=hooks))
         session = await self._stack.enter_async_context(aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, force_close=False, ssl=client_ssl),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=PEER_CONNECTIONS, force_close=False,
+                                           ssl=client_ssl),
             auto_decompress=False))
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock, on_change=self._object_changed)
         self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)

@@ -258,7 +258,9 @@ class ChunkStore:
             await self._keep_free_floor(size)
 
     async def _keep_free_floor(self, size: int) -> None:
-        while (await _run(shutil.disk_usage, self.root)).free - size < self.min_free:
+        """Make room above --min-free for `size` bytes and every write reserved before it: the
+        disk's free space does not count them until they are written, and fills write together."""
+        while (await _run(shutil.disk_usage, self.root)).free - self._reserved < self.min_free:
             victim = self._pick_victim()
             if victim is None:
                 self._reserved -= size

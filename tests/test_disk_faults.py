@@ -64,14 +64,18 @@ async def test_a_failing_cache_directory_is_read_around(cluster_factory, s3_clie
     assert len(bad.store) == 0 and all(len(w.store) > 0 for w in cluster.workers[1:])
 
 
-async def test_a_full_disk_is_read_around(cluster_factory, s3_client, bucket):
+async def test_a_full_disk_is_read_around(cluster_factory, s3, s3_client, bucket):
     cluster = await cluster_factory(2, chunk_size=CHUNK)
     full = await cluster.add_worker(min_free=1 << 60)  # its volume is below the free-space floor
     await cluster.wait_converged()
     body = put(s3_client, bucket, "m.bin")
+    before = s3.get_bytes
     async with aiohttp.ClientSession() as http:
         await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
         assert await metric(http, full.url, "p2pcache_passthrough_bytes_total") > 0
+        # Every byte S3 sent is counted as read from S3, those streamed around the disk too.
+        origin = sum([await metric(http, w.url, "p2pcache_origin_bytes_total") for w in cluster.workers])
+        assert origin == s3.get_bytes - before > 0
         degraded = (await ready(http, full))["degraded"]
         assert "free-space floor" in degraded and "disk failing" not in degraded, degraded
         assert await metric(http, full.url, "p2pcache_store_errors_total") == 0  # full, not failing

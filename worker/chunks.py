@@ -270,7 +270,11 @@ class Chunks:
             except PeerError as exc:
                 self.peer_failed(source.id)
                 log.warning("primary %s failed for %s, reading S3: %s", source.id, c.ring_key, exc)
-        return PassThrough(self._origin, c, offset, length, self._m.passthrough_bytes)
+        return self._uncached(c, offset, length)
+
+    def _uncached(self, c: ChunkId, offset: int, length: int) -> "PassThrough":
+        """The bytes straight from S3, counted as read from S3 and as streamed around the disk."""
+        return PassThrough(self._origin, c, offset, length, self._m.passthrough_bytes, self._m.origin_bytes)
 
     async def _fill(self, c: ChunkId, source: WorkerInfo | None, hop: int, holder: str | None,
                     origin: bool) -> None:
@@ -417,7 +421,7 @@ class Chunks:
                     stream = await reopen(pos, failed)
                 except StoreError as exc:  # a local chunk that cannot be read: S3 has the bytes
                     self.disk.failed(exc)
-                    stream = PassThrough(self._origin, c, pos, end - pos, self._m.passthrough_bytes)
+                    stream = self._uncached(c, pos, end - pos)
         finally:
             self.budget.close()
 
@@ -427,8 +431,8 @@ class PassThrough:
 
     peer = None
 
-    def __init__(self, origin: S3Origin, c: ChunkId, offset: int, length: int, counter) -> None:
-        self._origin, self._c, self._counter = origin, c, counter
+    def __init__(self, origin: S3Origin, c: ChunkId, offset: int, length: int, *counters) -> None:
+        self._origin, self._c, self._counters = origin, c, counters
         self._start, self._stop = c.start + offset, c.start + offset + length
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -436,7 +440,8 @@ class PassThrough:
         body = self._origin.read_range(c.bucket, c.key, c.etag, self._start, self._stop)
         async with contextlib.aclosing(body):
             async for piece in body:
-                self._counter.inc(len(piece))
+                for counter in self._counters:
+                    counter.inc(len(piece))
                 yield piece
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import random
 import shutil
 
@@ -83,12 +84,13 @@ async def test_a_full_disk_is_read_around(cluster_factory, s3, s3_client, bucket
 
 
 async def test_a_full_new_owner_does_not_leak_the_holders_answers_it_cannot_store(cluster_factory, s3_client, bucket,
-                                                                                 monkeypatch, request):
+                                                                                 monkeypatch, request, caplog):
     """A worker joins with no room (its volume below the floor): it copies the chunks it now
     owns from their earlier holders, and its store refuses each before a byte is read. Each
     refused answer was left open, holding one of its pooled connections to that holder for
     good; with them all held (64 by default, 2 here), every request to that peer waited, and
     reads through it hung. It streams them around its disk instead."""
+    caplog.set_level(logging.WARNING, "p2pcache.http")
     monkeypatch.setattr(server, "PEER_CONNECTIONS", 2)  # a read's two streams (--readahead 1) at most
     # A refused answer is kept alive by a reference cycle (the error's traceback): freed by the
     # cycle collector at some later time, or never while the error is held. Not collected here.
@@ -108,6 +110,9 @@ async def test_a_full_new_owner_does_not_leak_the_holders_answers_it_cannot_stor
                 assert resp.status == 200 and await resp.read() == body
         assert await metric(http, full.url, "p2pcache_passthrough_bytes_total") > 0
     assert len(full.store) == 0
+    # Each handoff it refused was a warning line (hundreds a second): one per code and 10 s now.
+    refused = [r for r in caplog.records if r.name == "p2pcache.http" and "/_p2p/take" in r.getMessage()]
+    assert len(refused) <= 1, len(refused)
 
 
 async def test_a_worker_whose_cache_dir_is_unusable_starts_and_serves(cluster_factory, s3_client, bucket, tmp_path):

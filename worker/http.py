@@ -11,6 +11,7 @@ from aiohttp import web
 from xml.sax.saxutils import escape
 
 from p2pcache.errors import BadRequest, P2PError, Unsupported
+from p2pcache.httplog import OncePer
 from p2pcache.objects import ObjectInfo
 from p2pcache.ranges import ByteRange, parse_range
 
@@ -22,6 +23,8 @@ __all__ = ["REQUEST_ID", "answered", "object_headers", "object_answer", "error_r
            "log_error", "header_text", "body_response", "RequestLine", "send_body", "prepend", "parse_peer_request"]
 
 log = logging.getLogger("p2pcache.http")
+ERROR_LOG_PERIOD = 10.0  # seconds between two log lines of answers with one status and code (log_error)
+_errors = OncePer(ERROR_LOG_PERIOD)
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
@@ -80,9 +83,12 @@ def object_answer(info: ObjectInfo, range_header: str | None, part, overrides: d
 
 
 def log_error(method: str, path: str, exc: P2PError) -> None:
-    """Log an error answered to a request if it is the server's."""
-    if exc.status >= 500 and not isinstance(exc, Unsupported):  # 501 is the client's doing
-        log.warning("%s %r -> %d %s", method, path, exc.status, exc)
+    """Log an error answered to a request if it is the server's: one line per status and code
+    every ERROR_LOG_PERIOD seconds. One cause (a failing disk, S3 down) fails every request
+    meanwhile, hundreds a second; its own warning and the metrics tell the rest."""
+    if exc.status >= 500 and not isinstance(exc, Unsupported) and _errors.due(f"{exc.status} {exc.code}"):
+        log.warning("%s %r -> %d %s (answers with this code are logged once per %g s)",
+                    method, path, exc.status, exc, ERROR_LOG_PERIOD)
 
 
 def error_response(request: web.BaseRequest, exc: P2PError) -> web.Response:

@@ -79,13 +79,14 @@ pod that starts. Empty when the user's Secret cannot be looked up (`helm templat
 {{- end }}
 {{- end }}
 
-{{/* --tls-* args (for the worker also --tls-ca); call with (dict "ctx" $ "worker" true). */}}
+{{/* --tls-* args of the master and the workers: --tls-ca is the CA the workers verify peers and
+the master with, and the master verifies the workers with (preload, status). */}}
 {{- define "p2pcache.tlsArgs" -}}
-{{- $tls := .ctx.Values.tls }}
+{{- $tls := .Values.tls }}
 {{- if $tls.enabled -}}
 - --tls-cert={{ $tls.mountPath }}/tls.crt
 - --tls-key={{ $tls.mountPath }}/tls.key
-{{- if and .worker $tls.caKey }}
+{{- if $tls.caKey }}
 - --tls-ca={{ $tls.mountPath }}/{{ $tls.caKey }}
 {{- end }}
 {{- end }}

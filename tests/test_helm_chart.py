@@ -13,7 +13,9 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 
+from master.config import MasterConfig
 from p2pcache.cli import build_parser
+from p2pcache.sizes import parse_size
 from worker.config import WorkerConfig, add_arguments
 from worker.cpus import available_cpus
 from worker.readers import ClientKey, parse_client_keys
@@ -313,7 +315,8 @@ def test_changed_inline_reader_keys_roll_the_workers(chart, rendered):
 
 @pytest.mark.parametrize(("size", "percent", "capacity"), [
     ("20GiB", 90, 19327352832), ("500G", 90, 450 * 10**9), ("1Ti", 50, 2**39),
-    ("4096", 100, 4096), ("750MB", 80, 600 * 10**6),
+    ("16777216", 100, 16777216), ("750MB", 80, 600 * 10**6),
+    ("9223372036854775807", 99, (2**63 - 1) * 99 // 100),  # size x percent overflows 64 bits: not computed so
 ])
 def test_capacity_is_a_share_of_the_volume(chart, size, percent, capacity):
     objects = manifests(render(chart, {"cache": {"size": size, "capacityPercent": percent}}))
@@ -327,6 +330,13 @@ def test_grace_period_covers_prestop_and_drain(chart):
     assert worker["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
     assert flags(worker)["drain-timeout"] == "45"
     assert pod["terminationGracePeriodSeconds"] > 7 + 2 * 45  # the handoff, then in-flight reads
+
+
+def test_drain_timeout_may_be_a_fraction_and_the_grace_period_rounds_up(chart):
+    pod = pod_template(manifests(render(chart, {"worker": {"drainTimeout": 2.3, "preStopSleep": 5}})),
+                       "StatefulSet")["spec"]
+    assert flags(pod["containers"][0])["drain-timeout"] == "2.3"
+    assert pod["terminationGracePeriodSeconds"] == 5 + 5 + 10  # ceil(2 x 2.3) + slack
 
 
 def test_servicemonitor_scrapes_the_metrics_endpoints(rendered):
@@ -362,6 +372,10 @@ def test_dashboard_uses_the_contract_metric_names(rendered):
     ({"cache": {"capacityPercent": 120}}, "/cache/capacityPercent", "maximum"),
     ({"cluster": {"workerTtl": 3601}}, "/cluster/workerTtl", "maximum"),  # the master's --worker-ttl bounds
     ({"cluster": {"replicas": 1001}}, "/cluster/replicas", "maximum"),
+    # The worker's bounds (worker/config.py): a day of seconds, a million of a count.
+    ({"worker": {"drainTimeout": 100000}}, "/worker/drainTimeout", "maximum"),
+    ({"worker": {"heartbeatInterval": 100000}}, "/worker/heartbeatInterval", "maximum"),
+    ({"worker": {"originConcurrency": 2000000}}, "/worker/originConcurrency", "maximum"),
     ({"cache": {"sizee": "1GiB"}}, "/cache", "additional properties 'sizee' not allowed"),
     ({"clientKeys": {"keys": [{"accessKeyId": "a", "secretAccessKey": "two words"}]}},
      "/clientKeys/keys/0/secretAccessKey", "'two words' does not match pattern"),
@@ -377,6 +391,65 @@ def test_values_schema_rejects_bad_values(chart, values, where, why):
     assert f"at '{where}': {why}" in str(raised.value)
     report = helm.lint(CHART, values, strict=True)
     assert any(where in error and why in error for error in report["errors"])
+
+
+KEY_TWICE = [{"accessKeyId": "loader", "secretAccessKey": "one"}, {"accessKeyId": "loader", "secretAccessKey": "two"}]
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"cluster": {"chunkSize": "1K"}}, "cluster.chunkSize: 1K must be from 64KiB to 1GiB"),
+    ({"cluster": {"chunkSize": "0"}}, "cluster.chunkSize: 0 must be from 64KiB to 1GiB"),
+    ({"cluster": {"chunkSize": "2GiB"}}, "cluster.chunkSize: 2GiB must be from 64KiB to 1GiB"),
+    ({"cache": {"size": "10MiB"}}, "cache.size: 10MiB at cache.capacityPercent 90 gives each worker "
+     "--capacity=9437184 bytes, less than 2 chunks of cluster.chunkSize 8MiB (16777216 bytes)"),
+    ({"cache": {"size": "2GiB", "capacityPercent": 50}, "cluster": {"chunkSize": "1GiB"}},
+     "cache.size: 2GiB at cache.capacityPercent 50 gives each worker --capacity=1073741824 bytes"),
+    ({"cache": {"size": "9999999999999999999"}}, "cache.size: 9999999999999999999 is more than 2^63-1 bytes"),
+    ({"cache": {"size": "99999999TiB"}}, "cache.size: 99999999TiB is more than 2^63-1 bytes"),
+    ({"cache": {"size": "8388608TiB"}}, "cache.size: 8388608TiB is more than 2^63-1 bytes"),  # 2^63 exactly
+    ({"worker": {"minFree": "99999999999TiB"}}, "worker.minFree: 99999999999TiB is more than 2^63-1 bytes"),
+    ({"clientKeys": {"keys": KEY_TWICE}}, 'clientKeys.keys: accessKeyId "loader" is listed twice'),
+])
+def test_templates_refuse_values_the_programs_refuse(chart, values, message):
+    """What JSON schema cannot say (sizes, a rule across two values, unique key ids) fails the
+    render in one line naming the value, rather than pods that crash-loop."""
+    with pytest.raises(helm.HelmError) as raised:
+        render(chart, values)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value).split("): ", 1)[1]
+
+
+@pytest.mark.parametrize("values", [
+    {"cluster": {"chunkSize": "64KiB"}, "cache": {"size": "128KiB", "capacityPercent": 100}},
+    {"cluster": {"chunkSize": "1GiB"}},
+    {"cache": {"size": "9223372036854775807"}, "worker": {"minFree": "9223372036854775807"}},
+    {"cache": {"size": "8388607TiB", "capacityPercent": 100}, "worker": {"minFree": "0"}},
+    {"cache": {"size": "00000000000000000000000000020GiB"}},
+    {"worker": {"drainTimeout": 86400, "heartbeatInterval": 86400, "originConcurrency": 1000000,
+                "preStopSleep": 1000000}},
+    {"worker": {"drainTimeout": 0, "heartbeatInterval": 0.001, "originConcurrency": 1}},
+    {"preload": {"urls": ["s3://models/"], "waitReady": 1000000, "activeDeadlineSeconds": 10000000}},
+])
+def test_values_at_the_bounds_render_flags_the_programs_accept(chart, values):
+    objects = manifests(render(chart, values))
+    worker, master = container(objects, "StatefulSet"), container(objects, "Deployment")
+    env = container_env(worker, objects, "w-0")
+    parsed = WorkerConfig.from_args(build_parser().parse_args([expand_vars(a, env) for a in worker["args"]]))
+    MasterConfig.from_args(build_parser().parse_args(master["args"]))
+    size = parse_size(values.get("cache", {}).get("size", "20GiB"))
+    assert parsed.capacity == size * values.get("cache", {}).get("capacityPercent", 90) // 100  # exact
+    assert parsed.min_free == parse_size(values.get("worker", {}).get("minFree", "1GiB"))
+    for key, flag in (("drainTimeout", "drain_timeout"), ("heartbeatInterval", "heartbeat_interval"),
+                      ("originConcurrency", "origin_concurrency")):
+        if key in values.get("worker", {}):
+            assert getattr(parsed, flag) == values["worker"][key]
+    assert worker["lifecycle"]["preStop"]["exec"]["command"][1] == str(values.get("worker", {}).get("preStopSleep", 5))
+    for job in find(objects, "Job"):
+        args = build_parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]["args"])
+        assert args.wait_ready == values["preload"]["waitReady"]
+        assert job["spec"]["activeDeadlineSeconds"] == values["preload"]["activeDeadlineSeconds"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
 
 
 def test_long_release_names_stay_dns_labels(chart):

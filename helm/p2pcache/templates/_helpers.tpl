@@ -113,21 +113,46 @@ the master with, and the master verifies the workers with (preload, status). */}
 {{- end }}
 {{- end }}
 
-{{/* A size in the CLI format ("20GiB", "500M", "1Gi", "4096") as a byte count. */}}
+{{/* A size in the CLI format ("20GiB", "500M", "1Gi", "4096") as a byte count, at most 2^63-1
+like every size flag of p2pcache; call with (list "cache.size" .Values.cache.size). Helm's
+integers are 64-bit and wrap silently: the digits are checked before they are multiplied. */}}
 {{- define "p2pcache.bytes" -}}
+{{- $name := index . 0 }}
+{{- $size := toString (index . 1) }}
 {{- $units := dict "" 1 "K" 1000 "KB" 1000 "M" 1000000 "MB" 1000000 "G" 1000000000 "GB" 1000000000 "T" 1000000000000 "TB" 1000000000000 "Ki" 1024 "KiB" 1024 "Mi" 1048576 "MiB" 1048576 "Gi" 1073741824 "GiB" 1073741824 "Ti" 1099511627776 "TiB" 1099511627776 }}
-{{- $size := toString . }}
 {{- $unit := regexReplaceAll "^[0-9]+" $size "" }}
 {{- $number := trimSuffix $unit $size }}
 {{- if or (not (regexMatch "^[0-9]+$" $number)) (not (hasKey $units $unit)) }}
-{{- fail (printf "invalid size %q: use an integer with an optional unit, e.g. 20GiB, 500M or 4096" $size) }}
+{{- fail (printf "%s: invalid size %q: use an integer with an optional unit, e.g. 20GiB, 500M or 4096" $name $size) }}
 {{- end }}
-{{- mul (atoi $number) (get $units $unit) }}
+{{- $digits := regexReplaceAll "^0+" $number "" | default "0" }}
+{{- $max := 9223372036854775807 }}
+{{- if or (gt (len $digits) 19) (and (eq (len $digits) 19) (gt $digits (toString $max))) (gt (atoi $digits) (div $max (get $units $unit))) }}
+{{- fail (printf "%s: %s is more than 2^63-1 bytes, the largest size p2pcache takes" $name $size) }}
+{{- end }}
+{{- mul (atoi $digits) (get $units $unit) }}
 {{- end }}
 
-{{/* Worker --capacity: cache.capacityPercent of cache.size, in bytes. */}}
+{{/* The master's --chunk-size: cluster.chunkSize in bytes, within the master's bounds (p2pcache/ring.py). */}}
+{{- define "p2pcache.chunkBytes" -}}
+{{- $bytes := include "p2pcache.bytes" (list "cluster.chunkSize" .Values.cluster.chunkSize) | atoi }}
+{{- if or (lt $bytes 65536) (gt $bytes 1073741824) }}
+{{- fail (printf "cluster.chunkSize: %s must be from 64KiB to 1GiB (the master's --chunk-size)" (toString .Values.cluster.chunkSize)) }}
+{{- end }}
+{{- $bytes }}
+{{- end }}
+
+{{/* Worker --capacity: cache.capacityPercent of cache.size, in bytes (computed without overflow),
+at least the 2 chunks the master asks of every worker it registers. */}}
 {{- define "p2pcache.capacityBytes" -}}
-{{- div (mul (include "p2pcache.bytes" .Values.cache.size) (int .Values.cache.capacityPercent)) 100 }}
+{{- $size := include "p2pcache.bytes" (list "cache.size" .Values.cache.size) | atoi }}
+{{- $percent := int .Values.cache.capacityPercent }}
+{{- $capacity := add (mul (div $size 100) $percent) (div (mul (mod $size 100) $percent) 100) }}
+{{- $chunk := include "p2pcache.chunkBytes" . | atoi }}
+{{- if lt $capacity (mul 2 $chunk) }}
+{{- fail (printf "cache.size: %s at cache.capacityPercent %d gives each worker --capacity=%d bytes, less than 2 chunks of cluster.chunkSize %s (%d bytes): the master would refuse every worker" (toString .Values.cache.size) $percent $capacity (toString .Values.cluster.chunkSize) (mul 2 $chunk)) }}
+{{- end }}
+{{- $capacity }}
 {{- end }}
 
 {{- define "p2pcache.podSecurityContext" -}}
@@ -162,6 +187,13 @@ capabilities:
 
 {{/* The reader keys file (worker --client-keys) from clientKeys.keys. */}}
 {{- define "p2pcache.clientKeysFile" -}}
+{{- $seen := dict }}
+{{- range .Values.clientKeys.keys }}
+{{- if hasKey $seen .accessKeyId }}
+{{- fail (printf "clientKeys.keys: accessKeyId %q is listed twice: give each key id once (the workers refuse a keys file that repeats one)" .accessKeyId) }}
+{{- end }}
+{{- $_ := set $seen .accessKeyId true }}
+{{- end -}}
 # ACCESS_KEY_ID SECRET_ACCESS_KEY [bucket,bucket...], from the chart's clientKeys.keys
 {{- range .Values.clientKeys.keys }}
 {{ .accessKeyId }} {{ .secretAccessKey }}{{ with get . "buckets" }} {{ join "," . }}{{ end }}

@@ -18,7 +18,6 @@ from master.config import MasterConfig
 from p2pcache.cli import build_parser
 from p2pcache.sizes import parse_size
 from worker.config import WorkerConfig, add_arguments
-from worker.cpus import available_cpus
 from worker.readers import ClientKey, parse_client_keys
 
 from helm_render import (
@@ -600,7 +599,10 @@ def test_no_preload_job_without_urls(chart):
 
 
 @pytest.mark.parametrize(("cpus", "processes", "request_cpu", "limit_cpu"), [
-    (None, "2", "2", "2"), (4, "4", "4", "4"), (0, "auto", "500m", None),
+    (None, "2", "2", "2"), (4, "4", "4", "4"),
+    # No CPU limit, so no cgroup quota: `auto` would start one process per CPU of the node (64 x ~43 MB
+    # against the 2Gi limit on a 64-CPU node). The 500m request, rounded up, is the count instead.
+    (0, "1", "500m", None),
 ])
 def test_cpus_set_the_cpu_request_limit_and_serving_processes_together(chart, cpus, processes, request_cpu,
                                                                       limit_cpu):
@@ -612,7 +614,22 @@ def test_cpus_set_the_cpu_request_limit_and_serving_processes_together(chart, cp
     assert worker["resources"]["limits"]["memory"] == "2Gi"
     parsed = WorkerConfig.from_args(_worker_parser().parse_args(
         ["--master", "http://m", "--cache-dir", "/c", f"--serve-processes={processes}"]))
-    assert parsed.serve_processes == (int(processes) if processes != "auto" else available_cpus())
+    assert parsed.serve_processes == int(processes)
+
+
+@pytest.mark.parametrize(("resources", "processes"), [
+    ({"requests": {"cpu": "2500m"}}, 3), ({"requests": {"cpu": 1.5}}, 2), ({"requests": {"cpu": "0.1"}}, 1),
+    ({"requests": {"cpu": "1"}, "limits": {"cpu": "4"}}, 4),  # the limit, which is also the cgroup quota
+    ({"requests": {"cpu": None}}, 1), ({"requests": {"cpu": "4000"}}, 256),  # the most --serve-processes takes
+])
+def test_cpus_0_counts_serving_processes_from_the_cpu_resources(chart, resources, processes):
+    worker = container(manifests(render(chart, {"worker": {"cpus": 0, "resources": resources}})), "StatefulSet")
+    assert flags(worker)["serve-processes"] == str(processes)
+
+
+def test_cpus_0_with_a_cpu_the_chart_cannot_count_fails(chart):
+    with pytest.raises(helm.HelmError, match='worker.resources: CPU "2k": give it as cores'):
+        render(chart, {"worker": {"cpus": 0, "resources": {"requests": {"cpu": "2k"}}}})
 
 
 def _worker_parser():

@@ -200,6 +200,24 @@ capabilities:
 {{- end }}
 {{ end }}
 
+{{/* The worker's --serve-processes: worker.cpus, or with 0 the CPU limit of worker.resources, else
+its CPU request, rounded up (1 without either). Not `auto`: without a CPU limit the pod has no
+cgroup quota, and auto would start one serving process per CPU of the node, each ~40-60 MiB, far
+more than a request of 500m and its memory limit allow. */}}
+{{- define "p2pcache.serveProcesses" -}}
+{{- $cpus := int .Values.worker.cpus }}
+{{- if not $cpus }}
+{{- $r := .Values.worker.resources }}
+{{- $cpu := toString (coalesce (dig "limits" "cpu" "" $r) (dig "requests" "cpu" "" $r) "1") }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?m?$" $cpu) }}
+{{- fail (printf "worker.resources: CPU %q: give it as cores (2, 1.5) or millicores (500m), or set worker.cpus" $cpu) }}
+{{- end }}
+{{- $cores := ternary (divf (trimSuffix "m" $cpu) 1000) (float64 $cpu) (hasSuffix "m" $cpu) }}
+{{- $cpus = max 1 (min 256 (ceil $cores | int)) }}
+{{- end }}
+{{- $cpus }}
+{{- end }}
+
 {{/* The worker's resources: worker.cpus (if set) is its CPU request and limit. */}}
 {{- define "p2pcache.workerResources" -}}
 {{- $r := deepCopy .Values.worker.resources -}}

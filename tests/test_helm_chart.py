@@ -463,6 +463,26 @@ def test_long_release_names_stay_dns_labels(chart):
     assert len(f"{sts['metadata']['name']}-{'x' * 11}") <= 63  # controller-revision-hash label
 
 
+DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+@pytest.mark.parametrize("name", ["rel.dots", "1cache", "a.b.c"])  # release names Helm accepts
+def test_release_names_that_make_no_service_name_fail_early(chart, name):
+    with pytest.raises(helm.HelmError) as raised:
+        render(chart, name=name)
+    assert f'the release name "{name}"' in str(raised.value) and "not a DNS-1035 label" in str(raised.value)
+    objects = manifests(render(chart, {"fullnameOverride": "cache"}, name=name))  # the way out it names
+    assert all(DNS_1035.fullmatch(s["metadata"]["name"]) for s in find(objects, "Service"))
+    with pytest.raises(helm.HelmError, match='gives the Service name "cache-P2P"'):
+        render(chart, {"nameOverride": "P2P"}, name="cache")
+
+
+@pytest.mark.parametrize("name", ["cache", "p2pcache", "my-p2pcache-prod", "c0"])
+def test_release_names_render_dns_1035_service_names(chart, name):
+    for service in find(manifests(render(chart, name=name)), "Service"):
+        assert DNS_1035.fullmatch(service["metadata"]["name"]), service["metadata"]["name"]
+
+
 def test_notes_tell_how_to_read_and_scale(chart):
     notes = render(chart)["p2pcache/templates/NOTES.txt"]
     client = f"http://p2pcache.{NAMESPACE}.svc.cluster.local"

@@ -2,18 +2,24 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Kept to 40 characters so "<fullname>-worker-headless" and pod names stay DNS labels. */}}
+{{/* Kept to 40 characters so "<fullname>-worker-headless" and pod names stay DNS labels. Service
+names must be DNS-1035 labels, which Helm's release names need not be ("rel.dots", "1cache"). */}}
 {{- define "p2pcache.fullname" -}}
+{{- $fullname := "" }}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- $fullname = .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- $fullname = .Release.Name | trunc 40 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- $fullname = printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $fullname) }}
+{{- fail (printf "the release name %q (with nameOverride %q, fullnameOverride %q) gives the Service name %q, not a DNS-1035 label: use names that start with a letter and hold only a-z, 0-9 and '-', or set fullnameOverride to one" .Release.Name .Values.nameOverride .Values.fullnameOverride $fullname) }}
+{{- end }}
+{{- $fullname }}
 {{- end }}
 
 {{- define "p2pcache.labels" -}}

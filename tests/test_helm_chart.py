@@ -483,6 +483,20 @@ def test_release_names_render_dns_1035_service_names(chart, name):
         assert DNS_1035.fullmatch(service["metadata"]["name"]), service["metadata"]["name"]
 
 
+def test_readme_names_the_objects_the_chart_renders(chart):
+    """Names are `<fullname>`: the release name only when it contains the chart's name."""
+    readme = (CHART.parent.parent / "README.md").read_text()
+    for release, fullname in (("p2pcache", "p2pcache"), ("cache", "cache-p2pcache")):
+        objects = manifests(render(chart, name=release))
+        names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+        assert {("Service", fullname), ("Service", f"{fullname}-master"), ("Secret", f"{fullname}-cluster"),
+                ("Service", f"{fullname}-worker-headless"), ("StatefulSet", f"{fullname}-worker")} <= names
+        assert f"`{fullname}-cluster`" in readme
+        assert f"`http://{fullname}.<namespace>.svc.cluster.local`" in readme
+    assert "`<fullname>-worker-N.<fullname>-worker-headless.<namespace>.svc.cluster.local`" in readme
+    assert "<release>" not in readme.replace("`<release>-p2pcache`", "")
+
+
 def test_notes_tell_how_to_read_and_scale(chart):
     notes = render(chart)["p2pcache/templates/NOTES.txt"]
     client = f"http://p2pcache.{NAMESPACE}.svc.cluster.local"

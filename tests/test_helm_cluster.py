@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import queue
@@ -9,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +23,10 @@ from typing import Any
 
 import boto3
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from moto.server import ThreadedMotoServer
 
 from helm_render import (
@@ -32,6 +39,7 @@ from helm_render import (
     manifests,
     pod_template,
     render,
+    secret_files,
 )
 
 BUCKET, KEY = "models", "llama/model-00001.safetensors"
@@ -134,10 +142,11 @@ def flag(argv: list[str], name: str) -> str:
     return value
 
 
-def http(method: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def http(method: str, url: str, headers: dict[str, str] | None = None,
+         context: ssl.SSLContext | None = None) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
@@ -272,4 +281,74 @@ def test_rendered_pods_form_a_working_cluster(moto_s3, tmp_path):
         poll(survivor_serves_everything, ttl + 10, "the remaining worker serving the whole object")
     finally:
         for pod in reversed(pods):  # only the processes this test started, workers first
+            pod.stop()
+
+
+def private_ca_certificate() -> dict[str, str]:
+    """A kubernetes.io/tls Secret's data: a self-signed CA certificate for 127.0.0.1, its key, and
+    itself as ca.crt (no system store trusts it, as with a private CA)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2pcache chart test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256()))
+    pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    return {"tls.crt": pem, "ca.crt": pem, "tls.key": key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()}
+
+
+def test_rendered_tls_pods_verify_each_other_with_the_secrets_ca(moto_s3, tmp_path):
+    """With a private CA the master must trust the workers too: preload and status go through it."""
+    data = random.Random(5).randbytes(2 * CHUNK + 17)
+    client = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1",
+                          aws_access_key_id="moto-id", aws_secret_access_key="moto-secret")
+    client.create_bucket(Bucket=BUCKET)
+    client.put_object(Bucket=BUCKET, Key=KEY, Body=data)
+    tls_secret = {"p2pcache-tls": private_ca_certificate()}
+    values = {"cluster": {"chunkSize": "1MiB"}, "tls": {"enabled": True, "existingSecret": "p2pcache-tls"},
+              "s3": {"endpoint": moto_s3, "accessKeyId": "moto-id", "secretAccessKey": "moto-secret"},
+              "preload": {"urls": [f"s3://{BUCKET}/llama/"], "pin": True, "waitReady": 20}}
+    with load_chart() as chart:
+        objects = manifests(render(chart, values))
+    master = Pod(f"{RELEASE}-master-7d9c8-x2x4q", pod_template(objects, "Deployment"), objects, tmp_path)
+    workers = [Pod(f"{RELEASE}-worker-{i}", pod_template(objects, "StatefulSet"), objects, tmp_path)
+               for i in range(2)]
+    job = Pod(f"{RELEASE}-preload-abcde", pod_template(objects, "Job"), objects, tmp_path)
+    for pod in (master, *workers, job):  # the kubelet projects the Secret's files into each pod
+        for path, content in secret_files(pod.spec, pod.container, objects, tls_secret).items():
+            Path(pod.volume_path(path)).parent.mkdir(parents=True, exist_ok=True)
+            Path(pod.volume_path(path)).write_text(content)
+    trusted = ssl.create_default_context(cafile=master.volume_path("/etc/p2pcache/tls/ca.crt"))
+    pods = [master, *workers, job]
+    try:
+        master.start(rewrite(master.argv(), master, {"--listen": "127.0.0.1:0"}))
+        master_url = master.ready_url()
+        assert master_url.startswith("https://")
+        for worker in workers:
+            worker.start(rewrite(worker.argv(), worker, {"--listen": "127.0.0.1:0", "--master": master_url,
+                                                         "--advertise": None}))
+            url = worker.ready_url()
+            assert url.startswith("https://")
+            poll(lambda: http("GET", probe_url(worker, url, "readinessProbe"), context=trusted)[0] == 200, 30,
+                 f"{worker.name} ready (joined the ring over https)")
+
+        job.start(rewrite(job.argv(), job, {"--master": master_url}))
+        assert job.proc.wait(timeout=60) == 0, job.logs()
+        summary = job.lines.get(timeout=10)
+        assert " done: 1/1 objects" in summary and ", pinned" in summary, summary
+        status = subprocess.run(
+            [sys.executable, "-m", "p2pcache", "status", f"s3://{BUCKET}/llama/", "--json", "--master", master_url,
+             "--tls-ca", master.volume_path("/etc/p2pcache/tls/ca.crt")],
+            env={**os.environ, "P2PCACHE_CLUSTER_SECRET": master.env["P2PCACHE_CLUSTER_SECRET"]},
+            capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert [(o["key"], o["cached"], o["pinned"]) for o in report["objects"]] == [(KEY, 1.0, 1.0)]
+    finally:
+        for pod in reversed(pods):
             pod.stop()

@@ -8,6 +8,8 @@ from typing import Any
 import helm_python as helm
 import pytest
 
+from p2pcache.cli import build_parser
+
 from helm_render import CHART, container, container_env, flags, load_chart, manifests, pod_template, render
 
 TLS = {"tls": {"enabled": True, "existingSecret": "p2pcache-tls"}}
@@ -80,7 +82,7 @@ def test_a_new_cluster_secret_restarts_the_master_and_the_workers_together(rende
     assert pod_template(mine, "Deployment")["metadata"]["annotations"]["team"] == "ml"
 
 
-def test_tls_serves_https_everywhere(rendered):
+def test_tls_serves_https_everywhere(rendered, chart):
     objects = rendered["tls"]
     master, worker = container(objects, "Deployment"), container(objects, "StatefulSet")
     for cont, kind in ((master, "Deployment"), (worker, "StatefulSet")):
@@ -91,7 +93,11 @@ def test_tls_serves_https_everywhere(rendered):
         assert volume["secret"]["secretName"] == "p2pcache-tls"
         for probe in ("readinessProbe", "livenessProbe"):
             assert cont[probe]["httpGet"]["scheme"] == "HTTPS"
-    assert flags(worker)["tls-ca"].endswith("/ca.crt") and "tls-ca" not in flags(master)
+    # A private CA: the workers verify the master and each other with it, the master the workers.
+    assert flags(worker)["tls-ca"] == flags(master)["tls-ca"] == "/etc/p2pcache/tls/ca.crt"
+    assert build_parser().parse_args(master["args"]).tls_ca == flags(master)["tls-ca"]  # the master's own CLI
+    without_ca = manifests(render(chart, {"tls": {**TLS["tls"], "caKey": ""}}))  # the system's CAs
+    assert all("tls-ca" not in flags(container(without_ca, kind)) for kind in ("Deployment", "StatefulSet"))
     assert flags(worker)["master"].startswith("https://") and flags(worker)["advertise"].startswith("https://")
     plain = rendered["defaults"]
     assert flags(container(plain, "StatefulSet"))["master"].startswith("http://")

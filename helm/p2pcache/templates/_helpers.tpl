@@ -2,18 +2,24 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Kept to 40 characters so "<fullname>-worker-headless" and pod names stay DNS labels. */}}
+{{/* Kept to 40 characters so "<fullname>-worker-headless" and pod names stay DNS labels. Service
+names must be DNS-1035 labels, which Helm's release names need not be ("rel.dots", "1cache"). */}}
 {{- define "p2pcache.fullname" -}}
+{{- $fullname := "" }}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- $fullname = .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- $fullname = .Release.Name | trunc 40 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- $fullname = printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $fullname) }}
+{{- fail (printf "the release name %q (with nameOverride %q, fullnameOverride %q) gives the Service name %q, not a DNS-1035 label: use names that start with a letter and hold only a-z, 0-9 and '-', or set fullnameOverride to one" .Release.Name .Values.nameOverride .Values.fullnameOverride $fullname) }}
+{{- end }}
+{{- $fullname }}
 {{- end }}
 
 {{- define "p2pcache.labels" -}}
@@ -79,13 +85,14 @@ pod that starts. Empty when the user's Secret cannot be looked up (`helm templat
 {{- end }}
 {{- end }}
 
-{{/* --tls-* args (for the worker also --tls-ca); call with (dict "ctx" $ "worker" true). */}}
+{{/* --tls-* args of the master and the workers: --tls-ca is the CA the workers verify peers and
+the master with, and the master verifies the workers with (preload, status). */}}
 {{- define "p2pcache.tlsArgs" -}}
-{{- $tls := .ctx.Values.tls }}
+{{- $tls := .Values.tls }}
 {{- if $tls.enabled -}}
 - --tls-cert={{ $tls.mountPath }}/tls.crt
 - --tls-key={{ $tls.mountPath }}/tls.key
-{{- if and .worker $tls.caKey }}
+{{- if $tls.caKey }}
 - --tls-ca={{ $tls.mountPath }}/{{ $tls.caKey }}
 {{- end }}
 {{- end }}
@@ -112,21 +119,46 @@ pod that starts. Empty when the user's Secret cannot be looked up (`helm templat
 {{- end }}
 {{- end }}
 
-{{/* A size in the CLI format ("20GiB", "500M", "1Gi", "4096") as a byte count. */}}
+{{/* A size in the CLI format ("20GiB", "500M", "1Gi", "4096") as a byte count, at most 2^63-1
+like every size flag of p2pcache; call with (list "cache.size" .Values.cache.size). Helm's
+integers are 64-bit and wrap silently: the digits are checked before they are multiplied. */}}
 {{- define "p2pcache.bytes" -}}
+{{- $name := index . 0 }}
+{{- $size := toString (index . 1) }}
 {{- $units := dict "" 1 "K" 1000 "KB" 1000 "M" 1000000 "MB" 1000000 "G" 1000000000 "GB" 1000000000 "T" 1000000000000 "TB" 1000000000000 "Ki" 1024 "KiB" 1024 "Mi" 1048576 "MiB" 1048576 "Gi" 1073741824 "GiB" 1073741824 "Ti" 1099511627776 "TiB" 1099511627776 }}
-{{- $size := toString . }}
 {{- $unit := regexReplaceAll "^[0-9]+" $size "" }}
 {{- $number := trimSuffix $unit $size }}
 {{- if or (not (regexMatch "^[0-9]+$" $number)) (not (hasKey $units $unit)) }}
-{{- fail (printf "invalid size %q: use an integer with an optional unit, e.g. 20GiB, 500M or 4096" $size) }}
+{{- fail (printf "%s: invalid size %q: use an integer with an optional unit, e.g. 20GiB, 500M or 4096" $name $size) }}
 {{- end }}
-{{- mul (atoi $number) (get $units $unit) }}
+{{- $digits := regexReplaceAll "^0+" $number "" | default "0" }}
+{{- $max := 9223372036854775807 }}
+{{- if or (gt (len $digits) 19) (and (eq (len $digits) 19) (gt $digits (toString $max))) (gt (atoi $digits) (div $max (get $units $unit))) }}
+{{- fail (printf "%s: %s is more than 2^63-1 bytes, the largest size p2pcache takes" $name $size) }}
+{{- end }}
+{{- mul (atoi $digits) (get $units $unit) }}
 {{- end }}
 
-{{/* Worker --capacity: cache.capacityPercent of cache.size, in bytes. */}}
+{{/* The master's --chunk-size: cluster.chunkSize in bytes, within the master's bounds (p2pcache/ring.py). */}}
+{{- define "p2pcache.chunkBytes" -}}
+{{- $bytes := include "p2pcache.bytes" (list "cluster.chunkSize" .Values.cluster.chunkSize) | atoi }}
+{{- if or (lt $bytes 65536) (gt $bytes 1073741824) }}
+{{- fail (printf "cluster.chunkSize: %s must be from 64KiB to 1GiB (the master's --chunk-size)" (toString .Values.cluster.chunkSize)) }}
+{{- end }}
+{{- $bytes }}
+{{- end }}
+
+{{/* Worker --capacity: cache.capacityPercent of cache.size, in bytes (computed without overflow),
+at least the 2 chunks the master asks of every worker it registers. */}}
 {{- define "p2pcache.capacityBytes" -}}
-{{- div (mul (include "p2pcache.bytes" .Values.cache.size) (int .Values.cache.capacityPercent)) 100 }}
+{{- $size := include "p2pcache.bytes" (list "cache.size" .Values.cache.size) | atoi }}
+{{- $percent := int .Values.cache.capacityPercent }}
+{{- $capacity := add (mul (div $size 100) $percent) (div (mul (mod $size 100) $percent) 100) }}
+{{- $chunk := include "p2pcache.chunkBytes" . | atoi }}
+{{- if lt $capacity (mul 2 $chunk) }}
+{{- fail (printf "cache.size: %s at cache.capacityPercent %d gives each worker --capacity=%d bytes, less than 2 chunks of cluster.chunkSize %s (%d bytes): the master would refuse every worker" (toString .Values.cache.size) $percent $capacity (toString .Values.cluster.chunkSize) (mul 2 $chunk)) }}
+{{- end }}
+{{- $capacity }}
 {{- end }}
 
 {{- define "p2pcache.podSecurityContext" -}}
@@ -161,11 +193,36 @@ capabilities:
 
 {{/* The reader keys file (worker --client-keys) from clientKeys.keys. */}}
 {{- define "p2pcache.clientKeysFile" -}}
+{{- $seen := dict }}
+{{- range .Values.clientKeys.keys }}
+{{- if hasKey $seen .accessKeyId }}
+{{- fail (printf "clientKeys.keys: accessKeyId %q is listed twice: give each key id once (the workers refuse a keys file that repeats one)" .accessKeyId) }}
+{{- end }}
+{{- $_ := set $seen .accessKeyId true }}
+{{- end -}}
 # ACCESS_KEY_ID SECRET_ACCESS_KEY [bucket,bucket...], from the chart's clientKeys.keys
 {{- range .Values.clientKeys.keys }}
 {{ .accessKeyId }} {{ .secretAccessKey }}{{ with get . "buckets" }} {{ join "," . }}{{ end }}
 {{- end }}
 {{ end }}
+
+{{/* The worker's --serve-processes: worker.cpus, or with 0 the CPU limit of worker.resources, else
+its CPU request, rounded up (1 without either). Not `auto`: without a CPU limit the pod has no
+cgroup quota, and auto would start one serving process per CPU of the node, each ~40-60 MiB, far
+more than a request of 500m and its memory limit allow. */}}
+{{- define "p2pcache.serveProcesses" -}}
+{{- $cpus := int .Values.worker.cpus }}
+{{- if not $cpus }}
+{{- $r := .Values.worker.resources }}
+{{- $cpu := toString (coalesce (dig "limits" "cpu" "" $r) (dig "requests" "cpu" "" $r) "1") }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?m?$" $cpu) }}
+{{- fail (printf "worker.resources: CPU %q: give it as cores (2, 1.5) or millicores (500m), or set worker.cpus" $cpu) }}
+{{- end }}
+{{- $cores := ternary (divf (trimSuffix "m" $cpu) 1000) (float64 $cpu) (hasSuffix "m" $cpu) }}
+{{- $cpus = max 1 (min 256 (ceil $cores | int)) }}
+{{- end }}
+{{- $cpus }}
+{{- end }}
 
 {{/* The worker's resources: worker.cpus (if set) is its CPU request and limit. */}}
 {{- define "p2pcache.workerResources" -}}

@@ -97,6 +97,9 @@ class Admin:
             urls, _ = _preload_body(await request.read())
             targets = [parse_s3_url(u) for u in urls]
             members = list(self._placement().members.values())
+            if not members:  # "unpinned 0 chunks" would pass for done
+                raise Unavailable("the master has no workers in its ring: nothing could be unpinned "
+                                  "(the workers register with the master they are given as --master)")
         unpinned, failed = 0, []
         for bucket, prefix in targets:
             results = await asyncio.gather(*(self._control.unpin(w, bucket, prefix) for w in members),
@@ -211,7 +214,9 @@ class Admin:
     def _job(self, request: web.Request) -> PreloadJob:
         job = self.jobs.get(request.match_info["job"])
         if job is None:
-            raise _http(404, "NoSuchJob", f"no preload job {request.match_info['job']!r}")
+            raise _http(404, "NoSuchJob", f"no preload job {request.match_info['job']!r} (jobs live in the "
+                                          f"master's memory: a restarted master has none of the earlier ones; "
+                                          f"run the preload again, what is cached is not read from S3 again)")
         return job
 
     def _remember(self, job: PreloadJob) -> None:

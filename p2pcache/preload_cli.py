@@ -88,11 +88,15 @@ async def _preload(args: argparse.Namespace) -> int:
                                   f"{', pinned' if job['pin'] else ''}\n")
         try:
             job = await admin.wait(job["id"], follower)
-        except (asyncio.CancelledError, P2PError) as exc:  # cancelled: by SIGINT or SIGTERM (run_command)
-            print(f"p2pcache preload: stopped following ({str(exc) or 'interrupted'}); job {job['id']} goes on: "
+        except asyncio.CancelledError:  # by SIGINT or SIGTERM (run_command): the master goes on with it
+            print(f"p2pcache preload: stopped following (interrupted); job {job['id']} goes on: "
                   f"`p2pcache preload --follow {job['id']}` or `--cancel {job['id']}`", file=sys.stderr)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            raise
+        except P2PError as exc:  # the master: it may be gone, and its jobs with it
+            print(f"p2pcache preload: stopped following ({exc}); job {job['id']} goes on if the master does "
+                  f"(`p2pcache preload --follow {job['id']}`), but a job lives in the master's memory: if the "
+                  f"master stopped or restarted, it is lost, and its pins with it; run the same preload again "
+                  f"(what is cached is not read from S3 again)", file=sys.stderr)
             return 1
         if follower:
             follower.finish()

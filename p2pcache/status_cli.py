@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .cli import run_command
 from .config import s3_url
@@ -30,6 +31,10 @@ async def _status(args: argparse.Namespace) -> int:
     async with admin_from_args(args) as admin:
         status = await admin.status(args.url)
     print(json.dumps(status, indent=1) if args.json else render(status))
+    if not status["workers"]:  # an empty table would pass for a healthy answer
+        print(f"p2pcache status: the master at {args.master} has no workers in its ring (the workers "
+              f"register with the master they are given as --master)", file=sys.stderr)
+        return 1
     return 0 if all(w["state"] != "unreachable" for w in status["workers"]) else 1
 
 

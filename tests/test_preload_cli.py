@@ -216,3 +216,40 @@ async def test_a_preload_whose_chunks_were_evicted_before_it_ended_fails_saying_
     async with AdminClient(cluster.master.url, SECRET) as admin:
         job = (await admin.jobs())[0]
     assert (job["state"], job["chunks_done"], job["chunks_cached"], job["bytes_cached"]) == ("failed", 4, 1, CHUNK)
+
+
+async def test_a_master_restart_ends_its_jobs_and_the_commands_say_so(cluster_factory, fault_proxy, s3_client, bucket):
+    """A job lives in the master's memory. The command following it said "goes on" when the
+    master restarted; `--follow` then found no such job, without a word on why."""
+    fault_proxy.script = ["stall"] * 100  # S3 stalls every body: the job cannot finish on its own
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    s3_client.put_object(Bucket=bucket, Key="m/a", Body=b"a" * (2 * CHUNK))
+    env = cli_env(P2PCACHE_CLUSTER_SECRET=SECRET.decode())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "preload", f"s3://{bucket}/m/", "--master", cluster.master.url,
+        "--interval", "0.2", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    header = await asyncio.wait_for(proc.stderr.readline(), 60)  # the job started
+    job = header.decode().split()[1].rstrip(":")
+    port = int(cluster.master.url.rsplit(":", 1)[1])
+    await cluster.master.stop()
+    cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=0, cluster_secret=SECRET))
+    await cluster.master.start()
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and f"job {job} goes on if the master does" in err.decode(), err
+    assert "if the master stopped or restarted, it is lost" in err.decode()
+    code, out, err = await run("preload", "--follow", job, "--master", cluster.master.url)
+    assert code == 1 and f"no preload job '{job}'" in err and "a restarted master has none" in err, err
+
+
+async def test_status_and_unpin_fail_against_a_master_without_workers(s3_client, bucket):
+    """Against a master the workers do not use (a wrong --master): "unpinned 0 chunks" and an
+    empty table, both exit 0, passed for done."""
+    master = Master(MasterConfig(port=0, chunk_size=CHUNK, startup_grace=0, cluster_secret=SECRET))
+    await master.start()
+    try:
+        code, out, err = await run("unpin", f"s3://{bucket}/m/", "--master", master.url)
+        assert (code, out) == (1, "") and "no workers in its ring: nothing could be unpinned" in err, err
+        code, out, err = await run("status", "--master", master.url)
+        assert code == 1 and f"the master at {master.url} has no workers in its ring" in err, (out, err)
+    finally:
+        await master.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import random
@@ -16,6 +17,7 @@ from conftest import CHUNK, metric, wait_for
 from p2pcache.objects import ObjectInfo
 from p2pcache.ranges import chunk_count
 from rawhttp import exchange, request_bytes
+from worker import procs
 
 
 async def _get(http: aiohttp.ClientSession, url: str, rng: tuple[int, int] | None = None) -> tuple[int, bytes]:
@@ -135,6 +137,31 @@ async def test_a_killed_serving_process_is_replaced_and_reads_go_on(cluster_fact
         results = await asyncio.gather(*(_get(http, url, (i, i + 999)) for i in range(32)))
         assert all(r == (206, body[i:i + 1000]) for i, r in enumerate(results))
         await wait_for(lambda: _busy(http, worker.url), what="the new process to answer reads")
+
+
+async def test_a_stuck_serving_process_is_killed_and_replaced(cluster_factory, s3_client, bucket, monkeypatch):
+    """Stopped (SIGSTOP: as a process whose event loop is blocked), it still holds its share of
+    the port: the kernel gives it new connections, which hang. It stops reporting, and after
+    STUCK seconds of silence the coordinator kills it; the process started in its place answers."""
+    monkeypatch.setattr(procs, "STUCK", 2.0)
+    cluster = await cluster_factory(1, serve_processes=2)
+    worker = cluster.workers[0]
+    body = random.Random(8).randbytes(2 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="k.bin", Body=body)
+    url = f"{worker.url}/{bucket}/k.bin"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                     timeout=aiohttp.ClientTimeout(total=20)) as http:
+        assert await _get(http, url) == (200, body)
+        victim = worker.procs.pids[0]
+        os.kill(victim, signal.SIGSTOP)  # a process this test's worker started
+        try:
+            await wait_for(lambda: worker.procs.pids[0] not in (None, victim), what="the stuck process to be replaced")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        results = await asyncio.gather(*(_get(http, url, (i, i + 999)) for i in range(32)))
+        assert all(r == (206, body[i:i + 1000]) for i, r in enumerate(results))
+        assert await _metric_sum(http, worker.url, "p2pcache_serve_process_restarts_total") == 1
 
 
 async def test_capacity_holds_with_serving_processes(cluster_factory, s3_client, bucket):

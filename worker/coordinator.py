@@ -70,6 +70,8 @@ def coordinator_handler(worker, token: str) -> Handler:
             stalled = int(batch.get("stalled", 0))
         except (KeyError, ValueError, TypeError) as exc:
             raise BadRequest(f"malformed report: {exc!r}") from None
+        if worker.procs is not None:
+            worker.procs.heard(int(process))
         for name, uses in touched.items():
             for _ in range(min(int(uses), TOUCHES)):
                 worker.store.touch(name)

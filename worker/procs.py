@@ -38,6 +38,9 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 log = logging.getLogger("p2pcache.worker.procs")
 READY_TIMEOUT = 30.0  # seconds for a serving process to import, bind and say so
 RESTART_DELAYS = (0.1, 0.5, 2.0, 5.0)  # after the 1st, 2nd, ... death in a row within a minute
+# A serving process reports at least once a second (worker/serving.py): one silent this long is
+# stuck (stopped, or its event loop blocked), and every connection the kernel gives it hangs.
+STUCK = 30.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -99,6 +102,7 @@ class ServingProcesses:
         self._metrics = metrics
         self.pids: list[int | None] = [None] * config.serve_processes
         self._procs: list[asyncio.subprocess.Process | None] = [None] * config.serve_processes
+        self._heard = [0.0] * config.serve_processes  # loop time of each one's last report
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._dir = ""
@@ -167,7 +171,7 @@ class ServingProcesses:
                     first.set_result(None)
                 self._metrics.serve_processes.inc()
                 try:
-                    code = await proc.wait()
+                    code = await self._watch(index, proc)
                 finally:
                     self._metrics.serve_processes.dec()
                     self.pids[index] = self._procs[index] = None
@@ -178,6 +182,26 @@ class ServingProcesses:
                 self._metrics.serve_restarts.inc()
             deaths = deaths + 1 if loop.time() - started < 60 else 1
             await asyncio.sleep(RESTART_DELAYS[min(deaths, len(RESTART_DELAYS)) - 1])
+
+    def heard(self, index: int) -> None:
+        """Serving process `index` reported: it is alive and its event loop turns."""
+        if 0 <= index < len(self._heard):
+            self._heard[index] = asyncio.get_running_loop().time()
+
+    async def _watch(self, index: int, proc: asyncio.subprocess.Process) -> int:
+        """Its exit code; a process that stops reporting for STUCK seconds is killed first."""
+        loop = asyncio.get_running_loop()
+        self._heard[index] = loop.time()
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(proc.wait()), STUCK / 4)
+            except asyncio.TimeoutError:
+                silent = loop.time() - self._heard[index]
+                if silent >= STUCK and not self._stopping:
+                    log.error("serving process %d (pid %d) sent no report for %.0f s: stuck (stopped, or its "
+                              "event loop blocked); killing it", index, proc.pid, silent)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
 
     async def _spawn(self, index: int, settings: dict) -> asyncio.subprocess.Process:
         env = dict(os.environ)

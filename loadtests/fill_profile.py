@@ -28,12 +28,12 @@ import tempfile
 import time
 
 from p2pcache.auth import new_secret
-from p2pcache.local import spawn, stop_all, wait_ready
+from p2pcache.local import stop_all
 from p2pcache.sizes import format_size, parse_size
 from p2pcache.s3local import EmbeddedS3
 
 from .datasets import File, seed
-from .harness import _wait_converged, clean_env, cpu_seconds, curl, require, s3_client
+from .harness import _Tail, _wait_converged, clean_env, cpu_seconds, curl, ready, require, s3_client, start
 
 __all__ = ["main"]
 
@@ -53,19 +53,21 @@ def _one(s3: EmbeddedS3, size: int, chunk_size: str, profile: str | None = None,
     procs: list = []
     with tempfile.TemporaryDirectory(prefix="p2pcache-fill-") as tmp:
         try:
-            master = wait_ready(spawn(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
-                                      "--chunk-size", chunk_size, "--startup-grace", "0"))
+            master = ready(start(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
+                                 "--chunk-size", chunk_size, "--startup-grace", "0"))
             args = ["worker", "--master", master, "--listen", "127.0.0.1:0", "--cache-dir", f"{tmp}/w0",
                     "--id", "w0", "--capacity", str(2 * size + (1 << 30)), "--min-free", "0",
                     "--s3-endpoint", s3.url, "--serve-processes", "1"]
             if profile:
                 worker = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", profile, "-m", "p2pcache",
                                            "--log-level", "WARNING", *args], env=env, stdout=subprocess.PIPE,
-                                          text=True, start_new_session=True)
+                                          stderr=subprocess.PIPE, text=True, start_new_session=True)
                 procs.append(worker)
+                started = worker, _Tail(worker.stderr)
             else:
-                worker = spawn(procs, env, "--log-level", "WARNING", *args)
-            url = wait_ready(worker)
+                started = start(procs, env, "--log-level", "WARNING", *args)
+                worker = started[0]
+            url = ready(started)
             _wait_converged(master, [url])
             out = {}
             for name in ("cold", "warm"):

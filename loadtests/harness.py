@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -10,18 +11,20 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 from p2pcache.auth import new_secret
-from p2pcache.local import spawn, stop_all, wait_ready
+from p2pcache.local import NotReady, spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
 __all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
            "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "process_tree", "curl",
-           "peak_rss", "ROOT", "S3_ENV"]
+           "peak_rss", "start", "ready", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
@@ -61,19 +64,56 @@ def cluster(workers: int, chunk_size: str = "8MiB", capacity: str = "4GiB",
         procs: list = []
         try:
             # No start-up grace: the workers start now, and the ring is awaited below.
-            master = wait_ready(spawn(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
-                                      "--chunk-size", chunk_size, "--startup-grace", "0"))
-            started = [spawn(  # all at once: each one's start-up is mostly imports
+            master = ready(start(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
+                                 "--chunk-size", chunk_size, "--startup-grace", "0"))
+            started = [start(  # all at once: each one's start-up is mostly imports
                 procs, env, "--log-level", "WARNING", "worker", "--master", master,
                 "--listen", "127.0.0.1:0", "--cache-dir", f"{tmp}/w{i}", "--id", f"w{i}",
                 "--capacity", capacity, "--min-free", "0", "--s3-endpoint", s3.url,
                 "--heartbeat-interval", "1", "--serve-processes", "1",  # worker_args may say otherwise
                 *worker_args) for i in range(workers)]
-            urls = [wait_ready(proc) for proc in started]
+            urls = [ready(one) for one in started]
             _wait_converged(master, urls)
             yield Cluster(s3, master, urls, procs)
         finally:
             stop_all(procs)
+
+
+class _Tail:
+    """A process's stderr, copied to ours line by line as it comes; its last lines kept to say why it exited."""
+
+    def __init__(self, stream) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=3)
+        self._thread = threading.Thread(target=self._copy, args=(stream,), daemon=True, name="stderr-tail")
+        self._thread.start()
+
+    def _copy(self, stream) -> None:
+        for line in stream:  # until the process and its children close it
+            self.lines.append(line.rstrip())
+            with contextlib.suppress(OSError, ValueError):  # our stderr gone: keep draining theirs
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    def text(self, wait: float = 2) -> str:
+        self._thread.join(wait)  # the process exited: the rest of its stderr is on its way
+        return " | ".join(line for line in self.lines if line)
+
+
+def start(procs: list, env: dict, *args: str) -> tuple[subprocess.Popen, _Tail]:
+    """`p2pcache.local.spawn`, its stderr passed through to ours, the last lines kept for `ready`."""
+    proc = spawn(procs, env, *args, stderr=subprocess.PIPE)
+    return proc, _Tail(proc.stderr)
+
+
+def ready(started: tuple[subprocess.Popen, _Tail]) -> str:
+    """`wait_ready` of a `start`ed process; if it exits first, NotReady says why in its own words
+    (`worker did not become ready (exit code 2): p2pcache worker: --capacity must be ...`)."""
+    proc, tail = started
+    try:
+        return wait_ready(proc)
+    except NotReady as exc:
+        why = tail.text() if proc.poll() is not None else ""
+        raise NotReady(f"{exc}: {why}" if why else str(exc)) from None
 
 
 def clean_env() -> dict:

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 from p2pcache.sizes import parse_size
 
-from .harness import require
+from .harness import require, run_main
 from .plot import plot_scaling
 from .targets import format_check
 
@@ -131,6 +131,11 @@ def params(args: argparse.Namespace) -> SimpleNamespace:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Every scenario asked for, in turn; SIGINT or SIGTERM stops them and everything they started."""
+    return run_main("p2pcache bench", lambda: _run_scenarios(args))
+
+
+def _run_scenarios(args: argparse.Namespace) -> int:
     names = list(SCENARIOS) if args.scenarios == "all" else [s.strip() for s in args.scenarios.split(",")]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from p2pcache import Client
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import cluster, nginx, nginx_file, require, s3_client
+from .harness import cluster, nginx, nginx_file, require, run_main, s3_client
 
 BUCKET, KEY = "bench", "model/weights.bin"
 TMPFS = "/dev/shm"
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = demo_bytes(args.size)
     modes = [m for m in args.modes.split(",") if m]
     runs: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as root, cluster(args.workers, args.chunk_size, "4GiB") as c:
+    with tempfile.TemporaryDirectory(prefix="p2pcache-client-") as root, \
+            cluster(args.workers, args.chunk_size, "4GiB") as c:
         nginx_file(Path(root), f"{BUCKET}/{KEY}", data)
         s3 = s3_client(c.s3.url)
         s3.create_bucket(Bucket=BUCKET)
@@ -146,4 +148,4 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.client_bench", main))

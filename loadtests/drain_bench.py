@@ -16,13 +16,14 @@ import asyncio
 import json
 import signal
 import statistics
+import sys
 import time
 
 from p2pcache import Client
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import cluster, metric, s3_client
+from .harness import cluster, metric, run_main, s3_client
 
 BUCKET, OBJECT = "drain", 256 << 20
 
@@ -82,4 +83,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.drain_bench", main))

@@ -33,7 +33,7 @@ from p2pcache.sizes import format_size, parse_size
 from p2pcache.s3local import EmbeddedS3
 
 from .datasets import File, seed
-from .harness import _Tail, _wait_converged, clean_env, cpu_seconds, curl, ready, require, s3_client, start
+from .harness import _Tail, _wait_converged, clean_env, cpu_seconds, curl, ready, require, run_main, s3_client, start
 
 __all__ = ["main"]
 
@@ -43,7 +43,12 @@ BUCKET, KEY = "models", "cold/model-00001-of-00001.safetensors"
 def _perf(pid: int, path: str) -> subprocess.Popen:
     proc = subprocess.Popen(["perf", "record", "-q", "-F", "999", "--call-graph", os.environ.get("PERF_CALL_GRAPH", "fp"), "-p", str(pid), "-o", path],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached
+    try:
+        time.sleep(0.5)  # attached
+    except BaseException:  # stopped meanwhile
+        proc.kill()
+        proc.wait()
+        raise
     return proc
 
 
@@ -73,10 +78,12 @@ def _one(s3: EmbeddedS3, size: int, chunk_size: str, profile: str | None = None,
             for name in ("cold", "warm"):
                 before, s3_before = cpu_seconds(worker.pid), s3.get_bytes
                 recorder = _perf(worker.pid, perf) if perf and name == "cold" else None
-                seconds = curl(f"{url}/{BUCKET}/{KEY}", size)
-                if recorder:
-                    recorder.send_signal(signal.SIGINT)
-                    recorder.wait(60)
+                try:
+                    seconds = curl(f"{url}/{BUCKET}/{KEY}", size)
+                finally:  # also when the pass fails or the run is stopped: perf would record on alone
+                    if recorder:
+                        recorder.send_signal(signal.SIGINT)
+                        recorder.wait(60)
                 out[name] = {"seconds": seconds, "mb_s": size / seconds / 1e6,
                              "cpu_s_per_gb": (cpu_seconds(worker.pid) - before) / (size / 1e9),
                              "s3_bytes": s3.get_bytes - s3_before}
@@ -119,4 +126,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.fill_profile", main))

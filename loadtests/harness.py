@@ -1,4 +1,4 @@
-"""Pieces the benchmarks share: a cluster of real processes, nginx, wrk, medians."""
+"""Pieces the benchmarks share: a cluster of real processes, nginx, wrk, medians, and how a run stops."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from p2pcache.auth import new_secret
 from p2pcache.local import NotReady, spawn, stop_all, wait_ready
@@ -24,11 +24,46 @@ from p2pcache.s3local import EmbeddedS3
 
 __all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
            "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "process_tree", "curl",
-           "peak_rss", "start", "ready", "ROOT", "S3_ENV"]
+           "peak_rss", "run_main", "start", "ready", "Terminated", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
 S3_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that it unwinds the same way."""
+
+
+def run_main(name: str, main: Callable[[], object]) -> int:
+    """`main()`'s exit status (its int, else 0); SIGTERM stops it as SIGINT does, with all it started.
+
+    On Ctrl-C Python unwinds: every `with` and `finally` stops its processes (the cluster, nginx,
+    wrk, the readers) and removes its temp dirs. SIGTERM (`kill`, `timeout`, a CI runner) ended
+    the process on the spot instead, and nginx and wrk, which do not die with their parent, kept
+    running. Here it raises `Terminated`, a KeyboardInterrupt, so it unwinds alike; a second
+    SIGTERM while unwinding is ignored, not to cut the clean-up short (SIGKILL still ends it).
+    130 on SIGINT, 143 on SIGTERM; 1 with one line for a process that did not start.
+    """
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    try:
+        status = main()
+    except KeyboardInterrupt as exc:
+        number = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"{name}: stopped by {number.name}; what it started has stopped", file=sys.stderr, flush=True)
+        return 128 + number
+    except NotReady as exc:
+        print(f"{name}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return status if isinstance(status, int) else 0
 
 
 def require(*tools: str) -> None:
@@ -254,15 +289,29 @@ http {{
   server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}
 }}
 """)
-            proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp], stderr=subprocess.DEVNULL)
-            if _wait_port(port, proc):
-                try:
+            # Its own process group: the last resort below ends its workers too.
+            proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp], stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            try:
+                if _wait_port(port, proc):
                     yield f"http://127.0.0.1:{port}", proc.pid
-                finally:
-                    proc.send_signal(signal.SIGQUIT)
-                    proc.wait(timeout=10)
-                return
+                    return
+            finally:  # whatever ends the run (an error, Ctrl-C, SIGTERM), or the port it could not take
+                _stop_nginx(proc)
         raise RuntimeError("nginx did not start")
+
+
+def _stop_nginx(proc: subprocess.Popen) -> None:
+    """Graceful (SIGQUIT: its workers finish their answers), then fast, then SIGKILL to its group."""
+    for sig in (signal.SIGQUIT, signal.SIGTERM):
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _free_port() -> int:
@@ -303,12 +352,17 @@ def start_wrk(url: str, range_size: int, seconds: float, connections: int = 8, t
 
 
 def wrk_result(proc: subprocess.Popen, seconds: float) -> dict:
-    """Wait for a `start_wrk` process (bounded) and parse its summary."""
+    """Wait for a `start_wrk` process (bounded) and parse its summary; whatever stops the wait
+    (its time limit, Ctrl-C, SIGTERM) stops wrk too, which would otherwise run on alone."""
     try:
         out, err = proc.communicate(timeout=seconds + 30)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     line = next((l for l in out.splitlines() if l.startswith("JSON ")), None)
     if proc.returncode or line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-500:]} {err[-500:]}")
@@ -320,8 +374,16 @@ def wrk_result(proc: subprocess.Popen, seconds: float) -> dict:
 
 def wrk_parallel(jobs: list[dict], seconds: float) -> dict:
     """Several `start_wrk(**job)` at once (one per server); their sum, and the worst p99."""
-    procs = [start_wrk(seconds=seconds, **job) for job in jobs]
-    runs = [wrk_result(p, seconds) for p in procs]
+    procs: list[subprocess.Popen] = []
+    try:
+        for job in jobs:
+            procs.append(start_wrk(seconds=seconds, **job))
+        runs = [wrk_result(p, seconds) for p in procs]
+    finally:  # one failed: the others stop too
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     total = {k: sum(r[k] for r in runs) for k in ("req_s", "bytes_s", "errors", "non2xx")}
     return total | {"p50_ms": max(r["p50_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
                     "per_server_bytes_s": [r["bytes_s"] for r in runs]}

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 
 from p2pcache.sizes import format_size, parse_size
 
 from .datasets import File, seed
-from .harness import cluster, curl, require, s3_client, tree_cpu_seconds
+from .harness import cluster, curl, require, run_main, s3_client, tree_cpu_seconds
 
 __all__ = ["main"]
 
@@ -59,4 +60,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.nonowner_bench", main))

@@ -19,10 +19,13 @@ import os
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
 from p2pcache.sizes import format_size, parse_size
+
+from .harness import run_main
 
 __all__ = ["main"]
 
@@ -67,4 +70,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.pagecache", main))

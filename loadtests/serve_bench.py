@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -27,7 +28,7 @@ import boto3
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import S3_ENV, cluster, nginx, nginx_file, require, tree_cpu_seconds, wrk
+from .harness import S3_ENV, cluster, nginx, nginx_file, require, run_main, tree_cpu_seconds, wrk
 
 BUCKET, KEY = "bench", "model/weights.bin"
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     procs = [int(n) for n in args.serve_processes.split(",")]
     results = {"size": args.size, "connections": args.connections, "threads": args.threads, "rows": [],
                "nginx_workers": args.nginx_workers, "serve_processes": procs, "cpus": len(os.sched_getaffinity(0))}
-    with tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix="p2pcache-serve-") as root, contextlib.ExitStack() as stack:
         first = stack.enter_context(cluster(1, worker_args=("--serve-processes", str(procs[0]))))
         clusters = [first] + [stack.enter_context(cluster(1, s3=first.s3, worker_args=("--serve-processes", str(n))))
                               for n in procs[1:]]
@@ -117,4 +118,4 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.serve_bench", main))

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,7 +29,7 @@ from p2pcache.local import demo_bytes
 from p2pcache.s3local import EmbeddedS3
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import cluster, median_run, require, s3_client, wrk_result
+from .harness import cluster, median_run, require, run_main, s3_client, wrk_result
 
 __all__ = ["main"]
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     require("wrk")
     data = demo_bytes(args.size)
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedS3(fast_ranges=True) as s3:
+    with tempfile.TemporaryDirectory(prefix="p2pcache-sigv4-") as tmp, EmbeddedS3(fast_ranges=True) as s3:
         script, keys = Path(tmp, "signed.lua"), Path(tmp, "client-keys")
         script.write_text(LUA)
         keys.write_text(f"{KEY_ID} {SECRET} {BUCKET}\n")
@@ -151,4 +152,4 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.sigv4_bench", main))

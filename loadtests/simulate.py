@@ -31,6 +31,7 @@ from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 from p2pcache.sizes import format_size, parse_size
 
 from .bench import _HELP, FULL as BENCH_FULL, SMOKE as BENCH_SMOKE
+from .harness import run_main
 from .targets import check, format_check
 
 __all__ = ["TITLE", "Model", "FULL", "SMOKE", "cluster_ids", "balance", "movement", "costs", "run",
@@ -272,11 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("sim_trials", "sim_repeats", "heartbeat_workers", "heartbeat_seconds", "heartbeat_connections"):
         if chosen[key] < 1:
             parser.error(f"--{key.replace('sim_', '').replace('_', '-')} must be at least 1, not {chosen[key]}")
+    return run_main("python -m loadtests.simulate", lambda: _simulate(chosen, args.json))
+
+
+def _simulate(chosen: dict, json_file: str | None) -> int:
     result = run(SimpleNamespace(**chosen))
     print("\n" + table(result))
     print("\n".join(format_check(c) for c in result["checks"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    if json_file:
+        Path(json_file).write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -24,11 +24,15 @@ from p2pcache.s3local import EmbeddedS3
 
 __all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
            "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "process_tree", "curl",
-           "peak_rss", "run_main", "start", "ready", "Terminated", "ROOT", "S3_ENV"]
+           "peak_rss", "run_main", "start", "ready", "RunFailed", "Terminated", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
 S3_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class RunFailed(RuntimeError):
+    """A run whose numbers mean nothing (its reference failed): a failure, never a result."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -43,7 +47,7 @@ def run_main(name: str, main: Callable[[], object]) -> int:
     the process on the spot instead, and nginx and wrk, which do not die with their parent, kept
     running. Here it raises `Terminated`, a KeyboardInterrupt, so it unwinds alike; a second
     SIGTERM while unwinding is ignored, not to cut the clean-up short (SIGKILL still ends it).
-    130 on SIGINT, 143 on SIGTERM; 1 with one line for a process that did not start.
+    130 on SIGINT, 143 on SIGTERM; 1 with one line for a failed run or a process that did not start.
     """
     def terminate(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -57,7 +61,7 @@ def run_main(name: str, main: Callable[[], object]) -> int:
         number = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         print(f"{name}: stopped by {number.name}; what it started has stopped", file=sys.stderr, flush=True)
         return 128 + number
-    except NotReady as exc:
+    except (RunFailed, NotReady) as exc:
         print(f"{name}: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

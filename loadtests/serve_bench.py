@@ -28,12 +28,14 @@ import boto3
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import S3_ENV, cluster, nginx, nginx_file, require, run_main, tree_cpu_seconds, wrk
+from .harness import S3_ENV, RunFailed, cluster, nginx, nginx_file, require, run_main, tree_cpu_seconds, wrk
 
 BUCKET, KEY = "bench", "model/weights.bin"
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The measurements as a dict (the harness's serving scenario reads them); RunFailed if nginx,
+    the reference, failed requests: a ratio to it would mean nothing."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=parse_size, default="256MiB")
     p.add_argument("--ranges", default="4MiB,64KiB")
@@ -78,17 +80,30 @@ def main(argv: list[str] | None = None) -> dict:
                             r = wrk(url, args.size, range_size, args.seconds, conns, args.threads)
                             r["cpu_us"] = (tree_cpu_seconds(pid) - before) / max(r["requests"], 1) * 1e6
                             runs[name].append(r)
-                    row = {"range": format_size(range_size), "connections": conns,
-                           "servers": {name: _summary(r) for name, r in runs.items()}}
-                    base = row["servers"]["nginx"]
-                    for name, r in row["servers"].items():
-                        r["ratio"] = r["req_s"] / base["req_s"]
-                        r["p99_ratio"] = r["p99_ms"] / max(base["p99_ms"], 1e-3)
-                    results["rows"].append(row)
+                    results["rows"].append(row(range_size, conns, runs))
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
+
+
+def row(range_size: int, connections: int, runs: dict[str, list[dict]]) -> dict:
+    """One row of the table: each server's medians (`_summary`) and its ratios to nginx's.
+
+    RunFailed if any run of nginx, the reference, had errors: its req/s counted failures
+    (56,415 of them for ranges past the end of the object), and a ratio to it means nothing.
+    """
+    failed = sum(r["errors"] + r["non2xx"] for r in runs["nginx"])
+    if failed:
+        asked = sum(r["requests"] for r in runs["nginx"])
+        raise RunFailed(f"nginx, the reference, failed {failed:,} of {asked:,} requests "
+                        f"({format_size(range_size)} ranges, c={connections}): no ratio to it is valid")
+    servers = {name: _summary(r) for name, r in runs.items()}
+    base = servers["nginx"]
+    for r in servers.values():
+        r["ratio"] = r["req_s"] / base["req_s"]
+        r["p99_ratio"] = r["p99_ms"] / max(base["p99_ms"], 1e-3)
+    return {"range": format_size(range_size), "connections": connections, "servers": servers}
 
 
 def _summary(runs: list[dict]) -> dict:

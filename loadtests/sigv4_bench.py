@@ -29,7 +29,7 @@ from p2pcache.local import demo_bytes
 from p2pcache.s3local import EmbeddedS3
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import cluster, median_run, require, run_main, s3_client, wrk_result
+from .harness import RunFailed, cluster, median_run, require, run_main, s3_client, wrk_result
 
 __all__ = ["main"]
 
@@ -85,7 +85,7 @@ def run_wrk(script: Path, url: str, headers: dict[str, str], size: int, range_si
     result = wrk_result(proc, seconds)
     result["cpu_us"] = (cpu_seconds(pid) - cpu) / (result["req_s"] * seconds) * 1e6
     if result["non2xx"] or result["errors"]:
-        raise RuntimeError(f"wrk saw {result['non2xx']} non-2xx answers and {result['errors']} errors on {url}")
+        raise RunFailed(f"wrk saw {result['non2xx']} non-2xx answers and {result['errors']} errors on {url}")
     return result
 
 

@@ -29,10 +29,12 @@ import time
 
 from p2pcache.auth import new_secret
 from p2pcache.local import stop_all
-from p2pcache.sizes import format_size, parse_size
+from p2pcache.ring import MAX_CHUNK, MIN_CHUNK
+from p2pcache.sizes import format_size
 from p2pcache.s3local import EmbeddedS3
 
 from .datasets import File, seed
+from .flags import MAX_OBJECT, count, output_file, size
 from .harness import _Tail, _wait_converged, clean_env, cpu_seconds, curl, ready, require, run_main, s3_client, start
 
 __all__ = ["main"]
@@ -52,14 +54,14 @@ def _perf(pid: int, path: str) -> subprocess.Popen:
     return proc
 
 
-def _one(s3: EmbeddedS3, size: int, chunk_size: str, profile: str | None = None,
+def _one(s3: EmbeddedS3, size: int, chunk_size: int, profile: str | None = None,
          perf: str | None = None) -> dict:
     env = clean_env() | {"P2PCACHE_CLUSTER_SECRET": new_secret()}
     procs: list = []
     with tempfile.TemporaryDirectory(prefix="p2pcache-fill-") as tmp:
         try:
             master = ready(start(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
-                                 "--chunk-size", chunk_size, "--startup-grace", "0"))
+                                 "--chunk-size", str(chunk_size), "--startup-grace", "0"))
             args = ["worker", "--master", master, "--listen", "127.0.0.1:0", "--cache-dir", f"{tmp}/w0",
                     "--id", "w0", "--capacity", str(2 * size + (1 << 30)), "--min-free", "0",
                     "--s3-endpoint", s3.url, "--serve-processes", "1"]
@@ -94,12 +96,14 @@ def _one(s3: EmbeddedS3, size: int, chunk_size: str, profile: str | None = None,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m loadtests.fill_profile", description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=parse_size, default=parse_size("512MiB"))
-    ap.add_argument("--chunk-size", default="8MiB")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--profile", metavar="FILE", help="run one more repeat under cProfile, stats to FILE")
-    ap.add_argument("--perf", metavar="FILE", help="run one more repeat under perf record (cold pass), data to FILE")
-    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--size", type=size(1, MAX_OBJECT), default="512MiB")
+    ap.add_argument("--chunk-size", type=size(MIN_CHUNK, MAX_CHUNK), default="8MiB")
+    ap.add_argument("--repeats", type=count(1), default=3)
+    ap.add_argument("--profile", metavar="FILE", type=output_file,
+                    help="run one more repeat under cProfile, stats to FILE")
+    ap.add_argument("--perf", metavar="FILE", type=output_file,
+                    help="run one more repeat under perf record (cold pass), data to FILE")
+    ap.add_argument("--top", type=count(1), default=25)
     a = ap.parse_args(argv)
     require("curl", *(["perf"] if a.perf else []))
     with EmbeddedS3(fast_ranges=True) as s3:

@@ -28,6 +28,7 @@ import boto3
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
+from .flags import MAX_OBJECT, count, counts, output_file, size, sizes
 from .harness import S3_ENV, RunFailed, cluster, nginx, nginx_file, require, run_main, tree_cpu_seconds, wrk
 
 BUCKET, KEY = "bench", "model/weights.bin"
@@ -36,17 +37,25 @@ BUCKET, KEY = "bench", "model/weights.bin"
 def main(argv: list[str] | None = None) -> dict:
     """The measurements as a dict (the harness's serving scenario reads them); RunFailed if nginx,
     the reference, failed requests: a ratio to it would mean nothing."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=parse_size, default="256MiB")
-    p.add_argument("--ranges", default="4MiB,64KiB")
-    p.add_argument("--seconds", type=float, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--connections", default="8", help="wrk connections, one run each (e.g. 8,64)")
-    p.add_argument("--threads", type=int, default=2, help="wrk threads (one saturates before nginx)")
-    p.add_argument("--serve-processes", default="1", help="worker --serve-processes, one worker each (e.g. 1,2)")
-    p.add_argument("--nginx-workers", default="1", help="nginx worker_processes (a number or auto)")
-    p.add_argument("--json", help="also write the results here")
+    p = argparse.ArgumentParser(prog="python -m loadtests.serve_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=size(1, MAX_OBJECT), default="256MiB")
+    p.add_argument("--ranges", type=sizes(1, MAX_OBJECT), default="4MiB,64KiB", help="range sizes, one run each")
+    p.add_argument("--seconds", type=count(1), default=5, help="length of each wrk run")
+    p.add_argument("--repeats", type=count(1), default=3)
+    p.add_argument("--connections", type=counts(1), default="8", help="wrk connections, one run each (e.g. 8,64)")
+    p.add_argument("--threads", type=count(1), default=2, help="wrk threads (one saturates before nginx)")
+    p.add_argument("--serve-processes", type=counts(1, 256), default="1",
+                   help="worker --serve-processes, one worker each (e.g. 1,2)")
+    p.add_argument("--nginx-workers", type=_nginx_workers, default="1",
+                   help="nginx worker_processes (a number or auto)")
+    p.add_argument("--json", type=output_file, help="also write the results here")
     args = p.parse_args(argv)
+    too_long = [r for r in args.ranges.split(",") if parse_size(r) > args.size]
+    if too_long:  # wrk would ask for bytes past the end: nothing but errors to measure
+        p.error(f"--ranges {','.join(too_long)} is larger than --size {format_size(args.size)}")
+    if min(int(c) for c in args.connections.split(",")) < args.threads:  # wrk refuses to start
+        p.error(f"--connections must each be at least --threads {args.threads}, not {args.connections}")
     require("nginx", "wrk")
     data = demo_bytes(args.size)
     procs = [int(n) for n in args.serve_processes.split(",")]
@@ -104,6 +113,10 @@ def row(range_size: int, connections: int, runs: dict[str, list[dict]]) -> dict:
         r["ratio"] = r["req_s"] / base["req_s"]
         r["p99_ratio"] = r["p99_ms"] / max(base["p99_ms"], 1e-3)
     return {"range": format_size(range_size), "connections": connections, "servers": servers}
+
+
+def _nginx_workers(text: str) -> str:
+    return text if text == "auto" else str(count(1)(text))
 
 
 def _summary(runs: list[dict]) -> dict:

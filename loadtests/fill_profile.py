@@ -35,7 +35,8 @@ from p2pcache.s3local import EmbeddedS3
 
 from .datasets import File, seed
 from .flags import MAX_OBJECT, count, output_file, size
-from .harness import _Tail, _wait_converged, clean_env, cpu_seconds, curl, ready, require, run_main, s3_client, start
+from .harness import (_Tail, _wait_converged, clean_env, cpu_seconds, curl, held, ready, require, run_main,
+                      s3_client, start)
 
 __all__ = ["main"]
 
@@ -43,13 +44,17 @@ BUCKET, KEY = "models", "cold/model-00001-of-00001.safetensors"
 
 
 def _perf(pid: int, path: str) -> subprocess.Popen:
-    proc = subprocess.Popen(["perf", "record", "-q", "-F", "999", "--call-graph", os.environ.get("PERF_CALL_GRAPH", "fp"), "-p", str(pid), "-o", path],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = None
     try:
+        with held():
+            proc = subprocess.Popen(["perf", "record", "-q", "-F", "999", "--call-graph",
+                                     os.environ.get("PERF_CALL_GRAPH", "fp"), "-p", str(pid), "-o", path],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # attached
     except BaseException:  # stopped meanwhile
-        proc.kill()
-        proc.wait()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
         raise
     return proc
 
@@ -66,10 +71,11 @@ def _one(s3: EmbeddedS3, size: int, chunk_size: int, profile: str | None = None,
                     "--id", "w0", "--capacity", str(2 * size + (1 << 30)), "--min-free", "0",
                     "--s3-endpoint", s3.url, "--serve-processes", "1"]
             if profile:
-                worker = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", profile, "-m", "p2pcache",
-                                           "--log-level", "WARNING", *args], env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, start_new_session=True)
-                procs.append(worker)
+                with held():
+                    worker = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", profile, "-m", "p2pcache",
+                                               "--log-level", "WARNING", *args], env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                    procs.append(worker)
                 started = worker, _Tail(worker.stderr)
             else:
                 started = start(procs, env, "--log-level", "WARNING", *args)

@@ -1,4 +1,4 @@
-"""Pieces the benchmarks share: a cluster of real processes, nginx, wrk, medians, and how a run stops."""
+"""Pieces the benchmarks share: a cluster of real processes, nginx, wrk, medians (how a run stops: stopping.py)."""
 
 from __future__ import annotations
 
@@ -16,58 +16,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from p2pcache.auth import new_secret
 from p2pcache.local import NotReady, spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
-__all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
+from .stopping import RunFailed, Terminated, held, run_main
+
+__all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_runs", "wrk_parallel", "median_run",
            "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "process_tree", "curl",
-           "peak_rss", "run_main", "start", "ready", "RunFailed", "Terminated", "ROOT", "S3_ENV"]
+           "peak_rss", "run_main", "held", "start", "ready", "RunFailed", "Terminated", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
 S3_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-class RunFailed(RuntimeError):
-    """A run whose numbers mean nothing (its reference failed): a failure, never a result."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that it unwinds the same way."""
-
-
-def run_main(name: str, main: Callable[[], object]) -> int:
-    """`main()`'s exit status (its int, else 0); SIGTERM stops it as SIGINT does, with all it started.
-
-    On Ctrl-C Python unwinds: every `with` and `finally` stops its processes (the cluster, nginx,
-    wrk, the readers) and removes its temp dirs. SIGTERM (`kill`, `timeout`, a CI runner) ended
-    the process on the spot instead, and nginx and wrk, which do not die with their parent, kept
-    running. Here it raises `Terminated`, a KeyboardInterrupt, so it unwinds alike; a second
-    SIGTERM while unwinding is ignored, not to cut the clean-up short (SIGKILL still ends it).
-    130 on SIGINT, 143 on SIGTERM; 1 with one line for a failed run or a process that did not start.
-    """
-    def terminate(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
-    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
-    try:
-        status = main()
-    except KeyboardInterrupt as exc:
-        number = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-        print(f"{name}: stopped by {number.name}; what it started has stopped", file=sys.stderr, flush=True)
-        return 128 + number
-    except (RunFailed, NotReady) as exc:
-        print(f"{name}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-    return status if isinstance(status, int) else 0
 
 
 def require(*tools: str) -> None:
@@ -140,7 +103,8 @@ class _Tail:
 
 def start(procs: list, env: dict, *args: str) -> tuple[subprocess.Popen, _Tail]:
     """`p2pcache.local.spawn`, its stderr passed through to ours, the last lines kept for `ready`."""
-    proc = spawn(procs, env, *args, stderr=subprocess.PIPE)
+    with held():
+        proc = spawn(procs, env, *args, stderr=subprocess.PIPE)  # in `procs`, which cluster() stops
     return proc, _Tail(proc.stderr)
 
 
@@ -293,15 +257,17 @@ http {{
   server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}
 }}
 """)
-            # Its own process group: the last resort below ends its workers too.
-            proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp], stderr=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = None
             try:
+                with held():  # Its own process group: the last resort below ends its workers too.
+                    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp], stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
                 if _wait_port(port, proc):
                     yield f"http://127.0.0.1:{port}", proc.pid
                     return
             finally:  # whatever ends the run (an error, Ctrl-C, SIGTERM), or the port it could not take
-                _stop_nginx(proc)
+                if proc is not None:
+                    _stop_nginx(proc)
         raise RuntimeError("nginx did not start")
 
 
@@ -337,14 +303,16 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 5) -> bool:
 def wrk(url: str, object_size: int, range_size: int, seconds: float = 5, connections: int = 8,
         threads: int = 1) -> dict:
     """Random aligned `range_size` reads of `url` for `seconds`; bytes/s, req/s, p50/p99."""
-    return wrk_result(start_wrk(url, range_size, seconds, connections, threads, object_size=object_size),
-                      seconds)
+    job = {"url": url, "range_size": range_size, "connections": connections, "threads": threads,
+           "object_size": object_size}
+    return wrk_runs([job], seconds)[0]
 
 
 def start_wrk(url: str, range_size: int, seconds: float, connections: int = 8, threads: int = 1,
               object_size: int = 0, ranges_file: Path | None = None) -> subprocess.Popen:
     """wrk in the background: ranges of `url` (one object of `object_size` bytes), or of the
-    `path start length` extents listed in `ranges_file` (any objects on `url`'s host)."""
+    `path start length` extents listed in `ranges_file` (any objects on `url`'s host). Started
+    inside `held`, to be recorded where a `finally` stops it (`wrk_runs`)."""
     require("wrk")
     env = dict(os.environ, OBJ_SIZE=str(object_size), RANGE_LEN=str(range_size))
     if ranges_file is not None:
@@ -376,18 +344,25 @@ def wrk_result(proc: subprocess.Popen, seconds: float) -> dict:
             "p99_ms": r["p99_us"] / 1e3, "errors": r["errors"], "non2xx": r["non2xx"], "requests": r["requests"]}
 
 
-def wrk_parallel(jobs: list[dict], seconds: float) -> dict:
-    """Several `start_wrk(**job)` at once (one per server); their sum, and the worst p99."""
+def wrk_runs(jobs: list[dict], seconds: float) -> list[dict]:
+    """`start_wrk(**job)` for each job, all at once; their `wrk_result`s. One failing, or the
+    run being stopped, stops the others too."""
     procs: list[subprocess.Popen] = []
     try:
         for job in jobs:
-            procs.append(start_wrk(seconds=seconds, **job))
-        runs = [wrk_result(p, seconds) for p in procs]
-    finally:  # one failed: the others stop too
+            with held():
+                procs.append(start_wrk(seconds=seconds, **job))
+        return [wrk_result(p, seconds) for p in procs]
+    finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def wrk_parallel(jobs: list[dict], seconds: float) -> dict:
+    """Several `start_wrk(**job)` at once (one per server); their sum, and the worst p99."""
+    runs = wrk_runs(jobs, seconds)
     total = {k: sum(r[k] for r in runs) for k in ("req_s", "bytes_s", "errors", "non2xx")}
     return total | {"p50_ms": max(r["p50_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
                     "per_server_bytes_s": [r["bytes_s"] for r in runs]}

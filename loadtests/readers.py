@@ -42,11 +42,14 @@ def run_readers(plans: list[dict]) -> list[dict]:
     Whatever stops the wait (a reader failing, its timeout, Ctrl-C, SIGTERM) kills every reader
     still running: the threads that wait for them cannot be interrupted, the readers can.
     """
+    from .harness import held
+
     procs: list[subprocess.Popen] = []
     pool = ThreadPoolExecutor(len(plans))
     try:
         for _ in plans:
-            procs.append(_start_reader())
+            with held():
+                procs.append(_start_reader())
         return list(pool.map(_reader_result, procs, plans))
     finally:
         for proc in procs:

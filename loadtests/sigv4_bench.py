@@ -30,7 +30,7 @@ from p2pcache.s3local import EmbeddedS3
 from p2pcache.sizes import format_size
 
 from .flags import MAX_OBJECT, count, output_file, size
-from .harness import RunFailed, cluster, median_run, require, run_main, s3_client, wrk_result
+from .harness import RunFailed, cluster, held, median_run, require, run_main, s3_client, wrk_result
 
 __all__ = ["main"]
 
@@ -82,8 +82,15 @@ def run_wrk(script: Path, url: str, headers: dict[str, str], size: int, range_si
         argv += ["-H", f"{name}: {value}"]
     env = dict(os.environ, OBJ_SIZE=str(size), RANGE_LEN=str(range_size))
     cpu = cpu_seconds(pid)
-    proc = subprocess.Popen([*argv, url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    result = wrk_result(proc, seconds)
+    proc = None
+    try:
+        with held():
+            proc = subprocess.Popen([*argv, url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        result = wrk_result(proc, seconds)
+    finally:  # stopped before wrk_result waited for it
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
     result["cpu_us"] = (cpu_seconds(pid) - cpu) / (result["req_s"] * seconds) * 1e6
     if result["non2xx"] or result["errors"]:
         raise RunFailed(f"wrk saw {result['non2xx']} non-2xx answers and {result['errors']} errors on {url}")

@@ -26,9 +26,11 @@ import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
-from p2pcache.sizes import parse_size
+from p2pcache.ring import MAX_CHUNK, MIN_CHUNK
+from p2pcache.sizes import parse_size, show_size
 
-from .harness import require
+from .flags import MAX_CLUSTER, MAX_DATASET, MAX_OBJECT, count, counts, output_file, size, sizes
+from .harness import require, run_main
 from .plot import plot_scaling
 from .targets import format_check
 
@@ -68,6 +70,26 @@ SMOKE = FULL | dict(
     sim_workers="4,16", sim_models="2,6", sim_shard_size="4MiB", sim_trials=3, sim_repeats=3,
     heartbeat_workers=50, heartbeat_seconds=1, heartbeat_connections=8,
 )
+S3_MAX_OBJECT = 5 << 40  # the simulation computes placement for shards up to S3's largest object
+# What each flag accepts: outside it a run fails late (an empty median, no cluster) or measures nothing.
+_TYPES = {
+    "repeats": count(1), "seconds": count(1), "chunk_size": size(MIN_CHUNK, MAX_CHUNK), "timeout": count(1),
+    "serving_size": size(1, MAX_OBJECT), "serving_ranges": sizes(1, MAX_OBJECT), "serving_connections": count(1),
+    "scaling_workers": counts(1, MAX_CLUSTER), "egress_limit": size(0), "scaling_objects": count(1),
+    "scaling_object_size": size(1, MAX_OBJECT), "scaling_chunk_size": size(MIN_CHUNK, MAX_CHUNK),
+    "scaling_loaders": count(1), "scaling_concurrency": count(1), "scaling_setup": count(0),
+    "cold_workers": count(1, MAX_CLUSTER), "model_size": size(1, MAX_DATASET), "shard_size": size(1, MAX_OBJECT),
+    "part_size": size(1, MAX_OBJECT), "cold_concurrency": count(1), "direct_concurrency": count(1),
+    "s3_throttle": size(0), "routing": str,
+    "amp_workers": count(1, MAX_CLUSTER), "amp_objects": count(1), "amp_object_size": size(1, MAX_OBJECT),
+    "amp_readers": count(1), "amp_concurrency": count(1),
+    "mem_workers": count(1, MAX_CLUSTER), "mem_objects": count(1), "mem_object_size": size(1, MAX_OBJECT),
+    "mem_read_size": size(1, MAX_OBJECT), "mem_streams": count(1), "mem_serve_processes": counts(1, 256),
+    "sim_workers": counts(2), "sim_models": counts(1), "sim_shard_size": size(1, S3_MAX_OBJECT),
+    "sim_trials": count(1), "sim_repeats": count(1), "heartbeat_workers": count(1), "heartbeat_seconds": count(1),
+    "heartbeat_connections": count(1),
+}
+ROUTINGS = ("auto", "spread", "owner", "client")
 _SIZES = {"chunk_size", "serving_size", "egress_limit", "scaling_object_size", "scaling_chunk_size", "model_size",
           "shard_size", "part_size", "s3_throttle", "amp_object_size", "mem_object_size", "mem_read_size",
           "sim_shard_size"}
@@ -108,16 +130,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description, p.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     p.add_argument("--scenarios", default="all", help=f"comma-separated, or all: {', '.join(SCENARIOS)}")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and 1 s runs (what the tests use)")
-    p.add_argument("--json", help="write every result here")
-    p.add_argument("--plot", help="write the scaling curve here (PNG)")
+    p.add_argument("--json", type=output_file, help="write every result here")
+    p.add_argument("--plot", type=output_file, help="write the scaling curve here (PNG)")
     groups: dict = {"": p}
     for key, default in FULL.items():
         name = _GROUPS.get(key.split("_")[0]) or _GROUPS.get(key, "")
         if name not in groups:
             groups[name] = p.add_argument_group(f"{name} scenario")
         group = groups[name]
-        kind = int if isinstance(default, int) else str
-        group.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
+        group.add_argument("--" + key.replace("_", "-"), type=_TYPES[key], default=None,
+                           choices=ROUTINGS if key == "routing" else None,
                            help=f"{_HELP[key]} (full {default}, smoke {SMOKE[key]})")
 
 
@@ -131,13 +153,23 @@ def params(args: argparse.Namespace) -> SimpleNamespace:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Every scenario asked for, in turn; SIGINT or SIGTERM stops them and everything they started."""
+    return run_main("p2pcache bench", lambda: _run_scenarios(args))
+
+
+def _run_scenarios(args: argparse.Namespace) -> int:
     names = list(SCENARIOS) if args.scenarios == "all" else [s.strip() for s in args.scenarios.split(",")]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         print(f"unknown scenarios {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
-    require("nginx", "wrk")
     p = params(args)
+    too_long = [r for r in p.serving_ranges.split(",") if parse_size(r) > p.serving_size]
+    if "serving" in names and too_long:  # wrk would ask for bytes past the end: nothing but errors to measure
+        print(f"p2pcache bench: --serving-ranges {','.join(too_long)} is larger than --serving-size "
+              f"{show_size(p.serving_size)}", file=sys.stderr)
+        return 2
+    require("nginx", "wrk")
     report = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "smoke": args.smoke, "machine": machine(), "params": vars(p), "scenarios": {}}
     failed = False

@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,31 +27,35 @@ import uvloop
 
 from p2pcache import Client
 from p2pcache.local import demo_bytes
-from p2pcache.sizes import format_size, parse_size
+from p2pcache.ring import MAX_CHUNK, MIN_CHUNK
+from p2pcache.sizes import format_size
 
-from .harness import cluster, nginx, nginx_file, require, s3_client
+from .flags import MAX_CLUSTER, MAX_OBJECT, count, output_file, size
+from .harness import cluster, nginx, nginx_file, require, run_main, s3_client
 
 BUCKET, KEY = "bench", "model/weights.bin"
 TMPFS = "/dev/shm"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=parse_size, default="768MiB")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--workers", type=int, default=3)
-    p.add_argument("--chunk-size", default="8MiB")
-    p.add_argument("--concurrency", type=int, default=16)
+    p = argparse.ArgumentParser(prog="python -m loadtests.client_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=size(1, MAX_OBJECT), default="768MiB")
+    p.add_argument("--repeats", type=count(1), default=3)
+    p.add_argument("--workers", type=count(1, MAX_CLUSTER), default=3)
+    p.add_argument("--chunk-size", type=size(MIN_CHUNK, MAX_CHUNK), default="8MiB")
+    p.add_argument("--concurrency", type=count(1), default=16)
     p.add_argument("--modes", default="raw,aiohttp", help="client receive paths: raw (its own HTTP "
                    "reader where workers are plain HTTP), aiohttp, default (the Client's default: to "
                    "measure a checkout older than the choice)")
-    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--json", type=output_file, help="also write the results here")
     args = p.parse_args(argv)
     require("nginx", "curl")
     data = demo_bytes(args.size)
     modes = [m for m in args.modes.split(",") if m]
     runs: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as root, cluster(args.workers, args.chunk_size, "4GiB") as c:
+    with tempfile.TemporaryDirectory(prefix="p2pcache-client-") as root, \
+            cluster(args.workers, str(args.chunk_size), "4GiB") as c:
         nginx_file(Path(root), f"{BUCKET}/{KEY}", data)
         s3 = s3_client(c.s3.url)
         s3.create_bucket(Bucket=BUCKET)
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             for _ in range(args.repeats):
                 for name, run in contenders.items():
                     runs.setdefault(name, []).append(args.size / run())
-    results = {"size": args.size, "workers": args.workers, "chunk_size": args.chunk_size,
+    results = {"size": args.size, "workers": args.workers, "chunk_size": format_size(args.chunk_size),
                "concurrency": args.concurrency, "repeats": args.repeats,
                "rows": {name: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
                         for name, v in runs.items()}}
@@ -146,4 +151,4 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.client_bench", main))

@@ -16,13 +16,15 @@ import asyncio
 import json
 import signal
 import statistics
+import sys
 import time
 
 from p2pcache import Client
 from p2pcache.local import demo_bytes
-from p2pcache.sizes import format_size, parse_size
+from p2pcache.sizes import format_size
 
-from .harness import cluster, metric, s3_client
+from .flags import MAX_CLUSTER, MAX_DATASET, count, output_file, size
+from .harness import cluster, metric, run_main, s3_client
 
 BUCKET, OBJECT = "drain", 256 << 20
 
@@ -60,12 +62,13 @@ def one_round(size: int, workers: int, drain_timeout: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=parse_size, default="1GiB")
-    p.add_argument("--workers", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--drain-timeout", type=int, default=60)
-    p.add_argument("--json", help="also write the results here")
+    p = argparse.ArgumentParser(prog="python -m loadtests.drain_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=size(1, MAX_DATASET), default="1GiB")
+    p.add_argument("--workers", type=count(2, MAX_CLUSTER), default=3, help="at least 2: one drains to the others")
+    p.add_argument("--repeats", type=count(1), default=3)
+    p.add_argument("--drain-timeout", type=count(1), default=60)
+    p.add_argument("--json", type=output_file, help="also write the results here")
     args = p.parse_args(argv)
     rounds = [one_round(args.size, args.workers, args.drain_timeout) for _ in range(args.repeats)]
     med = {k: statistics.median(r[k] for r in rounds) for k in ("held", "handed", "seconds", "rate", "s3_after")}
@@ -82,4 +85,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.drain_bench", main))

@@ -28,12 +28,15 @@ import tempfile
 import time
 
 from p2pcache.auth import new_secret
-from p2pcache.local import spawn, stop_all, wait_ready
-from p2pcache.sizes import format_size, parse_size
+from p2pcache.local import stop_all
+from p2pcache.ring import MAX_CHUNK, MIN_CHUNK
+from p2pcache.sizes import format_size
 from p2pcache.s3local import EmbeddedS3
 
 from .datasets import File, seed
-from .harness import _wait_converged, clean_env, cpu_seconds, curl, require, s3_client
+from .flags import MAX_OBJECT, count, output_file, size
+from .harness import (_Tail, _wait_converged, clean_env, cpu_seconds, curl, held, ready, require, run_main,
+                      s3_client, start)
 
 __all__ = ["main"]
 
@@ -41,40 +44,54 @@ BUCKET, KEY = "models", "cold/model-00001-of-00001.safetensors"
 
 
 def _perf(pid: int, path: str) -> subprocess.Popen:
-    proc = subprocess.Popen(["perf", "record", "-q", "-F", "999", "--call-graph", os.environ.get("PERF_CALL_GRAPH", "fp"), "-p", str(pid), "-o", path],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached
+    proc = None
+    try:
+        with held():
+            proc = subprocess.Popen(["perf", "record", "-q", "-F", "999", "--call-graph",
+                                     os.environ.get("PERF_CALL_GRAPH", "fp"), "-p", str(pid), "-o", path],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached
+    except BaseException:  # stopped meanwhile
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        raise
     return proc
 
 
-def _one(s3: EmbeddedS3, size: int, chunk_size: str, profile: str | None = None,
+def _one(s3: EmbeddedS3, size: int, chunk_size: int, profile: str | None = None,
          perf: str | None = None) -> dict:
     env = clean_env() | {"P2PCACHE_CLUSTER_SECRET": new_secret()}
     procs: list = []
     with tempfile.TemporaryDirectory(prefix="p2pcache-fill-") as tmp:
         try:
-            master = wait_ready(spawn(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
-                                      "--chunk-size", chunk_size, "--startup-grace", "0"))
+            master = ready(start(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
+                                 "--chunk-size", str(chunk_size), "--startup-grace", "0"))
             args = ["worker", "--master", master, "--listen", "127.0.0.1:0", "--cache-dir", f"{tmp}/w0",
                     "--id", "w0", "--capacity", str(2 * size + (1 << 30)), "--min-free", "0",
                     "--s3-endpoint", s3.url, "--serve-processes", "1"]
             if profile:
-                worker = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", profile, "-m", "p2pcache",
-                                           "--log-level", "WARNING", *args], env=env, stdout=subprocess.PIPE,
-                                          text=True, start_new_session=True)
-                procs.append(worker)
+                with held():
+                    worker = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", profile, "-m", "p2pcache",
+                                               "--log-level", "WARNING", *args], env=env, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                    procs.append(worker)
+                started = worker, _Tail(worker.stderr)
             else:
-                worker = spawn(procs, env, "--log-level", "WARNING", *args)
-            url = wait_ready(worker)
+                started = start(procs, env, "--log-level", "WARNING", *args)
+                worker = started[0]
+            url = ready(started)
             _wait_converged(master, [url])
             out = {}
             for name in ("cold", "warm"):
                 before, s3_before = cpu_seconds(worker.pid), s3.get_bytes
                 recorder = _perf(worker.pid, perf) if perf and name == "cold" else None
-                seconds = curl(f"{url}/{BUCKET}/{KEY}", size)
-                if recorder:
-                    recorder.send_signal(signal.SIGINT)
-                    recorder.wait(60)
+                try:
+                    seconds = curl(f"{url}/{BUCKET}/{KEY}", size)
+                finally:  # also when the pass fails or the run is stopped: perf would record on alone
+                    if recorder:
+                        recorder.send_signal(signal.SIGINT)
+                        recorder.wait(60)
                 out[name] = {"seconds": seconds, "mb_s": size / seconds / 1e6,
                              "cpu_s_per_gb": (cpu_seconds(worker.pid) - before) / (size / 1e9),
                              "s3_bytes": s3.get_bytes - s3_before}
@@ -85,12 +102,14 @@ def _one(s3: EmbeddedS3, size: int, chunk_size: str, profile: str | None = None,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m loadtests.fill_profile", description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=parse_size, default=parse_size("512MiB"))
-    ap.add_argument("--chunk-size", default="8MiB")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--profile", metavar="FILE", help="run one more repeat under cProfile, stats to FILE")
-    ap.add_argument("--perf", metavar="FILE", help="run one more repeat under perf record (cold pass), data to FILE")
-    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--size", type=size(1, MAX_OBJECT), default="512MiB")
+    ap.add_argument("--chunk-size", type=size(MIN_CHUNK, MAX_CHUNK), default="8MiB")
+    ap.add_argument("--repeats", type=count(1), default=3)
+    ap.add_argument("--profile", metavar="FILE", type=output_file,
+                    help="run one more repeat under cProfile, stats to FILE")
+    ap.add_argument("--perf", metavar="FILE", type=output_file,
+                    help="run one more repeat under perf record (cold pass), data to FILE")
+    ap.add_argument("--top", type=count(1), default=25)
     a = ap.parse_args(argv)
     require("curl", *(["perf"] if a.perf else []))
     with EmbeddedS3(fast_ranges=True) as s3:
@@ -117,4 +136,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.fill_profile", main))

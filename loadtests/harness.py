@@ -1,7 +1,8 @@
-"""Pieces the benchmarks share: a cluster of real processes, nginx, wrk, medians."""
+"""Pieces the benchmarks share: a cluster of real processes, nginx, wrk, medians (how a run stops: stopping.py)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -10,18 +11,22 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 from p2pcache.auth import new_secret
-from p2pcache.local import spawn, stop_all, wait_ready
+from p2pcache.local import NotReady, spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
-__all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_parallel", "median_run",
+from .stopping import RunFailed, Terminated, held, run_main
+
+__all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_runs", "wrk_parallel", "median_run",
            "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "process_tree", "curl",
-           "peak_rss", "ROOT", "S3_ENV"]
+           "peak_rss", "run_main", "held", "start", "ready", "RunFailed", "Terminated", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
@@ -61,19 +66,57 @@ def cluster(workers: int, chunk_size: str = "8MiB", capacity: str = "4GiB",
         procs: list = []
         try:
             # No start-up grace: the workers start now, and the ring is awaited below.
-            master = wait_ready(spawn(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
-                                      "--chunk-size", chunk_size, "--startup-grace", "0"))
-            started = [spawn(  # all at once: each one's start-up is mostly imports
+            master = ready(start(procs, env, "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
+                                 "--chunk-size", chunk_size, "--startup-grace", "0"))
+            started = [start(  # all at once: each one's start-up is mostly imports
                 procs, env, "--log-level", "WARNING", "worker", "--master", master,
                 "--listen", "127.0.0.1:0", "--cache-dir", f"{tmp}/w{i}", "--id", f"w{i}",
                 "--capacity", capacity, "--min-free", "0", "--s3-endpoint", s3.url,
                 "--heartbeat-interval", "1", "--serve-processes", "1",  # worker_args may say otherwise
                 *worker_args) for i in range(workers)]
-            urls = [wait_ready(proc) for proc in started]
+            urls = [ready(one) for one in started]
             _wait_converged(master, urls)
             yield Cluster(s3, master, urls, procs)
         finally:
             stop_all(procs)
+
+
+class _Tail:
+    """A process's stderr, copied to ours line by line as it comes; its last lines kept to say why it exited."""
+
+    def __init__(self, stream) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=3)
+        self._thread = threading.Thread(target=self._copy, args=(stream,), daemon=True, name="stderr-tail")
+        self._thread.start()
+
+    def _copy(self, stream) -> None:
+        for line in stream:  # until the process and its children close it
+            self.lines.append(line.rstrip())
+            with contextlib.suppress(OSError, ValueError):  # our stderr gone: keep draining theirs
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    def text(self, wait: float = 2) -> str:
+        self._thread.join(wait)  # the process exited: the rest of its stderr is on its way
+        return " | ".join(line for line in self.lines if line)
+
+
+def start(procs: list, env: dict, *args: str) -> tuple[subprocess.Popen, _Tail]:
+    """`p2pcache.local.spawn`, its stderr passed through to ours, the last lines kept for `ready`."""
+    with held():
+        proc = spawn(procs, env, *args, stderr=subprocess.PIPE)  # in `procs`, which cluster() stops
+    return proc, _Tail(proc.stderr)
+
+
+def ready(started: tuple[subprocess.Popen, _Tail]) -> str:
+    """`wait_ready` of a `start`ed process; if it exits first, NotReady says why in its own words
+    (`worker did not become ready (exit code 2): p2pcache worker: --capacity must be ...`)."""
+    proc, tail = started
+    try:
+        return wait_ready(proc)
+    except NotReady as exc:
+        why = tail.text() if proc.poll() is not None else ""
+        raise NotReady(f"{exc}: {why}" if why else str(exc)) from None
 
 
 def clean_env() -> dict:
@@ -214,15 +257,31 @@ http {{
   server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}
 }}
 """)
-            proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp], stderr=subprocess.DEVNULL)
-            if _wait_port(port, proc):
-                try:
+            proc = None
+            try:
+                with held():  # Its own process group: the last resort below ends its workers too.
+                    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp], stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
+                if _wait_port(port, proc):
                     yield f"http://127.0.0.1:{port}", proc.pid
-                finally:
-                    proc.send_signal(signal.SIGQUIT)
-                    proc.wait(timeout=10)
-                return
+                    return
+            finally:  # whatever ends the run (an error, Ctrl-C, SIGTERM), or the port it could not take
+                if proc is not None:
+                    _stop_nginx(proc)
         raise RuntimeError("nginx did not start")
+
+
+def _stop_nginx(proc: subprocess.Popen) -> None:
+    """Graceful (SIGQUIT: its workers finish their answers), then fast, then SIGKILL to its group."""
+    for sig in (signal.SIGQUIT, signal.SIGTERM):
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _free_port() -> int:
@@ -244,14 +303,16 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 5) -> bool:
 def wrk(url: str, object_size: int, range_size: int, seconds: float = 5, connections: int = 8,
         threads: int = 1) -> dict:
     """Random aligned `range_size` reads of `url` for `seconds`; bytes/s, req/s, p50/p99."""
-    return wrk_result(start_wrk(url, range_size, seconds, connections, threads, object_size=object_size),
-                      seconds)
+    job = {"url": url, "range_size": range_size, "connections": connections, "threads": threads,
+           "object_size": object_size}
+    return wrk_runs([job], seconds)[0]
 
 
 def start_wrk(url: str, range_size: int, seconds: float, connections: int = 8, threads: int = 1,
               object_size: int = 0, ranges_file: Path | None = None) -> subprocess.Popen:
     """wrk in the background: ranges of `url` (one object of `object_size` bytes), or of the
-    `path start length` extents listed in `ranges_file` (any objects on `url`'s host)."""
+    `path start length` extents listed in `ranges_file` (any objects on `url`'s host). Started
+    inside `held`, to be recorded where a `finally` stops it (`wrk_runs`)."""
     require("wrk")
     env = dict(os.environ, OBJ_SIZE=str(object_size), RANGE_LEN=str(range_size))
     if ranges_file is not None:
@@ -263,12 +324,17 @@ def start_wrk(url: str, range_size: int, seconds: float, connections: int = 8, t
 
 
 def wrk_result(proc: subprocess.Popen, seconds: float) -> dict:
-    """Wait for a `start_wrk` process (bounded) and parse its summary."""
+    """Wait for a `start_wrk` process (bounded) and parse its summary; whatever stops the wait
+    (its time limit, Ctrl-C, SIGTERM) stops wrk too, which would otherwise run on alone."""
     try:
         out, err = proc.communicate(timeout=seconds + 30)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     line = next((l for l in out.splitlines() if l.startswith("JSON ")), None)
     if proc.returncode or line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-500:]} {err[-500:]}")
@@ -278,10 +344,25 @@ def wrk_result(proc: subprocess.Popen, seconds: float) -> dict:
             "p99_ms": r["p99_us"] / 1e3, "errors": r["errors"], "non2xx": r["non2xx"], "requests": r["requests"]}
 
 
+def wrk_runs(jobs: list[dict], seconds: float) -> list[dict]:
+    """`start_wrk(**job)` for each job, all at once; their `wrk_result`s. One failing, or the
+    run being stopped, stops the others too."""
+    procs: list[subprocess.Popen] = []
+    try:
+        for job in jobs:
+            with held():
+                procs.append(start_wrk(seconds=seconds, **job))
+        return [wrk_result(p, seconds) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def wrk_parallel(jobs: list[dict], seconds: float) -> dict:
     """Several `start_wrk(**job)` at once (one per server); their sum, and the worst p99."""
-    procs = [start_wrk(seconds=seconds, **job) for job in jobs]
-    runs = [wrk_result(p, seconds) for p in procs]
+    runs = wrk_runs(jobs, seconds)
     total = {k: sum(r[k] for r in runs) for k in ("req_s", "bytes_s", "errors", "non2xx")}
     return total | {"p50_ms": max(r["p50_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
                     "per_server_bytes_s": [r["bytes_s"] for r in runs]}

@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 
 import msgpack
 
-from p2pcache.local import spawn, stop_all, wait_ready
+from p2pcache.local import stop_all
 from p2pcache.master_client import MSGPACK
 from p2pcache.ring import WorkerInfo
 
-from .harness import clean_env, cpu_seconds, require
+from .harness import clean_env, cpu_seconds, ready, require, start
 
 __all__ = ["measure", "heartbeat_requests"]
 
@@ -48,8 +48,8 @@ def measure(workers: int, seconds: float, connections: int = 64, threads: int = 
     reqs = heartbeat_requests(workers)
     procs: list = []
     try:
-        url = wait_ready(spawn(procs, clean_env(), "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
-                               "--startup-grace", "0"))
+        url = ready(start(procs, clean_env(), "--log-level", "WARNING", "master", "--listen", "127.0.0.1:0",
+                          "--startup-grace", "0"))
         pid = procs[0].pid
         conn = http.client.HTTPConnection(urlsplit(url).netloc, timeout=30)
         for body, headers in reqs:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 
-from p2pcache.sizes import format_size, parse_size
+from p2pcache.sizes import format_size
 
 from .datasets import File, seed
-from .harness import cluster, curl, require, s3_client, tree_cpu_seconds
+from .flags import MAX_OBJECT, count, counts, size
+from .harness import cluster, curl, require, run_main, s3_client, tree_cpu_seconds
 
 __all__ = ["main"]
 
@@ -46,9 +48,9 @@ def run(size: int, processes: int, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m loadtests.nonowner_bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=parse_size, default=parse_size("512MiB"))
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--serve-processes", default="1,2")
+    ap.add_argument("--size", type=size(1, MAX_OBJECT), default="512MiB")
+    ap.add_argument("--repeats", type=count(1), default=5)
+    ap.add_argument("--serve-processes", type=counts(1, 256), default="1,2")
     a = ap.parse_args(argv)
     require("curl")
     print(f"{format_size(a.size)} read through worker 0 of 3 with curl, medians of {a.repeats}")
@@ -59,4 +61,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.nonowner_bench", main))

@@ -19,10 +19,14 @@ import os
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
-from p2pcache.sizes import format_size, parse_size
+from p2pcache.sizes import format_size
+
+from .flags import MAX_DATASET, count, size
+from .harness import run_main
 
 __all__ = ["main"]
 
@@ -46,9 +50,9 @@ def _write(root: str, size: int, keep: bool) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=parse_size, default=parse_size("512MiB"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(prog="python -m loadtests.pagecache", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=size(FILE, MAX_DATASET), default="512MiB", help="at least one 8 MiB file")
+    parser.add_argument("--repeats", type=count(1), default=3)
     parser.add_argument("--dir", default=None, help="where to write (default: the temp dir)")
     a = parser.parse_args(argv)
     results: dict[str, list[tuple[float, float]]] = {"new pages": [], "recycled pages": []}
@@ -67,4 +71,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.pagecache", main))

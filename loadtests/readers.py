@@ -26,22 +26,56 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from .datasets import File
 
-__all__ = ["run_reader", "main"]
+__all__ = ["run_reader", "run_readers", "main"]
 
 PIECE = 1 << 20
 
 
 def run_reader(plan: dict) -> dict:
     """Run a plan in a child process (bounded by the plan's timeout) and return its result."""
+    return run_readers([plan])[0]
+
+
+def run_readers(plans: list[dict]) -> list[dict]:
+    """Each plan in a child process of its own, all at once; their results, in order.
+
+    Whatever stops the wait (a reader failing, its timeout, Ctrl-C, SIGTERM) kills every reader
+    still running: the threads that wait for them cannot be interrupted, the readers can.
+    """
+    from .harness import held
+
+    procs: list[subprocess.Popen] = []
+    pool = ThreadPoolExecutor(len(plans))
+    try:
+        for _ in plans:
+            with held():
+                procs.append(_start_reader())
+        return list(pool.map(_reader_result, procs, plans))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        pool.shutdown()
+
+
+def _start_reader() -> subprocess.Popen:
     from .harness import ROOT, clean_env
 
-    plan = plan | {"files": [[f.bucket, f.key, f.size] for f in plan["files"]]}
     env = clean_env() | {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "loadtests.readers"], input=json.dumps(plan), env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=plan["timeout"] + 30)
+    return subprocess.Popen([sys.executable, "-m", "loadtests.readers"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True)
+
+
+def _reader_result(proc: subprocess.Popen, plan: dict) -> dict:
+    plan = plan | {"files": [[f.bucket, f.key, f.size] for f in plan["files"]]}
+    try:
+        out, err = proc.communicate(json.dumps(plan), timeout=plan["timeout"] + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise RuntimeError(f"reader still running after {plan['timeout'] + 30} s") from None
     if proc.returncode:
-        raise RuntimeError(f"reader failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"reader failed ({proc.returncode}): {err.strip()[-1500:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _check(status: int, got: int, want: int, where: str) -> None:

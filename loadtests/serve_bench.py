@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -27,29 +28,40 @@ import boto3
 from p2pcache.local import demo_bytes
 from p2pcache.sizes import format_size, parse_size
 
-from .harness import S3_ENV, cluster, nginx, nginx_file, require, tree_cpu_seconds, wrk
+from .flags import MAX_OBJECT, count, counts, output_file, size, sizes
+from .harness import S3_ENV, RunFailed, cluster, nginx, nginx_file, require, run_main, tree_cpu_seconds, wrk
 
 BUCKET, KEY = "bench", "model/weights.bin"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=parse_size, default="256MiB")
-    p.add_argument("--ranges", default="4MiB,64KiB")
-    p.add_argument("--seconds", type=float, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--connections", default="8", help="wrk connections, one run each (e.g. 8,64)")
-    p.add_argument("--threads", type=int, default=2, help="wrk threads (one saturates before nginx)")
-    p.add_argument("--serve-processes", default="1", help="worker --serve-processes, one worker each (e.g. 1,2)")
-    p.add_argument("--nginx-workers", default="1", help="nginx worker_processes (a number or auto)")
-    p.add_argument("--json", help="also write the results here")
+    """The measurements as a dict (the harness's serving scenario reads them); RunFailed if nginx,
+    the reference, failed requests: a ratio to it would mean nothing."""
+    p = argparse.ArgumentParser(prog="python -m loadtests.serve_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=size(1, MAX_OBJECT), default="256MiB")
+    p.add_argument("--ranges", type=sizes(1, MAX_OBJECT), default="4MiB,64KiB", help="range sizes, one run each")
+    p.add_argument("--seconds", type=count(1), default=5, help="length of each wrk run")
+    p.add_argument("--repeats", type=count(1), default=3)
+    p.add_argument("--connections", type=counts(1), default="8", help="wrk connections, one run each (e.g. 8,64)")
+    p.add_argument("--threads", type=count(1), default=2, help="wrk threads (one saturates before nginx)")
+    p.add_argument("--serve-processes", type=counts(1, 256), default="1",
+                   help="worker --serve-processes, one worker each (e.g. 1,2)")
+    p.add_argument("--nginx-workers", type=_nginx_workers, default="1",
+                   help="nginx worker_processes (a number or auto)")
+    p.add_argument("--json", type=output_file, help="also write the results here")
     args = p.parse_args(argv)
+    too_long = [r for r in args.ranges.split(",") if parse_size(r) > args.size]
+    if too_long:  # wrk would ask for bytes past the end: nothing but errors to measure
+        p.error(f"--ranges {','.join(too_long)} is larger than --size {format_size(args.size)}")
+    if min(int(c) for c in args.connections.split(",")) < args.threads:  # wrk refuses to start
+        p.error(f"--connections must each be at least --threads {args.threads}, not {args.connections}")
     require("nginx", "wrk")
     data = demo_bytes(args.size)
     procs = [int(n) for n in args.serve_processes.split(",")]
     results = {"size": args.size, "connections": args.connections, "threads": args.threads, "rows": [],
                "nginx_workers": args.nginx_workers, "serve_processes": procs, "cpus": len(os.sched_getaffinity(0))}
-    with tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix="p2pcache-serve-") as root, contextlib.ExitStack() as stack:
         first = stack.enter_context(cluster(1, worker_args=("--serve-processes", str(procs[0]))))
         clusters = [first] + [stack.enter_context(cluster(1, s3=first.s3, worker_args=("--serve-processes", str(n))))
                               for n in procs[1:]]
@@ -77,17 +89,34 @@ def main(argv: list[str] | None = None) -> dict:
                             r = wrk(url, args.size, range_size, args.seconds, conns, args.threads)
                             r["cpu_us"] = (tree_cpu_seconds(pid) - before) / max(r["requests"], 1) * 1e6
                             runs[name].append(r)
-                    row = {"range": format_size(range_size), "connections": conns,
-                           "servers": {name: _summary(r) for name, r in runs.items()}}
-                    base = row["servers"]["nginx"]
-                    for name, r in row["servers"].items():
-                        r["ratio"] = r["req_s"] / base["req_s"]
-                        r["p99_ratio"] = r["p99_ms"] / max(base["p99_ms"], 1e-3)
-                    results["rows"].append(row)
+                    results["rows"].append(row(range_size, conns, runs))
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
+
+
+def row(range_size: int, connections: int, runs: dict[str, list[dict]]) -> dict:
+    """One row of the table: each server's medians (`_summary`) and its ratios to nginx's.
+
+    RunFailed if any run of nginx, the reference, had errors: its req/s counted failures
+    (56,415 of them for ranges past the end of the object), and a ratio to it means nothing.
+    """
+    failed = sum(r["errors"] + r["non2xx"] for r in runs["nginx"])
+    if failed:
+        asked = sum(r["requests"] for r in runs["nginx"])
+        raise RunFailed(f"nginx, the reference, failed {failed:,} of {asked:,} requests "
+                        f"({format_size(range_size)} ranges, c={connections}): no ratio to it is valid")
+    servers = {name: _summary(r) for name, r in runs.items()}
+    base = servers["nginx"]
+    for r in servers.values():
+        r["ratio"] = r["req_s"] / base["req_s"]
+        r["p99_ratio"] = r["p99_ms"] / max(base["p99_ms"], 1e-3)
+    return {"range": format_size(range_size), "connections": connections, "servers": servers}
+
+
+def _nginx_workers(text: str) -> str:
+    return text if text == "auto" else str(count(1)(text))
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -117,4 +146,4 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.serve_bench", main))

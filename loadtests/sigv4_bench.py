@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,9 +27,10 @@ from botocore.credentials import Credentials
 
 from p2pcache.local import demo_bytes
 from p2pcache.s3local import EmbeddedS3
-from p2pcache.sizes import format_size, parse_size
+from p2pcache.sizes import format_size
 
-from .harness import cluster, median_run, require, s3_client, wrk_result
+from .flags import MAX_OBJECT, count, output_file, size
+from .harness import RunFailed, cluster, held, median_run, require, run_main, s3_client, wrk_result
 
 __all__ = ["main"]
 
@@ -80,26 +82,36 @@ def run_wrk(script: Path, url: str, headers: dict[str, str], size: int, range_si
         argv += ["-H", f"{name}: {value}"]
     env = dict(os.environ, OBJ_SIZE=str(size), RANGE_LEN=str(range_size))
     cpu = cpu_seconds(pid)
-    proc = subprocess.Popen([*argv, url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    result = wrk_result(proc, seconds)
+    proc = None
+    try:
+        with held():
+            proc = subprocess.Popen([*argv, url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        result = wrk_result(proc, seconds)
+    finally:  # stopped before wrk_result waited for it
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
     result["cpu_us"] = (cpu_seconds(pid) - cpu) / (result["req_s"] * seconds) * 1e6
     if result["non2xx"] or result["errors"]:
-        raise RuntimeError(f"wrk saw {result['non2xx']} non-2xx answers and {result['errors']} errors on {url}")
+        raise RunFailed(f"wrk saw {result['non2xx']} non-2xx answers and {result['errors']} errors on {url}")
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=parse_size, default="64MiB")
-    p.add_argument("--range", type=parse_size, default="64KiB")
-    p.add_argument("--seconds", type=float, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--connections", type=int, default=8)
-    p.add_argument("--json", help="also write the results here")
+    p = argparse.ArgumentParser(prog="python -m loadtests.sigv4_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=size(1, MAX_OBJECT), default="64MiB")
+    p.add_argument("--range", type=size(1, MAX_OBJECT), default="64KiB")
+    p.add_argument("--seconds", type=count(1), default=5, help="length of each wrk run")
+    p.add_argument("--repeats", type=count(1), default=3)
+    p.add_argument("--connections", type=count(2), default=8, help="wrk connections, at least its 2 threads")
+    p.add_argument("--json", type=output_file, help="also write the results here")
     args = p.parse_args(argv)
+    if args.range > args.size:  # wrk would ask for bytes past the end
+        p.error(f"--range {format_size(args.range)} is larger than --size {format_size(args.size)}")
     require("wrk")
     data = demo_bytes(args.size)
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedS3(fast_ranges=True) as s3:
+    with tempfile.TemporaryDirectory(prefix="p2pcache-sigv4-") as tmp, EmbeddedS3(fast_ranges=True) as s3:
         script, keys = Path(tmp, "signed.lua"), Path(tmp, "client-keys")
         script.write_text(LUA)
         keys.write_text(f"{KEY_ID} {SECRET} {BUCKET}\n")
@@ -151,4 +163,4 @@ def table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("python -m loadtests.sigv4_bench", main))

@@ -30,7 +30,9 @@ from p2pcache.placement import LOAD
 from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 from p2pcache.sizes import format_size, parse_size
 
-from .bench import _HELP, FULL as BENCH_FULL, SMOKE as BENCH_SMOKE
+from .bench import _HELP, _TYPES, FULL as BENCH_FULL, SMOKE as BENCH_SMOKE
+from .flags import output_file
+from .harness import run_main
 from .targets import check, format_check
 
 __all__ = ["TITLE", "Model", "FULL", "SMOKE", "cluster_ids", "balance", "movement", "costs", "run",
@@ -262,21 +264,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.simulate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--json", type=output_file, help="write the results here")
     for key, default in FULL.items():
         name = key.replace("sim_", "")
-        parser.add_argument("--" + name.replace("_", "-"), dest=key, default=None, type=type(default),
+        parser.add_argument("--" + name.replace("_", "-"), dest=key, default=None, type=_TYPES[key],
                             metavar=name.upper(), help=f"{_HELP[key]} (full {default}, smoke {SMOKE[key]})")
     args = parser.parse_args(argv)
     chosen = (SMOKE if args.smoke else FULL) | {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
-    for key in ("sim_trials", "sim_repeats", "heartbeat_workers", "heartbeat_seconds", "heartbeat_connections"):
-        if chosen[key] < 1:
-            parser.error(f"--{key.replace('sim_', '').replace('_', '-')} must be at least 1, not {chosen[key]}")
+    return run_main("python -m loadtests.simulate", lambda: _simulate(chosen, args.json))
+
+
+def _simulate(chosen: dict, json_file: str | None) -> int:
     result = run(SimpleNamespace(**chosen))
     print("\n" + table(result))
     print("\n".join(format_check(c) for c in result["checks"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    if json_file:
+        Path(json_file).write_text(json.dumps(result, indent=2))
     return 0
 
 

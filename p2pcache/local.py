@@ -126,10 +126,12 @@ def demo_bytes(size: int, seed: int = 0) -> bytes:
     return b"".join(rnd.randbytes(min(16 << 20, size - pos)) for pos in range(0, size, 16 << 20))
 
 
-def spawn(procs: list, env: dict, *args: str) -> subprocess.Popen:
-    """Start `p2pcache ARGS`; it gets SIGTERM if this process dies, even by SIGKILL."""
+def spawn(procs: list, env: dict, *args: str, stderr: int | None = None) -> subprocess.Popen:
+    """Start `p2pcache ARGS`; it gets SIGTERM if this process dies, even by SIGKILL.
+
+    Its stderr is ours unless `stderr` says otherwise (a PIPE someone must keep draining)."""
     proc = subprocess.Popen([sys.executable, "-m", "p2pcache", *args], env=env,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
                             preexec_fn=_die_with_parent)
     procs.append(proc)
     return proc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 from p2pcache.s3local import EmbeddedS3
@@ -13,7 +12,7 @@ from ..datasets import File, model_files, seed
 from ..harness import cluster, metric, s3_client
 from ..placement import Owners
 from ..plans import tile
-from ..readers import run_reader
+from ..readers import run_reader, run_readers
 from ..targets import check
 
 __all__ = ["run", "table"]
@@ -80,8 +79,7 @@ def _load(c, files: list[File], p: SimpleNamespace) -> dict:
               "concurrency": p.scaling_concurrency, "timeout": p.timeout, "start_at": start_at}
              for k in range(p.scaling_loaders)]
     served0 = [metric(url, "p2pcache_bytes_served_total") for url in c.workers]
-    with ThreadPoolExecutor(len(plans)) as pool:
-        results = list(pool.map(run_reader, plans))
+    results = run_readers(plans)
     served = [metric(url, "p2pcache_bytes_served_total") - b for url, b in zip(c.workers, served0)]
     late = max(r["started_at"] for r in results) - start_at
     if late > 0.5:

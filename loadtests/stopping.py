@@ -1,0 +1,84 @@
+"""How a benchmark run stops: SIGTERM unwinds it as Ctrl-C does, and a failed run is one line, not a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from typing import Callable, Iterator
+
+from p2pcache.local import NotReady
+
+__all__ = ["run_main", "held", "RunFailed", "Terminated"]
+
+
+class RunFailed(RuntimeError):
+    """A run whose numbers mean nothing (its reference failed): a failure, never a result."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that it unwinds the same way."""
+
+
+class _Hold:
+    """SIGTERM held back while a process is being started and put where the clean-up finds it.
+
+    Raised inside `subprocess.Popen` (which waits for the child to exec: long with a
+    preexec_fn) or before the list or `try` that stops the process, it would leave that child
+    running, unknown to every `finally`: a worker that then recreates its removed cache dir.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: Terminated | None = None
+
+
+_HOLD = _Hold()  # as process-wide as the signal handler that consults it
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """A SIGTERM arriving inside is raised at its end (start a process, then record it, inside)."""
+    _HOLD.depth += 1
+    try:
+        yield
+    finally:
+        _HOLD.depth -= 1
+    if _HOLD.depth == 0 and _HOLD.pending is not None:
+        pending, _HOLD.pending = _HOLD.pending, None
+        raise pending
+
+
+def run_main(name: str, main: Callable[[], object]) -> int:
+    """`main()`'s exit status (its int, else 0); SIGTERM stops it as SIGINT does, with all it started.
+
+    On Ctrl-C Python unwinds: every `with` and `finally` stops its processes (the cluster, nginx,
+    wrk, the readers) and removes its temp dirs. SIGTERM (`kill`, `timeout`, a CI runner) ended
+    the process on the spot instead, and nginx and wrk, which do not die with their parent, kept
+    running. Here it raises `Terminated`, a KeyboardInterrupt, so it unwinds alike; a second
+    SIGTERM while unwinding is ignored, not to cut the clean-up short (SIGKILL still ends it).
+    130 on SIGINT, 143 on SIGTERM; 1 with one line for a failed run or a process that did not start.
+    """
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if _HOLD.depth:  # a process is being started: `held` raises it once it is recorded
+            _HOLD.pending = Terminated()
+            return
+        raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    try:
+        status = main()
+    except KeyboardInterrupt as exc:
+        number = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"{name}: stopped by {number.name}; what it started has stopped", file=sys.stderr, flush=True)
+        return 128 + number
+    except (RunFailed, NotReady) as exc:
+        print(f"{name}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return status if isinstance(status, int) else 0

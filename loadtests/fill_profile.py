@@ -97,7 +97,8 @@ def _one(s3: EmbeddedS3, size: int, chunk_size: int, profile: str | None = None,
                              "s3_bytes": s3.get_bytes - s3_before}
             return out
         finally:
-            stop_all(procs)
+            with held():  # a SIGTERM now waits until both are stopped
+                stop_all(procs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,11 +22,11 @@ from p2pcache.auth import new_secret
 from p2pcache.local import NotReady, spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
-from .stopping import RunFailed, Terminated, held, run_main
+from .stopping import RunFailed, held, run_main
 
 __all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_runs", "wrk_parallel", "median_run",
            "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "process_tree", "curl",
-           "peak_rss", "run_main", "held", "start", "ready", "RunFailed", "Terminated", "ROOT", "S3_ENV"]
+           "peak_rss", "run_main", "held", "start", "ready", "RunFailed", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")
@@ -78,7 +78,8 @@ def cluster(workers: int, chunk_size: str = "8MiB", capacity: str = "4GiB",
             _wait_converged(master, urls)
             yield Cluster(s3, master, urls, procs)
         finally:
-            stop_all(procs)
+            with held():  # a SIGTERM now (between repeats, say) waits until everything is stopped
+                stop_all(procs)
 
 
 class _Tail:
@@ -267,7 +268,8 @@ http {{
                     return
             finally:  # whatever ends the run (an error, Ctrl-C, SIGTERM), or the port it could not take
                 if proc is not None:
-                    _stop_nginx(proc)
+                    with held():
+                        _stop_nginx(proc)
         raise RuntimeError("nginx did not start")
 
 

@@ -19,7 +19,7 @@ from p2pcache.local import stop_all
 from p2pcache.master_client import MSGPACK
 from p2pcache.ring import WorkerInfo
 
-from .harness import clean_env, cpu_seconds, ready, require, start
+from .harness import clean_env, cpu_seconds, held, ready, require, start
 
 __all__ = ["measure", "heartbeat_requests"]
 
@@ -80,7 +80,8 @@ def measure(workers: int, seconds: float, connections: int = 64, threads: int = 
         r = json.loads(line[5:])
         after = _health(url)
     finally:
-        stop_all(procs)
+        with held():
+            stop_all(procs)
     if (after["workers"], after["epoch"]) != (before["workers"], before["epoch"]):
         raise RuntimeError(f"membership changed under heartbeats: {before} -> {after}")
     secs = r["duration_us"] / 1e6

@@ -294,7 +294,13 @@ async def pread(fd: int, offset: int, n: int) -> bytearray:
     buf = new_bytearray(n)  # every byte read below, or OSError
     got = _cached(fd, buf, offset)
     while got < n:
-        more = await _run(os.preadv, fd, [memoryview(buf)[got:]], offset + got)
+        view = memoryview(buf)[got:]
+        try:
+            more = await _run(os.preadv, fd, [view], offset + got)
+        finally:
+            # Now, not when the executor's thread drops its arguments (it may not have yet):
+            # while a view exists, the caller's trim of `buf` is a BufferError.
+            view.release()
         if not more:
             raise ShortRead(f"short read at {offset + got} of fd {fd}")
         got += more

@@ -97,7 +97,8 @@ async def test_s3s_own_400s_pass_through(cluster, keys, bucket, s3_client, s3):
 
     await asyncio.to_thread(check)
     async with aiohttp.ClientSession() as http:
-        for value, name in (("abc", "max-keys"), ("-1", "maxKeys"), ("1.5", "max-keys"), ("99999999999", "maxKeys")):
+        for value, name in (("abc", "max-keys"), ("-1", "maxKeys"), ("1.5", "max-keys"), ("99999999999", "maxKeys"),
+                            ("9" * 4400, "maxKeys"), ("-" + "9" * 4400, "maxKeys")):  # past int()'s 4300 digits
             async with http.get(f"{cluster.workers[0].url}/{bucket}", params={"list-type": "2", "max-keys": value}) as resp:
                 body = await resp.text()
                 assert resp.status == 400 and "<Code>InvalidArgument</Code>" in body, value
@@ -139,7 +140,7 @@ async def test_list_buckets_paginates_with_max_buckets(cluster, s3_client):
 
     await asyncio.to_thread(check)
     async with aiohttp.ClientSession() as http:
-        for value in ("0", "10001", "x"):
+        for value in ("0", "10001", "x", "9" * 4400):
             async with http.get(f"{cluster.workers[0].url}/", params={"max-buckets": value}) as resp:
                 assert resp.status == 400 and resp.headers["X-P2P-Error"] == "InvalidArgument", value
 

@@ -118,11 +118,19 @@ def _check_utf8(raw_query: str) -> None:
             raise InvalidArgument(f"{name} is not valid UTF-8", name, value) from None
 
 
+def _number(raw: str) -> int:
+    """The value of an `_INTEGER`, any past 2^63 as 2^63 (or its negative): int() refuses more
+    than 4300 digits, a ValueError that would be a 500."""
+    if len(raw.lstrip("-").lstrip("0")) <= 19:
+        return int(raw)
+    return -(2**63) if raw.startswith("-") else 2**63
+
+
 def _max_keys(raw: str) -> int:
     """S3's checks of `max-keys`; a value above 1000 goes to S3, which answers 1000 at most."""
     if not _INTEGER.fullmatch(raw):
         raise InvalidArgument("Provided max-keys not an integer or within integer range", "max-keys", raw)
-    if not 0 <= int(raw) <= 2**31 - 1:
+    if not 0 <= _number(raw) <= 2**31 - 1:
         raise InvalidArgument("Argument maxKeys must be an integer between 0 and 2147483647", "maxKeys", raw)
     return int(raw)
 
@@ -130,7 +138,7 @@ def _max_keys(raw: str) -> int:
 def _max_buckets(raw: str | None) -> int:
     if raw is None:
         return MAX_BUCKETS
-    if not _INTEGER.fullmatch(raw) or not 1 <= int(raw) <= MAX_BUCKETS:
+    if not _INTEGER.fullmatch(raw) or not 1 <= _number(raw) <= MAX_BUCKETS:
         raise InvalidArgument(f"Argument max-buckets must be an integer between 1 and {MAX_BUCKETS}",
                               "max-buckets", raw)
     return int(raw)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import queue
@@ -23,12 +21,9 @@ from typing import Any
 
 import boto3
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from moto.server import ThreadedMotoServer
 
+from certs import self_signed
 from helm_render import (
     CHART,
     RELEASE,
@@ -200,12 +195,17 @@ def moto_s3():
         server.stop()
 
 
-def test_rendered_pods_form_a_working_cluster(moto_s3, tmp_path):
-    data = random.Random(4).randbytes(3 * CHUNK + 123_457)
+def seeded(moto_s3: str, data: bytes) -> bytes:
+    """`data` as s3://BUCKET/KEY in the S3 server."""
     client = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1",
                           aws_access_key_id="moto-id", aws_secret_access_key="moto-secret")
     client.create_bucket(Bucket=BUCKET)
     client.put_object(Bucket=BUCKET, Key=KEY, Body=data)
+    return data
+
+
+def test_rendered_pods_form_a_working_cluster(moto_s3, tmp_path):
+    data = seeded(moto_s3, random.Random(4).randbytes(3 * CHUNK + 123_457))
 
     values = {"cluster": {"chunkSize": "1MiB"},
               "s3": {"endpoint": moto_s3, "accessKeyId": "moto-id", "secretAccessKey": "moto-secret",
@@ -287,28 +287,13 @@ def test_rendered_pods_form_a_working_cluster(moto_s3, tmp_path):
 def private_ca_certificate() -> dict[str, str]:
     """A kubernetes.io/tls Secret's data: a self-signed CA certificate for 127.0.0.1, its key, and
     itself as ca.crt (no system store trusts it, as with a private CA)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2pcache chart test CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256()))
-    pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
-    return {"tls.crt": pem, "ca.crt": pem, "tls.key": key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()}
+    pem, key = self_signed("p2pcache chart test CA")
+    return {"tls.crt": pem, "ca.crt": pem, "tls.key": key}
 
 
 def test_rendered_tls_pods_verify_each_other_with_the_secrets_ca(moto_s3, tmp_path):
     """With a private CA the master must trust the workers too: preload and status go through it."""
-    data = random.Random(5).randbytes(2 * CHUNK + 17)
-    client = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1",
-                          aws_access_key_id="moto-id", aws_secret_access_key="moto-secret")
-    client.create_bucket(Bucket=BUCKET)
-    client.put_object(Bucket=BUCKET, Key=KEY, Body=data)
+    data = seeded(moto_s3, random.Random(5).randbytes(2 * CHUNK + 17))
     tls_secret = {"p2pcache-tls": private_ca_certificate()}
     values = {"cluster": {"chunkSize": "1MiB"}, "tls": {"enabled": True, "existingSecret": "p2pcache-tls"},
               "s3": {"endpoint": moto_s3, "accessKeyId": "moto-id", "secretAccessKey": "moto-secret"},

@@ -83,13 +83,14 @@ async def test_a_full_disk_is_read_around(cluster_factory, s3, s3_client, bucket
     assert len(full.store) == 0
 
 
-async def test_a_full_new_owner_does_not_leak_the_holders_answers_it_cannot_store(cluster_factory, s3_client, bucket,
+async def test_a_full_new_owner_does_not_leak_the_holders_answers_it_cannot_store(cluster_factory, s3, s3_client, bucket,
                                                                                  monkeypatch, request, caplog):
     """A worker joins with no room (its volume below the floor): it copies the chunks it now
     owns from their earlier holders, and its store refuses each before a byte is read. Each
     refused answer was left open, holding one of its pooled connections to that holder for
     good; with them all held (64 by default, 2 here), every request to that peer waited, and
-    reads through it hung. It streams them around its disk instead."""
+    reads through it hung. It streams them around its disk instead, from those holders: S3
+    sends nothing more."""
     caplog.set_level(logging.WARNING, "p2pcache.http")
     monkeypatch.setattr(server, "PEER_CONNECTIONS", 2)  # a read's two streams (--readahead 1) at most
     # A refused answer is kept alive by a reference cycle (the error's traceback): freed by the
@@ -105,10 +106,12 @@ async def test_a_full_new_owner_does_not_leak_the_holders_answers_it_cannot_stor
                 assert resp.status == 200 and await resp.read() == body
         full = await cluster.add_worker(min_free=1 << 60, readahead=1)
         await cluster.wait_converged()
+        before = s3.get_bytes
         for _ in range(3):
             async with http.get(f"{full.url}/{bucket}/m.bin") as resp:
                 assert resp.status == 200 and await resp.read() == body
         assert await metric(http, full.url, "p2pcache_passthrough_bytes_total") > 0
+        assert s3.get_bytes == before  # what it cannot store comes from the earlier holders, not S3
     assert len(full.store) == 0
     # Each handoff it refused was a warning line (hundreds a second): one per code and 10 s now.
     refused = [r for r in caplog.records if r.name == "p2pcache.http" and "/_p2p/take" in r.getMessage()]

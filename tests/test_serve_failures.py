@@ -168,7 +168,8 @@ async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_fa
     still accepts, so only the read timeout fires) and stays in the ring (its heartbeats reach the
     master). A read at another worker's serving processes waits for it once; the rest of its
     chunks come from the worker next on the ring, which fills them (asking the hung one first, as
-    their earlier holder: once). Counted at a proxy in front of the hung worker."""
+    their earlier holder: the fills under way then ask it together, and wait for it once).
+    Counted at a proxy in front of the hung worker."""
     # Seconds without a byte from a peer (60 by default); the worker filling in waits a third of
     # that for the hung one as an earlier holder, so the reader does not fail it over too.
     cluster = await cluster_factory(1, serve_processes=2, peer_read_timeout=3.0)
@@ -187,7 +188,11 @@ async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_fa
             asked = await _read_before_and_after_the_hang(http, proxy, url, url, body)
         direct = [t for t in asked if "local=1" not in t]
         assert len(direct) == 1, (owned, asked)  # was one per chunk it owns, each a timeout
-        assert len(asked) - len(direct) == 1, (owned, asked)  # was one per chunk it owns too
+        # Was one per chunk it owns too, one after the other. The fills that run together (a
+        # read's readahead) may each ask it before the first gives up: all within that wait.
+        holders = [at for t, at in zip(proxy.targets, proxy.times) if "local=1" in t]
+        assert 1 <= len(holders) < len(owned), (owned, asked)
+        assert max(holders) - min(holders) < hung.config.holder_timeout(), (owned, asked, holders)
     finally:
         await proxy.stop()
 

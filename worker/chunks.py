@@ -261,7 +261,9 @@ class Chunks:
 
     async def _pass_through(self, c: ChunkId, offset: int, length: int,
                             source: WorkerInfo | None, hop: int) -> Stream:
-        """The bytes, not cached: from the primary if this worker copies from one, else S3."""
+        """The bytes, not cached: from the primary if this worker copies from one, else from a
+        worker that held the chunk under an earlier ring (a new owner whose disk is full or
+        failing: never S3 while one has it), else S3."""
         if source is not None and not self._down.down(source.id):
             try:
                 stream = await self._peers.open(source, c, offset, length, hop + 1, primary=True)
@@ -270,6 +272,19 @@ class Chunks:
             except PeerError as exc:
                 self.peer_failed(source.id)
                 log.warning("primary %s failed for %s, reading S3: %s", source.id, c.ring_key, exc)
+        for worker in self.holders(c):
+            if self._down.down(worker.id):
+                continue
+            try:
+                stream = await self._peers.open(worker, c, offset, length, hop + 1, local=True)
+            except NotCached:
+                continue
+            except PeerError as exc:
+                self.peer_failed(worker.id)
+                log.warning("earlier holder %s failed for %s: %s", worker.id, c.ring_key, exc)
+                continue
+            self._m.passthrough_bytes.inc(length)
+            return stream
         return self._uncached(c, offset, length)
 
     def _uncached(self, c: ChunkId, offset: int, length: int) -> "PassThrough":

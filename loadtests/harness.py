@@ -24,9 +24,9 @@ from p2pcache.s3local import EmbeddedS3
 
 from .stopping import RunFailed, held, run_main
 
-__all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_runs", "wrk_parallel", "median_run",
-           "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds", "process_tree", "curl",
-           "peak_rss", "run_main", "held", "start", "ready", "RunFailed", "ROOT", "S3_ENV"]
+__all__ = ["Cluster", "cluster", "nginx", "nginx_file", "wrk", "start_wrk", "wrk_result", "wrk_runs", "wrk_parallel",
+           "median_run", "require", "clean_env", "s3_client", "metric", "cpu_seconds", "tree_cpu_seconds",
+           "process_tree", "curl", "peak_rss", "run_main", "held", "start", "ready", "RunFailed", "ROOT", "S3_ENV"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m loadtests.X` runs from here
 WRK_SCRIPT = Path(__file__).with_name("ranges.lua")

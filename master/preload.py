@@ -3,10 +3,11 @@
 The owners work in parallel, each sent batches of its chunks one after the
 other (a worker fills a batch within its origin concurrency). A chunk whose
 owner changed or could not be reached is planned again on the next ring, up
-to ROUNDS times (a request names the ring it was planned on, and an owner that
-has not had it yet waits a moment for it, so a ring on its way costs no round): the job waits for that ring (`pause`), since an owner that
+to ROUNDS times: the job waits for that ring (`pause`), since an owner that
 does not answer stays in the ring until the master drops it, a worker TTL
-after its last heartbeat. Then the owners are asked which chunks they still
+after its last heartbeat. (A request names the ring it was planned on: an
+owner that has not had it yet waits a moment for it, so a ring on its way
+costs no round.) Then the owners are asked which chunks they still
 hold: the job is done only if they hold every one (a fill may have evicted
 another since, the set's own or a reader's). The job is the master's: it goes
 on when the caller leaves.

@@ -4,8 +4,9 @@ of a worker, as the URL it advertises to its peers).
 On ranged GETs it injects a seeded share of faults, each kind in turn: a connection reset, a 503
 SlowDown, a 500, a body cut short, a body that stalls after its headers (and,
 on request, a 403, a 206 without its Content-Range, or a request never answered: a hung
-server, or answers held back: `hold`). `script` lists the faults of the next ranged GETs, in order; `get_mode` applies one
-fault to every ranged GET (HEADs and listings pass), `mode` to every request (an outage). It
+server; answers held back: `hold`; a fault chosen per request: `by_request`). `script` lists
+the faults of the next ranged GETs, in order; `get_mode` applies one fault to every ranged
+GET (HEADs and listings pass), `mode` to every request (an outage). It
 counts what it forwards, so a test can bound what S3 sent. One request per connection
 (`Connection: close` both ways) keeps the relay simple and exact.
 """

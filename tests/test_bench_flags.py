@@ -1,4 +1,5 @@
-"""The benchmarks refuse a flag outside its range up front, naming it (exit 2), instead of a traceback or a run that measures nothing."""
+"""The benchmarks refuse a flag outside its range up front, naming it (exit 2), instead of a
+traceback or a run that measures nothing."""
 
 from __future__ import annotations
 

@@ -83,8 +83,8 @@ async def test_a_full_disk_is_read_around(cluster_factory, s3, s3_client, bucket
     assert len(full.store) == 0
 
 
-async def test_a_full_new_owner_does_not_leak_the_holders_answers_it_cannot_store(cluster_factory, s3, s3_client, bucket,
-                                                                                 monkeypatch, request, caplog):
+async def test_a_full_new_owner_does_not_leak_the_holders_answers_it_cannot_store(cluster_factory, s3, s3_client,
+                                                                                 bucket, monkeypatch, request, caplog):
     """A worker joins with no room (its volume below the floor): it copies the chunks it now
     owns from their earlier holders, and its store refuses each before a byte is read. Each
     refused answer was left open, holding one of its pooled connections to that holder for

@@ -106,13 +106,14 @@ async def test_s3s_own_400s_pass_through(cluster, keys, bucket, s3_client, s3):
         async with http.get(f"{cluster.workers[0].url}/{bucket}", params={"max-keys": "2"}) as resp:
             assert resp.status == 200 and (await resp.text()).count("<Contents>") == 2
         # A prefix that is not UTF-8 was listed as U+FFFD, a prefix nobody asked for.
+        url = f"{cluster.workers[0].url}/{bucket}"
         for query, name in (("list-type=2&prefix=%FF", "prefix"), ("delimiter=%C3%28", "delimiter"),
                             ("list-type=2&start-after=a%80", "start-after")):
-            async with http.get(yarl.URL(f"{cluster.workers[0].url}/{bucket}?{query}", encoded=True)) as resp:
+            async with http.get(yarl.URL(f"{url}?{query}", encoded=True)) as resp:
                 body = await resp.text()
                 assert resp.status == 400 and "<Code>InvalidArgument</Code>" in body, query
                 assert f"<ArgumentName>{name}</ArgumentName>" in body, body
-        async with http.get(yarl.URL(f"{cluster.workers[0].url}/{bucket}?list-type=2&prefix=%C3%BC", encoded=True)) as resp:
+        async with http.get(yarl.URL(f"{url}?list-type=2&prefix=%C3%BC", encoded=True)) as resp:
             assert resp.status == 200 and "<Prefix>ü</Prefix>" in await resp.text()
 
 

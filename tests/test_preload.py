@@ -148,10 +148,12 @@ async def test_malformed_worker_control_bodies_get_a_400(cluster):
     from p2pcache.auth import Signer
     import msgpack
     signer, w = Signer(SECRET), cluster.workers[0]
-    bad_rings = [msgpack.packb({"chunks": [], "ring": ring}) for ring in ("m", ["m"], ["m", "1"], ["m", True], [1, 1])]
+    bad_rings = [msgpack.packb({"chunks": [], "ring": ring})
+                 for ring in ("m", ["m"], ["m", "1"], ["m", True], [1, 1])]
     async with aiohttp.ClientSession() as http:
         for path, body in (("/_p2p/preload", b"\xc1"), ("/_p2p/preload", b"\x81\xa6chunks\x91\x93\x01\x02\x03"),
-                           *(("/_p2p/preload", b) for b in bad_rings), ("/_p2p/has", b"\x90"), ("/_p2p/unpin", b"\x80")):
+                           *(("/_p2p/preload", b) for b in bad_rings),
+                           ("/_p2p/has", b"\x90"), ("/_p2p/unpin", b"\x80")):
             async with http.post(w.url + path, data=body, headers=signer.headers("POST", path, None, body)) as resp:
                 assert resp.status == 400, (path, body, resp.status)
                 assert resp.headers["X-P2P-Error"] == "InvalidRequest"

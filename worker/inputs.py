@@ -14,8 +14,8 @@ if TYPE_CHECKING:  # not imported at run time: serving processes use this module
 
     from .objects import ObjectCache
 
-__all__ = ["request_path", "object_path", "check_key", "check_object_query", "check_chunk", "check_chunk_object", "parse_hop",
-           "UNSUPPORTED_PARAMS", "MAX_OBJECT_SIZE"]
+__all__ = ["request_path", "object_path", "check_key", "check_object_query", "check_chunk", "check_chunk_object",
+           "parse_hop", "UNSUPPORTED_PARAMS", "MAX_OBJECT_SIZE"]
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
 # S3 stops at 5 TiB, MinIO at 50 TiB: a larger claimed size is not an object anywhere.

@@ -272,17 +272,8 @@ class Chunks:
             except PeerError as exc:
                 self.peer_failed(source.id)
                 log.warning("primary %s failed for %s, reading S3: %s", source.id, c.ring_key, exc)
-        for worker in self.holders(c):
-            if self._down.down(worker.id):
-                continue
-            try:
-                stream = await self._peers.open(worker, c, offset, length, hop + 1, local=True)
-            except NotCached:
-                continue
-            except PeerError as exc:
-                self.peer_failed(worker.id)
-                log.warning("earlier holder %s failed for %s: %s", worker.id, c.ring_key, exc)
-                continue
+        stream = await self._holder_stream(c, offset, length, hop, None, set())
+        if stream is not None:
             self._m.passthrough_bytes.inc(length)
             return stream
         return self._uncached(c, offset, length)
@@ -336,21 +327,38 @@ class Chunks:
         is given the holder timeout (worker/config.py), shorter than the peer's that waits on
         this fill (a reader's) or on this take (the holder's that hands it over): a hung
         holder fails here, and the fill goes on (next holder, S3), before that peer gives up."""
-        for worker in self.holders(c, first):
-            if self._down.down(worker.id):
-                continue
+        tried: set[str] = set()
+        while (stream := await self._holder_stream(c, 0, c.length, hop, first, tried)) is not None:
             try:
-                stream = await self._peers.open(worker, c, 0, c.length, hop + 1, local=True)
                 await self._copy(c, stream, self._m.handoff_bytes)
             except NotCached:
                 continue
             except PeerError as exc:
-                self.peer_failed(worker.id)
-                log.warning("earlier holder %s failed for %s: %s", worker.id, c.ring_key, exc)
+                self._holder_failed(stream.peer.id, c, exc)
                 continue
             self._m.handoff_chunks.inc()
             return True
         return False
+
+    async def _holder_stream(self, c: ChunkId, offset: int, length: int, hop: int, first: str | None,
+                             tried: set[str]) -> PeerStream | None:
+        """Bytes of `c` from the next earlier holder not in `tried` that has it (it joins
+        `tried`), not one that failed lately; None when none has."""
+        for worker in self.holders(c, first):
+            if worker.id in tried or self._down.down(worker.id):
+                continue
+            tried.add(worker.id)
+            try:
+                return await self._peers.open(worker, c, offset, length, hop + 1, local=True)
+            except NotCached:
+                continue
+            except PeerError as exc:
+                self._holder_failed(worker.id, c, exc)
+        return None
+
+    def _holder_failed(self, peer_id: str, c: ChunkId, exc: PeerError) -> None:
+        self.peer_failed(peer_id)
+        log.warning("earlier holder %s failed for %s: %s", peer_id, c.ring_key, exc)
 
     async def _fill_from_origin(self, c: ChunkId) -> None:
         if self._origin_slots.locked() and self._origin_queued >= self._origin_queue_limit:

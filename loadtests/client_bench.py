@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=count(1, MAX_CLUSTER), default=3)
     p.add_argument("--chunk-size", type=size(MIN_CHUNK, MAX_CHUNK), default="8MiB")
     p.add_argument("--concurrency", type=count(1), default=16)
-    p.add_argument("--modes", default="raw,aiohttp", help="client receive paths: raw (its own HTTP "
+    p.add_argument("--modes", type=_modes, default="raw,aiohttp", help="client receive paths: raw (its own HTTP "
                    "reader where workers are plain HTTP), aiohttp, default (the Client's default: to "
                    "measure a checkout older than the choice)")
     p.add_argument("--json", type=output_file, help="also write the results here")
@@ -85,6 +85,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
+
+
+MODES = ("raw", "aiohttp", "default")
+
+
+def _modes(text: str) -> str:
+    """A comma-separated list of MODES (another word would be measured as aiohttp, under its name)."""
+    modes = [m.strip() for m in text.split(",")]
+    for m in modes:
+        if m not in MODES:
+            raise argparse.ArgumentTypeError(f"{m!r} is not one of {', '.join(MODES)}")
+    return ",".join(modes)
 
 
 def _client(master: str, mode: str, concurrency: int) -> Client:

@@ -52,6 +52,7 @@ def test_bench_refuses_a_serving_range_larger_than_the_object(capsys):
     (serve_bench.main, ["--connections", "1", "--threads", "2"],
      "--connections must each be at least --threads 2, not 1"),
     (client_bench.main, ["--size", "0"], "argument --size: must be from 1B to 5GiB, not 0B"),
+    (client_bench.main, ["--modes", "raw,fast"], "argument --modes: 'fast' is not one of raw, aiohttp, default"),
     (client_bench.main, ["--json", "/nonexistent/dir/x.json"], "argument --json: no directory /nonexistent/dir"),
     (drain_bench.main, ["--repeats", "0"], "argument --repeats: must be at least 1, not 0"),
     (drain_bench.main, ["--workers", "1"], "argument --workers: must be from 2 to 100, not 1"),

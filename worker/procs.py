@@ -192,16 +192,18 @@ class ServingProcesses:
         """Its exit code; a process that stops reporting for STUCK seconds is killed first."""
         loop = asyncio.get_running_loop()
         self._heard[index] = loop.time()
-        while True:
-            try:
-                return await asyncio.wait_for(asyncio.shield(proc.wait()), STUCK / 4)
-            except asyncio.TimeoutError:
+        exited = asyncio.ensure_future(proc.wait())  # one wait for the process's whole life
+        try:
+            while not (await asyncio.wait({exited}, timeout=STUCK / 4))[0]:
                 silent = loop.time() - self._heard[index]
                 if silent >= STUCK and not self._stopping:
                     log.error("serving process %d (pid %d) sent no report for %.0f s: stuck (stopped, or its "
                               "event loop blocked); killing it", index, proc.pid, silent)
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
+            return exited.result()
+        finally:
+            exited.cancel()
 
     async def _spawn(self, index: int, settings: dict) -> asyncio.subprocess.Process:
         env = dict(os.environ)

@@ -9,7 +9,6 @@ import random
 import signal
 import sys
 import threading
-import time
 from collections import Counter
 
 import aiohttp
@@ -358,16 +357,19 @@ async def test_a_cancelled_download_write_ends_before_its_file_can_be_closed():
     descriptor number could land in whatever file reuses it. `_on_fd` returns only once it ended."""
     from p2pcache.client import _on_fd
 
-    started, ended = threading.Event(), threading.Event()
+    started, release, ended = threading.Event(), threading.Event(), threading.Event()
 
     def slow_write(fd: int) -> None:
         started.set()
-        time.sleep(0.3)
+        release.wait(5)  # a write still running when its caller is cancelled
         ended.set()
 
     task = asyncio.ensure_future(_on_fd(slow_write, 99))
     await asyncio.to_thread(started.wait, 5)
     task.cancel()
+    await asyncio.sleep(0)  # the cancellation is delivered
+    assert not task.done()  # it waits for the write
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert ended.is_set()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import put_chunk
+from conftest import put_chunk, wait_for
 from p2pcache.blocksums import BLOCK
 from p2pcache.errors import Busy, CorruptChunk
 from p2pcache.objects import ChunkId, ObjectInfo
@@ -367,10 +367,13 @@ async def test_the_free_space_floor_holds_for_fills_that_write_together(tmp_path
     store = ChunkStore(tmp_path, capacity=100 * SLOT, min_free=4 * SLOT)  # room for 6 chunks
     await store.load()
 
+    reserved = []
+
     async def fill(i: int, go: asyncio.Event) -> bool:
         c = chunk(10 + i)
         try:
             async with store.writing(c.name, c.length, c.pack()) as w:
+                reserved.append(i)
                 await go.wait()
                 await w.write(bytes(c.length))
         except Busy:
@@ -379,7 +382,8 @@ async def test_the_free_space_floor_holds_for_fills_that_write_together(tmp_path
 
     go = asyncio.Event()
     fills = [asyncio.create_task(fill(i, go)) for i in range(8)]
-    await asyncio.sleep(0.2)  # every fill has reserved its room or been refused
+    # Every fill has reserved its room (and waits to write) or been refused.
+    await wait_for(lambda: len(reserved) + sum(f.done() for f in fills) == len(fills), what="the reservations")
     go.set()
     done = await asyncio.gather(*fills)
     assert usage(tmp_path).free >= store.min_free, done

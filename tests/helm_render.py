@@ -9,13 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import pytest
 import yaml
 from helm_python import _native
 
 __all__ = [
     "CHART",
+    "KUBE_VERSIONS",
     "NAMESPACE",
+    "PRELOAD",
+    "READER_KEYS",
     "RELEASE",
+    "chart",
     "container",
     "container_env",
     "expand_vars",
@@ -32,6 +37,18 @@ __all__ = [
 CHART = Path(__file__).resolve().parent.parent / "helm" / "p2pcache"
 RELEASE = "p2pcache"
 NAMESPACE = "ml"
+KUBE_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33"]  # the schemas the rendered objects must pass
+# Values the chart's test modules share.
+READER_KEYS = [{"accessKeyId": "loader", "secretAccessKey": "s3cr3t/K7+=", "buckets": ["models", "datasets"]},
+               {"accessKeyId": "admin", "secretAccessKey": "an0ther"}]
+PRELOAD = {"preload": {"urls": ["s3://models/llama-3-8b/", "s3://models/tok.json"], "pin": True}}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    """The chart, loaded once per test module (imported by each: `from helm_render import chart`)."""
+    with load_chart() as loaded:
+        yield loaded
 
 
 def load_chart() -> helm.Chart:

@@ -10,7 +10,7 @@ import pytest
 
 from p2pcache.cli import build_parser
 
-from helm_render import CHART, container, container_env, flags, load_chart, manifests, pod_template, render
+from helm_render import CHART, chart, container, container_env, flags, manifests, pod_template, render
 
 TLS = {"tls": {"enabled": True, "existingSecret": "p2pcache-tls"}}
 # The user's own Secrets, as `container_env` resolves references to them.
@@ -21,12 +21,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-cluster-secret": {"clusterSecret": {"enabled": False}},
     "tls": TLS,
 }
-
-
-@pytest.fixture(scope="module")
-def chart():
-    with load_chart() as loaded:
-        yield loaded
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 from p2pcache.auth import new_secret
-from p2pcache.local import stop_all
+from p2pcache.local import die_with_parent, stop_all
 from p2pcache.ring import MAX_CHUNK, MIN_CHUNK
 from p2pcache.sizes import format_size
 from p2pcache.s3local import EmbeddedS3
@@ -49,7 +49,7 @@ def _perf(pid: int, path: str) -> subprocess.Popen:
         with held():
             proc = subprocess.Popen(["perf", "record", "-q", "-F", "999", "--call-graph",
                                      os.environ.get("PERF_CALL_GRAPH", "fp"), "-p", str(pid), "-o", path],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         time.sleep(0.5)  # attached
     except BaseException:  # stopped meanwhile
         if proc is not None:
@@ -74,7 +74,8 @@ def _one(s3: EmbeddedS3, size: int, chunk_size: int, profile: str | None = None,
                 with held():
                     worker = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", profile, "-m", "p2pcache",
                                                "--log-level", "WARNING", *args], env=env, stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                              stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                              preexec_fn=die_with_parent)
                     procs.append(worker)
                 started = worker, _Tail(worker.stderr)
             else:

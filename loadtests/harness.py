@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from p2pcache.auth import new_secret
-from p2pcache.local import NotReady, spawn, stop_all, wait_ready
+from p2pcache.local import NotReady, die_with_parent, spawn, stop_all, wait_ready
 from p2pcache.s3local import EmbeddedS3
 
 from .stopping import RunFailed, held, run_main
@@ -262,7 +262,7 @@ http {{
             try:
                 with held():  # Its own process group: the last resort below ends its workers too.
                     proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", tmp], stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=die_with_parent)
                 if _wait_port(port, proc):
                     yield f"http://127.0.0.1:{port}", proc.pid
                     return
@@ -322,7 +322,7 @@ def start_wrk(url: str, range_size: int, seconds: float, connections: int = 8, t
     return subprocess.Popen(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
          "--timeout", "10s", "-s", str(WRK_SCRIPT), url],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
 
 
 def wrk_result(proc: subprocess.Popen, seconds: float) -> dict:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import msgpack
 
-from p2pcache.local import stop_all
+from p2pcache.local import die_with_parent, stop_all
 from p2pcache.master_client import MSGPACK
 from p2pcache.ring import WorkerInfo
 
@@ -71,7 +71,7 @@ def measure(workers: int, seconds: float, connections: int = 64, threads: int = 
                 ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
                  "--timeout", "10s", "-s", str(WRK_SCRIPT), url],
                 env=dict(os.environ, HEARTBEATS_FILE=f.name), capture_output=True, text=True,
-                timeout=seconds + 60)
+                timeout=seconds + 60, preexec_fn=die_with_parent)
             wall = time.monotonic() - wall0
             cpu, generator = cpu_seconds(pid) - cpu0, _children_cpu() - children0
         line = next((l for l in out.stdout.splitlines() if l.startswith("JSON ")), None)

@@ -59,11 +59,14 @@ def run_readers(plans: list[dict]) -> list[dict]:
 
 
 def _start_reader() -> subprocess.Popen:
+    from p2pcache.local import die_with_parent
+
     from .harness import ROOT, clean_env
 
     env = clean_env() | {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen([sys.executable, "-m", "loadtests.readers"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True,
+                            preexec_fn=die_with_parent)
 
 
 def _reader_result(proc: subprocess.Popen, plan: dict) -> dict:

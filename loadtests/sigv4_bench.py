@@ -25,7 +25,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from p2pcache.local import demo_bytes
+from p2pcache.local import demo_bytes, die_with_parent
 from p2pcache.s3local import EmbeddedS3
 from p2pcache.sizes import format_size
 
@@ -85,7 +85,8 @@ def run_wrk(script: Path, url: str, headers: dict[str, str], size: int, range_si
     proc = None
     try:
         with held():
-            proc = subprocess.Popen([*argv, url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen([*argv, url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    preexec_fn=die_with_parent)
         result = wrk_result(proc, seconds)
     finally:  # stopped before wrk_result waited for it
         if proc is not None and proc.poll() is None:

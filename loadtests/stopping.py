@@ -59,7 +59,9 @@ def run_main(name: str, main: Callable[[], object]) -> int:
     code, and inside `asyncio.run`/`uvloop.run` their own SIGINT handling, which cancels the main
     task (an exception raised from the handler in the middle of the event loop's callbacks would
     break a transport instead, and the loop could hang). A second SIGTERM while unwinding is
-    ignored, not to cut the clean-up short (SIGKILL still ends it).
+    ignored, not to cut the clean-up short. SIGKILL still ends it at once: then the processes it
+    started get SIGTERM from the kernel (`p2pcache.local.die_with_parent`) and stop; its temp
+    dirs stay.
     130 on SIGINT, 143 on SIGTERM; 1 with one line for a failed run or a process that did not start.
     """
     def terminate(signum: int, frame: object) -> None:

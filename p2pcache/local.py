@@ -19,8 +19,8 @@ from .bounds import bounded, bounded_size
 from .config import add_flag, env_name, size_arg
 from .ring import MAX_CHUNK, MIN_CHUNK
 
-__all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "wait_joined", "stop_all",
-           "NotReady", "DEMO_BUCKET", "DEMO_KEY"]
+__all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "die_with_parent", "wait_ready", "wait_joined",
+           "stop_all", "NotReady", "DEMO_BUCKET", "DEMO_KEY"]
 
 DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
 READY_TIMEOUT = 30.0
@@ -132,19 +132,29 @@ def spawn(procs: list, env: dict, *args: str, stderr: int | None = None) -> subp
     Its stderr is ours unless `stderr` says otherwise (a PIPE someone must keep draining)."""
     proc = subprocess.Popen([sys.executable, "-m", "p2pcache", *args], env=env,
                             stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=die_with_parent)
     procs.append(proc)
     return proc
 
 
-def _die_with_parent() -> None:
-    """In the child: ask Linux for SIGTERM when the parent exits (prctl PR_SET_PDEATHSIG)."""
+def _prctl():
+    """libc's prctl, looked up here, in the parent: the child between fork and exec must not import or load."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: the parent's signal handlers still stop the children
+        return None  # not Linux: the parent's signal handlers still stop the children
+
+
+_PRCTL = _prctl()
+
+
+def die_with_parent() -> None:
+    """A `preexec_fn`: the child gets SIGTERM when its parent exits, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG); a child that would outlive it (nginx, wrk) stops with it."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)
 
 
 def wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT, name: str = "") -> str:

@@ -1,7 +1,8 @@
 """SIGTERM stops every benchmark entry point as Ctrl-C does: each process it started ends, each temp dir goes.
 
 A benchmark killed by SIGTERM used to die on the spot: nginx and wrk (which do not die with
-their parent) kept running, reparented to init, and its temp dirs stayed behind.
+their parent) kept running, reparented to init, and its temp dirs stayed behind. SIGKILL,
+which no clean-up survives, left nginx and wrk running too; now they die with their parent.
 """
 
 from __future__ import annotations
@@ -69,26 +70,53 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_sigterm_stops_everything_the_benchmark_started(name, tmp_path):
-    argv, wanted, how_many = CASES[name]
-    # The benchmark's temp dir, empty again once it has stopped. Not under tmp_path, which is
-    # private: nginx's workers (another user) could not read the files it serves from there.
+def _start(name: str, tmp: Path, out_dir: Path) -> subprocess.Popen:
+    """Benchmark `name`, its temp files in `tmp`, its output in `out_dir`."""
+    env = os.environ | {"TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
+    # Files, not pipes: a process left behind would hold a pipe open, and reading it would hang.
+    with open(out_dir / "out", "w") as out, open(out_dir / "err", "w") as err:
+        return subprocess.Popen([sys.executable, *CASES[name][0]], cwd=ROOT, env=env, stdout=out, stderr=err)
+
+
+def _into_run(name: str, proc: subprocess.Popen, tmp: Path, out_dir: Path, seen: dict[int, psutil.Process]) -> None:
+    """Return once `proc` started what CASES names and is into its run; `seen` then holds every
+    process it started."""
+    _, wanted, how_many = CASES[name]
+    deadline = time.monotonic() + 90
+    while (_started(proc.pid, seen).count(wanted) < how_many if wanted else not any(tmp.iterdir())):
+        assert proc.poll() is None, (out_dir / "err").read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{name} never started {wanted}"
+        time.sleep(0.05)
+    time.sleep(0.5)  # into its run (wrk started, a read under way)
+    _started(proc.pid, seen)
+
+
+def _end_left_over(proc: subprocess.Popen, seen: dict[int, psutil.Process], tmp: Path) -> None:
+    """What the old code left behind: ended by pid, only the processes this test started."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for p in seen.values():
+        if _running(p):
+            p.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _private_tmp() -> Path:
+    """The benchmark's temp dir, empty again once it has stopped. Not under tmp_path, which is
+    private: nginx's workers (another user) could not read the files it serves from there."""
     tmp = Path(tempfile.mkdtemp(prefix="p2pcache-sigterm-"))
     tmp.chmod(0o755)
-    env = os.environ | {"TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
+    return tmp
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_sigterm_stops_everything_the_benchmark_started(name, tmp_path):
+    tmp = _private_tmp()
     seen: dict[int, psutil.Process] = {}
-    # Files, not pipes: a process left behind would hold a pipe open, and reading it would hang.
-    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out, stderr=err)
+    proc = _start(name, tmp, tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while (_started(proc.pid, seen).count(wanted) < how_many if wanted else not any(tmp.iterdir())):
-            assert proc.poll() is None, (tmp_path / "err").read_text()[-3000:]
-            assert time.monotonic() < deadline, f"{name} never started {wanted}"
-            time.sleep(0.05)
-        time.sleep(0.5)  # into its run (wrk started, a read under way)
-        _started(proc.pid, seen)
+        _into_run(name, proc, tmp, tmp_path, seen)
         proc.send_signal(signal.SIGTERM)
         status = proc.wait(timeout=60)
         assert [(p.pid, _name(p)) for p in seen.values() if _running(p)] == []
@@ -97,11 +125,25 @@ def test_sigterm_stops_everything_the_benchmark_started(name, tmp_path):
         stderr = (tmp_path / "err").read_text()
         assert status == 128 + signal.SIGTERM, stderr[-3000:]
         assert stderr.splitlines()[-1].endswith("stopped by SIGTERM; what it started has stopped")
-    finally:  # what the old code left behind: ended by pid, only the processes this test started
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for p in seen.values():
-            if _running(p):
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        _end_left_over(proc, seen, tmp)
+
+
+def test_sigkill_stops_the_servers_and_load_the_benchmark_started(tmp_path):
+    """SIGKILL runs no clean-up, but nginx, wrk and the cluster get SIGTERM from the kernel as
+    their parent dies (PR_SET_PDEATHSIG): none of them runs on. They did, reparented to init,
+    nginx for good. (Its temp dirs stay: nothing can remove them.)"""
+    tmp = _private_tmp()
+    seen: dict[int, psutil.Process] = {}
+    proc = _start("serve_bench", tmp, tmp_path)
+    try:
+        _into_run("serve_bench", proc, tmp, tmp_path, seen)
+        assert {"nginx", "wrk", "python"} <= {_name(p) for p in seen.values()}
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while (left := [(p.pid, _name(p)) for p in seen.values() if _running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == []
+    finally:
+        _end_left_over(proc, seen, tmp)

@@ -118,6 +118,7 @@ class Control:
                 self._store.promote(c.name)  # else the set's next fills may evict it (worker/eviction.py)
                 if keep:
                     await self._keeps.add(c)  # while the stream holds the chunk: not evicted meanwhile
+                    self._worker.rebalancer.kept(c)  # handed over meanwhile (a drain): the keep goes too
             finally:
                 stream.close()
             return [outcome, ""]

@@ -34,22 +34,37 @@ HANDBACK = 15.0
 
 
 def plan(held: Iterable[ChunkId], placement: Placement, me: str) -> list[tuple[ChunkId, tuple[WorkerInfo, ...]]]:
-    """Who each chunk held here should go to: every owner if we are not one; the followers
-    if we are the primary (so that with replicas, losing a worker loses no chunk)."""
+    """Who each chunk held here should go to: its owners, but us. With replicas every owner
+    offers its copy to the others, followers too: after a crash the one copy left may be a
+    follower's, and the new primary gets it from there, or the next crash loses it."""
     replicas = placement.ring.replicas
     out = []
     for c in held:
-        owners = placement.owners(c)[:replicas]
-        ids = [w.id for w in owners]
-        if me not in ids:
-            targets = owners
-        elif ids[0] == me:
-            targets = owners[1:]
-        else:
-            continue
+        targets = tuple(w for w in placement.owners(c)[:replicas] if w.id != me)
         if targets:
             out.append((c, targets))
     return out
+
+
+class _Gates:
+    """A pass's takes per owner: one at a time until the owner has answered one (a hung owner
+    holds one of the pass's slots, not all of them, while the others go on), then up to all the
+    slots; none once one failed in this pass (its chunks wait for the next pass)."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = slots
+        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._answered: set[str] = set()
+        self.failed: set[str] = set()
+
+    def gate(self, owner: str) -> asyncio.Semaphore:
+        return self._gates.setdefault(owner, asyncio.Semaphore(1))
+
+    def answered(self, owner: str) -> None:
+        if owner not in self._answered:
+            self._answered.add(owner)
+            for _ in range(self._slots - 1):
+                self.gate(owner).release()
 
 
 class Rebalancer:
@@ -106,6 +121,15 @@ class Rebalancer:
         elif not placement.owns(self._me, c) and c.name not in self._later:
             self._later[c.name] = asyncio.get_running_loop().call_later(HANDBACK, self._due, c)
 
+    def kept(self, c: ChunkId) -> None:
+        """A pinned preload just kept `c` here. Draining, or no longer its owner, hand it over
+        (again, if a pass already did): a pass that gave it away before the keep came carried
+        none, and the keep would leave with us, or pin an extra copy here."""
+        if self.draining or not self._placement().owns(self._me, c):
+            self._extra.append(c)
+            self._idle.clear()
+            self._wake.set()
+
     def _due(self, c: ChunkId) -> None:
         self._later.pop(c.name, None)
         self._back.append(c)
@@ -158,40 +182,56 @@ class Rebalancer:
         """Hand each chunk to its targets; the number that failed. Stops early on a new ring."""
         self._set_backlog(len(todo))
         failed = 0
-        slots = asyncio.Semaphore(self._concurrency)
+        slots, gates = asyncio.Semaphore(self._concurrency), _Gates(self._concurrency)
 
         async def one(c: ChunkId, targets: tuple[WorkerInfo, ...]) -> None:
             nonlocal failed
-            async with slots:
+            async with gates.gate(targets[0].id), slots:
                 # A newer ring: the next pass plans everything held again. (Not merely a new
                 # fill: the rest of this pass would be dropped, its followers never copied.)
                 if self._full:
                     return
-                if not await self._give(c, targets):
+                if not await self._give(c, targets, gates):
                     failed += 1
                 self._set_backlog(self.backlog - 1)
 
         await asyncio.gather(*(one(c, targets) for c, targets in todo))
         return failed
 
-    async def _give(self, c: ChunkId, targets: tuple[WorkerInfo, ...]) -> bool:
-        ok = True
+    async def _give(self, c: ChunkId, targets: tuple[WorkerInfo, ...], gates: _Gates) -> bool:
+        """Offer `c` to each of `targets`; whether every one has it now. Only a copy counts as
+        handed over and pays the rate: an owner that had it already took nothing."""
+        ok, copied = True, False
         kept = self._keeps is not None and c.name in self._keeps
         for target in targets:
-            if not self.draining:
-                await self._bucket.take(c.length)
+            if target.id in gates.failed:
+                ok = False
+                continue
             try:
-                await self._peers.take(target, c, self._me, keep=kept)
+                took = await self._peers.take(target, c, self._me, keep=kept)
+                gates.answered(target.id)
+                if took:
+                    copied = True
+                    if not self.draining:  # paid after: the next offer waits off the debt
+                        await self._bucket.take(c.length)
             except NotCached as exc:  # it could not copy the chunk from us
+                gates.answered(target.id)
                 if c.name not in self._store:  # evicted here meanwhile: nothing left to hand over
                     return True
                 log.debug("handing %s to %s failed: %s", c.ring_key, target.id, exc)
                 ok = False
-            except (NotOwner, P2PError) as exc:  # its ring differs from ours, or it failed
+            except NotOwner as exc:  # its ring differs from ours
+                gates.answered(target.id)
                 log.debug("handing %s to %s failed: %s", c.ring_key, target.id, exc)
                 ok = False
+            except P2PError as exc:  # it failed: not asked again in this pass
+                gates.failed.add(target.id)
+                log.info("handing %s to %s failed: %s; its other chunks wait for the next pass",
+                         c.ring_key, target.id, exc)
+                ok = False
         if ok:
-            self._m.rebalance_sent.inc()
+            if copied:
+                self._m.rebalance_sent.inc()
             if not self._placement().owns(self._me, c):
                 if kept:  # its owners keep it now
                     await self._keeps.discard([c.name])

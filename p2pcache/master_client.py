@@ -13,9 +13,10 @@ from .auth import Signer
 from .errors import BadRequest, Unauthorized, Unavailable
 from .ring import RingSnapshot, WorkerInfo
 
-__all__ = ["MasterClient", "MSGPACK", "unreachable"]
+__all__ = ["MasterClient", "MSGPACK", "TIMEOUT", "unreachable"]
 
 MSGPACK = "application/msgpack"
+TIMEOUT = 10.0  # seconds a heartbeat or a leave waits for the master, unless told less
 
 
 class MasterClient:
@@ -26,17 +27,18 @@ class MasterClient:
         self.url = url.rstrip("/")
         self._signer = signer or Signer(None)
 
-    async def heartbeat(self, worker: WorkerInfo) -> dict:
+    async def heartbeat(self, worker: WorkerInfo, timeout: float = TIMEOUT) -> dict:
         """Register or refresh `worker`; the master's answer: `master_id` and `epoch` of the ring it
         is now in, and (since masters tell it) `ttl`, the seconds of silence after which it is dropped.
         BadRequest if the master refuses the registration, Unauthorized if it refuses the cluster
-        signature (another secret, none, or a clock too far from its own): it will refuse them again."""
+        signature (another secret, none, or a clock too far from its own): it will refuse them again.
+        Unavailable if it does not answer within `timeout` seconds."""
         body = msgpack.packb(asdict(worker))
-        data = await self._call("POST", "/workers", data=body, timeout=10, refusable=True)
+        data = await self._call("POST", "/workers", data=body, timeout=timeout, refusable=True)
         return msgpack.unpackb(data)
 
-    async def leave(self, worker_id: str) -> None:
-        await self._call("DELETE", f"/workers/{worker_id}", timeout=10)
+    async def leave(self, worker_id: str, timeout: float = TIMEOUT) -> None:
+        await self._call("DELETE", f"/workers/{worker_id}", timeout=timeout)
 
     async def ring(self, known: tuple[str, int] | None = None, wait: float = 0) -> RingSnapshot:
         """The current ring; with `known` and `wait`, long-poll until it differs."""

@@ -12,6 +12,7 @@ from conftest import CHUNK, metric, wait_for
 from faultproxy import FaultProxy
 from p2pcache import Client
 from p2pcache.objects import ObjectInfo
+from p2pcache.ring import DRAINING
 from worker import rebalance
 
 OBJECTS = 4
@@ -153,6 +154,62 @@ async def test_a_worker_restarted_on_its_disk_takes_nothing_back(cluster_factory
         owned = [c for c in chunks(s3_client, bucket, data) if back.placement.owner(c).id == back.id]
         assert owned and all(c.name in back.store for c in owned)
     assert s3.get_bytes == s3_before
+
+
+async def test_a_drain_begun_while_the_master_is_unreachable_hands_over_once_it_is_back(
+        cluster_factory, s3, s3_client, bucket):
+    """A helm upgrade restarts the master and rolls the workers at once: a worker SIGTERMed while
+    the master cannot be reached keeps serving and announcing its drain until the master answers,
+    then hands everything over. Before, it tried once and left without a handoff: its share was
+    read from S3 again."""
+    cluster = await cluster_factory(2, drain_timeout=20.0)  # a 10 s TTL: the master keeps it meanwhile
+    proxy = await FaultProxy(cluster.master.url).start()
+    try:
+        leaving = await cluster.add_worker(master_url=proxy.url)
+        await cluster.wait_converged()
+        data = dataset(s3_client, bucket, 7)
+        announced = []  # the drain announcements the master did not get
+
+        def unreachable(method: str, target: str) -> str:
+            if method == "POST" and leaving.agent.me.state == DRAINING:
+                announced.append(target)
+            return "reset"
+
+        async with aiohttp.ClientSession() as http:
+            await read_all(http, [cluster.workers[0].url], bucket, data)
+            s3_before = s3.get_bytes
+            proxy.by_request = unreachable
+            stopping = asyncio.create_task(leaving.stop())  # what SIGTERM does
+            await wait_for(lambda: len(announced) >= 2 or stopping.done(), what="the drain to be announced again")
+            await read_all(http, [leaving.url], bucket, dict([next(iter(data.items()))]))  # still serving
+            proxy.by_request = None  # the master is back
+            await stopping
+            await wait_for(lambda: [w.id for w in cluster.master.membership.ring.workers] == ["w0", "w1"],
+                           what="the drained worker to leave")
+            await cluster.wait_converged()
+            assert await total(http, cluster.live(), "p2pcache_handoff_bytes_total") > 0
+            await read_all(http, [w.url for w in cluster.live()], bucket, data)
+        assert s3.get_bytes == s3_before
+    finally:
+        await proxy.stop()
+
+
+async def test_a_drain_with_a_hung_master_ends_within_twice_the_drain_timeout(cluster_factory, caplog):
+    """A master that accepts and never answers (stopped, or its node gone): each call of the
+    drain waits only for what is left of --drain-timeout, so the worker is gone well before its
+    pod's grace period (README: 2 x --drain-timeout, + 10 s in the chart). Before, the drain's
+    heartbeat and the leave each waited 10 s."""
+    drain_timeout = 2.0
+    cluster = await cluster_factory(2)
+    proxy = await FaultProxy(cluster.master.url).start()
+    try:
+        leaving = await cluster.add_worker(master_url=proxy.url, drain_timeout=drain_timeout)
+        await cluster.wait_converged()
+        proxy.mode = "hang"
+        await asyncio.wait_for(leaving.stop(), 2 * drain_timeout)
+        assert "the master was unreachable for the whole drain" in caplog.text
+    finally:
+        await proxy.stop()
 
 
 async def _warm_then_crash(http, cluster, s3_client, bucket: str, data: dict[str, bytes]):

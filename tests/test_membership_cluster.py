@@ -10,6 +10,7 @@ import aiohttp
 from conftest import CHUNK, wait_for
 from master.config import MasterConfig
 from master.server import Master
+from worker.membership import announce_delay, call_timeout
 
 
 async def read(http, url):
@@ -124,3 +125,11 @@ async def test_a_worker_the_master_comes_to_refuse_stops_heartbeating_and_says_w
     assert str(fatal).endswith(f"refused this worker: invalid worker registration: capacity must hold 2 chunks, "
                                f"{4 * CHUNK} bytes at the master's --chunk-size 512KiB, not {3 * CHUNK}")
     assert cluster.master.membership.ring.workers == ()
+
+
+def test_a_drain_is_announced_again_until_too_little_of_it_is_left_and_no_call_outlasts_it():
+    assert [announce_delay(n, 20.0) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert announce_delay(1, 0.4) == 0.1  # the try still gets a quarter second
+    assert announce_delay(1, 0.3) is None and announce_delay(5, 1.2) is None
+    assert call_timeout(30.0) == 10.0 and call_timeout(2.0) == 2.0
+    assert call_timeout(0.1) == call_timeout(-5.0) == 0.25  # past the deadline: one short try, never "no timeout"

@@ -7,6 +7,10 @@ every beat (400), or its cluster secret is not ours (401/403 on REFUSALS beats
 in a row: a master restarted with a rotated secret; the pod restarted holds the
 new one). A refusal that passes (a clock stepped back into line, a proxy's
 passing 403) is logged and outlived, as an unreachable master is.
+
+On SIGTERM the worker's own calls to the master (announcing the drain, leaving) wait only
+for what is left of --drain-timeout: a master that is restarting is asked again until it
+answers or the drain is out of time; a hung one does not hold the worker past its grace.
 """
 
 from __future__ import annotations
@@ -18,15 +22,34 @@ from dataclasses import replace
 from typing import Callable
 
 from p2pcache.errors import BadRequest, Unauthorized, Unavailable
-from p2pcache.master_client import MasterClient
+from p2pcache.master_client import TIMEOUT, MasterClient
 from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
 from p2pcache.service import Fatal
 
-__all__ = ["MembershipAgent"]
+__all__ = ["MembershipAgent", "announce_delay", "call_timeout"]
 
 log = logging.getLogger("p2pcache.membership")
 LONG_POLL = 30.0
 REFUSALS = 5  # heartbeats in a row refused as unauthenticated before this worker gives up (10 s by default)
+# Announcing a drain to a master that cannot be reached: tried again after 0.1 s, 0.2 s, ... at
+# most 1 s apart (a restarting master is back within seconds, and a refused connection costs
+# it nothing), while at least MIN_TRY seconds of the drain would be left for the try.
+ANNOUNCE_BACKOFF, ANNOUNCE_BACKOFF_CAP = 0.1, 1.0
+MIN_TRY = 0.25  # seconds: the least a call to the master is given, however little of the drain is left
+
+
+def announce_delay(failures: int, left: float) -> float | None:
+    """Seconds to wait before announcing the drain again after `failures` (>= 1) failed tries in a
+    row, with `left` seconds of --drain-timeout; None when too little would be left for the try."""
+    delay = min(ANNOUNCE_BACKOFF_CAP, ANNOUNCE_BACKOFF * 2 ** min(failures - 1, 16))
+    return delay if left - delay >= MIN_TRY else None
+
+
+def call_timeout(left: float) -> float:
+    """Seconds a call to the master may take with `left` seconds of the drain: no more than is
+    left, but at least MIN_TRY (a leave past the deadline still gets one short try; and a
+    timeout of 0 would be none at all), at most the usual TIMEOUT."""
+    return min(TIMEOUT, max(left, MIN_TRY))
 
 
 class MembershipAgent:
@@ -55,7 +78,9 @@ class MembershipAgent:
             await self._beat()
         self._tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._watch())]
 
-    async def stop(self, leave: bool = True) -> None:
+    async def stop(self, leave: bool = True, left: float = TIMEOUT) -> None:
+        """Stop beating and following the ring; with `leave`, tell the master we are gone,
+        waiting for its answer no longer than `call_timeout(left)`."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -63,19 +88,38 @@ class MembershipAgent:
                 await task
         if leave:
             try:
-                await self._master.leave(self.me.id)
+                await self._master.leave(self.me.id, timeout=call_timeout(left))
                 log.info("left the ring")
             except Unavailable as exc:
                 log.warning("could not leave the ring (the master will expire us): %s", exc)
 
-    async def drain(self) -> bool:
-        """Tell the master we are draining (own nothing, still serve); False if it cannot be told."""
+    async def drain(self, left: Callable[[], float]) -> bool:
+        """Tell the master we are draining (own nothing, still serve), trying again while the
+        master cannot be reached, until `left()` (the seconds left of the drain) is too short for
+        another try (`announce_delay`); False, logged, if it could not be told."""
         self.me = replace(self.me, state=DRAINING)  # later heartbeats say so too
-        try:
-            await self._master.heartbeat(self.me)
-        except (Unavailable, BadRequest, Unauthorized) as exc:
-            log.warning("could not announce draining: %s", exc)
-            return False
+        began, failures = left(), 0
+        while True:
+            try:
+                await self._master.heartbeat(self.me, timeout=call_timeout(left()))
+                break
+            except BadRequest as exc:
+                log.warning("the master refused the drain: leaving without a handoff: %s", exc)
+                return False
+            except (Unavailable, Unauthorized) as exc:  # a refusal that may pass, as in _beat
+                failures += 1
+                delay = announce_delay(failures, left())
+                if delay is None:
+                    log.warning("the master was unreachable for the whole drain (%d %s in %.1f s): leaving "
+                                "without a handoff; last error: %s", failures, "try" if failures == 1 else "tries",
+                                began - left(), exc)
+                    return False
+                if failures == 1:
+                    log.warning("could not announce draining, trying again for up to --drain-timeout (%.1f s "
+                                "left), serving meanwhile: %s", left(), exc)
+            await asyncio.sleep(delay)
+        if failures:
+            log.info("announced draining after %d failed tries", failures)
         log.info("draining: handing our chunks to their new owners")
         return True
 

@@ -229,10 +229,11 @@ class Worker:
             return
         if self.agent and self.agent.refused.done():
             leave = False  # the master refuses this worker: it would refuse a drain and a leave too
+        deadline = self.clock() + self.config.drain_timeout  # of the drain, and of the master's answers
         if leave and self.agent and self.placement is not None:
-            await self._drain()
+            await self._drain(deadline)
         if self.agent:
-            await self.agent.stop(leave=leave)
+            await self.agent.stop(leave=leave, left=deadline - self.clock())
         await self.rebalancer.stop()
         if self.procs:
             await self.procs.stop()
@@ -255,14 +256,13 @@ class Worker:
         """When the master refuses this worker's registration: it would refuse every heartbeat."""
         return await asyncio.shield(self.agent.refused)
 
-    async def _drain(self) -> None:
-        """Own nothing, stay a source, and hand every chunk to its owner, for up to --drain-timeout."""
-        deadline = self.clock() + self.config.drain_timeout
+    async def _drain(self, deadline: float) -> None:
+        """Own nothing, stay a source, and hand every chunk to its owner, until `deadline`. Reads
+        are served throughout, also while the master cannot be told (it is asked again meanwhile)."""
         held = len(self.store)
         self.rebalancer.draining = True
-        if not await self.agent.drain():
-            log.warning("could not tell the master we are draining: leaving without a handoff")
-            return
+        if not await self.agent.drain(lambda: deadline - self.clock()):
+            return  # logged
         if not await self.ring_until(self._draining_in, deadline - self.clock()):
             log.warning("no ring with this worker draining within --drain-timeout: leaving")
             return

@@ -10,6 +10,8 @@ import aiohttp
 from conftest import CHUNK, wait_for
 from master.config import MasterConfig
 from master.server import Master
+from p2pcache.auth import Signer
+from p2pcache.master_client import MasterClient
 
 
 async def read(http, url):
@@ -124,3 +126,45 @@ async def test_a_worker_the_master_comes_to_refuse_stops_heartbeating_and_says_w
     assert str(fatal).endswith(f"refused this worker: invalid worker registration: capacity must hold 2 chunks, "
                                f"{4 * CHUNK} bytes at the master's --chunk-size 512KiB, not {3 * CHUNK}")
     assert cluster.master.membership.ring.workers == ()
+
+
+async def beats(membership, worker_id: str, n: int) -> None:
+    """Until the master has heard `n` more heartbeats of `worker_id`."""
+    heard = [membership._seen[worker_id]]
+    def more():
+        if membership._seen[worker_id] != heard[-1]:
+            heard.append(membership._seen[worker_id])
+        return len(heard) > n
+    await wait_for(more, what=f"{n} heartbeats of {worker_id}")
+
+
+async def test_a_second_live_process_with_an_id_takes_it_and_the_first_stops_claiming_it(cluster_factory):
+    cluster = await cluster_factory(2, heartbeat=0.2)
+    w0, w1 = cluster.workers
+    dup = await cluster.add_worker(worker_id="w1")  # another port and cache dir: a misconfigured pod
+    fatal = await asyncio.wait_for(w1.fatal(), timeout=15)
+    assert str(fatal) == (f"the master at {cluster.master.url} refused this worker: worker id 'w1' was registered "
+                          f"since by another process, at {dup.url}: two live processes must not share an id (--id)")
+    membership = cluster.master.membership
+    epoch = membership.ring.epoch
+    assert [(w.id, w.url) for w in membership.ring.workers] == [("w0", w0.url), ("w1", dup.url)]
+    # A goodbye from another process than the one holding the id leaves it in the ring.
+    await MasterClient(cluster.session, cluster.master.url, Signer(cluster.secret)).leave("w1")
+    await beats(membership, "w1", 3)
+    assert membership.ring.epoch == epoch and membership.worker("w1").url == dup.url
+    await w1.stop()  # no drain, no leave: the id is not its own any more
+    assert [(w.id, w.url) for w in membership.ring.workers] == [("w0", w0.url), ("w1", dup.url)]
+
+
+async def test_a_second_live_worker_at_a_url_takes_it_and_the_first_stops_claiming_it(cluster_factory):
+    cluster = await cluster_factory(2, heartbeat=0.2)
+    w0, w1 = cluster.workers
+    dup = await cluster.add_worker(worker_id="wX", advertise=w1.url)  # --advertise of w1's address
+    fatal = await asyncio.wait_for(w1.fatal(), timeout=15)
+    assert str(fatal) == (f"the master at {cluster.master.url} refused this worker: {w1.url} was registered "
+                          f"since by another worker, 'wX': two live workers must not share a URL (--advertise)")
+    membership = cluster.master.membership
+    epoch = membership.ring.epoch
+    await beats(membership, "wX", 3)
+    assert membership.ring.epoch == epoch and [w.id for w in membership.ring.workers] == ["w0", "wX"]
+    assert dup.url == w1.url

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from typing import Callable
 
 from p2pcache.ring import RingSnapshot, WorkerInfo
@@ -38,6 +39,7 @@ class Membership:
         self._instance: dict[str, str] = {}  # id -> the process registered under it, if it says
         # Processes a newer one replaced -> (why, when last heard): refused while they keep beating.
         self._replaced: dict[str, tuple[str, float]] = {}
+        self.publish_at = 0.0  # the ring is not published before (the master's startup grace)
         self.ring = RingSnapshot(
             master_id=master_id or uuid.uuid4().hex[:12],
             epoch=0,
@@ -52,6 +54,10 @@ class Membership:
     def instance(self, worker_id: str) -> str | None:
         """The process registered under `worker_id`, for workers that name theirs."""
         return self._instance.get(worker_id)
+
+    def starting(self) -> bool:
+        """The ring is not published yet: its memberships are nobody's earlier owners."""
+        return self._clock() < self.publish_at
 
     def heartbeat(self, worker: WorkerInfo, instance: str | None = None) -> bool:
         """Register or refresh `worker`, sent by the process `instance`; True when the ring changed.
@@ -127,4 +133,7 @@ class Membership:
 
     def _publish(self) -> None:
         workers = tuple(sorted(self._workers.values(), key=lambda w: w.id))
-        self.ring = self.ring.with_workers(workers, self.ring.epoch + 1)
+        if self.starting():  # a membership no one was given owned nothing: not history
+            self.ring = replace(self.ring, workers=workers, epoch=self.ring.epoch + 1)
+        else:
+            self.ring = self.ring.with_workers(workers, self.ring.epoch + 1)

@@ -42,7 +42,6 @@ class Master:
     def __init__(self, config: MasterConfig, clock=time.monotonic) -> None:
         self.config = config
         self._clock = clock
-        self._publish_at = 0.0
         self.membership = Membership(
             chunk_size=config.chunk_size, replicas=config.replicas,
             vnodes=config.vnodes, ttl=config.worker_ttl, clock=clock,
@@ -91,7 +90,7 @@ class Master:
         host, port = site._server.sockets[0].getsockname()[:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"{'https' if ssl_context else 'http'}://{shown}:{port}"
-        self._publish_at = self._clock() + self.config.startup_grace
+        self.membership.publish_at = self._clock() + self.config.startup_grace
         self._expiry = asyncio.create_task(self._expire_loop())
         log.info("master %s listening on %s", self.membership.ring.master_id, self.url)
 
@@ -126,7 +125,7 @@ class Master:
         a chance to, readers keep the ring they have, and the operator API (status, preload, unpin)
         waits too rather than act on a partial ring.
         """
-        if self._clock() < self._publish_at:
+        if self.membership.starting():
             return f"master starting: collecting heartbeats ({len(self.membership.ring.workers)} workers so far)"
         return None
 

@@ -108,3 +108,14 @@ def test_a_restart_on_the_same_address_changes_no_ring_and_workers_that_name_no_
     assert m.heartbeat(WorkerInfo("a", "http://h2:80")) and m.heartbeat(WorkerInfo("a", "http://h3:80"))
     assert m.ring.workers[0].url == "http://h3:80" and m.instance("a") is None
 
+
+def test_memberships_of_a_ring_not_yet_published_are_no_earlier_owners():
+    clock = Clock()
+    m = Membership(chunk_size=1 << 20, ttl=10, clock=clock)
+    m.publish_at = clock.now + 2  # a restarted master collecting heartbeats
+    for wid in ("a", "b", "c"):
+        m.heartbeat(WorkerInfo(wid, f"http://{wid}:80"))
+    assert m.ring.epoch == 3 and m.ring.history == ()  # [a] and [a, b] owned nothing: no one had them
+    clock.now += 2
+    m.heartbeat(WorkerInfo("d", "http://d:80"))  # published: [a, b, c] is the earlier membership
+    assert m.ring.history == ((("a", 1), ("b", 1), ("c", 1)),)

@@ -1,9 +1,10 @@
 """What the master accepts as a worker registration: an id and URL by p2pcache.members' rules, sane
-numbers, no takeovers."""
+numbers, the sending process's instance name, no takeovers."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields
 
 import msgpack
@@ -12,13 +13,14 @@ from p2pcache.members import MAX_WEIGHT, InvalidRegistration, check_id, check_ur
 from p2pcache.ring import DRAINING, UP, WorkerInfo
 from p2pcache.sizes import MAX_SIZE, format_size
 
-__all__ = ["InvalidRegistration", "Takeover", "parse_worker", "check_takeover", "STATES"]
+__all__ = ["InvalidRegistration", "Takeover", "parse_worker", "parse_registration", "check_takeover", "STATES"]
 
 # A worker owns chunks only if it can keep them: one that a read is streaming stays (it is
 # pinned) while the read's next chunk is filled, and each file has a trailer past its chunk.
 MIN_CHUNKS = 2
 STATES = frozenset({UP, DRAINING})
 _FIELDS = {f.name for f in fields(WorkerInfo)}
+INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a worker process's name, fresh at each start (MasterClient)
 
 
 class Takeover(ValueError):
@@ -28,6 +30,12 @@ class Takeover(ValueError):
 def parse_worker(body: bytes, content_type: str, chunk_size: int) -> WorkerInfo:
     """A WorkerInfo from a msgpack (or JSON) registration to a ring of `chunk_size` chunks;
     unknown fields are ignored."""
+    return parse_registration(body, content_type, chunk_size)[0]
+
+
+def parse_registration(body: bytes, content_type: str, chunk_size: int) -> tuple[WorkerInfo, str | None]:
+    """parse_worker's WorkerInfo, and the `instance` that sent it (None from workers that do not say:
+    they are from before instances)."""
     try:
         data = json.loads(body) if content_type == "application/json" else msgpack.unpackb(body)
     except Exception as exc:  # msgpack and json raise a variety of errors on bad input
@@ -49,7 +57,10 @@ def parse_worker(body: bytes, content_type: str, chunk_size: int) -> WorkerInfo:
                                   f"master's --chunk-size {format_size(chunk_size)}, not {info.capacity}")
     if info.state not in STATES:
         raise InvalidRegistration(f"state must be one of {', '.join(sorted(STATES))}")
-    return info
+    instance = data.get("instance")
+    if instance is not None and not (isinstance(instance, str) and INSTANCE.fullmatch(instance)):
+        raise InvalidRegistration("instance must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    return info, instance
 
 
 def check_takeover(current: WorkerInfo | None, new: WorkerInfo, authenticated: bool) -> None:

@@ -18,15 +18,15 @@ from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.control import WorkerControl
 from p2pcache.errors import Unavailable
 from p2pcache.httplog import OncePer, QuietParseErrors
-from p2pcache.master_client import MSGPACK
+from p2pcache.master_client import MSGPACK, REPLACED_HEADER
 from p2pcache.metrics import metrics_handler
 from p2pcache.ring import Placement
 from p2pcache.service import Fatal, listening
 
 from .admin import Admin
 from .config import MasterConfig
-from .membership import Membership
-from .registration import InvalidRegistration, Takeover, check_takeover, parse_worker
+from .membership import Membership, Replaced
+from .registration import InvalidRegistration, Takeover, check_takeover, parse_registration
 
 __all__ = ["Master", "OPEN_ROUTES"]
 
@@ -42,7 +42,6 @@ class Master:
     def __init__(self, config: MasterConfig, clock=time.monotonic) -> None:
         self.config = config
         self._clock = clock
-        self._publish_at = 0.0
         self.membership = Membership(
             chunk_size=config.chunk_size, replicas=config.replicas,
             vnodes=config.vnodes, ttl=config.worker_ttl, clock=clock,
@@ -91,7 +90,7 @@ class Master:
         host, port = site._server.sockets[0].getsockname()[:2]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"{'https' if ssl_context else 'http'}://{shown}:{port}"
-        self._publish_at = self._clock() + self.config.startup_grace
+        self.membership.publish_at = self._clock() + self.config.startup_grace
         self._expiry = asyncio.create_task(self._expire_loop())
         log.info("master %s listening on %s", self.membership.ring.master_id, self.url)
 
@@ -126,7 +125,7 @@ class Master:
         a chance to, readers keep the ring they have, and the operator API (status, preload, unpin)
         waits too rather than act on a partial ring.
         """
-        if self._clock() < self._publish_at:
+        if self.membership.starting():
             return f"master starting: collecting heartbeats ({len(self.membership.ring.workers)} workers so far)"
         return None
 
@@ -199,7 +198,8 @@ class Master:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         try:
-            worker = parse_worker(await request.read(), request.content_type, self.config.chunk_size)
+            worker, instance = parse_registration(await request.read(), request.content_type,
+                                                  self.config.chunk_size)
             current = self.membership.worker(worker.id)
             check_takeover(current, worker, authenticated=self._verifier is not None)
         except InvalidRegistration as exc:
@@ -208,17 +208,27 @@ class Master:
             if self._refusals.due(f"takeover {worker.id} {worker.url}"):
                 log.warning("refused registration of %s at %s: %s", worker.id, worker.url, exc)
             raise web.HTTPConflict(text=f"{exc}\n") from None
-        if (replaced := self.membership.at_url(worker)) is not None:
+        replaced, before = self.membership.at_url(worker), self.membership.instance(worker.id)
+        try:
+            changed = self.membership.heartbeat(worker, instance)
+        except Replaced as exc:
+            if self._refusals.due(f"replaced {instance}"):
+                log.warning("refused a heartbeat of %s from %s, a replaced process: %s", worker.id, worker.url, exc)
+            # The header tells the worker this 409 is for good (a Takeover's passes once the old one goes).
+            raise web.HTTPConflict(text=f"{exc}\n", headers={REPLACED_HEADER: "1"}) from None
+        if replaced is not None:
             log.warning("worker %s registered at %s, where %s was: dropped %s from the ring",
                         worker.id, worker.url, replaced, replaced)
-        if self.membership.heartbeat(worker):
+        if before is not None and instance is not None and before != instance:
+            log.info("worker %s restarted (a new process) at %s", worker.id, worker.url)
+        if changed:
             self._notify()
         ring = self.membership.ring
         reply = {"master_id": ring.master_id, "epoch": ring.epoch, "ttl": self.config.worker_ttl}
         return web.Response(body=msgpack.packb(reply), content_type=MSGPACK)
 
     async def leave(self, request: web.Request) -> web.Response:
-        if self.membership.leave(request.match_info["worker_id"]):
+        if self.membership.leave(request.match_info["worker_id"], request.query.get("instance")):
             self._notify()
         return web.Response(body=msgpack.packb({"epoch": self.membership.ring.epoch}),
                             content_type=MSGPACK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import asdict
 
 import aiohttp
@@ -13,32 +14,44 @@ from .auth import Signer
 from .errors import BadRequest, Unauthorized, Unavailable
 from .ring import RingSnapshot, WorkerInfo
 
-__all__ = ["MasterClient", "MSGPACK", "TIMEOUT", "unreachable"]
+__all__ = ["MasterClient", "MSGPACK", "REPLACED_HEADER", "TIMEOUT", "unreachable"]
 
 MSGPACK = "application/msgpack"
 TIMEOUT = 10.0  # seconds a heartbeat or a leave waits for the master, unless told less
+# On the master's 409 to a heartbeat from a process a newer one replaced (the id or the URL is
+# another live process's now): refused for good, unlike the 409 to an unsigned move, which passes.
+REPLACED_HEADER = "X-P2P-Replaced"
 
 
 class MasterClient:
-    """With `signer`, every request carries the cluster signature (loaders need none to read the ring)."""
+    """With `signer`, every request carries the cluster signature (loaders need none to read the ring).
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, signer: Signer | None = None) -> None:
+    `instance` names this process to the master in its heartbeats and its leave (a worker makes one
+    client per start, so a fresh name each time): the newest process of an id holds it, and one that
+    was replaced while still running is refused rather than taking the id back on every beat.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, signer: Signer | None = None,
+                 instance: str | None = None) -> None:
         self._session = session
         self.url = url.rstrip("/")
         self._signer = signer or Signer(None)
+        self.instance = instance or uuid.uuid4().hex
 
     async def heartbeat(self, worker: WorkerInfo, timeout: float = TIMEOUT) -> dict:
         """Register or refresh `worker`; the master's answer: `master_id` and `epoch` of the ring it
         is now in, and (since masters tell it) `ttl`, the seconds of silence after which it is dropped.
-        BadRequest if the master refuses the registration, Unauthorized if it refuses the cluster
-        signature (another secret, none, or a clock too far from its own): it will refuse them again.
-        Unavailable if it does not answer within `timeout` seconds."""
-        body = msgpack.packb(asdict(worker))
+        BadRequest if the master refuses the registration (400), or this process (409: another one has
+        the id or the URL since), Unauthorized if it refuses the cluster signature (another secret,
+        none, or a clock too far from its own): it will refuse them again. Unavailable if it does
+        not answer within `timeout` seconds."""
+        body = msgpack.packb(asdict(worker) | {"instance": self.instance})
         data = await self._call("POST", "/workers", data=body, timeout=timeout, refusable=True)
         return msgpack.unpackb(data)
 
     async def leave(self, worker_id: str, timeout: float = TIMEOUT) -> None:
-        await self._call("DELETE", f"/workers/{worker_id}", timeout=timeout)
+        """Out of the ring, unless another process holds `worker_id` now (the master keeps that one)."""
+        await self._call("DELETE", f"/workers/{worker_id}", params={"instance": self.instance}, timeout=timeout)
 
     async def ring(self, known: tuple[str, int] | None = None, wait: float = 0) -> RingSnapshot:
         """The current ring; with `known` and `wait`, long-poll until it differs."""
@@ -50,8 +63,8 @@ class MasterClient:
 
     async def _call(self, method: str, path: str, timeout: float, params: dict[str, str] | None = None,
                     data: bytes = b"", refusable: bool = False) -> bytes:
-        """The answer's body; with `refusable`, a 400 is BadRequest and a 401 or 403 Unauthorized, with the
-        master's reason."""
+        """The answer's body; with `refusable`, a 400 (or a 409 with REPLACED_HEADER) is BadRequest and a
+        401 or 403 Unauthorized, with the master's reason."""
         url = URL(self.url + path)
         headers = {"Accept": MSGPACK} | self._signer.headers(method, url.path, params, data)
         try:
@@ -60,9 +73,10 @@ class MasterClient:
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 data = await resp.read()
-                if resp.status in (400, 401, 403) and refusable:
+                replaced = resp.status == 409 and REPLACED_HEADER in resp.headers
+                if (resp.status in (400, 401, 403) or replaced) and refusable:
                     reason = " ".join(data.decode(errors="replace").split())[:500]
-                    error = BadRequest if resp.status == 400 else Unauthorized
+                    error = BadRequest if resp.status in (400, 409) else Unauthorized
                     raise error(f"the master at {self.url} refused this worker: {reason}")
                 if resp.status != 200:
                     raise Unavailable(f"master {method} {path}: HTTP {resp.status} {data[:200]!r}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from master.membership import Membership
+import pytest
+
+from master.membership import Membership, Replaced
 from p2pcache.ring import WorkerInfo
 
 
@@ -56,3 +58,64 @@ def test_an_address_answers_as_one_worker_the_latest_registered_there():
     assert [w.id for w in m.ring.workers] == ["a2", "b"]
     clock.now += 11
     assert sorted(m.expire()) == ["a2", "b"]  # nothing left behind for "a"
+
+
+def test_the_newest_process_of_an_id_holds_it_and_the_one_it_replaced_is_refused_not_flapped():
+    clock = Clock()
+    m = Membership(chunk_size=1 << 20, ttl=10, clock=clock)
+    m.heartbeat(WorkerInfo("a", "http://h1:80"), instance="p1")
+    m.heartbeat(WorkerInfo("b", "http://h2:80"), instance="p2")
+    # A second process with --id a, on another address: a restarted pod, taken at once...
+    assert m.heartbeat(WorkerInfo("a", "http://h3:80"), instance="p3")
+    epoch = m.ring.epoch
+    assert [(w.id, w.url) for w in m.ring.workers] == [("a", "http://h3:80"), ("b", "http://h2:80")]
+    # ...but the first one still beats: two live processes. It is refused, every beat, and the ring stays.
+    for _ in range(3):
+        clock.now += 2
+        with pytest.raises(Replaced, match=r"^worker id 'a' was registered since by another process, at "
+                                           r"http://h3:80: two live processes must not share an id"):
+            m.heartbeat(WorkerInfo("a", "http://h1:80"), instance="p1")
+        assert not m.heartbeat(WorkerInfo("a", "http://h3:80"), instance="p3")
+    assert m.ring.epoch == epoch and m.ring.workers[0].url == "http://h3:80"
+    assert not m.leave("a", instance="p1")  # the replaced process's goodbye is not the new one's
+    assert m.instance("a") == "p3" and m.ring.epoch == epoch
+    clock.now += 11  # p1 went quiet (it exits on the refusal): forgotten with the expired
+    m.heartbeat(WorkerInfo("a", "http://h3:80"), instance="p3")
+    assert m.expire() == ["b"] and m._replaced == {}
+    assert m.leave("a", instance="p3") and m.ring.workers == ()
+
+
+def test_the_newest_worker_at_a_url_holds_it_and_the_one_it_replaced_is_refused():
+    m = Membership(chunk_size=1 << 20, ttl=10, clock=Clock())
+    m.heartbeat(WorkerInfo("a", "http://h1:80"), instance="p1")
+    assert m.heartbeat(WorkerInfo("x", "http://h1:80"), instance="p2")  # --advertise of a's URL
+    epoch = m.ring.epoch
+    with pytest.raises(Replaced, match=r"^http://h1:80 was registered since by another worker, 'x': "
+                                       r"two live workers must not share a URL"):
+        m.heartbeat(WorkerInfo("a", "http://h1:80"), instance="p1")
+    assert [w.id for w in m.ring.workers] == ["x"] and m.ring.epoch == epoch
+
+
+def test_a_restart_on_the_same_address_changes_no_ring_and_workers_that_name_no_process_are_never_refused():
+    m = Membership(chunk_size=1 << 20, ttl=10, clock=Clock())
+    a = WorkerInfo("a", "http://h1:80")
+    m.heartbeat(a, instance="p1")
+    epoch = m.ring.epoch
+    assert not m.heartbeat(a, instance="p2") and m.ring.epoch == epoch and m.instance("a") == "p2"
+    with pytest.raises(Replaced):
+        m.heartbeat(a, instance="p1")
+    # Workers from before instances: the last registration holds the id, as it always did.
+    assert m.heartbeat(WorkerInfo("a", "http://h2:80")) and m.heartbeat(WorkerInfo("a", "http://h3:80"))
+    assert m.ring.workers[0].url == "http://h3:80" and m.instance("a") is None
+
+
+def test_memberships_of_a_ring_not_yet_published_are_no_earlier_owners():
+    clock = Clock()
+    m = Membership(chunk_size=1 << 20, ttl=10, clock=clock)
+    m.publish_at = clock.now + 2  # a restarted master collecting heartbeats
+    for wid in ("a", "b", "c"):
+        m.heartbeat(WorkerInfo(wid, f"http://{wid}:80"))
+    assert m.ring.epoch == 3 and m.ring.history == ()  # [a] and [a, b] owned nothing: no one had them
+    clock.now += 2
+    m.heartbeat(WorkerInfo("d", "http://d:80"))  # published: [a, b, c] is the earlier membership
+    assert m.ring.history == ((("a", 1), ("b", 1), ("c", 1)),)

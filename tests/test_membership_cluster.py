@@ -10,6 +10,8 @@ import aiohttp
 from conftest import CHUNK, wait_for
 from master.config import MasterConfig
 from master.server import Master
+from p2pcache.auth import Signer
+from p2pcache.master_client import MasterClient
 from worker.membership import announce_delay, call_timeout
 
 
@@ -80,6 +82,8 @@ async def test_reads_work_without_the_master_and_workers_rejoin_a_restarted_one(
                                                   for w in cluster.workers)
         await wait_for(rejoined, what="the workers to rejoin the new master")
         assert min(smallest) == 3  # the grace period kept a partial ring from being published
+        # ...and its partial memberships, which no one was given, are nobody's earlier owners.
+        assert cluster.master.membership.ring.history == ()
         assert cluster.master.membership.ring.master_id != old.membership.ring.master_id
         for w in cluster.workers:
             async with http.get(f"{w.url}/_p2p/ready") as resp:
@@ -133,3 +137,45 @@ def test_a_drain_is_announced_again_until_too_little_of_it_is_left_and_no_call_o
     assert announce_delay(1, 0.3) is None and announce_delay(5, 1.2) is None
     assert call_timeout(30.0) == 10.0 and call_timeout(2.0) == 2.0
     assert call_timeout(0.1) == call_timeout(-5.0) == 0.25  # past the deadline: one short try, never "no timeout"
+
+
+async def beats(membership, worker_id: str, n: int) -> None:
+    """Until the master has heard `n` more heartbeats of `worker_id`."""
+    heard = [membership._seen[worker_id]]
+    def more():
+        if membership._seen[worker_id] != heard[-1]:
+            heard.append(membership._seen[worker_id])
+        return len(heard) > n
+    await wait_for(more, what=f"{n} heartbeats of {worker_id}")
+
+
+async def test_a_second_live_process_with_an_id_takes_it_and_the_first_stops_claiming_it(cluster_factory):
+    cluster = await cluster_factory(2, heartbeat=0.2)
+    w0, w1 = cluster.workers
+    dup = await cluster.add_worker(worker_id="w1")  # another port and cache dir: a misconfigured pod
+    fatal = await asyncio.wait_for(w1.fatal(), timeout=15)
+    assert str(fatal) == (f"the master at {cluster.master.url} refused this worker: worker id 'w1' was registered "
+                          f"since by another process, at {dup.url}: two live processes must not share an id (--id)")
+    membership = cluster.master.membership
+    epoch = membership.ring.epoch
+    assert [(w.id, w.url) for w in membership.ring.workers] == [("w0", w0.url), ("w1", dup.url)]
+    # A goodbye from another process than the one holding the id leaves it in the ring.
+    await MasterClient(cluster.session, cluster.master.url, Signer(cluster.secret)).leave("w1")
+    await beats(membership, "w1", 3)
+    assert membership.ring.epoch == epoch and membership.worker("w1").url == dup.url
+    await w1.stop()  # no drain, no leave: the id is not its own any more
+    assert [(w.id, w.url) for w in membership.ring.workers] == [("w0", w0.url), ("w1", dup.url)]
+
+
+async def test_a_second_live_worker_at_a_url_takes_it_and_the_first_stops_claiming_it(cluster_factory):
+    cluster = await cluster_factory(2, heartbeat=0.2)
+    w0, w1 = cluster.workers
+    dup = await cluster.add_worker(worker_id="wX", advertise=w1.url)  # --advertise of w1's address
+    fatal = await asyncio.wait_for(w1.fatal(), timeout=15)
+    assert str(fatal) == (f"the master at {cluster.master.url} refused this worker: {w1.url} was registered "
+                          f"since by another worker, 'wX': two live workers must not share a URL (--advertise)")
+    membership = cluster.master.membership
+    epoch = membership.ring.epoch
+    await beats(membership, "wX", 3)
+    assert membership.ring.epoch == epoch and [w.id for w in membership.ring.workers] == ["w0", "wX"]
+    assert dup.url == w1.url

@@ -7,7 +7,7 @@ import json
 import msgpack
 import pytest
 
-from master.registration import InvalidRegistration, Takeover, check_takeover, parse_worker
+from master.registration import InvalidRegistration, Takeover, check_takeover, parse_registration, parse_worker
 from p2pcache.members import MAX_WEIGHT, check_url
 from p2pcache.ring import DRAINING, WorkerInfo
 
@@ -88,3 +88,12 @@ def test_an_id_moves_to_another_url_only_with_the_secret():
     check_takeover(old, new, authenticated=True)  # a restarted pod with a new address
     with pytest.raises(Takeover, match="needs the cluster secret"):
         check_takeover(old, new, authenticated=False)
+
+
+def test_a_registration_names_the_process_that_sent_it_or_not():
+    parse = lambda **changes: parse_registration(msgpack.packb(GOOD | changes), "application/msgpack", CHUNK)  # noqa: E731
+    assert parse(instance="0f3a9c") == (WorkerInfo(**GOOD), "0f3a9c")
+    assert parse() == (WorkerInfo(**GOOD), None)  # a worker from before instances
+    for instance in ("", "a" * 65, "a b", 7, ["x"]):
+        with pytest.raises(InvalidRegistration, match="instance"):
+            parse(instance=instance)

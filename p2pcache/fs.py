@@ -98,11 +98,7 @@ class P2PCacheFileSystem(AsyncFileSystem):
     async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs) -> bytes:
         bucket, key = self._split_file(path)
         client = await self._get_client()
-        try:
-            if (start or 0) < 0 or (end or 0) < 0:  # fsspec counts negative offsets from the end
-                size = (await client.stat(bucket, key)).size
-                start = max(0, size + start) if start and start < 0 else start
-                end = max(0, size + end) if end is not None and end < 0 else end
+        try:  # negative offsets count from the end of the version read (the client resolves them)
             return await client.read(bucket, key, start or 0, end)
         except NotFound as exc:
             raise FileNotFoundError(path) from exc

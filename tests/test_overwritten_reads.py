@@ -11,12 +11,22 @@ import asyncio
 import random
 import sys
 
+import fsspec
 import pytest
 
 from conftest import CHUNK
 from p2pcache import Client
+from p2pcache.fs import P2PCacheFileSystem
 
 REMEMBER = 600.0  # a worker's --meta-ttl that outlasts any test: it keeps version 1 until told
+
+
+@pytest.fixture(autouse=True)
+def close_filesystems():
+    yield
+    for fs in list(P2PCacheFileSystem._cache.values()):
+        fs.close()
+    P2PCacheFileSystem.clear_instance_cache()
 
 
 def body(size: int, seed: int, tail: bytes = b"") -> bytes:
@@ -86,3 +96,19 @@ async def _joined(pieces) -> bytes:
 async def _downloaded(client: Client, bucket: str, key: str, path) -> bytes:
     await client.download(bucket, key, path)
     return path.read_bytes()
+
+
+@pytest.mark.parametrize("sizes", [(3 * CHUNK, 5 * CHUNK), (5 * CHUNK, 3 * CHUNK + 7)], ids=["grown", "shrunk"])
+async def test_fsspec_negative_offsets_are_the_new_versions_end(cluster_factory, s3_client, bucket, sizes):
+    cluster = await cluster_factory(3, meta_ttl=REMEMBER)
+    v1, v2 = body(sizes[0], 5, b"FOOTER_1"), body(sizes[1], 6, b"FOOTER_2")
+    fs = fsspec.filesystem("p2pcache", master=cluster.master.url, skip_instance_cache=True)
+    reads = {  # a Parquet reader's footer, and ranges that end before the end
+        "tail": (lambda p: fs.cat_file(p, start=-8), v2[-8:]),
+        "body": (lambda p: fs.cat_file(p, start=3, end=-8), v2[3:-8]),
+        "ranges": (lambda p: fs.cat_ranges([p], [-(CHUNK + 8)], [None])[0], v2[-(CHUNK + 8):]),
+    }
+    for key, (read, want) in reads.items():
+        await overwritten(cluster, s3_client, bucket, key, v1, v2)
+        assert await asyncio.to_thread(fs.size, f"{bucket}/{key}") == len(v1)  # the client remembers v1
+        assert await asyncio.to_thread(read, f"{bucket}/{key}") == want, key

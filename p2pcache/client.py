@@ -137,9 +137,10 @@ class Client:
     def chunk_size(self) -> int:
         return self.placement.ring.chunk_size
 
-    async def stat(self, bucket: str, key: str) -> ObjectInfo:
-        """The object's identity (ETag, size), from a worker's HEAD; cached for `meta_ttl` seconds."""
-        return await self._object(bucket, key)
+    async def stat(self, bucket: str, key: str, fresh: bool = False) -> ObjectInfo:
+        """The object's identity (ETag, size), from a worker's HEAD; cached for `meta_ttl` seconds
+        (`fresh`: not taken from that cache, asked now, as `open` does)."""
+        return await self._object(bucket, key, fresh)
 
     async def read(self, bucket: str, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes `[start, end)` of the object, as `data[start:end]` would be: clamped to its size, a
@@ -152,7 +153,7 @@ class Client:
         try:
             return await self.read_range(info, *slice_range(start, end, info.size))
         except ObjectChanged as exc:  # nothing was returned yet: start over, once, on the new version
-            info = await self._reresolve(bucket, key, exc)
+            info = await self.reresolve(bucket, key, exc)
         return await self.read_range(info, *slice_range(start, end, info.size))
 
     async def stream(self, bucket: str, key: str, start: int = 0,
@@ -172,7 +173,7 @@ class Client:
             except ObjectChanged as exc:
                 if sent or attempt == 2:
                     raise
-                info = await self._reresolve(bucket, key, exc)
+                info = await self.reresolve(bucket, key, exc)
 
     async def download(self, bucket: str, key: str, path: str | os.PathLike,
                        progress: Callable[[int, int], None] | None = None, *,
@@ -203,7 +204,7 @@ class Client:
             try:
                 await self._write_at(fd, info, start, end, progress)
             except ObjectChanged as exc:  # nothing is in place yet: start over, once
-                info = await self._reresolve(bucket, key, exc)
+                info = await self.reresolve(bucket, key, exc)
                 await _on_fd(os.ftruncate, fd, 0)
                 await self._write_at(fd, info, start, end, progress)
             await _on_fd(os.fsync, fd)
@@ -253,7 +254,7 @@ class Client:
             except ObjectChanged as exc:  # the buffer holds nothing trustworthy yet: start over, once
                 if attempt == 2:
                     raise
-                info = await self._reresolve(bucket, key, exc)
+                info = await self.reresolve(bucket, key, exc)
         raise AssertionError("unreachable")
 
     async def _fill(self, info: ObjectInfo, start: int, stop: int, view: memoryview) -> None:
@@ -287,8 +288,9 @@ class Client:
                                     lambda w: self._workers.head(w, bucket, key))
         return self._remember(info)
 
-    async def _reresolve(self, bucket: str, key: str, changed: ObjectChanged) -> ObjectInfo:
-        """The new version, best asked of the worker that saw the change: its metadata is fresh."""
+    async def reresolve(self, bucket: str, key: str, changed: ObjectChanged) -> ObjectInfo:
+        """The version that replaced the one a read failed `changed` on, best asked of the worker
+        that saw the change: its metadata is fresh (another may still answer with the old one)."""
         self._meta.pop((bucket, key), None)
         worker = getattr(changed, "worker", None)
         if worker is not None:

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import CHUNK
 from p2pcache import Client
-from p2pcache.fs import P2PCacheFileSystem
+from p2pcache.errors import ObjectChanged
+from p2pcache.fs import FileExpired, P2PCacheFileSystem
 
 REMEMBER = 600.0  # a worker's --meta-ttl that outlasts any test: it keeps version 1 until told
 
@@ -112,3 +113,57 @@ async def test_fsspec_negative_offsets_are_the_new_versions_end(cluster_factory,
         await overwritten(cluster, s3_client, bucket, key, v1, v2)
         assert await asyncio.to_thread(fs.size, f"{bucket}/{key}") == len(v1)  # the client remembers v1
         assert await asyncio.to_thread(read, f"{bucket}/{key}") == want, key
+
+
+async def test_fsspec_open_is_on_the_workers_version_not_the_clients(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(3, meta_ttl=0)  # the workers see each overwrite at once
+    v1, v2 = body(3 * CHUNK, 7), body(4 * CHUNK + 1, 8)
+    s3_client.put_object(Bucket=bucket, Key="m", Body=v1)
+    fs = fsspec.filesystem("p2pcache", master=cluster.master.url, skip_instance_cache=True)
+
+    def scenario() -> None:
+        assert fs.size(f"{bucket}/m") == len(v1)  # the client remembers v1 for its meta_ttl
+        s3_client.put_object(Bucket=bucket, Key="m", Body=v2)
+        with fs.open(f"{bucket}/m") as f:
+            assert f.size == len(v2) and f.read() == v2
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_fsspec_file_that_returned_nothing_moves_to_a_same_size_version(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(3, meta_ttl=REMEMBER)
+    v1, v2 = body(4 * CHUNK, 9), body(4 * CHUNK, 10)
+    await overwritten(cluster, s3_client, bucket, "m", v1, v2)
+    fs = fsspec.filesystem("p2pcache", master=cluster.master.url, skip_instance_cache=True)
+
+    def scenario() -> None:
+        with fs.open(f"{bucket}/m", block_size=CHUNK) as f:  # opened on v1, the version the workers have
+            f.seek(-10, 2)  # an offset from f.size: the same in v2
+            assert f.read() == v2[-10:]
+            f.seek(0)
+            assert f.read() == v2
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_fsspec_file_whose_version_changed_fails_with_an_oserror(cluster_factory, s3_client, bucket):
+    """After a byte is out, or to another size (offsets from f.size would be wrong), it never moves."""
+    cluster = await cluster_factory(3, meta_ttl=REMEMBER)
+    v1, v2 = body(4 * CHUNK, 11), body(4 * CHUNK, 12)
+    s3_client.put_object(Bucket=bucket, Key="cut", Body=v1)
+    await overwritten(cluster, s3_client, bucket, "other", v1, v2[:-1])
+    fs = fsspec.filesystem("p2pcache", master=cluster.master.url, skip_instance_cache=True)
+
+    def scenario() -> None:
+        with fs.open(f"{bucket}/cut", block_size=CHUNK) as f:
+            assert f.read(10) == v1[:10]
+            s3_client.put_object(Bucket=bucket, Key="cut", Body=v2)  # same size
+            f.seek(3 * CHUNK)  # a chunk not read yet: at S3 only v2 is left
+            with pytest.raises(FileExpired) as cut:
+                f.read(10)
+        with fs.open(f"{bucket}/other") as f, pytest.raises(OSError) as other_size:
+            f.read()
+        for exc in (cut.value, other_size.value):  # what fsspec's callers catch, and what ours do
+            assert isinstance(exc, OSError) and isinstance(exc, ObjectChanged) and "changed" in str(exc)
+
+    await asyncio.to_thread(scenario)

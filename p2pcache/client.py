@@ -26,7 +26,7 @@ from .master_client import MasterClient
 from .members import service_url
 from .objects import ChunkId, ObjectInfo
 from .rangereader import RangeReader
-from .ranges import chunk_spans
+from .ranges import chunk_spans, slice_range
 from .ring import Placement, WorkerInfo
 from .ringview import RingView
 from .signer import signer_from
@@ -137,25 +137,31 @@ class Client:
     def chunk_size(self) -> int:
         return self.placement.ring.chunk_size
 
-    async def stat(self, bucket: str, key: str) -> ObjectInfo:
-        """The object's identity (ETag, size), from a worker's HEAD; cached for `meta_ttl` seconds."""
-        return await self._object(bucket, key)
+    async def stat(self, bucket: str, key: str, fresh: bool = False) -> ObjectInfo:
+        """The object's identity (ETag, size), from a worker's HEAD; cached for `meta_ttl` seconds
+        (`fresh`: not taken from that cache, asked now, as `open` does)."""
+        return await self._object(bucket, key, fresh)
 
     async def read(self, bucket: str, key: str, start: int = 0, end: int | None = None) -> bytes:
-        """Bytes `[start, end)` of the object, `end` clamped to its size."""
+        """Bytes `[start, end)` of the object, as `data[start:end]` would be: clamped to its size, a
+        negative offset counted from its end (`start=-8`: the last 8 bytes).
+
+        Every call here that takes offsets resolves them against the version it reads: one that
+        starts over on a new version takes `start=-8` (or `end=None`) of that version's size.
+        """
         info = await self._object(bucket, key)
         try:
-            return await self.read_range(info, *_clamp(info, start, end))
+            return await self.read_range(info, *slice_range(start, end, info.size))
         except ObjectChanged as exc:  # nothing was returned yet: start over, once, on the new version
-            info = await self._reresolve(bucket, key, exc)
-        return await self.read_range(info, *_clamp(info, start, end))
+            info = await self.reresolve(bucket, key, exc)
+        return await self.read_range(info, *slice_range(start, end, info.size))
 
     async def stream(self, bucket: str, key: str, start: int = 0,
                      end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes `[start, end)` in order, one chunk span at a time, `concurrency` spans in flight."""
         info, sent = await self._object(bucket, key), False
         for attempt in (1, 2):
-            a, b = _clamp(info, start, end)
+            a, b = slice_range(start, end, info.size)
             size = self.chunk_size
             try:
                 async with contextlib.aclosing(self._window(
@@ -167,7 +173,7 @@ class Client:
             except ObjectChanged as exc:
                 if sent or attempt == 2:
                     raise
-                info = await self._reresolve(bucket, key, exc)
+                info = await self.reresolve(bucket, key, exc)
 
     async def download(self, bucket: str, key: str, path: str | os.PathLike,
                        progress: Callable[[int, int], None] | None = None, *,
@@ -198,7 +204,7 @@ class Client:
             try:
                 await self._write_at(fd, info, start, end, progress)
             except ObjectChanged as exc:  # nothing is in place yet: start over, once
-                info = await self._reresolve(bucket, key, exc)
+                info = await self.reresolve(bucket, key, exc)
                 await _on_fd(os.ftruncate, fd, 0)
                 await self._write_at(fd, info, start, end, progress)
             await _on_fd(os.fsync, fd)
@@ -229,7 +235,8 @@ class Client:
         return result if isinstance(result, bytes) else bytes(result)
 
     async def read_into(self, bucket: str, key: str, buffer, start: int = 0) -> int:
-        """Fill the writable `buffer` with the object's bytes from `start`; how many there were.
+        """Fill the writable `buffer` with the object's bytes from `start` (negative: counted from the
+        end); how many there were.
 
         The fastest way into memory: each chunk is received straight into its place in
         `buffer` (a bytearray, an mmap, a NumPy array...), with no copy and no allocation.
@@ -239,14 +246,15 @@ class Client:
             raise ValueError("read_into needs a writable buffer")
         info = await self._object(bucket, key)
         for attempt in (1, 2):
-            a, b = _clamp(info, start, start + len(view))
+            a, _ = slice_range(start, None, info.size)
+            b = min(info.size, a + len(view))
             try:
                 await self._fill(info, a, b, view[:b - a])
                 return b - a
             except ObjectChanged as exc:  # the buffer holds nothing trustworthy yet: start over, once
                 if attempt == 2:
                     raise
-                info = await self._reresolve(bucket, key, exc)
+                info = await self.reresolve(bucket, key, exc)
         raise AssertionError("unreachable")
 
     async def _fill(self, info: ObjectInfo, start: int, stop: int, view: memoryview) -> None:
@@ -280,8 +288,9 @@ class Client:
                                     lambda w: self._workers.head(w, bucket, key))
         return self._remember(info)
 
-    async def _reresolve(self, bucket: str, key: str, changed: ObjectChanged) -> ObjectInfo:
-        """The new version, best asked of the worker that saw the change: its metadata is fresh."""
+    async def reresolve(self, bucket: str, key: str, changed: ObjectChanged) -> ObjectInfo:
+        """The version that replaced the one a read failed `changed` on, best asked of the worker
+        that saw the change: its metadata is fresh (another may still answer with the old one)."""
         self._meta.pop((bucket, key), None)
         worker = getattr(changed, "worker", None)
         if worker is not None:
@@ -298,7 +307,7 @@ class Client:
 
     async def _write_at(self, fd: int, info: ObjectInfo, start: int, end: int | None,
                         progress: Callable[[int, int], None] | None) -> None:
-        a, b = _clamp(info, start, end)
+        a, b = slice_range(start, end, info.size)
         size, loop, done = self.chunk_size, asyncio.get_running_loop(), 0
         free: list[bytearray] = []  # at most `concurrency` chunk buffers, reused: no page faults per chunk
 
@@ -374,14 +383,6 @@ class Client:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _clamp(info: ObjectInfo, start: int, end: int | None) -> tuple[int, int]:
-    if start < 0 or (end is not None and end < 0):
-        raise ValueError(f"negative offsets are not supported: start={start} end={end}")
-    stop = info.size if end is None else min(end, info.size)
-    start = min(start, info.size)
-    return start, max(start, stop)
 
 
 def _spans(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:

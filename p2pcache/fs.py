@@ -6,17 +6,29 @@ import asyncio
 import contextlib
 import errno
 import os
+import threading
 import weakref
 
 from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.spec import AbstractBufferedFile
 
 from .client import Client
-from .errors import NotFound, P2PError
+from .errors import NotFound, ObjectChanged, P2PError
 from .objects import ObjectInfo
 from .signer import signer_from
 
-__all__ = ["P2PCacheFileSystem", "P2PCacheFile"]
+__all__ = ["P2PCacheFileSystem", "P2PCacheFile", "FileExpired"]
+
+
+class FileExpired(ObjectChanged, OSError):
+    """The version a read was on is gone from S3: an OSError for fsspec's callers (errno EBUSY and
+    the name of s3fs's error for the same case), still an ObjectChanged."""
+
+    def __init__(self, message: str) -> None:
+        OSError.__init__(self, errno.EBUSY, message)
+
+    def __reduce__(self):  # pickled with its message, not OSError's (errno, message)
+        return type(self), (self.strerror,)
 
 
 class P2PCacheFileSystem(AsyncFileSystem):
@@ -98,14 +110,12 @@ class P2PCacheFileSystem(AsyncFileSystem):
     async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs) -> bytes:
         bucket, key = self._split_file(path)
         client = await self._get_client()
-        try:
-            if (start or 0) < 0 or (end or 0) < 0:  # fsspec counts negative offsets from the end
-                size = (await client.stat(bucket, key)).size
-                start = max(0, size + start) if start and start < 0 else start
-                end = max(0, size + end) if end is not None and end < 0 else end
+        try:  # negative offsets count from the end of the version read (the client resolves them)
             return await client.read(bucket, key, start or 0, end)
         except NotFound as exc:
             raise FileNotFoundError(path) from exc
+        except ObjectChanged as exc:
+            raise FileExpired(str(exc)) from exc
 
     async def _ls(self, path: str, detail: bool = True, **kwargs):
         bucket, key = self._split(path)
@@ -147,14 +157,30 @@ class P2PCacheFileSystem(AsyncFileSystem):
     async def _pin(self, path: str) -> tuple[ObjectInfo, int]:
         bucket, key = self._split_file(path)
         client = await self._get_client()
-        try:
-            return await client.stat(bucket, key), client.chunk_size
+        try:  # nothing is read yet: the version the workers have now, not the client's remembered one
+            return await client.stat(bucket, key, fresh=True), client.chunk_size
         except NotFound as exc:
             raise FileNotFoundError(path) from exc
 
-    async def _read_pinned(self, info: ObjectInfo, start: int, end: int) -> bytes:
+    async def _read_pinned(self, info: ObjectInfo, start: int, end: int,
+                           may_move: bool) -> tuple[bytes, ObjectInfo]:
+        """Bytes `[start, end)` of version `info`, and `info`; else, if the file `may_move` (it has
+        returned nothing yet), of the version that replaced it if that has the same size (every
+        offset the caller took from the file's size still means the same), and that version.
+        Any other change is a FileExpired."""
         client = await self._get_client()
-        return await client.read_range(info, min(start, info.size), min(end, info.size))
+        try:
+            return await client.read_range(info, min(start, info.size), min(end, info.size)), info
+        except ObjectChanged as exc:
+            changed = exc
+        if may_move:
+            new = await client.reresolve(info.bucket, info.key, changed)
+            if new.size == info.size:
+                try:
+                    return await client.read_range(new, min(start, new.size), min(end, new.size)), new
+                except ObjectChanged as exc:
+                    changed = exc
+        raise FileExpired(f"{changed} (the file was opened on ETag {info.etag}, {info.size} bytes)") from changed
 
     async def _is_prefix(self, client: Client, bucket: str, key: str) -> bool:
         try:
@@ -171,14 +197,29 @@ class P2PCacheFileSystem(AsyncFileSystem):
 
 
 class P2PCacheFile(AbstractBufferedFile):
-    """An fsspec file of one version of an object: every range is read with its ETag pinned."""
+    """An fsspec file of one version of an object: every range is read with its ETag pinned.
+
+    Opened on the version the workers have (not one the client remembers); if that one is gone
+    before the file returned a byte, the file moves to its successor of the same size. A change
+    after that, or to another size, fails the read with FileExpired (an OSError).
+    """
 
     def __init__(self, fs: P2PCacheFileSystem, path: str, info: ObjectInfo, **kwargs) -> None:
         self.object_info = info
+        self._returned = False  # a fetch succeeded: the caller may hold bytes of `object_info`
+        self._lock = threading.Lock()  # fsspec's "background" cache fetches from another thread too
         super().__init__(fs, path, mode="rb", size=info.size, **kwargs)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        return sync(self.fs.loop, self.fs._read_pinned, self.object_info, start, end)
+        with self._lock:
+            pinned, may_move = self.object_info, not self._returned
+        data, read = sync(self.fs.loop, self.fs._read_pinned, pinned, start, end, may_move)
+        with self._lock:  # a fetch that moved, racing one that returned the old version: never both
+            if self._returned and read.etag != self.object_info.etag:
+                raise FileExpired(f"s3://{read.bucket}/{read.key} changed while the file was read "
+                                  f"(ETag {self.object_info.etag}, now {read.etag})")
+            self.object_info, self._returned = read, True
+        return data
 
 
 def _file_entry(info: ObjectInfo) -> dict:

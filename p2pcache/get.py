@@ -15,7 +15,7 @@ from .cli import describe, run_command
 from .client import Client
 from .config import add_flag, add_reader_key_flags, master_url, number_arg, reader_key, split_s3_url
 from .errors import NotFound, ObjectChanged, RangeNotSatisfiable
-from .ranges import parse_range
+from .ranges import parse_range, range_offsets
 from .sizes import format_size
 
 __all__ = ["add_arguments", "main", "parse_url", "Progress"]
@@ -83,19 +83,22 @@ async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
     tls.check("", "", args.tls_ca)
     async with Client(args.master, concurrency=args.concurrency, tls_ca=args.tls_ca, **reader_key(args)) as client:
         info = await client.stat(bucket, key)
-        start, stop = 0, info.size
+        start, end, length = 0, None, info.size
         if args.byte_range:
-            rng = parse_range(f"bytes={args.byte_range}", info.size)
-            if rng is None:  # _range_arg refused what parse_range ignores: not reached
+            header = f"bytes={args.byte_range}"
+            rng, offsets = parse_range(header, info.size), range_offsets(header)
+            if rng is None or offsets is None:  # _range_arg refused what parse_range ignores: not reached
                 raise ValueError(f"invalid range {args.byte_range!r}: use A-B with A <= B")
-            start, stop = rng.start, rng.stop
-        show = args.progress or (sys.stderr.isatty() and stop - start >= PROGRESS_MIN)
+            # The client gets the range as asked (-N stays the last N bytes, A- to the end): a read
+            # that starts over on a version of another size resolves it against that size.
+            (start, end), length = offsets, rng.length
+        show = args.progress or (sys.stderr.isatty() and length >= PROGRESS_MIN)
         progress = Progress(sys.stderr) if show else None
         try:
             if args.output == "-":
-                await _to_stdout(client.stream(bucket, key, start, stop), stop - start, progress)
+                await _to_stdout(client.stream(bucket, key, start, end), length, progress)
             else:
-                await client.download(bucket, key, args.output, progress, start=start, end=stop)
+                await client.download(bucket, key, args.output, progress, start=start, end=end)
         finally:  # an error's line starts on a line of its own
             if progress:
                 progress.finish()

@@ -7,7 +7,7 @@ from typing import Iterator, NamedTuple
 
 from .errors import RangeNotSatisfiable
 
-__all__ = ["ByteRange", "parse_range", "chunk_count", "chunk_length", "chunk_spans"]
+__all__ = ["ByteRange", "parse_range", "slice_range", "range_offsets", "chunk_count", "chunk_length", "chunk_spans"]
 
 # Blanks around "=" and "-" are tolerated; inside a number they make the header invalid ("1 0" is not 10).
 # The unit is case-insensitive (RFC 9110: `BYTES=0-5` is a range).
@@ -58,6 +58,34 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         raise RangeNotSatisfiable(size)
     stop = size if last == "" else min(_number(last) + 1, size)
     return ByteRange(start, stop, size)
+
+
+def slice_range(start: int, end: int | None, size: int) -> tuple[int, int]:
+    """The half-open `[a, b)` that `start` and `end` select in `size` bytes, as a Python slice does.
+
+    A negative offset counts from the end (`start=-n`: the last n bytes), `end=None` is the end,
+    and both are clamped to the object. Offsets stay in this form until a version is known:
+    a read that starts over on another version resolves them again against its size.
+    """
+    a = max(0, size + start) if start < 0 else min(start, size)
+    b = size if end is None else max(0, size + end) if end < 0 else min(end, size)
+    return a, max(a, b)
+
+
+def range_offsets(header: str) -> tuple[int, int | None] | None:
+    """The `(start, end)` of `slice_range` that a `Range` header names, before any size is known:
+    `bytes=a-b` -> (a, b + 1), `bytes=a-` -> (a, None), `bytes=-n` -> (-n, None); None where
+    `parse_range` ignores the header. Numbers are capped as there (past every object)."""
+    match = _RANGE.fullmatch(header)
+    if not match or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # `-0` selects nothing (parse_range: unsatisfiable)
+        n = _number(last)
+        return (-n, None) if n else (0, 0)
+    if last != "" and _digits_below(last, first):
+        return None
+    return _number(first), None if last == "" else _number(last) + 1
 
 
 def _digits_below(a: str, b: str) -> bool:

@@ -7,7 +7,7 @@ from hypothesis import assume, given, strategies as st
 
 from p2pcache.errors import RangeNotSatisfiable
 from p2pcache.objects import ObjectInfo
-from p2pcache.ranges import ByteRange, chunk_count, chunk_length, chunk_spans, parse_range
+from p2pcache.ranges import ByteRange, chunk_count, chunk_length, chunk_spans, parse_range, range_offsets, slice_range
 
 sizes = st.integers(min_value=0, max_value=10**12)
 
@@ -76,6 +76,16 @@ def test_suffix_range_is_the_tail(size, n):
         assert parse_range(header, size) == ByteRange(max(0, size - n), size, size)
 
 
+offsets = st.one_of(st.none(), st.integers(-300, 300))
+
+
+@given(start=st.integers(-300, 300), end=offsets, size=st.integers(0, 200))
+def test_offsets_select_what_a_slice_of_the_object_selects(start, end, size):
+    data = bytes(range(size))
+    a, b = slice_range(start, end, size)
+    assert 0 <= a <= b <= size and data[a:b] == data[start:end]
+
+
 @given(size=st.integers(0, 10**10), chunk=st.integers(1, 2**30))
 def test_chunk_lengths_add_up_to_the_object(size, chunk):
     n = chunk_count(size, chunk)
@@ -139,6 +149,22 @@ def test_numbers_of_any_length_parse_like_unbounded_ints(first, last, size):
     except RangeNotSatisfiable:
         got = "416"
     assert got == _reference(header, size)
+
+
+@given(first=digit_runs, last=digit_runs, size=st.integers(0, 10**6))
+def test_a_headers_offsets_resolve_to_the_range_it_selects_at_any_size(first, last, size):
+    """What `p2pcache get --range` passes down, resolved only once the version read is known."""
+    assume(first or last)
+    header = f"bytes={first}-{last}"
+    try:
+        want = parse_range(header, size)
+    except RangeNotSatisfiable:
+        return  # refused against the size first; the offsets are not used
+    got = range_offsets(header)
+    if want is None and first:  # ignored (last < first): no offsets either
+        assert got is None
+    else:  # a suffix of an empty object is all of it: no range, and no bytes
+        assert slice_range(*got, size) == ((want.start, want.stop) if want else (0, 0))
 
 
 @given(size=sizes, chunk_size=st.integers(min_value=1, max_value=1 << 30), index=st.integers(0, 10**6))

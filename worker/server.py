@@ -209,6 +209,8 @@ class Worker:
         scheme = "https" if server_ssl else "http"
         self.address = (host, port)  # where it listens (its URL may be --advertise's)
         self.url = cfg.advertise or f"{scheme}://{_reachable(host)}:{port}"
+        if cfg.advertise:
+            await _check_advertised(session, self.url, self.id)
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,
                                      cfg.heartbeat_interval, self._on_ring)
@@ -488,6 +490,22 @@ class Worker:
         if request.query.get("keep") == "1":  # a kept chunk stays kept with its new owner
             await self.keeps.add(c)
         return web.json_response({"copied": copied})
+
+
+async def _check_advertised(session: aiohttp.ClientSession, url: str, me: str) -> None:
+    """Fatal if `url` (our --advertise) answers as another worker: a second worker given a live
+    one's URL would take it from the master (the newest process holds a URL) and stop the one
+    that serves it. Not answering (a proxy not set up yet, a network without hairpin) proves
+    nothing: then the start goes on."""
+    try:
+        async with session.get(url + "/_p2p/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            body = await resp.json() if resp.status == 200 else None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+        return
+    other = body.get("id") if isinstance(body, dict) else None
+    if isinstance(other, str) and other != me:
+        raise Fatal(f"--advertise {url} answers as worker {other!r}, not as this one ({me!r}): "
+                    f"two workers must not share a URL")
 
 
 def _reachable(host: str) -> str:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import aiohttp
+import pytest
 
 from conftest import CHUNK, wait_for
 from master.config import MasterConfig
 from master.server import Master
+from p2pcache.service import Fatal
+from worker.server import Worker
 
 
 async def read(http, url):
@@ -124,3 +128,21 @@ async def test_a_worker_the_master_comes_to_refuse_stops_heartbeating_and_says_w
     assert str(fatal).endswith(f"refused this worker: invalid worker registration: capacity must hold 2 chunks, "
                                f"{4 * CHUNK} bytes at the master's --chunk-size 512KiB, not {3 * CHUNK}")
     assert cluster.master.membership.ring.workers == ()
+
+
+async def test_a_worker_id_file_naming_another_worker_through_dots_leaves_that_worker_in_the_ring(
+        cluster_factory, tmp_path):
+    """`x/../w0` in a cache dir's worker-id: the worker stops before it registers, and so sends no
+    leave (it went out as DELETE /workers/x/../w0, which the client resolved to w0's)."""
+    cluster = await cluster_factory(1)
+    epoch = cluster.master.membership.ring.epoch
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "worker-id").write_text("x/../w0\n")
+    worker = Worker(replace(cluster.workers[0].config, worker_id=None, port=0, cache_dir=tmp_path / "x"))
+    with pytest.raises(Fatal) as stopped:
+        await worker.start()
+    await worker.stop()
+    assert [w.id for w in cluster.master.membership.ring.workers] == ["w0"]
+    assert cluster.master.membership.ring.epoch == epoch
+    assert str(stopped.value).startswith(f"worker id file {tmp_path / 'x' / 'worker-id'} holds 'x/../w0', not an id")
+

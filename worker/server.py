@@ -139,8 +139,13 @@ class Worker:
             self._lock = await asyncio.to_thread(cachedir.lock, cfg.cache_dir)
         except OSError as exc:  # another worker runs on this cache dir
             raise Fatal(exc.strerror) from exc
+        try:
+            self.id = self.id or await asyncio.to_thread(cachedir.worker_id, cfg.cache_dir)
+        except cachedir.BadWorkerId as exc:
+            cachedir.unlock(self._lock)
+            self._lock = None
+            raise Fatal(str(exc)) from exc
         self._began = True
-        self.id = self.id or await asyncio.to_thread(cachedir.worker_id, cfg.cache_dir)
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
         self.keeps = Keeps(Path(cfg.cache_dir) / "kept")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
+from urllib.parse import quote
 
 import aiohttp
 import msgpack
@@ -36,7 +37,7 @@ class MasterClient:
         return msgpack.unpackb(data)
 
     async def leave(self, worker_id: str) -> None:
-        await self._call("DELETE", f"/workers/{worker_id}", timeout=10)
+        await self._call("DELETE", f"/workers/{_segment(worker_id)}", timeout=10)
 
     async def ring(self, known: tuple[str, int] | None = None, wait: float = 0) -> RingSnapshot:
         """The current ring; with `known` and `wait`, long-poll until it differs."""
@@ -50,7 +51,7 @@ class MasterClient:
                     data: bytes = b"", refusable: bool = False) -> bytes:
         """The answer's body; with `refusable`, a 400 is BadRequest and a 401 or 403 Unauthorized, with the
         master's reason."""
-        url = URL(self.url + path)
+        url = URL(self.url + path, encoded=True)  # as escaped here: never resolved into another path
         headers = {"Accept": MSGPACK} | self._signer.headers(method, url.path, params, data)
         try:
             async with self._session.request(
@@ -67,6 +68,13 @@ class MasterClient:
                 return data
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise unreachable(self.url, exc) from exc
+
+
+def _segment(text: str) -> str:
+    """`text` as one path segment, matched as is by the master: everything but letters, digits,
+    "_" and "-" escaped, dots too ("/workers/x/../w0" or "/workers/.." would resolve to
+    another path)."""
+    return quote(text, safe="").replace(".", "%2E")
 
 
 def unreachable(url: str, exc: BaseException) -> Unavailable:

@@ -217,7 +217,12 @@ class Worker:
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,
                                      cfg.heartbeat_interval, self._on_ring)
-        await self.agent.start()
+        try:
+            await self.agent.start()
+        except Fatal as exc:  # refused at registration: it would refuse a leave too, or take another's
+            if not self.agent.refused.done():
+                self.agent.refused.set_result(exc)
+            raise
         self.rebalancer.start()
         self.running = True
         log.info("worker %s serving on %s, master %s", self.id, self.url, cfg.master_url)

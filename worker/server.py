@@ -150,11 +150,12 @@ class Worker:
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
         self.keeps = Keeps(Path(cfg.cache_dir) / "kept")
         self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free, kept=self.keeps.__contains__,
-                                policy=POLICIES[cfg.eviction])
+                                policy=POLICIES[cfg.eviction], before_late_load=self.keeps.load_again)
+        await self.keeps.load()  # unreadable keeps are said, not a reason to forget the chunks
         try:
-            await self.keeps.load()
             await self.store.load()
-        except OSError as exc:  # serve anyway: reads go around the disk (chunks.disk)
+        except OSError as exc:  # serve anyway: reads go around the disk (chunks.disk), whose
+            # next try loads the store first (ChunkStore.writing)
             store_error = StoreError(f"cache dir {cfg.cache_dir} unusable: {exc}")
         else:
             store_error = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import asdict
+from urllib.parse import quote
 
 import aiohttp
 import msgpack
@@ -51,7 +52,8 @@ class MasterClient:
 
     async def leave(self, worker_id: str, timeout: float = TIMEOUT) -> None:
         """Out of the ring, unless another process holds `worker_id` now (the master keeps that one)."""
-        await self._call("DELETE", f"/workers/{worker_id}", params={"instance": self.instance}, timeout=timeout)
+        await self._call("DELETE", f"/workers/{_segment(worker_id)}", params={"instance": self.instance},
+                         timeout=timeout)
 
     async def ring(self, known: tuple[str, int] | None = None, wait: float = 0) -> RingSnapshot:
         """The current ring; with `known` and `wait`, long-poll until it differs."""
@@ -65,7 +67,7 @@ class MasterClient:
                     data: bytes = b"", refusable: bool = False) -> bytes:
         """The answer's body; with `refusable`, a 400 (or a 409 with REPLACED_HEADER) is BadRequest and a
         401 or 403 Unauthorized, with the master's reason."""
-        url = URL(self.url + path)
+        url = URL(self.url + path, encoded=True)  # as escaped here: never resolved into another path
         headers = {"Accept": MSGPACK} | self._signer.headers(method, url.path, params, data)
         try:
             async with self._session.request(
@@ -83,6 +85,13 @@ class MasterClient:
                 return data
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise unreachable(self.url, exc) from exc
+
+
+def _segment(text: str) -> str:
+    """`text` as one path segment, matched as is by the master: everything but letters, digits,
+    "_" and "-" escaped, dots too ("/workers/x/../w0" or "/workers/.." would resolve to
+    another path)."""
+    return quote(text, safe="").replace(".", "%2E")
 
 
 def unreachable(url: str, exc: BaseException) -> Unavailable:

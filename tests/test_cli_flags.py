@@ -278,6 +278,27 @@ def test_a_worker_does_not_share_a_port_another_workers_serving_processes_listen
     assert result.stderr.splitlines()[-1] == f"p2pcache worker: cannot listen on {listen}: address already in use"
 
 
+@pytest.mark.parametrize(("content", "why"), [
+    (b"\xff\xfe\x00bad\n", "is not UTF-8 text"),
+    (None, "cannot read the worker id file {path}: Is a directory"),  # a directory
+    (b"", "holds '', not an id (id must be 1-128 characters of A-Z a-z 0-9 . _ -)"),
+    (b"x/../w0\n", "holds 'x/../w0', not an id (id must be 1-128 characters of A-Z a-z 0-9 . _ -)"),
+    (b"a" * 200, "holds '" + "a" * 40 + "...', not an id"),
+])
+def test_a_worker_whose_worker_id_file_is_bad_exits_with_one_line_naming_it(tmp_path, content, why):
+    """The id kept in the cache dir follows --id's rule, before the worker registers: an id the
+    master would refuse goes into its URLs too (its leave, `x/../w0`, was w0's)."""
+    path = tmp_path / "cache" / "worker-id"
+    path.parent.mkdir()
+    path.mkdir() if content is None else path.write_bytes(content)
+    result = run(*worker_args(tmp_path, "--master", MASTER))
+    assert result.returncode == 1 and result.stdout == ""
+    assert "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith("p2pcache worker: ") and why.format(path=path) in line, line
+    assert str(path) in line and line.endswith(": remove it for a new id, or give --id")
+
+
 def test_a_worker_the_master_refuses_exits_with_the_masters_reason(tmp_path):
     procs = []
     try:

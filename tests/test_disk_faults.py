@@ -8,6 +8,7 @@ import gc
 import logging
 import random
 import shutil
+import time
 
 import aiohttp
 import pytest
@@ -197,3 +198,53 @@ async def test_a_cache_full_of_pinned_chunks_is_said_full_not_failing_and_caches
             assert resp.status == 200 and await resp.read() == others["b.bin"]
         assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") == passed
         assert "degraded" not in await ready(http, worker)
+
+
+def bytes_on_disk(cache_dir) -> int:
+    return sum(p.stat().st_size for p in (cache_dir / "chunks").glob("*/*"))
+
+
+async def test_chunks_on_a_cache_dir_unusable_at_start_are_indexed_when_the_disk_is_tried_again(
+        cluster_factory, s3, s3_client, bucket):
+    """A restart finds its cache dir unusable (here `tmp/` a file): its chunks cannot be indexed,
+    reads go around the disk. When the disk is tried again (5 s later) and works, the store
+    indexes what is on disk before it adds a chunk: those chunks are served, count against
+    --capacity and are evicted to make room."""
+    capacity = 10 * (CHUNK + 512)  # ten chunk files (data + trailer)
+    cluster = await cluster_factory(1, chunk_size=CHUNK, capacity=capacity)
+    bodies = {"old.bin": random.Random(1).randbytes(8 * CHUNK), "new.bin": random.Random(2).randbytes(2 * CHUNK)}
+    for key, body in bodies.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    flood = put(s3_client, bucket, "flood.bin")  # 25 chunks, more than the cache holds
+    old = cluster.workers[0]
+    async with aiohttp.ClientSession() as http:
+        async def read(worker, key: str, body: bytes) -> None:
+            async with http.get(f"{worker.url}/{bucket}/{key}") as resp:
+                assert resp.status == 200 and await resp.read() == body
+
+        await read(old, "old.bin", bodies["old.bin"])
+        on_disk = set(old.store.names())
+        assert len(on_disk) == 8
+        await old.stop(leave=False)
+        tmp = old.config.cache_dir / "tmp"
+        shutil.rmtree(tmp)
+        tmp.write_bytes(b"")
+        skew = [0.0]
+        worker = Worker(old.config, clock=lambda: time.monotonic() + skew[0])
+        await worker.start()
+        cluster.workers[0] = worker
+        await cluster.wait_converged()
+        assert len(worker.store) == 0 and "unusable" in (await ready(http, worker))["degraded"]
+        tmp.unlink()  # the disk is back
+        tmp.mkdir()
+        skew[0] += 6  # past the disk's cooldown
+        for _ in range(2):  # the first fill tries the disk; once it works, all are stored
+            await read(worker, "new.bin", bodies["new.bin"])
+        assert "degraded" not in await ready(http, worker)
+        assert len(worker.store) == 10 and on_disk <= set(worker.store.names())
+        before = s3.get_bytes
+        await read(worker, "old.bin", bodies["old.bin"])
+        assert s3.get_bytes == before  # from the disk
+        await read(worker, "flood.bin", flood)
+        assert worker.store.used <= capacity
+        assert bytes_on_disk(worker.config.cache_dir) == worker.store.used  # no file the store forgot

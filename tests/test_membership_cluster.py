@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -13,8 +14,10 @@ from master.config import MasterConfig
 from master.server import Master
 from p2pcache.auth import Signer
 from p2pcache.master_client import MasterClient
+from p2pcache.ring import WorkerInfo
 from p2pcache.service import Fatal
 from worker.membership import announce_delay, call_timeout
+from worker.server import Worker
 
 
 async def read(http, url):
@@ -186,3 +189,45 @@ async def test_a_worker_whose_advertised_url_answers_as_another_does_not_start(c
     assert membership.ring.epoch == epoch and [(w.id, w.url) for w in membership.ring.workers] == [
         ("w0", w0.url), ("w1", w1.url)]
     assert not w1.agent.refused.done()
+
+
+async def test_a_worker_id_file_naming_another_worker_through_dots_leaves_that_worker_in_the_ring(
+        cluster_factory, tmp_path):
+    """`x/../w0` in a cache dir's worker-id: the worker stops before it registers, and so sends no
+    leave (it went out as DELETE /workers/x/../w0, which the client resolved to w0's)."""
+    cluster = await cluster_factory(1)
+    epoch = cluster.master.membership.ring.epoch
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "worker-id").write_text("x/../w0\n")
+    worker = Worker(replace(cluster.workers[0].config, worker_id=None, port=0, cache_dir=tmp_path / "x"))
+    with pytest.raises(Fatal) as stopped:
+        await worker.start()
+    await worker.stop()
+    assert [w.id for w in cluster.master.membership.ring.workers] == ["w0"]
+    assert cluster.master.membership.ring.epoch == epoch
+    assert str(stopped.value).startswith(f"worker id file {tmp_path / 'x' / 'worker-id'} holds 'x/../w0', not an id")
+
+
+async def test_a_worker_the_master_refuses_at_registration_sends_no_leave(cluster_factory, tmp_path):
+    """A second worker given w0's id, with a capacity the master refuses: its leave would have
+    been w0's, and taken w0 out of the ring."""
+    cluster = await cluster_factory(1)
+    epoch = cluster.master.membership.ring.epoch
+    twin = Worker(replace(cluster.workers[0].config, port=0, cache_dir=tmp_path / "twin", capacity=CHUNK))
+    with pytest.raises(Fatal, match="refused this worker: invalid worker registration: capacity must hold 2 chunks"):
+        await twin.start()
+    await twin.stop()
+    assert [w.id for w in cluster.master.membership.ring.workers] == ["w0"]
+    assert cluster.master.membership.ring.epoch == epoch
+
+
+@pytest.mark.parametrize("other", ["x/../w0", "x%2F..%2Fw0", "./w0", "w%30"])
+async def test_a_leave_takes_out_the_id_it_names_and_no_other(cluster_factory, other):
+    """The id is one path segment, escaped, dots too: never resolved into another worker's path."""
+    cluster = await cluster_factory(1)
+    master = MasterClient(cluster.session, cluster.master.url, Signer(cluster.secret))
+    await master.heartbeat(WorkerInfo("..", "http://127.0.0.1:1", 1 << 30))  # an id the master takes
+    await master.leave(other)
+    assert [w.id for w in cluster.master.membership.ring.workers] == ["..", "w0"]
+    await master.leave("..")
+    assert [w.id for w in cluster.master.membership.ring.workers] == ["w0"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 
 import aiohttp
 import pytest
@@ -109,3 +110,52 @@ async def test_pins_move_with_their_chunks_to_a_new_owner(cluster_factory, s3_cl
     assert moved, "the new worker owns none of the chunks: a 1 in 16,000 draw"
     for c in chunks:  # each chunk is kept by its owner, and only there
         assert [w.id for w in cluster.workers if c.name in w.keeps] == [placement.owner(c).id]
+
+
+async def restart(cluster, old: Worker) -> Worker:
+    await old.stop(leave=False)
+    again = await cluster.restart(old)
+    await cluster.wait_converged()
+    return again
+
+
+async def test_a_kept_entry_that_cannot_be_read_is_said_and_the_cache_stays_indexed_and_served(
+        cluster_factory, s3, s3_client, bucket, caplog):
+    """`<cache>/kept` a regular file: the keeps cannot be read, which is an error in the log; the
+    chunks on disk are still indexed (they count against --capacity, are evicted) and served."""
+    cluster = await cluster_factory(1, capacity=CAPACITY)
+    pinned = put(s3_client, bucket, "pinned", 4, 6)
+    plain = put(s3_client, bucket, "plain", 4, 7)
+    assert (await preload(cluster.master.url, [f"s3://{bucket}/pinned/"], pin=True, secret=SECRET))["state"] == "done"
+    await read(cluster.workers[0].url, bucket, plain)
+    kept = cluster.workers[0].config.cache_dir / "kept"
+    shutil.rmtree(kept)
+    kept.write_bytes(b"junk")
+    worker = await restart(cluster, cluster.workers[0])
+    assert len(worker.store) == 8 and len(worker.keeps) == 0
+    assert any(r.levelname == "ERROR" and f"cannot read the pinned chunks kept in {kept}" in r.getMessage()
+               for r in caplog.records)
+    before = s3.get_bytes
+    await read(worker.url, bucket, pinned | plain)
+    assert s3.get_bytes == before  # all from the disk
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{worker.url}/_p2p/ready") as resp:
+            assert resp.status == 200 and "degraded" not in await resp.json()
+
+
+async def test_a_keep_record_that_cannot_be_read_is_left_for_a_later_start(cluster_factory, s3_client, bucket,
+                                                                            tmp_path):
+    """A record that cannot be read now (here a link to a file not there yet; as a disk error) is
+    not malformed: it stays, and a start that can read it keeps its chunk again."""
+    cluster = await cluster_factory(1, capacity=CAPACITY)
+    put(s3_client, bucket, "pinned", 3, 8)
+    assert (await preload(cluster.master.url, [f"s3://{bucket}/pinned/"], pin=True, secret=SECRET))["state"] == "done"
+    record = sorted((cluster.workers[0].config.cache_dir / "kept").iterdir())[0]
+    later = tmp_path / "later"
+    record.rename(later)
+    record.symlink_to(later.with_name("not-yet"))
+    worker = await restart(cluster, cluster.workers[0])
+    assert len(worker.keeps) == 2 and record.is_symlink()
+    later.rename(later.with_name("not-yet"))
+    worker = await restart(cluster, worker)
+    assert len(worker.keeps) == 3 and record.name in worker.keeps

@@ -33,6 +33,7 @@ class Keeps:
         self._root = Path(root)
         self._kept: dict[str, ChunkId] = {}
         self.bytes = 0
+        self.unreadable: OSError | None = None  # why the keeps on disk could not be read at start
 
     def __contains__(self, name: str) -> bool:
         return name in self._kept
@@ -41,12 +42,32 @@ class Keeps:
         return len(self._kept)
 
     async def load(self) -> None:
-        found, dropped = await _run(_scan, self._root)
+        """Read the keeps recorded on disk. One that cannot be read (or all, if the directory
+        cannot be) is left in place for a later start, and said as an error: nothing is kept
+        from eviction in its name until then. Only malformed records are removed."""
+        try:
+            found, dropped, unread = await _run(_scan, self._root)
+        except OSError as exc:
+            self.unreadable = exc
+            log.error("cannot read the pinned chunks kept in %s (%s): this worker keeps none of them from "
+                      "eviction, and pins made now are not recorded; it serves its cached chunks as usual. "
+                      "Fix or remove %s and restart to keep them again", self._root, exc, self._root)
+            return
         for c in found:
-            self._kept[c.name] = c
-            self.bytes += c.length
+            if c.name not in self._kept:
+                self._kept[c.name] = c
+                self.bytes += c.length
         if dropped:
             log.warning("dropped %d malformed keep records from %s", dropped, self._root)
+        if unread:
+            log.error("cannot read %d keep records in %s (%s): those chunks are not kept from eviction until "
+                      "a restart reads them", len(unread), self._root, unread[0])
+
+    async def load_again(self) -> None:
+        """`load`, if the last one could not read the keeps (the cache dir may be back)."""
+        if self.unreadable is not None:
+            self.unreadable = None
+            await self.load()
 
     async def add(self, c: ChunkId) -> bool:
         """Keep `c`; False if it already was."""
@@ -54,6 +75,8 @@ class Keeps:
             return False
         self._kept[c.name] = c
         self.bytes += c.length
+        if self.unreadable is not None:  # said at start, once, rather than for every chunk
+            return True
         try:
             await _run(_write, self._root / c.name, c.pack())
         except OSError as exc:
@@ -65,7 +88,7 @@ class Keeps:
         """Stop keeping `names`; how many were kept."""
         gone = [self._kept.pop(n) for n in names if n in self._kept]
         self.bytes -= sum(c.length for c in gone)
-        if gone:
+        if gone and self.unreadable is None:  # with it, none was recorded
             await _run(_unlink_all, [self._root / c.name for c in gone])
         return len(gone)
 
@@ -85,18 +108,23 @@ def _unlink_all(paths: list[Path]) -> None:
             p.unlink()
 
 
-def _scan(root: Path) -> tuple[list[ChunkId], int]:
+def _scan(root: Path) -> tuple[list[ChunkId], int, list[OSError]]:
+    """The keeps under `root`, how many malformed records were removed, and the errors of
+    those that could not be read (left in place)."""
     root.mkdir(parents=True, exist_ok=True)
-    found, dropped = [], 0
+    found, dropped, unread = [], 0, []
     for entry in root.iterdir():
         try:
             c = ChunkId.unpack(entry.read_bytes()) if _NAME.fullmatch(entry.name) else None
-        except (OSError, ValueError, TypeError):  # msgpack's errors are ValueErrors
+        except (ValueError, TypeError):  # msgpack's errors are ValueErrors
             c = None
+        except OSError as exc:  # not malformed: a disk error, or its permissions
+            unread.append(exc)
+            continue
         if c is not None and c.name == entry.name:
             found.append(c)
         else:
             with contextlib.suppress(OSError):
                 entry.unlink()
             dropped += 1
-    return found, dropped
+    return found, dropped, unread

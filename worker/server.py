@@ -139,17 +139,23 @@ class Worker:
             self._lock = await asyncio.to_thread(cachedir.lock, cfg.cache_dir)
         except OSError as exc:  # another worker runs on this cache dir
             raise Fatal(exc.strerror) from exc
+        try:
+            self.id = self.id or await asyncio.to_thread(cachedir.worker_id, cfg.cache_dir)
+        except cachedir.BadWorkerId as exc:
+            cachedir.unlock(self._lock)
+            self._lock = None
+            raise Fatal(str(exc)) from exc
         self._began = True
-        self.id = self.id or await asyncio.to_thread(cachedir.worker_id, cfg.cache_dir)
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
         self.keeps = Keeps(Path(cfg.cache_dir) / "kept")
         self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free, kept=self.keeps.__contains__,
-                                policy=POLICIES[cfg.eviction])
+                                policy=POLICIES[cfg.eviction], before_late_load=self.keeps.load_again)
+        await self.keeps.load()  # unreadable keeps are said, not a reason to forget the chunks
         try:
-            await self.keeps.load()
             await self.store.load()
-        except OSError as exc:  # serve anyway: reads go around the disk (chunks.disk)
+        except OSError as exc:  # serve anyway: reads go around the disk (chunks.disk), whose
+            # next try loads the store first (ChunkStore.writing)
             store_error = StoreError(f"cache dir {cfg.cache_dir} unusable: {exc}")
         else:
             store_error = None
@@ -214,7 +220,12 @@ class Worker:
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,
                                      cfg.heartbeat_interval, self._on_ring)
-        await self.agent.start()
+        try:
+            await self.agent.start()
+        except Fatal as exc:  # refused at registration: it would refuse a leave too, or take another's
+            if not self.agent.refused.done():
+                self.agent.refused.set_result(exc)
+            raise
         self.rebalancer.start()
         self.running = True
         log.info("worker %s serving on %s, master %s", self.id, self.url, cfg.master_url)

@@ -36,7 +36,7 @@ import struct
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import AsyncIterator, Callable, ContextManager
+from typing import AsyncIterator, Awaitable, Callable, ContextManager
 
 from p2pcache import blocksums
 from p2pcache.buffers import new_bytearray
@@ -83,7 +83,8 @@ class ChunkFile:
 class ChunkStore:
     def __init__(self, root: Path, capacity: int, min_free: int = 0, open_files: int = 256,
                  policy: Callable[[int], Policy] = POLICIES[DEFAULT],
-                 kept: Callable[[str], bool] = lambda name: False) -> None:
+                 kept: Callable[[str], bool] = lambda name: False,
+                 before_late_load: Callable[[], Awaitable[None]] | None = None) -> None:
         self.root = Path(root)
         self.capacity = capacity
         self.min_free = min_free
@@ -93,11 +94,14 @@ class ChunkStore:
         self._policy = policy(capacity)
         self._pins = Pins(self._released)
         self._kept = kept  # chunks a pinned preload keeps: never a victim
+        self._before_late_load = before_late_load  # so `kept` knows them before the load evicts
         # Open files of recently read chunks: an open() per request costs more than
         # the read itself. Only unpinned entries are closed, so a reader's fd stays valid.
         self._fds: OrderedDict[str, ChunkFile] = OrderedDict()
         self._open_files = open_files
         self._dir = str(self.root / "chunks")
+        self._loaded = False  # the index holds what is on disk: until then, nothing is written
+        self._loading = asyncio.Lock()
 
     def __contains__(self, name: str) -> bool:
         return name in self._chunks
@@ -144,6 +148,7 @@ class ChunkStore:
             self._chunks[name] = size
             self._policy.restore(name, size)
             self.used += size
+        self._loaded = True
         if dropped:
             log.warning("dropped %d incomplete or malformed files from %s", dropped, self.root)
         victims = []
@@ -151,6 +156,14 @@ class ChunkStore:
             victims.append(self._drop(victim))
         await _run(_unlink_all, victims)
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
+
+    async def _load_late(self) -> None:
+        """`load`, once, by the first write after a failed one; OSError if it fails again."""
+        async with self._loading:
+            if not self._loaded:
+                if self._before_late_load is not None:
+                    await self._before_late_load()
+                await self.load()
 
     def pinned(self, name: str, touch: bool = True) -> ContextManager[ChunkFile | None]:
         """The open chunk, safe from eviction until the block ends; None if absent.
@@ -214,6 +227,8 @@ class ChunkStore:
     @contextlib.asynccontextmanager
     async def writing(self, name: str, size: int, meta: bytes = b"") -> AsyncIterator[ChunkWriter]:
         """Write a chunk: visible only if the block ends cleanly with `size` bytes written."""
+        if not self._loaded:  # the load at start failed (an unusable cache dir): index the chunks
+            await self._load_late()  # already there before adding any, so they count and are evicted
         table_size = blocksums.table_size(size)
         total = size + len(meta) + table_size + _FOOTER.size
         await self._reserve(total)

@@ -187,7 +187,8 @@ def _remove_stale_temp_files(paths: list[Path]) -> None:
     for path in paths:
         names.setdefault(path.parent, set()).add(path.name)
     for parent, wanted in names.items():
-        with contextlib.suppress(FileNotFoundError):
+        # No directory there (or a file in its place): no temp files; its files' copies fail alone, saying why.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for entry in os.scandir(parent):
                 match = TEMP_NAME.fullmatch(entry.name)
                 if match and match["name"] in wanted and entry.name not in wanted and entry.is_file():

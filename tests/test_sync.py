@@ -230,3 +230,19 @@ async def test_a_manifest_that_records_a_refused_key_is_not_trusted(cluster, s3_
     assert sorted(first["copied"]) == sorted(second["skipped"]) == sorted(f"coll/{k}" for k in ONE_TO_ONE)
     assert files(out) == ONE_TO_ONE
     assert sorted(json.loads((out / MANIFEST).read_text())) == sorted(f"coll/{k}" for k in ONE_TO_ONE)
+
+
+async def test_a_file_where_a_keys_directory_goes_fails_that_key_alone(cluster, s3_client, bucket, tmp_path):
+    keys = {"p/d/x": b"IN-D", "p/e": b"E", **{f"p/f{i}": b"F%d" % i for i in range(3)}}
+    for key, body in keys.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "d").write_bytes(b"a file, not the directory of p/d/x")
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "p/", out)
+    assert list(result["failed"]) == ["p/d/x"] and str(out / "d") in result["failed"]["p/d/x"]
+    assert sorted(result["copied"]) == sorted(set(keys) - {"p/d/x"})
+    assert files(out) == {"d": b"a file, not the directory of p/d/x"} | {
+        k.removeprefix("p/"): v for k, v in keys.items() if k != "p/d/x"}
+

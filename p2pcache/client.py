@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import os
 import random
-import re
 import time
-import uuid
 from collections import OrderedDict, deque
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeVar
 
@@ -25,6 +22,7 @@ from .fileobj import ObjectFile
 from .master_client import MasterClient
 from .members import service_url
 from .objects import ChunkId, ObjectInfo
+from .outputs import TEMP_NAME, open_in_place, output_of, temp_path, write_all
 from .rangereader import RangeReader
 from .ranges import chunk_spans
 from .ring import Placement, WorkerInfo
@@ -38,7 +36,7 @@ log = logging.getLogger("p2pcache.client")
 T = TypeVar("T")
 SUSPECT_FOR = 5.0  # seconds a worker that failed is asked last
 META_ENTRIES = 1024
-TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")  # download's temp file of NAME, next to it
+FIFO_POLL = 0.05  # seconds between tries to open a FIFO that has no reader yet
 
 
 def _checked_arguments(master_url: str, concurrency: int, prefetch: int, chunk_timeout: float,
@@ -174,15 +172,18 @@ class Client:
                        start: int = 0, end: int | None = None) -> ObjectInfo:
         """Write the object (or `[start, end)`) to `path`: chunks at their offsets in a temp file, renamed in.
 
+        A symlink's target is replaced (the link stays); an existing device or FIFO is written
+        in place, in order; a directory is refused (see `outputs.output_of`).
+
         `progress(done, total)` is called as chunks land (from 0 again if the
         object changed before the download was complete and it starts over).
         """
         path, loop = os.fspath(path), asyncio.get_running_loop()
-        if await loop.run_in_executor(None, os.path.isdir, path):  # the rename would fail after the download
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        out = await loop.run_in_executor(None, output_of, path)  # a directory is refused before any read
         info = await self._object(bucket, key)
-        head, name = os.path.split(path)
-        tmp = os.path.join(head, f".{name}.{uuid.uuid4().hex[:8]}.part")
+        if out.in_place:
+            return await self._download_in_place(bucket, key, path, info, progress, start, end)
+        tmp = temp_path(out.path)
         opening = loop.run_in_executor(None, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             fd = await asyncio.shield(opening)
@@ -203,7 +204,7 @@ class Client:
                 await self._write_at(fd, info, start, end, progress)
             await _on_fd(os.fsync, fd)
             try:
-                await loop.run_in_executor(None, os.replace, tmp, path)
+                await loop.run_in_executor(None, os.replace, tmp, out.path)
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, path) from exc
             renamed = True
@@ -320,6 +321,36 @@ class Client:
                 if progress:
                     progress(done, b - a)
 
+    async def _download_in_place(self, bucket: str, key: str, path: str, info: ObjectInfo,
+                                 progress: Callable[[int, int], None] | None, start: int,
+                                 end: int | None) -> ObjectInfo:
+        """`download` into a device or FIFO: opened as it is and written in order; nothing renamed."""
+        fd, done = await _opened_in_place(path), 0
+        try:
+            for attempt in (1, 2):
+                a, b = _clamp(info, start, end)
+                size = self.chunk_size
+                try:
+                    if progress:
+                        progress(0, b - a)
+                    async with contextlib.aclosing(self._window(
+                            self._fetch(info, size, x, y) for x, y in _spans(a, b, size))) as pieces:
+                        async for piece in pieces:
+                            await _on_fd(write_all, fd, piece)
+                            done += len(piece)
+                            if progress:
+                                progress(done, b - a)
+                    return info
+                except ObjectChanged as exc:  # start over, once, while nothing was written
+                    if done or attempt == 2:
+                        raise
+                    info = await self._reresolve(bucket, key, exc)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        finally:
+            os.close(fd)
+        raise AssertionError("unreachable")
+
     async def _fetch(self, info: ObjectInfo, chunk_size: int, start: int, stop: int,
                      into: memoryview | None = None) -> bytes | None:
         """One span (within one chunk) from the chunk's owner, or the next worker that answers."""
@@ -388,6 +419,23 @@ def _spans(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     for span in chunk_spans(start, stop, chunk_size):
         a = span.index * chunk_size + span.offset
         yield a, a + span.length
+
+
+async def _opened_in_place(path: str) -> int:
+    """`path`, a device or FIFO, open for writing: once a FIFO has a reader (polled, so cancellable)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        opening = loop.run_in_executor(None, open_in_place, path)
+        try:
+            fd = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the open ends in its thread: close what it opened
+            with contextlib.suppress(Exception):
+                if (fd := await opening) is not None:
+                    os.close(fd)
+            raise
+        if fd is not None:
+            return fd
+        await asyncio.sleep(FIFO_POLL)
 
 
 async def _on_fd(fn: Callable[..., object], fd: int, *args) -> None:

@@ -26,7 +26,9 @@ _RANGE = re.compile(r"(?P<first>\d*)-(?P<last>\d*)")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", type=_object_arg, help="the object: s3://bucket/key")
-    p.add_argument("-o", "--output", default="-", help="file to write, replaced atomically (default: stdout)")
+    p.add_argument("-o", "--output", default="-",
+                   help="file to write, replaced atomically; a device or FIFO is written in place, a symlink "
+                   "followed (default: stdout)")
     p.add_argument("--range", dest="byte_range", metavar="A-B", type=_range_arg,
                    help="only bytes A to B inclusive (A- to the end, -N the last N)")
     p.add_argument("--progress", action="store_true",

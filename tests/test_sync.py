@@ -246,3 +246,16 @@ async def test_a_file_where_a_keys_directory_goes_fails_that_key_alone(cluster, 
     assert files(out) == {"d": b"a file, not the directory of p/d/x"} | {
         k.removeprefix("p/"): v for k, v in keys.items() if k != "p/d/x"}
 
+
+async def test_a_key_whose_name_is_nearly_too_long_is_copied_and_its_stale_temp_file_removed(
+        cluster, s3_client, bucket, tmp_path):
+    long = "n" * 250 + ".bin"  # 254 bytes: a file name, but `.NAME.<8 hex>.part` would be 268
+    s3_client.put_object(Bucket=bucket, Key=f"m/{long}", Body=b"long")
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".{'n' * 240}.0123abcd.part"  # a killed sync's temp file of it
+    stale.write_bytes(b"x")
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "m/", out)
+    assert (result["copied"], result["failed"]) == ([f"m/{long}"], {})
+    assert files(out) == {long: b"long"} and not stale.exists()

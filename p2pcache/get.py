@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import re
 import sys
 import time
@@ -105,6 +106,8 @@ async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
 
 
 async def _to_stdout(pieces: AsyncIterator[bytes], total: int, progress: Progress | None) -> None:
+    if sys.stdout is None:  # started with fd 1 closed (`>&-`): the bytes would go nowhere
+        raise OSError(errno.EBADF, "stdout is closed: give -o FILE")
     out, loop, done = sys.stdout.buffer, asyncio.get_running_loop(), 0
     async with contextlib.aclosing(pieces):
         async for piece in pieces:

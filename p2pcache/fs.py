@@ -9,7 +9,9 @@ import os
 import weakref
 
 from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.callbacks import DEFAULT_CALLBACK
 from fsspec.spec import AbstractBufferedFile
+from fsspec.utils import isfilelike
 
 from .client import Client
 from .errors import NotFound, P2PError
@@ -107,6 +109,28 @@ class P2PCacheFileSystem(AsyncFileSystem):
         except NotFound as exc:
             raise FileNotFoundError(path) from exc
 
+    async def _get_file(self, rpath: str, lpath, callback=DEFAULT_CALLBACK, **kwargs) -> None:
+        """One version of the object, whole, to `lpath`: a path (by `Client.download`: chunks in
+        parallel into a temp file renamed in) or an open file; a directory's `lpath` is made."""
+        bucket, key = self._split(rpath)
+        client = await self._get_client()
+        try:
+            entry = await self._info(rpath)  # the client keeps its version for the read that follows
+            if entry["type"] == "directory":  # as fsspec's get_file: the directory is made
+                if not isfilelike(lpath):
+                    await asyncio.to_thread(os.makedirs, lpath, exist_ok=True)
+                return
+            if isfilelike(lpath):
+                callback.set_size(entry["size"])
+                async with contextlib.aclosing(client.stream(bucket, key)) as pieces:
+                    async for piece in pieces:
+                        await asyncio.to_thread(lpath.write, piece)
+                        callback.relative_update(len(piece))
+                return
+            await client.download(bucket, key, lpath, lambda done, total: _progress(callback, done, total))
+        except NotFound as exc:
+            raise FileNotFoundError(rpath) from exc
+
     async def _ls(self, path: str, detail: bool = True, **kwargs):
         bucket, key = self._split(path)
         if not bucket:
@@ -189,6 +213,11 @@ def _file_entry(info: ObjectInfo) -> dict:
 def _listed(bucket: str, o: dict) -> dict:
     return {"name": f"{bucket}/{o['Key']}", "size": o["Size"], "type": "file", "ETag": o["ETag"],
             "LastModified": o["LastModified"]}
+
+
+def _progress(callback, done: int, total: int) -> None:
+    callback.set_size(total)
+    callback.absolute_update(done)
 
 
 def _close_client(loop, client: Client) -> None:

@@ -88,10 +88,10 @@ async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
         info = await client.stat(bucket, key)
         start, stop = 0, info.size
         if args.byte_range:
+            # None: a suffix (-N) of an empty object, all of it as S3 answers (_range_arg refused
+            # every range parse_range ignores)
             rng = parse_range(f"bytes={args.byte_range}", info.size)
-            if rng is None:  # _range_arg refused what parse_range ignores: not reached
-                raise ValueError(f"invalid range {args.byte_range!r}: use A-B with A <= B")
-            start, stop = rng.start, rng.stop
+            start, stop = (rng.start, rng.stop) if rng else (0, info.size)
         show = args.progress or (sys.stderr.isatty() and stop - start >= PROGRESS_MIN)
         progress = Progress(sys.stderr) if show else None
         try:

@@ -391,3 +391,14 @@ def test_client_arguments_are_refused_as_the_cli_refuses_its_flags_not_clamped(u
 
 def test_a_trailing_slash_of_the_master_url_is_dropped():
     assert Client("http://127.0.0.1:7070/").master_url == "http://127.0.0.1:7070"
+
+
+async def test_p2pcache_get_explains_a_wrong_master_and_reads_a_suffix_of_an_empty_object(
+        cluster, s3, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    code, out, err = await p2pcache_get(f"s3://{bucket}/empty", "--range", "-5", "--master", cluster.master.url)
+    assert (code, out, err) == (0, b"", "")  # as S3 answers: 200, all of nothing
+    for url, answered in ((cluster.workers[0].url, "it answered as a worker: "), (s3.url, "it answered 404 ")):
+        code, _, err = await p2pcache_get(f"s3://{bucket}/empty", "--master", url)
+        assert code == 1 and err.startswith(f"p2pcache get: {url} did not answer as a p2pcache master ({answered}")
+        assert err.endswith("is it the master's URL?\n") and err.count("\n") == 1, err

@@ -21,7 +21,7 @@ from .errors import ObjectChanged, PeerError, PeerUnavailable
 from .fileobj import ObjectFile
 from .master_client import MasterClient
 from .members import service_url
-from .objects import ChunkId, ObjectInfo
+from .objects import ChunkId, ObjectInfo, check_bucket
 from .outputs import TEMP_NAME, open_in_place, output_of, temp_path, write_all
 from .rangereader import RangeReader
 from .ranges import chunk_spans
@@ -261,6 +261,7 @@ class Client:
     async def list(self, bucket: str, prefix: str = "", delimiter: str = "",
                    max_pages: int | None = None) -> tuple[list[dict], list[str]]:
         """The objects (and common prefixes) under `prefix`, from the workers' ListObjectsV2."""
+        check_bucket(bucket)
         objects, prefixes, token = [], [], None
         for _ in itertools.count() if max_pages is None else range(max_pages):
             page = await self._failover(f"{bucket}/{prefix}", f"listing s3://{bucket}/{prefix}",
@@ -272,6 +273,7 @@ class Client:
         return objects, prefixes
 
     async def _object(self, bucket: str, key: str, fresh: bool = False) -> ObjectInfo:
+        check_bucket(bucket)  # "_p2p/health" would be a worker's own route, not an object
         if not key:  # HEAD /bucket/ is S3's HeadBucket: an answer without an object's ETag
             raise ValueError(f"s3://{bucket}/ names no object: the key is empty")
         entry = self._meta.get((bucket, key))

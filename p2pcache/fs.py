@@ -15,7 +15,7 @@ from fsspec.utils import isfilelike
 
 from .client import Client
 from .errors import NotFound, P2PError
-from .objects import ObjectInfo
+from .objects import BUCKET_NAME, ObjectInfo
 from .signer import signer_from
 
 __all__ = ["P2PCacheFileSystem", "P2PCacheFile"]
@@ -86,9 +86,14 @@ class P2PCacheFileSystem(AsyncFileSystem):
 
     async def _info(self, path: str, **kwargs) -> dict:
         bucket, key = self._split(path)
-        if not key:
-            return {"name": bucket, "size": 0, "type": "directory"}
+        if not bucket:
+            return {"name": "", "size": 0, "type": "directory"}  # the root
+        if not BUCKET_NAME.fullmatch(bucket):  # no bucket has that name: nothing is there
+            raise FileNotFoundError(path)
         client = await self._get_client()
+        if not key:  # a bucket is a directory, if it is there (NoSuchBucket: FileNotFoundError)
+            await self._list(client, bucket, "", "/", max_pages=1)
+            return {"name": bucket, "size": 0, "type": "directory"}
         try:
             info = await client.stat(bucket, key)
         except NotFound as exc:
@@ -187,9 +192,9 @@ class P2PCacheFileSystem(AsyncFileSystem):
             return False
         return bool(objects or prefixes)
 
-    async def _list(self, client: Client, bucket: str, prefix: str, delimiter: str):
+    async def _list(self, client: Client, bucket: str, prefix: str, delimiter: str, max_pages: int | None = None):
         try:
-            return await client.list(bucket, prefix, delimiter)
+            return await client.list(bucket, prefix, delimiter, max_pages)
         except NotFound as exc:
             raise FileNotFoundError(f"{bucket}/{prefix}") from exc
 

@@ -179,3 +179,17 @@ async def test_get_file_get_simplecache_and_open_local_copy_whole_objects(cluste
             assert f.read() == body
 
     await asyncio.to_thread(scenario)
+
+
+async def test_exists_and_isdir_of_a_bucket_say_whether_it_is_there(cluster, s3_client, bucket):
+    put(s3_client, bucket, "k", 10, seed=11)
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("p2pcache", master=cluster.master.url)
+        assert fs.exists(bucket) and fs.isdir(bucket) and fs.exists(f"{bucket}/k")
+        for path in ("no-such-bucket-p2p", "no-such-bucket-p2p/k", "Bad_Bucket/k", "_p2p/health", "_p2p"):
+            assert not fs.exists(path) and not fs.isdir(path), path
+        with pytest.raises(FileNotFoundError):
+            fs.info("no-such-bucket-p2p")
+
+    await asyncio.to_thread(scenario)

@@ -208,6 +208,10 @@ class Client:
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, path) from exc
             renamed = True
+        except OSError as exc:  # a write or fsync of the temp file (EFBIG, ENOSPC): name the file asked for
+            if exc.filename is not None or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, path) from exc
         finally:  # on any failure, cancellation included, the temp file goes
             os.close(fd)
             if not renamed:
@@ -347,7 +351,9 @@ class Client:
                     if done or attempt == 2:
                         raise
                     info = await self._reresolve(bucket, key, exc)
-        except OSError as exc:
+        except OSError as exc:  # a write (EPIPE: the FIFO's reader left): name the file
+            if exc.filename is not None or exc.errno is None:
+                raise
             raise OSError(exc.errno, exc.strerror, path) from exc
         finally:
             os.close(fd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import resource
 import stat
 import sys
 import threading
@@ -110,3 +111,19 @@ async def test_p2pcache_get_into_a_device_leaves_it_a_device(cluster, s3_client,
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert (proc.returncode, err) == (0, b"")
     assert stat.S_ISCHR(os.lstat(out / "null").st_mode) and os.listdir(out) == ["null"]
+
+
+async def test_p2pcache_get_past_the_file_size_limit_fails_naming_the_file(cluster, s3_client, bucket, tmp_path):
+    put(s3_client, bucket, "big.bin", 3 * CHUNK, seed=3)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def limited() -> None:  # `ulimit -f`: a write past CHUNK bytes fails with EFBIG (SIGXFSZ is ignored)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (CHUNK, CHUNK))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "get", f"s3://{bucket}/big.bin", "-o", str(out / "big.bin"),
+        "--master", cluster.master.url, env=cli_env(), stderr=asyncio.subprocess.PIPE, preexec_fn=limited)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, err.decode()) == (1, f"p2pcache get: File too large: {out / 'big.bin'}\n")
+    assert not list(out.iterdir())

@@ -22,7 +22,7 @@ from .fileobj import ObjectFile
 from .master_client import MasterClient
 from .members import service_url
 from .objects import ChunkId, ObjectInfo, check_bucket
-from .outputs import TEMP_NAME, open_in_place, output_of, temp_path, write_all
+from .outputs import TEMP_NAME, opened_in_place, output_of, temp_path, write_all
 from .rangereader import RangeReader
 from .ranges import chunk_spans
 from .ring import Placement, WorkerInfo
@@ -36,7 +36,6 @@ log = logging.getLogger("p2pcache.client")
 T = TypeVar("T")
 SUSPECT_FOR = 5.0  # seconds a worker that failed is asked last
 META_ENTRIES = 1024
-FIFO_POLL = 0.05  # seconds between tries to open a FIFO that has no reader yet
 
 
 def _checked_arguments(master_url: str, concurrency: int, prefetch: int, chunk_timeout: float,
@@ -331,7 +330,7 @@ class Client:
                                  progress: Callable[[int, int], None] | None, start: int,
                                  end: int | None) -> ObjectInfo:
         """`download` into a device or FIFO: opened as it is and written in order; nothing renamed."""
-        fd, done = await _opened_in_place(path), 0
+        fd, done = await opened_in_place(path), 0
         try:
             for attempt in (1, 2):
                 a, b = _clamp(info, start, end)
@@ -427,23 +426,6 @@ def _spans(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     for span in chunk_spans(start, stop, chunk_size):
         a = span.index * chunk_size + span.offset
         yield a, a + span.length
-
-
-async def _opened_in_place(path: str) -> int:
-    """`path`, a device or FIFO, open for writing: once a FIFO has a reader (polled, so cancellable)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        opening = loop.run_in_executor(None, open_in_place, path)
-        try:
-            fd = await asyncio.shield(opening)
-        except asyncio.CancelledError:  # the open ends in its thread: close what it opened
-            with contextlib.suppress(Exception):
-                if (fd := await opening) is not None:
-                    os.close(fd)
-            raise
-        if fd is not None:
-            return fd
-        await asyncio.sleep(FIFO_POLL)
 
 
 async def _on_fd(fn: Callable[..., object], fd: int, *args) -> None:

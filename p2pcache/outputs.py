@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -9,11 +11,13 @@ import stat
 import uuid
 from typing import NamedTuple
 
-__all__ = ["Output", "output_of", "temp_path", "temp_stem", "open_in_place", "write_all", "TEMP_NAME"]
+__all__ = ["Output", "output_of", "temp_path", "temp_stem", "open_in_place", "opened_in_place", "write_all",
+           "TEMP_NAME"]
 
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")  # the temp file of NAME (its stem), next to it
 NAME_MAX = 255  # bytes in a file name (Linux, and most file systems)
 _TEMP_EXTRA = len(".") + len(".12345678.part")
+FIFO_POLL = 0.05  # seconds between tries to open a FIFO that has no reader yet
 
 
 class Output(NamedTuple):
@@ -76,3 +80,20 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+async def opened_in_place(path: str) -> int:
+    """`path`, a device or FIFO, open for writing: once a FIFO has a reader (polled, so cancellable)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        opening = loop.run_in_executor(None, open_in_place, path)
+        try:
+            fd = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the open ends in its thread: close what it opened
+            with contextlib.suppress(Exception):
+                if (fd := await opening) is not None:
+                    os.close(fd)
+            raise
+        if fd is not None:
+            return fd
+        await asyncio.sleep(FIFO_POLL)

@@ -11,8 +11,7 @@ from yarl import URL
 
 from .auth import SCHEME, Signer
 from .errors import AccessDenied, BadRequest, NotFound, P2PError, Unavailable
-from .master_client import unreachable
-from .worker_client import ERROR_HEADER
+from .master_client import not_master, unreachable
 
 __all__ = ["AdminClient", "preload", "FINISHED"]
 
@@ -111,9 +110,7 @@ def _error(url: str, resp: aiohttp.ClientResponse, text: str) -> P2PError:
 
 def _not_master(url: str, resp: aiohttp.ClientResponse) -> BadRequest:
     """An answer the master never gives: `url` is another server's (a worker's, as often as not)."""
-    worker = resp.headers.get(ERROR_HEADER)
-    sent = f"it answered as a worker: {resp.status} {worker}" if worker else f"it answered {resp.status} {resp.reason}"
-    return BadRequest(f"{url} did not answer as a p2pcache master ({sent}): is it the master's URL?", code="NotAMaster")
+    return BadRequest(not_master(url, resp), code="NotAMaster")
 
 
 async def preload(master_url: str, urls: list[str], *, pin: bool = False, secret: bytes | None = None,

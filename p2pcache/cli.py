@@ -14,7 +14,7 @@ import uvloop
 
 from .config import add_flag
 from .errors import AccessDenied, P2PError
-from .service import setup_logging
+from .service import setup_logging, std_fds_open
 
 __all__ = ["main", "run_command", "describe"]
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    std_fds_open()  # before anything opens a file or a socket
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     return args.run(args)
@@ -71,6 +72,7 @@ def run_command(name: str, command: Coroutine[None, None, int],
     cannot be written), 130 on SIGINT and 143 on SIGTERM (how a pod's container is stopped):
     either signal cancels the coroutine, so its `finally`s remove what it left half done.
     """
+    std_fds_open()
     try:
         return uvloop.run(_cancelled_by_sigterm(command))
     except KeyboardInterrupt:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import os
 import random
-import re
 import time
-import uuid
 from collections import OrderedDict, deque
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Iterator, TypeVar
 
@@ -24,7 +21,8 @@ from .errors import ObjectChanged, PeerError, PeerUnavailable
 from .fileobj import ObjectFile
 from .master_client import MasterClient
 from .members import service_url
-from .objects import ChunkId, ObjectInfo
+from .objects import ChunkId, ObjectInfo, check_bucket
+from .outputs import TEMP_NAME, opened_in_place, output_of, temp_path, write_all
 from .rangereader import RangeReader
 from .ranges import chunk_spans, slice_range
 from .ring import Placement, WorkerInfo
@@ -38,7 +36,6 @@ log = logging.getLogger("p2pcache.client")
 T = TypeVar("T")
 SUSPECT_FOR = 5.0  # seconds a worker that failed is asked last
 META_ENTRIES = 1024
-TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")  # download's temp file of NAME, next to it
 
 
 def _checked_arguments(master_url: str, concurrency: int, prefetch: int, chunk_timeout: float,
@@ -180,15 +177,18 @@ class Client:
                        start: int = 0, end: int | None = None) -> ObjectInfo:
         """Write the object (or `[start, end)`) to `path`: chunks at their offsets in a temp file, renamed in.
 
+        A symlink's target is replaced (the link stays); an existing device or FIFO is written
+        in place, in order; a directory is refused (see `outputs.output_of`).
+
         `progress(done, total)` is called as chunks land (from 0 again if the
         object changed before the download was complete and it starts over).
         """
         path, loop = os.fspath(path), asyncio.get_running_loop()
-        if await loop.run_in_executor(None, os.path.isdir, path):  # the rename would fail after the download
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        out = await loop.run_in_executor(None, output_of, path)  # a directory is refused before any read
         info = await self._object(bucket, key)
-        head, name = os.path.split(path)
-        tmp = os.path.join(head, f".{name}.{uuid.uuid4().hex[:8]}.part")
+        if out.in_place:
+            return await self._download_in_place(bucket, key, path, info, progress, start, end)
+        tmp = temp_path(out.path)
         opening = loop.run_in_executor(None, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             fd = await asyncio.shield(opening)
@@ -209,10 +209,14 @@ class Client:
                 await self._write_at(fd, info, start, end, progress)
             await _on_fd(os.fsync, fd)
             try:
-                await loop.run_in_executor(None, os.replace, tmp, path)
+                await loop.run_in_executor(None, os.replace, tmp, out.path)
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, path) from exc
             renamed = True
+        except OSError as exc:  # a write or fsync of the temp file (EFBIG, ENOSPC): name the file asked for
+            if exc.filename is not None or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, path) from exc
         finally:  # on any failure, cancellation included, the temp file goes
             os.close(fd)
             if not renamed:
@@ -268,6 +272,7 @@ class Client:
     async def list(self, bucket: str, prefix: str = "", delimiter: str = "",
                    max_pages: int | None = None) -> tuple[list[dict], list[str]]:
         """The objects (and common prefixes) under `prefix`, from the workers' ListObjectsV2."""
+        check_bucket(bucket)
         objects, prefixes, token = [], [], None
         for _ in itertools.count() if max_pages is None else range(max_pages):
             page = await self._failover(f"{bucket}/{prefix}", f"listing s3://{bucket}/{prefix}",
@@ -279,6 +284,7 @@ class Client:
         return objects, prefixes
 
     async def _object(self, bucket: str, key: str, fresh: bool = False) -> ObjectInfo:
+        check_bucket(bucket)  # "_p2p/health" would be a worker's own route, not an object
         if not key:  # HEAD /bucket/ is S3's HeadBucket: an answer without an object's ETag
             raise ValueError(f"s3://{bucket}/ names no object: the key is empty")
         entry = self._meta.get((bucket, key))
@@ -328,6 +334,38 @@ class Client:
                 done += n
                 if progress:
                     progress(done, b - a)
+
+    async def _download_in_place(self, bucket: str, key: str, path: str, info: ObjectInfo,
+                                 progress: Callable[[int, int], None] | None, start: int,
+                                 end: int | None) -> ObjectInfo:
+        """`download` into a device or FIFO: opened as it is and written in order; nothing renamed."""
+        fd, done = await opened_in_place(path), 0
+        try:
+            for attempt in (1, 2):
+                a, b = slice_range(start, end, info.size)
+                size = self.chunk_size
+                try:
+                    if progress:
+                        progress(0, b - a)
+                    async with contextlib.aclosing(self._window(
+                            self._fetch(info, size, x, y) for x, y in _spans(a, b, size))) as pieces:
+                        async for piece in pieces:
+                            await _on_fd(write_all, fd, piece)
+                            done += len(piece)
+                            if progress:
+                                progress(done, b - a)
+                    return info
+                except ObjectChanged as exc:  # start over, once, while nothing was written
+                    if done or attempt == 2:
+                        raise
+                    info = await self.reresolve(bucket, key, exc)
+        except OSError as exc:  # a write (EPIPE: the FIFO's reader left): name the file
+            if exc.filename is not None or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        finally:
+            os.close(fd)
+        raise AssertionError("unreachable")
 
     async def _fetch(self, info: ObjectInfo, chunk_size: int, start: int, stop: int,
                      into: memoryview | None = None) -> bytes | None:

@@ -10,11 +10,13 @@ import threading
 import weakref
 
 from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.callbacks import DEFAULT_CALLBACK
 from fsspec.spec import AbstractBufferedFile
+from fsspec.utils import isfilelike
 
 from .client import Client
 from .errors import NotFound, ObjectChanged, P2PError
-from .objects import ObjectInfo
+from .objects import BUCKET_NAME, ObjectInfo
 from .signer import signer_from
 
 __all__ = ["P2PCacheFileSystem", "P2PCacheFile", "FileExpired"]
@@ -96,9 +98,14 @@ class P2PCacheFileSystem(AsyncFileSystem):
 
     async def _info(self, path: str, **kwargs) -> dict:
         bucket, key = self._split(path)
-        if not key:
-            return {"name": bucket, "size": 0, "type": "directory"}
+        if not bucket:
+            return {"name": "", "size": 0, "type": "directory"}  # the root
+        if not BUCKET_NAME.fullmatch(bucket):  # no bucket has that name: nothing is there
+            raise FileNotFoundError(path)
         client = await self._get_client()
+        if not key:  # a bucket is a directory, if it is there (NoSuchBucket: FileNotFoundError)
+            await self._list(client, bucket, "", "/", max_pages=1)
+            return {"name": bucket, "size": 0, "type": "directory"}
         try:
             info = await client.stat(bucket, key)
         except NotFound as exc:
@@ -116,6 +123,28 @@ class P2PCacheFileSystem(AsyncFileSystem):
             raise FileNotFoundError(path) from exc
         except ObjectChanged as exc:
             raise FileExpired(str(exc)) from exc
+
+    async def _get_file(self, rpath: str, lpath, callback=DEFAULT_CALLBACK, **kwargs) -> None:
+        """One version of the object, whole, to `lpath`: a path (by `Client.download`: chunks in
+        parallel into a temp file renamed in) or an open file; a directory's `lpath` is made."""
+        bucket, key = self._split(rpath)
+        client = await self._get_client()
+        try:
+            entry = await self._info(rpath)  # the client keeps its version for the read that follows
+            if entry["type"] == "directory":  # as fsspec's get_file: the directory is made
+                if not isfilelike(lpath):
+                    await asyncio.to_thread(os.makedirs, lpath, exist_ok=True)
+                return
+            if isfilelike(lpath):
+                callback.set_size(entry["size"])
+                async with contextlib.aclosing(client.stream(bucket, key)) as pieces:
+                    async for piece in pieces:
+                        await asyncio.to_thread(lpath.write, piece)
+                        callback.relative_update(len(piece))
+                return
+            await client.download(bucket, key, lpath, lambda done, total: _progress(callback, done, total))
+        except NotFound as exc:
+            raise FileNotFoundError(rpath) from exc
 
     async def _ls(self, path: str, detail: bool = True, **kwargs):
         bucket, key = self._split(path)
@@ -189,9 +218,9 @@ class P2PCacheFileSystem(AsyncFileSystem):
             return False
         return bool(objects or prefixes)
 
-    async def _list(self, client: Client, bucket: str, prefix: str, delimiter: str):
+    async def _list(self, client: Client, bucket: str, prefix: str, delimiter: str, max_pages: int | None = None):
         try:
-            return await client.list(bucket, prefix, delimiter)
+            return await client.list(bucket, prefix, delimiter, max_pages)
         except NotFound as exc:
             raise FileNotFoundError(f"{bucket}/{prefix}") from exc
 
@@ -230,6 +259,11 @@ def _file_entry(info: ObjectInfo) -> dict:
 def _listed(bucket: str, o: dict) -> dict:
     return {"name": f"{bucket}/{o['Key']}", "size": o["Size"], "type": "file", "ETag": o["ETag"],
             "LastModified": o["LastModified"]}
+
+
+def _progress(callback, done: int, total: int) -> None:
+    callback.set_size(total)
+    callback.absolute_update(done)
 
 
 def _close_client(loop, client: Client) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import re
 import sys
 import time
@@ -26,7 +27,9 @@ _RANGE = re.compile(r"(?P<first>\d*)-(?P<last>\d*)")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", type=_object_arg, help="the object: s3://bucket/key")
-    p.add_argument("-o", "--output", default="-", help="file to write, replaced atomically (default: stdout)")
+    p.add_argument("-o", "--output", default="-",
+                   help="file to write, replaced atomically; a device or FIFO is written in place, a symlink "
+                   "followed (default: stdout)")
     p.add_argument("--range", dest="byte_range", metavar="A-B", type=_range_arg,
                    help="only bytes A to B inclusive (A- to the end, -N the last N)")
     p.add_argument("--progress", action="store_true",
@@ -87,11 +90,12 @@ async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
         if args.byte_range:
             header = f"bytes={args.byte_range}"
             rng, offsets = parse_range(header, info.size), range_offsets(header)
-            if rng is None or offsets is None:  # _range_arg refused what parse_range ignores: not reached
+            if offsets is None:  # _range_arg refused what parse_range ignores: not reached
                 raise ValueError(f"invalid range {args.byte_range!r}: use A-B with A <= B")
             # The client gets the range as asked (-N stays the last N bytes, A- to the end): a read
-            # that starts over on a version of another size resolves it against that size.
-            (start, end), length = offsets, rng.length
+            # that starts over on a version of another size resolves it against that size. rng is
+            # None for a suffix (-N) of an empty object: all of it, nothing, as S3 answers.
+            (start, end), length = offsets, rng.length if rng else 0
         show = args.progress or (sys.stderr.isatty() and length >= PROGRESS_MIN)
         progress = Progress(sys.stderr) if show else None
         try:
@@ -106,6 +110,8 @@ async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
 
 
 async def _to_stdout(pieces: AsyncIterator[bytes], total: int, progress: Progress | None) -> None:
+    if sys.stdout is None:  # started with fd 1 closed (`>&-`): the bytes would go nowhere
+        raise OSError(errno.EBADF, "stdout is closed: give -o FILE")
     out, loop, done = sys.stdout.buffer, asyncio.get_running_loop(), 0
     async with contextlib.aclosing(pieces):
         async for piece in pieces:

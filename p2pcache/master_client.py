@@ -14,8 +14,9 @@ from yarl import URL
 from .auth import Signer
 from .errors import BadRequest, Unauthorized, Unavailable
 from .ring import RingSnapshot, WorkerInfo
+from .worker_client import ERROR_HEADER
 
-__all__ = ["MasterClient", "MSGPACK", "REPLACED_HEADER", "TIMEOUT", "unreachable"]
+__all__ = ["MasterClient", "MSGPACK", "REPLACED_HEADER", "TIMEOUT", "unreachable", "not_master"]
 
 MSGPACK = "application/msgpack"
 TIMEOUT = 10.0  # seconds a heartbeat or a leave waits for the master, unless told less
@@ -80,6 +81,8 @@ class MasterClient:
                     reason = " ".join(data.decode(errors="replace").split())[:500]
                     error = BadRequest if resp.status in (400, 409) else Unauthorized
                     raise error(f"the master at {self.url} refused this worker: {reason}")
+                if resp.status != 200 and (resp.status == 404 or ERROR_HEADER in resp.headers):
+                    raise Unavailable(not_master(self.url, resp))  # the master has every route it is asked
                 if resp.status != 200:
                     raise Unavailable(f"master {method} {path}: HTTP {resp.status} {data[:200]!r}")
                 return data
@@ -101,3 +104,10 @@ def unreachable(url: str, exc: BaseException) -> Unavailable:
     if url.startswith("http://") and isinstance(exc, aiohttp.ServerDisconnectedError):
         hint = " (an https:// server hangs up on plain HTTP: is the URL https://?)"
     return Unavailable(f"master at {url} unreachable: {str(exc) or type(exc).__name__}{hint}")
+
+
+def not_master(url: str, resp: aiohttp.ClientResponse) -> str:
+    """Why an answer the master never gives came from `url`: another server's (a worker's, or S3's)."""
+    worker = resp.headers.get(ERROR_HEADER)
+    sent = f"it answered as a worker: {resp.status} {worker}" if worker else f"it answered {resp.status} {resp.reason}"
+    return f"{url} did not answer as a p2pcache master ({sent}): is it the master's URL?"

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from dataclasses import astuple, dataclass
 
 import msgpack
 
 from .ranges import chunk_count, chunk_length
 
-__all__ = ["ObjectInfo", "ChunkId"]
+__all__ = ["ObjectInfo", "ChunkId", "BUCKET_NAME", "check_bucket"]
+
+# What a worker serves as a bucket (S3's rule, with the legacy upper case); never "_p2p", its own routes.
+BUCKET_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]{0,254}")
+
+
+def check_bucket(bucket: str) -> None:
+    """A ValueError unless `bucket` could be an S3 bucket's name."""
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise ValueError(f"invalid bucket name {bucket!r}: a bucket's name is letters, digits, '.' and '-'")
 
 
 @dataclass(frozen=True)

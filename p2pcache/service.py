@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, Iterator, Protocol
 
 import uvloop
 
-__all__ = ["Service", "Fatal", "run_service", "listening", "setup_logging", "few_malloc_arenas"]
+__all__ = ["Service", "Fatal", "run_service", "listening", "setup_logging", "few_malloc_arenas", "std_fds_open"]
 
 
 class Fatal(Exception):
@@ -39,6 +39,26 @@ def listening(host: str, port: int) -> Iterator[None]:
         reason = os.strerror(exc.errno) if known else exc.strerror or str(exc)
         shown = f"[{host}]" if ":" in host else host
         raise Fatal(f"cannot listen on {shown}:{port}: {reason[:1].lower()}{reason[1:]}") from exc
+
+
+def std_fds_open() -> None:
+    """Open /dev/null onto whichever of fds 0, 1, 2 is closed (`p2pcache get ... <&-`); call it first thing.
+
+    Else the next socket takes that number, and libuv aborts the process when it closes it
+    (`uv__close: Assertion 'fd > STDERR_FILENO' failed`). A closed stderr gets a `sys.stderr` that
+    discards what is written (Python's None would send `print(file=sys.stderr)` to stdout); a
+    closed stdout keeps `sys.stdout` None, so a command that writes data there fails, not loses it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:  # EBADF: closed
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free number: `fd` (0 to 2 in turn)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+            if fd == 2 and sys.stderr is None:
+                sys.stderr = open(2, "w", closefd=False)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -86,6 +106,7 @@ def run_service(make: Callable[[], Service], name: str) -> int:
             return 1
         return 0
 
+    std_fds_open()
     return uvloop.run(main())
 
 

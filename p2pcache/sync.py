@@ -26,10 +26,11 @@ from typing import Callable
 
 from . import tls
 from .cli import run_command
-from .client import TEMP_NAME, Client
+from .client import Client
 from .config import add_flag, add_reader_key_flags, master_url, number_arg, reader_key, s3_url, split_s3_url
 from .errors import NotFound, P2PError
 from .get import Progress
+from .outputs import TEMP_NAME, temp_stem
 from .sizes import format_size
 
 __all__ = ["add_arguments", "main", "sync", "MANIFEST", "LOCK", "SyncResult"]
@@ -187,10 +188,12 @@ def _remove_stale_temp_files(paths: list[Path]) -> None:
     for path in paths:
         names.setdefault(path.parent, set()).add(path.name)
     for parent, wanted in names.items():
-        with contextlib.suppress(FileNotFoundError):
+        stems = {temp_stem(name) for name in wanted}
+        # No directory there (or a file in its place): no temp files; its files' copies fail alone, saying why.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for entry in os.scandir(parent):
                 match = TEMP_NAME.fullmatch(entry.name)
-                if match and match["name"] in wanted and entry.name not in wanted and entry.is_file():
+                if match and match["name"] in stems and entry.name not in wanted and entry.is_file():
                     log.info("removing %s, left by an earlier sync", entry.path)
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)

@@ -391,3 +391,24 @@ def test_client_arguments_are_refused_as_the_cli_refuses_its_flags_not_clamped(u
 
 def test_a_trailing_slash_of_the_master_url_is_dropped():
     assert Client("http://127.0.0.1:7070/").master_url == "http://127.0.0.1:7070"
+
+
+async def test_p2pcache_get_explains_a_wrong_master_and_reads_a_suffix_of_an_empty_object(
+        cluster, s3, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    code, out, err = await p2pcache_get(f"s3://{bucket}/empty", "--range", "-5", "--master", cluster.master.url)
+    assert (code, out, err) == (0, b"", "")  # as S3 answers: 200, all of nothing
+    for url, answered in ((cluster.workers[0].url, "it answered as a worker: "), (s3.url, "it answered 404 ")):
+        code, _, err = await p2pcache_get(f"s3://{bucket}/empty", "--master", url)
+        assert code == 1 and err.startswith(f"p2pcache get: {url} did not answer as a p2pcache master ({answered}")
+        assert err.endswith("is it the master's URL?\n") and err.count("\n") == 1, err
+
+
+async def test_a_name_no_bucket_can_have_is_refused_at_once_without_blaming_a_worker(cluster, bucket, caplog):
+    """`_p2p/health` is a worker's own route (bucket names have no "_"): its HEAD answer has no ETag."""
+    async with Client(cluster.master.url) as client:
+        for call in (client.read("_p2p", "health"), client.stat("Bad_Bucket", "k"), client.list("_p2p"),
+                     client.download("_p2p", "health", "/nonexistent-dir/x")):
+            with pytest.raises(ValueError, match="invalid bucket name '(_p2p|Bad_Bucket)'"):
+                await call
+    assert "trying the next worker" not in caplog.text and "without ETag" not in caplog.text

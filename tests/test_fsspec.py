@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 
 import fsspec
 import pytest
+from fsspec.callbacks import Callback
 
 from conftest import CHUNK
 from p2pcache.fs import P2PCacheFile, P2PCacheFileSystem
@@ -147,3 +149,47 @@ async def test_a_bucket_is_a_directory_not_a_file_to_read(cluster, s3_client, bu
 
     await asyncio.to_thread(scenario)
     assert "trying the next worker" not in caplog.text
+
+
+async def test_get_file_get_simplecache_and_open_local_copy_whole_objects(cluster, s3_client, bucket, tmp_path):
+    body = put(s3_client, bucket, "dir/g.bin", 3 * CHUNK + 7, seed=9)
+    small = put(s3_client, bucket, "dir/sub/h.bin", 10, seed=10)
+    path, master = f"{bucket}/dir/g.bin", cluster.master.url
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("p2pcache", master=master)
+        progress = Callback()
+        fs.get_file(path, str(tmp_path / "g.bin"), callback=progress)
+        assert (tmp_path / "g.bin").read_bytes() == body and (progress.size, progress.value) == (len(body), len(body))
+        into = io.BytesIO()
+        fs.get_file(path, into)  # an open file: written in order
+        assert into.getvalue() == body
+        fs.get(f"{bucket}/dir/", str(tmp_path / "tree"), recursive=True)
+        assert (tmp_path / "tree/g.bin").read_bytes() == body and (tmp_path / "tree/sub/h.bin").read_bytes() == small
+        with pytest.raises(FileNotFoundError):
+            fs.get_file(f"{bucket}/dir/missing", str(tmp_path / "missing"))
+        assert not (tmp_path / "missing").exists()
+        for cache in ("simplecache", "filecache"):
+            options = {"p2pcache": {"master": master}, cache: {"cache_storage": str(tmp_path / cache)}}
+            with fsspec.open(f"{cache}::p2pcache://{path}", "rb", **options) as f:
+                assert f.read() == body
+        local = fsspec.open_local(f"simplecache::p2pcache://{path}", p2pcache={"master": master},
+                                  simplecache={"cache_storage": str(tmp_path / "local")})
+        with open(local, "rb") as f:
+            assert f.read() == body
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_exists_and_isdir_of_a_bucket_say_whether_it_is_there(cluster, s3_client, bucket):
+    put(s3_client, bucket, "k", 10, seed=11)
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("p2pcache", master=cluster.master.url)
+        assert fs.exists(bucket) and fs.isdir(bucket) and fs.exists(f"{bucket}/k")
+        for path in ("no-such-bucket-p2p", "no-such-bucket-p2p/k", "Bad_Bucket/k", "_p2p/health", "_p2p"):
+            assert not fs.exists(path) and not fs.isdir(path), path
+        with pytest.raises(FileNotFoundError):
+            fs.info("no-such-bucket-p2p")
+
+    await asyncio.to_thread(scenario)

@@ -230,3 +230,32 @@ async def test_a_manifest_that_records_a_refused_key_is_not_trusted(cluster, s3_
     assert sorted(first["copied"]) == sorted(second["skipped"]) == sorted(f"coll/{k}" for k in ONE_TO_ONE)
     assert files(out) == ONE_TO_ONE
     assert sorted(json.loads((out / MANIFEST).read_text())) == sorted(f"coll/{k}" for k in ONE_TO_ONE)
+
+
+async def test_a_file_where_a_keys_directory_goes_fails_that_key_alone(cluster, s3_client, bucket, tmp_path):
+    keys = {"p/d/x": b"IN-D", "p/e": b"E", **{f"p/f{i}": b"F%d" % i for i in range(3)}}
+    for key, body in keys.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "d").write_bytes(b"a file, not the directory of p/d/x")
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "p/", out)
+    assert list(result["failed"]) == ["p/d/x"] and str(out / "d") in result["failed"]["p/d/x"]
+    assert sorted(result["copied"]) == sorted(set(keys) - {"p/d/x"})
+    assert files(out) == {"d": b"a file, not the directory of p/d/x"} | {
+        k.removeprefix("p/"): v for k, v in keys.items() if k != "p/d/x"}
+
+
+async def test_a_key_whose_name_is_nearly_too_long_is_copied_and_its_stale_temp_file_removed(
+        cluster, s3_client, bucket, tmp_path):
+    long = "n" * 250 + ".bin"  # 254 bytes: a file name, but `.NAME.<8 hex>.part` would be 268
+    s3_client.put_object(Bucket=bucket, Key=f"m/{long}", Body=b"long")
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".{'n' * 240}.0123abcd.part"  # a killed sync's temp file of it
+    stale.write_bytes(b"x")
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "m/", out)
+    assert (result["copied"], result["failed"]) == ([f"m/{long}"], {})
+    assert files(out) == {long: b"long"} and not stale.exists()

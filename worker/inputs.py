@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Mapping
 from urllib.parse import unquote, unquote_to_bytes
 
 from p2pcache.errors import BadRequest, NotFound, ObjectChanged, Unsupported
-from p2pcache.objects import ChunkId
+from p2pcache.objects import BUCKET_NAME, ChunkId
 
 if TYPE_CHECKING:  # not imported at run time: serving processes use this module without S3
     from aiohttp import web
@@ -21,7 +21,7 @@ MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
 # S3 stops at 5 TiB, MinIO at 50 TiB: a larger claimed size is not an object anywhere.
 MAX_OBJECT_SIZE = 50 << 40
 _ETAG = re.compile(r'"[!#-~]{1,254}"')  # quoted, printable ASCII without quotes or spaces
-_BUCKET = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]{0,254}")
+_BUCKET = BUCKET_NAME
 _HOP = re.compile(r"[0-9]{1,3}")
 # Query parameters that make GET/HEAD of an object something other than its current bytes:
 # answering them with the current version's bytes would be a silent lie.

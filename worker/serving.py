@@ -31,7 +31,7 @@ from p2pcache import tls
 from p2pcache.auth import Verifier
 from p2pcache.errors import P2PError
 from p2pcache.httplog import QuietParseErrors
-from p2pcache.service import few_malloc_arenas, setup_logging
+from p2pcache.service import few_malloc_arenas, setup_logging, std_fds_open
 
 from . import inputs
 from .budget import SERVING_PIECES, PieceBudget
@@ -290,6 +290,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main() -> int:
+    std_fds_open()
     few_malloc_arenas()
     settings = json.loads(sys.stdin.readline())
     setup_logging(settings.get("log_level", "INFO"))

@@ -26,7 +26,7 @@ from p2pcache.objects import ObjectInfo
 
 from .peer import ERROR_HEADER, REASON_HEADER
 
-__all__ = ["CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH",
+__all__ = ["CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "ID_PATH", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH",
            "REST_PATH", "RING_PATH", "TOKEN_HEADER", "passed_on", "sigv4_signed_headers"]
 
 log = logging.getLogger("p2pcache.worker.forward")
@@ -37,6 +37,7 @@ _BASE = "http://coordinator"
 LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
 OBJECT_PATH, REPORT_PATH, REST_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report", LOCAL_PREFIX + "rest"
 RING_PATH, DOWN_PATH = LOCAL_PREFIX + "ring", LOCAL_PREFIX + "down"
+ID_PATH = LOCAL_PREFIX + "id"  # the worker's id: peers sign their requests for it
 TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
 # What an error answer may set; its reason as given (escaped once: worker/http.py `header_text`).
 _ERROR_HEADERS = ("Retry-After", ORIGIN_HEADER, "ETag", "Content-Range", REASON_HEADER)

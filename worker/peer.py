@@ -190,7 +190,7 @@ class PeerClient:
         try:
             return await self._session.get(
                 peer.url + path, params=params, timeout=timeout,
-                headers=headers | self._signer.headers("GET", path, params))
+                headers=headers | self._signer.headers("GET", path, params, to=peer.id, sent=headers))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise PeerError(f"peer {peer.id} at {peer.url} unreachable: {exc!r}") from exc
 

@@ -64,7 +64,8 @@ def ring_from_wire(fields: Any) -> tuple[str, int] | None:
 
 
 class WorkerControl:
-    """Signed requests to one worker's control routes; a worker that cannot be reached is PeerError."""
+    """Signed requests to one worker's control routes, each good at that worker only and once (a
+    preload, an unpin); a worker that cannot be reached is PeerError."""
 
     def __init__(self, session: aiohttp.ClientSession, signer: Signer, timeout: float = 600.0) -> None:
         self._session = session
@@ -101,7 +102,7 @@ class WorkerControl:
     async def _call(self, worker: WorkerInfo, method: str, path: str, body: Any = None,
                     params: dict[str, str] | None = None, timeout: float | None = None) -> Any:
         data = pack(body) if body is not None else b""
-        headers = {"Content-Type": MSGPACK} | self._signer.headers(method, path, params, data)
+        headers = {"Content-Type": MSGPACK} | self._signer.headers(method, path, params, data, to=worker.id)
         t = aiohttp.ClientTimeout(sock_connect=5.0, sock_read=timeout) if timeout else self._timeout
         try:
             async with self._session.request(method, worker.url + path, params=params, data=data or None,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict as MultiDict
 
 from p2pcache.auth import (
     HEADER, MIN_SECRET, AuthError, ReplayGuard, Signer, Verifier, canonical_query, load_secret, sign,
-    verify,
+    string_to_sign, verify,
 )
 
 SECRET = b"s" * 32
@@ -116,3 +117,62 @@ def test_load_secret(tmp_path):
         load_secret("0123456789abcdef", path)
     with pytest.raises(ValueError, match="cannot read"):
         load_secret("", tmp_path / "missing")
+
+
+def test_a_signature_for_a_worker_is_good_at_that_worker_only():
+    header = sign(SECRET, "POST", "/_p2p/unpin", (), b"body", now=NOW, to="w0")
+    verify(SECRET, "POST", "/_p2p/unpin", (), header, b"body", NOW, to="w0")
+    for elsewhere in ("w1", ""):  # another worker, or the master
+        with pytest.raises(AuthError) as info:
+            verify(SECRET, "POST", "/_p2p/unpin", (), header, b"body", NOW, to=elsewhere)
+        assert info.value.status == 403
+    with pytest.raises(AuthError):  # a request signed for no worker (the master's) is not one for w0
+        verify(SECRET, "POST", "/_p2p/unpin", (), sign(SECRET, "POST", "/_p2p/unpin", (), b"body", now=NOW),
+               b"body", NOW, to="w0")
+
+
+@pytest.mark.parametrize("received", [
+    {"Range": "bytes=32768-65535", "X-P2P-Hop": "1"},  # another block of the chunk
+    {"Range": "bytes=0-32767", "X-P2P-Hop": "2"},  # another hop
+    {"X-P2P-Hop": "1"},  # the Range dropped: the whole chunk
+    {"Range": "bytes=32768-65535", "range": "bytes=0-32767", "X-P2P-Hop": "1"},  # another one put first
+])
+def test_the_headers_that_decide_the_bytes_of_an_answer_are_signed(received):
+    sent = {"Range": "bytes=0-32767", "X-P2P-Hop": "1"}
+    header = sign(SECRET, "GET", "/_p2p/chunk", [("index", "0")], now=NOW, to="w0", headers=sent)
+    relabelled = {k.lower(): v for k, v in sent.items()} | {"Accept": "*/*"}  # names in any case; others unsigned
+    verify(SECRET, "GET", "/_p2p/chunk", [("index", "0")], header, b"", NOW, to="w0", headers=relabelled)
+    with pytest.raises(AuthError) as info:
+        verify(SECRET, "GET", "/_p2p/chunk", [("index", "0")], header, b"", NOW, to="w0",
+               headers=MultiDict(received))
+    assert info.value.status == 403 and "w0" in info.value.reason
+    unranged = sign(SECRET, "GET", "/_p2p/chunk", [("index", "0")], now=NOW, to="w0")
+    with pytest.raises(AuthError):  # a Range added on the way
+        verify(SECRET, "GET", "/_p2p/chunk", [("index", "0")], unranged, b"", NOW, to="w0", headers=sent)
+
+
+def test_requests_to_the_master_are_signed_as_before():
+    """No worker and no signed header: the text signed is the one of the earlier versions, so a
+    master and workers of both versions still agree during a rolling upgrade."""
+    assert string_to_sign("POST", "/workers", "", 1, "ab", "cd") == b"P2P1-HMAC-SHA256\nPOST\n/workers\n\n1\nab\ncd"
+    assert string_to_sign("POST", "/workers", "", 1, "ab", "cd", to="w0") != \
+        string_to_sign("POST", "/workers", "", 1, "ab", "cd")
+
+
+def test_a_worker_verifier_guards_the_routes_that_change_state_and_names_its_worker():
+    clock, me = [NOW], ["w0"]
+    verifier = Verifier(SECRET, clock=lambda: clock[0], guard={"/_p2p/unpin"}, me=lambda: me[0])
+    signer = Signer(SECRET, clock=lambda: clock[0])
+    unpin = signer.headers("POST", "/_p2p/unpin", None, b"x", to="w0")[HEADER]
+    verifier.check("POST", "/_p2p/unpin", (), unpin, b"x")
+    with pytest.raises(AuthError) as info:
+        verifier.check("POST", "/_p2p/unpin", (), unpin, b"x")
+    assert info.value.status == 403 and "replayed" in info.value.reason
+    sent = {"Range": "bytes=0-9"}
+    chunk = signer.headers("GET", "/_p2p/chunk", {"index": "0"}, to="w0", sent=sent)[HEADER]
+    for _ in range(2):  # a read may come again: no guard, no memory of it
+        verifier.check("GET", "/_p2p/chunk", [("index", "0")], chunk, headers=sent)
+    me[0] = ""  # a worker that does not know its id yet accepts nothing
+    with pytest.raises(AuthError) as info:
+        verifier.check("GET", "/_p2p/chunk", [("index", "0")], chunk, headers=sent)
+    assert info.value.status == 403

@@ -27,8 +27,10 @@ from worker.server import Worker
 WRONG = b"not-the-cluster-secret-0123456789"
 
 
-def signed(secret: bytes | None, method: str, url: str, params: dict | None = None, body: bytes = b"") -> dict:
-    return Signer(secret).headers(method, URL(url).path, params, body)
+def signed(secret: bytes | None, method: str, url: str, params: dict | None = None, body: bytes = b"",
+           to: str = "", sent: dict | None = None) -> dict:
+    """The signature of a request to the master, or to worker `to` that also sends the headers `sent`."""
+    return Signer(secret).headers(method, URL(url).path, params, body, to=to, sent=sent)
 
 
 def registration(worker_id: str, url: str) -> bytes:
@@ -87,14 +89,16 @@ async def test_a_peer_chunk_request_without_a_valid_signature_is_refused_and_fet
     url = f"{worker.url}/_p2p/chunk"
     gets = s3.get_requests
     async with aiohttp.ClientSession() as http:
-        for headers, status in (({}, 401), (signed(WRONG, "GET", url, params), 403),
-                                (signed(SECRET, "GET", url, params | {"index": "0"}), 403)):
+        for headers, status in (({}, 401), (signed(WRONG, "GET", url, params, to=worker.id), 403),
+                                (signed(SECRET, "GET", url, params | {"index": "0"}, to=worker.id), 403),
+                                (signed(SECRET, "GET", url, params), 403),  # signed for no worker
+                                (signed(SECRET, "GET", url, params, to="w9"), 403)):  # for another one
             async with http.get(url, params=params, headers=headers) as resp:
                 assert resp.status == status
                 assert resp.headers["X-P2P-Error"] == ("Unauthorized" if status == 401 else "AccessDenied")
         assert s3.get_requests == gets and files(worker.store.root) == []
         assert await metric(http, worker.url, "p2pcache_origin_requests_total") == 0
-        async with http.get(url, params=params, headers=signed(SECRET, "GET", url, params)) as resp:
+        async with http.get(url, params=params, headers=signed(SECRET, "GET", url, params, to=worker.id)) as resp:
             sums = int(resp.headers["X-P2P-Sums"])  # the blocks' checksums come first
             assert resp.status == 206 and (await resp.read())[sums:] == body[CHUNK:]  # the same request, signed
         for route in ("health", "ready", "metrics"):  # probes and Prometheus need no secret
@@ -238,3 +242,31 @@ async def test_signatures_survive_keys_with_every_kind_of_character(cluster_fact
         total = await wait_for(served, what="the peer bytes to be counted")
         failures = [await metric(http, w.url, "p2pcache_peer_failures_total") for w in cluster.workers]
         assert total == len(body) and failures == [0, 0]  # each chunk went once to its non-owner
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_a_signed_request_that_changes_state_is_taken_once_and_only_by_its_worker(cluster_factory, processes):
+    """A captured preload, unpin or take played again, at its worker or at another, is refused; a read
+    (status) may come again, at its worker only. With serving processes the coordinator keeps the nonces."""
+    cluster = await cluster_factory(2, serve_processes=processes)
+    w0, w1 = cluster.workers
+    unpin, preload = msgpack.packb({"bucket": "b", "prefix": "x"}), msgpack.packb({"chunks": []})
+    take = {"bucket": "b", "key": "k", "etag": '"0123"', "size": "1", "chunk_size": str(CHUNK), "index": "0",
+            "from": w1.id}
+    async with aiohttp.ClientSession() as http:
+        for method, path, params, body in (("POST", "/_p2p/unpin", None, unpin),
+                                           ("POST", "/_p2p/preload", None, preload),
+                                           ("GET", "/_p2p/take", take, b"")):
+            headers = signed(SECRET, method, path, params, body, to=w0.id) | {"Content-Type": MSGPACK}
+            answers = []
+            for worker in (w0, w0, w1):
+                async with http.request(method, worker.url + path, params=params, data=body or None,
+                                        headers=headers) as resp:
+                    answers.append((resp.status, resp.headers.get("X-P2P-Reason", "")))
+            assert answers[0][0] != 403, (path, answers)  # taken (whatever the worker makes of it)
+            assert answers[1][0] == 403 and "replayed" in answers[1][1], (path, answers)
+            assert answers[2][0] == 403 and f"for worker {w1.id}" in answers[2][1], (path, answers)
+        status = signed(SECRET, "GET", "/_p2p/status", to=w0.id)
+        for worker, code in ((w0, 200), (w0, 200), (w1, 403)):
+            async with http.get(worker.url + "/_p2p/status", headers=status) as resp:
+                assert resp.status == code, worker.id

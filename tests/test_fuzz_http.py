@@ -28,6 +28,7 @@ from p2pcache.auth import HEADER, sign
 from rawhttp import exchange
 
 BUCKET_SLOT = "{bucket}"  # replaced by the test's bucket when the request is sent
+WORKER_SLOT = "{worker}"  # the id of the worker a signed request is for
 FUZZ = settings(max_examples=400, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
 HUGE = "9" * 4400
@@ -61,7 +62,8 @@ class Req(NamedTuple):
                                                            for k, v in query) if query else "")
         headers = dict(self.headers)
         if self.sign:
-            headers[HEADER] = sign(SECRET, self.method, path, query, self.body)
+            headers[HEADER] = sign(SECRET, self.method, path, query, self.body, to=slots.get(WORKER_SLOT, ""),
+                                   headers=headers)
         if self.body:
             headers["Content-Length"] = str(len(self.body))
         head = [f"{self.method} {target} HTTP/1.1", "Host: fuzz", "Connection: close"]
@@ -182,7 +184,7 @@ async def test_fuzz_the_worker(cluster_factory, s3_client, bucket, caplog):
     s3_client.put_object(Bucket=bucket, Key="empty.bin", Body=b"")
     s3_client.put_object(Bucket=bucket, Key="dir/m.bin", Body=b"x")
     etag = s3_client.head_object(Bucket=bucket, Key="m.bin")["ETag"]
-    slots = {BUCKET_SLOT: bucket, "{etag}": etag, "{size}": str(len(body))}
+    slots = {BUCKET_SLOT: bucket, "{etag}": etag, "{size}": str(len(body)), WORKER_SLOT: cluster.workers[0].id}
     statuses = await _fuzz(worker_requests, cluster.workers[0].url, slots,
                            (Req("DELETE", f"/{BUCKET_SLOT}/m.bin", [], {}),
                             Req("GET", f"/{BUCKET_SLOT}/m.bin", [], {})))

@@ -63,12 +63,14 @@ async def test_the_peer_route_refuses_chunks_this_cluster_could_not_hold(cluster
     async with aiohttp.ClientSession() as http:
         for change, headers, status, code in tampered:
             params = good | change
-            async with http.get(url, params=params, headers=signed(SECRET, "GET", url, params) | headers) as resp:
+            async with http.get(url, params=params,
+                                headers=signed(SECRET, "GET", url, params, to=worker.id, sent=headers) | headers) as resp:
                 assert (resp.status, resp.headers.get("X-P2P-Error")) == (status, code), (change, headers)
         assert s3.get_requests == gets and files(worker.store.root) == []  # nothing fetched, nothing written
         assert await metric(http, worker.url, "p2pcache_origin_requests_total") == 0
         for headers in ({}, {"Range": f"bytes=0-{HUGE}"}):  # the untampered request: served
-            async with http.get(url, params=good, headers=signed(SECRET, "GET", url, good) | headers) as resp:
+            async with http.get(url, params=good,
+                                headers=signed(SECRET, "GET", url, good, to=worker.id, sent=headers) | headers) as resp:
                 sums = int(resp.headers["X-P2P-Sums"])  # the blocks' checksums come first
                 assert resp.status == 206 and (await resp.read())[sums:] == body[2 * CHUNK:]
 

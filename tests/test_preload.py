@@ -154,10 +154,11 @@ async def test_malformed_worker_control_bodies_get_a_400(cluster):
         for path, body in (("/_p2p/preload", b"\xc1"), ("/_p2p/preload", b"\x81\xa6chunks\x91\x93\x01\x02\x03"),
                            *(("/_p2p/preload", b) for b in bad_rings),
                            ("/_p2p/has", b"\x90"), ("/_p2p/unpin", b"\x80")):
-            async with http.post(w.url + path, data=body, headers=signer.headers("POST", path, None, body)) as resp:
+            async with http.post(w.url + path, data=body,
+                                 headers=signer.headers("POST", path, None, body, to=w.id)) as resp:
                 assert resp.status == 400, (path, body, resp.status)
                 assert resp.headers["X-P2P-Error"] == "InvalidRequest"
-        async with http.get(w.url + "/_p2p/preload", headers=signer.headers("GET", "/_p2p/preload")) as resp:
+        async with http.get(w.url + "/_p2p/preload", headers=signer.headers("GET", "/_p2p/preload", to=w.id)) as resp:
             assert resp.status == 405
 
 

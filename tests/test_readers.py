@@ -1,4 +1,5 @@
-"""Reader keys (--client-keys): signed by botocore, curl and s3fs, checked by real workers."""
+"""Reader keys (--client-keys): signed by botocore, curl and s3fs, checked by real workers (and their
+serving processes)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ import aiohttp
 import boto3
 import pytest
 import yarl
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from conftest import CHUNK, cli_env
+from rawhttp import exchange
+from worker.forward import passed_on, sigv4_signed_headers
 from worker.readers import ClientKey, client_keys_arg, parse_client_keys
 
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -312,3 +318,43 @@ def test_a_malformed_key_file_stops_the_worker_at_startup(tmp_path):
     assert proc.returncode == 2
     assert f"argument --client-keys: {path} line 2: expected ACCESS_KEY_ID SECRET_ACCESS_KEY" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_a_signature_over_content_length_holds_through_serving_processes(
+        cluster_factory, data, bucket, keys_file, processes):
+    """A client may sign hop-by-hop headers such as `Content-Length: 0`: a serving process passes a
+    cold read on to its coordinator with them as they came, so the signature checks out there too."""
+    cluster = await cluster_factory(1, serve_processes=processes, client_keys=client_keys_arg(str(keys_file)))
+    url = cluster.workers[0].url
+    host = yarl.URL(url).raw_authority
+    credentials = Credentials("reader", SECRET)
+    signed = AWSRequest(method="GET", url=f"{url}/{bucket}/plain.bin",
+                        headers={"Content-Length": "0", "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    S3SigV4Auth(credentials, "s3", "us-east-1").add_auth(signed)
+    assert "content-length;" in signed.headers["Authorization"]
+    presigned = AWSRequest(method="GET", url=f"{url}/{bucket}/big/weights.bin", headers={"Content-Length": "0"})
+    S3SigV4QueryAuth(credentials, "s3", "us-east-1", expires=60).add_auth(presigned)
+    assert "X-Amz-SignedHeaders=content-length%3Bhost" in presigned.url
+    for request, body in ((signed, data["plain.bin"]), (presigned, data["big/weights.bin"])):  # each a cold read
+        target = yarl.URL(request.url, encoded=True).raw_path_qs
+        lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in request.headers.items() if k.lower() != "host"]
+        reply = await exchange(url, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        assert (reply.status, reply.headers.get("x-p2p-error")) == (200, None), reply.headers.get("x-p2p-reason")
+        assert reply.body == body
+
+
+def test_a_serving_process_passes_on_the_hop_by_hop_headers_a_reader_signed_and_no_other():
+    headers = [("Host", "w"), ("Content-Length", "0"), ("Connection", "close"), ("TE", "trailers"),
+               ("Range", "bytes=0-9"), ("x-p2p-local", "forged"), ("X-P2P-Local", "forged")]
+    local = {"X-P2P-Local": "token"}
+    plain = [("Host", "w"), ("Range", "bytes=0-9")]
+    assert passed_on(headers, None, "", local) == plain
+    auth = "AWS4-HMAC-SHA256 Credential=r/20240101/us-east-1/s3/aws4_request, " \
+           "SignedHeaders=content-length;host;x-amz-date, Signature=00"
+    assert passed_on(headers, auth, "", local) == [("Host", "w"), ("Content-Length", "0"), ("Range", "bytes=0-9")]
+    query = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-SignedHeaders=connection%3Bhost%3Bte&X-Amz-Signature=00"
+    assert passed_on(headers, None, query, local) == [("Host", "w"), ("Connection", "close"), ("TE", "trailers"),
+                                                      ("Range", "bytes=0-9")]
+    assert sigv4_signed_headers("AWS4-HMAC-SHA256 Credential=x, Signature=00", "") == frozenset()

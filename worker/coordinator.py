@@ -1,6 +1,7 @@
 """The coordinator's side of the serving processes' channel: its unix socket's routes.
 
-Serving processes ask it for an object's identity (`/_p2p/local/object`) and
+Serving processes ask it for the worker's id (`/_p2p/local/id`: peers sign
+their requests for it), an object's identity (`/_p2p/local/object`) and
 its ring (`/_p2p/local/ring`: they read chunks held by other workers from those
 workers), tell it of a peer that failed (`/_p2p/local/down`) before they pass
 on what it should have sent, and report their chunk uses, corrupt chunks and requests
@@ -23,7 +24,7 @@ from p2pcache.errors import BadRequest, CorruptChunk, P2PError
 from p2pcache.objects import ObjectInfo
 
 from .http import error_response, prepend, send_body
-from .forward import DOWN_PATH, OBJECT_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER
+from .forward import DOWN_PATH, ID_PATH, OBJECT_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER
 
 __all__ = ["coordinator_handler", "TOUCHES"]
 
@@ -54,6 +55,9 @@ def coordinator_handler(worker, token: str) -> Handler:
         return web.json_response({"etag": info.etag, "size": info.size, "last_modified": info.last_modified,
                                   "content_type": info.content_type, "headers": info.headers,
                                   "chunk_size": ring.chunk_size, "ring": ring.version})
+
+    async def worker_id(request: web.BaseRequest) -> web.Response:
+        return web.json_response({"id": worker.id})
 
     async def ring(request: web.BaseRequest) -> web.Response:
         """The worker's current ring (msgpack, base64) and its own id in it."""
@@ -124,5 +128,6 @@ def coordinator_handler(worker, token: str) -> Handler:
             await pieces.aclose()
         return resp
 
-    routes = {OBJECT_PATH: object_info, REPORT_PATH: report, REST_PATH: rest, RING_PATH: ring, DOWN_PATH: down}
+    routes = {OBJECT_PATH: object_info, REPORT_PATH: report, REST_PATH: rest, RING_PATH: ring, DOWN_PATH: down,
+              ID_PATH: worker_id}
     return handle

@@ -2,7 +2,10 @@
 
 Whatever a serving process does not answer from a chunk file (a miss, a fill,
 listings, HEAD, errors, every /_p2p/ route) is passed on as is, signature
-headers included, and the coordinator's answer sent back as it comes.
+headers included, and the coordinator's answer sent back as it comes. A
+hop-by-hop header is not passed on unless a reader's signature covers it (a
+client may sign `Content-Length: 0`): the coordinator checks the signature
+against the headers the client sent (`passed_on`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import logging
 import re
 from typing import Any, AsyncIterator
+from urllib.parse import parse_qsl
 from xml.sax.saxutils import unescape
 
 import aiohttp
@@ -22,8 +26,8 @@ from p2pcache.objects import ObjectInfo
 
 from .peer import ERROR_HEADER, REASON_HEADER
 
-__all__ = ["CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH",
-           "REST_PATH", "RING_PATH", "TOKEN_HEADER"]
+__all__ = ["CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "ID_PATH", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH",
+           "REST_PATH", "RING_PATH", "TOKEN_HEADER", "passed_on", "sigv4_signed_headers"]
 
 log = logging.getLogger("p2pcache.worker.forward")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -33,10 +37,12 @@ _BASE = "http://coordinator"
 LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
 OBJECT_PATH, REPORT_PATH, REST_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report", LOCAL_PREFIX + "rest"
 RING_PATH, DOWN_PATH = LOCAL_PREFIX + "ring", LOCAL_PREFIX + "down"
+ID_PATH = LOCAL_PREFIX + "id"  # the worker's id: peers sign their requests for it
 TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
 # What an error answer may set; its reason as given (escaped once: worker/http.py `header_text`).
 _ERROR_HEADERS = ("Retry-After", ORIGIN_HEADER, "ETag", "Content-Range", REASON_HEADER)
 _MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.S)
+_SIGNED_HEADERS = re.compile(r"SignedHeaders=([^\s,]*)")
 
 
 class CoordinatorClient:
@@ -96,8 +102,8 @@ class CoordinatorClient:
     async def forward(self, request: web.BaseRequest) -> web.StreamResponse:
         """Pass `request` on and stream the answer back (a cut answer cuts the client's connection)."""
         body = await request.read() if request.can_read_body else None
-        headers = [(k, v) for k, v in request.headers.items()
-                   if k.lower() not in HOP_BY_HOP and k not in self._local_headers]
+        headers = passed_on(request.headers.items(), request.headers.get("Authorization"),
+                            request.raw_path.partition("?")[2], self._local_headers)
         url = URL(_BASE + request.raw_path, encoded=True)
         try:
             upstream = await self._session.request(request.method, url, headers=headers, data=body,
@@ -130,6 +136,30 @@ class CoordinatorClient:
             return resp
         finally:
             upstream.release()
+
+
+def sigv4_signed_headers(authorization: str | None, raw_query: str) -> frozenset[str]:
+    """The names (lower case) of the headers a reader's SigV4 signature covers: its Authorization
+    header's `SignedHeaders`, or a presigned URL's `X-Amz-SignedHeaders`; none if it is unsigned.
+    Lenient: a malformed signature is the coordinator's to refuse."""
+    names = ""
+    if authorization:
+        found = _SIGNED_HEADERS.search(authorization)
+        names = found[1] if found else ""
+    elif "X-Amz-SignedHeaders=" in raw_query:
+        names = next((v for k, v in parse_qsl(raw_query, keep_blank_values=True) if k == "X-Amz-SignedHeaders"), "")
+    return frozenset(n.strip().lower() for n in names.split(";") if n.strip())
+
+
+def passed_on(headers, authorization: str | None, raw_query: str, local: dict[str, str]) -> list[tuple[str, str]]:
+    """The headers of a client's request (`headers`: its (name, value) pairs) to pass on to the
+    coordinator: not the hop-by-hop ones, unless the reader signed them (the coordinator checks the
+    signature against what the client sent), nor one of the coordinator's own (`local`: a client
+    that sends one does not reach a local route)."""
+    signed = sigv4_signed_headers(authorization, raw_query)
+    own = {name.lower() for name in local}
+    return [(k, v) for k, v in headers
+            if (k.lower() not in HOP_BY_HOP or k.lower() in signed) and k.lower() not in own]
 
 
 def _relayed(status: int, headers, body: str) -> Relayed:

@@ -1,9 +1,14 @@
 """The internal peer API: fetch a piece of a chunk from the worker that owns it.
 
-A piece is asked for in whole blocks. A peer that reads it from its store
+A piece is asked for in whole blocks (`Range` and `X-P2P-Hop` are signed with
+the rest of the request: p2pcache/auth.py). A peer that reads it from its store
 sends the blocks' checksums first (`X-P2P-Sums: <bytes of sums>` and
 `X-P2P-Block`), then the bytes; every block is checked here before any of it
-is passed on, so a transfer damaged on the way is never served or stored.
+is passed on, so a transfer damaged on the way is never served or stored. A
+peer that streams the bytes from elsewhere (S3, or another peer, when its disk
+is failing or full) says so (`X-P2P-Sums: 0`). An answer for other bytes than
+those asked (its `Content-Range`, its length) or without a word on its sums is
+a corrupt transfer, never read.
 """
 
 from __future__ import annotations
@@ -24,14 +29,14 @@ from p2pcache.ring import WorkerInfo
 
 __all__ = ["PeerClient", "PeerStream", "CHUNK_PATH", "TAKE_PATH", "HOP_HEADER", "ERROR_HEADER",
            "REASON_HEADER", "SUMS_HEADER", "BLOCK_HEADER", "chunk_params", "chunk_from_params",
-           "chunk_answer"]
+           "chunk_answer", "answer_sums"]
 
 CHUNK_PATH = "/_p2p/chunk"
 TAKE_PATH = "/_p2p/take"  # "you own this chunk now: copy it from me if you lack it"
-HOP_HEADER = "X-P2P-Hop"
+HOP_HEADER = "X-P2P-Hop"  # signed, as Range is (p2pcache/auth.py SIGNED_HEADERS)
 ERROR_HEADER = "X-P2P-Error"  # the error's code, set on every error response
 REASON_HEADER = "X-P2P-Reason"  # its one-line message
-SUMS_HEADER = "X-P2P-Sums"  # bytes of block checksums that precede the chunk's bytes
+SUMS_HEADER = "X-P2P-Sums"  # bytes of block checksums that precede the chunk's bytes; on every answer
 BLOCK_HEADER = "X-P2P-Block"  # the block size they are of
 # A stream from a peer holds about four of its steps at once: aiohttp buffers up to twice what
 # a read asks for, plus the step being gathered and the one being sent on. So a step is a quarter
@@ -55,32 +60,63 @@ def chunk_from_params(q) -> ChunkId:
 def chunk_answer(c: ChunkId, offset: int, length: int, file) -> tuple[web.StreamResponse, bytes]:
     """The 206 for bytes `[offset, offset + length)` of chunk `c`, and the sums to write before
     them: those of the blocks sent when they come from a chunk file (`file`, a store ChunkFile)
-    in whole blocks, else none (bytes streamed from elsewhere, which the receiver cannot check)."""
+    in whole blocks, else none, said so with `X-P2P-Sums: 0` (bytes streamed from elsewhere: S3,
+    or a peer whose sums were checked here as they came)."""
     resp = web.StreamResponse(status=206)
     resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{c.length}"
     sums = b""
     if file is not None and (offset, offset + length) == blocksums.aligned(offset, length, c.length, file.block):
         sums = blocksums.table_slice(file.table, offset, offset + length, file.block)
-        resp.headers[SUMS_HEADER], resp.headers[BLOCK_HEADER] = str(len(sums)), str(file.block)
+        resp.headers[BLOCK_HEADER] = str(file.block)
+    resp.headers[SUMS_HEADER] = str(len(sums))
     resp.content_length = len(sums) + length
     return resp, sums
+
+
+def answer_sums(status: int, headers, start: int, stop: int, chunk_length: int) -> tuple[int, int]:
+    """(bytes of sums, their block size) ahead of the bytes in a peer's answer to a request for
+    bytes `[start, stop)` of a chunk of `chunk_length` bytes; (0, 0): the peer has no sums of them.
+    ValueError if the answer is not for those bytes (status, Content-Range, Content-Length) or says
+    nothing of its sums (the header is on every answer: one dropped on the way is no answer to trust)."""
+    if status != 206:
+        raise ValueError(f"status {status}, not 206")
+    want = f"bytes {start}-{stop - 1}/{chunk_length}"
+    if headers.get("Content-Range") != want:
+        raise ValueError(f"Content-Range {headers.get('Content-Range')!r} for a request of {want!r}")
+    if SUMS_HEADER not in headers:
+        raise ValueError(f"no {SUMS_HEADER} header")
+    try:
+        size = int(headers[SUMS_HEADER])
+        block = int(headers[BLOCK_HEADER]) if size else 0
+    except (KeyError, ValueError):
+        raise ValueError("malformed checksum headers") from None
+    blocks = -(-stop // block) - start // block if block > 0 else -1
+    if size and (block <= 0 or start % block or size != blocks * 8) or size < 0:
+        raise ValueError(f"{size} bytes of sums of {block}-byte blocks for bytes {start}-{stop}")
+    if headers.get("Content-Length") != str(size + stop - start):
+        raise ValueError(f"Content-Length {headers.get('Content-Length')!r} for {size} bytes of sums "
+                         f"and {stop - start} bytes")
+    return size, block
 
 
 class PeerStream:
     """An open peer response whose body is the requested bytes of a chunk.
 
     The response holds whole blocks `[start, stop)` around the requested
-    `[offset, offset + length)`; with the sender's sums, each block is checked
-    before its bytes are yielded (a mismatch is a PeerError, so the reader fails over).
+    `[offset, offset + length)`, after `sums` bytes of the sender's sums of `block`-byte
+    blocks (`answer_sums`); with them, each block is checked before its bytes are yielded
+    (a mismatch is a PeerError, so the reader fails over).
     """
 
     def __init__(self, peer: WorkerInfo, resp: aiohttp.ClientResponse, start: int, stop: int,
-                 offset: int, length: int, on_corrupt: Callable[[], None], piece: Callable[[], int]) -> None:
+                 offset: int, length: int, on_corrupt: Callable[[], None], piece: Callable[[], int],
+                 sums: int = 0, block: int = 0) -> None:
         self.peer = peer
         self._resp = resp
         self._piece = piece
         self._start, self._stop, self._offset, self._end = start, stop, offset, offset + length
         self._on_corrupt = on_corrupt
+        self._sums_size, self._block = sums, block
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content, pos = self._resp.content, self._start
@@ -109,19 +145,10 @@ class PeerStream:
             self.close()
 
     async def _sums(self) -> tuple[bytes | None, int]:
-        """The sender's sums of the blocks it sends, or None (it streams them from S3)."""
-        headers = self._resp.headers
-        if SUMS_HEADER not in headers:
+        """The sender's sums of the blocks it sends, or None (it streams them from elsewhere)."""
+        if not self._sums_size:
             return None, 0
-        try:
-            size, block = int(headers[SUMS_HEADER]), int(headers[BLOCK_HEADER])
-        except (KeyError, ValueError):
-            raise PeerError(f"peer {self.peer.id} sent malformed checksum headers") from None
-        blocks = -(-self._stop // block) - self._start // block if block > 0 else -1
-        if block <= 0 or self._start % block or size != blocks * 8:
-            raise PeerError(f"peer {self.peer.id} sent {size} bytes of sums of {block}-byte "
-                            f"blocks for bytes {self._start}-{self._stop}")
-        return await self._resp.content.readexactly(size), block
+        return await self._resp.content.readexactly(self._sums_size), self._block
 
     def close(self) -> None:
         self._resp.release() if self._resp.content.at_eof() else self._resp.close()
@@ -163,9 +190,15 @@ class PeerClient:
         params = chunk_params(c) | ({"local": "1"} if local else {})
         timeout = self._holder_timeout if local else self._primary_timeout if primary else self._timeout
         resp = await self._get(peer, CHUNK_PATH, params, headers, timeout)
-        if resp.status in (200, 206):
-            return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt, self._piece)
-        raise _error(peer, c, resp)
+        if not 200 <= resp.status < 300:
+            raise _error(peer, c, resp)
+        try:
+            sums, block = answer_sums(resp.status, resp.headers, start, stop, c.length)
+        except ValueError as exc:  # another piece than asked for (or its sums lost): never read
+            resp.close()
+            self._on_corrupt()
+            raise PeerError(f"peer {peer.id} sent a corrupt answer for {c.ring_key}: {exc}") from None
+        return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt, self._piece, sums, block)
 
     async def take(self, peer: WorkerInfo, c: ChunkId, source: str, keep: bool = False) -> bool:
         """Tell `peer`, an owner of `c`, to copy it from worker `source` if it lacks it.
@@ -190,7 +223,7 @@ class PeerClient:
         try:
             return await self._session.get(
                 peer.url + path, params=params, timeout=timeout,
-                headers=headers | self._signer.headers("GET", path, params))
+                headers=headers | self._signer.headers("GET", path, params, to=peer.id, sent=headers))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise PeerError(f"peer {peer.id} at {peer.url} unreachable: {exc!r}") from exc
 

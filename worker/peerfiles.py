@@ -33,7 +33,8 @@ class PeerFiles:
             return None
         try:
             if self._verifier is not None:
-                self._verifier.check("GET", request.path, request.query.items(), request.headers.get(HEADER))
+                self._verifier.check("GET", request.path, request.query.items(), request.headers.get(HEADER),
+                                     headers=request.headers)
             c, offset, length, _ = parse_peer_request(request, MAX_HOPS)
         except (AuthError, P2PError):
             return None

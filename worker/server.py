@@ -60,13 +60,16 @@ from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
 from .store import ChunkStore
 
-__all__ = ["Worker", "OPEN_ROUTES"]
+__all__ = ["Worker", "OPEN_ROUTES", "STATE_ROUTES"]
 
 log = logging.getLogger("p2pcache.worker")
 # Internal routes open to anyone who reaches the worker (probes, Prometheus); the others need
 # the cluster secret's signature.
 OPEN_ROUTES = frozenset({"/_p2p/health", "/_p2p/ready", "/_p2p/metrics"})
 POST_ROUTES = frozenset({"/_p2p/preload", "/_p2p/has", "/_p2p/unpin"})  # the others are GET/HEAD
+# Routes that change what the worker holds or keeps: a signature is accepted there once (a replay
+# is 403). The others read; a read signed for this worker may come again within the window.
+STATE_ROUTES = frozenset({"/_p2p/take", "/_p2p/preload", "/_p2p/unpin"})
 PEER_CONNECTIONS = 64  # pooled connections to each peer
 
 
@@ -90,7 +93,7 @@ class Worker:
         self._rid_prefix, self._rids = uuid.uuid4().hex[:8].upper(), itertools.count()
         secret = config.cluster_secret
         self._signer = Signer(secret)
-        self._verifier = Verifier(secret) if secret else None
+        self._verifier = Verifier(secret, guard=STATE_ROUTES, me=lambda: self.id) if secret else None
         self._refusals = OncePer(60.0)
         self.procs: ServingProcesses | None = None
 
@@ -340,7 +343,7 @@ class Worker:
         body = await request.read() if request.can_read_body else b""
         try:
             self._verifier.check(request.method, request.path, request.query.items(),
-                                 request.headers.get(HEADER), body)
+                                 request.headers.get(HEADER), body, request.headers)
         except AuthError as exc:
             if self._refusals.due(str(request.remote)):
                 log.warning("refused %s %r from %s: %s (not logged again for this client for 60 s)",

@@ -37,7 +37,7 @@ from . import inputs
 from .budget import SERVING_PIECES, PieceBudget
 from .chunkfiles import ChunkFiles
 from .fastpath import FastPath, Head, response_head
-from .forward import LOCAL_PREFIX, REPORT_PATH, TOKEN_HEADER, CoordinatorClient
+from .forward import ID_PATH, LOCAL_PREFIX, REPORT_PATH, TOKEN_HEADER, CoordinatorClient
 from .generation import Generation
 from .http import REQUEST_ID, RequestLine, answered, body_response, error_answer, log_error, send_body
 from .limits import TokenBucket
@@ -80,7 +80,8 @@ class ServingProcess:
                            TokenBucket(limit) if limit else None,
                            settings.get("meta_ttl", 5.0) / 2,  # the coordinator's copy is at most as old
                            self.generation)
-        self.peer_files = PeerFiles(self.reads, Verifier(secret) if secret else None)
+        self.worker_id = ""  # the coordinator's (`start`): peers' requests are signed for it
+        self.peer_files = PeerFiles(self.reads, Verifier(secret, me=lambda: self.worker_id) if secret else None)
         self._rid_prefix, self._rids = uuid.uuid4().hex[:6].upper() + f"{self.index:02X}", itertools.count()
         self._runner: web.ServerRunner | None = None
         self._listener: asyncio.base_events.Server | None = None
@@ -94,6 +95,7 @@ class ServingProcess:
                             logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")))
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=s.get("drain_timeout", 20))
         await self._runner.setup()
+        self.worker_id = (await self.coordinator.get_json(ID_PATH, {}))["id"]
         await self.peer_reads.start()
         # Connections start on the fast path, and move to aiohttp's `server` at the first
         # request it does not answer (worker/fastpath.py).

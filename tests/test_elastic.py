@@ -339,7 +339,7 @@ async def test_a_hung_owner_does_not_hold_up_the_handoff_to_the_others(cluster_f
     accepts, nothing answers). The hung one holds one of the handoff's slots: the healthy one
     gets every chunk it now owns within the drain. Before, the takes to the hung owner took
     every slot, each for the 60 s peer timeout, and the healthy owner got a few."""
-    cluster = await cluster_factory(2, drain_timeout=6.0)
+    cluster = await cluster_factory(2, drain_timeout=3.0)
     proxy = await FaultProxy("http://127.0.0.1:1").start()
     try:
         hung = await cluster.add_worker(advertise=proxy.url)  # its peers reach it through the proxy
@@ -351,7 +351,7 @@ async def test_a_hung_owner_does_not_hold_up_the_handoff_to_the_others(cluster_f
             await read_all(http, [healthy.url], bucket, data)
         held = [c for c in chunks(s3_client, bucket, data) if c.name in leaving.store]
         proxy.mode = "hang"
-        await leaving.stop()  # what SIGTERM does: drain for up to 6 s, then leave
+        await leaving.stop()  # what SIGTERM does: drain for up to 3 s, then leave
         placement = healthy.placement
         assert leaving.id not in placement.workers
         theirs = [c for c in held if placement.owner(c).id == healthy.id]

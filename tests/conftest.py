@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -72,6 +73,27 @@ async def put_chunk(store, c, fill: bytes | None = None) -> None:
     """Store chunk `c` of a `ChunkStore` whole, filled with `fill` (its index's byte by default)."""
     async with store.writing(c.name, c.length, c.pack()) as w:
         await w.write(fill or bytes([c.index % 256]) * c.length)
+
+
+async def p2pcache_get(*args: str) -> tuple[int, bytes, str]:
+    """`p2pcache get ARGS` in a process of its own: its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "p2pcache", "get", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out, err.decode()
+
+
+@pytest.fixture
+def fsspec_instances():
+    """fsspec caches filesystem instances: after the test, stop their clients so none follows a
+    master that is gone (`pytestmark = pytest.mark.usefixtures("fsspec_instances")`)."""
+    from p2pcache.fs import P2PCacheFileSystem
+
+    yield
+    for fs in list(P2PCacheFileSystem._cache.values()):
+        fs.close()
+    P2PCacheFileSystem.clear_instance_cache()
 
 
 async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:

@@ -11,6 +11,7 @@ import shutil
 import aiohttp
 from aiohttp import web
 
+from aioproxy import AioProxy
 from conftest import metric
 from p2pcache.objects import ObjectInfo
 from worker.server import Worker
@@ -148,28 +149,12 @@ async def test_a_flipped_byte_is_caught_after_a_restart(cluster_factory, s3_clie
         assert await metric(http, worker.url, "p2pcache_corrupt_chunks_total") == 3
 
 
-class Flipper:
+class Flipper(AioProxy):
     """A proxy in front of a worker that flips one byte of every /_p2p/chunk body past its sums."""
 
     def __init__(self, target: str) -> None:
+        super().__init__()
         self.target, self.flipped = target, 0
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> "Flipper":
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        self._session = aiohttp.ClientSession(auto_decompress=False)
-        return self
-
-    async def stop(self) -> None:
-        await self._session.close()
-        await self._runner.cleanup()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}

@@ -14,7 +14,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from conftest import CHUNK, metric, wait_for
+from conftest import CHUNK, metric, p2pcache_get, wait_for
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache import Client, SyncClient
@@ -186,14 +186,6 @@ async def test_download_writes_an_identical_file_and_reports_progress(cluster, s
     assert seen[0] == (0, size) and seen[-1] == (size, size)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert sorted(p.name for p in out.iterdir()) == ["a-dir", "d.bin", "part.bin"]  # no temp files left
-
-
-async def p2pcache_get(*args: str) -> tuple[int, bytes, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "p2pcache", "get", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out, err.decode()
 
 
 async def test_p2pcache_get_writes_the_object_or_a_range(cluster, s3_client, bucket, tmp_path):

@@ -13,14 +13,7 @@ from fsspec.callbacks import Callback
 from conftest import CHUNK
 from p2pcache.fs import P2PCacheFile, P2PCacheFileSystem
 
-
-@pytest.fixture(autouse=True)
-def close_filesystems():
-    """fsspec caches instances: stop their clients so none follows a master that is gone."""
-    yield
-    for fs in list(P2PCacheFileSystem._cache.values()):
-        fs.close()
-    P2PCacheFileSystem.clear_instance_cache()
+pytestmark = pytest.mark.usefixtures("fsspec_instances")
 
 
 def put(s3_client, bucket: str, key: str, size: int, seed: int) -> bytes:

@@ -96,7 +96,10 @@ def test_the_cluster_dies_with_p2pcache_local_even_when_it_is_killed(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pcache", "local", "--port", "0", "--workers", "1",
          "--demo-size", "1MiB", "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+        # The worker, its master gone with it, tries to announce its drain for its --drain-timeout
+        # (the master may be restarting) and serves meanwhile: 1 s here, not the default 20.
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=os.environ | {"P2PCACHE_DRAIN_TIMEOUT": "1"})
     try:
         urls = read_banner(proc)
         proc.kill()  # no chance to clean up: the children must notice on their own

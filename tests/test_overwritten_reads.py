@@ -9,25 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 
 import fsspec
 import pytest
 
-from conftest import CHUNK
+from conftest import CHUNK, p2pcache_get
 from p2pcache import Client
 from p2pcache.errors import ObjectChanged
-from p2pcache.fs import FileExpired, P2PCacheFileSystem
+from p2pcache.fs import FileExpired
+
+pytestmark = pytest.mark.usefixtures("fsspec_instances")
 
 REMEMBER = 600.0  # a worker's --meta-ttl that outlasts any test: it keeps version 1 until told
-
-
-@pytest.fixture(autouse=True)
-def close_filesystems():
-    yield
-    for fs in list(P2PCacheFileSystem._cache.values()):
-        fs.close()
-    P2PCacheFileSystem.clear_instance_cache()
 
 
 def body(size: int, seed: int, tail: bytes = b"") -> bytes:
@@ -41,14 +34,6 @@ async def overwritten(cluster, s3_client, bucket: str, key: str, v1: bytes, v2: 
         async with cluster.session.head(f"{w.url}/{bucket}/{key}") as resp:
             assert resp.status == 200 and resp.content_length == len(v1)
     s3_client.put_object(Bucket=bucket, Key=key, Body=v2)
-
-
-async def p2pcache_get(*args: str) -> tuple[int, bytes, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "p2pcache", "get", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out, err.decode()
 
 
 @pytest.mark.parametrize("sizes", [(3 * CHUNK + 5, 6 * CHUNK + 7), (6 * CHUNK + 7, 2 * CHUNK + 3)],

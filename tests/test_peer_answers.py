@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from aioproxy import AioProxy
 from conftest import metric, wait_for
 from worker.peer import answer_sums
 
@@ -19,35 +20,19 @@ BLOCK = 32 << 10
 SIZE = 6 * CHUNK + 99
 
 
-class PeerProxy:
+class PeerProxy(AioProxy):
     """A proxy in front of a worker (the URL it advertises) that spoils its /_p2p/chunk traffic:
     `shift` moves the Range of each request by one block; `answer` ("strip_sums", "pad",
     "status200", "relabel") alters each 206 answer. Counts what it changed and the statuses
     of the answers to shifted requests."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.target = ""
         self.shift = False
         self.answer: str | None = None
         self.shifted: list[int] = []  # the owner's status for each request whose Range moved
         self.spoiled = 0  # answers altered
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> "PeerProxy":
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        self._session = aiohttp.ClientSession(auto_decompress=False)
-        return self
-
-    async def stop(self) -> None:
-        await self._session.close()
-        await self._runner.cleanup()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}

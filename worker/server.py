@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -36,6 +35,7 @@ from p2pcache.s3headers import response_overrides
 from p2pcache.service import Fatal, listening
 
 from . import cachedir, inputs
+from .advertise import check_advertised, reachable
 from .budget import COORDINATOR_PIECES, PieceBudget
 from .chunks import Chunks
 from .routing import MAX_HOPS, fill_source
@@ -217,9 +217,9 @@ class Worker:
             host, port = site._server.sockets[0].getsockname()[:2]
         scheme = "https" if server_ssl else "http"
         self.address = (host, port)  # where it listens (its URL may be --advertise's)
-        self.url = cfg.advertise or f"{scheme}://{_reachable(host)}:{port}"
+        self.url = cfg.advertise or f"{scheme}://{reachable(host)}:{port}"
         if cfg.advertise:
-            await _check_advertised(session, self.url, self.id)
+            await check_advertised(session, self.url, self.id)
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,
                                      cfg.heartbeat_interval, self._on_ring)
@@ -505,24 +505,3 @@ class Worker:
             await self.keeps.add(c)
         return web.json_response({"copied": copied})
 
-
-async def _check_advertised(session: aiohttp.ClientSession, url: str, me: str) -> None:
-    """Fatal if `url` (our --advertise) answers as another worker: a second worker given a live
-    one's URL would take it from the master (the newest process holds a URL) and stop the one
-    that serves it. Not answering (a proxy not set up yet, a network without hairpin) proves
-    nothing: then the start goes on."""
-    try:
-        async with session.get(url + "/_p2p/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-            body = await resp.json() if resp.status == 200 else None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
-        return
-    other = body.get("id") if isinstance(body, dict) else None
-    if isinstance(other, str) and other != me:
-        raise Fatal(f"--advertise {url} answers as worker {other!r}, not as this one ({me!r}): "
-                    f"two workers must not share a URL")
-
-
-def _reachable(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return socket.getfqdn()
-    return f"[{host}]" if ":" in host else host

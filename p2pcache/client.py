@@ -156,16 +156,28 @@ class Client:
     async def stream(self, bucket: str, key: str, start: int = 0,
                      end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes `[start, end)` in order, one chunk span at a time, `concurrency` spans in flight."""
-        info, sent = await self._object(bucket, key), False
+        info = await self._object(bucket, key)
+        async with contextlib.aclosing(self._in_order(bucket, key, info, start, end)) as pieces:
+            async for piece in pieces:
+                yield bytes(piece)
+
+    async def _in_order(self, bucket: str, key: str, info: ObjectInfo, start: int, end: int | None,
+                        begin: Callable[[ObjectInfo, int], None] | None = None) -> AsyncIterator[bytes]:
+        """The bytes `[start, end)` of version `info` in order, `concurrency` chunk spans in flight;
+        if it changed before the first piece was out, once more from the version that replaced it.
+        `begin(version, length)` is called as each try starts."""
+        sent = False
         for attempt in (1, 2):
             a, b = slice_range(start, end, info.size)
+            if begin:
+                begin(info, b - a)
             size = self.chunk_size
             try:
                 async with contextlib.aclosing(self._window(
                         self._fetch(info, size, x, y) for x, y in _spans(a, b, size))) as pieces:
                     async for piece in pieces:
                         sent = True
-                        yield bytes(piece)
+                        yield piece
                 return
             except ObjectChanged as exc:
                 if sent or attempt == 2:
@@ -339,33 +351,28 @@ class Client:
                                  progress: Callable[[int, int], None] | None, start: int,
                                  end: int | None) -> ObjectInfo:
         """`download` into a device or FIFO: opened as it is and written in order; nothing renamed."""
-        fd, done = await opened_in_place(path), 0
+        fd, done, total = await opened_in_place(path), 0, 0
+
+        def begin(version: ObjectInfo, length: int) -> None:  # a try (again, once, while nothing was written)
+            nonlocal info, total
+            info, total = version, length
+            if progress:
+                progress(0, length)
+
         try:
-            for attempt in (1, 2):
-                a, b = slice_range(start, end, info.size)
-                size = self.chunk_size
-                try:
+            async with contextlib.aclosing(self._in_order(bucket, key, info, start, end, begin)) as pieces:
+                async for piece in pieces:
+                    await _on_fd(write_all, fd, piece)
+                    done += len(piece)
                     if progress:
-                        progress(0, b - a)
-                    async with contextlib.aclosing(self._window(
-                            self._fetch(info, size, x, y) for x, y in _spans(a, b, size))) as pieces:
-                        async for piece in pieces:
-                            await _on_fd(write_all, fd, piece)
-                            done += len(piece)
-                            if progress:
-                                progress(done, b - a)
-                    return info
-                except ObjectChanged as exc:  # start over, once, while nothing was written
-                    if done or attempt == 2:
-                        raise
-                    info = await self.reresolve(bucket, key, exc)
+                        progress(done, total)
+            return info
         except OSError as exc:  # a write (EPIPE: the FIFO's reader left): name the file
             if exc.filename is not None or exc.errno is None:
                 raise
             raise OSError(exc.errno, exc.strerror, path) from exc
         finally:
             os.close(fd)
-        raise AssertionError("unreachable")
 
     async def _fetch(self, info: ObjectInfo, chunk_size: int, start: int, stop: int,
                      into: memoryview | None = None) -> bytes | None:

@@ -28,7 +28,8 @@ import tempfile
 import time
 
 from p2pcache.auth import new_secret
-from p2pcache.local import die_with_parent, stop_all
+from p2pcache.local import stop_all
+from p2pcache.service import die_with_parent
 from p2pcache.ring import MAX_CHUNK, MIN_CHUNK
 from p2pcache.sizes import format_size
 from p2pcache.s3local import EmbeddedS3

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 from p2pcache.auth import new_secret
-from p2pcache.local import NotReady, die_with_parent, spawn, stop_all, wait_ready
+from p2pcache.local import NotReady, spawn, stop_all, wait_ready
+from p2pcache.service import die_with_parent
 from p2pcache.s3local import EmbeddedS3
 
 from .stopping import RunFailed, held, run_main

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import msgpack
 
-from p2pcache.local import die_with_parent, stop_all
+from p2pcache.local import stop_all
+from p2pcache.service import die_with_parent
 from p2pcache.master_client import MSGPACK
 from p2pcache.ring import WorkerInfo
 

@@ -59,7 +59,7 @@ def run_readers(plans: list[dict]) -> list[dict]:
 
 
 def _start_reader() -> subprocess.Popen:
-    from p2pcache.local import die_with_parent
+    from p2pcache.service import die_with_parent
 
     from .harness import ROOT, clean_env
 

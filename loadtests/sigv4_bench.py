@@ -25,7 +25,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from p2pcache.local import demo_bytes, die_with_parent
+from p2pcache.local import demo_bytes
+from p2pcache.service import die_with_parent
 from p2pcache.s3local import EmbeddedS3
 from p2pcache.sizes import format_size
 

@@ -60,7 +60,7 @@ def run_main(name: str, main: Callable[[], object]) -> int:
     task (an exception raised from the handler in the middle of the event loop's callbacks would
     break a transport instead, and the loop could hang). A second SIGTERM while unwinding is
     ignored, not to cut the clean-up short. SIGKILL still ends it at once: then the processes it
-    started get SIGTERM from the kernel (`p2pcache.local.die_with_parent`) and stop; its temp
+    started get SIGTERM from the kernel (`p2pcache.service.die_with_parent`) and stop; its temp
     dirs stay.
     130 on SIGINT, 143 on SIGTERM; 1 with one line for a failed run or a process that did not start.
     """

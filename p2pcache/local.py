@@ -18,8 +18,9 @@ from .auth import new_secret
 from .bounds import bounded, bounded_size
 from .config import add_flag, env_name, size_arg
 from .ring import MAX_CHUNK, MIN_CHUNK
+from .service import die_with_parent
 
-__all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "die_with_parent", "wait_ready", "wait_joined",
+__all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "wait_joined",
            "stop_all", "NotReady", "DEMO_BUCKET", "DEMO_KEY"]
 
 DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
@@ -135,26 +136,6 @@ def spawn(procs: list, env: dict, *args: str, stderr: int | None = None) -> subp
                             preexec_fn=die_with_parent)
     procs.append(proc)
     return proc
-
-
-def _prctl():
-    """libc's prctl, looked up here, in the parent: the child between fork and exec must not import or load."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None  # not Linux: the parent's signal handlers still stop the children
-
-
-_PRCTL = _prctl()
-
-
-def die_with_parent() -> None:
-    """A `preexec_fn`: the child gets SIGTERM when its parent exits, even by SIGKILL (Linux's
-    PR_SET_PDEATHSIG); a child that would outlive it (nginx, wrk) stops with it."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)
 
 
 def wait_ready(proc: subprocess.Popen, timeout: float = READY_TIMEOUT, name: str = "") -> str:

@@ -14,7 +14,8 @@ from typing import Awaitable, Callable, Iterator, Protocol
 
 import uvloop
 
-__all__ = ["Service", "Fatal", "run_service", "listening", "setup_logging", "few_malloc_arenas", "std_fds_open"]
+__all__ = ["Service", "Fatal", "run_service", "listening", "setup_logging", "few_malloc_arenas", "std_fds_open",
+           "die_with_parent"]
 
 
 class Fatal(Exception):
@@ -80,6 +81,24 @@ def few_malloc_arenas(arenas: int = 2) -> bool:
         return ctypes.CDLL(None).mallopt(-8, arenas) == 1  # M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc
         return False
+
+
+def _prctl():
+    """libc's prctl, looked up here, in the parent: a child between fork and exec must not import or load."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: the parent's signal handlers still stop the children
+
+
+_PRCTL = _prctl()
+
+
+def die_with_parent() -> None:
+    """SIGTERM to this process when its parent exits, even by SIGKILL (Linux's PR_SET_PDEATHSIG);
+    as a `preexec_fn`, a child that would outlive its parent (nginx, wrk) stops with it."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)
 
 
 def run_service(make: Callable[[], Service], name: str) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import json
 import logging
@@ -31,7 +30,7 @@ from p2pcache import tls
 from p2pcache.auth import Verifier
 from p2pcache.errors import P2PError
 from p2pcache.httplog import QuietParseErrors
-from p2pcache.service import few_malloc_arenas, setup_logging, std_fds_open
+from p2pcache.service import die_with_parent, few_malloc_arenas, setup_logging, std_fds_open
 
 from . import inputs
 from .budget import SERVING_PIECES, PieceBudget
@@ -285,8 +284,7 @@ class ServingProcess:
 
 def _die_with_parent(parent: int) -> None:
     """SIGTERM when the coordinator dies (Linux), so a serving process never outlives it."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent()
     if os.getppid() != parent:
         raise SystemExit(0)
 

@@ -1,7 +1,7 @@
 """A serving process's answer to a peer's chunk request (`/_p2p/chunk`) from the chunk's file.
 
 Only a signed GET for a chunk on disk is answered here, as the coordinator
-would (worker/server.py `peer_chunk`): the sums of the blocks sent first, then
+would (worker/peerroutes.py): the sums of the blocks sent first, then
 the bytes, each block checked. Anything else (unsigned, malformed, a miss
 that needs a fill) returns None and is passed to the coordinator, which
 answers it, logs it and counts it.

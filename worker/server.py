@@ -23,8 +23,7 @@ from p2pcache import conditions, tls
 from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.breaker import CLOSED, OPEN
 from p2pcache.errors import (
-    AccessDenied, BadRequest, NoRing, NotCached, NotFound, NotOwner, ObjectChanged, PreconditionFailed, ReadOnly,
-    StoreError, Unauthorized,
+    AccessDenied, NoRing, NotFound, ObjectChanged, PreconditionFailed, ReadOnly, StoreError, Unauthorized,
 )
 from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.master_client import MasterClient
@@ -38,7 +37,6 @@ from . import cachedir, inputs
 from .advertise import check_advertised, reachable
 from .budget import COORDINATOR_PIECES, PieceBudget
 from .chunks import Chunks
-from .routing import MAX_HOPS, fill_source
 from .turns import Turn, Turns
 from .config import WorkerConfig
 from .eviction import POLICIES
@@ -46,7 +44,7 @@ from .control import Control
 from .coordinator import coordinator_handler
 from .keep import Keeps
 from .http import (
-    REQUEST_ID, RequestLine, answered, body_response, object_answer, parse_peer_request, prepend, send_body,
+    REQUEST_ID, RequestLine, answered, body_response, object_answer, prepend, send_body,
 )
 from .limits import TokenBucket
 from .listing import Listings
@@ -55,7 +53,8 @@ from .metrics import WorkerMetrics
 from .objects import ObjectCache
 from .parts import Parts, parse_part_number
 from .procs import ServingProcesses, egress_shares, probe_port
-from .peer import PeerClient, chunk_answer, chunk_from_params
+from .peer import PeerClient
+from .peerroutes import peer_routes
 from .readers import ClientKey, Readers
 from .rebalance import Rebalancer
 from .store import ChunkStore
@@ -103,9 +102,7 @@ class Worker:
             "/_p2p/health": self.health,
             "/_p2p/ready": self.ready,
             "/_p2p/metrics": metrics_handler(self.metrics.registry),
-            "/_p2p/chunk": self.peer_chunk,
-            "/_p2p/take": self.take,
-        } | self.control.routes()
+        } | peer_routes(self) | self.control.routes()
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
         """/_p2p/... internal routes; everything else is the S3 read API, path-style."""
@@ -459,49 +456,3 @@ class Worker:
         if isinstance(error, ObjectChanged):
             self.objects.invalidate(bucket, key)
         return resp
-
-    async def peer_chunk(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Serve a piece of a chunk to a peer, filling it here first if needed (not with `local=1`).
-
-        From the store, the sums of the blocks sent go first (worker/peer.py)."""
-        c, offset, length, hop = parse_peer_request(request, MAX_HOPS)
-        self._check_bucket(c.bucket)
-        placement = self._placement()
-        inputs.check_chunk(c, placement.ring.chunk_size)
-        local = request.query.get("local") == "1"
-        stream = self.chunks.local(c, offset, length)
-        source = None
-        if stream is None and local:
-            raise NotCached(f"{c.ring_key} is not on {self.id}")
-        if stream is None:
-            await inputs.check_chunk_object(self.objects, c)
-            source = fill_source(placement.owners(c), placement.ring.replicas, self.id, hop)
-            stream = await self.chunks.open_local(c, offset, length, source, hop)
-        resp, sums = chunk_answer(c, offset, length, getattr(stream, "file", None))
-        pieces = self.chunks.pieces(c, offset, length, stream, source, hop, local)
-        try:
-            await resp.prepare(request)
-            if sums:
-                await resp.write(sums)
-            await send_body(request, resp, pieces, self.metrics.chunk_bytes_served.inc, self.egress,
-                            length=length)
-        finally:
-            stream.close()
-        return resp
-
-    async def take(self, request: web.BaseRequest) -> web.Response:
-        """A holder hands us a chunk we own: copy it from that holder (or an earlier one), never S3."""
-        try:
-            c, holder = chunk_from_params(request.query), request.query["from"]
-        except (KeyError, ValueError) as exc:
-            raise BadRequest(f"malformed take request: {exc!r}") from None
-        self._check_bucket(c.bucket)
-        placement = self._placement()
-        inputs.check_chunk(c, placement.ring.chunk_size)
-        if not placement.owns(self.id, c):
-            raise NotOwner(f"{self.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
-        copied = await self.chunks.take(c, holder)
-        if request.query.get("keep") == "1":  # a kept chunk stays kept with its new owner
-            await self.keeps.add(c)
-        return web.json_response({"copied": copied})
-

@@ -1,0 +1,67 @@
+"""A worker's two routes for its peers: `/_p2p/chunk` (a piece of a chunk, filled here first if
+needed) and `/_p2p/take` ("you own this chunk now": copy it from its holder, never from S3).
+What goes over them, and how the asker checks it, is worker/peer.py."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from p2pcache.errors import BadRequest, NotCached, NotOwner
+
+from . import inputs
+from .http import parse_peer_request, send_body
+from .peer import CHUNK_PATH, TAKE_PATH, chunk_answer, chunk_from_params
+from .routing import MAX_HOPS, fill_source
+
+__all__ = ["peer_routes"]
+
+
+def peer_routes(worker) -> dict:
+    """`{path: handler}` of the peer routes of `worker` (worker/server.py's Worker)."""
+
+    async def chunk(request: web.BaseRequest) -> web.StreamResponse:
+        """Serve a piece of a chunk to a peer, filling it here first if needed (not with `local=1`).
+
+        From the store, the sums of the blocks sent go first (worker/peer.py)."""
+        c, offset, length, hop = parse_peer_request(request, MAX_HOPS)
+        worker._check_bucket(c.bucket)
+        placement = worker._placement()
+        inputs.check_chunk(c, placement.ring.chunk_size)
+        local = request.query.get("local") == "1"
+        stream = worker.chunks.local(c, offset, length)
+        source = None
+        if stream is None and local:
+            raise NotCached(f"{c.ring_key} is not on {worker.id}")
+        if stream is None:
+            await inputs.check_chunk_object(worker.objects, c)
+            source = fill_source(placement.owners(c), placement.ring.replicas, worker.id, hop)
+            stream = await worker.chunks.open_local(c, offset, length, source, hop)
+        resp, sums = chunk_answer(c, offset, length, getattr(stream, "file", None))
+        pieces = worker.chunks.pieces(c, offset, length, stream, source, hop, local)
+        try:
+            await resp.prepare(request)
+            if sums:
+                await resp.write(sums)
+            await send_body(request, resp, pieces, worker.metrics.chunk_bytes_served.inc, worker.egress,
+                            length=length)
+        finally:
+            stream.close()
+        return resp
+
+    async def take(request: web.BaseRequest) -> web.Response:
+        """A holder hands us a chunk we own: copy it from that holder (or an earlier one), never S3."""
+        try:
+            c, holder = chunk_from_params(request.query), request.query["from"]
+        except (KeyError, ValueError) as exc:
+            raise BadRequest(f"malformed take request: {exc!r}") from None
+        worker._check_bucket(c.bucket)
+        placement = worker._placement()
+        inputs.check_chunk(c, placement.ring.chunk_size)
+        if not placement.owns(worker.id, c):
+            raise NotOwner(f"{worker.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
+        copied = await worker.chunks.take(c, holder)
+        if request.query.get("keep") == "1":  # a kept chunk stays kept with its new owner
+            await worker.keeps.add(c)
+        return web.json_response({"copied": copied})
+
+    return {CHUNK_PATH: chunk, TAKE_PATH: take}

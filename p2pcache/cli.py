@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 import sys
@@ -21,41 +22,62 @@ __all__ = ["main", "run_command", "describe"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # The CLI is the one place that composes the services, so it imports them.
-    import master.__main__ as master_cli
-    import worker.__main__ as worker_cli
+# name -> what it does, and where its arguments and its entry point are (module, add_arguments, main). The
+# CLI is the one place that composes the services, so it imports them: only the one a command line runs
+# (the worker's imports alone take ~0.4 s, a `p2pcache get` need not pay them).
+COMMANDS = {
+    "master": ("run the master (membership and the ring)", "master.__main__", "add_arguments", "main"),
+    "worker": ("run a cache worker", "worker.__main__", "add_arguments", "main"),
+    "local": ("run a local cluster with an embedded S3 and demo data", "p2pcache.local", "add_arguments", "main"),
+    "get": ("read an object (or a byte range) through the cache to a file or stdout", "p2pcache.get",
+            "add_arguments", "main"),
+    "bench": ("run the benchmarks (loadtests/bench.py of a source checkout)", None, "add_arguments", "main"),
+    "preload": ("fill the cache with objects under s3:// prefixes (a job on the master)", "p2pcache.preload_cli",
+                "add_arguments", "main"),
+    "sync": ("copy a prefix through the cache into a local directory, skipping complete files", "p2pcache.sync",
+             "add_arguments", "main"),
+    "status": ("the workers' state and, for a prefix, how much of each object is cached", "p2pcache.status_cli",
+               "add_arguments", "main"),
+    "unpin": ("stop keeping pinned chunks under s3:// prefixes from eviction", "p2pcache.preload_cli",
+              "add_unpin_arguments", "unpin_main"),
+}
 
-    from . import get, local, preload_cli, status_cli, sync
 
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `p2pcache` command line; with `only`, the other commands' modules are not imported and their
+    parsers take no arguments (a command line runs one command)."""
     parser = argparse.ArgumentParser(prog="p2pcache", description="A peer-to-peer S3 chunk cache for loading AI models.")
     add_flag(parser, "--log-level", "DEBUG, INFO, WARNING or ERROR", type=_log_level, default="INFO",
              metavar="LEVEL")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module, text in (
-        ("master", master_cli, "run the master (membership and the ring)"),
-        ("worker", worker_cli, "run a cache worker"),
-        ("local", local, "run a local cluster with an embedded S3 and demo data"),
-        ("get", get, "read an object (or a byte range) through the cache to a file or stdout"),
-        ("bench", _bench_module(), "run the benchmarks (loadtests/bench.py of a source checkout)"),
-        ("preload", preload_cli, "fill the cache with objects under s3:// prefixes (a job on the master)"),
-        ("sync", sync, "copy a prefix through the cache into a local directory, skipping complete files"),
-        ("status", status_cli, "the workers' state and, for a prefix, how much of each object is cached"),
-    ):
+    for name, (text, module_name, add, run) in COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)
-        module.add_arguments(p)
-        p.set_defaults(run=module.main)
-    p = sub.add_parser("unpin", help="stop keeping pinned chunks under s3:// prefixes from eviction")
-    preload_cli.add_unpin_arguments(p)
-    p.set_defaults(run=preload_cli.unpin_main)
+        if only is None or name == only:
+            module = _bench_module() if module_name is None else importlib.import_module(module_name)
+            getattr(module, add)(p)
+            p.set_defaults(run=getattr(module, run))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     std_fds_open()  # before anything opens a file or a socket
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_named(argv)).parse_args(argv)
     setup_logging(args.log_level)
     return args.run(args)
+
+
+def command_named(argv: list[str]) -> str | None:
+    """The command `argv` names, if nothing but `--log-level` comes before it (else the whole parser reads it)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+        elif not word.startswith("--log-level="):
+            return None
+    return None
 
 
 def _log_level(text: str) -> str:

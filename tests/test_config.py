@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from p2pcache.cli import build_parser
+from p2pcache.cli import build_parser, command_named
 
 COMMANDS = ("get", "sync", "preload", "status", "unpin")
 
@@ -97,3 +99,15 @@ def test_a_number_from_the_environment_is_checked_too(monkeypatch, capsys):
         parse("sync", "s3://b/p/", "d", "--master", "http://m")
     assert capsys.readouterr().err.endswith("argument --concurrency: must be a whole number of at least 1, not '0'\n")
     assert parse("sync", "s3://b/p/", "d", "--master", "http://m", "--concurrency", "3").concurrency == 3
+
+
+def test_a_command_line_imports_only_the_command_it_runs():
+    assert [command_named(a) for a in (["get", "s3://b/k"], ["--log-level", "DEBUG", "sync"], ["--log-level=INFO", "x"],
+                                       ["-h"], ["--log", "DEBUG", "get"], [])] == ["get", "sync", "x", None, None, None]
+    probe = ("import sys; from p2pcache.cli import main\n"
+             "try: main(['status', '--master', 'notaurl'])\n"
+             "except SystemExit as stop: print(stop.code, 'worker.server' in sys.modules, 'master.server' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["2", "False", "False"], out.stderr
+    sub = next(a for a in build_parser("get")._actions if a.dest == "command")
+    assert len(sub.choices) == len(build_parser()._actions[-1].choices)  # every command is listed, one is built

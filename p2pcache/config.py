@@ -37,11 +37,24 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, help: str, secret: bool
     if env in os.environ:
         kwargs["default"] = os.environ[env]
         kwargs["required"] = False
+        if kwargs.get("choices") is not None:  # argparse checks a command line's value against them, not a default
+            kwargs["type"] = _one_of(kwargs.get("type", str), kwargs["choices"], env)
     if excludes:
         kwargs |= {"action": _Excluding, "excludes": excludes.lstrip("-").replace("-", "_")}
     default = kwargs.get("default")
     shown = f" (default {default})" if default not in (None, "", False) and not secret else ""
     parser.add_argument(flag, help=f"{help}{shown} [env {env}]", **kwargs)
+
+
+def _one_of(kind: Callable[[str], object], choices, env: str) -> Callable[[str], object]:
+    """`kind`, refusing a value outside `choices` as argparse refuses one on the command line."""
+    def convert(text: str) -> object:
+        value = kind(text)
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} from {env} "
+                                             f"(choose from {', '.join(map(repr, choices))})")
+        return value
+    return convert
 
 
 class _Excluding(argparse.Action):

@@ -41,7 +41,8 @@ def format_size(n: int) -> str:
     """8388608 -> '8MiB'; 1536 -> '1.5KiB'."""
     for unit in ("TiB", "GiB", "MiB", "KiB"):
         if n >= _UNITS[unit.lower()]:
-            return f"{n / _UNITS[unit.lower()]:.3g}{unit}"
+            value = n / _UNITS[unit.lower()]
+            return f"{value:.3g}{unit}" if value < 1000 else f"{value:.0f}{unit}"  # not 1.02e+03KiB
     return f"{n}B"
 
 

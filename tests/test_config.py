@@ -111,3 +111,16 @@ def test_a_command_line_imports_only_the_command_it_runs():
     assert out.stdout.split() == ["2", "False", "False"], out.stderr
     sub = next(a for a in build_parser("get")._actions if a.dest == "command")
     assert len(sub.choices) == len(build_parser()._actions[-1].choices)  # every command is listed, one is built
+
+
+def test_a_variables_value_outside_a_flags_choices_is_refused_as_the_flags_would_be(monkeypatch, capsys):
+    monkeypatch.setenv("P2PCACHE_EVICTION", "slru")
+    worker = ["worker", "--master", "http://m", "--cache-dir", "d"]
+    assert parse(*worker).eviction == "slru"
+    monkeypatch.setenv("P2PCACHE_EVICTION", "mru")
+    assert parse(*worker, "--eviction", "lru").eviction == "lru"  # the command line wins
+    with pytest.raises(SystemExit) as stop:
+        parse(*worker)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "p2pcache worker: error: argument --eviction: invalid choice: " \
+                                                       "'mru' from P2PCACHE_EVICTION (choose from 'lru', 's3fifo', 'slru')"

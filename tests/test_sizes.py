@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2pcache.bounds import bounded, bounded_size
-from p2pcache.sizes import MAX_SIZE, parse_size, show_size
+from p2pcache.sizes import MAX_SIZE, format_size, parse_size, show_size
 
 
 @pytest.mark.parametrize(("text", "n"), [
@@ -24,7 +24,15 @@ def test_what_is_not_a_size_is_refused_with_the_accepted_forms(text):
 
 
 @pytest.mark.parametrize(("n", "text"), [
-    (0, "0B"), (64 << 10, "64KiB"), (65535, "65,535 bytes"), (1 << 30, "1GiB"), (1000 << 40, "1,099,511,627,776,000 bytes"),
+    (1023, "1023B"), (1536, "1.5KiB"), (999 << 10, "999KiB"), (1023 << 10, "1023KiB"), (1010 << 20, "1010MiB"),
+    (5000 << 40, "5000TiB"),
+])
+def test_a_size_shown_in_progress_is_never_in_scientific_notation(n, text):
+    assert format_size(n) == text
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (0, "0B"), (64 << 10, "64KiB"), (65535, "65,535 bytes"), (1 << 30, "1GiB"), (1000 << 40, "1000TiB"), (1001 << 40 | 1, "1,100,611,139,403,777 bytes"),
     (MAX_SIZE, "2^63-1 bytes"), (1 << 63, "9.22e+18 bytes"), (int("9" * 400), "1.00e+400 bytes"),
 ])
 def test_a_size_in_an_error_is_never_rounded_below_the_largest(n, text):

@@ -8,8 +8,10 @@ import random
 import aiohttp
 import pytest
 
-from conftest import CHUNK, metric, wait_for
+from conftest import CHUNK, SECRET, metric, wait_for
 from faultproxy import FaultProxy
+from master.config import MasterConfig
+from master.server import Master
 from p2pcache import Client
 from p2pcache.objects import ObjectInfo
 from p2pcache.ring import DRAINING
@@ -33,10 +35,10 @@ async def read_all(http: aiohttp.ClientSession, urls: list[str], bucket: str, da
                 assert resp.status == 200 and await resp.read() == body, (url, key, resp.status)
 
 
-def chunks(s3_client, bucket: str, data: dict[str, bytes]):
+def chunks(s3_client, bucket: str, data: dict[str, bytes], size: int = CHUNK):
     for key, body in data.items():
         info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], len(body))
-        yield from (info.chunk(i, CHUNK) for i in range(-(-len(body) // CHUNK)))
+        yield from (info.chunk(i, size) for i in range(-(-len(body) // size)))
 
 
 async def total(http, workers, name: str) -> float:
@@ -67,6 +69,30 @@ async def test_a_new_worker_takes_its_chunks_from_their_holders_not_from_s3(clus
         assert 0.15 * size < moved <= 2 * size / 4
         new = cluster.workers[3]
         assert all(c.name in new.store for c in chunks(s3_client, bucket, data) if after_ring.owner(c).id == new.id)
+    assert s3.get_bytes == s3_before
+
+
+async def test_after_a_chunk_size_change_the_handoff_skips_the_old_chunks_and_ends(cluster, s3, s3_client, bucket):
+    """The master restarted with another --chunk-size: the chunks cut at the old one stay on disk,
+    first to evict; they must not be offered (every owner refuses them) nor hold up the new ones."""
+    data = dataset(s3_client, bucket, 3)
+    async with aiohttp.ClientSession() as http:
+        await read_all(http, [cluster.workers[0].url], bucket, data)  # cut at CHUNK
+        port = int(cluster.master.url.rsplit(":", 1)[1])
+        await cluster.master.stop()
+        cluster.master = Master(MasterConfig(port=port, chunk_size=2 * CHUNK, cluster_secret=SECRET))
+        await cluster.master.start()
+        await cluster.wait_converged()
+        await read_all(http, [cluster.workers[0].url], bucket, data)  # cut at 2 x CHUNK
+        await cluster.add_worker()
+        await cluster.wait_converged()
+        for w in cluster.workers:
+            assert await w.rebalancer.wait_idle(15) and w.rebalancer.backlog == 0
+        ring, new = cluster.workers[0].placement, cluster.workers[3]
+        owned = [c for c in chunks(s3_client, bucket, data, 2 * CHUNK) if ring.owner(c).id == new.id]
+        assert owned and all(c.name in new.store for c in owned)
+        s3_before = s3.get_bytes
+        await read_all(http, [w.url for w in cluster.workers], bucket, data)
     assert s3.get_bytes == s3_before
 
 

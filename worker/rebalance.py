@@ -23,7 +23,7 @@ from .metrics import WorkerMetrics
 from .peer import PeerClient
 from .store import ChunkStore
 
-__all__ = ["Rebalancer", "plan"]
+__all__ = ["Rebalancer", "plan", "stale"]
 
 log = logging.getLogger("p2pcache.rebalance")
 BATCH = 512  # chunk trailers read per executor hop
@@ -36,14 +36,23 @@ HANDBACK = 15.0
 def plan(held: Iterable[ChunkId], placement: Placement, me: str) -> list[tuple[ChunkId, tuple[WorkerInfo, ...]]]:
     """Who each chunk held here should go to: its owners, but us. With replicas every owner
     offers its copy to the others, followers too: after a crash the one copy left may be a
-    follower's, and the new primary gets it from there, or the next crash loses it."""
+    follower's, and the new primary gets it from there, or the next crash loses it. A chunk cut
+    at another chunk size than the ring's goes nowhere: no owner may take it (`stale`)."""
     replicas = placement.ring.replicas
     out = []
     for c in held:
+        if c.chunk_size != placement.ring.chunk_size:
+            continue
         targets = tuple(w for w in placement.owners(c)[:replicas] if w.id != me)
         if targets:
             out.append((c, targets))
     return out
+
+
+def stale(held: Iterable[ChunkId], placement: Placement) -> list[ChunkId]:
+    """The chunks held here cut at another chunk size than the ring's (the master's --chunk-size
+    changed): no reader asks for them while it stays so; the first to make room."""
+    return [c for c in held if c.chunk_size != placement.ring.chunk_size]
 
 
 class _Gates:
@@ -152,6 +161,12 @@ class Rebalancer:
             placement = self._placement()
             held = await self._held() if full else extra
             todo = plan(held, placement, self._me)
+            if full and (old := stale(held, placement)):
+                log.info("ring epoch %d: %d chunks (%d bytes) held here are cut at another chunk size than "
+                         "the ring's %d; they are the first to evict", placement.ring.epoch, len(old),
+                         sum(c.length for c in old), placement.ring.chunk_size)
+                for c in old:
+                    self._store.demote(c.name)
             if todo and full:
                 log.info("ring epoch %d: %d chunks (%d bytes) held here belong with other workers; "
                          "handing them over", placement.ring.epoch, len(todo), sum(c.length for c, _ in todo))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from .errors import BadRequest
+from .errors import BadRequest, InvalidArgument
 
 __all__ = ["stored_headers", "response_overrides", "is_signed", "OVERRIDES"]
 
@@ -72,4 +72,8 @@ def response_overrides(query: Mapping[str, str], headers: Mapping[str, str]) -> 
     overrides = {OVERRIDES[name]: query[name] for name in OVERRIDES if name in query}
     if overrides and not is_signed(query, headers):
         raise BadRequest("Request specific response headers cannot be used for anonymous GET requests.")
+    for name in OVERRIDES:  # a header value cannot hold them: one would end the header, or the answer's head
+        if name in query and any(ch in query[name] for ch in "\r\n\0"):
+            shown = query[name].encode("unicode_escape").decode("ascii")  # no raw control character in the XML
+            raise InvalidArgument(f"{name} must not contain CR, LF or NUL", name, shown)
     return overrides

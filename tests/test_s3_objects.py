@@ -113,6 +113,11 @@ async def test_response_overrides_as_s3_applies_them(cluster_factory, objects, b
                                  ResponseContentDisposition="inline")
         assert (head["ContentType"], head["ContentDisposition"]) == ("text/plain", "inline")
         assert head["CacheControl"] == STORED["CacheControl"]
+        # A value a header cannot hold (it would end the header): S3's 400, not the 500 aiohttp's refusal made.
+        for call in (cache.get_object, cache.head_object):
+            with pytest.raises(ClientError) as refused:
+                call(Bucket=bucket, Key="plain", ResponseContentDisposition='attachment; filename="a\r\nb"')
+            assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
 
     await asyncio.to_thread(check)
     # S3 honours them only on signed requests; an anonymous one gets its 400.

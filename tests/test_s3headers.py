@@ -32,3 +32,9 @@ def test_response_overrides_apply_to_signed_requests_only():
     with pytest.raises(BadRequest) as exc:
         response_overrides(query, {})
     assert (exc.value.status, exc.value.code) == (400, "InvalidRequest")
+    for bad in ("a\r\nX-Injected: 1", "text/plain\nX: 1", "no\x00store"):
+        with pytest.raises(BadRequest) as exc:
+            response_overrides({"response-cache-control": bad}, signed)
+        assert (exc.value.status, exc.value.code) == (400, "InvalidArgument")
+        assert exc.value.details == {"ArgumentName": "response-cache-control",
+                                     "ArgumentValue": bad.encode("unicode_escape").decode()}

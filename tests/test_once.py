@@ -35,11 +35,13 @@ async def test_32_concurrent_cold_readers_fetch_each_chunk_from_s3_once(cluster,
         await asyncio.gather(*(reader(i, http) for i in range(32)))
         origin = [await metric(http, w.url, "p2pcache_origin_bytes_total") for w in cluster.workers]
         peer = [await metric(http, w.url, "p2pcache_peer_bytes_total") for w in cluster.workers]
+        peer_served = [await metric(http, w.url, "p2pcache_peer_bytes_served_total") for w in cluster.workers]
         failures = [await metric(http, w.url, "p2pcache_peer_failures_total") for w in cluster.workers]
 
     # Counted by the S3 server itself: every byte of the object once, never more.
     assert s3.get_bytes - before == size, f"origin bytes {origin}, peer failures {failures}"
-    # And the workers agree: each chunk was filled by its owner; nothing was copied between peers.
+    # And the workers agree: each chunk was filled by its owner and is held there only (readers
+    # through other workers streamed it from the owner: received as sent, none copied).
     etag = s3_client.head_object(Bucket=bucket, Key="model.bin")["ETag"]
     info, placement = ObjectInfo(bucket, "model.bin", etag, size), cluster.workers[0].placement
     owned = {w.id: 0 for w in cluster.workers}
@@ -47,7 +49,10 @@ async def test_32_concurrent_cold_readers_fetch_each_chunk_from_s3_once(cluster,
         c = info.chunk(i, CHUNK)
         owned[placement.owner(c).id] += c.length
     assert origin == [owned[w.id] for w in cluster.workers]
-    assert sum(peer) == 0
+    for i in range(chunk_count(size, CHUNK)):
+        c = info.chunk(i, CHUNK)
+        assert [w.id for w in cluster.workers if c.name in w.store] == [placement.owner(c).id]
+    assert sum(peer) == sum(peer_served) > 0
     for w in cluster.workers:  # every reader's pins and streams were released
         await wait_for(lambda: w.chunks.budget.streams == 0 and not w.store._pins, what="streams to close")
 

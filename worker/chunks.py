@@ -119,9 +119,11 @@ class Chunks:
     async def close(self) -> None:
         await self._fills.close()
 
-    async def read(self, info: ObjectInfo, start: int, stop: int) -> AsyncIterator[bytes]:
-        """The bytes `[start, stop)` of one version of an object, chunk by chunk. A peer that
-        fails is not asked again in this read (a hung one costs one timeout, not one per chunk)."""
+    async def read(self, info: ObjectInfo, start: int, stop: int, counted: int = 0) -> AsyncIterator[bytes]:
+        """The bytes `[start, stop)` of one version of an object, chunk by chunk, for a reader:
+        each chunk is a hit or a miss (README, "Metrics"), but those that begin before `counted`
+        (the rest of a serving process's read: it counted them). A peer that fails is not asked
+        again in this read (a hung one costs one timeout, not one per chunk)."""
         chunk_size = self._placement().ring.chunk_size  # one chunk size for the whole read
         spans = iter(chunk_spans(start, stop, chunk_size))
         pending: deque[tuple[ChunkId, int, int, asyncio.Future]] = deque()
@@ -132,8 +134,9 @@ class Chunks:
             if span is None:
                 return False
             c = info.chunk(span.index, chunk_size)
+            count = c.start >= counted
             pending.append((c, span.offset, span.length,
-                            asyncio.ensure_future(self.open(c, span.offset, span.length, failed))))
+                            asyncio.ensure_future(self.open(c, span.offset, span.length, failed, count))))
             return True
 
         self._reads += 1
@@ -170,14 +173,17 @@ class Chunks:
             self._m.hits.inc()
         return data
 
-    async def open(self, c: ChunkId, offset: int, length: int, failed: set[str] | None = None) -> Stream:
-        """Open `length` bytes of chunk `c` from `offset`, wherever they are. `failed`: the peers
-        that failed in this read, not asked again in it (a peer that fails now joins them)."""
+    async def open(self, c: ChunkId, offset: int, length: int, failed: set[str] | None = None,
+                   count: bool = True) -> Stream:
+        """Open `length` bytes of chunk `c` from `offset`, wherever they are, counted as a hit
+        (on disk here) or a miss (from a peer or S3) unless not `count` (a chunk resumed).
+        `failed`: the peers that failed in this read, not asked again in it (a peer that
+        fails now joins them)."""
         local = self.local(c, offset, length)
+        if count:
+            (self._m.hits if local is not None else self._m.misses).inc()
         if local is not None:
-            self._m.hits.inc()
             return local
-        self._m.misses.inc()
         placement = self._placement()
         owners = placement.owners(c)
         errors = []
@@ -293,7 +299,7 @@ class Chunks:
             if source is not None and not self._down.down(source.id):  # failed lately: S3 has the bytes
                 try:
                     stream = await self._peers.open(source, c, 0, c.length, hop + 1, primary=True)
-                    return await self._copy(c, stream, self._m.peer_bytes)
+                    return await self._copy(c, stream)  # counted as peer bytes by the peer client
                 except PeerError as exc:
                     self.peer_failed(source.id)
                     log.warning("primary %s failed for %s, filling from S3: %s", source.id, c.ring_key, exc)
@@ -377,7 +383,7 @@ class Chunks:
         finally:
             self._origin_slots.release()
 
-    async def _copy(self, c: ChunkId, stream: PeerStream, counter) -> None:
+    async def _copy(self, c: ChunkId, stream: PeerStream, counter=None) -> None:
         """Store a peer's chunk. Its response is closed whatever happens: the store may refuse
         the chunk before a byte is read (full, failing), and a response left open holds its
         pooled connection for good; 64 of them, and every request to that peer waits."""
@@ -386,7 +392,7 @@ class Chunks:
         finally:
             stream.close()
 
-    async def _write(self, c: ChunkId, pieces: AsyncIterator[bytes], counter) -> None:
+    async def _write(self, c: ChunkId, pieces: AsyncIterator[bytes], counter=None) -> None:
         """Store the chunk; a failure of the store (an OSError, or Busy: full) is a StoreError."""
         try:
             async with self.store.writing(c.name, c.length, c.pack()) as w:
@@ -394,7 +400,8 @@ class Chunks:
                     if w.written + len(piece) > c.length:
                         raise OriginError(f"origin sent more than the {c.length} bytes of {c.ring_key}")
                     await w.write(piece)
-                    counter.inc(len(piece))
+                    if counter is not None:
+                        counter.inc(len(piece))
                 if w.written != c.length:
                     raise OriginError(f"origin sent {w.written} of {c.length} bytes of {c.ring_key}")
         except (OSError, Busy) as exc:
@@ -424,7 +431,7 @@ class Chunks:
         pos, end, failed = offset, offset + length, set() if failed is None else failed
         if reopen is None:
             async def reopen(pos: int, failed: set[str]) -> Stream:
-                return await self.open(c, pos, end - pos, failed)
+                return await self.open(c, pos, end - pos, failed, count=False)  # counted when opened
         self.budget.open()
         try:
             while True:

@@ -69,7 +69,8 @@ def coordinator_handler(worker, token: str) -> Handler:
             batch = await request.json()
             process, touched, corrupt = str(int(batch["process"])), batch["touched"], batch["corrupt"]
             requests, sent, hits = batch["requests"], int(batch["bytes"]), int(batch["hits"])
-            peer_sent, misses = int(batch.get("peer_bytes", 0)), int(batch.get("misses", 0))
+            misses = int(batch.get("misses", 0))
+            peer_sent, peer_got = int(batch.get("peer_bytes_served", 0)), int(batch.get("peer_bytes", 0))
             corrupt_transfers, fast = int(batch.get("corrupt_transfers", 0)), int(batch.get("fast", 0))
             stalled = int(batch.get("stalled", 0))
         except (KeyError, ValueError, TypeError) as exc:
@@ -89,6 +90,7 @@ def coordinator_handler(worker, token: str) -> Handler:
             m.process_requests.labels(process).inc(int(n))
         m.bytes_served.inc(sent)
         m.chunk_bytes_served.inc(peer_sent)
+        m.peer_bytes.inc(peer_got)
         m.hits.inc(hits)
         m.misses.inc(misses)
         m.corrupt_transfers.inc(corrupt_transfers)
@@ -108,16 +110,17 @@ def coordinator_handler(worker, token: str) -> Handler:
         return web.json_response({})
 
     async def rest(request: web.BaseRequest) -> web.StreamResponse:
-        """The rest of a read a serving process could not finish from its files (a corrupt chunk)."""
+        """The rest of a read a serving process could not finish from its files (a corrupt chunk);
+        the chunks that begin before `counted` it counted as hits or misses already."""
         q = request.query
         try:
             info = ObjectInfo(q["bucket"], q["key"], q["etag"], int(q["size"]))
-            start, stop = int(q["start"]), int(q["stop"])
+            start, stop, counted = int(q["start"]), int(q["stop"]), int(q.get("counted", 0))
         except (KeyError, ValueError) as exc:
             raise BadRequest(f"malformed read request: {exc!r}") from None
         if not 0 <= start < stop <= info.size:
             raise BadRequest(f"bytes {start}-{stop} outside the object's {info.size}")
-        pieces = worker.chunks.read(info, start, stop)
+        pieces = worker.chunks.read(info, start, stop, counted)
         first = await anext(pieces)  # errors before the status line get a status
         resp = web.StreamResponse(status=206)
         resp.content_length = stop - start

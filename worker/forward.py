@@ -79,11 +79,12 @@ class CoordinatorClient:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise _unavailable(exc) from exc
 
-    async def rest(self, info: ObjectInfo, start: int, stop: int) -> AsyncIterator[bytes]:
+    async def rest(self, info: ObjectInfo, start: int, stop: int, counted: int = 0) -> AsyncIterator[bytes]:
         """Bytes `[start, stop)` of the version `info`, read by the coordinator (REST_PATH);
-        a P2PError if it cannot send them all."""
+        a P2PError if it cannot send them all. The chunks that begin before `counted` were
+        counted (hits, misses) here: the coordinator does not count them again."""
         params = {"bucket": info.bucket, "key": info.key, "etag": info.etag, "size": str(info.size),
-                  "start": str(start), "stop": str(stop)}
+                  "start": str(start), "stop": str(stop), "counted": str(counted)}
         got = 0
         try:
             async with self._session.get(_BASE + REST_PATH, params=params,

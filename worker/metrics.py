@@ -16,8 +16,10 @@ class WorkerMetrics:
         self.bytes_served = Counter("p2pcache_bytes_served", "Object bytes sent to clients", registry=r)
         self.chunk_bytes_served = Counter(
             "p2pcache_peer_bytes_served", "Chunk bytes sent to peers", registry=r)
-        self.hits = Counter("p2pcache_cache_hits", "Chunk reads served from local disk", registry=r)
-        self.misses = Counter("p2pcache_cache_misses", "Chunk reads not on local disk", registry=r)
+        self.hits = Counter("p2pcache_cache_hits", "Chunks of readers' reads found on this worker's disk",
+                            registry=r)
+        self.misses = Counter("p2pcache_cache_misses", "Chunks of readers' reads not on this worker's disk "
+                              "(read from another worker or S3)", registry=r)
         self.origin_bytes = Counter("p2pcache_origin_bytes", "Bytes read from S3", registry=r)
         self.origin_requests = Counter("p2pcache_origin_requests", "Ranged GETs sent to S3", registry=r)
         self.origin_retries = Counter(
@@ -32,7 +34,8 @@ class WorkerMetrics:
             registry=r)
         self.passthrough_bytes = Counter(
             "p2pcache_passthrough_bytes", "Bytes streamed around a failing cache disk", registry=r)
-        self.peer_bytes = Counter("p2pcache_peer_bytes", "Bytes fetched from peers", registry=r)
+        self.peer_bytes = Counter("p2pcache_peer_bytes", "Chunk bytes received from other workers "
+                                  "(reads through this worker, copies, handoffs)", registry=r)
         self.peer_failures = Counter("p2pcache_peer_failures", "Peer reads that failed over", registry=r)
         self.aborted = Counter("p2pcache_responses_aborted", "Responses cut after headers", registry=r)
         self.stalled = Counter("p2pcache_stalled_readers_cut",

@@ -110,8 +110,9 @@ class PeerStream:
 
     def __init__(self, peer: WorkerInfo, resp: aiohttp.ClientResponse, start: int, stop: int,
                  offset: int, length: int, on_corrupt: Callable[[], None], piece: Callable[[], int],
-                 sums: int = 0, block: int = 0) -> None:
+                 sums: int = 0, block: int = 0, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         self.peer = peer
+        self._on_bytes = on_bytes
         self._resp = resp
         self._piece = piece
         self._start, self._stop, self._offset, self._end = start, stop, offset, offset + length
@@ -132,6 +133,7 @@ class PeerStream:
                     except blocksums.Mismatch as exc:
                         self._on_corrupt()
                         raise PeerError(f"peer {self.peer.id} sent a corrupt chunk: {exc}") from None
+                self._on_bytes(len(data))  # received: whole blocks, as the peer counts them sent
                 lo, hi = max(pos, self._offset) - pos, min(pos + len(data), self._end) - pos
                 pos += len(data)
                 if lo < hi:
@@ -158,8 +160,11 @@ class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, connect_timeout: float = 2.0,
                  read_timeout: float = 60.0, signer: Signer | None = None,
                  on_corrupt: Callable[[], None] = lambda: None, *, piece: Callable[[], int],
-                 holder_timeout: float | None = None, primary_timeout: float | None = None) -> None:
-        """`piece()`: the size of the next piece a local stream reads (worker/budget.py).
+                 holder_timeout: float | None = None, primary_timeout: float | None = None,
+                 on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """`piece()`: the size of the next piece a local stream reads (worker/budget.py);
+        `on_bytes(n)`: n bytes of a chunk came from a peer (checked; the whole blocks received
+        around the bytes asked for), whatever they are for.
 
         `read_timeout`: seconds a peer may send nothing (its answer may wait for its fill);
         `holder_timeout` and `primary_timeout`: the same for a `local` and a `primary` request
@@ -168,6 +173,7 @@ class PeerClient:
         that never asks a holder, or a primary)."""
         self._session = session
         self._on_corrupt = on_corrupt
+        self._on_bytes = on_bytes
         self._piece = piece
         self._signer = signer or Signer(None)
 
@@ -198,7 +204,8 @@ class PeerClient:
             resp.close()
             self._on_corrupt()
             raise PeerError(f"peer {peer.id} sent a corrupt answer for {c.ring_key}: {exc}") from None
-        return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt, self._piece, sums, block)
+        return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt, self._piece, sums, block,
+                          self._on_bytes)
 
     async def take(self, peer: WorkerInfo, c: ChunkId, source: str, keep: bool = False) -> bool:
         """Tell `peer`, an owner of `c`, to copy it from worker `source` if it lacks it.

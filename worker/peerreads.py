@@ -37,10 +37,12 @@ log = logging.getLogger("p2pcache.worker.peerreads")
 
 class PeerReads:
     def __init__(self, coordinator: CoordinatorClient, secret: bytes | None, tls_ca: str = "",
-                 read_timeout: float = 60.0, on_corrupt=lambda: None, *, piece: Callable[[], int]) -> None:
+                 read_timeout: float = 60.0, on_corrupt=lambda: None, *, piece: Callable[[], int],
+                 on_bytes: Callable[[int], None] = lambda n: None) -> None:
         self._coordinator = coordinator
         self._secret, self._tls_ca, self._read_timeout = secret, tls_ca, read_timeout
         self._on_corrupt = on_corrupt
+        self._on_bytes = on_bytes  # chunk bytes received from peers
         self._piece = piece
         self.placement: Placement | None = None
         self.me = ""
@@ -55,7 +57,7 @@ class PeerReads:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, ssl=ssl), auto_decompress=False)
         self._client = PeerClient(self._session, read_timeout=self._read_timeout, signer=Signer(self._secret),
-                                  on_corrupt=self._on_corrupt, piece=self._piece)
+                                  on_corrupt=self._on_corrupt, piece=self._piece, on_bytes=self._on_bytes)
 
     async def close(self) -> None:
         await self._refresh.close()

@@ -104,7 +104,7 @@ class Reads:
             return None
         if data is None:
             return None
-        self.reports.read(file.name, len(data))
+        self.reports.hit(file.name, len(data))
         return Read(status, out, len(data), data)
 
     async def read(self, method: str, path: str, query: str, headers, request) -> Read | None:
@@ -230,7 +230,7 @@ class Reads:
                 return None
             except OSError:  # the coordinator's read finds out what is wrong with the disk
                 return None
-            self.reports.read(file.name, len(data))
+            self.reports.hit(file.name, len(data))
             return data
 
     async def _small_from_peer(self, c: ChunkId, offset: int, length: int) -> bytearray | None:
@@ -271,13 +271,15 @@ class Reads:
         owner answered an error about the object (S3's failure)."""
         self.budget.open()
         pos = start
+        counted = 0  # the chunks that begin before this were counted here (hits, misses)
         ahead: asyncio.Task | None = None
         stream = None
         try:
             try:
                 for i, (span, c, file) in enumerate(sources):
                     if file is not None:
-                        self.reports.read(file.name, 0)
+                        self.reports.hit(file.name, 0)
+                        counted = c.start + c.length
                         pieces = read_pieces(file, span.offset, span.length, self.budget.piece)
                     else:
                         if i == 0:
@@ -289,6 +291,7 @@ class Reads:
                         if stream is None:  # no owner answered: the coordinator reads the rest
                             raise _Rest()
                         self.reports.miss()
+                        counted = c.start + c.length
                         pieces = stream.__aiter__()
                     ahead = self._open_next(sources, i + 1, failed)  # the next peer chunk's first bytes meanwhile
                     async with contextlib.aclosing(pieces):
@@ -308,7 +311,7 @@ class Reads:
                 if isinstance(exc, PeerError) and stream is not None:
                     failed.add(stream.peer.id)
                     await self.peer_reads.failed(stream.peer)
-                async for data in self.coordinator.rest(info, pos, stop):
+                async for data in self.coordinator.rest(info, pos, stop, counted):
                     yield await self._sent(data)
         finally:
             self.budget.close()

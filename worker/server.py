@@ -178,7 +178,8 @@ class Worker:
                            self.metrics.stalled.inc)
         peers = PeerClient(session, read_timeout=cfg.peer_timeout(), holder_timeout=cfg.holder_timeout(),
                            primary_timeout=cfg.primary_timeout(), signer=self._signer,
-                           on_corrupt=self.metrics.corrupt_transfers.inc, piece=budget.piece)
+                           on_corrupt=self.metrics.corrupt_transfers.inc, piece=budget.piece,
+                           on_bytes=self.metrics.peer_bytes.inc)
         self.rebalancer = Rebalancer(me=self.id, store=self.store, peers=peers, metrics=self.metrics,
                                      placement=self._placement, rate=cfg.handoff_rate(), keeps=self.keeps)
         self.parts = Parts(self.origin)

@@ -72,7 +72,7 @@ class ServingProcess:
                            settings.get("send_timeout", 60.0), self.reports.stalled)
         self.peer_reads = PeerReads(self.coordinator, secret, settings.get("tls_ca", ""),
                                     settings.get("peer_read_timeout", 60.0), self.reports.corrupt_transfer,
-                                    piece=budget.piece)
+                                    piece=budget.piece, on_bytes=self.reports.from_peer)
         self.reads = Reads(self.files, self.coordinator, self.peer_reads, self.reports, budget,
                            Readers(keys, time.time) if keys else None,
                            frozenset(settings.get("allowed_buckets", ())),

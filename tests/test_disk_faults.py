@@ -3,6 +3,8 @@ worker counts the failures and says it is degraded while still ready."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
 import gc
 import logging
@@ -251,3 +253,48 @@ async def test_chunks_on_a_cache_dir_unusable_at_start_are_indexed_when_the_disk
         await read(worker, "flood.bin", flood)
         assert worker.store.used <= capacity
         assert bytes_on_disk(worker.config.cache_dir) == worker.store.used  # no file the store forgot
+
+
+@pytest.mark.parametrize("serve_processes", [1, 2])
+async def test_a_small_cache_under_many_readers_serves_every_read_whole_with_one_s3_get_per_chunk_read(
+        cluster_factory, s3, s3_client, bucket, serve_processes):
+    """More objects than the cache holds, read by many readers at once under S3-FIFO, which
+    puts each new chunk first in line for eviction: every read is whole and exact (a chunk
+    filled for a read is that read's, or streamed to it uncached), never a 503 or a cut body,
+    and S3 is asked at most once per chunk a read opens (a fill, or its pass-through)."""
+    capacity = 16 * (CHUNK + 512)  # sixteen chunk files, fewer than the readers hold or wait for
+    cluster = await cluster_factory(1, chunk_size=CHUNK, capacity=capacity, eviction="s3fifo",
+                                    serve_processes=serve_processes)
+    worker = cluster.workers[0]
+    rng = random.Random(22)
+    bodies = {f"o{i}": rng.randbytes(4 * CHUNK + rng.randrange(1, CHUNK)) for i in range(32)}  # 5 chunks each
+    for key, body in bodies.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    keys = [rng.choice(list(bodies)) for _ in range(160)]
+    outcomes: collections.Counter[str] = collections.Counter()
+    examples: dict[str, str] = {}
+    async with aiohttp.ClientSession() as http:
+        async def read(key: str) -> str:
+            try:
+                async with http.get(f"{worker.url}/{bucket}/{key}") as resp:
+                    body = await resp.read()
+            except aiohttp.ClientPayloadError as exc:  # cut after the headers
+                examples.setdefault("cut", str(exc))
+                return "cut"
+            if resp.status != 200:
+                examples.setdefault(f"HTTP {resp.status}", body[:300].decode(errors="replace"))
+                return f"HTTP {resp.status}"
+            return "ok" if body == bodies[key] else "wrong bytes"
+
+        async def reader(mine: list[str]) -> None:
+            for key in mine:
+                outcomes[await read(key)] += 1
+
+        gets = s3.get_requests
+        await asyncio.gather(*(reader(keys[i::16]) for i in range(16)))
+        assert outcomes == {"ok": len(keys)}, (outcomes, examples)
+        # Each read opens each of its 5 chunks once, and an open asks S3 at most once: for the fill
+        # it joins (shared with the other reads of that chunk) or for its bytes uncached.
+        assert s3.get_requests - gets <= 5 * len(keys)
+        assert worker.store.used <= capacity
+        assert await metric(http, worker.url, "p2pcache_responses_aborted_total") == 0

@@ -58,6 +58,19 @@ async def test_recently_read_chunks_are_kept_and_pinned_ones_never_evicted(tmp_p
     assert store.used == 3 * SLOT and store._reserved == 0
 
 
+async def test_a_chunk_held_before_it_is_filled_is_no_victim_once_stored_until_let_go(tmp_path):
+    """What a read waiting on a fill does: S3-FIFO would evict the new chunk first."""
+    store = ChunkStore(tmp_path, capacity=3 * SLOT, policy=POLICIES["s3fifo"])
+    await store.load()
+    with store.held(chunk(0).name):
+        for i in range(6):
+            await put_chunk(store, chunk(i))
+        assert chunk(0).name in store and chunk(5).name in store
+    for i in range(6, 9):
+        await put_chunk(store, chunk(i))
+    assert chunk(0).name not in store  # let go: evicted as any other
+
+
 async def test_a_failed_write_leaves_nothing_visible(tmp_path):
     store = ChunkStore(tmp_path, capacity=10 * SLOT)
     await store.load()

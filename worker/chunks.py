@@ -233,37 +233,45 @@ class Chunks:
         A fill copies the chunk from `source` (a follower's primary), else from a worker
         that held it under an earlier ring (`holder` first), else reads it from S3,
         unless `origin` is False (a handoff), which raises NotCached instead. If the disk
-        fails, a read streams the bytes from where the fill would take them, uncached.
+        fails or the store has no room, a read streams the bytes from where the fill would
+        take them, uncached.
         """
-        for attempt in range(3):  # an eviction between fill and open is possible, though rare
-            # After a fill, this read is the one it was made for: not a second use (eviction).
-            stream = self.local(c, offset, length, touch=not attempt)
-            if stream is not None:
-                return stream
-            ticket = None if c.name in self.store else self.disk.admit()  # listed: unreadable
-            if ticket is None:
-                if not origin:
-                    raise StoreError(f"cache disk failing: cannot take {c.ring_key}")
-                return await self._pass_through(c, offset, length, source, hop)
-            ok = None
-            try:
-                await self._fills.do(c.name, lambda: self._fill(c, source, hop, holder, origin))
-                ok = True
-            except NotCached:
-                ok = True
-                if not origin:
-                    raise
-                # We joined a handoff's flight, which does not read S3: fill again.
-            except StoreError as exc:
-                self.disk.record(ticket, False, exc)
-                ticket = None
-                if not origin:
-                    raise
-                return await self._pass_through(c, offset, length, source, hop)
-            finally:
-                if ticket is not None:
-                    self.disk.record(ticket, ok)
-        raise Busy(f"chunk {c.ring_key} was evicted as soon as it was filled: cache too small")
+        # Held from before the fill until this read has opened the chunk: S3-FIFO puts a new chunk
+        # first in line for eviction, and the next fill's room would otherwise be taken from it
+        # between its rename and this open. So a chunk filled here is this read's, and one fill
+        # per read at most: a chunk that cannot be opened after its fill is streamed uncached.
+        with self.store.held(c.name):
+            filled = False
+            for attempt in range(3):  # a fill joined may be a handoff's, which does not read S3
+                # After a fill, this read is the one it was made for: not a second use (eviction).
+                stream = self.local(c, offset, length, touch=not attempt)
+                if stream is not None:
+                    return stream
+                if filled or c.name in self.store:  # listed but unreadable, or dropped as corrupt
+                    break
+                ticket = self.disk.admit()
+                if ticket is None:
+                    break
+                ok = None
+                try:
+                    await self._fills.do(c.name, lambda: self._fill(c, source, hop, holder, origin))
+                    ok = filled = True
+                except NotCached:
+                    ok = True
+                    if not origin:
+                        raise
+                except StoreError as exc:
+                    self.disk.record(ticket, False, exc)
+                    ticket = None
+                    if not origin:
+                        raise
+                    break
+                finally:
+                    if ticket is not None:
+                        self.disk.record(ticket, ok)
+        if not origin:
+            raise StoreError(f"cache disk failing: cannot take {c.ring_key}")
+        return await self._pass_through(c, offset, length, source, hop)
 
     async def _pass_through(self, c: ChunkId, offset: int, length: int,
                             source: WorkerInfo | None, hop: int) -> Stream:

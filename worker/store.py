@@ -2,9 +2,9 @@
 
 Invariants: a file under `chunks/` is always a complete chunk (it is written
 under `tmp/` and renamed in); no byte of it leaves the store unchecked; `used +
-reserved <= capacity` at every await point; a chunk being read (pinned) is never
-evicted. Which chunk goes first is the eviction policy's choice
-(worker/eviction.py, S3-FIFO).
+reserved <= capacity` at every await point; a chunk being read (pinned), or
+filled for a read that holds its name (`held`), is never evicted. Which chunk
+goes first is the eviction policy's choice (worker/eviction.py, S3-FIFO).
 
 A chunk is renamed in without an fsync: the kernel writes it back on its own
 schedule. A process that dies loses nothing (the page cache outlives it); a
@@ -177,6 +177,11 @@ class ChunkStore:
         if touch:
             self._policy.touch(name)
         return self._pins.holding(name, file)
+
+    def held(self, name: str) -> ContextManager[None]:
+        """Keep `name` from eviction until the block ends, whether or not it is here yet: a read
+        holds the chunk it waits for, so the chunk is still here when its fill ends."""
+        return self._pins.holding(name, None)
 
     def _released(self, name: str) -> None:
         if name not in self._chunks:  # discarded while read: its fd was kept for us

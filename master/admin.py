@@ -20,6 +20,7 @@ from p2pcache.objects import ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
 
 from .preload import RUNNING, PreloadJob, RingChanged, holding, plan
+from .unpins import UnpinLog
 
 __all__ = ["Admin", "parse_s3_url"]
 
@@ -40,8 +41,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 class Admin:
     def __init__(self, control: WorkerControl, placement: Callable[[], Placement], ring_changed: RingChanged,
-                 worker_ttl: float) -> None:
+                 worker_ttl: float, unpins: UnpinLog) -> None:
         self._control = control
+        self._unpins = unpins
         self._placement = placement
         self._ring_changed, self._worker_ttl = ring_changed, worker_ttl  # what a job waits on between rounds
         self.jobs: OrderedDict[str, PreloadJob] = OrderedDict()
@@ -92,7 +94,11 @@ class Admin:
         return _json(job.to_dict())
 
     async def unpin(self, request: web.Request) -> web.Response:
-        """Every worker stops keeping the chunks of objects under the prefixes (keys by prefix)."""
+        """Every worker stops keeping the chunks of objects under the prefixes (keys by prefix).
+
+        The unpins are remembered (master/unpins.py): a worker not in the ring now (down,
+        restarting) or that did not answer gets them in the answer to a later heartbeat.
+        """
         with _errors():
             urls, _ = _preload_body(await request.read())
             targets = [parse_s3_url(u) for u in urls]
@@ -102,8 +108,10 @@ class Admin:
                                   "(the workers register with the master they are given as --master)")
         unpinned, failed = 0, []
         for bucket, prefix in targets:
+            at = self._unpins.clock()  # pins made before it go, whenever a worker hears of it
             results = await asyncio.gather(*(self._control.unpin(w, bucket, prefix) for w in members),
                                            return_exceptions=True)
+            self._unpins.add(bucket, prefix, at)
             for w, r in zip(members, results):
                 if isinstance(r, BaseException):
                     failed.append(f"{w.id}: {r}")

@@ -106,7 +106,7 @@ class Admin:
             if not members:  # "unpinned 0 chunks" would pass for done
                 raise Unavailable("the master has no workers in its ring: nothing could be unpinned "
                                   "(the workers register with the master they are given as --master)")
-        unpinned, failed = 0, []
+        unpinned, failed = 0, {}
         for bucket, prefix in targets:
             at = self._unpins.clock()  # pins made before it go, whenever a worker hears of it
             results = await asyncio.gather(*(self._control.unpin(w, bucket, prefix) for w in members),
@@ -114,10 +114,15 @@ class Admin:
             self._unpins.add(bucket, prefix, at)
             for w, r in zip(members, results):
                 if isinstance(r, BaseException):
-                    failed.append(f"{w.id}: {r}")
+                    failed.setdefault(w.id, _failure(w, r))
                 else:
                     unpinned += r
-        return _json({"unpinned_chunks": unpinned, "failed": failed}, status=200 if not failed else 502)
+        answer = {"unpinned_chunks": unpinned, "failed": list(failed.values())}
+        if failed:
+            answer |= {"error": "UnpinIncomplete", "message": (
+                f"unpinned {unpinned} chunks under {' '.join(urls)}; {len(failed)} of {len(members)} workers failed "
+                f"(each is sent the unpin again with the answer to its next heartbeat): {'; '.join(failed.values())}")}
+        return _json(answer, status=200 if not failed else 502)
 
     async def status(self, request: web.Request) -> web.Response:
         """One row per worker; with `url`, per object under it the fraction cached and pinned."""
@@ -232,6 +237,12 @@ class Admin:
         done = [i for i, j in self.jobs.items() if j.state != RUNNING]
         for i in done[:max(0, len(self.jobs) - MAX_JOBS)]:
             del self.jobs[i]
+
+
+def _failure(worker: WorkerInfo, exc: BaseException) -> str:
+    """Why `worker` failed, naming it (and its URL) unless the error does."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return reason if worker.url in reason else f"worker {worker.id} at {worker.url}: {reason}"
 
 
 def _preload_body(data: bytes) -> tuple[list[str], bool]:

@@ -20,6 +20,7 @@ from p2pcache.objects import ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
 
 from .preload import RUNNING, PreloadJob, RingChanged, holding, plan
+from .unpins import UnpinLog
 
 __all__ = ["Admin", "parse_s3_url"]
 
@@ -40,8 +41,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 class Admin:
     def __init__(self, control: WorkerControl, placement: Callable[[], Placement], ring_changed: RingChanged,
-                 worker_ttl: float) -> None:
+                 worker_ttl: float, unpins: UnpinLog) -> None:
         self._control = control
+        self._unpins = unpins
         self._placement = placement
         self._ring_changed, self._worker_ttl = ring_changed, worker_ttl  # what a job waits on between rounds
         self.jobs: OrderedDict[str, PreloadJob] = OrderedDict()
@@ -92,7 +94,11 @@ class Admin:
         return _json(job.to_dict())
 
     async def unpin(self, request: web.Request) -> web.Response:
-        """Every worker stops keeping the chunks of objects under the prefixes (keys by prefix)."""
+        """Every worker stops keeping the chunks of objects under the prefixes (keys by prefix).
+
+        The unpins are remembered (master/unpins.py): a worker not in the ring now (down,
+        restarting) or that did not answer gets them in the answer to a later heartbeat.
+        """
         with _errors():
             urls, _ = _preload_body(await request.read())
             targets = [parse_s3_url(u) for u in urls]
@@ -100,16 +106,23 @@ class Admin:
             if not members:  # "unpinned 0 chunks" would pass for done
                 raise Unavailable("the master has no workers in its ring: nothing could be unpinned "
                                   "(the workers register with the master they are given as --master)")
-        unpinned, failed = 0, []
+        unpinned, failed = 0, {}
         for bucket, prefix in targets:
+            at = self._unpins.clock()  # pins made before it go, whenever a worker hears of it
             results = await asyncio.gather(*(self._control.unpin(w, bucket, prefix) for w in members),
                                            return_exceptions=True)
+            self._unpins.add(bucket, prefix, at)
             for w, r in zip(members, results):
                 if isinstance(r, BaseException):
-                    failed.append(f"{w.id}: {r}")
+                    failed.setdefault(w.id, _failure(w, r))
                 else:
                     unpinned += r
-        return _json({"unpinned_chunks": unpinned, "failed": failed}, status=200 if not failed else 502)
+        answer = {"unpinned_chunks": unpinned, "failed": list(failed.values())}
+        if failed:
+            answer |= {"error": "UnpinIncomplete", "message": (
+                f"unpinned {unpinned} chunks under {' '.join(urls)}; {len(failed)} of {len(members)} workers failed "
+                f"(each is sent the unpin again with the answer to its next heartbeat): {'; '.join(failed.values())}")}
+        return _json(answer, status=200 if not failed else 502)
 
     async def status(self, request: web.Request) -> web.Response:
         """One row per worker; with `url`, per object under it the fraction cached and pinned."""
@@ -224,6 +237,12 @@ class Admin:
         done = [i for i, j in self.jobs.items() if j.state != RUNNING]
         for i in done[:max(0, len(self.jobs) - MAX_JOBS)]:
             del self.jobs[i]
+
+
+def _failure(worker: WorkerInfo, exc: BaseException) -> str:
+    """Why `worker` failed, naming it (and its URL) unless the error does."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return reason if worker.url in reason else f"worker {worker.id} at {worker.url}: {reason}"
 
 
 def _preload_body(data: bytes) -> tuple[list[str], bool]:

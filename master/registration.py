@@ -33,9 +33,11 @@ def parse_worker(body: bytes, content_type: str, chunk_size: int) -> WorkerInfo:
     return parse_registration(body, content_type, chunk_size)[0]
 
 
-def parse_registration(body: bytes, content_type: str, chunk_size: int) -> tuple[WorkerInfo, str | None]:
-    """parse_worker's WorkerInfo, and the `instance` that sent it (None from workers that do not say:
-    they are from before instances)."""
+def parse_registration(body: bytes, content_type: str,
+                       chunk_size: int) -> tuple[WorkerInfo, str | None, list | None]:
+    """parse_worker's WorkerInfo, the `instance` that sent it (None from workers that do not say:
+    they are from before instances), and the unpins it has had (`unpins`: `[master_id, seq]` of the
+    last, `[]` for none; None from workers that do not take them: master/unpins.py)."""
     try:
         data = json.loads(body) if content_type == "application/json" else msgpack.unpackb(body)
     except Exception as exc:  # msgpack and json raise a variety of errors on bad input
@@ -60,7 +62,11 @@ def parse_registration(body: bytes, content_type: str, chunk_size: int) -> tuple
     instance = data.get("instance")
     if instance is not None and not (isinstance(instance, str) and INSTANCE.fullmatch(instance)):
         raise InvalidRegistration("instance must be 1-64 characters of A-Z a-z 0-9 . _ -")
-    return info, instance
+    seen = data.get("unpins")
+    if seen is not None and not (seen == [] or isinstance(seen, list) and len(seen) == 2
+                                 and isinstance(seen[0], str) and _int(seen[1]) and seen[1] >= 0):
+        raise InvalidRegistration("unpins must be [] or [master_id, seq]")
+    return info, instance, seen
 
 
 def check_takeover(current: WorkerInfo | None, new: WorkerInfo, authenticated: bool) -> None:

@@ -27,6 +27,7 @@ from .admin import Admin
 from .config import MasterConfig
 from .membership import Membership, Replaced
 from .registration import InvalidRegistration, Takeover, check_takeover, parse_registration
+from .unpins import UnpinLog
 
 __all__ = ["Master", "OPEN_ROUTES"]
 
@@ -58,6 +59,7 @@ class Master:
         self._session: aiohttp.ClientSession | None = None
         self._placement_now: Placement | None = None
         self.admin: Admin | None = None
+        self.unpins = UnpinLog(clock)  # for workers away when they were made (master/unpins.py)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -77,7 +79,7 @@ class Master:
         client_ssl = await asyncio.to_thread(tls.client_context, self.config.tls_ca)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl))
         self.admin = Admin(WorkerControl(self._session, Signer(self.config.cluster_secret)), self._published,
-                           self.ring_changed, self.config.worker_ttl)
+                           self.ring_changed, self.config.worker_ttl, self.unpins)
         app = web.Application(middlewares=[self._authenticate])
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -198,8 +200,8 @@ class Master:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         try:
-            worker, instance = parse_registration(await request.read(), request.content_type,
-                                                  self.config.chunk_size)
+            worker, instance, seen = parse_registration(await request.read(), request.content_type,
+                                                        self.config.chunk_size)
             current = self.membership.worker(worker.id)
             check_takeover(current, worker, authenticated=self._verifier is not None)
         except InvalidRegistration as exc:
@@ -225,6 +227,8 @@ class Master:
             self._notify()
         ring = self.membership.ring
         reply = {"master_id": ring.master_id, "epoch": ring.epoch, "ttl": self.config.worker_ttl}
+        if seen is not None and (missed := self.unpins.since(ring.master_id, seen)):
+            reply["unpins"] = self.unpins.to_wire(missed)
         return web.Response(body=msgpack.packb(reply), content_type=MSGPACK)
 
     async def leave(self, request: web.Request) -> web.Response:

@@ -65,13 +65,16 @@ class AdminClient:
             await asyncio.sleep(interval)
 
     async def unpin(self, urls: list[str]) -> dict:
-        return await self._call("POST", "/unpin", {"urls": list(urls)})
+        """`{"unpinned_chunks": n, "failed": [...]}`; when `failed` names workers that could not unpin
+        (they will, at their next heartbeat), also `message`: what happened, in one line."""
+        return await self._call("POST", "/unpin", {"urls": list(urls)}, partial=True)
 
     async def status(self, url: str | None = None) -> dict:
         return await self._call("GET", "/status", params={"url": url} if url else None)
 
     async def _call(self, method: str, path: str, body: dict | None = None,
-                    params: dict[str, str] | None = None) -> Any:
+                    params: dict[str, str] | None = None, partial: bool = False) -> Any:
+        """The master's JSON answer; with `partial`, also its 502 that says which workers `failed`."""
         data = json.dumps(body).encode() if body is not None else b""
         url = URL(self.url + path)
         headers = {"Content-Type": "application/json"} | self._signer.headers(method, url.path, params, data)
@@ -81,11 +84,22 @@ class AdminClient:
                 text = await resp.text()
                 if resp.status in (200, 201):
                     return json.loads(text)
+                if partial and resp.status == 502 and (answer := _partial(text)) is not None:
+                    return answer
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise unreachable(self.url, exc) from exc
         except ValueError as exc:  # not JSON, or not text
             raise _not_master(self.url, resp) from exc
         raise _error(self.url, resp, text)
+
+
+def _partial(text: str) -> dict | None:
+    """The master's answer done in part (`failed` workers), or None (a proxy's 502: the master is down)."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) and answer.get("failed") else None
 
 
 def _error(url: str, resp: aiohttp.ClientResponse, text: str) -> P2PError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import astuple
 from typing import Any
 
@@ -15,7 +16,8 @@ from .objects import ChunkId
 from .ring import WorkerInfo
 
 __all__ = ["WorkerControl", "LIST_PATH", "PRELOAD_PATH", "STATUS_PATH", "HAS_PATH", "UNPIN_PATH",
-           "MAX_BATCH", "KEEP_SHARE", "chunk_to_wire", "chunk_from_wire", "ring_from_wire", "pack", "unpack"]
+           "MAX_BATCH", "KEEP_SHARE", "chunk_to_wire", "chunk_from_wire", "ring_from_wire", "pack", "unpack",
+           "in_words"]
 
 LIST_PATH = "/_p2p/list"  # GET ?bucket=&prefix=&token=: one page of (key, etag, size)
 PRELOAD_PATH = "/_p2p/preload"  # POST {chunks, keep, ring}: fill (and keep) chunks this worker owns
@@ -111,11 +113,20 @@ class WorkerControl:
                 if resp.status != 200:
                     raise _error(worker, resp)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise PeerError(f"worker {worker.id} at {worker.url} unreachable: {exc!r}") from exc
+            raise PeerError(f"worker {worker.id} at {worker.url} unreachable: {in_words(exc)}") from exc
         try:
             return msgpack.unpackb(payload)
         except (ValueError, msgpack.UnpackException) as exc:
             raise PeerError(f"worker {worker.id} sent a malformed answer to {path}: {exc}") from exc
+
+
+def in_words(exc: BaseException) -> str:
+    """Why a request got no answer, as an operator says it (`connection refused`), not a repr."""
+    if isinstance(exc, asyncio.TimeoutError):  # aiohttp's timeouts too
+        return "no answer in time"
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:  # aiohttp's connect errors
+        return os.strerror(exc.errno).lower()  # not a resolver's errno: those are < 0
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _error(worker: WorkerInfo, resp: aiohttp.ClientResponse) -> P2PError:

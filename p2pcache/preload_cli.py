@@ -122,10 +122,17 @@ async def _start(admin: AdminClient, args: argparse.Namespace) -> dict:
 
 
 async def _unpin(args: argparse.Namespace) -> int:
+    """0 when every worker in the ring unpinned; 1 with a line naming the workers that failed."""
     async with admin_from_args(args) as admin:
         answer = await admin.unpin(args.urls)
-    print(json.dumps(answer, indent=1) if args.json else
-          f"unpinned {answer['unpinned_chunks']} chunks under {' '.join(args.urls)}")
+    if args.json:
+        print(json.dumps(answer, indent=1))
+    elif not answer["failed"]:
+        print(f"unpinned {answer['unpinned_chunks']} chunks under {' '.join(args.urls)}")
+    if answer["failed"]:
+        said = answer.get("message") or f"workers failed: {'; '.join(answer['failed'])}"  # or an older master's
+        print(f"p2pcache unpin: {' '.join(said.split())}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -159,3 +159,29 @@ async def test_a_keep_record_that_cannot_be_read_is_left_for_a_later_start(clust
     later.rename(later.with_name("not-yet"))
     worker = await restart(cluster, worker)
     assert len(worker.keeps) == 3 and record.name in worker.keeps
+
+
+async def test_an_unpin_made_while_a_worker_was_away_reaches_it_when_it_comes_back(cluster_factory, s3_client,
+                                                                                   bucket):
+    """A worker killed, dropped from the ring, then restarted on its cache dir kept its pins after
+    an `unpin` that said it was done: the unpin went to the ring's workers only. A pin made after
+    the unpin stays, however often the worker starts again."""
+    cluster = await cluster_factory(3, worker_ttl=1.5, heartbeat=0.3)
+    put(s3_client, bucket, "m", 24, 9)
+    url = f"s3://{bucket}/m/"
+    assert (await preload(cluster.master.url, [url], pin=True, secret=SECRET))["state"] == "done"
+    away = max(cluster.workers, key=lambda w: len(w.keeps))
+    assert len(away.keeps) > 0
+    await away.stop(leave=False)  # a crash: its pins are on its disk
+    await cluster.wait_converged()  # the master dropped it
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        answer = await admin.unpin([url])
+    assert answer["failed"] == [] and answer["unpinned_chunks"] == 24 - len(away.keeps)
+    back = await restart(cluster, away)
+    assert len(back.keeps) == 0 and back.keeps.bytes == 0
+    assert list((back.config.cache_dir / "kept").iterdir()) == []
+
+    assert (await preload(cluster.master.url, [url], pin=True, secret=SECRET))["state"] == "done"
+    assert len(kept_names(cluster)) == 24 and len(back.keeps) > 0
+    again = await restart(cluster, back)  # told of the same unpin again: these pins are newer
+    assert len(again.keeps) == len(back.keeps) and len(kept_names(cluster)) == 24

@@ -96,6 +96,31 @@ async def test_preload_status_and_unpin_commands(cluster, s3_client, bucket):
     assert [o["pinned"] for o in json.loads(out)["objects"]] == [0.0] * 3
 
 
+async def test_unpin_with_a_worker_down_names_it_in_one_line_and_json_stays_json(cluster, s3_client, bucket):
+    """A worker down but still in the ring: `unpin` printed the master's JSON body cut at 300
+    characters, with aiohttp's exception repr, and `--json` printed that line too, not JSON."""
+    for i in range(6):
+        s3_client.put_object(Bucket=bucket, Key=f"m/{i}.bin", Body=bytes([i]) * CHUNK)
+    master, url = ["--master", cluster.master.url], f"s3://{bucket}/m/"
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        assert (await admin.wait((await admin.preload([url], pin=True))["id"]))["state"] == "done"
+    down = max(cluster.workers, key=lambda w: len(w.keeps))
+    pinned_there = len(down.keeps)
+    await down.stop(leave=False)  # in the ring until its heartbeats expire (10 s)
+    failed = f"worker {down.id} at {down.url} unreachable: connection refused"
+
+    code, out, err = await run("unpin", url, *master)
+    assert (code, out) == (1, ""), err
+    assert err == (f"p2pcache unpin: unpinned {6 - pinned_there} chunks under {url}; 1 of 3 workers failed (each "
+                   f"is sent the unpin again with the answer to its next heartbeat): {failed}\n")
+    code, out, err = await run("unpin", "--json", url, *master)
+    assert code == 1 and err.startswith("p2pcache unpin: unpinned 0 chunks") and err.count("\n") == 1, err
+    answer = json.loads(out)
+    assert (answer["unpinned_chunks"], answer["failed"], answer["error"]) == (0, [failed], "UnpinIncomplete")
+    back = await cluster.restart(down)  # as said: its next heartbeat brings the unpin
+    assert pinned_there > 0 and len(back.keeps) == 0
+
+
 async def test_preload_json_and_errors(cluster, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="x/a", Body=b"a" * 1000)
     master = ["--master", cluster.master.url]

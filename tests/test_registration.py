@@ -92,8 +92,17 @@ def test_an_id_moves_to_another_url_only_with_the_secret():
 
 def test_a_registration_names_the_process_that_sent_it_or_not():
     parse = lambda **changes: parse_registration(msgpack.packb(GOOD | changes), "application/msgpack", CHUNK)  # noqa: E731
-    assert parse(instance="0f3a9c") == (WorkerInfo(**GOOD), "0f3a9c")
-    assert parse() == (WorkerInfo(**GOOD), None)  # a worker from before instances
+    assert parse(instance="0f3a9c")[:2] == (WorkerInfo(**GOOD), "0f3a9c")
+    assert parse()[:2] == (WorkerInfo(**GOOD), None)  # a worker from before instances
     for instance in ("", "a" * 65, "a b", 7, ["x"]):
         with pytest.raises(InvalidRegistration, match="instance"):
             parse(instance=instance)
+
+
+def test_a_registration_says_which_unpins_it_has_had_or_not():
+    parse = lambda **changes: parse_registration(msgpack.packb(GOOD | changes), "application/msgpack", CHUNK)[2]  # noqa: E731
+    assert parse() is None  # a worker from before unpins were sent: it gets none
+    assert parse(unpins=[]) == [] and parse(unpins=["m1", 3]) == ["m1", 3]
+    for seen in ("m1", ["m1"], ["m1", -1], [3, "m1"], ["m1", True], ["m1", 1.5]):
+        with pytest.raises(InvalidRegistration, match="unpins"):
+            parse(unpins=seen)

@@ -1,4 +1,5 @@
-"""The worker's control routes: list a prefix, fill (and keep) chunks for a preload, status, unpin.
+"""The worker's control routes: list a prefix, fill (and keep) chunks for a preload, status, unpin
+(and the unpins it missed, from the master's answers to its heartbeats).
 
 Every one is signed with the cluster secret (the master calls them). A preload
 fill goes through the normal single-flight fill (`Chunks.open_local`), so two
@@ -27,6 +28,7 @@ from .routing import fill_source
 from .keep import Keeps
 from .metrics import WorkerMetrics
 from .objects import ObjectCache
+from .unpins import Missed
 
 __all__ = ["Control"]
 
@@ -159,6 +161,19 @@ class Control:
         if n:
             log.info("unpinned %d chunks under s3://%s/%s", n, body["bucket"], body["prefix"])
         return _reply({"unpinned": n})
+
+    async def missed(self, unpins: list[Missed]) -> None:
+        """Unpins made while this worker was away (or did not answer): each drops the keeps pinned before it."""
+        for u in unpins:
+            try:
+                n = await self._keeps.release(u.bucket, u.prefix, u.at)
+            except OSError as exc:
+                log.error("cannot remove the keep records of s3://%s/%s (%s): they are kept again after a restart",
+                          u.bucket, u.prefix, exc)
+                continue
+            if n:
+                log.info("unpinned %d chunks under s3://%s/%s, pinned before an unpin made while this worker "
+                         "was away", n, u.bucket, u.prefix)
 
 
 def _reply(obj) -> web.Response:

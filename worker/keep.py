@@ -7,7 +7,9 @@ import contextlib
 import logging
 import os
 import re
+import time
 from pathlib import Path
+from typing import Callable
 
 from p2pcache.objects import ChunkId
 
@@ -26,12 +28,16 @@ class Keeps:
 
     Kept apart from the chunk files (under `<cache dir>/kept/`), so they survive a
     restart and never change a chunk file's format. A keep is recorded in memory
-    first, then on disk: a crash in between loses the keep, never a chunk.
+    first, then on disk: a crash in between loses the keep, never a chunk. When it was
+    pinned (last) is the record's mtime: an unpin this worker hears of late drops only the
+    keeps made before it (`release`).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
         self._root = Path(root)
+        self._clock = clock  # a wall clock: it dates the records on disk
         self._kept: dict[str, ChunkId] = {}
+        self._at: dict[str, float] = {}  # name -> when it was pinned last
         self.bytes = 0
         self.unreadable: OSError | None = None  # why the keeps on disk could not be read at start
 
@@ -53,9 +59,9 @@ class Keeps:
                       "eviction, and pins made now are not recorded; it serves its cached chunks as usual. "
                       "Fix or remove %s and restart to keep them again", self._root, exc, self._root)
             return
-        for c in found:
+        for c, at in found:
             if c.name not in self._kept:
-                self._kept[c.name] = c
+                self._kept[c.name], self._at[c.name] = c, at
                 self.bytes += c.length
         if dropped:
             log.warning("dropped %d malformed keep records from %s", dropped, self._root)
@@ -70,36 +76,54 @@ class Keeps:
             await self.load()
 
     async def add(self, c: ChunkId) -> bool:
-        """Keep `c`; False if it already was."""
-        if c.name in self._kept:
-            return False
-        self._kept[c.name] = c
-        self.bytes += c.length
+        """Keep `c`, pinned now; False if it already was (it is dated now all the same: a pin made
+        after an unpin outlives that unpin, however late this worker hears of it)."""
+        new, at = c.name not in self._kept, self._clock()
+        if new:
+            self._kept[c.name] = c
+            self.bytes += c.length
+        self._at[c.name] = at
         if self.unreadable is not None:  # said at start, once, rather than for every chunk
-            return True
+            return new
         try:
-            await _run(_write, self._root / c.name, c.pack())
+            await _run(_write if new else _date, self._root / c.name, c.pack(), at)
         except OSError as exc:
-            log.warning("cannot record the keep of %s on disk (%s): it will not survive a restart",
-                        c.ring_key, exc)
-        return True
+            log.warning("cannot record the keep of %s on disk (%s): %s", c.ring_key, exc,
+                        "it will not survive a restart" if new else
+                        "after a restart, it is dated as pinned earlier (an unpin made since drops it)")
+        return new
 
     async def discard(self, names: list[str]) -> int:
         """Stop keeping `names`; how many were kept."""
         gone = [self._kept.pop(n) for n in names if n in self._kept]
+        for c in gone:
+            del self._at[c.name]
         self.bytes -= sum(c.length for c in gone)
         if gone and self.unreadable is None:  # with it, none was recorded
             await _run(_unlink_all, [self._root / c.name for c in gone])
         return len(gone)
 
+    async def release(self, bucket: str, prefix: str, before: float) -> int:
+        """Stop keeping the chunks under the prefix pinned before `before` (this worker's wall clock)."""
+        return await self.discard([n for n in self.matching(bucket, prefix) if self._at[n] < before])
+
     def matching(self, bucket: str, prefix: str) -> list[str]:
         return [n for n, c in self._kept.items() if c.bucket == bucket and c.key.startswith(prefix)]
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes, at: float) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
+    os.utime(tmp, (at, at))
     os.replace(tmp, path)
+
+
+def _date(path: Path, data: bytes, at: float) -> None:
+    """The record dated `at`, written again if it is gone."""
+    try:
+        os.utime(path, (at, at))
+    except FileNotFoundError:
+        _write(path, data, at)
 
 
 def _unlink_all(paths: list[Path]) -> None:
@@ -108,21 +132,22 @@ def _unlink_all(paths: list[Path]) -> None:
             p.unlink()
 
 
-def _scan(root: Path) -> tuple[list[ChunkId], int, list[OSError]]:
-    """The keeps under `root`, how many malformed records were removed, and the errors of
-    those that could not be read (left in place)."""
+def _scan(root: Path) -> tuple[list[tuple[ChunkId, float]], int, list[OSError]]:
+    """The keeps under `root` and when each was pinned, how many malformed records were removed,
+    and the errors of those that could not be read (left in place)."""
     root.mkdir(parents=True, exist_ok=True)
     found, dropped, unread = [], 0, []
     for entry in root.iterdir():
         try:
             c = ChunkId.unpack(entry.read_bytes()) if _NAME.fullmatch(entry.name) else None
+            at = entry.stat().st_mtime if c is not None else 0.0
         except (ValueError, TypeError):  # msgpack's errors are ValueErrors
             c = None
         except OSError as exc:  # not malformed: a disk error, or its permissions
             unread.append(exc)
             continue
         if c is not None and c.name == entry.name:
-            found.append(c)
+            found.append((c, at))
         else:
             with contextlib.suppress(OSError):
                 entry.unlink()

@@ -18,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import replace
-from typing import Callable
+from typing import Awaitable, Callable
 
 from p2pcache.errors import BadRequest, Unauthorized, Unavailable
 from p2pcache.master_client import TIMEOUT, MasterClient
 from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
 from p2pcache.service import Fatal
+
+from .unpins import Missed, missed
 
 __all__ = ["MembershipAgent", "announce_delay", "call_timeout"]
 
@@ -54,7 +57,9 @@ def call_timeout(left: float) -> float:
 
 class MembershipAgent:
     def __init__(self, master: MasterClient, me: WorkerInfo, interval: float,
-                 on_ring: Callable[[Placement], None]) -> None:
+                 on_ring: Callable[[Placement], None],
+                 on_unpins: Callable[[list[Missed]], Awaitable[None]] | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._master = master
         self.me = me
         self._interval = interval
@@ -62,6 +67,9 @@ class MembershipAgent:
         self._failing = False
         self._refusals = 0  # heartbeats refused in a row as unauthenticated (401/403)
         self._on_ring = on_ring
+        self._on_unpins, self._wall_clock = on_unpins, wall_clock
+        # The master's unpins had (worker/unpins.py): [master_id, seq] of the last, [] for none.
+        self.unpins_seen: list = []
         self._tasks: list[asyncio.Task] = []
         self.ring: RingSnapshot | None = None
         # Set when the master refuses a heartbeat: it would refuse every beat again.
@@ -135,8 +143,9 @@ class MembershipAgent:
 
     async def _beat(self) -> None:
         """One heartbeat; Fatal if the master refuses it for good."""
+        sent = self._wall_clock()
         try:
-            reply = await self._master.heartbeat(self.me)
+            reply = await self._master.heartbeat(self.me, unpins=self.unpins_seen if self._on_unpins else None)
         except BadRequest as exc:
             raise Fatal(str(exc)) from None
         except Unauthorized as exc:
@@ -155,6 +164,20 @@ class MembershipAgent:
             log.info("master reachable again")
         self._failing, self._refusals = False, 0
         self._pace(reply.get("ttl"))
+        if self._on_unpins and reply.get("unpins"):
+            await self._unpinned(reply, sent)
+
+    async def _unpinned(self, reply: dict, sent: float) -> None:
+        """Drop the keeps the master's unpins in `reply` were made after; they are had then."""
+        try:
+            unpins, master_id = missed(reply["unpins"], sent), reply.get("master_id")
+            if not isinstance(master_id, str):
+                raise ValueError(f"master_id must be a string, not {master_id!r:.100}")
+        except ValueError as exc:
+            log.warning("ignored the unpins in the master's answer: %s", exc)
+            return
+        await self._on_unpins(unpins)
+        self.unpins_seen = [master_id, unpins[-1].seq]
 
     def _pace(self, ttl: object) -> None:
         """Beat every --heartbeat-interval, or a third of the master's TTL if that is shorter, so a

@@ -75,7 +75,7 @@ PEER_CONNECTIONS = 64  # pooled connections to each peer
 class Worker:
     def __init__(self, config: WorkerConfig, clock=time.monotonic, wall_clock=time.time) -> None:
         self.config = config
-        self.clock = clock
+        self.clock, self.wall_clock = clock, wall_clock
         self.readers = Readers(config.client_keys, wall_clock) if config.client_keys else None
         self.metrics = WorkerMetrics()
         self.placement: Placement | None = None
@@ -148,9 +148,9 @@ class Worker:
         self._began = True
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
-        self.keeps = Keeps(Path(cfg.cache_dir) / "kept")
+        self.keeps = Keeps(Path(cfg.cache_dir) / "kept", self.wall_clock)
         self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free, kept=self.keeps.__contains__,
-                                policy=POLICIES[cfg.eviction], before_late_load=self.keeps.load_again)
+                                policy=POLICIES[cfg.eviction], before_late_load=self._load_keeps_again)
         await self.keeps.load()  # unreadable keeps are said, not a reason to forget the chunks
         try:
             await self.store.load()
@@ -220,7 +220,7 @@ class Worker:
             await check_advertised(session, self.url, self.id)
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,
-                                     cfg.heartbeat_interval, self._on_ring)
+                                     cfg.heartbeat_interval, self._on_ring, self.control.missed, self.wall_clock)
         try:
             await self.agent.start()
         except Fatal as exc:  # refused at registration: it would refuse a leave too, or take another's
@@ -305,6 +305,14 @@ class Worker:
     def _draining_in(self, placement: Placement | None) -> bool:
         me = placement.members.get(self.id) if placement else None
         return me is not None and me.state == DRAINING
+
+    async def _load_keeps_again(self) -> None:
+        """The keeps that could not be read at start, once the cache dir is back: they have had none of
+        the master's unpins (worker/unpins.py), so the next heartbeat asks for all it remembers."""
+        if self.keeps.unreadable is not None:
+            await self.keeps.load_again()
+            if self.agent is not None:
+                self.agent.unpins_seen = []
 
     def _on_ring(self, placement: Placement) -> None:
         self.placement, ring = placement, placement.ring

@@ -1,4 +1,5 @@
-"""Pinned preloads: kept from eviction under a flood, across a restart, with their chunks when owners change."""
+"""Pinned preloads: kept from eviction under a flood, across a restart, with their chunks when owners change,
+never past a worker's keep limit."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 
 from conftest import CHUNK, SECRET, metric
 from p2pcache.admin_client import AdminClient, preload
+from p2pcache.auth import Signer
+from p2pcache.control import WorkerControl
 from p2pcache.errors import BadRequest
-from p2pcache.objects import ObjectInfo
+from p2pcache.objects import ChunkId, ObjectInfo
 from worker.server import Worker
 
 CAPACITY = 12 * (CHUNK + 512)  # a dozen chunk files (data + trailer) per worker
@@ -159,3 +162,36 @@ async def test_a_keep_record_that_cannot_be_read_is_left_for_a_later_start(clust
     later.rename(later.with_name("not-yet"))
     worker = await restart(cluster, worker)
     assert len(worker.keeps) == 3 and record.name in worker.keeps
+
+
+def chunks_of(s3_client, bucket: str, data: dict[str, bytes]) -> list[ChunkId]:
+    return [ObjectInfo(bucket, k, s3_client.head_object(Bucket=bucket, Key=k)["ETag"], len(b)).chunk(i, CHUNK)
+            for k, b in data.items() for i in range(-(-len(b) // CHUNK))]
+
+
+async def ready(worker: Worker) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{worker.url}/_p2p/ready") as resp:
+            assert resp.status == 200
+            return await resp.json()
+
+
+async def test_chunks_checked_for_the_keep_limit_together_stay_under_it(cluster_factory, s3, s3_client, bucket):
+    """The chunks a worker is asked to keep at once (a batch; the batches of two pinned preloads
+    running together) are checked against its keep limit before their fills and kept after them:
+    those being filled count too, so the keeps stay under the limit and room stays for reads."""
+    cluster = await cluster_factory(1, capacity=CAPACITY)  # keep limit: 10.8 chunks
+    worker = cluster.workers[0]
+    chunks = chunks_of(s3_client, bucket, put(s3_client, bucket, "a", 6, 9) | put(s3_client, bucket, "b", 6, 10))
+    control = WorkerControl(cluster.session, Signer(SECRET))
+    results = await control.preload(worker.placement.members[worker.id], chunks, True,
+                                    worker.placement.ring.version)
+    refused = [r for r in results if r[0] == "error"]
+    assert len(refused) == 2 and all(r[1].startswith("KeepLimit: ") for r in refused), results
+    assert len(worker.keeps) == 10 and worker.keeps.bytes <= worker.control.keep_limit
+    other = put(s3_client, bucket, "other", 1, 11)
+    await read(worker.url, bucket, other)
+    before = s3.get_bytes
+    await read(worker.url, bucket, other)
+    assert s3.get_bytes == before  # cached: the pins left it room
+    assert "degraded" not in await ready(worker)

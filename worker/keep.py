@@ -8,7 +8,9 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
+from p2pcache.control import KEEP_SHARE
 from p2pcache.objects import ChunkId
 
 __all__ = ["Keeps"]
@@ -27,12 +29,21 @@ class Keeps:
     Kept apart from the chunk files (under `<cache dir>/kept/`), so they survive a
     restart and never change a chunk file's format. A keep is recorded in memory
     first, then on disk: a crash in between loses the keep, never a chunk.
+
+    At most `limit` bytes are kept (KEEP_SHARE of the store's capacity). A chunk is
+    filled before it is kept, so the bytes of the chunks being filled to be kept are
+    held against the limit from the check on (`would_keep`, then `holding`, with no
+    await between): checks made together (a preload's batch, two preloads) cannot all
+    pass and add up past it.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, capacity: int) -> None:
         self._root = Path(root)
+        self.limit = int(capacity * KEEP_SHARE)
         self._kept: dict[str, ChunkId] = {}
         self.bytes = 0
+        self._held: dict[str, int] = {}  # name -> how many fills to keep it run (preloads)
+        self._held_bytes = 0  # of the held chunks not kept yet (a kept one is in `bytes`)
         self.unreadable: OSError | None = None  # why the keeps on disk could not be read at start
 
     def __contains__(self, name: str) -> bool:
@@ -69,12 +80,34 @@ class Keeps:
             self.unreadable = None
             await self.load()
 
+    def would_keep(self, c: ChunkId) -> int:
+        """The bytes kept and held if `c` is kept too (nothing more if it is kept or held already)."""
+        more = 0 if c.name in self._kept or c.name in self._held else c.length
+        return self.bytes + self._held_bytes + more
+
+    @contextlib.contextmanager
+    def holding(self, c: ChunkId) -> Iterator[None]:
+        """Count `c` against the limit while its block runs (its fill, then `add`)."""
+        self._held[c.name] = self._held.get(c.name, 0) + 1
+        if self._held[c.name] == 1 and c.name not in self._kept:
+            self._held_bytes += c.length
+        try:
+            yield
+        finally:
+            self._held[c.name] -= 1
+            if not self._held[c.name]:
+                del self._held[c.name]
+                if c.name not in self._kept:
+                    self._held_bytes -= c.length
+
     async def add(self, c: ChunkId) -> bool:
         """Keep `c`; False if it already was."""
         if c.name in self._kept:
             return False
         self._kept[c.name] = c
         self.bytes += c.length
+        if c.name in self._held:  # counted in `bytes` now
+            self._held_bytes -= c.length
         if self.unreadable is not None:  # said at start, once, rather than for every chunk
             return True
         try:
@@ -88,6 +121,7 @@ class Keeps:
         """Stop keeping `names`; how many were kept."""
         gone = [self._kept.pop(n) for n in names if n in self._kept]
         self.bytes -= sum(c.length for c in gone)
+        self._held_bytes += sum(c.length for c in gone if c.name in self._held)  # unpinned while filled
         if gone and self.unreadable is None:  # with it, none was recorded
             await _run(_unlink_all, [self._root / c.name for c in gone])
         return len(gone)

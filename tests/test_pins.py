@@ -3,6 +3,8 @@ never past a worker's keep limit."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import random
 import shutil
 
@@ -15,6 +17,7 @@ from p2pcache.auth import Signer
 from p2pcache.control import WorkerControl
 from p2pcache.errors import BadRequest
 from p2pcache.objects import ChunkId, ObjectInfo
+from worker.keep import over_limit
 from worker.server import Worker
 
 CAPACITY = 12 * (CHUNK + 512)  # a dozen chunk files (data + trailer) per worker
@@ -195,3 +198,46 @@ async def test_chunks_checked_for_the_keep_limit_together_stay_under_it(cluster_
     await read(worker.url, bucket, other)
     assert s3.get_bytes == before  # cached: the pins left it room
     assert "degraded" not in await ready(worker)
+
+
+async def test_pins_over_a_smaller_capacity_at_restart_are_released_down_to_the_limit_and_said(
+        cluster_factory, s3, s3_client, bucket, caplog):
+    """Restarted with a smaller --capacity, a worker whose pins are over its keep limit releases whole
+    pinned objects (in key order, each kept if it fits) until the rest fit, and says which, with what to
+    do: the store then fits its capacity and caches other reads."""
+    cluster = await cluster_factory(1, capacity=CAPACITY)
+    pinned = put(s3_client, bucket, "pinned", 6, 12)
+    assert (await preload(cluster.master.url, [f"s3://{bucket}/pinned/"], pin=True, secret=SECRET))["state"] == "done"
+    old = cluster.workers[0]
+    await old.stop(leave=False)
+    smaller = 4 * (CHUNK + 512)  # keep limit: 3.6 chunks
+    worker = Worker(dataclasses.replace(old.config, capacity=smaller))
+    with caplog.at_level(logging.WARNING, "p2pcache.keep"):
+        await worker.start()
+    cluster.workers[0] = worker
+    await cluster.wait_converged()
+    kept = {c.name for c in chunks_of(s3_client, bucket, dict(list(pinned.items())[:3]))}
+    assert set(worker.keeps._kept) == kept and worker.keeps.bytes <= worker.control.keep_limit
+    assert worker.store.used <= smaller
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "released the pins" in r.getMessage()]
+    assert len(said) == 1 and f"pinned chunks hold {6 * CHUNK} bytes, over this worker's limit of " \
+        f"{int(smaller * 0.9)}" in said[0] and "raise --capacity" in said[0], said
+    assert ", ".join(f"s3://{bucket}/{k}" for k in list(pinned)[3:]) in said[0]
+    assert len(list((worker.config.cache_dir / "kept").iterdir())) == 3  # a later start keeps the same
+    other = put(s3_client, bucket, "other", 1, 13)
+    await read(worker.url, bucket, other)
+    before = s3.get_bytes
+    await read(worker.url, bucket, other | dict(list(pinned.items())[:3]))
+    assert s3.get_bytes == before
+    assert "degraded" not in await ready(worker)
+
+
+def test_pins_over_the_limit_are_released_by_whole_objects_in_key_order():
+    def obj(key: str, chunks: int) -> list[ChunkId]:
+        return [ObjectInfo("b", key, '"e"', chunks * 10).chunk(i, 10) for i in range(chunks)]
+
+    a, b, c = obj("a", 3), obj("b", 2), obj("c", 1)
+    assert over_limit(a + b + c, 60) == []
+    assert over_limit(c + b + a, 45) == b  # a fits, b does not, c still does
+    assert over_limit(a + b + c, 25) == a + c  # a does not fit, b does, c no more
+    assert over_limit(a + c, 0) == a + c

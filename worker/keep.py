@@ -8,12 +8,12 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from p2pcache.control import KEEP_SHARE
 from p2pcache.objects import ChunkId
 
-__all__ = ["Keeps"]
+__all__ = ["Keeps", "over_limit"]
 
 log = logging.getLogger("p2pcache.keep")
 _NAME = re.compile(r"[0-9a-f]{40}-\d+-\d+")
@@ -68,11 +68,28 @@ class Keeps:
             if c.name not in self._kept:
                 self._kept[c.name] = c
                 self.bytes += c.length
+        await self._trim()
         if dropped:
             log.warning("dropped %d malformed keep records from %s", dropped, self._root)
         if unread:
             log.error("cannot read %d keep records in %s (%s): those chunks are not kept from eviction until "
                       "a restart reads them", len(unread), self._root, unread[0])
+
+    async def _trim(self) -> None:
+        """Release the keeps over the limit (a restart with a smaller --capacity), whole objects at a
+        time: kept, they would hold the store over its capacity and leave no room for other reads."""
+        released = over_limit(self._kept.values(), self.limit)
+        if not released:
+            return
+        before = self.bytes
+        objects = sorted({f"s3://{c.bucket}/{c.key}" for c in released})
+        await self.discard([c.name for c in released])
+        shown = ", ".join(objects[:5]) + (f" and {len(objects) - 5} more" if len(objects) > 5 else "")
+        log.warning("pinned chunks hold %d bytes, over this worker's limit of %d for kept chunks (%s of "
+                    "--capacity): released the pins of %d objects (%d chunks, %d bytes), which are now evicted "
+                    "as any other chunk: %s. To keep them, raise --capacity and pin them again "
+                    "(p2pcache preload --pin), after unpinning others (p2pcache unpin) if need be",
+                    before, self.limit, f"{KEEP_SHARE:.0%}", len(objects), len(released), before - self.bytes, shown)
 
     async def load_again(self) -> None:
         """`load`, if the last one could not read the keeps (the cache dir may be back)."""
@@ -128,6 +145,25 @@ class Keeps:
 
     def matching(self, bucket: str, prefix: str) -> list[str]:
         return [n for n, c in self._kept.items() if c.bucket == bucket and c.key.startswith(prefix)]
+
+
+def over_limit(kept: Iterable[ChunkId], limit: int) -> list[ChunkId]:
+    """The kept chunks to release so that the others fit `limit`: whole objects (a part of a
+    pinned object still needs S3 to load it), each object in (bucket, key) order kept if it
+    fits after those kept before it."""
+    objects: dict[tuple[str, str, str], list[ChunkId]] = {}
+    for c in sorted(kept, key=lambda c: (c.bucket, c.key, c.etag, c.index)):
+        objects.setdefault((c.bucket, c.key, c.etag), []).append(c)
+    if sum(c.length for chunks in objects.values() for c in chunks) <= limit:
+        return []
+    room, released = limit, []
+    for chunks in objects.values():
+        size = sum(c.length for c in chunks)
+        if size <= room:
+            room -= size
+        else:
+            released += chunks
+    return released
 
 
 def _write(path: Path, data: bytes) -> None:

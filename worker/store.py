@@ -156,6 +156,10 @@ class ChunkStore:
             victims.append(self._drop(victim))
         await _run(_unlink_all, victims)
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
+        if self.used > self.capacity:  # only kept chunks are left: no room for any other
+            log.warning("store %s: kept (pinned) chunks hold %d bytes, over its capacity of %d: no new chunk "
+                        "is cached until some are unpinned (p2pcache unpin) or --capacity is raised",
+                        self.root, self._kept_bytes(), self.capacity)
 
     async def _load_late(self) -> None:
         """`load`, once, by the first write after a failed one; OSError if it fails again."""
@@ -265,7 +269,7 @@ class ChunkStore:
             victim = self._pick_victim()
             if victim is None:
                 await _run(_unlink_all, victims)
-                raise Busy("cache full: every cached chunk is being read")
+                raise _full(self._kept_bytes(), size, self.capacity)
             victims.append(self._drop(victim))
         self._reserved += size
         await _run(_unlink_all, victims)
@@ -282,6 +286,9 @@ class ChunkStore:
                 raise Busy(f"disk under {self.root} is below its free-space floor of {self.min_free} bytes")
             await _run(_unlink_all, [self._drop(victim)])
 
+    def _kept_bytes(self) -> int:
+        return sum(size for name, size in self._chunks.items() if self._kept(name))
+
     def _pick_victim(self) -> str | None:
         return self._policy.victim(self._skip)
 
@@ -297,6 +304,16 @@ class ChunkStore:
         if name not in self._pins:
             self._close_fd(name)
         return self.path(name)
+
+
+def _full(kept: int, size: int, capacity: int) -> Busy:
+    """No room for `size` more bytes, no victim left: say the pins if they alone leave no room."""
+    if kept + size > capacity:
+        return Busy(f"cache full: kept (pinned) chunks hold {kept} of its {capacity} bytes, no room for a "
+                    f"{size}-byte chunk: unpin some (p2pcache unpin) or raise --capacity")
+    if not kept:
+        return Busy("cache full: every cached chunk is being read")
+    return Busy(f"cache full: every cached chunk is being read or kept by a pin ({kept} of {capacity} bytes kept)")
 
 
 class ShortRead(OSError):

@@ -253,3 +253,23 @@ async def test_chunks_on_a_cache_dir_unusable_at_start_are_indexed_when_the_disk
         await read(worker, "flood.bin", flood)
         assert worker.store.used <= capacity
         assert bytes_on_disk(worker.config.cache_dir) == worker.store.used  # no file the store forgot
+
+
+@pytest.mark.parametrize("removed", ["tmp", ""], ids=["tmp", "cache-dir"])
+async def test_a_cache_dir_removed_under_a_running_worker_is_made_again_and_caches(cluster_factory, s3, s3_client,
+                                                                                    bucket, removed):
+    """`tmp/` (a tmp cleaner) or the whole cache dir removed while the worker runs: the store makes
+    them again at its next write, so new chunks are cached at once (not a failing disk)."""
+    cluster = await cluster_factory(1, chunk_size=CHUNK, min_free=1)  # the floor looks at the dir's volume
+    worker = cluster.workers[0]
+    body = put(s3_client, bucket, "m.bin")
+    shutil.rmtree(worker.config.cache_dir / removed)
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, [worker], bucket, "m.bin", body)
+        assert len(worker.store) == 25 and (worker.config.cache_dir / "tmp").is_dir()
+        before = s3.get_bytes
+        await read_everywhere(http, [worker], bucket, "m.bin", body)
+        assert s3.get_bytes == before  # from the disk
+        assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") == 0
+        assert await metric(http, worker.url, "p2pcache_store_errors_total") == 0
+        assert "degraded" not in await ready(http, worker)

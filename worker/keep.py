@@ -168,7 +168,11 @@ def over_limit(kept: Iterable[ChunkId], limit: int) -> list[ChunkId]:
 
 def _write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except FileNotFoundError:  # kept/ (or the whole cache dir) was removed under the worker
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

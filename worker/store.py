@@ -238,7 +238,7 @@ class ChunkStore:
         await self._reserve(total)
         tmp = self.root / "tmp" / f"{name}.{uuid.uuid4().hex[:8]}.part"
         try:
-            file = await _run(open, tmp, "wb")
+            file = await _run(_create, tmp)
             try:
                 writer = ChunkWriter(file)
                 yield writer
@@ -272,17 +272,20 @@ class ChunkStore:
                 raise _full(self._kept_bytes(), size, self.capacity)
             victims.append(self._drop(victim))
         self._reserved += size
-        await _run(_unlink_all, victims)
-        if self.min_free:
-            await self._keep_free_floor(size)
+        try:
+            await _run(_unlink_all, victims)
+            if self.min_free:
+                await self._keep_free_floor()
+        except BaseException:  # raised before `writing` could give the reservation back
+            self._reserved -= size
+            raise
 
-    async def _keep_free_floor(self, size: int) -> None:
-        """Make room above --min-free for `size` bytes and every write reserved before it: the
-        disk's free space does not count them until they are written, and fills write together."""
-        while (await _run(shutil.disk_usage, self.root)).free - self._reserved < self.min_free:
+    async def _keep_free_floor(self) -> None:
+        """Make room above --min-free for every write reserved: the disk's free space does
+        not count them until they are written, and fills write together."""
+        while (await _run(_free, self.root)) - self._reserved < self.min_free:
             victim = self._pick_victim()
             if victim is None:
-                self._reserved -= size
                 raise Busy(f"disk under {self.root} is below its free-space floor of {self.min_free} bytes")
             await _run(_unlink_all, [self._drop(victim)])
 
@@ -450,6 +453,27 @@ def _identity(meta: bytes) -> str | None:
         return ChunkId.unpack(meta).name
     except (ValueError, ArithmeticError):  # not a packed ChunkId, or one of no sane chunk
         return None
+
+
+def _free(root: Path) -> int:
+    """Free bytes on the cache dir's volume; the dir is made again if it was removed under us."""
+    try:
+        return shutil.disk_usage(root).free
+    except FileNotFoundError:
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        log.warning("%s was missing: made again", root)
+        return shutil.disk_usage(root).free
+
+
+def _create(tmp: Path):
+    """A new temp file; `tmp/` (or the whole cache dir) is made again if it was removed under us."""
+    try:
+        return open(tmp, "wb")
+    except FileNotFoundError:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        log.warning("%s was missing: made again", tmp.parent)
+        return open(tmp, "wb")
+
 
 def _seal(file, trailer: bytes, tmp: Path, final: Path) -> None:
     file.write(trailer)

@@ -273,3 +273,25 @@ async def test_a_cache_dir_removed_under_a_running_worker_is_made_again_and_cach
         assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") == 0
         assert await metric(http, worker.url, "p2pcache_store_errors_total") == 0
         assert "degraded" not in await ready(http, worker)
+
+
+async def test_a_dangling_link_among_the_chunks_at_start_is_dropped_alone(cluster_factory, s3, s3_client, bucket):
+    """The startup scan drops an entry it cannot look at (here links to nothing, one named as a chunk)
+    and indexes the rest: the cache is not unusable for the worker's life because of one entry."""
+    cluster = await cluster_factory(1, chunk_size=CHUNK)
+    old = cluster.workers[0]
+    body = put(s3_client, bucket, "m.bin")
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, [old], bucket, "m.bin", body)
+        await old.stop(leave=False)
+        first = sorted((old.config.cache_dir / "chunks").glob("*/*"))[0]
+        links = [first.with_name("zz-dangling"), first.with_name(first.name[:-1] + "9")]
+        for link in links:
+            link.symlink_to("/nonexistent")
+        worker = await cluster.restart(old)
+        await cluster.wait_converged()
+        assert len(worker.store) == 25 and not any(link.is_symlink() for link in links)
+        assert "degraded" not in await ready(http, worker)
+        before = s3.get_bytes
+        await read_everywhere(http, [worker], bucket, "m.bin", body)
+        assert s3.get_bytes == before  # every chunk from the disk

@@ -162,6 +162,22 @@ async def test_a_store_filled_by_kept_chunks_says_so_when_full_and_at_a_restart_
         await put_chunk(smaller, chunk(5))
 
 
+async def test_a_dangling_link_or_a_bad_entry_drops_itself_not_the_scan(tmp_path):
+    store = ChunkStore(tmp_path, capacity=10 * SLOT)
+    await store.load()
+    for i in range(3):
+        await put_chunk(store, chunk(i))
+    first = store.path(chunk(0).name)
+    bad = [first.with_name("zz-dangling"), first.with_name(chunk(9).name), first.parent.parent / "zz"]
+    bad[0].symlink_to("/nonexistent")
+    bad[1].symlink_to("/nonexistent")
+    (bad[2] / "sub").mkdir(parents=True)
+    again = ChunkStore(tmp_path, capacity=10 * SLOT)
+    await again.load()
+    assert sorted(again.names()) == sorted(chunk(i).name for i in range(3))
+    assert not any(p.is_symlink() or p.exists() for p in bad[:2]) and not (bad[2] / "sub").exists()
+
+
 async def test_the_free_space_floor_refuses_fills_it_cannot_make_room_for(tmp_path):
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     store = ChunkStore(tmp_path, capacity=10 * SLOT, min_free=free + (1 << 40))

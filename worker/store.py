@@ -30,7 +30,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import shutil
 import struct
 import uuid
@@ -45,11 +44,11 @@ from p2pcache.objects import ChunkId
 
 from .eviction import DEFAULT, POLICIES, Policy
 from .pins import Pins
+from .storescan import scan
 
 __all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "read_whole", "read_now", "open_chunk", "PIECE", "MAGIC"]
 
 log = logging.getLogger("p2pcache.store")
-_NAME = re.compile(r"[0-9a-f]{40}-(\d+)-(\d+)")
 PIECE = 256 << 10  # per stream in flight: bounds memory under many readers (benchmarks: memory)
 MAGIC = b"P2P2"  # b"P2PC" files (no checksums) are dropped by the startup scan
 _FOOTER = struct.Struct(">III4s")  # metadata length, table length, block size, MAGIC
@@ -142,8 +141,9 @@ class ChunkStore:
         self._fds.clear()
 
     async def load(self) -> None:
-        """Rebuild the index from disk: drop temp files and anything malformed."""
-        found, dropped = await _run(_scan, self.root)
+        """Rebuild the index from disk: drop temp files and anything malformed (an entry that
+        cannot even be looked at is dropped, or left out of the index: never the whole scan)."""
+        found, dropped, skipped = await _run(scan, self.root, _well_formed)
         for _, name, size in sorted(found):
             self._chunks[name] = size
             self._policy.restore(name, size)
@@ -151,6 +151,9 @@ class ChunkStore:
         self._loaded = True
         if dropped:
             log.warning("dropped %d incomplete or malformed files from %s", dropped, self.root)
+        if skipped:
+            log.warning("left %d entries of %s out of the index, they cannot be read or removed (%s): "
+                        "remove them by hand", len(skipped), self.root / "chunks", skipped[0])
         victims = []
         while self.used > self.capacity and (victim := self._pick_victim()):
             victims.append(self._drop(victim))
@@ -486,24 +489,6 @@ def _unlink_all(paths: list[Path]) -> None:
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
-
-
-def _scan(root: Path) -> tuple[list[tuple[float, str, int]], int]:
-    (root / "chunks").mkdir(parents=True, exist_ok=True)
-    tmp = root / "tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    found, dropped = [], 0
-    for entry in (root / "chunks").glob("*/*"):
-        match = _NAME.fullmatch(entry.name)
-        st = entry.stat()
-        if match and entry.is_file() and entry.parent.name == entry.name[:2] and \
-                _well_formed(entry, st.st_size, int(match.group(2))):
-            found.append((st.st_mtime, entry.name, st.st_size))
-        else:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            dropped += 1
-    return found, dropped
 
 
 def _well_formed(path: Path, size: int, length: int) -> bool:

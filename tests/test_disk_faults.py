@@ -192,7 +192,9 @@ async def test_a_cache_full_of_pinned_chunks_is_said_full_not_failing_and_caches
             assert resp.status == 200 and await resp.read() == others["a.bin"]
         assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") == CHUNK
         degraded = (await ready(http, worker))["degraded"]
-        assert "cache full" in degraded and "disk failing" not in degraded, degraded
+        assert "disk failing" not in degraded, degraded
+        assert f"cache full: kept (pinned) chunks hold {worker.store.used} of its {worker.store.capacity} bytes" \
+               in degraded and "unpin some" in degraded, degraded  # the pins fill it, not readers
         assert await metric(http, worker.url, "p2pcache_store_errors_total") == 0  # the disk is fine
         with pytest.raises(BadRequest, match="over its capacity") as refused:  # said before any fill
             await admin.preload([f"s3://{bucket}/a.bin"])
@@ -298,3 +300,45 @@ async def test_a_small_cache_under_many_readers_serves_every_read_whole_with_one
         assert s3.get_requests - gets <= 5 * len(keys)
         assert worker.store.used <= capacity
         assert await metric(http, worker.url, "p2pcache_responses_aborted_total") == 0
+
+
+@pytest.mark.parametrize("removed", ["tmp", ""], ids=["tmp", "cache-dir"])
+async def test_a_cache_dir_removed_under_a_running_worker_is_made_again_and_caches(cluster_factory, s3, s3_client,
+                                                                                    bucket, removed):
+    """`tmp/` (a tmp cleaner) or the whole cache dir removed while the worker runs: the store makes
+    them again at its next write, so new chunks are cached at once (not a failing disk)."""
+    cluster = await cluster_factory(1, chunk_size=CHUNK, min_free=1)  # the floor looks at the dir's volume
+    worker = cluster.workers[0]
+    body = put(s3_client, bucket, "m.bin")
+    shutil.rmtree(worker.config.cache_dir / removed)
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, [worker], bucket, "m.bin", body)
+        assert len(worker.store) == 25 and (worker.config.cache_dir / "tmp").is_dir()
+        before = s3.get_bytes
+        await read_everywhere(http, [worker], bucket, "m.bin", body)
+        assert s3.get_bytes == before  # from the disk
+        assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") == 0
+        assert await metric(http, worker.url, "p2pcache_store_errors_total") == 0
+        assert "degraded" not in await ready(http, worker)
+
+
+async def test_a_dangling_link_among_the_chunks_at_start_is_dropped_alone(cluster_factory, s3, s3_client, bucket):
+    """The startup scan drops an entry it cannot look at (here links to nothing, one named as a chunk)
+    and indexes the rest: the cache is not unusable for the worker's life because of one entry."""
+    cluster = await cluster_factory(1, chunk_size=CHUNK)
+    old = cluster.workers[0]
+    body = put(s3_client, bucket, "m.bin")
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, [old], bucket, "m.bin", body)
+        await old.stop(leave=False)
+        first = sorted((old.config.cache_dir / "chunks").glob("*/*"))[0]
+        links = [first.with_name("zz-dangling"), first.with_name(first.name[:-1] + "9")]
+        for link in links:
+            link.symlink_to("/nonexistent")
+        worker = await cluster.restart(old)
+        await cluster.wait_converged()
+        assert len(worker.store) == 25 and not any(link.is_symlink() for link in links)
+        assert "degraded" not in await ready(http, worker)
+        before = s3.get_bytes
+        await read_everywhere(http, [worker], bucket, "m.bin", body)
+        assert s3.get_bytes == before  # every chunk from the disk

@@ -1,7 +1,10 @@
-"""Pinned preloads: kept from eviction under a flood, across a restart, with their chunks when owners change."""
+"""Pinned preloads: kept from eviction under a flood, across a restart, with their chunks when owners change,
+never past a worker's keep limit."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import random
 import shutil
 
@@ -10,8 +13,11 @@ import pytest
 
 from conftest import CHUNK, SECRET, metric
 from p2pcache.admin_client import AdminClient, preload
+from p2pcache.auth import Signer
+from p2pcache.control import WorkerControl
 from p2pcache.errors import BadRequest
-from p2pcache.objects import ObjectInfo
+from p2pcache.objects import ChunkId, ObjectInfo
+from worker.keep import over_limit
 from worker.server import Worker
 
 CAPACITY = 12 * (CHUNK + 512)  # a dozen chunk files (data + trailer) per worker
@@ -185,3 +191,79 @@ async def test_an_unpin_made_while_a_worker_was_away_reaches_it_when_it_comes_ba
     assert len(kept_names(cluster)) == 24 and len(back.keeps) > 0
     again = await restart(cluster, back)  # told of the same unpin again: these pins are newer
     assert len(again.keeps) == len(back.keeps) and len(kept_names(cluster)) == 24
+
+
+def chunks_of(s3_client, bucket: str, data: dict[str, bytes]) -> list[ChunkId]:
+    return [ObjectInfo(bucket, k, s3_client.head_object(Bucket=bucket, Key=k)["ETag"], len(b)).chunk(i, CHUNK)
+            for k, b in data.items() for i in range(-(-len(b) // CHUNK))]
+
+
+async def ready(worker: Worker) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{worker.url}/_p2p/ready") as resp:
+            assert resp.status == 200
+            return await resp.json()
+
+
+async def test_chunks_checked_for_the_keep_limit_together_stay_under_it(cluster_factory, s3, s3_client, bucket):
+    """The chunks a worker is asked to keep at once (a batch; the batches of two pinned preloads
+    running together) are checked against its keep limit before their fills and kept after them:
+    those being filled count too, so the keeps stay under the limit and room stays for reads."""
+    cluster = await cluster_factory(1, capacity=CAPACITY)  # keep limit: 10.8 chunks
+    worker = cluster.workers[0]
+    chunks = chunks_of(s3_client, bucket, put(s3_client, bucket, "a", 6, 9) | put(s3_client, bucket, "b", 6, 10))
+    control = WorkerControl(cluster.session, Signer(SECRET))
+    results = await control.preload(worker.placement.members[worker.id], chunks, True,
+                                    worker.placement.ring.version)
+    refused = [r for r in results if r[0] == "error"]
+    assert len(refused) == 2 and all(r[1].startswith("KeepLimit: ") for r in refused), results
+    assert len(worker.keeps) == 10 and worker.keeps.bytes <= worker.control.keep_limit
+    other = put(s3_client, bucket, "other", 1, 11)
+    await read(worker.url, bucket, other)
+    before = s3.get_bytes
+    await read(worker.url, bucket, other)
+    assert s3.get_bytes == before  # cached: the pins left it room
+    assert "degraded" not in await ready(worker)
+
+
+async def test_pins_over_a_smaller_capacity_at_restart_are_released_down_to_the_limit_and_said(
+        cluster_factory, s3, s3_client, bucket, caplog):
+    """Restarted with a smaller --capacity, a worker whose pins are over its keep limit releases whole
+    pinned objects (in key order, each kept if it fits) until the rest fit, and says which, with what to
+    do: the store then fits its capacity and caches other reads."""
+    cluster = await cluster_factory(1, capacity=CAPACITY)
+    pinned = put(s3_client, bucket, "pinned", 6, 12)
+    assert (await preload(cluster.master.url, [f"s3://{bucket}/pinned/"], pin=True, secret=SECRET))["state"] == "done"
+    old = cluster.workers[0]
+    await old.stop(leave=False)
+    smaller = 4 * (CHUNK + 512)  # keep limit: 3.6 chunks
+    worker = Worker(dataclasses.replace(old.config, capacity=smaller))
+    with caplog.at_level(logging.WARNING, "p2pcache.keep"):
+        await worker.start()
+    cluster.workers[0] = worker
+    await cluster.wait_converged()
+    kept = {c.name for c in chunks_of(s3_client, bucket, dict(list(pinned.items())[:3]))}
+    assert set(worker.keeps._kept) == kept and worker.keeps.bytes <= worker.control.keep_limit
+    assert worker.store.used <= smaller
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "released the pins" in r.getMessage()]
+    assert len(said) == 1 and f"pinned chunks hold {6 * CHUNK} bytes, over this worker's limit of " \
+        f"{int(smaller * 0.9)}" in said[0] and "raise --capacity" in said[0], said
+    assert ", ".join(f"s3://{bucket}/{k}" for k in list(pinned)[3:]) in said[0]
+    assert len(list((worker.config.cache_dir / "kept").iterdir())) == 3  # a later start keeps the same
+    other = put(s3_client, bucket, "other", 1, 13)
+    await read(worker.url, bucket, other)
+    before = s3.get_bytes
+    await read(worker.url, bucket, other | dict(list(pinned.items())[:3]))
+    assert s3.get_bytes == before
+    assert "degraded" not in await ready(worker)
+
+
+def test_pins_over_the_limit_are_released_by_whole_objects_in_key_order():
+    def obj(key: str, chunks: int) -> list[ChunkId]:
+        return [ObjectInfo("b", key, '"e"', chunks * 10).chunk(i, 10) for i in range(chunks)]
+
+    a, b, c = obj("a", 3), obj("b", 2), obj("c", 1)
+    assert over_limit(a + b + c, 60) == []
+    assert over_limit(c + b + a, 45) == b  # a fits, b does not, c still does
+    assert over_limit(a + b + c, 25) == a + c  # a does not fit, b does, c no more
+    assert over_limit(a + c, 0) == a + c

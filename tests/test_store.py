@@ -155,6 +155,42 @@ async def test_a_smaller_capacity_on_restart_evicts_down_to_it(tmp_path):
     assert smaller.used <= 4 * SLOT and disk_bytes(tmp_path) <= 4 * SLOT
 
 
+async def test_a_store_filled_by_kept_chunks_says_so_when_full_and_at_a_restart_over_its_capacity(tmp_path, caplog):
+    kept = {chunk(i).name for i in range(3)}
+    store = ChunkStore(tmp_path, capacity=4 * SLOT, kept=kept.__contains__)
+    await store.load()
+    for i in range(4):
+        await put_chunk(store, chunk(i))
+    with store.pinned(chunk(3).name):  # read: the one chunk not kept
+        with pytest.raises(Busy, match=r"^cache full: every cached chunk is being read or kept by a pin "
+                                       rf"\({3 * SLOT} of {4 * SLOT} bytes kept\)$"):
+            await put_chunk(store, chunk(4))
+    smaller = ChunkStore(tmp_path, capacity=3 * SLOT - 1, kept=kept.__contains__)
+    await smaller.load()  # evicts all it can: what is kept stays
+    assert set(smaller.names()) == kept
+    assert any(r.levelname == "WARNING" and f"kept (pinned) chunks hold {3 * SLOT} bytes, over its capacity of "
+               f"{3 * SLOT - 1}" in r.getMessage() and "--capacity" in r.getMessage() for r in caplog.records)
+    with pytest.raises(Busy, match=rf"^cache full: kept \(pinned\) chunks hold {3 * SLOT} of its {3 * SLOT - 1} "
+                                   r"bytes, .*: unpin some \(p2pcache unpin\) or raise --capacity$"):
+        await put_chunk(smaller, chunk(5))
+
+
+async def test_a_dangling_link_or_a_bad_entry_drops_itself_not_the_scan(tmp_path):
+    store = ChunkStore(tmp_path, capacity=10 * SLOT)
+    await store.load()
+    for i in range(3):
+        await put_chunk(store, chunk(i))
+    first = store.path(chunk(0).name)
+    bad = [first.with_name("zz-dangling"), first.with_name(chunk(9).name), first.parent.parent / "zz"]
+    bad[0].symlink_to("/nonexistent")
+    bad[1].symlink_to("/nonexistent")
+    (bad[2] / "sub").mkdir(parents=True)
+    again = ChunkStore(tmp_path, capacity=10 * SLOT)
+    await again.load()
+    assert sorted(again.names()) == sorted(chunk(i).name for i in range(3))
+    assert not any(p.is_symlink() or p.exists() for p in bad[:2]) and not (bad[2] / "sub").exists()
+
+
 async def test_the_free_space_floor_refuses_fills_it_cannot_make_room_for(tmp_path):
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     store = ChunkStore(tmp_path, capacity=10 * SLOT, min_free=free + (1 << 40))

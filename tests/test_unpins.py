@@ -39,14 +39,14 @@ def test_ages_are_dated_on_the_workers_clock_from_when_the_heartbeat_left():
 
 async def test_an_unpin_heard_late_drops_the_pins_made_before_it_and_no_later_one(tmp_path):
     now = [1000.0]
-    keeps = Keeps(tmp_path / "kept", clock=lambda: now[0])
+    keeps = Keeps(tmp_path / "kept", 1 << 30, clock=lambda: now[0])
     await keeps.load()
     old, new, other = (ObjectInfo("b", k, '"e"', 100).chunk(0, 100) for k in ("m/old", "m/new", "n/x"))
     await keeps.add(old)
     await keeps.add(other)
     now[0] = 2000.0
     await keeps.add(new)
-    again = Keeps(tmp_path / "kept")  # a restart: the dates are the records'
+    again = Keeps(tmp_path / "kept", 1 << 30)  # a restart: the dates are the records'
     await again.load()
     assert await again.release("b", "m/", before=1500.0) == 1
     assert old.name not in again and new.name in again and other.name in again
@@ -54,6 +54,6 @@ async def test_an_unpin_heard_late_drops_the_pins_made_before_it_and_no_later_on
 
     now[0] = 3000.0
     assert not await keeps.add(other)  # pinned again: dated again, on disk too
-    later = Keeps(tmp_path / "kept")
+    later = Keeps(tmp_path / "kept", 1 << 30)
     await later.load()
     assert await later.release("b", "n/", before=2500.0) == 0 and other.name in later

@@ -56,7 +56,7 @@ class Control:
 
     @property
     def keep_limit(self) -> int:
-        return int(self._store.capacity * KEEP_SHARE)
+        return self._keeps.limit
 
     async def list(self, request: web.BaseRequest) -> web.Response:
         """One page of the objects under a prefix: [(key, etag, size)] and the next page's token."""
@@ -95,37 +95,45 @@ class Control:
                 placement = self._placement()
             if not placement.owns(self._worker.id, c):
                 raise NotOwner(f"{self._worker.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
-            if keep and c.name not in self._keeps and self._keeps.bytes + c.length > self.keep_limit:
-                raise BadRequest(f"keeping {c.ring_key} would make {self._keeps.bytes + c.length} kept bytes, "
+            if not keep:
+                return await self._fill(c, False, placement, checks)
+            # No await from the check to the hold: checks made together count each other's chunks.
+            if (kept := self._keeps.would_keep(c)) > self.keep_limit:
+                raise BadRequest(f"keeping {c.ring_key} would make {kept} kept bytes, "
                                  f"over this worker's limit of {self.keep_limit} "
                                  f"({KEEP_SHARE:.0%} of {self._store.capacity})", code="KeepLimit")
-            version = (c.bucket, c.key, c.etag, c.size)
-            if version not in checks:  # one (cached) HEAD per object and batch
-                checks[version] = asyncio.ensure_future(inputs.check_chunk_object(self._objects, c))
-            await asyncio.shield(checks[version])
-            outcome = "cached"
-            stream = self._chunks.local(c, 0, 0)
-            if stream is None:
-                async with self._slots:
-                    stream = self._chunks.local(c, 0, 0)  # filled while we waited for a slot?
-                    if stream is None:
-                        # No await from here to the flight's start: "filled" means this call started it.
-                        outcome = "joined" if self._chunks.filling(c) else "filled"
-                        source = fill_source(placement.owners(c), placement.ring.replicas, self._worker.id, 0)
-                        stream = await self._chunks.open_local(c, 0, 0, source, 0)
-            try:
-                if c.name not in self._store:  # streamed around the disk: failing, or no room
-                    why = self._chunks.disk.degraded or "the cache did not keep it"
-                    raise StoreError(f"{c.ring_key} was not stored: {why}")
-                self._store.promote(c.name)  # else the set's next fills may evict it (worker/eviction.py)
-                if keep:
-                    await self._keeps.add(c)  # while the stream holds the chunk: not evicted meanwhile
-                    self._worker.rebalancer.kept(c)  # handed over meanwhile (a drain): the keep goes too
-            finally:
-                stream.close()
-            return [outcome, ""]
+            with self._keeps.holding(c):  # until it is kept, or its fill failed
+                return await self._fill(c, True, placement, checks)
         except P2PError as exc:
             return ["error", f"{exc.code}: {exc}"]
+
+    async def _fill(self, c: ChunkId, keep: bool, placement: Placement, checks: dict) -> list[str]:
+        """Fill `c` (once per object and batch, its object checked first) and keep it if `keep`."""
+        version = (c.bucket, c.key, c.etag, c.size)
+        if version not in checks:  # one (cached) HEAD per object and batch
+            checks[version] = asyncio.ensure_future(inputs.check_chunk_object(self._objects, c))
+        await asyncio.shield(checks[version])
+        outcome = "cached"
+        stream = self._chunks.local(c, 0, 0)
+        if stream is None:
+            async with self._slots:
+                stream = self._chunks.local(c, 0, 0)  # filled while we waited for a slot?
+                if stream is None:
+                    # No await from here to the flight's start: "filled" means this call started it.
+                    outcome = "joined" if self._chunks.filling(c) else "filled"
+                    source = fill_source(placement.owners(c), placement.ring.replicas, self._worker.id, 0)
+                    stream = await self._chunks.open_local(c, 0, 0, source, 0)
+        try:
+            if c.name not in self._store:  # streamed around the disk: failing, or no room
+                why = self._chunks.disk.degraded or "the cache did not keep it"
+                raise StoreError(f"{c.ring_key} was not stored: {why}")
+            self._store.promote(c.name)  # else the set's next fills may evict it (worker/eviction.py)
+            if keep:
+                await self._keeps.add(c)  # while the stream holds the chunk: not evicted meanwhile
+                self._worker.rebalancer.kept(c)  # handed over meanwhile (a drain): the keep goes too
+        finally:
+            stream.close()
+        return [outcome, ""]
 
     async def status(self, request: web.BaseRequest) -> web.Response:
         placement = self._worker.placement

@@ -9,11 +9,12 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
+from p2pcache.control import KEEP_SHARE
 from p2pcache.objects import ChunkId
 
-__all__ = ["Keeps"]
+__all__ = ["Keeps", "over_limit"]
 
 log = logging.getLogger("p2pcache.keep")
 _NAME = re.compile(r"[0-9a-f]{40}-\d+-\d+")
@@ -31,14 +32,23 @@ class Keeps:
     first, then on disk: a crash in between loses the keep, never a chunk. When it was
     pinned (last) is the record's mtime: an unpin this worker hears of late drops only the
     keeps made before it (`release`).
+
+    At most `limit` bytes are kept (KEEP_SHARE of the store's capacity). A chunk is
+    filled before it is kept, so the bytes of the chunks being filled to be kept are
+    held against the limit from the check on (`would_keep`, then `holding`, with no
+    await between): checks made together (a preload's batch, two preloads) cannot all
+    pass and add up past it.
     """
 
-    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, root: Path, capacity: int, clock: Callable[[], float] = time.time) -> None:
         self._root = Path(root)
+        self.limit = int(capacity * KEEP_SHARE)
         self._clock = clock  # a wall clock: it dates the records on disk
         self._kept: dict[str, ChunkId] = {}
         self._at: dict[str, float] = {}  # name -> when it was pinned last
         self.bytes = 0
+        self._held: dict[str, int] = {}  # name -> how many fills to keep it run (preloads)
+        self._held_bytes = 0  # of the held chunks not kept yet (a kept one is in `bytes`)
         self.unreadable: OSError | None = None  # why the keeps on disk could not be read at start
 
     def __contains__(self, name: str) -> bool:
@@ -63,17 +73,54 @@ class Keeps:
             if c.name not in self._kept:
                 self._kept[c.name], self._at[c.name] = c, at
                 self.bytes += c.length
+        await self._trim()
         if dropped:
             log.warning("dropped %d malformed keep records from %s", dropped, self._root)
         if unread:
             log.error("cannot read %d keep records in %s (%s): those chunks are not kept from eviction until "
                       "a restart reads them", len(unread), self._root, unread[0])
 
+    async def _trim(self) -> None:
+        """Release the keeps over the limit (a restart with a smaller --capacity), whole objects at a
+        time: kept, they would hold the store over its capacity and leave no room for other reads."""
+        released = over_limit(self._kept.values(), self.limit)
+        if not released:
+            return
+        before = self.bytes
+        objects = sorted({f"s3://{c.bucket}/{c.key}" for c in released})
+        await self.discard([c.name for c in released])
+        shown = ", ".join(objects[:5]) + (f" and {len(objects) - 5} more" if len(objects) > 5 else "")
+        log.warning("pinned chunks hold %d bytes, over this worker's limit of %d for kept chunks (%s of "
+                    "--capacity): released the pins of %d objects (%d chunks, %d bytes), which are now evicted "
+                    "as any other chunk: %s. To keep them, raise --capacity and pin them again "
+                    "(p2pcache preload --pin), after unpinning others (p2pcache unpin) if need be",
+                    before, self.limit, f"{KEEP_SHARE:.0%}", len(objects), len(released), before - self.bytes, shown)
+
     async def load_again(self) -> None:
         """`load`, if the last one could not read the keeps (the cache dir may be back)."""
         if self.unreadable is not None:
             self.unreadable = None
             await self.load()
+
+    def would_keep(self, c: ChunkId) -> int:
+        """The bytes kept and held if `c` is kept too (nothing more if it is kept or held already)."""
+        more = 0 if c.name in self._kept or c.name in self._held else c.length
+        return self.bytes + self._held_bytes + more
+
+    @contextlib.contextmanager
+    def holding(self, c: ChunkId) -> Iterator[None]:
+        """Count `c` against the limit while its block runs (its fill, then `add`)."""
+        self._held[c.name] = self._held.get(c.name, 0) + 1
+        if self._held[c.name] == 1 and c.name not in self._kept:
+            self._held_bytes += c.length
+        try:
+            yield
+        finally:
+            self._held[c.name] -= 1
+            if not self._held[c.name]:
+                del self._held[c.name]
+                if c.name not in self._kept:
+                    self._held_bytes -= c.length
 
     async def add(self, c: ChunkId) -> bool:
         """Keep `c`, pinned now; False if it already was (it is dated now all the same: a pin made
@@ -82,6 +129,8 @@ class Keeps:
         if new:
             self._kept[c.name] = c
             self.bytes += c.length
+            if c.name in self._held:  # counted in `bytes` now
+                self._held_bytes -= c.length
         self._at[c.name] = at
         if self.unreadable is not None:  # said at start, once, rather than for every chunk
             return new
@@ -99,6 +148,7 @@ class Keeps:
         for c in gone:
             del self._at[c.name]
         self.bytes -= sum(c.length for c in gone)
+        self._held_bytes += sum(c.length for c in gone if c.name in self._held)  # unpinned while filled
         if gone and self.unreadable is None:  # with it, none was recorded
             await _run(_unlink_all, [self._root / c.name for c in gone])
         return len(gone)
@@ -111,9 +161,32 @@ class Keeps:
         return [n for n, c in self._kept.items() if c.bucket == bucket and c.key.startswith(prefix)]
 
 
+def over_limit(kept: Iterable[ChunkId], limit: int) -> list[ChunkId]:
+    """The kept chunks to release so that the others fit `limit`: whole objects (a part of a
+    pinned object still needs S3 to load it), each object in (bucket, key) order kept if it
+    fits after those kept before it."""
+    objects: dict[tuple[str, str, str], list[ChunkId]] = {}
+    for c in sorted(kept, key=lambda c: (c.bucket, c.key, c.etag, c.index)):
+        objects.setdefault((c.bucket, c.key, c.etag), []).append(c)
+    if sum(c.length for chunks in objects.values() for c in chunks) <= limit:
+        return []
+    room, released = limit, []
+    for chunks in objects.values():
+        size = sum(c.length for c in chunks)
+        if size <= room:
+            room -= size
+        else:
+            released += chunks
+    return released
+
+
 def _write(path: Path, data: bytes, at: float) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except FileNotFoundError:  # kept/ (or the whole cache dir) was removed under the worker
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
     os.utime(tmp, (at, at))
     os.replace(tmp, path)
 

@@ -148,7 +148,7 @@ class Worker:
         self._began = True
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
-        self.keeps = Keeps(Path(cfg.cache_dir) / "kept", self.wall_clock)
+        self.keeps = Keeps(Path(cfg.cache_dir) / "kept", cfg.capacity, self.wall_clock)
         self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free, kept=self.keeps.__contains__,
                                 policy=POLICIES[cfg.eviction], before_late_load=self._load_keeps_again)
         await self.keeps.load()  # unreadable keeps are said, not a reason to forget the chunks

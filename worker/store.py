@@ -30,7 +30,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import shutil
 import struct
 import uuid
@@ -45,11 +44,11 @@ from p2pcache.objects import ChunkId
 
 from .eviction import DEFAULT, POLICIES, Policy
 from .pins import Pins
+from .storescan import scan
 
 __all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "read_whole", "read_now", "open_chunk", "PIECE", "MAGIC"]
 
 log = logging.getLogger("p2pcache.store")
-_NAME = re.compile(r"[0-9a-f]{40}-(\d+)-(\d+)")
 PIECE = 256 << 10  # per stream in flight: bounds memory under many readers (benchmarks: memory)
 MAGIC = b"P2P2"  # b"P2PC" files (no checksums) are dropped by the startup scan
 _FOOTER = struct.Struct(">III4s")  # metadata length, table length, block size, MAGIC
@@ -142,8 +141,9 @@ class ChunkStore:
         self._fds.clear()
 
     async def load(self) -> None:
-        """Rebuild the index from disk: drop temp files and anything malformed."""
-        found, dropped = await _run(_scan, self.root)
+        """Rebuild the index from disk: drop temp files and anything malformed (an entry that
+        cannot even be looked at is dropped, or left out of the index: never the whole scan)."""
+        found, dropped, skipped = await _run(scan, self.root, _well_formed)
         for _, name, size in sorted(found):
             self._chunks[name] = size
             self._policy.restore(name, size)
@@ -151,11 +151,18 @@ class ChunkStore:
         self._loaded = True
         if dropped:
             log.warning("dropped %d incomplete or malformed files from %s", dropped, self.root)
+        if skipped:
+            log.warning("left %d entries of %s out of the index, they cannot be read or removed (%s): "
+                        "remove them by hand", len(skipped), self.root / "chunks", skipped[0])
         victims = []
         while self.used > self.capacity and (victim := self._pick_victim()):
             victims.append(self._drop(victim))
         await _run(_unlink_all, victims)
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
+        if self.used > self.capacity:  # only kept chunks are left: no room for any other
+            log.warning("store %s: kept (pinned) chunks hold %d bytes, over its capacity of %d: no new chunk "
+                        "is cached until some are unpinned (p2pcache unpin) or --capacity is raised",
+                        self.root, self._kept_bytes(), self.capacity)
 
     async def _load_late(self) -> None:
         """`load`, once, by the first write after a failed one; OSError if it fails again."""
@@ -239,7 +246,7 @@ class ChunkStore:
         await self._reserve(total)
         tmp = self.root / "tmp" / f"{name}.{uuid.uuid4().hex[:8]}.part"
         try:
-            file = await _run(open, tmp, "wb")
+            file = await _run(_create, tmp)
             try:
                 writer = ChunkWriter(file)
                 yield writer
@@ -270,22 +277,28 @@ class ChunkStore:
             victim = self._pick_victim()
             if victim is None:
                 await _run(_unlink_all, victims)
-                raise Busy("cache full: every cached chunk is being read")
+                raise _full(self._kept_bytes(), size, self.capacity)
             victims.append(self._drop(victim))
         self._reserved += size
-        await _run(_unlink_all, victims)
-        if self.min_free:
-            await self._keep_free_floor(size)
+        try:
+            await _run(_unlink_all, victims)
+            if self.min_free:
+                await self._keep_free_floor()
+        except BaseException:  # raised before `writing` could give the reservation back
+            self._reserved -= size
+            raise
 
-    async def _keep_free_floor(self, size: int) -> None:
-        """Make room above --min-free for `size` bytes and every write reserved before it: the
-        disk's free space does not count them until they are written, and fills write together."""
-        while (await _run(shutil.disk_usage, self.root)).free - self._reserved < self.min_free:
+    async def _keep_free_floor(self) -> None:
+        """Make room above --min-free for every write reserved: the disk's free space does
+        not count them until they are written, and fills write together."""
+        while (await _run(_free, self.root)) - self._reserved < self.min_free:
             victim = self._pick_victim()
             if victim is None:
-                self._reserved -= size
                 raise Busy(f"disk under {self.root} is below its free-space floor of {self.min_free} bytes")
             await _run(_unlink_all, [self._drop(victim)])
+
+    def _kept_bytes(self) -> int:
+        return sum(size for name, size in self._chunks.items() if self._kept(name))
 
     def _pick_victim(self) -> str | None:
         return self._policy.victim(self._skip)
@@ -302,6 +315,16 @@ class ChunkStore:
         if name not in self._pins:
             self._close_fd(name)
         return self.path(name)
+
+
+def _full(kept: int, size: int, capacity: int) -> Busy:
+    """No room for `size` more bytes, no victim left: say the pins if they alone leave no room."""
+    if kept + size > capacity:
+        return Busy(f"cache full: kept (pinned) chunks hold {kept} of its {capacity} bytes, no room for a "
+                    f"{size}-byte chunk: unpin some (p2pcache unpin) or raise --capacity")
+    if not kept:
+        return Busy("cache full: every cached chunk is being read")
+    return Busy(f"cache full: every cached chunk is being read or kept by a pin ({kept} of {capacity} bytes kept)")
 
 
 class ShortRead(OSError):
@@ -439,6 +462,27 @@ def _identity(meta: bytes) -> str | None:
     except (ValueError, ArithmeticError):  # not a packed ChunkId, or one of no sane chunk
         return None
 
+
+def _free(root: Path) -> int:
+    """Free bytes on the cache dir's volume; the dir is made again if it was removed under us."""
+    try:
+        return shutil.disk_usage(root).free
+    except FileNotFoundError:
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        log.warning("%s was missing: made again", root)
+        return shutil.disk_usage(root).free
+
+
+def _create(tmp: Path):
+    """A new temp file; `tmp/` (or the whole cache dir) is made again if it was removed under us."""
+    try:
+        return open(tmp, "wb")
+    except FileNotFoundError:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        log.warning("%s was missing: made again", tmp.parent)
+        return open(tmp, "wb")
+
+
 def _seal(file, trailer: bytes, tmp: Path, final: Path) -> None:
     file.write(trailer)
     file.flush()  # no fsync: see the module's docstring
@@ -450,24 +494,6 @@ def _unlink_all(paths: list[Path]) -> None:
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
-
-
-def _scan(root: Path) -> tuple[list[tuple[float, str, int]], int]:
-    (root / "chunks").mkdir(parents=True, exist_ok=True)
-    tmp = root / "tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    found, dropped = [], 0
-    for entry in (root / "chunks").glob("*/*"):
-        match = _NAME.fullmatch(entry.name)
-        st = entry.stat()
-        if match and entry.is_file() and entry.parent.name == entry.name[:2] and \
-                _well_formed(entry, st.st_size, int(match.group(2))):
-            found.append((st.st_mtime, entry.name, st.st_size))
-        else:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            dropped += 1
-    return found, dropped
 
 
 def _well_formed(path: Path, size: int, length: int) -> bool:

@@ -8,7 +8,8 @@ import os
 from conftest import put_chunk
 from p2pcache.objects import ObjectInfo
 from worker.chunkfiles import ChunkFiles
-from worker.store import ChunkStore, read_now
+from worker.chunkfile import read_now
+from worker.store import ChunkStore
 
 CHUNK = 4096
 

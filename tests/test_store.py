@@ -14,7 +14,8 @@ from p2pcache.blocksums import BLOCK
 from p2pcache.errors import Busy, CorruptChunk
 from p2pcache.objects import ChunkId, ObjectInfo
 from worker.eviction import LRU, POLICIES
-from worker.store import ChunkStore, pread, read_now, read_pieces
+from worker.chunkfile import pread, read_now, read_pieces
+from worker.store import ChunkStore
 
 CHUNK = 1000
 
@@ -290,7 +291,7 @@ async def test_cold_reads_go_to_the_executor_and_warm_ones_stay_on_the_loop(tmp_
     import asyncio
     import concurrent.futures
 
-    from worker.store import pread
+    from worker.chunkfile import pread
 
     class Counting(concurrent.futures.ThreadPoolExecutor):
         calls = 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ContextManager
 
 from .pins import Pins
-from .store import ChunkFile, open_chunk
+from .chunkfile import ChunkFile, open_chunk
 
 __all__ = ["ChunkFiles"]
 

@@ -32,7 +32,8 @@ from .diskhealth import DiskHealth
 from .metrics import WorkerMetrics
 from .peer import PeerClient, PeerStream
 from .routing import DownPeers, fill_source
-from .store import ChunkStore, read_pieces
+from .chunkfile import read_pieces
+from .store import ChunkStore
 
 __all__ = ["Chunks"]
 

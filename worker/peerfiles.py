@@ -19,7 +19,7 @@ from p2pcache.errors import CorruptChunk, P2PError
 from .routing import MAX_HOPS
 from .http import parse_peer_request
 from .peer import CHUNK_PATH, chunk_answer
-from .store import read_pieces
+from .chunkfile import read_pieces
 
 __all__ = ["PeerFiles"]
 

@@ -33,7 +33,7 @@ from .peer import PeerStream
 from .peerreads import PeerReads
 from .readers import Readers
 from .reports import Reports
-from .store import read_now, read_pieces, read_whole
+from .chunkfile import read_now, read_pieces, read_whole
 
 __all__ = ["Reads", "Read", "SMALL"]
 

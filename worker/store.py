@@ -14,44 +14,33 @@ checksums refuse a block that is wrong on its first read, so such a chunk is
 refilled, never served. The fsync cost each cold read ~20% of its throughput
 (docs/benchmarks.md, "The fill path").
 
-A chunk file is the chunk's bytes, then a trailer: metadata (what the chunk
-is, so the worker can compute who should hold it), the checksums of its
-blocks (p2pcache.blocksums), their lengths and MAGIC. Data starts at offset
-0, so reads need no offset arithmetic; the trailer is written with the data
-and renamed in with it, so the two never disagree. Every read is of whole
-blocks, checked against the table before a byte leaves the store: a mismatch
-raises CorruptChunk, and the caller drops the chunk (`discard`).
+A chunk file's format, and the checked reads of it, are worker/chunkfile.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import shutil
-import struct
 import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, ContextManager
 
 from p2pcache import blocksums
-from p2pcache.buffers import new_bytearray
 from p2pcache.errors import Busy, CorruptChunk
-from p2pcache.objects import ChunkId
 
+from .chunkfile import (ChunkFile, data_length, open_chunk, read_pieces, read_trailers, read_whole, trailer, trailer_size,
+                        well_formed)
 from .eviction import DEFAULT, POLICIES, Policy
 from .pins import Pins
 from .storescan import scan
 
-__all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "read_whole", "read_now", "open_chunk", "PIECE", "MAGIC"]
+__all__ = ["ChunkStore", "ChunkWriter"]
 
 log = logging.getLogger("p2pcache.store")
-PIECE = 256 << 10  # per stream in flight: bounds memory under many readers (benchmarks: memory)
-MAGIC = b"P2P2"  # b"P2PC" files (no checksums) are dropped by the startup scan
-_FOOTER = struct.Struct(">III4s")  # metadata length, table length, block size, MAGIC
 
 
 async def _run(fn, *args):
@@ -68,15 +57,6 @@ class ChunkWriter:
         self.sums.update(data)
         await _run(self._file.write, data)
         self.written += len(data)
-
-
-class ChunkFile:
-    """An open chunk file and its block checksums."""
-
-    __slots__ = ("fd", "name", "table", "block")
-
-    def __init__(self, fd: int, name: str, table: bytes, block: int) -> None:
-        self.fd, self.name, self.table, self.block = fd, name, table, block
 
 
 class ChunkStore:
@@ -113,7 +93,7 @@ class ChunkStore:
 
     async def metadata(self, names: list[str]) -> dict[str, bytes]:
         """The metadata of the chunks `names` that are here and have it (one executor hop)."""
-        return await _run(_read_trailers, [(n, self._path(n)) for n in names if n in self._chunks])
+        return await _run(read_trailers, [(n, self._path(n)) for n in names if n in self._chunks])
 
     def touch(self, name: str) -> None:
         """A use of `name` seen by another process (a serving process read it from its file)."""
@@ -143,7 +123,7 @@ class ChunkStore:
     async def load(self) -> None:
         """Rebuild the index from disk: drop temp files and anything malformed (an entry that
         cannot even be looked at is dropped, or left out of the index: never the whole scan)."""
-        found, dropped, skipped = await _run(scan, self.root, _well_formed)
+        found, dropped, skipped = await _run(scan, self.root, well_formed)
         for _, name, size in sorted(found):
             self._chunks[name] = size
             self._policy.restore(name, size)
@@ -206,7 +186,7 @@ class ChunkStore:
             with self.pinned(name, touch=False) as file:
                 if file is None:
                     return True
-                async for _ in read_pieces(file, 0, _length(name)):
+                async for _ in read_pieces(file, 0, data_length(name)):
                     pass
         except (CorruptChunk, OSError):
             return False
@@ -241,8 +221,7 @@ class ChunkStore:
         """Write a chunk: visible only if the block ends cleanly with `size` bytes written."""
         if not self._loaded:  # the load at start failed (an unusable cache dir): index the chunks
             await self._load_late()  # already there before adding any, so they count and are evicted
-        table_size = blocksums.table_size(size)
-        total = size + len(meta) + table_size + _FOOTER.size
+        total = size + trailer_size(size, meta)
         await self._reserve(total)
         tmp = self.root / "tmp" / f"{name}.{uuid.uuid4().hex[:8]}.part"
         try:
@@ -252,9 +231,7 @@ class ChunkStore:
                 yield writer
                 if writer.written != size:
                     raise ValueError(f"chunk {name}: wrote {writer.written} of {size} bytes")
-                table = writer.sums.table()
-                trailer = meta + table + _FOOTER.pack(len(meta), len(table), blocksums.BLOCK, MAGIC)
-                await _run(_seal, file, trailer, tmp, self.path(name))
+                await _run(_seal, file, trailer(meta, writer.sums.table()), tmp, self.path(name))
             finally:
                 await _run(file.close)
         except BaseException:
@@ -327,142 +304,6 @@ def _full(kept: int, size: int, capacity: int) -> Busy:
     return Busy(f"cache full: every cached chunk is being read or kept by a pin ({kept} of {capacity} bytes kept)")
 
 
-class ShortRead(OSError):
-    """The file ends before the bytes asked for: it was cut since it was opened."""
-
-
-async def pread(fd: int, offset: int, n: int) -> bytearray:
-    """`n` bytes at `offset`: from the page cache on the loop (RWF_NOWAIT, no
-    executor hop); whatever would block on the disk is read in the executor."""
-    buf = new_bytearray(n)  # every byte read below, or OSError
-    got = _cached(fd, buf, offset)
-    while got < n:
-        view = memoryview(buf)[got:]
-        try:
-            more = await _run(os.preadv, fd, [view], offset + got)
-        finally:
-            # Now, not when the executor's thread drops its arguments (it may not have yet):
-            # while a view exists, the caller's trim of `buf` is a BufferError.
-            view.release()
-        if not more:
-            raise ShortRead(f"short read at {offset + got} of fd {fd}")
-        got += more
-    return buf
-
-
-async def _blocks(file: ChunkFile, start: int, n: int) -> bytearray:
-    """`n` bytes of the chunk's data from `start`; a file cut short since it was opened is a
-    bad copy (CorruptChunk: dropped and refilled), not a failing disk."""
-    try:
-        return await pread(file.fd, start, n)
-    except ShortRead as exc:
-        raise CorruptChunk(file.name, f"its file was cut short: {exc}") from None
-
-
-async def read_pieces(file: ChunkFile, offset: int, length: int,
-                      piece: int | Callable[[], int] = PIECE) -> AsyncIterator[bytearray]:
-    """Yield `length` bytes of an open chunk from `offset`, in pieces of about `piece`
-    (or of what `piece()` says before each one; whole blocks are read and checked,
-    CorruptChunk before a bad byte is yielded)."""
-    block = file.block
-    size = piece if callable(piece) else lambda: piece
-    start, stop = blocksums.aligned(offset, length, _length(file.name), block)
-    end = offset + length
-    while start < stop:
-        n = min(max(block, size() // block * block), stop - start)
-        data = await _blocks(file, start, n)
-        _check(file, data, start)
-        skip = max(0, offset - start)
-        yield _trim(data, skip, min(n, end - start) - skip)
-        start += n
-
-
-def _cached(fd: int, buf: bytearray, offset: int) -> int:
-    """Bytes read into `buf` from `offset` as far as the page cache holds them (no wait on the disk)."""
-    try:
-        return os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-    except BlockingIOError:
-        return 0
-    except OSError as exc:  # tmpfs (an emptyDir in memory) refuses RWF_NOWAIT: read in the executor
-        if exc.errno != errno.EOPNOTSUPP:
-            raise
-        return 0
-
-
-async def read_whole(file: ChunkFile, offset: int, length: int) -> bytearray:
-    """`length` bytes of an open chunk from `offset`, in one read, checked (CorruptChunk
-    before a bad byte is returned): for small reads."""
-    start, stop = blocksums.aligned(offset, length, _length(file.name), file.block)
-    return _checked(file, await _blocks(file, start, stop - start), start, offset, length)
-
-
-def read_now(file: ChunkFile, offset: int, length: int) -> bytearray | None:
-    """`read_whole` if the page cache holds all the bytes; None if reading them would wait
-    for the disk."""
-    start, stop = blocksums.aligned(offset, length, _length(file.name), file.block)
-    data = new_bytearray(stop - start)
-    if _cached(file.fd, data, start) < len(data):  # every byte read, or None
-        return None
-    return _checked(file, data, start, offset, length)
-
-
-def _checked(file: ChunkFile, data: bytearray, start: int, offset: int, length: int) -> bytearray:
-    """The blocks `data` read from `start`, checked, cut to `[offset, offset + length)`."""
-    _check(file, data, start)
-    return _trim(data, offset - start, length)
-
-
-def _trim(data: bytearray, skip: int, length: int) -> bytearray:
-    """`data[skip:skip + length]` in place: aiohttp sends a bytearray as is (a memoryview goes
-    through its slower payload path), and deleting a bytearray's head moves no bytes."""
-    del data[skip + length:]
-    del data[:skip]
-    return data
-
-
-def _check(file: ChunkFile, data: bytearray, start: int) -> None:
-    try:
-        blocksums.check(data, start, file.table, file.block)
-    except blocksums.Mismatch as exc:
-        raise CorruptChunk(file.name, str(exc)) from None
-
-
-def _length(name: str) -> int:
-    """A chunk's data length, from its name (`<digest>-<index>-<length>`)."""
-    return int(name.rsplit("-", 1)[1])
-
-
-def open_chunk(path: str, name: str) -> ChunkFile:
-    """Open a chunk file and read its trailer (a few hundred bytes at its end): the checksum
-    table, and the chunk's identity, which must be the one `name` stands for: the sums only
-    say the bytes are the ones written, not that this file holds the chunk asked for."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        length = _length(name)
-        meta_length, table_length, block, magic = _FOOTER.unpack(
-            os.pread(fd, _FOOTER.size, size - _FOOTER.size))
-        trailer = os.pread(fd, meta_length + table_length, length)
-        if magic != MAGIC or block <= 0 or len(trailer) != meta_length + table_length or \
-                table_length != blocksums.table_size(length, block) or \
-                size != length + meta_length + table_length + _FOOTER.size:
-            raise CorruptChunk(name, "its trailer is malformed")
-        if _identity(trailer[:meta_length]) != name:
-            raise CorruptChunk(name, "its file holds another chunk (its trailer names another one)")
-    except BaseException:
-        os.close(fd)
-        raise
-    return ChunkFile(fd, name, trailer[meta_length:], block)
-
-
-def _identity(meta: bytes) -> str | None:
-    """The store name of the chunk a trailer's metadata describes; None if it names none."""
-    try:
-        return ChunkId.unpack(meta).name
-    except (ValueError, ArithmeticError):  # not a packed ChunkId, or one of no sane chunk
-        return None
-
-
 def _free(root: Path) -> int:
     """Free bytes on the cache dir's volume; the dir is made again if it was removed under us."""
     try:
@@ -483,8 +324,8 @@ def _create(tmp: Path):
         return open(tmp, "wb")
 
 
-def _seal(file, trailer: bytes, tmp: Path, final: Path) -> None:
-    file.write(trailer)
+def _seal(file, end: bytes, tmp: Path, final: Path) -> None:
+    file.write(end)
     file.flush()  # no fsync: see the module's docstring
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(tmp, final)
@@ -494,30 +335,3 @@ def _unlink_all(paths: list[Path]) -> None:
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
-
-
-def _well_formed(path: Path, size: int, length: int) -> bool:
-    """The file holds `length` bytes of data and a whole trailer (its sums are checked
-    on each read, so a large store starts without reading its data)."""
-    if size < length + _FOOTER.size:
-        return False
-    with open(path, "rb") as f:
-        f.seek(size - _FOOTER.size)
-        meta_length, table_length, block, magic = _FOOTER.unpack(f.read(_FOOTER.size))
-    return magic == MAGIC and block > 0 and table_length == blocksums.table_size(length, block) \
-        and size == length + meta_length + table_length + _FOOTER.size
-
-
-def _read_trailers(paths: list[tuple[str, str]]) -> dict[str, bytes]:
-    found = {}
-    for name, path in paths:
-        try:
-            with open(path, "rb") as f:
-                f.seek(-_FOOTER.size, os.SEEK_END)
-                meta_length, table_length, _, magic = _FOOTER.unpack(f.read(_FOOTER.size))
-                if magic == MAGIC and meta_length:
-                    f.seek(-_FOOTER.size - table_length - meta_length, os.SEEK_END)
-                    found[name] = f.read(meta_length)
-        except OSError:  # evicted meanwhile
-            continue
-    return found

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from p2pcache.auth import load_secret
 from p2pcache.bounds import bounded
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
+from p2pcache.httpserver import HEAD_TIMEOUT, IDLE_TIMEOUT
 from p2pcache.ring import MAX_CHUNK, MIN_CHUNK
 from p2pcache.sizes import format_size, show_size
 from p2pcache import tls
@@ -41,6 +42,8 @@ class MasterConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+    head_timeout: float = HEAD_TIMEOUT  # no flag (tests set it): p2pcache/httpserver.py
+    idle_timeout: float = IDLE_TIMEOUT  # no flag (tests set it)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "MasterConfig":

@@ -18,6 +18,7 @@ from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.control import WorkerControl
 from p2pcache.errors import Unavailable
 from p2pcache.httplog import OncePer, QuietParseErrors
+from p2pcache.httpserver import AppRunner
 from p2pcache.master_client import MSGPACK, REPLACED_HEADER
 from p2pcache.metrics import metrics_handler
 from p2pcache.ring import Placement
@@ -51,7 +52,7 @@ class Master:
         self._epoch = Gauge("p2pcache_ring_epoch", "Ring epoch", registry=self.registry)
         self._workers = Gauge("p2pcache_ring_workers", "Workers in the ring", registry=self.registry)
         self._changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
+        self._runner: AppRunner | None = None
         self._expiry: asyncio.Task | None = None
         self._verifier = Verifier(config.cluster_secret, guard=True) if config.cluster_secret else None
         self._refusals = OncePer(60.0)
@@ -82,8 +83,9 @@ class Master:
                            self.ring_changed, self.config.worker_ttl, self.unpins)
         app = web.Application(middlewares=[self._authenticate])
         app.add_routes(self.routes())
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     logger=QuietParseErrors(logging.getLogger("p2pcache.master.http")))
+        self._runner = AppRunner(app, access_log=None, handle_signals=False,
+                                 logger=QuietParseErrors(logging.getLogger("p2pcache.master.http")),
+                                 head_timeout=self.config.head_timeout, idle_timeout=self.config.idle_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True,
                            ssl_context=ssl_context)

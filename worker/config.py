@@ -10,6 +10,7 @@ from typing import Callable
 from p2pcache.auth import load_secret
 from p2pcache.bounds import bounded, bounded_size
 from p2pcache.config import add_flag, add_security_flags, parse_listen, size_arg
+from p2pcache.httpserver import HEAD_TIMEOUT, IDLE_TIMEOUT
 from p2pcache.members import MAX_WEIGHT, check_id, check_url
 from p2pcache.origin import check_endpoint
 from p2pcache import tls
@@ -58,6 +59,10 @@ class WorkerConfig:
     read_wait: float = 15.0  # seconds a read waits for its turn before 503 SlowDown
     send_timeout: float = 60.0  # seconds a reader may take nothing before its answer is cut; 0: never
     peer_read_timeout: float = 0.0  # no flag (tests set it); 0: `peer_timeout()`'s default
+    # No flags (tests set them): seconds a connection has to send its first whole request head, and
+    # each next one after an answer, on every server of the worker (p2pcache/httpserver.py).
+    head_timeout: float = HEAD_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
 
     def peer_timeout(self) -> float:
         """Seconds a peer may send nothing: an owner's status line waits for its fill, which may

@@ -26,12 +26,12 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from p2pcache.errors import P2PError
+from p2pcache.httpserver import HEAD_TIMEOUT, IDLE_TIMEOUT
 
 __all__ = ["Head", "parse_head", "response_head", "FastPath", "MAX_HEAD"]
 
 log = logging.getLogger("p2pcache.worker.fastpath")
 MAX_HEAD = 8 << 10  # a longer request head is aiohttp's to refuse
-IDLE_TIMEOUT = 75.0  # seconds a connection may wait for its next request (aiohttp's keep-alive timeout)
 _TARGET = re.compile(rb"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")  # no escapes, no query: those are aiohttp's
 _DOTS = re.compile(rb"//|/\.\.?(/|$)")  # segments aiohttp's URL normalises
 _FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*)*")  # token: visible ASCII
@@ -116,11 +116,15 @@ class FastPath(asyncio.Protocol):
     order; the first one they cannot give hands the connection (that request's bytes and all
     after them) to the protocol `fallback()` makes, aiohttp's, for good. The next request is
     taken only once the answers before it are down to the transport's high-water mark, so a
-    client that sends requests and reads nothing holds one answer's worth of memory here."""
+    client that sends requests and reads nothing holds one answer's worth of memory here.
+    A connection whose first whole request head is not in `head_timeout` seconds after it opened,
+    or its next one `idle_timeout` seconds after an answer, is closed (p2pcache/httpserver.py:
+    aiohttp's connections keep the same limits)."""
 
     def __init__(self, answer_now: Callable[[Head, int, "FastPath"], bool],
                  answer: Callable[[Head, int, "FastPath"], Awaitable[bool]],
-                 fallback: Callable[[], asyncio.Protocol], live: set) -> None:
+                 fallback: Callable[[], asyncio.Protocol], live: set,
+                 head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self._answer_now = answer_now  # ServingProcess.answer_now: what needs no wait, at once
         self._answer = answer  # ServingProcess.answer_fast(head, bytes it used, self) -> answered?
         self._fallback = fallback
@@ -133,8 +137,9 @@ class FastPath(asyncio.Protocol):
         self._on_drained: Callable[[], None] | None = None  # `after_drained`'s, until then
         self._held = False  # reading: paused while a request is answered and more piles up
         self._eof = False
+        self._head_timeout, self._idle_timeout = head_timeout, idle_timeout
         self._idle: asyncio.TimerHandle | None = None
-        self._since = 0.0  # loop time the connection last finished an answer (or opened)
+        self._due = 0.0  # loop time by which the next whole request head must be in
 
     @property
     def busy(self) -> bool:
@@ -143,7 +148,7 @@ class FastPath(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._live.add(self)
-        self._wait_idle()
+        self._wait_idle(self._head_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._live.discard(self)
@@ -264,20 +269,21 @@ class FastPath(asyncio.Protocol):
         if self._held:
             self._held = False
             transport.resume_reading()
-        self._wait_idle()
+        self._wait_idle(self._idle_timeout)
         return True
 
-    def _wait_idle(self) -> None:
-        """Close the connection if no whole request comes within IDLE_TIMEOUT of the last answer
-        (bytes trickling in do not extend it). One timer, moved on only when it fires."""
+    def _wait_idle(self, limit: float) -> None:
+        """Close the connection if no whole request comes within `limit` seconds from now (bytes
+        trickling in do not extend it). One timer, moved on only when it fires."""
         loop = asyncio.get_running_loop()
-        self._since = loop.time()
-        if self._idle is None:
-            self._idle = loop.call_later(IDLE_TIMEOUT, self._idle_check)
+        self._due = loop.time() + limit
+        if self._idle is None or self._idle.when() > self._due:
+            self._stop_idle()
+            self._idle = loop.call_at(self._due, self._idle_check)
 
     def _idle_check(self) -> None:
         loop = asyncio.get_running_loop()
-        left = IDLE_TIMEOUT if self._task is not None else self._since + IDLE_TIMEOUT - loop.time()
+        left = self._idle_timeout if self._task is not None else self._due - loop.time()
         self._idle = None
         if left <= 0.01:
             self.close()

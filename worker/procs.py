@@ -25,6 +25,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from p2pcache.httpserver import Server
 from p2pcache.service import listening
 
 from .config import WorkerConfig
@@ -117,8 +118,9 @@ class ServingProcesses:
         path = f"{self._dir}/coordinator.sock"
         counter = f"{self._dir}/generation"
         self._generation = Generation(counter, create=True)
-        self._runner = web.ServerRunner(web.Server(self._handler, access_log=None, handler_cancellation=True),
-                                        handle_signals=False, shutdown_timeout=cfg.drain_timeout)
+        server = Server(self._handler, access_log=None, handler_cancellation=True,
+                        head_timeout=cfg.head_timeout, idle_timeout=cfg.idle_timeout)
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=cfg.drain_timeout)
         await self._runner.setup()
         await web.UnixSite(self._runner, path).start()
         with listening(cfg.host, cfg.port):
@@ -132,6 +134,7 @@ class ServingProcesses:
             "meta_ttl": cfg.meta_ttl, "egress_limit": cfg.egress_limit / egress_shares(cfg),
             "drain_timeout": cfg.drain_timeout, "parent": os.getpid(), "token": self._token,
             "max_reads": cfg.max_reads, "read_wait": cfg.read_wait, "send_timeout": cfg.send_timeout,
+            "head_timeout": cfg.head_timeout, "idle_timeout": cfg.idle_timeout,
             "secret": cfg.cluster_secret.hex() if cfg.cluster_secret else "",  # stdin: not in argv or env
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         }

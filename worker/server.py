@@ -26,6 +26,7 @@ from p2pcache.errors import (
     AccessDenied, NoRing, NotFound, ObjectChanged, PreconditionFailed, ReadOnly, StoreError, Unauthorized,
 )
 from p2pcache.httplog import OncePer, QuietParseErrors
+from p2pcache.httpserver import Server
 from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
 from p2pcache.origin import OriginHooks, S3Origin
@@ -199,8 +200,9 @@ class Worker:
         self._internal = self.internal_routes()
         # A reader that hangs up cancels its handler, so fills it was waiting for
         # know nobody wants them any more (they are not retried against a failing S3).
-        server = web.Server(self._handle, access_log=None, handler_cancellation=True,
-                            logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")))
+        server = Server(self._handle, access_log=None, handler_cancellation=True,
+                        logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")),
+                        head_timeout=cfg.head_timeout, idle_timeout=cfg.idle_timeout)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=cfg.drain_timeout)
         await self._runner.setup()
         if cfg.serve_processes > 1:  # they listen on the port; this process on their unix socket

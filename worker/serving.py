@@ -30,6 +30,7 @@ from p2pcache import tls
 from p2pcache.auth import Verifier
 from p2pcache.errors import P2PError
 from p2pcache.httplog import QuietParseErrors
+from p2pcache.httpserver import HEAD_TIMEOUT, IDLE_TIMEOUT, Server
 from p2pcache.service import die_with_parent, few_malloc_arenas, setup_logging, std_fds_open
 
 from . import inputs
@@ -90,8 +91,10 @@ class ServingProcess:
     async def start(self) -> None:
         s = self.s
         ssl = await asyncio.to_thread(tls.server_context, s.get("tls_cert", ""), s.get("tls_key", ""))
-        server = web.Server(self.handle, access_log=None, handler_cancellation=True,
-                            logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")))
+        head, idle = s.get("head_timeout", HEAD_TIMEOUT), s.get("idle_timeout", IDLE_TIMEOUT)
+        server = Server(self.handle, access_log=None, handler_cancellation=True,
+                        logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")),
+                        head_timeout=head, idle_timeout=idle)
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=s.get("drain_timeout", 20))
         await self._runner.setup()
         self.worker_id = (await self.coordinator.get_json(ID_PATH, {}))["id"]
@@ -99,8 +102,8 @@ class ServingProcess:
         # Connections start on the fast path, and move to aiohttp's `server` at the first
         # request it does not answer (worker/fastpath.py).
         self._listener = await asyncio.get_running_loop().create_server(
-            lambda: FastPath(self.answer_now, self.answer_fast, server, self._fast), s["host"], s["port"], ssl=ssl,
-            backlog=128, reuse_port=True)
+            lambda: FastPath(self.answer_now, self.answer_fast, server, self._fast, head, idle), s["host"], s["port"],
+            ssl=ssl, backlog=128, reuse_port=True)
         self._tasks = [asyncio.create_task(self._report_loop()), asyncio.create_task(self._sweep_loop())]
 
     async def stop(self) -> None:

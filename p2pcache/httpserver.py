@@ -1,0 +1,78 @@
+"""aiohttp's servers with the project's connection limits: each request head comes whole in time, or the connection is closed.
+
+A connection is closed when no whole request head has come HEAD_TIMEOUT seconds after it
+opened, or IDLE_TIMEOUT seconds after the end of its previous answer; bytes trickling in
+extend neither, so a client that opens connections and sends nothing, or half a head, holds
+each file descriptor for a bounded time. aiohttp's keep-alive timer is the second limit (its
+default is an hour); the first is `Connection`'s own: older aiohttp starts no timer before a
+first request (3.14.5 starts its keep-alive one). A connection a serving process's fast path
+hands over starts its first limit then; the fast path keeps both itself (worker/fastpath.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+__all__ = ["HEAD_TIMEOUT", "IDLE_TIMEOUT", "Connection", "Server", "AppRunner"]
+
+HEAD_TIMEOUT = 30.0  # seconds a new connection has to send its first whole request head
+IDLE_TIMEOUT = 75.0  # seconds a connection may wait for its next whole request head (nginx's keepalive_timeout)
+
+
+class Connection(RequestHandler):
+    """aiohttp's protocol for one connection, closed if its first request head is not whole
+    within `head_timeout` of connecting."""
+
+    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = head_timeout
+        self._first_head: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._first_head = asyncio.get_running_loop().call_later(self._head_timeout, self._head_due)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._first_head is not None:
+            self._first_head.cancel()
+            self._first_head = None
+        super().connection_lost(exc)
+
+    def _head_due(self) -> None:
+        self._first_head = None
+        # aiohttp counts each request head its parser completed (a malformed one too: it is answered 400)
+        if self._request_count == 0:
+            self.force_close()
+
+
+class Server(web.Server):
+    """`web.Server` whose connections keep HEAD_TIMEOUT and IDLE_TIMEOUT (or the given limits)."""
+
+    def __init__(self, handler: Any, *, head_timeout: float | None = None, idle_timeout: float | None = None,
+                 request_factory: Any = None, handler_cancellation: bool = False, **kwargs: Any) -> None:
+        super().__init__(handler, request_factory=request_factory, handler_cancellation=handler_cancellation,
+                         **kwargs)
+        self._connection_kwargs = kwargs | {
+            "keepalive_timeout": IDLE_TIMEOUT if idle_timeout is None else idle_timeout,
+            "head_timeout": HEAD_TIMEOUT if head_timeout is None else head_timeout,
+        }
+
+    def __call__(self) -> Connection:
+        return Connection(self, loop=asyncio.get_running_loop(), **self._connection_kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """`web.AppRunner` serving its application on a `Server`: `kwargs` are the server's."""
+
+    def __init__(self, app: web.Application, *, handle_signals: bool = False, shutdown_timeout: float = 60.0,
+                 **kwargs: Any) -> None:
+        super().__init__(app, handle_signals=handle_signals, shutdown_timeout=shutdown_timeout)
+        self._server_kwargs = kwargs
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # starts and freezes the application
+        return Server(plain.request_handler, request_factory=plain.request_factory, **self._server_kwargs)

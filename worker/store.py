@@ -2,8 +2,9 @@
 
 Invariants: a file under `chunks/` is always a complete chunk (it is written
 under `tmp/` and renamed in); no byte of it leaves the store unchecked; `used +
-reserved <= capacity` at every await point; a chunk being read (pinned) is never
-evicted. Which chunk goes first is the eviction policy's choice
+reserved <= capacity` at every await point; a chunk being read (pinned, here or in a
+serving process: worker/sharedpins.py) is never evicted, and an evicted chunk's blocks are
+freed as its file is unlinked. Which chunk goes first is the eviction policy's choice
 (worker/eviction.py, S3-FIFO).
 
 A chunk is renamed in without an fsync: the kernel writes it back on its own
@@ -45,6 +46,7 @@ from p2pcache.objects import ChunkId
 
 from .eviction import DEFAULT, POLICIES, Policy
 from .pins import Pins
+from .sharedpins import Claims, evicted
 
 __all__ = ["ChunkStore", "ChunkWriter", "ChunkFile", "pread", "read_pieces", "read_whole", "read_now", "open_chunk", "PIECE", "MAGIC"]
 
@@ -95,6 +97,7 @@ class ChunkStore:
         self._pins = Pins(self._released)
         self._kept = kept  # chunks a pinned preload keeps: never a victim
         self._before_late_load = before_late_load  # so `kept` knows them before the load evicts
+        self._claims = Claims()  # the victim's file stays locked until it is unlinked
         # Open files of recently read chunks: an open() per request costs more than
         # the read itself. Only unpinned entries are closed, so a reader's fd stays valid.
         self._fds: OrderedDict[str, ChunkFile] = OrderedDict()
@@ -154,7 +157,7 @@ class ChunkStore:
         victims = []
         while self.used > self.capacity and (victim := self._pick_victim()):
             victims.append(self._drop(victim))
-        await _run(_unlink_all, victims)
+        await _run(_evict_all, victims)
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
 
     async def _load_late(self) -> None:
@@ -203,7 +206,7 @@ class ChunkStore:
     def discard(self, name: str) -> None:
         """Drop a corrupt chunk now; readers that have it open finish with their (checked) reads."""
         if name in self._chunks:
-            _unlink_all([self._drop(name)])
+            _evict_all([self._drop(name)])
 
     def _file(self, name: str) -> ChunkFile:
         file = self._fds.get(name)
@@ -264,11 +267,11 @@ class ChunkStore:
         while self.used + self._reserved + size > self.capacity:
             victim = self._pick_victim()
             if victim is None:
-                await _run(_unlink_all, victims)
+                await _run(_evict_all, victims)
                 raise Busy("cache full: every cached chunk is being read")
             victims.append(self._drop(victim))
         self._reserved += size
-        await _run(_unlink_all, victims)
+        await _run(_evict_all, victims)
         if self.min_free:
             await self._keep_free_floor(size)
 
@@ -280,23 +283,26 @@ class ChunkStore:
             if victim is None:
                 self._reserved -= size
                 raise Busy(f"disk under {self.root} is below its free-space floor of {self.min_free} bytes")
-            await _run(_unlink_all, [self._drop(victim)])
+            await _run(_evict_all, [self._drop(victim)])
 
     def _pick_victim(self) -> str | None:
-        return self._policy.victim(self._skip)
+        victim = self._policy.victim(self._skip)
+        self._claims.keep_only(victim)
+        return victim
 
     def _skip(self, name: str) -> bool:
-        """Not a victim: being read, or kept by a pinned preload."""
-        return name in self._pins or self._kept(name)
+        """Not a victim: being read (here, or by a serving process), or kept by a pinned preload."""
+        return name in self._pins or self._kept(name) or not self._claims.claim(name, self._path(name))
 
-    def _drop(self, name: str) -> Path:
-        """Forget a chunk; the caller unlinks the returned path. The fd of a chunk being
-        read stays open until its last reader is done."""
+    def _drop(self, name: str) -> tuple[Path, int | None]:
+        """Forget a chunk; the caller unlinks the returned path, then frees the blocks of the
+        file through the returned fd (which locks serving processes out of it: `_evict_all`).
+        The fd of a chunk being read here stays open until its last reader is done."""
         self.used -= self._chunks.pop(name)
         self._policy.remove(name)  # a no-op for a victim, which the policy has forgotten
         if name not in self._pins:
             self._close_fd(name)
-        return self.path(name)
+        return self.path(name), self._claims.take(name)
 
 
 class ShortRead(OSError):
@@ -447,6 +453,18 @@ def _unlink_all(paths: list[Path]) -> None:
             p.unlink()
 
 
+def _evict_all(victims: list[tuple[Path, int | None]]) -> None:
+    """Unlink each victim's file, then free its blocks and let go of its lock (so no serving
+    process begins to read it between the two, and one that still has it open, unread, does not
+    keep its blocks on disk)."""
+    try:
+        _unlink_all([path for path, _ in victims])
+    finally:
+        for _, fd in victims:
+            if fd is not None:
+                evicted(fd)
+
+
 def _scan(root: Path) -> tuple[list[tuple[float, str, int]], int]:
     (root / "chunks").mkdir(parents=True, exist_ok=True)
     tmp = root / "tmp"
@@ -487,6 +505,6 @@ def _read_trailers(paths: list[tuple[str, str]]) -> dict[str, bytes]:
                 if magic == MAGIC and meta_length:
                     f.seek(-_FOOTER.size - table_length - meta_length, os.SEEK_END)
                     found[name] = f.read(meta_length)
-        except OSError:  # evicted meanwhile
+        except (OSError, struct.error):  # evicted meanwhile (emptied before it is closed)
             continue
     return found

@@ -9,13 +9,14 @@ from conftest import put_chunk
 from p2pcache.objects import ObjectInfo
 from worker.chunkfiles import ChunkFiles
 from worker.chunkfile import read_now
+from worker.eviction import POLICIES
 from worker.store import ChunkStore
 
 CHUNK = 4096
 
 
 async def _put(store: ChunkStore, i: int, fill: int) -> str:
-    c = ObjectInfo("b", "k", '"e"', 2 * CHUNK).chunk(i, CHUNK)
+    c = ObjectInfo("b", "k", '"e"', 4 * CHUNK).chunk(i, CHUNK)
     await put_chunk(store, c, bytes([fill]) * CHUNK)
     return c.name
 
@@ -64,3 +65,20 @@ async def test_the_sweep_finds_what_no_open_checked(tmp_path):
     store.discard(names[0])
     files.sweep(files.stale(files.snapshot()))
     assert len(files) == 1 and files.now(names[1]) is not None
+
+
+async def test_a_chunk_read_here_is_not_evicted_and_one_only_open_here_is_emptied(tmp_path):
+    """A file a serving process reads is pinned across processes (worker/sharedpins.py); one it
+    only has open gives its blocks back as the coordinator evicts it."""
+    full, names = await _store(tmp_path)
+    store = ChunkStore(tmp_path, capacity=full.used, policy=POLICIES["lru"])  # room for these two only
+    await store.load()
+    files = ChunkFiles(tmp_path)
+    with files.pinned(names[0]) as read:  # the older one: the first to go, but it is being read
+        only_open = files.now(names[1])
+        await _put(store, 2, 3)
+        assert names[0] in store and names[1] not in store
+        assert os.fstat(only_open.fd).st_size == 0  # evicted: its blocks are freed, though still open
+        assert bytes(read_now(read, 0, CHUNK)) == bytes([1]) * CHUNK
+    await _put(store, 3, 4)  # read no more: now it goes (the oldest)
+    assert names[0] not in store

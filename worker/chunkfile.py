@@ -212,6 +212,6 @@ def read_trailers(paths: list[tuple[str, str]]) -> dict[str, bytes]:
                 if magic == MAGIC and meta_length:
                     f.seek(-_FOOTER.size - table_length - meta_length, os.SEEK_END)
                     found[name] = f.read(meta_length)
-        except OSError:  # evicted meanwhile
+        except (OSError, struct.error):  # evicted meanwhile (emptied before it is closed)
             continue
     return found

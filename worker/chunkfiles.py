@@ -1,13 +1,16 @@
 """A serving process's open chunk files: opened by their immutable names, closed once evicted.
 
 The coordinator owns the store (worker/store.py): it renames complete chunks
-in and unlinks evicted ones. A file unlinked while open stays readable, so a
-reader here needs no pin from the coordinator; but an open fd keeps an evicted
-file's blocks on disk, so an fd is closed once its path is gone or names
-another file (checked on every open and by `sweep`), as soon as no reader here
-holds it. Checked on every open, not trusted for a while: a chunk found corrupt is
-dropped and refilled under the same name, and a process that went on reading the
-old file would fail its readers (and send a peer that copies it back to S3).
+in and unlinks evicted ones. A file read here (`pinned`: a read that may last as
+long as its reader is slow) is pinned against eviction across processes
+(worker/sharedpins.py); one that is only open here (`now`, or cached between
+reads) is not, and an evicted one is emptied as it is unlinked. An fd is closed
+once its path is gone or names another file (checked on every open and by
+`sweep`), as soon as no reader here holds it. Checked on every open, not trusted
+for a while: a chunk found corrupt is dropped and refilled under the same name
+(a reader that has the old file open finishes with it), and a process that went
+on reading the old file would fail its readers (and send a peer that copies it
+back to S3).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import ContextManager
 
 from .pins import Pins
 from .chunkfile import ChunkFile, open_chunk
+from .sharedpins import share, unshare
 
 __all__ = ["ChunkFiles"]
 
@@ -30,6 +34,7 @@ class ChunkFiles:
         self._files: OrderedDict[str, tuple[ChunkFile, int]] = OrderedDict()  # name -> (file, inode)
         self._pins = Pins(self._released)
         self._retired: dict[str, list[ChunkFile]] = {}  # gone while read: closed when unpinned
+        self._shared: set[int] = set()  # fds pinned against eviction: let go of when unpinned
         self._max_open = max_open
 
     def __len__(self) -> int:
@@ -40,20 +45,32 @@ class ChunkFiles:
         return f"{self._dir}/{name[:2]}/{name}"
 
     def pinned(self, name: str) -> ContextManager[ChunkFile | None]:
-        """The chunk's open file (None if it is not on disk), kept open until the block ends.
+        """The chunk's open file, kept open and not evicted until the block ends; None if it is
+        not on disk, or being evicted.
 
         OSError if it cannot be opened; CorruptChunk if its trailer is malformed.
         """
         file = self._open(name)
+        if file is not None and file.fd not in self._shared:
+            if not share(file.fd):
+                self._retire(name)
+                return contextlib.nullcontext()
+            self._shared.add(file.fd)
         return contextlib.nullcontext() if file is None else self._pins.holding(name, file)
 
     def _released(self, name: str) -> None:
+        entry = self._files.get(name)
+        if entry is not None and entry[0].fd in self._shared:
+            self._shared.discard(entry[0].fd)
+            unshare(entry[0].fd)
         for retired in self._retired.pop(name, ()):
+            self._shared.discard(retired.fd)
             os.close(retired.fd)
 
     def now(self, name: str) -> ChunkFile | None:
         """The chunk's open file for a read that ends before the next await, when nothing here
-        can close it (no pin needed); None if it is not on disk. Raises as `pinned` does."""
+        can close it (no pin; if the coordinator evicts it meanwhile, the read comes up short);
+        None if it is not on disk. Raises as `pinned` does."""
         return self._open(name)
 
     def _open(self, name: str) -> ChunkFile | None:
@@ -114,3 +131,4 @@ class ChunkFiles:
                 os.close(file.fd)
         self._files.clear()
         self._retired.clear()
+        self._shared.clear()

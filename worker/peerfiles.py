@@ -42,7 +42,7 @@ class PeerFiles:
         if p.allowed and c.bucket not in p.allowed or length <= 0:
             return None
         with contextlib.ExitStack() as pins:
-            file = p.pin(pins, c.name)
+            file = p.pin(pins, c.name)  # not evicted while the peer takes it
             if file is None:
                 return None
             resp, sums = chunk_answer(c, offset, length, file)

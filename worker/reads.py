@@ -38,14 +38,14 @@ from .chunkfile import read_now, read_pieces, read_whole
 __all__ = ["Reads", "Read", "SMALL"]
 
 SMALL = 512 << 10  # as worker/chunks.py: sent as one Response
-MAX_CHUNKS = 64  # chunks a read may span and still be answered here (each is opened before the status line)
+MAX_CHUNKS = 64  # chunks a read may span and still be answered here (each is looked for before the status line)
 OBJECT_CACHE = 10_000
 
 
 @dataclass
 class Read:
     """A read a serving process answers: whole (`body`, small) or in `pieces` (an async
-    generator holding the chunks' files open; close it, whether or not it was iterated)."""
+    generator holding the file of the chunk it sends open; close it, whether or not it was iterated)."""
 
     status: int
     headers: dict[str, str]
@@ -142,29 +142,24 @@ class Reads:
             if self.egress is not None:
                 await self.egress.take(len(data))
             return Read(status, out, len(data), data)
-        pins = contextlib.ExitStack()
         failed: set[str] = set()  # the peers that failed in this read: not asked again in it
-        try:
-            sources = []  # per chunk: its file here, or None (the workers that hold it are asked when it is reached)
-            for span in chunk_spans(start, stop, chunk_size):
-                c = info.chunk(span.index, chunk_size)
-                file = self.pin(pins, c.name)
-                if file is None and self.peer_reads.peers(c) is None:
-                    pins.close()
-                    return None  # this worker's to fill (or every peer failed lately): the coordinator's
-                sources.append((span, c, file))
-            first = None
-            if sources[0][2] is None:  # opened before the status line: if no owner answers, pass it on
-                first = await self._open(*sources[0][:2], failed)
-                if first is None:
-                    pins.close()
-                    return None
-        except BaseException:
-            pins.close()
-            raise
+        # Per chunk: whether its file is here (pinned only when it is sent: a slow reader holds
+        # one chunk from eviction, not the whole read), else the workers that hold it are asked
+        # when it is reached.
+        sources = []
+        for span in chunk_spans(start, stop, chunk_size):
+            c = info.chunk(span.index, chunk_size)
+            here = self._opened(self.files.now, c.name) is not None
+            if not here and self.peer_reads.peers(c) is None:
+                return None  # this worker's to fill (or every peer failed lately): the coordinator's
+            sources.append((span, c, here))
+        first = None
+        if not sources[0][2]:  # opened before the status line: if no owner answers, pass it on
+            first = await self._open(*sources[0][:2], failed)
+            if first is None:
+                return None
 
         def release() -> None:
-            pins.close()
             if first is not None:
                 first.close()
 
@@ -250,7 +245,8 @@ class Reads:
         return data
 
     def pin(self, pins: contextlib.ExitStack, name: str):
-        """The chunk's open file, held until `pins` closes; None if it is not here or unreadable."""
+        """The chunk's open file, held (and not evicted) until `pins` closes; None if it is not
+        here or unreadable."""
         return self._opened(lambda n: pins.enter_context(self.files.pinned(n)), name)
 
     def _opened(self, open_file: Callable, name: str):
@@ -265,10 +261,10 @@ class Reads:
 
     async def _pieces(self, info: ObjectInfo, start: int, stop: int, sources, first: PeerStream | None,
                       failed: set[str], release: Callable[[], None]) -> AsyncIterator[bytes | bytearray]:
-        """The bytes `[start, stop)`, checked, from the chunks' `sources` (`release` closes their
-        files and `first` at the end), not asking the peers that failed in this read (`failed`);
-        what no source can give, the coordinator reads. P2PError if it cannot, or if a chunk's
-        owner answered an error about the object (S3's failure)."""
+        """The bytes `[start, stop)`, checked, from the chunks' `sources` (`release` closes `first`
+        at the end), not asking the peers that failed in this read (`failed`); what no source can
+        give, the coordinator reads. P2PError if it cannot, or if a chunk's owner answered an
+        error about the object (S3's failure)."""
         self.budget.open()
         pos = start
         counted = 0  # the chunks that begin before this were counted here (hits, misses)
@@ -276,26 +272,27 @@ class Reads:
         stream = None
         try:
             try:
-                for i, (span, c, file) in enumerate(sources):
-                    if file is not None:
-                        self.reports.hit(file.name, 0)
-                        counted = c.start + c.length
-                        pieces = read_pieces(file, span.offset, span.length, self.budget.piece)
-                    else:
-                        if i == 0:
-                            stream = first
-                        elif ahead is not None:
-                            stream, ahead = await ahead, None
-                        else:
-                            stream = await self._open(span, c, failed)
-                        if stream is None:  # no owner answered: the coordinator reads the rest
-                            raise _Rest()
-                        self.reports.miss()
-                        counted = c.start + c.length
-                        pieces = stream.__aiter__()
-                    ahead = self._open_next(sources, i + 1, failed)  # the next peer chunk's first bytes meanwhile
-                    async with contextlib.aclosing(pieces):
-                        async for data in pieces:
+                for i, (span, c, here) in enumerate(sources):
+                    async with contextlib.AsyncExitStack() as held:  # the chunk's file, while it is sent
+                        file = self.pin(held, c.name) if here else None
+                        if file is not None:
+                            self.reports.hit(file.name, 0)
+                            counted = c.start + c.length
+                            pieces = read_pieces(file, span.offset, span.length, self.budget.piece)
+                        else:  # held by other workers (or evicted from here since the status line)
+                            if i == 0 and first is not None:
+                                stream = first
+                            elif ahead is not None:
+                                stream, ahead = await ahead, None
+                            else:
+                                stream = await self._open(span, c, failed)
+                            if stream is None:  # no owner answered: the coordinator reads the rest
+                                raise _Rest()
+                            self.reports.miss()
+                            counted = c.start + c.length
+                            pieces = stream.__aiter__()
+                        ahead = self._open_next(sources, i + 1, failed)  # the next peer chunk's first bytes meanwhile
+                        async for data in await held.enter_async_context(contextlib.aclosing(pieces)):
                             yield await self._sent(data)
                             pos += len(data)
                             # The other answers' turn: a piece read from the page cache and sent
@@ -323,7 +320,7 @@ class Reads:
     def _open_next(self, sources, i: int, failed: set[str]) -> asyncio.Task | None:
         """Open the next chunk's stream if a peer holds it (a task, awaited when it is reached),
         unless so many answers run that the peer responses buffering ahead would add up."""
-        if i >= len(sources) or sources[i][2] is not None or not readahead(1, self.budget.streams):
+        if i >= len(sources) or sources[i][2] or not readahead(1, self.budget.streams):
             return None
         span, c, _ = sources[i]
         return asyncio.ensure_future(self._open(span, c, failed))

@@ -2,9 +2,10 @@
 
 Invariants: a file under `chunks/` is always a complete chunk (it is written
 under `tmp/` and renamed in); no byte of it leaves the store unchecked; `used +
-reserved <= capacity` at every await point; a chunk being read (pinned), or
-filled for a read that holds its name (`held`), is never evicted. Which chunk
-goes first is the eviction policy's choice (worker/eviction.py, S3-FIFO).
+reserved <= capacity` at every await point; a chunk being read (pinned, here or in a
+serving process: worker/sharedpins.py), or filled for a read that holds its name (`held`),
+is never evicted, and an evicted chunk's blocks are freed as its file is unlinked. Which
+chunk goes first is the eviction policy's choice (worker/eviction.py, S3-FIFO).
 
 A chunk is renamed in without an fsync: the kernel writes it back on its own
 schedule. A process that dies loses nothing (the page cache outlives it); a
@@ -36,6 +37,7 @@ from .chunkfile import (ChunkFile, data_length, open_chunk, read_pieces, read_tr
                         well_formed)
 from .eviction import DEFAULT, POLICIES, Policy
 from .pins import Pins
+from .sharedpins import Claims, evicted
 from .storescan import scan
 
 __all__ = ["ChunkStore", "ChunkWriter"]
@@ -74,6 +76,7 @@ class ChunkStore:
         self._pins = Pins(self._released)
         self._kept = kept  # chunks a pinned preload keeps: never a victim
         self._before_late_load = before_late_load  # so `kept` knows them before the load evicts
+        self._claims = Claims()  # the victim's file stays locked until it is unlinked
         # Open files of recently read chunks: an open() per request costs more than
         # the read itself. Only unpinned entries are closed, so a reader's fd stays valid.
         self._fds: OrderedDict[str, ChunkFile] = OrderedDict()
@@ -137,7 +140,7 @@ class ChunkStore:
         victims = []
         while self.used > self.capacity and (victim := self._pick_victim()):
             victims.append(self._drop(victim))
-        await _run(_unlink_all, victims)
+        await _run(_evict_all, victims)
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
         if self.used > self.capacity:  # only kept chunks are left: no room for any other
             log.warning("store %s: kept (pinned) chunks hold %d bytes, over its capacity of %d: no new chunk "
@@ -195,7 +198,7 @@ class ChunkStore:
     def discard(self, name: str) -> None:
         """Drop a corrupt chunk now; readers that have it open finish with their (checked) reads."""
         if name in self._chunks:
-            _unlink_all([self._drop(name)])
+            _evict_all([self._drop(name)])
 
     def _file(self, name: str) -> ChunkFile:
         file = self._fds.get(name)
@@ -253,12 +256,12 @@ class ChunkStore:
         while self.used + self._reserved + size > self.capacity:
             victim = self._pick_victim()
             if victim is None:
-                await _run(_unlink_all, victims)
+                await _run(_evict_all, victims)
                 raise _full(self._kept_bytes(), size, self.capacity)
             victims.append(self._drop(victim))
         self._reserved += size
         try:
-            await _run(_unlink_all, victims)
+            await _run(_evict_all, victims)
             if self.min_free:
                 await self._keep_free_floor()
         except BaseException:  # raised before `writing` could give the reservation back
@@ -272,26 +275,29 @@ class ChunkStore:
             victim = self._pick_victim()
             if victim is None:
                 raise Busy(f"disk under {self.root} is below its free-space floor of {self.min_free} bytes")
-            await _run(_unlink_all, [self._drop(victim)])
+            await _run(_evict_all, [self._drop(victim)])
 
     def _kept_bytes(self) -> int:
         return sum(size for name, size in self._chunks.items() if self._kept(name))
 
     def _pick_victim(self) -> str | None:
-        return self._policy.victim(self._skip)
+        victim = self._policy.victim(self._skip)
+        self._claims.keep_only(victim)
+        return victim
 
     def _skip(self, name: str) -> bool:
-        """Not a victim: being read, or kept by a pinned preload."""
-        return name in self._pins or self._kept(name)
+        """Not a victim: being read (here, or by a serving process), or kept by a pinned preload."""
+        return name in self._pins or self._kept(name) or not self._claims.claim(name, self._path(name))
 
-    def _drop(self, name: str) -> Path:
-        """Forget a chunk; the caller unlinks the returned path. The fd of a chunk being
-        read stays open until its last reader is done."""
+    def _drop(self, name: str) -> tuple[Path, int | None]:
+        """Forget a chunk; the caller unlinks the returned path, then frees the blocks of the
+        file through the returned fd (which locks serving processes out of it: `_evict_all`).
+        The fd of a chunk being read here stays open until its last reader is done."""
         self.used -= self._chunks.pop(name)
         self._policy.remove(name)  # a no-op for a victim, which the policy has forgotten
         if name not in self._pins:
             self._close_fd(name)
-        return self.path(name)
+        return self.path(name), self._claims.take(name)
 
 
 def _full(kept: int, size: int, capacity: int) -> Busy:
@@ -335,3 +341,16 @@ def _unlink_all(paths: list[Path]) -> None:
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+def _evict_all(victims: list[tuple[Path, int | None]]) -> None:
+    """Unlink each victim's file, then free its blocks and let go of its lock (so no serving
+    process begins to read it between the two, and one that still has it open, unread, does not
+    keep its blocks on disk)."""
+    try:
+        _unlink_all([path for path, _ in victims])
+    finally:
+        for _, fd in victims:
+            if fd is not None:
+                evicted(fd)
+

@@ -206,10 +206,8 @@ class Client:
             fd = await asyncio.shield(opening)
         except OSError as exc:  # name the file the caller asked for, not our temp file
             raise OSError(exc.errno, exc.strerror, path) from exc
-        except asyncio.CancelledError:  # the open goes on in its thread: let it end, then undo it
-            with contextlib.suppress(OSError):
-                os.close(await opening)
-                os.unlink(tmp)
+        except asyncio.CancelledError:  # the open goes on in its thread: undo it when it ends, with no
+            opening.add_done_callback(lambda done: _undo_open(done, tmp))  # await a second cancel could cut
             raise
         renamed = False
         try:
@@ -326,7 +324,7 @@ class Client:
     async def _write_at(self, fd: int, info: ObjectInfo, start: int, end: int | None,
                         progress: Callable[[int, int], None] | None) -> None:
         a, b = slice_range(start, end, info.size)
-        size, loop, done = self.chunk_size, asyncio.get_running_loop(), 0
+        size, done = self.chunk_size, 0
         free: list[bytearray] = []  # at most `concurrency` chunk buffers, reused: no page faults per chunk
 
         async def one(x: int, y: int) -> int:
@@ -436,6 +434,15 @@ def _spans(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
         yield a, a + span.length
 
 
+def _undo_open(opening: asyncio.Future, tmp: str) -> None:
+    """Close and remove the temp file a cancelled download's open made, once the open has ended."""
+    if opening.cancelled() or opening.exception() is not None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(opening.result())
+        os.unlink(tmp)
+
+
 async def _on_fd(fn: Callable[..., object], fd: int, *args) -> None:
     """`fn(fd, *args)` in the executor; cancelled, it still waits for the call to end: the caller
     closes `fd` next, and a write or truncate still running on its number could land in whatever
@@ -444,8 +451,9 @@ async def _on_fd(fn: Callable[..., object], fd: int, *args) -> None:
     try:
         await asyncio.shield(call)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await call
+        while not call.done():  # a second cancellation must not cut the wait either
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(call)
         raise
 
 

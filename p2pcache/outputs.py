@@ -82,6 +82,12 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def _close_opened(opening: asyncio.Future) -> None:
+    if not opening.cancelled() and opening.exception() is None and (fd := opening.result()) is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 async def opened_in_place(path: str) -> int:
     """`path`, a device or FIFO, open for writing: once a FIFO has a reader (polled, so cancellable)."""
     loop = asyncio.get_running_loop()
@@ -89,10 +95,8 @@ async def opened_in_place(path: str) -> int:
         opening = loop.run_in_executor(None, open_in_place, path)
         try:
             fd = await asyncio.shield(opening)
-        except asyncio.CancelledError:  # the open ends in its thread: close what it opened
-            with contextlib.suppress(Exception):
-                if (fd := await opening) is not None:
-                    os.close(fd)
+        except asyncio.CancelledError:  # the open ends in its thread: close what it opened then
+            opening.add_done_callback(_close_opened)  # (no await: a second cancellation would skip it)
             raise
         if fd is not None:
             return fd

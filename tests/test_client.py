@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import mmap
+import os
 import random
 import signal
 import sys
 import threading
 from collections import Counter
+from unittest import mock
 
 import aiohttp
 import pytest
@@ -346,7 +348,8 @@ async def test_p2pcache_get_stopped_by_a_signal_removes_its_temp_file(
 
 async def test_a_cancelled_download_write_ends_before_its_file_can_be_closed():
     """`download` closes its temp file when cancelled; a write still running in its thread on that
-    descriptor number could land in whatever file reuses it. `_on_fd` returns only once it ended."""
+    descriptor number could land in whatever file reuses it. `_on_fd` returns only once it ended,
+    however often it is cancelled."""
     from p2pcache.client import _on_fd
 
     started, release, ended = threading.Event(), threading.Event(), threading.Event()
@@ -358,13 +361,43 @@ async def test_a_cancelled_download_write_ends_before_its_file_can_be_closed():
 
     task = asyncio.ensure_future(_on_fd(slow_write, 99))
     await asyncio.to_thread(started.wait, 5)
-    task.cancel()
-    await asyncio.sleep(0)  # the cancellation is delivered
-    assert not task.done()  # it waits for the write
+    for _ in range(2):  # a second cancellation (a runner cancelling what is left) waits too
+        task.cancel()
+        await asyncio.sleep(0)  # the cancellation is delivered
+        assert not task.done()  # it waits for the write
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert ended.is_set()
+
+
+async def test_a_download_cancelled_twice_while_its_temp_file_opens_leaves_none(cluster, s3_client, bucket, tmp_path):
+    """The temp file's open runs in a thread; cancelled meanwhile, the download undoes it when it
+    ends, and a second cancellation (a runner cancelling what is left) does not skip that."""
+    s3_client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    loop, started, release = asyncio.get_running_loop(), threading.Event(), threading.Event()
+    real_open, out = os.open, tmp_path / "downloads"
+    out.mkdir()
+
+    def slow_open(path, flags, mode=0o777):
+        if str(path).endswith(".part"):
+            started.set()
+            release.wait(5)  # an open still running when its caller is cancelled, twice
+        return real_open(path, flags, mode)
+
+    async with Client(cluster.master.url) as client:
+        with mock.patch("os.open", slow_open):
+            task = asyncio.ensure_future(client.download(bucket, "empty", out / "empty"))
+            await asyncio.to_thread(started.wait, 5)
+            for _ in range(2):
+                task.cancel()
+                await asyncio.sleep(0)
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await loop.run_in_executor(None, lambda: None)  # the open's thread is done, its callback queued
+        await asyncio.sleep(0)
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize(("url", "options", "why"), [

@@ -27,6 +27,15 @@ def chunk(i: int, size: int = 100 * CHUNK):
 SLOT = CHUNK + len(chunk(0).pack()) + 8 + 16  # its bytes, metadata, one block's sum, the lengths and magic
 
 
+async def filled(root, n: int) -> ChunkStore:
+    """A loaded store with room for ten chunks, holding chunks 0 to n - 1."""
+    store = ChunkStore(root, capacity=10 * SLOT)
+    await store.load()
+    for i in range(n):
+        await put_chunk(store, chunk(i))
+    return store
+
+
 def disk_bytes(root) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and f.name != "worker-id")
 
@@ -88,10 +97,7 @@ async def test_a_failed_write_leaves_nothing_visible(tmp_path):
 
 
 async def test_restart_rebuilds_the_index_and_drops_crash_leftovers(tmp_path):
-    store = ChunkStore(tmp_path, capacity=10 * SLOT)
-    await store.load()
-    for i in range(3):
-        await put_chunk(store, chunk(i))
+    store = await filled(tmp_path, 3)
     # A crash mid-fill leaves a temp file; a torn or foreign file may sit among the chunks.
     (tmp_path / "tmp" / f"{chunk(5).name}.abcd1234.part").write_bytes(b"half")
     torn = store.path(chunk(6).name)
@@ -116,10 +122,7 @@ async def test_restart_rebuilds_the_index_and_drops_crash_leftovers(tmp_path):
 
 
 async def test_a_file_whose_trailer_is_damaged_is_dropped_at_restart(tmp_path):
-    store = ChunkStore(tmp_path, capacity=10 * SLOT)
-    await store.load()
-    for i in range(2):
-        await put_chunk(store, chunk(i))
+    store = await filled(tmp_path, 2)
     path = store.path(chunk(1).name)
     path.write_bytes(path.read_bytes()[:-1] + b"X")  # the magic
     again = ChunkStore(tmp_path, capacity=10 * SLOT)
@@ -147,10 +150,7 @@ async def test_what_a_power_cut_leaves_of_unsynced_chunks_is_never_served(tmp_pa
 
 
 async def test_a_smaller_capacity_on_restart_evicts_down_to_it(tmp_path):
-    store = ChunkStore(tmp_path, capacity=10 * SLOT)
-    await store.load()
-    for i in range(6):
-        await put_chunk(store, chunk(i))
+    store = await filled(tmp_path, 6)
     smaller = ChunkStore(tmp_path, capacity=4 * SLOT)
     await smaller.load()
     assert smaller.used <= 4 * SLOT and disk_bytes(tmp_path) <= 4 * SLOT
@@ -177,10 +177,7 @@ async def test_a_store_filled_by_kept_chunks_says_so_when_full_and_at_a_restart_
 
 
 async def test_a_dangling_link_or_a_bad_entry_drops_itself_not_the_scan(tmp_path):
-    store = ChunkStore(tmp_path, capacity=10 * SLOT)
-    await store.load()
-    for i in range(3):
-        await put_chunk(store, chunk(i))
+    store = await filled(tmp_path, 3)
     first = store.path(chunk(0).name)
     bad = [first.with_name("zz-dangling"), first.with_name(chunk(9).name), first.parent.parent / "zz"]
     bad[0].symlink_to("/nonexistent")

@@ -11,7 +11,6 @@ raises CorruptChunk, and the caller drops the chunk (`discard`).
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import struct
@@ -23,16 +22,14 @@ from p2pcache.buffers import new_bytearray
 from p2pcache.errors import CorruptChunk
 from p2pcache.objects import ChunkId
 
+from .blocking import run
+
 __all__ = ["ChunkFile", "pread", "read_pieces", "read_whole", "read_now", "open_chunk", "trailer",
            "trailer_size", "data_length", "well_formed", "read_trailers", "PIECE", "MAGIC"]
 
 PIECE = 256 << 10  # per stream in flight: bounds memory under many readers (benchmarks: memory)
 MAGIC = b"P2P2"  # b"P2PC" files (no checksums) are dropped by the startup scan
 _FOOTER = struct.Struct(">III4s")  # metadata length, table length, block size, MAGIC
-
-
-async def _run(fn, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 class ChunkFile:
@@ -66,7 +63,7 @@ async def pread(fd: int, offset: int, n: int) -> bytearray:
     while got < n:
         view = memoryview(buf)[got:]
         try:
-            more = await _run(os.preadv, fd, [view], offset + got)
+            more = await run(os.preadv, fd, [view], offset + got)
         finally:
             # Now, not when the executor's thread drops its arguments (it may not have yet):
             # while a view exists, the caller's trim of `buf` is a BufferError.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -14,14 +13,12 @@ from typing import Callable, Iterable, Iterator
 from p2pcache.control import KEEP_SHARE
 from p2pcache.objects import ChunkId
 
+from .blocking import run, unlink_all
+
 __all__ = ["Keeps", "over_limit"]
 
 log = logging.getLogger("p2pcache.keep")
 _NAME = re.compile(r"[0-9a-f]{40}-\d+-\d+")
-
-
-async def _run(fn, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 class Keeps:
@@ -62,7 +59,7 @@ class Keeps:
         cannot be) is left in place for a later start, and said as an error: nothing is kept
         from eviction in its name until then. Only malformed records are removed."""
         try:
-            found, dropped, unread = await _run(_scan, self._root)
+            found, dropped, unread = await run(_scan, self._root)
         except OSError as exc:
             self.unreadable = exc
             log.error("cannot read the pinned chunks kept in %s (%s): this worker keeps none of them from "
@@ -135,7 +132,7 @@ class Keeps:
         if self.unreadable is not None:  # said at start, once, rather than for every chunk
             return new
         try:
-            await _run(_write if new else _date, self._root / c.name, c.pack(), at)
+            await run(_write if new else _date, self._root / c.name, c.pack(), at)
         except OSError as exc:
             log.warning("cannot record the keep of %s on disk (%s): %s", c.ring_key, exc,
                         "it will not survive a restart" if new else
@@ -150,7 +147,7 @@ class Keeps:
         self.bytes -= sum(c.length for c in gone)
         self._held_bytes += sum(c.length for c in gone if c.name in self._held)  # unpinned while filled
         if gone and self.unreadable is None:  # with it, none was recorded
-            await _run(_unlink_all, [self._root / c.name for c in gone])
+            await run(unlink_all, [self._root / c.name for c in gone])
         return len(gone)
 
     async def release(self, bucket: str, prefix: str, before: float) -> int:
@@ -197,12 +194,6 @@ def _date(path: Path, data: bytes, at: float) -> None:
         os.utime(path, (at, at))
     except FileNotFoundError:
         _write(path, data, at)
-
-
-def _unlink_all(paths: list[Path]) -> None:
-    for p in paths:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
 
 
 def _scan(root: Path) -> tuple[list[tuple[ChunkId, float]], int, list[OSError]]:

@@ -33,6 +33,7 @@ from typing import AsyncIterator, Awaitable, Callable, ContextManager
 from p2pcache import blocksums
 from p2pcache.errors import Busy, CorruptChunk
 
+from .blocking import run, unlink_all
 from .chunkfile import (ChunkFile, data_length, open_chunk, read_pieces, read_trailers, read_whole, trailer, trailer_size,
                         well_formed)
 from .eviction import DEFAULT, POLICIES, Policy
@@ -45,10 +46,6 @@ __all__ = ["ChunkStore", "ChunkWriter"]
 log = logging.getLogger("p2pcache.store")
 
 
-async def _run(fn, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-
 class ChunkWriter:
     def __init__(self, file) -> None:
         self._file = file
@@ -57,7 +54,7 @@ class ChunkWriter:
 
     async def write(self, data: bytes) -> None:
         self.sums.update(data)
-        await _run(self._file.write, data)
+        await run(self._file.write, data)
         self.written += len(data)
 
 
@@ -96,7 +93,7 @@ class ChunkStore:
 
     async def metadata(self, names: list[str]) -> dict[str, bytes]:
         """The metadata of the chunks `names` that are here and have it (one executor hop)."""
-        return await _run(read_trailers, [(n, self._path(n)) for n in names if n in self._chunks])
+        return await run(read_trailers, [(n, self._path(n)) for n in names if n in self._chunks])
 
     def touch(self, name: str) -> None:
         """A use of `name` seen by another process (a serving process read it from its file)."""
@@ -126,7 +123,7 @@ class ChunkStore:
     async def load(self) -> None:
         """Rebuild the index from disk: drop temp files and anything malformed (an entry that
         cannot even be looked at is dropped, or left out of the index: never the whole scan)."""
-        found, dropped, skipped = await _run(scan, self.root, well_formed)
+        found, dropped, skipped = await run(scan, self.root, well_formed)
         for _, name, size in sorted(found):
             self._chunks[name] = size
             self._policy.restore(name, size)
@@ -140,7 +137,7 @@ class ChunkStore:
         victims = []
         while self.used > self.capacity and (victim := self._pick_victim()):
             victims.append(self._drop(victim))
-        await _run(_evict_all, victims)
+        await run(_evict_all, victims)
         log.info("store %s: %d chunks, %d bytes of %d", self.root, len(self), self.used, self.capacity)
         if self.used > self.capacity:  # only kept chunks are left: no room for any other
             log.warning("store %s: kept (pinned) chunks hold %d bytes, over its capacity of %d: no new chunk "
@@ -228,18 +225,18 @@ class ChunkStore:
         await self._reserve(total)
         tmp = self.root / "tmp" / f"{name}.{uuid.uuid4().hex[:8]}.part"
         try:
-            file = await _run(_create, tmp)
+            file = await run(_create, tmp)
             try:
                 writer = ChunkWriter(file)
                 yield writer
                 if writer.written != size:
                     raise ValueError(f"chunk {name}: wrote {writer.written} of {size} bytes")
-                await _run(_seal, file, trailer(meta, writer.sums.table()), tmp, self.path(name))
+                await run(_seal, file, trailer(meta, writer.sums.table()), tmp, self.path(name))
             finally:
-                await _run(file.close)
+                await run(file.close)
         except BaseException:
             self._reserved -= total
-            await asyncio.shield(_run(_unlink_all, [tmp]))
+            await asyncio.shield(run(unlink_all, [tmp]))
             raise
         self._reserved -= total
         if name in self._chunks:  # written again meanwhile: the rename replaced the file
@@ -256,12 +253,12 @@ class ChunkStore:
         while self.used + self._reserved + size > self.capacity:
             victim = self._pick_victim()
             if victim is None:
-                await _run(_evict_all, victims)
+                await run(_evict_all, victims)
                 raise _full(self._kept_bytes(), size, self.capacity)
             victims.append(self._drop(victim))
         self._reserved += size
         try:
-            await _run(_evict_all, victims)
+            await run(_evict_all, victims)
             if self.min_free:
                 await self._keep_free_floor()
         except BaseException:  # raised before `writing` could give the reservation back
@@ -271,11 +268,11 @@ class ChunkStore:
     async def _keep_free_floor(self) -> None:
         """Make room above --min-free for every write reserved: the disk's free space does
         not count them until they are written, and fills write together."""
-        while (await _run(_free, self.root)) - self._reserved < self.min_free:
+        while (await run(_free, self.root)) - self._reserved < self.min_free:
             victim = self._pick_victim()
             if victim is None:
                 raise Busy(f"disk under {self.root} is below its free-space floor of {self.min_free} bytes")
-            await _run(_evict_all, [self._drop(victim)])
+            await run(_evict_all, [self._drop(victim)])
 
     def _kept_bytes(self) -> int:
         return sum(size for name, size in self._chunks.items() if self._kept(name))
@@ -337,18 +334,12 @@ def _seal(file, end: bytes, tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
 
 
-def _unlink_all(paths: list[Path]) -> None:
-    for p in paths:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-
-
 def _evict_all(victims: list[tuple[Path, int | None]]) -> None:
     """Unlink each victim's file, then free its blocks and let go of its lock (so no serving
     process begins to read it between the two, and one that still has it open, unread, does not
     keep its blocks on disk)."""
     try:
-        _unlink_all([path for path, _ in victims])
+        unlink_all([path for path, _ in victims])
     finally:
         for _, fd in victims:
             if fd is not None:

@@ -22,7 +22,7 @@ from .fileobj import ObjectFile
 from .master_client import MasterClient
 from .members import service_url
 from .objects import ChunkId, ObjectInfo, check_bucket
-from .outputs import TEMP_NAME, opened_in_place, output_of, temp_path, write_all
+from .outputs import TEMP_NAME, naming, opened_in_place, output_of, temp_path, undo_open, write_all
 from .rangereader import RangeReader
 from .ranges import chunk_spans, slice_range
 from .ring import Placement, WorkerInfo
@@ -206,27 +206,24 @@ class Client:
             fd = await asyncio.shield(opening)
         except OSError as exc:  # name the file the caller asked for, not our temp file
             raise OSError(exc.errno, exc.strerror, path) from exc
-        except asyncio.CancelledError:  # the open goes on in its thread: undo it when it ends, with no
-            opening.add_done_callback(lambda done: _undo_open(done, tmp))  # await a second cancel could cut
+        except asyncio.CancelledError:  # the open goes on in its thread: undo it when it ends
+            undo_open(opening, tmp)
             raise
         renamed = False
         try:
-            try:
-                await self._write_at(fd, info, start, end, progress)
-            except ObjectChanged as exc:  # nothing is in place yet: start over, once
-                info = await self.reresolve(bucket, key, exc)
-                await _on_fd(os.ftruncate, fd, 0)
-                await self._write_at(fd, info, start, end, progress)
-            await _on_fd(os.fsync, fd)
+            with naming(path):  # a write or fsync of the temp file (EFBIG, ENOSPC): the file asked for
+                try:
+                    await self._write_at(fd, info, start, end, progress)
+                except ObjectChanged as exc:  # nothing is in place yet: start over, once
+                    info = await self.reresolve(bucket, key, exc)
+                    await _on_fd(os.ftruncate, fd, 0)
+                    await self._write_at(fd, info, start, end, progress)
+                await _on_fd(os.fsync, fd)
             try:
                 await loop.run_in_executor(None, os.replace, tmp, out.path)
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, path) from exc
             renamed = True
-        except OSError as exc:  # a write or fsync of the temp file (EFBIG, ENOSPC): name the file asked for
-            if exc.filename is not None or exc.errno is None:
-                raise
-            raise OSError(exc.errno, exc.strerror, path) from exc
         finally:  # on any failure, cancellation included, the temp file goes
             os.close(fd)
             if not renamed:
@@ -358,17 +355,14 @@ class Client:
                 progress(0, length)
 
         try:
-            async with contextlib.aclosing(self._in_order(bucket, key, info, start, end, begin)) as pieces:
-                async for piece in pieces:
-                    await _on_fd(write_all, fd, piece)
-                    done += len(piece)
-                    if progress:
-                        progress(done, total)
+            with naming(path):  # a write (EPIPE: the FIFO's reader left): the file
+                async with contextlib.aclosing(self._in_order(bucket, key, info, start, end, begin)) as pieces:
+                    async for piece in pieces:
+                        await _on_fd(write_all, fd, piece)
+                        done += len(piece)
+                        if progress:
+                            progress(done, total)
             return info
-        except OSError as exc:  # a write (EPIPE: the FIFO's reader left): name the file
-            if exc.filename is not None or exc.errno is None:
-                raise
-            raise OSError(exc.errno, exc.strerror, path) from exc
         finally:
             os.close(fd)
 
@@ -432,15 +426,6 @@ def _spans(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     for span in chunk_spans(start, stop, chunk_size):
         a = span.index * chunk_size + span.offset
         yield a, a + span.length
-
-
-def _undo_open(opening: asyncio.Future, tmp: str) -> None:
-    """Close and remove the temp file a cancelled download's open made, once the open has ended."""
-    if opening.cancelled() or opening.exception() is not None:
-        return
-    with contextlib.suppress(OSError):
-        os.close(opening.result())
-        os.unlink(tmp)
 
 
 async def _on_fd(fn: Callable[..., object], fd: int, *args) -> None:

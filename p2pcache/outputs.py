@@ -9,10 +9,10 @@ import os
 import re
 import stat
 import uuid
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 __all__ = ["Output", "output_of", "temp_path", "temp_stem", "open_in_place", "opened_in_place", "write_all",
-           "TEMP_NAME"]
+           "undo_open", "naming", "TEMP_NAME"]
 
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")  # the temp file of NAME (its stem), next to it
 NAME_MAX = 255  # bytes in a file name (Linux, and most file systems)
@@ -82,10 +82,29 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def _close_opened(opening: asyncio.Future) -> None:
-    if not opening.cancelled() and opening.exception() is None and (fd := opening.result()) is not None:
+def undo_open(opening: asyncio.Future, remove: str | None = None) -> None:
+    """Once `opening` (an open running in a thread, its caller cancelled) ends: close the fd it
+    gave, and remove the file `remove` it made. A callback, not an await, which a second
+    cancellation would cut short."""
+    def undo(done: asyncio.Future) -> None:
+        if done.cancelled() or done.exception() is not None or (fd := done.result()) is None:
+            return
         with contextlib.suppress(OSError):
             os.close(fd)
+            if remove is not None:
+                os.unlink(remove)
+    opening.add_done_callback(undo)
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """An OSError that names no file (a write or fsync of an fd, EPIPE) is raised naming `path`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, path) from exc
 
 
 async def opened_in_place(path: str) -> int:
@@ -96,7 +115,7 @@ async def opened_in_place(path: str) -> int:
         try:
             fd = await asyncio.shield(opening)
         except asyncio.CancelledError:  # the open ends in its thread: close what it opened then
-            opening.add_done_callback(_close_opened)  # (no await: a second cancellation would skip it)
+            undo_open(opening)
             raise
         if fd is not None:
             return fd

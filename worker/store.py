@@ -34,8 +34,8 @@ from p2pcache import blocksums
 from p2pcache.errors import Busy, CorruptChunk
 
 from .blocking import run, unlink_all
-from .chunkfile import (ChunkFile, data_length, open_chunk, read_pieces, read_trailers, read_whole, trailer, trailer_size,
-                        well_formed)
+from .chunkfile import (ChunkFile, data_length, open_chunk, read_pieces, read_trailers, read_whole, trailer,
+                        trailer_size, well_formed)
 from .eviction import DEFAULT, POLICIES, Policy
 from .pins import Pins
 from .sharedpins import Claims, evicted

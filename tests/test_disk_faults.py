@@ -19,7 +19,7 @@ from conftest import SECRET, metric
 from p2pcache.admin_client import AdminClient
 from p2pcache.errors import BadRequest
 from p2pcache.service import Fatal
-from worker import server
+from worker import cachedir, server
 from worker.server import Worker
 
 CHUNK = 64 << 10
@@ -320,6 +320,28 @@ async def test_a_cache_dir_removed_under_a_running_worker_is_made_again_and_cach
         assert await metric(http, worker.url, "p2pcache_passthrough_bytes_total") == 0
         assert await metric(http, worker.url, "p2pcache_store_errors_total") == 0
         assert "degraded" not in await ready(http, worker)
+    if not removed:  # the dir made again is this worker's as the first was: locked, with its id
+        with pytest.raises(OSError, match="in use by another worker"):
+            cachedir.lock(worker.config.cache_dir)
+        assert cachedir.worker_id(worker.config.cache_dir) == worker.id
+
+
+async def test_a_cache_dir_removed_and_taken_by_another_worker_is_not_shared(cluster_factory, s3, s3_client, bucket):
+    """The cache dir removed, and made again and locked by another process before this worker's
+    next write: the worker does not write into a dir another worker indexes. Its fills fail, its
+    reads go around the disk, and why is said."""
+    cluster = await cluster_factory(1, chunk_size=CHUNK)
+    worker = cluster.workers[0]
+    body = put(s3_client, bucket, "m.bin")
+    shutil.rmtree(worker.config.cache_dir)
+    other = cachedir.lock(worker.config.cache_dir)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await read_everywhere(http, [worker], bucket, "m.bin", body)
+            assert len(worker.store) == 0
+            assert "in use by another worker" in (await ready(http, worker))["degraded"]
+    finally:
+        cachedir.unlock(other)
 
 
 async def test_a_dangling_link_among_the_chunks_at_start_is_dropped_alone(cluster_factory, s3, s3_client, bucket):

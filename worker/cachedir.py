@@ -4,7 +4,10 @@ One worker per cache dir: an exclusive flock on `<cache dir>/lock`, held while i
 Two workers on one dir would keep two indexes and two capacities of the same files,
 and the second's startup scan would empty the first's `tmp/` under its fills. The
 lock goes with the process (the kernel drops it on exit, kill -9 included), so a
-restart never finds a stale one.
+restart never finds a stale one. Before each new chunk file the worker checks that it still
+holds the dir's lock file (`DirLock.check`): a cache dir removed under it (the store makes it
+again) is locked again and its id written back, so the dir made again is guarded as the
+first was and a restart keeps the id; one another worker locked first is not written into.
 
 The worker's id, `<cache dir>/worker-id`, so a restart keeps its chunks' ownership. A file
 that does not hold an id the master would take (`p2pcache.members.check_id`) stops the
@@ -20,12 +23,13 @@ import fcntl
 import logging
 import os
 import socket
+import threading
 import uuid
 from pathlib import Path
 
 from p2pcache.members import InvalidRegistration, check_id
 
-__all__ = ["lock", "unlock", "worker_id", "BadWorkerId"]
+__all__ = ["lock", "unlock", "worker_id", "BadWorkerId", "DirLock"]
 
 log = logging.getLogger("p2pcache.worker")
 
@@ -54,6 +58,44 @@ def lock(cache_dir: Path) -> int | None:
 def unlock(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
+
+
+class DirLock:
+    """A running worker's hold on its cache dir: the lock's fd, taken again if the dir was made again."""
+
+    def __init__(self, cache_dir: Path, fd: int | None, worker: str) -> None:
+        self.cache_dir, self.fd, self.worker = Path(cache_dir), fd, worker
+        self._mutex = threading.Lock()  # fills make the dir again from several threads at once
+
+    def check(self) -> None:
+        """Blocking: if the dir's lock file is not the one held (the dir was removed), lock the new
+        one and write the id back. OSError EBUSY if another worker holds it: this one's fills fail
+        (its reads go around the disk, saying why) rather than share the dir."""
+        with self._mutex:
+            if self.fd is not None and _same_file(self.fd, self.cache_dir / "lock"):
+                return
+            fd = lock(self.cache_dir)
+            if fd is None:  # the dir cannot hold a file: the store's own write fails and says so
+                return
+            unlock(self.fd)
+            self.fd = fd
+            _keep_id(self.cache_dir / "worker-id", self.worker)
+            log.warning("cache dir %s was removed under this worker: locked again, worker id %s written back",
+                        self.cache_dir, self.worker)
+
+    def release(self) -> None:
+        with self._mutex:
+            unlock(self.fd)
+            self.fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 class BadWorkerId(ValueError):
@@ -87,11 +129,15 @@ def _new_id(path: Path) -> str:
         check_id(new)
     except InvalidRegistration:  # a host name with characters an id cannot have
         new = f"worker-{uuid.uuid4().hex[:12]}"
+    _keep_id(path, new)
+    return new
+
+
+def _keep_id(path: Path, worker: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"worker-id.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(new + "\n")
+        tmp.write_text(worker + "\n")
         os.replace(tmp, path)  # never a half-written id for the next start to refuse
     except OSError as exc:
         log.warning("cannot keep the worker id in %s (%s): a restart gets a new id", path, exc)
-    return new

@@ -86,7 +86,7 @@ class Worker:
         self._runner: web.ServerRunner | None = None
         self.agent: MembershipAgent | None = None
         self.running = False
-        self._lock: int | None = None  # the cache dir's (worker/cachedir.py)
+        self._lock: cachedir.DirLock | None = None  # the cache dir's (worker/cachedir.py)
         self._began = False  # past the lock: stop() has things to release
         self._ring_changed = asyncio.Event()
         self.egress = TokenBucket(config.egress_limit / egress_shares(config)) if config.egress_limit else None
@@ -137,21 +137,22 @@ class Worker:
                         "--cluster-secret-file): the cluster is OPEN, anyone who can reach this worker "
                         "can ask it for chunks of any allowed bucket")
         try:
-            self._lock = await asyncio.to_thread(cachedir.lock, cfg.cache_dir)
+            fd = await asyncio.to_thread(cachedir.lock, cfg.cache_dir)
         except OSError as exc:  # another worker runs on this cache dir
             raise Fatal(exc.strerror) from exc
         try:
             self.id = self.id or await asyncio.to_thread(cachedir.worker_id, cfg.cache_dir)
         except cachedir.BadWorkerId as exc:
-            cachedir.unlock(self._lock)
-            self._lock = None
+            cachedir.unlock(fd)
             raise Fatal(str(exc)) from exc
+        self._lock = cachedir.DirLock(cfg.cache_dir, fd, self.id)
         self._began = True
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
         self.keeps = Keeps(Path(cfg.cache_dir) / "kept", cfg.capacity, self.wall_clock)
         self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free, kept=self.keeps.__contains__,
-                                policy=POLICIES[cfg.eviction], before_late_load=self._load_keeps_again)
+                                policy=POLICIES[cfg.eviction], before_late_load=self._load_keeps_again,
+                                guard=self._lock.check)
         await self.keeps.load()  # unreadable keeps are said, not a reason to forget the chunks
         try:
             await self.store.load()
@@ -262,8 +263,8 @@ class Worker:
         await self.turns.close()
         self.store.close()
         await self._stack.aclose()
-        cachedir.unlock(self._lock)
-        self._lock = None
+        if self._lock is not None:
+            self._lock.release()
 
     def ready_line(self) -> str:
         return f"p2pcache worker ready url={self.url} id={self.id}"

@@ -62,7 +62,8 @@ class ChunkStore:
     def __init__(self, root: Path, capacity: int, min_free: int = 0, open_files: int = 256,
                  policy: Callable[[int], Policy] = POLICIES[DEFAULT],
                  kept: Callable[[str], bool] = lambda name: False,
-                 before_late_load: Callable[[], Awaitable[None]] | None = None) -> None:
+                 before_late_load: Callable[[], Awaitable[None]] | None = None,
+                 guard: Callable[[], None] = lambda: None) -> None:
         self.root = Path(root)
         self.capacity = capacity
         self.min_free = min_free
@@ -73,6 +74,7 @@ class ChunkStore:
         self._pins = Pins(self._released)
         self._kept = kept  # chunks a pinned preload keeps: never a victim
         self._before_late_load = before_late_load  # so `kept` knows them before the load evicts
+        self._guard = guard  # blocking, before each new chunk file: OSError if the dir is not ours
         self._claims = Claims()  # the victim's file stays locked until it is unlinked
         # Open files of recently read chunks: an open() per request costs more than
         # the read itself. Only unpinned entries are closed, so a reader's fd stays valid.
@@ -225,7 +227,7 @@ class ChunkStore:
         await self._reserve(total)
         tmp = self.root / "tmp" / f"{name}.{uuid.uuid4().hex[:8]}.part"
         try:
-            file = await run(_create, tmp)
+            file = await run(_create, tmp, self._guard)
             try:
                 writer = ChunkWriter(file)
                 yield writer
@@ -312,19 +314,24 @@ def _free(root: Path) -> int:
     try:
         return shutil.disk_usage(root).free
     except FileNotFoundError:
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
-        log.warning("%s was missing: made again", root)
+        _make_again(root / "tmp")
         return shutil.disk_usage(root).free
 
 
-def _create(tmp: Path):
-    """A new temp file; `tmp/` (or the whole cache dir) is made again if it was removed under us."""
+def _create(tmp: Path, guard: Callable[[], None]):
+    """A new temp file, if `guard` finds the dir still ours; `tmp/` (or the whole cache dir) is made
+    again if it was removed under us."""
+    guard()
     try:
         return open(tmp, "wb")
     except FileNotFoundError:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        log.warning("%s was missing: made again", tmp.parent)
+        _make_again(tmp.parent)
         return open(tmp, "wb")
+
+
+def _make_again(tmp: Path) -> None:
+    tmp.mkdir(parents=True, exist_ok=True)
+    log.warning("%s was missing: made again", tmp)
 
 
 def _seal(file, end: bytes, tmp: Path, final: Path) -> None:

@@ -13,8 +13,8 @@ from .sizes import format_size
 
 __all__ = ["add_arguments", "main", "render"]
 
-COLUMNS = ("id", "url", "state", "epoch", "capacity", "used", "pinned", "hit ratio", "served", "from S3",
-           "fills")
+COLUMNS = ("id", "url", "state", "epoch", "capacity", "used", "pinned", "hit ratio", "served", "from peers",
+           "from S3", "fills")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,4 +59,9 @@ def _row(w: dict) -> tuple[str, ...]:
     ratio = "-" if w["hit_ratio"] is None else f"{w['hit_ratio']:.0%}"
     return (w["id"], w["url"], w["state"], str(w["epoch"]), format_size(w["capacity"]), format_size(w["used"]),
             format_size(w["pinned"]), ratio, format_size(int(w["bytes_served"])),
+            _size(w.get("bytes_from_peers")),  # a worker of an earlier version does not say
             format_size(int(w["bytes_from_s3"])), str(w["fills_in_flight"]))
+
+
+def _size(n: float | None) -> str:
+    return "-" if n is None else format_size(int(n))

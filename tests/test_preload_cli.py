@@ -78,7 +78,7 @@ async def test_preload_status_and_unpin_commands(cluster, s3_client, bucket):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[1].split() == ["id", "url", "state", "epoch", "capacity", "used", "pinned", "hit", "ratio",
-                                "served", "from", "S3", "fills"]
+                                "served", "from", "peers", "from", "S3", "fills"]
     assert {line.split()[0] for line in lines[2:5]} == {"w0", "w1", "w2"}
     assert all(" up " in line for line in lines[2:5])
     assert f" 100%     100%" in out and f"s3://{bucket}/m/2.bin" in out
@@ -89,6 +89,16 @@ async def test_preload_status_and_unpin_commands(cluster, s3_client, bucket):
     assert sum(w["pinned"] for w in status["workers"]) == 3 * CHUNK + 300
     assert [(o["key"], o["cached"], o["pinned"]) for o in status["objects"]] == \
         [(f"m/{i}.bin", 1.0, 1.0) for i in range(3)]
+
+    # Read through w0: what it does not own comes from its peers, and `status` says so.
+    async with aiohttp.ClientSession() as http:
+        for i in range(3):
+            async with http.get(f"{cluster.workers[0].url}/{bucket}/m/{i}.bin") as resp:
+                assert resp.status == 200 and len(await resp.read()) == CHUNK + 100 * i
+    code, out, _ = await run("status", "--json", *master)
+    w0 = next(w for w in json.loads(out)["workers"] if w["id"] == "w0")
+    assert w0["bytes_from_peers"] == 3 * CHUNK + 300 - w0["pinned"] > 0
+    assert w0["bytes_from_s3"] == w0["pinned"]  # its preload's fills, nothing more
 
     code, out, err = await run("unpin", f"s3://{bucket}/m/", *master)
     assert code == 0 and out.strip() == f"unpinned 5 chunks under s3://{bucket}/m/", err

@@ -149,6 +149,7 @@ class Control:
             "hits": hits, "misses": misses, "hit_ratio": hits / (hits + misses) if hits + misses else None,
             "bytes_served": (sample("p2pcache_bytes_served_total") or 0)
                             + (sample("p2pcache_peer_bytes_served_total") or 0),
+            "bytes_from_peers": sample("p2pcache_peer_bytes_total") or 0,
             "bytes_from_s3": sample("p2pcache_origin_bytes_total") or 0,
             "fills_in_flight": self._chunks.fills_in_flight,
         })

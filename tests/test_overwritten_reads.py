@@ -1,5 +1,6 @@
 """Reads that meet an overwrite before a byte is out start over on the new version, with every
 offset (the whole object, `-N`, `A-`) resolved against that version; after a byte is out they fail.
+A file moves only to a version of its size.
 
 Staging: the workers (or only the client) remember version 1 while S3 has version 2 of another
 size, and no chunk is cached, so the first chunk read finds the change at S3 (If-Match: 412).
@@ -17,6 +18,7 @@ from conftest import CHUNK, p2pcache_get
 from p2pcache import Client
 from p2pcache.errors import ObjectChanged
 from p2pcache.fs import FileExpired
+from p2pcache.objects import ObjectInfo, may_move
 
 pytestmark = pytest.mark.usefixtures("fsspec_instances")
 
@@ -152,3 +154,13 @@ async def test_fsspec_file_whose_version_changed_fails_with_an_oserror(cluster_f
             assert isinstance(exc, OSError) and isinstance(exc, ObjectChanged) and "changed" in str(exc)
 
     await asyncio.to_thread(scenario)
+
+
+def test_a_file_may_move_only_before_a_byte_is_out_and_only_to_its_size():
+    v1 = ObjectInfo("b", "k", '"1"', 100)
+    same, longer, shorter = (ObjectInfo("b", "k", '"2"', size) for size in (100, 101, 99))
+    assert may_move(v1, same, returned=False)
+    assert not may_move(v1, same, returned=True)
+    for other in (longer, shorter):
+        assert not may_move(v1, other, returned=False) and not may_move(v1, other, returned=True)
+

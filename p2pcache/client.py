@@ -232,7 +232,8 @@ class Client:
         return info
 
     async def open(self, bucket: str, key: str) -> ObjectFile:
-        """A read-only, seekable file of one version of the object, for use from another thread."""
+        """A read-only, seekable file of one version of the object (the workers' now), for use from
+        another thread; until it has returned a byte it moves to a successor of the same size."""
         info = await self._object(bucket, key, fresh=True)
         return ObjectFile(self, info, asyncio.get_running_loop(), self.chunk_size, self._prefetch)
 

@@ -8,7 +8,8 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Protocol
 
-from .objects import ObjectInfo
+from .errors import ObjectChanged
+from .objects import ObjectInfo, may_move
 
 __all__ = ["ObjectFile"]
 
@@ -18,6 +19,8 @@ class RangeReader(Protocol):
 
     async def read_range(self, info: ObjectInfo, start: int, stop: int) -> bytes: ...
 
+    async def reresolve(self, bucket: str, key: str, changed: ObjectChanged) -> ObjectInfo: ...
+
 
 class ObjectFile(io.RawIOBase):
     """Reads whole chunks on the client's event loop (another thread) and keeps a few.
@@ -25,6 +28,10 @@ class ObjectFile(io.RawIOBase):
     A read that continues the previous one, or spans several chunks, starts
     fetching the next `prefetch` chunks too, so a sequential reader has that
     many requests in flight. At most `prefetch + 2` chunks are held.
+
+    If its version is gone before it returned a byte, it moves, once per read, to the version
+    that replaced it when that has the same size (`objects.may_move`); any other change fails
+    the read with ObjectChanged.
     """
 
     def __init__(self, client: RangeReader, info: ObjectInfo, loop: asyncio.AbstractEventLoop,
@@ -37,6 +44,7 @@ class ObjectFile(io.RawIOBase):
         self._fetches: OrderedDict[int, Future] = OrderedDict()
         self._pos = 0
         self._last_end = 0  # where the previous read stopped: a read from here is sequential
+        self._returned = False  # a read returned a byte: the caller may hold bytes of `info`
 
     @property
     def name(self) -> str:
@@ -67,7 +75,20 @@ class ObjectFile(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         n = max(0, min(len(view), self.size - self._pos))
         ahead = self._prefetch if self._pos == self._last_end or n > self._chunk else 0
-        done = 0
+        try:
+            self._copy(view[:n], ahead)
+        except ObjectChanged as exc:
+            if not self._move(exc):
+                raise
+            self._copy(view[:n], ahead)  # from its start: what the first try copied was the old version's
+        self._pos += n
+        self._last_end = self._pos
+        self._returned = self._returned or n > 0
+        return n
+
+    def _copy(self, view: memoryview, ahead: int) -> None:
+        """The bytes from `_pos` into `view`, fetching `ahead` chunks past each one read."""
+        n, done = len(view), 0
         while done < n:
             index, offset = divmod(self._pos + done, self._chunk)
             for i in range(index, min(index + 1 + ahead, self._chunks)):
@@ -82,9 +103,20 @@ class ObjectFile(io.RawIOBase):
             view[done:done + take] = memoryview(data)[offset:offset + take]
             done += take
             self._trim(range(index, index + 1 + ahead))
-        self._pos += n
-        self._last_end = self._pos
-        return n
+
+    def _move(self, changed: ObjectChanged) -> bool:
+        """Whether the file moved to the version that replaced `info` (see `objects.may_move`)."""
+        if self._returned:  # no successor would do: not worth a HEAD
+            return False
+        new = asyncio.run_coroutine_threadsafe(
+            self._client.reresolve(self.info.bucket, self.info.key, changed), self._loop).result()
+        if not may_move(self.info, new, self._returned):
+            return False
+        for future in self._fetches.values():  # all pinned to the version that is gone
+            future.cancel()
+        self._fetches.clear()
+        self.info = new
+        return True
 
     def readall(self) -> bytes:
         buf = bytearray(max(0, self.size - self._pos))

@@ -16,7 +16,7 @@ from fsspec.utils import isfilelike
 
 from .client import Client
 from .errors import NotFound, ObjectChanged, P2PError
-from .objects import BUCKET_NAME, ObjectInfo
+from .objects import BUCKET_NAME, ObjectInfo, may_move
 from .signer import signer_from
 
 __all__ = ["P2PCacheFileSystem", "P2PCacheFile", "FileExpired"]
@@ -192,19 +192,18 @@ class P2PCacheFileSystem(AsyncFileSystem):
             raise FileNotFoundError(path) from exc
 
     async def _read_pinned(self, info: ObjectInfo, start: int, end: int,
-                           may_move: bool) -> tuple[bytes, ObjectInfo]:
-        """Bytes `[start, end)` of version `info`, and `info`; else, if the file `may_move` (it has
-        returned nothing yet), of the version that replaced it if that has the same size (every
-        offset the caller took from the file's size still means the same), and that version.
-        Any other change is a FileExpired."""
+                           returned: bool) -> tuple[bytes, ObjectInfo]:
+        """Bytes `[start, end)` of version `info`, and `info`; else, if the file may move to the
+        version that replaced it (`objects.may_move`: it has `returned` nothing yet, and the size
+        is the same), of that version, and that version. Any other change is a FileExpired."""
         client = await self._get_client()
         try:
             return await client.read_range(info, min(start, info.size), min(end, info.size)), info
         except ObjectChanged as exc:
             changed = exc
-        if may_move:
+        if not returned:  # else no successor would do: not worth a HEAD
             new = await client.reresolve(info.bucket, info.key, changed)
-            if new.size == info.size:
+            if may_move(info, new, returned):
                 try:
                     return await client.read_range(new, min(start, new.size), min(end, new.size)), new
                 except ObjectChanged as exc:
@@ -241,8 +240,8 @@ class P2PCacheFile(AbstractBufferedFile):
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         with self._lock:
-            pinned, may_move = self.object_info, not self._returned
-        data, read = sync(self.fs.loop, self.fs._read_pinned, pinned, start, end, may_move)
+            pinned, returned = self.object_info, self._returned
+        data, read = sync(self.fs.loop, self.fs._read_pinned, pinned, start, end, returned)
         with self._lock:  # a fetch that moved, racing one that returned the old version: never both
             if self._returned and read.etag != self.object_info.etag:
                 raise FileExpired(f"s3://{read.bucket}/{read.key} changed while the file was read "

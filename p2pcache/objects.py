@@ -11,7 +11,7 @@ import msgpack
 
 from .ranges import chunk_count, chunk_length
 
-__all__ = ["ObjectInfo", "ChunkId", "BUCKET_NAME", "check_bucket"]
+__all__ = ["ObjectInfo", "ChunkId", "BUCKET_NAME", "check_bucket", "may_move"]
 
 # What a worker serves as a bucket (S3's rule, with the legacy upper case); never "_p2p", its own routes.
 BUCKET_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]{0,254}")
@@ -21,6 +21,13 @@ def check_bucket(bucket: str) -> None:
     """A ValueError unless `bucket` could be an S3 bucket's name."""
     if not BUCKET_NAME.fullmatch(bucket):
         raise ValueError(f"invalid bucket name {bucket!r}: a bucket's name is letters, digits, '.' and '-'")
+
+
+def may_move(pinned: ObjectInfo, successor: ObjectInfo, returned: bool) -> bool:
+    """Whether a file opened on version `pinned`, now gone, may read `successor` instead: only if it
+    has `returned` no byte yet (its caller holds nothing of `pinned`) and the size is the same (every
+    offset the caller took from the file's size still means the same)."""
+    return not returned and successor.size == pinned.size
 
 
 @dataclass(frozen=True)

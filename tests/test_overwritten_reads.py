@@ -1,5 +1,6 @@
 """Reads that meet an overwrite before a byte is out start over on the new version, with every
 offset (the whole object, `-N`, `A-`) resolved against that version; after a byte is out they fail.
+A file (fsspec's, `Client.open`'s) moves only to a version of its size.
 
 Staging: the workers (or only the client) remember version 1 while S3 has version 2 of another
 size, and no chunk is cached, so the first chunk read finds the change at S3 (If-Match: 412).
@@ -17,6 +18,7 @@ from conftest import CHUNK, p2pcache_get
 from p2pcache import Client
 from p2pcache.errors import ObjectChanged
 from p2pcache.fs import FileExpired
+from p2pcache.objects import ObjectInfo, may_move
 
 pytestmark = pytest.mark.usefixtures("fsspec_instances")
 
@@ -152,3 +154,50 @@ async def test_fsspec_file_whose_version_changed_fails_with_an_oserror(cluster_f
             assert isinstance(exc, OSError) and isinstance(exc, ObjectChanged) and "changed" in str(exc)
 
     await asyncio.to_thread(scenario)
+
+
+def test_a_file_may_move_only_before_a_byte_is_out_and_only_to_its_size():
+    v1 = ObjectInfo("b", "k", '"1"', 100)
+    same, longer, shorter = (ObjectInfo("b", "k", '"2"', size) for size in (100, 101, 99))
+    assert may_move(v1, same, returned=False)
+    assert not may_move(v1, same, returned=True)
+    for other in (longer, shorter):
+        assert not may_move(v1, other, returned=False) and not may_move(v1, other, returned=True)
+
+
+async def test_client_file_that_returned_nothing_moves_to_a_same_size_version(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(3, meta_ttl=REMEMBER)
+    v1, v2 = body(4 * CHUNK + 5, 13), body(4 * CHUNK + 5, 14)
+    await overwritten(cluster, s3_client, bucket, "m", v1, v2)
+    async with Client(cluster.master.url) as client:  # prefetch: chunks of v1 in flight when it is found gone
+        with await client.open(bucket, "m") as f, await client.open(bucket, "m") as g:  # on v1: the workers'
+            assert f.info.etag == g.info.etag != (new := s3_client.head_object(Bucket=bucket, Key="m")["ETag"])
+            assert await asyncio.to_thread(f.read) == v2  # all of it, every chunk of v2
+            assert f.info.etag == new and f.tell() == len(v2)
+            g.seek(-10, 2)  # an offset from the size: the same in v2
+            assert await asyncio.to_thread(g.read) == v2[-10:]
+            g.seek(0)
+            assert await asyncio.to_thread(g.read) == v2
+
+
+async def test_client_file_never_moves_after_a_byte_or_to_another_size(cluster_factory, s3_client, bucket):
+    cluster = await cluster_factory(3, meta_ttl=REMEMBER)
+    v1, v2 = body(4 * CHUNK, 15), body(4 * CHUNK, 16)
+    s3_client.put_object(Bucket=bucket, Key="cut", Body=v1)
+    await overwritten(cluster, s3_client, bucket, "other", v1, v2[:-1])
+    async with Client(cluster.master.url, prefetch=0) as client:
+        out, idle = await client.open(bucket, "cut"), await client.open(bucket, "cut")  # both on v1
+        assert await asyncio.to_thread(out.read, 10) == v1[:10]
+        s3_client.put_object(Bucket=bucket, Key="cut", Body=v2)  # same size
+        out.seek(3 * CHUNK)  # a chunk not read yet: at S3 only v2 is left
+        with pytest.raises(ObjectChanged):
+            await asyncio.to_thread(out.read, 10)
+        # The same change, for a file that returned nothing: it moves (its first chunk, cached of v1,
+        # is read again of v2).
+        assert await asyncio.to_thread(idle.read) == v2
+        with await client.open(bucket, "other") as f:
+            with pytest.raises(ObjectChanged):
+                await asyncio.to_thread(f.read)
+            assert f.size == len(v1) and f.tell() == 0
+        out.close()
+        idle.close()

@@ -15,7 +15,8 @@ from typing import Callable
 from aiohttp import web
 
 from p2pcache.control import KEEP_SHARE, WorkerControl
-from p2pcache.errors import AccessDenied, BadRequest, NotFound, P2PError, PeerError, Unavailable
+from p2pcache.errors import AccessDenied, BadRequest, NotFound, P2PError, PeerError, RequestTimeout, Unavailable
+from p2pcache.httpserver import read_body
 from p2pcache.objects import ObjectInfo
 from p2pcache.ring import Placement, WorkerInfo
 
@@ -67,7 +68,7 @@ class Admin:
     async def start_preload(self, request: web.Request) -> web.Response:
         """Checked before the job starts: the URLs, the buckets, the objects, and pinned room."""
         with _errors():
-            urls, pin = _preload_body(await request.read())
+            urls, pin = _preload_body(await read_body(request))
             placement = self._placement()
             objects = await self.resolve(urls, placement)
             todo = plan(objects, placement)
@@ -100,7 +101,7 @@ class Admin:
         restarting) or that did not answer gets them in the answer to a later heartbeat.
         """
         with _errors():
-            urls, _ = _preload_body(await request.read())
+            urls, _ = _preload_body(await read_body(request))
             targets = [parse_s3_url(u) for u in urls]
             members = list(self._placement().members.values())
             if not members:  # "unpinned 0 chunks" would pass for done
@@ -266,13 +267,14 @@ class _errors:
 
     def __exit__(self, kind, exc, tb) -> bool:
         if isinstance(exc, P2PError):
-            status = exc.status if isinstance(exc, (BadRequest, NotFound, AccessDenied, Unavailable)) else 502
+            own = (BadRequest, NotFound, AccessDenied, RequestTimeout, Unavailable)  # others: 502
+            status = exc.status if isinstance(exc, own) else 502
             raise _http(status, exc.code, str(exc)) from None
         return False
 
 
 def _http(status: int, code: str, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound, 408: web.HTTPRequestTimeout,
            503: web.HTTPServiceUnavailable}.get(status, web.HTTPBadGateway)
     return cls(text=json.dumps({"error": code, "message": message}), content_type="application/json")
 

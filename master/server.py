@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry, Gauge
 from p2pcache import tls
 from p2pcache.auth import HEADER, AuthError, Signer, Verifier
 from p2pcache.control import WorkerControl
-from p2pcache.errors import Unavailable
+from p2pcache.errors import RequestTimeout, Unavailable
 from p2pcache.httplog import OncePer, QuietParseErrors
-from p2pcache.httpserver import AppRunner
+from p2pcache.httpserver import AppRunner, read_body
 from p2pcache.master_client import MSGPACK, REPLACED_HEADER
 from p2pcache.metrics import metrics_handler
 from p2pcache.ring import Placement
@@ -170,7 +170,7 @@ class Master:
         if self._verifier is not None and not (request.method in ("GET", "HEAD") and request.path in OPEN_ROUTES):
             try:
                 self._verifier.check(request.method, request.path, request.query.items(),
-                                     request.headers.get(HEADER), await request.read())
+                                     request.headers.get(HEADER), await _body(request))
             except AuthError as exc:
                 if self._refusals.due(str(request.remote)):
                     log.warning("refused %s %r from %s: %s (not logged again for this client for 60 s)",
@@ -202,7 +202,7 @@ class Master:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         try:
-            worker, instance, seen = parse_registration(await request.read(), request.content_type,
+            worker, instance, seen = parse_registration(await _body(request), request.content_type,
                                                         self.config.chunk_size)
             current = self.membership.worker(worker.id)
             check_takeover(current, worker, authenticated=self._verifier is not None)
@@ -239,3 +239,10 @@ class Master:
         return web.Response(body=msgpack.packb({"epoch": self.membership.ring.epoch}),
                             content_type=MSGPACK)
 
+
+async def _body(request: web.Request) -> bytes:
+    """`request`'s body (p2pcache/httpserver.py `read_body`): 408 if it does not come whole in time."""
+    try:
+        return await read_body(request)
+    except RequestTimeout as exc:
+        raise web.HTTPRequestTimeout(text=f"{exc}\n") from None

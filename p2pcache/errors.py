@@ -14,6 +14,7 @@ P2PError
 ├── NotCached             404  (internal) a peer asked for a chunk it only may have: it has not
 ├── NotOwner              409  (internal) a handoff to a worker that does not own the chunk
 ├── ReadOnly              405  a write method: the cache is read-only
+├── RequestTimeout        408  a request body not whole within its limit (p2pcache/httpserver.py)
 ├── PreconditionFailed    412  an If-Match / If-Unmodified-Since condition is false
 ├── RangeNotSatisfiable   416  carries the object size for `Content-Range: bytes */size`
 ├── InvalidPartNumber     416  partNumber beyond the object's parts
@@ -47,7 +48,7 @@ import math
 __all__ = [
     "P2PError", "BadRequest", "InvalidArgument", "MalformedAuthorization", "Unauthorized",
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed", "NotFound",
-    "NotCached", "NotOwner", "ReadOnly", "PreconditionFailed", "RangeNotSatisfiable",
+    "NotCached", "NotOwner", "ReadOnly", "RequestTimeout", "PreconditionFailed", "RangeNotSatisfiable",
     "InvalidPartNumber", "Unsupported",
     "ObjectChanged", "OriginError", "OriginDenied", "Unavailable", "OriginUnavailable",
     "PeerUnavailable", "NoRing", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
@@ -155,6 +156,11 @@ class NotOwner(P2PError):
 class ReadOnly(P2PError):
     """p2pcache is a read-only cache."""
     status, code = 405, "NotImplemented"
+
+
+class RequestTimeout(P2PError):
+    """Your socket connection to the server was not read from or written to within the timeout period."""
+    status, code = 408, "RequestTimeout"
 
 
 class PreconditionFailed(P2PError):

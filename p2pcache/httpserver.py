@@ -1,4 +1,4 @@
-"""aiohttp's servers with the project's connection limits: each request head comes whole in time, or the connection is closed.
+"""aiohttp's servers with the project's connection limits: a request head or body not whole in time closes its connection.
 
 A connection is closed when no whole request head has come HEAD_TIMEOUT seconds after it
 opened, or IDLE_TIMEOUT seconds after the end of its previous answer; bytes trickling in
@@ -7,6 +7,10 @@ each file descriptor for a bounded time. aiohttp's keep-alive timer is the secon
 default is an hour); the first is `Connection`'s own: older aiohttp starts no timer before a
 first request (3.14.5 starts its keep-alive one). A connection a serving process's fast path
 hands over starts its first limit then; the fast path keeps both itself (worker/fastpath.py).
+
+aiohttp never times a body: every handler that reads one does so with `read_body`, which
+has the head's limit from the start of the read; a body not whole by then is answered 408
+(`RequestTimeout`), and the connection is closed after that answer.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["HEAD_TIMEOUT", "IDLE_TIMEOUT", "Connection", "Server", "AppRunner"]
+from .errors import RequestTimeout
+
+__all__ = ["HEAD_TIMEOUT", "IDLE_TIMEOUT", "Connection", "Server", "AppRunner", "read_body"]
 
 HEAD_TIMEOUT = 30.0  # seconds a new connection has to send its first whole request head
 IDLE_TIMEOUT = 75.0  # seconds a connection may wait for its next whole request head (nginx's keepalive_timeout)
@@ -25,7 +31,7 @@ IDLE_TIMEOUT = 75.0  # seconds a connection may wait for its next whole request 
 
 class Connection(RequestHandler):
     """aiohttp's protocol for one connection, closed if its first request head is not whole
-    within `head_timeout` of connecting."""
+    within `head_timeout` of connecting; a body read has as long (`read_body`)."""
 
     def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -41,6 +47,16 @@ class Connection(RequestHandler):
             self._first_head.cancel()
             self._first_head = None
         super().connection_lost(exc)
+
+    @property
+    def body_timeout(self) -> float:
+        return self._head_timeout
+
+    def drop_body(self) -> None:
+        """Close the connection once the current request is answered, without reading the rest of its
+        body. aiohttp reads on for up to `lingering_time` (10 s), and keeps a keep-alive connection
+        if the rest comes; with none, a body left unread closes the connection at once."""
+        self._lingering_time = 0.0
 
     def _head_due(self) -> None:
         self._first_head = None
@@ -76,3 +92,17 @@ class AppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # starts and freezes the application
         return Server(plain.request_handler, request_factory=plain.request_factory, **self._server_kwargs)
+
+
+async def read_body(request: web.BaseRequest) -> bytes:
+    """`request`'s body (as `request.read()`), whole within its connection's limit (HEAD_TIMEOUT by
+    default), else RequestTimeout (408): that answer is the connection's last."""
+    protocol = request.protocol
+    limit = protocol.body_timeout if isinstance(protocol, Connection) else HEAD_TIMEOUT
+    try:
+        async with asyncio.timeout(limit):
+            return await request.read()
+    except TimeoutError:
+        if isinstance(protocol, Connection):
+            protocol.drop_body()
+        raise RequestTimeout(f"the request body did not come whole within {limit:g} s") from None

@@ -1,18 +1,22 @@
 """Connection limits (p2pcache/httpserver.py): every server the project runs closes a connection
-that sends no whole request head in time, on its fast path as on aiohttp's."""
+that sends no whole request head in time, on its fast path as on aiohttp's, and answers a body
+that does not come whole in time with 408."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from urllib.parse import urlsplit
 
 import aiohttp
+import msgpack
 import pytest
 
-from conftest import CHUNK
+from conftest import CHUNK, SECRET
 from master.config import MasterConfig
 from master.server import Master
+from p2pcache.auth import Signer
 
 HEAD, IDLE = 2.0, 2.5  # the limits these tests give (30 s and 75 s by default)
 # How long a test waits for a close: the old servers never closed these connections.
@@ -109,3 +113,82 @@ async def test_a_new_connection_has_the_head_timeout_to_send_its_first_request(c
     finally:
         if stop is not None:
             await stop()
+
+
+async def _body_cut(url: str, path: str, after: bytes) -> tuple[bytes, bytes]:
+    """POST `path` declaring a 100-byte body and sending 3 bytes of it; returns the answer (head and
+    body), then what else the server sends before it closes, after the client sends the rest of that
+    body and `after` (a next request, not to be answered: the connection is done)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(_request("POST", path, "Content-Length: 100\r\n") + b"\x81\xa5n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLOSED_WITHIN)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        answer = head + await asyncio.wait_for(reader.readexactly(length), CLOSED_WITHIN)
+        writer.write(b"x" * 97 + after)
+        try:
+            rest = await asyncio.wait_for(reader.read(), CLOSED_WITHIN)
+        except ConnectionResetError:  # the server closed before what came after its answer: closed
+            rest = b""
+        return answer, rest
+    finally:
+        writer.close()
+
+
+async def _trickled_body(url: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """The status and body of the answer to a POST of `body` sent in pieces (well within HEAD)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(_request("POST", path, f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}"))
+        for i in range(0, len(body), 4):
+            await asyncio.sleep(0.05)  # the client's pace: under 0.5 s for the body
+            writer.write(body[i:i + 4])
+        answer = await asyncio.wait_for(reader.read(), CLOSED_WITHIN)
+        return int(answer.split()[1]), answer.partition(b"\r\n\r\n")[2]
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_a_worker_answers_a_body_not_whole_in_time_with_408_and_closes(cluster_factory, processes, caplog):
+    """A peer route reads its body before it checks the signature: half a body, unsigned, held
+    the connection and its handler for good. Now 408 `RequestTimeout`, and the connection is closed
+    (with serving processes, by the one that passes the request on); others are answered meanwhile,
+    and a body that comes slowly within the limit is read."""
+    cluster = await cluster_factory(1, serve_processes=processes, head_timeout=HEAD, idle_timeout=60.0)
+    w = cluster.workers[0]
+    cut = asyncio.create_task(_body_cut(w.url, "/_p2p/has", _request("GET", "/_p2p/health", "Connection: close\r\n")))
+    body = msgpack.packb({"names": ["a", "b"]})
+    signed = Signer(SECRET).headers("POST", "/_p2p/has", None, body, to=w.id)
+    async with aiohttp.ClientSession() as http, http.get(f"{w.url}/_p2p/health") as resp:
+        assert resp.status == 200
+    assert await _trickled_body(w.url, "/_p2p/has", signed, body) == (
+        200, msgpack.packb({"present": [False, False], "kept": [False, False]}))
+    answer, rest = await cut
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"X-P2P-Error: RequestTimeout" in answer, answer
+    assert b"<Code>RequestTimeout</Code>" in answer
+    assert rest == b""
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["open", "closed"])
+async def test_the_master_answers_a_body_not_whole_in_time_with_408_and_closes(secret, caplog):
+    """With a secret the master read every body before its signature check; without one the
+    heartbeat and the admin routes read theirs: each waited for good for the rest of a body."""
+    master = Master(MasterConfig(head_timeout=HEAD, idle_timeout=60.0, cluster_secret=secret))
+    await master.start()
+    try:
+        after = _request("GET", "/health", "Connection: close\r\n")
+        cuts = [asyncio.create_task(_body_cut(master.url, path, after)) for path in ("/workers", "/preload")]
+        async with aiohttp.ClientSession() as http, http.get(f"{master.url}/health") as resp:
+            assert resp.status == 200
+        (heartbeat, rest), (preload, rest2) = await asyncio.gather(*cuts)
+        assert heartbeat.startswith(b"HTTP/1.1 408 ") and preload.startswith(b"HTTP/1.1 408 "), (heartbeat, preload)
+        assert secret is not None or b'"error": "RequestTimeout"' in preload  # the admin API's JSON errors
+        assert [rest, rest2] == [b"", b""]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    finally:
+        await master.stop()

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from p2pcache.control import KEEP_SHARE, MAX_BATCH, MSGPACK, chunk_from_wire, pack, ring_from_wire, unpack
 from p2pcache.errors import BadRequest, NotOwner, P2PError, StoreError
+from p2pcache.httpserver import read_body
 from p2pcache.objects import ChunkId
 from p2pcache.ring import Placement
 from p2pcache.worker_client import parse_listing
@@ -72,7 +73,7 @@ class Control:
                        "next": page.next_token})
 
     async def preload(self, request: web.BaseRequest) -> web.Response:
-        body = unpack(await request.read())
+        body = unpack(await read_body(request))
         if not isinstance(body, dict) or not isinstance(body.get("chunks"), list):
             raise BadRequest("preload: want a msgpack map with a list of chunks")
         if len(body["chunks"]) > MAX_BATCH:
@@ -155,14 +156,14 @@ class Control:
         })
 
     async def has(self, request: web.BaseRequest) -> web.Response:
-        body = unpack(await request.read())
+        body = unpack(await read_body(request))
         names = body.get("names") if isinstance(body, dict) else None
         if not isinstance(names, list) or len(names) > MAX_BATCH or not all(isinstance(n, str) for n in names):
             raise BadRequest(f"has: want a msgpack map with a list of at most {MAX_BATCH} chunk names")
         return _reply({"present": [n in self._store for n in names], "kept": [n in self._keeps for n in names]})
 
     async def unpin(self, request: web.BaseRequest) -> web.Response:
-        body = unpack(await request.read())
+        body = unpack(await read_body(request))
         if not isinstance(body, dict) or not isinstance(body.get("bucket"), str) \
                 or not isinstance(body.get("prefix"), str) or not body["bucket"]:
             raise BadRequest("unpin: want a msgpack map with a bucket and a prefix")

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from p2pcache.errors import BadRequest, CorruptChunk, P2PError
+from p2pcache.httpserver import read_body
 from p2pcache.objects import ObjectInfo
 
 from .http import error_response, prepend, send_body
@@ -66,7 +68,7 @@ def coordinator_handler(worker, token: str) -> Handler:
 
     async def report(request: web.BaseRequest) -> web.Response:
         try:
-            batch = await request.json()
+            batch = json.loads(await read_body(request))
             process, touched, corrupt = str(int(batch["process"])), batch["touched"], batch["corrupt"]
             requests, sent, hits = batch["requests"], int(batch["bytes"]), int(batch["hits"])
             misses = int(batch.get("misses", 0))
@@ -103,7 +105,7 @@ def coordinator_handler(worker, token: str) -> Handler:
         """A serving process's peer failed: the coordinator asks it last for a while too (it
         reads what the serving process passes on, and the worker's other reads)."""
         try:
-            peer = str((await request.json())["peer"])
+            peer = str(json.loads(await read_body(request))["peer"])
         except (KeyError, ValueError, TypeError) as exc:
             raise BadRequest(f"malformed peer failure: {exc!r}") from None
         worker.chunks.peer_failed(peer)

@@ -22,6 +22,7 @@ from aiohttp import web
 from yarl import URL
 
 from p2pcache.errors import ORIGIN_HEADER, Relayed, Unavailable
+from p2pcache.httpserver import read_body
 from p2pcache.objects import ObjectInfo
 
 from .peer import ERROR_HEADER, REASON_HEADER
@@ -102,7 +103,7 @@ class CoordinatorClient:
 
     async def forward(self, request: web.BaseRequest) -> web.StreamResponse:
         """Pass `request` on and stream the answer back (a cut answer cuts the client's connection)."""
-        body = await request.read() if request.can_read_body else None
+        body = await read_body(request) if request.can_read_body else None
         headers = passed_on(request.headers.items(), request.headers.get("Authorization"),
                             request.raw_path.partition("?")[2], self._local_headers)
         url = URL(_BASE + request.raw_path, encoded=True)

@@ -26,7 +26,7 @@ from p2pcache.errors import (
     AccessDenied, NoRing, NotFound, ObjectChanged, PreconditionFailed, ReadOnly, StoreError, Unauthorized,
 )
 from p2pcache.httplog import OncePer, QuietParseErrors
-from p2pcache.httpserver import Server
+from p2pcache.httpserver import Server, read_body
 from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
 from p2pcache.origin import OriginHooks, S3Origin
@@ -349,7 +349,7 @@ class Worker:
         """An internal route's request must be signed with the cluster secret (if there is one)."""
         if self._verifier is None:
             return
-        body = await request.read() if request.can_read_body else b""
+        body = await read_body(request) if request.can_read_body else b""
         try:
             self._verifier.check(request.method, request.path, request.query.items(),
                                  request.headers.get(HEADER), body, request.headers)

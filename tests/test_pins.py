@@ -1,5 +1,5 @@
-"""Pinned preloads: kept from eviction under a flood, across a restart, with their chunks when owners change,
-never past a worker's keep limit."""
+"""Pinned preloads: kept from eviction under a flood, across a restart, with their chunks (and their
+dates) when owners change, never past a worker's keep limit."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import dataclasses
 import logging
 import random
 import shutil
+import time
 
 import aiohttp
 import pytest
 
-from conftest import CHUNK, SECRET, metric
+from conftest import CHUNK, SECRET, metric, wait_for
 from p2pcache.admin_client import AdminClient, preload
-from p2pcache.auth import Signer
+from p2pcache.auth import AuthError, Signer, sign, verify
 from p2pcache.control import WorkerControl
 from p2pcache.errors import BadRequest
 from p2pcache.objects import ChunkId, ObjectInfo
 from worker.keep import over_limit
+from worker.peer import TAKE_PATH, chunk_params, keep_from_params, keep_params
 from worker.server import Worker
 
 CAPACITY = 12 * (CHUNK + 512)  # a dozen chunk files (data + trailer) per worker
@@ -267,3 +269,85 @@ def test_pins_over_the_limit_are_released_by_whole_objects_in_key_order():
     assert over_limit(c + b + a, 45) == b  # a fits, b does not, c still does
     assert over_limit(a + b + c, 25) == a + c  # a does not fit, b does, c no more
     assert over_limit(a + c, 0) == a + c
+
+
+async def test_a_handoff_keeps_what_fits_the_new_owners_keep_limit_and_caches_the_rest(
+        cluster_factory, s3, s3_client, bucket, caplog):
+    """Pinned chunks handed to a worker whose keep limit they would pass: it keeps those that fit
+    (counted as a preload's keeps are) and takes the others all the same, from their holder, not
+    S3, unkept, each said in a warning and counted; the giver takes none for a failed handoff and
+    drops its pins of them all. Before, the new owner kept every one, past its limit."""
+    cluster = await cluster_factory(1)
+    size = 32 << 10
+    rnd = random.Random(14)
+    data = {f"m/{i:02}.bin": rnd.randbytes(size) for i in range(80)}
+    for key, body in data.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    assert (await preload(cluster.master.url, [f"s3://{bucket}/m/"], pin=True, secret=SECRET))["state"] == "done"
+    giver = cluster.workers[0]
+    assert len(giver.keeps) == 80
+    before = s3.get_bytes
+    # Its keep limit holds 45 of the objects, its capacity 5 more (as many as a pass hands over at once).
+    # Weighted 4 to 1, it owns 64 of the 80 on average, 45 or fewer once in about 10^6 runs.
+    with caplog.at_level(logging.WARNING, "p2pcache.keep"):
+        small = await cluster.add_worker(capacity=50 * (size + 512), weight=4)
+        await cluster.wait_converged()
+        for w in cluster.workers:
+            assert await w.rebalancer.wait_idle(15)
+    limit, fits = small.keeps.limit, small.keeps.limit // size
+    moved = {c.name: c for c in chunks_of(s3_client, bucket, data) if small.placement.owner(c).id == small.id}
+    assert len(moved) > fits, f"the new worker owns {len(moved)} of the chunks, no more than its keep limit"
+    assert len(small.keeps) == fits and small.keeps.bytes <= limit and set(small.keeps._kept) <= set(moved)
+    assert not set(moved) & set(giver.keeps._kept)  # handed over, none left pinned at the giver
+    assert small.store.used <= small.store.capacity
+    assert s3.get_bytes == before  # every one taken from the giver, kept or not
+    async with aiohttp.ClientSession() as http:
+        assert await metric(http, small.url, "p2pcache_handoff_chunks_total") >= len(moved)
+        assert await metric(http, small.url, "p2pcache_handoff_pins_over_limit_total") == len(moved) - fits
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "did not keep it" in r.getMessage()]
+    assert len(said) == len(moved) - fits, said
+    unkept = [c for n, c in moved.items() if n not in small.keeps]
+    assert {next(c.ring_key for c in unkept if f"took {c.ring_key} from w0" in m) for m in said} \
+        == {c.ring_key for c in unkept}
+    assert all(f"over this worker's limit of {limit} (90% of --capacity {small.store.capacity})" in m for m in said)
+
+
+async def test_an_unpin_made_before_a_handoff_drops_the_pin_at_the_new_owner(cluster_factory, s3_client, bucket):
+    """A pin's date travels with its chunk: an unpin made after the pin and before the handoff, that
+    the workers hear of only after it (they were away when it was made), drops the pin at the new
+    owner too. Before, the new owner dated the keep when it took it, and kept it through that unpin."""
+    behind = [600.0]  # the pins are made ten minutes ago (the workers' wall clock, while they are made)
+    cluster = await cluster_factory(1, heartbeat=0.2, wall_clock=lambda: time.time() - behind[0])
+    data = put(s3_client, bucket, "m", 24, 15)
+    assert (await preload(cluster.master.url, [f"s3://{bucket}/m/"], pin=True, secret=SECRET))["state"] == "done"
+    behind[0] = 0.0
+    new = await cluster.add_worker()
+    await cluster.wait_converged()
+    for w in cluster.workers:
+        assert await w.rebalancer.wait_idle(15)
+    moved = {c.name for c in chunks_of(s3_client, bucket, data) if new.placement.owner(c).id == new.id}
+    assert moved, "the new worker owns none of the chunks: a 1 in 16,000,000 draw"
+    assert set(new.keeps._kept) == moved and kept_names(cluster) == {c.name for c in chunks_of(s3_client, bucket, data)}
+    assert all(new.keeps.pinned_at(n) < time.time() - 500 for n in moved)  # dated as pinned, not as taken
+
+    # Made five minutes ago, heard by the workers with their next heartbeats: as by a worker away then.
+    unpin = cluster.master.unpins.add(bucket, "m/", at=cluster.master.unpins.clock() - 300)
+    await wait_for(lambda: all(w.agent.unpins_seen[1:] == [unpin.seq] for w in cluster.workers),
+                   what="both workers to hear the unpin")
+    assert kept_names(cluster) == set()
+    assert list((new.config.cache_dir / "kept").iterdir()) == []
+
+
+def test_a_takes_pin_and_its_date_are_signed_with_the_rest_of_its_query():
+    c = ObjectInfo("b", "m/x", '"e"', 100).chunk(0, CHUNK)
+    query = chunk_params(c) | {"from": "w0"} | keep_params(True, 1700000000.25)
+    assert keep_from_params(query) == (True, 1700000000.25)
+    assert keep_from_params(chunk_params(c) | keep_params(True, None)) == (True, None)  # a giver from before
+    assert keep_from_params(chunk_params(c) | keep_params(False, 1.0)) == (False, None)
+    for bad in ("soon", "nan", "inf", "-1"):
+        with pytest.raises(ValueError):
+            keep_from_params(query | {"pinned": bad})
+    header = sign(SECRET, "GET", TAKE_PATH, query.items(), to="w1")
+    assert verify(SECRET, "GET", TAKE_PATH, query.items(), header, to="w1")
+    with pytest.raises(AuthError):  # a pin dated later on the way would outlive an unpin
+        verify(SECRET, "GET", TAKE_PATH, (query | {"pinned": "1800000000.000000"}).items(), header, to="w1")

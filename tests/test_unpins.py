@@ -57,3 +57,19 @@ async def test_an_unpin_heard_late_drops_the_pins_made_before_it_and_no_later_on
     later = Keeps(tmp_path / "kept", 1 << 30)
     await later.load()
     assert await later.release("b", "n/", before=2500.0) == 0 and other.name in later
+
+
+async def test_a_pin_handed_over_keeps_its_date_never_later_than_now_and_a_later_pin_here_stands(tmp_path):
+    now = [1000.0]
+    keeps = Keeps(tmp_path / "kept", 1 << 30, clock=lambda: now[0])
+    await keeps.load()
+    a, b = (ObjectInfo("b", k, '"e"', 100).chunk(0, 100) for k in ("m/a", "m/b"))
+    await keeps.add(a, 400.0)  # pinned at 400 at its old owner
+    await keeps.add(b, 5000.0)  # by a giver whose clock is ahead of ours: dated now
+    assert keeps.pinned_at(a.name) == 400.0 and keeps.pinned_at(b.name) == 1000.0
+    assert not await keeps.add(b, 300.0)  # an older pin of it handed over: the later one stands
+    assert keeps.pinned_at(b.name) == 1000.0
+    again = Keeps(tmp_path / "kept", 1 << 30)  # a restart: the dates are the records'
+    await again.load()
+    assert await again.release("b", "m/", before=500.0) == 1
+    assert a.name not in again and b.name in again

@@ -119,10 +119,19 @@ class Keeps:
                 if c.name not in self._kept:
                     self._held_bytes -= c.length
 
-    async def add(self, c: ChunkId) -> bool:
-        """Keep `c`, pinned now; False if it already was (it is dated now all the same: a pin made
-        after an unpin outlives that unpin, however late this worker hears of it)."""
-        new, at = c.name not in self._kept, self._clock()
+    def pinned_at(self, name: str) -> float | None:
+        """When the chunk `name` was pinned last (this worker's wall clock), None if it is not kept."""
+        return self._at.get(name)
+
+    async def add(self, c: ChunkId, at: float | None = None) -> bool:
+        """Keep `c`, pinned now, or at `at` (a pin handed over with its chunk: dated when it was made,
+        never later than now); False if it already was. A keep is dated by its latest pin: a pin made
+        after an unpin outlives that unpin, however late this worker hears of it, and one made before
+        it does not, wherever the chunk has moved meanwhile."""
+        new, now = c.name not in self._kept, self._clock()
+        at = now if at is None else min(at, now)
+        if not new:
+            at = max(at, self._at[c.name])
         if new:
             self._kept[c.name] = c
             self.bytes += c.length

@@ -52,6 +52,9 @@ class WorkerMetrics:
             "p2pcache_rebalance_backlog_chunks", "Chunks here still to hand to their owners", registry=r)
         self.rebalance_sent = Counter(
             "p2pcache_rebalance_chunks", "Chunks handed to their owners by the rebalancer", registry=r)
+        self.handoff_pins_over_limit = Counter(
+            "p2pcache_handoff_pins_over_limit", "Pinned chunks handed to this worker that it took but did not "
+            "keep: keeping them would have passed its keep limit", registry=r)
         self.pinned_bytes = Gauge(
             "p2pcache_pinned_bytes", "Bytes of chunks a pinned preload keeps from eviction", registry=r)
         self.serve_processes = Gauge(

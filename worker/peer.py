@@ -14,6 +14,7 @@ a corrupt transfer, never read.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import AsyncIterator, Callable
 
 import aiohttp
@@ -29,7 +30,7 @@ from p2pcache.ring import WorkerInfo
 
 __all__ = ["PeerClient", "PeerStream", "CHUNK_PATH", "TAKE_PATH", "HOP_HEADER", "ERROR_HEADER",
            "REASON_HEADER", "SUMS_HEADER", "BLOCK_HEADER", "chunk_params", "chunk_from_params",
-           "chunk_answer", "answer_sums"]
+           "keep_params", "keep_from_params", "chunk_answer", "answer_sums"]
 
 CHUNK_PATH = "/_p2p/chunk"
 TAKE_PATH = "/_p2p/take"  # "you own this chunk now: copy it from me if you lack it"
@@ -55,6 +56,27 @@ def chunk_from_params(q) -> ChunkId:
     if c.chunk_size <= 0 or c.size < 0 or not 0 <= c.start < max(c.size, 1):
         raise ValueError("chunk outside the object")
     return c
+
+
+def keep_params(keep: bool, pinned: float | None) -> dict[str, str]:
+    """A take's word on the chunk's pin: `keep=1` if it is kept, and `pinned`, when it was pinned
+    (unix time, the giver's clock), so that an unpin made after it still drops it at its new owner."""
+    if not keep:
+        return {}
+    return {"keep": "1"} | ({"pinned": f"{pinned:.6f}"} if pinned is not None else {})
+
+
+def keep_from_params(q) -> tuple[bool, float | None]:
+    """(keep, pinned) of a take's query (`keep_params`); pinned is None if not said (a giver from
+    before it was sent: the pin is dated when it is taken). ValueError if malformed."""
+    if q.get("keep") != "1":
+        return False, None
+    if "pinned" not in q:
+        return True, None
+    pinned = float(q["pinned"])
+    if not math.isfinite(pinned) or pinned < 0:
+        raise ValueError(f"pinned={q['pinned']!r} is not a time")
+    return True, pinned
 
 
 def chunk_answer(c: ChunkId, offset: int, length: int, file) -> tuple[web.StreamResponse, bytes]:
@@ -207,14 +229,16 @@ class PeerClient:
         return PeerStream(peer, resp, start, stop, offset, length, self._on_corrupt, self._piece, sums, block,
                           self._on_bytes)
 
-    async def take(self, peer: WorkerInfo, c: ChunkId, source: str, keep: bool = False) -> bool:
+    async def take(self, peer: WorkerInfo, c: ChunkId, source: str, keep: bool = False,
+                   pinned: float | None = None) -> bool:
         """Tell `peer`, an owner of `c`, to copy it from worker `source` if it lacks it.
 
         True if it copied, False if it had it already; NotOwner if it does not own it
         under its ring, NotCached if it could not get it from `source` or an earlier holder.
-        With `keep`, the peer keeps it from eviction (it was kept here).
+        With `keep`, the peer keeps it from eviction (it was kept here, pinned at `pinned`),
+        if that keeps it under its keep limit; else it only caches it (and says so in its log).
         """
-        params = chunk_params(c) | {"from": source} | ({"keep": "1"} if keep else {})
+        params = chunk_params(c) | {"from": source} | keep_params(keep, pinned)
         resp = await self._get(peer, TAKE_PATH, params, {}, self._timeout)
         if resp.status == 200:
             try:

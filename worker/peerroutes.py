@@ -4,16 +4,22 @@ What goes over them, and how the asker checks it, is worker/peer.py."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 from aiohttp import web
 
+from p2pcache.control import KEEP_SHARE
 from p2pcache.errors import BadRequest, NotCached, NotOwner
 
 from . import inputs
 from .http import parse_peer_request, send_body
-from .peer import CHUNK_PATH, TAKE_PATH, chunk_answer, chunk_from_params
+from .peer import CHUNK_PATH, TAKE_PATH, chunk_answer, chunk_from_params, keep_from_params
 from .routing import MAX_HOPS, fill_source
 
 __all__ = ["peer_routes"]
+
+log = logging.getLogger("p2pcache.keep")
 
 
 def peer_routes(worker) -> dict:
@@ -49,9 +55,14 @@ def peer_routes(worker) -> dict:
         return resp
 
     async def take(request: web.BaseRequest) -> web.Response:
-        """A holder hands us a chunk we own: copy it from that holder (or an earlier one), never S3."""
+        """A holder hands us a chunk we own: copy it from that holder (or an earlier one), never S3.
+
+        A kept chunk stays kept with its new owner, dated when it was pinned, if that keeps this
+        worker under its keep limit (counted as a preload's keeps are, worker/control.py); over
+        it, the chunk is taken all the same (cached, and evicted as any other), not kept."""
         try:
             c, holder = chunk_from_params(request.query), request.query["from"]
+            keep, pinned = keep_from_params(request.query)
         except (KeyError, ValueError) as exc:
             raise BadRequest(f"malformed take request: {exc!r}") from None
         worker._check_bucket(c.bucket)
@@ -59,9 +70,21 @@ def peer_routes(worker) -> dict:
         inputs.check_chunk(c, placement.ring.chunk_size)
         if not placement.owns(worker.id, c):
             raise NotOwner(f"{worker.id} does not own {c.ring_key} in ring epoch {placement.ring.epoch}")
-        copied = await worker.chunks.take(c, holder)
-        if request.query.get("keep") == "1":  # a kept chunk stays kept with its new owner
-            await worker.keeps.add(c)
+        keeps, over = worker.keeps, 0
+        # No await from the check to the hold: takes checked together count each other's chunks.
+        if keep and (kept := keeps.would_keep(c)) > keeps.limit:
+            keep, over = False, kept
+        with keeps.holding(c) if keep else contextlib.nullcontext():
+            copied = await worker.chunks.take(c, holder)
+            if keep:
+                await keeps.add(c, pinned)
+        if over:
+            worker.metrics.handoff_pins_over_limit.inc()
+            log.warning("took %s from %s, pinned there, but did not keep it: keeping it would make %d kept "
+                        "bytes, over this worker's limit of %d (%s of --capacity %d); it is cached and evicted "
+                        "as any other chunk. To keep it, raise --capacity or unpin others (p2pcache unpin), "
+                        "and pin it again (p2pcache preload --pin)", c.ring_key, holder, over, keeps.limit,
+                        f"{KEEP_SHARE:.0%}", worker.store.capacity)
         return web.json_response({"copied": copied})
 
     return {CHUNK_PATH: chunk, TAKE_PATH: take}

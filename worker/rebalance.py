@@ -217,13 +217,14 @@ class Rebalancer:
         """Offer `c` to each of `targets`; whether every one has it now. Only a copy counts as
         handed over and pays the rate: an owner that had it already took nothing."""
         ok, copied = True, False
-        kept = self._keeps is not None and c.name in self._keeps
+        pinned = self._keeps.pinned_at(c.name) if self._keeps is not None else None  # None: not kept here
+        kept = pinned is not None
         for target in targets:
             if target.id in gates.failed:
                 ok = False
                 continue
             try:
-                took = await self._peers.take(target, c, self._me, keep=kept)
+                took = await self._peers.take(target, c, self._me, keep=kept, pinned=pinned)
                 gates.answered(target.id)
                 if took:
                     copied = True

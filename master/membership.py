@@ -11,6 +11,9 @@ from dataclasses import replace
 from typing import Callable
 
 from p2pcache.ring import RingSnapshot, WorkerInfo
+from p2pcache.ringreport import RingReport
+
+from .earlier import Earlier
 
 __all__ = ["Membership", "Replaced"]
 
@@ -47,6 +50,8 @@ class Membership:
             replicas=replicas,
             vnodes=vnodes,
         )
+        # The ring before a restart, as workers report it while the ring is not published yet.
+        self.earlier = Earlier(self.ring.master_id, self.ring.parameters())
 
     def worker(self, worker_id: str) -> WorkerInfo | None:
         return self._workers.get(worker_id)
@@ -100,6 +105,15 @@ class Membership:
                                       f"two live workers must not share a URL (--advertise)", now)
         self._instance[worker.id] = instance
 
+    def reported(self, report: RingReport) -> bool:
+        """A worker's ring, `report.age` seconds old; True if it is the newest heard, and then the ring's
+        history is its memberships. Only before the ring is published: a published ring never changes,
+        and a master's first ring is the only one that follows another master's."""
+        if not self.starting() or not self.earlier.heard(report, self._clock() - report.age):
+            return False
+        self.ring = replace(self.ring, history=self.earlier.history(self.ring.owning()))
+        return True
+
     def at_url(self, worker: WorkerInfo) -> str | None:
         """The other id registered at `worker`'s URL, if any (there is one per URL: `heartbeat`)."""
         wid = self._at.get(worker.url)
@@ -134,6 +148,7 @@ class Membership:
     def _publish(self) -> None:
         workers = tuple(sorted(self._workers.values(), key=lambda w: w.id))
         if self.starting():  # a membership no one was given owned nothing: not history
-            self.ring = replace(self.ring, workers=workers, epoch=self.ring.epoch + 1)
+            ring = replace(self.ring, workers=workers, epoch=self.ring.epoch + 1)
+            self.ring = replace(ring, history=self.earlier.history(ring.owning()))
         else:
             self.ring = self.ring.with_workers(workers, self.ring.epoch + 1)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import fields
+from typing import NamedTuple
 
 import msgpack
 
 from p2pcache.members import MAX_WEIGHT, InvalidRegistration, check_id, check_url
 from p2pcache.ring import DRAINING, UP, WorkerInfo
+from p2pcache.ringreport import RingReport
 from p2pcache.sizes import MAX_SIZE, format_size
 
-__all__ = ["InvalidRegistration", "Takeover", "parse_worker", "parse_registration", "check_takeover", "STATES"]
+__all__ = ["InvalidRegistration", "Takeover", "Registration", "parse_worker", "parse_registration", "check_takeover",
+           "STATES"]
 
 # A worker owns chunks only if it can keep them: one that a read is streaming stays (it is
 # pinned) while the read's next chunk is filled, and each file has a trailer past its chunk.
@@ -23,6 +26,18 @@ _FIELDS = {f.name for f in fields(WorkerInfo)}
 INSTANCE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a worker process's name, fresh at each start (MasterClient)
 
 
+class Registration(NamedTuple):
+    """A heartbeat: the worker, the `instance` that sent it (None from workers that do not say: they
+    are from before instances), the unpins it has had (`unpins`: `[master_id, seq]` of the last, `[]`
+    for none; None from workers that do not take them: master/unpins.py), and the ring it holds
+    (`ring`, sent to a master that has not given it one: master/earlier.py; None otherwise)."""
+
+    worker: WorkerInfo
+    instance: str | None
+    unpins: list | None
+    ring: RingReport | None
+
+
 class Takeover(ValueError):
     """The id is registered at another URL, and the request could not prove it is the cluster's (409)."""
 
@@ -30,14 +45,11 @@ class Takeover(ValueError):
 def parse_worker(body: bytes, content_type: str, chunk_size: int) -> WorkerInfo:
     """A WorkerInfo from a msgpack (or JSON) registration to a ring of `chunk_size` chunks;
     unknown fields are ignored."""
-    return parse_registration(body, content_type, chunk_size)[0]
+    return parse_registration(body, content_type, chunk_size).worker
 
 
-def parse_registration(body: bytes, content_type: str,
-                       chunk_size: int) -> tuple[WorkerInfo, str | None, list | None]:
-    """parse_worker's WorkerInfo, the `instance` that sent it (None from workers that do not say:
-    they are from before instances), and the unpins it has had (`unpins`: `[master_id, seq]` of the
-    last, `[]` for none; None from workers that do not take them: master/unpins.py)."""
+def parse_registration(body: bytes, content_type: str, chunk_size: int) -> Registration:
+    """A heartbeat, checked whole: InvalidRegistration (400) for any part of it malformed."""
     try:
         data = json.loads(body) if content_type == "application/json" else msgpack.unpackb(body)
     except Exception as exc:  # msgpack and json raise a variety of errors on bad input
@@ -66,7 +78,8 @@ def parse_registration(body: bytes, content_type: str,
     if seen is not None and not (seen == [] or isinstance(seen, list) and len(seen) == 2
                                  and isinstance(seen[0], str) and _int(seen[1]) and seen[1] >= 0):
         raise InvalidRegistration("unpins must be [] or [master_id, seq]")
-    return info, instance, seen
+    ring = data.get("ring")
+    return Registration(info, instance, seen, None if ring is None else RingReport.from_wire(ring))
 
 
 def check_takeover(current: WorkerInfo | None, new: WorkerInfo, authenticated: bool) -> None:

@@ -202,8 +202,8 @@ class Master:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         try:
-            worker, instance, seen = parse_registration(await _body(request), request.content_type,
-                                                        self.config.chunk_size)
+            worker, instance, seen, report = parse_registration(await _body(request), request.content_type,
+                                                                self.config.chunk_size)
             current = self.membership.worker(worker.id)
             check_takeover(current, worker, authenticated=self._verifier is not None)
         except InvalidRegistration as exc:
@@ -227,6 +227,11 @@ class Master:
             log.info("worker %s restarted (a new process) at %s", worker.id, worker.url)
         if changed:
             self._notify()
+        # Heard only now: from a worker that proved it is the cluster's (the signature) and holds its id.
+        if report is not None and self.membership.reported(report):
+            log.info("the ring before this master: epoch %d of master %s, %d owning workers (from %s, %.1f s old): "
+                     "its owners are where a chunk's new owner looks first", report.epoch, report.master_id,
+                     len(report.memberships[0]), worker.id, report.age)
         ring = self.membership.ring
         reply = {"master_id": ring.master_id, "epoch": ring.epoch, "ttl": self.config.worker_ttl}
         if seen is not None and (missed := self.unpins.since(ring.master_id, seen)):

@@ -14,6 +14,7 @@ from yarl import URL
 from .auth import Signer
 from .errors import BadRequest, Unauthorized, Unavailable
 from .ring import RingSnapshot, WorkerInfo
+from .ringreport import RingReport
 from .worker_client import ERROR_HEADER
 
 __all__ = ["MasterClient", "MSGPACK", "REPLACED_HEADER", "TIMEOUT", "unreachable", "not_master"]
@@ -40,18 +41,21 @@ class MasterClient:
         self._signer = signer or Signer(None)
         self.instance = instance or uuid.uuid4().hex
 
-    async def heartbeat(self, worker: WorkerInfo, timeout: float = TIMEOUT, unpins: list | None = None) -> dict:
+    async def heartbeat(self, worker: WorkerInfo, timeout: float = TIMEOUT, unpins: list | None = None,
+                        ring: RingReport | None = None) -> dict:
         """Register or refresh `worker`; the master's answer: `master_id` and `epoch` of the ring it
         is now in, and (since masters tell it) `ttl`, the seconds of silence after which it is dropped.
         With `unpins`, the master's unpins this worker has had (`[master_id, seq]` of the last, `[]` for
         none), the answer has the later ones, if any: `unpins`, `[[seq, bucket, prefix, age], ...]`
-        (master/unpins.py).
+        (master/unpins.py). With `ring`, the ring this worker holds, for a master that has not given it one
+        (master/earlier.py).
         BadRequest if the master refuses the registration (400), or this process (409: another one has
         the id or the URL since), Unauthorized if it refuses the cluster signature (another secret,
         none, or a clock too far from its own): it will refuse them again. Unavailable if it does
         not answer within `timeout` seconds."""
         body = msgpack.packb(asdict(worker) | {"instance": self.instance}
-                             | ({"unpins": unpins} if unpins is not None else {}))
+                             | ({"unpins": unpins} if unpins is not None else {})
+                             | ({"ring": ring.to_wire()} if ring is not None else {}))
         data = await self._call("POST", "/workers", data=body, timeout=timeout, refusable=True)
         return msgpack.unpackb(data)
 

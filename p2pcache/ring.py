@@ -10,7 +10,8 @@ import msgpack
 from .objects import ChunkId
 from .placement import LOAD, HashPoints, assign
 
-__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "UP", "DRAINING", "HISTORY", "MIN_CHUNK", "MAX_CHUNK"]
+__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "Owning", "carried", "UP", "DRAINING", "HISTORY",
+           "MIN_CHUNK", "MAX_CHUNK"]
 
 UP, DRAINING = "up", "draining"
 HISTORY = 3  # earlier memberships published with the ring, to find chunks whose owner changed
@@ -29,6 +30,7 @@ MIN_CHUNK = 64 << 10
 # to 16 TiB (a 32-bit table length); at 1 GiB, a worker of 2 GiB keeps the two chunks the master
 # asks of every worker (master/registration.py).
 MAX_CHUNK = 1 << 30
+Owning = tuple[tuple[str, int], ...]  # an owning membership: sorted (id, weight) pairs
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class RingSnapshot:
     vnodes: int = 100
     load: float = LOAD  # placement's load bound: part of the snapshot, so a change reaches all at once
     workers: tuple[WorkerInfo, ...] = field(default_factory=tuple)
-    history: tuple[tuple[tuple[str, int], ...], ...] = ()
+    history: tuple[Owning, ...] = ()
 
     @property
     def version(self) -> tuple[str, int]:
@@ -87,17 +89,25 @@ class RingSnapshot:
 
     def with_workers(self, workers: tuple[WorkerInfo, ...], epoch: int) -> "RingSnapshot":
         """The next snapshot; the owning membership before it goes into the history if it changed."""
-        before, after = self.owning(), _owning(workers)
-        history = self.history
-        if before and before != after:
-            history = ((before,) + history)[:HISTORY]
+        history = carried(self.owning(), self.history, _owning(workers))
         return replace(self, workers=workers, epoch=epoch, history=history)
 
-    def owning(self) -> tuple[tuple[str, int], ...]:
+    def owning(self) -> Owning:
         return _owning(self.workers)
 
+    def parameters(self) -> tuple[int, int, int, float]:
+        """The parameters an owner is computed with, besides the memberships."""
+        return (self.chunk_size, self.replicas, self.vnodes, self.load)
 
-def _owning(workers: tuple[WorkerInfo, ...]) -> tuple[tuple[str, int], ...]:
+
+def carried(before: Owning, history: tuple[Owning, ...], after: Owning) -> tuple[Owning, ...]:
+    """The history of a ring whose owning membership goes from `before` (with its `history`) to `after`."""
+    if before and before != after:
+        history = (before,) + history
+    return history[:HISTORY]
+
+
+def _owning(workers: tuple[WorkerInfo, ...]) -> Owning:
     return tuple(sorted((w.id, w.weight) for w in workers if w.state == UP))
 
 

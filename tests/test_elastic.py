@@ -220,6 +220,37 @@ async def test_a_drain_begun_while_the_master_is_unreachable_hands_over_once_it_
         await proxy.stop()
 
 
+async def test_a_worker_that_joined_while_the_master_was_down_reads_from_the_old_owners_not_s3(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    """A helm upgrade restarts the master while a worker joins: the restarted master's first ring
+    has the ring before it in its history (its workers report the ring they hold during its
+    --startup-grace), so the new worker asks the chunks' old owners before S3. Before, that history
+    was empty: every chunk the new worker owned was read from S3 again (the rebalancers, stopped
+    here, would have moved them later)."""
+    cluster = await cluster_factory(2, heartbeat=0.2, s3_endpoint=fault_proxy.url)
+    data = dataset(s3_client, bucket, 8)
+    async with aiohttp.ClientSession() as http:
+        await read_all(http, [cluster.workers[0].url], bucket, data)
+        before = cluster.master.membership.ring
+        for w in cluster.workers:
+            await w.rebalancer.stop()
+        port = int(cluster.master.url.rsplit(":", 1)[1])
+        await cluster.master.stop()
+        new = await cluster.add_worker()  # its heartbeats go unanswered: it has no ring
+        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=1.0, cluster_secret=SECRET))
+        await cluster.master.start()
+        await cluster.wait_converged()
+        ring = cluster.master.membership.ring
+        assert [w.id for w in ring.workers] == ["w0", "w1", "w2"] and ring.master_id != before.master_id
+        assert ring.history == (before.owning(),) + before.history[:2]
+        owned = [c for c in chunks(s3_client, bucket, data) if new.placement.owner(c).id == new.id]
+        assert owned and not any(c.name in new.store for c in owned)  # nothing was handed over
+        s3_before = fault_proxy.body_bytes
+        await read_all(http, [new.url], bucket, data)
+        assert fault_proxy.body_bytes == s3_before
+        assert all(c.name in new.store for c in owned)
+
+
 async def test_a_drain_with_a_hung_master_ends_within_twice_the_drain_timeout(cluster_factory, caplog):
     """A master that accepts and never answers (stopped, or its node gone): each call of the
     drain waits only for what is left of --drain-timeout, so the worker is gone well before its

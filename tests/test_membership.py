@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from master.membership import Membership, Replaced
+from p2pcache.placement import LOAD
 from p2pcache.ring import WorkerInfo
+from p2pcache.ringreport import RingReport
 
 
 class Clock:
@@ -119,3 +121,63 @@ def test_memberships_of_a_ring_not_yet_published_are_no_earlier_owners():
     clock.now += 2
     m.heartbeat(WorkerInfo("d", "http://d:80"))  # published: [a, b, c] is the earlier membership
     assert m.ring.history == ((("a", 1), ("b", 1), ("c", 1)),)
+
+
+def report(master_id: str, epoch: int, *memberships: str, age: float = 0.0, chunk_size: int = 1 << 20) -> RingReport:
+    """A worker's report of ring `epoch` of `master_id`, whose memberships ("ab": a and b) are `memberships`."""
+    owning = tuple(tuple((wid, 1) for wid in m) for m in memberships)
+    return RingReport(master_id, epoch, (chunk_size, 1, 100, LOAD), owning, age)
+
+
+def restarted(clock: Clock) -> Membership:
+    """A master in its startup grace, with workers a, b and c back."""
+    m = Membership(chunk_size=1 << 20, ttl=10, clock=clock, master_id="new")
+    m.publish_at = clock.now + 2
+    for wid in "abc":
+        m.heartbeat(WorkerInfo(wid, f"http://{wid}:80"))
+    return m
+
+
+def test_a_restarted_masters_first_ring_has_the_owners_before_it_as_its_workers_report_them():
+    clock = Clock()
+    m = restarted(clock)
+    assert m.reported(report("old", 9, "ab", "a"))  # c joined while the master was down
+    assert m.ring.history == ((("a", 1), ("b", 1)), (("a", 1),)) and m.ring.epoch == 3
+    m.heartbeat(WorkerInfo("d", "http://d:80"))  # later in the grace: still the first ring
+    assert m.ring.history == ((("a", 1), ("b", 1)), (("a", 1),))
+    clock.now += 2
+    assert not m.reported(report("old", 10, "abcd"))  # published: the ring does not change under readers
+    m.heartbeat(WorkerInfo("e", "http://e:80"))
+    assert m.ring.history == ((("a", 1), ("b", 1), ("c", 1), ("d", 1)), (("a", 1), ("b", 1)), (("a", 1),))
+
+
+def test_owners_that_did_not_change_across_the_restart_go_on_with_their_history():
+    m = restarted(Clock())
+    assert m.reported(report("old", 9, "abc", "ab", "a", "b"))
+    assert m.ring.history == ((("a", 1), ("b", 1)), (("a", 1),), (("b", 1),))
+
+
+def test_the_newest_ring_is_the_highest_epoch_of_a_master_and_the_last_received_of_two():
+    clock = Clock()
+    m = restarted(clock)
+    assert m.reported(report("old", 9, "ab", age=5.0))
+    assert not m.reported(report("old", 8, "a", age=1.0))  # an earlier epoch, however recently received
+    assert m.reported(report("old", 10, "abc", "ab", age=30.0))
+    assert m.ring.history == ((("a", 1), ("b", 1)),)
+    # Another master's epochs are no measure (ring.py): its ring came 20 s after old's epoch 10.
+    assert m.reported(report("between", 1, "a", age=10.0))
+    assert not m.reported(report("older", 50, "ac", age=60.0))
+    assert m.ring.history == ((("a", 1),),)
+
+
+def test_reports_of_this_master_or_of_other_placement_parameters_are_not_taken():
+    m = restarted(Clock())
+    assert not m.reported(report("new", 2, "ab"))  # its own ring: its memberships are in its history already
+    assert not m.reported(report("old", 9, "ab", chunk_size=2 << 20))  # its owners held other chunks
+    assert m.ring.history == ()
+
+
+def test_a_master_without_a_startup_grace_takes_no_report():
+    m = Membership(chunk_size=1 << 20, clock=Clock())
+    m.heartbeat(WorkerInfo("a", "http://a:80"))
+    assert not m.reported(report("old", 9, "ab")) and m.ring.history == ()

@@ -7,13 +7,15 @@ import random
 from dataclasses import replace
 
 import aiohttp
+import msgpack
 import pytest
 
 from conftest import CHUNK, wait_for
 from master.config import MasterConfig
+from master.membership import Membership
 from master.server import Master
 from p2pcache.auth import Signer
-from p2pcache.master_client import MasterClient
+from p2pcache.master_client import MSGPACK, MasterClient
 from p2pcache.ring import WorkerInfo
 from p2pcache.service import Fatal
 from worker.membership import announce_delay, call_timeout
@@ -87,13 +89,51 @@ async def test_reads_work_without_the_master_and_workers_rejoin_a_restarted_one(
                                                   for w in cluster.workers)
         await wait_for(rejoined, what="the workers to rejoin the new master")
         assert min(smallest) == 3  # the grace period kept a partial ring from being published
-        # ...and its partial memberships, which no one was given, are nobody's earlier owners.
-        assert cluster.master.membership.ring.history == ()
+        # ...and its partial memberships, which no one was given, are nobody's earlier owners: the
+        # history goes on from the old master's ring (the workers report it), whose owners are the same.
+        assert cluster.master.membership.ring.history == old.membership.ring.history != ()
         assert cluster.master.membership.ring.master_id != old.membership.ring.master_id
         for w in cluster.workers:
             async with http.get(f"{w.url}/_p2p/ready") as resp:
                 assert resp.status == 200
             assert await read(http, f"{w.url}/{bucket}/m.bin") == body
+
+
+async def restart_master(cluster, grace: float) -> None:
+    """The cluster's master stopped and a new one started on its port, collecting heartbeats for `grace` s."""
+    port = int(cluster.master.url.rsplit(":", 1)[1])
+    await cluster.master.stop()
+    cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=grace,
+                                         cluster_secret=cluster.secret))
+    await cluster.master.start()
+
+
+async def test_a_malformed_ring_report_is_refused_with_a_400_and_the_worker_stays(cluster_factory):
+    cluster = await cluster_factory(1, heartbeat=0.2)
+    w0, membership = cluster.workers[0], cluster.master.membership
+    epoch = membership.ring.epoch
+    body = msgpack.packb({"id": "w0", "url": w0.url, "capacity": 1 << 30, "ring": {"master_id": "a b"}})
+    headers = {"Content-Type": MSGPACK} | Signer(cluster.secret).headers("POST", "/workers", None, body)
+    async with cluster.session.post(f"{cluster.master.url}/workers", data=body, headers=headers) as resp:
+        assert resp.status == 400 and await resp.text() == ("invalid worker registration: ring report: master_id "
+                                                            "must be 1-64 characters of A-Z a-z 0-9 . _ -\n")
+    await beats(membership, "w0", 2)
+    assert membership.ring.epoch == epoch and [w.id for w in membership.ring.workers] == ["w0"]
+
+
+async def test_a_worker_whose_ring_a_restarted_master_refuses_beats_on_without_it(cluster_factory, caplog):
+    """A ring the master will not take (here one named longer than a report may name its master, as a
+    master of another version might) costs the worker nothing but the report: it beats on without."""
+    cluster = await cluster_factory(0, heartbeat=0.2)
+    cluster.master.membership = Membership(chunk_size=CHUNK, master_id="m" * 65)
+    w0 = await cluster.add_worker()
+    await cluster.wait_converged()
+    await restart_master(cluster, grace=0.5)
+    await cluster.wait_converged()
+    assert not w0.agent.refused.done() and cluster.master.membership.ring.history == ()
+    assert ("the master refused the ring this worker holds: beating without it from now on: the master at "
+            f"{cluster.master.url} refused this worker: invalid worker registration: ring report: master_id must "
+            "be 1-64 characters") in caplog.text
 
 
 async def test_a_worker_is_ready_only_once_it_is_in_the_ring(cluster_factory):

@@ -1,7 +1,8 @@
 """Keeps this worker in the master's ring and the latest ring in hand.
 
 If the master is gone, nothing changes for reads: the last ring stays in use,
-heartbeats retry, and a restarted master learns the worker on the next beat. If
+heartbeats retry, and a restarted master learns the worker on the next beat, and the
+ring it holds (its owners are the restarted master's earlier ones: master/earlier.py). If
 it refuses the worker, at registration or later, that is Fatal: it would refuse
 every beat (400), or its cluster secret is not ours (401/403 on REFUSALS beats
 in a row: a master restarted with a rotated secret; the pod restarted holds the
@@ -25,6 +26,7 @@ from typing import Awaitable, Callable
 from p2pcache.errors import BadRequest, Unauthorized, Unavailable
 from p2pcache.master_client import TIMEOUT, MasterClient
 from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
+from p2pcache.ringreport import RingReport
 from p2pcache.service import Fatal
 
 from .unpins import Missed, missed
@@ -59,7 +61,7 @@ class MembershipAgent:
     def __init__(self, master: MasterClient, me: WorkerInfo, interval: float,
                  on_ring: Callable[[Placement], None],
                  on_unpins: Callable[[list[Missed]], Awaitable[None]] | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic) -> None:
         self._master = master
         self.me = me
         self._interval = interval
@@ -67,11 +69,16 @@ class MembershipAgent:
         self._failing = False
         self._refusals = 0  # heartbeats refused in a row as unauthenticated (401/403)
         self._on_ring = on_ring
-        self._on_unpins, self._wall_clock = on_unpins, wall_clock
+        self._on_unpins, self._wall_clock, self._clock = on_unpins, wall_clock, clock
         # The master's unpins had (worker/unpins.py): [master_id, seq] of the last, [] for none.
         self.unpins_seen: list = []
         self._tasks: list[asyncio.Task] = []
         self.ring: RingSnapshot | None = None
+        self._ring_at = 0.0  # when `ring` came (`clock`)
+        # The master that answered the last heartbeat (None: none since one failed), and whether it
+        # may be told our ring (see _report).
+        self._heard: str | None = None
+        self._reporting = True
         # Set when the master refuses a heartbeat: it would refuse every beat again.
         self.refused: asyncio.Future[Fatal] = asyncio.get_running_loop().create_future()
 
@@ -143,11 +150,18 @@ class MembershipAgent:
 
     async def _beat(self) -> None:
         """One heartbeat; Fatal if the master refuses it for good."""
-        sent = self._wall_clock()
+        sent, report = self._wall_clock(), self._report()
         try:
-            reply = await self._master.heartbeat(self.me, unpins=self.unpins_seen if self._on_unpins else None)
+            reply = await self._master.heartbeat(self.me, unpins=self.unpins_seen if self._on_unpins else None,
+                                                 ring=report)
         except BadRequest as exc:
-            raise Fatal(str(exc)) from None
+            if report is None:
+                raise Fatal(str(exc)) from None
+            # Was it our ring the master refused (a master of another version)? Then it is no reason to stop.
+            self._reporting = False
+            await self._beat()  # Fatal if it refuses the heartbeat without it too
+            log.warning("the master refused the ring this worker holds: beating without it from now on: %s", exc)
+            return
         except Unauthorized as exc:
             self._refusals += 1
             if self._refusals >= REFUSALS:
@@ -158,11 +172,12 @@ class MembershipAgent:
         except Unavailable as exc:
             if not self._failing:
                 log.warning("heartbeat failed, serving on the last ring: %s", exc)
-            self._failing = True
+            self._failing, self._heard = True, None  # it may come back as a new master
             return
         if self._failing or self._refusals:
             log.info("master reachable again")
         self._failing, self._refusals = False, 0
+        self._heard = reply.get("master_id") if isinstance(reply.get("master_id"), str) else None
         self._pace(reply.get("ttl"))
         if self._on_unpins and reply.get("unpins"):
             await self._unpinned(reply, sent)
@@ -178,6 +193,14 @@ class MembershipAgent:
             return
         await self._on_unpins(unpins)
         self.unpins_seen = [master_id, unpins[-1].seq]
+
+    def _report(self) -> RingReport | None:
+        """The ring we hold, for a master that has not given us one: a restarted master (a new id, or
+        one we could not reach since our last beat) carries its owners into its first ring, so a
+        chunk's new owner asks them before S3 (master/earlier.py). None for the master whose ring it is."""
+        if not self._reporting or self.ring is None or self.ring.master_id == self._heard:
+            return None
+        return RingReport.of(self.ring, self._clock() - self._ring_at)
 
     def _pace(self, ttl: object) -> None:
         """Beat every --heartbeat-interval, or a third of the master's TTL if that is shorter, so a
@@ -202,5 +225,5 @@ class MembershipAgent:
                 # Building the hash ring is CPU work that grows with workers x vnodes
                 # (tens of ms for 64 workers): off the event loop.
                 placement = await asyncio.to_thread(Placement, ring)
-                self.ring = ring
+                self.ring, self._ring_at = ring, self._clock()
                 self._on_ring(placement)

@@ -223,7 +223,8 @@ class Worker:
             await check_advertised(session, self.url, self.id)
         me = WorkerInfo(self.id, self.url, cfg.capacity, cfg.weight)
         self.agent = MembershipAgent(MasterClient(session, cfg.master_url, self._signer), me,
-                                     cfg.heartbeat_interval, self._on_ring, self.control.missed, self.wall_clock)
+                                     cfg.heartbeat_interval, self._on_ring, self.control.missed, self.wall_clock,
+                                     self.clock)
         try:
             await self.agent.start()
         except Fatal as exc:  # refused at registration: it would refuse a leave too, or take another's

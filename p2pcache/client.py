@@ -24,7 +24,7 @@ from .members import service_url
 from .objects import ChunkId, ObjectInfo, check_bucket
 from .outputs import TEMP_NAME, naming, opened_in_place, output_of, temp_path, undo_open, write_all
 from .rangereader import RangeReader
-from .ranges import chunk_spans, slice_range
+from .ranges import chunk_spans, reslice_range, slice_range
 from .ring import Placement, WorkerInfo
 from .ringview import RingView
 from .signer import signer_from
@@ -144,14 +144,16 @@ class Client:
         negative offset counted from its end (`start=-8`: the last 8 bytes).
 
         Every call here that takes offsets resolves them against the version it reads: one that
-        starts over on a new version takes `start=-8` (or `end=None`) of that version's size.
+        starts over on a new version takes `start=-8` (or `end=None`) of that version's size, and
+        fails with RangeNotSatisfiable if that version ends at or before a `start` > 0 (see
+        `ranges.reslice_range`): the bytes asked for were there, and are gone.
         """
         info = await self._object(bucket, key)
         try:
             return await self.read_range(info, *slice_range(start, end, info.size))
         except ObjectChanged as exc:  # nothing was returned yet: start over, once, on the new version
             info = await self.reresolve(bucket, key, exc)
-        return await self.read_range(info, *slice_range(start, end, info.size))
+        return await self.read_range(info, *reslice_range(start, end, info.size))
 
     async def stream(self, bucket: str, key: str, start: int = 0,
                      end: int | None = None) -> AsyncIterator[bytes]:
@@ -168,7 +170,7 @@ class Client:
         `begin(version, length)` is called as each try starts."""
         sent = False
         for attempt in (1, 2):
-            a, b = slice_range(start, end, info.size)
+            a, b = (slice_range if attempt == 1 else reslice_range)(start, end, info.size)
             if begin:
                 begin(info, b - a)
             size = self.chunk_size
@@ -213,11 +215,12 @@ class Client:
         try:
             with naming(path):  # a write or fsync of the temp file (EFBIG, ENOSPC): the file asked for
                 try:
-                    await self._write_at(fd, info, start, end, progress)
+                    await self._write_at(fd, info, *slice_range(start, end, info.size), progress)
                 except ObjectChanged as exc:  # nothing is in place yet: start over, once
                     info = await self.reresolve(bucket, key, exc)
+                    span = reslice_range(start, end, info.size)
                     await _on_fd(os.ftruncate, fd, 0)
-                    await self._write_at(fd, info, start, end, progress)
+                    await self._write_at(fd, info, *span, progress)
                 await _on_fd(os.fsync, fd)
             try:
                 await loop.run_in_executor(None, os.replace, tmp, out.path)
@@ -258,7 +261,7 @@ class Client:
             raise ValueError("read_into needs a writable buffer")
         info = await self._object(bucket, key)
         for attempt in (1, 2):
-            a, _ = slice_range(start, None, info.size)
+            a, _ = (slice_range if attempt == 1 else reslice_range)(start, None, info.size)
             b = min(info.size, a + len(view))
             try:
                 await self._fill(info, a, b, view[:b - a])
@@ -319,9 +322,9 @@ class Client:
             self._meta.popitem(last=False)
         return info
 
-    async def _write_at(self, fd: int, info: ObjectInfo, start: int, end: int | None,
+    async def _write_at(self, fd: int, info: ObjectInfo, a: int, b: int,
                         progress: Callable[[int, int], None] | None) -> None:
-        a, b = slice_range(start, end, info.size)
+        """Bytes `[a, b)` of version `info` written at their offsets from `a` in `fd`."""
         size, done = self.chunk_size, 0
         free: list[bytearray] = []  # at most `concurrency` chunk buffers, reused: no page faults per chunk
 

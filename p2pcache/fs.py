@@ -15,7 +15,7 @@ from fsspec.spec import AbstractBufferedFile
 from fsspec.utils import isfilelike
 
 from .client import Client
-from .errors import NotFound, ObjectChanged, P2PError
+from .errors import NotFound, ObjectChanged, P2PError, RangeNotSatisfiable
 from .objects import BUCKET_NAME, ObjectInfo, may_move
 from .signer import signer_from
 
@@ -123,6 +123,8 @@ class P2PCacheFileSystem(AsyncFileSystem):
             raise FileNotFoundError(path) from exc
         except ObjectChanged as exc:
             raise FileExpired(str(exc)) from exc
+        except RangeNotSatisfiable as exc:  # it started over on a version that ends before `start`
+            raise OSError(errno.EINVAL, f"{path}: {exc}") from exc
 
     async def _get_file(self, rpath: str, lpath, callback=DEFAULT_CALLBACK, **kwargs) -> None:
         """One version of the object, whole, to `lpath`: a path (by `Client.download`: chunks in

@@ -93,7 +93,8 @@ async def _get(args: argparse.Namespace, bucket: str, key: str) -> int:
             if offsets is None:  # _range_arg refused what parse_range ignores: not reached
                 raise ValueError(f"invalid range {args.byte_range!r}: use A-B with A <= B")
             # The client gets the range as asked (-N stays the last N bytes, A- to the end): a read
-            # that starts over on a version of another size resolves it against that size. rng is
+            # that starts over on a version of another size resolves it against that size, and
+            # fails with RangeNotSatisfiable if that version ends at or before A (A > 0). rng is
             # None for a suffix (-N) of an empty object: all of it, nothing, as S3 answers.
             (start, end), length = offsets, rng.length if rng else 0
         show = args.progress or (sys.stderr.isatty() and length >= PROGRESS_MIN)

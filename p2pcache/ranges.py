@@ -7,7 +7,7 @@ from typing import Iterator, NamedTuple
 
 from .errors import RangeNotSatisfiable
 
-__all__ = ["ByteRange", "parse_range", "slice_range", "range_offsets", "chunk_count", "chunk_length", "chunk_spans"]
+__all__ = ["ByteRange", "parse_range", "slice_range", "reslice_range", "range_offsets", "chunk_count", "chunk_length", "chunk_spans"]
 
 # Blanks around "=" and "-" are tolerated; inside a number they make the header invalid ("1 0" is not 10).
 # The unit is case-insensitive (RFC 9110: `BYTES=0-5` is a range).
@@ -70,6 +70,17 @@ def slice_range(start: int, end: int | None, size: int) -> tuple[int, int]:
     a = max(0, size + start) if start < 0 else min(start, size)
     b = size if end is None else max(0, size + end) if end < 0 else min(end, size)
     return a, max(a, b)
+
+
+def reslice_range(start: int, end: int | None, size: int) -> tuple[int, int]:
+    """`slice_range` for a read that starts over on a new version of `size` bytes, after the first
+    version held bytes of its range: a range that starts at or past the new end is one the new
+    version does not hold, RangeNotSatisfiable (as S3 answers `Range: bytes=start-` there), not
+    nothing. A range the new end cuts short keeps what it holds; a suffix (negative `start`) and
+    one from byte 0 (the whole object: of an empty one, all of nothing) are held by any version."""
+    if start > 0 and start >= size:
+        raise RangeNotSatisfiable(size)
+    return slice_range(start, end, size)
 
 
 def range_offsets(header: str) -> tuple[int, int | None] | None:

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import CHUNK, p2pcache_get
 from p2pcache import Client
-from p2pcache.errors import ObjectChanged
+from p2pcache.errors import ObjectChanged, RangeNotSatisfiable
 from p2pcache.fs import FileExpired
 from p2pcache.objects import ObjectInfo, may_move
 
@@ -72,6 +72,62 @@ async def test_client_reads_from_the_end_take_the_new_versions_end(cluster_facto
             assert await read(key) == want, key
 
 
+async def test_p2pcache_get_of_a_range_a_shrunk_version_does_not_hold_fails_as_a_fresh_get(
+        cluster_factory, s3_client, bucket, tmp_path):
+    """As S3 answers: 416 where the new version ends at or before A; what it holds of the rest."""
+    cluster = await cluster_factory(1, meta_ttl=REMEMBER)
+    v1, v2 = body(3 * CHUNK, 17), body(50, 18)
+    master = ["--master", cluster.master.url]
+    outside = f"is outside the object ({len(v2)} bytes)"
+    (outputs := tmp_path / "out").mkdir()
+    cases = [(["--range", "100-200", "-o", str(outputs / "a")], None), (["--range", f"{CHUNK}-"], None),
+             (["--range", "50-", "-o", str(outputs / "b")], None),
+             (["--range", "10-200", "-o", str(outputs / "c")], v2[10:]), (["--range", "40-"], v2[40:])]
+    for i, (args, want) in enumerate(cases):
+        await overwritten(cluster, s3_client, bucket, f"r{i}", v1, v2)
+        code, out, err = await p2pcache_get(f"s3://{bucket}/r{i}", *args, *master)
+        got = (outputs / args[3]).read_bytes() if "-o" in args and code == 0 else out
+        if want is None:  # nothing written: no output file, no bytes on stdout
+            assert (code, out, err) == (1, b"", f"p2pcache get: range {args[1]} {outside}\n"), args
+            assert not list(outputs.iterdir()), args
+        else:
+            assert (code, err, got) == (0, "", want), args
+
+
+async def test_client_reads_of_a_range_a_shrunk_version_does_not_hold_fail(cluster_factory, s3_client,
+                                                                             bucket, tmp_path):
+    cluster = await cluster_factory(1, meta_ttl=REMEMBER)
+    v1, v2 = body(3 * CHUNK, 19), body(50, 20)
+    fs = fsspec.filesystem("p2pcache", master=cluster.master.url, skip_instance_cache=True)
+    (outputs := tmp_path / "out").mkdir()
+    async with Client(cluster.master.url) as client:
+        refused = {
+            "read": lambda k: client.read(bucket, k, 100, 201),
+            "read to the end": lambda k: client.read(bucket, k, 50),
+            "read_into": lambda k: _read_into(client, bucket, k, CHUNK, 10),
+            "stream": lambda k: _joined(client.stream(bucket, k, 100, 201)),
+            "download": lambda k: _downloaded(client, bucket, k, outputs / k, start=100, end=201),
+        }
+        for key, read in refused.items():
+            await overwritten(cluster, s3_client, bucket, key, v1, v2)
+            with pytest.raises(RangeNotSatisfiable) as info:
+                await read(key)
+            assert info.value.size == len(v2), key
+        assert not list(outputs.iterdir())  # the download left nothing behind
+        held = {  # a range the new end cuts short: what it holds
+            "read part": (lambda k: client.read(bucket, k, 10, 201), v2[10:]),
+            "download part": (lambda k: _downloaded(client, bucket, k, outputs / k, start=40), v2[40:]),
+        }
+        for key, (read, want) in held.items():
+            await overwritten(cluster, s3_client, bucket, key, v1, v2)
+            assert await read(key) == want, key
+    await overwritten(cluster, s3_client, bucket, "fs", v1, v2)  # fsspec's callers get an OSError
+    assert await asyncio.to_thread(fs.size, f"{bucket}/fs") == len(v1)
+    with pytest.raises(OSError) as info:
+        await asyncio.to_thread(fs.cat_file, f"{bucket}/fs", 100, 201)
+    assert isinstance(info.value.__cause__, RangeNotSatisfiable)
+
+
 async def _read_into(client: Client, bucket: str, key: str, start: int, size: int) -> bytes:
     buf = bytearray(size)
     return bytes(buf[:await client.read_into(bucket, key, buf, start)])
@@ -81,8 +137,9 @@ async def _joined(pieces) -> bytes:
     return b"".join([p async for p in pieces])
 
 
-async def _downloaded(client: Client, bucket: str, key: str, path) -> bytes:
-    await client.download(bucket, key, path)
+async def _downloaded(client: Client, bucket: str, key: str, path, start: int = 0,
+                      end: int | None = None) -> bytes:
+    await client.download(bucket, key, path, start=start, end=end)
     return path.read_bytes()
 
 

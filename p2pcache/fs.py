@@ -197,7 +197,15 @@ class P2PCacheFileSystem(AsyncFileSystem):
                            returned: bool) -> tuple[bytes, ObjectInfo]:
         """Bytes `[start, end)` of version `info`, and `info`; else, if the file may move to the
         version that replaced it (`objects.may_move`: it has `returned` nothing yet, and the size
-        is the same), of that version, and that version. Any other change is a FileExpired."""
+        is the same), of that version, and that version. Any other change is a FileExpired; the
+        object gone, a FileNotFoundError (both OSErrors, as s3fs raises)."""
+        try:
+            return await self._read_version(info, start, end, returned)
+        except NotFound as exc:
+            raise FileNotFoundError(f"{info.bucket}/{info.key}") from exc
+
+    async def _read_version(self, info: ObjectInfo, start: int, end: int,
+                            returned: bool) -> tuple[bytes, ObjectInfo]:
         client = await self._get_client()
         try:
             return await client.read_range(info, min(start, info.size), min(end, info.size)), info
@@ -231,7 +239,8 @@ class P2PCacheFile(AbstractBufferedFile):
 
     Opened on the version the workers have (not one the client remembers); if that one is gone
     before the file returned a byte, the file moves to its successor of the same size. A change
-    after that, or to another size, fails the read with FileExpired (an OSError).
+    after that, or to another size, fails the read with FileExpired (an OSError); a delete, with
+    FileNotFoundError.
     """
 
     def __init__(self, fs: P2PCacheFileSystem, path: str, info: ObjectInfo, **kwargs) -> None:

@@ -213,6 +213,29 @@ async def test_fsspec_file_whose_version_changed_fails_with_an_oserror(cluster_f
     await asyncio.to_thread(scenario)
 
 
+async def test_fsspec_file_whose_object_was_deleted_fails_with_file_not_found(cluster_factory, s3_client, bucket):
+    """Before or after it returned a byte: FileNotFoundError (an OSError), as cat_file and get_file
+    raise, and s3fs."""
+    cluster = await cluster_factory(1, meta_ttl=REMEMBER)  # the worker remembers the version deleted
+    v1 = body(3 * CHUNK, 21)
+    for key in ("fresh", "begun"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=v1)
+    fs = fsspec.filesystem("p2pcache", master=cluster.master.url, skip_instance_cache=True)
+
+    def scenario() -> None:
+        with fs.open(f"{bucket}/fresh", block_size=CHUNK) as fresh, \
+                fs.open(f"{bucket}/begun", block_size=CHUNK) as begun:
+            assert begun.read(10) == v1[:10]
+            for key in ("fresh", "begun"):
+                s3_client.delete_object(Bucket=bucket, Key=key)
+            begun.seek(2 * CHUNK)  # a chunk not read yet: at S3 the object is gone
+            for f in (fresh, begun):
+                with pytest.raises(FileNotFoundError):
+                    f.read(10)
+
+    await asyncio.to_thread(scenario)
+
+
 def test_a_file_may_move_only_before_a_byte_is_out_and_only_to_its_size():
     v1 = ObjectInfo("b", "k", '"1"', 100)
     same, longer, shorter = (ObjectInfo("b", "k", '"2"', size) for size in (100, 101, 99))

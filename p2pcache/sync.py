@@ -97,7 +97,8 @@ async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int 
     listed, _ = await client.list(bucket, prefix)
     base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
     exact = [o for o in listed if o["Key"] == prefix] if prefix != base else []
-    objects = exact or [o for o in listed if o["Key"].startswith(base) and not o["Key"].endswith("/")]
+    # An empty key ending in `/` is a directory marker (S3 consoles make them): not a file, skipped.
+    objects = exact or [o for o in listed if o["Key"].startswith(base) and not _marker(o)]
     if not objects:
         raise NotFound(f"no objects under s3://{bucket}/{prefix}")
     paths, refused = _targets(root, base, [o["Key"] for o in objects])
@@ -199,6 +200,11 @@ def _remove_stale_temp_files(paths: list[Path]) -> None:
                         os.unlink(entry.path)
 
 
+def _marker(o: dict) -> bool:
+    """Whether the listed object `o` is a directory marker: an empty key ending in `/`."""
+    return o["Key"].endswith("/") and o["Size"] == 0
+
+
 def _targets(root: Path, base: str, keys: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
     """Each key's file under `root` ({key: path}), or why it has none ({key: reason}).
 
@@ -233,7 +239,7 @@ def _unfit(rel: str) -> str:
     """Why the path `rel` cannot be a file's path under the directory, part for part ("" if it can)."""
     parts = rel.split("/")
     if "" in parts:
-        return f"its path {rel!r} has an empty part (a leading '/' or '//')"
+        return f"its path {rel!r} has an empty part (a leading or trailing '/', or '//')"
     if "." in parts or ".." in parts:
         return f"its path {rel!r} has a {'..' if '..' in parts else '.'!r} part"
     if parts[-1] in (MANIFEST, MANIFEST + ".tmp", LOCK):

@@ -259,3 +259,15 @@ async def test_a_key_whose_name_is_nearly_too_long_is_copied_and_its_stale_temp_
         result = await sync(client, bucket, "m/", out)
     assert (result["copied"], result["failed"]) == ([f"m/{long}"], {})
     assert files(out) == {long: b"long"} and not stale.exists()
+
+
+async def test_a_key_ending_in_a_slash_with_bytes_fails_alone_and_an_empty_one_is_a_directory_marker(
+        cluster, s3_client, bucket, tmp_path):
+    for key, body in {"p/a.bin": b"A", "p/t/": b"T" * 777, "p/u/": b"", "p/u/x": b"X"}.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "p/", tmp_path / "out")
+    assert sorted(result["copied"]) == ["p/a.bin", "p/u/x"] and list(result["failed"]) == ["p/t/"]
+    assert "cannot be a file under" in result["failed"]["p/t/"] and "empty part" in result["failed"]["p/t/"]
+    assert files(tmp_path / "out") == {"a.bin": b"A", "u/x": b"X"}
+

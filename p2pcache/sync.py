@@ -102,31 +102,31 @@ async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int 
     if not objects:
         raise NotFound(f"no objects under s3://{bucket}/{prefix}")
     paths, refused = _targets(root, base, [o["Key"] for o in objects])
+    unfit = {key for key in refused if _unfit(_rel(base, key))}
     result = SyncResult(copied=[], skipped=[], failed=dict(refused), bytes=0)
     targets = [(o, paths[o["Key"]]) for o in objects if o["Key"] in paths]
     await loop.run_in_executor(None, lambda: root.mkdir(parents=True, exist_ok=True))
     async with _locked(root):
         await loop.run_in_executor(None, _remove_stale_temp_files, [path for _, path in targets])
-        await _copy(client, bucket, root, targets, set(refused), result, files, progress)
+        await _copy(client, bucket, root, targets, set(refused), unfit, result, files, progress)
     return result
 
 
 async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dict, Path]], refused: set[str],
-                result: SyncResult, files: int, progress: Callable[[int, int], None] | None) -> None:
+                unfit: set[str], result: SyncResult, files: int, progress: Callable[[int, int], None] | None) -> None:
+    """Copy the files of `targets` that are not complete, recording each in the manifest.
+
+    `refused`: the keys with no file; `unfit`: those of them refused for their own path.
+    """
     loop = asyncio.get_running_loop()
-    manifest = await loop.run_in_executor(None, _load, root / MANIFEST)
-    # An entry for a key with no file of its own was made by a sync that mapped such keys onto
-    # other keys' files (`a//b` onto `a/b`): none of the files it recorded is trusted.
-    trusted = not refused & manifest.keys()
-    for key in refused:
-        manifest.pop(key, None)
+    manifest, trusted = _trusted(await loop.run_in_executor(None, _load, root / MANIFEST), refused, unfit)
     if not trusted:
         log.warning("%s records keys that cannot be files there (an earlier p2pcache wrote them over other "
                     "keys' files): copying every file again", root / MANIFEST)
     todo = []
     for o, path in targets:
         entry = manifest.get(o["Key"])
-        if trusted and entry == {"size": o["Size"], "etag": o["ETag"]} and \
+        if entry == {"size": o["Size"], "etag": o["ETag"]} and \
                 await loop.run_in_executor(None, _size, path) == o["Size"]:
             result["skipped"].append(o["Key"])
         else:
@@ -200,9 +200,27 @@ def _remove_stale_temp_files(paths: list[Path]) -> None:
                         os.unlink(entry.path)
 
 
+def _trusted(manifest: dict, refused: set[str], unfit: set[str]) -> tuple[dict, bool]:
+    """The entries of `manifest` to start from (none for a key with no file), and whether it is trusted.
+
+    Versions that dropped a path's empty and `.` parts copied `a//b` onto `a/b`'s file and
+    recorded both: a manifest recording a key refused for its own path (`unfit`, which this
+    version never records) trusts none of its files, so none of its entries is kept. A key refused
+    only because a key under it appeared since (`a`, then `a/b`) had a file of its own: the others stand.
+    """
+    if unfit & manifest.keys():
+        return {}, False
+    return {key: entry for key, entry in manifest.items() if key not in refused}, True
+
+
 def _marker(o: dict) -> bool:
     """Whether the listed object `o` is a directory marker: an empty key ending in `/`."""
     return o["Key"].endswith("/") and o["Size"] == 0
+
+
+def _rel(base: str, key: str) -> str:
+    """The path of `key` under the directory `base` (of the key `base` names: its name)."""
+    return key[len(base):] if key.startswith(base) else key.rpartition("/")[2]
 
 
 def _targets(root: Path, base: str, keys: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
@@ -217,7 +235,7 @@ def _targets(root: Path, base: str, keys: list[str]) -> tuple[dict[str, Path], d
     rels: dict[str, str] = {}
     refused: dict[str, str] = {}
     for key in keys:
-        rel = key[len(base):] if key.startswith(base) else key.rpartition("/")[2]
+        rel = _rel(base, key)
         why = _unfit(rel)
         if why:
             refused[key] = f"cannot be a file under {root}: {why}"

@@ -18,7 +18,7 @@ from conftest import CHUNK, cli_env, wait_for
 from p2pcache import Client
 from p2pcache.errors import NotFound
 from p2pcache.get import Progress
-from p2pcache.sync import LOCK, MANIFEST, sync
+from p2pcache.sync import LOCK, MANIFEST, _trusted, sync
 
 
 def put(s3_client, bucket: str) -> dict[str, bytes]:
@@ -271,3 +271,29 @@ async def test_a_key_ending_in_a_slash_with_bytes_fails_alone_and_an_empty_one_i
     assert "cannot be a file under" in result["failed"]["p/t/"] and "empty part" in result["failed"]["p/t/"]
     assert files(tmp_path / "out") == {"a.bin": b"A", "u/x": b"X"}
 
+
+async def test_a_key_under_a_synced_key_fails_with_it_and_the_other_files_are_still_skipped(
+        cluster_factory, s3_client, bucket, tmp_path, caplog):
+    cluster = await cluster_factory(2, meta_ttl=0)  # listings as S3 has them now
+    keys = {"p/d": b"D", "p/e": b"E", "p/f": b"F"}
+    for key, body in keys.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    out = tmp_path / "out"
+    async with Client(cluster.master.url) as client:
+        assert sorted((await sync(client, bucket, "p/", out))["copied"]) == sorted(keys)
+        s3_client.put_object(Bucket=bucket, Key="p/d/x", Body=b"IN-D")  # `d` is its directory now
+        with caplog.at_level(logging.WARNING, logger="p2pcache.sync"):
+            for _ in range(2):
+                result = await sync(client, bucket, "p/", out)
+                assert (result["copied"], sorted(result["skipped"])) == ([], ["p/e", "p/f"])
+                assert sorted(result["failed"]) == ["p/d", "p/d/x"]
+                assert "'d' is the directory of key 'p/d/x'" in result["failed"]["p/d"]
+    assert "copying every file again" not in caplog.text
+    assert sorted(json.loads((out / MANIFEST).read_text())) == ["p/e", "p/f"]
+
+
+def test_only_a_manifest_recording_a_key_refused_for_its_own_path_is_distrusted():
+    manifest = {"p/d": {"size": 1}, "p/e": {"size": 2}, "p//e": {"size": 2}}
+    assert _trusted(manifest, {"p/d", "p//e"}, {"p//e"}) == ({}, False)  # `p//e` was copied onto `p/e`
+    del manifest["p//e"]
+    assert _trusted(manifest, {"p/d", "p/d/"}, {"p/d/"}) == ({"p/e": {"size": 2}}, True)  # `p/d` had its own file

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -133,6 +134,9 @@ async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dic
             todo.append((o, path))
     total, done, saved = sum(o["Size"] for o, _ in todo), 0, time.monotonic()
     slots = asyncio.Semaphore(max(1, files))
+    # One thread writes the manifest: writes never overlap, and run in the order they were asked
+    # for, so the last one holds every file recorded (a cancelled await does not stop its write).
+    writer = ThreadPoolExecutor(1, thread_name_prefix="p2pcache-sync-manifest")
 
     async def one(o: dict, path: Path) -> None:
         nonlocal done, saved
@@ -154,10 +158,15 @@ async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dic
                 progress(done, total)
             if time.monotonic() - saved > SAVE_EVERY:
                 saved = time.monotonic()
-                await loop.run_in_executor(None, _save, root / MANIFEST, dict(manifest))
+                await loop.run_in_executor(writer, _save, root / MANIFEST, dict(manifest))
 
-    await asyncio.gather(*(one(o, path) for o, path in todo))
-    await loop.run_in_executor(None, _save, root / MANIFEST, manifest)
+    try:
+        await asyncio.gather(*(one(o, path) for o, path in todo))
+    finally:  # also when stopped (SIGINT, SIGTERM): the files that landed are not copied again
+        try:
+            await loop.run_in_executor(writer, _save, root / MANIFEST, dict(manifest))
+        finally:
+            writer.shutdown(wait=False)  # its thread ends after the writes asked for
 
 
 @contextlib.asynccontextmanager

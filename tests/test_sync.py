@@ -297,3 +297,34 @@ def test_only_a_manifest_recording_a_key_refused_for_its_own_path_is_distrusted(
     assert _trusted(manifest, {"p/d", "p//e"}, {"p//e"}) == ({}, False)  # `p//e` was copied onto `p/e`
     del manifest["p//e"]
     assert _trusted(manifest, {"p/d", "p/d/"}, {"p/d/"}) == ({"p/e": {"size": 2}}, True)  # `p/d` had its own file
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_sync_stopped_by_a_signal_records_the_files_that_landed(
+        cluster_factory, fault_proxy, s3_client, bucket, tmp_path, sig):
+    # Every S3 body of the last file stalls: it is under way, the two before it landed.
+    fault_proxy.by_request = lambda method, target: "stall" if method == "GET" and "/m/c.bin" in target else None
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    keys = {"m/a.bin": b"A" * 100, "m/b.bin": b"B" * 100, "m/c.bin": random.Random(3).randbytes(CHUNK)}
+    for key, body in keys.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "p2pcache", "sync", f"s3://{bucket}/m/", str(out), "--files", "1", "--json",
+            "--master", cluster.master.url]
+    proc = await asyncio.create_subprocess_exec(*args, env=cli_env(), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    # One file at a time, in order: c's copy starts once a and b are recorded.
+    await wait_for(lambda: fault_proxy.stalling, what="the copy of m/c.bin to start")
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + sig and b"Traceback" not in err, err
+    assert sorted(json.loads((out / MANIFEST).read_text())) == ["m/a.bin", "m/b.bin"]
+    assert not (out / "c.bin").exists() and not list(out.rglob("*.part"))
+    fresh = await cluster_factory(1)  # reading S3 directly: the first cluster's fill of m/c.bin waits on S3 still
+    proc = await asyncio.create_subprocess_exec(*args[:-1], fresh.master.url, env=cli_env(),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, err = await asyncio.wait_for(proc.communicate(), 120)
+    result = json.loads(stdout)
+    assert proc.returncode == 0, err
+    assert (result["copied"], sorted(result["skipped"])) == (["m/c.bin"], ["m/a.bin", "m/b.bin"])
+    assert files(out) == {k.removeprefix("m/"): v for k, v in keys.items()}

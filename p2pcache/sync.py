@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -97,41 +98,45 @@ async def sync(client: Client, bucket: str, prefix: str, root: Path, files: int 
     listed, _ = await client.list(bucket, prefix)
     base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
     exact = [o for o in listed if o["Key"] == prefix] if prefix != base else []
-    objects = exact or [o for o in listed if o["Key"].startswith(base) and not o["Key"].endswith("/")]
+    # An empty key ending in `/` is a directory marker (S3 consoles make them): not a file, skipped.
+    objects = exact or [o for o in listed if o["Key"].startswith(base) and not _marker(o)]
     if not objects:
         raise NotFound(f"no objects under s3://{bucket}/{prefix}")
     paths, refused = _targets(root, base, [o["Key"] for o in objects])
+    unfit = {key for key in refused if _unfit(_rel(base, key))}
     result = SyncResult(copied=[], skipped=[], failed=dict(refused), bytes=0)
     targets = [(o, paths[o["Key"]]) for o in objects if o["Key"] in paths]
     await loop.run_in_executor(None, lambda: root.mkdir(parents=True, exist_ok=True))
     async with _locked(root):
         await loop.run_in_executor(None, _remove_stale_temp_files, [path for _, path in targets])
-        await _copy(client, bucket, root, targets, set(refused), result, files, progress)
+        await _copy(client, bucket, root, targets, set(refused), unfit, result, files, progress)
     return result
 
 
 async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dict, Path]], refused: set[str],
-                result: SyncResult, files: int, progress: Callable[[int, int], None] | None) -> None:
+                unfit: set[str], result: SyncResult, files: int, progress: Callable[[int, int], None] | None) -> None:
+    """Copy the files of `targets` that are not complete, recording each in the manifest.
+
+    `refused`: the keys with no file; `unfit`: those of them refused for their own path.
+    """
     loop = asyncio.get_running_loop()
-    manifest = await loop.run_in_executor(None, _load, root / MANIFEST)
-    # An entry for a key with no file of its own was made by a sync that mapped such keys onto
-    # other keys' files (`a//b` onto `a/b`): none of the files it recorded is trusted.
-    trusted = not refused & manifest.keys()
-    for key in refused:
-        manifest.pop(key, None)
+    manifest, trusted = _trusted(await loop.run_in_executor(None, _load, root / MANIFEST), refused, unfit)
     if not trusted:
         log.warning("%s records keys that cannot be files there (an earlier p2pcache wrote them over other "
                     "keys' files): copying every file again", root / MANIFEST)
     todo = []
     for o, path in targets:
         entry = manifest.get(o["Key"])
-        if trusted and entry == {"size": o["Size"], "etag": o["ETag"]} and \
+        if entry == {"size": o["Size"], "etag": o["ETag"]} and \
                 await loop.run_in_executor(None, _size, path) == o["Size"]:
             result["skipped"].append(o["Key"])
         else:
             todo.append((o, path))
     total, done, saved = sum(o["Size"] for o, _ in todo), 0, time.monotonic()
     slots = asyncio.Semaphore(max(1, files))
+    # One thread writes the manifest: writes never overlap, and run in the order they were asked
+    # for, so the last one holds every file recorded (a cancelled await does not stop its write).
+    writer = ThreadPoolExecutor(1, thread_name_prefix="p2pcache-sync-manifest")
 
     async def one(o: dict, path: Path) -> None:
         nonlocal done, saved
@@ -153,10 +158,15 @@ async def _copy(client: Client, bucket: str, root: Path, targets: list[tuple[dic
                 progress(done, total)
             if time.monotonic() - saved > SAVE_EVERY:
                 saved = time.monotonic()
-                await loop.run_in_executor(None, _save, root / MANIFEST, dict(manifest))
+                await loop.run_in_executor(writer, _save, root / MANIFEST, dict(manifest))
 
-    await asyncio.gather(*(one(o, path) for o, path in todo))
-    await loop.run_in_executor(None, _save, root / MANIFEST, manifest)
+    try:
+        await asyncio.gather(*(one(o, path) for o, path in todo))
+    finally:  # also when stopped (SIGINT, SIGTERM): the files that landed are not copied again
+        try:
+            await loop.run_in_executor(writer, _save, root / MANIFEST, dict(manifest))
+        finally:
+            writer.shutdown(wait=False)  # its thread ends after the writes asked for
 
 
 @contextlib.asynccontextmanager
@@ -199,6 +209,29 @@ def _remove_stale_temp_files(paths: list[Path]) -> None:
                         os.unlink(entry.path)
 
 
+def _trusted(manifest: dict, refused: set[str], unfit: set[str]) -> tuple[dict, bool]:
+    """The entries of `manifest` to start from (none for a key with no file), and whether it is trusted.
+
+    Versions that dropped a path's empty and `.` parts copied `a//b` onto `a/b`'s file and
+    recorded both: a manifest recording a key refused for its own path (`unfit`, which this
+    version never records) trusts none of its files, so none of its entries is kept. A key refused
+    only because a key under it appeared since (`a`, then `a/b`) had a file of its own: the others stand.
+    """
+    if unfit & manifest.keys():
+        return {}, False
+    return {key: entry for key, entry in manifest.items() if key not in refused}, True
+
+
+def _marker(o: dict) -> bool:
+    """Whether the listed object `o` is a directory marker: an empty key ending in `/`."""
+    return o["Key"].endswith("/") and o["Size"] == 0
+
+
+def _rel(base: str, key: str) -> str:
+    """The path of `key` under the directory `base` (of the key `base` names: its name)."""
+    return key[len(base):] if key.startswith(base) else key.rpartition("/")[2]
+
+
 def _targets(root: Path, base: str, keys: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
     """Each key's file under `root` ({key: path}), or why it has none ({key: reason}).
 
@@ -211,7 +244,7 @@ def _targets(root: Path, base: str, keys: list[str]) -> tuple[dict[str, Path], d
     rels: dict[str, str] = {}
     refused: dict[str, str] = {}
     for key in keys:
-        rel = key[len(base):] if key.startswith(base) else key.rpartition("/")[2]
+        rel = _rel(base, key)
         why = _unfit(rel)
         if why:
             refused[key] = f"cannot be a file under {root}: {why}"
@@ -233,7 +266,7 @@ def _unfit(rel: str) -> str:
     """Why the path `rel` cannot be a file's path under the directory, part for part ("" if it can)."""
     parts = rel.split("/")
     if "" in parts:
-        return f"its path {rel!r} has an empty part (a leading '/' or '//')"
+        return f"its path {rel!r} has an empty part (a leading or trailing '/', or '//')"
     if "." in parts or ".." in parts:
         return f"its path {rel!r} has a {'..' if '..' in parts else '.'!r} part"
     if parts[-1] in (MANIFEST, MANIFEST + ".tmp", LOCK):

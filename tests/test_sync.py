@@ -18,7 +18,7 @@ from conftest import CHUNK, cli_env, wait_for
 from p2pcache import Client
 from p2pcache.errors import NotFound
 from p2pcache.get import Progress
-from p2pcache.sync import LOCK, MANIFEST, sync
+from p2pcache.sync import LOCK, MANIFEST, _trusted, sync
 
 
 def put(s3_client, bucket: str) -> dict[str, bytes]:
@@ -259,3 +259,72 @@ async def test_a_key_whose_name_is_nearly_too_long_is_copied_and_its_stale_temp_
         result = await sync(client, bucket, "m/", out)
     assert (result["copied"], result["failed"]) == ([f"m/{long}"], {})
     assert files(out) == {long: b"long"} and not stale.exists()
+
+
+async def test_a_key_ending_in_a_slash_with_bytes_fails_alone_and_an_empty_one_is_a_directory_marker(
+        cluster, s3_client, bucket, tmp_path):
+    for key, body in {"p/a.bin": b"A", "p/t/": b"T" * 777, "p/u/": b"", "p/u/x": b"X"}.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    async with Client(cluster.master.url) as client:
+        result = await sync(client, bucket, "p/", tmp_path / "out")
+    assert sorted(result["copied"]) == ["p/a.bin", "p/u/x"] and list(result["failed"]) == ["p/t/"]
+    assert "cannot be a file under" in result["failed"]["p/t/"] and "empty part" in result["failed"]["p/t/"]
+    assert files(tmp_path / "out") == {"a.bin": b"A", "u/x": b"X"}
+
+
+async def test_a_key_under_a_synced_key_fails_with_it_and_the_other_files_are_still_skipped(
+        cluster_factory, s3_client, bucket, tmp_path, caplog):
+    cluster = await cluster_factory(2, meta_ttl=0)  # listings as S3 has them now
+    keys = {"p/d": b"D", "p/e": b"E", "p/f": b"F"}
+    for key, body in keys.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    out = tmp_path / "out"
+    async with Client(cluster.master.url) as client:
+        assert sorted((await sync(client, bucket, "p/", out))["copied"]) == sorted(keys)
+        s3_client.put_object(Bucket=bucket, Key="p/d/x", Body=b"IN-D")  # `d` is its directory now
+        with caplog.at_level(logging.WARNING, logger="p2pcache.sync"):
+            for _ in range(2):
+                result = await sync(client, bucket, "p/", out)
+                assert (result["copied"], sorted(result["skipped"])) == ([], ["p/e", "p/f"])
+                assert sorted(result["failed"]) == ["p/d", "p/d/x"]
+                assert "'d' is the directory of key 'p/d/x'" in result["failed"]["p/d"]
+    assert "copying every file again" not in caplog.text
+    assert sorted(json.loads((out / MANIFEST).read_text())) == ["p/e", "p/f"]
+
+
+def test_only_a_manifest_recording_a_key_refused_for_its_own_path_is_distrusted():
+    manifest = {"p/d": {"size": 1}, "p/e": {"size": 2}, "p//e": {"size": 2}}
+    assert _trusted(manifest, {"p/d", "p//e"}, {"p//e"}) == ({}, False)  # `p//e` was copied onto `p/e`
+    del manifest["p//e"]
+    assert _trusted(manifest, {"p/d", "p/d/"}, {"p/d/"}) == ({"p/e": {"size": 2}}, True)  # `p/d` had its own file
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_sync_stopped_by_a_signal_records_the_files_that_landed(
+        cluster_factory, fault_proxy, s3_client, bucket, tmp_path, sig):
+    # Every S3 body of the last file stalls: it is under way, the two before it landed.
+    fault_proxy.by_request = lambda method, target: "stall" if method == "GET" and "/m/c.bin" in target else None
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    keys = {"m/a.bin": b"A" * 100, "m/b.bin": b"B" * 100, "m/c.bin": random.Random(3).randbytes(CHUNK)}
+    for key, body in keys.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "p2pcache", "sync", f"s3://{bucket}/m/", str(out), "--files", "1", "--json",
+            "--master", cluster.master.url]
+    proc = await asyncio.create_subprocess_exec(*args, env=cli_env(), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    # One file at a time, in order: c's copy starts once a and b are recorded.
+    await wait_for(lambda: fault_proxy.stalling, what="the copy of m/c.bin to start")
+    proc.send_signal(sig)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + sig and b"Traceback" not in err, err
+    assert sorted(json.loads((out / MANIFEST).read_text())) == ["m/a.bin", "m/b.bin"]
+    assert not (out / "c.bin").exists() and not list(out.rglob("*.part"))
+    fresh = await cluster_factory(1)  # reading S3 directly: the first cluster's fill of m/c.bin waits on S3 still
+    proc = await asyncio.create_subprocess_exec(*args[:-1], fresh.master.url, env=cli_env(),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, err = await asyncio.wait_for(proc.communicate(), 120)
+    result = json.loads(stdout)
+    assert proc.returncode == 0, err
+    assert (result["copied"], sorted(result["skipped"])) == (["m/c.bin"], ["m/a.bin", "m/b.bin"])
+    assert files(out) == {k.removeprefix("m/"): v for k, v in keys.items()}

@@ -209,7 +209,7 @@ class Client:
         except OSError as exc:  # name the file the caller asked for, not our temp file
             raise OSError(exc.errno, exc.strerror, path) from exc
         except asyncio.CancelledError:  # the open goes on in its thread: undo it when it ends
-            undo_open(opening, tmp)
+            await undo_open(opening, tmp)
             raise
         renamed = False
         try:

@@ -82,10 +82,11 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def undo_open(opening: asyncio.Future, remove: str | None = None) -> None:
+async def undo_open(opening: asyncio.Future, remove: str | None = None) -> None:
     """Once `opening` (an open running in a thread, its caller cancelled) ends: close the fd it
-    gave, and remove the file `remove` it made. A callback, not an await, which a second
-    cancellation would cut short."""
+    gave, and remove the file `remove` it made. The undo is a callback, which a second
+    cancellation cannot cut short; this waits for it, so a caller that stops (a process that
+    exits as soon as its download was cancelled) leaves no file behind."""
     def undo(done: asyncio.Future) -> None:
         if done.cancelled() or done.exception() is not None or (fd := done.result()) is None:
             return
@@ -94,6 +95,8 @@ def undo_open(opening: asyncio.Future, remove: str | None = None) -> None:
             if remove is not None:
                 os.unlink(remove)
     opening.add_done_callback(undo)
+    with contextlib.suppress(asyncio.CancelledError):  # cancelled again: the callback still runs
+        await asyncio.wait([opening])  # wakes after `undo`, a callback added before its own
 
 
 @contextlib.contextmanager
@@ -115,7 +118,7 @@ async def opened_in_place(path: str) -> int:
         try:
             fd = await asyncio.shield(opening)
         except asyncio.CancelledError:  # the open ends in its thread: close what it opened then
-            undo_open(opening)
+            await undo_open(opening)
             raise
         if fd is not None:
             return fd

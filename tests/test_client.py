@@ -400,6 +400,36 @@ async def test_a_download_cancelled_twice_while_its_temp_file_opens_leaves_none(
     assert list(out.iterdir()) == []
 
 
+async def test_a_download_cancelled_while_its_temp_file_opens_ends_after_the_undo(cluster, s3_client, bucket,
+                                                                                   tmp_path):
+    """Cancelled while its temp file opens in a thread, the download ends only once that open has
+    ended and been undone: a process that exits as soon as it has stopped a download (fsspec's get
+    cancels the rest of a batch when one copy fails) leaves no .part behind."""
+    s3_client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    started, release = threading.Event(), threading.Event()
+    real_open, out = os.open, tmp_path / "downloads"
+    out.mkdir()
+
+    def slow_open(path, flags, mode=0o777):
+        if str(path).endswith(".part"):
+            started.set()
+            release.wait(5)
+        return real_open(path, flags, mode)
+
+    async with Client(cluster.master.url) as client:
+        with mock.patch("os.open", slow_open):
+            task = asyncio.ensure_future(client.download(bucket, "empty", out / "empty"))
+            await asyncio.to_thread(started.wait, 5)
+            task.cancel()
+            for _ in range(3):  # deliver the cancellation
+                await asyncio.sleep(0)
+            assert not task.done()  # it waits for its open
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert list(out.iterdir()) == []  # at once: nothing queued still to undo
+
+
 @pytest.mark.parametrize(("url", "options", "why"), [
     ("http://127.0.0.1:7070/ring", {}, "master_url: url 'http://127.0.0.1:7070/ring' must not have a path, query or "
                                        "fragment"),

@@ -38,7 +38,7 @@ from .objects import ObjectInfo
 from .retry import RetryPolicy, is_transient
 from .s3headers import stored_headers
 
-__all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error", "check_endpoint"]
+__all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error", "not_found", "check_endpoint"]
 
 log = logging.getLogger("p2pcache.origin")
 READ_SIZE = 1 << 20  # aiohttp buffers up to twice what a read asks for: see `read_range`'s `piece`
@@ -81,6 +81,13 @@ def check_endpoint(url: str) -> None:
         raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
 
 
+def not_found(bucket: str, key: str, code: str) -> NotFound:
+    """S3's answer that the bucket (`NoSuchBucket`) or the object (`NoSuchKey`) does not exist."""
+    if code == "NoSuchBucket":
+        return NotFound(f"no such bucket: {bucket}", code=code)
+    return NotFound(f"no such object: s3://{bucket}/{key}", code=code)
+
+
 def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | None = None) -> P2PError:
     """One boundary where botocore's errors become ours, each naming its cause."""
     where = f"s3://{bucket}/{key}"
@@ -89,11 +96,10 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in ("NoSuchBucket",):
-            return NotFound(f"no such bucket: {bucket}", code="NoSuchBucket")
+            return not_found(bucket, key, "NoSuchBucket")
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-            if not key:  # a bucket-level call: only the bucket can be missing
-                return NotFound(f"no such bucket: {bucket}", code="NoSuchBucket")
-            return NotFound(f"no such object: {where}")
+            # a bucket-level call (no key): only the bucket can be missing
+            return not_found(bucket, key, "NoSuchKey" if key else "NoSuchBucket")
         if code in ("PreconditionFailed", "412") or status == 412:
             return ObjectChanged(f"{where} changed at the origin during the read")
         # A HEAD's error has no body: botocore's code is then the status, its message the reason phrase.

@@ -12,7 +12,7 @@ from conftest import until
 from p2pcache.errors import NotFound, Unavailable
 from p2pcache.objects import ObjectInfo
 from worker.generation import Generation
-from worker.objects import ObjectCache, changed
+from worker.objects import MISSING, ObjectCache, changed
 from worker.reads import Reads
 
 
@@ -37,7 +37,7 @@ def info(etag: str, size: int = 10, last_modified: str = "Mon, 01 Jan 2024 00:00
 
 
 def test_another_version_is_a_change_a_first_sight_is_not():
-    one, gone = info('"1"'), NotFound("gone")
+    one, gone = info('"1"'), MISSING["NoSuchKey"]
     assert not changed(None, one) and not changed(None, gone)
     assert not changed(one, info('"1"'))
     assert not changed(one, info('"1"', headers=(("x-amz-restore", 'ongoing-request="false"'),)))
@@ -45,7 +45,7 @@ def test_another_version_is_a_change_a_first_sight_is_not():
     assert changed(one, info('"1"', size=11))
     assert changed(one, info('"1"', last_modified="Tue, 02 Jan 2024 00:00:00 GMT"))  # metadata rewritten
     assert changed(one, gone) and changed(gone, one)
-    assert not changed(gone, NotFound("still gone", code="NoSuchBucket"))
+    assert not changed(gone, MISSING["NoSuchBucket"])
 
 
 class Origin:
@@ -76,7 +76,10 @@ async def test_the_object_cache_calls_on_change_before_answering_with_another_ve
     assert (await head(info('"1"'))).etag == '"1"' and changes == []
     assert (await head(info('"2"'))).etag == '"2"' and changes == [("b", "k")]  # told before it returned
     assert isinstance(await head(NotFound("deleted")), NotFound) and len(changes) == 2
-    assert isinstance(await head(NotFound("deleted")), NotFound) and len(changes) == 2
+    deleted = await head(NotFound("deleted"))
+    assert (type(deleted), str(deleted), deleted.code) == (NotFound, "no such object: s3://b/k", "NoSuchKey")
+    assert len(changes) == 2
+    assert objects._cache.peek(("b", "k")) is MISSING["NoSuchKey"]  # not the error, its traceback, botocore's
     assert (await head(info('"3"'))).etag == '"3"' and len(changes) == 3  # created again
     with pytest.raises(Unavailable):
         await head(Unavailable("S3 is down"))

@@ -7,15 +7,24 @@ from typing import Callable
 
 from p2pcache.errors import NotFound
 from p2pcache.objects import ObjectInfo
-from p2pcache.origin import S3Origin
+from p2pcache.origin import S3Origin, not_found
 
 from .ttlcache import TTLCache
 
 __all__ = ["ObjectCache", "changed"]
 
 
+class Missing(str):
+    """A missing object as remembered: S3's code alone (`NoSuchKey`, `NoSuchBucket`), one shared
+    string per code. The NotFound itself held its traceback and botocore's error (17-34 KiB), so
+    a client asking for names that do not exist grew a worker by that much per name."""
+
+
+MISSING = {code: Missing(code) for code in ("NoSuchKey", "NoSuchBucket")}
+
+
 class ObjectCache:
-    """One HEAD per object per TTL; a missing object is remembered as missing.
+    """One HEAD per object per TTL; a missing object is remembered as missing (`Missing`).
 
     A HEAD that finds another version than the one remembered (or none, or one
     where none was) calls `on_change(bucket, key)` before any caller gets its
@@ -31,19 +40,19 @@ class ObjectCache:
     async def get(self, bucket: str, key: str, max_age: float | None = None) -> ObjectInfo:
         """The identity from a HEAD sent less than `min(ttl, max_age)` seconds ago (0: after this call)."""
         result = await self._cache.get((bucket, key), lambda: self._head(bucket, key), max_age)
-        if isinstance(result, NotFound):
-            raise NotFound(str(result), code=result.code)
+        if isinstance(result, Missing):
+            raise not_found(bucket, key, result)
         return result
 
     def invalidate(self, bucket: str, key: str) -> None:
         """Ask S3 at the next `get` (what it answers is still compared with what was remembered)."""
         self._cache.invalidate((bucket, key))
 
-    async def _head(self, bucket: str, key: str) -> ObjectInfo | NotFound:
+    async def _head(self, bucket: str, key: str) -> ObjectInfo | Missing:
         try:
-            found: ObjectInfo | NotFound = await self._origin.head(bucket, key)
+            found: ObjectInfo | Missing = await self._origin.head(bucket, key)
         except NotFound as exc:
-            found = exc
+            found = MISSING.get(exc.code) or Missing(exc.code)
         # Here, inside the fetch: its callers resume only after this returns.
         if changed(self._cache.peek((bucket, key)), found):
             self._on_change(bucket, key)
@@ -53,7 +62,7 @@ class ObjectCache:
         await self._cache.close()
 
 
-def changed(before: ObjectInfo | NotFound | None, now: ObjectInfo | NotFound) -> bool:
+def changed(before: ObjectInfo | Missing | None, now: ObjectInfo | Missing) -> bool:
     """Whether a HEAD's answer `now` is another version than the one remembered, `before`.
 
     None: nothing remembered, a first sight (or an entry pushed out past `max_entries`: the
@@ -62,6 +71,6 @@ def changed(before: ObjectInfo | NotFound | None, now: ObjectInfo | NotFound) ->
     headers (x-amz-restore, ...) change without a new version."""
     if before is None:
         return False
-    if isinstance(before, NotFound) or isinstance(now, NotFound):
-        return isinstance(before, NotFound) != isinstance(now, NotFound)
+    if isinstance(before, Missing) or isinstance(now, Missing):
+        return isinstance(before, Missing) != isinstance(now, Missing)
     return (before.etag, before.size, before.last_modified) != (now.etag, now.size, now.last_modified)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -52,6 +53,7 @@ class Master:
         self._epoch = Gauge("p2pcache_ring_epoch", "Ring epoch", registry=self.registry)
         self._workers = Gauge("p2pcache_ring_workers", "Workers in the ring", registry=self.registry)
         self._changed = asyncio.Event()
+        self._logged: dict[str, str] = {}  # the workers (id: state) of the last ring logged
         self._runner: AppRunner | None = None
         self._expiry: asyncio.Task | None = None
         self._verifier = Verifier(config.cluster_secret, guard=True) if config.cluster_secret else None
@@ -152,7 +154,9 @@ class Master:
         ring = self.membership.ring
         self._epoch.set(ring.epoch)
         self._workers.set(len(ring.workers))
-        log.info("ring epoch %d: %s", ring.epoch, ", ".join(w.id for w in ring.workers) or "no workers")
+        now = {w.id: w.state for w in ring.workers}
+        log.info("ring epoch %d: %s", ring.epoch, ring_change(self._logged, now))
+        self._logged = now
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -251,3 +255,17 @@ async def _body(request: web.Request) -> bytes:
         return await read_body(request)
     except RequestTimeout as exc:
         raise web.HTTPRequestTimeout(text=f"{exc}\n") from None
+
+
+def ring_change(before: dict[str, str], after: dict[str, str]) -> str:
+    """A ring change in one line, as long as what changed (not the whole ring: a line per
+    registration naming every worker made the log grow with the square of the cluster)."""
+    counts = collections.Counter(after.values())
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    line = f"{len(after)} worker{'' if len(after) == 1 else 's'}" + (f" ({states})" if states else "")
+    for what, ids in (("joined", [w for w in after if w not in before]),
+                      ("left", [w for w in before if w not in after]),
+                      ("now", [f"{w} {after[w]}" for w in after if w in before and before[w] != after[w]])):
+        if ids:
+            line += f"; {what}: {', '.join(sorted(ids))}"
+    return line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from dataclasses import replace
 
@@ -13,7 +14,7 @@ import pytest
 from conftest import CHUNK, wait_for
 from master.config import MasterConfig
 from master.membership import Membership
-from master.server import Master
+from master.server import Master, ring_change
 from p2pcache.auth import Signer
 from p2pcache.master_client import MSGPACK, MasterClient
 from p2pcache.ring import WorkerInfo
@@ -29,7 +30,8 @@ async def read(http, url):
 
 
 async def test_a_worker_that_stops_heartbeating_leaves_and_its_chunks_stay_readable(
-        cluster_factory, s3_client, bucket):
+        cluster_factory, s3_client, bucket, caplog):
+    caplog.set_level(logging.INFO, "p2pcache.master")
     cluster = await cluster_factory(3, worker_ttl=1.5, heartbeat=0.3)
     body = random.Random(3).randbytes(12 * CHUNK)
     s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
@@ -43,6 +45,9 @@ async def test_a_worker_that_stops_heartbeating_leaves_and_its_chunks_stay_reada
         await wait_for(lambda: [w.id for w in cluster.master.membership.ring.workers] == ["w0", "w1"],
                        what="the master to expire w2")
         assert cluster.master.membership.ring.epoch > epoch
+        # The master's line says what changed, not the whole ring (which grew the log with N squared).
+        epoch = cluster.master.membership.ring.epoch
+        assert f"ring epoch {epoch}: 2 workers (2 up); left: w2" in caplog.messages
         await cluster.wait_converged()
         for w in (w0, w1):
             assert await read(http, f"{w.url}/{bucket}/m.bin") == body
@@ -271,3 +276,10 @@ async def test_a_leave_takes_out_the_id_it_names_and_no_other(cluster_factory, o
     assert [w.id for w in cluster.master.membership.ring.workers] == ["..", "w0"]
     await master.leave("..")
     assert [w.id for w in cluster.master.membership.ring.workers] == ["w0"]
+
+
+def test_a_ring_change_is_logged_as_what_changed():
+    assert ring_change({}, {}) == "0 workers"
+    assert ring_change({}, {"w0": "up"}) == "1 worker (1 up); joined: w0"
+    assert ring_change({"w0": "up", "w1": "up"}, {"w0": "draining", "w2": "up"}) == \
+        "2 workers (1 draining, 1 up); joined: w2; left: w1; now: w0 draining"

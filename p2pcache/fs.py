@@ -33,11 +33,28 @@ class FileExpired(ObjectChanged, OSError):
         return type(self), (self.strerror,)
 
 
+# Options fsspec's own base classes take (AsyncFileSystem; AbstractFileSystem's listings cache and
+# instance cache): any other option than these and ours is a TypeError, not silently ignored.
+_FSSPEC_OPTIONS = frozenset({"batch_size", "skip_instance_cache", "use_listings_cache", "listings_expiry_time",
+                             "max_paths"})
+_OPTIONS = ("master", "concurrency", "block_size", "access_key", "secret_key", "region", "credentials", "tls_ca")
+
+
+def _check_options(options: dict) -> None:
+    """Raises TypeError naming the options neither this filesystem nor fsspec's base classes take."""
+    unknown = sorted(set(options) - _FSSPEC_OPTIONS)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise TypeError(f"p2pcache:// filesystem: unknown option {names}; it takes {', '.join(_OPTIONS)}"
+                        f" (and fsspec's {', '.join(sorted(_FSSPEC_OPTIONS))}, asynchronous, loop)")
+
+
 class P2PCacheFileSystem(AsyncFileSystem):
     """Read-only; `master=` (or env P2PCACHE_MASTER) is the master's URL.
 
     `access_key=`, `secret_key=`, `region=` or `credentials="env"` sign the reads
-    with a reader key, as `Client` does.
+    with a reader key, and `tls_ca=` (a PEM bundle) is trusted on top of the system's CAs
+    for an https:// cluster, as `Client` does. An unknown option is a TypeError.
 
     Paths are `bucket/key`. Objects are files; key prefixes ending in `/` are
     directories, listed with the workers' ListObjectsV2.
@@ -48,16 +65,17 @@ class P2PCacheFileSystem(AsyncFileSystem):
 
     def __init__(self, master: str | None = None, *, concurrency: int = 16, block_size: int | None = None,
                  access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
-                 credentials: str | None = None, asynchronous: bool = False, loop=None,
-                 **storage_options) -> None:
-        super().__init__(asynchronous=asynchronous, loop=loop, **storage_options)
+                 credentials: str | None = None, tls_ca: str = "", asynchronous: bool = False, loop=None,
+                 **fsspec_options) -> None:
+        _check_options(fsspec_options)
+        super().__init__(asynchronous=asynchronous, loop=loop, **fsspec_options)
         self.master = master or os.environ.get("P2PCACHE_MASTER", "")
         if not self.master:
             raise ValueError("p2pcache: give master='http://...' or set P2PCACHE_MASTER")
         self.block_size = block_size  # default: the ring's chunk size
         signer_from(access_key, secret_key, region, credentials)  # a bad option fails here, not at a read
         self._options = {"concurrency": concurrency, "access_key": access_key, "secret_key": secret_key,
-                         "region": region, "credentials": credentials}
+                         "region": region, "credentials": credentials, "tls_ca": tls_ca}
         self._client: Client | None = None
         self._starting: asyncio.Future | None = None
 

@@ -32,6 +32,7 @@ __all__ = [
     "pod_template",
     "secret_files",
     "render",
+    "render_on",
 ]
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "p2pcache"
@@ -77,6 +78,15 @@ def render(
     rendered = _native.call_string("helm_render", chart._raw(), payload, json.dumps(opts))
     files: dict[str, str] = json.loads(rendered)
     return files
+
+
+def render_on(kube_url: str, chart: helm.Chart, values: dict[str, Any] | None = None, *,
+              upgrade: bool = True) -> dict[str, str]:
+    """As `helm upgrade` (or `helm install`) renders: `lookup` asks the API server at `kube_url`
+    (tests/fakekube.py), where `render` finds nothing."""
+    with helm.Config(kube_apiserver=kube_url, namespace=NAMESPACE) as config:
+        return config.render(chart, values, name=RELEASE, namespace=NAMESPACE,
+                             is_install=not upgrade, is_upgrade=upgrade)
 
 
 class _StrictLoader(yaml.SafeLoader):

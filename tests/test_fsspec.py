@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import random
 
 import fsspec
 import pytest
+from fsspec.asyn import AsyncFileSystem
 from fsspec.callbacks import Callback
+from fsspec.dircache import DirCache
 
 from conftest import CHUNK
 from p2pcache.fs import P2PCacheFile, P2PCacheFileSystem
@@ -86,6 +89,22 @@ async def test_the_master_can_come_from_the_environment(cluster, s3_client, buck
     monkeypatch.delenv("P2PCACHE_MASTER")
     with pytest.raises(ValueError, match="P2PCACHE_MASTER"):
         P2PCacheFileSystem(skip_instance_cache=True)
+
+
+def test_an_unknown_option_is_a_type_error_naming_it():
+    """A misspelled option (or one this filesystem lacks) used to be taken and ignored."""
+    with pytest.raises(TypeError, match="unknown option 'acess_key'"):
+        fsspec.filesystem("p2pcache", master="http://127.0.0.1:1", acess_key="typo")
+    with pytest.raises(TypeError, match="unknown option 'tls_cafile'"):
+        fsspec.open("p2pcache://models/m.bin", master="http://127.0.0.1:1", tls_cafile="ca.pem")
+    # The options of fsspec's base classes (batch_size; the listings cache's) still work.
+    base = {name: param.default for init in (AsyncFileSystem.__init__, DirCache.__init__)
+            for name, param in inspect.signature(init).parameters.items() if param.kind is param.KEYWORD_ONLY
+            or (param.kind is param.POSITIONAL_OR_KEYWORD and name != "self")}
+    assert {"asynchronous", "loop", "batch_size", "use_listings_cache", "max_paths"} <= set(base)
+    base |= {"batch_size": 4, "use_listings_cache": False}
+    fs = fsspec.filesystem("p2pcache", master="http://127.0.0.1:1", skip_instance_cache=True, tls_ca="", **base)
+    assert fs.batch_size == 4 and not fs.dircache.use_listings_cache
 
 
 async def test_fsspec_http_filesystem_reads_a_worker_with_random_seeks(cluster, s3_client, bucket):

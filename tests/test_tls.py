@@ -9,6 +9,7 @@ import ssl
 import sys
 
 import aiohttp
+import fsspec
 import pytest
 
 from certs import self_signed
@@ -16,6 +17,7 @@ from conftest import CHUNK, SECRET, cli_env, metric, wait_for
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache import Client
+from p2pcache.errors import Unavailable
 from worker.config import WorkerConfig
 from worker.server import Worker
 
@@ -76,16 +78,29 @@ async def test_a_cluster_over_tls_serves_and_verifies_certificates(s3, s3_client
         await master.stop()
 
 
-async def test_get_and_sync_trust_the_ca_of_p2pcache_tls_ca(s3, s3_client, bucket, tmp_path, cert):
+@pytest.fixture
+async def tls_cluster(s3, tmp_path, cert):
+    """A master and one worker over https, with the self-signed certificate: (master, worker)."""
     cert_file, key_file = cert
-    body = random.Random(9).randbytes(2 * CHUNK + 5)
-    s3_client.put_object(Bucket=bucket, Key="d/m.bin", Body=body)
     master = Master(MasterConfig(chunk_size=CHUNK, cluster_secret=SECRET, tls_cert=cert_file, tls_key=key_file))
     await master.start()
     worker = Worker(WorkerConfig(master_url=master.url, cache_dir=tmp_path / "w0", worker_id="w0", s3_endpoint=s3.url,
                                  min_free=0, capacity=1 << 30, heartbeat_interval=0.3, cluster_secret=SECRET,
                                  tls_cert=cert_file, tls_key=key_file, tls_ca=cert_file))
-    await worker.start()
+    try:
+        await worker.start()
+        await wait_for(lambda: worker.placement is not None and worker.placement.workers, what="w0 to join")
+        yield master, worker
+    finally:
+        await worker.stop()
+        await master.stop()
+
+
+async def test_get_and_sync_trust_the_ca_of_p2pcache_tls_ca(tls_cluster, s3_client, bucket, tmp_path, cert):
+    cert_file, _ = cert
+    master, _ = tls_cluster
+    body = random.Random(9).randbytes(2 * CHUNK + 5)
+    s3_client.put_object(Bucket=bucket, Key="d/m.bin", Body=body)
     env = cli_env(P2PCACHE_MASTER=master.url)
 
     async def run(*args: str, ca: str) -> tuple[int, str]:
@@ -95,21 +110,37 @@ async def test_get_and_sync_trust_the_ca_of_p2pcache_tls_ca(s3, s3_client, bucke
         _, err = await asyncio.wait_for(proc.communicate(), 60)
         return proc.returncode, err.decode()
 
-    try:
-        await wait_for(lambda: worker.placement is not None and worker.placement.workers, what="w0 to join")
-        for args in (["get", f"s3://{bucket}/d/m.bin", "-o", str(tmp_path / "got")],
-                     ["sync", f"s3://{bucket}/d/", str(tmp_path / "synced")]):
-            code, err = await run(*args, ca="")  # the system's CAs only: the certificate is refused
-            assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in err and err.count("\n") == 1, err
-            assert "ConnectionKey" not in err  # one readable line, not a repr
-            code, err = await run(*args, ca=cert_file)
-            assert code == 0, err
-        assert (tmp_path / "got").read_bytes() == body and (tmp_path / "synced" / "m.bin").read_bytes() == body
-        # Plain HTTP to the https:// master: it hangs up, and the error says what that most often means.
-        env["P2PCACHE_MASTER"] = master.url.replace("https://", "http://")
-        for args in (["get", f"s3://{bucket}/d/m.bin", "-o", str(tmp_path / "got2")], ["status"]):
-            code, err = await run(*args, ca=cert_file)
-            assert code == 1 and "is the URL https://?" in err and err.count("\n") == 1, err
-    finally:
-        await worker.stop()
-        await master.stop()
+    for args in (["get", f"s3://{bucket}/d/m.bin", "-o", str(tmp_path / "got")],
+                 ["sync", f"s3://{bucket}/d/", str(tmp_path / "synced")]):
+        code, err = await run(*args, ca="")  # the system's CAs only: the certificate is refused
+        assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in err and err.count("\n") == 1, err
+        assert "ConnectionKey" not in err  # one readable line, not a repr
+        code, err = await run(*args, ca=cert_file)
+        assert code == 0, err
+    assert (tmp_path / "got").read_bytes() == body and (tmp_path / "synced" / "m.bin").read_bytes() == body
+    # Plain HTTP to the https:// master: it hangs up, and the error says what that most often means.
+    env["P2PCACHE_MASTER"] = master.url.replace("https://", "http://")
+    for args in (["get", f"s3://{bucket}/d/m.bin", "-o", str(tmp_path / "got2")], ["status"]):
+        code, err = await run(*args, ca=cert_file)
+        assert code == 1 and "is the URL https://?" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.usefixtures("fsspec_instances")
+async def test_fsspec_trusts_the_ca_of_its_tls_ca_option(tls_cluster, s3_client, bucket, cert):
+    """`tls_ca=` reaches the client, as `Client(tls_ca=...)` takes it (it used to be ignored)."""
+    cert_file, _ = cert
+    master, _ = tls_cluster
+    body = random.Random(10).randbytes(2 * CHUNK + 7)
+    s3_client.put_object(Bucket=bucket, Key="f/m.bin", Body=body)
+    path = f"{bucket}/f/m.bin"
+
+    def scenario() -> None:
+        with fsspec.open(f"p2pcache://{path}", "rb", master=master.url, tls_ca=cert_file) as f:
+            assert f.read() == body
+        fs = fsspec.filesystem("p2pcache", master=master.url, tls_ca=cert_file)
+        assert fs.cat_file(path, start=CHUNK - 3, end=CHUNK + 3) == body[CHUNK - 3:CHUNK + 3]
+        untrusting = fsspec.filesystem("p2pcache", master=master.url)  # the system's CAs only
+        with pytest.raises(Unavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusting.cat_file(path)
+
+    await asyncio.to_thread(scenario)

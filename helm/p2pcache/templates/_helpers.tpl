@@ -69,20 +69,33 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* A checksum of the cluster secret, for the master's and the workers' pod annotations: a new
-value (the chart's Secret deleted and made again, or the user's rotated, then `helm upgrade`)
-restarts them all, rather than leaving running pods on the old value to be refused by the next
-pod that starts. Empty when the user's Secret cannot be looked up (`helm template`). */}}
-{{- define "p2pcache.clusterSecretChecksum" -}}
+{{/* The cluster secret as the Secret's data holds it (base64), or "": the Secret in the cluster
+(the user's `existingSecret`, or the chart's own, kept across `helm upgrade`), else for the chart's own
+a new random value. Made once per render and kept on the root context: the chart's Secret and every
+checksum of it must see the same value, and `randAlphaNum` gives another at each call. "" when there
+is none or the user's cannot be looked up (`helm template`). Call with the root context. */}}
+{{- define "p2pcache.clusterSecretData" -}}
+{{- if not (hasKey . "p2pcacheClusterSecretData") }}
+{{- $data := "" }}
 {{- if .Values.clusterSecret.enabled }}
-{{- if .Values.clusterSecret.existingSecret }}
-{{- with (lookup "v1" "Secret" .Release.Namespace .Values.clusterSecret.existingSecret) }}
-{{- index (default dict .data) $.Values.clusterSecret.key | default "" | sha256sum }}
-{{- end }}
-{{- else }}
-{{- include (print $.Template.BasePath "/cluster-secret.yaml") . | sha256sum }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace (include "p2pcache.clusterSecretName" .) }}
+{{- $data = dig "data" .Values.clusterSecret.key "" $found }}
+{{- if and (not $data) (not .Values.clusterSecret.existingSecret) }}
+{{- $data = randAlphaNum 64 | b64enc }}
 {{- end }}
 {{- end }}
+{{- $_ := set . "p2pcacheClusterSecretData" $data }}
+{{- end }}
+{{- get . "p2pcacheClusterSecretData" }}
+{{- end }}
+
+{{/* A checksum of the cluster secret's value, for the master's and the workers' pod annotations: a
+new value (the chart's Secret deleted and made again, or the user's rotated, then `helm upgrade`)
+restarts them all, rather than leaving running pods on the old value to be refused by the next
+pod that starts; an upgrade that keeps the value restarts none. Empty when there is no value to
+check (`helm template` with the user's Secret). */}}
+{{- define "p2pcache.clusterSecretChecksum" -}}
+{{- with include "p2pcache.clusterSecretData" . }}{{ sha256sum . }}{{ end }}
 {{- end }}
 
 {{/* --tls-* args of the master and the workers: --tls-ca is the CA the workers verify peers and

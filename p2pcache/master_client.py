@@ -17,7 +17,7 @@ from .ring import RingSnapshot, WorkerInfo
 from .ringreport import RingReport
 from .worker_client import ERROR_HEADER
 
-__all__ = ["MasterClient", "MSGPACK", "REPLACED_HEADER", "TIMEOUT", "unreachable", "not_master"]
+__all__ = ["MasterClient", "MSGPACK", "REPLACED_HEADER", "TIMEOUT", "unreachable", "not_master", "said"]
 
 MSGPACK = "application/msgpack"
 TIMEOUT = 10.0  # seconds a heartbeat or a leave waits for the master, unless told less
@@ -86,16 +86,22 @@ class MasterClient:
                 data = await resp.read()
                 replaced = resp.status == 409 and REPLACED_HEADER in resp.headers
                 if (resp.status in (400, 401, 403) or replaced) and refusable:
-                    reason = " ".join(data.decode(errors="replace").split())[:500]
+                    reason = said(data, 500)
                     error = BadRequest if resp.status in (400, 409) else Unauthorized
                     raise error(f"the master at {self.url} refused this worker: {reason}")
                 if resp.status != 200 and (resp.status == 404 or ERROR_HEADER in resp.headers):
                     raise Unavailable(not_master(self.url, resp))  # the master has every route it is asked
                 if resp.status != 200:
-                    raise Unavailable(f"master {method} {path}: HTTP {resp.status} {data[:200]!r}")
+                    raise Unavailable(f"master {method} {path}: HTTP {resp.status} {said(data, 200)}".rstrip())
                 return data
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise unreachable(self.url, exc) from exc
+
+
+def said(body: bytes, limit: int) -> str:
+    """An answer's body as one line of text for a message: decoded (what is not UTF-8 replaced),
+    its whitespace runs made one space, cut to `limit` characters."""
+    return " ".join(body.decode(errors="replace").split())[:limit]
 
 
 def _segment(text: str) -> str:

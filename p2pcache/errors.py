@@ -28,6 +28,8 @@ P2PError
 │   │   └── OriginThrottled    S3 answered 503 SlowDown
 │   ├── PeerUnavailable        no owner of a chunk answered
 │   ├── NoRing                 the worker has not received a ring yet
+│   ├── Refused                the master refuses this worker for now (409: its id is registered
+│   │                           at another URL, until that registration leaves or expires)
 │   ├── StoreError             the cache disk failed (reads go around it)
 │   ├── CorruptChunk           a cached chunk failed its checksum (dropped; read elsewhere)
 │   └── Busy                   a concurrency cap, or the store cannot take a chunk
@@ -51,7 +53,7 @@ __all__ = [
     "NotCached", "NotOwner", "ReadOnly", "RequestTimeout", "PreconditionFailed", "RangeNotSatisfiable",
     "InvalidPartNumber", "Unsupported",
     "ObjectChanged", "OriginError", "OriginDenied", "Unavailable", "OriginUnavailable",
-    "PeerUnavailable", "NoRing", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
+    "PeerUnavailable", "NoRing", "Refused", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
     "StoreError", "CorruptChunk", "Relayed", "ORIGIN_HEADER", "origin_error",
 ]
 
@@ -292,6 +294,11 @@ class PeerUnavailable(Unavailable):
 
 class NoRing(Unavailable):
     """This worker has not received a ring from the master yet."""
+
+
+class Refused(Unavailable):
+    """The master answered, refusing this worker until another registration of its id leaves or
+    expires (an unsigned move to another URL: 409). Asked again, as an unreachable master is."""
 
 
 class Busy(Unavailable):

@@ -12,12 +12,12 @@ import msgpack
 from yarl import URL
 
 from .auth import Signer
-from .errors import BadRequest, Unauthorized, Unavailable
+from .errors import BadRequest, Refused, Unauthorized, Unavailable
 from .ring import RingSnapshot, WorkerInfo
 from .ringreport import RingReport
 from .worker_client import ERROR_HEADER
 
-__all__ = ["MasterClient", "MSGPACK", "REPLACED_HEADER", "TIMEOUT", "unreachable", "not_master"]
+__all__ = ["MasterClient", "MSGPACK", "REPLACED_HEADER", "TIMEOUT", "unreachable", "not_master", "said"]
 
 MSGPACK = "application/msgpack"
 TIMEOUT = 10.0  # seconds a heartbeat or a leave waits for the master, unless told less
@@ -51,8 +51,9 @@ class MasterClient:
         (master/earlier.py).
         BadRequest if the master refuses the registration (400), or this process (409: another one has
         the id or the URL since), Unauthorized if it refuses the cluster signature (another secret,
-        none, or a clock too far from its own): it will refuse them again. Unavailable if it does
-        not answer within `timeout` seconds."""
+        none, or a clock too far from its own): it will refuse them again. Refused (an Unavailable)
+        if it refuses it until another registration of the id leaves or expires (an unsigned move to
+        another URL: 409 without REPLACED_HEADER). Unavailable if it does not answer within `timeout` seconds."""
         body = msgpack.packb(asdict(worker) | {"instance": self.instance}
                              | ({"unpins": unpins} if unpins is not None else {})
                              | ({"ring": ring.to_wire()} if ring is not None else {}))
@@ -74,8 +75,8 @@ class MasterClient:
 
     async def _call(self, method: str, path: str, timeout: float, params: dict[str, str] | None = None,
                     data: bytes = b"", refusable: bool = False) -> bytes:
-        """The answer's body; with `refusable`, a 400 (or a 409 with REPLACED_HEADER) is BadRequest and a
-        401 or 403 Unauthorized, with the master's reason."""
+        """The answer's body; with `refusable`, a 400 (or a 409 with REPLACED_HEADER) is BadRequest, a
+        401 or 403 Unauthorized and another 409 Refused, with the master's reason."""
         url = URL(self.url + path, encoded=True)  # as escaped here: never resolved into another path
         headers = {"Accept": MSGPACK} | self._signer.headers(method, url.path, params, data)
         try:
@@ -86,16 +87,24 @@ class MasterClient:
                 data = await resp.read()
                 replaced = resp.status == 409 and REPLACED_HEADER in resp.headers
                 if (resp.status in (400, 401, 403) or replaced) and refusable:
-                    reason = " ".join(data.decode(errors="replace").split())[:500]
+                    reason = said(data, 500)
                     error = BadRequest if resp.status in (400, 409) else Unauthorized
                     raise error(f"the master at {self.url} refused this worker: {reason}")
+                if resp.status == 409 and refusable and ERROR_HEADER not in resp.headers:  # passes once the other registration leaves or expires
+                    raise Refused(f"the master at {self.url} refuses this worker for now: {said(data, 500)}")
                 if resp.status != 200 and (resp.status == 404 or ERROR_HEADER in resp.headers):
                     raise Unavailable(not_master(self.url, resp))  # the master has every route it is asked
                 if resp.status != 200:
-                    raise Unavailable(f"master {method} {path}: HTTP {resp.status} {data[:200]!r}")
+                    raise Unavailable(f"master {method} {path}: HTTP {resp.status} {said(data, 200)}".rstrip())
                 return data
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise unreachable(self.url, exc) from exc
+
+
+def said(body: bytes, limit: int) -> str:
+    """An answer's body as one line of text for a message: decoded (what is not UTF-8 replaced),
+    its whitespace runs made one space, cut to `limit` characters."""
+    return " ".join(body.decode(errors="replace").split())[:limit]
 
 
 def _segment(text: str) -> str:

@@ -30,11 +30,11 @@ def main(args: argparse.Namespace) -> int:
 async def _status(args: argparse.Namespace) -> int:
     async with admin_from_args(args) as admin:
         status = await admin.status(args.url)
-    print(json.dumps(status, indent=1) if args.json else render(status))
-    if not status["workers"]:  # an empty table would pass for a healthy answer
+    if not status["workers"]:  # an empty table would pass for a healthy answer: none, this line only
         print(f"p2pcache status: the master at {args.master} has no workers in its ring (the workers "
               f"register with the master they are given as --master)", file=sys.stderr)
         return 1
+    print(json.dumps(status, indent=1) if args.json else render(status))
     return 0 if all(w["state"] != "unreachable" for w in status["workers"]) else 1
 
 

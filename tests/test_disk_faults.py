@@ -126,7 +126,8 @@ async def test_a_full_new_owner_does_not_leak_the_holders_answers_it_cannot_stor
 
 async def test_a_worker_whose_cache_dir_is_unusable_starts_and_serves(cluster_factory, s3_client, bucket, tmp_path):
     cluster = await cluster_factory(1, chunk_size=CHUNK)
-    (tmp_path / "w1").write_bytes(b"")  # the next worker's cache dir is a file
+    (tmp_path / "w1").mkdir()
+    (tmp_path / "w1" / "tmp").write_bytes(b"")  # the next worker's cache dir cannot be indexed (ENOTDIR)
     broken = await cluster.add_worker()
     await cluster.wait_converged()
     body = put(s3_client, bucket, "m.bin")
@@ -134,6 +135,23 @@ async def test_a_worker_whose_cache_dir_is_unusable_starts_and_serves(cluster_fa
         await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
         assert str(tmp_path / "w1") in (await ready(http, broken))["degraded"]
         assert await metric(http, broken.url, "p2pcache_passthrough_bytes_total") > 0
+
+
+async def test_a_worker_whose_cache_dir_is_a_file_does_not_start(cluster_factory, tmp_path):
+    """A --cache-dir that is a file, or under one, is a configuration error, not a failing disk:
+    the worker stops at start naming it. It started, said ready and joined the ring, never
+    cached, and took no lock: two workers on one such path both started."""
+    cluster = await cluster_factory(1, chunk_size=CHUNK)
+    file = tmp_path / "file"
+    file.write_bytes(b"")
+    for cache_dir, why in ((file, f"--cache-dir {file} is not a directory"),
+                           (file / "cache", f"--cache-dir {file / 'cache'}: {file} is not a directory")):
+        worker = Worker(dataclasses.replace(cluster.workers[0].config, worker_id="w1", port=0, cache_dir=cache_dir))
+        with pytest.raises(Fatal) as stopped:
+            await worker.start()
+        await worker.stop()  # it had taken nothing
+        assert str(stopped.value) == why
+    assert [w.id for w in cluster.master.membership.ring.workers] == ["w0"]
 
 
 async def test_chunk_files_that_cannot_be_read_are_read_around(cluster_factory, s3_client, bucket):

@@ -124,6 +124,8 @@ def local(*args: str) -> subprocess.CompletedProcess:
     (["--chunk-size", "1XB"], "p2pcache local: error: argument --chunk-size: invalid size '1XB'"),
     (["--workers", "0"], "p2pcache local: --workers must be from 1 to 100, not 0"),
     (["--workers", "3", "--port", "65535"], "p2pcache local: --port must be from 0 to 65532, not 65535"),
+    (["--data-dir", __file__], f"p2pcache local: --data-dir {__file__} is not a directory"),
+    (["--data-dir", f"{__file__}/caches"], f"p2pcache local: --data-dir {__file__}/caches: {__file__} is not a directory"),
 ])
 def test_flags_local_cannot_start_with_stop_it_before_it_starts_anything(args, why):
     result = local("--port", "0", *args)

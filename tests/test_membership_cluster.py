@@ -283,3 +283,30 @@ def test_a_ring_change_is_logged_as_what_changed():
     assert ring_change({}, {"w0": "up"}) == "1 worker (1 up); joined: w0"
     assert ring_change({"w0": "up", "w1": "up"}, {"w0": "draining", "w2": "up"}) == \
         "2 workers (1 draining, 1 up); joined: w2; left: w1; now: w0 draining"
+
+
+async def test_a_second_process_with_a_live_id_in_an_open_cluster_says_it_is_refused_not_unreachable(
+        cluster_factory, caplog):
+    """Without the cluster secret an id keeps its URL: a second process with w0's id at another
+    URL is refused (409) until w0 leaves or expires, and asks again meanwhile. It logged that its
+    heartbeat failed and it served "on the last ring" (it had none), and at its drain that the
+    master "was unreachable for the whole drain" (it answered every try)."""
+    cluster = await cluster_factory(1, heartbeat=0.2, secret=None)
+    w0 = cluster.workers[0]
+    with caplog.at_level(logging.INFO, logger="p2pcache.membership"):
+        twin = await cluster.add_worker(worker_id="w0", drain_timeout=1.0)  # another port and cache dir
+        await wait_for(lambda: twin.placement is not None, what="the ring at the twin")  # it drains then
+        await twin.stop()  # what SIGTERM does: announce the drain (refused every time), leave
+        said = [r.getMessage() for r in caplog.records if r.name == "p2pcache.membership"]
+        refused = f"the master at {cluster.master.url} refuses this worker for now: worker id 'w0' is registered at {w0.url}"
+        assert said[0].startswith(refused) and said[0].endswith("; asking again at each heartbeat"), said
+        assert not any("heartbeat failed" in line or "unreachable" in line for line in said), said
+        assert any(line.startswith("the master refused this worker for the whole drain") for line in said), said
+        assert said[-1].startswith("told the master this process is gone (it refused this worker"), said
+        assert [(w.id, w.url) for w in cluster.master.membership.ring.workers] == [("w0", w0.url)]
+        # Once w0 leaves, another such process is taken at its next heartbeat.
+        twin = await cluster.add_worker(worker_id="w0")
+        await w0.stop()
+        await wait_for(lambda: [(w.id, w.url) for w in cluster.master.membership.ring.workers] == [("w0", twin.url)],
+                       what="the id at its new URL")
+        await wait_for(lambda: "the master took this worker" in caplog.text, what="the worker to say so")

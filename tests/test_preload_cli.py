@@ -149,17 +149,20 @@ async def test_preload_json_and_errors(cluster, s3_client, bucket):
     assert code == 2 and "give s3:// URLs" in err
 
 
-async def test_status_preload_and_unpin_wait_for_a_starting_master(cluster, s3_client, bucket):
+async def test_status_preload_unpin_get_and_sync_say_a_master_is_starting(cluster, s3_client, bucket, tmp_path):
     s3_client.put_object(Bucket=bucket, Key="m/a", Body=b"a" * 100)
     port = int(cluster.master.url.rsplit(":", 1)[1])
     await cluster.master.stop()
     cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=120, cluster_secret=SECRET))
     await cluster.master.start()  # collecting heartbeats: its ring is partial, if it has one
     master = ["--master", cluster.master.url]
-    for args in (["status"], ["preload", f"s3://{bucket}/m/"], ["unpin", f"s3://{bucket}/m/"]):
+    for args in (["status"], ["preload", f"s3://{bucket}/m/"], ["unpin", f"s3://{bucket}/m/"],
+                 ["get", f"s3://{bucket}/m/a", "-o", "/dev/null"], ["sync", f"s3://{bucket}/m/", str(tmp_path)]):
         code, out, err = await run(*args, *master)
         assert (code, out) == (1, ""), (args, out)
         assert err.startswith(f"p2pcache {args[0]}: ") and "master starting: collecting heartbeats" in err, err
+        # One line of text: the master's answer decoded (it was a bytes repr: b'master starting: ...').
+        assert err.count("\n") == 1 and "b'" not in err and 'b"' not in err, err
 
 
 async def test_bad_arguments_exit_2_with_one_line(cluster, tmp_path):
@@ -284,7 +287,9 @@ async def test_status_and_unpin_fail_against_a_master_without_workers(s3_client,
     try:
         code, out, err = await run("unpin", f"s3://{bucket}/m/", "--master", master.url)
         assert (code, out) == (1, "") and "no workers in its ring: nothing could be unpinned" in err, err
-        code, out, err = await run("status", "--master", master.url)
-        assert code == 1 and f"the master at {master.url} has no workers in its ring" in err, (out, err)
+        for json_flag in ([], ["--json"]):  # no table (it printed an empty one before its line), no JSON
+            code, out, err = await run("status", "--master", master.url, *json_flag)
+            assert (code, out) == (1, "") and err.startswith(
+                f"p2pcache status: the master at {master.url} has no workers in its ring"), (out, err)
     finally:
         await master.stop()

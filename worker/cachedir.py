@@ -8,6 +8,8 @@ restart never finds a stale one. Before each new chunk file the worker checks th
 holds the dir's lock file (`DirLock.check`): a cache dir removed under it (the store makes it
 again) is locked again and its id written back, so the dir made again is guarded as the
 first was and a restart keeps the id; one another worker locked first is not written into.
+A cache dir that is a file, or under one, can never be locked: that is a configuration error
+(the worker does not start), not a failing disk (which it serves around).
 
 The worker's id, `<cache dir>/worker-id`, so a restart keeps its chunks' ownership. A file
 that does not hold an id the master would take (`p2pcache.members.check_id`) stops the
@@ -23,6 +25,7 @@ import fcntl
 import logging
 import os
 import socket
+import stat
 import threading
 import uuid
 from pathlib import Path
@@ -35,12 +38,17 @@ log = logging.getLogger("p2pcache.worker")
 
 
 def lock(cache_dir: Path) -> int | None:
-    """Hold the dir's lock: its fd, or None if the dir cannot hold a file (the worker then
-    serves around its disk). OSError EBUSY, naming the holder, if another process holds it."""
+    """Hold the dir's lock: its fd, or None if the dir cannot hold a file (a failing disk: the
+    worker then serves around it). OSError EBUSY, naming the holder, if another process holds it;
+    OSError ENOTDIR, naming the file, if the dir is a file or under one: it can never be a dir."""
     path = Path(cache_dir) / "lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileExistsError, NotADirectoryError):  # mkdir: the path, or a dir above it, is something else
+        if (why := _not_a_dir(Path(cache_dir))) is not None:
+            raise OSError(errno.ENOTDIR, why) from None
+        return None
     except OSError:
         return None
     try:
@@ -53,6 +61,17 @@ def lock(cache_dir: Path) -> int | None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _not_a_dir(cache_dir: Path) -> str | None:
+    """Why `cache_dir` can never be a directory (it, or a dir above it, is a file or other non-dir), or None."""
+    for path in (*reversed(cache_dir.parents), cache_dir):
+        try:
+            if not stat.S_ISDIR(os.stat(path).st_mode):
+                return f"--cache-dir {cache_dir}{'' if path == cache_dir else f': {path}'} is not a directory"
+        except OSError:  # missing (made by mkdir), or it cannot be looked at: not a configuration error
+            return None
+    return None
 
 
 def unlock(fd: int | None) -> None:
@@ -74,7 +93,7 @@ class DirLock:
         with self._mutex:
             if self.fd is not None and _same_file(self.fd, self.cache_dir / "lock"):
                 return
-            fd = lock(self.cache_dir)
+            fd = lock(self.cache_dir)  # OSError ENOTDIR if a file took its place: this fill fails and says so
             if fd is None:  # the dir cannot hold a file: the store's own write fails and says so
                 return
             unlock(self.fd)

@@ -7,7 +7,9 @@ it refuses the worker, at registration or later, that is Fatal: it would refuse
 every beat (400), or its cluster secret is not ours (401/403 on REFUSALS beats
 in a row: a master restarted with a rotated secret; the pod restarted holds the
 new one). A refusal that passes (a clock stepped back into line, a proxy's
-passing 403) is logged and outlived, as an unreachable master is.
+passing 403) is logged and outlived, as an unreachable master is; so is its 409 to a second
+process with a live worker's id at another URL in an open cluster (Refused: until the first
+leaves or expires).
 
 On SIGTERM the worker's own calls to the master (announcing the drain, leaving) wait only
 for what is left of --drain-timeout: a master that is restarting is asked again until it
@@ -23,7 +25,7 @@ import time
 from dataclasses import replace
 from typing import Awaitable, Callable
 
-from p2pcache.errors import BadRequest, Unauthorized, Unavailable
+from p2pcache.errors import BadRequest, Refused, Unauthorized, Unavailable
 from p2pcache.master_client import TIMEOUT, MasterClient
 from p2pcache.ring import DRAINING, Placement, RingSnapshot, WorkerInfo
 from p2pcache.ringreport import RingReport
@@ -67,6 +69,7 @@ class MembershipAgent:
         self._interval = interval
         self._pace_now = interval  # seconds between heartbeats (see _pace)
         self._failing = False
+        self._declined = False  # the master refuses this worker for now (Refused)
         self._refusals = 0  # heartbeats refused in a row as unauthenticated (401/403)
         self._on_ring = on_ring
         self._on_unpins, self._wall_clock, self._clock = on_unpins, wall_clock, clock
@@ -104,7 +107,8 @@ class MembershipAgent:
         if leave:
             try:
                 await self._master.leave(self.me.id, timeout=call_timeout(left))
-                log.info("left the ring")
+                log.info("left the ring" if not self._declined else
+                         "told the master this process is gone (it refused this worker: its id stays the other's)")
             except Unavailable as exc:
                 log.warning("could not leave the ring (the master will expire us): %s", exc)
 
@@ -125,8 +129,9 @@ class MembershipAgent:
                 failures += 1
                 delay = announce_delay(failures, left())
                 if delay is None:
-                    log.warning("the master was unreachable for the whole drain (%d %s in %.1f s): leaving "
-                                "without a handoff; last error: %s", failures, "try" if failures == 1 else "tries",
+                    log.warning("the master %s for the whole drain (%d %s in %.1f s): leaving without a handoff; "
+                                "last error: %s", "refused this worker" if isinstance(exc, (Refused, Unauthorized))
+                                else "was unreachable", failures, "try" if failures == 1 else "tries",
                                 began - left(), exc)
                     return False
                 if failures == 1:
@@ -169,14 +174,23 @@ class MembershipAgent:
             log.warning("heartbeat refused (%d in a row; this worker gives up at %d): %s",
                         self._refusals, REFUSALS, exc)
             return
+        except Refused as exc:  # it answered: not a failing master, and no reason to stop
+            if not self._declined:
+                log.warning("%s; asking again at each heartbeat%s", exc,
+                            ", serving on the last ring" if self.ring is not None else "")
+            self._declined, self._heard = True, None
+            return
         except Unavailable as exc:
             if not self._failing:
-                log.warning("heartbeat failed, serving on the last ring: %s", exc)
+                log.warning("heartbeat failed, %s: %s", "serving on the last ring" if self.ring is not None
+                            else "no ring yet", exc)
             self._failing, self._heard = True, None  # it may come back as a new master
             return
-        if self._failing or self._refusals:
+        if self._declined:
+            log.info("the master took this worker")
+        elif self._failing or self._refusals:
             log.info("master reachable again")
-        self._failing, self._refusals = False, 0
+        self._failing, self._refusals, self._declined = False, 0, False
         self._heard = reply.get("master_id") if isinstance(reply.get("master_id"), str) else None
         self._pace(reply.get("ttl"))
         if self._on_unpins and reply.get("unpins"):

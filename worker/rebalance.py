@@ -17,6 +17,7 @@ from p2pcache.errors import NotCached, NotOwner, P2PError
 from p2pcache.objects import ChunkId
 from p2pcache.ring import Placement, WorkerInfo
 
+from .drainreport import FAILED, HANDED, HELD, NO_OWNER, STALE, DrainTally
 from .keep import Keeps
 from .limits import TokenBucket
 from .metrics import WorkerMetrics
@@ -93,6 +94,7 @@ class Rebalancer:
         self._full = False  # the ring changed since the last full pass
         self._task: asyncio.Task | None = None
         self.draining = False  # hand over as fast as the owners take it
+        self.tally: DrainTally | None = None  # while draining: what became of each chunk (`drain`)
         self.backlog = 0
 
     def start(self) -> None:
@@ -106,6 +108,11 @@ class Rebalancer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def drain(self) -> None:
+        """The worker drains: hand everything over as fast as the owners take it, and tally what
+        became of each chunk (`tally`), for the drain's last line."""
+        self.draining, self.tally = True, DrainTally()
 
     def changed(self) -> None:
         """The ring changed: plan again from every chunk held here."""
@@ -161,6 +168,7 @@ class Rebalancer:
             placement = self._placement()
             held = await self._held() if full else extra
             todo = plan(held, placement, self._me)
+            self._note_unplanned(held, todo, placement)
             if full and (old := stale(held, placement)):
                 log.info("ring epoch %d: %d chunks (%d bytes) held here are cut at another chunk size than "
                          "the ring's %d; they are the first to evict", placement.ring.epoch, len(old),
@@ -184,6 +192,15 @@ class Rebalancer:
             if not self._wake.is_set():
                 self._set_backlog(0)
                 self._idle.set()
+
+    def _note_unplanned(self, held: list[ChunkId], todo: list, placement: Placement) -> None:
+        """Draining: the chunks held that this pass hands to no one, and why."""
+        if self.tally is None:
+            return
+        planned = {c.name for c, _ in todo}
+        for c in held:
+            if c.name not in planned:
+                self.tally.note(c.name, STALE if c.chunk_size != placement.ring.chunk_size else NO_OWNER)
 
     async def _held(self) -> list[ChunkId]:
         names, held = self._store.names(), []
@@ -233,18 +250,22 @@ class Rebalancer:
             except NotCached as exc:  # it could not copy the chunk from us
                 gates.answered(target.id)
                 if c.name not in self._store:  # evicted here meanwhile: nothing left to hand over
+                    if self.tally is not None:
+                        self.tally.gone(c.name)
                     return True
                 log.debug("handing %s to %s failed: %s", c.ring_key, target.id, exc)
-                ok = False
+                ok = self._failed_take()
             except NotOwner as exc:  # its ring differs from ours
                 gates.answered(target.id)
                 log.debug("handing %s to %s failed: %s", c.ring_key, target.id, exc)
-                ok = False
+                ok = self._failed_take()
             except P2PError as exc:  # it failed: not asked again in this pass
                 gates.failed.add(target.id)
                 log.info("handing %s to %s failed: %s; its other chunks wait for the next pass",
                          c.ring_key, target.id, exc)
-                ok = False
+                ok = self._failed_take()
+        if self.tally is not None:
+            self.tally.note(c.name, FAILED if not ok else HANDED if copied else HELD)
         if ok:
             if copied:
                 self._m.rebalance_sent.inc()
@@ -253,6 +274,12 @@ class Rebalancer:
                     await self._keeps.discard([c.name])
                 self._store.demote(c.name)  # an extra copy now: the first to make room
         return ok
+
+    def _failed_take(self) -> bool:
+        """Counts a failed take while draining; False, for `ok`."""
+        if self.tally is not None:
+            self.tally.failed_takes += 1
+        return False
 
     def _set_backlog(self, n: int) -> None:
         self.backlog = max(0, n)

@@ -43,6 +43,7 @@ from .config import WorkerConfig
 from .eviction import POLICIES
 from .control import Control
 from .coordinator import coordinator_handler
+from .drainreport import drain_line
 from .keep import Keeps
 from .http import (
     REQUEST_ID, RequestLine, answered, body_response, object_answer, prepend, send_body,
@@ -277,8 +278,7 @@ class Worker:
     async def _drain(self, deadline: float) -> None:
         """Own nothing, stay a source, and hand every chunk to its owner, until `deadline`. Reads
         are served throughout, also while the master cannot be told (it is asked again meanwhile)."""
-        held = len(self.store)
-        self.rebalancer.draining = True
+        self.rebalancer.drain()
         if not await self.agent.drain(lambda: deadline - self.clock()):
             return  # logged
         if not await self.ring_until(self._draining_in, deadline - self.clock()):
@@ -290,9 +290,9 @@ class Worker:
             done = await self.rebalancer.wait_idle(max(0.0, deadline - self.clock()))
             if (done and not self.chunks.fills_in_flight) or self.clock() >= deadline:
                 break
-        log.info("drain: %s %d chunks to their owners in %.1f s%s", "handed" if done else "handing",
-                 held, self.clock() - start,
-                 "" if done else f"; {self.rebalancer.backlog} not handed over by --drain-timeout")
+        tally = self.rebalancer.tally
+        log.info("%s", drain_line(tally.counts(), tally.failed_takes, self.clock() - start, done,
+                                  self.rebalancer.backlog))
 
     async def ring_until(self, ok: Callable[[Placement | None], bool], seconds: float) -> bool:
         """Wait until the ring in hand is `ok`, for up to `seconds`; whether it is."""

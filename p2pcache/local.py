@@ -91,16 +91,16 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _start(procs: list, env: dict, args: argparse.Namespace, endpoint: str, data_dir: Path) -> tuple[str, list[str]]:
-    """The master and the workers, each ready in turn: (master URL, worker URLs)."""
-    port = args.port
-    master = spawn(procs, env, "master", "--listen", f"{args.host}:{port}",
+    """The master and the workers, each ready in turn, at local's --log-level: (master URL, worker URLs)."""
+    port, level = args.port, getattr(args, "log_level", "INFO")
+    master = spawn(procs, env, "--log-level", level, "master", "--listen", f"{args.host}:{port}",
                    "--chunk-size", str(args.chunk_size), "--startup-grace", "0")
     master_url = wait_ready(master, name="master")
     workers = []
     for i in range(args.workers):
         wport = port + 1 + i if port else 0
         workers.append(wait_ready(spawn(
-            procs, env, "worker", "--master", master_url, "--listen", f"{args.host}:{wport}",
+            procs, env, "--log-level", level, "worker", "--master", master_url, "--listen", f"{args.host}:{wport}",
             "--cache-dir", str(data_dir / f"worker-{i}"), "--id", f"worker-{i}",
             "--capacity", str(args.capacity), "--s3-endpoint", endpoint, "--min-free", "0",
             "--heartbeat-interval", "1"), name=f"worker worker-{i}"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from conftest import cli_env
 from p2pcache.local import DEMO_BUCKET, DEMO_KEY
 
 
@@ -166,3 +167,31 @@ def test_with_another_s3_the_banner_offers_no_demo_object(s3, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def start_local(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    """`p2pcache [--log-level ...] local --port 0 --workers 1 ...`: `args` are local's flags, or begin with
+    `--log-level`."""
+    before = list(args[:2]) if args[:1] == ("--log-level",) else []
+    return subprocess.Popen([sys.executable, "-m", "p2pcache", *before, "local", "--port", "0", "--workers", "1",
+                             "--demo-size", "1KiB", *args[len(before):]],
+                            env=env or cli_env(), **{"stdout": subprocess.PIPE, "text": True} | popen)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_log_level_of_local_is_its_masters_and_workers(tmp_path):
+    with open(tmp_path / "stderr", "w") as err:
+        proc = start_local("--log-level", "ERROR", "--data-dir", str(tmp_path / "data"), stderr=err)
+    try:
+        read_banner(proc)
+        proc.send_signal(signal.SIGINT)  # the workers and the master log their stop at INFO
+        assert proc.wait(timeout=60) == 0
+        logged = (tmp_path / "stderr").read_text()
+        assert " INFO " not in logged and " WARNING " not in logged, logged
+    finally:
+        stop(proc)

@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import selectors
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,12 +22,13 @@ from .ring import MAX_CHUNK, MIN_CHUNK
 from .service import die_with_parent
 
 __all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "wait_joined",
-           "stop_all", "NotReady", "DEMO_BUCKET", "DEMO_KEY"]
+           "stop_all", "write_secret", "NotReady", "DEMO_BUCKET", "DEMO_KEY", "SECRET_FILE"]
 
 DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
 READY_TIMEOUT = 30.0
 MAX_WORKERS = 100  # processes, each with its cache, on this machine
 MAX_DEMO_SIZE = 5 << 30  # S3's largest single PUT; the demo object is built in memory
+SECRET_FILE = "cluster-secret"  # in the data dir, when no secret is given
 
 
 class NotReady(RuntimeError):
@@ -39,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--host", "address to bind everything to", default="127.0.0.1")
     add_flag(p, "--port", "master port; workers take the next ones (0: any free ports)",
              type=int, default=7070)
-    add_flag(p, "--data-dir", "where the workers' caches go (default: a temp dir)", default="")
+    add_flag(p, "--data-dir", "where the workers' caches and the cluster secret go (default: a temp dir)",
+             default="")
     add_flag(p, "--chunk-size", "cluster-wide chunk size", type=size_arg, default="8MiB")
     add_flag(p, "--capacity", "cache capacity per worker", type=size_arg, default="2GiB")
     add_flag(p, "--demo-size", "size of the demo object", type=size_arg, default="64MiB")
@@ -60,9 +63,6 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     with contextlib.ExitStack() as stack:
         env = dict(os.environ)
-        if not (env.get(env_name("--cluster-secret")) or env.get(env_name("--cluster-secret-file"))):
-            # A fresh cluster secret, in the children's environment: never on a command line `ps` shows.
-            env[env_name("--cluster-secret")] = new_secret()
         endpoint = args.s3_endpoint
         if not endpoint:
             from .s3local import EmbeddedS3
@@ -73,6 +73,17 @@ def main(args: argparse.Namespace) -> int:
                     "AWS_DEFAULT_REGION": "us-east-1"}
             seed_demo(endpoint, args.demo_size)
         data_dir = Path(args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pcache-")))
+        if not (env.get(env_name("--cluster-secret")) or env.get(env_name("--cluster-secret-file"))):
+            # A fresh secret in a file only this user can read: never on a command line `ps` shows, nor
+            # in the environment; the banner names the file for status, preload and unpin.
+            secret_file = (data_dir / SECRET_FILE).absolute()
+            stack.callback(secret_file.unlink, missing_ok=True)
+            try:
+                write_secret(secret_file, new_secret())
+            except OSError as exc:
+                print(f"p2pcache local: {exc.strerror or exc}: {exc.filename}", file=sys.stderr, flush=True)
+                return 1
+            env[env_name("--cluster-secret-file")] = str(secret_file)
         procs: list[subprocess.Popen] = []
         stack.callback(stop_all, procs)
         try:
@@ -80,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         except NotReady as exc:  # the process's own line on stderr says why
             print(f"p2pcache local: {exc}", file=sys.stderr, flush=True)
             return 1
-        print(_banner(endpoint, master_url, workers, demo=not args.s3_endpoint), flush=True)
+        print(_banner(endpoint, master_url, workers, demo=not args.s3_endpoint, env=env), flush=True)
         while not stopping:
             if any(p.poll() is not None for p in procs):
                 print("a cluster process exited; stopping the rest", file=sys.stderr, flush=True)
@@ -106,6 +117,15 @@ def _start(procs: list, env: dict, args: argparse.Namespace, endpoint: str, data
             "--heartbeat-interval", "1"), name=f"worker worker-{i}"))
     wait_joined(workers)
     return master_url, workers
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """`secret` in a new file at `path` only its owner can read (0600), in place of one an earlier run
+    with the same --data-dir left: never written through a file or a link someone else put there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(secret + "\n")
 
 
 def seed_demo(endpoint: str, size: int) -> None:
@@ -188,10 +208,12 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
                 proc.wait()
 
 
-def _banner(endpoint: str, master_url: str, workers: list[str], demo: bool) -> str:
-    """What runs where, and a curl of the demo object (seeded in the embedded S3 only)."""
+def _banner(endpoint: str, master_url: str, workers: list[str], demo: bool, env: dict) -> str:
+    """What runs where, how status, preload and unpin reach it, and a curl of the demo object
+    (seeded in the embedded S3 only)."""
     lines = ["p2pcache local cluster ready", f"  s3:      {endpoint}", f"  master:  {master_url}"]
     lines += [f"  worker:  {url}" for url in workers]
+    lines += ["", "For p2pcache status, preload and unpin (in another shell):", f"  {_reach(master_url, env)}"]
     if demo:
         lines += ["", "Read a byte range of the demo object through the cache:",
                   f"  curl -r 0-1048575 -o /tmp/part {workers[0]}/{DEMO_BUCKET}/{DEMO_KEY}"]
@@ -200,3 +222,14 @@ def _banner(endpoint: str, master_url: str, workers: list[str], demo: bool) -> s
                   f"  curl -r 0-1048575 -o /tmp/part {workers[0]}/BUCKET/KEY"]
     lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)
+
+
+def _reach(master_url: str, env: dict) -> str:
+    """The `export` of the master's URL and of the cluster's secret file: never a secret itself."""
+    line = f"export {env_name('--master')}={master_url}"
+    secret_file = env.get(env_name("--cluster-secret-file"))
+    if secret_file:
+        return f"{line} {env_name('--cluster-secret-file')}={shlex.quote(os.path.abspath(secret_file))}"
+    if env.get(env_name("--cluster-secret")):
+        return f"{line}   # and the {env_name('--cluster-secret')} it was started with"
+    return line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 from conftest import cli_env
-from p2pcache.local import DEMO_BUCKET, DEMO_KEY
+from p2pcache.local import DEMO_BUCKET, DEMO_KEY, SECRET_FILE
 
 
 def read_banner(proc: subprocess.Popen, timeout: float = 60, seen: list[str] | None = None) -> dict[str, list[str]]:
@@ -69,12 +70,13 @@ def test_local_cluster_serves_the_demo_object_to_curl_and_stops_on_ctrl_c(tmp_pa
     try:
         urls = read_banner(proc)
         assert len(urls["worker"]) == 2 and len(urls["master"]) == 1
-        secrets = set()
-        for child in children(proc.pid):  # one generated secret, in the environment, never on a command line
+        secret_file = tmp_path / SECRET_FILE
+        for child in children(proc.pid):  # a generated secret, in a file: not on a command line or in the environment
             assert b"secret" not in Path(f"/proc/{child}/cmdline").read_bytes()
             environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-            secrets |= {v for v in environ if v.startswith(b"P2PCACHE_CLUSTER_SECRET=")}
-        assert len(secrets) == 1 and len(secrets.pop()) > len("P2PCACHE_CLUSTER_SECRET=") + 16
+            assert f"P2PCACHE_CLUSTER_SECRET_FILE={secret_file}".encode() in environ
+            assert not any(v.startswith(b"P2PCACHE_CLUSTER_SECRET=") for v in environ)
+        assert len(secret_file.read_text().strip()) >= 32
         s3 = boto3.client("s3", endpoint_url=urls["s3"][0], region_name="us-east-1",
                           aws_access_key_id="demo", aws_secret_access_key="demo")
         expected = s3.get_object(Bucket=DEMO_BUCKET, Key=DEMO_KEY, Range="bytes=1000-1500000")["Body"].read()
@@ -87,6 +89,7 @@ def test_local_cluster_serves_the_demo_object_to_curl_and_stops_on_ctrl_c(tmp_pa
         assert proc.wait(timeout=60) == 0
         for url in urls["worker"] + urls["master"] + urls["s3"]:
             assert not port_open(url), f"{url} still listening after exit"
+        assert not secret_file.exists()  # a --data-dir stays, the secret of a stopped cluster does not
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -151,16 +154,19 @@ def test_a_process_that_does_not_start_is_named_with_its_exit_code_and_the_rest_
 
 
 def test_with_another_s3_the_banner_offers_no_demo_object(s3, tmp_path):
+    secret = "a-secret-given-to-p2pcache-local"  # used as given: no file written, never printed
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pcache", "local", "--port", "0", "--workers", "1", "--s3-endpoint", s3.url,
          "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=cli_env(P2PCACHE_CLUSTER_SECRET=secret))
     try:
         lines: list[str] = []
         urls = read_banner(proc, seen=lines)
         assert urls["s3"] == [s3.url] and len(urls["worker"]) == 1
         banner = "".join(lines)
         assert DEMO_KEY not in banner and f"curl -r 0-1048575 -o /tmp/part {urls['worker'][0]}/BUCKET/KEY" in banner
+        assert secret not in banner and not (tmp_path / SECRET_FILE).exists()
+        assert f"export P2PCACHE_MASTER={urls['master'][0]}   # and the P2PCACHE_CLUSTER_SECRET" in banner
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -182,6 +188,28 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def test_the_banner_says_how_status_reaches_the_cluster_without_printing_its_secret(tmp_path):
+    proc = start_local("--data-dir", str(tmp_path), stderr=subprocess.DEVNULL)
+    try:
+        lines: list[str] = []
+        urls = read_banner(proc, seen=lines)
+        exports = [shlex.split(line) for line in lines if line.strip().startswith("export ")]
+        assert len(exports) == 1 and exports[0][0] == "export"
+        given = dict(word.split("=", 1) for word in exports[0][1:])
+        secret_file = tmp_path / SECRET_FILE
+        assert given == {"P2PCACHE_MASTER": urls["master"][0], "P2PCACHE_CLUSTER_SECRET_FILE": str(secret_file)}
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        assert secret_file.read_text().strip() not in "".join(lines)
+        status = subprocess.run([sys.executable, "-m", "p2pcache", "status"], capture_output=True, text=True,
+                                timeout=60, env=cli_env(**given))
+        assert status.returncode == 0, status.stderr
+        assert "worker-0" in status.stdout and urls["worker"][0] in status.stdout
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop(proc)
 
 
 def test_the_log_level_of_local_is_its_masters_and_workers(tmp_path):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -184,10 +187,86 @@ def start_local(*args: str, env: dict | None = None, **popen) -> subprocess.Pope
                             env=env or cli_env(), **{"stdout": subprocess.PIPE, "text": True} | popen)
 
 
+@pytest.fixture
+def temp_dir():
+    """An empty TMPDIR for local, short: a worker's unix socket goes in a temp dir of its own, and
+    pytest's tmp_path under xdist is too long a path for one (108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="p2pl-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def gone(pids: list[int]) -> bool:
+    """None of `pids` runs any more (local waited for them, so none is left as a zombie)."""
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def signal_mask(pid: int, field: str) -> int:
+    """`SigIgn` or `SigCgt` of /proc/PID/status: bit N-1 set for each signal N ignored, or caught."""
+    line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith(f"{field}:"))
+    return int(line.split()[1], 16)
+
+
+def test_sighup_stops_the_cluster_and_removes_its_temp_dir_unless_under_nohup(tmp_path, temp_dir):
+    """Its terminal closed: stopped as by Ctrl-C, the temp dir (caches, secret) removed, exit 0.
+    Started with SIGHUP ignored (`nohup`), it leaves it ignored."""
+    temp = temp_dir
+    proc = start_local(env=cli_env(TMPDIR=str(temp)), stderr=subprocess.DEVNULL)
+    nohup = start_local("--data-dir", str(tmp_path / "nohup"), stderr=subprocess.DEVNULL,
+                        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        read_banner(proc)
+        cluster = children(proc.pid)
+        assert len(cluster) == 2 and list(temp.glob("p2pcache-*/worker-0"))  # (and the worker's socket dir)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 0
+        assert gone(cluster) and list(temp.iterdir()) == []
+        read_banner(nohup)
+        hup, term = 1 << (signal.SIGHUP - 1), 1 << (signal.SIGTERM - 1)
+        assert signal_mask(nohup.pid, "SigIgn") & hup and signal_mask(nohup.pid, "SigCgt") & term
+        nohup.send_signal(signal.SIGINT)
+        assert nohup.wait(timeout=60) == 0
+    finally:
+        stop(proc)
+        stop(nohup)
+
+
+def read_until(fd: int, text: bytes, timeout: float = 60) -> bytes:
+    """What comes from `fd` until `text` has come."""
+    data, deadline = b"", time.monotonic() + timeout
+    while text not in data:
+        assert time.monotonic() < deadline, f"no {text!r} in {data!r}"
+        if select.select([fd], [], [], 0.5)[0]:
+            piece = os.read(fd, 65536)
+            assert piece, f"closed before {text!r}: {data!r}"
+            data += piece
+    return data
+
+
+def test_a_closed_stdout_stops_neither_local_nor_its_cleanup(tmp_path):
+    """`p2pcache local | tee log`, then Ctrl-C, which ends tee too: no BrokenPipeError, all stopped."""
+    read_end, write_end = os.pipe()
+    with open(tmp_path / "stderr", "w") as err:
+        proc = start_local("--data-dir", str(tmp_path / "data"), stdout=write_end, stderr=err)
+    os.close(write_end)
+    try:
+        try:
+            read_until(read_end, b"Press Ctrl-C")
+        finally:
+            os.close(read_end)  # the reader is gone: "stopping the local cluster" has nowhere to go
+        cluster = children(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert "Traceback" not in (tmp_path / "stderr").read_text()
+        assert gone(cluster) and not (tmp_path / "data" / SECRET_FILE).exists()
+    finally:
+        stop(proc)
 
 
 def test_the_banner_says_how_status_reaches_the_cluster_without_printing_its_secret(tmp_path):
@@ -222,4 +301,28 @@ def test_the_log_level_of_local_is_its_masters_and_workers(tmp_path):
         logged = (tmp_path / "stderr").read_text()
         assert " INFO " not in logged and " WARNING " not in logged, logged
     finally:
+        stop(proc)
+
+
+def test_ctrl_c_while_starting_stops_what_was_started_at_once(temp_dir):
+    """The master is held stopped (SIGSTOP), so local cannot be past starting when Ctrl-C comes."""
+    temp = temp_dir
+    proc = start_local("--workers", "2", env=cli_env(TMPDIR=str(temp)), stderr=subprocess.DEVNULL)
+    master = None
+    try:
+        deadline = time.monotonic() + 60
+        while master is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "no master started"
+            master = next((pid for pid in children(proc.pid)
+                           if b"\0master\0" in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
+            time.sleep(0.01)
+        os.kill(master, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        os.kill(master, signal.SIGCONT)  # now it may answer, and gets local's SIGTERM
+        assert proc.wait(timeout=30) == 130
+        assert "Press Ctrl-C" not in proc.stdout.read()  # never ready
+        assert gone([master]) and list(temp.iterdir()) == []
+    finally:
+        if master is not None and not gone([master]):
+            os.kill(master, signal.SIGKILL)
         stop(proc)

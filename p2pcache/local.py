@@ -7,12 +7,14 @@ import contextlib
 import os
 import random
 import selectors
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator, TextIO
 
 from .auth import new_secret
 from .bounds import bounded, bounded_size
@@ -21,16 +23,28 @@ from .ring import MAX_CHUNK, MIN_CHUNK
 from .service import die_with_parent
 
 __all__ = ["add_arguments", "main", "seed_demo", "demo_bytes", "spawn", "wait_ready", "wait_joined",
-           "stop_all", "NotReady", "DEMO_BUCKET", "DEMO_KEY"]
+           "stop_all", "write_secret", "say", "NotReady", "Stopped", "StopSignals", "DEMO_BUCKET", "DEMO_KEY",
+           "SECRET_FILE"]
 
 DEMO_BUCKET, DEMO_KEY = "demo", "models/demo-model.safetensors"
 READY_TIMEOUT = 30.0
 MAX_WORKERS = 100  # processes, each with its cache, on this machine
 MAX_DEMO_SIZE = 5 << 30  # S3's largest single PUT; the demo object is built in memory
+SECRET_FILE = "cluster-secret"  # in the data dir, when no secret is given
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class NotReady(RuntimeError):
     """A process of the cluster exited, or did not answer, before it was ready."""
+
+
+class Stopped(BaseException):
+    """A stop signal came while local was starting (a BaseException, as KeyboardInterrupt is: no
+    `except Exception` on the way, boto3's retries among them, takes it for a failure and goes on)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,13 +53,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--host", "address to bind everything to", default="127.0.0.1")
     add_flag(p, "--port", "master port; workers take the next ones (0: any free ports)",
              type=int, default=7070)
-    add_flag(p, "--data-dir", "where the workers' caches go (default: a temp dir)", default="")
+    add_flag(p, "--data-dir", "where the workers' caches and the cluster secret go (default: a temp dir)",
+             default="")
     add_flag(p, "--chunk-size", "cluster-wide chunk size", type=size_arg, default="8MiB")
     add_flag(p, "--capacity", "cache capacity per worker", type=size_arg, default="2GiB")
     add_flag(p, "--demo-size", "size of the demo object", type=size_arg, default="64MiB")
 
 
 def main(args: argparse.Namespace) -> int:
+    """0 when stopped by a signal once ready; 128 + the signal when stopped while starting; 1 when a
+    process did not start or exited; 2 for a bad flag."""
     try:
         bounded("--workers", args.workers, 1, MAX_WORKERS)
         bounded("--port", args.port, 0, 65535 - args.workers)  # the workers take the next ports
@@ -57,38 +74,27 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"p2pcache local: {exc}", file=sys.stderr)
         return 2
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    with contextlib.ExitStack() as stack:
-        env = dict(os.environ)
-        if not (env.get(env_name("--cluster-secret")) or env.get(env_name("--cluster-secret-file"))):
-            # A fresh cluster secret, in the children's environment: never on a command line `ps` shows.
-            env[env_name("--cluster-secret")] = new_secret()
-        endpoint = args.s3_endpoint
-        if not endpoint:
-            from .s3local import EmbeddedS3
-
-            s3 = stack.enter_context(EmbeddedS3(args.host, 0, fast_ranges=True))
-            endpoint = s3.url
-            env |= {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
-                    "AWS_DEFAULT_REGION": "us-east-1"}
-            seed_demo(endpoint, args.demo_size)
-        data_dir = Path(args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pcache-")))
+    signals = StopSignals()
+    with contextlib.ExitStack() as stack:  # undone in reverse: the processes, the secret, the dir, the S3
         procs: list[subprocess.Popen] = []
-        stack.callback(stop_all, procs)
         try:
-            master_url, workers = _start(procs, env, args, endpoint, data_dir)
+            banner = _up(stack, procs, args, signals)
         except NotReady as exc:  # the process's own line on stderr says why
-            print(f"p2pcache local: {exc}", file=sys.stderr, flush=True)
+            say(f"p2pcache local: {exc}", sys.stderr)
             return 1
-        print(_banner(endpoint, master_url, workers, demo=not args.s3_endpoint), flush=True)
-        while not stopping:
+        except OSError as exc:  # the data dir, or the secret file in it
+            say(f"p2pcache local: {exc.strerror or exc}: {exc.filename}", sys.stderr)
+            return 1
+        except Stopped as exc:
+            say("stopping the local cluster")
+            return 128 + exc.signum
+        say(banner)
+        while not signals.received:
             if any(p.poll() is not None for p in procs):
-                print("a cluster process exited; stopping the rest", file=sys.stderr, flush=True)
+                say("a cluster process exited; stopping the rest", sys.stderr)
                 return 1
             time.sleep(0.2)
-        print("stopping the local cluster", flush=True)
+        say("stopping the local cluster")
     return 0
 
 
@@ -106,22 +112,111 @@ def not_a_dir(data_dir: str) -> str | None:
     return None
 
 
-def _start(procs: list, env: dict, args: argparse.Namespace, endpoint: str, data_dir: Path) -> tuple[str, list[str]]:
-    """The master and the workers, each ready in turn: (master URL, worker URLs)."""
-    port = args.port
-    master = spawn(procs, env, "master", "--listen", f"{args.host}:{port}",
+def _up(stack: contextlib.ExitStack, procs: list, args: argparse.Namespace, signals: StopSignals) -> str:
+    """The S3, the data dir, the secret and the processes, each undone by `stack`; the banner."""
+    env = dict(os.environ)
+    endpoint = args.s3_endpoint
+    if not endpoint:
+        from .s3local import EmbeddedS3
+
+        s3 = stack.enter_context(EmbeddedS3(args.host, 0, fast_ranges=True))
+        endpoint = s3.url
+        env |= {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+        with signals.waiting():
+            seed_demo(endpoint, args.demo_size)
+    data_dir = Path(args.data_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pcache-")))
+    if not (env.get(env_name("--cluster-secret")) or env.get(env_name("--cluster-secret-file"))):
+        # A fresh secret in a file only this user can read: never on a command line `ps` shows, nor
+        # in the environment; the banner names the file for status, preload and unpin.
+        secret_file = (data_dir / SECRET_FILE).absolute()
+        stack.callback(secret_file.unlink, missing_ok=True)
+        write_secret(secret_file, new_secret())
+        env[env_name("--cluster-secret-file")] = str(secret_file)
+    stack.callback(stop_all, procs)
+    master_url, workers = _start(procs, env, args, endpoint, data_dir, signals)
+    return _banner(endpoint, master_url, workers, demo=not args.s3_endpoint, env=env)
+
+
+def _start(procs: list, env: dict, args: argparse.Namespace, endpoint: str, data_dir: Path,
+           signals: StopSignals) -> tuple[str, list[str]]:
+    """The master and the workers, each ready in turn, at local's --log-level: (master URL, worker URLs)."""
+    port, level = args.port, getattr(args, "log_level", "INFO")
+    master = spawn(procs, env, "--log-level", level, "master", "--listen", f"{args.host}:{port}",
                    "--chunk-size", str(args.chunk_size), "--startup-grace", "0")
-    master_url = wait_ready(master, name="master")
+    with signals.waiting():
+        master_url = wait_ready(master, name="master")
     workers = []
     for i in range(args.workers):
         wport = port + 1 + i if port else 0
-        workers.append(wait_ready(spawn(
-            procs, env, "worker", "--master", master_url, "--listen", f"{args.host}:{wport}",
-            "--cache-dir", str(data_dir / f"worker-{i}"), "--id", f"worker-{i}",
-            "--capacity", str(args.capacity), "--s3-endpoint", endpoint, "--min-free", "0",
-            "--heartbeat-interval", "1"), name=f"worker worker-{i}"))
-    wait_joined(workers)
+        worker = spawn(procs, env, "--log-level", level, "worker", "--master", master_url,
+                       "--listen", f"{args.host}:{wport}", "--cache-dir", str(data_dir / f"worker-{i}"),
+                       "--id", f"worker-{i}", "--capacity", str(args.capacity), "--s3-endpoint", endpoint,
+                       "--min-free", "0", "--heartbeat-interval", "1")
+        with signals.waiting():
+            workers.append(wait_ready(worker, name=f"worker worker-{i}"))
+    with signals.waiting():
+        wait_joined(workers)
     return master_url, workers
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP (its terminal closed) stop local. The first one counts; later ones
+    are ignored, so a second Ctrl-C cannot cut the cleanup short. A SIGHUP ignored from the start
+    (`nohup`) stays ignored.
+
+    Inside `waiting()` the signal raises Stopped at once. Elsewhere (between starting a process and
+    its place in the list stop_all stops; while the cluster serves or stops) it is only recorded in
+    `received`, and the next `waiting()` raises it.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._raise = False
+        for sig in STOP_SIGNALS:
+            if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN):
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.received:
+            return
+        self.received = signum
+        if self._raise:
+            self._raise = False
+            raise Stopped(signum)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        self._raise = True  # before the check: a signal between the two still raises
+        try:
+            if self.received:
+                raise Stopped(self.received)
+            yield
+        finally:
+            self._raise = False
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """`secret` in a new file at `path` only its owner can read (0600), in place of one an earlier run
+    with the same --data-dir left: never written through a file or a link someone else put there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(secret + "\n")
+
+
+def say(text: str, stream: TextIO | None = None) -> None:
+    """`text` on stdout (or `stream`). A reader gone (`| head`, a `| tee` ended by the same Ctrl-C, a
+    closed terminal: EPIPE or EIO) must not stop local nor its cleanup: what follows goes to /dev/null."""
+    stream = stream or sys.stdout
+    if stream is None:  # started with stdout closed (service.std_fds_open)
+        return
+    try:
+        print(text, file=stream, flush=True)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())  # what print left in the buffer is flushed there at exit
+        os.close(devnull)
 
 
 def seed_demo(endpoint: str, size: int) -> None:
@@ -204,10 +299,12 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
                 proc.wait()
 
 
-def _banner(endpoint: str, master_url: str, workers: list[str], demo: bool) -> str:
-    """What runs where, and a curl of the demo object (seeded in the embedded S3 only)."""
+def _banner(endpoint: str, master_url: str, workers: list[str], demo: bool, env: dict) -> str:
+    """What runs where, how status, preload and unpin reach it, and a curl of the demo object
+    (seeded in the embedded S3 only)."""
     lines = ["p2pcache local cluster ready", f"  s3:      {endpoint}", f"  master:  {master_url}"]
     lines += [f"  worker:  {url}" for url in workers]
+    lines += ["", "For p2pcache status, preload and unpin (in another shell):", f"  {_reach(master_url, env)}"]
     if demo:
         lines += ["", "Read a byte range of the demo object through the cache:",
                   f"  curl -r 0-1048575 -o /tmp/part {workers[0]}/{DEMO_BUCKET}/{DEMO_KEY}"]
@@ -216,3 +313,14 @@ def _banner(endpoint: str, master_url: str, workers: list[str], demo: bool) -> s
                   f"  curl -r 0-1048575 -o /tmp/part {workers[0]}/BUCKET/KEY"]
     lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)
+
+
+def _reach(master_url: str, env: dict) -> str:
+    """The `export` of the master's URL and of the cluster's secret file: never a secret itself."""
+    line = f"export {env_name('--master')}={master_url}"
+    secret_file = env.get(env_name("--cluster-secret-file"))
+    if secret_file:
+        return f"{line} {env_name('--cluster-secret-file')}={shlex.quote(os.path.abspath(secret_file))}"
+    if env.get(env_name("--cluster-secret")):
+        return f"{line}   # and the {env_name('--cluster-secret')} it was started with"
+    return line

@@ -480,3 +480,19 @@ async def test_every_answer_names_the_etag_header_as_s3_does(cluster_factory, s3
         reply = await exchange(cluster.workers[0].url, request_bytes(method, target, headers), head=method == "HEAD")
         assert reply.status == status
         assert re.findall(rb"(?im)^etag: [^\r]*", reply.raw_head) == [b"ETag: " + etag.encode()], reply.raw_head
+
+
+async def test_a_tmpdir_too_long_for_a_unix_socket_path_does_not_stop_the_worker(cluster_factory, s3_client, bucket,
+                                                                                  tmp_path, monkeypatch):
+    """The coordinator's socket goes in a private temp dir; a $TMPDIR so long that the socket's path
+    would pass 107 bytes (pytest-xdist's tmp_path can) kept the worker from starting."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr("tempfile.tempdir", str(deep))
+    cluster = await cluster_factory(1, serve_processes=2)
+    worker = cluster.workers[0]
+    body = random.Random(7).randbytes(CHUNK + 10)
+    s3_client.put_object(Bucket=bucket, Key="k.bin", Body=body)
+    async with aiohttp.ClientSession() as http:
+        assert await _get(http, f"{worker.url}/{bucket}/k.bin") == (200, body)
+    assert not any(deep.iterdir())  # under /tmp instead

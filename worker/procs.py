@@ -51,6 +51,21 @@ def egress_shares(config: WorkerConfig) -> int:
     return config.serve_processes + 1 if config.serve_processes > 1 else 1
 
 
+SOCKET = "coordinator.sock"
+MAX_SOCKET_PATH = 107  # bytes of a unix socket's path (sun_path is 108, with its NUL)
+
+
+def socket_dir() -> str:
+    """A new private (0700: only this user reaches the socket) temp dir for the coordinator's
+    socket: under $TMPDIR, or under /tmp when $TMPDIR is too long for a unix socket's path (the
+    worker would not start)."""
+    path = tempfile.mkdtemp(prefix="p2pcache-")
+    if len(os.fsencode(f"{path}/{SOCKET}")) <= MAX_SOCKET_PATH:
+        return path
+    os.rmdir(path)
+    return tempfile.mkdtemp(prefix="p2pcache-", dir="/tmp")
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to `host:port` with SO_REUSEPORT: it keeps the port for the serving
     processes (port 0: picks one) and, never listening, receives no connections. `probe_port`
@@ -114,8 +129,8 @@ class ServingProcesses:
     async def start(self) -> tuple[str, int]:
         """Listen on the unix socket, keep the port, start every serving process; (host, port)."""
         cfg = self._config
-        self._dir = tempfile.mkdtemp(prefix="p2pcache-")  # 0700: only this user reaches the socket
-        path = f"{self._dir}/coordinator.sock"
+        self._dir = socket_dir()
+        path = f"{self._dir}/{SOCKET}"
         counter = f"{self._dir}/generation"
         self._generation = Generation(counter, create=True)
         server = Server(self._handler, access_log=None, handler_cancellation=True,

@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import stat
+from pathlib import Path
 from typing import Callable
 
 from .members import service_url
 from .sizes import parse_size
 
 __all__ = ["add_flag", "add_security_flags", "add_secret_flags", "add_reader_key_flags", "reader_key",
-           "parse_listen", "size_arg", "number_arg", "env_name", "split_s3_url", "s3_url", "master_url"]
+           "parse_listen", "size_arg", "number_arg", "env_name", "split_s3_url", "s3_url", "master_url",
+           "not_a_dir"]
 
 _GIVEN = "_flags_given"  # the namespace's set of flags given on the command line
 
@@ -162,3 +165,16 @@ def reader_key(args: argparse.Namespace) -> dict[str, str | None]:
                          "and P2PCACHE_SECRET_KEY)")
     return {"access_key": args.access_key or None, "secret_key": args.secret_key or None,
             "region": args.region or None, "credentials": args.credentials}
+
+
+def not_a_dir(flag: str, path: Path) -> str | None:
+    """Why the directory `path` given as `flag` can never be one (it, or a path above it, is a file
+    or another non-directory), or None: a directory, or missing from some point on (to be made), or
+    not to be looked at (whoever uses it says so if it matters)."""
+    for part in (*reversed(path.parents), path):
+        try:
+            if not stat.S_ISDIR(os.stat(part).st_mode):
+                return f"{flag} {path}{'' if part == path else f': {part}'} is not a directory"
+        except OSError:
+            return None
+    return None

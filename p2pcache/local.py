@@ -18,7 +18,7 @@ from typing import Iterator, TextIO
 
 from .auth import new_secret
 from .bounds import bounded, bounded_size
-from .config import add_flag, env_name, size_arg
+from .config import add_flag, env_name, not_a_dir, size_arg
 from .ring import MAX_CHUNK, MIN_CHUNK
 from .service import die_with_parent
 
@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         bounded_size("--chunk-size", args.chunk_size, MIN_CHUNK, MAX_CHUNK)
         bounded_size("--capacity", args.capacity)
         bounded_size("--demo-size", args.demo_size, 0, MAX_DEMO_SIZE)
-        if args.data_dir and (why := not_a_dir(args.data_dir)):
+        if args.data_dir and (why := not_a_dir("--data-dir", Path(args.data_dir))):
             raise ValueError(why)
     except ValueError as exc:
         print(f"p2pcache local: {exc}", file=sys.stderr)
@@ -96,20 +96,6 @@ def main(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         say("stopping the local cluster")
     return 0
-
-
-def not_a_dir(data_dir: str) -> str | None:
-    """Why --data-dir can never be a directory (it, or the nearest existing path above it, is a file
-    or other non-dir), or None (a dir, or missing: the workers make it)."""
-    path = Path(data_dir)
-    for existing in (path, *path.parents):
-        try:
-            if existing.exists():
-                return None if existing.is_dir() else (
-                    f"--data-dir {data_dir}{'' if existing == path else f': {existing}'} is not a directory")
-        except OSError:  # it cannot be looked at: the workers say so if it matters
-            return None
-    return None
 
 
 def _up(stack: contextlib.ExitStack, procs: list, args: argparse.Namespace, signals: StopSignals) -> str:

@@ -25,11 +25,11 @@ import fcntl
 import logging
 import os
 import socket
-import stat
 import threading
 import uuid
 from pathlib import Path
 
+from p2pcache.config import not_a_dir
 from p2pcache.members import InvalidRegistration, check_id
 
 __all__ = ["lock", "unlock", "worker_id", "BadWorkerId", "DirLock"]
@@ -46,7 +46,7 @@ def lock(cache_dir: Path) -> int | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except (FileExistsError, NotADirectoryError):  # mkdir: the path, or a dir above it, is something else
-        if (why := _not_a_dir(Path(cache_dir))) is not None:
+        if (why := not_a_dir("--cache-dir", Path(cache_dir))) is not None:
             raise OSError(errno.ENOTDIR, why) from None
         return None
     except OSError:
@@ -61,17 +61,6 @@ def lock(cache_dir: Path) -> int | None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def _not_a_dir(cache_dir: Path) -> str | None:
-    """Why `cache_dir` can never be a directory (it, or a dir above it, is a file or other non-dir), or None."""
-    for path in (*reversed(cache_dir.parents), cache_dir):
-        try:
-            if not stat.S_ISDIR(os.stat(path).st_mode):
-                return f"--cache-dir {cache_dir}{'' if path == cache_dir else f': {path}'} is not a directory"
-        except OSError:  # missing (made by mkdir), or it cannot be looked at: not a configuration error
-            return None
-    return None
 
 
 def unlock(fd: int | None) -> None:

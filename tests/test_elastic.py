@@ -429,7 +429,7 @@ async def test_a_keep_that_comes_after_the_handoff_goes_to_the_new_owner(cluster
     async with aiohttp.ClientSession() as http:
         await read_all(http, [cluster.workers[0].url], bucket, data)
     c = next(c for c in chunks(s3_client, bucket, data) if c.name in leaving.store)
-    leaving.rebalancer.draining = True
+    leaving.rebalancer.drain()
     assert await leaving.agent.drain(lambda: 10.0)
     await wait_for(lambda: all(leaving.id not in w.placement.workers for w in cluster.workers),
                    what="the ring with the draining worker")

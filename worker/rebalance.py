@@ -93,7 +93,6 @@ class Rebalancer:
         self._back: list[ChunkId] = []  # handbacks due
         self._full = False  # the ring changed since the last full pass
         self._task: asyncio.Task | None = None
-        self.draining = False  # hand over as fast as the owners take it
         self.tally: DrainTally | None = None  # while draining: what became of each chunk (`drain`)
         self.backlog = 0
 
@@ -112,7 +111,12 @@ class Rebalancer:
     def drain(self) -> None:
         """The worker drains: hand everything over as fast as the owners take it, and tally what
         became of each chunk (`tally`), for the drain's last line."""
-        self.draining, self.tally = True, DrainTally()
+        self.tally = DrainTally()
+
+    @property
+    def draining(self) -> bool:
+        """Hand over as fast as the owners take it (since `drain`)."""
+        return self.tally is not None
 
     def changed(self) -> None:
         """The ring changed: plan again from every chunk held here."""

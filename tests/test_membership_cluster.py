@@ -310,3 +310,21 @@ async def test_a_second_process_with_a_live_id_in_an_open_cluster_says_it_is_ref
         await wait_for(lambda: [(w.id, w.url) for w in cluster.master.membership.ring.workers] == [("w0", twin.url)],
                        what="the id at its new URL")
         await wait_for(lambda: "the master took this worker" in caplog.text, what="the worker to say so")
+
+
+async def test_a_master_restarted_between_two_heartbeats_hears_the_ring_within_one_interval(cluster_factory):
+    """w0 never saw the master gone: the answer to its next heartbeat is its first news of a new
+    master, and it tells it its ring at once, with a second heartbeat. Before, the ring came with the
+    heartbeat after, an interval later, past a --startup-grace shorter than two intervals: the
+    restarted master's first ring had no history, although w1 left while it was down."""
+    cluster = await cluster_factory(2, heartbeat=2.0)
+    membership = cluster.master.membership
+    seen = membership._seen.get("w0")
+    await wait_for(lambda: membership._seen.get("w0") != seen, what="a heartbeat of w0")
+    before = membership.ring
+    await cluster.workers[1].stop(leave=False)
+    await restart_master(cluster, grace=3.0)  # w0's next beat is within 2 s, the one after near 4 s
+    await cluster.wait_converged()
+    ring = cluster.master.membership.ring
+    assert ring.master_id != before.master_id and [w.id for w in ring.workers] == ["w0"]
+    assert ring.history == (before.owning(),) + before.history[:2]

@@ -195,6 +195,10 @@ class MembershipAgent:
         self._pace(reply.get("ttl"))
         if self._on_unpins and reply.get("unpins"):
             await self._unpinned(reply, sent)
+        if report is None and self._report() is not None:
+            # A master restarted between two beats (we never saw it gone): tell it our ring now, not a
+            # heartbeat interval later, when its --startup-grace may have ended.
+            await self._beat()
 
     async def _unpinned(self, reply: dict, sent: float) -> None:
         """Drop the keeps the master's unpins in `reply` were made after; they are had then."""

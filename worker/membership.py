@@ -125,6 +125,9 @@ class MembershipAgent:
             except BadRequest as exc:
                 log.warning("the master refused the drain: leaving without a handoff: %s", exc)
                 return False
+            except Refused as exc:  # another process holds our id: we own nothing to hand off
+                log.warning("%s; this worker is not in the ring: leaving without a handoff", exc)
+                return False
             except (Unavailable, Unauthorized) as exc:  # a refusal that may pass, as in _beat
                 failures += 1
                 delay = announce_delay(failures, left())

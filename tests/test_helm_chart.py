@@ -40,7 +40,8 @@ CONTRACT_METRICS = {
 
 VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "defaults": ({}, ()),
-    "emptyDir-credentials": ({**CREDENTIALS, "cache": {"mode": "emptyDir", "emptyDir": {"medium": "Memory"}}}, ()),
+    "emptyDir-credentials": ({**CREDENTIALS, "cache": {"mode": "emptyDir", "size": "1GiB",
+                                                  "emptyDir": {"medium": "Memory"}}}, ()),
     "hostPath": ({"cache": {"mode": "hostPath"}, "worker": {"podAntiAffinity": "required"}}, ()),
     "volumeClaimTemplate": ({"cache": {"mode": "volumeClaimTemplate", "size": "500G",
                                        "volumeClaimTemplate": {"storageClassName": "local-nvme"}}}, ()),

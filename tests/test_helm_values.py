@@ -202,6 +202,37 @@ def test_cpus_0_with_a_cpu_the_chart_cannot_count_fails(chart):
         render(chart, {"worker": {"cpus": 0, "resources": {"requests": {"cpu": "2k"}}}})
 
 
+MEMORY_CACHE = {"mode": "emptyDir", "emptyDir": {"medium": "Memory"}}
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"cache": MEMORY_CACHE}, "cache.emptyDir.medium Memory: cache.size 20GiB and 3 worker processes (150Mi each) "
+                              "need 20930Mi, more than worker.resources.limits.memory 2Gi"),
+    ({"cache": MEMORY_CACHE | {"size": "3GiB"}, "worker": {"cpus": 4, "resources": {"limits": {"memory": "3.5Gi"}}}},
+     "cache.size 3GiB and 5 worker processes (150Mi each) need 3822Mi, more than worker.resources.limits.memory 3.5Gi"),
+    ({"cache": MEMORY_CACHE | {"size": "1GiB"}, "worker": {"resources": {"limits": {"memory": "2e9"}}}},
+     'worker.resources.limits.memory: memory "2e9": give it as bytes with an optional unit'),
+])
+def test_a_cache_in_memory_must_fit_the_memory_limit_with_the_processes(chart, values, message):
+    """tmpfs pages count against the pod's memory limit: a cache larger than what the limit leaves
+    the worker's processes would have it OOM-killed as it fills, and at every restart after."""
+    with pytest.raises(helm.HelmError) as raised:
+        render(chart, values)
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("values", [
+    {"cache": MEMORY_CACHE | {"size": "1GiB"}},  # 1 GiB + 3 x 150 MiB in 2 GiB
+    {"cache": MEMORY_CACHE | {"size": "3GiB"}, "worker": {"cpus": 4, "resources": {"limits": {"memory": "4.1G"}}}},
+    {"cache": MEMORY_CACHE | {"size": "20GiB"},
+     "worker": {"resources": {"limits": {"memory": None}}}},  # no limit: the sizeLimit holds it
+    {"cache": {"size": "20GiB"}},  # on the node's disk the limit does not count it
+])
+def test_a_cache_in_memory_that_fits_renders(chart, values):
+    volumes = pod_template(manifests(render(chart, values)), "StatefulSet")["spec"]["volumes"]
+    assert {v["name"]: v for v in volumes}["cache"]["emptyDir"]["sizeLimit"] == str(parse_size(values["cache"]["size"]))
+
+
 def _worker_parser():
     p = argparse.ArgumentParser()
     add_arguments(p)

@@ -246,3 +246,32 @@ more than a request of 500m and its memory limit allow. */}}
 {{- end -}}
 {{- toYaml $r -}}
 {{- end -}}
+
+{{/* A Kubernetes memory quantity ("2Gi", "512Mi", "2G", "1.5Gi", "2000000000") in bytes; call with
+(list "worker.resources.limits.memory" $quantity). */}}
+{{- define "p2pcache.memoryBytes" -}}
+{{- $name := index . 0 }}
+{{- $quantity := toString (index . 1) }}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$" $quantity) }}
+{{- fail (printf "%s: memory %q: give it as bytes with an optional unit, e.g. 2Gi, 512Mi or 2G" $name $quantity) }}
+{{- end }}
+{{- $unit := regexReplaceAll "^[0-9.]+" $quantity "" }}
+{{- mulf (float64 (trimSuffix $unit $quantity)) (get $units $unit) | int64 }}
+{{- end }}
+
+{{/* A cache in memory (cache.emptyDir.medium Memory) is tmpfs, whose pages count against the pod's
+memory limit: the cache and the worker's processes (the coordinator and one per serving process,
+up to 150Mi each under load: docs/benchmarks.md, scenario 5) must fit in it, or the worker is
+OOM-killed as the cache fills, and again at each restart on the same full emptyDir. */}}
+{{- define "p2pcache.memoryCacheFits" -}}
+{{- $limit := dig "limits" "memory" "" .Values.worker.resources }}
+{{- if and (eq .Values.cache.mode "emptyDir") (eq .Values.cache.emptyDir.medium "Memory") $limit }}
+{{- $limitBytes := include "p2pcache.memoryBytes" (list "worker.resources.limits.memory" $limit) | atoi }}
+{{- $processes := add 1 (include "p2pcache.serveProcesses" . | atoi) }}
+{{- $need := add (include "p2pcache.bytes" (list "cache.size" .Values.cache.size) | atoi) (mul $processes 157286400) }}
+{{- if gt $need $limitBytes }}
+{{- fail (printf "cache.emptyDir.medium Memory: cache.size %s and %d worker processes (150Mi each) need %dMi, more than worker.resources.limits.memory %s: a cache in memory counts against the pod's memory limit, and the worker would be OOM-killed as it fills; lower cache.size or raise the limit" (toString .Values.cache.size) $processes (div (add $need 1048575) 1048576) (toString $limit)) }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -9,6 +9,7 @@ import random
 import shutil
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from aioproxy import AioProxy
@@ -75,6 +76,30 @@ async def test_a_flipped_byte_in_a_cached_chunk_is_never_served(cluster_factory,
         s3_before = s3.get_bytes
         await read_everywhere(http, cluster.workers, bucket, "m.bin", body)
         assert s3.get_bytes == s3_before
+
+
+@pytest.mark.parametrize("serve_processes", [1, 2])
+async def test_a_flipped_byte_at_an_owner_costs_a_reader_elsewhere_that_chunk_once(cluster_factory, s3, s3_client,
+                                                                                   bucket, serve_processes):
+    """Read through another worker, the owner's answer goes on from the refill (as its coordinator's
+    always did). Before, a serving process cut its answer at the bad block: the reader took the
+    owner for dead and read the owner's other chunks from S3 (9 chunks for 1)."""
+    cluster = await cluster_factory(3, chunk_size=CHUNK, serve_processes=serve_processes)
+    body = put(s3_client, bucket, "m.bin")
+    info = await info_of(s3_client, bucket, "m.bin")
+    owner, reader = cluster.workers[1], cluster.workers[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{reader.url}/{bucket}/m.bin") as resp:
+            assert resp.status == 200 and await resp.read() == body
+        bad = chunk_held_by(owner, info)
+        flip(owner, bad.name, CHUNK // 2 + 5)
+        s3_before = s3.get_bytes
+        async with http.get(f"{reader.url}/{bucket}/m.bin") as resp:
+            assert resp.status == 200 and await resp.read() == body
+        assert s3.get_bytes - s3_before == bad.length
+        assert await metric(http, owner.url, "p2pcache_corrupt_chunks_total") == 1
+        assert await metric(http, reader.url, "p2pcache_peer_failures_total") == 0
+        assert bad.name in owner.store
 
 
 async def test_a_chunk_file_swapped_for_another_chunks_file_is_never_served(cluster_factory, s3, s3_client, bucket):

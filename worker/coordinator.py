@@ -4,7 +4,8 @@ Serving processes ask it for the worker's id (`/_p2p/local/id`: peers sign
 their requests for it), an object's identity (`/_p2p/local/object`) and
 its ring (`/_p2p/local/ring`: they read chunks held by other workers from those
 workers), tell it of a peer that failed (`/_p2p/local/down`) before they pass
-on what it should have sent, and report their chunk uses, corrupt chunks and requests
+on what it should have sent, ask it for the rest of a read (`/_p2p/local/rest`)
+or of a peer's chunk (`/_p2p/local/refill`) when a chunk file fails its checksums, and report their chunk uses, corrupt chunks and requests
 (`/_p2p/local/report`, answered with the ring's version so they see a change);
 every other request on the socket is one they pass on, answered by the worker
 as if it had come to its port. A local route needs the token the coordinator
@@ -25,8 +26,11 @@ from p2pcache.errors import BadRequest, CorruptChunk, P2PError
 from p2pcache.httpserver import read_body
 from p2pcache.objects import ObjectInfo
 
-from .http import error_response, prepend, send_body
-from .forward import DOWN_PATH, ID_PATH, OBJECT_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER
+from . import inputs
+from .http import error_response, parse_peer_request, prepend, send_body
+from .forward import DOWN_PATH, ID_PATH, OBJECT_PATH, REFILL_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER
+from .peerroutes import fill_here
+from .routing import MAX_HOPS
 
 __all__ = ["coordinator_handler", "TOUCHES"]
 
@@ -133,6 +137,24 @@ def coordinator_handler(worker, token: str) -> Handler:
             await pieces.aclose()
         return resp
 
+    async def refill(request: web.BaseRequest) -> web.StreamResponse:
+        """The rest of a peer's answer a serving process began from a chunk file whose next block
+        failed its checksum: the bytes from here, as this worker's own answer would have gone on
+        (worker/peerroutes.py): the bad copy dropped and the chunk refilled here once, never a
+        cut answer its peer would take for a dead worker. Bytes only: the sums went first."""
+        c, offset, length, hop = parse_peer_request(request, MAX_HOPS)
+        inputs.check_chunk(c, worker._placement().ring.chunk_size)
+        stream, source = await fill_here(worker, c, offset, length, hop)
+        try:
+            pieces = worker.chunks.pieces(c, offset, length, stream, source, hop)
+            resp = web.StreamResponse(status=206)
+            resp.content_length = length
+            await resp.prepare(request)
+            await send_body(request, resp, pieces, lambda n: None, length=length)  # counted by the serving process
+        finally:
+            stream.close()
+        return resp
+
     routes = {OBJECT_PATH: object_info, REPORT_PATH: report, REST_PATH: rest, RING_PATH: ring, DOWN_PATH: down,
-              ID_PATH: worker_id}
+              ID_PATH: worker_id, REFILL_PATH: refill}
     return handle

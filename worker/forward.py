@@ -23,12 +23,12 @@ from yarl import URL
 
 from p2pcache.errors import ORIGIN_HEADER, Relayed, Unavailable
 from p2pcache.httpserver import read_body
-from p2pcache.objects import ObjectInfo
+from p2pcache.objects import ChunkId, ObjectInfo
 
-from .peer import ERROR_HEADER, REASON_HEADER
+from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_params
 
-__all__ = ["CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "ID_PATH", "LOCAL_PREFIX", "OBJECT_PATH", "REPORT_PATH",
-           "REST_PATH", "RING_PATH", "TOKEN_HEADER", "passed_on", "sigv4_signed_headers"]
+__all__ = ["CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "ID_PATH", "LOCAL_PREFIX", "OBJECT_PATH", "REFILL_PATH",
+           "REPORT_PATH", "REST_PATH", "RING_PATH", "TOKEN_HEADER", "passed_on", "sigv4_signed_headers"]
 
 log = logging.getLogger("p2pcache.worker.forward")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -38,6 +38,7 @@ _BASE = "http://coordinator"
 LOCAL_PREFIX = "/_p2p/local/"  # the coordinator's routes for its serving processes (unix socket only)
 OBJECT_PATH, REPORT_PATH, REST_PATH = LOCAL_PREFIX + "object", LOCAL_PREFIX + "report", LOCAL_PREFIX + "rest"
 RING_PATH, DOWN_PATH = LOCAL_PREFIX + "ring", LOCAL_PREFIX + "down"
+REFILL_PATH = LOCAL_PREFIX + "refill"  # the rest of a peer's answer from a chunk file that failed its sums
 ID_PATH = LOCAL_PREFIX + "id"  # the worker's id: peers sign their requests for it
 TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
 # What an error answer may set; its reason as given (escaped once: worker/http.py `header_text`).
@@ -80,26 +81,37 @@ class CoordinatorClient:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise _unavailable(exc) from exc
 
-    async def rest(self, info: ObjectInfo, start: int, stop: int, counted: int = 0) -> AsyncIterator[bytes]:
+    def rest(self, info: ObjectInfo, start: int, stop: int, counted: int = 0) -> AsyncIterator[bytes]:
         """Bytes `[start, stop)` of the version `info`, read by the coordinator (REST_PATH);
         a P2PError if it cannot send them all. The chunks that begin before `counted` were
         counted (hits, misses) here: the coordinator does not count them again."""
         params = {"bucket": info.bucket, "key": info.key, "etag": info.etag, "size": str(info.size),
                   "start": str(start), "stop": str(stop), "counted": str(counted)}
+        return self._bytes(REST_PATH, params, {}, stop - start, "the rest of a read")
+
+    def refill(self, c: ChunkId, start: int, stop: int, hop: int) -> AsyncIterator[bytes]:
+        """Bytes `[start, stop)` of chunk `c` for a peer's answer this process began from a chunk
+        file that failed its checksums, from the coordinator (REFILL_PATH), which refills the chunk
+        as its own answer would have (`hop`: the peer request's); a P2PError if it cannot send them all."""
+        headers = {"Range": f"bytes={start}-{stop - 1}", HOP_HEADER: str(hop)}
+        return self._bytes(REFILL_PATH, chunk_params(c), headers, stop - start, "the rest of a peer's chunk")
+
+    async def _bytes(self, path: str, params: dict[str, str], headers: dict[str, str], length: int,
+                     what: str) -> AsyncIterator[bytes]:
+        """The `length` bytes of the coordinator's 206 to a local route; Unavailable if it sends fewer."""
         got = 0
         try:
-            async with self._session.get(_BASE + REST_PATH, params=params,
-                                         headers=self._local_headers) as resp:
+            async with self._session.get(_BASE + path, params=params, headers=headers | self._local_headers) as resp:
                 if resp.status != 206:
                     raise Unavailable(f"the coordinator answered {resp.status} "
-                                      f"{resp.headers.get(REASON_HEADER, '')} for the rest of a read")
+                                      f"{resp.headers.get(REASON_HEADER, '')} for {what}")
                 async for data in resp.content.iter_chunked(1 << 20):
                     got += len(data)
                     yield data
         except (aiohttp.ClientError, OSError) as exc:
             raise _unavailable(exc) from exc
-        if got != stop - start:
-            raise Unavailable(f"the coordinator sent {got} of {stop - start} bytes")
+        if got != length:
+            raise Unavailable(f"the coordinator sent {got} of {length} bytes")
 
     async def forward(self, request: web.BaseRequest) -> web.StreamResponse:
         """Pass `request` on and stream the answer back (a cut answer cuts the client's connection)."""

@@ -2,9 +2,11 @@
 
 Only a signed GET for a chunk on disk is answered here, as the coordinator
 would (worker/peerroutes.py): the sums of the blocks sent first, then
-the bytes, each block checked. Anything else (unsigned, malformed, a miss
-that needs a fill) returns None and is passed to the coordinator, which
-answers it, logs it and counts it.
+the bytes, each block checked; from a block that fails its checksum on,
+the coordinator's bytes (it drops the copy and refills the chunk, as its own
+answer would). Anything else (unsigned, malformed, a miss that needs a fill)
+returns None and is passed to the coordinator, which answers it, logs it and
+counts it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class PeerFiles:
             if self._verifier is not None:
                 self._verifier.check("GET", request.path, request.query.items(), request.headers.get(HEADER),
                                      headers=request.headers)
-            c, offset, length, _ = parse_peer_request(request, MAX_HOPS)
+            c, offset, length, hop = parse_peer_request(request, MAX_HOPS)
         except (AuthError, P2PError):
             return None
         p = self._p
@@ -49,21 +51,34 @@ class PeerFiles:
             p.reports.touch(c.name)  # a use, not a hit: hits and misses are readers' (README, "Metrics")
             p.budget.open()
             pins.callback(p.budget.close)
+            sent = 0
             try:
                 await resp.prepare(request)
                 if sums:
                     await resp.write(sums)
-                async for data in read_pieces(file, offset, length, p.budget.piece):
-                    if p.egress is not None:
-                        await p.egress.take(len(data))
-                    await resp.write(data)
-                    p.reports.sent_to_peer(len(data))
+                try:
+                    async for data in read_pieces(file, offset, length, p.budget.piece):
+                        sent += await self._send(resp, data)
+                except CorruptChunk as exc:  # nothing of the bad block went out
+                    p.reports.corrupt(exc.name)
+                    if request.query.get("local") == "1":  # a holder's copy: the asker goes on elsewhere
+                        raise
+                    # As the coordinator's answer would: the chunk refilled here, not a cut the peer
+                    # would take for a dead worker (it would read this worker's other chunks from S3).
+                    async for data in p.coordinator.refill(c, offset + sent, offset + length, hop):
+                        sent += await self._send(resp, data)
                 await resp.write_eof()
             except ConnectionError:
                 pass
-            except (CorruptChunk, OSError) as exc:  # nothing of a bad block went out: the peer fails over
-                if isinstance(exc, CorruptChunk):
-                    p.reports.corrupt(exc.name)
+            except (CorruptChunk, OSError, P2PError):  # the peer fails over
                 if request.transport is not None:
                     request.transport.close()
             return resp
+
+    async def _send(self, resp: web.StreamResponse, data: bytes) -> int:
+        p = self._p
+        if p.egress is not None:
+            await p.egress.take(len(data))
+        await resp.write(data)
+        p.reports.sent_to_peer(len(data))
+        return len(data)

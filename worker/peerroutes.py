@@ -17,7 +17,7 @@ from .http import parse_peer_request, send_body
 from .peer import CHUNK_PATH, TAKE_PATH, chunk_answer, chunk_from_params, keep_from_params
 from .routing import MAX_HOPS, fill_source
 
-__all__ = ["peer_routes"]
+__all__ = ["fill_here", "peer_routes"]
 
 log = logging.getLogger("p2pcache.keep")
 
@@ -39,9 +39,7 @@ def peer_routes(worker) -> dict:
         if stream is None and local:
             raise NotCached(f"{c.ring_key} is not on {worker.id}")
         if stream is None:
-            await inputs.check_chunk_object(worker.objects, c)
-            source = fill_source(placement.owners(c), placement.ring.replicas, worker.id, hop)
-            stream = await worker.chunks.open_local(c, offset, length, source, hop)
+            stream, source = await fill_here(worker, c, offset, length, hop)
         resp, sums = chunk_answer(c, offset, length, getattr(stream, "file", None))
         pieces = worker.chunks.pieces(c, offset, length, stream, source, hop, local)
         try:
@@ -88,3 +86,13 @@ def peer_routes(worker) -> dict:
         return web.json_response({"copied": copied})
 
     return {CHUNK_PATH: chunk, TAKE_PATH: take}
+
+
+async def fill_here(worker, c, offset: int, length: int, hop: int):
+    """(a stream of chunk `c` from `offset`, the peer its fill copied from or None): the chunk filled
+    here if it is missing, as a peer's request (`hop`) asks of its owner: from its primary (a
+    follower), an earlier holder or S3, once for every reader (worker/chunks.py `open_local`)."""
+    await inputs.check_chunk_object(worker.objects, c)
+    placement = worker._placement()
+    source = fill_source(placement.owners(c), placement.ring.replicas, worker.id, hop)
+    return await worker.chunks.open_local(c, offset, length, source, hop), source

@@ -53,6 +53,7 @@ class Master:
         self._epoch = Gauge("p2pcache_ring_epoch", "Ring epoch", registry=self.registry)
         self._workers = Gauge("p2pcache_ring_workers", "Workers in the ring", registry=self.registry)
         self._changed = asyncio.Event()
+        self._stopped = asyncio.Event()  # releases the long-polls waiting for the first ring
         self._logged: dict[str, str] = {}  # the workers (id: state) of the last ring logged
         self._runner: AppRunner | None = None
         self._expiry: asyncio.Task | None = None
@@ -106,6 +107,7 @@ class Master:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry
         self._changed.set()  # release long-polls
+        self._stopped.set()
         if self.admin:
             await self.admin.stop()
         if self._runner:
@@ -140,6 +142,17 @@ class Master:
         if reason := self.starting():
             raise Unavailable(reason)
         return self.placement()
+
+    async def published(self, timeout: float) -> None:
+        """Return once the ring is published (the startup grace is over) or the master stops, or
+        after `timeout` seconds."""
+        deadline = self._clock() + timeout
+        while self.starting() and not self._stopped.is_set():
+            left = min(deadline, self.membership.publish_at) - self._clock()
+            if left <= 0:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), left + 0.001)
 
     async def ring_changed(self, known: tuple[str, int], timeout: float) -> None:
         """Return when the ring's version is no longer `known` (or the master stops), or after `timeout` seconds."""
@@ -188,15 +201,20 @@ class Master:
         return web.json_response({"status": "ok", "epoch": ring.epoch, "workers": len(ring.workers)})
 
     async def ring(self, request: web.Request) -> web.Response:
-        """The ring; with `master_id`, `epoch` and `wait`, a long-poll until it differs."""
-        if reason := self.starting():
-            raise web.HTTPServiceUnavailable(text=reason)
+        """The ring; with `master_id`, `epoch` and `wait`, a long-poll until it differs. A long-poll
+        during the startup grace waits for the first ring, so the workers all have it at once: had
+        each asked again after its heartbeat interval, one would own chunks for up to an interval
+        before the others knew, and answer their takes and reads "no ring"."""
         q = request.query
         try:
             wait = min(float(q.get("wait", 0)), MAX_WAIT)
             known = (q.get("master_id"), int(q["epoch"])) if "epoch" in q else None
         except ValueError:
             raise web.HTTPBadRequest(text="epoch must be an integer and wait a number of seconds")
+        if wait > 0:
+            await self.published(wait)
+        if reason := self.starting():
+            raise web.HTTPServiceUnavailable(text=reason)
         if known and wait > 0:
             await self.ring_changed(known, wait)
         ring = self.membership.ring

@@ -53,11 +53,12 @@ __all__ = [
     "NotCached", "NotOwner", "ReadOnly", "RequestTimeout", "PreconditionFailed", "RangeNotSatisfiable",
     "InvalidPartNumber", "Unsupported",
     "ObjectChanged", "OriginError", "OriginDenied", "Unavailable", "OriginUnavailable",
-    "PeerUnavailable", "NoRing", "Refused", "Busy", "PeerError", "OriginTimeout", "OriginThrottled",
-    "StoreError", "CorruptChunk", "Relayed", "ORIGIN_HEADER", "origin_error",
+    "PeerUnavailable", "NoRing", "Refused", "Busy", "PeerError", "PeerStarting", "OriginTimeout", "OriginThrottled",
+    "StoreError", "CorruptChunk", "Relayed", "NO_RING_HEADER", "ORIGIN_HEADER", "origin_error",
 ]
 
 ORIGIN_HEADER = "X-P2P-Origin"  # on an error caused by S3: the cause (origin_error() reads it)
+NO_RING_HEADER = "X-P2P-No-Ring"  # on a worker's 503 before its first ring (a peer does not count it as failed)
 
 
 class P2PError(Exception):
@@ -295,6 +296,10 @@ class PeerUnavailable(Unavailable):
 class NoRing(Unavailable):
     """This worker has not received a ring from the master yet."""
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return super().headers | {NO_RING_HEADER: "1"}
+
 
 class Refused(Unavailable):
     """The master answered, refusing this worker until another registration of its id leaves or
@@ -309,6 +314,11 @@ class Busy(Unavailable):
 class PeerError(P2PError):
     """A peer failed to serve a chunk."""
     status, code = 502, "PeerError"
+
+
+class PeerStarting(PeerError):
+    """A peer answered that it has no ring yet (it just started, or its master restarted): alive,
+    so not asked last for a while as a failed one is; it has its ring within a heartbeat interval."""
 
 
 class Relayed(P2PError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -13,9 +14,11 @@ from faultproxy import FaultProxy
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache import Client
+from p2pcache.errors import PeerStarting
 from p2pcache.objects import ObjectInfo
 from p2pcache.ring import DRAINING
 from worker import rebalance
+from worker.server import Worker
 
 OBJECTS = 4
 
@@ -441,3 +444,43 @@ async def test_a_keep_that_comes_after_the_handoff_goes_to_the_new_owner(cluster
     await wait_for(lambda: c.name in owner.keeps, what="the keep at the new owner")
     assert await leaving.rebalancer.wait_idle(15)
     assert c.name not in leaving.keeps
+
+
+async def test_a_worker_waiting_for_a_restarted_masters_first_ring_is_read_from_not_passed_over(
+        cluster_factory, s3, s3_client, bucket):
+    """w1, restarted on its port and cache dir while the restarted master collects heartbeats, has
+    its chunks but no ring. w0 still reads from it what it holds, and takes its 503 for a chunk it
+    does not hold ("no ring from the master yet") as from a worker that is alive: not a failure,
+    not asked last for 5 s. Before, every chunk request to w1 got that 503 and w0 passed w1 over,
+    also as the holder of chunks handed to it, which were then read from S3 (a tester's helm
+    upgrade: 2-4 chunks from S3 in 3 of 8 runs)."""
+    cluster = await cluster_factory(2, heartbeat=0.2)
+    data = dataset(s3_client, bucket, 7)
+    w0, w1 = cluster.workers
+    async with aiohttp.ClientSession() as http:
+        await read_all(http, [w0.url], bucket, data)
+        mine = [c for c in chunks(s3_client, bucket, data) if w0.placement.owner(c).id == w1.id]
+        held, missing = mine[0], mine[1]
+        w1.store.discard(missing.name)
+        address = w1.address
+        await w1.stop(leave=False)
+        port = int(cluster.master.url.rsplit(":", 1)[1])
+        await cluster.master.stop()
+        cluster.master = Master(MasterConfig(port=port, chunk_size=CHUNK, startup_grace=60, cluster_secret=SECRET))
+        await cluster.master.start()
+        w1 = cluster.workers[1] = Worker(replace(w1.config, host=address[0], port=address[1]))
+        await w1.start()
+        assert w1.placement is None
+        client = w0.chunks._peers
+        stream = await client.open(w0.placement.owner(held), held, 0, held.length)
+        got = b"".join([piece async for piece in stream])
+        assert got == data[held.key][held.start:held.start + held.length]
+        with pytest.raises(PeerStarting):
+            await client.open(w0.placement.owner(missing), missing, 0, missing.length)
+        s3_before = s3.get_bytes
+        key = missing.key
+        async with http.get(f"{w0.url}/{bucket}/{key}", headers={"Range": f"bytes={missing.start}-{missing.start}"}) as resp:
+            assert resp.status == 206 and await resp.read() == data[key][missing.start:missing.start + 1]
+        assert s3.get_bytes - s3_before == missing.length  # w0 filled it (w1 has no ring to fill it by)
+        assert await metric(http, w0.url, "p2pcache_peer_failures_total") == 0
+        assert not w0.chunks._down.down(w1.id)

@@ -330,3 +330,22 @@ async def test_a_master_restarted_between_two_heartbeats_hears_the_ring_within_o
     ring = cluster.master.membership.ring
     assert ring.master_id != before.master_id and [w.id for w in ring.workers] == ["w0"]
     assert ring.history == (before.owning(),) + before.history[:2]
+
+
+async def test_a_long_poll_during_the_startup_grace_gets_the_first_ring_when_it_is_published(cluster_factory):
+    """So every worker has the restarted master's first ring at once, not each up to a heartbeat
+    interval after its last try (before: 503 at once, asked again an interval later)."""
+    cluster = await cluster_factory(1, heartbeat=0.2)
+    await restart_master(cluster, grace=1.0)
+    ring = f"{cluster.master.url}/ring"
+    async with cluster.session.get(ring, params={"format": "json"}) as resp:
+        assert resp.status == 503 and (await resp.text()).startswith("master starting: collecting heartbeats")
+    async with cluster.session.get(ring, params={"format": "json", "wait": "30"}) as resp:
+        assert resp.status == 200 and [w["id"] for w in (await resp.json())["workers"]] == ["w0"]
+    await restart_master(cluster, grace=60)
+    polling = asyncio.ensure_future(cluster.session.get(ring, params={"wait": "30"}))
+    await wait_for(lambda: cluster.master._runner.server.connections, what="the long-poll's connection")
+    await cluster.master.stop()  # releases it: a stop does not wait out the grace
+    resp = await asyncio.wait_for(polling, 10)
+    assert resp.status == 503
+    resp.release()

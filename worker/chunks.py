@@ -19,7 +19,7 @@ from collections import deque
 from typing import AsyncIterator, Callable, Protocol
 
 from p2pcache.errors import (
-    Busy, CorruptChunk, NotCached, OriginError, PeerError, PeerUnavailable, StoreError,
+    Busy, CorruptChunk, NotCached, OriginError, PeerError, PeerStarting, PeerUnavailable, StoreError,
 )
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.origin import S3Origin
@@ -199,7 +199,7 @@ class Chunks:
             try:
                 stream = await self._peers.open(worker, c, offset, length)
             except PeerError as exc:
-                self.peer_failed(worker.id)
+                self.peer_failed(worker.id, exc)
                 if failed is not None:
                     failed.add(worker.id)
                 errors.append(exc)
@@ -208,8 +208,12 @@ class Chunks:
             return stream
         raise PeerUnavailable(f"no owner of {c.ring_key} answered: {errors[-1] if errors else 'none'}")
 
-    def peer_failed(self, peer_id: str) -> None:
-        """Count the failure and ask this peer last for a while (after filling here)."""
+    def peer_failed(self, peer_id: str, exc: PeerError | None = None) -> None:
+        """Count the failure and ask this peer last for a while (after filling here); not a peer
+        that is alive and only has no ring yet (PeerStarting): asked last, it would be passed over
+        as a holder of the chunks handed to it, which are then read from S3."""
+        if isinstance(exc, PeerStarting):
+            return
         self._m.peer_failures.inc()
         self._down.failed(peer_id)
 
@@ -285,7 +289,7 @@ class Chunks:
                 self._m.passthrough_bytes.inc(length)
                 return stream
             except PeerError as exc:
-                self.peer_failed(source.id)
+                self.peer_failed(source.id, exc)
                 log.warning("primary %s failed for %s, reading S3: %s", source.id, c.ring_key, exc)
         stream = await self._holder_stream(c, offset, length, hop, None, set())
         if stream is not None:
@@ -310,7 +314,7 @@ class Chunks:
                     stream = await self._peers.open(source, c, 0, c.length, hop + 1, primary=True)
                     return await self._copy(c, stream)  # counted as peer bytes by the peer client
                 except PeerError as exc:
-                    self.peer_failed(source.id)
+                    self.peer_failed(source.id, exc)
                     log.warning("primary %s failed for %s, filling from S3: %s", source.id, c.ring_key, exc)
             if await self._from_holders(c, hop, holder):
                 return
@@ -372,7 +376,7 @@ class Chunks:
         return None
 
     def _holder_failed(self, peer_id: str, c: ChunkId, exc: PeerError) -> None:
-        self.peer_failed(peer_id)
+        self.peer_failed(peer_id, exc)
         log.warning("earlier holder %s failed for %s: %s", peer_id, c.ring_key, exc)
 
     async def _fill_from_origin(self, c: ChunkId) -> None:
@@ -451,7 +455,7 @@ class Chunks:
                             yield piece
                     return
                 except PeerError as exc:
-                    self.peer_failed(stream.peer.id)
+                    self.peer_failed(stream.peer.id, exc)
                     failed.add(stream.peer.id)
                     log.warning("resuming %s at %d after: %s", c.ring_key, pos, exc)
                     stream = await reopen(pos, failed)

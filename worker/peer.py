@@ -23,7 +23,8 @@ from aiohttp import web
 from p2pcache import blocksums
 from p2pcache.auth import Signer
 from p2pcache.errors import (
-    ORIGIN_HEADER, Busy, NotCached, NotFound, NotOwner, ObjectChanged, PeerError, origin_error,
+    NO_RING_HEADER, ORIGIN_HEADER, Busy, NotCached, NotFound, NotOwner, ObjectChanged, PeerError, PeerStarting,
+    origin_error,
 )
 from p2pcache.objects import ChunkId
 from p2pcache.ring import WorkerInfo
@@ -265,6 +266,7 @@ def _error(peer: WorkerInfo, c: ChunkId, resp: aiohttp.ClientResponse) -> Except
     reason = resp.headers.get(REASON_HEADER, "")
     cause = resp.headers.get(ORIGIN_HEADER)
     retry_after = resp.headers.get("Retry-After", "")
+    no_ring = NO_RING_HEADER in resp.headers
     resp.release()
     # Errors about the object, or S3's failures at the owner, pass through: asking
     # another worker (or S3 from here) would only repeat them. A failing peer is failed over.
@@ -280,4 +282,6 @@ def _error(peer: WorkerInfo, c: ChunkId, resp: aiohttp.ClientResponse) -> Except
         return ObjectChanged(f"s3://{c.bucket}/{c.key} changed at the origin during the read")
     if code == "SlowDown":
         return Busy(f"owner {peer.id} is over capacity: {reason}")
+    if no_ring:
+        return PeerStarting(f"peer {peer.id} answered {resp.status} {code}: {reason}")
     return PeerError(f"peer {peer.id} answered {resp.status} {code}: {reason}")

@@ -21,7 +21,7 @@ import aiohttp
 
 from p2pcache import tls
 from p2pcache.auth import Signer
-from p2pcache.errors import P2PError, PeerError
+from p2pcache.errors import P2PError, PeerError, PeerStarting
 from p2pcache.objects import ChunkId
 from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 from p2pcache.singleflight import SingleFlight
@@ -111,7 +111,8 @@ class PeerReads:
             except PeerError as exc:
                 log.info("peer %s failed for %s: %s", peer.id, c.ring_key, exc)
                 failed.add(peer.id)
-                await self.failed(peer)
+                if not isinstance(exc, PeerStarting):  # alive: asked again at the next read (worker/chunks.py)
+                    await self.failed(peer)
                 continue
             self._down.answered(peer.id)
             return stream

@@ -31,14 +31,15 @@ def peer_routes(worker) -> dict:
         From the store, the sums of the blocks sent go first (worker/peer.py)."""
         c, offset, length, hop = parse_peer_request(request, MAX_HOPS)
         worker._check_bucket(c.bucket)
-        placement = worker._placement()
-        inputs.check_chunk(c, placement.ring.chunk_size)
         local = request.query.get("local") == "1"
+        # A copy held here needs no ring (as in a serving process): a worker that has not had the
+        # restarted master's first ring yet still serves what was handed to it.
         stream = worker.chunks.local(c, offset, length)
         source = None
         if stream is None and local:
             raise NotCached(f"{c.ring_key} is not on {worker.id}")
         if stream is None:
+            inputs.check_chunk(c, worker._placement().ring.chunk_size)
             stream, source = await fill_here(worker, c, offset, length, hop)
         resp, sums = chunk_answer(c, offset, length, getattr(stream, "file", None))
         pieces = worker.chunks.pieces(c, offset, length, stream, source, hop, local)

@@ -98,6 +98,11 @@ class Master:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"{'https' if ssl_context else 'http'}://{shown}:{port}"
         self.membership.publish_at = self._clock() + self.config.startup_grace
+        if 0 < self.config.startup_grace < self.config.worker_ttl / 3:
+            log.warning("--startup-grace %g is shorter than a third of --worker-ttl (%.3g s), the longest a worker "
+                        "may go between heartbeats: a worker whose --heartbeat-interval is longer than %g s may be "
+                        "missing from the first ring, and its chunks read from S3 meanwhile",
+                        self.config.startup_grace, self.config.worker_ttl / 3, self.config.startup_grace)
         self._expiry = asyncio.create_task(self._expire_loop())
         log.info("master %s listening on %s", self.membership.ring.master_id, self.url)
 

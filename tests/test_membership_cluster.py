@@ -349,3 +349,17 @@ async def test_a_long_poll_during_the_startup_grace_gets_the_first_ring_when_it_
     resp = await asyncio.wait_for(polling, 10)
     assert resp.status == 503
     resp.release()
+
+
+@pytest.mark.parametrize(("grace", "warned"), [(1.0, True), (3.4, False), (0, False)])
+async def test_a_startup_grace_shorter_than_a_third_of_the_ttl_is_warned_of(grace, warned, caplog):
+    """Workers beat at most every --worker-ttl / 3 (10 s: 3.33 s); one beating every 2 s may miss
+    a 1 s grace: the first ring would lack it (a tester's run read 10 MB from S3 so)."""
+    master = Master(MasterConfig(port=0, chunk_size=CHUNK, worker_ttl=10.0, startup_grace=grace))
+    await master.start()
+    try:
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(line.startswith(f"--startup-grace {grace:g} is shorter than a third of --worker-ttl (3.33 s)")
+                   for line in said) == warned, said
+    finally:
+        await master.stop()

@@ -72,7 +72,8 @@ def assign(ring: HashPoints, members: Mapping[str, int], obj: str, n: int,
         while len(chosen[i]) < size:
             j = _next_free(ring, j, members, chosen[i], None)
             chosen[i].append(ring.ids[j])
-    return [tuple(c) for c in chosen]
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct owner list: 8 bytes a chunk
+    return [shared.setdefault(t, t) for t in map(tuple, chosen)]
 
 
 def _place_rank(ring: HashPoints, members: Mapping[str, int], points: list[int], at: list[int],

@@ -10,12 +10,17 @@ import msgpack
 from .objects import ChunkId
 from .placement import LOAD, HashPoints, assign
 
-__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "Owning", "carried", "UP", "DRAINING", "HISTORY",
-           "MIN_CHUNK", "MAX_CHUNK"]
+__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "Owning", "carried", "span", "UP", "DRAINING", "HISTORY",
+           "MIN_CHUNK", "MAX_CHUNK", "SPAN"]
 
 UP, DRAINING = "up", "draining"
 HISTORY = 3  # earlier memberships published with the ring, to find chunks whose owner changed
 OBJECTS = 512  # objects whose owner tables a placement keeps
+# An object's chunks are placed in spans of SPAN (32 GiB at 8 MiB), each balanced on its own, so a
+# lookup computes at most SPAN chunks' owners (~27 ms at 1,000 workers) whatever size S3 says the
+# object has, and the tables kept hold at most ENTRIES chunks' owners (8 bytes each: shared tuples).
+SPAN = 4096
+ENTRIES = 1 << 20
 LEGACY_LOAD = 1.05  # the load bound of rings published before it was part of them
 # The chunk sizes a ring may have (the master's --chunk-size). Each chunk costs an S3 GET (tens
 # of ms to its first byte), a file with its trailer and an entry in the eviction policy: below
@@ -116,7 +121,8 @@ class Placement:
 
     Built off the event loop (the ring of 1,000 workers takes ~0.1 s); an
     object's owner table is computed on its first lookup (~2 ms for 590
-    chunks) and kept for the next OBJECTS objects.
+    chunks; a span of SPAN chunks at a time) and kept for the next OBJECTS
+    objects (up to ENTRIES chunks).
     """
 
     def __init__(self, ring: RingSnapshot) -> None:
@@ -129,13 +135,14 @@ class Placement:
         # do not depend on the others, so each membership just skips non-members.
         self._points = HashPoints(weights, ring.vnodes) if weights else None
         self._tables: OrderedDict[tuple[int, str], list[tuple[str, ...]]] = OrderedDict()
+        self._entries = 0  # chunks in the tables kept
 
     def __contains__(self, worker_id: str) -> bool:
         return worker_id in self.workers
 
     def owners(self, c: ChunkId) -> tuple[WorkerInfo, ...]:
         """The chunk's `replicas` owners first, then successors to fall back on."""
-        return tuple(self.workers[wid] for wid in self._table(0, c)[c.index])
+        return tuple(self.workers[wid] for wid in self._owners(0, c))
 
     def owns(self, worker_id: str, c: ChunkId) -> bool:
         """Whether `worker_id` is one of the chunk's `replicas` owners."""
@@ -160,24 +167,33 @@ class Placement:
             return []
         found: list[WorkerInfo] = []
         for k in [*range(1, len(self._memberships)), 0]:
-            for wid in self._table(k, c)[c.index][:None if k else self.ring.replicas]:
+            for wid in self._owners(k, c)[:None if k else self.ring.replicas]:
                 member = self.members.get(wid)
                 if member is not None and member not in found:
                     found.append(member)
         return found
 
-    def _table(self, k: int, c: ChunkId) -> list[tuple[str, ...]]:
-        key = (k, c.object_key)
+    def _owners(self, k: int, c: ChunkId) -> tuple[str, ...]:
+        """The ids of chunk `c`'s owners, then successors, under membership `k` (0: the current one)."""
+        name, n, i = span(c)
+        key = (k, name)
         table = self._tables.get(key)
         if table is None:
             if self._points is None or not self._memberships[k]:
-                table = [()] * c.count
+                table = [()] * n
             else:
-                table = assign(self._points, self._memberships[k], c.object_key, c.count,
-                               self.ring.replicas, self.ring.load)
+                table = assign(self._points, self._memberships[k], name, n, self.ring.replicas, self.ring.load)
             self._tables[key] = table
-            if len(self._tables) > OBJECTS * len(self._memberships):
-                self._tables.popitem(last=False)
+            self._entries += n
+            while len(self._tables) > OBJECTS * len(self._memberships) or self._entries > ENTRIES:
+                self._entries -= len(self._tables.popitem(last=False)[1])
         else:
             self._tables.move_to_end(key)
-        return table
+        return table[i]
+
+
+def span(c: ChunkId) -> tuple[str, int, int]:
+    """(what placement hashes, chunks, `c`'s index among them) for the span of SPAN chunks `c` is in;
+    an object of up to SPAN chunks is one span, hashed as the object (p2pcache/objects.py)."""
+    s, i = divmod(c.index, SPAN)
+    return (c.object_key if s == 0 else f"{c.object_key}+{s}"), min(SPAN, c.count - s * SPAN), i

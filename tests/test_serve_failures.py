@@ -191,7 +191,8 @@ async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_fa
         # Was one per chunk it owns too, one after the other. The fills that run together (a
         # read's readahead) may each ask it before the first gives up: all within that wait.
         holders = [at for t, at in zip(proxy.targets, proxy.times) if "local=1" in t]
-        assert 1 <= len(holders) < len(owned), (owned, asked)
+        succ = [[w.id for w in reader.placement.owners(info.chunk(i, CHUNK))] for i in owned]
+        assert 1 <= len(holders) < len(owned), (owned, asked, succ, proxy.targets)
         assert max(holders) - min(holders) < hung.config.holder_timeout(), (owned, asked, holders)
     finally:
         await proxy.stop()

@@ -25,7 +25,7 @@ P2PError
 ├── Unavailable           503  something needed is not reachable or has no capacity
 │   ├── OriginUnavailable      S3 cannot be reached, or cut the connection (transient)
 │   │   ├── OriginTimeout      S3 sent nothing for the read timeout
-│   │   └── OriginThrottled    S3 answered 503 SlowDown
+│   │   └── OriginThrottled    S3 answered 503 SlowDown or 429 TooManyRequests
 │   ├── PeerUnavailable        no owner of a chunk answered
 │   ├── NoRing                 the worker has not received a ring yet
 │   ├── Refused                the master refuses this worker for now (409: its id is registered
@@ -264,7 +264,7 @@ class OriginTimeout(OriginUnavailable):
 
 
 class OriginThrottled(OriginUnavailable):
-    """The origin is throttling reads (503 SlowDown)."""
+    """The origin is throttling reads (503 SlowDown, or 429 TooManyRequests)."""
     code, cause = "SlowDown", "throttled"
 
 

@@ -18,6 +18,7 @@ import logging
 import random
 import re
 import time
+import traceback
 from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 from urllib.parse import urlsplit
 
@@ -38,15 +39,19 @@ from .objects import ObjectInfo
 from .retry import RetryPolicy, is_transient
 from .s3headers import stored_headers
 
-__all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error", "not_found", "check_endpoint"]
+__all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error", "not_found", "check_endpoint", "brief"]
 
 log = logging.getLogger("p2pcache.origin")
 READ_SIZE = 1 << 20  # aiohttp buffers up to twice what a read asks for: see `read_range`'s `piece`
 META_ATTEMPTS = 3  # a HEAD or a listing is on a reader's critical path: a few quick tries
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+REASON_CHARS = 240  # a reason quoting S3 or botocore is one line of at most this many characters
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _LISTINGS = ("ListObjects", "ListObjectsV2")
 # The breaker's kinds of request: a HEAD or a listing that succeeds says nothing of ranged GETs.
 DATA, META = "data", "meta"
+# S3's throttling: 503 SlowDown, or 429 TooManyRequests (some S3-compatible servers and gateways).
+_THROTTLING_CODES = {"SlowDown", "ServiceUnavailable", "TooManyRequests"}
 # A 400 with one of these codes is about the worker's own credentials, not the reader's request.
 _CREDENTIAL_CODES = {"ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed",
                      "IncompleteSignature", "MissingSecurityHeader", "InvalidSecurity"}
@@ -62,6 +67,9 @@ _CUT = (
     botocore.exceptions.ResponseStreamingError,
     botocore.exceptions.IncompleteReadError,
 )
+# botocore's parsers raise ValueError, KeyError, ... for an answer they cannot read (a header
+# such as `Last-Modified: garbage`): S3's malformed answer, not a bug of ours.
+_PARSERS = ("botocore.parsers", "aiobotocore.parsers")
 _CONNECTION_ERRORS = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectionClosedError,
@@ -88,8 +96,20 @@ def not_found(bucket: str, key: str, code: str) -> NotFound:
     return NotFound(f"no such object: s3://{bucket}/{key}", code=code)
 
 
+def brief(text: object, limit: int = REASON_CHARS) -> str:
+    """A foreign message (S3's, botocore's, aiohttp's, which may quote kilobytes of binary) as one
+    short printable line: whitespace runs made one space, other non-printables escaped, cut."""
+    line = _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), " ".join(str(text).split()))
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def unparsable(exc: BaseException) -> bool:
+    """Whether `exc` was raised while botocore parsed S3's answer."""
+    return any(frame.f_globals.get("__name__") in _PARSERS for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
 def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | None = None) -> P2PError:
-    """One boundary where botocore's errors become ours, each naming its cause."""
+    """One boundary where botocore's errors become ours, each naming its cause in one short line."""
     where = f"s3://{bucket}/{key}"
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
@@ -106,10 +126,11 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
         named = "" if code.isdigit() else code
         if status == 403 or code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return OriginDenied(f"origin denied access to {where}: {named or status}")
-        if status == 503 or code in ("SlowDown", "ServiceUnavailable"):
-            said = named or f"SlowDown (taken as such: {exc.operation_name}'s {status} has no body to name it)"
+        if status in (429, 503) or code in _THROTTLING_CODES:
+            said = named or ("TooManyRequests" if status == 429 else
+                             f"SlowDown (taken as such: {exc.operation_name}'s {status} has no body to name it)")
             return OriginThrottled(f"origin throttling reads of {where}: {status} {said}")
-        message = " ".join(str(x) for x in (status, named, error.get("Message", "")) if x)
+        message = brief(" ".join(str(x) for x in (status, named, error.get("Message", "")) if x))
         return OriginError(f"origin failed for {where}: {message}",
                            transient=status >= 500 or code == "RequestTimeout")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -118,11 +139,17 @@ def convert_error(exc: Exception, bucket: str, key: str, read_timeout: float | N
         quiet = f"nothing for {read_timeout:g} s" if read_timeout else "timed out"
         return OriginTimeout(f"origin timeout for {where}: {quiet} ({type(exc).__name__})")
     if isinstance(exc, _CUT):
-        return OriginUnavailable(f"origin cut the response for {where}: {exc}")
+        return OriginUnavailable(f"origin cut the response for {where}: {brief(exc)}")
     if isinstance(exc, _CONNECTION_ERRORS):
         return OriginUnavailable(_connection_failure(exc, where))
+    if isinstance(exc, botocore.exceptions.HTTPClientError):  # e.g. bytes past the last answer's end
+        inner = exc.kwargs.get("error") or exc
+        return OriginUnavailable(f"origin broke HTTP on the connection for {where}: "
+                                 f"{brief(getattr(inner, 'message', None) or inner)}")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return OriginError(f"origin failed for {where}: {exc}")
+        return OriginError(f"origin failed for {where}: {brief(exc)}")
+    if unparsable(exc):
+        return OriginError(f"origin's answer for {where} cannot be parsed: {brief(f'{type(exc).__name__}: {exc}')}")
     raise exc  # not an origin failure: a bug, let it show
 
 
@@ -131,12 +158,12 @@ def _connection_failure(exc: Exception, where: str) -> str:
     could not be made (botocore calls both "Could not connect to the endpoint URL")."""
     inner = getattr(exc, "kwargs", {}).get("error") or exc  # botocore wraps aiohttp's error
     if isinstance(inner, aiohttp.ClientConnectorError):
-        return f"origin unreachable for {where}: {exc}"
+        return f"origin unreachable for {where}: {brief(exc)}"
     if isinstance(inner, ConnectionResetError) or getattr(inner, "errno", None) == errno.ECONNRESET:
         return f"connection reset by the origin during a request for {where}"
     if isinstance(inner, aiohttp.ServerDisconnectedError):
         return f"origin closed the connection without answering a request for {where}"
-    return f"origin unreachable for {where}: {exc}"
+    return f"origin unreachable for {where}: {brief(exc)}"
 
 
 def refused(exc: Exception) -> BadRequest | None:
@@ -147,8 +174,25 @@ def refused(exc: Exception) -> BadRequest | None:
     code = str(error.get("Code", ""))
     if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 400 or code in _CREDENTIAL_CODES:
         return None
-    return BadRequest(str(error.get("Message") or "Bad Request"), code=code if code and not code.isdigit()
+    return BadRequest(brief(error.get("Message") or "Bad Request"), code=code if code and not code.isdigit()
                       else "InvalidRequest")
+
+
+def part_beyond(exc: Exception, part: int) -> InvalidPartNumber | None:
+    """S3's 416 to a HEAD ?partNumber= past the object's last part."""
+    if isinstance(exc, botocore.exceptions.ClientError) and \
+            exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+        return InvalidPartNumber(part, 0)
+    return None
+
+
+def _required(resp: dict, name: str, header: str, where: str):
+    """Field `name` of a HEAD's answer, which the cache cannot do without; OriginError if the
+    origin left its header out."""
+    if resp.get(name) is None:
+        status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        raise OriginError(f"origin answered {status} to a HEAD of {where} without the {header} header")
+    return resp[name]
 
 
 class PartHead(NamedTuple):
@@ -233,30 +277,28 @@ class S3Origin:
                 pass
             raise
         headers = resp["ResponseMetadata"]["HTTPHeaders"]
+        where = f"s3://{bucket}/{key}"
         return ObjectInfo(
             bucket=bucket,
             key=key,
-            etag=resp["ETag"],
-            size=int(resp["ContentLength"]),
+            etag=_required(resp, "ETag", "ETag", where),
+            size=int(_required(resp, "ContentLength", "Content-Length", where)),
             last_modified=headers.get("last-modified", ""),
             content_type=resp.get("ContentType") or "binary/octet-stream",
             headers=stored_headers(headers),
         )
 
     async def head_part(self, bucket: str, key: str, part: int, etag: str | None) -> PartHead:
-        """HEAD ?partNumber=`part`, with `If-Match: etag` if given (412 -> ObjectChanged)."""
-        try:
-            resp = await self._client.head_object(Bucket=bucket, Key=key, PartNumber=part,
-                                                  **({"IfMatch": etag} if etag else {}))
-        except Exception as exc:
-            if isinstance(exc, botocore.exceptions.ClientError) and \
-                    exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
-                raise InvalidPartNumber(part, 0) from exc
-            raise convert_error(exc, bucket, key) from exc
+        """HEAD ?partNumber=`part`, with `If-Match: etag` if given (412 -> ObjectChanged), retried
+        and behind the breaker as `head` is."""
+        resp = await self._call(lambda: self._client.head_object(
+            Bucket=bucket, Key=key, PartNumber=part, **({"IfMatch": etag} if etag else {})),
+            bucket, key, answered=lambda exc: part_beyond(exc, part))
         headers = resp["ResponseMetadata"]["HTTPHeaders"]
         count = headers.get("x-amz-mp-parts-count")
         match = _CONTENT_RANGE.fullmatch(headers.get("content-range", ""))
-        return PartHead(length=int(resp["ContentLength"]),
+        length = _required(resp, "ContentLength", "Content-Length", f"s3://{bucket}/{key}?partNumber={part}")
+        return PartHead(length=int(length),
                         start=int(match.group(1)) if match else None,
                         total=int(match.group(3)) if match else None,
                         count=int(count) if count and count.isdigit() else None)
@@ -269,7 +311,7 @@ class S3Origin:
     async def bucket_location(self, bucket: str) -> str:
         """GetBucketLocation: the bucket's LocationConstraint ("" for us-east-1)."""
         resp = await self._call(lambda: self._client.get_bucket_location(Bucket=bucket), bucket, "",
-                                refusable=True)
+                                answered=refused)
         return resp.get("LocationConstraint") or ""
 
     async def list_objects(self, bucket: str, v2: bool = True, **params) -> bytes:
@@ -279,11 +321,11 @@ class S3Origin:
         """
         call = self._client.list_objects_v2 if v2 else self._client.list_objects
         args = {k: v for k, v in params.items() if v is not None}
-        resp = await self._call(lambda: call(Bucket=bucket, **args), bucket, "", refusable=True)
+        resp = await self._call(lambda: call(Bucket=bucket, **args), bucket, "", answered=refused)
         return resp["RawBody"]
 
     async def list_buckets(self) -> dict:
-        resp = await self._call(self._client.list_buckets, "", "", refusable=True)
+        resp = await self._call(self._client.list_buckets, "", "", answered=refused)
         resp.pop("ResponseMetadata", None)
         return resp
 
@@ -352,9 +394,10 @@ class S3Origin:
             raise convert_error(exc, bucket, key, self._read_timeout) from exc
 
     async def _call(self, call: Callable[[], Awaitable[dict]], bucket: str, key: str,
-                    refusable: bool = False) -> dict:
-        """One metadata request, retried a few times if it fails transiently; with `refusable`,
-        S3's own 400 for arguments a reader shaped is passed on as S3 said it."""
+                    answered: Callable[[Exception], P2PError | None] = lambda exc: None) -> dict:
+        """One metadata request, retried a few times if it fails transiently. `answered` names
+        S3's answers that are meant for the reader as they are (`refused`: S3's own 400 for
+        arguments a reader shaped; `part_beyond`), before `convert_error` sees them."""
         tries, began = 0, self._clock()
         while True:
             ticket = self._admit()
@@ -365,8 +408,7 @@ class S3Origin:
                 ok = True
                 return result
             except Exception as exc:
-                source, error = exc, ((refusable and refused(exc))
-                                      or convert_error(exc, bucket, key, self._read_timeout))
+                source, error = exc, answered(exc) or convert_error(exc, bucket, key, self._read_timeout)
                 ok = not is_transient(error)
             finally:
                 self._record(ticket, ok, error, META)

@@ -1,7 +1,7 @@
 """When a failed S3 request is worth another try, and how long to wait before it.
 
 Pure: the caller owns the clock, the randomness and the I/O. A transient
-failure (reset, timeout, 5xx, 503 SlowDown, cut body) is retried with jittered
+failure (reset, timeout, 5xx, 503 SlowDown or 429, cut body) is retried with jittered
 exponential backoff until the deadline; a 412 (the object changed), a 404 or a
 403 never is. The backoff doubles with each failure in a row that made no
 progress; a try that got some bytes before failing starts the count over,

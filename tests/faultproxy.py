@@ -29,6 +29,7 @@ _ERRORS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "error": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
     "denied": (403, "Forbidden", "AccessDenied", "Access Denied"),
+    "throttle": (429, "Too Many Requests", "TooManyRequests", "Please reduce your request rate."),
 }
 
 
@@ -43,6 +44,8 @@ class FaultProxy:
         self.get_delay = 0.0  # seconds each ranged GET of an object waits before it is relayed (a slow S3)
         self.hold: tuple[str, float] | None = None  # (target prefix, seconds): their answers wait that long
         self.by_request: Callable[[str, str], str | None] | None = None  # (method, target) -> its fault
+        self.set_headers: dict[str, str | None] = {}  # the `headers` fault: replaced (None: removed)
+        self.junk = b"\x99" * 6000  # the `junk` fault: what follows the answer's body
         self.script: list[str | None] = []  # faults for the next ranged GETs (None: none)
         self.ranges: list[str] = []  # the Range header of each ranged GET
         self._rng = random.Random(seed)
@@ -152,6 +155,10 @@ class FaultProxy:
             status = int(head.split(b" ", 2)[1])
             if fault == "norange":
                 head = b"\r\n".join(l for l in head.split(b"\r\n") if not l.lower().startswith(b"content-range:"))
+            if fault == "headers":
+                head = _with_headers(head, self.set_headers)
+            if fault == "junk":  # the whole answer and the junk in one segment, as on a kept-alive connection
+                head = _with_headers(head, {"Connection": None}) + await up_reader.read() + self.junk
             writer.write(head)
             limit = None
             if fault in ("truncate", "stall") and status == 206 and length:
@@ -174,6 +181,15 @@ class FaultProxy:
                 self.stall_waits.append(time.monotonic() - began)
         finally:
             up_writer.close()
+
+
+def _with_headers(head: bytes, changes: dict[str, str | None]) -> bytes:
+    """A response head with the headers in `changes` replaced, or removed where None."""
+    lines = head.rstrip(b"\r\n").split(b"\r\n")
+    drop = {k.lower().encode() for k in changes}
+    kept = [lines[0]] + [l for l in lines[1:] if l.split(b":", 1)[0].strip().lower() not in drop]
+    added = [f"{k}: {v}".encode("latin-1") for k, v in changes.items() if v is not None]
+    return b"\r\n".join(kept + added) + b"\r\n\r\n"
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from conftest import CHUNK
+from p2pcache.objects import ObjectInfo
 
 
 def closed_port() -> int:
@@ -162,3 +163,85 @@ async def test_a_missing_key_is_404_when_the_cache_may_read_objects_but_not_head
             async with http.request(method, f"{cluster.workers[0].url}/{bucket}/no/such/key") as resp:
                 assert (resp.status, resp.headers["X-P2P-Error"]) == (404, "NoSuchKey"), method
         assert fault_proxy.injected["denied"] > 0  # the HeadBucket was made, and refused
+
+
+async def test_answers_botocore_cannot_parse_are_502s_and_the_owners_alone(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    """A HEAD without an ETag or a Content-Length, a HEAD or a GET with a header botocore cannot
+    parse: a 502 OriginError in one line, never a 500 with a traceback; and a worker that asked
+    the chunk's owner passes the owner's error on rather than read the chunk from S3 itself."""
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url)
+    heads = {"no-etag": {"ETag": None}, "no-length": {"Content-Length": None},
+             "bad-date": {"Last-Modified": "garbage"}, "bad-count": {"x-amz-tagging-count": "zz"}}
+    async with aiohttp.ClientSession() as http:
+        for key, headers in heads.items():
+            s3_client.put_object(Bucket=bucket, Key=key, Body=b"h" * 1000)
+            fault_proxy.set_headers = headers
+            fault_proxy.by_request = lambda method, target, key=key: (
+                "headers" if method == "HEAD" and target.startswith(f"/{bucket}/{key}") else None)
+            status, answered, _ = await answer(http, f"{cluster.workers[0].url}/{bucket}/{key}")
+            assert (status, answered["X-P2P-Error"], answered["X-P2P-Origin"]) == (502, "OriginError", "error"), key
+        fault_proxy.by_request = None
+        body = random.Random(9).randbytes(1000)
+        s3_client.put_object(Bucket=bucket, Key="g.bin", Body=body)
+        etag = s3_client.head_object(Bucket=bucket, Key="g.bin")["ETag"]
+        owner = cluster.workers[0].placement.owners(ObjectInfo(bucket, "g.bin", etag, 1000).chunk(0, CHUNK))[0]
+        other = next(w for w in cluster.workers if w.id != owner.id)
+        fault_proxy.set_headers, fault_proxy.get_mode = {"Last-Modified": "garbage"}, "headers"
+        status, answered, text = await answer(http, f"{other.url}/{bucket}/g.bin")
+    reason = answered["X-P2P-Reason"]
+    assert (status, answered["X-P2P-Error"], answered["X-P2P-Origin"]) == (502, "OriginError", "error")
+    assert "cannot be parsed" in reason and "garbage" in reason, reason
+    assert fault_proxy.gets == 1  # at the owner only
+
+
+async def test_a_429_from_s3_is_retried_and_answered_as_throttling(cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_deadline=0.3, origin_breaker=0)
+    body = random.Random(10).randbytes(2 * CHUNK)
+    s3_client.put_object(Bucket=bucket, Key="t.bin", Body=body)
+    url = f"{cluster.workers[0].url}/{bucket}/t.bin"
+    fault_proxy.script = ["throttle"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Range": "bytes=0-9"}) as resp:
+            assert (resp.status, await resp.read()) == (206, body[:10])
+        assert fault_proxy.gets == 2
+        fault_proxy.get_mode = "throttle"
+        status, headers, _ = await answer(http, url, (CHUNK, CHUNK + 10))
+    assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (503, "SlowDown", "throttled")
+    assert "429 TooManyRequests" in headers["X-P2P-Reason"] and fault_proxy.injected["throttle"] >= 3
+
+
+async def test_a_part_head_that_fails_once_is_retried(cluster_factory, fault_proxy, s3_client, bucket):
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url)
+    body = random.Random(11).randbytes(1000)
+    s3_client.put_object(Bucket=bucket, Key="p.bin", Body=body)
+    faults = ["slowdown"]
+    fault_proxy.by_request = lambda method, target: (
+        faults.pop() if faults and method == "HEAD" and "partNumber=" in target else None)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{cluster.workers[0].url}/{bucket}/p.bin?partNumber=1") as resp:
+            assert (resp.status, await resp.read()) == (206, body)
+    assert fault_proxy.injected == {"slowdown": 1}
+
+
+async def test_bytes_past_an_s3_answers_end_are_retried_and_reported_in_one_short_line(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    """Bytes after an answer on a kept-alive connection: aiohttp reads them as the next answer's
+    status line, and botocore's error quoted them all (kilobytes of binary, in the answer's
+    reason, its XML and the log). The fault hits answers that come in one segment: small ones."""
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_deadline=0.3, origin_breaker=0)
+    bodies = {key: random.Random(key).randbytes(1000) for key in ("j1", "j2")}
+    for key, body in bodies.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    url = f"{cluster.workers[0].url}/{bucket}/"
+    fault_proxy.script = ["junk"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "j1") as resp:
+            assert (resp.status, await resp.read()) == (200, bodies["j1"])
+        assert (fault_proxy.gets, fault_proxy.injected["junk"]) == (2, 1)
+        fault_proxy.get_mode = "junk"
+        status, headers, text = await answer(http, url + "j2")
+    reason = headers["X-P2P-Reason"]
+    assert (status, headers["X-P2P-Origin"]) == (503, "unreachable")
+    assert "Bad status line" in reason and len(reason) < 400, reason
+    assert len(text) < 1000, len(text)

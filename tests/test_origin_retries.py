@@ -9,8 +9,10 @@ import time
 import pytest
 
 from conftest import wait_for
-from p2pcache.errors import NotFound, ObjectChanged, OriginError, OriginThrottled, OriginUnavailable
-from p2pcache.origin import S3Origin
+from p2pcache.errors import (
+    InvalidPartNumber, NotFound, ObjectChanged, OriginError, OriginThrottled, OriginUnavailable,
+)
+from p2pcache.origin import S3Origin, brief
 
 SIZE = 3 << 20
 
@@ -127,3 +129,58 @@ async def test_the_breaker_turns_a_persistent_outage_into_prompt_errors(fault_pr
                 return False
         await wait_for(recovered, timeout=5.0, what="the breaker to close")
         assert await read(origin, obj, 0, 10) == obj[3][:10]
+
+
+async def test_a_429_is_throttling_retried_and_counted_by_the_breaker(fault_proxy, obj):
+    fault_proxy.script = ["throttle"]
+    async with S3Origin.connect(fault_proxy.url, breaker_threshold=3) as origin:
+        assert await read(origin, obj, 0, 10) == obj[3][:10]
+        assert fault_proxy.gets == 2  # retried as a 503 SlowDown is
+        fault_proxy.mode = "throttle"
+        with pytest.raises(OriginThrottled, match="429 TooManyRequests"):
+            await read(origin, obj)
+        sent = fault_proxy.requests
+        assert sent == 2 + 3  # three 429s in a row open it
+        with pytest.raises(OriginThrottled, match="circuit breaker"):
+            await origin.head(obj[0], obj[1])
+        assert fault_proxy.requests == sent  # the breaker opened on 429s: not sent
+
+
+async def test_part_heads_are_retried_and_held_back_by_the_breaker(fault_proxy, obj):
+    bucket, key, etag, _ = obj
+    faults = ["slowdown", "error"]
+    fault_proxy.by_request = lambda method, target: (
+        faults.pop(0) if faults and method == "HEAD" and "partNumber=" in target else None)
+    async with S3Origin.connect(fault_proxy.url, breaker_threshold=3) as origin:
+        assert (await origin.head_part(bucket, key, 1, etag)).length == SIZE
+        assert fault_proxy.injected == {"slowdown": 1, "error": 1}
+        with pytest.raises(InvalidPartNumber):  # S3's 416: an answer, never retried
+            await origin.head_part(bucket, key, 2, etag)
+        assert fault_proxy.requests == 4
+        fault_proxy.mode = "slowdown"
+        with pytest.raises(OriginThrottled):
+            await read(origin, obj)
+        sent = fault_proxy.requests
+        with pytest.raises(OriginThrottled, match="circuit breaker"):
+            await origin.head_part(bucket, key, 1, etag)
+        assert fault_proxy.requests == sent
+
+
+async def test_bytes_past_an_answers_end_are_retried_and_named_in_one_short_line(fault_proxy, obj):
+    """aiohttp reads bytes after an answer on a kept-alive connection as the next answer's
+    status line; botocore quoted all of them (kilobytes of binary) in its error."""
+    fault_proxy.script = ["junk"]
+    async with S3Origin.connect(fault_proxy.url, deadline=0.3) as origin:
+        assert await read(origin, obj, 0, 1000) == obj[3][:1000]
+        assert fault_proxy.gets == 2
+        fault_proxy.get_mode = "junk"
+        with pytest.raises(OriginUnavailable) as failed:
+            await read(origin, obj, 0, 1000)
+    reason = str(failed.value)
+    assert "Bad status line" in reason and len(reason) < 400 and reason.isprintable(), reason
+
+
+def test_brief_makes_one_short_printable_line():
+    assert brief("a\n  b\tc") == "a b c"
+    assert brief("\x99\x00é") == "\\x99\\x00\\xe9"
+    assert brief("x" * 1000, 20) == "x" * 17 + "..."

@@ -11,7 +11,10 @@ import msgpack
 
 from .ranges import chunk_count, chunk_length
 
-__all__ = ["ObjectInfo", "ChunkId", "BUCKET_NAME", "check_bucket", "may_move"]
+__all__ = ["ObjectInfo", "ChunkId", "BUCKET_NAME", "MAX_OBJECT_SIZE", "check_bucket", "may_move"]
+
+# S3 stops at 5 TiB, MinIO at 50 TiB: a larger claimed size is not an object anywhere.
+MAX_OBJECT_SIZE = 50 << 40
 
 # What a worker serves as a bucket (S3's rule, with the legacy upper case); never "_p2p", its own routes.
 BUCKET_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]{0,254}")

@@ -35,7 +35,7 @@ from .errors import (
     BadRequest, InvalidPartNumber, NotFound, ObjectChanged, OriginDenied, OriginError, OriginThrottled,
     OriginTimeout, OriginUnavailable, P2PError,
 )
-from .objects import ObjectInfo
+from .objects import MAX_OBJECT_SIZE, ObjectInfo
 from .retry import RetryPolicy, is_transient
 from .s3headers import stored_headers
 
@@ -278,11 +278,15 @@ class S3Origin:
             raise
         headers = resp["ResponseMetadata"]["HTTPHeaders"]
         where = f"s3://{bucket}/{key}"
+        size = int(_required(resp, "ContentLength", "Content-Length", where))
+        if size > MAX_OBJECT_SIZE:  # a broken endpoint's: no S3 store holds such an object
+            raise OriginError(f"origin says {where} holds {size} bytes, more than the {MAX_OBJECT_SIZE >> 40} TiB "
+                              f"any S3 store holds")
         return ObjectInfo(
             bucket=bucket,
             key=key,
             etag=_required(resp, "ETag", "ETag", where),
-            size=int(_required(resp, "ContentLength", "Content-Length", where)),
+            size=size,
             last_modified=headers.get("last-modified", ""),
             content_type=resp.get("ContentType") or "binary/octet-stream",
             headers=stored_headers(headers),

@@ -172,7 +172,8 @@ async def test_answers_botocore_cannot_parse_are_502s_and_the_owners_alone(
     the chunk's owner passes the owner's error on rather than read the chunk from S3 itself."""
     cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url)
     heads = {"no-etag": {"ETag": None}, "no-length": {"Content-Length": None},
-             "bad-date": {"Last-Modified": "garbage"}, "bad-count": {"x-amz-tagging-count": "zz"}}
+             "bad-date": {"Last-Modified": "garbage"}, "bad-count": {"x-amz-tagging-count": "zz"},
+             "too-big": {"Content-Length": str(1 << 50)}}  # 1 PiB: no S3 store holds that
     async with aiohttp.ClientSession() as http:
         for key, headers in heads.items():
             s3_client.put_object(Bucket=bucket, Key=key, Body=b"h" * 1000)
@@ -181,6 +182,7 @@ async def test_answers_botocore_cannot_parse_are_502s_and_the_owners_alone(
                 "headers" if method == "HEAD" and target.startswith(f"/{bucket}/{key}") else None)
             status, answered, _ = await answer(http, f"{cluster.workers[0].url}/{bucket}/{key}")
             assert (status, answered["X-P2P-Error"], answered["X-P2P-Origin"]) == (502, "OriginError", "error"), key
+        assert answered["X-P2P-Reason"].endswith(f"holds {1 << 50} bytes, more than the 50 TiB any S3 store holds")
         fault_proxy.by_request = None
         body = random.Random(9).randbytes(1000)
         s3_client.put_object(Bucket=bucket, Key="g.bin", Body=body)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Mapping
 from urllib.parse import unquote, unquote_to_bytes
 
 from p2pcache.errors import BadRequest, NotFound, ObjectChanged, Unsupported
-from p2pcache.objects import BUCKET_NAME, ChunkId
+from p2pcache.objects import BUCKET_NAME, MAX_OBJECT_SIZE, ChunkId
 
 if TYPE_CHECKING:  # not imported at run time: serving processes use this module without S3
     from aiohttp import web
@@ -18,8 +18,6 @@ __all__ = ["request_path", "object_path", "check_key", "check_object_query", "ch
            "parse_hop", "UNSUPPORTED_PARAMS", "MAX_OBJECT_SIZE"]
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
-# S3 stops at 5 TiB, MinIO at 50 TiB: a larger claimed size is not an object anywhere.
-MAX_OBJECT_SIZE = 50 << 40
 _ETAG = re.compile(r'"[!#-~]{1,254}"')  # quoted, printable ASCII without quotes or spaces
 _BUCKET = BUCKET_NAME
 _HOP = re.compile(r"[0-9]{1,3}")

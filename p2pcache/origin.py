@@ -302,14 +302,15 @@ class S3Origin:
         allows and `keep_going()` says someone still wants the bytes. All tries
         together get the policy's deadline of time spent on S3 (waiting for its
         bytes, backing off), not counting the reader's own pace between pieces:
-        a try still receiving then fails as too slow (OriginTimeout), unretried.
+        a try still receiving then fails as too slow (OriginTimeout), unretried;
+        a retry that got nothing by then leaves the failure before it standing.
         Each piece is at most `piece()` bytes, and aiohttp buffers up to twice that.
         """
-        pos, tries, failures, spent = start, 0, 0, 0.0
+        pos, tries, failures, spent, error = start, 0, 0, 0.0, None
         while True:
             ticket = self._admit()
             tries += 1
-            reached, error, ok = pos, None, None
+            reached, last, error, ok, cut = pos, error, None, None, False
             self._hooks.request()
             try:
                 async with contextlib.aclosing(self._get(bucket, key, etag, pos, stop, piece)) as body:
@@ -329,7 +330,11 @@ class S3Origin:
                                             f"at byte {pos} of {start}-{stop - 1}")
                 ok = True
             except TimeoutError:  # the deadline's: _get converts every other failure
-                error, ok = _too_slow(f"s3://{bucket}/{key}", pos - start, stop - start, spent), False
+                cut = True
+                if pos > reached or last is None:
+                    error, ok = _too_slow(f"s3://{bucket}/{key}", pos - start, stop - start, spent), False
+                else:  # a retry cut, with what was left, before S3 said a thing: S3's last answer stands
+                    error = last
             except P2PError as exc:
                 error, ok = exc, not is_transient(exc)
             finally:
@@ -337,7 +342,7 @@ class S3Origin:
             if error is None:
                 return
             failures = 0 if pos > reached else failures + 1
-            delay = self.policy.next_delay(error, tries, failures, spent, self._rand())
+            delay = None if cut else self.policy.next_delay(error, tries, failures, spent, self._rand())
             if delay is None or not keep_going():
                 raise error
             self._hooks.retry(error.cause)

@@ -126,6 +126,16 @@ async def test_a_trickling_body_fails_as_too_slow_at_the_deadline_and_a_slow_rea
     assert bytes(got) == obj[3][:4 << 16] and fault_proxy.gets == 2
 
 
+async def test_a_retry_cut_at_the_deadline_before_s3_answers_leaves_s3s_last_answer(fault_proxy, obj):
+    """The deadline bounds a retry S3 never answers too (before: the read timeout's 30 s here,
+    then "origin timeout"); cut with nothing said, it is no news: the 500 before it is the cause."""
+    fault_proxy.script = ["error", "hang"]
+    async with S3Origin.connect(fault_proxy.url, read_timeout=30.0, deadline=1.0, breaker_threshold=0) as origin:
+        with pytest.raises(OriginError, match="500 InternalError"):
+            await read(origin, obj, 0, 100)
+    assert fault_proxy.gets == 2
+
+
 async def test_the_breaker_turns_a_persistent_outage_into_prompt_errors(fault_proxy, obj):
     fault_proxy.mode = "slowdown"
     async with S3Origin.connect(fault_proxy.url, breaker_threshold=3) as origin:

@@ -259,7 +259,7 @@ class OriginUnavailable(Unavailable):
 
 
 class OriginTimeout(OriginUnavailable):
-    """The origin sent nothing for the read timeout."""
+    """The origin sent nothing for the read timeout, or too little by a read's deadline."""
     cause = "timeout"
 
 

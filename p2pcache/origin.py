@@ -166,6 +166,12 @@ def _connection_failure(exc: Exception, where: str) -> str:
     return f"origin unreachable for {where}: {brief(exc)}"
 
 
+def _too_slow(where: str, got: int, total: int, spent: float) -> OriginTimeout:
+    """A ranged read that S3 sent too slowly to end within its deadline."""
+    return OriginTimeout(f"origin timeout for {where}: too slow, {got} of {total} bytes "
+                         f"in {spent:.1f} s, the read's deadline")
+
+
 def refused(exc: Exception) -> BadRequest | None:
     """S3's own 400 for a request a reader shaped (a listing's arguments), to pass on as S3 said it."""
     if not isinstance(exc, botocore.exceptions.ClientError):
@@ -339,24 +345,42 @@ class S3Origin:
         """Yield the bytes `[start, stop)` of version `etag`, or raise ObjectChanged.
 
         A transient failure is retried from the byte reached while the policy
-        allows and `keep_going()` says someone still wants the bytes. Each piece
-        is at most `piece()` bytes, and aiohttp buffers up to twice that.
+        allows and `keep_going()` says someone still wants the bytes. All tries
+        together get the policy's deadline of time spent on S3 (waiting for its
+        bytes, backing off), not counting the reader's own pace between pieces:
+        a try still receiving then fails as too slow (OriginTimeout), unretried;
+        a retry that got nothing by then leaves the failure before it standing.
+        Each piece is at most `piece()` bytes, and aiohttp buffers up to twice that.
         """
-        pos, tries, failures, began = start, 0, 0, self._clock()
+        pos, tries, failures, spent, error = start, 0, 0, 0.0, None
         while True:
             ticket = self._admit()
             tries += 1
-            reached, error, ok = pos, None, None
+            reached, last, error, ok, cut = pos, error, None, None, False
             self._hooks.request()
             try:
                 async with contextlib.aclosing(self._get(bucket, key, etag, pos, stop, piece)) as body:
-                    async for data in body:
+                    while True:
+                        waited = self._clock()
+                        try:  # a body that keeps trickling never trips the read timeout: this bounds it
+                            async with asyncio.timeout(self.policy.deadline - spent):
+                                data = await anext(body, None)
+                        finally:
+                            spent += self._clock() - waited
+                        if data is None:
+                            break
                         pos += len(data)
                         yield data
                 if pos < stop:
                     raise OriginUnavailable(f"origin cut the response for s3://{bucket}/{key} "
                                             f"at byte {pos} of {start}-{stop - 1}")
                 ok = True
+            except TimeoutError:  # the deadline's: _get converts every other failure
+                cut = True
+                if pos > reached or last is None:
+                    error, ok = _too_slow(f"s3://{bucket}/{key}", pos - start, stop - start, spent), False
+                else:  # a retry cut, with what was left, before S3 said a thing: S3's last answer stands
+                    error = last
             except P2PError as exc:
                 error, ok = exc, not is_transient(exc)
             finally:
@@ -364,12 +388,14 @@ class S3Origin:
             if error is None:
                 return
             failures = 0 if pos > reached else failures + 1
-            delay = self.policy.next_delay(error, tries, failures, self._clock() - began, self._rand())
+            delay = None if cut else self.policy.next_delay(error, tries, failures, spent, self._rand())
             if delay is None or not keep_going():
                 raise error
             self._hooks.retry(error.cause)
             log.info("retrying s3://%s/%s from byte %d in %.2f s: %s", bucket, key, pos, delay, error)
+            waited = self._clock()
             await asyncio.sleep(delay)
+            spent += self._clock() - waited
 
     async def _get(self, bucket: str, key: str, etag: str, start: int, stop: int,
                    piece: Callable[[], int]) -> AsyncIterator[bytes]:

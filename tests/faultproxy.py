@@ -3,8 +3,9 @@ of a worker, as the URL it advertises to its peers).
 
 On ranged GETs it injects a seeded share of faults, each kind in turn: a connection reset, a 503
 SlowDown, a 500, a body cut short, a body that stalls after its headers (and,
-on request, a 403, a 206 without its Content-Range, or a request never answered: a hung
-server; answers held back: `hold`; a fault chosen per request: `by_request`). `script` lists
+on request, a 403, a 206 without its Content-Range, a body that trickles at `trickle_rate`
+bytes a second, or a request never answered: a hung server; answers held back: `hold`; a
+fault chosen per request: `by_request`). `script` lists
 the faults of the next ranged GETs, in order; `get_mode` applies one fault to every ranged
 GET (HEADs and listings pass), `mode` to every request (an outage). It
 counts what it forwards, so a test can bound what S3 sent. One request per connection
@@ -42,6 +43,7 @@ class FaultProxy:
         self.mode: str | None = None  # a fault for every request: an outage
         self.get_mode: str | None = None  # a fault for every ranged GET of an object
         self.get_delay = 0.0  # seconds each ranged GET of an object waits before it is relayed (a slow S3)
+        self.trickle_rate = 16 << 10  # bytes a second of a "trickle" body: some every tenth of a second
         self.hold: tuple[str, float] | None = None  # (target prefix, seconds): their answers wait that long
         self.by_request: Callable[[str, str], str | None] | None = None  # (method, target) -> its fault
         self.set_headers: dict[str, str | None] = {}  # the `headers` fault: replaced (None: removed)
@@ -163,9 +165,10 @@ class FaultProxy:
             limit = None
             if fault in ("truncate", "stall") and status == 206 and length:
                 limit = self._rng.randrange(max(1, length // 2 if fault == "stall" else length))
-            sent = 0
+            sent, trickle = 0, fault == "trickle" and status == 206
+            step = max(1, self.trickle_rate // 10) if trickle else 64 << 10
             while limit is None or sent < limit:
-                data = await up_reader.read(64 << 10 if limit is None else min(64 << 10, limit - sent))
+                data = await up_reader.read(step if limit is None else min(step, limit - sent))
                 if not data:
                     break
                 writer.write(data)
@@ -173,6 +176,8 @@ class FaultProxy:
                 if counted:
                     self.body_bytes += len(data)
                 await writer.drain()
+                if trickle:  # bytes keep coming, too few to ever trip a read timeout's silence
+                    await asyncio.sleep(0.1)
             await writer.drain()
             if fault == "stall" and limit is not None:
                 began = time.monotonic()

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import CHUNK, wait_for
 from p2pcache.errors import (
-    InvalidPartNumber, NotFound, ObjectChanged, OriginError, OriginThrottled, OriginUnavailable,
+    InvalidPartNumber, NotFound, ObjectChanged, OriginError, OriginThrottled, OriginTimeout, OriginUnavailable,
 )
 from p2pcache.origin import S3Origin, brief
 
@@ -106,6 +106,34 @@ async def test_retries_end_at_the_deadline_or_when_nobody_wants_the_bytes(fault_
         with pytest.raises(OriginError):
             await read(origin, obj, keep_going=lambda: False)
         assert fault_proxy.requests == before + 1
+
+
+async def test_a_trickling_body_fails_as_too_slow_at_the_deadline_and_a_slow_reader_does_not(
+        fault_proxy, obj):
+    """Bytes that keep coming never trip the read timeout's silence: before, a read of a
+    trickling body ran as long as S3 took (here 16 s for 256 KiB), whatever the deadline."""
+    fault_proxy.script = ["trickle"]
+    async with S3Origin.connect(fault_proxy.url, read_timeout=1.0, deadline=1.0, breaker_threshold=0) as origin:
+        with pytest.raises(OriginTimeout, match=rf"origin timeout for s3://.*/o.bin: too slow, \d+ of {CHUNK} bytes"):
+            await read(origin, obj, 0, CHUNK)
+        assert fault_proxy.gets == 1  # not retried: its deadline is spent
+        # The deadline counts S3's time, not the reader's: one that takes its pieces slowly
+        # (a slow client of an uncached read) reads on past it.
+        got = bytearray()
+        async for piece in origin.read_range(*obj[:3], 0, 4 << 16, piece=lambda: 1 << 16):
+            got += piece
+            await asyncio.sleep(0.4)  # the reader's own pace: nothing to wait for
+    assert bytes(got) == obj[3][:4 << 16] and fault_proxy.gets == 2
+
+
+async def test_a_retry_cut_at_the_deadline_before_s3_answers_leaves_s3s_last_answer(fault_proxy, obj):
+    """The deadline bounds a retry S3 never answers too (before: the read timeout's 30 s here,
+    then "origin timeout"); cut with nothing said, it is no news: the 500 before it is the cause."""
+    fault_proxy.script = ["error", "hang"]
+    async with S3Origin.connect(fault_proxy.url, read_timeout=30.0, deadline=1.0, breaker_threshold=0) as origin:
+        with pytest.raises(OriginError, match="500 InternalError"):
+            await read(origin, obj, 0, 100)
+    assert fault_proxy.gets == 2
 
 
 async def test_the_breaker_turns_a_persistent_outage_into_prompt_errors(fault_proxy, obj):

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import CHUNK, metric, wait_for
 from p2pcache import Client
-from p2pcache.errors import ObjectChanged, OriginError, OriginThrottled, P2PError
+from p2pcache.errors import OriginError, OriginThrottled, P2PError
 from p2pcache.objects import ObjectInfo
 
 READ_TIMEOUT = 1.0  # --origin-read-timeout for these tests
@@ -187,6 +187,48 @@ async def test_an_origin_failure_at_the_owner_reaches_the_reader_as_such(cluster
         assert await metric(http, asker.url, "p2pcache_origin_requests_total") == 0
         assert await metric(http, owner.url, "p2pcache_origin_requests_total") > 2
         assert not asker.chunks._down
+
+
+async def test_a_trickling_fill_fails_at_the_deadline_and_frees_its_origin_slot(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    """A body that keeps trickling never trips the read timeout's silence: before, its fill
+    held its slot for as long as S3 took (16 s here), and every fill behind it waited."""
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_deadline=1.0, origin_breaker=0,
+                                    origin_concurrency=1)
+    worker = cluster.workers[0]
+    put(s3_client, bucket, "slow.bin", CHUNK, seed=21)
+    other = put(s3_client, bucket, "other.bin", 1000, seed=22)
+    fault_proxy.by_request = lambda method, target: "trickle" if method == "GET" and "slow.bin" in target else None
+    async with aiohttp.ClientSession() as http:
+        slow = asyncio.create_task(get(http, f"{worker.url}/{bucket}/slow.bin"))
+        await wait_for(lambda: fault_proxy.injected["trickle"], what="the fill to trickle")
+        status, body, _, _ = await get(http, f"{worker.url}/{bucket}/other.bin")  # waits for the only slot
+        assert (status, body) == (200, other)
+        status, _, _, headers = await slow
+    assert (status, headers["X-P2P-Error"], headers["X-P2P-Origin"]) == (503, "ServiceUnavailable", "timeout")
+    assert f"origin timeout for s3://{bucket}/slow.bin: too slow" in headers["X-P2P-Reason"], headers["X-P2P-Reason"]
+    assert f" of {CHUNK} bytes in " in headers["X-P2P-Reason"]
+    assert fault_proxy.injected["trickle"] == 1  # tried once: its deadline was spent
+    assert not list(worker.config.cache_dir.rglob("*.part")) and worker.chunks.fills_in_flight == 0
+
+
+async def test_a_trickling_fill_at_the_owner_reaches_the_reader_as_s3s_failure(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    """Before, the owner's fill ran past the asker's peer timeout (4 s here; 60 s by default),
+    the asker blamed the owner and read the chunk from S3 a second time."""
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_deadline=1.0, origin_breaker=0,
+                                    meta_ttl=3600, peer_read_timeout=4.0)
+    asker, owner = cluster.workers
+    key = owned_by(owner, asker, s3_client, bucket)
+    async with aiohttp.ClientSession() as http:
+        await know_the_etag(http, cluster.workers, f"{bucket}/{key}")
+        fault_proxy.get_mode = "trickle"
+        status, _, _, headers = await get(http, f"{asker.url}/{bucket}/{key}")
+        assert (status, headers["X-P2P-Origin"]) == (503, "timeout")
+        assert f"origin timeout for s3://{bucket}/{key}: too slow" in headers["X-P2P-Reason"], headers["X-P2P-Reason"]
+        assert await metric(http, asker.url, "p2pcache_peer_failures_total") == 0
+        assert await metric(http, asker.url, "p2pcache_origin_requests_total") == 0
+    assert fault_proxy.gets == 1 and not asker.chunks._down
 
 
 async def test_an_object_overwritten_while_it_is_read_never_mixes_versions(cluster_factory, fault_proxy, s3_client, bucket):

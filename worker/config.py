@@ -213,8 +213,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              type=client_keys_arg, default="")
     add_flag(p, "--origin-read-timeout", "seconds without a byte from S3 before a request is "
              "abandoned and retried", type=float, default=5.0)
-    add_flag(p, "--origin-deadline", "seconds a chunk fill may spend retrying S3", type=float,
-             default=30.0)
+    add_flag(p, "--origin-deadline", "seconds a chunk's read from S3 may take, all its tries "
+             "together (a body still coming then is cut as too slow)", type=float, default=30.0)
     add_flag(p, "--origin-breaker", "failed S3 requests (a success clears the failures of its kind: "
              "GETs, or HEADs and listings) after which S3 is not asked for a while (0: never)",
              type=int, default=8)

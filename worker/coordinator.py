@@ -26,7 +26,6 @@ from p2pcache.errors import BadRequest, CorruptChunk, P2PError
 from p2pcache.httpserver import read_body
 from p2pcache.objects import ObjectInfo
 
-from . import inputs
 from .http import error_response, parse_peer_request, prepend, send_body
 from .forward import DOWN_PATH, ID_PATH, OBJECT_PATH, REFILL_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER
 from .peerroutes import fill_here
@@ -143,7 +142,6 @@ def coordinator_handler(worker, token: str) -> Handler:
         (worker/peerroutes.py): the bad copy dropped and the chunk refilled here once, never a
         cut answer its peer would take for a dead worker. Bytes only: the sums went first."""
         c, offset, length, hop = parse_peer_request(request, MAX_HOPS)
-        inputs.check_chunk(c, worker._placement().ring.chunk_size)
         stream, source = await fill_here(worker, c, offset, length, hop)
         try:
             pieces = worker.chunks.pieces(c, offset, length, stream, source, hop)

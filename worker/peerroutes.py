@@ -39,7 +39,6 @@ def peer_routes(worker) -> dict:
         if stream is None and local:
             raise NotCached(f"{c.ring_key} is not on {worker.id}")
         if stream is None:
-            inputs.check_chunk(c, worker._placement().ring.chunk_size)
             stream, source = await fill_here(worker, c, offset, length, hop)
         resp, sums = chunk_answer(c, offset, length, getattr(stream, "file", None))
         pieces = worker.chunks.pieces(c, offset, length, stream, source, hop, local)
@@ -92,8 +91,10 @@ def peer_routes(worker) -> dict:
 async def fill_here(worker, c, offset: int, length: int, hop: int):
     """(a stream of chunk `c` from `offset`, the peer its fill copied from or None): the chunk filled
     here if it is missing, as a peer's request (`hop`) asks of its owner: from its primary (a
-    follower), an earlier holder or S3, once for every reader (worker/chunks.py `open_local`)."""
-    await inputs.check_chunk_object(worker.objects, c)
+    follower), an earlier holder or S3, once for every reader (worker/chunks.py `open_local`). Checked
+    first (worker/inputs.py): a chunk this cluster could hold, of the object's current version and size."""
     placement = worker._placement()
+    inputs.check_chunk(c, placement.ring.chunk_size)
+    await inputs.check_chunk_object(worker.objects, c)
     source = fill_source(placement.owners(c), placement.ring.replicas, worker.id, hop)
     return await worker.chunks.open_local(c, offset, length, source, hop), source

@@ -19,7 +19,7 @@ from collections import deque
 from typing import AsyncIterator, Callable, Protocol
 
 from p2pcache.errors import (
-    Busy, CorruptChunk, NotCached, OriginError, PeerError, PeerStarting, PeerUnavailable, StoreError,
+    Busy, CorruptChunk, NotCached, OriginError, PeerError, PeerUnavailable, StoreError,
 )
 from p2pcache.objects import ChunkId, ObjectInfo
 from p2pcache.origin import S3Origin
@@ -209,13 +209,10 @@ class Chunks:
         raise PeerUnavailable(f"no owner of {c.ring_key} answered: {errors[-1] if errors else 'none'}")
 
     def peer_failed(self, peer_id: str, exc: PeerError | None = None) -> None:
-        """Count the failure and ask this peer last for a while (after filling here); not a peer
-        that is alive and only has no ring yet (PeerStarting): asked last, it would be passed over
-        as a holder of the chunks handed to it, which are then read from S3."""
-        if isinstance(exc, PeerStarting):
-            return
-        self._m.peer_failures.inc()
-        self._down.failed(peer_id)
+        """Count the failure and ask this peer last for a while (after filling here), unless `exc`
+        is no failure (routing.DownPeers.failed)."""
+        if self._down.failed(peer_id, exc):
+            self._m.peer_failures.inc()
 
     def local(self, c: ChunkId, offset: int, length: int, touch: bool = True) -> LocalStream | None:
         try:

@@ -21,7 +21,7 @@ import aiohttp
 
 from p2pcache import tls
 from p2pcache.auth import Signer
-from p2pcache.errors import P2PError, PeerError, PeerStarting
+from p2pcache.errors import P2PError, PeerError
 from p2pcache.objects import ChunkId
 from p2pcache.ring import Placement, RingSnapshot, WorkerInfo
 from p2pcache.singleflight import SingleFlight
@@ -111,17 +111,18 @@ class PeerReads:
             except PeerError as exc:
                 log.info("peer %s failed for %s: %s", peer.id, c.ring_key, exc)
                 failed.add(peer.id)
-                if not isinstance(exc, PeerStarting):  # alive: asked again at the next read (worker/chunks.py)
-                    await self.failed(peer)
+                await self.failed(peer, exc)
                 continue
             self._down.answered(peer.id)
             return stream
         return None
 
-    async def failed(self, peer: WorkerInfo) -> None:
+    async def failed(self, peer: WorkerInfo, exc: PeerError | None = None) -> None:
         """`peer` failed: ask it last for a while, here and at the coordinator (which reads what
-        this process passes on, and asks it last, after filling a chunk itself)."""
-        self._down.failed(peer.id)
+        this process passes on, and asks it last, after filling a chunk itself); not for an `exc`
+        that is no failure (routing.DownPeers.failed)."""
+        if not self._down.failed(peer.id, exc):
+            return
         try:
             await self._coordinator.post_json(DOWN_PATH, {"peer": peer.id})
         except P2PError as exc:

@@ -7,6 +7,7 @@ import time
 import zlib
 from typing import Callable
 
+from p2pcache.errors import PeerError, PeerStarting
 from p2pcache.ring import WorkerInfo
 
 __all__ = ["MAX_HOPS", "PEER_DOWN_SECONDS", "DownPeers", "read_order", "prefer_healthy", "fill_source"]
@@ -58,8 +59,14 @@ class DownPeers:
         """Peers marked down since they last answered."""
         return len(self._until)
 
-    def failed(self, peer_id: str) -> None:
+    def failed(self, peer_id: str, exc: PeerError | None = None) -> bool:
+        """Ask `peer_id` last for a while, for `exc`; False (not asked last) if `exc` says the peer is
+        alive and only has no ring yet (PeerStarting): asked last, it would be passed over as the
+        holder of the chunks handed to it, which would then be read from S3."""
+        if isinstance(exc, PeerStarting):
+            return False
         self._until[peer_id] = self._clock() + PEER_DOWN_SECONDS
+        return True
 
     def answered(self, peer_id: str) -> None:
         self._until.pop(peer_id, None)

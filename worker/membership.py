@@ -133,7 +133,7 @@ class MembershipAgent:
                 delay = announce_delay(failures, left())
                 if delay is None:
                     log.warning("the master %s for the whole drain (%d %s in %.1f s): leaving without a handoff; "
-                                "last error: %s", "refused this worker" if isinstance(exc, (Refused, Unauthorized))
+                                "last error: %s", "refused this worker" if isinstance(exc, Unauthorized)
                                 else "was unreachable", failures, "try" if failures == 1 else "tries",
                                 began - left(), exc)
                     return False

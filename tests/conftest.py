@@ -69,6 +69,17 @@ async def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, wha
         await asyncio.sleep(interval)
 
 
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """`wait_for` for tests without an event loop (processes watched from outside): poll `predicate`
+    until truthy, or fail after `timeout` seconds naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    return result
+
+
 async def put_chunk(store, c, fill: bytes | None = None) -> None:
     """Store chunk `c` of a `ChunkStore` whole, filled with `fill` (its index's byte by default)."""
     async with store.writing(c.name, c.length, c.pack()) as w:

@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLUSTER = ["--size", "1MiB", "--repeats", "1000"]
 
@@ -82,11 +84,12 @@ def _into_run(name: str, proc: subprocess.Popen, tmp: Path, out_dir: Path, seen:
     """Return once `proc` started what CASES names and is into its run; `seen` then holds every
     process it started."""
     _, wanted, how_many = CASES[name]
-    deadline = time.monotonic() + 90
-    while (_started(proc.pid, seen).count(wanted) < how_many if wanted else not any(tmp.iterdir())):
+
+    def started() -> bool:
         assert proc.poll() is None, (out_dir / "err").read_text()[-3000:]
-        assert time.monotonic() < deadline, f"{name} never started {wanted}"
-        time.sleep(0.05)
+        return _started(proc.pid, seen).count(wanted) >= how_many if wanted else any(tmp.iterdir())
+
+    wait_until(started, 90, f"{name} to start {wanted or 'its run'}")
     time.sleep(0.5)  # into its run (wrk started, a read under way)
     _started(proc.pid, seen)
 
@@ -142,10 +145,7 @@ def test_sigkill_stops_the_servers_and_load_the_benchmark_started(tmp_path):
         assert {"nginx", "wrk", "python"} <= {_name(p) for p in seen.values()}
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 20
-        while ((left := [(p.pid, _name(p)) for p in seen.values() if _running(p) and _name(p) in ("nginx", "wrk")])
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
-        assert left == []
+        wait_until(lambda: not [p for p in seen.values() if _running(p) and _name(p) in ("nginx", "wrk")], 20,
+                   "nginx and wrk to end with their benchmark")
     finally:
         _end_left_over(proc, seen, tmp)

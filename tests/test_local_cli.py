@@ -18,7 +18,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import cli_env
+from conftest import cli_env, wait_until
 from p2pcache.local import DEMO_BUCKET, DEMO_KEY, SECRET_FILE
 
 
@@ -111,10 +111,8 @@ def test_the_cluster_dies_with_p2pcache_local_even_when_it_is_killed(tmp_path):
         urls = read_banner(proc)
         proc.kill()  # no chance to clean up: the children must notice on their own
         proc.wait(timeout=10)
-        deadline = time.monotonic() + 30
-        while any(port_open(u) for u in urls["worker"] + urls["master"]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(port_open(u) for u in urls["worker"] + urls["master"])
+        wait_until(lambda: not any(port_open(u) for u in urls["worker"] + urls["master"]), 30,
+                   "the children to close their ports")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -312,12 +310,12 @@ def test_ctrl_c_while_starting_stops_what_was_started_at_once(temp_dir):
     proc = start_local("--workers", "2", env=cli_env(TMPDIR=str(temp)), stderr=subprocess.DEVNULL)
     master = None
     try:
-        deadline = time.monotonic() + 60
-        while master is None:
-            assert time.monotonic() < deadline and proc.poll() is None, "no master started"
-            master = next((pid for pid in children(proc.pid)
-                           if b"\0master\0" in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
-            time.sleep(0.01)
+        def started_master() -> int | None:
+            assert proc.poll() is None, "local exited before starting a master"
+            return next((pid for pid in children(proc.pid)
+                         if b"\0master\0" in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
+
+        master = wait_until(started_master, 60, "a master started", interval=0.01)
         os.kill(master, signal.SIGSTOP)
         proc.send_signal(signal.SIGINT)
         os.kill(master, signal.SIGCONT)  # now it may answer, and gets local's SIGTERM

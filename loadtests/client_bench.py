@@ -13,7 +13,6 @@ The table gives medians, the spread, and each client's ratio to curl's median.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics

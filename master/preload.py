@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Collection
 from p2pcache.control import MAX_BATCH, WorkerControl
 from p2pcache.errors import P2PError, PeerError
 from p2pcache.objects import ChunkId, ObjectInfo
-from p2pcache.ring import Placement, WorkerInfo
+from p2pcache.ring import Placement
 from p2pcache.sizes import format_size
 
 __all__ = ["PreloadJob", "plan", "holding", "pause", "BATCH", "ROUNDS", "UNANSWERED", "REFUSED"]

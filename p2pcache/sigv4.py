@@ -172,8 +172,8 @@ def _signed(credential: str, timestamp: str, signed_headers: str, signature: str
     parts = credential.rsplit("/", 4)
     if len(parts) != 5 or not parts[0] or parts[4] != "aws4_request":
         raise MalformedAuthorization(
-            f"Error parsing the X-Amz-Credential parameter; the Credential is mal-formed; "
-            f"expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".", code)
+            "Error parsing the X-Amz-Credential parameter; the Credential is mal-formed; "
+            "expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".", code)
     key_id, date, region, service, _ = parts
     if service != "s3":
         shown = "".join(c if c.isprintable() else "?" for c in service[:64])  # it goes into a header

@@ -22,7 +22,7 @@ from .fileobj import ObjectFile
 from .master_client import MasterClient
 from .members import service_url
 from .objects import ChunkId, ObjectInfo, check_bucket
-from .outputs import TEMP_NAME, naming, opened_in_place, output_of, temp_path, undo_open, write_all
+from .outputs import TEMP_NAME, naming, opened_in_place, outlast, output_of, temp_path, undo_open, write_all
 from .rangereader import RangeReader
 from .ranges import chunk_spans, reslice_range, slice_range
 from .ring import Placement, WorkerInfo
@@ -440,9 +440,7 @@ async def _on_fd(fn: Callable[..., object], fd: int, *args) -> None:
     try:
         await asyncio.shield(call)
     except asyncio.CancelledError:
-        while not call.done():  # a second cancellation must not cut the wait either
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(call)
+        await outlast(call)  # a second cancellation must not cut the wait either
         raise
 
 

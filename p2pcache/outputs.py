@@ -12,7 +12,7 @@ import uuid
 from typing import Iterator, NamedTuple
 
 __all__ = ["Output", "output_of", "temp_path", "temp_stem", "open_in_place", "opened_in_place", "write_all",
-           "undo_open", "naming", "TEMP_NAME"]
+           "outlast", "undo_open", "naming", "TEMP_NAME"]
 
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")  # the temp file of NAME (its stem), next to it
 NAME_MAX = 255  # bytes in a file name (Linux, and most file systems)
@@ -82,21 +82,26 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+async def outlast(call: asyncio.Future) -> None:
+    """Wait until `call` (running in a thread) has ended, however often the caller is cancelled
+    meanwhile; the caller re-raises its own cancellation. Its outcome is left in `call`."""
+    while not call.done():
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(call)
+
+
 async def undo_open(opening: asyncio.Future, remove: str | None = None) -> None:
-    """Once `opening` (an open running in a thread, its caller cancelled) ends: close the fd it
-    gave, and remove the file `remove` it made. The undo is a callback, which a second
-    cancellation cannot cut short; this waits for it, so a caller that stops (a process that
-    exits as soon as its download was cancelled) leaves no file behind."""
-    def undo(done: asyncio.Future) -> None:
-        if done.cancelled() or done.exception() is not None or (fd := done.result()) is None:
-            return
-        with contextlib.suppress(OSError):
-            os.close(fd)
-            if remove is not None:
-                os.unlink(remove)
-    opening.add_done_callback(undo)
-    with contextlib.suppress(asyncio.CancelledError):  # cancelled again: the callback still runs
-        await asyncio.wait([opening])  # wakes after `undo`, a callback added before its own
+    """Once `opening` (an open running in a thread, its caller cancelled) has ended: close the fd it
+    gave, and remove the file `remove` it made. It returns only then, however often it is cancelled,
+    so a caller that stops (a process that exits as soon as its download was cancelled) leaves no
+    file behind."""
+    await outlast(opening)
+    if opening.cancelled() or opening.exception() is not None or (fd := opening.result()) is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fd)
+        if remove is not None:
+            os.unlink(remove)
 
 
 @contextlib.contextmanager

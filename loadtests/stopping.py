@@ -74,6 +74,11 @@ def run_main(name: str, main: Callable[[], object]) -> int:
 
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
     previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    # Started in the background of a script (`bench &`), it inherits SIGINT ignored, and the
+    # SIGINT a SIGTERM becomes would be lost: SIGINT gets Python's handler back for the run.
+    ignored = main_thread and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         status = main()
     except KeyboardInterrupt:
@@ -86,4 +91,6 @@ def run_main(name: str, main: Callable[[], object]) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status if isinstance(status, int) else 0

@@ -72,12 +72,13 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def _start(name: str, tmp: Path, out_dir: Path) -> subprocess.Popen:
+def _start(name: str, tmp: Path, out_dir: Path, preexec_fn=None) -> subprocess.Popen:
     """Benchmark `name`, its temp files in `tmp`, its output in `out_dir`."""
     env = os.environ | {"TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
     # Files, not pipes: a process left behind would hold a pipe open, and reading it would hang.
     with open(out_dir / "out", "w") as out, open(out_dir / "err", "w") as err:
-        return subprocess.Popen([sys.executable, *CASES[name][0]], cwd=ROOT, env=env, stdout=out, stderr=err)
+        return subprocess.Popen([sys.executable, *CASES[name][0]], cwd=ROOT, env=env, stdout=out, stderr=err,
+                                preexec_fn=preexec_fn)
 
 
 def _into_run(name: str, proc: subprocess.Popen, tmp: Path, out_dir: Path, seen: dict[int, psutil.Process]) -> None:
@@ -113,11 +114,20 @@ def _private_tmp() -> Path:
     return tmp
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_sigterm_stops_everything_the_benchmark_started(name, tmp_path):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(("name", "preexec_fn"), [
+    *((name, None) for name in CASES),
+    # started in the background of a script (`bench &`), which ignores SIGINT: SIGTERM, turned
+    # into a SIGINT, was lost, and the run went on to its end
+    ("serve_bench", _ignore_sigint),
+], ids=[*CASES, "serve_bench-in-the-background"])
+def test_sigterm_stops_everything_the_benchmark_started(name, preexec_fn, tmp_path):
     tmp = _private_tmp()
     seen: dict[int, psutil.Process] = {}
-    proc = _start(name, tmp, tmp_path)
+    proc = _start(name, tmp, tmp_path, preexec_fn)
     try:
         _into_run(name, proc, tmp, tmp_path, seen)
         proc.send_signal(signal.SIGTERM)

@@ -163,27 +163,35 @@ async def test_a_read_waiting_on_a_hung_peer_is_not_cut_as_a_stalled_reader(clus
         await proxy.stop()
 
 
-async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_factory, s3_client, bucket):
+@pytest.mark.parametrize("next_is_reader", [False, True], ids=["next-another-worker", "next-the-reader"])
+async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_factory, s3_client, bucket,
+                                                                      next_is_reader):
     """A worker that accepts connections and never answers (as a stopped process does: its kernel
     still accepts, so only the read timeout fires) and stays in the ring (its heartbeats reach the
     master). A read at another worker's serving processes waits for it once; the rest of its
-    chunks come from the worker next on the ring, which fills them (asking the hung one first, as
-    their earlier holder: the fills under way then ask it together, and wait for it once).
-    Counted at a proxy in front of the hung worker."""
+    chunks come from the worker next on the ring, which fills them. Another worker asks the hung
+    one first, as their earlier holder (the fills under way then ask it together, and wait for it
+    once); the reader itself was told it failed, and asks it no more. Counted at a proxy in front
+    of the hung worker."""
     # Seconds without a byte from a peer (60 by default); the worker filling in waits a third of
     # that for the hung one as an earlier holder, so the reader does not fail it over too.
     cluster = await cluster_factory(1, serve_processes=2, peer_read_timeout=3.0)
     reader = cluster.workers[0]
-    await cluster.add_worker()
+    filler = await cluster.add_worker()
     hung, proxy = await _behind_proxy(cluster)
     try:
-        size = 16 * CHUNK
-        body = random.Random(31).randbytes(size)
-        s3_client.put_object(Bucket=bucket, Key="m.bin", Body=body)
-        info = ObjectInfo(bucket, "m.bin", s3_client.head_object(Bucket=bucket, Key="m.bin")["ETag"], size)
-        owned = [i for i in range(16) if reader.placement.owner(info.chunk(i, CHUNK)).id == hung.id]
-        assert len(owned) >= 3, owned
-        url = f"{reader.url}/{bucket}/m.bin"
+        size, next_id = 16 * CHUNK, (reader if next_is_reader else filler).id
+        for n in range(400):  # an object whose chunks the hung worker owns all have `next_id` next
+            key, body = f"m{n}.bin", random.Random(n).randbytes(size)
+            s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+            info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], size)
+            owners = [[w.id for w in reader.placement.owners(info.chunk(i, CHUNK))] for i in range(16)]
+            owned = [i for i, ids in enumerate(owners) if ids[0] == hung.id]
+            if len(owned) >= 3 and all(owners[i][1] == next_id for i in owned):
+                break
+        else:
+            raise AssertionError(f"no object whose chunks {hung.id} owns all have {next_id} next")
+        url = f"{reader.url}/{bucket}/{key}"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             asked = await _read_before_and_after_the_hang(http, proxy, url, url, body)
         direct = [t for t in asked if "local=1" not in t]
@@ -191,9 +199,11 @@ async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_fa
         # Was one per chunk it owns too, one after the other. The fills that run together (a
         # read's readahead) may each ask it before the first gives up: all within that wait.
         holders = [at for t, at in zip(proxy.targets, proxy.times) if "local=1" in t]
-        succ = [[w.id for w in reader.placement.owners(info.chunk(i, CHUNK))] for i in owned]
-        assert 1 <= len(holders) < len(owned), (owned, asked, succ, proxy.targets)
-        assert max(holders) - min(holders) < hung.config.holder_timeout(), (owned, asked, holders)
+        if next_is_reader:
+            assert holders == [], (owned, asked)
+        else:
+            assert 1 <= len(holders) < len(owned), (owned, asked, proxy.targets)
+            assert max(holders) - min(holders) < hung.config.holder_timeout(), (owned, asked, holders)
     finally:
         await proxy.stop()
 

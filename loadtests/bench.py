@@ -62,7 +62,7 @@ SMOKE = FULL | dict(
     repeats=1, seconds=1, chunk_size="256KiB", timeout=60,
     serving_size="8MiB",
     scaling_workers="1,2", egress_limit="20MB", scaling_objects=4, scaling_object_size="1MiB",
-    scaling_chunk_size="64KiB", scaling_loaders=2, scaling_concurrency=4, scaling_setup=2,
+    scaling_chunk_size="64KiB", scaling_loaders=2, scaling_concurrency=4, scaling_setup=4,
     cold_workers=2, model_size="3MiB", shard_size="1MiB", part_size="256KiB", cold_concurrency=8,
     direct_concurrency=8, s3_throttle="20MB",
     amp_workers=2, amp_objects=2, amp_object_size="1MiB", amp_readers=4, amp_concurrency=16,

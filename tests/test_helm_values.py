@@ -4,6 +4,7 @@ would (the values schema, the templates' one-line failures, release names)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 
 import helm_python as helm
@@ -15,9 +16,10 @@ from p2pcache.cli import build_parser
 from p2pcache.sizes import parse_size
 from worker.config import WorkerConfig, add_arguments
 
+from fakekube import FakeKube
 from helm_render import (
-    CHART, KUBE_VERSIONS, chart, container, container_env, expand_vars, find, find_one, flags, manifests,
-    pod_template, render,
+    CHART, KUBE_VERSIONS, NAMESPACE, chart, container, container_env, expand_vars, find, find_one, flags, manifests,
+    pod_template, render, render_on,
 )
 
 
@@ -237,3 +239,75 @@ def _worker_parser():
     p = argparse.ArgumentParser()
     add_arguments(p)
     return p
+
+
+def vct(size: str, **claim) -> dict:
+    return {"cache": {"mode": "volumeClaimTemplate", "size": size, "volumeClaimTemplate": claim}}
+
+
+def as_stored(statefulset: dict, storage: str | None) -> dict:
+    """The StatefulSet as the API server gives it back: its claims defaulted, their size as the
+    canonical quantity `storage` ("214748364800" for the chart's 200GiB; "200Gi" as `kubectl` made it)."""
+    statefulset = copy.deepcopy(statefulset)
+    for claim in statefulset["spec"].get("volumeClaimTemplates", []):
+        claim.update(apiVersion="v1", kind="PersistentVolumeClaim", status={"phase": "Pending"})
+        claim["spec"]["volumeMode"] = "Filesystem"
+        claim["spec"]["resources"]["requests"]["storage"] = storage
+    return statefulset
+
+
+@pytest.fixture(scope="module")
+def kube():
+    with FakeKube() as server:
+        yield server
+
+
+def upgrade(kube: FakeKube, chart, installed: dict, storage: str | None, values: dict) -> list[dict]:
+    """`helm upgrade` to `values` of a release installed with `installed`, whose StatefulSet `lookup` finds."""
+    statefulset = find_one(manifests(render(chart, installed)), "StatefulSet")
+    kube.statefulsets[NAMESPACE, "p2pcache-worker"] = as_stored(statefulset, storage)
+    kube.paths.clear()
+    return manifests(render_on(kube.url, chart, values))
+
+
+ORPHAN = "delete the StatefulSet and keep its pods (kubectl -n ml delete statefulset p2pcache-worker --cascade=orphan), then helm upgrade"
+
+
+@pytest.mark.parametrize(("installed", "storage", "values", "message"), [
+    (vct("200GiB"), "214748364800", vct("400GiB"), "cache.size: 400GiB (429496729600 bytes) is not the 214748364800 the "
+     "workers' volume claims were made with, and Kubernetes does not let an upgrade change a StatefulSet's "
+     "volumeClaimTemplates: to resize, expand each PVC cache-p2pcache-worker-N to 429496729600 bytes (kubectl -n ml "
+     f"patch pvc; its storage class must allow volume expansion), {ORPHAN}"),
+    (vct("200GiB"), "200Gi", vct("100GiB"), "cache.size: 100GiB (107374182400 bytes) is not the 200Gi"),
+    (vct("500G"), "500G", vct("500GiB"), "cache.size: 500GiB (536870912000 bytes) is not the 500G"),
+    ({}, None, vct("20GiB"), "cache.mode: volumeClaimTemplate, for workers made with emptyDir, changes the "
+     f"StatefulSet's volumeClaimTemplates, which Kubernetes does not let an upgrade change: {ORPHAN}"),
+    (vct("20GiB"), "21474836480", {"cache": {"mode": "hostPath"}}, "cache.mode: hostPath, for workers made with "
+     f"volumeClaimTemplate, changes the StatefulSet's volumeClaimTemplates, which Kubernetes does not let an upgrade "
+     f"change: {ORPHAN} (the workers' PVCs stay until you delete them)"),
+    (vct("20GiB"), "21474836480", vct("20GiB", storageClassName="fast"),
+     'cache.volumeClaimTemplate.storageClassName: "fast" is not the "" the workers\' volume claims were made with'),
+])
+def test_an_upgrade_that_changes_the_volume_claims_is_refused(chart, kube, installed, storage, values, message):
+    """Kubernetes refuses to update a StatefulSet's volumeClaimTemplates: the render refuses first, in
+    one line saying what to do instead, rather than `helm upgrade` failing in the API server."""
+    with pytest.raises(helm.HelmError) as raised:
+        upgrade(kube, chart, installed, storage, values)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+    render(chart, values)  # `helm template` has nothing to look up: it renders
+
+
+@pytest.mark.parametrize(("installed", "storage", "values"), [
+    (vct("200GiB"), "214748364800", vct("200GiB") | {"worker": {"replicas": 5}}),
+    (vct("200GiB"), "200Gi", vct("200Gi", storageClassName="")),  # the same bytes, written otherwise
+    (vct("500G", storageClassName="local-nvme"), "500G",
+     {"cache": vct("500G", storageClassName="local-nvme")["cache"] | {"capacityPercent": 80}}),
+    ({}, None, {"cache": {"mode": "hostPath", "size": "1TiB"}}),  # no claims before or after
+])
+def test_an_upgrade_that_keeps_the_volume_claims_renders(chart, kube, installed, storage, values):
+    objects = upgrade(kube, chart, installed, storage, values)
+    claims = find_one(objects, "StatefulSet")["spec"].get("volumeClaimTemplates")
+    stored = kube.statefulsets[NAMESPACE, "p2pcache-worker"]["spec"].get("volumeClaimTemplates")
+    assert (claims is None) == (stored is None)
+    assert f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets/p2pcache-worker" in kube.paths  # it did look

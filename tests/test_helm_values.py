@@ -62,6 +62,13 @@ def test_drain_timeout_may_be_a_fraction_and_the_grace_period_rounds_up(chart):
     # The worker's bounds (worker/config.py): a day of seconds, a million of a count.
     ({"worker": {"drainTimeout": 100000}}, "/worker/drainTimeout", "maximum"),
     ({"worker": {"heartbeatInterval": 100000}}, "/worker/heartbeatInterval", "maximum"),
+    # Kubernetes takes a count from 0 or a percentage; 0 (or 0%) would block every node drain for good.
+    ({"podDisruptionBudget": {"maxUnavailable": -1}}, "/podDisruptionBudget/maxUnavailable", "minimum: got -1, want 1"),
+    ({"podDisruptionBudget": {"maxUnavailable": 0}}, "/podDisruptionBudget/maxUnavailable", "minimum: got 0, want 1"),
+    ({"podDisruptionBudget": {"maxUnavailable": "lots"}}, "/podDisruptionBudget/maxUnavailable",
+     "'lots' does not match pattern '^([1-9][0-9]?|100)%$'"),
+    ({"podDisruptionBudget": {"maxUnavailable": "0%"}}, "/podDisruptionBudget/maxUnavailable", "'0%' does not match"),
+    ({"podDisruptionBudget": {"maxUnavailable": "101%"}}, "/podDisruptionBudget/maxUnavailable", "'101%' does not match"),
     ({"worker": {"originConcurrency": 2000000}}, "/worker/originConcurrency", "maximum"),
     ({"cache": {"sizee": "1GiB"}}, "/cache", "additional properties 'sizee' not allowed"),
     ({"clientKeys": {"keys": [{"accessKeyId": "a", "secretAccessKey": "two words"}]}},
@@ -96,6 +103,12 @@ KEY_TWICE = [{"accessKeyId": "loader", "secretAccessKey": "one"}, {"accessKeyId"
     ({"cache": {"size": "8388608TiB"}}, "cache.size: 8388608TiB is more than 2^63-1 bytes"),  # 2^63 exactly
     ({"worker": {"minFree": "99999999999TiB"}}, "worker.minFree: 99999999999TiB is more than 2^63-1 bytes"),
     ({"clientKeys": {"keys": KEY_TWICE}}, 'clientKeys.keys: accessKeyId "loader" is listed twice'),
+    ({"autoscaling": {"enabled": True, "minReplicas": 10, "maxReplicas": 2}},
+     "autoscaling.minReplicas: 10 is more than autoscaling.maxReplicas 2"),
+    # The worker takes any positive interval; the master hears at most three beats a second (--worker-ttl >= 1).
+    ({"worker": {"heartbeatInterval": 1e-7}}, "worker.heartbeatInterval: 1e-07 is under a third of a second"),
+    ({"worker": {"heartbeatInterval": 0.33}}, "worker.heartbeatInterval: 0.33 is under a third of a second, the "
+     "fastest beat the master is built to hear (three per --worker-ttl, at least 1 s)"),
 ])
 def test_templates_refuse_values_the_programs_refuse(chart, values, message):
     """What JSON schema cannot say (sizes, a rule across two values, unique key ids) fails the
@@ -114,7 +127,11 @@ def test_templates_refuse_values_the_programs_refuse(chart, values, message):
     {"cache": {"size": "00000000000000000000000000020GiB"}},
     {"worker": {"drainTimeout": 86400, "heartbeatInterval": 86400, "originConcurrency": 1000000,
                 "preStopSleep": 1000000}},
-    {"worker": {"drainTimeout": 0, "heartbeatInterval": 0.001, "originConcurrency": 1}},
+    {"worker": {"drainTimeout": 0, "heartbeatInterval": 1 / 3, "originConcurrency": 1}},
+    {"cache": {"mode": "volumeClaimTemplate", "size": "1GiB", "capacityPercent": 50}, "worker": {"minFree": "512MiB"},
+     "podDisruptionBudget": {"maxUnavailable": "100%"}, "autoscaling": {"enabled": True, "minReplicas": 4,
+                                                                       "maxReplicas": 4}},
+    {"cache": {"mode": "emptyDir", "size": "1GiB"}, "podDisruptionBudget": {"maxUnavailable": "1%"}},  # node disk
     {"preload": {"urls": ["s3://models/"], "waitReady": 1000000, "activeDeadlineSeconds": 10000000}},
 ])
 def test_values_at_the_bounds_render_flags_the_programs_accept(chart, values):

@@ -331,3 +331,16 @@ Kubernetes documents instead: resize the PVCs, delete the StatefulSet keeping it
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The worker's --heartbeat-interval. The worker takes any positive number; but workers beat at least
+three times per --worker-ttl, whose least is 1 s (master/config.py): a third of a second is the
+fastest beat the master is built to hear. Faster is a busy loop (1e-7 kept a fifth of a master core
+busy), and a dead worker is dropped no sooner for it (--worker-ttl decides). */}}
+{{- define "p2pcache.heartbeatInterval" -}}
+{{- $interval := .Values.worker.heartbeatInterval }}
+{{- if lt (float64 $interval) (divf 1 3) }}
+{{- fail (printf "worker.heartbeatInterval: %v is under a third of a second, the fastest beat the master is built to hear (three per --worker-ttl, at least 1 s): give 0.34 or more (the default is 2)" $interval) }}
+{{- end }}
+{{- $interval }}
+{{- end }}
+

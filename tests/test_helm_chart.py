@@ -41,7 +41,8 @@ CONTRACT_METRICS = {
 VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "defaults": ({}, ()),
     "emptyDir-credentials": ({**CREDENTIALS, "cache": {"mode": "emptyDir", "size": "1GiB",
-                                                  "emptyDir": {"medium": "Memory"}}}, ()),
+                                                  "emptyDir": {"medium": "Memory"}},
+                              "worker": {"minFree": "100MiB"}}, ()),
     "hostPath": ({"cache": {"mode": "hostPath"}, "worker": {"podAntiAffinity": "required"}}, ()),
     "volumeClaimTemplate": ({"cache": {"mode": "volumeClaimTemplate", "size": "500G",
                                        "volumeClaimTemplate": {"storageClassName": "local-nvme"}}}, ()),

@@ -109,6 +109,15 @@ KEY_TWICE = [{"accessKeyId": "loader", "secretAccessKey": "one"}, {"accessKeyId"
     ({"worker": {"heartbeatInterval": 1e-7}}, "worker.heartbeatInterval: 1e-07 is under a third of a second"),
     ({"worker": {"heartbeatInterval": 0.33}}, "worker.heartbeatInterval: 0.33 is under a third of a second, the "
      "fastest beat the master is built to hear (three per --worker-ttl, at least 1 s)"),
+    # A volume the worker sees the size of must hold --capacity and the --min-free it keeps free.
+    ({"cache": {"mode": "volumeClaimTemplate", "size": "1GiB"}}, "cache.size: 1GiB (1073741824 bytes) cannot hold "
+     "the worker's --capacity=966367641 (cache.capacityPercent 90) and worker.minFree 1GiB (1073741824 bytes) it "
+     "keeps free: the worker would never fill its capacity"),
+    ({"cache": {"mode": "volumeClaimTemplate", "size": "9GiB"}}, "cache.size: 9GiB (9663676416 bytes) cannot hold"),
+    ({"cache": {"mode": "volumeClaimTemplate", "size": "2GiB"}, "worker": {"minFree": "3GiB"}},
+     "cache.size: 2GiB (2147483648 bytes) cannot hold the worker's --capacity=1932735283"),
+    ({"cache": {"mode": "emptyDir", "emptyDir": {"medium": "Memory"}, "size": "1GiB"}},  # tmpfs is sizeLimit big
+     "cache.size: 1GiB (1073741824 bytes) cannot hold the worker's --capacity=966367641"),
 ])
 def test_templates_refuse_values_the_programs_refuse(chart, values, message):
     """What JSON schema cannot say (sizes, a rule across two values, unique key ids) fails the
@@ -128,6 +137,7 @@ def test_templates_refuse_values_the_programs_refuse(chart, values, message):
     {"worker": {"drainTimeout": 86400, "heartbeatInterval": 86400, "originConcurrency": 1000000,
                 "preStopSleep": 1000000}},
     {"worker": {"drainTimeout": 0, "heartbeatInterval": 1 / 3, "originConcurrency": 1}},
+    {"cache": {"mode": "volumeClaimTemplate", "size": "10GiB"}},  # 9GiB of capacity + 1GiB of min-free, exactly
     {"cache": {"mode": "volumeClaimTemplate", "size": "1GiB", "capacityPercent": 50}, "worker": {"minFree": "512MiB"},
      "podDisruptionBudget": {"maxUnavailable": "100%"}, "autoscaling": {"enabled": True, "minReplicas": 4,
                                                                        "maxReplicas": 4}},
@@ -241,8 +251,9 @@ def test_a_cache_in_memory_must_fit_the_memory_limit_with_the_processes(chart, v
 
 
 @pytest.mark.parametrize("values", [
-    {"cache": MEMORY_CACHE | {"size": "1GiB"}},  # 1 GiB + 3 x 150 MiB in 2 GiB
-    {"cache": MEMORY_CACHE | {"size": "3GiB"}, "worker": {"cpus": 4, "resources": {"limits": {"memory": "4.1G"}}}},
+    {"cache": MEMORY_CACHE | {"size": "1GiB"}, "worker": {"minFree": "100MiB"}},  # 1 GiB + 3 x 150 MiB in 2 GiB
+    {"cache": MEMORY_CACHE | {"size": "3GiB"}, "worker": {"cpus": 4, "minFree": "300MiB",
+                                                          "resources": {"limits": {"memory": "4.1G"}}}},
     {"cache": MEMORY_CACHE | {"size": "20GiB"},
      "worker": {"resources": {"limits": {"memory": None}}}},  # no limit: the sizeLimit holds it
     {"cache": {"size": "20GiB"}},  # on the node's disk the limit does not count it

@@ -344,3 +344,16 @@ busy), and a dead worker is dropped no sooner for it (--worker-ttl decides). */}
 {{- $interval }}
 {{- end }}
 
+{{/* A cache volume whose size the worker sees (a PVC; tmpfs, sized to its sizeLimit) must hold its
+--capacity and its --min-free together: the worker evicts to keep min-free free on it, so a volume
+smaller than both never fills its capacity (1GiB with the default 1GiB min-free caches nothing), and
+a pinned preload the master accepts against that capacity fails. A disk emptyDir's free space is
+the node's, and hostPath's the node volume's: not checked. */}}
+{{- define "p2pcache.cacheVolumeFits" -}}
+{{- $size := include "p2pcache.bytes" (list "cache.size" .Values.cache.size) | atoi }}
+{{- $capacity := include "p2pcache.capacityBytes" . | atoi }}
+{{- $minFree := include "p2pcache.bytes" (list "worker.minFree" .Values.worker.minFree) | atoi }}
+{{- if or (gt $minFree $size) (gt $capacity (sub $size $minFree)) }}
+{{- fail (printf "cache.size: %s (%d bytes) cannot hold the worker's --capacity=%d (cache.capacityPercent %d) and worker.minFree %s (%d bytes) it keeps free: the worker would never fill its capacity; raise cache.size, or lower cache.capacityPercent or worker.minFree" (toString .Values.cache.size) $size $capacity (int .Values.cache.capacityPercent) (toString .Values.worker.minFree) $minFree) }}
+{{- end }}
+{{- end }}

@@ -1,4 +1,4 @@
-"""A Kubernetes API server on 127.0.0.1 that holds only Secrets, enough for Helm's `lookup`."""
+"""A Kubernetes API server on 127.0.0.1 that holds only Secrets and StatefulSets, enough for Helm's `lookup`."""
 
 from __future__ import annotations
 
@@ -10,21 +10,32 @@ from typing import Any
 
 __all__ = ["FakeKube"]
 
-_SECRET = re.compile(r"/api/v1/namespaces/([^/]+)/secrets/([^/?]+)")
-# What discovery tells client-go about the core group: `lookup "v1" "Secret"` maps the kind to it.
-_CORE = {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
-         "resources": [{"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret",
-                        "verbs": ["get", "list"]}]}
+_OBJECT = re.compile(r"(/api/v1|/apis/apps/v1)/namespaces/([^/]+)/(secrets|statefulsets)/([^/?]+)")
+
+
+def _resources(group_version: str, kind: str, plural: str) -> dict[str, Any]:
+    """What discovery tells client-go about a group version: `lookup` maps a kind to its resource with it."""
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": [{"name": plural, "singularName": kind.lower(), "namespaced": True, "kind": kind,
+                           "verbs": ["get", "list"]}]}
+
+
+_DISCOVERY = {"/api/v1": _resources("v1", "Secret", "secrets"),
+              "/apis/apps/v1": _resources("apps/v1", "StatefulSet", "statefulsets")}
 
 
 class FakeKube:
-    """`secrets`: (namespace, name) -> the Secret's data as the API gives it (base64 values).
+    """`secrets`: (namespace, name) -> the Secret's data as the API gives it (base64 values);
+    `statefulsets`: (namespace, name) -> the StatefulSet as the API gives it (apiVersion, kind and
+    metadata added when missing).
 
-    Anything but discovery of v1 and a GET of one Secret is a 404, as for a missing Secret.
+    Anything but discovery of v1 and apps/v1 and a GET of one of those is a 404, as for a missing object.
     """
 
-    def __init__(self, secrets: dict[tuple[str, str], dict[str, str]] | None = None) -> None:
+    def __init__(self, secrets: dict[tuple[str, str], dict[str, str]] | None = None,
+                 statefulsets: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
         self.secrets = dict(secrets or {})
+        self.statefulsets = dict(statefulsets or {})
         self.paths: list[str] = []  # every path asked, in order
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -45,14 +56,18 @@ class FakeKube:
     def answer(self, path: str) -> tuple[int, dict[str, Any]]:
         self.paths.append(path)
         path = path.partition("?")[0]
-        if path == "/api/v1":
-            return 200, _CORE
-        match = _SECRET.fullmatch(path)
-        if match and match.groups() in self.secrets:
-            namespace, name = match.groups()
-            return 200, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                         "metadata": {"name": name, "namespace": namespace},
-                         "data": self.secrets[namespace, name]}
+        if path in _DISCOVERY:
+            return 200, _DISCOVERY[path]
+        match = _OBJECT.fullmatch(path)
+        if match:
+            prefix, namespace, plural, name = match.groups()
+            if (prefix, plural) == ("/api/v1", "secrets") and (namespace, name) in self.secrets:
+                return 200, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                             "metadata": {"name": name, "namespace": namespace},
+                             "data": self.secrets[namespace, name]}
+            if (prefix, plural) == ("/apis/apps/v1", "statefulsets") and (namespace, name) in self.statefulsets:
+                return 200, {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                             "metadata": {"name": name, "namespace": namespace}} | self.statefulsets[namespace, name]
         return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
                      "message": f"{path} not found", "code": 404}
 

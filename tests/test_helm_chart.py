@@ -41,7 +41,8 @@ CONTRACT_METRICS = {
 VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "defaults": ({}, ()),
     "emptyDir-credentials": ({**CREDENTIALS, "cache": {"mode": "emptyDir", "size": "1GiB",
-                                                  "emptyDir": {"medium": "Memory"}}}, ()),
+                                                  "emptyDir": {"medium": "Memory"}},
+                              "worker": {"minFree": "100MiB"}}, ()),
     "hostPath": ({"cache": {"mode": "hostPath"}, "worker": {"podAntiAffinity": "required"}}, ()),
     "volumeClaimTemplate": ({"cache": {"mode": "volumeClaimTemplate", "size": "500G",
                                        "volumeClaimTemplate": {"storageClassName": "local-nvme"}}}, ()),
@@ -313,6 +314,38 @@ def test_servicemonitor_scrapes_the_metrics_endpoints(rendered):
         assert endpoint["port"] in {p["name"] for p in matched[0]["spec"]["ports"]}
         paths[matched[0]["spec"].get("clusterIP") == "None"] = endpoint["path"]
     assert paths == {True: "/_p2p/metrics", False: "/metrics"}  # headless -> every worker pod
+
+
+@pytest.mark.parametrize("ca_key", ["ca.crt", ""])
+def test_servicemonitor_under_tls_scrapes_https_verified_like_the_pods(chart, rendered, ca_key):
+    """A server with TLS hangs up on plain HTTP: under TLS Prometheus scrapes over https, trusting
+    the CA the pods trust (the Secret's key their --tls-ca names; none: the system's CAs) at a
+    Service's name the certificate holds, as it reaches each pod by an IP the certificate lacks.
+    A scrape of the rendered pods: test_rendered_tls_pods_verify_each_other_with_the_secrets_ca."""
+    for monitor in find(rendered["servicemonitor"], "ServiceMonitor"):  # plain without TLS
+        assert {"scheme", "tlsConfig"}.isdisjoint(monitor["spec"]["endpoints"][0])
+    values = {"tls": {"enabled": True, "existingSecret": "p2pcache-tls", "caKey": ca_key},
+              "metrics": {"serviceMonitor": {"enabled": True}}}
+    objects = manifests(render(chart, values, api_versions=MONITORING))
+    names = {f"{s['metadata']['name']}.{NAMESPACE}.svc.cluster.local": s for s in find(objects, "Service")}
+    for monitor in find(objects, "ServiceMonitor"):
+        (endpoint,) = monitor["spec"]["endpoints"]
+        component = monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+        kind = {"master": "Deployment", "worker": "StatefulSet"}[component]
+        pod = pod_template(objects, kind)
+        assert endpoint["scheme"] == "https"
+        tls = endpoint["tlsConfig"]
+        if ca_key:
+            ca = flags(container(objects, kind))["tls-ca"]
+            mount = next(m for m in container(objects, kind)["volumeMounts"] if ca.startswith(m["mountPath"] + "/"))
+            volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+            assert tls["ca"] == {"secret": {"name": volume["secret"]["secretName"], "key": ca.rsplit("/", 1)[1]}}
+        else:
+            assert "ca" not in tls and "tls-ca" not in flags(container(objects, kind))
+        assert "insecureSkipVerify" not in tls
+        service = names[tls["serverName"]]  # a Service name, which the README has the certificate hold
+        assert selects(service["spec"]["selector"], pod["metadata"]["labels"])
+        assert service["spec"].get("clusterIP") != "None"  # the headless name itself is no wildcard's match
 
 
 def test_dashboard_uses_the_contract_metric_names(rendered):

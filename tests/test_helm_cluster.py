@@ -9,18 +9,22 @@ import random
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
+import yaml
 from moto.server import ThreadedMotoServer
 
 from certs import self_signed
@@ -29,6 +33,7 @@ from helm_render import (
     RELEASE,
     container_env,
     expand_vars,
+    find,
     find_one,
     load_chart,
     manifests,
@@ -284,11 +289,40 @@ def test_rendered_pods_form_a_working_cluster(moto_s3, tmp_path):
             pod.stop()
 
 
+def readme_certificate_names() -> list[str]:
+    """The names the README's cert-manager Certificate gives the release `p2pcache` in `ml`."""
+    readme = (CHART.parent.parent / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "kind: Certificate" in b]
+    return yaml.safe_load(textwrap.dedent(block))["spec"]["dnsNames"]
+
+
 def private_ca_certificate() -> dict[str, str]:
-    """A kubernetes.io/tls Secret's data: a self-signed CA certificate for 127.0.0.1, its key, and
-    itself as ca.crt (no system store trusts it, as with a private CA)."""
-    pem, key = self_signed("p2pcache chart test CA")
+    """A kubernetes.io/tls Secret's data: a self-signed CA certificate for the names the README has
+    the certificate hold (and 127.0.0.1, where the tests reach the pods), its key, and itself as
+    ca.crt (no system store trusts it, as with a private CA)."""
+    pem, key = self_signed("p2pcache chart test CA", tuple(readme_certificate_names()))
     return {"tls.crt": pem, "ca.crt": pem, "tls.key": key}
+
+
+POD_IP = "10.42.0.13"  # what Prometheus knows a scraped pod by: no name the certificate holds
+
+
+def scrape(endpoint: dict[str, Any], port: int, secrets: dict[str, dict[str, str]]) -> bytes:
+    """GET a ServiceMonitor endpoint's path from the pod listening on `port` as Prometheus does: over
+    its `scheme` (http unless given), and for https verifying the certificate with `tlsConfig`'s CA
+    (a Secret's key) at its `serverName`, else at the pod's IP."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if endpoint.get("scheme", "http") == "https":
+        tls = endpoint.get("tlsConfig", {})
+        ca = tls.get("ca", {}).get("secret")
+        context = ssl.create_default_context(cadata=secrets[ca["name"]][ca["key"]] if ca else None)
+        sock = context.wrap_socket(sock, server_hostname=tls.get("serverName", POD_IP))
+    with sock:
+        sock.sendall(f"GET {endpoint['path']} HTTP/1.1\r\nHost: {POD_IP}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
 
 
 def test_rendered_tls_pods_verify_each_other_with_the_secrets_ca(moto_s3, tmp_path):
@@ -297,9 +331,10 @@ def test_rendered_tls_pods_verify_each_other_with_the_secrets_ca(moto_s3, tmp_pa
     tls_secret = {"p2pcache-tls": private_ca_certificate()}
     values = {"cluster": {"chunkSize": "1MiB"}, "tls": {"enabled": True, "existingSecret": "p2pcache-tls"},
               "s3": {"endpoint": moto_s3, "accessKeyId": "moto-id", "secretAccessKey": "moto-secret"},
-              "preload": {"urls": [f"s3://{BUCKET}/llama/"], "pin": True, "waitReady": 20}}
+              "preload": {"urls": [f"s3://{BUCKET}/llama/"], "pin": True, "waitReady": 20},
+              "metrics": {"serviceMonitor": {"enabled": True}}}
     with load_chart() as chart:
-        objects = manifests(render(chart, values))
+        objects = manifests(render(chart, values, api_versions=("monitoring.coreos.com/v1",)))
     master = Pod(f"{RELEASE}-master-7d9c8-x2x4q", pod_template(objects, "Deployment"), objects, tmp_path)
     workers = [Pod(f"{RELEASE}-worker-{i}", pod_template(objects, "StatefulSet"), objects, tmp_path)
                for i in range(2)]
@@ -321,6 +356,13 @@ def test_rendered_tls_pods_verify_each_other_with_the_secrets_ca(moto_s3, tmp_pa
             assert url.startswith("https://")
             poll(lambda: http("GET", probe_url(worker, url, "readinessProbe"), context=trusted)[0] == 200, 30,
                  f"{worker.name} ready (joined the ring over https)")
+        # Prometheus scrapes each pod as its ServiceMonitor says (a server with TLS hangs up on plain HTTP).
+        ports = {"master": urlsplit(master_url).port, "worker": urlsplit(url).port}
+        for monitor in find(objects, "ServiceMonitor"):
+            (endpoint,) = monitor["spec"]["endpoints"]
+            component = monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+            answer = scrape(endpoint, ports[component], tls_secret)
+            assert answer.startswith(b"HTTP/1.1 200") and b"\np2pcache_" in answer, (component, answer[:200])
 
         job.start(rewrite(job.argv(), job, {"--master": master_url}))
         assert job.proc.wait(timeout=60) == 0, job.logs()

@@ -4,6 +4,7 @@ would (the values schema, the templates' one-line failures, release names)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 
 import helm_python as helm
@@ -15,9 +16,10 @@ from p2pcache.cli import build_parser
 from p2pcache.sizes import parse_size
 from worker.config import WorkerConfig, add_arguments
 
+from fakekube import FakeKube
 from helm_render import (
-    CHART, KUBE_VERSIONS, chart, container, container_env, expand_vars, find, find_one, flags, manifests,
-    pod_template, render,
+    CHART, KUBE_VERSIONS, NAMESPACE, chart, container, container_env, expand_vars, find, find_one, flags, manifests,
+    pod_template, render, render_on,
 )
 
 
@@ -60,6 +62,13 @@ def test_drain_timeout_may_be_a_fraction_and_the_grace_period_rounds_up(chart):
     # The worker's bounds (worker/config.py): a day of seconds, a million of a count.
     ({"worker": {"drainTimeout": 100000}}, "/worker/drainTimeout", "maximum"),
     ({"worker": {"heartbeatInterval": 100000}}, "/worker/heartbeatInterval", "maximum"),
+    # Kubernetes takes a count from 0 or a percentage; 0 (or 0%) would block every node drain for good.
+    ({"podDisruptionBudget": {"maxUnavailable": -1}}, "/podDisruptionBudget/maxUnavailable", "minimum: got -1, want 1"),
+    ({"podDisruptionBudget": {"maxUnavailable": 0}}, "/podDisruptionBudget/maxUnavailable", "minimum: got 0, want 1"),
+    ({"podDisruptionBudget": {"maxUnavailable": "lots"}}, "/podDisruptionBudget/maxUnavailable",
+     "'lots' does not match pattern '^([1-9][0-9]?|100)%$'"),
+    ({"podDisruptionBudget": {"maxUnavailable": "0%"}}, "/podDisruptionBudget/maxUnavailable", "'0%' does not match"),
+    ({"podDisruptionBudget": {"maxUnavailable": "101%"}}, "/podDisruptionBudget/maxUnavailable", "'101%' does not match"),
     ({"worker": {"originConcurrency": 2000000}}, "/worker/originConcurrency", "maximum"),
     ({"cache": {"sizee": "1GiB"}}, "/cache", "additional properties 'sizee' not allowed"),
     ({"clientKeys": {"keys": [{"accessKeyId": "a", "secretAccessKey": "two words"}]}},
@@ -94,6 +103,21 @@ KEY_TWICE = [{"accessKeyId": "loader", "secretAccessKey": "one"}, {"accessKeyId"
     ({"cache": {"size": "8388608TiB"}}, "cache.size: 8388608TiB is more than 2^63-1 bytes"),  # 2^63 exactly
     ({"worker": {"minFree": "99999999999TiB"}}, "worker.minFree: 99999999999TiB is more than 2^63-1 bytes"),
     ({"clientKeys": {"keys": KEY_TWICE}}, 'clientKeys.keys: accessKeyId "loader" is listed twice'),
+    ({"autoscaling": {"enabled": True, "minReplicas": 10, "maxReplicas": 2}},
+     "autoscaling.minReplicas: 10 is more than autoscaling.maxReplicas 2"),
+    # The worker takes any positive interval; the master hears at most three beats a second (--worker-ttl >= 1).
+    ({"worker": {"heartbeatInterval": 1e-7}}, "worker.heartbeatInterval: 1e-07 is under a third of a second"),
+    ({"worker": {"heartbeatInterval": 0.33}}, "worker.heartbeatInterval: 0.33 is under a third of a second, the "
+     "fastest beat the master is built to hear (three per --worker-ttl, at least 1 s)"),
+    # A volume the worker sees the size of must hold --capacity and the --min-free it keeps free.
+    ({"cache": {"mode": "volumeClaimTemplate", "size": "1GiB"}}, "cache.size: 1GiB (1073741824 bytes) cannot hold "
+     "the worker's --capacity=966367641 (cache.capacityPercent 90) and worker.minFree 1GiB (1073741824 bytes) it "
+     "keeps free: the worker would never fill its capacity"),
+    ({"cache": {"mode": "volumeClaimTemplate", "size": "9GiB"}}, "cache.size: 9GiB (9663676416 bytes) cannot hold"),
+    ({"cache": {"mode": "volumeClaimTemplate", "size": "2GiB"}, "worker": {"minFree": "3GiB"}},
+     "cache.size: 2GiB (2147483648 bytes) cannot hold the worker's --capacity=1932735283"),
+    ({"cache": {"mode": "emptyDir", "emptyDir": {"medium": "Memory"}, "size": "1GiB"}},  # tmpfs is sizeLimit big
+     "cache.size: 1GiB (1073741824 bytes) cannot hold the worker's --capacity=966367641"),
 ])
 def test_templates_refuse_values_the_programs_refuse(chart, values, message):
     """What JSON schema cannot say (sizes, a rule across two values, unique key ids) fails the
@@ -112,7 +136,12 @@ def test_templates_refuse_values_the_programs_refuse(chart, values, message):
     {"cache": {"size": "00000000000000000000000000020GiB"}},
     {"worker": {"drainTimeout": 86400, "heartbeatInterval": 86400, "originConcurrency": 1000000,
                 "preStopSleep": 1000000}},
-    {"worker": {"drainTimeout": 0, "heartbeatInterval": 0.001, "originConcurrency": 1}},
+    {"worker": {"drainTimeout": 0, "heartbeatInterval": 1 / 3, "originConcurrency": 1}},
+    {"cache": {"mode": "volumeClaimTemplate", "size": "10GiB"}},  # 9GiB of capacity + 1GiB of min-free, exactly
+    {"cache": {"mode": "volumeClaimTemplate", "size": "1GiB", "capacityPercent": 50}, "worker": {"minFree": "512MiB"},
+     "podDisruptionBudget": {"maxUnavailable": "100%"}, "autoscaling": {"enabled": True, "minReplicas": 4,
+                                                                       "maxReplicas": 4}},
+    {"cache": {"mode": "emptyDir", "size": "1GiB"}, "podDisruptionBudget": {"maxUnavailable": "1%"}},  # node disk
     {"preload": {"urls": ["s3://models/"], "waitReady": 1000000, "activeDeadlineSeconds": 10000000}},
 ])
 def test_values_at_the_bounds_render_flags_the_programs_accept(chart, values):
@@ -222,8 +251,9 @@ def test_a_cache_in_memory_must_fit_the_memory_limit_with_the_processes(chart, v
 
 
 @pytest.mark.parametrize("values", [
-    {"cache": MEMORY_CACHE | {"size": "1GiB"}},  # 1 GiB + 3 x 150 MiB in 2 GiB
-    {"cache": MEMORY_CACHE | {"size": "3GiB"}, "worker": {"cpus": 4, "resources": {"limits": {"memory": "4.1G"}}}},
+    {"cache": MEMORY_CACHE | {"size": "1GiB"}, "worker": {"minFree": "100MiB"}},  # 1 GiB + 3 x 150 MiB in 2 GiB
+    {"cache": MEMORY_CACHE | {"size": "3GiB"}, "worker": {"cpus": 4, "minFree": "300MiB",
+                                                          "resources": {"limits": {"memory": "4.1G"}}}},
     {"cache": MEMORY_CACHE | {"size": "20GiB"},
      "worker": {"resources": {"limits": {"memory": None}}}},  # no limit: the sizeLimit holds it
     {"cache": {"size": "20GiB"}},  # on the node's disk the limit does not count it
@@ -237,3 +267,75 @@ def _worker_parser():
     p = argparse.ArgumentParser()
     add_arguments(p)
     return p
+
+
+def vct(size: str, **claim) -> dict:
+    return {"cache": {"mode": "volumeClaimTemplate", "size": size, "volumeClaimTemplate": claim}}
+
+
+def as_stored(statefulset: dict, storage: str | None) -> dict:
+    """The StatefulSet as the API server gives it back: its claims defaulted, their size as the
+    canonical quantity `storage` ("214748364800" for the chart's 200GiB; "200Gi" as `kubectl` made it)."""
+    statefulset = copy.deepcopy(statefulset)
+    for claim in statefulset["spec"].get("volumeClaimTemplates", []):
+        claim.update(apiVersion="v1", kind="PersistentVolumeClaim", status={"phase": "Pending"})
+        claim["spec"]["volumeMode"] = "Filesystem"
+        claim["spec"]["resources"]["requests"]["storage"] = storage
+    return statefulset
+
+
+@pytest.fixture(scope="module")
+def kube():
+    with FakeKube() as server:
+        yield server
+
+
+def upgrade(kube: FakeKube, chart, installed: dict, storage: str | None, values: dict) -> list[dict]:
+    """`helm upgrade` to `values` of a release installed with `installed`, whose StatefulSet `lookup` finds."""
+    statefulset = find_one(manifests(render(chart, installed)), "StatefulSet")
+    kube.statefulsets[NAMESPACE, "p2pcache-worker"] = as_stored(statefulset, storage)
+    kube.paths.clear()
+    return manifests(render_on(kube.url, chart, values))
+
+
+ORPHAN = "delete the StatefulSet and keep its pods (kubectl -n ml delete statefulset p2pcache-worker --cascade=orphan), then helm upgrade"
+
+
+@pytest.mark.parametrize(("installed", "storage", "values", "message"), [
+    (vct("200GiB"), "214748364800", vct("400GiB"), "cache.size: 400GiB (429496729600 bytes) is not the 214748364800 the "
+     "workers' volume claims were made with, and Kubernetes does not let an upgrade change a StatefulSet's "
+     "volumeClaimTemplates: to resize, expand each PVC cache-p2pcache-worker-N to 429496729600 bytes (kubectl -n ml "
+     f"patch pvc; its storage class must allow volume expansion), {ORPHAN}"),
+    (vct("200GiB"), "200Gi", vct("100GiB"), "cache.size: 100GiB (107374182400 bytes) is not the 200Gi"),
+    (vct("500G"), "500G", vct("500GiB"), "cache.size: 500GiB (536870912000 bytes) is not the 500G"),
+    ({}, None, vct("20GiB"), "cache.mode: volumeClaimTemplate, for workers made with emptyDir, changes the "
+     f"StatefulSet's volumeClaimTemplates, which Kubernetes does not let an upgrade change: {ORPHAN}"),
+    (vct("20GiB"), "21474836480", {"cache": {"mode": "hostPath"}}, "cache.mode: hostPath, for workers made with "
+     f"volumeClaimTemplate, changes the StatefulSet's volumeClaimTemplates, which Kubernetes does not let an upgrade "
+     f"change: {ORPHAN} (the workers' PVCs stay until you delete them)"),
+    (vct("20GiB"), "21474836480", vct("20GiB", storageClassName="fast"),
+     'cache.volumeClaimTemplate.storageClassName: "fast" is not the "" the workers\' volume claims were made with'),
+])
+def test_an_upgrade_that_changes_the_volume_claims_is_refused(chart, kube, installed, storage, values, message):
+    """Kubernetes refuses to update a StatefulSet's volumeClaimTemplates: the render refuses first, in
+    one line saying what to do instead, rather than `helm upgrade` failing in the API server."""
+    with pytest.raises(helm.HelmError) as raised:
+        upgrade(kube, chart, installed, storage, values)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+    render(chart, values)  # `helm template` has nothing to look up: it renders
+
+
+@pytest.mark.parametrize(("installed", "storage", "values"), [
+    (vct("200GiB"), "214748364800", vct("200GiB") | {"worker": {"replicas": 5}}),
+    (vct("200GiB"), "200Gi", vct("200Gi", storageClassName="")),  # the same bytes, written otherwise
+    (vct("500G", storageClassName="local-nvme"), "500G",
+     {"cache": vct("500G", storageClassName="local-nvme")["cache"] | {"capacityPercent": 80}}),
+    ({}, None, {"cache": {"mode": "hostPath", "size": "1TiB"}}),  # no claims before or after
+])
+def test_an_upgrade_that_keeps_the_volume_claims_renders(chart, kube, installed, storage, values):
+    objects = upgrade(kube, chart, installed, storage, values)
+    claims = find_one(objects, "StatefulSet")["spec"].get("volumeClaimTemplates")
+    stored = kube.statefulsets[NAMESPACE, "p2pcache-worker"]["spec"].get("volumeClaimTemplates")
+    assert (claims is None) == (stored is None)
+    assert f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets/p2pcache-worker" in kube.paths  # it did look

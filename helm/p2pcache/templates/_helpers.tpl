@@ -275,3 +275,85 @@ OOM-killed as the cache fills, and again at each restart on the same full emptyD
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* A Kubernetes quantity as the API server gives it back (canonical: an integer and a suffix, "200Gi",
+"500G", "214748364800") in bytes, or "" for another form. */}}
+{{- define "p2pcache.quantityBytes" -}}
+{{- $quantity := toString . }}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 }}
+{{- if regexMatch "^[0-9]{1,15}(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$" $quantity }}
+{{- $unit := regexReplaceAll "^[0-9]+" $quantity "" }}
+{{- mul (trimSuffix $unit $quantity | atoi) (get $units $unit) }}
+{{- end }}
+{{- end }}
+
+{{/* Kubernetes refuses to update a StatefulSet's volumeClaimTemplates ("Forbidden: updates to
+statefulset spec for fields other than ..."): a `helm upgrade` that changes cache.mode to or from
+volumeClaimTemplate, or in that mode cache.size or the claims' class or access modes, would fail there,
+after the other objects changed. The workers' StatefulSet in the cluster (`lookup`; none under `helm
+template` or at install) is compared with the values, and such a change refused in one line saying what
+Kubernetes documents instead: resize the PVCs, delete the StatefulSet keeping its pods
+(--cascade=orphan), then upgrade. Call with the root context. */}}
+{{- define "p2pcache.claimTemplateKept" -}}
+{{- $name := include "p2pcache.workerName" . }}
+{{- $found := lookup "apps/v1" "StatefulSet" .Release.Namespace $name }}
+{{- if $found }}
+{{- $orphan := printf "delete the StatefulSet and keep its pods (kubectl -n %s delete statefulset %s --cascade=orphan), then helm upgrade" .Release.Namespace $name }}
+{{- $claim := dict }}
+{{- range (dig "spec" "volumeClaimTemplates" list $found) }}
+{{- if eq (dig "metadata" "name" "" .) "cache" }}{{ $claim = . }}{{ end }}
+{{- end }}
+{{- $was := ternary "volumeClaimTemplate" "emptyDir or hostPath" (not (empty $claim)) }}
+{{- range (dig "spec" "template" "spec" "volumes" list $found) }}
+{{- if and (eq .name "cache") (hasKey . "emptyDir") }}{{ $was = "emptyDir" }}{{ end }}
+{{- if and (eq .name "cache") (hasKey . "hostPath") }}{{ $was = "hostPath" }}{{ end }}
+{{- end }}
+{{- $mode := .Values.cache.mode }}
+{{- if and (ne $mode $was) (or (eq $mode "volumeClaimTemplate") (eq $was "volumeClaimTemplate")) }}
+{{- fail (printf "cache.mode: %s, for workers made with %s, changes the StatefulSet's volumeClaimTemplates, which Kubernetes does not let an upgrade change: %s%s" $mode $was $orphan (ternary " (the workers' PVCs stay until you delete them)" "" (eq $was "volumeClaimTemplate"))) }}
+{{- end }}
+{{- if $claim }}
+{{- $spec := get $claim "spec" | default dict }}
+{{- $had := dig "resources" "requests" "storage" "" $spec | toString }}
+{{- $bytes := include "p2pcache.bytes" (list "cache.size" .Values.cache.size) }}
+{{- $hadBytes := include "p2pcache.quantityBytes" $had }}
+{{- if and $hadBytes (ne $hadBytes $bytes) }}
+{{- fail (printf "cache.size: %s (%s bytes) is not the %s the workers' volume claims were made with, and Kubernetes does not let an upgrade change a StatefulSet's volumeClaimTemplates: to resize, expand each PVC cache-%s-N to %s bytes (kubectl -n %s patch pvc; its storage class must allow volume expansion), %s" (toString .Values.cache.size) $bytes $had $name $bytes .Release.Namespace $orphan) }}
+{{- end }}
+{{- $class := dig "storageClassName" "" $spec }}
+{{- if ne $class .Values.cache.volumeClaimTemplate.storageClassName }}
+{{- fail (printf "cache.volumeClaimTemplate.storageClassName: %q is not the %q the workers' volume claims were made with, and Kubernetes does not let an upgrade change a StatefulSet's volumeClaimTemplates: keep it, or %s (existing PVCs keep their class until deleted)" .Values.cache.volumeClaimTemplate.storageClassName $class $orphan) }}
+{{- end }}
+{{- $modes := dig "accessModes" list $spec }}
+{{- if ne (toJson $modes) (toJson .Values.cache.volumeClaimTemplate.accessModes) }}
+{{- fail (printf "cache.volumeClaimTemplate.accessModes: %s is not the %s the workers' volume claims were made with, and Kubernetes does not let an upgrade change a StatefulSet's volumeClaimTemplates: keep them, or %s (existing PVCs keep theirs until deleted)" (toJson .Values.cache.volumeClaimTemplate.accessModes) (toJson $modes) $orphan) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The worker's --heartbeat-interval. The worker takes any positive number; but workers beat at least
+three times per --worker-ttl, whose least is 1 s (master/config.py): a third of a second is the
+fastest beat the master is built to hear. Faster is a busy loop (1e-7 kept a fifth of a master core
+busy), and a dead worker is dropped no sooner for it (--worker-ttl decides). */}}
+{{- define "p2pcache.heartbeatInterval" -}}
+{{- $interval := .Values.worker.heartbeatInterval }}
+{{- if lt (float64 $interval) (divf 1 3) }}
+{{- fail (printf "worker.heartbeatInterval: %v is under a third of a second, the fastest beat the master is built to hear (three per --worker-ttl, at least 1 s): give 0.34 or more (the default is 2)" $interval) }}
+{{- end }}
+{{- $interval }}
+{{- end }}
+
+{{/* A cache volume whose size the worker sees (a PVC; tmpfs, sized to its sizeLimit) must hold its
+--capacity and its --min-free together: the worker evicts to keep min-free free on it, so a volume
+smaller than both never fills its capacity (1GiB with the default 1GiB min-free caches nothing), and
+a pinned preload the master accepts against that capacity fails. A disk emptyDir's free space is
+the node's, and hostPath's the node volume's: not checked. */}}
+{{- define "p2pcache.cacheVolumeFits" -}}
+{{- $size := include "p2pcache.bytes" (list "cache.size" .Values.cache.size) | atoi }}
+{{- $capacity := include "p2pcache.capacityBytes" . | atoi }}
+{{- $minFree := include "p2pcache.bytes" (list "worker.minFree" .Values.worker.minFree) | atoi }}
+{{- if or (gt $minFree $size) (gt $capacity (sub $size $minFree)) }}
+{{- fail (printf "cache.size: %s (%d bytes) cannot hold the worker's --capacity=%d (cache.capacityPercent %d) and worker.minFree %s (%d bytes) it keeps free: the worker would never fill its capacity; raise cache.size, or lower cache.capacityPercent or worker.minFree" (toString .Values.cache.size) $size $capacity (int .Values.cache.capacityPercent) (toString .Values.worker.minFree) $minFree) }}
+{{- end }}
+{{- end }}

@@ -15,7 +15,6 @@ import re
 import time
 from datetime import datetime, timezone
 from typing import Callable, Mapping
-from urllib.parse import unquote_to_bytes
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from aiohttp import web
 from p2pcache.conditions import max_age
 from p2pcache.errors import InvalidArgument, Unsupported
 from p2pcache.origin import S3Origin
+from p2pcache.s3query import check_utf8
 
 from .ttlcache import TTLCache
 
@@ -67,7 +67,7 @@ class Listings:
             return web.Response(body=f'<?xml version="1.0" encoding="UTF-8"?>\n<LocationConstraint xmlns="{NS}">'
                                      f'{escape(region)}</LocationConstraint>', content_type="application/xml")
         v2 = q.get("list-type") == "2"
-        _check_utf8(request.rel_url.raw_query_string)
+        check_utf8(request.rel_url.raw_query_string)
         params = {api: q[name] for name, api in (V2_PARAMS if v2 else V1_PARAMS).items() if name in q}
         if "MaxKeys" in params:
             params["MaxKeys"] = _max_keys(params["MaxKeys"])
@@ -105,17 +105,6 @@ class Listings:
         """HeadBucket: the bucket's region, "" if S3 did not say (a NotFound if there is no such bucket)."""
         return await self._cache.get(("bucket", bucket), lambda: self._origin.head_bucket(bucket),
                                      max_age(request.headers))
-
-
-def _check_utf8(raw_query: str) -> None:
-    """A listing's arguments decode as UTF-8: aiohttp would replace a byte that does not with
-    U+FFFD, and S3 would list (and echo) a prefix nobody asked for."""
-    for part in raw_query.split("&"):
-        try:
-            unquote_to_bytes(part).decode("utf-8")
-        except UnicodeDecodeError:
-            name, _, value = part.partition("=")
-            raise InvalidArgument(f"{name} is not valid UTF-8", name, value) from None
 
 
 def _number(raw: str) -> int:

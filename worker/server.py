@@ -400,7 +400,7 @@ class Worker:
     async def _get_object(self, request: web.BaseRequest, bucket: str, key: str,
                           need: Callable[[], Awaitable[Turn]]) -> web.StreamResponse:
         part = parse_part_number(request.query, "Range" in request.headers)
-        overrides = response_overrides(request.query, request.headers)
+        overrides = response_overrides(request.query, request.rel_url.raw_query_string, request.headers)
         max_age = conditions.max_age(request.headers)  # no-cache: the version S3 has now
         for attempt in (1, 2):
             try:

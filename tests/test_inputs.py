@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import CHUNK, SECRET, metric
+from conftest import CHUNK, SECRET, botocore_subresources, metric
 from rawhttp import exchange, request_bytes
 from test_cluster_auth import files, signed
 
@@ -91,10 +91,13 @@ async def test_version_ids_and_sub_resources_get_501_never_the_current_version(c
             assert info.value.response["Error"]["Code"] == "NotImplemented"
     current = await asyncio.to_thread(through.get_object, Bucket=bucket, Key="m.bin")
     assert current["Body"].read() == b"version two!"
+    subresources = botocore_subresources()[1]
+    assert {"restore", "select", "torrent", "acl"} <= subresources  # (?restore and ?select got the bytes)
     async with aiohttp.ClientSession() as http:
-        for query in (f"versionId={v2}", "tagging", "acl", "attributes"):
-            async with http.get(f"{worker.url}/{bucket}/m.bin?{query}") as resp:
-                assert resp.status == 501 and b"version two!" not in await resp.read()
+        for query in (f"versionId={v2}", "uploadId=u", "select&select-type=2", *sorted(subresources)):
+            for method in ("GET", "HEAD"):
+                async with http.request(method, f"{worker.url}/{bucket}/m.bin?{query}") as resp:
+                    assert resp.status == 501 and b"version two!" not in await resp.read(), (method, query)
 
 
 async def test_conditional_dates_in_all_three_http_forms(cluster, s3_client, bucket):

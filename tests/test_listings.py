@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.handlers import set_list_objects_encoding_type_url
 
-from conftest import SECRET
+from conftest import SECRET, botocore_subresources
 from p2pcache import Client
 from p2pcache.admin_client import preload
 
@@ -215,6 +215,14 @@ async def test_a_buckets_location_and_region_are_s3s_and_its_other_sub_resources
             assert resp["ResponseMetadata"]["RequestId"]
 
     await asyncio.to_thread(check)
+    names = botocore_subresources()[0]
+    assert {"delete", "storageClass", "defaultObjectAcl", "versions", "acl"} <= names  # (?delete was a listing)
+    async with aiohttp.ClientSession() as http:
+        for name in sorted(names):
+            async with http.get(f"{cluster.workers[1].url}/{bucket}?{name}") as resp:
+                body = await resp.text()
+                assert resp.status == 501 and "<Code>NotImplemented</Code>" in body, name
+                assert "ListBucketResult" not in body
 
 
 # Keys XML 1.0 cannot carry (S3 writes them as they are unless asked to encode) and a carriage

@@ -35,13 +35,16 @@ V2_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "continuation-token":
 V1_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "marker": "Marker", "max-keys": "MaxKeys",
              "encoding-type": "EncodingType"}
 MAX_BUCKETS = 10_000
-# A bucket's sub-resources other than its listing (botocore's list of them, plus the newer
-# ones): a listing in their place would be a silent wrong answer. `location` is answered.
-BUCKET_SUBRESOURCES = ("accelerate", "acl", "analytics", "cors", "encryption", "intelligent-tiering",
-                       "inventory", "lifecycle", "logging", "metadataConfiguration", "metadataTable",
-                       "metrics", "notification", "object-lock", "ownershipControls", "policy",
-                       "policyStatus", "publicAccessBlock", "replication", "requestPayment", "session",
-                       "tagging", "uploads", "versioning", "versions", "website")
+# A bucket's sub-resources other than its listing: botocore's (its signer's list, auth.py
+# HmacV1Auth.QSAOfInterest, and the `/{Bucket}?name` of its S3 model's operations, of any method:
+# `delete` is POST DeleteObjects). A listing in their place would be a silent wrong answer.
+# `location` is answered. tests/test_listings.py checks the list against botocore's.
+BUCKET_SUBRESOURCES = ("abac", "accelerate", "acl", "analytics", "cors", "defaultObjectAcl", "delete", "encryption",
+                       "intelligent-tiering", "inventory", "lifecycle", "logging", "metadataAnnotationTable",
+                       "metadataConfiguration", "metadataInventoryTable", "metadataJournalTable", "metadataTable",
+                       "metrics", "notification", "object-lock", "ownershipControls", "policy", "policyStatus",
+                       "publicAccessBlock", "replication", "requestPayment", "session", "storageClass", "tagging",
+                       "uploads", "versioning", "versions", "website")
 _INTEGER = re.compile(r"-?[0-9]+")
 
 

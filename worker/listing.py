@@ -46,13 +46,21 @@ BUCKET_SUBRESOURCES = ("abac", "accelerate", "acl", "analytics", "cors", "defaul
                        "publicAccessBlock", "replication", "requestPayment", "session", "storageClass", "tagging",
                        "uploads", "versioning", "versions", "website")
 _INTEGER = re.compile(r"-?[0-9]+")
+_BUCKET_BYTES = 512  # about what one bucket of a ListBuckets answer holds (a dict, a name, a date)
 
 
 class Listings:
-    def __init__(self, origin: S3Origin, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 max_entries: int = 256) -> None:
+    """The listing calls, each answer cached for `ttl` seconds: at most `max_bytes` of them (a
+    page bigger than that alone is not cached), each dropped when it expires."""
+
+    def __init__(self, origin: S3Origin, ttl: float, max_bytes: int,
+                 clock: Callable[[], float] = time.monotonic, max_entries: int = 256) -> None:
         self._origin = origin
-        self._cache = TTLCache(ttl, clock, max_entries)
+        self._cache = TTLCache(ttl, clock, max_entries, max_bytes=max_bytes, size=_size, drop_expired=True)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cache.bytes
 
     async def close(self) -> None:
         await self._cache.close()
@@ -108,6 +116,13 @@ class Listings:
         """HeadBucket: the bucket's region, "" if S3 did not say (a NotFound if there is no such bucket)."""
         return await self._cache.get(("bucket", bucket), lambda: self._origin.head_bucket(bucket),
                                      max_age(request.headers))
+
+
+def _size(value: bytes | str | dict) -> int:
+    """The bytes a cached answer holds, about: a page's XML, a region, a ListBuckets answer."""
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    return _BUCKET_BYTES * (1 + len(value.get("Buckets", ())))
 
 
 def _number(raw: str) -> int:

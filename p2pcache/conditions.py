@@ -8,9 +8,21 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Mapping
 
-__all__ = ["evaluate", "etag_matches", "max_age"]
+__all__ = ["evaluate", "etag_matches", "max_age", "list_field"]
 
 _MAX_AGE = re.compile(r"(?:^|[\s,])max-age\s*=\s*\"?([0-9]{1,12})(?![0-9])")
+
+
+def list_field(headers: Mapping[str, str], name: str) -> str | None:
+    """A list header's value: its lines joined with ", ", which RFC 9110 (5.3) says means the same.
+
+    `headers.get` would read the first line only (aiohttp's and multidict's headers keep each).
+    """
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return headers.get(name)
+    lines = getall(name, ())
+    return ", ".join(lines) if lines else None
 
 
 def etag_matches(header: str, etag: str) -> bool:
@@ -44,7 +56,7 @@ def evaluate(headers: Mapping[str, str], etag: str, last_modified: str) -> int |
     S3's precedence: a true If-Match overrides a false If-Unmodified-Since, and
     a false If-None-Match overrides a true If-Modified-Since.
     """
-    if_match = headers.get("If-Match")
+    if_match = list_field(headers, "If-Match")
     if if_match is not None:
         if not etag_matches(if_match, etag):
             return 412
@@ -52,7 +64,7 @@ def evaluate(headers: Mapping[str, str], etag: str, last_modified: str) -> int |
         since, modified = _date(headers["If-Unmodified-Since"]), _date(last_modified)
         if since and modified and modified > since:
             return 412
-    if_none = headers.get("If-None-Match")
+    if_none = list_field(headers, "If-None-Match")
     if if_none is not None:
         if etag_matches(if_none, etag):
             return 304
@@ -66,7 +78,7 @@ def evaluate(headers: Mapping[str, str], etag: str, last_modified: str) -> int |
 def max_age(headers: Mapping[str, str]) -> float | None:
     """Seconds of staleness a request's `Cache-Control` accepts: 0 for `no-cache`, n for
     `max-age=n`, None (the cache's own TTL) without either."""
-    value = headers.get("Cache-Control", "").lower()
+    value = (list_field(headers, "Cache-Control") or "").lower()
     if "no-cache" in value:
         return 0.0
     match = _MAX_AGE.search(value)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 from .errors import BadRequest, InvalidArgument
+from .s3query import check_utf8
 
 __all__ = ["stored_headers", "response_overrides", "is_signed", "OVERRIDES"]
 
@@ -41,6 +43,10 @@ OVERRIDES = {
     "response-content-encoding": "Content-Encoding",
 }
 
+# What a header value cannot hold (RFC 9110 5.5): CR or LF would end the header or the answer's
+# head, and aiohttp refuses to write any of them (a ValueError, a 500, in resp.prepare).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
 
 def stored_headers(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """The headers of a HEAD answer that belong to the object, in the order S3 sent them.
@@ -64,16 +70,20 @@ def is_signed(query: Mapping[str, str], headers: Mapping[str, str]) -> bool:
     return ("Authorization" in headers or "X-Amz-Signature" in query or "Signature" in query)
 
 
-def response_overrides(query: Mapping[str, str], headers: Mapping[str, str]) -> dict[str, str]:
+def response_overrides(query: Mapping[str, str], raw_query: str, headers: Mapping[str, str]) -> dict[str, str]:
     """The headers `response-*` parameters set, as S3 applies them: only on signed requests.
 
-    S3 refuses them on anonymous requests with 400 InvalidRequest; so does the cache.
+    S3 refuses them on anonymous requests with 400 InvalidRequest; so does the cache. A value
+    no header can carry, not UTF-8 as sent (`raw_query`) or with a control character, is
+    400 InvalidArgument.
     """
     overrides = {OVERRIDES[name]: query[name] for name in OVERRIDES if name in query}
     if overrides and not is_signed(query, headers):
         raise BadRequest("Request specific response headers cannot be used for anonymous GET requests.")
-    for name in OVERRIDES:  # a header value cannot hold them: one would end the header, or the answer's head
-        if name in query and any(ch in query[name] for ch in "\r\n\0"):
+    if overrides:
+        check_utf8(raw_query, OVERRIDES)
+    for name in OVERRIDES:
+        if name in query and _CONTROL.search(query[name]):
             shown = query[name].encode("unicode_escape").decode("ascii")  # no raw control character in the XML
-            raise InvalidArgument(f"{name} must not contain CR, LF or NUL", name, shown)
+            raise InvalidArgument(f"{name} must not contain a control character other than a tab", name, shown)
     return overrides

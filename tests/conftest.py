@@ -116,6 +116,27 @@ async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
     raise AssertionError(f"{name} missing at {url}")
 
 
+def botocore_subresources() -> tuple[set[str], set[str]]:
+    """The sub-resources botocore knows, (of a bucket, of an object): the `?name`s of its S3 model's
+    request URIs, of any method (`/{Bucket}?delete`, `/{Bucket}/{Key+}?restore`), and the bucket's
+    that only its signer lists (auth.py: the names it signs that no GetObject or listing takes)."""
+    import botocore.session
+    from botocore.auth import HmacV1Auth
+
+    model = botocore.session.get_session().get_service_model("s3")
+    bucket, obj, args = set(), set(), set()
+    for name in model.operation_names:
+        op = model.operation_model(name)
+        path, _, query = op.http["requestUri"].partition("?")
+        for arg in filter(None, query.split("&")):
+            (obj if "{Key+}" in path else bucket).add(arg.partition("=")[0])
+        if name in ("GetObject", "HeadObject", "ListParts", "ListObjects", "ListObjectsV2"):
+            args |= {m.serialization["name"] for m in op.input_shape.members.values()
+                     if m.serialization.get("location") == "querystring"}
+    bucket |= set(HmacV1Auth.QSAOfInterest) - bucket - obj - args
+    return bucket - {"location", "list-type"}, obj  # GetBucketLocation and ListObjectsV2 are answered
+
+
 @pytest.fixture(scope="session")
 def s3():
     with EmbeddedS3() as server:

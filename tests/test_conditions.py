@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given, strategies as st
+from multidict import CIMultiDict
 
 from p2pcache.conditions import etag_matches, evaluate, max_age
 
@@ -36,6 +37,17 @@ BEFORE, AFTER = "Tue, 31 Dec 2024 12:00:00 GMT", "Thu, 02 Jan 2025 12:00:00 GMT"
 ])
 def test_evaluate(headers, expected):
     assert evaluate(headers, ETAG, LM) == expected
+
+
+def test_a_list_header_on_several_lines_is_read_as_one_line_joined():
+    """RFC 9110 5.3: `If-Match: "x"` and `If-Match: "abc"` on two lines mean `If-Match: "x", "abc"`."""
+    for name, joined in (("If-Match", None), ("If-None-Match", 304)):
+        two = CIMultiDict([(name, '"x"'), (name, ETAG)])
+        assert evaluate(two, ETAG, LM) == evaluate({name: f'"x", {ETAG}'}, ETAG, LM) == joined
+    assert evaluate(CIMultiDict([("If-Match", '"x"'), ("If-Match", '"y"')]), ETAG, LM) == 412
+    assert max_age(CIMultiDict([("Cache-Control", "max-age=60"), ("cache-control", "no-cache")])) == 0
+    assert max_age(CIMultiDict([("Cache-Control", "public"), ("Cache-Control", "max-age=3")])) == 3
+    assert max_age(CIMultiDict()) is None and evaluate(CIMultiDict(), ETAG, LM) is None
 
 
 def test_weak_etags_compare_by_value():

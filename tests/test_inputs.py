@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import CHUNK, SECRET, metric
+from conftest import CHUNK, SECRET, botocore_subresources, metric
 from rawhttp import exchange, request_bytes
 from test_cluster_auth import files, signed
 
@@ -91,10 +91,13 @@ async def test_version_ids_and_sub_resources_get_501_never_the_current_version(c
             assert info.value.response["Error"]["Code"] == "NotImplemented"
     current = await asyncio.to_thread(through.get_object, Bucket=bucket, Key="m.bin")
     assert current["Body"].read() == b"version two!"
+    subresources = botocore_subresources()[1]
+    assert {"restore", "select", "torrent", "acl"} <= subresources  # (?restore and ?select got the bytes)
     async with aiohttp.ClientSession() as http:
-        for query in (f"versionId={v2}", "tagging", "acl", "attributes"):
-            async with http.get(f"{worker.url}/{bucket}/m.bin?{query}") as resp:
-                assert resp.status == 501 and b"version two!" not in await resp.read()
+        for query in (f"versionId={v2}", "uploadId=u", "select&select-type=2", *sorted(subresources)):
+            for method in ("GET", "HEAD"):
+                async with http.request(method, f"{worker.url}/{bucket}/m.bin?{query}") as resp:
+                    assert resp.status == 501 and b"version two!" not in await resp.read(), (method, query)
 
 
 async def test_conditional_dates_in_all_three_http_forms(cluster, s3_client, bucket):
@@ -113,6 +116,31 @@ async def test_conditional_dates_in_all_three_http_forms(cluster, s3_client, buc
         for junk in ("Sun, 06 Nov 99999 08:49:37 GMT", "Mon, 31 Feb 2020 00:00:00 GMT", "yesterday", "x" * 500):
             async with http.get(url, headers={"If-Modified-Since": junk, "If-Unmodified-Since": junk}) as resp:
                 assert resp.status == 200  # an unparseable date is ignored
+
+
+@pytest.mark.parametrize("serve_processes", [1, 2])
+async def test_a_list_header_on_several_lines_means_the_lines_joined(cluster_factory, s3_client, bucket,
+                                                                     serve_processes):
+    """If-Match, If-None-Match and Cache-Control split over several lines are read whole (RFC 9110
+    5.3), by the coordinator and by serving processes: the first line alone made a 412 of an
+    If-Match that names the object, a 200 of an If-None-Match that does, a stale answer of a
+    no-cache."""
+    cluster = await cluster_factory(1, serve_processes=serve_processes, meta_ttl=60)
+    etag = s3_client.put_object(Bucket=bucket, Key="m.bin", Body=b"version one")["ETag"]
+    url = f"{cluster.workers[0].url}/{bucket}/m.bin"
+    async with aiohttp.ClientSession() as http:
+        for headers, status in (([("If-Match", '"x"'), ("If-Match", etag)], 200),
+                                ([("If-Match", '"x"'), ("If-Match", '"y"')], 412),
+                                ([("If-None-Match", '"x"'), ("If-None-Match", etag)], 304),
+                                ([("If-None-Match", '"x"'), ("If-None-Match", '"y"')], 200)):
+            for _ in range(2):  # the second time with the identity cached, where serving processes answer
+                async with http.get(url, headers=headers) as resp:
+                    assert resp.status == status, headers
+                    if status != 412:
+                        assert await resp.read() == (b"version one" if status == 200 else b"")
+        s3_client.put_object(Bucket=bucket, Key="m.bin", Body=b"version two")  # within the 60 s --meta-ttl
+        async with http.get(url, headers=[("Cache-Control", "max-age=60"), ("Cache-Control", "no-cache")]) as resp:
+            assert await resp.read() == b"version two"
 
 
 async def test_ranges_with_huge_numbers(cluster, s3_client, bucket):

@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.handlers import set_list_objects_encoding_type_url
 
-from conftest import SECRET
+from conftest import SECRET, botocore_subresources, metric, wait_for
 from p2pcache import Client
 from p2pcache.admin_client import preload
 
@@ -215,6 +215,14 @@ async def test_a_buckets_location_and_region_are_s3s_and_its_other_sub_resources
             assert resp["ResponseMetadata"]["RequestId"]
 
     await asyncio.to_thread(check)
+    names = botocore_subresources()[0]
+    assert {"delete", "storageClass", "defaultObjectAcl", "versions", "acl"} <= names  # (?delete was a listing)
+    async with aiohttp.ClientSession() as http:
+        for name in sorted(names):
+            async with http.get(f"{cluster.workers[1].url}/{bucket}?{name}") as resp:
+                body = await resp.text()
+                assert resp.status == 501 and "<Code>NotImplemented</Code>" in body, name
+                assert "ListBucketResult" not in body
 
 
 # Keys XML 1.0 cannot carry (S3 writes them as they are unless asked to encode) and a carriage
@@ -250,3 +258,42 @@ async def test_keys_xml_cannot_carry_are_listed_as_s3_wrote_them_and_read_back_e
             assert await client.read(bucket, key) == key.encode()
     job = await preload(cluster.master.url, [f"s3://{bucket}/{key}" for key in ODD_KEYS[:3]], secret=SECRET)
     assert (job["state"], job["objects_total"], job["chunks_failed"]) == ("done", 3, 0), job
+
+
+async def test_the_listing_cache_is_bounded_in_bytes_and_drops_what_expired(cluster_factory, fault_proxy, bucket):
+    """Listing pages are cached up to a bound in bytes, and dropped when they expire: 256 pages
+    of long keys held 780 MiB, kept past --meta-ttl. A page bigger than the bound is not kept."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    for i in range(200):  # keys of 1,000 bytes: a page of n keys is over n KB
+        s3_backends[DEFAULT_ACCOUNT_ID]["global"].put_object(bucket, f"{i:03d}" + "k" * 997, b"x")
+    bound = 200 << 10
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, meta_ttl=60, listing_cache_bytes=bound)
+    worker = cluster.workers[0]
+    async with aiohttp.ClientSession() as http:
+        async def listed(url: str, max_keys: int) -> tuple[int, int]:
+            """The page's size, and how many requests S3 got for it."""
+            before = fault_proxy.requests
+            async with http.get(f"{url}/{bucket}?list-type=2&max-keys={max_keys}") as resp:
+                assert resp.status == 200
+                return len(await resp.read()), fault_proxy.requests - before
+
+        first, asked = await listed(worker.url, 50)
+        assert first > 50_000 and asked == 1 and await listed(worker.url, 50) == (first, 0)  # cached
+        for n in range(49, 29, -1):  # distinct pages, 20 of them: five times the bound
+            await listed(worker.url, n)
+            assert 0 < await metric(http, worker.url, "p2pcache_listing_cache_bytes") <= bound
+        assert await listed(worker.url, 50) == (first, 1)  # pushed out by the later ones
+        size, _ = await listed(worker.url, 200)
+        assert size > bound and await listed(worker.url, 200) == (size, 1)  # never kept
+        assert 0 < await metric(http, worker.url, "p2pcache_listing_cache_bytes") <= bound
+
+        brief = await cluster.add_worker(meta_ttl=0.5)
+        assert (await listed(brief.url, 50))[1] == 1
+        assert await metric(http, brief.url, "p2pcache_listing_cache_bytes") > 0
+
+        async def dropped() -> bool:
+            return await metric(http, brief.url, "p2pcache_listing_cache_bytes") == 0
+
+        await wait_for(dropped, what="the expired page dropped")

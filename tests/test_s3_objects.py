@@ -9,6 +9,7 @@ import random
 import aiohttp
 import boto3
 import pytest
+import yarl
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -125,6 +126,21 @@ async def test_response_overrides_as_s3_applies_them(cluster_factory, objects, b
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         assert resp.status == 400 and "<Code>InvalidRequest</Code>" in await resp.text()
         assert "anonymous" in resp.headers["X-P2P-Reason"]
+    # Values no header can carry: a control character aiohttp refuses to write (it was a 500
+    # and a traceback) and bytes that are not UTF-8 (sent as U+FFFD with a 200): S3's 400.
+    signed = {"Authorization": "AWS4-HMAC-SHA256 Credential=a/20260101/us-east-1/s3/aws4_request, "
+                               "SignedHeaders=host, Signature=00"}
+    base = f"{cluster.workers[0].url}/{bucket}/plain"
+    async with aiohttp.ClientSession() as http:
+        for query in ("response-content-type=text%2Fplain%01", "response-content-disposition=a%1Fb",
+                      "response-expires=x%7F", "response-cache-control=%0B", "response-content-language=%FF",
+                      "response-content-encoding=gzip%C3"):
+            for method in ("GET", "HEAD"):
+                async with http.request(method, yarl.URL(f"{base}?{query}", encoded=True), headers=signed) as resp:
+                    assert (resp.status, resp.headers.get("X-P2P-Error")) == (400, "InvalidArgument"), (method, query)
+        async with http.get(yarl.URL(f"{base}?response-content-type=a%09b%EF%BF%BD", encoded=True),
+                            headers=signed) as resp:  # a tab, and U+FFFD sent as UTF-8
+            assert resp.status == 200 and (b"Content-Type", "a\tb\ufffd".encode()) in resp.raw_headers
 
 
 async def test_part_number_on_a_multipart_upload(cluster_factory, objects, bucket, s3_client, s3):

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 
 from p2pcache.errors import BadRequest
-from p2pcache.s3headers import response_overrides, stored_headers
+from p2pcache.s3headers import OVERRIDES, stored_headers
+from p2pcache.s3headers import response_overrides as overrides_of
+
+
+def response_overrides(query: dict[str, str], headers: dict[str, str]) -> dict[str, str]:
+    return overrides_of(query, urlencode(query), headers)  # the query as a client sends it
 
 
 def test_stored_headers_keep_the_objects_own_and_drop_per_request_ones():
@@ -38,3 +45,22 @@ def test_response_overrides_apply_to_signed_requests_only():
         assert (exc.value.status, exc.value.code) == (400, "InvalidArgument")
         assert exc.value.details == {"ArgumentName": "response-cache-control",
                                      "ArgumentValue": bad.encode("unicode_escape").decode()}
+
+
+def test_an_override_no_header_can_carry_is_invalid_argument_for_every_name():
+    """Every character aiohttp refuses to write in a header (a 500 when it did), and bytes that
+    are not UTF-8 (aiohttp made them U+FFFD, sent as the header's value): S3's 400 InvalidArgument."""
+    signed = {"Authorization": "AWS4-HMAC-SHA256 Credential=..."}
+    refused = [chr(c) for c in range(0x20) if c != 0x09] + ["\x7f"]
+    for name in OVERRIDES:
+        for ch in refused:
+            with pytest.raises(BadRequest) as exc:
+                response_overrides({name: f"text/plain{ch}"}, signed)
+            assert (exc.value.code, exc.value.details["ArgumentName"]) == ("InvalidArgument", name), repr(ch)
+        with pytest.raises(BadRequest) as exc:
+            overrides_of({name: "\ufffd"}, f"x-id=GetObject&{name}=%FF", signed)
+        assert exc.value.code == "InvalidArgument" and exc.value.details == {"ArgumentName": name,
+                                                                            "ArgumentValue": "%FF"}
+        assert response_overrides({name: "a\tb"}, signed) == {OVERRIDES[name]: "a\tb"}
+        assert overrides_of({name: "\ufffd"}, f"{name}=%EF%BF%BD", signed) == {OVERRIDES[name]: "\ufffd"}
+    assert overrides_of({"prefix": "\ufffd"}, "prefix=%FF", signed) == {}  # not an override: not ours to judge

@@ -21,6 +21,10 @@ from .readers import ClientKey, client_keys_arg
 
 MAX_SECONDS = 86_400  # a day: the most any of the worker's seconds flags may be
 MAX_COUNT = 1_000_000  # the most any of its count flags may be
+# Bytes of listing answers a worker keeps (worker/listing.py). A page of 1,000 keys is up to
+# ~3.5 MB (URL-encoded keys of 1,024 bytes): this holds a few of the largest, thousands of
+# usual ones; 256 of the largest held 780 MiB when only their count was bounded.
+LISTING_CACHE_BYTES = 32 << 20
 
 __all__ = ["WorkerConfig", "add_arguments"]
 
@@ -63,6 +67,7 @@ class WorkerConfig:
     # each next one after an answer, on every server of the worker (p2pcache/httpserver.py).
     head_timeout: float = HEAD_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
+    listing_cache_bytes: int = LISTING_CACHE_BYTES  # no flag (tests set it)
 
     def peer_timeout(self) -> float:
         """Seconds a peer may send nothing: an owner's status line waits for its fill, which may

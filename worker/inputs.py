@@ -22,9 +22,12 @@ _ETAG = re.compile(r'"[!#-~]{1,254}"')  # quoted, printable ASCII without quotes
 _BUCKET = BUCKET_NAME
 _HOP = re.compile(r"[0-9]{1,3}")
 # Query parameters that make GET/HEAD of an object something other than its current bytes:
-# answering them with the current version's bytes would be a silent lie.
-UNSUPPORTED_PARAMS = ("versionId", "acl", "tagging", "attributes", "torrent", "legal-hold",
-                      "retention", "uploadId")
+# answering them with the current version's bytes would be a silent lie. versionId, uploadId
+# (ListParts) and the `/{Bucket}/{Key+}?name` of botocore's S3 model, of any method (`restore`,
+# `select` are POSTs). tests/test_inputs.py checks the list against botocore's.
+UNSUPPORTED_PARAMS = ("versionId", "uploadId", "acl", "annotation", "attributes", "encryption", "legal-hold",
+                      "renameObject", "restore", "retention", "select", "select-type", "tagging", "torrent",
+                      "uploads")
 
 
 def request_path(request: "web.BaseRequest") -> str:

@@ -15,7 +15,6 @@ import re
 import time
 from datetime import datetime, timezone
 from typing import Callable, Mapping
-from urllib.parse import unquote_to_bytes
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from aiohttp import web
 from p2pcache.conditions import max_age
 from p2pcache.errors import InvalidArgument, Unsupported
 from p2pcache.origin import S3Origin
+from p2pcache.s3query import check_utf8
 
 from .ttlcache import TTLCache
 
@@ -35,21 +35,32 @@ V2_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "continuation-token":
 V1_PARAMS = {"prefix": "Prefix", "delimiter": "Delimiter", "marker": "Marker", "max-keys": "MaxKeys",
              "encoding-type": "EncodingType"}
 MAX_BUCKETS = 10_000
-# A bucket's sub-resources other than its listing (botocore's list of them, plus the newer
-# ones): a listing in their place would be a silent wrong answer. `location` is answered.
-BUCKET_SUBRESOURCES = ("accelerate", "acl", "analytics", "cors", "encryption", "intelligent-tiering",
-                       "inventory", "lifecycle", "logging", "metadataConfiguration", "metadataTable",
-                       "metrics", "notification", "object-lock", "ownershipControls", "policy",
-                       "policyStatus", "publicAccessBlock", "replication", "requestPayment", "session",
-                       "tagging", "uploads", "versioning", "versions", "website")
+# A bucket's sub-resources other than its listing: botocore's (its signer's list, auth.py
+# HmacV1Auth.QSAOfInterest, and the `/{Bucket}?name` of its S3 model's operations, of any method:
+# `delete` is POST DeleteObjects). A listing in their place would be a silent wrong answer.
+# `location` is answered. tests/test_listings.py checks the list against botocore's.
+BUCKET_SUBRESOURCES = ("abac", "accelerate", "acl", "analytics", "cors", "defaultObjectAcl", "delete", "encryption",
+                       "intelligent-tiering", "inventory", "lifecycle", "logging", "metadataAnnotationTable",
+                       "metadataConfiguration", "metadataInventoryTable", "metadataJournalTable", "metadataTable",
+                       "metrics", "notification", "object-lock", "ownershipControls", "policy", "policyStatus",
+                       "publicAccessBlock", "replication", "requestPayment", "session", "storageClass", "tagging",
+                       "uploads", "versioning", "versions", "website")
 _INTEGER = re.compile(r"-?[0-9]+")
+_BUCKET_BYTES = 512  # about what one bucket of a ListBuckets answer holds (a dict, a name, a date)
 
 
 class Listings:
-    def __init__(self, origin: S3Origin, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 max_entries: int = 256) -> None:
+    """The listing calls, each answer cached for `ttl` seconds: at most `max_bytes` of them (a
+    page bigger than that alone is not cached), each dropped when it expires."""
+
+    def __init__(self, origin: S3Origin, ttl: float, max_bytes: int,
+                 clock: Callable[[], float] = time.monotonic, max_entries: int = 256) -> None:
         self._origin = origin
-        self._cache = TTLCache(ttl, clock, max_entries)
+        self._cache = TTLCache(ttl, clock, max_entries, max_bytes=max_bytes, size=_size, drop_expired=True)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cache.bytes
 
     async def close(self) -> None:
         await self._cache.close()
@@ -67,7 +78,7 @@ class Listings:
             return web.Response(body=f'<?xml version="1.0" encoding="UTF-8"?>\n<LocationConstraint xmlns="{NS}">'
                                      f'{escape(region)}</LocationConstraint>', content_type="application/xml")
         v2 = q.get("list-type") == "2"
-        _check_utf8(request.rel_url.raw_query_string)
+        check_utf8(request.rel_url.raw_query_string)
         params = {api: q[name] for name, api in (V2_PARAMS if v2 else V1_PARAMS).items() if name in q}
         if "MaxKeys" in params:
             params["MaxKeys"] = _max_keys(params["MaxKeys"])
@@ -107,15 +118,11 @@ class Listings:
                                      max_age(request.headers))
 
 
-def _check_utf8(raw_query: str) -> None:
-    """A listing's arguments decode as UTF-8: aiohttp would replace a byte that does not with
-    U+FFFD, and S3 would list (and echo) a prefix nobody asked for."""
-    for part in raw_query.split("&"):
-        try:
-            unquote_to_bytes(part).decode("utf-8")
-        except UnicodeDecodeError:
-            name, _, value = part.partition("=")
-            raise InvalidArgument(f"{name} is not valid UTF-8", name, value) from None
+def _size(value: bytes | str | dict) -> int:
+    """The bytes a cached answer holds, about: a page's XML, a region, a ListBuckets answer."""
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    return _BUCKET_BYTES * (1 + len(value.get("Buckets", ())))
 
 
 def _number(raw: str) -> int:

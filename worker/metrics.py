@@ -42,6 +42,8 @@ class WorkerMetrics:
                                "Answers cut because their reader took nothing for --send-timeout", registry=r)
         self.fills_in_flight = Gauge("p2pcache_fills_in_flight", "Chunk fills running", registry=r)
         self.store_bytes = Gauge("p2pcache_store_bytes", "Bytes of chunks on disk", registry=r)
+        self.listing_cache_bytes = Gauge(
+            "p2pcache_listing_cache_bytes", "Bytes of listing answers cached (32 MiB at most)", registry=r)
         self.store_capacity = Gauge("p2pcache_store_capacity_bytes", "Store capacity", registry=r)
         self.ring_epoch = Gauge("p2pcache_ring_epoch", "Epoch of the ring in use", registry=r)
         self.handoff_bytes = Counter(

@@ -175,7 +175,7 @@ class Worker:
                                            ssl=client_ssl),
             auto_decompress=False))
         self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock, on_change=self._object_changed)
-        self.listings = Listings(self.origin, cfg.meta_ttl, self.clock)
+        self.listings = Listings(self.origin, cfg.meta_ttl, cfg.listing_cache_bytes, self.clock)
         budget = PieceBudget(COORDINATOR_PIECES)
         self.turns = Turns(cfg.max_reads or budget.floor_streams, cfg.read_wait, cfg.send_timeout,
                            self.metrics.stalled.inc)
@@ -197,6 +197,7 @@ class Worker:
                                metrics=self.metrics, placement=self._placement, check_bucket=self._check_bucket,
                                concurrency=cfg.origin_concurrency)
         self.metrics.store_bytes.set_function(lambda: self.store.used)
+        self.metrics.listing_cache_bytes.set_function(lambda: self.listings.cached_bytes)
         self.metrics.store_capacity.set(cfg.capacity)
 
         self._internal = self.internal_routes()
@@ -400,7 +401,7 @@ class Worker:
     async def _get_object(self, request: web.BaseRequest, bucket: str, key: str,
                           need: Callable[[], Awaitable[Turn]]) -> web.StreamResponse:
         part = parse_part_number(request.query, "Range" in request.headers)
-        overrides = response_overrides(request.query, request.headers)
+        overrides = response_overrides(request.query, request.rel_url.raw_query_string, request.headers)
         max_age = conditions.max_age(request.headers)  # no-cache: the version S3 has now
         for attempt in (1, 2):
             try:

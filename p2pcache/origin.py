@@ -37,7 +37,7 @@ from .errors import (
 )
 from .objects import MAX_OBJECT_SIZE, ObjectInfo
 from .retry import RetryPolicy, is_transient
-from .s3headers import stored_headers
+from .s3headers import check_sendable, stored_headers
 
 __all__ = ["S3Origin", "OriginHooks", "PartHead", "convert_error", "not_found", "check_endpoint", "brief"]
 
@@ -288,14 +288,16 @@ class S3Origin:
         if size > MAX_OBJECT_SIZE:  # a broken endpoint's: no S3 store holds such an object
             raise OriginError(f"origin says {where} holds {size} bytes, more than the {MAX_OBJECT_SIZE >> 40} TiB "
                               f"any S3 store holds")
+        stored, content_type = stored_headers(headers), resp.get("ContentType") or "binary/octet-stream"
+        check_sendable([*stored, ("Content-Type", content_type)], where)
         return ObjectInfo(
             bucket=bucket,
             key=key,
             etag=_required(resp, "ETag", "ETag", where),
             size=size,
             last_modified=headers.get("last-modified", ""),
-            content_type=resp.get("ContentType") or "binary/octet-stream",
-            headers=stored_headers(headers),
+            content_type=content_type,
+            headers=stored,
         )
 
     async def head_part(self, bucket: str, key: str, part: int, etag: str | None) -> PartHead:

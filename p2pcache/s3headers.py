@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Iterable, Mapping
 
-from .errors import BadRequest, InvalidArgument
+from .errors import BadRequest, InvalidArgument, OriginError
 from .s3query import check_utf8
 
-__all__ = ["stored_headers", "response_overrides", "is_signed", "OVERRIDES"]
+__all__ = ["stored_headers", "check_sendable", "response_overrides", "is_signed", "OVERRIDES"]
 
 # Headers S3 stores with an object and sends on every GET and HEAD of it, by their
 # lower-case name -> the spelling we send. `x-amz-meta-*` (user metadata) too.
@@ -63,6 +63,17 @@ def stored_headers(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         elif low in _STORED:
             out.append((_STORED[low], value))
     return tuple(out)
+
+
+def check_sendable(headers: Iterable[tuple[str, str]], where: str) -> None:
+    """An object's headers hold nothing an answer cannot carry. An S3-compatible store may keep a
+    control character in user metadata: that is the origin's error (502), not a header dropped
+    without a word, nor a 500 when the answer's head is written."""
+    for name, value in headers:
+        if _CONTROL.search(value):
+            shown = value.encode("unicode_escape").decode("ascii")
+            raise OriginError(f"origin sent {name}: {shown!r} for {where}: a control character no HTTP answer "
+                              f"can carry")
 
 
 def is_signed(query: Mapping[str, str], headers: Mapping[str, str]) -> bool:

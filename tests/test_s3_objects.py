@@ -143,6 +143,21 @@ async def test_response_overrides_as_s3_applies_them(cluster_factory, objects, b
             assert resp.status == 200 and (b"Content-Type", "a\tb\ufffd".encode()) in resp.raw_headers
 
 
+async def test_metadata_no_answer_can_carry_is_the_origins_502_not_a_500(cluster_factory, bucket, s3_client):
+    """An S3-compatible store (moto here) may keep a control character in user metadata or the
+    content type: the worker cannot pass it on (aiohttp refuses to write it: it was a 500 and a
+    traceback), and dropping it would be a silent change of the object's headers."""
+    cluster = await cluster_factory(1)
+    s3_client.put_object(Bucket=bucket, Key="ctl-meta", Body=b"abc", Metadata={"note": "a\x01b"})
+    s3_client.put_object(Bucket=bucket, Key="ctl-type", Body=b"abc", ContentType="text/pl\x7fain")
+    async with aiohttp.ClientSession() as http:
+        for key in ("ctl-meta", "ctl-type"):
+            for method in ("GET", "HEAD"):
+                async with http.request(method, f"{cluster.workers[0].url}/{bucket}/{key}") as resp:
+                    assert (resp.status, resp.headers.get("X-P2P-Error")) == (502, "OriginError"), (key, method)
+                    assert "control character" in resp.headers["X-P2P-Reason"], (key, method)
+
+
 async def test_part_number_on_a_multipart_upload(cluster_factory, objects, bucket, s3_client, s3):
     cluster = await cluster_factory(2, chunk_size=CHUNK)
     cache = cache_client(cluster.workers[0].url)

@@ -6,8 +6,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from p2pcache.errors import BadRequest
-from p2pcache.s3headers import OVERRIDES, stored_headers
+from p2pcache.errors import BadRequest, OriginError
+from p2pcache.s3headers import OVERRIDES, check_sendable, stored_headers
 from p2pcache.s3headers import response_overrides as overrides_of
 
 
@@ -27,6 +27,13 @@ def test_stored_headers_keep_the_objects_own_and_drop_per_request_ones():
         ("Expires", "Wed, 21 Oct 2026 07:28:00 GMT"), ("Content-Disposition", "inline"),
         ("Content-Language", "de"), ("Content-Encoding", "gzip"), ("x-amz-version-id", "v1"),
         ("x-amz-storage-class", "GLACIER_IR"), ("x-amz-server-side-encryption", "aws:kms"))
+
+
+def test_an_object_header_no_answer_can_carry_is_the_origins_error():
+    check_sendable([("x-amz-meta-note", "tab\tand UTF-8 ✓"), ("Content-Type", "text/plain")], "s3://b/k")
+    for value in ("a\x01b", "a\x7f", "a\nb", "\x00"):
+        with pytest.raises(OriginError, match="control character"):
+            check_sendable([("Content-Type", "text/plain"), ("x-amz-meta-note", value)], "s3://b/k")
 
 
 def test_response_overrides_apply_to_signed_requests_only():

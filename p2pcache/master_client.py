@@ -53,12 +53,20 @@ class MasterClient:
         the id or the URL since), Unauthorized if it refuses the cluster signature (another secret,
         none, or a clock too far from its own): it will refuse them again. Refused (an Unavailable)
         if it refuses it until another registration of the id leaves or expires (an unsigned move to
-        another URL: 409 without REPLACED_HEADER). Unavailable if it does not answer within `timeout` seconds."""
+        another URL: 409 without REPLACED_HEADER). Unavailable if it does not answer within `timeout` seconds,
+        or answers with what is not a map (a proxy's page)."""
         body = msgpack.packb(asdict(worker) | {"instance": self.instance}
                              | ({"unpins": unpins} if unpins is not None else {})
                              | ({"ring": ring.to_wire()} if ring is not None else {}))
         data = await self._call("POST", "/workers", data=body, timeout=timeout, refusable=True)
-        return msgpack.unpackb(data)
+        try:
+            reply = msgpack.unpackb(data)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            reply = None
+        if not isinstance(reply, dict):  # a proxy's page: as an unreachable master, tried again
+            raise Unavailable(f"{self.url} did not answer as a p2pcache master (it answered a heartbeat with 200 "
+                              f"and {said(data, 80)!r}): is it the master's URL?")
+        return reply
 
     async def leave(self, worker_id: str, timeout: float = TIMEOUT) -> None:
         """Out of the ring, unless another process holds `worker_id` now (the master keeps that one)."""

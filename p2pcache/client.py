@@ -111,12 +111,14 @@ class Client:
 
     async def close(self) -> None:
         self.closed = True
-        if self._ring is not None:
-            await self._ring.close()
-        if self._raw is not None:
-            await self._raw.close()
-        if self._own_session and self._session is not None:
-            await self._session.close()
+        try:
+            if self._ring is not None:
+                await self._ring.close()
+            if self._raw is not None:
+                await self._raw.close()
+        finally:  # whatever failed above, the session is not left open
+            if self._own_session and self._session is not None:
+                await self._session.close()
 
     async def __aenter__(self) -> "Client":
         return await self.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Protocol
 
 from .errors import ObjectChanged
@@ -95,7 +95,7 @@ class ObjectFile(io.RawIOBase):
                 self._start(i)
             self._fetches.move_to_end(index)
             try:
-                data = self._fetches[index].result()
+                data = self._result(self._fetches[index])
             except BaseException:
                 self._fetches.pop(index).cancel()  # a later read may try again
                 raise
@@ -104,12 +104,30 @@ class ObjectFile(io.RawIOBase):
             done += take
             self._trim(range(index, index + 1 + ahead))
 
+    def _result(self, fetch: Future):
+        """What `fetch` (a chunk's bytes, a version) gives; ValueError if the client was closed before
+        it came (the client cancelled it as it closed, or it may never come: nothing is waited for
+        once closed)."""
+        if self._client.closed and not fetch.done():
+            raise self._closed()
+        try:
+            return fetch.result()
+        except CancelledError:
+            if self._client.closed:
+                raise self._closed() from None
+            raise
+
+    def _closed(self) -> ValueError:
+        return ValueError(f"reading {self.name}: the client is closed")
+
     def _move(self, changed: ObjectChanged) -> bool:
         """Whether the file moved to the version that replaced `info` (see `objects.may_move`)."""
         if self._returned:  # no successor would do: not worth a HEAD
             return False
-        new = asyncio.run_coroutine_threadsafe(
-            self._client.reresolve(self.info.bucket, self.info.key, changed), self._loop).result()
+        if self._client.closed:
+            raise self._closed()
+        new = self._result(asyncio.run_coroutine_threadsafe(
+            self._client.reresolve(self.info.bucket, self.info.key, changed), self._loop))
         if not may_move(self.info, new, self._returned):
             return False
         for future in self._fetches.values():  # all pinned to the version that is gone
@@ -133,7 +151,7 @@ class ObjectFile(io.RawIOBase):
         if index in self._fetches:
             return
         if self._client.closed:
-            raise ValueError(f"reading {self.name}: the client is closed")
+            raise self._closed()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

@@ -13,7 +13,7 @@ from yarl import URL
 
 from .auth import Signer
 from .errors import BadRequest, Refused, Unauthorized, Unavailable
-from .ring import RingSnapshot, WorkerInfo
+from .ring import NewerRing, NotARing, RingSnapshot, WorkerInfo
 from .ringreport import RingReport
 from .worker_client import ERROR_HEADER
 
@@ -53,12 +53,20 @@ class MasterClient:
         the id or the URL since), Unauthorized if it refuses the cluster signature (another secret,
         none, or a clock too far from its own): it will refuse them again. Refused (an Unavailable)
         if it refuses it until another registration of the id leaves or expires (an unsigned move to
-        another URL: 409 without REPLACED_HEADER). Unavailable if it does not answer within `timeout` seconds."""
+        another URL: 409 without REPLACED_HEADER). Unavailable if it does not answer within `timeout` seconds,
+        or answers with what is not a map (a proxy's page)."""
         body = msgpack.packb(asdict(worker) | {"instance": self.instance}
                              | ({"unpins": unpins} if unpins is not None else {})
                              | ({"ring": ring.to_wire()} if ring is not None else {}))
         data = await self._call("POST", "/workers", data=body, timeout=timeout, refusable=True)
-        return msgpack.unpackb(data)
+        try:
+            reply = msgpack.unpackb(data)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            reply = None
+        if not isinstance(reply, dict):  # a proxy's page: as an unreachable master, tried again
+            raise Unavailable(f"{self.url} did not answer as a p2pcache master (it answered a heartbeat with 200 "
+                              f"and {said(data, 80)!r}): is it the master's URL?")
+        return reply
 
     async def leave(self, worker_id: str, timeout: float = TIMEOUT) -> None:
         """Out of the ring, unless another process holds `worker_id` now (the master keeps that one)."""
@@ -66,12 +74,18 @@ class MasterClient:
                          timeout=timeout)
 
     async def ring(self, known: tuple[str, int] | None = None, wait: float = 0) -> RingSnapshot:
-        """The current ring; with `known` and `wait`, long-poll until it differs."""
+        """The current ring; with `known` and `wait`, long-poll until it differs. Unavailable if the
+        master cannot be asked, or if what answered sent no ring (a proxy's page, a worker's listing
+        of a bucket named "ring") or one of a newer version: a ring may come later, as from a master
+        that comes back."""
         params = {"wait": str(wait)} if wait else {}
         if known:
             params |= {"master_id": known[0], "epoch": str(known[1])}
         data = await self._call("GET", "/ring", params=params, timeout=wait + 10)
-        return RingSnapshot.decode(data)
+        try:
+            return RingSnapshot.decode(data)
+        except NotARing as exc:
+            raise Unavailable(_no_ring(self.url, exc)) from None
 
     async def _call(self, method: str, path: str, timeout: float, params: dict[str, str] | None = None,
                     data: bytes = b"", refusable: bool = False) -> bytes:
@@ -112,6 +126,12 @@ def _segment(text: str) -> str:
     "_" and "-" escaped, dots too ("/workers/x/../w0" or "/workers/.." would resolve to
     another path)."""
     return quote(text, safe="").replace(".", "%2E")
+
+
+def _no_ring(url: str, exc: NotARing) -> str:
+    if isinstance(exc, NewerRing):
+        return f"the master at {url} sent a ring this p2pcache cannot read ({exc}): is the master a newer version?"
+    return f"{url} did not answer as a p2pcache master (it answered 200 with no ring: {exc}): is it the master's URL?"
 
 
 def unreachable(url: str, exc: BaseException) -> Unavailable:

@@ -10,8 +10,8 @@ import msgpack
 from .objects import ChunkId
 from .placement import LOAD, HashPoints, assign
 
-__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "Owning", "carried", "span", "UP", "DRAINING", "HISTORY",
-           "MIN_CHUNK", "MAX_CHUNK", "SPAN"]
+__all__ = ["WorkerInfo", "RingSnapshot", "Placement", "Owning", "NotARing", "NewerRing", "carried", "span", "UP",
+           "DRAINING", "HISTORY", "MIN_CHUNK", "MAX_CHUNK", "SPAN"]
 
 UP, DRAINING = "up", "draining"
 HISTORY = 3  # earlier memberships published with the ring, to find chunks whose owner changed
@@ -36,6 +36,15 @@ MIN_CHUNK = 64 << 10
 # asks of every worker (master/registration.py).
 MAX_CHUNK = 1 << 30
 Owning = tuple[tuple[str, int], ...]  # an owning membership: sorted (id, weight) pairs
+
+
+class NotARing(ValueError):
+    """Bytes or a map that are not a ring snapshot (a proxy's HTML page, another server's answer)."""
+
+
+class NewerRing(NotARing):
+    """A ring with fields this version does not know. Refused, not ignored: the ring carries what
+    placement depends on, and a party that skipped a field could place chunks on other owners."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +88,15 @@ class RingSnapshot:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RingSnapshot":
-        workers = tuple(WorkerInfo(**w) for w in d.get("workers", ()))
-        history = tuple(tuple((wid, weight) for wid, weight in h) for h in d.get("history", ()))
+        """The snapshot `d` holds; NotARing (NewerRing for unknown fields) saying why it holds none."""
+        _check_fields(d)
+        try:
+            workers = tuple(WorkerInfo(**_checked_worker(w)) for w in d.get("workers", ()))
+            history = tuple(tuple((wid, weight) for wid, weight in h) for h in d.get("history", ()))
+        except NotARing:
+            raise
+        except (TypeError, ValueError) as exc:  # not lists of maps and of pairs
+            raise NotARing(f"its workers or history are malformed: {exc}") from None
         rest = {k: v for k, v in d.items() if k not in ("workers", "history")}
         rest.setdefault("load", LEGACY_LOAD)  # a master from before the bound was published
         return cls(**rest, workers=workers, history=history)
@@ -90,7 +106,12 @@ class RingSnapshot:
 
     @classmethod
     def decode(cls, data: bytes) -> "RingSnapshot":
-        return cls.from_dict(msgpack.unpackb(data))
+        try:
+            d = msgpack.unpackb(data)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            start = " ".join(data[:80].decode(errors="replace").split())
+            raise NotARing(f"not msgpack: {start!r}") from None
+        return cls.from_dict(d)
 
     def with_workers(self, workers: tuple[WorkerInfo, ...], epoch: int) -> "RingSnapshot":
         """The next snapshot; the owning membership before it goes into the history if it changed."""
@@ -103,6 +124,41 @@ class RingSnapshot:
     def parameters(self) -> tuple[int, int, int, float]:
         """The parameters an owner is computed with, besides the memberships."""
         return (self.chunk_size, self.replicas, self.vnodes, self.load)
+
+
+# The type of each field of a snapshot and of a worker, as the master sends them (JSON's numbers
+# for `load`: an int is a float there).
+_FIELDS = {"master_id": str, "epoch": int, "chunk_size": int, "replicas": int, "vnodes": int,
+           "load": (int, float), "workers": (list, tuple), "history": (list, tuple)}
+_REQUIRED = ("master_id", "epoch", "chunk_size")
+_WORKER_FIELDS = {"id": str, "url": str, "capacity": int, "weight": int, "state": str}
+
+
+def _check_fields(d: object) -> None:
+    """NotARing unless `d` is a map of known fields of the right types with the required ones."""
+    if not isinstance(d, dict):
+        raise NotARing(f"a {type(d).__name__}, not a map")
+    unknown = sorted(str(k) for k in d if k not in _FIELDS)
+    if unknown:
+        raise NewerRing(f"fields this version does not know: {', '.join(unknown)}"[:300])
+    missing = [k for k in _REQUIRED if k not in d]
+    if missing:
+        raise NotARing(f"no {', '.join(missing)}")
+    for k, v in d.items():
+        if not isinstance(v, _FIELDS[k]) or isinstance(v, bool):
+            raise NotARing(f"{k} is {type(v).__name__} {v!r:.50}")
+
+
+def _checked_worker(w: object) -> dict:
+    if not isinstance(w, dict):
+        raise NotARing(f"a worker is a {type(w).__name__}, not a map")
+    unknown = sorted(str(k) for k in w if k not in _WORKER_FIELDS)
+    if unknown:
+        raise NewerRing(f"worker fields this version does not know: {', '.join(unknown)}"[:300])
+    for k, v in w.items():
+        if not isinstance(v, _WORKER_FIELDS[k]) or isinstance(v, bool):
+            raise NotARing(f"a worker's {k} is {type(v).__name__} {v!r:.50}")
+    return w
 
 
 def carried(before: Owning, history: tuple[Owning, ...], after: Owning) -> tuple[Owning, ...]:

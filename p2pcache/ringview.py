@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from .errors import Unavailable
@@ -39,11 +38,11 @@ class RingView:
         self._watch = asyncio.create_task(self._follow())
 
     async def close(self) -> None:
-        for task in (self._watch, self._refreshing):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Stop following; never raises what a fetch failed with (it was logged)."""
+        tasks = [task for task in (self._watch, self._refreshing) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def refresh(self) -> Placement:
         """Ask the master now (one request however many callers); on failure keep the last ring."""
@@ -60,12 +59,23 @@ class RingView:
                         self.placement.ring.epoch, exc)
 
     async def _follow(self) -> None:
+        failing = False  # the last try failed: the next failure is not logged again
         while True:
             try:
                 if await self._take(await self._master.ring(self.placement.ring.version, wait=LONG_POLL)):
+                    if failing:
+                        log.info("following the master's ring again, epoch %d", self.placement.ring.epoch)
+                    failing = False
                     continue
-            except Unavailable:
-                pass
+            except Unavailable as exc:  # unreachable, or no ring in its answer (a proxy's page)
+                if not failing:
+                    log.warning("could not follow the ring, keeping epoch %d, asking again every %g s: %s",
+                                self.placement.ring.epoch, RETRY, exc)
+                failing = True
+            except Exception:  # the follower must outlive any answer: a dead one never takes a ring again
+                if not failing:
+                    log.exception("bug: the ring could not be followed, keeping epoch %d", self.placement.ring.epoch)
+                failing = True
             await asyncio.sleep(RETRY)  # the master is away, or its ring was not taken
 
     async def _take(self, ring: RingSnapshot) -> bool:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
+from concurrent.futures import CancelledError
 from typing import Awaitable, Callable, TypeVar
 
 from .client import Client
 from .fileobj import ObjectFile
 from .objects import ObjectInfo
 
-__all__ = ["SyncClient"]
+__all__ = ["SyncClient", "CLOSE_WAIT"]
 
+log = logging.getLogger("p2pcache.client")
 T = TypeVar("T")
+CLOSE_WAIT = 10.0  # seconds close() waits for the calls it cancelled to unwind (a write to disk ends first)
+CLOSED = "the client is closed"  # what a call cut by close() or made after it fails with, as Client's
 
 
 class SyncClient:
@@ -22,15 +27,16 @@ class SyncClient:
     def __init__(self, master_url: str, **options) -> None:
         if "session" in options:
             raise TypeError("SyncClient makes its own session, on its own event loop")
+        self._client = Client(master_url, **options)  # bad arguments: refused before a thread starts
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="p2pcache-client", daemon=True)
-        self._thread.start()
-        self._client = Client(master_url, **options)
+        self._thread = threading.Thread(target=self._run, name="p2pcache-client", daemon=True)
+        self._lock = threading.Lock()  # a call is handed to the loop before close() begins, or fails
         self.closed = False
+        self._thread.start()
         try:
             self._call(self._client.start())
         except BaseException:
-            self._stop_loop()
+            self.close()
             raise
 
     @property
@@ -58,13 +64,22 @@ class SyncClient:
         return self._call(self._client.list(bucket, prefix, delimiter))
 
     def close(self) -> None:
-        if self.closed:
+        """Cancel the calls in flight (each fails with ValueError once it has unwound: a download's
+        temp file is gone by then), close the async client and end its loop. Returns once that is
+        done, or after CLOSE_WAIT seconds (logged): what is still unwinding ends on its own thread."""
+        self._refuse_own_loop()
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        shutdown = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        shutdown.add_done_callback(lambda _: self._loop.call_soon_threadsafe(self._loop.stop))
+        self._thread.join(CLOSE_WAIT)
+        if self._thread.is_alive():
+            log.warning("SyncClient.close: calls still unwinding after %g s; they end on the client's thread",
+                        CLOSE_WAIT)
             return
-        self.closed = True
-        try:
-            self._call(self._client.close())
-        finally:
-            self._stop_loop()
+        shutdown.result()
 
     def __enter__(self) -> "SyncClient":
         return self
@@ -73,17 +88,45 @@ class SyncClient:
         self.close()
 
     def _call(self, coro: Awaitable[T]) -> T:
-        if threading.get_ident() == self._thread.ident:
+        try:
+            self._refuse_own_loop()
+            with self._lock:  # once close() began, nothing new reaches the loop it stops
+                if self.closed:
+                    raise ValueError(CLOSED)
+                future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except BaseException:
             coro.close()
-            raise RuntimeError("a SyncClient method was called from its own event loop: use the async Client")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            raise
         try:
             return future.result()
+        except CancelledError:
+            if self.closed:  # close() cancelled it
+                raise ValueError(CLOSED) from None
+            raise
         except BaseException:
             future.cancel()  # e.g. KeyboardInterrupt while waiting: stop the read too
             raise
 
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+    def _refuse_own_loop(self) -> None:
+        if threading.get_ident() == self._thread.ident:
+            raise RuntimeError("a SyncClient method was called from its own event loop: use the async Client")
+
+    def _run(self) -> None:
+        """The loop's thread: it serves calls until close() stops it, then closes it."""
+        try:
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """On the loop: every task on it (calls, an ObjectFile's chunks, the ring follower) cancelled
+        and awaited, then the client closed. No task is left pending when the loop closes, so every
+        caller's future resolves."""
+        self._client.closed = True  # a read starting now fails at once, with CLOSED
+        me = asyncio.current_task()
+        while others := [task for task in asyncio.all_tasks() if task is not me]:
+            for task in others:
+                task.cancel()
+            await asyncio.wait(others)
+        await self._client.close()

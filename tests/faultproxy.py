@@ -4,8 +4,9 @@ of a worker, as the URL it advertises to its peers).
 On ranged GETs it injects a seeded share of faults, each kind in turn: a connection reset, a 503
 SlowDown, a 500, a body cut short, a body that stalls after its headers (and,
 on request, a 403, a 206 without its Content-Range, a body that trickles at `trickle_rate`
-bytes a second, or a request never answered: a hung server; answers held back: `hold`; a
-fault chosen per request: `by_request`). `script` lists
+bytes a second, a request never answered: a hung server, or a 200 HTML page in place of the
+answer, as a misconfigured ingress gives: `page`; answers held back: `hold`; a fault chosen per
+request: `by_request`). `script` lists
 the faults of the next ranged GETs, in order; `get_mode` applies one fault to every ranged
 GET (HEADs and listings pass), `mode` to every request (an outage). It
 counts what it forwards, so a test can bound what S3 sent. One request per connection
@@ -23,7 +24,7 @@ from collections import Counter
 from typing import Callable
 from urllib.parse import urlsplit
 
-__all__ = ["FaultProxy", "FAULTS"]
+__all__ = ["FaultProxy", "FAULTS", "on_nth"]
 
 FAULTS = ("reset", "slowdown", "error", "truncate", "stall")
 _ERRORS = {
@@ -120,6 +121,12 @@ class FaultProxy:
             if fault == "hang":  # as a stopped process whose kernel still accepts: nothing, ever
                 await reader.read()
                 return
+            if fault == "page":
+                page = b"<html><body><h1>Welcome</h1>the ingress has no such service</body></html>\n"
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (len(page), page))
+                await writer.drain()
+                return
             if fault in _ERRORS:
                 self._error(writer, method, *_ERRORS[fault], is_object)
                 await writer.drain()
@@ -186,6 +193,19 @@ class FaultProxy:
                 self.stall_waits.append(time.monotonic() - began)
         finally:
             up_writer.close()
+
+
+def on_nth(n: int, fault: str, method: str = "GET", prefix: str = "/") -> Callable[[str, str], str | None]:
+    """A `by_request` giving `fault` to the `n`th request (from 1) of `method` to a target under `prefix`."""
+    seen = 0
+
+    def choose(m: str, target: str) -> str | None:
+        nonlocal seen
+        if m != method or not target.startswith(prefix):
+            return None
+        seen += 1
+        return fault if seen == n else None
+    return choose
 
 
 def _with_headers(head: bytes, changes: dict[str, str | None]) -> bytes:

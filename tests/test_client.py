@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import mmap
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -16,11 +18,11 @@ from unittest import mock
 import aiohttp
 import pytest
 
-from conftest import CHUNK, metric, p2pcache_get, wait_for
+from conftest import CHUNK, cli_env, metric, p2pcache_get, wait_for
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache import Client, SyncClient
-from p2pcache.errors import NotFound, ObjectChanged
+from p2pcache.errors import NotFound, ObjectChanged, Unavailable
 
 
 def put(s3_client, bucket: str, key: str, size: int, seed: int) -> bytes:
@@ -431,6 +433,32 @@ async def test_p2pcache_get_explains_a_wrong_master_and_reads_a_suffix_of_an_emp
         code, _, err = await p2pcache_get(f"s3://{bucket}/empty", "--master", url)
         assert code == 1 and err.startswith(f"p2pcache get: {url} did not answer as a p2pcache master ({answered}")
         assert err.endswith("is it the master's URL?\n") and err.count("\n") == 1, err
+
+
+async def test_a_worker_given_as_the_master_whose_ring_bucket_answers_is_named_by_get_sync_and_fsspec(
+        cluster, s3_client, tmp_path):
+    """With a bucket named "ring", the worker answers GET /ring with 200 and its listing: `get` said
+    "unpack(b) received extra data." and exited 2, as for bad arguments."""
+    import fsspec
+
+    with contextlib.suppress(s3_client.exceptions.BucketAlreadyOwnedByYou):
+        s3_client.create_bucket(Bucket="ring")
+    worker = cluster.workers[0].url
+    said = (f"{worker} did not answer as a p2pcache master (it answered 200 with no ring: not msgpack: "
+            "'<?xml version=")
+    code, _, err = await p2pcache_get("s3://ring/k", "-o", os.devnull, "--master", worker)
+    assert code == 1 and err.startswith(f"p2pcache get: {said}") and err.endswith("is it the master's URL?\n"), err
+    assert err.count("\n") == 1, err
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "p2pcache", "sync", "s3://ring/", str(tmp_path),
+                                                "--master", worker, env=cli_env(), stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and err.decode().startswith(f"p2pcache sync: {said}") and err.count(b"\n") == 1, err
+    fs = fsspec.filesystem("p2pcache", master=worker, skip_instance_cache=True)
+    try:
+        with pytest.raises(Unavailable, match=re.escape(said)):
+            await asyncio.to_thread(fs.cat_file, "ring/k")
+    finally:
+        await asyncio.to_thread(fs.close)
 
 
 async def test_a_name_no_bucket_can_have_is_refused_at_once_without_blaming_a_worker(cluster, bucket, caplog):

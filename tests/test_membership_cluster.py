@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from dataclasses import replace
 
 import aiohttp
@@ -12,6 +13,7 @@ import msgpack
 import pytest
 
 from conftest import CHUNK, wait_for
+from faultproxy import FaultProxy, on_nth
 from master.config import MasterConfig
 from master.membership import Membership
 from master.server import Master, ring_change
@@ -139,6 +141,39 @@ async def test_a_worker_whose_ring_a_restarted_master_refuses_beats_on_without_i
     assert ("the master refused the ring this worker holds: beating without it from now on: the master at "
             f"{cluster.master.url} refused this worker: invalid worker registration: ring report: master_id must "
             "be 1-64 characters") in caplog.text
+
+
+async def test_a_worker_whose_master_answers_a_ring_request_with_a_page_asks_again_and_follows(
+        cluster_factory, caplog):
+    """Its ring follower died of the page's msgpack error: the worker never had a ring."""
+    cluster = await cluster_factory(1, heartbeat=0.2)
+    proxy = await FaultProxy(cluster.master.url).start()
+    proxy.by_request = on_nth(1, "page", prefix="/ring")
+    try:
+        behind = await cluster.add_worker(master_url=proxy.url)
+        await cluster.wait_converged()
+        await cluster.add_worker()  # and it follows the ring on
+        await cluster.wait_converged()
+        assert proxy.injected["page"] == 1 and "w2" in behind.placement.workers
+    finally:
+        await proxy.stop()
+    assert (f"could not fetch the ring, none yet, asking again every 0.2 s: {proxy.url} did not answer as a "
+            "p2pcache master (it answered 200 with no ring: not msgpack: '<html>") in caplog.text
+
+
+async def test_a_worker_whose_heartbeat_is_answered_with_a_page_beats_on(cluster_factory, caplog):
+    """The page's msgpack error ended its heartbeats for good: the master expired a serving worker."""
+    cluster = await cluster_factory(1, heartbeat=0.2)
+    proxy = await FaultProxy(cluster.master.url).start()
+    proxy.by_request = on_nth(2, "page", method="POST", prefix="/workers")  # the first beat after its start
+    try:
+        await cluster.add_worker(master_url=proxy.url)
+        await wait_for(lambda: proxy.injected["page"] and proxy.targets.count("/workers") >= 4,
+                       what="heartbeats after the page")
+    finally:
+        await proxy.stop()
+    assert re.search(f"heartbeat failed, (serving on the last ring|no ring yet): {re.escape(proxy.url)} did not "
+                     "answer as a p2pcache master \\(it answered a heartbeat with 200 and '<html>", caplog.text)
 
 
 async def test_a_worker_is_ready_only_once_it_is_in_the_ring(cluster_factory):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import collections
 import math
 
+import msgpack
+import pytest
 from hypothesis import given, strategies as st
 
 from p2pcache.objects import ObjectInfo
 from p2pcache.placement import HashPoints, assign
-from p2pcache.ring import DRAINING, SPAN, Placement, RingSnapshot, WorkerInfo
+from p2pcache.ring import DRAINING, SPAN, NewerRing, NotARing, Placement, RingSnapshot, WorkerInfo
 from worker.routing import fill_source, prefer_healthy, read_order
 
 
@@ -26,6 +28,40 @@ def keys(n: int = 4000) -> list:
 def test_snapshot_round_trips_through_msgpack():
     r = ring(3, epoch=7, replicas=2)
     assert RingSnapshot.decode(r.encode()) == r
+
+
+def _with(**changes) -> bytes:
+    d = ring(2, history=((("w0", 1),),)).to_dict() | changes
+    return msgpack.packb({k: v for k, v in d.items() if v is not None})
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (b"<html><body>502 Bad Gateway</body>\n</html>", "not msgpack: '<html><body>502 Bad Gateway</body> </html>'"),
+    (b"", "not msgpack: ''"),
+    (msgpack.packb([1, 2]), "a list, not a map"),
+    (_with(master_id=None), "no master_id"),
+    (_with(epoch="7"), "epoch is str '7'"),
+    (_with(chunk_size=True), "chunk_size is bool True"),
+    (_with(workers=[{"id": "w0", "url": 5}]), "a worker's url is int 5"),
+    (_with(workers=["w0"]), "a worker is a str, not a map"),
+    (_with(workers=[{"url": "http://w0"}]), "its workers or history are malformed: "),
+    (_with(history=[[["w0"]]]), "its workers or history are malformed: "),
+])
+def test_what_is_not_a_ring_is_refused_saying_why(data, why):
+    """A proxy's page, another server's answer or a mangled ring: one named error, never msgpack's
+    or a TypeError (they killed the loaders' ring followers)."""
+    with pytest.raises(NotARing) as refused:
+        RingSnapshot.decode(data)
+    assert str(refused.value).startswith(why) and not isinstance(refused.value, NewerRing)
+
+
+def test_a_newer_masters_ring_with_fields_this_version_lacks_is_refused_not_ignored():
+    """The ring carries what placement depends on: a field skipped could mean other owners. A ring
+    without a field of this version (an older master's) is read with the field's old meaning."""
+    for data in (_with(spread=3), _with(workers=[{"id": "w0", "url": "http://w0", "zone": "a"}])):
+        with pytest.raises(NewerRing, match="this version does not know: (spread|zone)"):
+            RingSnapshot.decode(data)
+    assert RingSnapshot.decode(_with(load=None, replicas=None)).replicas == 1
 
 
 def test_placement_is_the_same_for_every_party_with_the_same_snapshot():

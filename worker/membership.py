@@ -235,13 +235,20 @@ class MembershipAgent:
         self._pace_now = interval
 
     async def _watch(self) -> None:
+        failing = False  # the last ask failed: the next failure is not logged again
         while True:
             try:
                 known = self.ring.version if self.ring else None
                 ring = await self._master.ring(known, wait=LONG_POLL)
-            except Unavailable:
+            except Unavailable as exc:  # unreachable, or no ring in its answer (a proxy's page): ask again
+                if not failing:
+                    log.warning("could not fetch the ring, %s, asking again every %g s: %s",
+                                "serving on the last one" if self.ring is not None else "none yet",
+                                self._interval, exc)
+                failing = True
                 await asyncio.sleep(self._interval)
                 continue
+            failing = False
             if self.ring is None or ring.version != self.ring.version:
                 # Building the hash ring is CPU work that grows with workers x vnodes
                 # (tens of ms for 64 workers): off the event loop.

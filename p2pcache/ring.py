@@ -89,9 +89,9 @@ class RingSnapshot:
     @classmethod
     def from_dict(cls, d: dict) -> "RingSnapshot":
         """The snapshot `d` holds; NotARing (NewerRing for unknown fields) saying why it holds none."""
-        _check_fields(d)
+        _check_map(d, _FIELDS, _REQUIRED)
         try:
-            workers = tuple(WorkerInfo(**_checked_worker(w)) for w in d.get("workers", ()))
+            workers = tuple(WorkerInfo(**_check_map(w, _WORKER_FIELDS, of="a worker")) for w in d.get("workers", ()))
             history = tuple(tuple((wid, weight) for wid, weight in h) for h in d.get("history", ()))
         except NotARing:
             raise
@@ -134,31 +134,23 @@ _REQUIRED = ("master_id", "epoch", "chunk_size")
 _WORKER_FIELDS = {"id": str, "url": str, "capacity": int, "weight": int, "state": str}
 
 
-def _check_fields(d: object) -> None:
-    """NotARing unless `d` is a map of known fields of the right types with the required ones."""
+def _check_map(d: object, fields: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = (),
+               of: str = "") -> dict:
+    """`d`, a map of known `fields` of their types, with the `required` ones; else NotARing saying
+    why (NewerRing for unknown fields), naming the map `of` ("a worker"; "": the ring itself)."""
+    is_, its, named = (f"{of} is ", f"{of}'s ", f"{of.split()[-1]} ") if of else ("", "", "")
     if not isinstance(d, dict):
-        raise NotARing(f"a {type(d).__name__}, not a map")
-    unknown = sorted(str(k) for k in d if k not in _FIELDS)
+        raise NotARing(f"{is_}a {type(d).__name__}, not a map")
+    unknown = sorted(str(k) for k in d if k not in fields)
     if unknown:
-        raise NewerRing(f"fields this version does not know: {', '.join(unknown)}"[:300])
-    missing = [k for k in _REQUIRED if k not in d]
+        raise NewerRing(f"{named}fields this version does not know: {', '.join(unknown)}"[:300])
+    missing = [k for k in required if k not in d]
     if missing:
         raise NotARing(f"no {', '.join(missing)}")
     for k, v in d.items():
-        if not isinstance(v, _FIELDS[k]) or isinstance(v, bool):
-            raise NotARing(f"{k} is {type(v).__name__} {v!r:.50}")
-
-
-def _checked_worker(w: object) -> dict:
-    if not isinstance(w, dict):
-        raise NotARing(f"a worker is a {type(w).__name__}, not a map")
-    unknown = sorted(str(k) for k in w if k not in _WORKER_FIELDS)
-    if unknown:
-        raise NewerRing(f"worker fields this version does not know: {', '.join(unknown)}"[:300])
-    for k, v in w.items():
-        if not isinstance(v, _WORKER_FIELDS[k]) or isinstance(v, bool):
-            raise NotARing(f"a worker's {k} is {type(v).__name__} {v!r:.50}")
-    return w
+        if not isinstance(v, fields[k]) or isinstance(v, bool):
+            raise NotARing(f"{its}{k} is {type(v).__name__} {v!r:.50}")
+    return d
 
 
 def carried(before: Owning, history: tuple[Owning, ...], after: Owning) -> tuple[Owning, ...]:

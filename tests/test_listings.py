@@ -223,6 +223,10 @@ async def test_a_buckets_location_and_region_are_s3s_and_its_other_sub_resources
                 body = await resp.text()
                 assert resp.status == 501 and "<Code>NotImplemented</Code>" in body, name
                 assert "ListBucketResult" not in body
+            async with http.head(f"{cluster.workers[1].url}/{bucket}?{name}") as resp:  # not a HeadBucket's 200
+                assert (resp.status, resp.headers.get("X-P2P-Error")) == (501, "NotImplemented"), name
+        async with http.head(f"{cluster.workers[1].url}/{bucket}") as resp:
+            assert resp.status == 200
 
 
 # Keys XML 1.0 cannot carry (S3 writes them as they are unless asked to encode) and a carriage

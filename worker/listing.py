@@ -68,10 +68,7 @@ class Listings:
     async def list_objects(self, request: web.BaseRequest, bucket: str) -> web.Response:
         """ListObjects(V2), or GetBucketLocation; another sub-resource of the bucket is a 501."""
         q = request.query
-        for name in BUCKET_SUBRESOURCES:
-            if name in q:
-                raise Unsupported(f"p2pcache answers a bucket's listing and location only: "
-                                  f"'{name}' is not supported")
+        refuse_subresources(q)
         if "location" in q:
             region = await self._cache.get(("location", bucket), lambda: self._origin.bucket_location(bucket),
                                            max_age(request.headers))
@@ -113,9 +110,19 @@ class Listings:
         return _xml(f'<ListAllMyBucketsResult xmlns="{NS}">{"".join(xml)}</ListAllMyBucketsResult>')
 
     async def head_bucket(self, request: web.BaseRequest, bucket: str) -> str:
-        """HeadBucket: the bucket's region, "" if S3 did not say (a NotFound if there is no such bucket)."""
+        """HeadBucket: the bucket's region, "" if S3 did not say (a NotFound if there is no such bucket).
+        With another sub-resource (HEAD of `?acl`: that answer's headers) a 501, as GET's."""
+        refuse_subresources(request.query)
         return await self._cache.get(("bucket", bucket), lambda: self._origin.head_bucket(bucket),
                                      max_age(request.headers))
+
+
+def refuse_subresources(query: Mapping[str, str]) -> None:
+    """A 501 for a bucket's sub-resource other than its listing and location: a listing (or a
+    HeadBucket's answer) in its place would be a silent wrong answer."""
+    for name in BUCKET_SUBRESOURCES:
+        if name in query:
+            raise Unsupported(f"p2pcache answers a bucket's listing and location only: '{name}' is not supported")
 
 
 def _size(value: bytes | str | dict) -> int:

@@ -3,6 +3,7 @@ coordinator or a chunk's owner answered is answered as is, not tried again by th
 
 from __future__ import annotations
 
+import hashlib
 import random
 from urllib.parse import parse_qs, urlsplit
 
@@ -181,16 +182,19 @@ async def test_a_hung_peer_costs_a_read_one_timeout_not_one_per_chunk(cluster_fa
     hung, proxy = await _behind_proxy(cluster)
     try:
         size, next_id = 16 * CHUNK, (reader if next_is_reader else filler).id
-        for n in range(400):  # an object whose chunks the hung worker owns all have `next_id` next
-            key, body = f"m{n}.bin", random.Random(n).randbytes(size)
-            s3_client.put_object(Bucket=bucket, Key=key, Body=body)
-            info = ObjectInfo(bucket, key, s3_client.head_object(Bucket=bucket, Key=key)["ETag"], size)
+        body = random.Random(31).randbytes(size)
+        etag = f'"{hashlib.md5(body).hexdigest()}"'  # a single-part upload's: placement known before it
+        for n in range(20_000):  # a key whose chunks the hung worker owns all have `next_id` next
+            info = ObjectInfo(bucket, f"m{n}.bin", etag, size)
             owners = [[w.id for w in reader.placement.owners(info.chunk(i, CHUNK))] for i in range(16)]
             owned = [i for i, ids in enumerate(owners) if ids[0] == hung.id]
             if len(owned) >= 3 and all(owners[i][1] == next_id for i in owned):
                 break
         else:
             raise AssertionError(f"no object whose chunks {hung.id} owns all have {next_id} next")
+        key = info.key
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+        assert s3_client.head_object(Bucket=bucket, Key=key)["ETag"] == etag
         url = f"{reader.url}/{bucket}/{key}"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             asked = await _read_before_and_after_the_hang(http, proxy, url, url, body)

@@ -54,7 +54,7 @@ __all__ = [
     "InvalidPartNumber", "Unsupported",
     "ObjectChanged", "OriginError", "OriginDenied", "Unavailable", "OriginUnavailable",
     "PeerUnavailable", "NoRing", "Refused", "Busy", "PeerError", "PeerStarting", "OriginTimeout", "OriginThrottled",
-    "StoreError", "CorruptChunk", "Relayed", "NO_RING_HEADER", "ORIGIN_HEADER", "origin_error",
+    "StoreError", "CorruptChunk", "Relayed", "NO_RING_HEADER", "ORIGIN_HEADER", "origin_error", "said",
 ]
 
 ORIGIN_HEADER = "X-P2P-Origin"  # on an error caused by S3: the cause (origin_error() reads it)
@@ -332,3 +332,9 @@ class Relayed(P2PError):
     @property
     def headers(self) -> dict[str, str]:
         return self._headers
+
+
+def said(body: bytes, limit: int) -> str:
+    """An answer's body as one line of text for a message: decoded (what is not UTF-8 replaced),
+    its whitespace runs made one space, cut to `limit` characters."""
+    return " ".join(body.decode(errors="replace").split())[:limit]

@@ -12,7 +12,7 @@ import msgpack
 from yarl import URL
 
 from .auth import Signer
-from .errors import BadRequest, Refused, Unauthorized, Unavailable
+from .errors import BadRequest, Refused, Unauthorized, Unavailable, said
 from .ring import NewerRing, NotARing, RingSnapshot, WorkerInfo
 from .ringreport import RingReport
 from .worker_client import ERROR_HEADER
@@ -113,12 +113,6 @@ class MasterClient:
                 return data
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise unreachable(self.url, exc) from exc
-
-
-def said(body: bytes, limit: int) -> str:
-    """An answer's body as one line of text for a message: decoded (what is not UTF-8 replaced),
-    its whitespace runs made one space, cut to `limit` characters."""
-    return " ".join(body.decode(errors="replace").split())[:limit]
 
 
 def _segment(text: str) -> str:

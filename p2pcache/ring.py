@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import msgpack
 
+from .errors import said
 from .objects import ChunkId
 from .placement import LOAD, HashPoints, assign
 
@@ -109,8 +110,7 @@ class RingSnapshot:
         try:
             d = msgpack.unpackb(data)
         except (ValueError, TypeError, msgpack.UnpackException):
-            start = " ".join(data[:80].decode(errors="replace").split())
-            raise NotARing(f"not msgpack: {start!r}") from None
+            raise NotARing(f"not msgpack: {said(data[:80], 80)!r}") from None
         return cls.from_dict(d)
 
     def with_workers(self, workers: tuple[WorkerInfo, ...], epoch: int) -> "RingSnapshot":

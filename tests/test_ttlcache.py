@@ -17,6 +17,11 @@ class Clock:
         return self.now
 
 
+async def returning(value):
+    """A fetch that returns `value` at once."""
+    return value
+
+
 async def test_one_fetch_per_key_per_ttl_shared_by_concurrent_callers():
     clock, calls = Clock(), []
 
@@ -40,7 +45,7 @@ async def test_one_fetch_per_key_per_ttl_shared_by_concurrent_callers():
 async def test_the_oldest_entries_go_past_the_bound():
     cache = TTLCache(ttl=60, clock=Clock(), max_entries=2)
     for key in "abc":
-        await cache.get(key, lambda key=key: asyncio.sleep(0, key))
+        await cache.get(key, lambda key=key: returning(key))
     assert list(cache._entries) == ["b", "c"]
 
 
@@ -113,22 +118,22 @@ async def test_an_invalidated_flight_is_not_stored_and_a_failed_one_is_not_kept(
 
     with pytest.raises(ValueError):
         await cache.get("x", fail)
-    assert cache.peek("x") is None and await cache.get("x", lambda: asyncio.sleep(0, "ok")) == "ok"
+    assert cache.peek("x") is None and await cache.get("x", lambda: returning("ok")) == "ok"
     await cache.close()
 
 
 async def test_values_are_bounded_in_bytes_and_one_heavier_than_the_bound_is_not_kept():
     cache = TTLCache(ttl=60, clock=Clock(), max_bytes=10, size=len)
     for key, value in (("a", "aaaa"), ("b", "bbbb"), ("c", "cc")):
-        await cache.get(key, lambda value=value: asyncio.sleep(0, value))
+        await cache.get(key, lambda value=value: returning(value))
     assert cache.bytes == 10 and list(cache._entries) == ["a", "b", "c"]
-    await cache.get("d", lambda: asyncio.sleep(0, "ddd"))  # the first stored goes
+    await cache.get("d", lambda: returning("ddd"))  # the first stored goes
     assert cache.bytes == 9 and list(cache._entries) == ["b", "c", "d"]
-    assert await cache.get("big", lambda: asyncio.sleep(0, "x" * 11)) == "x" * 11
+    assert await cache.get("big", lambda: returning("x" * 11)) == "x" * 11
     assert cache.peek("big") is None and cache.bytes == 9  # answered, not kept
-    assert await cache.get("c", lambda: asyncio.sleep(0, "c" * 11), max_age=0) == "c" * 11
+    assert await cache.get("c", lambda: returning("c" * 11), max_age=0) == "c" * 11
     assert cache.peek("c") is None and cache.bytes == 7  # nor the older value it supersedes: never back in time
-    await cache.get("b", lambda: asyncio.sleep(0, "b"), max_age=0)
+    await cache.get("b", lambda: returning("b"), max_age=0)
     assert cache.peek("b") == "b" and cache.bytes == 4  # a new value replaces the old one's bytes
     await cache.close()
 
@@ -136,18 +141,18 @@ async def test_values_are_bounded_in_bytes_and_one_heavier_than_the_bound_is_not
 async def test_drop_expired_drops_an_entry_when_it_expires():
     clock = Clock()
     cache = TTLCache(ttl=5, clock=clock, size=len, drop_expired=True)
-    await cache.get("a", lambda: asyncio.sleep(0, "aaa"))
+    await cache.get("a", lambda: returning("aaa"))
     clock.now = 3
-    await cache.get("b", lambda: asyncio.sleep(0, "bb"))
+    await cache.get("b", lambda: returning("bb"))
     clock.now = 5  # "a" expired: dropped when the next value is stored, not only hidden
-    await cache.get("c", lambda: asyncio.sleep(0, "c"))
+    await cache.get("c", lambda: returning("c"))
     assert cache.peek("a") is None and cache.bytes == 3
     cache.invalidate("b")
     assert cache.peek("b") is None and cache.bytes == 1
     await cache.close()
     # On the loop's clock, with nothing else happening: dropped by a timer.
     cache = TTLCache(ttl=0.05, size=len, drop_expired=True)
-    await cache.get("a", lambda: asyncio.sleep(0, "aaa"))
+    await cache.get("a", lambda: returning("aaa"))
     assert cache.bytes == 3
     await wait_for(lambda: cache.bytes == 0 and cache.peek("a") is None, what="the entry to expire")
     await cache.close()

@@ -27,6 +27,7 @@ __all__ = ["HEAD_TIMEOUT", "IDLE_TIMEOUT", "Connection", "Server", "AppRunner", 
 
 HEAD_TIMEOUT = 30.0  # seconds a new connection has to send its first whole request head
 IDLE_TIMEOUT = 75.0  # seconds a connection may wait for its next whole request head (nginx's keepalive_timeout)
+MOMENT = 0.01  # seconds in-flight requests get at a shutdown past its deadline
 
 
 class Connection(RequestHandler):
@@ -77,8 +78,27 @@ class Server(web.Server):
             "head_timeout": HEAD_TIMEOUT if head_timeout is None else head_timeout,
         }
 
+        self._finish_by: float | None = None
+
     def __call__(self) -> Connection:
         return Connection(self, loop=asyncio.get_running_loop(), **self._connection_kwargs)
+
+    def finish_by(self, when: float) -> None:
+        """At shutdown, in-flight requests get until loop time `when` at the latest, however long the
+        runner's `shutdown_timeout`: a stop that already waited for other connections waits no longer in all."""
+        self._finish_by = when
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Let requests in flight end within `timeout` seconds (or by `finish_by`'s time, if sooner),
+        then cut them. aiohttp's own shutdown waits up to its timeout for them, then cancels them and
+        waits up to its timeout again, which a handler writing to a reader who takes nothing sits out
+        to the end (the cancel reaches its request, not its task): each wait gets half."""
+        if self._finish_by is not None:
+            left = self._finish_by - asyncio.get_running_loop().time()
+            timeout = left if timeout is None else min(timeout, left)
+        if timeout is not None:  # aiohttp waits without a limit for a timeout of 0 or less
+            timeout = max(MOMENT, timeout / 2)
+        await super().shutdown(timeout)
 
 
 class AppRunner(web.AppRunner):

@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgpack
 import pytest
+from aiohttp import web
 
 from conftest import CHUNK, SECRET
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache.auth import Signer
+from p2pcache.httpserver import Server
 
 HEAD, IDLE = 2.0, 2.5  # the limits these tests give (30 s and 75 s by default)
 # How long a test waits for a close: the old servers never closed these connections.
@@ -192,3 +195,41 @@ async def test_the_master_answers_a_body_not_whole_in_time_with_408_and_closes(s
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     finally:
         await master.stop()
+
+
+@pytest.mark.parametrize("shutdown_timeout, finish_in", [(3.0, None), (60.0, 3.0)],
+                         ids=["shutdown_timeout", "finish_by"])
+async def test_a_stopping_server_cuts_an_answer_nobody_reads_at_its_limit_not_twice_it(shutdown_timeout, finish_in):
+    """aiohttp's shutdown waits its timeout for a request in flight, cancels the request, and
+    waits its timeout again, which a handler writing to a reader who takes nothing sits out: a
+    server stopping with `shutdown_timeout` (or an earlier `finish_by`) of 3 s took 6 s."""
+    async def stream(request):
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(256):
+            await resp.write(bytes(1 << 20))
+        return resp
+
+    server = Server(stream, handler_cancellation=True)
+    runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the answer stalls at once
+    sock.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(_request("GET", "/"))
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLOSED_WITHIN)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if finish_in is not None:
+            server.finish_by(start + finish_in)
+        await asyncio.wait_for(runner.cleanup(), CLOSED_WITHIN)
+        took = loop.time() - start
+        assert len(await asyncio.wait_for(reader.read(), CLOSED_WITHIN)) < 256 << 20  # cut
+        assert 2.9 <= took < 5.0, took
+    finally:
+        writer.close()

@@ -246,15 +246,17 @@ class ServingProcesses:
         return proc
 
     async def stop(self) -> None:
-        """Stop every serving process (SIGTERM: they finish their reads), then the unix socket."""
+        """Stop every serving process (SIGTERM: they finish their reads, for `--drain-timeout`),
+        then the unix socket; one still running `--drain-timeout` + 5 s after the SIGTERM is killed."""
         self._stopping = True
         procs = [p for p in self._procs if p is not None and p.returncode is None]
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + self._config.drain_timeout + 5  # one for them all
         for proc in procs:
             try:
-                await asyncio.wait_for(proc.wait(), self._config.drain_timeout + 5)
+                await asyncio.wait_for(proc.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except asyncio.TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()

@@ -93,6 +93,7 @@ class Client:
         self._spread = random.randrange(1 << 16)  # which replica this client asks first
         self._ring: RingView | None = None
         self.closed = False
+        self._file_reads: set[asyncio.Task] = set()  # open files' chunk fetches: `close` cancels them
 
     async def start(self) -> "Client":
         if self._session is None:
@@ -110,7 +111,13 @@ class Client:
         return self
 
     async def close(self) -> None:
+        """Close the client: an open file's chunk fetches in flight are cancelled first (a read of one
+        on another thread fails with ValueError), then the ring follower and the connections."""
         self.closed = True
+        fetches = list(self._file_reads)
+        for task in fetches:
+            task.cancel()
+        await asyncio.gather(*fetches, return_exceptions=True)
         try:
             if self._ring is not None:
                 await self._ring.close()
@@ -241,6 +248,18 @@ class Client:
         another thread; until it has returned a byte it moves to a successor of the same size."""
         info = await self._object(bucket, key, fresh=True)
         return ObjectFile(self, info, asyncio.get_running_loop(), self.chunk_size, self._prefetch)
+
+    async def file_read(self, info: ObjectInfo, start: int, stop: int) -> bytes:
+        """`read_range` for an open file, in a task of its own (the file waits on it from another
+        thread) that `close` cancels."""
+        if self.closed:  # it came in as `close` began: the file's read fails as the others do
+            raise asyncio.CancelledError
+        task = asyncio.current_task()
+        self._file_reads.add(task)
+        try:
+            return await self.read_range(info, start, stop)
+        finally:
+            self._file_reads.discard(task)
 
     async def read_range(self, info: ObjectInfo, start: int, stop: int) -> bytes:
         """Bytes `[start, stop)` of exactly the version `info` names, else ObjectChanged."""

@@ -17,7 +17,7 @@ __all__ = ["ObjectFile"]
 class RangeReader(Protocol):
     closed: bool
 
-    async def read_range(self, info: ObjectInfo, start: int, stop: int) -> bytes: ...
+    async def file_read(self, info: ObjectInfo, start: int, stop: int) -> bytes: ...  # cancelled by close
 
     async def reresolve(self, bucket: str, key: str, changed: ObjectChanged) -> ObjectInfo: ...
 
@@ -162,7 +162,7 @@ class ObjectFile(io.RawIOBase):
         start = index * self._chunk
         stop = min(self.size, start + self._chunk)
         self._fetches[index] = asyncio.run_coroutine_threadsafe(
-            self._client.read_range(self.info, start, stop), self._loop)
+            self._client.file_read(self.info, start, stop), self._loop)
 
     def _trim(self, keep: range) -> None:
         """Drop the least recently used chunks outside `keep` (the one being read and those ahead)."""

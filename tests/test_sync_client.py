@@ -1,5 +1,6 @@
-"""`SyncClient.close()` while other threads read: each call in flight fails with the closed client's
-error once it has unwound, and no file it was reading waits for a chunk that cannot come."""
+"""Closing a client while other threads read: `SyncClient.close()` fails each call in flight with the
+closed client's error once it has unwound, and no file it was reading waits for a chunk that cannot
+come; nor does a file of an async `Client` that closes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import threading
 import pytest
 
 from conftest import CHUNK, wait_until
-from p2pcache import SyncClient
+from p2pcache import Client, SyncClient
 
 
 def put(s3_client, bucket: str, key: str, size: int, seed: int) -> bytes:
@@ -103,3 +104,21 @@ def test_bad_arguments_are_refused_before_a_loop_thread_starts():
     with pytest.raises(ValueError, match="concurrency must be at least 1"):
         SyncClient("http://127.0.0.1:1", concurrency=0)
     assert not [t for t in set(threading.enumerate()) - before if t.name == "p2pcache-client"]
+
+
+async def test_an_async_clients_file_fails_its_read_in_flight_when_the_client_closes(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    """`Client.close()` (async) while another thread's read of an open file waits for a chunk:
+    the read fails with the closed client's error, as with SyncClient. The fetch ran on after the
+    close and ended in whatever the closed session gave it first."""
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url, origin_read_timeout=60.0)
+    put(s3_client, bucket, "f.bin", 4 * CHUNK, seed=4)
+    async with Client(cluster.master.url, prefetch=0) as client:
+        assert await client.read(bucket, "f.bin", 0, 1)  # chunk 0 is cached; S3 stalls any other
+        fault_proxy.get_mode = "stall"
+        f = await client.open(bucket, "f.bin")
+        reading = asyncio.create_task(asyncio.to_thread(lambda: outcome(lambda: f.seek(CHUNK + 5) and f.read(10))))
+        await asyncio.to_thread(wait_until, lambda: fault_proxy.stalling >= 1, 15, "the chunk to wait on S3")
+    result = await asyncio.wait_for(reading, 15)  # a bound on a hang, not a timing assertion
+    assert isinstance(result, ValueError), result
+    assert str(result) == f"reading s3://{bucket}/f.bin: the client is closed"

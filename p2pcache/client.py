@@ -24,7 +24,7 @@ from .members import service_url
 from .objects import ChunkId, ObjectInfo, check_bucket
 from .outputs import TEMP_NAME, naming, opened_in_place, outlast, output_of, temp_path, undo_open, write_all
 from .rangereader import RangeReader
-from .ranges import chunk_spans, reslice_range, slice_range
+from .ranges import chunk_spans, offsets, reslice_range, slice_range
 from .ring import Placement, WorkerInfo
 from .ringview import RingView
 from .signer import signer_from
@@ -157,6 +157,7 @@ class Client:
         fails with RangeNotSatisfiable if that version ends at or before a `start` > 0 (see
         `ranges.reslice_range`): the bytes asked for were there, and are gone.
         """
+        start, end = offsets(start, end)
         info = await self._object(bucket, key)
         try:
             return await self.read_range(info, *slice_range(start, end, info.size))
@@ -167,6 +168,7 @@ class Client:
     async def stream(self, bucket: str, key: str, start: int = 0,
                      end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes `[start, end)` in order, one chunk span at a time, `concurrency` spans in flight."""
+        start, end = offsets(start, end)
         info = await self._object(bucket, key)
         async with contextlib.aclosing(self._in_order(bucket, key, info, start, end)) as pieces:
             async for piece in pieces:
@@ -207,6 +209,7 @@ class Client:
         object changed before the download was complete and it starts over).
         """
         path, loop = os.fspath(path), asyncio.get_running_loop()
+        start, end = offsets(start, end)
         out = await loop.run_in_executor(None, output_of, path)  # a directory is refused before any read
         info = await self._object(bucket, key)
         if out.in_place:
@@ -280,6 +283,7 @@ class Client:
         view = memoryview(buffer).cast("B")
         if view.readonly:
             raise ValueError("read_into needs a writable buffer")
+        start, _ = offsets(start)
         info = await self._object(bucket, key)
         for attempt in (1, 2):
             a, _ = (slice_range if attempt == 1 else reslice_range)(start, None, info.size)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import operator
+import os
+import threading
 from collections import OrderedDict
 from concurrent.futures import CancelledError, Future
 from typing import Protocol
@@ -32,6 +35,10 @@ class ObjectFile(io.RawIOBase):
     If its version is gone before it returned a byte, it moves, once per read, to the version
     that replaced it when that has the same size (`objects.may_move`); any other change fails
     the read with ObjectChanged.
+
+    Threads may share it: each read and seek is whole (one at a time), as with a FileIO, so
+    each read returns the bytes at one position. A child process made by fork() cannot wait for
+    a chunk: the client's thread did not come with it (RuntimeError, not a hang).
     """
 
     def __init__(self, client: RangeReader, info: ObjectInfo, loop: asyncio.AbstractEventLoop,
@@ -45,6 +52,9 @@ class ObjectFile(io.RawIOBase):
         self._pos = 0
         self._last_end = 0  # where the previous read stopped: a read from here is sequential
         self._returned = False  # a read returned a byte: the caller may hold bytes of `info`
+        self._lock = threading.RLock()  # a read or a seek at a time: one position, one chunk table
+        self._pid = os.getpid()  # the process whose thread runs `loop`
+        self._closing = False  # close() began: a read it cut fails as one of a closed file
 
     @property
     def name(self) -> str:
@@ -61,16 +71,22 @@ class ObjectFile(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._checkClosed()
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}.get(whence)
-        if base is None:
-            raise ValueError(f"invalid whence {whence}")
-        if base + offset < 0:
-            raise OSError(22, f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
+        offset = operator.index(offset)  # a float is a TypeError here, as with FileIO
+        with self._lock:
+            self._checkClosed()
+            base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}.get(whence)
+            if base is None:
+                raise ValueError(f"invalid whence {whence}")
+            if base + offset < 0:
+                raise OSError(22, f"negative seek position {base + offset}")
+            self._pos = base + offset
+            return self._pos
 
     def readinto(self, buffer) -> int:
+        with self._lock:
+            return self._readinto(buffer)
+
+    def _readinto(self, buffer) -> int:
         self._checkClosed()
         view = memoryview(buffer).cast("B")
         n = max(0, min(len(view), self.size - self._pos))
@@ -108,14 +124,23 @@ class ObjectFile(io.RawIOBase):
         """What `fetch` (a chunk's bytes, a version) gives; ValueError if the client was closed before
         it came (the client cancelled it as it closed, or it may never come: nothing is waited for
         once closed)."""
-        if self._client.closed and not fetch.done():
-            raise self._closed()
+        if not fetch.done():
+            if self._client.closed:
+                raise self._closed()
+            self._check_process()
         try:
             return fetch.result()
         except CancelledError:
             if self._client.closed:
                 raise self._closed() from None
+            if self._closing:  # closed on another thread while this read waited
+                raise ValueError("I/O operation on closed file.") from None
             raise
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(f"reading {self.name}: the file was opened in process {self._pid}, before a "
+                               "fork(); its client's thread is not in this process: open it here")
 
     def _closed(self) -> ValueError:
         return ValueError(f"reading {self.name}: the client is closed")
@@ -137,21 +162,27 @@ class ObjectFile(io.RawIOBase):
         return True
 
     def readall(self) -> bytes:
-        buf = bytearray(max(0, self.size - self._pos))
-        n = self.readinto(buf)
+        with self._lock:
+            buf = bytearray(max(0, self.size - self._pos))
+            n = self._readinto(buf)
         return bytes(buf[:n]) if n < len(buf) else bytes(buf)
 
     def close(self) -> None:
-        for future in self._fetches.values():
+        self._closing = True
+        for future in list(self._fetches.values()):  # first: a read waiting on one holds the lock
             future.cancel()
-        self._fetches.clear()
-        super().close()
+        with self._lock:
+            for future in self._fetches.values():
+                future.cancel()
+            self._fetches.clear()
+            super().close()
 
     def _start(self, index: int) -> None:
         if index in self._fetches:
             return
         if self._client.closed:
             raise self._closed()
+        self._check_process()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

@@ -14,6 +14,7 @@ from fsspec.callbacks import DEFAULT_CALLBACK
 from fsspec.spec import AbstractBufferedFile
 from fsspec.utils import isfilelike
 
+from .bounds import bounded
 from .client import Client
 from .errors import NotFound, ObjectChanged, P2PError, RangeNotSatisfiable
 from .objects import BUCKET_NAME, ObjectInfo, may_move
@@ -72,7 +73,7 @@ class P2PCacheFileSystem(AsyncFileSystem):
         self.master = master or os.environ.get("P2PCACHE_MASTER", "")
         if not self.master:
             raise ValueError("p2pcache: give master='http://...' or set P2PCACHE_MASTER")
-        self.block_size = block_size  # default: the ring's chunk size
+        self.block_size = _block_size(block_size)  # default: the ring's chunk size
         signer_from(access_key, secret_key, region, credentials)  # a bad option fails here, not at a read
         self._options = {"concurrency": concurrency, "access_key": access_key, "secret_key": secret_key,
                          "region": region, "credentials": credentials, "tls_ca": tls_ca}
@@ -102,6 +103,14 @@ class P2PCacheFileSystem(AsyncFileSystem):
 
     def close(self) -> None:
         sync(self.loop, self._close)
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        """fsspec's, and a path's leading slashes, as s3fs drops them: `/bucket/key` and
+        `p2pcache:///bucket/key` are `bucket/key`, not the root."""
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        return super()._strip_protocol(path).lstrip("/")
 
     def _split(self, path: str) -> tuple[str, str]:
         bucket, _, key = self._strip_protocol(path).partition("/")
@@ -183,7 +192,10 @@ class P2PCacheFileSystem(AsyncFileSystem):
         return entries if detail else [e["name"] for e in entries]
 
     async def _find(self, path: str, maxdepth: int | None = None, withdirs: bool = False, **kwargs):
-        if maxdepth is not None or withdirs:
+        """Every object under `path` from one listing without a delimiter (with `withdirs`, the
+        directories their keys name, and `path` itself), as s3fs does: a walk would miss keys
+        holding `//` (a listing names `a//` a prefix, as it names `a/`)."""
+        if maxdepth is not None:
             return await super()._find(path, maxdepth=maxdepth, withdirs=withdirs, **kwargs)
         bucket, key = self._split(path)
         client = await self._get_client()
@@ -192,6 +204,13 @@ class P2PCacheFileSystem(AsyncFileSystem):
         entries = {e["name"]: e for e in (_listed(bucket, o) for o in objects)}
         if not entries and key and await self._isfile(path):
             entries = {f"{bucket}/{key}": await self._info(path)}
+        elif withdirs and entries:
+            top = f"{bucket}/{prefix}".rstrip("/")
+            for name in list(entries):
+                parent = name.rsplit("/", 1)[0]
+                while len(parent) >= len(top) and parent not in entries:
+                    entries[parent] = {"name": parent, "size": 0, "type": "directory"}
+                    parent = parent.rsplit("/", 1)[0]
         names = sorted(entries)
         return {n: entries[n] for n in names} if kwargs.get("detail") else names
 
@@ -200,7 +219,7 @@ class P2PCacheFileSystem(AsyncFileSystem):
         if mode != "rb":
             raise NotImplementedError(f"p2pcache is read-only: cannot open {path} with mode {mode!r}")
         info, chunk_size = sync(self.loop, self._pin, path)
-        return P2PCacheFile(self, path, info, block_size=block_size or self.block_size or chunk_size,
+        return P2PCacheFile(self, path, info, block_size=_block_size(block_size) or self.block_size or chunk_size,
                             cache_type=cache_type, cache_options=cache_options)
 
     async def _pin(self, path: str) -> tuple[ObjectInfo, int]:
@@ -277,6 +296,15 @@ class P2PCacheFile(AbstractBufferedFile):
                                   f"(ETag {self.object_info.etag}, now {read.etag})")
             self.object_info, self._returned = read, True
         return data
+
+
+def _block_size(value: int | None) -> int | None:
+    """`block_size` if it is None or a whole number of bytes from 1 (a negative one cut reads short)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"p2pcache:// filesystem: block_size is a number of bytes, not {value!r}")
+    return bounded("block_size", value, 1)
 
 
 def _file_entry(info: ObjectInfo) -> dict:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import operator
 import re
 from typing import Iterator, NamedTuple
 
 from .errors import RangeNotSatisfiable
 
-__all__ = ["ByteRange", "parse_range", "slice_range", "reslice_range", "range_offsets", "chunk_count", "chunk_length", "chunk_spans"]
+__all__ = ["ByteRange", "parse_range", "offsets", "slice_range", "reslice_range", "range_offsets", "chunk_count", "chunk_length", "chunk_spans"]
 
 # Blanks around "=" and "-" are tolerated; inside a number they make the header invalid ("1 0" is not 10).
 # The unit is case-insensitive (RFC 9110: `BYTES=0-5` is a range).
@@ -58,6 +59,12 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         raise RangeNotSatisfiable(size)
     stop = size if last == "" else min(_number(last) + 1, size)
     return ByteRange(start, stop, size)
+
+
+def offsets(start: int, end: int | None = None) -> tuple[int, int | None]:
+    """`start` and `end` as ints (a NumPy integer too; `end` may be None), else TypeError: a float
+    failed only deep in a read, as a ctypes error."""
+    return operator.index(start), None if end is None else operator.index(end)
 
 
 def slice_range(start: int, end: int | None, size: int) -> tuple[int, int]:

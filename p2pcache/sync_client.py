@@ -31,6 +31,7 @@ class SyncClient:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="p2pcache-client", daemon=True)
         self._lock = threading.Lock()  # a call is handed to the loop before close() begins, or fails
+        self._pid = os.getpid()  # the process the loop's thread runs in (a fork() child has no such thread)
         self.closed = False
         self._thread.start()
         try:
@@ -68,6 +69,9 @@ class SyncClient:
         temp file is gone by then), close the async client and end its loop. Returns once that is
         done, or after CLOSE_WAIT seconds (logged): what is still unwinding ends on its own thread."""
         self._refuse_own_loop()
+        if os.getpid() != self._pid:  # a fork() child's copy: its loop, thread (and lock) are the parent's
+            self.closed = True
+            return
         with self._lock:
             if self.closed:
                 return
@@ -89,6 +93,7 @@ class SyncClient:
 
     def _call(self, coro: Awaitable[T]) -> T:
         try:
+            self._refuse_fork_child()
             self._refuse_own_loop()
             with self._lock:  # once close() began, nothing new reaches the loop it stops
                 if self.closed:
@@ -110,6 +115,11 @@ class SyncClient:
     def _refuse_own_loop(self) -> None:
         if threading.get_ident() == self._thread.ident:
             raise RuntimeError("a SyncClient method was called from its own event loop: use the async Client")
+
+    def _refuse_fork_child(self) -> None:
+        if os.getpid() != self._pid:  # the call would wait for a thread that is not in this process
+            raise RuntimeError(f"this SyncClient was made in process {self._pid}, before a fork(): its event "
+                               "loop's thread is not in this process; make a SyncClient in the child")
 
     def _run(self) -> None:
         """The loop's thread: it serves calls until close() stops it, then closes it."""

@@ -205,3 +205,55 @@ async def test_exists_and_isdir_of_a_bucket_say_whether_it_is_there(cluster, s3_
             fs.info("no-such-bucket-p2p")
 
     await asyncio.to_thread(scenario)
+
+
+async def test_a_leading_slash_names_the_bucket_as_s3fs_has_it(cluster, s3_client, bucket, tmp_path):
+    """`/bucket/key` and `p2pcache:///bucket/key` were the root: `exists` of any such path was
+    True, `get` of a directory wrote nothing, and `get_file` of a missing object made a directory."""
+    body = put(s3_client, bucket, "d/k.bin", 2 * CHUNK + 3, seed=20)
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("p2pcache", master=cluster.master.url)
+        assert not fs.exists("/no-such-bucket/no/such/key")
+        assert fs.info(f"/{bucket}/d/k.bin")["size"] == len(body)
+        assert fs.cat_file(f"p2pcache:///{bucket}/d/k.bin") == body
+        fs.get(f"/{bucket}/d/", str(tmp_path / "tree"), recursive=True)
+        assert (tmp_path / "tree/k.bin").read_bytes() == body
+        with pytest.raises(FileNotFoundError):
+            fs.get_file(f"/{bucket}/d/missing", str(tmp_path / "missing"))
+        assert not (tmp_path / "missing").exists()
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_a_recursive_get_copies_keys_holding_double_slashes(cluster, s3_client, bucket, tmp_path):
+    """A listing names `x//` a prefix; it was taken for `x`, the directory itself, and a walk
+    never saw `x//y.txt`: `get` left it out, with no error."""
+    inner = put(s3_client, bucket, "dbl/x//y.txt", 10, seed=21)
+    plain = put(s3_client, bucket, "dbl/z.txt", 11, seed=22)
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("p2pcache", master=cluster.master.url)
+        found = fs.find(f"{bucket}/dbl/", withdirs=True)
+        assert f"{bucket}/dbl/x//y.txt" in found and f"{bucket}/dbl/z.txt" in found
+        assert fs.find(f"{bucket}/dbl") == [f"{bucket}/dbl/x//y.txt", f"{bucket}/dbl/z.txt"]
+        fs.get(f"{bucket}/dbl/", str(tmp_path / "out"), recursive=True)
+        assert (tmp_path / "out/x/y.txt").read_bytes() == inner and (tmp_path / "out/z.txt").read_bytes() == plain
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_a_block_size_that_is_not_a_positive_number_of_bytes_is_refused(cluster, s3_client, bucket):
+    """-1 cut every read one byte short, and a string failed only at the first read."""
+    put(s3_client, bucket, "k", 100, seed=23)
+    master = cluster.master.url
+
+    def scenario() -> None:
+        for bad, error in ((-1, ValueError), (0, ValueError), ("x", TypeError), (1.5, TypeError)):
+            with pytest.raises(error, match="block_size"):
+                fsspec.filesystem("p2pcache", master=master, block_size=bad, skip_instance_cache=True)
+        fs = fsspec.filesystem("p2pcache", master=master)
+        with pytest.raises(ValueError, match="block_size"):
+            fs.open(f"{bucket}/k", block_size=-5)
+
+    await asyncio.to_thread(scenario)

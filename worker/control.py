@@ -17,7 +17,7 @@ from typing import Callable
 from aiohttp import web
 
 from p2pcache.control import KEEP_SHARE, MAX_BATCH, MSGPACK, chunk_from_wire, pack, ring_from_wire, unpack
-from p2pcache.errors import BadRequest, NotOwner, P2PError, StoreError
+from p2pcache.errors import BadRequest, NotOwner, ObjectChanged, P2PError, StoreError
 from p2pcache.httpserver import read_body
 from p2pcache.objects import ChunkId
 from p2pcache.ring import Placement
@@ -112,7 +112,7 @@ class Control:
         """Fill `c` (once per object and batch, its object checked first) and keep it if `keep`."""
         version = (c.bucket, c.key, c.etag, c.size)
         if version not in checks:  # one (cached) HEAD per object and batch
-            checks[version] = asyncio.ensure_future(inputs.check_chunk_object(self._objects, c))
+            checks[version] = asyncio.ensure_future(self._check(c))
         await asyncio.shield(checks[version])
         outcome = "cached"
         stream = self._chunks.local(c, 0, 0)
@@ -130,11 +130,25 @@ class Control:
                 raise StoreError(f"{c.ring_key} was not stored: {why}")
             self._store.promote(c.name)  # else the set's next fills may evict it (worker/eviction.py)
             if keep:
+                self._check_current(c)  # no await from here to `add`
                 await self._keeps.add(c)  # while the stream holds the chunk: not evicted meanwhile
                 self._worker.rebalancer.kept(c)  # handed over meanwhile (a drain): the keep goes too
         finally:
             stream.close()
         return [outcome, ""]
+
+    async def _check(self, c: ChunkId) -> None:
+        """`c` is of its object's current version (a HEAD's answer), so the pins of others go."""
+        await inputs.check_chunk_object(self._objects, c)
+        await self._keeps.supersede(c.bucket, c.key, c.etag)
+
+    def _check_current(self, c: ChunkId) -> None:
+        """ObjectChanged if a HEAD found another version of `c`'s object while `c` was filled: its
+        pins were released then (`Keeps.supersede`), and this one would never be."""
+        now = self._objects.peek(c.bucket, c.key)
+        if now is not None and now.etag != c.etag:
+            raise ObjectChanged(f"s3://{c.bucket}/{c.key} is at version {now.etag} now, not {c.etag}: "
+                                f"{c.ring_key} is not kept")
 
     async def status(self, request: web.BaseRequest) -> web.Response:
         placement = self._worker.placement

@@ -30,6 +30,10 @@ class Keeps:
     pinned (last) is the record's mtime: an unpin this worker hears of late drops only the
     keeps made before it (`release`).
 
+    A keep is for the object's current version: one that S3 has replaced can never be read
+    again (chunks are named by the ETag), so the worker releases it when it learns of a newer
+    version (`supersede`); the chunks stay cached, evicted as any other.
+
     At most `limit` bytes are kept (KEEP_SHARE of the store's capacity). A chunk is
     filled before it is kept, so the bytes of the chunks being filled to be kept are
     held against the limit from the check on (`would_keep`, then `holding`, with no
@@ -37,12 +41,15 @@ class Keeps:
     pass and add up past it.
     """
 
-    def __init__(self, root: Path, capacity: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, root: Path, capacity: int, clock: Callable[[], float] = time.time,
+                 on_superseded: Callable[[int], None] = lambda chunks: None) -> None:
         self._root = Path(root)
         self.limit = int(capacity * KEEP_SHARE)
         self._clock = clock  # a wall clock: it dates the records on disk
         self._kept: dict[str, ChunkId] = {}
         self._at: dict[str, float] = {}  # name -> when it was pinned last
+        self._objects: dict[tuple[str, str], set[str]] = {}  # (bucket, key) -> its kept chunks, any version
+        self._on_superseded = on_superseded  # chunks released by `supersede`
         self.bytes = 0
         self._held: dict[str, int] = {}  # name -> how many fills to keep it run (preloads)
         self._held_bytes = 0  # of the held chunks not kept yet (a kept one is in `bytes`)
@@ -68,8 +75,7 @@ class Keeps:
             return
         for c, at in found:
             if c.name not in self._kept:
-                self._kept[c.name], self._at[c.name] = c, at
-                self.bytes += c.length
+                self._remember(c, at)
         await self._trim()
         if dropped:
             log.warning("dropped %d malformed keep records from %s", dropped, self._root)
@@ -133,8 +139,7 @@ class Keeps:
         if not new:
             at = max(at, self._at[c.name])
         if new:
-            self._kept[c.name] = c
-            self.bytes += c.length
+            self._remember(c, at)
             if c.name in self._held:  # counted in `bytes` now
                 self._held_bytes -= c.length
         self._at[c.name] = at
@@ -153,11 +158,52 @@ class Keeps:
         gone = [self._kept.pop(n) for n in names if n in self._kept]
         for c in gone:
             del self._at[c.name]
+            same = self._objects[(c.bucket, c.key)]
+            same.discard(c.name)
+            if not same:
+                del self._objects[(c.bucket, c.key)]
         self.bytes -= sum(c.length for c in gone)
         self._held_bytes += sum(c.length for c in gone if c.name in self._held)  # unpinned while filled
         if gone and self.unreadable is None:  # with it, none was recorded
             await run(unlink_all, [self._root / c.name for c in gone])
         return len(gone)
+
+    def _remember(self, c: ChunkId, at: float) -> None:
+        self._kept[c.name], self._at[c.name] = c, at
+        self._objects.setdefault((c.bucket, c.key), set()).add(c.name)
+        self.bytes += c.length
+
+    def superseded(self, bucket: str, key: str, etag: str) -> list[ChunkId]:
+        """The kept chunks of s3://bucket/key at another version than `etag`."""
+        return [c for c in self._of(bucket, key) if c.etag != etag]
+
+    async def supersede(self, bucket: str, key: str, etag: str) -> int:
+        """S3 has s3://bucket/key at version `etag`: stop keeping its chunks of any other version.
+        How many were released."""
+        return await self._release_versions(bucket, key, self.superseded(bucket, key, etag),
+                                            f"S3 has version {etag} now")
+
+    def _of(self, bucket: str, key: str) -> list[ChunkId]:
+        return [self._kept[n] for n in self._objects.get((bucket, key), ())]
+
+    async def _release_versions(self, bucket: str, key: str, old: list[ChunkId], why: str) -> int:
+        """Stop keeping `old`, chunks of replaced versions of s3://bucket/key: no read asks for them
+        again (they stay cached, for a peer whose HEAD is older, until evicted). One line per object."""
+        if not old:
+            return 0
+        versions = sorted({c.etag for c in old})
+        try:
+            await self.discard([c.name for c in old])  # out of memory before the records go: released all the same
+        except OSError as exc:
+            log.warning("cannot remove the keep records of the replaced versions of s3://%s/%s (%s): "
+                        "they are kept again after a restart, until this worker sees the new version again",
+                        bucket, key, exc)
+        self._on_superseded(len(old))
+        log.info("released the pins of s3://%s/%s at %s %s (%d chunks, %d bytes): %s, so no read asks for "
+                 "them; they are evicted as any other chunk", bucket, key,
+                 "version" if len(versions) == 1 else "versions", ", ".join(versions), len(old),
+                 sum(c.length for c in old), why)
+        return len(old)
 
     async def release(self, bucket: str, prefix: str, before: float) -> int:
         """Stop keeping the chunks under the prefix pinned before `before` (this worker's wall clock)."""

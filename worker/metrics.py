@@ -57,6 +57,9 @@ class WorkerMetrics:
         self.handoff_pins_over_limit = Counter(
             "p2pcache_handoff_pins_over_limit", "Pinned chunks handed to this worker that it took but did not "
             "keep: keeping them would have passed its keep limit", registry=r)
+        self.superseded_pins = Counter(
+            "p2pcache_superseded_pins", "Kept chunks released because S3 has a newer version of their object "
+            "(no read asks for them: they are evicted as any other chunk)", registry=r)
         self.pinned_bytes = Gauge(
             "p2pcache_pinned_bytes", "Bytes of chunks a pinned preload keeps from eviction", registry=r)
         self.serve_processes = Gauge(

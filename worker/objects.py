@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from p2pcache.errors import NotFound
 from p2pcache.objects import ObjectInfo
@@ -29,13 +29,16 @@ class ObjectCache:
     A HEAD that finds another version than the one remembered (or none, or one
     where none was) calls `on_change(bucket, key)` before any caller gets its
     answer: the serving processes must drop their older copies first
-    (worker/generation.py)."""
+    (worker/generation.py). Every version a HEAD finds is given to `on_version` (awaited
+    too): what the worker holds of other versions is stale, a first sight after a restart
+    included."""
 
     def __init__(self, origin: S3Origin, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 max_entries: int = 100_000, on_change: Callable[[str, str], None] = lambda bucket, key: None) -> None:
+                 max_entries: int = 100_000, on_change: Callable[[str, str], None] = lambda bucket, key: None,
+                 on_version: Callable[[ObjectInfo], Awaitable[None]] | None = None) -> None:
         self._origin = origin
         self._cache = TTLCache(ttl, clock, max_entries)
-        self._on_change = on_change
+        self._on_change, self._on_version = on_change, on_version
 
     async def get(self, bucket: str, key: str, max_age: float | None = None) -> ObjectInfo:
         """The identity from a HEAD sent less than `min(ttl, max_age)` seconds ago (0: after this call)."""
@@ -43,6 +46,11 @@ class ObjectCache:
         if isinstance(result, Missing):
             raise not_found(bucket, key, result)
         return result
+
+    def peek(self, bucket: str, key: str) -> ObjectInfo | None:
+        """The version the last HEAD found, however old; None if it found none or there was none."""
+        found = self._cache.peek((bucket, key))
+        return found if isinstance(found, ObjectInfo) else None
 
     def invalidate(self, bucket: str, key: str) -> None:
         """Ask S3 at the next `get` (what it answers is still compared with what was remembered)."""
@@ -56,6 +64,8 @@ class ObjectCache:
         # Here, inside the fetch: its callers resume only after this returns.
         if changed(self._cache.peek((bucket, key)), found):
             self._on_change(bucket, key)
+        if self._on_version is not None and isinstance(found, ObjectInfo):
+            await self._on_version(found)
         return found
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ from p2pcache.httplog import OncePer, QuietParseErrors
 from p2pcache.httpserver import Server, read_body
 from p2pcache.master_client import MasterClient
 from p2pcache.metrics import metrics_handler
+from p2pcache.objects import ObjectInfo
 from p2pcache.origin import OriginHooks, S3Origin
 from p2pcache.ring import DRAINING, Placement, WorkerInfo
 from p2pcache.s3headers import response_overrides
@@ -150,7 +151,8 @@ class Worker:
         self._began = True
         server_ssl = await asyncio.to_thread(tls.server_context, cfg.tls_cert, cfg.tls_key)
         client_ssl = await asyncio.to_thread(tls.client_context, cfg.tls_ca)
-        self.keeps = Keeps(Path(cfg.cache_dir) / "kept", cfg.capacity, self.wall_clock)
+        self.keeps = Keeps(Path(cfg.cache_dir) / "kept", cfg.capacity, self.wall_clock,
+                           on_superseded=self.metrics.superseded_pins.inc)
         self.store = ChunkStore(cfg.cache_dir, cfg.capacity, cfg.min_free, kept=self.keeps.__contains__,
                                 policy=POLICIES[cfg.eviction], before_late_load=self._load_keeps_again,
                                 guard=self._lock.check)
@@ -174,7 +176,8 @@ class Worker:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=PEER_CONNECTIONS, force_close=False,
                                            ssl=client_ssl),
             auto_decompress=False))
-        self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock, on_change=self._object_changed)
+        self.objects = ObjectCache(self.origin, cfg.meta_ttl, self.clock, on_change=self._object_changed,
+                                   on_version=self._object_version)
         self.listings = Listings(self.origin, cfg.meta_ttl, cfg.listing_cache_bytes, self.clock)
         budget = PieceBudget(COORDINATOR_PIECES)
         self.turns = Turns(cfg.max_reads or budget.floor_streams, cfg.read_wait, cfg.send_timeout,
@@ -335,6 +338,10 @@ class Worker:
         self.metrics.object_changes.inc()
         if self.procs is not None:
             self.procs.identity_changed()
+
+    async def _object_version(self, info: ObjectInfo) -> None:
+        """S3 has `info`'s version of its object: the pins of other versions are stale."""
+        await self.keeps.supersede(info.bucket, info.key, info.etag)
 
     def _placement(self) -> Placement:
         if self.placement is None:

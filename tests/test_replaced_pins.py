@@ -10,6 +10,8 @@ import aiohttp
 
 from conftest import CHUNK, SECRET, metric
 from p2pcache.admin_client import AdminClient, preload
+from p2pcache.auth import Signer
+from p2pcache.control import WorkerControl
 from p2pcache.objects import ChunkId, ObjectInfo
 
 CAPACITY = 12 * (CHUNK + 512)  # a dozen chunk files per worker: keep limit 10.8 chunks
@@ -75,3 +77,19 @@ async def test_a_head_that_finds_a_newer_version_releases_the_old_pins(cluster_f
     async with AdminClient(cluster.master.url, SECRET) as admin:
         assert sum(row["pinned"] for row in (await admin.status())["workers"]) == 0
 
+
+async def test_an_overwrite_during_a_pinned_preload_releases_what_it_had_pinned(cluster_factory, s3_client, bucket):
+    """The batches of a pinned preload (as the master's job sends them): the first is kept, then the
+    object is overwritten; the next one's fills get 412 from S3, and the pins of the first go too."""
+    cluster = await cluster_factory(1, capacity=CAPACITY, meta_ttl=60.0)  # the worker's HEAD stays v1
+    worker = cluster.workers[0]
+    chunks = overwrite(s3_client, bucket, 6, 1)
+    control = WorkerControl(cluster.session, Signer(SECRET))
+    me, ring = worker.placement.members[worker.id], worker.placement.ring.version
+    assert [r[0] for r in await control.preload(me, chunks[:3], True, ring)] == ["filled"] * 3
+    assert len(kept(cluster)) == 3
+    overwrite(s3_client, bucket, 6, 2)
+    results = await control.preload(me, chunks[3:], True, ring)
+    assert all(r[0] == "error" and r[1].startswith("ObjectChanged: ") for r in results), results
+    assert kept(cluster) == set() and worker.keeps.bytes == 0
+    assert await released(cluster) == 3

@@ -123,7 +123,12 @@ class Control:
                     # No await from here to the flight's start: "filled" means this call started it.
                     outcome = "joined" if self._chunks.filling(c) else "filled"
                     source = fill_source(placement.owners(c), placement.ring.replicas, self._worker.id, 0)
-                    stream = await self._chunks.open_local(c, 0, 0, source, 0)
+                    try:
+                        stream = await self._chunks.open_local(c, 0, 0, source, 0)
+                    except ObjectChanged:  # S3 has replaced this version: its pins are stale
+                        self._objects.invalidate(c.bucket, c.key)  # the next check asks S3 for the new one
+                        await self._keeps.replaced(c.bucket, c.key, c.etag)
+                        raise
         try:
             if c.name not in self._store:  # streamed around the disk: failing, or no room
                 why = self._chunks.disk.degraded or "the cache did not keep it"

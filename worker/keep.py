@@ -183,6 +183,12 @@ class Keeps:
         return await self._release_versions(bucket, key, self.superseded(bucket, key, etag),
                                             f"S3 has version {etag} now")
 
+    async def replaced(self, bucket: str, key: str, etag: str) -> int:
+        """S3 no longer has s3://bucket/key at version `etag` (it answered a read of it with 412):
+        stop keeping its chunks of that version. How many were released."""
+        return await self._release_versions(bucket, key, [c for c in self._of(bucket, key) if c.etag == etag],
+                                            "S3 has another version now")
+
     def _of(self, bucket: str, key: str) -> list[ChunkId]:
         return [self._kept[n] for n in self._objects.get((bucket, key), ())]
 

@@ -10,6 +10,7 @@ import aiohttp
 from yarl import URL
 
 from .auth import SCHEME, Signer
+from .config import split_s3_url
 from .errors import AccessDenied, BadRequest, NotFound, P2PError, Unavailable
 from .master_client import not_master, unreachable
 
@@ -70,6 +71,11 @@ class AdminClient:
         return await self._call("POST", "/unpin", {"urls": list(urls)}, partial=True)
 
     async def status(self, url: str | None = None) -> dict:
+        if url:
+            try:
+                split_s3_url(url)  # a query cannot carry text that is not UTF-8
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
         return await self._call("GET", "/status", params={"url": url} if url else None)
 
     async def _call(self, method: str, path: str, body: dict | None = None,

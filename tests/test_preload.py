@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from dataclasses import replace
 
 import aiohttp
@@ -392,3 +393,37 @@ async def test_an_owner_whose_ring_lags_waits_for_it_rather_than_use_up_a_round(
         assert job.chunks_cached == len(objects)
     finally:
         await proxy.stop()
+
+
+async def test_a_bad_preload_request_is_400_before_anything_is_listed(cluster_factory, fault_proxy, s3_client, bucket,
+                                                                      caplog):
+    """A URL that is not UTF-8 crashed the master (500), an invalid bucket name was a 502 quoting
+    botocore's regex, a `pin` of "true" was taken as false, and 200 copies of one URL were 200
+    listings, all logged on one line."""
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url)
+    for i in range(8):
+        s3_client.put_object(Bucket=bucket, Key=f"m/{i}", Body=b"x")
+    listings = lambda: sum("list-type" in t for t in fault_proxy.targets)  # noqa: E731
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        for urls, pin, code, why in (
+                ([f"s3://{bucket}/m/\udcff"], False, "InvalidRequest", "is not UTF-8"),
+                (["s3://models:80/m/"], False, "InvalidBucketName", "invalid bucket name 'models:80'"),
+                ([f"s3://{'b' * 300}/m/"], False, "InvalidBucketName", "(300 characters): a bucket's name is 1 to 255"),
+                ([f"s3://{bucket}/m/"], "true", "InvalidRequest", "\"pin\" must be true or false, not 'true'"),
+                ([f"s3://{bucket}/m/{i}" for i in range(1001)], False, "TooManyURLs", "at most 1000 per request")):
+            with pytest.raises(BadRequest, match=re.escape(why)) as refused:
+                await admin.preload(urls, pin)
+            assert refused.value.code == code and len(str(refused.value)) < 240, str(refused.value)
+        with pytest.raises(BadRequest, match="is not UTF-8"):
+            await admin.status(f"s3://{bucket}/m/\udcff")
+        with pytest.raises(BadRequest, match="invalid bucket name"):
+            await admin.unpin(["s3://models:80/m/"])
+        assert await admin.jobs() == [] and listings() == 0
+
+        caplog.set_level(logging.INFO, logger="p2pcache.master.admin")
+        urls = [f"s3://{bucket}/m/{i}" for i in range(8)]
+        job = await admin.wait((await admin.preload(urls * 25))["id"])
+    assert job["state"] == "done" and job["urls"] == urls and job["objects_total"] == 8
+    assert listings() == 8  # one per distinct URL
+    [started] = [r.getMessage() for r in caplog.records if " started: " in r.getMessage()]
+    assert f"{urls[4]} and 3 more (8 objects" in started and urls[5] not in started, started

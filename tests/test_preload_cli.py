@@ -293,3 +293,19 @@ async def test_status_and_unpin_fail_against_a_master_without_workers(s3_client,
                 f"p2pcache status: the master at {master.url} has no workers in its ring"), (out, err)
     finally:
         await master.stop()
+
+
+async def test_a_url_that_is_not_utf8_or_names_an_invalid_bucket_is_a_bad_argument(cluster):
+    """`status $'s3://models/\\xff'` ended in "'utf-8' codec can't encode ..."; `preload` of it or of
+    `s3://models:80/m/` reached the master (500, and a 502 quoting botocore's regex)."""
+    master = ["--master", cluster.master.url]
+    cases = ((["preload", "s3://models/m/\udcff"], "is not UTF-8 text"),  # the argv of a byte 0xff
+             (["status", "s3://models/\udcff"], "is not UTF-8 text"),
+             (["unpin", "s3://models/\udcff"], "is not UTF-8 text"),
+             (["preload", "s3://models:80/m/"], "invalid bucket name 'models:80'"))
+    for (args, why), (code, out, err) in zip(cases, await asyncio.gather(*(run(*a, *master) for a, _ in cases))):
+        assert (code, out) == (2, ""), (args, err)
+        assert err.splitlines()[-1].startswith(f"p2pcache {args[0]}: error: argument ") and why in err, (args, err)
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        assert await admin.jobs() == []
+

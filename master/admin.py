@@ -21,7 +21,7 @@ from p2pcache.config import split_s3_url
 from p2pcache.objects import ObjectInfo, check_bucket
 from p2pcache.ring import Placement, WorkerInfo
 
-from .preload import RUNNING, PreloadJob, RingChanged, holding, plan
+from .preload import CANCELLED, RUNNING, PreloadJob, RingChanged, holding, plan
 from .unpins import UnpinLog
 
 __all__ = ["Admin", "parse_s3_url"]
@@ -102,6 +102,8 @@ class Admin:
         job.cancel()
         if job.task is not None:
             await asyncio.gather(job.task, return_exceptions=True)
+        if job.state == CANCELLED and job.bytes_cached is None:  # what the owners filled before it stays
+            await job.count_cached()
         return _json(job.to_dict())
 
     async def unpin(self, request: web.Request) -> web.Response:

@@ -17,10 +17,11 @@ from aiohttp import web
 from p2pcache.control import KEEP_SHARE, WorkerControl
 from p2pcache.errors import AccessDenied, BadRequest, NotFound, P2PError, PeerError, RequestTimeout, Unavailable
 from p2pcache.httpserver import read_body
-from p2pcache.objects import ObjectInfo
+from p2pcache.config import split_s3_url
+from p2pcache.objects import ObjectInfo, check_bucket
 from p2pcache.ring import Placement, WorkerInfo
 
-from .preload import RUNNING, PreloadJob, RingChanged, holding, plan
+from .preload import CANCELLED, RUNNING, PreloadJob, RingChanged, holding, plan
 from .unpins import UnpinLog
 
 __all__ = ["Admin", "parse_s3_url"]
@@ -28,15 +29,24 @@ __all__ = ["Admin", "parse_s3_url"]
 log = logging.getLogger("p2pcache.master.admin")
 MAX_JOBS = 100  # finished jobs remembered
 MAX_OBJECTS = 100_000  # per preload or status request
+MAX_URLS = 1000  # distinct URLs per preload or unpin request: each costs a listing or an unpin on every worker
+LOGGED_URLS = 5  # a log line names the first few
 
 
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """`s3://bucket[/prefix]` -> (bucket, prefix); BadRequest otherwise."""
-    if not isinstance(url, str) or not url.startswith("s3://"):
+def parse_s3_url(url: object) -> tuple[str, str]:
+    """`s3://bucket[/prefix]` -> (bucket, prefix); BadRequest otherwise: also for text that is not
+    UTF-8 (no worker could list it, and no heartbeat answer could carry its unpin) and for a bucket
+    name S3 refuses (InvalidBucketName)."""
+    if not isinstance(url, str):
         raise BadRequest(f"{url!r} is not an s3://bucket/prefix URL")
-    bucket, _, prefix = url[5:].partition("/")
-    if not bucket:
-        raise BadRequest(f"{url!r} names no bucket")
+    try:
+        bucket, prefix = split_s3_url(url)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    try:
+        check_bucket(bucket)
+    except ValueError as exc:
+        raise BadRequest(str(exc), code="InvalidBucketName") from None
     return bucket, prefix
 
 
@@ -77,7 +87,7 @@ class Admin:
                              self._worker_ttl)
         self._remember(job)
         job.start()
-        log.info("preload %s started: %s (%d objects, %d chunks%s)", job.id, " ".join(urls), job.objects_total,
+        log.info("preload %s started: %s (%d objects, %d chunks%s)", job.id, _named(urls), job.objects_total,
                  job.chunks_total, ", pinned" if pin else "")
         return _json(job.to_dict(), status=201)
 
@@ -92,6 +102,8 @@ class Admin:
         job.cancel()
         if job.task is not None:
             await asyncio.gather(job.task, return_exceptions=True)
+        if job.state == CANCELLED and job.bytes_cached is None:  # what the owners filled before it stays
+            await job.count_cached()
         return _json(job.to_dict())
 
     async def unpin(self, request: web.Request) -> web.Response:
@@ -101,7 +113,7 @@ class Admin:
         restarting) or that did not answer gets them in the answer to a later heartbeat.
         """
         with _errors():
-            urls, _ = _preload_body(await read_body(request))
+            urls = _urls(_json_body(await read_body(request)))
             targets = [parse_s3_url(u) for u in urls]
             members = list(self._placement().members.values())
             if not members:  # "unpinned 0 chunks" would pass for done
@@ -247,16 +259,42 @@ def _failure(worker: WorkerInfo, exc: BaseException) -> str:
 
 
 def _preload_body(data: bytes) -> tuple[list[str], bool]:
+    """The distinct URLs (in order) and `pin` of a preload's body; BadRequest for anything else."""
+    body = _json_body(data)
+    pin = body.get("pin", False)
+    if not isinstance(pin, bool):
+        raise BadRequest(f"\"pin\" must be true or false, not {pin!r}")
+    return _urls(body), pin
+
+
+def _urls(body: dict) -> list[str]:
+    urls = body.get("urls")
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise BadRequest("\"urls\" must be a non-empty list of s3://bucket/prefix strings")
+    urls = list(dict.fromkeys(urls))  # a URL given twice is listed (and unpinned) once
+    if len(urls) > MAX_URLS:
+        raise BadRequest(f"{len(urls)} URLs: at most {MAX_URLS} per request (give common prefixes, or "
+                         f"send them in several requests)", code="TooManyURLs")
+    for u in urls:
+        parse_s3_url(u)
+    return urls
+
+
+def _json_body(data: bytes) -> dict:
     try:
         body = json.loads(data or b"{}")
     except ValueError:
-        raise BadRequest("the body must be JSON: {\"urls\": [\"s3://bucket/prefix\", ...], \"pin\": false}") from None
-    urls = body.get("urls") if isinstance(body, dict) else None
-    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-        raise BadRequest("\"urls\" must be a non-empty list of s3://bucket/prefix strings")
-    for u in urls:
-        parse_s3_url(u)
-    return urls, body.get("pin") is True
+        body = None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object: {\"urls\": [\"s3://bucket/prefix\", ...], \"pin\": false}")
+    return body
+
+
+def _named(urls: list[str], first: int = LOGGED_URLS, width: int = 200) -> str:
+    """`urls` for a log line: the first few (a long one cut short), and how many more."""
+    shown = [u if len(u) <= width else u[:width] + "..." for u in urls[:first]]
+    more = len(urls) - first
+    return " ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 class _errors:

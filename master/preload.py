@@ -158,7 +158,9 @@ class PreloadJob:
                     break
                 await self._pause(round_)
                 todo = _regroup(round_.again, self._placement())
-            missing = await self._count_cached()
+            missing = await self.count_cached()
+            if missing:
+                self._say_missing(missing)
             self.state = FAILED if self.chunks_failed or missing else DONE
         except asyncio.CancelledError:
             self.state = CANCELLED
@@ -210,25 +212,26 @@ class PreloadJob:
                 else:
                     self._fail(f"s3://{c.bucket}/{c.key} chunk {c.index} on {worker_id}: {detail}", 1)
 
-    async def _count_cached(self) -> int:
+    async def count_cached(self) -> int:
         """Ask the owners which chunks of the set they hold, as `status` does; the chunks they do not.
 
         A chunk counted done may be gone by now: the set's later fills, a reader's or another
-        preload's evicted it. The job says so rather than report cached what is not."""
+        preload's evicted it. The job says so rather than report cached what is not. A cancelled
+        job counts too: progress is counted per batch answered, and its owners had filled (and
+        kept) part of the batches running when it was cancelled."""
         placement = self._placement()
         todo = plan(self._objects, placement)
         held = await holding(self._control, placement, todo)
         cached = [c for wid, cs in todo.items() for c, (present, _) in zip(cs, held[wid]) if present]
         self.chunks_cached, self.bytes_cached = len(cached), sum(c.length for c in cached)
-        total = sum(map(len, todo.values()))
-        missing = total - len(cached)
-        if missing:
-            message = (f"{missing} of {total} chunks were not cached when the job ended "
-                       f"({format_size(self.bytes_cached)} of {format_size(self.bytes_total)} cached): failed, "
-                       f"evicted since they were filled (the set and what else its owners cache are more than "
-                       f"they hold), or their owner changed; `p2pcache status {' '.join(self.urls)}` shows which")
-            self.failures = [message, *self.failures][:MAX_FAILURES]
-        return missing
+        return sum(map(len, todo.values())) - len(cached)
+
+    def _say_missing(self, missing: int) -> None:
+        message = (f"{missing} of {missing + self.chunks_cached} chunks were not cached when the job ended "
+                   f"({format_size(self.bytes_cached)} of {format_size(self.bytes_total)} cached): failed, "
+                   f"evicted since they were filled (the set and what else its owners cache are more than "
+                   f"they hold), or their owner changed; `p2pcache status {' '.join(self.urls)}` shows which")
+        self.failures = [message, *self.failures][:MAX_FAILURES]
 
     def _retry_or_fail(self, chunks: list[tuple[ChunkId, int]], round_: _Round, why: str, kind: str) -> None:
         if round_.last:

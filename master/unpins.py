@@ -37,7 +37,9 @@ class UnpinLog:
         return len(self._log)
 
     def add(self, bucket: str, prefix: str, at: float | None = None) -> Unpin:
-        """Remember an unpin made at `at` (now by default)."""
+        """Remember an unpin made at `at` (now by default); a ValueError for text that is not UTF-8:
+        it would go with every heartbeat answer, and no answer could be encoded."""
+        bucket.encode(), prefix.encode()  # UnicodeEncodeError is a ValueError
         self.seq += 1
         unpin = Unpin(self.seq, bucket, prefix, self.clock() if at is None else at)
         self._log.append(unpin)

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any, Callable
 
 import aiohttp
 from yarl import URL
 
 from .auth import SCHEME, Signer
+from .config import split_s3_url
 from .errors import AccessDenied, BadRequest, NotFound, P2PError, Unavailable
 from .master_client import not_master, unreachable
 
 __all__ = ["AdminClient", "preload", "FINISHED"]
 
 FINISHED = ("done", "failed", "cancelled")
+# A job's id goes into the path: one plain segment (the master's are 12 hex digits), never `..`,
+# `/` or `?`, which would name another route.
+JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+# What a job's progress has (the commands print them); a 2xx answer without them is not a master's.
+JOB_KEYS = ("id", "state", "pin", "objects_total", "objects_done", "chunks_total", "chunks_done", "chunks_failed",
+            "bytes_total", "bytes_done", "bytes_from_s3", "rate", "elapsed", "failures")
 
 
 class AdminClient:
@@ -42,16 +50,17 @@ class AdminClient:
     async def preload(self, urls: list[str], pin: bool = False) -> dict:
         """Start a preload job; its progress (`id`, `state`, ...). Bad URLs, a missing bucket or
         objects, a refused bucket or a pinned set that does not fit raise at once."""
-        return await self._call("POST", "/preload", {"urls": list(urls), "pin": pin})
+        return await self._call("POST", "/preload", {"urls": list(urls), "pin": pin}, keys=JOB_KEYS)
 
     async def job(self, job_id: str) -> dict:
-        return await self._call("GET", f"/preload/{job_id}")
+        """The job's progress; NotFound for an unknown id (or one no job could have)."""
+        return await self._call("GET", _job_path(job_id), keys=JOB_KEYS)
 
     async def jobs(self) -> list[dict]:
-        return (await self._call("GET", "/preload"))["jobs"]
+        return (await self._call("GET", "/preload", keys=("jobs",)))["jobs"]
 
     async def cancel(self, job_id: str) -> dict:
-        return await self._call("DELETE", f"/preload/{job_id}")
+        return await self._call("DELETE", _job_path(job_id), keys=JOB_KEYS)
 
     async def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None,
                    interval: float = 0.5) -> dict:
@@ -67,14 +76,22 @@ class AdminClient:
     async def unpin(self, urls: list[str]) -> dict:
         """`{"unpinned_chunks": n, "failed": [...]}`; when `failed` names workers that could not unpin
         (they will, at their next heartbeat), also `message`: what happened, in one line."""
-        return await self._call("POST", "/unpin", {"urls": list(urls)}, partial=True)
+        return await self._call("POST", "/unpin", {"urls": list(urls)}, partial=True,
+                                keys=("unpinned_chunks", "failed"))
 
     async def status(self, url: str | None = None) -> dict:
-        return await self._call("GET", "/status", params={"url": url} if url else None)
+        if url:
+            try:
+                split_s3_url(url)  # a query cannot carry text that is not UTF-8
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+        return await self._call("GET", "/status", params={"url": url} if url else None,
+                                keys=("epoch", "chunk_size", "workers"))
 
     async def _call(self, method: str, path: str, body: dict | None = None,
-                    params: dict[str, str] | None = None, partial: bool = False) -> Any:
-        """The master's JSON answer; with `partial`, also its 502 that says which workers `failed`."""
+                    params: dict[str, str] | None = None, partial: bool = False, keys: tuple[str, ...] = ()) -> Any:
+        """The master's JSON answer, a map with `keys`; with `partial`, also its 502 that says which
+        workers `failed`."""
         data = json.dumps(body).encode() if body is not None else b""
         url = URL(self.url + path)
         headers = {"Content-Type": "application/json"} | self._signer.headers(method, url.path, params, data)
@@ -83,14 +100,28 @@ class AdminClient:
                                              timeout=self._timeout) as resp:
                 text = await resp.text()
                 if resp.status in (200, 201):
-                    return json.loads(text)
+                    return _answer(self.url, resp, json.loads(text), keys)
                 if partial and resp.status == 502 and (answer := _partial(text)) is not None:
-                    return answer
+                    return _answer(self.url, resp, answer, keys)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise unreachable(self.url, exc) from exc
         except ValueError as exc:  # not JSON, or not text
             raise _not_master(self.url, resp) from exc
         raise _error(self.url, resp, text)
+
+
+def _job_path(job_id: str) -> str:
+    if not JOB_ID.fullmatch(job_id):
+        raise NotFound(f"no preload job {job_id!r} (a job's id is what `p2pcache preload --detach` printed: "
+                       f"letters and digits)", code="NoSuchJob")
+    return f"/preload/{job_id}"
+
+
+def _answer(url: str, resp: aiohttp.ClientResponse, answer: Any, keys: tuple[str, ...]) -> Any:
+    """`answer` if it is a map with `keys`; a server that says otherwise is not the master."""
+    if keys and not (isinstance(answer, dict) and all(k in answer for k in keys)):
+        raise _not_master(url, resp)
+    return answer
 
 
 def _partial(text: str) -> dict | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .members import service_url
+from .objects import check_bucket
 from .sizes import parse_size
 
 __all__ = ["add_flag", "add_security_flags", "add_secret_flags", "add_reader_key_flags", "reader_key",
@@ -107,17 +108,22 @@ def number_arg(kind: type[int] | type[float], low: float) -> Callable[[str], flo
 
 
 def split_s3_url(text: str, form: str = "s3://bucket/prefix") -> tuple[str, str]:
-    """`s3://bucket[/rest]` -> (bucket, rest); a ValueError naming `form` otherwise."""
+    """`s3://bucket[/rest]` -> (bucket, rest); a ValueError naming `form` otherwise, or if `text`
+    is not UTF-8 (an argv byte that is not comes as a lone surrogate, which no request can carry)."""
     bucket, _, rest = text.removeprefix("s3://").partition("/")
     if not text.startswith("s3://") or not bucket:
         raise ValueError(f"{text!r} is not an {form} URL")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{text!r} is not UTF-8 text: S3 bucket names and keys are") from None
     return bucket, rest
 
 
 def s3_url(text: str) -> str:
-    """argparse type of an `s3://bucket[/prefix]` argument."""
+    """argparse type of an `s3://bucket[/prefix]` argument: its bucket's name too (`check_bucket`)."""
     try:
-        split_s3_url(text)
+        check_bucket(split_s3_url(text)[0])
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text

@@ -23,7 +23,8 @@ BUCKET_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9.\-]{0,254}")
 def check_bucket(bucket: str) -> None:
     """A ValueError unless `bucket` could be an S3 bucket's name."""
     if not BUCKET_NAME.fullmatch(bucket):
-        raise ValueError(f"invalid bucket name {bucket!r}: a bucket's name is letters, digits, '.' and '-'")
+        shown = repr(bucket) if len(bucket) <= 64 else f"{bucket[:60]!r}... ({len(bucket)} characters)"
+        raise ValueError(f"invalid bucket name {shown}: a bucket's name is 1 to 255 letters, digits, '.' and '-'")
 
 
 def may_move(pinned: ObjectInfo, successor: ObjectInfo, returned: bool) -> bool:

@@ -195,4 +195,6 @@ def summary(job: dict) -> str:
             f"{job['chunks_failed']} chunks failed{', pinned' if job['pin'] else ''}")
     if job.get("bytes_cached") is not None and job["bytes_cached"] < job["bytes_total"]:
         text += f", {format_size(job['bytes_cached'])} of {format_size(job['bytes_total'])} cached"
+        if job["state"] == "cancelled" and job["pin"] and job["bytes_cached"]:
+            text += " (what was filled before the cancel stays pinned until `p2pcache unpin`)"
     return text

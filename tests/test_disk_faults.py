@@ -382,3 +382,25 @@ async def test_a_dangling_link_among_the_chunks_at_start_is_dropped_alone(cluste
         before = s3.get_bytes
         await read_everywhere(http, [worker], bucket, "m.bin", body)
         assert s3.get_bytes == before  # every chunk from the disk
+
+
+async def test_a_preload_fill_a_full_owner_cannot_store_asks_no_one_for_its_bytes(cluster_factory, s3, s3_client,
+                                                                                   bucket, caplog):
+    """A preload fill wants the chunk stored, not its bytes (it opens it for 0 bytes). On an owner
+    whose disk is full it streamed "around the disk": it asked the chunk's earlier holder for
+    `Range: bytes=0--1`, got 400 malformed Range, and counted the holder as failed."""
+    caplog.set_level(logging.WARNING)
+    cluster = await cluster_factory(2, chunk_size=CHUNK)
+    body = put(s3_client, bucket, "m.bin")
+    async with aiohttp.ClientSession() as http:
+        await read_everywhere(http, cluster.workers[:1], bucket, "m.bin", body)  # held by its owners
+        full = await cluster.add_worker(min_free=1 << 60)  # owns some of them now, and has no room
+        await cluster.wait_converged()
+        before = s3.get_bytes
+        async with AdminClient(cluster.master.url, SECRET) as admin:
+            job = await admin.wait((await admin.preload([f"s3://{bucket}/m.bin"]))["id"])
+        assert job["state"] == "failed" and job["chunks_failed"] > 0, job  # full's chunks: not stored
+        assert all(f"{full.id}: " in f and "was not stored" in f for f in job["failures"][1:]), job["failures"]
+        assert await metric(http, full.url, "p2pcache_peer_failures_total") == 0
+    assert s3.get_bytes == before and len(full.store) == 0
+    assert not [r for r in caplog.records if "Range" in r.getMessage() or "earlier holder" in r.getMessage()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from dataclasses import replace
 
 import aiohttp
@@ -14,6 +15,8 @@ from conftest import CHUNK, SECRET, wait_for
 from faultproxy import FaultProxy
 from master.preload import MAX_FAILURES, REFUSED, SETTLE, UNANSWERED, PreloadJob, _rank, _regroup, pause, plan
 from p2pcache.admin_client import AdminClient, preload
+from p2pcache.preload_cli import summary
+from p2pcache.sizes import format_size
 from p2pcache.auth import Signer
 from p2pcache.control import WorkerControl
 from p2pcache.errors import AccessDenied, BadRequest, NotFound
@@ -392,3 +395,59 @@ async def test_an_owner_whose_ring_lags_waits_for_it_rather_than_use_up_a_round(
         assert job.chunks_cached == len(objects)
     finally:
         await proxy.stop()
+
+
+async def test_a_bad_preload_request_is_400_before_anything_is_listed(cluster_factory, fault_proxy, s3_client, bucket,
+                                                                      caplog):
+    """A URL that is not UTF-8 crashed the master (500), an invalid bucket name was a 502 quoting
+    botocore's regex, a `pin` of "true" was taken as false, and 200 copies of one URL were 200
+    listings, all logged on one line."""
+    cluster = await cluster_factory(2, s3_endpoint=fault_proxy.url)
+    for i in range(8):
+        s3_client.put_object(Bucket=bucket, Key=f"m/{i}", Body=b"x")
+    listings = lambda: sum("list-type" in t for t in fault_proxy.targets)  # noqa: E731
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        for urls, pin, code, why in (
+                ([f"s3://{bucket}/m/\udcff"], False, "InvalidRequest", "is not UTF-8"),
+                (["s3://models:80/m/"], False, "InvalidBucketName", "invalid bucket name 'models:80'"),
+                ([f"s3://{'b' * 300}/m/"], False, "InvalidBucketName", "(300 characters): a bucket's name is 1 to 255"),
+                ([f"s3://{bucket}/m/"], "true", "InvalidRequest", "\"pin\" must be true or false, not 'true'"),
+                ([f"s3://{bucket}/m/{i}" for i in range(1001)], False, "TooManyURLs", "at most 1000 per request")):
+            with pytest.raises(BadRequest, match=re.escape(why)) as refused:
+                await admin.preload(urls, pin)
+            assert refused.value.code == code and len(str(refused.value)) < 240, str(refused.value)
+        with pytest.raises(BadRequest, match="is not UTF-8"):
+            await admin.status(f"s3://{bucket}/m/\udcff")
+        with pytest.raises(BadRequest, match="invalid bucket name"):
+            await admin.unpin(["s3://models:80/m/"])
+        assert await admin.jobs() == [] and listings() == 0
+
+        caplog.set_level(logging.INFO, logger="p2pcache.master.admin")
+        urls = [f"s3://{bucket}/m/{i}" for i in range(8)]
+        job = await admin.wait((await admin.preload(urls * 25))["id"])
+    assert job["state"] == "done" and job["urls"] == urls and job["objects_total"] == 8
+    assert listings() == 8  # one per distinct URL
+    [started] = [r.getMessage() for r in caplog.records if " started: " in r.getMessage()]
+    assert f"{urls[4]} and 3 more (8 objects" in started and urls[5] not in started, started
+
+
+async def test_a_cancel_says_what_the_owners_filled_and_kept_of_the_batch_they_were_running(
+        cluster_factory, fault_proxy, s3_client, bucket):
+    """Progress is counted when a batch answers: a cancel during an owner's first batch said 0 bytes
+    done, "pinned", while the owner had filled and kept part of it. The owner stops that batch (its
+    request is closed: the worker cancels its handler) but what it kept stays, and the cancel says so."""
+    fault_proxy.get_delay = 0.2  # a slow S3: one fill at a time, a batch of 32 takes seconds
+    cluster = await cluster_factory(1, s3_endpoint=fault_proxy.url, origin_concurrency=1)
+    for i in range(40):
+        s3_client.put_object(Bucket=bucket, Key=f"m/{i}", Body=bytes([i]) * CHUNK)
+    owner = cluster.workers[0]
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        job = await admin.preload([f"s3://{bucket}/m/"], pin=True)
+        await wait_for(lambda: len(owner.keeps) >= 2, what="two chunks of the first batch kept")
+        cancelled = await admin.cancel(job["id"])
+        await wait_for(lambda: owner.chunks.fills_in_flight == 0, what="the fill in flight to end")
+    assert cancelled["state"] == "cancelled" and cancelled["bytes_done"] == 0  # no batch had answered
+    assert cancelled["bytes_cached"] >= 2 * CHUNK and cancelled["chunks_cached"] >= 2, cancelled
+    assert len(owner.store) <= fault_proxy.gets < 32  # it stopped its batch at the fill in flight
+    assert summary(cancelled).endswith(f"{format_size(cancelled['bytes_cached'])} of 10MiB cached (what was filled "
+                                       f"before the cancel stays pinned until `p2pcache unpin`)"), summary(cancelled)

@@ -9,6 +9,7 @@ import signal
 import sys
 
 import aiohttp
+from aiohttp import web
 import pytest
 
 from conftest import CHUNK, SECRET, cli_env, wait_for
@@ -293,3 +294,54 @@ async def test_status_and_unpin_fail_against_a_master_without_workers(s3_client,
                 f"p2pcache status: the master at {master.url} has no workers in its ring"), (out, err)
     finally:
         await master.stop()
+
+
+async def test_a_url_that_is_not_utf8_or_names_an_invalid_bucket_is_a_bad_argument(cluster):
+    """`status $'s3://models/\\xff'` ended in "'utf-8' codec can't encode ..."; `preload` of it or of
+    `s3://models:80/m/` reached the master (500, and a 502 quoting botocore's regex)."""
+    master = ["--master", cluster.master.url]
+    cases = ((["preload", "s3://models/m/\udcff"], "is not UTF-8 text"),  # the argv of a byte 0xff
+             (["status", "s3://models/\udcff"], "is not UTF-8 text"),
+             (["unpin", "s3://models/\udcff"], "is not UTF-8 text"),
+             (["preload", "s3://models:80/m/"], "invalid bucket name 'models:80'"))
+    for (args, why), (code, out, err) in zip(cases, await asyncio.gather(*(run(*a, *master) for a, _ in cases))):
+        assert (code, out) == (2, ""), (args, err)
+        assert err.splitlines()[-1].startswith(f"p2pcache {args[0]}: error: argument ") and why in err, (args, err)
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        assert await admin.jobs() == []
+
+
+async def test_a_job_id_that_is_a_path_is_no_job(cluster):
+    """`--follow ../status` went to /status and failed on its answer with a traceback (KeyError: 'id');
+    `x?y` was "access denied" and `a/b` "did not answer as a p2pcache master"."""
+    master = ["--master", cluster.master.url]
+    ids = ("../status", "../preload", "x?y", "a/b", "..")
+    cases = [("--follow", i) for i in ids] + [("--cancel", "../preload")]
+    for (flag, job), (code, out, err) in zip(cases, await asyncio.gather(*(run("preload", f, j, *master)
+                                                                           for f, j in cases))):
+        assert (code, out) == (1, ""), (flag, job, err)
+        assert err.startswith(f"p2pcache preload: no preload job {job!r} (") and err.count("\n") == 1, err
+
+
+async def test_a_json_answer_without_what_the_command_prints_is_not_a_masters():
+    """A server that answers 200 with other JSON (another service at --master): the commands read
+    the keys they print from it unchecked (KeyError tracebacks)."""
+    async def other_json(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", other_json)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    other = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        cases = (["preload", "--follow", "abc"], ["preload", "--cancel", "abc"], ["preload", "s3://b/m/"],
+                 ["status"], ["unpin", "s3://b/m/"])
+        for args, (code, out, err) in zip(cases, await asyncio.gather(*(run(*a, "--master", other) for a in cases))):
+            assert (code, out) == (1, ""), (args, err)
+            assert err == (f"p2pcache {args[0]}: {other} did not answer as a p2pcache master (it answered 200 OK): "
+                           f"is it the master's URL?\n"), (args, err)
+    finally:
+        await runner.cleanup()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import CHUNK, SECRET, wait_for
 from master.unpins import UnpinLog
+from p2pcache.admin_client import AdminClient
+from p2pcache.errors import BadRequest
 from p2pcache.objects import ObjectInfo
 from worker.keep import Keeps
 from worker.unpins import Missed, missed
@@ -28,6 +31,35 @@ def test_the_log_forgets_its_oldest_past_its_limit():
     assert len(log) == 3 and log.since("m", []) == made[2:]
     assert log.since("m", ["m", 1]) == made[2:]  # had 1, 2 and 3 are gone: what is left
     assert log.since("m", ["m", 3]) == made[3:]
+
+
+def test_the_log_refuses_text_no_heartbeat_answer_could_carry():
+    log = UnpinLog()
+    for bucket, prefix in (("b", "m/\udcff"), ("b\udcff", "")):
+        with pytest.raises(ValueError):
+            log.add(bucket, prefix)
+    assert len(log) == 0 and log.seq == 0
+
+
+async def test_an_unpin_of_a_url_that_is_not_utf8_is_refused_and_later_unpins_still_reach_a_worker_away(
+        cluster_factory, s3_client, bucket):
+    """`p2pcache unpin $'s3://models/\\xff'` was remembered, and from then on every heartbeat answer
+    failed to encode (500): a worker away when a real unpin ran never had it, its pins stayed."""
+    cluster = await cluster_factory(2)
+    for i in range(4):
+        s3_client.put_object(Bucket=bucket, Key=f"m/{i}", Body=bytes([i]) * CHUNK)
+    url = f"s3://{bucket}/m/"
+    async with AdminClient(cluster.master.url, SECRET) as admin:
+        assert (await admin.wait((await admin.preload([url], pin=True))["id"]))["state"] == "done"
+        with pytest.raises(BadRequest, match="is not UTF-8"):
+            await admin.unpin([f"s3://{bucket}/\udcff"])
+        assert len(cluster.master.unpins) == 0
+        away = max(cluster.workers, key=lambda w: len(w.keeps))
+        assert len(away.keeps) > 0
+        await away.stop(leave=False)  # in the ring until its heartbeats expire: the unpin fails there
+        assert [away.id in f for f in (await admin.unpin([url]))["failed"]] == [True]
+    back = await cluster.restart(away)
+    await wait_for(lambda: len(back.keeps) == 0, what="the unpin with a heartbeat's answer")
 
 
 def test_ages_are_dated_on_the_workers_clock_from_when_the_heartbeat_left():

@@ -279,7 +279,10 @@ class Chunks:
                             source: WorkerInfo | None, hop: int) -> Stream:
         """The bytes, not cached: from the primary if this worker copies from one, else from a
         worker that held the chunk under an earlier ring (a new owner whose disk is full or
-        failing: never S3 while one has it), else S3."""
+        failing: never S3 while one has it), else S3. Nothing (and no one asked) for no bytes: a
+        preload's fill opens its chunk for 0 bytes, to have it stored."""
+        if not length:
+            return self._uncached(c, offset, 0)
         if source is not None and not self._down.down(source.id):
             try:
                 stream = await self._peers.open(source, c, offset, length, hop + 1, primary=True)
@@ -477,6 +480,8 @@ class PassThrough:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         c = self._c
+        if self._stop <= self._start:
+            return
         body = self._origin.read_range(c.bucket, c.key, c.etag, self._start, self._stop)
         async with contextlib.aclosing(body):
             async for piece in body:

@@ -333,6 +333,6 @@ class FastPath(asyncio.Protocol):
             transport.resume_reading()
         if self._buf:
             handler.data_received(bytes(self._buf))
-        if self._eof:
-            handler.eof_received()
         self._transport = None
+        if self._eof and not handler.eof_received():  # nothing whole left to answer: as asyncio would
+            transport.close()

@@ -8,6 +8,13 @@ default is an hour); the first is `Connection`'s own: older aiohttp starts no ti
 first request (3.14.5 starts its keep-alive one). A connection a serving process's fast path
 hands over starts its first limit then; the fast path keeps both itself (worker/fastpath.py).
 
+A client that half-closes after its requests (`shutdown(SHUT_WR)`, as `nc -N` does) has each
+request it sent whole answered, then the connection is closed (aiohttp dropped them unanswered).
+One that closed both ways looks the same until bytes reach it: its side answers them with a reset.
+So once an answer has waited PEER_CHECK seconds unbegun, a `100 Continue` (which an HTTP/1.1
+client skips) goes ahead of it, and a reset found then cancels the handler, as a client that hangs
+up always does (a fill nobody waits for is not retried).
+
 aiohttp never times a body: every handler that reads one does so with `read_body`, which
 has the head's limit from the start of the read; a body not whole by then is answered 408
 (`RequestTimeout`), and the connection is closed after that answer.
@@ -16,6 +23,7 @@ has the head's limit from the start of the read; a body not whole by then is ans
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from aiohttp import web
@@ -23,21 +31,29 @@ from aiohttp.web_protocol import RequestHandler
 
 from .errors import RequestTimeout
 
-__all__ = ["HEAD_TIMEOUT", "IDLE_TIMEOUT", "Connection", "Server", "AppRunner", "read_body"]
+__all__ = ["HEAD_TIMEOUT", "IDLE_TIMEOUT", "PEER_CHECK", "Connection", "Server", "AppRunner", "read_body"]
 
 HEAD_TIMEOUT = 30.0  # seconds a new connection has to send its first whole request head
 IDLE_TIMEOUT = 75.0  # seconds a connection may wait for its next whole request head (nginx's keepalive_timeout)
 MOMENT = 0.01  # seconds in-flight requests get at a shutdown past its deadline
+PEER_CHECK = 0.5  # seconds between checks that a half-closed client is still there to answer
+_PROBE = b"HTTP/1.1 100 Continue\r\n\r\n"  # an interim answer: an HTTP/1.1 client must skip it
 
 
 class Connection(RequestHandler):
     """aiohttp's protocol for one connection, closed if its first request head is not whole
-    within `head_timeout` of connecting; a body read has as long (`read_body`)."""
+    within `head_timeout` of connecting; a body read has as long (`read_body`). After a half-close
+    its whole requests are answered, then it closes."""
 
     def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._head_timeout = head_timeout
         self._first_head: asyncio.TimerHandle | None = None
+        self._answered = 0  # requests whose handlers returned (aiohttp's `_request_count`: those parsed)
+        self._last_body: Any = None  # the body (aiohttp's payload) of the last request parsed
+        self._eof = False  # the client half-closed: answer what it sent, then close
+        self._peer_check: asyncio.TimerHandle | None = None
+        self._probed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -47,7 +63,54 @@ class Connection(RequestHandler):
         if self._first_head is not None:
             self._first_head.cancel()
             self._first_head = None
+        if self._peer_check is not None:
+            self._peer_check.cancel()
+            self._peer_check = None
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages:
+            self._last_body = self._messages[-1][1]
+
+    def eof_received(self) -> bool:
+        """The client sends nothing more. True (the connection stays open to answer) if a request
+        it sent whole is not answered yet; False if none is, or a body was cut short (never to be
+        whole), or on TLS (no half-close): asyncio closes the connection, cancelling a handler."""
+        if self._eof:  # again: aiohttp paused and resumed reading
+            return True
+        body = self._last_body
+        if (self._answered >= self._request_count or (body is not None and not body.is_eof())
+                or self.ssl_context is not None):
+            return False
+        self._eof = True
+        self._peer_check = self._loop.call_later(PEER_CHECK, self._check_peer)
+        return True
+
+    async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
+        done = await super()._handle_request(request, start_time, request_handler)
+        self._answered += 1
+        if self._eof and self._answered >= self._request_count:
+            self.close()  # the last answer the half-closed client can want: close after it
+        return done
+
+    def _check_peer(self) -> None:
+        """While answers are due to a half-closed client: cut the connection if its side reset it
+        (it had closed both ways); else send one probe ahead of an answer not yet begun."""
+        self._peer_check = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            transport.abort()  # connection_lost: the handler is cancelled
+            return
+        request = self._current_request
+        if (not self._probed and request is not None and request.version >= (1, 1)
+                and request.writer.output_size == 0):
+            transport.write(_PROBE)
+            self._probed = True
+        self._peer_check = self._loop.call_later(PEER_CHECK, self._check_peer)
 
     @property
     def body_timeout(self) -> float:

@@ -109,6 +109,26 @@ async def test_a_peer_chunk_request_without_a_valid_signature_is_refused_and_fet
                 assert resp.status == 200
 
 
+async def test_refused_peer_requests_are_logged_by_client_address(cluster_factory, caplog):
+    """With serving processes the coordinator logged every refusal "from " (the unix socket's
+    peer), and its 60 s limit on log lines per client, keyed on "", hid every other client's:
+    now a serving process passes the client's address on, as a worker without them has it, and a
+    client cannot name another."""
+    caplog.set_level(logging.WARNING)
+    cluster = await cluster_factory(1, serve_processes=2)
+    await cluster.add_worker(serve_processes=1)
+    params = {"bucket": "b", "key": "k", "etag": '"e"', "size": "10", "chunk_size": str(CHUNK), "index": "0"}
+    for w in cluster.workers:
+        caplog.clear()
+        for source in ("127.0.0.2", "127.0.0.3"):  # loopback addresses both: two clients
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0))) as http:
+                async with http.get(f"{w.url}/_p2p/chunk", params=params,
+                                    headers={"X-P2P-Client": "x 10.1.1.1"}) as resp:
+                    assert resp.status == 401
+        refusals = [r.getMessage() for r in caplog.records if "refused GET '/_p2p/chunk'" in r.getMessage()]
+        assert [m.split(" from ")[1].split(":")[0] for m in refusals] == ["127.0.0.2", "127.0.0.3"], refusals
+
+
 async def test_a_worker_with_the_wrong_secret_cannot_join(cluster_factory, caplog, tmp_path):
     caplog.set_level(logging.WARNING)
     cluster = await cluster_factory(1)

@@ -17,7 +17,7 @@ import pytest
 from conftest import CHUNK, wait_for
 from rawhttp import exchange, request_bytes
 from test_serve_processes import _metric_sum
-from worker.fastpath import parse_head, response_head
+from worker.fastpath import MAX_FIELDS, parse_head, response_head
 
 FAST = "p2pcache_fast_path_requests_total"
 
@@ -52,6 +52,31 @@ def test_parse_head_takes_a_plain_ranged_get():
 ])
 def test_parse_head_leaves_everything_else_to_aiohttp(raw):
     assert parse_head(raw) is None
+
+
+def test_parse_head_leaves_more_fields_than_aiohttp_takes_to_it():
+    def head(fields: int) -> bytes:
+        return b"GET /b/k HTTP/1.1\r\nHost: x" + b"".join(b"\r\nX-H%d: v" % i for i in range(fields - 1))
+
+    assert parse_head(head(MAX_FIELDS)) is not None
+    assert parse_head(head(MAX_FIELDS + 1)) is None and parse_head(head(129)) is None  # aiohttp's 400 at 129
+
+
+async def test_a_head_of_more_fields_than_aiohttp_takes_is_refused_on_every_path(cluster_factory, s3_client, bucket):
+    """aiohttp refuses more than 128 header fields (400), as the worker without serving processes
+    does; the fast path, with only its 8 KiB limit, answered the same bytes 206 (an object on disk)
+    or 400 (not yet): now aiohttp answers them."""
+    cluster = await cluster_factory(1, serve_processes=2)
+    await cluster.add_worker(serve_processes=1)
+    await cluster.wait_converged()
+    s3_client.put_object(Bucket=bucket, Key="k", Body=b"0123456789")
+    many = "".join(f"X-H{i}: v\r\n" for i in range(140))
+    for url in [w.url for w in cluster.workers] * 2:  # the second time with the object known to every process
+        warm = await exchange(url, request_bytes("GET", f"/{bucket}/k", {"Range": "bytes=0-1"}))
+        assert (warm.status, warm.body) == (206, b"01")
+        crowded = await exchange(url, f"GET /{bucket}/k HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n{many}"
+                                      "Connection: close\r\n\r\n".encode(), timeout=5)
+        assert crowded.status == 400 and b"Too many headers" in crowded.body, crowded
 
 
 def test_response_head_is_what_aiohttp_would_send_or_nothing():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -15,13 +16,14 @@ import msgpack
 import pytest
 from aiohttp import web
 
-from conftest import CHUNK, SECRET
+from conftest import CHUNK, SECRET, wait_for
 from master.config import MasterConfig
 from master.server import Master
 from p2pcache.auth import Signer
-from p2pcache.httpserver import Server
+from p2pcache.httpserver import PEER_CHECK, Server
 
 HEAD, IDLE = 2.0, 2.5  # the limits these tests give (30 s and 75 s by default)
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # what goes ahead of an answer to a half-closed client that waits
 # How long a test waits for a close: the old servers never closed these connections.
 CLOSED_WITHIN = 15.0
 
@@ -233,3 +235,99 @@ async def test_a_stopping_server_cuts_an_answer_nobody_reads_at_its_limit_not_tw
         assert 2.9 <= took < 5.0, took
     finally:
         writer.close()
+
+
+async def _half_closed(url: str, data: bytes) -> list[int]:
+    """Send `data`, half-close (`shutdown(SHUT_WR)`, as `nc -N` does), and return the statuses of
+    the answers that come before the server closes the connection (none: an empty list)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(data)
+        writer.write_eof()
+        got = (await asyncio.wait_for(reader.read(), CLOSED_WITHIN)).replace(CONTINUE, b"")
+        return [int(s) for s in re.findall(rb"HTTP/1\.[01] (\d{3}) ", got)]  # bodies here hold no status line
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("server", ["master", "worker", "serving processes"])
+async def test_a_half_closed_connection_has_its_requests_answered_then_closes(cluster_factory, s3_client, bucket,
+                                                                             server):
+    """aiohttp closed a connection at the client's half-close, cancelling the handler: nothing was
+    answered (the fast path answered). Now every request sent whole is, and then the connection is
+    closed, not left to its idle limit (60 s here): one the fast path handed to aiohttp too."""
+    if server == "master":
+        master = Master(MasterConfig(idle_timeout=60.0))
+        await master.start()
+        try:
+            assert await asyncio.gather(
+                _half_closed(master.url, _request("GET", "/health")),
+                _half_closed(master.url, _request("GET", "/health") + _request("GET", "/ring?format=json"))
+            ) == [[200], [200, 200]]
+        finally:
+            await master.stop()
+        return
+    cluster = await cluster_factory(1, serve_processes=2 if server == "serving processes" else 1, idle_timeout=60.0)
+    url = cluster.workers[0].url
+    s3_client.put_object(Bucket=bucket, Key="d.txt", Body=b"0123456789" * 1000)
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/{bucket}/d.txt") as resp:
+        assert resp.status == 200  # cached: with serving processes, a ranged GET is the fast path's
+    target = f"/{bucket}/d.txt"
+    ranged = _request("GET", target, "Range: bytes=0-3\r\n")
+    cases = {
+        "GET": (_request("GET", target), [200]),
+        "ranged GET": (ranged, [206]),
+        "HTTP/1.0": (f"GET {target} HTTP/1.0\r\n\r\n".encode(), [200]),
+        "HEAD": (_request("HEAD", target), [200]),
+        "listing": (_request("GET", f"/{bucket}?list-type=2&max-keys=1"), [200]),
+        "no such key": (_request("GET", f"/{bucket}/nokey"), [404]),
+        "health": (_request("GET", "/_p2p/health"), [200]),
+        # the fast path's, then a HEAD it hands to aiohttp with the rest
+        "pipelined": (ranged + _request("HEAD", target) + ranged + _request("GET", "/_p2p/health"), [206, 200, 206, 200]),
+        "half a head": (ranged + b"GET /_p2p/health HTTP/1.1\r\n", [206]),
+    }
+    got = await asyncio.gather(*(_half_closed(url, data) for data, _ in cases.values()))
+    assert dict(zip(cases, got)) == {name: statuses for name, (_, statuses) in cases.items()}
+
+
+async def test_a_half_closed_client_gets_its_late_answer_one_gone_has_its_handler_cancelled():
+    """A client that half-closed waits for its answer, which a 100 (Continue) goes ahead of once it
+    is PEER_CHECK late (aiohttp cancelled the handler: nothing came). One that closed both ways looks
+    the same until that 100 reaches it: its reset cancels the handler, as a hang-up did before."""
+    started: dict[str, asyncio.Event] = {"/late": asyncio.Event(), "/gone": asyncio.Event()}
+    gate = asyncio.Event()
+    cancelled = []
+
+    async def handler(request):
+        started[request.path].set()
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            cancelled.append(request.path)
+            raise
+        return web.Response(text="late")
+
+    server = Server(handler, handler_cancellation=True)
+    runner = web.ServerRunner(server, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        late_r, late_w = await asyncio.open_connection("127.0.0.1", port)
+        gone_r, gone_w = await asyncio.open_connection("127.0.0.1", port)
+        for writer, path in ((late_w, "/late"), (gone_w, "/gone")):
+            writer.write(_request("GET", path))
+            await asyncio.wait_for(started[path].wait(), CLOSED_WITHIN)
+        late_w.write_eof()
+        gone_w.close()  # both ways
+        assert await asyncio.wait_for(late_r.readexactly(len(CONTINUE)), CLOSED_WITHIN + PEER_CHECK) == CONTINUE
+        await wait_for(lambda: cancelled == ["/gone"], what="the gone client's handler cancelled")
+        gate.set()
+        answer = await asyncio.wait_for(late_r.read(), CLOSED_WITHIN)  # then closed
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nlate"), answer
+        late_w.close()
+    finally:
+        gate.set()
+        await runner.cleanup()

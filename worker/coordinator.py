@@ -10,7 +10,8 @@ or of a peer's chunk (`/_p2p/local/refill`) when a chunk file fails its checksum
 every other request on the socket is one they pass on, answered by the worker
 as if it had come to its port. A local route needs the token the coordinator
 gave its serving processes (`TOKEN_HEADER`): a request passed on from the
-port, whatever its path, never reaches one.
+port, whatever its path, never reaches one. A request passed on names the client it came
+from (`CLIENT_HEADER`, with the token), which the worker logs as its sender.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from p2pcache.errors import BadRequest, CorruptChunk, P2PError
 from p2pcache.httpserver import read_body
 from p2pcache.objects import ObjectInfo
 
-from .http import error_response, parse_peer_request, prepend, send_body
-from .forward import DOWN_PATH, ID_PATH, OBJECT_PATH, REFILL_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER
+from .http import CLIENT, error_response, parse_peer_request, prepend, send_body
+from .forward import (
+    CLIENT_HEADER, DOWN_PATH, ID_PATH, OBJECT_PATH, REFILL_PATH, REPORT_PATH, REST_PATH, RING_PATH, TOKEN_HEADER,
+)
 from .peerroutes import fill_here
 from .routing import MAX_HOPS
 
@@ -43,6 +46,9 @@ def coordinator_handler(worker, token: str) -> Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         route = routes.get(request.path)
         if route is None or not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), token):
+            given, _, client = request.headers.get(CLIENT_HEADER, "").partition(" ")
+            if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
+                request[CLIENT] = client
             return await worker._handle(request)
         try:
             return await route(request)

@@ -7,7 +7,7 @@ itself for the one request that matters, `GET /bucket/key` with at most a `Range
 and conditions, when `Reads.read` (worker/reads.py) can answer it (bytes on this worker's
 disk or at the worker that holds them). Any other request, and anything this parser
 is not sure of (escapes in the path, a query, a body, a repeated header, HTTP/1.0,
-a head that is not ASCII), hands the connection with all its unanswered bytes to
+a head that is not ASCII, more header fields than aiohttp takes), hands the connection with all its unanswered bytes to
 aiohttp, which answers it and the rest of the connection as before. Nothing is
 answered differently: the same `read` decides, the same headers go out.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import inspect
 import logging
 import re
 import time
@@ -23,15 +24,20 @@ from http import HTTPStatus
 from typing import Awaitable, Callable, NamedTuple
 
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from p2pcache.errors import P2PError
 from p2pcache.httpserver import HEAD_TIMEOUT, IDLE_TIMEOUT
 
-__all__ = ["Head", "parse_head", "response_head", "FastPath", "MAX_HEAD"]
+__all__ = ["Head", "parse_head", "response_head", "FastPath", "MAX_FIELDS", "MAX_HEAD"]
 
 log = logging.getLogger("p2pcache.worker.fastpath")
 MAX_HEAD = 8 << 10  # a longer request head is aiohttp's to refuse
+# aiohttp refuses (400) a head of more header fields than its connections' `max_headers` (128, the
+# servers' default: they set none): its C parser counts fields, its Python one the request line and
+# the blank line too. A head of more than this is aiohttp's to answer, whichever parser it has.
+MAX_FIELDS = inspect.signature(RequestHandler.__init__).parameters["max_headers"].default - 2
 _TARGET = re.compile(rb"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")  # no escapes, no query: those are aiohttp's
 _DOTS = re.compile(rb"//|/\.\.?(/|$)")  # segments aiohttp's URL normalises
 _FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*)*")  # token: visible ASCII
@@ -58,6 +64,8 @@ def parse_head(head: bytes | bytearray) -> Head | None:
     """The request in `head` (up to, without, its blank line), or None: aiohttp's to parse."""
     line, crlf, fields = head.partition(b"\r\n")
     if not _FIELDS.fullmatch(head, len(line)):
+        return None
+    if fields.count(b"\r\n") >= MAX_FIELDS:  # the fields, less one
         return None
     parts = line.split(b" ")
     if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
@@ -333,6 +341,6 @@ class FastPath(asyncio.Protocol):
             transport.resume_reading()
         if self._buf:
             handler.data_received(bytes(self._buf))
-        if self._eof:
-            handler.eof_received()
         self._transport = None
+        if self._eof and not handler.eof_received():  # nothing whole left to answer: as asyncio would
+            transport.close()

@@ -5,7 +5,8 @@ listings, HEAD, errors, every /_p2p/ route) is passed on as is, signature
 headers included, and the coordinator's answer sent back as it comes. A
 hop-by-hop header is not passed on unless a reader's signature covers it (a
 client may sign `Content-Length: 0`): the coordinator checks the signature
-against the headers the client sent (`passed_on`).
+against the headers the client sent (`passed_on`). The client's address goes with it
+(`CLIENT_HEADER`, with the coordinator's token): the coordinator logs refusals by it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from p2pcache.objects import ChunkId, ObjectInfo
 
 from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_params
 
-__all__ = ["CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "ID_PATH", "LOCAL_PREFIX", "OBJECT_PATH", "REFILL_PATH",
-           "REPORT_PATH", "REST_PATH", "RING_PATH", "TOKEN_HEADER", "passed_on", "sigv4_signed_headers"]
+__all__ = ["CLIENT_HEADER", "CoordinatorClient", "DOWN_PATH", "HOP_BY_HOP", "ID_PATH", "LOCAL_PREFIX", "OBJECT_PATH",
+           "REFILL_PATH", "REPORT_PATH", "REST_PATH", "RING_PATH", "TOKEN_HEADER", "passed_on", "sigv4_signed_headers"]
 
 log = logging.getLogger("p2pcache.worker.forward")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -41,6 +42,7 @@ RING_PATH, DOWN_PATH = LOCAL_PREFIX + "ring", LOCAL_PREFIX + "down"
 REFILL_PATH = LOCAL_PREFIX + "refill"  # the rest of a peer's answer from a chunk file that failed its sums
 ID_PATH = LOCAL_PREFIX + "id"  # the worker's id: peers sign their requests for it
 TOKEN_HEADER = "X-P2P-Local"  # the coordinator's token for its local routes
+CLIENT_HEADER = "X-P2P-Client"  # on a request passed on: "<token> <the client's address>"
 # What an error answer may set; its reason as given (escaped once: worker/http.py `header_text`).
 _ERROR_HEADERS = ("Retry-After", ORIGIN_HEADER, "ETag", "Content-Range", REASON_HEADER)
 _MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.S)
@@ -50,6 +52,7 @@ _SIGNED_HEADERS = re.compile(r"SignedHeaders=([^\s,]*)")
 class CoordinatorClient:
     def __init__(self, socket_path: str, local_headers: dict[str, str]) -> None:
         self._local_headers = local_headers  # on the coordinator's local routes only
+        self._token = local_headers.get(TOKEN_HEADER, "")
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=socket_path, limit=0),
             auto_decompress=False, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
@@ -118,6 +121,7 @@ class CoordinatorClient:
         body = await read_body(request) if request.can_read_body else None
         headers = passed_on(request.headers.items(), request.headers.get("Authorization"),
                             request.raw_path.partition("?")[2], self._local_headers)
+        headers.append((CLIENT_HEADER, f"{self._token} {request.remote or ''}"))
         url = URL(_BASE + request.raw_path, encoded=True)
         try:
             upstream = await self._session.request(request.method, url, headers=headers, data=body,
@@ -169,9 +173,9 @@ def passed_on(headers, authorization: str | None, raw_query: str, local: dict[st
     """The headers of a client's request (`headers`: its (name, value) pairs) to pass on to the
     coordinator: not the hop-by-hop ones, unless the reader signed them (the coordinator checks the
     signature against what the client sent), nor one of the coordinator's own (`local`: a client
-    that sends one does not reach a local route)."""
+    that sends one does not reach a local route; CLIENT_HEADER: nor does it name another client)."""
     signed = sigv4_signed_headers(authorization, raw_query)
-    own = {name.lower() for name in local}
+    own = {name.lower() for name in local} | {CLIENT_HEADER.lower()}
     return [(k, v) for k, v in headers
             if (k.lower() not in HOP_BY_HOP or k.lower() in signed) and k.lower() not in own]
 

@@ -19,13 +19,21 @@ from .inputs import parse_hop
 from .limits import TokenBucket
 from .peer import ERROR_HEADER, HOP_HEADER, REASON_HEADER, chunk_from_params
 
-__all__ = ["REQUEST_ID", "answered", "object_headers", "object_answer", "error_response", "error_answer",
-           "log_error", "header_text", "body_response", "RequestLine", "send_body", "prepend", "parse_peer_request"]
+__all__ = ["CLIENT", "REQUEST_ID", "answered", "client_address", "object_headers", "object_answer", "error_response",
+           "error_answer", "log_error", "header_text", "body_response", "RequestLine", "send_body", "prepend",
+           "parse_peer_request"]
 
 log = logging.getLogger("p2pcache.http")
 ERROR_LOG_PERIOD = 10.0  # seconds between two log lines of answers with one status and code (log_error)
 _errors = OncePer(ERROR_LOG_PERIOD)
 REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT = web.RequestKey("client", str)  # the address of the reader a serving process passed this request on for
+
+
+def client_address(request: web.BaseRequest) -> str:
+    """Who sent `request`: the reader a serving process passed it on for (its address), else the
+    connection's peer (on the coordinator's unix socket, that is empty)."""
+    return request.get(CLIENT) or str(request.remote)
 
 
 async def answered(request: web.BaseRequest,

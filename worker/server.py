@@ -47,7 +47,7 @@ from .coordinator import coordinator_handler
 from .drainreport import drain_line
 from .keep import Keeps
 from .http import (
-    REQUEST_ID, RequestLine, answered, body_response, object_answer, prepend, send_body,
+    REQUEST_ID, RequestLine, answered, body_response, client_address, object_answer, prepend, send_body,
 )
 from .limits import TokenBucket
 from .listing import Listings
@@ -363,9 +363,10 @@ class Worker:
             self._verifier.check(request.method, request.path, request.query.items(),
                                  request.headers.get(HEADER), body, request.headers)
         except AuthError as exc:
-            if self._refusals.due(str(request.remote)):
+            client = client_address(request)
+            if self._refusals.due(client):
                 log.warning("refused %s %r from %s: %s (not logged again for this client for 60 s)",
-                            request.method, request.path, request.remote, exc)
+                            request.method, request.path, client, exc)
             raise (Unauthorized if exc.status == 401 else AccessDenied)(exc.reason) from None
 
     async def health(self, request: web.BaseRequest) -> web.Response:

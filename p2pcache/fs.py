@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import errno
 import os
 import threading
@@ -214,6 +216,13 @@ class P2PCacheFileSystem(AsyncFileSystem):
         names = sorted(entries)
         return {n: entries[n] for n in names} if kwargs.get("detail") else names
 
+    def modified(self, path: str) -> datetime.datetime:
+        """When the object was last written in S3 (an aware datetime, in UTC), as s3fs gives it."""
+        entry = self.info(path)
+        if entry["type"] != "file":
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        return _when(entry.get("LastModified") or "", path)
+
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None, autocommit: bool = True,
               cache_options: dict | None = None, cache_type: str = "readahead", **kwargs) -> "P2PCacheFile":
         if mode != "rb":
@@ -305,6 +314,15 @@ def _block_size(value: int | None) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"p2pcache:// filesystem: block_size is a number of bytes, not {value!r}")
     return bounded("block_size", value, 1)
+
+
+def _when(text: str, path: str) -> datetime.datetime:
+    """A LastModified: an HTTP date (a HEAD's) or ISO 8601 (a listing's)."""
+    try:
+        when = email.utils.parsedate_to_datetime(text) if "," in text else datetime.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise OSError(errno.EIO, f"{path}: S3 gave no modification time it could read: {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
 
 
 def _file_entry(info: ObjectInfo) -> dict:

@@ -14,7 +14,7 @@ from fsspec.callbacks import Callback
 from fsspec.dircache import DirCache
 
 from conftest import CHUNK
-from p2pcache.fs import P2PCacheFile, P2PCacheFileSystem
+from p2pcache.fs import P2PCacheFile, P2PCacheFileSystem, _when
 
 pytestmark = pytest.mark.usefixtures("fsspec_instances")
 
@@ -255,5 +255,21 @@ async def test_a_block_size_that_is_not_a_positive_number_of_bytes_is_refused(cl
         fs = fsspec.filesystem("p2pcache", master=master)
         with pytest.raises(ValueError, match="block_size"):
             fs.open(f"{bucket}/k", block_size=-5)
+
+    await asyncio.to_thread(scenario)
+
+
+async def test_modified_is_when_s3_last_wrote_the_object(cluster, s3_client, bucket):
+    """fsspec's `modified` was NotImplementedError, though `info` carries LastModified."""
+    put(s3_client, bucket, "d/k", 10, seed=24)
+    written = s3_client.head_object(Bucket=bucket, Key="d/k")["LastModified"]
+
+    def scenario() -> None:
+        fs = fsspec.filesystem("p2pcache", master=cluster.master.url)
+        assert fs.modified(f"{bucket}/d/k") == written
+        listed = fs.find(f"{bucket}/d", detail=True)[f"{bucket}/d/k"]["LastModified"]  # ISO 8601
+        assert _when(listed, "listed") == written
+        with pytest.raises(IsADirectoryError):
+            fs.modified(f"{bucket}/d")
 
     await asyncio.to_thread(scenario)

@@ -7,11 +7,10 @@ import os
 import random
 import signal
 import threading
-import time
 
 import pytest
 
-from conftest import CHUNK
+from conftest import CHUNK, wait_until
 from p2pcache import SyncClient
 
 
@@ -119,13 +118,12 @@ async def test_a_client_used_in_a_fork_child_fails_at_once(cluster, s3_client, b
                 os.write(write, "\n".join(lines).encode())
                 os._exit(0)
             os.close(write)
-            deadline = time.monotonic() + 30  # a bound on a hang, not a timing assertion
-            while os.waitpid(pid, os.WNOHANG) == (0, 0):
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)  # the child this test forked
-                    os.waitpid(pid, 0)
-                    raise AssertionError("the child hung")
-                time.sleep(0.05)
+            try:  # a bound on a hang, not a timing assertion
+                wait_until(lambda: os.waitpid(pid, os.WNOHANG) != (0, 0), 30, "the child to end (it hung)")
+            except AssertionError:
+                os.kill(pid, signal.SIGKILL)  # the child this test forked
+                os.waitpid(pid, 0)
+                raise
             with os.fdopen(read, "rb") as out:
                 lines = out.read().decode().splitlines()
             assert f.read(10) == body[10:20]  # the parent's client and file go on

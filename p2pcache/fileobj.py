@@ -52,7 +52,7 @@ class ObjectFile(io.RawIOBase):
         self._pos = 0
         self._last_end = 0  # where the previous read stopped: a read from here is sequential
         self._returned = False  # a read returned a byte: the caller may hold bytes of `info`
-        self._lock = threading.RLock()  # a read or a seek at a time: one position, one chunk table
+        self._lock = threading.Lock()  # a read or a seek at a time: one position, one chunk table
         self._pid = os.getpid()  # the process whose thread runs `loop`
         self._closing = False  # close() began: a read it cut fails as one of a closed file
 

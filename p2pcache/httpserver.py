@@ -50,7 +50,6 @@ class Connection(RequestHandler):
         self._head_timeout = head_timeout
         self._first_head: asyncio.TimerHandle | None = None
         self._answered = 0  # requests whose handlers returned (aiohttp's `_request_count`: those parsed)
-        self._last_body: Any = None  # the body (aiohttp's payload) of the last request parsed
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._peer_check: asyncio.TimerHandle | None = None
         self._probed = False
@@ -68,24 +67,26 @@ class Connection(RequestHandler):
             self._peer_check = None
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._messages:
-            self._last_body = self._messages[-1][1]
-
     def eof_received(self) -> bool:
         """The client sends nothing more. True (the connection stays open to answer) if a request
         it sent whole is not answered yet; False if none is, or a body was cut short (never to be
         whole), or on TLS (no half-close): asyncio closes the connection, cancelling a handler."""
         if self._eof:  # again: aiohttp paused and resumed reading
             return True
-        body = self._last_body
+        body = self._last_body()
         if (self._answered >= self._request_count or (body is not None and not body.is_eof())
                 or self.ssl_context is not None):
             return False
         self._eof = True
         self._peer_check = self._loop.call_later(PEER_CHECK, self._check_peer)
         return True
+
+    def _last_body(self) -> Any:
+        """The body (aiohttp's payload) of the last request parsed: one waiting its turn, else the
+        one being answered."""
+        if self._messages:
+            return self._messages[-1][1]
+        return self._current_request.content if self._current_request is not None else None
 
     async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
         done = await super()._handle_request(request, start_time, request_handler)

@@ -69,7 +69,7 @@ class SyncClient:
         temp file is gone by then), close the async client and end its loop. Returns once that is
         done, or after CLOSE_WAIT seconds (logged): what is still unwinding ends on its own thread."""
         self._refuse_own_loop()
-        if os.getpid() != self._pid:  # a fork() child's copy: its loop, thread (and lock) are the parent's
+        if self._forked:  # a fork() child's copy: its loop, thread (and lock) are the parent's
             self.closed = True
             return
         with self._lock:
@@ -116,8 +116,13 @@ class SyncClient:
         if threading.get_ident() == self._thread.ident:
             raise RuntimeError("a SyncClient method was called from its own event loop: use the async Client")
 
+    @property
+    def _forked(self) -> bool:
+        """Whether this is a fork() child's copy: the loop's thread is not in this process."""
+        return os.getpid() != self._pid
+
     def _refuse_fork_child(self) -> None:
-        if os.getpid() != self._pid:  # the call would wait for a thread that is not in this process
+        if self._forked:  # the call would wait for a thread that is not in this process
             raise RuntimeError(f"this SyncClient was made in process {self._pid}, before a fork(): its event "
                                "loop's thread is not in this process; make a SyncClient in the child")
 

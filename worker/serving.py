@@ -84,7 +84,6 @@ class ServingProcess:
         self.peer_files = PeerFiles(self.reads, Verifier(secret, me=lambda: self.worker_id) if secret else None)
         self._rid_prefix, self._rids = uuid.uuid4().hex[:6].upper() + f"{self.index:02X}", itertools.count()
         self._runner: web.ServerRunner | None = None
-        self._server: Server | None = None  # aiohttp's, for requests the fast path hands over
         self._listener: asyncio.base_events.Server | None = None
         self._fast: set[FastPath] = set()
         self._tasks: list[asyncio.Task] = []
@@ -96,7 +95,6 @@ class ServingProcess:
         server = Server(self.handle, access_log=None, handler_cancellation=True,
                         logger=QuietParseErrors(logging.getLogger("p2pcache.worker.http")),
                         head_timeout=head, idle_timeout=idle)
-        self._server = server
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=s.get("drain_timeout", 20))
         await self._runner.setup()
         self.worker_id = (await self.coordinator.get_json(ID_PATH, {}))["id"]
@@ -121,7 +119,7 @@ class ServingProcess:
         for conn in list(self._fast):
             conn.close()
         if self._runner:
-            self._server.finish_by(deadline)  # what the fast path's reads took is not given again
+            self._runner.server.finish_by(deadline)  # what the fast path's reads took is not given again
             await self._runner.cleanup()
         for task in self._tasks:
             task.cancel()
